@@ -1,0 +1,79 @@
+"""The application factory: settings, database, routers, error mapping, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import Engine, text
+
+from api import __version__
+from api.db import make_engine
+from api.errors import install_error_handlers
+from api.fieldwork.views import router as fieldwork_router
+from api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from api.network.views import router as network_router
+from api.notes.views import router as notes_router
+from api.notices.sms import SmsSender, make_sender
+from api.notices.views import router as notices_router
+from api.settings import Settings, get_settings
+from api.users.views import router as users_router
+from api.work_orders.views import router as work_orders_router
+
+log = logging.getLogger("steward")
+
+API_PREFIX = "/api/v1"
+
+
+def api_router() -> APIRouter:
+    """Every `/api/v1` route of the service."""
+    router = APIRouter(prefix=API_PREFIX)
+    for sub in (users_router, network_router, work_orders_router, fieldwork_router, notes_router, notices_router):
+        router.include_router(sub)
+    return router
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+               sms_sender: SmsSender | None = None) -> FastAPI:
+    """Build the service; tests pass their own settings and engine."""
+    settings = settings or get_settings()
+    owns_engine = engine is None
+    engine = engine or make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_engine:
+            engine.dispose()
+
+    app = FastAPI(title="Heat Steward", version=__version__, lifespan=lifespan,
+                  description="Backend of the heating steward service (供暖管家).")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sms_sender = sms_sender or make_sender(settings)
+    registry = CollectorRegistry()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       exempt_prefixes=(f"{API_PREFIX}/blobs",))
+    app.add_middleware(MetricsMiddleware, registry=registry)
+    install_error_handlers(app)
+    app.include_router(api_router())
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # the probe must answer, whatever broke
+            log.warning("health check failed: %s", exc)
+            return JSONResponse({"status": "error", "database": "unreachable", "version": __version__}, 503)
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,117 @@
+"""Domain errors raised by services, and the one place that maps every failure to HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose; `code` is stable, `message` says what to do."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.headers = headers
+
+
+class BadRequest(DomainError):
+    status_code, code = 400, "bad_request"
+
+
+class Unauthorized(DomainError):
+    status_code, code = 401, "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(DomainError):
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(DomainError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(DomainError):
+    status_code, code = 409, "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class PayloadTooLarge(DomainError):
+    status_code, code = 413, "payload_too_large"
+
+
+class Unprocessable(DomainError):
+    status_code, code = 422, "validation_error"
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The single error shape: `{"detail": {"code", "message"}}` (plus optional extra keys)."""
+    return {"detail": {"code": code, "message": message, **extra}}
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation failures, HTTP errors and surprises to the one error shape."""
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(error_body("malformed_json", "The request body is not valid JSON."), 400)
+        safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        return JSONResponse(error_body("validation_error", _validation_message(errors), errors=safe), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict) and "code" in exc.detail:
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # Services check uniqueness first; this catches the race between two writers.
+        log.info("integrity error: %s", exc.orig)
+        return JSONResponse(error_body("conflict", "The change conflicts with existing data; reload and retry."),
+                            409)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("internal_error", "Unexpected server error; it has been logged."), 500)

@@ -1,0 +1,96 @@
+"""Visits and readings recorded by stewards on site."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlmodel import Session, col, select
+
+from api import access
+from api.deps import Page
+from api.errors import Conflict, Forbidden, Unprocessable
+from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate
+from api.network.service import get_household
+from api.users.models import Role, User
+from api.work_orders import service as work_orders
+
+
+def _check_links(session: Session, user: User, household_id: uuid.UUID, work_order_id: uuid.UUID | None) -> None:
+    get_household(session=session, user=user, id=household_id)
+    if work_order_id is not None:
+        order = work_orders.get(session=session, user=user, id=work_order_id)
+        if order.household_id != household_id:
+            raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+
+
+def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
+    """Record a steward's visit to a household of their grid (optionally for a work order)."""
+    if user.role != Role.steward:
+        raise Forbidden("Visits are recorded by the steward who made them.", code="role_required")
+    if data.id is not None and session.get(Visit, data.id) is not None:
+        raise Conflict(f"A visit with id {data.id} already exists.", code="already_exists")
+    if data.left_at is not None and data.left_at < data.arrived_at:
+        raise Unprocessable("left_at must not be before arrived_at.", code="invalid_interval")
+    _check_links(session, user, data.household_id, data.work_order_id)
+    visit = Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": user.id})
+    session.add(visit)
+    session.commit()
+    return visit
+
+
+def get_visit(*, session: Session, user: User, id: uuid.UUID) -> Visit:
+    """A visit the user may see."""
+    return access.get_visible(session, Visit, id, access.household_clause(user, Visit.household_id),
+                              what="visit")
+
+
+def update_visit(*, session: Session, user: User, visit: Visit, data: VisitUpdate) -> Visit:
+    """Complete a visit (left_at, temperature, actions, result); only its steward or the office may."""
+    if user.role == Role.steward and visit.steward_id != user.id:
+        raise Forbidden("Only the steward who made this visit can change it.", code="not_owner")
+    changes = data.model_dump(exclude_unset=True)
+    left_at = changes.get("left_at", visit.left_at)
+    if left_at is not None and left_at < visit.arrived_at:
+        raise Unprocessable("left_at must not be before arrived_at.", code="invalid_interval")
+    visit.sqlmodel_update(changes)
+    session.add(visit)
+    session.commit()
+    return visit
+
+
+def list_visits(*, session: Session, user: User, page: Page, household_id: uuid.UUID | None = None,
+                work_order_id: uuid.UUID | None = None, steward_id: uuid.UUID | None = None
+                ) -> tuple[list[Visit], int]:
+    """Visits the user may see, newest first."""
+    stmt = select(Visit).where(access.household_clause(user, Visit.household_id))
+    if household_id:
+        stmt = stmt.where(Visit.household_id == household_id)
+    if work_order_id:
+        stmt = stmt.where(Visit.work_order_id == work_order_id)
+    if steward_id:
+        stmt = stmt.where(Visit.steward_id == steward_id)
+    return access.paged(session, stmt, page, col(Visit.arrived_at).desc(), Visit.id)
+
+
+def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Reading:
+    """Append an indoor temperature reading for a household the user may see."""
+    if data.id is not None and session.get(Reading, data.id) is not None:
+        raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
+    get_household(session=session, user=user, id=data.household_id)
+    if data.visit_id is not None:
+        visit = get_visit(session=session, user=user, id=data.visit_id)
+        if visit.household_id != data.household_id:
+            raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
+    reading = Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": user.id})
+    session.add(reading)
+    session.commit()
+    return reading
+
+
+def list_readings(*, session: Session, user: User, page: Page, household_id: uuid.UUID | None = None
+                  ) -> tuple[list[Reading], int]:
+    """Readings the user may see, newest first."""
+    stmt = select(Reading).where(access.household_clause(user, Reading.household_id))
+    if household_id:
+        stmt = stmt.where(Reading.household_id == household_id)
+    return access.paged(session, stmt, page, col(Reading.taken_at).desc(), Reading.id)

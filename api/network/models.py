@@ -1,0 +1,122 @@
+"""The heating network: heat-exchange stations, the buildings they feed, and the households inside."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from api.db import Versioned
+
+PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
+
+
+class StationBase(SQLModel):
+    code: str = Field(min_length=1, max_length=32, description="Utility code, e.g. HS-LX-03.")
+    name: str = Field(min_length=1, max_length=100)
+    district: str = Field(default="", max_length=50)
+    address: str = Field(default="", max_length=200)
+    capacity_mw: float | None = Field(default=None, gt=0, le=1000)
+
+
+class Station(Versioned, StationBase, table=True):
+    __tablename__ = "stations"
+
+    code: str = Field(max_length=32, unique=True, index=True)
+
+
+class StationCreate(StationBase):
+    id: uuid.UUID | None = None
+
+
+class StationUpdate(SQLModel):
+    code: str | None = Field(default=None, min_length=1, max_length=32)
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    district: str | None = Field(default=None, max_length=50)
+    address: str | None = Field(default=None, max_length=200)
+    capacity_mw: float | None = Field(default=None, gt=0, le=1000)
+
+
+class StationPublic(StationBase):
+    id: uuid.UUID
+    version: int
+    updated_at: datetime
+
+
+class BuildingBase(SQLModel):
+    station_id: uuid.UUID
+    community: str = Field(min_length=1, max_length=100, description="Residential community (小区).")
+    number: str = Field(min_length=1, max_length=20, description="Building number (楼号).")
+    address: str = Field(default="", max_length=200)
+    floors: int | None = Field(default=None, ge=1, le=200)
+    units: int | None = Field(default=None, ge=1, le=50)
+
+
+class Building(Versioned, BuildingBase, table=True):
+    __tablename__ = "buildings"
+    __table_args__ = (UniqueConstraint("community", "number", name="uq_buildings_community_number"),)
+
+    station_id: uuid.UUID = Field(foreign_key="stations.id", index=True, ondelete="RESTRICT")
+
+
+class BuildingCreate(BuildingBase):
+    id: uuid.UUID | None = None
+
+
+class BuildingUpdate(SQLModel):
+    station_id: uuid.UUID | None = None
+    community: str | None = Field(default=None, min_length=1, max_length=100)
+    number: str | None = Field(default=None, min_length=1, max_length=20)
+    address: str | None = Field(default=None, max_length=200)
+    floors: int | None = Field(default=None, ge=1, le=200)
+    units: int | None = Field(default=None, ge=1, le=50)
+
+
+class BuildingPublic(BuildingBase):
+    id: uuid.UUID
+    version: int
+    updated_at: datetime
+
+
+class HeatingStatus(StrEnum):
+    normal = "normal"
+    suspended = "suspended"  # 报停: the resident pays a reduced fee and the radiators are valved off
+
+
+class HouseholdBase(SQLModel):
+    building_id: uuid.UUID
+    unit: str = Field(min_length=1, max_length=10, description="Stairwell unit (单元).")
+    room: str = Field(min_length=1, max_length=10)
+    resident_name: str = Field(default="", max_length=100)
+    phone: str | None = Field(default=None, max_length=20, regex=PHONE_PATTERN)
+    area_m2: float = Field(gt=0, le=2000, description="Heated area, the basis of the bill.")
+    heating_status: HeatingStatus = HeatingStatus.normal
+    sensitive: bool = Field(default=False, description="Elderly, infant or temperature-sensitive.")
+
+
+class Household(Versioned, HouseholdBase, table=True):
+    __tablename__ = "households"
+    __table_args__ = (UniqueConstraint("building_id", "unit", "room", name="uq_households_building_unit_room"),)
+
+    building_id: uuid.UUID = Field(foreign_key="buildings.id", index=True, ondelete="RESTRICT")
+
+
+class HouseholdCreate(HouseholdBase):
+    id: uuid.UUID | None = None
+
+
+class HouseholdUpdate(SQLModel):
+    resident_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=20, regex=PHONE_PATTERN)
+    area_m2: float | None = Field(default=None, gt=0, le=2000)
+    heating_status: HeatingStatus | None = None
+    sensitive: bool | None = None
+
+
+class HouseholdPublic(HouseholdBase):
+    id: uuid.UUID
+    version: int
+    updated_at: datetime

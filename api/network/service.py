@@ -1,0 +1,166 @@
+"""Stations, buildings and households: create, update, look up and list within the caller's scope."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlmodel import Session, SQLModel, col, select
+
+from api import access
+from api.deps import Page
+from api.errors import Conflict, NotFound
+from api.network.models import (
+    Building,
+    BuildingCreate,
+    BuildingUpdate,
+    HeatingStatus,
+    Household,
+    HouseholdCreate,
+    HouseholdUpdate,
+    Station,
+    StationCreate,
+    StationUpdate,
+)
+from api.users.models import User
+
+
+def _check_new_id(session: Session, model: type[SQLModel], id: uuid.UUID | None, what: str) -> None:
+    if id is not None and session.get(model, id) is not None:
+        raise Conflict(f"A {what} with id {id} already exists.", code="already_exists")
+
+
+def _check_unique(session: Session, stmt: Any, message: str, exclude: uuid.UUID | None = None) -> None:
+    existing = session.exec(stmt).first()
+    if existing is not None and existing.id != exclude:
+        raise Conflict(message, code="already_exists")
+
+
+def create_station(*, session: Session, data: StationCreate) -> Station:
+    """Add a heat-exchange station; codes are unique."""
+    _check_new_id(session, Station, data.id, "station")
+    _check_unique(session, select(Station).where(Station.code == data.code),
+                  f"Station code {data.code!r} is already used.")
+    station = Station.model_validate(data.model_dump(exclude_none=True))
+    session.add(station)
+    session.commit()
+    return station
+
+
+def get_station(*, session: Session, id: uuid.UUID) -> Station:
+    """A station by id (stations are not secret: every signed-in user may read them)."""
+    station = session.get(Station, id)
+    if station is None:
+        raise NotFound(f"No station with id {id}.")
+    return station
+
+
+def update_station(*, session: Session, station: Station, data: StationUpdate) -> Station:
+    """Change a station's master data."""
+    changes = data.model_dump(exclude_unset=True)
+    if "code" in changes:
+        _check_unique(session, select(Station).where(Station.code == changes["code"]),
+                      f"Station code {changes['code']!r} is already used.", exclude=station.id)
+    station.sqlmodel_update(changes)
+    session.add(station)
+    session.commit()
+    return station
+
+
+def list_stations(*, session: Session, page: Page, district: str | None = None) -> tuple[list[Station], int]:
+    """Stations, optionally of one district, by code."""
+    stmt = select(Station)
+    if district:
+        stmt = stmt.where(Station.district == district)
+    return access.paged(session, stmt, page, Station.code)
+
+
+def create_building(*, session: Session, data: BuildingCreate) -> Building:
+    """Add a building fed by an existing station; community + number is unique."""
+    _check_new_id(session, Building, data.id, "building")
+    get_station(session=session, id=data.station_id)
+    _check_unique(session, select(Building).where(Building.community == data.community,
+                                                  Building.number == data.number),
+                  f"Building {data.community} {data.number} already exists.")
+    building = Building.model_validate(data.model_dump(exclude_none=True))
+    session.add(building)
+    session.commit()
+    return building
+
+
+def get_building(*, session: Session, user: User, id: uuid.UUID) -> Building:
+    """A building the user may see."""
+    return access.get_visible(session, Building, id, access.building_clause(user, Building.id),
+                              what="building")
+
+
+def update_building(*, session: Session, building: Building, data: BuildingUpdate) -> Building:
+    """Change a building's master data (station, address...)."""
+    changes = data.model_dump(exclude_unset=True)
+    if changes.get("station_id") is not None:
+        get_station(session=session, id=changes["station_id"])
+    community = changes.get("community", building.community)
+    number = changes.get("number", building.number)
+    _check_unique(session, select(Building).where(Building.community == community, Building.number == number),
+                  f"Building {community} {number} already exists.", exclude=building.id)
+    building.sqlmodel_update(changes)
+    session.add(building)
+    session.commit()
+    return building
+
+
+def list_buildings(*, session: Session, user: User, page: Page, station_id: uuid.UUID | None = None,
+                   community: str | None = None) -> tuple[list[Building], int]:
+    """Buildings the user may see, filtered by station or community."""
+    stmt = select(Building).where(access.building_clause(user, Building.id))
+    if station_id:
+        stmt = stmt.where(Building.station_id == station_id)
+    if community:
+        stmt = stmt.where(Building.community == community)
+    return access.paged(session, stmt, page, Building.community, Building.number)
+
+
+def create_household(*, session: Session, data: HouseholdCreate) -> Household:
+    """Add a household to an existing building; building + unit + room is unique."""
+    _check_new_id(session, Household, data.id, "household")
+    if session.get(Building, data.building_id) is None:
+        raise NotFound(f"No building with id {data.building_id}.")
+    _check_unique(session, select(Household).where(Household.building_id == data.building_id,
+                                                   Household.unit == data.unit, Household.room == data.room),
+                  f"Unit {data.unit} room {data.room} already exists in this building.")
+    household = Household.model_validate(data.model_dump(exclude_none=True))
+    session.add(household)
+    session.commit()
+    return household
+
+
+def get_household(*, session: Session, user: User, id: uuid.UUID) -> Household:
+    """A household the user may see."""
+    return access.get_visible(session, Household, id, access.building_clause(user, Household.building_id),
+                              what="household")
+
+
+def update_household(*, session: Session, household: Household, data: HouseholdUpdate) -> Household:
+    """Change a household's resident data, heating status or sensitivity."""
+    household.sqlmodel_update(data.model_dump(exclude_unset=True))
+    session.add(household)
+    session.commit()
+    return household
+
+
+def list_households(*, session: Session, user: User, page: Page, building_id: uuid.UUID | None = None,
+                    sensitive: bool | None = None, heating_status: HeatingStatus | None = None,
+                    q: str | None = None) -> tuple[list[Household], int]:
+    """Households the user may see; `q` matches resident name, phone or room."""
+    stmt = select(Household).where(access.building_clause(user, Household.building_id))
+    if building_id:
+        stmt = stmt.where(Household.building_id == building_id)
+    if sensitive is not None:
+        stmt = stmt.where(Household.sensitive == sensitive)
+    if heating_status is not None:
+        stmt = stmt.where(Household.heating_status == heating_status)
+    if q:
+        like = f"%{q}%"
+        stmt = stmt.where(col(Household.resident_name).like(like) | col(Household.phone).like(like)
+                          | (Household.room == q))
+    return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

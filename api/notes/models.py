@@ -1,0 +1,74 @@
+"""Voice notes and call recordings: audio by sha256, transcript written by the server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime
+from sqlmodel import Field, SQLModel
+
+from api.db import Versioned, ts_field
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class NoteKind(StrEnum):
+    voice_note = "voice_note"
+    call_recording = "call_recording"
+
+
+class TranscriptStatus(StrEnum):
+    none = "none"
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class NoteBase(SQLModel):
+    kind: NoteKind = NoteKind.voice_note
+    work_order_id: uuid.UUID | None = None
+    visit_id: uuid.UUID | None = None
+    household_id: uuid.UUID | None = None
+    audio_sha256: str = Field(regex=SHA256_PATTERN, max_length=64)
+    duration_s: float = Field(ge=0, le=6 * 3600)
+    recorded_at: AwareDatetime
+
+
+class Note(Versioned, NoteBase, table=True):
+    __tablename__ = "notes"
+
+    owner_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="RESTRICT")
+    work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", index=True,
+                                            ondelete="SET NULL")
+    visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.id", ondelete="SET NULL")
+    household_id: uuid.UUID | None = Field(default=None, foreign_key="households.id", index=True,
+                                           ondelete="SET NULL")
+    audio_sha256: str = Field(max_length=64, index=True)
+    recorded_at: datetime = ts_field()
+    # Written by the server (the transcription worker), never by clients.
+    transcript_status: TranscriptStatus = TranscriptStatus.none
+    transcript_text: str | None = None
+    transcript_language: str | None = Field(default=None, max_length=10)
+
+
+class NoteCreate(NoteBase):
+    id: uuid.UUID | None = None
+
+
+class NotePublic(NoteBase):
+    id: uuid.UUID
+    version: int
+    owner_id: uuid.UUID
+    transcript_status: TranscriptStatus
+    transcript_text: str | None
+    transcript_language: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class NotesPublic(SQLModel):
+    data: list[NotePublic]
+    count: int

@@ -1,0 +1,57 @@
+"""Voice notes and call recordings (metadata; the audio lives in the blob store by sha256)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import ColumnElement, or_, true
+from sqlmodel import Session, col, select
+
+from api import access
+from api.deps import Page
+from api.errors import Conflict, Unprocessable
+from api.network.service import get_household
+from api.notes.models import Note, NoteCreate
+from api.users.models import User
+from api.work_orders import service as work_orders
+from api.work_orders.models import WorkOrder
+
+
+def note_clause(user: User) -> ColumnElement[bool]:
+    """Notes the user may see: their own, or linked to a household or work order they may see."""
+    if access.is_office(user):
+        return true()
+    return or_(col(Note.owner_id) == user.id, access.household_clause(user, Note.household_id),
+               col(Note.work_order_id).in_(select(WorkOrder.id).where(access.work_order_clause(user))))
+
+
+def create(*, session: Session, user: User, data: NoteCreate) -> Note:
+    """Register a recording owned by the caller; links must be rows the caller may see."""
+    if data.id is not None and session.get(Note, data.id) is not None:
+        raise Conflict(f"A note with id {data.id} already exists.", code="already_exists")
+    if data.household_id is not None:
+        get_household(session=session, user=user, id=data.household_id)
+    if data.work_order_id is not None:
+        order = work_orders.get(session=session, user=user, id=data.work_order_id)
+        if data.household_id is not None and order.household_id != data.household_id:
+            raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+    note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id})
+    session.add(note)
+    session.commit()
+    return note
+
+
+def get(*, session: Session, user: User, id: uuid.UUID) -> Note:
+    """A note the user may see."""
+    return access.get_visible(session, Note, id, note_clause(user), what="note")
+
+
+def list_notes(*, session: Session, user: User, page: Page, work_order_id: uuid.UUID | None = None,
+               household_id: uuid.UUID | None = None) -> tuple[list[Note], int]:
+    """Notes the user may see, newest first."""
+    stmt = select(Note).where(note_clause(user))
+    if work_order_id:
+        stmt = stmt.where(Note.work_order_id == work_order_id)
+    if household_id:
+        stmt = stmt.where(Note.household_id == household_id)
+    return access.paged(session, stmt, page, col(Note.recorded_at).desc(), Note.id)

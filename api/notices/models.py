@@ -1,0 +1,87 @@
+"""Pre-season notices to residents: water filling, radiator bleeding, the service number."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime, model_validator
+from sqlmodel import Field, SQLModel
+
+from api.db import Versioned, ts_field
+
+
+class NoticeTarget(StrEnum):
+    building = "building"
+    station = "station"
+
+
+class NoticeBase(SQLModel):
+    target: NoticeTarget
+    building_id: uuid.UUID | None = None
+    station_id: uuid.UUID | None = None
+    title: str = Field(default="供暖季前注水通知", min_length=1, max_length=100)
+    water_fill_start: AwareDatetime
+    water_fill_end: AwareDatetime
+    bleed_instructions: str = Field(
+        default="注水期间请家中留人，发现暖气片或管道漏水请立即关闭阀门并拨打服务热线；"
+        "注水后如暖气片上热下凉，请用排气钥匙逆时针拧开排气阀，见水后关闭。",
+        max_length=500,
+    )
+    service_phone: str | None = Field(default=None, max_length=20, description="Default: settings.")
+
+
+class Notice(Versioned, NoticeBase, table=True):
+    __tablename__ = "notices"
+
+    building_id: uuid.UUID | None = Field(default=None, foreign_key="buildings.id", index=True,
+                                          ondelete="CASCADE")
+    station_id: uuid.UUID | None = Field(default=None, foreign_key="stations.id", index=True,
+                                         ondelete="CASCADE")
+    water_fill_start: datetime = ts_field()
+    water_fill_end: datetime = ts_field()
+    service_phone: str = Field(max_length=20)
+    created_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    sent_at: datetime | None = ts_field(nullable=True)
+    sent_count: int = 0
+
+
+class NoticeCreate(NoticeBase):
+    id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NoticeCreate:
+        if (self.target == NoticeTarget.building) != (self.building_id is not None) or (
+            self.target == NoticeTarget.station
+        ) != (self.station_id is not None):
+            raise ValueError("give building_id for target=building, or station_id for target=station")
+        if self.water_fill_end <= self.water_fill_start:
+            raise ValueError("water_fill_end must be after water_fill_start")
+        return self
+
+
+class NoticePublic(NoticeBase):
+    id: uuid.UUID
+    version: int
+    service_phone: str
+    sent_at: datetime | None
+    sent_count: int
+    created_at: datetime
+
+
+class NoticesPublic(SQLModel):
+    data: list[NoticePublic]
+    count: int
+
+
+class NoticeMessage(SQLModel):
+    household_id: uuid.UUID
+    phone: str | None
+    text: str
+
+
+class NoticeMessages(SQLModel):
+    notice_id: uuid.UUID
+    data: list[NoticeMessage]
+    count: int

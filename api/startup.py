@@ -1,0 +1,44 @@
+"""What `steward serve` checks before it listens: schema up to date, and a way in for the first user."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from sqlmodel import Session, func, select
+
+from api import migrate
+from api.db import make_engine
+from api.settings import DEV_SECRET_KEY, Settings
+from api.users.models import User
+
+
+def prepare(settings: Settings) -> None:
+    """Refuse to serve an unmigrated database; on an empty one, seed demo data or say how to start."""
+    engine = make_engine(settings)
+    try:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+        if current != head:
+            typer.secho(f"The database is at schema {current or 'empty'}, the code needs {head}: "
+                        "run `steward db upgrade` first.", fg="red", err=True)
+            raise typer.Exit(2)
+        with Session(engine) as session:
+            users = session.exec(select(func.count()).select_from(User)).one()
+        if users == 0 and settings.demo:
+            from api.demo import generate
+
+            summary = generate(engine, households=2000, stewards=4, password=settings.demo_password, seed=1)
+            brief = {k: summary[k] for k in ("stations", "buildings", "households", "work_orders")}
+            typer.secho(f"Demo data created: {json.dumps(brief)}", fg="green", err=True)
+            typer.secho(f"Sign in as admin / supervisor / steward01..04 with password {settings.demo_password!r}",
+                        fg="green", err=True)
+        elif users == 0:
+            typer.secho("The database has no users yet. Create the first admin with:\n"
+                        "  .venv/bin/steward create-user --username admin --password '<at least 8 chars>' "
+                        "--role admin\nor restart with STEWARD_DEMO=1 to load a demo district.",
+                        fg="yellow", err=True)
+        if settings.secret_key == DEV_SECRET_KEY:
+            typer.secho("Dev mode: tokens are signed with the development key; set STEWARD_ENV=production "
+                        "and STEWARD_SECRET_KEY before real use.", fg="yellow", err=True)
+    finally:
+        engine.dispose()

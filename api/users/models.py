@@ -1,0 +1,88 @@
+"""Users (admin, supervisor, steward) and stewards' grids (the buildings each one looks after)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+from sqlmodel import Field, SQLModel
+
+from api.db import Versioned, ts_field
+
+
+class Role(StrEnum):
+    admin = "admin"
+    supervisor = "supervisor"
+    steward = "steward"
+
+
+class UserBase(SQLModel):
+    username: str = Field(min_length=3, max_length=64, regex=r"^[A-Za-z0-9_.\-]+$")
+    full_name: str = Field(default="", max_length=100)
+    phone: str = Field(default="", max_length=32)
+    role: Role
+
+
+class User(Versioned, UserBase, table=True):
+    __tablename__ = "users"
+
+    username: str = Field(max_length=64, unique=True, index=True)
+    password_hash: str = Field(max_length=255)
+    active: bool = True
+
+
+class GridBuilding(SQLModel, table=True):
+    """One building in one steward's grid."""
+
+    __tablename__ = "grid_buildings"
+
+    user_id: uuid.UUID = Field(foreign_key="users.id", primary_key=True, ondelete="CASCADE")
+    building_id: uuid.UUID = Field(foreign_key="buildings.id", primary_key=True, index=True,
+                                   ondelete="CASCADE")
+    assigned_at: datetime = ts_field(default_now=True)
+
+
+class UserCreate(UserBase):
+    password: str = Field(min_length=8, max_length=128)
+    grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
+
+
+class UserUpdate(SQLModel):
+    full_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=32)
+    role: Role | None = None
+    active: bool | None = None
+    password: str | None = Field(default=None, min_length=8, max_length=128)
+
+
+class UserPublic(UserBase):
+    id: uuid.UUID
+    version: int
+    active: bool
+    created_at: datetime
+
+
+class UsersPublic(SQLModel):
+    data: list[UserPublic]
+    count: int
+
+
+class GridUpdate(SQLModel):
+    building_ids: list[uuid.UUID] = Field(max_length=5000)
+
+
+class GridPublic(SQLModel):
+    user_id: uuid.UUID
+    building_ids: list[uuid.UUID]
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    role: Role
+
+
+__all__ = ["GridBuilding", "Role", "Token", "User", "UserCreate", "UserPublic", "UserUpdate"]

@@ -1,0 +1,111 @@
+"""Users, sign-in and stewards' grids."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+
+from api import access
+from api.deps import Page
+from api.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from api.network.models import Building
+from api.security import hash_password, needs_rehash, verify_password
+from api.users.models import GridBuilding, Role, User, UserCreate, UserUpdate
+
+# Verified against when the user name is unknown, so both failures take the same time.
+_DUMMY_HASH = hash_password("not-a-real-password")
+
+
+def authenticate(*, session: Session, username: str, password: str) -> User:
+    """The active user with these credentials, or `Unauthorized`."""
+    user = session.exec(select(User).where(User.username == username)).first()
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
+    if not verify_password(user.password_hash, password):
+        raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
+    if not user.active:
+        raise Unauthorized("This account is disabled; ask an administrator.", code="inactive_user")
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        session.add(user)
+        session.commit()
+    return user
+
+
+def _check_grid(session: Session, role: Role, building_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    ids = list(dict.fromkeys(building_ids))
+    if ids and role != Role.steward:
+        raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
+    found = set(session.exec(select(Building.id).where(col(Building.id).in_(ids))).all()) if ids else set()
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"No building with id {', '.join(missing[:5])}.")
+    return ids
+
+
+def create_user(*, session: Session, data: UserCreate) -> User:
+    """Create a user (with a grid, for stewards)."""
+    if session.exec(select(User).where(User.username == data.username)).first() is not None:
+        raise Conflict(f"User name {data.username!r} is taken.", code="already_exists")
+    grid = _check_grid(session, data.role, data.grid)
+    user = User.model_validate(data.model_dump(exclude={"password", "grid"})
+                               | {"password_hash": hash_password(data.password)})
+    session.add(user)
+    session.flush()
+    session.add_all(GridBuilding(user_id=user.id, building_id=b) for b in grid)
+    session.commit()
+    return user
+
+
+def get_user(*, session: Session, id: uuid.UUID) -> User:
+    """A user by id."""
+    user = session.get(User, id)
+    if user is None:
+        raise NotFound(f"No user with id {id}.")
+    return user
+
+
+def update_user(*, session: Session, user: User, data: UserUpdate) -> User:
+    """Change a user's profile, role, password or active flag."""
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "password" in changes:
+        changes["password_hash"] = hash_password(changes.pop("password"))
+    if changes.get("role", user.role) != Role.steward:
+        session.exec(delete(GridBuilding).where(col(GridBuilding.user_id) == user.id))
+    user.sqlmodel_update(changes)
+    session.add(user)
+    session.commit()
+    return user
+
+
+def list_users(*, session: Session, page: Page, role: Role | None = None) -> tuple[list[User], int]:
+    """Users by user name."""
+    stmt = select(User)
+    if role:
+        stmt = stmt.where(User.role == role)
+    return access.paged(session, stmt, page, User.username)
+
+
+def get_grid(*, session: Session, user: User) -> list[uuid.UUID]:
+    """The building ids of a steward's grid."""
+    stmt = select(GridBuilding.building_id).where(GridBuilding.user_id == user.id)
+    return list(session.exec(stmt.order_by(col(GridBuilding.building_id))).all())
+
+
+def set_grid(*, session: Session, user: User, building_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Replace a steward's grid with exactly these buildings."""
+    ids = _check_grid(session, user.role, building_ids)
+    if user.role != Role.steward:
+        raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
+    current = set(get_grid(session=session, user=user))
+    wanted = set(ids)
+    if current - wanted:
+        session.exec(delete(GridBuilding).where(
+            col(GridBuilding.user_id) == user.id, col(GridBuilding.building_id).in_(current - wanted)))
+    session.add_all(GridBuilding(user_id=user.id, building_id=b) for b in wanted - current)
+    session.commit()
+    return get_grid(session=session, user=user)

@@ -1,0 +1,152 @@
+"""Work orders: a resident's problem from hotline call to closing, with an enforced state machine."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime
+from sqlmodel import Field, SQLModel
+
+from api.db import Versioned, new_id, ts_field
+
+
+class Source(StrEnum):
+    hotline = "hotline"
+    visit = "visit"
+    proactive = "proactive"
+    video = "video"
+
+
+class Category(StrEnum):
+    not_warm = "not_warm"
+    leak = "leak"
+    noise = "noise"
+    air_lock = "air_lock"
+    valve = "valve"
+    billing = "billing"
+    other = "other"
+
+
+class Priority(StrEnum):
+    urgent = "urgent"
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+class Status(StrEnum):
+    new = "new"
+    assigned = "assigned"
+    in_progress = "in_progress"
+    waiting_resident = "waiting_resident"
+    resolved = "resolved"
+    closed = "closed"
+    cancelled = "cancelled"
+
+
+# The state machine. Reopening (resolved -> in_progress) covers "still cold the next morning".
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.new: frozenset({Status.assigned, Status.cancelled}),
+    Status.assigned: frozenset({Status.in_progress, Status.cancelled}),
+    Status.in_progress: frozenset({Status.waiting_resident, Status.resolved, Status.cancelled}),
+    Status.waiting_resident: frozenset({Status.in_progress, Status.resolved, Status.cancelled}),
+    Status.resolved: frozenset({Status.closed, Status.in_progress}),
+    Status.closed: frozenset(),
+    Status.cancelled: frozenset(),
+}
+OPEN_STATUSES = frozenset({Status.new, Status.assigned, Status.in_progress, Status.waiting_resident})
+# What a steward may do from the field; assigning, closing and cancelling are office work.
+STEWARD_TARGETS = frozenset({Status.in_progress, Status.waiting_resident, Status.resolved})
+
+
+class WorkOrderBase(SQLModel):
+    household_id: uuid.UUID
+    source: Source = Source.hotline
+    category: Category
+    description: str = Field(default="", max_length=4000)
+    priority: Priority = Priority.normal
+    caller_phone: str | None = Field(default=None, max_length=20)
+
+
+class WorkOrder(Versioned, WorkOrderBase, table=True):
+    __tablename__ = "work_orders"
+
+    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="RESTRICT")
+    status: Status = Field(default=Status.new, index=True)
+    assignee_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", index=True,
+                                          ondelete="SET NULL")
+    created_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    sla_due_at: datetime = ts_field(index=True)
+    resolved_at: datetime | None = ts_field(nullable=True)
+    closed_at: datetime | None = ts_field(nullable=True)
+
+
+class WorkOrderEvent(SQLModel, table=True):
+    """One line of a work order's timeline (append-only)."""
+
+    __tablename__ = "work_order_events"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    work_order_id: uuid.UUID = Field(foreign_key="work_orders.id", index=True, ondelete="CASCADE")
+    at: datetime = ts_field(default_now=True)
+    actor_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    kind: str = Field(max_length=20)  # created | assigned | status
+    from_status: Status | None = None
+    to_status: Status | None = None
+    assignee_id: uuid.UUID | None = None
+    note: str = Field(default="", max_length=2000)
+
+
+class WorkOrderCreate(WorkOrderBase):
+    id: uuid.UUID | None = None
+    assignee_id: uuid.UUID | None = None
+    sla_due_at: AwareDatetime | None = None
+
+
+class WorkOrderPublic(WorkOrderBase):
+    id: uuid.UUID
+    version: int
+    status: Status
+    assignee_id: uuid.UUID | None
+    created_by_id: uuid.UUID | None
+    sla_due_at: datetime
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkOrdersPublic(SQLModel):
+    data: list[WorkOrderPublic]
+    count: int
+
+
+class AssignRequest(SQLModel):
+    assignee_id: uuid.UUID
+    note: str = Field(default="", max_length=2000)
+
+
+class TransitionRequest(SQLModel):
+    status: Status
+    note: str = Field(default="", max_length=2000)
+    base_version: int | None = Field(default=None, ge=1, description="Refuse if the order changed since.")
+
+
+class WorkOrderUpdate(SQLModel):
+    category: Category | None = None
+    description: str | None = Field(default=None, max_length=4000)
+    priority: Priority | None = None
+    sla_due_at: AwareDatetime | None = None
+
+
+class WorkOrderEventPublic(SQLModel):
+    id: uuid.UUID
+    at: datetime
+    actor_id: uuid.UUID | None
+    kind: str
+    from_status: Status | None
+    to_status: Status | None
+    assignee_id: uuid.UUID | None
+    note: str

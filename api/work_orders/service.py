@@ -1,0 +1,202 @@
+"""Work orders: hotline intake, assignment, the status state machine and the timeline."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlmodel import Session, col, select
+
+from api import access
+from api.db import utcnow
+from api.deps import Page
+from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
+from api.network.models import Household
+from api.network.service import get_household
+from api.settings import Settings
+from api.users.models import Role, User
+from api.work_orders.models import (
+    OPEN_STATUSES,
+    STEWARD_TARGETS,
+    TRANSITIONS,
+    Category,
+    Priority,
+    Source,
+    Status,
+    WorkOrder,
+    WorkOrderCreate,
+    WorkOrderEvent,
+    WorkOrderUpdate,
+)
+
+STEWARD_SOURCES = frozenset({Source.visit, Source.video})
+
+
+def _event(session: Session, order: WorkOrder, actor: User | None, kind: str, *, from_status: Status | None = None,
+           to_status: Status | None = None, assignee_id: uuid.UUID | None = None, note: str = "") -> None:
+    session.add(WorkOrderEvent(work_order_id=order.id, actor_id=actor.id if actor else None, kind=kind,
+                               from_status=from_status, to_status=to_status, assignee_id=assignee_id,
+                               note=note))
+
+
+def _steward(session: Session, id: uuid.UUID) -> User:
+    user = session.get(User, id)
+    if user is None or not user.active or user.role != Role.steward:
+        raise Unprocessable(f"User {id} is not an active steward; work orders go to stewards.",
+                            code="invalid_assignee")
+    return user
+
+
+def effective_priority(household: Household, category: Category, priority: Priority) -> Priority:
+    """A cold home of an elderly or sensitive resident is at least `high`, whatever the caller chose."""
+    if household.sensitive and category == Category.not_warm and priority in (Priority.normal, Priority.low):
+        return Priority.high
+    return priority
+
+
+def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
+    """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
+    households in their grid, assigned to themselves."""
+    if data.id is not None and session.get(WorkOrder, data.id) is not None:
+        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
+    household = get_household(session=session, user=user, id=data.household_id)
+    assignee_id = data.assignee_id
+    if user.role == Role.steward:
+        if data.source not in STEWARD_SOURCES:
+            raise Forbidden("Stewards open work orders from visits or video calls only.", code="role_required")
+        if assignee_id not in (None, user.id):
+            raise Forbidden("Stewards cannot assign work orders to others.", code="role_required")
+        assignee_id = user.id
+    if assignee_id is not None:
+        _steward(session, assignee_id)
+    priority = effective_priority(household, data.category, data.priority)
+    now = utcnow()
+    order = WorkOrder.model_validate(
+        data.model_dump(exclude_none=True, exclude={"assignee_id", "sla_due_at", "priority"})
+        | {
+            "priority": priority,
+            "assignee_id": assignee_id,
+            "status": Status.assigned if assignee_id else Status.new,
+            "created_by_id": user.id,
+            "sla_due_at": data.sla_due_at or now + timedelta(hours=settings.sla_hours(priority.value)),
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    session.add(order)
+    session.flush()
+    _event(session, order, user, "created", to_status=Status.new, note=data.description[:200])
+    if assignee_id:
+        _event(session, order, user, "assigned", from_status=Status.new, to_status=Status.assigned,
+               assignee_id=assignee_id)
+    session.commit()
+    return order
+
+
+def get(*, session: Session, user: User, id: uuid.UUID) -> WorkOrder:
+    """A work order the user may see."""
+    return access.get_visible(session, WorkOrder, id, access.work_order_clause(user), what="work order")
+
+
+def _check_version(order: WorkOrder, base_version: int | None) -> None:
+    if base_version is not None and base_version != order.version:
+        raise Conflict(f"The work order changed since version {base_version} (now {order.version}); "
+                       "reload it and try again.", code="version_conflict")
+
+
+def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.UUID, note: str = "") -> WorkOrder:
+    """Give an open work order to a steward; a new order becomes `assigned`, others keep their status."""
+    if order.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"A {order.status.value} work order cannot be assigned; reopen it first.")
+    _steward(session, assignee_id)
+    before = order.status
+    order.assignee_id = assignee_id
+    if order.status == Status.new:
+        order.status = Status.assigned
+    session.add(order)
+    _event(session, order, user, "assigned", from_status=before, to_status=order.status, assignee_id=assignee_id,
+           note=note)
+    session.commit()
+    return order
+
+
+def transition(*, session: Session, user: User, order: WorkOrder, target: Status, note: str = "",
+               base_version: int | None = None) -> WorkOrder:
+    """Move a work order along the state machine; every other move is refused with what is allowed."""
+    _check_version(order, base_version)
+    allowed = TRANSITIONS[order.status]
+    if target not in allowed:
+        options = ", ".join(sorted(s.value for s in allowed)) or "none (it is final)"
+        raise InvalidTransition(f"A work order cannot go from {order.status.value} to {target.value}; "
+                                f"allowed next: {options}.")
+    if target == Status.assigned:
+        raise InvalidTransition("Assign a work order with POST /work-orders/{id}/assign, naming the steward.")
+    if user.role == Role.steward:
+        if order.assignee_id != user.id:
+            raise Forbidden("Only the assigned steward can move this work order.", code="not_assignee")
+        if target not in STEWARD_TARGETS:
+            raise Forbidden(f"Moving a work order to {target.value} is office work.", code="role_required")
+    before = order.status
+    now = utcnow()
+    order.status = target
+    if target == Status.resolved:
+        order.resolved_at = now
+    elif target == Status.closed:
+        order.closed_at = now
+    elif target == Status.in_progress:
+        order.resolved_at = None
+    session.add(order)
+    _event(session, order, user, "status", from_status=before, to_status=target, note=note)
+    session.commit()
+    return order
+
+
+def update(*, session: Session, user: User, order: WorkOrder, data: WorkOrderUpdate) -> WorkOrder:
+    """Office edits of category, description, priority or SLA."""
+    if order.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"A {order.status.value} work order can no longer be edited.")
+    order.sqlmodel_update(data.model_dump(exclude_unset=True, exclude_none=True))
+    session.add(order)
+    _event(session, order, user, "updated", note=", ".join(sorted(data.model_fields_set)))
+    session.commit()
+    return order
+
+
+def list_orders(*, session: Session, user: User, page: Page, status: list[Status] | None = None,
+                category: Category | None = None, priority: Priority | None = None,
+                source: Source | None = None, assignee_id: uuid.UUID | None = None,
+                household_id: uuid.UUID | None = None, building_id: uuid.UUID | None = None,
+                overdue: bool | None = None) -> tuple[list[WorkOrder], int]:
+    """Work orders the user may see, newest first, with the office's usual filters."""
+    stmt = select(WorkOrder).where(access.work_order_clause(user))
+    if status:
+        stmt = stmt.where(col(WorkOrder.status).in_(status))
+    if category:
+        stmt = stmt.where(WorkOrder.category == category)
+    if priority:
+        stmt = stmt.where(WorkOrder.priority == priority)
+    if source:
+        stmt = stmt.where(WorkOrder.source == source)
+    if assignee_id:
+        stmt = stmt.where(WorkOrder.assignee_id == assignee_id)
+    if household_id:
+        stmt = stmt.where(WorkOrder.household_id == household_id)
+    if building_id:
+        stmt = stmt.where(col(WorkOrder.household_id).in_(
+            select(Household.id).where(Household.building_id == building_id)))
+    if overdue is not None:
+        late = (col(WorkOrder.sla_due_at) < utcnow()) & col(WorkOrder.status).in_(OPEN_STATUSES)
+        stmt = stmt.where(late if overdue else ~late)
+    return access.paged(session, stmt, page, col(WorkOrder.created_at).desc(), WorkOrder.id)
+
+
+def events(*, session: Session, order: WorkOrder) -> list[WorkOrderEvent]:
+    """The work order's timeline, oldest first."""
+    stmt = select(WorkOrderEvent).where(WorkOrderEvent.work_order_id == order.id)
+    return list(session.exec(stmt.order_by(col(WorkOrderEvent.at), col(WorkOrderEvent.id))).all())
+
+
+def require_exists(session: Session, id: uuid.UUID) -> None:
+    """Raise `NotFound` unless the work order exists (for links from other rows)."""
+    if session.get(WorkOrder, id) is None:
+        raise NotFound(f"No work order with id {id}.")
