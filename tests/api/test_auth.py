@@ -1,0 +1,81 @@
+"""Sign-in, tokens and role checks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import jwt
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.db import utcnow
+from api.settings import Settings
+from api.users.models import Role
+from tests.utils.factories import PASSWORD, auth, make_user
+
+
+def test_sign_in_returns_a_bearer_token_that_opens_the_api(client: TestClient, session: Session) -> None:
+    user = make_user(session, Role.supervisor)
+    r = client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "bearer" and body["role"] == "supervisor"
+    me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200
+    assert me.json()["username"] == user.username
+    assert "password_hash" not in me.json()
+
+
+def test_wrong_password_and_unknown_user_get_the_same_401(client: TestClient, session: Session) -> None:
+    user = make_user(session)
+    wrong = client.post("/api/v1/auth/token", data={"username": user.username, "password": "nope-nope"})
+    unknown = client.post("/api/v1/auth/token", data={"username": "ghost", "password": PASSWORD})
+    for r in (wrong, unknown):
+        assert r.status_code == 401
+        assert r.json()["detail"]["code"] == "invalid_credentials"
+
+
+def test_disabled_user_cannot_sign_in_or_use_an_old_token(client: TestClient, session: Session,
+                                                          settings: Settings) -> None:
+    user = make_user(session)
+    headers = auth(settings, user)
+    user.active = False
+    session.add(user)
+    session.commit()
+    assert client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD}).status_code == 401
+    r = client.get("/api/v1/auth/me", headers=headers)
+    assert r.status_code == 401 and r.json()["detail"]["code"] == "inactive_user"
+
+
+def test_missing_forged_and_expired_tokens_are_refused(client: TestClient, session: Session,
+                                                        settings: Settings) -> None:
+    user = make_user(session)
+    assert client.get("/api/v1/auth/me").json()["detail"]["code"] == "not_authenticated"
+    forged = jwt.encode({"sub": str(user.id), "role": "admin", "exp": utcnow() + timedelta(hours=1),
+                         "typ": "access"}, "another-key-another-key-another-key", algorithm="HS256")
+    r = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401 and r.json()["detail"]["code"] == "invalid_token"
+    expired = jwt.encode({"sub": str(user.id), "role": "steward", "exp": utcnow() - timedelta(seconds=5),
+                          "typ": "access"}, settings.secret_key, algorithm="HS256")
+    r = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {expired}"})
+    assert r.status_code == 401 and r.json()["detail"]["code"] == "token_expired"
+
+
+def test_role_comes_from_the_database_not_the_token(client: TestClient, session: Session,
+                                                     settings: Settings) -> None:
+    steward = make_user(session, Role.steward)
+    token = jwt.encode({"sub": str(steward.id), "role": "admin", "exp": utcnow() + timedelta(hours=1),
+                        "typ": "access"}, settings.secret_key, algorithm="HS256")
+    r = client.get("/api/v1/users", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and r.json()["detail"]["code"] == "role_required"
+
+
+def test_only_admins_manage_users(client: TestClient, session: Session, settings: Settings) -> None:
+    admin = make_user(session, Role.admin)
+    supervisor = make_user(session, Role.supervisor)
+    body = {"username": "newsteward", "password": "long-enough-pw", "role": "steward"}
+    assert client.post("/api/v1/users", json=body, headers=auth(settings, supervisor)).status_code == 403
+    r = client.post("/api/v1/users", json=body, headers=auth(settings, admin))
+    assert r.status_code == 201, r.text
+    again = client.post("/api/v1/users", json=body, headers=auth(settings, admin))
+    assert again.status_code == 409 and again.json()["detail"]["code"] == "already_exists"
