@@ -1,0 +1,46 @@
+"""What `steward serve` does before it listens, on an empty or unmigrated database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from api.db import make_engine
+from api.settings import Settings
+from api.startup import prepare
+from api.users.models import User
+from tests.conftest import make_settings
+
+
+def _users(engine: Engine) -> int:
+    with Session(engine) as session:
+        return int(session.exec(select(func.count()).select_from(User)).scalar_one())
+
+
+def test_empty_database_prints_how_to_create_the_first_admin(engine: Engine, settings: Settings,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    prepare(settings)
+    assert "steward create-user" in capsys.readouterr().err
+    assert _users(engine) == 0
+
+
+def test_demo_mode_loads_the_demo_district_once(engine: Engine, database_url: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings(database_url, tmp_path, demo=True)
+    prepare(settings)
+    assert "Demo data created" in capsys.readouterr().err
+    assert _users(engine) == 6  # admin, supervisor, 4 stewards
+    prepare(settings)  # a restart keeps the data and adds nothing
+    assert _users(engine) == 6
+
+
+def test_unmigrated_database_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'new.db'}", tmp_path)
+    with pytest.raises(typer.Exit):
+        prepare(settings)
+    assert "steward db upgrade" in capsys.readouterr().err
+    make_engine(settings).dispose()
