@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict) and "code" in exc.detail:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI reports a body that is not UTF-8 as a generic parse error; it is malformed JSON.
+            return JSONResponse(error_body("malformed_json", "The request body is not valid UTF-8 JSON."), 400)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
@@ -110,6 +113,16 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("integrity error: %s", exc.orig)
         return JSONResponse(error_body("conflict", "The change conflicts with existing data; reload and retry."),
                             409)
+
+    @app.exception_handler(StatementError)
+    async def _unstorable(request: Request, exc: StatementError) -> JSONResponse:
+        # Values that pass validation but that the database cannot hold: NUL characters in PostgreSQL
+        # text, a timestamp that leaves the datetime range once converted to UTC.
+        if isinstance(exc, DataError) or (not isinstance(exc, DBAPIError) and isinstance(exc.orig, OverflowError)):
+            log.info("value cannot be stored: %s", exc.orig)
+            return JSONResponse(error_body("validation_error", "A value cannot be stored (text with NUL "
+                                           "characters, or a date out of range); correct it and retry."), 422)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

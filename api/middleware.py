@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge, error_body
+from api.errors import error_body
 
 
 class BodyLimitMiddleware:
@@ -42,7 +43,9 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
+                    # An HTTPException, because FastAPI turns any other error raised while it reads the
+                    # body into a 400 "error parsing the body".
+                    raise HTTPException(413, detail=error_body("payload_too_large", self._message())["detail"])
             return message
 
         await self.app(scope, limited_receive, send)
@@ -87,7 +90,26 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             self.requests.labels(scope["method"], template, str(status)).inc()
             self.latency.labels(scope["method"], template).observe(time.perf_counter() - start)
+
+
+def route_template(scope: Scope) -> str:
+    """The full path template of the matched route (`/api/v1/work-orders/{id}`), or `unmatched`.
+
+    FastAPI may hand over the route of an included router, whose `path` lacks the prefixes it was
+    included under; those are the part of the request path before the route's own match.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if not template:
+        return "unmatched"
+    regex = getattr(route, "path_regex", None)
+    path = scope.get("path", "")
+    if regex is None or regex.match(path):
+        return str(template)
+    for i, char in enumerate(path):
+        if char == "/" and regex.match(path[i:]):
+            return path[:i] + template
+    return str(template)

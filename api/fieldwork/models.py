@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, field_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
+from api.network.models import not_null
 
 
 class VisitResult(StrEnum):
@@ -49,6 +50,8 @@ class VisitUpdate(SQLModel):
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str | None = Field(default=None, max_length=4000)
     result: VisitResult | None = None
+
+    _not_null = field_validator("actions")(not_null)
 
 
 class VisitPublic(VisitBase):

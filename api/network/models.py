@@ -5,13 +5,24 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from typing import TypeVar
 
+from pydantic import field_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
+
+V = TypeVar("V")
+
+
+def not_null(value: V | None) -> V:
+    """For PATCH fields whose column cannot be empty: leave the field out to keep it, never send null."""
+    if value is None:
+        raise ValueError("may be left out to keep the current value, but cannot be null")
+    return value
 
 
 class StationBase(SQLModel):
@@ -38,6 +49,8 @@ class StationUpdate(SQLModel):
     district: str | None = Field(default=None, max_length=50)
     address: str | None = Field(default=None, max_length=200)
     capacity_mw: float | None = Field(default=None, gt=0, le=1000)
+
+    _not_null = field_validator("code", "name", "district", "address")(not_null)
 
 
 class StationPublic(StationBase):
@@ -74,6 +87,8 @@ class BuildingUpdate(SQLModel):
     floors: int | None = Field(default=None, ge=1, le=200)
     units: int | None = Field(default=None, ge=1, le=50)
 
+    _not_null = field_validator("station_id", "community", "number", "address")(not_null)
+
 
 class BuildingPublic(BuildingBase):
     id: uuid.UUID
@@ -91,7 +106,7 @@ class HouseholdBase(SQLModel):
     unit: str = Field(min_length=1, max_length=10, description="Stairwell unit (单元).")
     room: str = Field(min_length=1, max_length=10)
     resident_name: str = Field(default="", max_length=100)
-    phone: str | None = Field(default=None, max_length=20, regex=PHONE_PATTERN)
+    phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
     area_m2: float = Field(gt=0, le=2000, description="Heated area, the basis of the bill.")
     heating_status: HeatingStatus = HeatingStatus.normal
     sensitive: bool = Field(default=False, description="Elderly, infant or temperature-sensitive.")
@@ -110,10 +125,12 @@ class HouseholdCreate(HouseholdBase):
 
 class HouseholdUpdate(SQLModel):
     resident_name: str | None = Field(default=None, max_length=100)
-    phone: str | None = Field(default=None, max_length=20, regex=PHONE_PATTERN)
+    phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
     area_m2: float | None = Field(default=None, gt=0, le=2000)
     heating_status: HeatingStatus | None = None
     sensitive: bool | None = None
+
+    _not_null = field_validator("resident_name", "area_m2", "heating_status", "sensitive")(not_null)
 
 
 class HouseholdPublic(HouseholdBase):

@@ -32,7 +32,7 @@ class NoteBase(SQLModel):
     work_order_id: uuid.UUID | None = None
     visit_id: uuid.UUID | None = None
     household_id: uuid.UUID | None = None
-    audio_sha256: str = Field(regex=SHA256_PATTERN, max_length=64)
+    audio_sha256: str = Field(max_length=64, schema_extra={"pattern": SHA256_PATTERN})
     duration_s: float = Field(ge=0, le=6 * 3600)
     recorded_at: AwareDatetime
 

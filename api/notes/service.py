@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from api import access
 from api.deps import Page
 from api.errors import Conflict, Unprocessable
+from api.fieldwork.service import get_visit
 from api.network.service import get_household
 from api.notes.models import Note, NoteCreate
 from api.users.models import User
@@ -35,6 +36,10 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
         order = work_orders.get(session=session, user=user, id=data.work_order_id)
         if data.household_id is not None and order.household_id != data.household_id:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+    if data.visit_id is not None:
+        visit = get_visit(session=session, user=user, id=data.visit_id)
+        if data.household_id is not None and visit.household_id != data.household_id:
+            raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
     note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id})
     session.add(note)
     session.commit()

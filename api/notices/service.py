@@ -93,6 +93,7 @@ def messages(*, session: Session, settings: Settings, notice: Notice) -> list[No
 def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Notice, resend: bool = False
          ) -> Notice:
     """Hand every message with a phone number to the SMS sender, once (unless `resend`)."""
+    session.refresh(notice, with_for_update=True)  # a send racing this one must see its sent_at
     if notice.sent_at is not None and not resend:
         raise Conflict("This notice was already sent; pass resend=true to send it again.", code="already_sent")
     sent = 0

@@ -19,7 +19,7 @@ class Role(StrEnum):
 
 
 class UserBase(SQLModel):
-    username: str = Field(min_length=3, max_length=64, regex=r"^[A-Za-z0-9_.\-]+$")
+    username: str = Field(min_length=3, max_length=64, schema_extra={"pattern": r"^[A-Za-z0-9_.\-]+$"})
     full_name: str = Field(default="", max_length=100)
     phone: str = Field(default="", max_length=32)
     role: Role

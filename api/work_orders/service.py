@@ -98,6 +98,11 @@ def get(*, session: Session, user: User, id: uuid.UUID) -> WorkOrder:
     return access.get_visible(session, WorkOrder, id, access.work_order_clause(user), what="work order")
 
 
+def _lock(session: Session, order: WorkOrder) -> None:
+    """Re-read the order under a row lock: checks must see what a concurrent request just committed."""
+    session.refresh(order, with_for_update=True)
+
+
 def _check_version(order: WorkOrder, base_version: int | None) -> None:
     if base_version is not None and base_version != order.version:
         raise Conflict(f"The work order changed since version {base_version} (now {order.version}); "
@@ -106,6 +111,7 @@ def _check_version(order: WorkOrder, base_version: int | None) -> None:
 
 def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.UUID, note: str = "") -> WorkOrder:
     """Give an open work order to a steward; a new order becomes `assigned`, others keep their status."""
+    _lock(session, order)
     if order.status not in OPEN_STATUSES:
         raise InvalidTransition(f"A {order.status.value} work order cannot be assigned; reopen it first.")
     _steward(session, assignee_id)
@@ -123,6 +129,7 @@ def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.
 def transition(*, session: Session, user: User, order: WorkOrder, target: Status, note: str = "",
                base_version: int | None = None) -> WorkOrder:
     """Move a work order along the state machine; every other move is refused with what is allowed."""
+    _lock(session, order)
     _check_version(order, base_version)
     allowed = TRANSITIONS[order.status]
     if target not in allowed:
@@ -153,9 +160,13 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
 
 def update(*, session: Session, user: User, order: WorkOrder, data: WorkOrderUpdate) -> WorkOrder:
     """Office edits of category, description, priority or SLA."""
+    _lock(session, order)
     if order.status not in OPEN_STATUSES:
         raise InvalidTransition(f"A {order.status.value} work order can no longer be edited.")
     order.sqlmodel_update(data.model_dump(exclude_unset=True, exclude_none=True))
+    household = session.get(Household, order.household_id)
+    if household is not None:  # the rule of `create` holds for edits too
+        order.priority = effective_priority(household, order.category, order.priority)
     session.add(order)
     _event(session, order, user, "updated", note=", ".join(sorted(data.model_fields_set)))
     session.commit()

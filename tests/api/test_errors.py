@@ -1,0 +1,247 @@
+"""Bad input of every kind gets the one error shape and the right status, never a 500 or a half-written row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.fieldwork.models import Visit
+from api.fieldwork.views import router as fieldwork_router
+from api.network.models import Station
+from api.network.views import router as network_router
+from api.notes.views import router as notes_router
+from api.notices.models import Notice
+from api.notices.views import router as notices_router
+from api.users.models import User
+from api.users.views import router as users_router
+from api.work_orders.models import Status, WorkOrder
+from api.work_orders.views import router as work_orders_router
+from tests.utils.asserts import assert_error, count_rows, db_state
+from tests.utils.factories import World, make_visit, make_work_order, random_id
+
+API = "/api/v1"
+
+# A route of each shape that takes a JSON body, with who may call it.
+BODY_ROUTES = [("POST", "/stations", "supervisor"), ("POST", "/work-orders", "supervisor"),
+               ("POST", "/visits", "steward_a"), ("POST", "/notes", "steward_a"),
+               ("POST", "/notices", "supervisor"), ("POST", "/users", "admin")]
+
+
+@pytest.mark.parametrize(("method", "path", "who"), BODY_ROUTES)
+def test_malformed_json_is_400_malformed_json(client: TestClient, session: Session, world: World, method: str,
+                                              path: str, who: str) -> None:
+    before = db_state(session)
+    headers = world.headers(getattr(world, who)) | {"content-type": "application/json"}
+    for raw in (b'{"code": "HS-1", "name": ', b"{'code': 'x'}", b'{"a": 1} trailing', b"{"):
+        r = client.request(method, f"{API}{path}", content=raw, headers=headers)
+        assert_error(r, 400, "malformed_json")
+    assert db_state(session) == before
+
+
+def test_a_body_that_is_not_utf8_is_malformed_json(client: TestClient, session: Session, world: World) -> None:
+    """Regression: FastAPI's generic "error parsing the body" came out as 400 `bad_request`."""
+    headers = world.headers(world.supervisor) | {"content-type": "application/json"}
+    for raw in ('{"code": "HS-1", "name": "王秀英"}'.encode("gbk"), b"\xff\xfe{", b'{"code": "\xc3"}'):
+        assert_error(client.post(f"{API}/stations", content=raw, headers=headers), 400, "malformed_json")
+    assert count_rows(session, Station) == 1
+
+
+def test_a_body_that_is_json_but_not_an_object_is_422(client: TestClient, world: World) -> None:
+    for raw in (b"[]", b'"station"', b"42", b"null"):
+        r = client.post(f"{API}/stations", content=raw, headers=world.headers(world.supervisor)
+                        | {"content-type": "application/json"})
+        assert_error(r, 422, "validation_error")
+
+
+# Per route: who calls it, then (body, the field that is wrong). "B" and "H" stand for a building and a
+# household id.
+BAD_BODIES: dict[str, tuple[str, list[tuple[dict[str, Any], str]]]] = {
+    "/stations": ("supervisor", [
+        ({"code": "HS", "name": "站", "capacity_mw": "big"}, "capacity_mw"),
+        ({"code": 12, "name": "站"}, "code"),
+        ({"name": "站"}, "code"),
+    ]),
+    "/households": ("supervisor", [
+        ({"building_id": "not-a-uuid", "unit": "1", "room": "1", "area_m2": 50}, "building_id"),
+        ({"building_id": "B", "unit": "1", "room": "1", "area_m2": -5}, "area_m2"),
+        ({"building_id": "B", "unit": "1", "room": "1", "area_m2": 50, "heating_status": "off"}, "heating_status"),
+        ({"building_id": "B", "unit": "1", "room": "1", "area_m2": 50, "sensitive": "maybe"}, "sensitive"),
+    ]),
+    "/work-orders": ("supervisor", [
+        ({"household_id": "H", "category": "freezing"}, "category"),
+        ({"household_id": "H", "category": "leak", "priority": "asap"}, "priority"),
+        ({"household_id": "H", "category": "leak", "sla_due_at": "2030-01-01T08:00:00"}, "sla_due_at"),
+    ]),
+    "/visits": ("steward_a", [
+        ({"household_id": "H", "arrived_at": "2025-12-01T08:00:00"}, "arrived_at"),
+        ({"household_id": "H", "arrived_at": "yesterday"}, "arrived_at"),
+        ({"household_id": "H", "arrived_at": "2025-12-01T08:00:00Z", "indoor_temp_c": 80}, "indoor_temp_c"),
+    ]),
+    "/readings": ("steward_a", [
+        ({"household_id": "H", "taken_at": "2025-12-01T08:00:00", "temp_c": 18}, "taken_at"),
+        ({"household_id": "H", "taken_at": "2025-12-01T08:00:00Z", "temp_c": "warm"}, "temp_c"),
+    ]),
+    "/notes": ("steward_a", [
+        ({"audio_sha256": "a" * 64, "duration_s": 3, "recorded_at": "2025-12-01T08:00:00Z", "kind": "video"},
+         "kind"),
+    ]),
+    "/notices": ("supervisor", [
+        ({"target": "building", "building_id": "B", "water_fill_start": "2025-11-01T00:00:00",
+          "water_fill_end": "2025-11-01T08:00:00Z"}, "water_fill_start"),
+    ]),
+    "/users": ("admin", [
+        ({"username": "newuser", "password": "short", "role": "steward"}, "password"),
+        ({"username": "newuser", "password": "long-enough-pw", "role": "mayor"}, "role"),
+        ({"username": "newuser", "password": "long-enough-pw", "role": "steward", "grid": ["x"]}, "grid"),
+    ]),
+}
+
+
+@pytest.mark.parametrize("path", list(BAD_BODIES))
+def test_wrong_types_unknown_enums_and_naive_datetimes_are_422(client: TestClient, session: Session,
+                                                               world: World, path: str) -> None:
+    who, cases = BAD_BODIES[path]
+    ids = {"B": str(world.building_a.id), "H": str(world.household_a.id)}
+    before = db_state(session)
+    for raw, bad_field in cases:
+        body = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in raw.items()}
+        r = client.post(f"{API}{path}", json=body, headers=world.headers(getattr(world, who)))
+        detail = assert_error(r, 422, "validation_error")
+        assert any(e["loc"][:2] == ["body", bad_field] for e in detail["errors"]), detail
+        assert bad_field in detail["message"]
+    assert db_state(session) == before
+
+
+def test_ids_of_missing_rows_are_404(client: TestClient, world: World) -> None:
+    for path in ("/stations", "/buildings", "/households", "/work-orders", "/visits", "/notes", "/notices",
+                 "/users"):
+        assert_error(client.get(f"{API}{path}/{random_id()}", headers=world.headers(world.admin)), 404,
+                     "not_found")
+
+
+def test_malformed_ids_in_the_path_are_422(client: TestClient, world: World) -> None:
+    detail = assert_error(client.get(f"{API}/households/42", headers=world.headers(world.admin)), 422,
+                          "validation_error")
+    assert detail["errors"][0]["loc"] == ["path", "id"]
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient, session: Session,
+                                                       world: World) -> None:
+    assert_error(client.get(f"{API}/boilers", headers=world.headers(world.admin)), 404, "not_found")
+    assert_error(client.delete(f"{API}/stations/{world.station.id}", headers=world.headers(world.admin)), 405,
+                 "method_not_allowed")
+    assert count_rows(session, Station) == 1
+
+
+def test_401_carries_the_bearer_challenge(client: TestClient) -> None:
+    r = client.get(f"{API}/households", headers={"Authorization": "Bearer not-a-jwt"})
+    assert_error(r, 401, "invalid_token")
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("path", "who", "body"), [
+    ("/stations", "supervisor", {"code": "HS-\u0000", "name": "站"}),
+    ("/work-orders", "supervisor", {"household_id": "H", "category": "leak", "description": "漏水\u0000"}),
+    ("/visits", "steward_a", {"household_id": "H", "arrived_at": "2025-12-01T08:00:00Z", "actions": "\u0000"}),
+])
+def test_nul_characters_never_cause_a_500(client: TestClient, session: Session, world: World, backend: str,
+                                          path: str, who: str, body: dict[str, Any]) -> None:
+    """Regression: PostgreSQL cannot store NUL in text; the DataError used to surface as a 500."""
+    body = {k: str(world.household_a.id) if v == "H" else v for k, v in body.items()}
+    before = db_state(session)
+    r = client.post(f"{API}{path}", json=body, headers=world.headers(getattr(world, who)))
+    if backend == "postgresql":
+        assert_error(r, 422, "validation_error")
+        assert db_state(session) == before
+    else:  # SQLite stores them as they are
+        assert r.status_code == 201, r.text
+
+
+def test_nul_characters_in_a_search_never_cause_a_500(client: TestClient, world: World, backend: str) -> None:
+    r = client.get(f"{API}/households", params={"q": "王\u0000"}, headers=world.headers(world.supervisor))
+    if backend == "postgresql":
+        assert_error(r, 422, "validation_error")
+    else:
+        assert r.status_code == 200 and r.json()["count"] == 0
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:00:00-14:00", "0001-01-01T00:30:00+01:00"])
+def test_timestamps_beyond_the_utc_range_are_422(client: TestClient, session: Session, world: World,
+                                                 when: str) -> None:
+    """Regression: an aware timestamp that overflows when converted to UTC used to be a 500."""
+    before = db_state(session)
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id), "arrived_at": when},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 422, "validation_error")
+    r = client.post(f"{API}/work-orders", json={"household_id": str(world.household_a.id), "category": "leak",
+                                                "sla_due_at": when}, headers=world.headers(world.supervisor))
+    assert_error(r, 422, "validation_error")
+    assert db_state(session) == before
+
+
+# --- nothing half-written ----------------------------------------------------------------------------
+
+
+def test_failed_creates_leave_no_rows(client: TestClient, session: Session, world: World) -> None:
+    order = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_b)
+    visit = make_visit(session, world.household_a, world.steward_a)
+    office, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    before = db_state(session)
+    failures = [
+        (client.post(f"{API}/work-orders", json={"household_id": str(world.household_a.id), "category": "leak",
+                                                 "assignee_id": str(world.supervisor.id)}, headers=office),
+         422, "invalid_assignee"),
+        (client.post(f"{API}/visits", json={"household_id": str(world.household_a.id), "work_order_id": str(order.id),
+                                            "arrived_at": "2025-12-01T08:00:00Z"}, headers=steward),
+         404, "not_found"),
+        (client.post(f"{API}/readings", json={"household_id": str(world.household_b.id), "visit_id": str(visit.id),
+                                              "taken_at": "2025-12-01T08:00:00Z", "temp_c": 17},
+                     headers=office), 422, "household_mismatch"),
+        (client.post(f"{API}/users", json={"username": "withgrid", "password": "long-enough-pw", "role": "steward",
+                                           "grid": [str(world.building_a.id), random_id()]},
+                     headers=world.headers(world.admin)), 404, "not_found"),
+        (client.post(f"{API}/notices", json={"target": "station", "station_id": random_id(),
+                                             "water_fill_start": "2025-11-01T00:00:00Z",
+                                             "water_fill_end": "2025-11-01T08:00:00Z"}, headers=office),
+         404, "not_found"),
+        (client.post(f"{API}/stations", json={"code": world.station.code, "name": "重复"}, headers=office),
+         409, "already_exists"),
+    ]
+    for r, status, code in failures:
+        assert_error(r, status, code)
+    assert db_state(session) == before
+    assert count_rows(session, WorkOrder) == 1 and count_rows(session, Visit) == 1
+    assert count_rows(session, User) == 4 and count_rows(session, Notice) == 0 and count_rows(session, Station) == 1
+
+
+JUNK_BODIES: list[Any] = [[], {"id": "x", "household_id": None, "status": 7, "building_ids": "all"}, "\u0000",
+                          {"arrived_at": "9999-12-31T23:59:59-23:59", "temp_c": 1e308, "assignee_id": random_id()}]
+
+
+DOMAIN_ROUTES = sorted((f"{API}{route.path}", method.lower())
+                       for router in (users_router, network_router, work_orders_router, fieldwork_router,
+                                      notes_router, notices_router)
+                       for route in router.routes if isinstance(route, APIRoute)
+                       for method in route.methods)
+
+
+def test_no_route_answers_500_to_junk(client: TestClient, session: Session, world: World) -> None:
+    """Every route of the domain API, with missing, malformed and foreign ids and junk bodies, as each role:
+    always a deliberate answer in the error shape, never a 500."""
+    order = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_b)
+    requests = [(method, template.replace("{id}", path_id), body, user)
+                for template, method in DOMAIN_ROUTES
+                for path_id in ((random_id(), "x", str(order.id)) if "{id}" in template else ("",))
+                for body in (JUNK_BODIES if method in ("post", "put", "patch") else [None])
+                for user in (world.admin, world.steward_a)]
+    assert len(requests) > 200
+    for method, url, body, user in requests:
+        r = client.request(method.upper(), url, json=body, headers=world.headers(user))
+        assert r.status_code < 500, (method, url, body, r.text)
+        if r.status_code >= 400:
+            detail = r.json()["detail"]
+            assert isinstance(detail["code"], str) and isinstance(detail["message"], str), r.text

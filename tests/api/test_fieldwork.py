@@ -1,0 +1,211 @@
+"""Visits and indoor temperature readings recorded in the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.db import utcnow
+from api.fieldwork.models import Reading, Visit
+from api.users.models import Role
+from api.work_orders.models import Status
+from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.factories import (
+    World,
+    make_household,
+    make_reading,
+    make_user,
+    make_visit,
+    make_work_order,
+    random_id,
+)
+
+API = "/api/v1"
+
+
+# --- visits -------------------------------------------------------------------------------------------
+
+
+def test_steward_records_a_visit_for_a_work_order(client: TestClient, session: Session, world: World) -> None:
+    order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a)
+    body = {"household_id": str(world.household_a.id), "work_order_id": str(order.id),
+            "arrived_at": "2025-12-01T09:00:00+08:00", "indoor_temp_c": 16.5, "actions": "排气"}
+    r = client.post(f"{API}/visits", json=body, headers=world.headers(world.steward_a))
+    assert r.status_code == 201, r.text
+    visit = r.json()
+    assert visit["steward_id"] == str(world.steward_a.id) and visit["version"] == 1
+    row = reread(session, Visit, visit["id"])
+    assert (row.work_order_id, row.indoor_temp_c) == (order.id, 16.5)
+    assert row.arrived_at == datetime(2025, 12, 1, 1, 0, tzinfo=UTC)
+    got = client.get(f"{API}/visits/{visit['id']}", headers=world.headers(world.steward_a)).json()
+    assert got["arrived_at"] == "2025-12-01T01:00:00Z"
+
+
+@pytest.mark.parametrize("role", [Role.supervisor, Role.admin])
+def test_only_stewards_record_visits(client: TestClient, session: Session, world: World, role: Role) -> None:
+    office = world.supervisor if role == Role.supervisor else world.admin
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id),
+                                           "arrived_at": "2025-12-01T09:00:00Z"}, headers=world.headers(office))
+    assert_error(r, 403, "role_required")
+    assert count_rows(session, Visit) == 0
+
+
+def test_visit_work_order_must_be_for_the_same_household(client: TestClient, session: Session,
+                                                         world: World) -> None:
+    neighbour = make_household(session, world.building_a)
+    order = make_work_order(session, neighbour, status=Status.assigned, assignee=world.steward_a)
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id), "work_order_id": str(order.id),
+                                           "arrived_at": "2025-12-01T09:00:00Z"},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 422, "household_mismatch")
+    assert count_rows(session, Visit) == 0
+
+
+def test_visit_for_a_missing_work_order_is_404(client: TestClient, session: Session, world: World) -> None:
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id), "work_order_id": random_id(),
+                                           "arrived_at": "2025-12-01T09:00:00Z"},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 404, "not_found")
+    assert count_rows(session, Visit) == 0
+
+
+def test_a_visit_cannot_end_before_it_starts(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.steward_a)
+    body = {"household_id": str(world.household_a.id), "arrived_at": "2025-12-01T09:00:00Z",
+            "left_at": "2025-12-01T08:59:59Z"}
+    assert_error(client.post(f"{API}/visits", json=body, headers=h), 422, "invalid_interval")
+    assert count_rows(session, Visit) == 0
+    # The same instant written in another zone is not "before".
+    same = body | {"left_at": "2025-12-01T17:00:00+08:00"}
+    assert client.post(f"{API}/visits", json=same, headers=h).status_code == 201
+
+
+def test_duplicate_visit_id_is_409(client: TestClient, session: Session, world: World) -> None:
+    visit = make_visit(session, world.household_a, world.steward_a)
+    r = client.post(f"{API}/visits", json={"id": str(visit.id), "household_id": str(world.household_a.id),
+                                           "arrived_at": "2025-12-01T09:00:00Z"},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 409, "already_exists")
+    assert count_rows(session, Visit) == 1
+
+
+def test_the_steward_completes_their_visit(client: TestClient, session: Session, world: World) -> None:
+    visit = make_visit(session, world.household_a, world.steward_a)
+    left = (visit.arrived_at + timedelta(minutes=20)).isoformat()
+    r = client.patch(f"{API}/visits/{visit.id}", json={"left_at": left, "result": "resolved", "indoor_temp_c": 20},
+                     headers=world.headers(world.steward_a))
+    assert r.status_code == 200, r.text
+    assert (r.json()["result"], r.json()["version"]) == ("resolved", 2)
+    row = reread(session, Visit, visit.id)
+    assert row.left_at == visit.arrived_at + timedelta(minutes=20) and row.version == 2
+
+
+def test_visit_updates_are_for_its_steward_or_the_office(client: TestClient, session: Session,
+                                                         world: World) -> None:
+    colleague = make_user(session, Role.steward, grid=[world.building_a])
+    visit = make_visit(session, world.household_a, world.steward_a)
+    assert_error(client.patch(f"{API}/visits/{visit.id}", json={"actions": "改"}, headers=world.headers(colleague)),
+                 403, "not_owner")
+    assert reread(session, Visit, visit.id).version == 1
+    r = client.patch(f"{API}/visits/{visit.id}", json={"actions": "主管补记"}, headers=world.headers(world.supervisor))
+    assert r.status_code == 200 and r.json()["actions"] == "主管补记"
+
+
+def test_visit_update_keeps_the_interval_valid(client: TestClient, session: Session, world: World) -> None:
+    visit = make_visit(session, world.household_a, world.steward_a)
+    early = (visit.arrived_at - timedelta(seconds=1)).isoformat()
+    r = client.patch(f"{API}/visits/{visit.id}", json={"left_at": early}, headers=world.headers(world.steward_a))
+    assert_error(r, 422, "invalid_interval")
+    assert reread(session, Visit, visit.id).left_at is None
+    naive = client.patch(f"{API}/visits/{visit.id}", json={"left_at": "2025-12-01T10:00:00"},
+                             headers=world.headers(world.steward_a))
+    assert_error(naive, 422, "validation_error")
+
+
+def test_null_actions_is_a_validation_error(client: TestClient, session: Session, world: World) -> None:
+    """Regression: `{"actions": null}` reached the NOT NULL column and came back as a 409 `conflict`."""
+    visit = make_visit(session, world.household_a, world.steward_a, actions="放水")
+    r = client.patch(f"{API}/visits/{visit.id}", json={"actions": None}, headers=world.headers(world.steward_a))
+    assert_error(r, 422, "validation_error")
+    row = reread(session, Visit, visit.id)
+    assert (row.actions, row.version) == ("放水", 1)
+    # Nullable fields may still be cleared.
+    r = client.patch(f"{API}/visits/{visit.id}", json={"result": None, "left_at": None},
+                     headers=world.headers(world.steward_a))
+    assert r.status_code == 200, r.text
+
+
+def test_list_visits_filters_newest_first(client: TestClient, session: Session, world: World) -> None:
+    now = utcnow()
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    old = make_visit(session, world.household_a, world.steward_a, arrived_at=now - timedelta(days=2))
+    new = make_visit(session, world.household_a, world.steward_a, arrived_at=now - timedelta(hours=1),
+                     work_order_id=order.id)
+    other = make_visit(session, world.household_b, world.steward_b, arrived_at=now)
+    h = world.headers(world.supervisor)
+
+    def ids(**params: object) -> list[str]:
+        body = client.get(f"{API}/visits", params=params, headers=h).json()
+        assert body["count"] == len(body["data"])
+        return [v["id"] for v in body["data"]]
+
+    assert ids() == [str(other.id), str(new.id), str(old.id)]
+    assert ids(household_id=str(world.household_a.id)) == [str(new.id), str(old.id)]
+    assert ids(work_order_id=str(order.id)) == [str(new.id)]
+    assert ids(steward_id=str(world.steward_b.id)) == [str(other.id)]
+
+
+# --- readings -----------------------------------------------------------------------------------------
+
+
+def test_readings_are_appended_by_whoever_takes_them(client: TestClient, session: Session, world: World) -> None:
+    visit = make_visit(session, world.household_a, world.steward_a)
+    body = {"household_id": str(world.household_a.id), "visit_id": str(visit.id),
+            "taken_at": "2025-12-01T09:10:00+08:00", "temp_c": 17.5, "room": "bedroom"}
+    r = client.post(f"{API}/readings", json=body, headers=world.headers(world.steward_a))
+    assert r.status_code == 201, r.text
+    assert r.json()["taken_by_id"] == str(world.steward_a.id)
+    assert reread(session, Reading, r.json()["id"]).taken_at == datetime(2025, 12, 1, 1, 10, tzinfo=UTC)
+    office = client.post(f"{API}/readings", json=body | {"visit_id": None}, headers=world.headers(world.supervisor))
+    assert office.status_code == 201 and office.json()["taken_by_id"] == str(world.supervisor.id)
+    assert count_rows(session, Reading) == 2
+
+
+def test_reading_checks_its_links(client: TestClient, session: Session, world: World) -> None:
+    neighbour = make_household(session, world.building_a)
+    visit = make_visit(session, neighbour, world.steward_a)
+    visit_b = make_visit(session, world.household_b, world.steward_b)
+    h = world.headers(world.steward_a)
+    base = {"household_id": str(world.household_a.id), "taken_at": "2025-12-01T09:10:00Z", "temp_c": 17.5}
+    before = db_state(session)
+    assert_error(client.post(f"{API}/readings", json=base | {"visit_id": str(visit.id)}, headers=h), 422,
+                 "household_mismatch")
+    assert_error(client.post(f"{API}/readings", json=base | {"visit_id": str(visit_b.id)}, headers=h), 404,
+                 "not_found")
+    assert_error(client.post(f"{API}/readings", json=base | {"visit_id": random_id()}, headers=h), 404, "not_found")
+    assert_error(client.post(f"{API}/readings", json=base | {"household_id": random_id()}, headers=h), 404,
+                 "not_found")
+    assert_error(client.post(f"{API}/readings", json=base | {"temp_c": 51}, headers=h), 422, "validation_error")
+    assert db_state(session) == before
+
+
+def test_duplicate_reading_id_is_409(client: TestClient, session: Session, world: World) -> None:
+    reading = make_reading(session, world.household_a, world.steward_a)
+    r = client.post(f"{API}/readings", json={"id": str(reading.id), "household_id": str(world.household_a.id),
+                                             "taken_at": "2025-12-01T09:10:00Z", "temp_c": 22},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 409, "already_exists")
+    assert reread(session, Reading, reading.id).temp_c == 19.5
+
+
+def test_list_readings_newest_first(client: TestClient, session: Session, world: World) -> None:
+    now = utcnow()
+    older = make_reading(session, world.household_a, taken_at=now - timedelta(hours=3), temp_c=15)
+    newer = make_reading(session, world.household_a, taken_at=now, temp_c=19)
+    make_reading(session, world.household_b, taken_at=now)
+    r = client.get(f"{API}/readings", params={"household_id": str(world.household_a.id)},
+                   headers=world.headers(world.steward_a)).json()
+    assert r["count"] == 2 and [x["id"] for x in r["data"]] == [str(newer.id), str(older.id)]

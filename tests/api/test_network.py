@@ -1,0 +1,266 @@
+"""Stations, buildings and households: create, read, update, list with filters and paging."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.network.models import Building, Household, Station
+from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.factories import World, make_building, make_household, make_station, random_id
+
+API = "/api/v1"
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- stations -----------------------------------------------------------------------------------------
+
+
+def test_station_create_read_update(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    r = client.post(f"{API}/stations", json={"code": "HS-LX-03", "name": "燕山换热站", "district": "历下区",
+                                             "capacity_mw": 12.5}, headers=h)
+    assert r.status_code == 201, r.text
+    station = r.json()
+    assert station["version"] == 1 and station["capacity_mw"] == 12.5
+    assert client.get(f"{API}/stations/{station['id']}", headers=world.headers(world.steward_a)).json() == station
+    r = client.patch(f"{API}/stations/{station['id']}", json={"name": "燕山一号站", "capacity_mw": None}, headers=h)
+    assert r.status_code == 200, r.text
+    updated = r.json()
+    assert (updated["name"], updated["capacity_mw"], updated["version"]) == ("燕山一号站", None, 2)
+    assert _ts(updated["updated_at"]) > _ts(station["updated_at"])
+    row = reread(session, Station, station["id"])
+    assert (row.name, row.version, row.code) == ("燕山一号站", 2, "HS-LX-03")
+
+
+def test_a_patch_that_changes_nothing_keeps_the_version(client: TestClient, world: World) -> None:
+    r = client.patch(f"{API}/stations/{world.station.id}", json={"name": world.station.name},
+                     headers=world.headers(world.admin))
+    assert r.status_code == 200 and r.json()["version"] == 1
+
+
+def test_station_codes_are_unique(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    other = make_station(session, code="HS-OTHER")
+    assert_error(client.post(f"{API}/stations", json={"code": world.station.code, "name": "x"}, headers=h),
+                 409, "already_exists")
+    assert count_rows(session, Station) == 2
+    assert_error(client.patch(f"{API}/stations/{other.id}", json={"code": world.station.code}, headers=h),
+                 409, "already_exists")
+    assert reread(session, Station, other.id).code == "HS-OTHER"
+    # Keeping one's own code is not a clash.
+    assert client.patch(f"{API}/stations/{other.id}", json={"code": "HS-OTHER", "name": "新名"},
+                        headers=h).status_code == 200
+
+
+def test_list_stations_by_district_ordered_by_code(client: TestClient, session: Session, world: World) -> None:
+    make_station(session, code="HS-B", district="市中区")
+    make_station(session, code="HS-A", district="市中区")
+    r = client.get(f"{API}/stations", params={"district": "市中区"}, headers=world.headers(world.steward_a))
+    assert r.status_code == 200
+    assert [s["code"] for s in r.json()["data"]] == ["HS-A", "HS-B"] and r.json()["count"] == 2
+
+
+# --- buildings ----------------------------------------------------------------------------------------
+
+
+def test_building_create_update_and_uniqueness(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    body = {"station_id": str(world.station.id), "community": "山大南路小区", "number": "7", "floors": 6}
+    r = client.post(f"{API}/buildings", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    building = r.json()
+    assert_error(client.post(f"{API}/buildings", json=body, headers=h), 409, "already_exists")
+    assert count_rows(session, Building) == 3
+    second = make_station(session)
+    r = client.patch(f"{API}/buildings/{building['id']}", json={"station_id": str(second.id), "floors": None},
+                     headers=h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["station_id"], r.json()["floors"], r.json()["version"]) == (str(second.id), None, 2)
+    clash = {"community": world.building_a.community, "number": world.building_a.number}
+    assert_error(client.patch(f"{API}/buildings/{building['id']}", json=clash, headers=h), 409, "already_exists")
+    assert reread(session, Building, building["id"]).number == "7"
+
+
+def test_building_needs_an_existing_station(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    body = {"station_id": random_id(), "community": "新小区", "number": "1"}
+    assert_error(client.post(f"{API}/buildings", json=body, headers=h), 404, "not_found")
+    assert count_rows(session, Building) == 2
+    r = client.patch(f"{API}/buildings/{world.building_a.id}", json={"station_id": random_id()}, headers=h)
+    assert_error(r, 404, "not_found")
+    assert reread(session, Building, world.building_a.id).station_id == world.station.id
+
+
+def test_list_buildings_filters(client: TestClient, session: Session, world: World) -> None:
+    other_station = make_station(session)
+    make_building(session, other_station, community=world.building_a.community)
+    h = world.headers(world.supervisor)
+    by_station = client.get(f"{API}/buildings", params={"station_id": str(world.station.id)}, headers=h).json()
+    assert by_station["count"] == 2
+    by_community = client.get(f"{API}/buildings", params={"community": world.building_a.community},
+                              headers=h).json()
+    assert by_community["count"] == 2
+    assert {b["station_id"] for b in by_community["data"]} == {str(world.station.id), str(other_station.id)}
+    both = client.get(f"{API}/buildings", params={"community": world.building_a.community,
+                                                  "station_id": str(other_station.id)}, headers=h).json()
+    assert both["count"] == 1
+
+
+# --- households ---------------------------------------------------------------------------------------
+
+
+def test_household_create_update(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    body = {"building_id": str(world.building_a.id), "unit": "2", "room": "301", "area_m2": 92.4,
+            "resident_name": "张建华", "phone": "+86 138-0000-1111"}
+    r = client.post(f"{API}/households", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    hh = r.json()
+    assert (hh["heating_status"], hh["sensitive"], hh["version"]) == ("normal", False, 1)
+    r = client.patch(f"{API}/households/{hh['id']}", json={"heating_status": "suspended", "sensitive": True,
+                                                          "phone": None}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["heating_status"], r.json()["sensitive"], r.json()["phone"]) == ("suspended", True, None)
+    r = client.patch(f"{API}/households/{hh['id']}", json={"area_m2": 90}, headers=h)
+    assert r.json()["version"] == 3
+    row = reread(session, Household, hh["id"])
+    assert (row.version, row.area_m2, row.sensitive) == (3, 90, True)
+
+
+def test_household_room_is_unique_per_building(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    hh = world.household_a
+    body = {"building_id": str(hh.building_id), "unit": hh.unit, "room": hh.room, "area_m2": 60}
+    assert_error(client.post(f"{API}/households", json=body, headers=h), 409, "already_exists")
+    # The same unit and room in another building is a different home.
+    r = client.post(f"{API}/households", json=body | {"building_id": str(world.building_b.id)}, headers=h)
+    assert r.status_code == 201, r.text
+    assert count_rows(session, Household) == 3
+
+
+def test_household_needs_an_existing_building(client: TestClient, session: Session, world: World) -> None:
+    body = {"building_id": random_id(), "unit": "1", "room": "101", "area_m2": 60}
+    assert_error(client.post(f"{API}/households", json=body, headers=world.headers(world.admin)), 404,
+                 "not_found")
+    assert count_rows(session, Household) == 2
+
+
+@pytest.mark.parametrize(("path", "fields"), [
+    ("stations", ["code", "name", "district", "address"]),
+    ("buildings", ["station_id", "community", "number", "address"]),
+    ("households", ["resident_name", "area_m2", "heating_status", "sensitive"]),
+])
+def test_null_for_a_required_column_is_a_validation_error(client: TestClient, session: Session, world: World,
+                                                          path: str, fields: list[str]) -> None:
+    """Regression: null reached the NOT NULL column and came back as a 409 `conflict` from the database."""
+    row_id = {"stations": world.station.id, "buildings": world.building_a.id,
+              "households": world.household_a.id}[path]
+    before = db_state(session)
+    for field in fields:
+        r = client.patch(f"{API}/{path}/{row_id}", json={field: None}, headers=world.headers(world.supervisor))
+        detail = assert_error(r, 422, "validation_error")
+        assert field in detail["message"]
+    assert db_state(session) == before
+
+
+def test_list_households_filters(client: TestClient, session: Session, world: World) -> None:
+    make_household(session, world.building_a, resident_name="赵国强", phone="13912345678", sensitive=True)
+    make_household(session, world.building_a, resident_name="", phone=None, heating_status="suspended", room="502")
+    h = world.headers(world.supervisor)
+
+    def names(**params: object) -> list[str]:
+        r = client.get(f"{API}/households", params=params, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["count"] == len(r.json()["data"])
+        return sorted(x["resident_name"] for x in r.json()["data"])
+
+    assert names(building_id=str(world.building_a.id)) == ["", "王秀英", "赵国强"]
+    assert names(sensitive=True) == ["赵国强"]
+    assert names(sensitive=False) == ["", "李桂兰", "王秀英"]
+    assert names(heating_status="suspended") == [""]
+    assert names(q="国强") == ["赵国强"]
+    assert names(q="1391234") == ["赵国强"]
+    assert names(q="502") == [""]
+    assert_error(client.get(f"{API}/households", params={"heating_status": "off"}, headers=h), 422,
+                 "validation_error")
+    assert_error(client.get(f"{API}/households", params={"q": "x" * 51}, headers=h), 422, "validation_error")
+
+
+def test_phone_numbers_must_look_like_phone_numbers(client: TestClient, session: Session, world: World) -> None:
+    """Regression: `regex=` is ignored by SQLModel's Field, so any text was accepted as a phone number."""
+    h = world.headers(world.supervisor)
+    for phone in ("call me", "12", "1-2", "+", "13800000000; drop"):
+        body = {"building_id": str(world.building_a.id), "unit": "5", "room": "501", "area_m2": 60, "phone": phone}
+        assert_error(client.post(f"{API}/households", json=body, headers=h), 422, "validation_error")
+        assert_error(client.patch(f"{API}/households/{world.household_a.id}", json={"phone": phone}, headers=h),
+                     422, "validation_error")
+    assert count_rows(session, Household) == 2
+    assert reread(session, Household, world.household_a.id).phone == "13800000001"
+
+
+# --- paging -------------------------------------------------------------------------------------------
+
+
+def test_paging_walks_the_whole_list(client: TestClient, session: Session, world: World) -> None:
+    for room in ("601", "602", "603"):
+        make_household(session, world.building_a, unit="1", room=room)
+    h = world.headers(world.supervisor)
+    seen: list[str] = []
+    for offset in (0, 2, 4):
+        r = client.get(f"{API}/households", params={"offset": offset, "limit": 2}, headers=h).json()
+        assert r["count"] == 5
+        seen += [x["id"] for x in r["data"]]
+    assert len(seen) == 5 and len(set(seen)) == 5
+    past = client.get(f"{API}/households", params={"offset": 100}, headers=h).json()
+    assert past == {"data": [], "count": 5}
+
+
+@pytest.mark.parametrize("path", ["/stations", "/buildings", "/households", "/work-orders", "/visits",
+                                  "/readings", "/notes", "/notices", "/users"])
+def test_paging_bounds_are_validated(client: TestClient, world: World, path: str) -> None:
+    for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": 10_000_001}, {"limit": "ten"}):
+        r = client.get(f"{API}{path}", params=params, headers=world.headers(world.admin))
+        detail = assert_error(r, 422, "validation_error")
+        assert detail["errors"][0]["loc"] == ["query", next(iter(params))]
+
+
+def test_paging_accepts_its_limits(client: TestClient, world: World) -> None:
+    r = client.get(f"{API}/households", params={"limit": 500, "offset": 10_000_000},
+                   headers=world.headers(world.admin))
+    assert r.status_code == 200 and r.json() == {"data": [], "count": 2}
+
+
+# --- ids ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["stations", "buildings", "households"])
+def test_client_chosen_ids_are_kept_and_unique(client: TestClient, session: Session, world: World,
+                                               path: str) -> None:
+    new_id = random_id()
+    first, second = {
+        "stations": ({"code": "HS-ID", "name": "站"}, {"code": "HS-ID2", "name": "站"}),
+        "buildings": ({"station_id": str(world.station.id), "community": "小区", "number": "9"},
+                      {"station_id": str(world.station.id), "community": "小区", "number": "10"}),
+        "households": ({"building_id": str(world.building_a.id), "unit": "3", "room": "303", "area_m2": 50},
+                       {"building_id": str(world.building_a.id), "unit": "3", "room": "304", "area_m2": 50}),
+    }[path]
+    h = world.headers(world.supervisor)
+    r = client.post(f"{API}/{path}", json=first | {"id": new_id}, headers=h)
+    assert r.status_code == 201 and r.json()["id"] == new_id
+    before = db_state(session)
+    assert_error(client.post(f"{API}/{path}", json=second | {"id": new_id}, headers=h), 409, "already_exists")
+    assert db_state(session) == before
+
+
+@pytest.mark.parametrize("path", ["stations", "buildings", "households"])
+def test_missing_network_rows_are_404(client: TestClient, world: World, path: str) -> None:
+    h = world.headers(world.supervisor)
+    assert_error(client.get(f"{API}/{path}/{random_id()}", headers=h), 404, "not_found")
+    assert_error(client.patch(f"{API}/{path}/{random_id()}", json={}, headers=h), 404, "not_found")

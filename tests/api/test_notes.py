@@ -1,0 +1,118 @@
+"""Voice notes and call recordings: metadata, links and who sees them."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.notes.models import Note
+from api.work_orders.models import Status
+from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.factories import World, make_household, make_note, make_visit, make_work_order, random_id
+
+API = "/api/v1/notes"
+SHA = "0123456789abcdef" * 4
+
+
+def _body(**kw: object) -> dict[str, object]:
+    return {"audio_sha256": SHA, "duration_s": 42.0, "recorded_at": "2025-12-01T09:00:00Z"} | kw
+
+
+def test_a_note_belongs_to_its_recorder_and_starts_untranscribed(client: TestClient, session: Session,
+                                                                 world: World) -> None:
+    order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a)
+    visit = make_visit(session, world.household_a, world.steward_a, work_order_id=order.id)
+    body = _body(household_id=str(world.household_a.id), work_order_id=str(order.id), visit_id=str(visit.id),
+                 transcript_status="done", transcript_text="伪造的转写", owner_id=str(world.steward_b.id))
+    r = client.post(API, json=body, headers=world.headers(world.steward_a))
+    assert r.status_code == 201, r.text
+    note = r.json()
+    assert note["owner_id"] == str(world.steward_a.id) and note["kind"] == "voice_note"
+    assert (note["transcript_status"], note["transcript_text"]) == ("none", None)
+    row = reread(session, Note, note["id"])
+    assert (row.owner_id, row.visit_id, row.transcript_text) == (world.steward_a.id, visit.id, None)
+
+
+def test_a_note_without_links_is_visible_to_its_owner_only(client: TestClient, session: Session,
+                                                           world: World) -> None:
+    r = client.post(API, json=_body(kind="call_recording"), headers=world.headers(world.steward_a))
+    assert r.status_code == 201
+    note_id = r.json()["id"]
+    assert client.get(f"{API}/{note_id}", headers=world.headers(world.steward_a)).status_code == 200
+    assert_error(client.get(f"{API}/{note_id}", headers=world.headers(world.steward_b)), 404, "not_found")
+    assert client.get(f"{API}/{note_id}", headers=world.headers(world.supervisor)).status_code == 200
+
+
+def test_stewards_see_notes_on_their_households_and_orders(client: TestClient, session: Session,
+                                                           world: World) -> None:
+    on_household = make_note(session, world.steward_b, household_id=world.household_a.id)
+    covering = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_a)
+    on_order = make_note(session, world.steward_b, work_order_id=covering.id)
+    hidden = make_note(session, world.steward_b, household_id=world.household_b.id)
+    h = world.headers(world.steward_a)
+    assert client.get(f"{API}/{on_household.id}", headers=h).status_code == 200
+    assert client.get(f"{API}/{on_order.id}", headers=h).status_code == 200
+    assert_error(client.get(f"{API}/{hidden.id}", headers=h), 404, "not_found")
+    listed = client.get(API, headers=h).json()
+    assert listed["count"] == 2
+    assert {n["id"] for n in listed["data"]} == {str(on_household.id), str(on_order.id)}
+
+
+def test_note_links_must_agree(client: TestClient, session: Session, world: World) -> None:
+    neighbour = make_household(session, world.building_a)
+    order = make_work_order(session, neighbour, status=Status.assigned, assignee=world.steward_a)
+    r = client.post(API, json=_body(household_id=str(world.household_a.id), work_order_id=str(order.id)),
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 422, "household_mismatch")
+    assert count_rows(session, Note) == 0
+
+
+def test_a_missing_visit_is_404_not_a_conflict(client: TestClient, session: Session, world: World) -> None:
+    """Regression: `visit_id` was not checked, so the foreign key failed and answered 409 `conflict`."""
+    r = client.post(API, json=_body(visit_id=random_id()), headers=world.headers(world.supervisor))
+    assert_error(r, 404, "not_found")
+    assert count_rows(session, Note) == 0
+
+
+def test_a_visit_outside_the_grid_cannot_be_linked(client: TestClient, session: Session, world: World) -> None:
+    """Regression: any visit id could be linked, which also told a steward that a visit existed elsewhere."""
+    visit_b = make_visit(session, world.household_b, world.steward_b)
+    neighbour_visit = make_visit(session, make_household(session, world.building_a), world.steward_a)
+    h = world.headers(world.steward_a)
+    before = db_state(session)
+    assert_error(client.post(API, json=_body(visit_id=str(visit_b.id)), headers=h), 404, "not_found")
+    assert_error(client.post(API, json=_body(visit_id=str(neighbour_visit.id),
+                                             household_id=str(world.household_a.id)), headers=h),
+                 422, "household_mismatch")
+    assert db_state(session) == before
+
+
+def test_note_fields_are_validated(client: TestClient, session: Session, world: World) -> None:
+    """`audio_sha256` is lowercase hex (regression: the pattern was silently ignored)."""
+    for field, value in [("audio_sha256", "A" * 64), ("audio_sha256", "g" * 64), ("audio_sha256", "a" * 63),
+                         ("audio_sha256", "not a hash"), ("duration_s", -1), ("duration_s", 6 * 3600 + 1),
+                         ("recorded_at", "2025-12-01T09:00:00")]:
+        r = client.post(API, json=_body(**{field: value}), headers=world.headers(world.steward_a))
+        detail = assert_error(r, 422, "validation_error")
+        assert field in detail["message"]
+    assert count_rows(session, Note) == 0
+
+
+def test_duplicate_note_id_is_409(client: TestClient, session: Session, world: World) -> None:
+    note = make_note(session, world.steward_a)
+    r = client.post(API, json=_body(id=str(note.id)), headers=world.headers(world.steward_a))
+    assert_error(r, 409, "already_exists")
+    assert count_rows(session, Note) == 1
+
+
+def test_list_notes_filters(client: TestClient, session: Session, world: World) -> None:
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    by_order = make_note(session, world.steward_a, work_order_id=order.id)
+    by_household = make_note(session, world.steward_a, household_id=world.household_a.id)
+    make_note(session, world.steward_a)
+    h = world.headers(world.supervisor)
+    r = client.get(API, params={"work_order_id": str(order.id)}, headers=h).json()
+    assert r["count"] == 1 and r["data"][0]["id"] == str(by_order.id)
+    r = client.get(API, params={"household_id": str(world.household_a.id)}, headers=h).json()
+    assert r["count"] == 1 and r["data"][0]["id"] == str(by_household.id)
+    assert client.get(API, headers=h).json()["count"] == 3

@@ -1,0 +1,162 @@
+"""Pre-season notices: drafting, the SMS each household gets, sending once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.errors import Conflict
+from api.network.models import HeatingStatus
+from api.notices import service
+from api.notices.models import Notice
+from api.notices.sms import LoggingSender
+from api.settings import Settings
+from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.factories import World, make_building, make_household, make_notice, make_station, random_id
+
+API = "/api/v1/notices"
+FILL = {"water_fill_start": "2025-11-01T00:30:00Z", "water_fill_end": "2025-11-01T10:00:00Z"}
+
+
+def test_office_drafts_a_building_notice_with_the_default_hotline(client: TestClient, session: Session,
+                                                                  world: World, settings: Settings) -> None:
+    r = client.post(API, json={"target": "building", "building_id": str(world.building_a.id)} | FILL,
+                    headers=world.headers(world.supervisor))
+    assert r.status_code == 201, r.text
+    notice = r.json()
+    assert notice["service_phone"] == settings.service_phone
+    assert (notice["sent_at"], notice["sent_count"], notice["title"]) == (None, 0, "供暖季前注水通知")
+    assert reread(session, Notice, notice["id"]).created_by_id == world.supervisor.id
+
+
+def test_notice_target_and_window_are_validated(client: TestClient, session: Session, world: World) -> None:
+    ids = {"B": str(world.building_a.id), "S": str(world.station.id)}
+    for body in ({"target": "building", "station_id": "S"},
+                 {"target": "station", "building_id": "B"},
+                 {"target": "building", "building_id": "B", "station_id": "S"},
+                 {"target": "building", "building_id": "B", "water_fill_end": FILL["water_fill_start"]},
+                 {"target": "tower", "building_id": "B"}):
+        payload = FILL | {k: ids.get(v, v) for k, v in body.items()}
+        r = client.post(API, json=payload, headers=world.headers(world.supervisor))
+        assert_error(r, 422, "validation_error")
+    assert count_rows(session, Notice) == 0
+
+
+@pytest.mark.parametrize("target", ["building", "station"])
+def test_notice_for_a_missing_target_is_404(client: TestClient, session: Session, world: World,
+                                            target: str) -> None:
+    r = client.post(API, json={"target": target, f"{target}_id": random_id()} | FILL,
+                    headers=world.headers(world.supervisor))
+    assert_error(r, 404, "not_found")
+    assert count_rows(session, Notice) == 0
+
+
+def test_each_household_gets_its_own_text(client: TestClient, session: Session, world: World) -> None:
+    b = world.building_a
+    make_household(session, b, unit="2", room="101", resident_name="", phone=None)
+    make_household(session, b, unit="2", room="102", resident_name="刘振东", heating_status=HeatingStatus.suspended)
+    notice = make_notice(session, b, water_fill_start=datetime(2025, 11, 1, 0, 30, tzinfo=UTC),
+                         water_fill_end=datetime(2025, 11, 1, 10, 0, tzinfo=UTC), service_phone="96999")
+    r = client.get(f"{API}/{notice.id}/messages", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["notice_id"] == str(notice.id) and body["count"] == 3 == len(body["data"])
+    by_room = {m["text"].split("（")[1].split("）")[0]: m for m in body["data"]}
+    hh = world.household_a
+    mine = by_room[f"{b.community}{b.number}号楼{hh.unit}单元{hh.room}室"]
+    assert mine["household_id"] == str(hh.id) and mine["phone"] == hh.phone
+    # Beijing time: 00:30Z is 08:30, 10:00Z is 18:00.
+    assert mine["text"].startswith(f"【供暖季前注水通知】尊敬的{hh.resident_name}住户（")
+    assert "11月1日08:30至11月1日18:00注水试压" in mine["text"]
+    assert "排气阀" in mine["text"] and "96999" in mine["text"] and "停暖" not in mine["text"]
+    nameless = by_room[f"{b.community}{b.number}号楼2单元101室"]
+    assert nameless["phone"] is None and "尊敬的住户（" in nameless["text"]
+    suspended = by_room[f"{b.community}{b.number}号楼2单元102室"]
+    assert "您家已办理停暖" in suspended["text"] and "阀门保持关闭" in suspended["text"]
+    assert "排气阀" not in suspended["text"] and "96999" in suspended["text"]
+
+
+def test_a_station_notice_reaches_every_building_it_feeds(client: TestClient, session: Session,
+                                                          world: World) -> None:
+    elsewhere = make_household(session, make_building(session, make_station(session)))
+    notice = make_notice(session, station=world.station)
+    r = client.get(f"{API}/{notice.id}/messages", headers=world.headers(world.admin)).json()
+    assert r["count"] == 2
+    assert {m["household_id"] for m in r["data"]} == {str(world.household_a.id), str(world.household_b.id)}
+    assert str(elsewhere.id) not in {m["household_id"] for m in r["data"]}
+
+
+def test_send_texts_every_household_with_a_phone_once(client: TestClient, session: Session, world: World,
+                                                      sms: LoggingSender) -> None:
+    make_household(session, world.building_a, phone=None)
+    suspended = make_household(session, world.building_a, phone="13900000009",
+                               heating_status=HeatingStatus.suspended)
+    notice = make_notice(session, world.building_a)
+    h = world.headers(world.supervisor)
+    r = client.post(f"{API}/{notice.id}/send", headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["sent_count"] == 2 and r.json()["sent_at"] is not None
+    assert sorted(phone for phone, _ in sms.sent) == [world.household_a.phone, suspended.phone]
+    texts = dict(sms.sent)
+    assert "已办理停暖" in texts[str(suspended.phone)] and "已办理停暖" not in texts[str(world.household_a.phone)]
+    row = reread(session, Notice, notice.id)
+    assert (row.sent_count, row.version) == (2, 2)
+
+    again = client.post(f"{API}/{notice.id}/send", headers=h)
+    assert_error(again, 409, "already_sent")
+    assert len(sms.sent) == 2 and reread(session, Notice, notice.id).version == 2
+
+    resent = client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=h)
+    assert resent.status_code == 200 and resent.json()["sent_count"] == 2
+    assert len(sms.sent) == 4 and sms.sent[2:] == sms.sent[:2]
+
+
+def test_stewards_cannot_render_or_send(client: TestClient, session: Session, world: World,
+                                        sms: LoggingSender) -> None:
+    notice = make_notice(session, world.building_a)
+    before = db_state(session)
+    h = world.headers(world.steward_a)
+    assert client.get(f"{API}/{notice.id}", headers=h).status_code == 200
+    assert_error(client.get(f"{API}/{notice.id}/messages", headers=h), 403, "role_required")
+    assert_error(client.post(f"{API}/{notice.id}/send", headers=h), 403, "role_required")
+    assert sms.sent == [] and db_state(session) == before
+
+
+def test_list_notices_filters_newest_first(client: TestClient, session: Session, world: World) -> None:
+    first = make_notice(session, world.building_a)
+    second = make_notice(session, world.building_b)
+    third = make_notice(session, station=world.station)
+    h = world.headers(world.supervisor)
+    r = client.get(API, headers=h).json()
+    assert r["count"] == 3 and [n["id"] for n in r["data"]] == [str(third.id), str(second.id), str(first.id)]
+    r = client.get(API, params={"building_id": str(world.building_a.id)}, headers=h).json()
+    assert r["count"] == 1 and r["data"][0]["id"] == str(first.id)
+    r = client.get(API, params={"station_id": str(world.station.id)}, headers=h).json()
+    assert r["count"] == 1 and r["data"][0]["id"] == str(third.id)
+
+
+def test_missing_notices_are_404(client: TestClient, world: World, sms: LoggingSender) -> None:
+    h = world.headers(world.supervisor)
+    for method, suffix in (("GET", ""), ("GET", "/messages"), ("POST", "/send")):
+        assert_error(client.request(method, f"{API}/{random_id()}{suffix}", headers=h), 404, "not_found")
+    assert sms.sent == []
+
+
+def test_two_racing_sends_text_residents_once(client: TestClient, session: Session, world: World, engine: Engine,
+                                              settings: Settings, sms: LoggingSender) -> None:
+    """Regression: `sent_at` was checked on the row as first read, so a second send racing the first
+    passed the check and every resident got the notice twice."""
+    notice = make_notice(session, world.building_a)
+    with Session(engine, expire_on_commit=False) as other:
+        stale = other.get(Notice, notice.id)
+        assert stale is not None and stale.sent_at is None
+        assert client.post(f"{API}/{notice.id}/send", headers=world.headers(world.supervisor)).status_code == 200
+        with pytest.raises(Conflict) as caught:
+            service.send(session=other, settings=settings, sender=sms, notice=stale)
+        assert caught.value.code == "already_sent"
+    assert len(sms.sent) == 1
+    assert reread(session, Notice, notice.id).version == 2

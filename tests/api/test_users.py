@@ -1,0 +1,157 @@
+"""Users and stewards' grids (administration); sign-in itself is in test_auth."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.users.models import GridBuilding, Role, User
+from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.factories import PASSWORD, World, make_building, make_household, make_user, random_id
+
+API = "/api/v1"
+
+
+def _grid(client: TestClient, w: World, user: User) -> list[str]:
+    r = client.get(f"{API}/users/{user.id}/grid", headers=w.headers(w.admin))
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == str(user.id)
+    return sorted(r.json()["building_ids"])
+
+
+def _visible_households(client: TestClient, w: World, user: User) -> set[str]:
+    body = client.get(f"{API}/households", headers=w.headers(user)).json()
+    assert body["count"] == len(body["data"])
+    return {h["id"] for h in body["data"]}
+
+
+def test_admin_creates_a_steward_with_a_grid(client: TestClient, session: Session, world: World) -> None:
+    grid = sorted([str(world.building_a.id), str(world.building_b.id)])
+    r = client.post(f"{API}/users", json={"username": "zhang.wei", "password": "long-enough-pw", "role": "steward",
+                                          "full_name": "张伟", "grid": [*grid, grid[0]]},
+                    headers=world.headers(world.admin))
+    assert r.status_code == 201, r.text
+    user = r.json()
+    assert (user["role"], user["active"], user["version"]) == ("steward", True, 1)
+    assert "password" not in user and "password_hash" not in user
+    created = reread(session, User, user["id"])
+    assert _grid(client, world, created) == grid
+    assert _visible_households(client, world, created) == {str(world.household_a.id), str(world.household_b.id)}
+    me = client.get(f"{API}/auth/me/grid", headers=world.headers(created)).json()
+    assert sorted(me["building_ids"]) == grid
+
+
+def test_usernames_are_checked(client: TestClient, session: Session, world: World) -> None:
+    """Regression: the username pattern was silently ignored (`regex=` is not a SQLModel Field option)."""
+    h = world.headers(world.admin)
+    for name in ("zhang wei", "张伟", "a/b", "ab"):
+        r = client.post(f"{API}/users", json={"username": name, "password": "long-enough-pw", "role": "supervisor"},
+                        headers=h)
+        assert_error(r, 422, "validation_error")
+    assert count_rows(session, User) == 4
+
+
+@pytest.mark.parametrize("role", ["supervisor", "admin"])
+def test_only_stewards_have_a_grid(client: TestClient, session: Session, world: World, role: str) -> None:
+    h = world.headers(world.admin)
+    r = client.post(f"{API}/users", json={"username": "office1", "password": "long-enough-pw", "role": role,
+                                          "grid": [str(world.building_a.id)]}, headers=h)
+    assert_error(r, 422, "grid_for_non_steward")
+    assert count_rows(session, User) == 4
+    office = world.supervisor if role == "supervisor" else world.admin
+    before = db_state(session)
+    for ids in ([str(world.building_a.id)], []):
+        r = client.put(f"{API}/users/{office.id}/grid", json={"building_ids": ids}, headers=h)
+        assert_error(r, 422, "grid_for_non_steward")
+    assert db_state(session) == before
+
+
+def test_put_grid_replaces_it_and_changes_what_the_steward_sees(client: TestClient, session: Session,
+                                                                world: World) -> None:
+    steward = world.steward_a
+    building_c = make_building(session, world.station)
+    household_c = make_household(session, building_c)
+    assert _visible_households(client, world, steward) == {str(world.household_a.id)}
+    r = client.put(f"{API}/users/{steward.id}/grid",
+                   json={"building_ids": [str(world.building_b.id), str(building_c.id)]},
+                   headers=world.headers(world.admin))
+    assert r.status_code == 200, r.text
+    expected = sorted([str(world.building_b.id), str(building_c.id)])
+    assert sorted(r.json()["building_ids"]) == expected == _grid(client, world, steward)
+    assert _visible_households(client, world, steward) == {str(world.household_b.id), str(household_c.id)}
+    assert_error(client.get(f"{API}/households/{world.household_a.id}", headers=world.headers(steward)), 404,
+                 "not_found")
+    # Steward B keeps building B: grids may overlap.
+    assert _grid(client, world, world.steward_b) == [str(world.building_b.id)]
+    r = client.put(f"{API}/users/{steward.id}/grid", json={"building_ids": []}, headers=world.headers(world.admin))
+    assert r.status_code == 200 and r.json()["building_ids"] == []
+    assert _visible_households(client, world, steward) == set()
+
+
+def test_put_grid_with_a_missing_building_changes_nothing(client: TestClient, session: Session,
+                                                          world: World) -> None:
+    before = db_state(session)
+    r = client.put(f"{API}/users/{world.steward_a.id}/grid",
+                   json={"building_ids": [str(world.building_b.id), random_id()]}, headers=world.headers(world.admin))
+    assert_error(r, 404, "not_found")
+    assert db_state(session) == before
+    assert _grid(client, world, world.steward_a) == [str(world.building_a.id)]
+
+
+def test_a_steward_promoted_to_supervisor_loses_the_grid(client: TestClient, session: Session,
+                                                         world: World) -> None:
+    r = client.patch(f"{API}/users/{world.steward_a.id}", json={"role": "supervisor"},
+                     headers=world.headers(world.admin))
+    assert r.status_code == 200 and r.json()["role"] == "supervisor" and r.json()["version"] == 2
+    assert count_rows(session, GridBuilding) == 1  # steward B's
+    # The new role applies to the old token at once: the whole district is visible.
+    assert len(_visible_households(client, world, world.steward_a)) == 2
+
+
+def test_profile_updates_bump_the_version_and_password_changes_apply(client: TestClient, session: Session,
+                                                                     world: World) -> None:
+    h = world.headers(world.admin)
+    r = client.patch(f"{API}/users/{world.steward_b.id}", json={"full_name": "李娜", "phone": "13700000000",
+                                                                "password": "a-new-long-password"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["full_name"], r.json()["version"]) == ("李娜", 2)
+    token = client.post(f"{API}/auth/token", data={"username": world.steward_b.username, "password": PASSWORD})
+    assert_error(token, 401, "invalid_credentials")
+    token = client.post(f"{API}/auth/token", data={"username": world.steward_b.username,
+                                                   "password": "a-new-long-password"})
+    assert token.status_code == 200
+    r = client.patch(f"{API}/users/{world.steward_b.id}", json={"active": False}, headers=h)
+    assert r.status_code == 200 and r.json()["active"] is False
+    assert_error(client.get(f"{API}/auth/me", headers=world.headers(world.steward_b)), 401, "inactive_user")
+
+
+def test_list_users_by_role_and_name(client: TestClient, session: Session, world: World) -> None:
+    make_user(session, Role.steward, username="aaa-first")
+    h = world.headers(world.admin)
+    every = client.get(f"{API}/users", headers=h).json()
+    assert every["count"] == 5
+    assert [u["username"] for u in every["data"]] == sorted(u["username"] for u in every["data"])
+    assert every["data"][0]["username"] == "aaa-first"
+    stewards = client.get(f"{API}/users", params={"role": "steward"}, headers=h).json()
+    assert stewards["count"] == 3 and {u["role"] for u in stewards["data"]} == {"steward"}
+    page = client.get(f"{API}/users", params={"role": "steward", "limit": 2, "offset": 2}, headers=h).json()
+    assert page["count"] == 3 and len(page["data"]) == 1
+    assert_error(client.get(f"{API}/users", params={"role": "mayor"}, headers=h), 422, "validation_error")
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [("GET", "", None), ("PATCH", "", {"full_name": "x"}),
+                                                         ("GET", "/grid", None),
+                                                         ("PUT", "/grid", {"building_ids": []})])
+def test_missing_users_are_404(client: TestClient, world: World, method: str, suffix: str,
+                               body: dict[str, object] | None) -> None:
+    r = client.request(method, f"{API}/users/{random_id()}{suffix}", json=body, headers=world.headers(world.admin))
+    assert_error(r, 404, "not_found")
+
+
+def test_grid_size_is_bounded(client: TestClient, session: Session, world: World) -> None:
+    before = db_state(session)
+    r = client.put(f"{API}/users/{world.steward_a.id}/grid", json={"building_ids": [random_id()] * 5001},
+                   headers=world.headers(world.admin))
+    assert_error(r, 422, "validation_error")
+    assert db_state(session) == before
