@@ -15,6 +15,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from api.deps import Page
 from api.errors import NotFound
+from api.fieldwork.models import Reading, Visit
 from api.network.models import Household
 from api.users.models import GridBuilding, Role, User
 from api.work_orders.models import WorkOrder
@@ -49,6 +50,20 @@ def work_order_clause(user: User) -> ColumnElement[bool]:
     if is_office(user):
         return true()
     return or_(col(WorkOrder.assignee_id) == user.id, household_clause(user, WorkOrder.household_id))
+
+
+def visit_clause(user: User) -> ColumnElement[bool]:
+    """Visits the user may see: at households of the grid, or made by them (for an order they cover)."""
+    if is_office(user):
+        return true()
+    return or_(household_clause(user, Visit.household_id), col(Visit.steward_id) == user.id)
+
+
+def reading_clause(user: User) -> ColumnElement[bool]:
+    """Readings the user may see: at households of the grid, or taken by them."""
+    if is_office(user):
+        return true()
+    return or_(household_clause(user, Reading.household_id), col(Reading.taken_by_id) == user.id)
 
 
 def get_visible(session: Session, model: type[T], id: uuid.UUID, clause: ColumnElement[bool],

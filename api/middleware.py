@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -32,8 +33,11 @@ class BodyLimitMiddleware:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    await self._refuse(send)
+                if declared < 0:
+                    await self._refuse(send, 400, "bad_request", "The Content-Length header is not a number.")
+                    return
+                if declared > self.max_bytes:
+                    await self._refuse(send, 413, "payload_too_large", self._message())
                     return
         received = 0
 
@@ -53,11 +57,9 @@ class BodyLimitMiddleware:
     def _message(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes."
 
-    async def _refuse(self, send: Send) -> None:
-        import json
-
-        body = json.dumps(error_body("payload_too_large", self._message())).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+        body = json.dumps(error_body(code, message)).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime, field_validator
+from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
 from api.network.models import not_null
+from api.schemas import UtcDatetime
 
 
 class VisitResult(StrEnum):
@@ -23,8 +24,8 @@ class VisitResult(StrEnum):
 class VisitBase(SQLModel):
     household_id: uuid.UUID
     work_order_id: uuid.UUID | None = None
-    arrived_at: AwareDatetime
-    left_at: AwareDatetime | None = None
+    arrived_at: UtcDatetime
+    left_at: UtcDatetime | None = None
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str = Field(default="", max_length=4000, description="What was done: bled radiators, ...")
     result: VisitResult | None = None
@@ -46,7 +47,7 @@ class VisitCreate(VisitBase):
 
 
 class VisitUpdate(SQLModel):
-    left_at: AwareDatetime | None = None
+    left_at: UtcDatetime | None = None
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str | None = Field(default=None, max_length=4000)
     result: VisitResult | None = None
@@ -69,7 +70,7 @@ class VisitsPublic(SQLModel):
 
 class ReadingBase(SQLModel):
     household_id: uuid.UUID
-    taken_at: AwareDatetime
+    taken_at: UtcDatetime
     room: str = Field(default="living_room", min_length=1, max_length=30)
     temp_c: float = Field(ge=-30, le=50)
     visit_id: uuid.UUID | None = None

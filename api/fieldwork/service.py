@@ -16,11 +16,13 @@ from api.work_orders import service as work_orders
 
 
 def _check_links(session: Session, user: User, household_id: uuid.UUID, work_order_id: uuid.UUID | None) -> None:
-    get_household(session=session, user=user, id=household_id)
-    if work_order_id is not None:
-        order = work_orders.get(session=session, user=user, id=work_order_id)
-        if order.household_id != household_id:
-            raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+    # A steward covering an order outside their grid reaches its household through the order.
+    if work_order_id is None:
+        get_household(session=session, user=user, id=household_id)
+        return
+    order = work_orders.get(session=session, user=user, id=work_order_id)
+    if order.household_id != household_id:
+        raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
 
 
 def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
@@ -40,8 +42,7 @@ def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
 
 def get_visit(*, session: Session, user: User, id: uuid.UUID) -> Visit:
     """A visit the user may see."""
-    return access.get_visible(session, Visit, id, access.household_clause(user, Visit.household_id),
-                              what="visit")
+    return access.get_visible(session, Visit, id, access.visit_clause(user), what="visit")
 
 
 def update_visit(*, session: Session, user: User, visit: Visit, data: VisitUpdate) -> Visit:
@@ -62,7 +63,7 @@ def list_visits(*, session: Session, user: User, page: Page, household_id: uuid.
                 work_order_id: uuid.UUID | None = None, steward_id: uuid.UUID | None = None
                 ) -> tuple[list[Visit], int]:
     """Visits the user may see, newest first."""
-    stmt = select(Visit).where(access.household_clause(user, Visit.household_id))
+    stmt = select(Visit).where(access.visit_clause(user))
     if household_id:
         stmt = stmt.where(Visit.household_id == household_id)
     if work_order_id:
@@ -76,8 +77,9 @@ def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Read
     """Append an indoor temperature reading for a household the user may see."""
     if data.id is not None and session.get(Reading, data.id) is not None:
         raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
-    get_household(session=session, user=user, id=data.household_id)
-    if data.visit_id is not None:
+    if data.visit_id is None:
+        get_household(session=session, user=user, id=data.household_id)
+    else:  # a reading taken during the user's own visit, possibly outside their grid
         visit = get_visit(session=session, user=user, id=data.visit_id)
         if visit.household_id != data.household_id:
             raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
@@ -90,7 +92,7 @@ def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Read
 def list_readings(*, session: Session, user: User, page: Page, household_id: uuid.UUID | None = None
                   ) -> tuple[list[Reading], int]:
     """Readings the user may see, newest first."""
-    stmt = select(Reading).where(access.household_clause(user, Reading.household_id))
+    stmt = select(Reading).where(access.reading_clause(user))
     if household_id:
         stmt = stmt.where(Reading.household_id == household_id)
     return access.paged(session, stmt, page, col(Reading.taken_at).desc(), Reading.id)

@@ -160,7 +160,8 @@ def list_households(*, session: Session, user: User, page: Page, building_id: uu
     if heating_status is not None:
         stmt = stmt.where(Household.heating_status == heating_status)
     if q:
-        like = f"%{q}%"
-        stmt = stmt.where(col(Household.resident_name).like(like) | col(Household.phone).like(like)
+        # A literal match: `%` and `_` in the query are not wildcards.
+        stmt = stmt.where(col(Household.resident_name).contains(q, autoescape=True)
+                          | col(Household.phone).contains(q, autoescape=True)
                           | (Household.room == q))
     return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

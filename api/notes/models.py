@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
+from api.schemas import UtcDatetime
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -34,7 +34,7 @@ class NoteBase(SQLModel):
     household_id: uuid.UUID | None = None
     audio_sha256: str = Field(max_length=64, schema_extra={"pattern": SHA256_PATTERN})
     duration_s: float = Field(ge=0, le=6 * 3600)
-    recorded_at: AwareDatetime
+    recorded_at: UtcDatetime
 
 
 class Note(Versioned, NoteBase, table=True):

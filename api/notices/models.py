@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime, model_validator
+from pydantic import model_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
+from api.schemas import UtcDatetime
 
 
 class NoticeTarget(StrEnum):
@@ -22,8 +23,8 @@ class NoticeBase(SQLModel):
     building_id: uuid.UUID | None = None
     station_id: uuid.UUID | None = None
     title: str = Field(default="供暖季前注水通知", min_length=1, max_length=100)
-    water_fill_start: AwareDatetime
-    water_fill_end: AwareDatetime
+    water_fill_start: UtcDatetime
+    water_fill_end: UtcDatetime
     bleed_instructions: str = Field(
         default="注水期间请家中留人，发现暖气片或管道漏水请立即关闭阀门并拨打服务热线；"
         "注水后如暖气片上热下凉，请用排气钥匙逆时针拧开排气阀，见水后关闭。",
@@ -58,6 +59,8 @@ class NoticeCreate(NoticeBase):
             raise ValueError("give building_id for target=building, or station_id for target=station")
         if self.water_fill_end <= self.water_fill_start:
             raise ValueError("water_fill_end must be after water_fill_start")
+        if not (self.water_fill_start.year >= 2000 and self.water_fill_end.year <= 2100):
+            raise ValueError("water filling must be scheduled between the years 2000 and 2100")
         return self
 
 

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
+from api.schemas import UtcDatetime
 
 
 class Source(StrEnum):
@@ -102,7 +102,7 @@ class WorkOrderEvent(SQLModel, table=True):
 class WorkOrderCreate(WorkOrderBase):
     id: uuid.UUID | None = None
     assignee_id: uuid.UUID | None = None
-    sla_due_at: AwareDatetime | None = None
+    sla_due_at: UtcDatetime | None = None
 
 
 class WorkOrderPublic(WorkOrderBase):
@@ -138,7 +138,7 @@ class WorkOrderUpdate(SQLModel):
     category: Category | None = None
     description: str | None = Field(default=None, max_length=4000)
     priority: Priority | None = None
-    sla_due_at: AwareDatetime | None = None
+    sla_due_at: UtcDatetime | None = None
 
 
 class WorkOrderEventPublic(SQLModel):

@@ -158,17 +158,28 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
     return order
 
 
-def update(*, session: Session, user: User, order: WorkOrder, data: WorkOrderUpdate) -> WorkOrder:
-    """Office edits of category, description, priority or SLA."""
+def update(*, session: Session, settings: Settings, user: User, order: WorkOrder,
+           data: WorkOrderUpdate) -> WorkOrder:
+    """Office edits of category, description, priority or SLA. A new priority moves the SLA with it
+    (counted from the order's creation) unless the edit sets `sla_due_at` itself."""
     _lock(session, order)
     if order.status not in OPEN_STATUSES:
         raise InvalidTransition(f"A {order.status.value} work order can no longer be edited.")
-    order.sqlmodel_update(data.model_dump(exclude_unset=True, exclude_none=True))
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if not changes:
+        return order
+    before = order.priority
+    # Read before changing the order: a query after it would autoflush and bump the version twice.
     household = session.get(Household, order.household_id)
+    order.sqlmodel_update(changes)
     if household is not None:  # the rule of `create` holds for edits too
         order.priority = effective_priority(household, order.category, order.priority)
+    if order.priority != before and "sla_due_at" not in changes:
+        order.sla_due_at = order.created_at + timedelta(hours=settings.sla_hours(order.priority.value))
+    if not session.is_modified(order):
+        return order
     session.add(order)
-    _event(session, order, user, "updated", note=", ".join(sorted(data.model_fields_set)))
+    _event(session, order, user, "updated", note=", ".join(sorted(changes)))
     session.commit()
     return order
 

@@ -48,9 +48,10 @@ def get_work_order(id: uuid.UUID, session: SessionDep, user: CurrentUser):
 
 
 @router.patch("/{id}", response_model=WorkOrderPublic)
-def update_work_order(id: uuid.UUID, data: WorkOrderUpdate, session: SessionDep, user: OfficeUser):
+def update_work_order(id: uuid.UUID, data: WorkOrderUpdate, session: SessionDep, settings: SettingsDep,
+                      user: OfficeUser):
     order = service.get(session=session, user=user, id=id)
-    return service.update(session=session, user=user, order=order, data=data)
+    return service.update(session=session, settings=settings, user=user, order=order, data=data)
 
 
 @router.post("/{id}/assign", response_model=WorkOrderPublic)

@@ -209,3 +209,40 @@ def test_list_readings_newest_first(client: TestClient, session: Session, world:
     r = client.get(f"{API}/readings", params={"household_id": str(world.household_a.id)},
                    headers=world.headers(world.steward_a)).json()
     assert r["count"] == 2 and [x["id"] for x in r["data"]] == [str(newer.id), str(older.id)]
+
+
+# --- covering an order outside the grid (regression) ---------------------------------------------------
+
+
+def test_a_steward_covering_an_order_outside_their_grid_records_the_visit_and_reading(
+        client: TestClient, session: Session, world: World) -> None:
+    covering = make_work_order(session, world.household_b, status=Status.in_progress, assignee=world.steward_a)
+    h = world.headers(world.steward_a)
+    now = utcnow()
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_b.id),
+                                           "work_order_id": str(covering.id),
+                                           "arrived_at": now.isoformat()}, headers=h)
+    assert r.status_code == 201, r.text
+    visit_id = r.json()["id"]
+    assert client.get(f"{API}/visits/{visit_id}", headers=h).status_code == 200
+    r = client.post(f"{API}/readings", json={"household_id": str(world.household_b.id), "visit_id": visit_id,
+                                             "taken_at": now.isoformat(), "temp_c": 16.5}, headers=h)
+    assert r.status_code == 201, r.text
+    readings = client.get(f"{API}/readings", headers=h).json()
+    assert [x["id"] for x in readings["data"]] == [r.json()["id"]]
+    # Without the order the household stays out of reach, and other stewards' visits there stay hidden.
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_b.id),
+                                           "arrived_at": now.isoformat()}, headers=h)
+    assert_error(r, 404, "not_found")
+    other = make_visit(session, world.household_b, world.steward_b)
+    assert_error(client.get(f"{API}/visits/{other.id}", headers=h), 404, "not_found")
+
+
+def test_timestamps_answer_in_utc_on_create_as_on_read(client: TestClient, world: World) -> None:
+    h = world.headers(world.steward_a)
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id),
+                                           "arrived_at": "2026-12-01T09:30:00+08:00"}, headers=h)
+    assert r.status_code == 201, r.text
+    created = r.json()["arrived_at"]
+    assert created in ("2026-12-01T01:30:00Z", "2026-12-01T01:30:00+00:00")
+    assert client.get(f"{API}/visits/{r.json()['id']}", headers=h).json()["arrived_at"] == created

@@ -98,3 +98,9 @@ def test_metrics_count_requests_by_full_route_template(engine: Engine, settings:
     assert counts[("GET", "/healthz", "200")] == 1
     assert counts[("GET", "unmatched", "404")] == 1
     assert not any(str(hh) in route for _, route, _ in counts for hh in (world.household_a.id, world.household_b.id))
+
+
+def test_an_unreadable_content_length_is_400(client: TestClient) -> None:
+    r = client.post("/api/v1/work-orders", content=b"{}", headers={"Content-Length": "abc",
+                                                                    "Content-Type": "application/json"})
+    assert_error(r, 400, "bad_request")

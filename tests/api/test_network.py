@@ -264,3 +264,10 @@ def test_missing_network_rows_are_404(client: TestClient, world: World, path: st
     h = world.headers(world.supervisor)
     assert_error(client.get(f"{API}/{path}/{random_id()}", headers=h), 404, "not_found")
     assert_error(client.patch(f"{API}/{path}/{random_id()}", json={}, headers=h), 404, "not_found")
+
+
+def test_household_search_is_literal_not_a_wildcard(client: TestClient, session: Session, world: World) -> None:
+    h = world.headers(world.supervisor)
+    assert client.get(f"{API}/households", params={"q": "%"}, headers=h).json()["count"] == 0
+    assert client.get(f"{API}/households", params={"q": "_"}, headers=h).json()["count"] == 0
+    assert client.get(f"{API}/households", params={"q": "秀英"}, headers=h).json()["count"] == 1

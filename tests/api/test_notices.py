@@ -160,3 +160,11 @@ def test_two_racing_sends_text_residents_once(client: TestClient, session: Sessi
         assert caught.value.code == "already_sent"
     assert len(sms.sent) == 1
     assert reread(session, Notice, notice.id).version == 2
+
+
+def test_notice_times_outside_a_sane_range_are_422(client: TestClient, world: World) -> None:
+    r = client.post(API, json={"target": "building", "building_id": str(world.building_a.id),
+                                            "water_fill_start": "9999-12-30T08:00:00+08:00",
+                                            "water_fill_end": "9999-12-31T08:00:00+08:00"},
+                    headers=world.headers(world.supervisor))
+    assert_error(r, 422, "validation_error")

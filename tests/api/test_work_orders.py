@@ -410,3 +410,29 @@ def test_an_assignment_based_on_a_stale_read_sees_the_cancellation(client: TestC
     row = reread(session, WorkOrder, order.id)
     assert (row.status, row.assignee_id, row.version) == (Status.cancelled, world.steward_a.id, 2)
     assert [e.kind for e in _events(session, order.id)] == ["status"]
+
+
+# --- edits (regressions) --------------------------------------------------------------------------------
+
+
+def test_a_new_priority_moves_the_sla_unless_the_edit_sets_it(client: TestClient, session: Session,
+                                                              world: World, settings: Settings) -> None:
+    order = make_work_order(session, world.household_a, priority=Priority.normal)
+    h = world.headers(world.supervisor)
+    r = client.patch(f"{API}/{order.id}", json={"priority": "urgent"}, headers=h)
+    assert r.status_code == 200, r.text
+    due = datetime.fromisoformat(r.json()["sla_due_at"])
+    assert due == reread(session, WorkOrder, order.id).created_at + timedelta(hours=settings.sla_hours_urgent)
+    chosen = (utcnow() + timedelta(days=3)).replace(microsecond=0)
+    r = client.patch(f"{API}/{order.id}", json={"priority": "low", "sla_due_at": chosen.isoformat()}, headers=h)
+    assert datetime.fromisoformat(r.json()["sla_due_at"]) == chosen
+
+
+def test_an_empty_edit_changes_nothing_and_logs_nothing(client: TestClient, session: Session, world: World) -> None:
+    order = make_work_order(session, world.household_a)
+    h = world.headers(world.supervisor)
+    r = client.patch(f"{API}/{order.id}", json={}, headers=h)
+    assert r.status_code == 200
+    assert r.json()["version"] == order.version
+    events = client.get(f"{API}/{order.id}/events", headers=h).json()
+    assert all(e["kind"] != "updated" for e in events)

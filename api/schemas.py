@@ -1,0 +1,20 @@
+"""Field types shared by the request and response schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00-14:00 has no UTC equivalent
+        raise ValueError("the timestamp is out of range once converted to UTC") from exc
+
+
+# A timestamp that must carry a zone on the way in and is held (and answered) in UTC from then on,
+# so a row reads the same right after it is created as it does from the database later.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
