@@ -23,6 +23,11 @@ from api.notices.views import router as notices_router
 from api.settings import Settings, get_settings
 from api.users.views import router as users_router
 from api.work_orders.views import router as work_orders_router
+from speech.views import speech_router
+from sync.blobs.service import make_blobs
+from sync.blobs.views import router as blobs_router
+from sync.views import router as sync_router
+from video.views import video_router
 
 log = logging.getLogger("steward")
 
@@ -32,7 +37,8 @@ API_PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every `/api/v1` route of the service."""
     router = APIRouter(prefix=API_PREFIX)
-    for sub in (users_router, network_router, work_orders_router, fieldwork_router, notes_router, notices_router):
+    for sub in (users_router, network_router, work_orders_router, fieldwork_router, notes_router, notices_router,
+                sync_router, blobs_router, speech_router):
         router.include_router(sub)
     return router
 
@@ -55,12 +61,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.engine = engine
     app.state.sms_sender = sms_sender or make_sender(settings)
+    app.state.blobs = make_blobs(settings)
     registry = CollectorRegistry()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       exempt_prefixes=(f"{API_PREFIX}/blobs",))
+                       exempt_prefixes=(f"{API_PREFIX}/blobs", f"{API_PREFIX}/calls"))  # they enforce blob_max_bytes
     app.add_middleware(MetricsMiddleware, registry=registry)
     install_error_handlers(app)
     app.include_router(api_router())
+    app.include_router(video_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz(request: Request) -> JSONResponse:

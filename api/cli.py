@@ -10,12 +10,19 @@ from typing import Annotated
 import typer
 
 from api import __version__
+from api.bench_cli import bench_app
 from api.settings import Settings, get_settings
+from speech.cli import transcribe, worker
+from sync.bench import bench_sync
 
 app = typer.Typer(help="Heat Steward: the heating steward service backend.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+bench_app.command("sync")(bench_sync)
+app.command("transcribe")(transcribe)
+app.command("worker")(worker)
 
 
 class RoleOption(StrEnum):

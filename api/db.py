@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
@@ -107,12 +107,24 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 class Versioned(SQLModel):
     """Columns of every syncable row: a client-creatable UUID id, a version bumped on each write,
-    and UTC creation/update times. The version is bumped in one place, on flush (see below)."""
+    and UTC creation/update times. The version is bumped in one place, on flush (see below).
+
+    The last three columns are offline-sync bookkeeping, written only by the flush hook of
+    `sync.tracking` (see docs/sync-protocol.md): the change sequence of the last write, the version at
+    which each field last changed (and by which device), and the device whose push wrote the row last.
+    """
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     version: int = Field(default=1, ge=1)
     created_at: datetime = ts_field(default_now=True)
     updated_at: datetime = ts_field(default_now=True)
+    seq: int = Field(default=0, sa_type=BigInteger, index=True, sa_column_kwargs={"server_default": "0"})
+    field_versions: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    origin_client_id: uuid.UUID | None = Field(default=None)
+
+
+# Columns that say how a row was written rather than what it holds.
+BOOKKEEPING_FIELDS = frozenset({"version", "created_at", "updated_at", "seq", "field_versions", "origin_client_id"})
 
 
 @event.listens_for(Session, "before_flush")
@@ -122,6 +134,20 @@ def _bump_versions(session: Session, _flush_context: Any, _instances: Any) -> No
         if isinstance(obj, Versioned) and session.is_modified(obj, include_collections=False):
             obj.version = (obj.version or 0) + 1
             obj.updated_at = now
+    # Imported here, not at the top: sync's models import this module. Every session runs it, so no
+    # write path can forget to record its changes for the devices.
+    from sync import tracking
+
+    tracking.before_flush(session)
 
 
-__all__ = ["Field", "SQLModel", "Session", "UTCDateTime", "Versioned", "make_engine", "new_id", "ts_field", "utcnow"]
+@event.listens_for(Session, "do_orm_execute")
+def _track_bulk_writes(state: Any) -> None:
+    if state.is_delete or state.is_update:
+        from sync import tracking
+
+        tracking.before_bulk_write(state)
+
+
+__all__ = ["BOOKKEEPING_FIELDS", "Field", "SQLModel", "Session", "UTCDateTime", "Versioned", "make_engine", "new_id",
+           "ts_field", "utcnow"]

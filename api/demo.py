@@ -77,8 +77,12 @@ def _table(model: Any) -> Table:
 
 
 def generate(engine: Engine, *, households: int, stewards: int, password: str, seed: int,
-             as_of: datetime | None = None, progress: bool = False) -> dict[str, Any]:
-    """Fill an empty database with a district; returns a JSON-ready summary."""
+             as_of: datetime | None = None, progress: bool = False, history: int = 0) -> dict[str, Any]:
+    """Fill an empty database with a district; returns a JSON-ready summary.
+
+    `history` adds, per household, that many past (closed) work orders, each with a visit and two
+    readings: a denser district for benchmarks. 0 (the default) leaves the district exactly as before.
+    """
     if len(password) < 8:
         raise DemoError("The demo password must have at least 8 characters.")
     with engine.connect() as conn:
@@ -97,6 +101,7 @@ def generate(engine: Engine, *, households: int, stewards: int, password: str, s
         Station, Building, Household, GridBuilding, WorkOrder, WorkOrderEvent, Visit, Reading)]
     total = sum(len(r) for _, r in order)
     done = 0
+    extra = 0
     with engine.begin() as conn:
         for model, table_rows in order:
             for chunk in _chunks(table_rows):
@@ -104,6 +109,9 @@ def generate(engine: Engine, *, households: int, stewards: int, password: str, s
                 done += len(chunk)
                 if progress:
                     print(f"\rdemo-data: {done}/{total} rows", end="", flush=True)
+        if history:
+            extra = _insert_history(conn, rows, users, seed=seed, as_of=as_of, per_household=history,
+                                    progress=progress)
     if progress:
         print()
     grid_of: dict[uuid.UUID, list[str]] = {}
@@ -119,9 +127,60 @@ def generate(engine: Engine, *, households: int, stewards: int, password: str, s
         "work_orders": len(rows["work_orders"]),
         "visits": len(rows["visits"]),
         "readings": len(rows["readings"]),
+        "history_rows": extra,
         "users": [{"id": str(u["id"]), "username": u["username"], "role": u["role"].value,
                    "grid": grid_of.get(u["id"], [])} for u in users],
     }
+
+
+def _insert_history(conn: Any, rows: dict[str, list[dict[str, Any]]], users: list[dict[str, Any]], *, seed: int,
+                    as_of: datetime, per_household: int, progress: bool) -> int:
+    """Past, closed work orders with a visit and two readings each, inserted household by household so
+    memory stays flat. Its own random stream: the base district does not change with `history`."""
+    rng = random.Random(seed * 1_000_003 + per_household)
+    steward_of = {g["building_id"]: g["user_id"] for g in rows["grid_buildings"]}
+    supervisor_id = users[1]["id"]
+    tables = [_table(m) for m in (WorkOrder, Visit, Reading)]
+    batch: list[list[dict[str, Any]]] = [[], [], []]
+    written = 0
+
+    def flush() -> None:
+        nonlocal written
+        for table, table_rows in zip(tables, batch, strict=True):
+            if table_rows:
+                conn.execute(insert(table), table_rows)
+                written += len(table_rows)
+                table_rows.clear()
+        if progress:
+            print(f"\rdemo-data: {written} history rows", end="", flush=True)
+
+    for h in rows["households"]:
+        steward = steward_of.get(h["building_id"])
+        for _ in range(per_household):
+            created = as_of - timedelta(days=rng.randint(15, 400), seconds=rng.randint(0, 86400))
+            arrived = created + timedelta(hours=rng.randint(1, 20))
+            left = arrived + timedelta(minutes=rng.randint(10, 60))
+            category = _weighted(rng, CATEGORY_WEIGHTS)
+            oid, vid = _uuid(rng), _uuid(rng)
+            stamp = {"version": 1, "created_at": created, "updated_at": left}
+            batch[0].append(stamp | {
+                "id": oid, "household_id": h["id"], "source": Source.hotline, "category": category,
+                "description": DESCRIPTIONS[category].format(t=rng.randint(12, 17)), "priority": Priority.normal,
+                "caller_phone": h["phone"], "status": Status.closed, "assignee_id": steward,
+                "created_by_id": supervisor_id, "sla_due_at": created + timedelta(hours=24), "resolved_at": left,
+                "closed_at": left + timedelta(days=1)})
+            batch[1].append(stamp | {
+                "id": vid, "household_id": h["id"], "work_order_id": oid, "steward_id": steward or supervisor_id,
+                "arrived_at": arrived, "left_at": left, "indoor_temp_c": round(rng.uniform(14, 19), 1),
+                "actions": "检查户内阀门，暖气片排气", "result": VisitResult.resolved})
+            for visit_id, taken in ((vid, arrived), (None, left + timedelta(days=1))):
+                batch[2].append(stamp | {
+                    "id": _uuid(rng), "household_id": h["id"], "taken_at": taken, "room": rng.choice(ROOMS),
+                    "temp_c": round(rng.gauss(19.5, 1.5), 1), "visit_id": visit_id, "taken_by_id": steward})
+        if len(batch[2]) >= BATCH:
+            flush()
+    flush()
+    return written
 
 
 def _stamp(as_of: datetime, rng: random.Random, days: float) -> datetime:

@@ -37,6 +37,60 @@ class Settings(BaseSettings):
     sla_hours_normal: float = Field(24, gt=0)
     sla_hours_low: float = Field(72, gt=0)
     log_level: str = "info"
+    whisper_engine: Literal["faster-whisper", "openai-whisper"] = Field(
+        "faster-whisper", description="Speech engine: CTranslate2 (default) or the PyTorch reference.")
+    whisper_model: str = Field("", description="Model directory (faster-whisper) or .pt file (openai-whisper); "
+                                               "empty means the bundled Whisper base.")
+    whisper_device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where Whisper runs.")
+    whisper_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float32, float16...).")
+    whisper_beam_size: int = Field(5, ge=1, le=10, description="Beam width of the decoder.")
+    whisper_threads: int = Field(0, ge=0, description="CPU threads per transcription; 0 means all cores.")
+    speech_language: str = Field("zh", description="Language of calls and notes (Whisper language code).")
+    speech_glossary: Path | None = Field(None, description="Glossary TOML file; empty means the bundled "
+                                                           "heating glossary.")
+    speech_queue: Literal["auto", "embedded", "procrastinate", "off"] = Field(
+        "auto", description="Transcription jobs: `embedded` (worker threads inside `steward serve`), "
+                            "`procrastinate` (`steward worker` processes, PostgreSQL), `auto` (embedded on SQLite, "
+                            "else procrastinate), `off`.")
+    speech_workers: int = Field(1, ge=0, le=16, description="Embedded mode: transcription threads in `steward serve`.")
+    speech_max_attempts: int = Field(3, ge=1, le=20, description="Tries of a transcription before it is `failed`.")
+    speech_retry_backoff_s: float = Field(30, ge=0, description="Wait before the first retry; doubles each time.")
+    speech_stalled_after_s: float = Field(60, gt=0, description="A worker silent this long is dead; its job is "
+                                                                "retried.")
+    speech_draft_work_orders: bool = Field(True, description="A call tagged leak or not_warm opens a work order "
+                                                             "(status new) for its household.")
+    sync_tombstone_retention_days: float = Field(30, gt=0, description="How long deletes are kept for offline "
+                                                 "devices; an older cursor gets a full resync.")
+    sync_purge_interval_minutes: float = Field(60, gt=0, description="How often pulls purge expired tombstones.")
+    sync_push_max_mutations: int = Field(1000, ge=1, description="Largest push batch (413 beyond).")
+    blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest blob (photo, recording) in bytes.")
+    blob_dir: Path | None = Field(None, description="Where blobs are stored; empty means <data_dir>/blobs.")
+    video_public_url: str = Field("", description="Base URL of residents' join links (HTTPS in production: phones "
+                                                  "only open the camera on secure pages); empty means the URL the "
+                                                  "request came in on.")
+    video_join_token_minutes: float = Field(30, gt=0, description="Lifetime of a resident's join link.")
+    video_room_max_minutes: float = Field(60, gt=0, description="A video room closes after this long, whatever "
+                                                                "happens in it.")
+    video_room_idle_close_s: float = Field(120, gt=0, description="A video room nobody is connected to closes "
+                                                                  "after this long.")
+    video_connect_timeout_s: float = Field(30, gt=0, description="A video participant not connected this long "
+                                                                 "after its answer is dropped.")
+    video_max_participants: int = Field(4, ge=2, le=16, description="Participants per video room (409 beyond).")
+    video_max_rooms: int = Field(8, ge=1, description="Open video rooms per relay process (429 beyond).")
+    video_ice_servers: str = Field("", description="Comma-separated STUN/TURN URLs for clients and the relay "
+                                                   "(e.g. `stun:turn.example.cn:3478,turn:turn.example.cn:3478`); "
+                                                   "empty works on a LAN and on loopback.")
+    video_turn_secret: str = Field("", description="coturn's `static-auth-secret`: time-limited TURN credentials "
+                                                   "are derived from it.")
+    video_shared_encoding: bool = Field(True, description="Encode each published video once for all its VP8 "
+                                                          "subscribers (less CPU; one bitrate for all) instead of "
+                                                          "once per subscriber.")
+    video_record_audio: bool = Field(True, description="Record a video call's audio (both sides) into a "
+                                                       "`call_recording` note queued for transcription.")
+    video_worker_id: str = Field("", description="Name of this relay worker; rooms are pinned to the worker that "
+                                                 "created them. Empty means `<hostname>:<port>`.")
+    video_worker_url: str = Field("", description="Base URL at which this relay worker is reached directly, for "
+                                                  "requests another worker redirects here; empty means single worker.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -8,8 +8,12 @@ from api.notes.models import Note
 from api.notices.models import Notice
 from api.users.models import GridBuilding, User
 from api.work_orders.models import WorkOrder, WorkOrderEvent
+from speech.models import Call, Transcript, TranscriptRevision
+from sync.models import ScopeEvent, SyncClient, SyncConflict, SyncState, Tombstone
+from video.models import VideoRoom, VideoSnapshot  # noqa: F401
 
 metadata = SQLModel.metadata
 
-__all__ = ["Building", "GridBuilding", "Household", "Note", "Notice", "Reading", "Station", "User", "Visit",
+__all__ = ["Building", "Call", "GridBuilding", "Household", "Note", "Notice", "Reading", "ScopeEvent", "Station",
+           "SyncClient", "SyncConflict", "SyncState", "Tombstone", "Transcript", "TranscriptRevision", "User", "Visit",
            "WorkOrder", "WorkOrderEvent", "metadata"]

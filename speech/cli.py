@@ -1,0 +1,152 @@
+"""`steward transcribe FILE...`: transcribe recordings on this machine, offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from api.settings import Settings, get_settings
+
+
+class EngineOption(StrEnum):
+    faster_whisper = "faster-whisper"
+    openai_whisper = "openai-whisper"
+
+
+def _timestamp(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{rest:05.2f}"
+
+
+def transcript_json(file: str, transcript: Any, *, redact: bool) -> dict[str, Any]:
+    """The CLI's JSON object for one transcribed file."""
+    from speech.redact import redact_text
+
+    def clean(text: str) -> str:
+        return redact_text(text) if redact else text
+
+    return {"file": file, "engine": transcript.engine, "model": transcript.model, "language": transcript.language,
+            "duration": transcript.duration, "text": clean(transcript.text),
+            "segments": [{"start": round(s.start, 2), "end": round(s.end, 2), "text": clean(s.text)}
+                         for s in transcript.segments]}
+
+
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (wav, mp3, m4a, ogg/opus, amr, webm).",
+                                                show_default=False)],
+    engine: Annotated[EngineOption | None, typer.Option(help="Speech engine (default: STEWARD_WHISPER_ENGINE).")]
+    = None,
+    model: Annotated[str | None, typer.Option(help="Model directory or .pt file (default: the bundled base).")]
+    = None,
+    language: Annotated[str | None, typer.Option(help="Language code (default: STEWARD_SPEECH_LANGUAGE).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file, one per line.")] = False,
+    redact: Annotated[bool, typer.Option("--redact", help="Mask phone and ID numbers.")] = False,
+) -> None:
+    """Transcribe recordings; with --json, one JSON line per file. Exit code 1 if any file failed."""
+    from speech.audio import AudioDecodeError, decode_audio
+    from speech.model_store import ModelError
+    from speech.pipeline import build_pipeline
+
+    try:
+        settings: Settings = get_settings()
+    except ValueError as exc:
+        typer.secho(f"Configuration error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        pipeline = build_pipeline(settings, engine=engine.value if engine else None, model=model, language=language)
+    except (ModelError, RuntimeError, ValueError) as exc:
+        typer.secho(f"Cannot load the model: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+    failed = 0
+    with _Output(total=len(files), quiet=as_json) as out:
+        for file in files:
+            try:
+                transcript = pipeline.run(decode_audio(file))
+            except AudioDecodeError as exc:
+                failed += 1
+                if as_json:
+                    out.line(json.dumps({"file": str(file), "error": str(exc)}, ensure_ascii=False))
+                else:
+                    out.line(f"error: {exc}", err=True)
+            else:
+                data = transcript_json(str(file), transcript, redact=redact)
+                out.line(json.dumps(data, ensure_ascii=False) if as_json else _readable(data))
+            out.advance()
+    pipeline.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _readable(data: dict[str, Any]) -> str:
+    lines = [f"== {data['file']} ({data['duration']:.1f} s, {data['engine']}, {data['model']})"]
+    lines += [f"[{_timestamp(s['start'])} -> {_timestamp(s['end'])}] {s['text']}" for s in data["segments"]]
+    if not data["segments"]:
+        lines.append("(no speech)")
+    return "\n".join(lines)
+
+
+class _Output:
+    """Lines to stdout, plus a progress bar over files unless quiet (on the terminal that shows it)."""
+
+    def __init__(self, *, total: int, quiet: bool) -> None:
+        self._progress: Any = None
+        self._total = total
+        self._quiet = quiet
+
+    def __enter__(self) -> _Output:
+        if not self._quiet:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            # On a terminal the bar shares stdout with the text (rich keeps them apart); when stdout is
+            # piped the bar goes to stderr so that the text stays clean.
+            console = Console(file=sys.stdout if sys.stdout.isatty() else sys.stderr)
+            self._progress = Progress(console=console, transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._progress.start()
+            self._task = self._progress.add_task("transcribing", total=self._total)
+        return self
+
+    def line(self, text: str, *, err: bool = False) -> None:
+        if self._progress is not None and self._progress.console.file is (sys.stderr if err else sys.stdout):
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            typer.echo(text, err=err)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=16, help="Jobs at once in this process (each uses "
+                                                                 "STEWARD_WHISPER_THREADS cores).")] = 1,
+) -> None:
+    """Run transcription jobs from the PostgreSQL queue until stopped (run several, on several machines)."""
+    from api.db import make_engine
+    from speech.worker import queue_mode, run_worker
+
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        typer.secho(f"Configuration error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    engine = make_engine(settings)
+    try:
+        if queue_mode(settings, engine) != "procrastinate":
+            typer.secho("`steward worker` needs PostgreSQL (STEWARD_DATABASE_URL); with SQLite, `steward serve` "
+                        "transcribes in-process.", fg="red", err=True)
+            raise typer.Exit(2)
+        run_worker(settings, engine, concurrency=concurrency)
+    finally:
+        engine.dispose()

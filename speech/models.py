@@ -1,0 +1,158 @@
+"""Transcripts of recordings (voice notes and hotline calls), their edit history, and call metadata.
+
+Every recording is a `notes` row (a call is a note of kind `call_recording`), so a transcript shares its
+note's id. The transcript row is also the durable job: its status says what the worker must do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from api.db import new_id, ts_field
+
+
+class TranscriptState(StrEnum):
+    waiting_audio = "waiting_audio"  # the note arrived before its audio blob
+    queued = "queued"
+    running = "running"
+    failed = "failed"
+    transcribed = "transcribed"
+    approved = "approved"
+
+
+class Transcript(SQLModel, table=True):
+    __tablename__ = "transcripts"
+
+    id: uuid.UUID = Field(primary_key=True, foreign_key="notes.id", ondelete="CASCADE")
+    status: TranscriptState = Field(default=TranscriptState.queued, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = ts_field(default_now=True, index=True)
+    lease_until: datetime | None = ts_field(nullable=True)
+    failure_reason: str | None = Field(default=None, max_length=2000)
+    engine: str | None = Field(default=None, max_length=32)
+    model: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, max_length=10)
+    duration_s: float | None = None
+    # The original text (never masked): joined segment texts, kept in step with `segments` for search.
+    text: str = ""
+    segments: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Work-order categories, comma-delimited with a leading and trailing comma (",leak,not_warm,").
+    categories: str = Field(default="", max_length=200)
+    revision: int = 0
+    draft_work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", ondelete="SET NULL")
+    approved_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    approved_at: datetime | None = ts_field(nullable=True)
+    transcribed_at: datetime | None = ts_field(nullable=True)
+    created_at: datetime = ts_field(default_now=True)
+    updated_at: datetime = ts_field(default_now=True)
+
+    @property
+    def category_list(self) -> list[str]:
+        return [c for c in self.categories.split(",") if c]
+
+
+class TranscriptRevision(SQLModel, table=True):
+    """One supervisor edit: which segments changed, from what to what, by whom, when."""
+
+    __tablename__ = "transcript_revisions"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    transcript_id: uuid.UUID = Field(foreign_key="transcripts.id", index=True, ondelete="CASCADE")
+    revision: int
+    user_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    at: datetime = ts_field(default_now=True)
+    changes: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Call(SQLModel, table=True):
+    """What the telephony system knows about a hotline call; its recording is the note with the same id."""
+
+    __tablename__ = "calls"
+
+    id: uuid.UUID = Field(primary_key=True, foreign_key="notes.id", ondelete="CASCADE")
+    caller_phone: str = Field(max_length=32)
+    agent: str = Field(max_length=64)
+    started_at: datetime = ts_field()
+    created_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+
+
+# --- API schemas --------------------------------------------------------------------------------------
+
+
+class CallMetadata(SQLModel):
+    caller_phone: str = Field(min_length=3, max_length=32)
+    started_at: AwareDatetime
+    agent: str = Field(min_length=1, max_length=64)
+    household_id: uuid.UUID | None = None
+    work_order_id: uuid.UUID | None = None
+
+
+class CallQueued(SQLModel):
+    id: uuid.UUID
+    status: TranscriptState
+
+
+class SegmentPublic(SQLModel):
+    index: int
+    start: float
+    end: float
+    text: str
+
+
+class TranscriptPublic(SQLModel):
+    id: uuid.UUID
+    status: TranscriptState
+    kind: str
+    attempts: int
+    failure_reason: str | None
+    engine: str | None
+    model: str | None
+    language: str | None
+    duration_s: float | None
+    text: str
+    categories: list[str]
+    revision: int
+    owner_id: uuid.UUID
+    household_id: uuid.UUID | None
+    work_order_id: uuid.UUID | None
+    draft_work_order_id: uuid.UUID | None
+    recorded_at: datetime
+    caller_phone: str | None = None
+    agent: str | None = None
+    approved_by_id: uuid.UUID | None
+    approved_at: datetime | None
+    transcribed_at: datetime | None
+    redacted: bool
+
+
+class TranscriptDetail(TranscriptPublic):
+    segments: list[SegmentPublic]
+
+
+class TranscriptsPublic(SQLModel):
+    data: list[TranscriptPublic]
+    count: int
+
+
+class SegmentEdit(SQLModel):
+    index: int = Field(ge=0)
+    text: str = Field(max_length=2000)
+
+
+class TranscriptUpdate(SQLModel):
+    segments: list[SegmentEdit] = Field(min_length=1, max_length=2000)
+    base_revision: int | None = Field(default=None, description="The revision edited; 409 if it moved on.")
+
+
+class RevisionPublic(SQLModel):
+    revision: int
+    user_id: uuid.UUID | None
+    at: datetime
+    changes: list[dict[str, Any]]

@@ -1,0 +1,88 @@
+"""Full-text search over Chinese transcripts: FTS5 trigram on SQLite, a pg_trgm GIN index on PostgreSQL.
+
+The index is derived data: `ensure_search_index` creates it when missing (at start) and fills it from
+the transcripts, so it is never out of step and can be dropped and rebuilt at will. It is not in the
+migrations because schema comparison sees FTS5's shadow tables as foreign tables.
+Trigrams cannot match queries shorter than three characters (most Chinese words are two): those
+fall back to a plain substring scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from sqlalchemy import Engine, column, text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import col, select
+
+from speech.models import Transcript
+
+log = logging.getLogger(__name__)
+
+_SQLITE = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS transcripts_fts USING fts5(transcript_id UNINDEXED, text, tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_insert AFTER INSERT ON transcripts BEGIN "
+    "INSERT INTO transcripts_fts(transcript_id, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_update AFTER UPDATE OF text ON transcripts BEGIN "
+    "DELETE FROM transcripts_fts WHERE transcript_id = old.id; "
+    "INSERT INTO transcripts_fts(transcript_id, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_delete AFTER DELETE ON transcripts BEGIN "
+    "DELETE FROM transcripts_fts WHERE transcript_id = old.id; END",
+]
+
+
+def ensure_search_index(engine: Engine) -> bool:
+    """Create the search index if it is missing; False if this database cannot have one (then search scans)."""
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcripts_fts'")).first()
+            for statement in _SQLITE:
+                conn.execute(text(statement))
+            if not exists:
+                conn.execute(text("INSERT INTO transcripts_fts(transcript_id, text) SELECT id, text FROM transcripts"))
+        return True
+    if engine.dialect.name == "postgresql":
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))  # one creator at a time
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+                conn.execute(text("CREATE INDEX IF NOT EXISTS ix_transcripts_text_trgm ON transcripts "
+                                  "USING gin (text gin_trgm_ops)"))
+        except DBAPIError as exc:
+            log.warning("no trigram index (search will scan): %s", exc.orig)
+            return False
+        return True
+    return False
+
+
+_ready: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def index_ready(engine: Engine) -> bool:
+    """Whether the search index exists (created on first need)."""
+    if engine not in _ready:
+        try:
+            _ready[engine] = ensure_search_index(engine)
+        except DBAPIError as exc:  # the database is down: scan this time, try again next time
+            log.warning("search index unavailable: %s", exc.orig)
+            return False
+    return _ready[engine]
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_clause(q: str, engine: Engine) -> Any:
+    """A WHERE clause on `Transcript` matching transcripts whose text contains `q`."""
+    q = q.strip()
+    if engine.dialect.name == "sqlite" and len(q) >= 3 and index_ready(engine):
+        phrase = '"' + q.replace('"', '""') + '"'
+        matching = (text("SELECT transcript_id FROM transcripts_fts WHERE transcripts_fts MATCH :phrase")
+                    .bindparams(phrase=phrase).columns(column("transcript_id")).subquery())
+        return col(Transcript.id).in_(select(matching.c.transcript_id))
+    # PostgreSQL's trigram index serves ILIKE; short SQLite queries scan.
+    return col(Transcript.text).ilike(_like_pattern(q), escape="\\")

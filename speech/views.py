@@ -1,0 +1,123 @@
+"""Routes: hotline calls in, transcripts out (list, search, read, listen, correct, approve)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
+from fastapi.responses import FileResponse, Response
+from pydantic import ValidationError
+
+from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
+from api.errors import NotFound, PayloadTooLarge, Unprocessable
+from speech import service
+from speech.models import (
+    CallMetadata,
+    CallQueued,
+    RevisionPublic,
+    TranscriptDetail,
+    TranscriptsPublic,
+    TranscriptState,
+    TranscriptUpdate,
+)
+from speech.storage import audio_path
+from speech.worker import lifespan, notify_queued
+
+calls_router = APIRouter(prefix="/calls", tags=["speech"])
+router = APIRouter(prefix="/transcripts", tags=["speech"])
+
+
+@calls_router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=CallQueued)
+async def post_call(request: Request, session: SessionDep, settings: SettingsDep, user: OfficeUser,
+                    audio: Annotated[UploadFile, File(description="The recording (wav, mp3, m4a, ogg, amr, webm).")],
+                    metadata: Annotated[str, Form(description="JSON: caller_phone, started_at, agent, optional "
+                                                             "household_id and work_order_id.")]):
+    """Upload a hotline recording; it is transcribed in the background."""
+    try:
+        meta = CallMetadata.model_validate(json.loads(metadata))
+    except (ValueError, ValidationError) as exc:
+        raise Unprocessable(f"metadata is not valid call metadata JSON: {exc}", code="invalid_metadata") from exc
+    data = await audio.read(settings.blob_max_bytes + 1)
+    if len(data) > settings.blob_max_bytes:
+        raise PayloadTooLarge(f"The recording is larger than {settings.blob_max_bytes} bytes.")
+    transcript = service.create_call(session=session, settings=settings, user=user, metadata=meta, audio=data)
+    notify_queued(request.app.state, transcript.id)
+    return CallQueued(id=transcript.id, status=transcript.status)
+
+
+@router.get("", response_model=TranscriptsPublic)
+def list_transcripts(session: SessionDep, settings: SettingsDep, user: CurrentUser, page: PageDep,
+                     status: TranscriptState | None = None, category: str | None = None,
+                     date_from: date | None = None, date_to: date | None = None, steward_id: uuid.UUID | None = None,
+                     work_order_id: uuid.UUID | None = None, q: str | None = None):
+    rows, count = service.list_transcripts(session=session, settings=settings, user=user, page=page, status=status,
+                                           category=category, date_from=date_from, date_to=date_to,
+                                           steward_id=steward_id, work_order_id=work_order_id, q=q)
+    return {"data": [service.present(session, user, t) for t in rows], "count": count}
+
+
+@router.get("/{id}", response_model=TranscriptDetail)
+def get_transcript(id: uuid.UUID, session: SessionDep, user: CurrentUser):
+    return service.present(session, user, service.get(session=session, user=user, id=id), detail=True)
+
+
+@router.get("/{id}/audio", response_class=Response)
+def get_audio(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser,
+              range: Annotated[str | None, Header()] = None):
+    """The recording; `Range: bytes=...` is honoured so a player can start from a segment."""
+    from api.notes.models import Note
+
+    transcript = service.get(session=session, user=user, id=id)
+    note = session.get(Note, transcript.id)
+    path = audio_path(settings, note.audio_sha256) if note else None
+    if path is None or not path.is_file():
+        raise NotFound("The recording's audio has not been uploaded yet.", code="audio_missing")
+    media_type, suffix = _sniff(path)
+    return FileResponse(path, media_type=media_type, filename=f"{id}{suffix}")
+
+
+@router.patch("/{id}", response_model=TranscriptDetail)
+def patch_transcript(id: uuid.UUID, data: TranscriptUpdate, session: SessionDep, settings: SettingsDep,
+                     user: OfficeUser):
+    """Correct segment texts (supervisors); each edit is kept in the revision history."""
+    transcript = service.get(session=session, user=user, id=id)
+    transcript = service.update(session=session, settings=settings, user=user, transcript=transcript, data=data)
+    return service.present(session, user, transcript, detail=True)
+
+
+@router.get("/{id}/revisions", response_model=list[RevisionPublic])
+def list_revisions(id: uuid.UUID, session: SessionDep, user: CurrentUser):
+    transcript = service.get(session=session, user=user, id=id)
+    return service.revisions(session=session, transcript=transcript)
+
+
+@router.post("/{id}/approve", response_model=TranscriptDetail)
+def approve_transcript(id: uuid.UUID, session: SessionDep, user: OfficeUser):
+    transcript = service.approve(session=session, user=user, transcript=service.get(session=session, user=user, id=id))
+    return service.present(session, user, transcript, detail=True)
+
+
+_SIGNATURES = ((b"RIFF", "audio/wav", ".wav"), (b"OggS", "audio/ogg", ".ogg"), (b"ID3", "audio/mpeg", ".mp3"),
+               (b"#!AMR", "audio/amr", ".amr"), (b"\x1aE\xdf\xa3", "audio/webm", ".webm"))
+
+
+def _sniff(path: Path) -> tuple[str, str]:
+    """Media type and file suffix from the recording's first bytes (blobs are stored without a name)."""
+    with path.open("rb") as f:
+        head = f.read(12)
+    for magic, media_type, suffix in _SIGNATURES:
+        if head.startswith(magic):
+            return media_type, suffix
+    if head[4:8] == b"ftyp":
+        return "audio/mp4", ".m4a"
+    return "application/octet-stream", ""
+
+
+# What api/app.py includes: both routers, and the lifespan that runs the embedded worker.
+speech_router = APIRouter(lifespan=lifespan)
+speech_router.include_router(calls_router)
+speech_router.include_router(router)

@@ -1,0 +1,296 @@
+"""Who runs transcription jobs.
+
+- Embedded (SQLite, `steward serve`): a few threads inside the server process; the transcripts table is
+  the queue. A job left `running` by a crash is taken over when its lease runs out, and at once on the
+  next start (only one process serves an embedded database).
+- Production (PostgreSQL, `steward worker`): procrastinate, on any number of machines. Jobs are locked
+  by procrastinate (one worker per job); a worker that stops sending heartbeats has its job retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlmodel import col
+
+from api.db import utcnow
+from api.settings import Settings
+from speech import jobs
+from speech.models import Transcript, TranscriptState
+
+log = logging.getLogger(__name__)
+
+QUEUE = "speech"
+PROCRASTINATE_SCHEMA = "procrastinate"
+
+
+def queue_mode(settings: Settings, engine: Engine) -> str:
+    """`embedded`, `procrastinate` or `off`, for this database."""
+    if settings.speech_queue != "auto":
+        return settings.speech_queue
+    return "embedded" if engine.dialect.name == "sqlite" else "procrastinate"
+
+
+# --- embedded -------------------------------------------------------------------------------------------
+
+
+class EmbeddedWorker:
+    """Transcription threads inside the server process. `close()` stops them (idempotent)."""
+
+    def __init__(self, engine: Engine, settings: Settings, *, threads: int, poll_s: float = 2.0,
+                 pipeline: Any = None) -> None:
+        self.engine, self.settings, self.poll_s, self.pipeline = engine, settings, poll_s, pipeline
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._recovered = threading.Event()
+        self._recover_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, name=f"speech-worker-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> None:
+        """Start the threads; the first one recovers the jobs a crashed process left running."""
+        for thread in self._threads:
+            thread.start()
+
+    def _recover(self) -> None:
+        # Only one process serves an embedded database: whatever is `running` now was running in a process
+        # that is gone, so its lease is over.
+        with self.engine.begin() as conn:
+            recovered = conn.execute(update(Transcript).where(col(Transcript.status) == TranscriptState.running)
+                                     .values(lease_until=utcnow())).rowcount
+        if recovered:
+            log.warning("%d transcription(s) were interrupted by a stop; retrying them", recovered)
+
+    def wake(self) -> None:
+        """Look for work now (a job was just queued)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        last_promotion = 0.0
+        while not self._stop.is_set():
+            try:
+                if not self._recovered.is_set():
+                    with self._recover_lock:
+                        if not self._recovered.is_set():
+                            self._recover()
+                            self._recovered.set()
+                now = utcnow().timestamp()
+                if now - last_promotion > 10:
+                    jobs.promote_waiting(self.engine, self.settings)
+                    last_promotion = now
+                if self._work_once():
+                    continue
+            except Exception:  # a database hiccup must not kill the thread
+                log.exception("speech worker loop error")
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def _work_once(self) -> bool:
+        transcript_id = jobs.next_due(self.engine)
+        if transcript_id is None or not jobs.claim(self.engine, transcript_id):
+            return False
+        self.process(transcript_id)
+        return True
+
+    def process(self, transcript_id: uuid.UUID) -> None:
+        """Run one claimed job (errors are recorded on the transcript, never raised)."""
+        if _over_attempts(self.engine, self.settings, transcript_id):
+            return
+        try:
+            jobs.run(self.engine, self.settings, transcript_id, pipeline=self.pipeline)
+        except Exception:
+            log.info("transcript %s will be retried", transcript_id)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
+
+
+def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID) -> bool:
+    """A job claimed more often than allowed kept killing its worker: fail it rather than loop."""
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        transcript = session.get(Transcript, transcript_id)
+        attempts = transcript.attempts if transcript else 0
+    if attempts > settings.speech_max_attempts:
+        jobs._fail(engine, transcript_id, f"the worker stopped {attempts - 1} times while transcribing this "
+                                          "recording; giving up")
+        return True
+    return False
+
+
+@asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Start the embedded worker with the app (router lifespan merged into the app's by FastAPI)."""
+    from speech.search import ensure_search_index
+
+    engine, settings = app.state.engine, app.state.settings
+    try:
+        ensure_search_index(engine)
+    except Exception as exc:  # the service must start (and say 503 on /healthz) with its database down
+        log.warning("search index not ensured at start: %s", exc)
+    worker = None
+    if queue_mode(settings, engine) == "embedded" and settings.speech_workers > 0:
+        worker = EmbeddedWorker(engine, settings, threads=settings.speech_workers)
+        worker.start()
+    app.state.speech_worker = worker
+    app.state.speech_deferrer = Deferrer(settings)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.close()
+        app.state.speech_deferrer.close()
+
+
+def notify_queued(app_state: Any, transcript_id: uuid.UUID) -> None:
+    """Tell whichever queue runs jobs that a transcript was queued (after commit)."""
+    worker = getattr(app_state, "speech_worker", None)
+    if worker is not None:
+        worker.wake()
+        return
+    if queue_mode(app_state.settings, app_state.engine) == "procrastinate":
+        try:
+            app_state.speech_deferrer.defer(transcript_id)
+        except Exception:  # the periodic dispatch defers it within a minute
+            log.exception("could not defer transcript %s now", transcript_id)
+
+
+# --- procrastinate --------------------------------------------------------------------------------------
+
+
+def _conninfo(settings: Settings) -> str:
+    from psycopg.conninfo import make_conninfo
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url).set(drivername="postgresql")
+    return make_conninfo(url.render_as_string(hide_password=False), options=f"-c search_path={PROCRASTINATE_SCHEMA}")
+
+
+def build_app(settings: Settings, engine: Engine | None, *, sync: bool = False) -> Any:
+    """The procrastinate app with the transcription task and its periodic helpers (`engine` may be None
+    in a process that only defers jobs)."""
+    import procrastinate
+    from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+    connector: Any
+    if sync:
+        connector = procrastinate.SyncPsycopgConnector(conninfo=_conninfo(settings))
+    else:
+        connector = procrastinate.PsycopgConnector(conninfo=_conninfo(settings))
+    app = procrastinate.App(connector=connector)
+
+    class Backoff(BaseRetryStrategy):
+        def get_retry_decision(self, *, exception: BaseException, job: Any) -> RetryDecision | None:
+            if job.attempts + 1 >= settings.speech_max_attempts:
+                return None
+            return RetryDecision(retry_in={"seconds": int(jobs.backoff(settings, job.attempts + 1).total_seconds())})
+
+    @app.task(name="speech.transcribe", queue=QUEUE, retry=Backoff(), pass_context=True)
+    def transcribe(context: Any, transcript_id: str) -> str:
+        assert engine is not None, "this app only defers jobs"
+        tid = uuid.UUID(transcript_id)
+        if not jobs.claim(engine, tid, takeover=True):
+            return "skipped"
+        if _over_attempts(engine, settings, tid):
+            return "failed"
+        return jobs.run(engine, settings, tid).value
+
+    @app.periodic(cron="* * * * *")
+    @app.task(name="speech.dispatch", queue=QUEUE, queueing_lock="speech.dispatch")
+    async def dispatch(timestamp: int) -> None:
+        assert engine is not None, "this app only defers jobs"
+        await recover_async(app, engine, settings)
+
+    return app
+
+
+def _queued_ids(engine: Engine) -> list[uuid.UUID]:
+    from sqlmodel import Session, select
+
+    with Session(engine) as session:
+        return list(session.exec(select(Transcript.id).where(col(Transcript.status) == TranscriptState.queued)
+                                 .limit(1000)).all())
+
+
+async def recover_async(app: Any, engine: Engine, settings: Settings) -> None:
+    """Retry the jobs of dead workers, queue recordings whose audio arrived, and defer any queued transcript
+    that has no job (its defer was lost): what makes the queue survive crashes."""
+    from procrastinate import exceptions
+
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.speech_stalled_after_s):
+        log.warning("retrying job %s of a worker that stopped", job.id)
+        await app.job_manager.retry_job(job)
+    jobs.promote_waiting(engine, settings)
+    for transcript_id in _queued_ids(engine):
+        with contextlib.suppress(exceptions.AlreadyEnqueued):  # it already has a job waiting
+            await app.configure_task("speech.transcribe", queueing_lock=f"transcribe-{transcript_id}",
+                                     lock=f"transcribe-{transcript_id}").defer_async(transcript_id=str(transcript_id))
+
+
+class Deferrer:
+    """Defers procrastinate jobs from the API process; its connection pool opens on first use and closes
+    with the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def defer(self, transcript_id: uuid.UUID) -> None:
+        from procrastinate import exceptions
+
+        with self._lock:
+            if self._app is None:
+                app = build_app(self.settings, None, sync=True)
+                app.open()
+                self._app = app
+            with contextlib.suppress(exceptions.AlreadyEnqueued):  # it already has a job waiting
+                self._app.configure_task("speech.transcribe", queueing_lock=f"transcribe-{transcript_id}",
+                                         lock=f"transcribe-{transcript_id}").defer(transcript_id=str(transcript_id))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._app is not None:
+                self._app.close()
+                self._app = None
+
+
+def defer(settings: Settings, transcript_id: uuid.UUID) -> None:
+    """Queue a procrastinate job for this transcript (one-off, from synchronous code)."""
+    deferrer = Deferrer(settings)
+    try:
+        deferrer.defer(transcript_id)
+    finally:
+        deferrer.close()
+
+
+def run_worker(settings: Settings, engine: Engine, *, concurrency: int = 1, wait: bool = True) -> None:
+    """`steward worker`: process transcription jobs until stopped (SIGINT/SIGTERM)."""
+    import asyncio
+
+    from speech.search import ensure_search_index
+
+    ensure_search_index(engine)
+    app = build_app(settings, engine)
+
+    async def main() -> None:
+        async with app.open_async():
+            await recover_async(app, engine, settings)
+            await app.run_worker_async(
+                queues=[QUEUE], concurrency=concurrency, wait=wait, name="steward-speech",
+                update_heartbeat_interval=max(settings.speech_stalled_after_s / 4, 0.5),
+                stalled_worker_timeout=settings.speech_stalled_after_s)
+
+    asyncio.run(main())

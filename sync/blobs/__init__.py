@@ -1,0 +1,1 @@
+"""Content-addressed blobs (photos, signatures, voice notes): upload, resumable upload, ranged download."""

@@ -1,0 +1,86 @@
+"""Routes for blobs: PUT, HEAD, GET (with Range) and PATCH (resumable) at /blobs/{sha256}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi.responses import Response, StreamingResponse
+
+from api.deps import CurrentUser
+from api.errors import BadRequest
+from sync.blobs.service import Blobs
+
+router = APIRouter(prefix="/blobs", tags=["blobs"])
+Sha = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256 of the content.")]
+
+
+def get_blobs(request: Request) -> Blobs:
+    blobs: Blobs = request.app.state.blobs
+    return blobs
+
+
+BlobsDep = Annotated[Blobs, Depends(get_blobs)]
+
+
+def _int_header(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a non-negative integer.", code="invalid_header") from exc
+    if number < 0:
+        raise BadRequest(f"{name} must be a non-negative integer.", code="invalid_header")
+    return number
+
+
+@router.put("/{sha256}", status_code=201)
+async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser) -> Response:
+    """Upload a whole blob; 201 when new, 200 when it was already there."""
+    declared = _int_header(request.headers.get("content-length"), "Content-Length")
+    created = await blobs.put(sha256, request.stream(), declared)
+    return Response(status_code=201 if created else 200, headers={"ETag": f'"{sha256}"'})
+
+
+@router.patch("/{sha256}", status_code=204)
+async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser,
+                      upload_offset: Annotated[str | None, Header()] = None,
+                      upload_length: Annotated[str | None, Header()] = None) -> Response:
+    """Append a chunk at Upload-Offset; 204 with the new offset, 201 once complete and verified."""
+    offset = _int_header(upload_offset, "Upload-Offset")
+    if offset is None:
+        raise BadRequest("Send the Upload-Offset header (HEAD tells where the upload stands).",
+                         code="offset_required")
+    length = _int_header(upload_length, "Upload-Length")
+    new_offset, state = await blobs.append(sha256, offset, length, request.stream())
+    status = {"partial": 204, "completed": 201, "stored": 200}[state]
+    return Response(status_code=status, headers={"Upload-Offset": str(new_offset)})
+
+
+@router.head("/{sha256}")
+def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
+    """200 with the size when complete; 404 otherwise, with Upload-Offset during a resumable upload."""
+    size = blobs.store.exists(sha256)
+    if size is not None:
+        return Response(status_code=200, headers={"Content-Length": str(size), "Upload-Offset": str(size),
+                                                  "ETag": f'"{sha256}"', "Accept-Ranges": "bytes"})
+    partial = blobs.partial(sha256)
+    if partial is not None:
+        return Response(status_code=404, headers={"Upload-Offset": str(partial[0]),
+                                                  "Upload-Length": str(partial[1])})
+    return Response(status_code=404)
+
+
+@router.get("/{sha256}")
+def get_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser,
+             range: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206."""
+    size, start, end, chunks = blobs.read(sha256, range)
+    headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes", "ETag": f'"{sha256}"',
+               "Cache-Control": "private, max-age=31536000, immutable"}
+    partial = (start, end) != (0, size - 1)
+    if partial:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(chunks, status_code=206 if partial else 200, headers=headers,
+                             media_type="application/octet-stream")

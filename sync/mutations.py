@@ -1,0 +1,295 @@
+"""Applying one pushed mutation: lookups in the caller's scope, per-field conflict detection, ownership.
+
+`apply` changes ORM objects (and raises `Rejected`); the push (sync/push.py) wraps each call in a
+savepoint, flushes it, logs conflicts and answers the device.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlmodel import Session, col, select
+
+from api import access
+from api.settings import Settings
+from api.users.models import User
+from sync import tracking
+from sync.models import Tombstone
+from sync.registry import BY_NAME, SyncTable
+from sync.rules import ConflictEntry, Rejected, only, rules_for, validate
+
+REFERENCES = {"household_id": "households", "work_order_id": "work_orders", "visit_id": "visits"}
+_CHUNK = 500
+
+
+@dataclass
+class Outcome:
+    status: str  # applied | merged | conflict
+    row: Any | None  # the row after the mutation; None when it does not exist
+    reason: str | None = None
+    message: str | None = None
+    conflicts: list[ConflictEntry] = field(default_factory=list)
+
+
+class Context:
+    """The caller and what the push has learnt about rows: existence and visibility, fetched in bulk."""
+
+    def __init__(self, *, session: Session, settings: Settings, user: User, client_id: uuid.UUID) -> None:
+        self.session = session
+        self.settings = settings
+        self.user = user
+        self.client_id = client_id
+        self.office = access.is_office(user)
+        self._visible: dict[tuple[str, uuid.UUID], bool] = {}
+        self._missing: set[tuple[str, uuid.UUID]] = set()
+        # Strong references: the session's identity map is weak, and a prefetched row that was
+        # garbage-collected would be loaded again, one query per mutation.
+        self._rows: dict[tuple[str, uuid.UUID], Any] = {}
+        self._tombstones: set[tuple[str, uuid.UUID]] | None = None
+
+    def prefetch(self, wanted: dict[str, set[uuid.UUID]]) -> None:
+        """Load the rows a batch names (targets and links), and their tombstones, with a few IN queries."""
+        self._tombstones = set()
+        for name, ids in wanted.items():
+            spec = BY_NAME[name]
+            pending = list(ids)
+            for start in range(0, len(pending), _CHUNK):
+                chunk = pending[start:start + _CHUNK]
+                rows = self.session.exec(select(spec.model).where(col(spec.model.id).in_(chunk))).all()
+                found = {row.id for row in rows}
+                self._rows |= {(name, row.id): row for row in rows}
+                self._missing |= {(name, i) for i in chunk if i not in found}
+                gone = select(Tombstone.row_id).where(Tombstone.table_name == name, col(Tombstone.row_id).in_(chunk))
+                self._tombstones |= {(name, i) for i in self.session.exec(gone).all()}
+                if self.office or not found:
+                    visible = found
+                else:
+                    stmt = select(spec.model.id).where(col(spec.model.id).in_(found), spec.visible(self.user))
+                    visible = set(self.session.exec(stmt).all())
+                for i in found:
+                    self._visible[(name, i)] = i in visible
+
+    def get(self, spec: SyncTable, id: uuid.UUID) -> Any | None:
+        key = (spec.name, id)
+        if key in self._missing:
+            return None
+        row = self._rows.get(key)
+        if row is None:
+            row = self.session.get(spec.model, id)
+            if row is not None:
+                self._rows[key] = row
+        return row
+
+    def visible(self, spec: SyncTable, row: Any) -> bool:
+        key = (spec.name, row.id)
+        if key not in self._visible:
+            stmt = select(spec.model.id).where(spec.model.id == row.id, spec.visible(self.user))
+            self._visible[key] = self.office or self.session.exec(stmt).first() is not None
+        return self._visible[key]
+
+    def created(self, spec: SyncTable, row: Any) -> None:
+        key = (spec.name, row.id)
+        self._missing.discard(key)
+        self._visible[key] = True
+        self._rows[key] = row
+
+    def deleted(self, spec: SyncTable, id: uuid.UUID) -> None:
+        key = (spec.name, id)
+        self._missing.add(key)
+        self._visible.pop(key, None)
+        self._rows.pop(key, None)
+        if self._tombstones is not None:
+            self._tombstones.add(key)
+
+    def tombstoned(self, spec: SyncTable, id: uuid.UUID) -> bool:
+        if self._tombstones is not None and ((spec.name, id) in self._tombstones or (spec.name, id) in self._missing):
+            return (spec.name, id) in self._tombstones
+        return self.session.get(Tombstone, (spec.name, id)) is not None
+
+
+def wanted_rows(mutations: Iterable[tuple[str, uuid.UUID, dict[str, Any]]]) -> dict[str, set[uuid.UUID]]:
+    """The ids a batch refers to, by table: its targets and the links in its fields."""
+    out: dict[str, set[uuid.UUID]] = {}
+    for table, id, fields in mutations:
+        out.setdefault(table, set()).add(id)
+        for name, target in REFERENCES.items():
+            value = fields.get(name)
+            if isinstance(value, str):
+                try:
+                    out.setdefault(target, set()).add(uuid.UUID(value))
+                except ValueError:
+                    continue
+    return out
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values (enums equal their text, timestamps compare as instants)."""
+    try:
+        return bool(a == b)
+    except TypeError:
+        return False
+
+
+def changed_since(spec: SyncTable, row: Any, base: int, client_id: uuid.UUID) -> set[str]:
+    """Fields another writer changed after version `base`."""
+    if row.version <= base:
+        return set()
+    versions: dict[str, list[Any]] = row.field_versions or {}
+    me = str(client_id)
+    if not any(v[0] > base for v in versions.values()):
+        # The row moved on without a recorded field (written before sync existed): assume all changed.
+        return set(spec.column_names) - {"id", "version", "created_at", "updated_at"}
+    return {name for name, (version, writer) in versions.items() if version > base and writer != me}
+
+
+def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: int | None,
+          fields: dict[str, Any]) -> Outcome:
+    """Apply one mutation to the session (not flushed); raises `Rejected`."""
+    if op == "delete":
+        return _delete(ctx, spec, id, base_version)
+    if op not in ("upsert", "update"):
+        raise Rejected("unknown_op", f"Unknown op {op!r}; use upsert, update or delete.")
+    rules = rules_for(spec)
+    if rules.create is None and rules.writable is None:
+        raise Rejected("read_only_table", f"{spec.name} are read-only for devices.")
+    row = ctx.get(spec, id)
+    if row is None:
+        if ctx.tombstoned(spec, id):
+            return Outcome("conflict", None, "deleted", f"This {spec.name} row was deleted on the server; deletes "
+                           "win over updates.", [ConflictEntry(None, "deleted", None, fields, "server")])
+        if op == "update":
+            raise Rejected("not_found", f"No {spec.name} row with id {id}.")
+        if rules.create is None:
+            raise Rejected("read_only_table", f"{spec.name} rows are not created from devices.")
+        created = rules.create(ctx, id, fields)
+        ctx.session.add(created)
+        return Outcome("applied", created)
+    if not ctx.visible(spec, row):
+        if op == "upsert":
+            raise Rejected("already_exists", f"The id {id} is taken by a row outside your scope.")
+        raise Rejected("out_of_scope", f"No {spec.name} row with id {id} in your scope.")
+    if op == "update" and base_version is None:
+        raise Rejected("base_version_required", "An update needs the base_version it was edited from.")
+    if op == "upsert":
+        fields = _differences(ctx, spec, row, fields)
+        base_version = base_version or 1
+    assert base_version is not None
+    if base_version > row.version:
+        raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
+                                               f"version {row.version}.")
+    return _update(ctx, spec, row, base_version, fields)
+
+
+def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """For a full write of an existing row: the fields whose values differ from the server's."""
+    rules = rules_for(spec)
+    if rules.create is None:
+        raise Rejected("read_only_table", f"{spec.name} rows are not written in full from devices.")
+    known = set(spec.column_names)
+    only(fields, known - {"id", "version", "created_at", "updated_at"}, f"in {spec.name}")
+    out = {}
+    for name, value in fields.items():
+        parsed = _parse_one(spec, name, value)
+        if not same(parsed, getattr(row, name)):
+            out[name] = value
+    if out and spec.append_only:
+        raise Rejected("append_only", f"{spec.name} are append-only: record a new one instead of changing it.")
+    return out
+
+
+def _parse_one(spec: SyncTable, name: str, value: Any) -> Any:
+    """A JSON value as the column's Python type (for comparisons), via the table model's validation."""
+    annotation: Any = spec.model.model_fields[name].annotation
+    try:
+        return TypeAdapter(annotation).validate_python(value)
+    except ValueError:
+        return value
+
+
+def _update(ctx: Context, spec: SyncTable, row: Any, base: int, fields: dict[str, Any]) -> Outcome:
+    rules = rules_for(spec)
+    if not fields:
+        return Outcome("applied", row)
+    if spec.append_only:
+        raise Rejected("append_only", f"{spec.name} are append-only: record a new one instead of changing it.")
+    assert rules.writable is not None and rules.update_model is not None and rules.apply is not None
+    allowed = rules.writable(ctx, row)
+    only(fields, allowed, f"in {spec.name} by {ctx.user.role.value}s")
+    values = validate(rules.update_model, fields).model_dump(exclude_unset=True)
+    foreign = changed_since(spec, row, base, ctx.client_id)
+    effective: dict[str, Any] = {}
+    conflicts = []
+    for name, value in values.items():
+        current = getattr(row, name)
+        if same(value, current):
+            continue
+        if name in foreign:
+            winner = "server" if name in spec.office_fields else "device"
+            conflicts.append(ConflictEntry(name, "field", current, value, winner))
+            if winner == "device":
+                effective[name] = value
+        else:
+            effective[name] = value
+    try:
+        if effective:
+            rules.apply(ctx, row, effective)
+            ctx.session.add(row)
+            _mark_own(ctx, row)
+    except Rejected as exc:
+        for entry in conflicts:  # the device's value did not apply after all
+            entry.winner = "server"
+            entry.kind = exc.code if entry.field in effective else entry.kind
+        exc.conflicts = conflicts
+        raise
+    if conflicts:
+        lost = [c.field for c in conflicts if c.winner == "server"]
+        message = (f"Changed on the server too: {', '.join(str(c.field) for c in conflicts)}"
+                   + (f"; the server kept {', '.join(str(f) for f in lost)}." if lost else "; your values won."))
+        return Outcome("conflict", row, "field_conflict", message, conflicts)
+    if foreign:
+        return Outcome("merged", row)
+    return Outcome("applied", row)
+
+
+def _mark_own(ctx: Context, row: Any) -> None:
+    """Record this device as the writer of the fields just changed, before the flush does it for good,
+    so a later mutation of the same batch does not conflict with the device's own edit."""
+    changed = tracking.changed_fields(row)
+    if changed:
+        versions = dict(row.field_versions or {})
+        for name in changed:
+            versions[name] = [row.version + 1, str(ctx.client_id)]
+        row.field_versions = versions
+
+
+def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | None) -> Outcome:
+    rules = rules_for(spec)
+    row = ctx.get(spec, id)
+    if row is None:
+        return Outcome("applied", None)  # already gone: the device wanted exactly this
+    if not ctx.visible(spec, row):
+        raise Rejected("out_of_scope", f"No {spec.name} row with id {id} in your scope.")
+    if rules.may_delete is None:
+        raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
+                       rules.not_deletable)
+    rules.may_delete(ctx, row)
+    conflicts = []
+    if base_version is not None and not spec.append_only:
+        foreign = changed_since(spec, row, base_version, ctx.client_id)
+        if foreign:
+            server = {name: getattr(row, name) for name in sorted(foreign)}
+            conflicts.append(ConflictEntry(None, "delete_wins", server, "deleted", "device"))
+    if rules.before_delete is not None:
+        rules.before_delete(ctx, row)
+    ctx.session.delete(row)
+    if conflicts:
+        return Outcome("conflict", None, "delete_wins", "The row changed on the server since your version; "
+                       "deletes win over updates, it is deleted.", conflicts)
+    return Outcome("applied", None)
+
+
+__all__ = ["Context", "Outcome", "Rejected", "apply", "changed_since", "validate", "wanted_rows"]

@@ -1,0 +1,314 @@
+"""The pull feed: snapshot, scope changes and deltas, one bounded page at a time.
+
+Reads go through Core selects (no ORM objects) and the page is serialised once with orjson by the view,
+so the cost per record stays close to a plain indexed SELECT.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, true, tuple_
+from sqlmodel import Session, col
+from sqlmodel import select as orm_select
+
+from api import access
+from api.network.models import Building
+from api.settings import Settings
+from api.users.models import User
+from api.work_orders.models import WorkOrder
+from sync import cursor as cursors
+from sync.cursor import DELTA, END_OF_SEQ, SCOPE, SNAPSHOT, Cursor
+from sync.models import SCHEMA_VERSION, ScopeEvent, SyncState, Tombstone
+from sync.registry import TABLES, ScopeKeys, wire
+from sync.retention import maybe_purge, purge_due
+from sync.tracking import PURGED_SEQ, SEQ
+
+_DELETE = object()
+
+
+@dataclass
+class Page:
+    """Items of one page, at most one per (table, id): a later item replaces an earlier one."""
+
+    room: int
+    items: list[dict[str, Any]] = field(default_factory=lambda: [{} for _ in TABLES])
+
+    def add(self, table: int, row_id: str, value: Any) -> None:
+        bucket = self.items[table]
+        bucket.pop(row_id, None)  # keep stream order for the id's final position
+        bucket[row_id] = value
+        self.room -= 1
+
+    def changes(self) -> dict[str, dict[str, list[Any]]]:
+        out = {}
+        for spec, bucket in zip(TABLES, self.items, strict=True):
+            out[spec.name] = {"upserts": [v for v in bucket.values() if v is not _DELETE],
+                              "deletes": [k for k, v in bucket.items() if v is _DELETE]}
+        return out
+
+
+@dataclass
+class Feed:
+    """What one pull request needs: the caller, the watermark and the cursor being advanced."""
+
+    session: Session
+    user: User
+    office: bool
+    head: int  # every change with seq <= head is committed; nothing above it is returned
+    dialect: str = "sqlite"
+    newest: tuple[int | None, ...] = ()  # newest seq per table, then of the tombstones
+
+
+def new_snapshot(user: User, office: bool, head: int, client_id: uuid.UUID | None = None) -> Cursor:
+    """A cursor at the start of a snapshot whose delta continues after `head`."""
+    return Cursor(user_id=user.id, office=office, client_id=client_id, seq=head, table=END_OF_SEQ, row=None,
+                  scope_seq=head, phase=SNAPSHOT, phase_table=0, phase_row=None)
+
+
+def _snapshot_step(feed: Feed, page: Page, state: Cursor,
+                   *, scope: tuple[ScopeKeys, ScopeKeys] | None) -> tuple[Cursor, bool]:
+    """Rows table by table: all visible ones (snapshot), or those related to scope keys (scope change):
+    deletes for the ones no longer visible, upserts for the visible ones related to keys now in scope
+    (rows still visible through another path were visible before and are not resent).
+    Big tables page by (page key, id), the others by id. Returns the new state and whether the phase is
+    finished."""
+    t, last, last_key = state.phase_table, state.phase_row, state.phase_key
+    while t < len(TABLES) and page.room > 0:
+        spec = TABLES[t]
+        ident = spec.table.c.id
+        key = spec.table.c[spec.page_key] if spec.page_key else None
+        visible = spec.visible(feed.user)
+        shape = spec.wire(feed.dialect)
+        columns = list(shape.columns)
+        if key is not None:  # as text: only the page's last key is ever parsed
+            columns.append(wire(key, feed.dialect)[0].label("_page_key"))
+        if scope is None:
+            stmt = select(*columns).where(visible)
+        else:
+            changed, now_in_scope = scope
+            # Visibility clauses can be NULL (`NULL IN (...)` for a missing link): CASE makes it false.
+            flag = case((visible, literal(True)), else_=literal(False))
+            stmt = select(*columns, flag).where(spec.related(changed),
+                                                or_(flag == literal(False), spec.related(now_in_scope)))
+        if key is None:
+            if last is not None:
+                stmt = stmt.where(ident > last)
+            stmt = stmt.order_by(ident)
+        else:
+            if last is not None and last_key is not None:
+                stmt = stmt.where(tuple_(key, ident) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
+            stmt = stmt.order_by(key, ident)
+        rows = feed.session.execute(stmt.limit(page.room + 1)).all()
+        taken = rows[:page.room]
+        records = [shape.record(row) for row in taken]
+        if scope is None:
+            for rec in records:
+                page.add(t, rec["id"], rec)
+        else:
+            for row, rec in zip(taken, records, strict=True):
+                page.add(t, rec["id"], rec if row[-1] else _DELETE)
+        if len(rows) > len(taken):
+            position = uuid.UUID(records[-1]["id"])
+            page_key = _as_uuid(taken[-1][len(shape.names)]) if key is not None else None
+            return state.with_(phase_table=t, phase_row=position, phase_key=page_key), False
+        t, last, last_key = t + 1, None, None
+    if t < len(TABLES):
+        return state.with_(phase_table=t, phase_row=last, phase_key=last_key), False
+    return state, True
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _columns(model: Any) -> Any:
+    return model.__table__.c
+
+
+def _scope_keys_after(user_id: uuid.UUID, kind: str, after: int, upto: int | None = None) -> Any:
+    ev = _columns(ScopeEvent)
+    stmt = select(ev.key_id).where(ev.user_id == user_id, ev.kind == kind, ev.seq > after)
+    return stmt.where(ev.seq <= upto) if upto is not None else stmt
+
+
+def _tombstone_route(feed: Feed, after: int) -> ColumnElement[bool]:
+    """Tombstones a user must receive: rows they could see when deleted (or around a scope change)."""
+    if feed.office:
+        return true()
+    user = feed.user
+    grid = access.grid_buildings(user)
+    tomb = _columns(Tombstone)
+    return or_(
+        tomb.table_name == "stations",
+        tomb.building_id.in_(grid),
+        tomb.building_id.in_(_scope_keys_after(user.id, "building", after)),
+        and_(tomb.table_name == "notices",
+             tomb.station_id.in_(orm_select(Building.station_id).where(col(Building.id).in_(grid)))),
+        tomb.station_id.in_(_scope_keys_after(user.id, "station", after)),
+        tomb.user_id == user.id,
+        tomb.work_order_id.in_(orm_select(WorkOrder.id).where(WorkOrder.assignee_id == user.id)),
+        tomb.work_order_id.in_(_scope_keys_after(user.id, "work_order", after)),
+    )
+
+
+def _not_mine(column: Any, client_id: uuid.UUID | None) -> ColumnElement[bool]:
+    if client_id is None:
+        return true()
+    return or_(column.is_(None), column != client_id)
+
+
+def _position(state: Cursor, t: int, seq_col: Any, id_col: Any) -> ColumnElement[bool]:
+    """Items of table t after the delta position (seq, table, row)."""
+    if t < state.table:
+        return seq_col > state.seq
+    if t == state.table and state.row is not None:
+        return or_(seq_col > state.seq, and_(seq_col == state.seq, id_col > state.row))
+    return seq_col >= state.seq
+
+
+def _may_have_items(newest: int | None, state: Cursor, t: int) -> bool:
+    """Whether table t (whose highest seq is `newest`) can hold anything after the position."""
+    if newest is None or newest < state.seq:
+        return False
+    return not (newest == state.seq and t < state.table)
+
+
+def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
+    """Upserts and deletes after the position, up to the head, in (seq, table, id) order. Tables whose
+    newest change is older than the position are not queried (a quiet grid costs no query)."""
+    if state.seq >= feed.head and (state.seq > feed.head or state.table >= END_OF_SEQ):
+        return state, True
+    want = page.room + 1
+    items: list[tuple[int, int, str, Any]] = []
+    for t, spec in enumerate(TABLES):
+        if not _may_have_items(feed.newest[t], state, t):
+            continue
+        c = spec.table.c
+        shape = spec.wire(feed.dialect)
+        visible = spec.visible(feed.user)
+        if feed.dialect == "sqlite":
+            # Without statistics SQLite would start from the grid's (large) index range; the few changes
+            # after the position are the cheap side. Behind a CASE, the visibility test is only a filter.
+            visible = case((visible, literal(True)), else_=literal(False)) == literal(True)
+        stmt = (select(c.seq, *shape.columns)
+                .where(c.seq <= feed.head, _position(state, t, c.seq, c.id), visible,
+                       _not_mine(c.origin_client_id, state.client_id))
+                .order_by(c.seq, c.id).limit(want))
+        for row in feed.session.execute(stmt):
+            rec = shape.record(row, 1)
+            items.append((row[0], t, rec["id"], rec))
+    tomb = _columns(Tombstone)
+    if feed.newest[-1] is not None and feed.newest[-1] >= state.seq:
+        route = _tombstone_route(feed, state.seq)
+        row_id, finish = wire(tomb.row_id, feed.dialect)
+        for t, spec in enumerate(TABLES):
+            stmt = (select(tomb.seq, row_id)
+                    .where(tomb.table_name == spec.name, tomb.seq <= feed.head,
+                           _position(state, t, tomb.seq, tomb.row_id), route,
+                           _not_mine(tomb.origin_client_id, state.client_id))
+                    .order_by(tomb.seq, tomb.row_id).limit(want))
+            for seq, deleted in feed.session.execute(stmt):
+                items.append((seq, t, finish(deleted) if finish else deleted, _DELETE))
+    items.sort(key=lambda item: (item[0], item[1], item[2]))
+    taken = items[:page.room]
+    for _, t, row_id, value in taken:
+        page.add(t, row_id, value)
+    if len(items) > len(taken):
+        last = taken[-1]
+        return state.with_(seq=last[0], table=last[1], row=uuid.UUID(last[2])), False
+    return state.with_(seq=feed.head, table=END_OF_SEQ, row=None), True
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a pull reads first, in one statement (one snapshot): the watermark, the purge position, when
+    the last purge ran, the newest scope event of the caller not applied yet, and the newest seq of each
+    table and of the tombstones (all index lookups)."""
+
+    seq: int
+    purged: int
+    purged_at: datetime | None
+    newest_scope_event: int | None
+    newest: tuple[int | None, ...]
+
+
+def _head(session: Session, user: User, scope_after: int) -> Head:
+    st, ev, tomb = _columns(SyncState), _columns(ScopeEvent), _columns(Tombstone)
+
+    def value(name: str) -> Any:
+        return select(st.value).where(st.name == name).scalar_subquery()
+
+    newest_event = (select(func.max(ev.seq))
+                    .where(ev.user_id == user.id, ev.seq > scope_after, ev.seq <= func.coalesce(value(SEQ), 0))
+                    .scalar_subquery())
+    purged_at = select(st.updated_at).where(st.name == PURGED_SEQ).scalar_subquery()
+    newest = [select(func.max(spec.table.c.seq)).scalar_subquery() for spec in TABLES]
+    newest.append(select(func.max(tomb.seq)).scalar_subquery())
+    row = session.execute(select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest)).one()
+    stamp = row[2]
+    if isinstance(stamp, str):  # a scalar subquery loses the column type on SQLite: the stored text
+        stamp = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    return Head(int(row[0] or 0), int(row[1] or 0), stamp, int(row[3]) if row[3] is not None else None,
+                tuple(int(v) if v is not None else None for v in row[4:]))
+
+
+def _scope_keys(feed: Feed, state: Cursor) -> tuple[ScopeKeys, ScopeKeys]:
+    """The keys of the scope events being applied, and those of them the user holds now."""
+    user = feed.user
+    changed = ScopeKeys(*(_scope_keys_after(user.id, kind, state.scope_seq, state.phase_seq)
+                          for kind in ("building", "work_order", "station")))
+    ev = _columns(ScopeEvent)
+    grid = access.grid_buildings(user)
+    held = ScopeKeys(
+        buildings=changed.buildings.where(ev.key_id.in_(grid)),
+        work_orders=changed.work_orders.where(
+            ev.key_id.in_(orm_select(WorkOrder.id).where(WorkOrder.assignee_id == user.id))),
+        stations=changed.stations.where(
+            ev.key_id.in_(orm_select(Building.station_id).where(col(Building.id).in_(grid)))))
+    return changed, held
+
+
+def pull(*, session: Session, settings: Settings, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of changes for the caller after `cursor` (None: first sync)."""
+    state = cursors.decode(cursor, settings.secret_key) if cursor is not None else None
+    office = access.is_office(user)
+    scope_after = state.scope_seq if state is not None and not office else 0
+    head = _head(session, user, scope_after)
+    if purge_due(settings, head.purged_at) and maybe_purge(session=session, settings=settings):
+        head = _head(session, user, scope_after)
+    reset = False
+    if state is None:
+        state = new_snapshot(user, office, head.seq)
+    elif (state.user_id != user.id or state.office != office or state.seq < head.purged
+          or state.seq > head.seq or state.scope_seq > head.seq):
+        state, reset = new_snapshot(user, office, head.seq), True
+    feed = Feed(session=session, user=user, office=office, head=head.seq, dialect=session.connection().dialect.name,
+                newest=head.newest)
+    # Scope events up to the newest one read above are applied in one scope phase; later ones (above
+    # this pull's watermark) wait for the next pull.
+    pending = head.newest_scope_event if not reset and not office and state.phase == DELTA else None
+    page = Page(room=limit)
+    done = False
+    while page.room > 0:
+        if state.phase == SNAPSHOT:
+            state, finished = _snapshot_step(feed, page, state, scope=None)
+            if finished:
+                state = state.with_(phase=DELTA, phase_table=0, phase_row=None, phase_key=None)
+        elif state.phase == SCOPE:
+            state, finished = _snapshot_step(feed, page, state, scope=_scope_keys(feed, state))
+            if finished:
+                state = state.with_(phase=DELTA, scope_seq=state.phase_seq, phase_seq=0, phase_table=0,
+                                    phase_row=None, phase_key=None)
+        else:
+            if pending is not None and pending > state.scope_seq:
+                state = state.with_(phase=SCOPE, phase_seq=pending, phase_table=0, phase_row=None, phase_key=None)
+                continue
+            state, done = _delta_step(feed, page, state)
+            if done:
+                break
+    return {"cursor": cursors.encode(state, settings.secret_key), "has_more": not done, "reset": reset,
+            "schema_version": SCHEMA_VERSION, "changes": page.changes()}

@@ -1,0 +1,213 @@
+"""The push: a batch of mutations from one device, applied exactly once, each in its own savepoint."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlmodel import Session, select
+
+from api import access
+from api.db import utcnow
+from api.errors import Conflict, PayloadTooLarge
+from api.settings import Settings
+from api.users.models import User
+from sync import cursor as cursors
+from sync import mutations
+from sync.models import Mutation, PushRequest, SyncClient, SyncConflict
+from sync.pull import new_snapshot
+from sync.registry import BY_NAME, SyncTable, record, wire_value
+from sync.rules import ConflictEntry, Rejected
+from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, insert_ignore
+
+
+def _jsonable(value: Any) -> Any:
+    """A Python value as the JSON the conflict log stores (the same text the pull sends)."""
+    if isinstance(value, dict):
+        return {k: wire_value(v) for k, v in value.items()}
+    return wire_value(value)
+
+
+def _client(session: Session, client_id: uuid.UUID, user: User) -> SyncClient:
+    """The client row, created on first use and locked for this push; bound to one user."""
+    now = utcnow()
+    table = SyncClient.__table__  # type: ignore[attr-defined]
+    insert_ignore(session.connection(), table, {"client_id": client_id, "user_id": user.id, "last_mutation_id": 0,
+                                                "created_at": now, "updated_at": now})
+    client = session.exec(select(SyncClient).where(SyncClient.client_id == client_id).with_for_update()).one()
+    if client.user_id != user.id:
+        raise Conflict("This client_id belongs to another user; a device makes a new client_id for each user "
+                       "who signs in on it.", code="client_id_in_use")
+    return client
+
+
+def _current(ctx: mutations.Context, spec: SyncTable, id: uuid.UUID) -> dict[str, Any] | None:
+    row = ctx.get(spec, id)
+    if row is None or not ctx.visible(spec, row):
+        return None
+    return record(spec, row)
+
+
+def _log(session: Session, ctx: mutations.Context, m: Mutation, spec: SyncTable, id: uuid.UUID,
+         server_version: int | None, entries: list[ConflictEntry]) -> None:
+    for entry in entries:
+        session.add(SyncConflict(user_id=ctx.user.id, client_id=ctx.client_id, mutation_id=m.mutation_id,
+                                 table_name=spec.name, row_id=id, field=entry.field, kind=entry.kind,
+                                 base_version=m.base_version, server_version=server_version,
+                                 server_value=_jsonable(entry.server_value),
+                                 device_value=_jsonable(entry.device_value), winner=entry.winner))
+
+
+def _result(m: Mutation, status: str, *, version: int | None = None, reason: str | None = None,
+            message: str | None = None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"mutation_id": m.mutation_id, "status": status, "version": version, "reason": reason,
+            "message": message, "record": record}
+
+
+def _rejected(m: Mutation, reason: str, message: str) -> dict[str, Any]:
+    return _result(m, "rejected", reason=reason, message=message)
+
+
+class _Unsafe(Exception):
+    """A mutation was refused after it had changed something: the batch must be redone with savepoints."""
+
+
+@dataclass
+class _Pending:
+    """A result whose `record` and `version` are filled in once the batch is flushed."""
+
+    result: dict[str, Any]
+    spec: SyncTable | None = None
+    row: Any | None = None
+
+
+def _row_after(row: Any) -> Any | None:
+    if row is None:
+        return None
+    state = inspect(row)
+    return None if state.deleted or state.was_deleted or state.detached else row
+
+
+def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bool) -> _Pending:
+    """Apply one mutation; with `savepoint`, in its own savepoint, flushed at once."""
+    spec = BY_NAME.get(m.table)
+    if spec is None:
+        return _Pending(_rejected(m, "unknown_table", f"Unknown table {m.table!r}; tables: {', '.join(BY_NAME)}."))
+    try:
+        row_id = uuid.UUID(m.id)
+    except ValueError:
+        return _Pending(_rejected(m, "invalid_id", f"{m.id!r} is not a UUID."))
+    before = ctx.get(spec, row_id)
+    server_version = before.version if before is not None else None
+    targets: set[tuple[str, uuid.UUID]] = session.info.setdefault(TARGETS, set())
+    if savepoint:
+        targets.clear()
+    targets.add((spec.name, row_id))
+    guard = (len(session.new), record(spec, before) if before is not None else None)
+    nested = session.begin_nested() if savepoint else None
+    try:
+        outcome = mutations.apply(ctx, spec, m.op, row_id, m.base_version, m.fields)
+        _log(session, ctx, m, spec, row_id, server_version, outcome.conflicts)
+        if nested is not None:
+            session.flush()
+            nested.commit()
+    except Rejected as exc:
+        if nested is not None:
+            nested.rollback()
+        elif guard != (len(session.new), record(spec, before) if before is not None else None):
+            raise _Unsafe(m.mutation_id) from exc
+        _log(session, ctx, m, spec, row_id, server_version, exc.conflicts)
+        return _Pending(_result(m, "rejected", reason=exc.code, message=exc.message), spec, ctx.get(spec, row_id))
+    except (IntegrityError, StatementError, DBAPIError) as exc:
+        if nested is None:
+            raise
+        nested.rollback()
+        detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return _Pending(_result(m, "rejected", reason="constraint",
+                                message=f"The database refused the change: {detail}"),
+                        spec, ctx.get(spec, row_id))
+    if outcome.row is None:
+        ctx.deleted(spec, row_id)
+    else:
+        ctx.created(spec, outcome.row)
+    return _Pending(_result(m, outcome.status, reason=outcome.reason, message=outcome.message), spec, outcome.row)
+
+
+def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: int, *, savepoints: bool
+           ) -> list[_Pending]:
+    out = []
+    for m in body.mutations:
+        if m.mutation_id > last:
+            out.append(_run(session, ctx, m, savepoint=savepoints))
+            continue
+        spec = BY_NAME.get(m.table)
+        row = None
+        with contextlib.suppress(ValueError):
+            row = ctx.get(spec, uuid.UUID(m.id)) if spec else None
+        out.append(_Pending(_result(m, "duplicate"), spec, row))
+    return out
+
+
+def _context(session: Session, settings: Settings, user: User, body: PushRequest, last: int) -> mutations.Context:
+    ctx = mutations.Context(session=session, settings=settings, user=user, client_id=body.client_id)
+    targets = []
+    for m in body.mutations:
+        with contextlib.suppress(ValueError):
+            targets.append((m.table, uuid.UUID(m.id), m.fields if m.mutation_id > last else {}))
+    ctx.prefetch({t: ids for t, ids in mutations.wanted_rows(targets).items() if t in BY_NAME})
+    return ctx
+
+
+def push(*, session: Session, settings: Settings, user: User, body: PushRequest) -> dict[str, Any]:
+    """Apply a device's batch in one transaction; returns the push response.
+
+    Fast path: every mutation is checked and applied in memory and the batch is flushed once. If the
+    database refuses the flush (a constraint no check foresaw), the batch is rolled back and applied
+    again with a savepoint per mutation, so only the guilty mutation is rejected.
+    """
+    if len(body.mutations) > settings.sync_push_max_mutations:
+        raise PayloadTooLarge(f"A push holds at most {settings.sync_push_max_mutations} mutations; split the "
+                              "queue into several pushes.")
+    state = cursors.decode(body.cursor, settings.secret_key) if body.cursor else None
+    office = access.is_office(user)
+    seq = allocate_seq(session)  # the change-sequence lock first: pushes run one after the other
+    client = _client(session, body.client_id, user)
+    last = client.last_mutation_id
+    session.info[WRITER] = body.client_id
+    try:
+        batch = session.begin_nested()
+        try:
+            ctx = _context(session, settings, user, body, last)
+            pending = _apply(session, ctx, body, last, savepoints=False)
+            session.flush()
+            batch.commit()
+        except (_Unsafe, IntegrityError, StatementError, DBAPIError):
+            batch.rollback()
+            session.info.pop(TARGETS, None)
+            session.info.pop(UNTARGETED, None)
+            ctx = _context(session, settings, user, body, last)
+            pending = _apply(session, ctx, body, last, savepoints=True)
+        results = []
+        for p in pending:
+            row = _row_after(p.row)
+            visible = row is not None and p.spec is not None and ctx.visible(p.spec, row)
+            rec = record(p.spec, row) if visible and p.spec is not None else None
+            results.append(p.result | {"record": rec, "version": rec["version"] if rec else None})
+        fresh = [m.mutation_id for m in body.mutations if m.mutation_id > last]
+        if fresh:
+            client.last_mutation_id = fresh[-1]
+        client.updated_at = utcnow()
+        session.add(client)
+        session.commit()
+    finally:
+        for key in (WRITER, TARGETS, UNTARGETED):
+            session.info.pop(key, None)
+    if state is None or state.user_id != user.id or state.office != office:
+        state = new_snapshot(user, office, seq)
+    return {"last_mutation_id": client.last_mutation_id,
+            "cursor": cursors.encode(state.with_(client_id=body.client_id), settings.secret_key),
+            "results": results}

@@ -1,0 +1,254 @@
+"""The syncable tables: wire columns, who sees which rows, how deletes are routed, who owns which field.
+
+One place to read when a table or field is added: its visibility (the REST API's SQL filters), the rows a
+scope change touches, the keys a tombstone keeps, and which side wins a conflict on each field.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import ColumnElement, Enum, String, Table, Uuid, cast, false, func, or_, true, type_coerce
+from sqlmodel import Session, col, select
+
+from api import access
+from api.db import UTCDateTime, Versioned
+from api.fieldwork.models import Reading, Visit
+from api.network.models import Building, Household, Station
+from api.notes.models import Note
+from api.notes.service import note_clause
+from api.notices.models import Notice
+from api.users.models import User
+from api.work_orders.models import WorkOrder
+
+INTERNAL_COLUMNS = frozenset({"seq", "field_versions", "origin_client_id"})
+
+
+@dataclass(frozen=True)
+class ScopeKeys:
+    """Subqueries of the building, work-order and station ids whose related rows must be re-checked."""
+
+    buildings: Any
+    work_orders: Any
+    stations: Any
+
+
+@dataclass(frozen=True)
+class SyncTable:
+    """How one table takes part in sync."""
+
+    name: str
+    model: type[Versioned]
+    visible: Callable[[User], ColumnElement[bool]]
+    related: Callable[[ScopeKeys], ColumnElement[bool]]
+    # Fields the office owns: on a conflict the server value stays. Every other writable field is
+    # observed in the field, and the device value wins.
+    office_fields: frozenset[str] = field(default_factory=frozenset)
+    append_only: bool = False
+    # Snapshots of big tables page by (this column, id) on a composite index: a grid is a set of
+    # buildings and households, so each page is an index range instead of a re-sort of the whole grid.
+    page_key: str | None = None
+
+    @property
+    def table(self) -> Table:
+        table: Table = self.model.__table__  # type: ignore[attr-defined]
+        return table
+
+    @property
+    def columns(self) -> list[Any]:
+        """The columns a record carries: `id` first (queries rely on it), then the table's order."""
+        return _columns(self.table)
+
+    @property
+    def column_names(self) -> list[str]:
+        return _column_names(self.table)
+
+    def wire(self, dialect: str) -> Wire:
+        """How to select this table's records as the JSON text the device receives (see `Wire`)."""
+        return _wire_plan(self.table, dialect)
+
+
+@cache
+def _columns(table: Table) -> list[Any]:
+    rest = [c for c in table.columns if c.name not in INTERNAL_COLUMNS and c.name != "id"]
+    return [table.c.id, *rest]
+
+
+@cache
+def _column_names(table: Table) -> list[str]:
+    return [c.name for c in _columns(table)]
+
+
+def _uuid_text(value: str | None) -> str | None:
+    # SQLite keeps 32 hex digits; the wire has the dashed form.
+    return None if value is None else f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+
+
+def _timestamp_text(value: str | None) -> str | None:
+    # SQLite keeps naive UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    return None if value is None else value.replace(" ", "T") + "+00:00"
+
+
+def wire(column: Any, dialect: str) -> tuple[Any, Callable[[Any], Any] | None]:
+    """A column as wire text: PostgreSQL formats in SQL (C code); SQLite returns the stored text and a
+    small Python function finishes it (cheaper there than SQLite string functions). Either way no
+    `uuid.UUID` or `datetime` object is built per value."""
+    kind = column.type
+    if isinstance(kind, Uuid):
+        if dialect == "postgresql":
+            return cast(column, String), None
+        return type_coerce(column, String), _uuid_text
+    if isinstance(kind, UTCDateTime):
+        if dialect == "postgresql":
+            return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), None
+        return type_coerce(column, String), _timestamp_text
+    if isinstance(kind, Enum):
+        return cast(column, String), None
+    return column, None
+
+
+@dataclass(frozen=True)
+class Wire:
+    """Columns to select (id first) and the Python finishing step per row."""
+
+    columns: list[Any]
+    names: list[str]
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+    def record(self, row: Any, offset: int = 0) -> dict[str, Any]:
+        """The record of a result row whose record columns start at `offset`."""
+        values = list(row[offset:offset + len(self.names)])
+        for index, convert in self.converters:
+            values[index] = convert(values[index])
+        return dict(zip(self.names, values, strict=True))
+
+
+@cache
+def _wire_plan(table: Table, dialect: str) -> Wire:
+    columns, converters = [], []
+    for index, column in enumerate(_columns(table)):
+        expr, convert = wire(column, dialect)
+        columns.append(expr.label(column.name))
+        if convert is not None:
+            converters.append((index, convert))
+    return Wire(columns, _column_names(table), tuple(converters))
+
+
+def wire_value(value: Any) -> Any:
+    """A Python value as the wire shows it (the same text `wire` produces from the database)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _always(_: Any) -> ColumnElement[bool]:
+    return true()
+
+
+def _never(_: Any) -> ColumnElement[bool]:
+    return false()
+
+
+def _households_of(keys: ScopeKeys) -> Any:
+    return select(Household.id).where(col(Household.building_id).in_(keys.buildings))
+
+
+def notice_clause(user: User) -> ColumnElement[bool]:
+    """Notices a user may see: the rule of `api.notices.service.get` (their buildings and stations)."""
+    clause = access.building_clause(user, Notice.building_id)
+    if access.is_office(user):
+        return clause
+    stations = select(Building.station_id).where(col(Building.id).in_(access.grid_buildings(user)))
+    return or_(clause, col(Notice.station_id).in_(stations))
+
+
+TABLES: tuple[SyncTable, ...] = (
+    SyncTable("stations", Station, _always, _never),
+    SyncTable("buildings", Building, lambda u: access.building_clause(u, Building.id),
+              lambda k: col(Building.id).in_(k.buildings)),
+    SyncTable("households", Household, lambda u: access.building_clause(u, Household.building_id),
+              lambda k: col(Household.building_id).in_(k.buildings),
+              office_fields=frozenset({"resident_name", "phone", "area_m2", "heating_status", "sensitive"}),
+              page_key="building_id"),
+    SyncTable("work_orders", WorkOrder, access.work_order_clause,
+              lambda k: or_(col(WorkOrder.household_id).in_(_households_of(k)), col(WorkOrder.id).in_(k.work_orders)),
+              office_fields=frozenset({"assignee_id", "priority", "sla_due_at", "category", "description"}),
+              page_key="household_id"),
+    SyncTable("visits", Visit, lambda u: access.household_clause(u, Visit.household_id),
+              lambda k: col(Visit.household_id).in_(_households_of(k)), page_key="household_id"),
+    SyncTable("readings", Reading, lambda u: access.household_clause(u, Reading.household_id),
+              lambda k: col(Reading.household_id).in_(_households_of(k)), append_only=True,
+              page_key="household_id"),
+    SyncTable("notes", Note, note_clause,
+              lambda k: or_(col(Note.household_id).in_(_households_of(k)),
+                            col(Note.work_order_id).in_(
+                                select(WorkOrder.id).where(col(WorkOrder.household_id).in_(_households_of(k)))),
+                            col(Note.work_order_id).in_(k.work_orders))),
+    SyncTable("notices", Notice, notice_clause,
+              lambda k: or_(col(Notice.building_id).in_(k.buildings),
+                            col(Notice.station_id).in_(
+                                select(Building.station_id).where(col(Building.id).in_(k.buildings))),
+                            col(Notice.station_id).in_(k.stations))),
+)
+BY_NAME = {t.name: t for t in TABLES}
+BY_MODEL: dict[type[Any], SyncTable] = {t.model: t for t in TABLES}
+SYNC_TABLE_NAMES = frozenset(BY_NAME)
+
+
+def spec_of(obj: Any) -> SyncTable | None:
+    """The sync table of an ORM object, or None if the object is not synced."""
+    return BY_MODEL.get(type(obj))
+
+
+def record(spec: SyncTable, obj: Any) -> dict[str, Any]:
+    """The wire record of an ORM object."""
+    return {name: wire_value(getattr(obj, name)) for name in spec.column_names}
+
+
+def _building_of_household(session: Session, household_id: uuid.UUID | None) -> uuid.UUID | None:
+    if household_id is None:
+        return None
+    return session.connection().execute(
+        select(Household.building_id).where(Household.id == household_id)).scalar()
+
+
+def _household_of_order(session: Session, order_id: uuid.UUID | None) -> uuid.UUID | None:
+    if order_id is None:
+        return None
+    return session.connection().execute(
+        select(WorkOrder.household_id).where(WorkOrder.id == order_id)).scalar()
+
+
+def route_keys(session: Session, spec: SyncTable, obj: Any) -> dict[str, uuid.UUID | None]:
+    """The keys a tombstone of this row keeps, so the delete reaches exactly the devices that saw it."""
+    name = spec.name
+    if name == "stations":
+        return {"station_id": obj.id}
+    if name == "buildings":
+        return {"building_id": obj.id, "station_id": obj.station_id}
+    if name == "households":
+        return {"building_id": obj.building_id}
+    if name == "work_orders":
+        return {"building_id": _building_of_household(session, obj.household_id), "user_id": obj.assignee_id,
+                "work_order_id": obj.id}
+    if name == "visits":
+        return {"building_id": _building_of_household(session, obj.household_id), "user_id": obj.steward_id}
+    if name == "readings":
+        return {"building_id": _building_of_household(session, obj.household_id), "user_id": obj.taken_by_id}
+    if name == "notes":
+        household = obj.household_id or _household_of_order(session, obj.work_order_id)
+        return {"building_id": _building_of_household(session, household), "user_id": obj.owner_id,
+                "work_order_id": obj.work_order_id}
+    if name == "notices":
+        return {"building_id": obj.building_id, "station_id": obj.station_id}
+    raise KeyError(name)

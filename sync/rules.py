@@ -1,0 +1,376 @@
+"""What a pushed mutation may do to each table: the REST API's permissions and validation, reused.
+
+The REST services commit inside, so the push (one transaction, a savepoint per mutation) cannot call
+them; the same models, state machine and priority rule are used here instead. Every refusal raises
+`Rejected` with a stable code, and the push answers the mutation `rejected` without blocking the queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import Field as PydanticField
+from sqlmodel import col, select
+
+from api.db import utcnow
+from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate
+from api.network.models import Household, HouseholdUpdate
+from api.notes.models import Note, NoteCreate, NoteKind
+from api.users.models import Role, User
+from api.work_orders.models import (
+    OPEN_STATUSES,
+    STEWARD_TARGETS,
+    TRANSITIONS,
+    Status,
+    WorkOrder,
+    WorkOrderCreate,
+    WorkOrderEvent,
+    WorkOrderUpdate,
+)
+from api.work_orders.service import STEWARD_SOURCES, effective_priority
+from sync.registry import BY_NAME, SyncTable
+from sync.tracking import UNTARGETED
+
+if TYPE_CHECKING:
+    from sync.mutations import Context
+
+
+@dataclass
+class ConflictEntry:
+    """One line for the conflict log."""
+
+    field: str | None
+    kind: str
+    server_value: Any
+    device_value: Any
+    winner: str
+
+
+class Rejected(Exception):
+    """The mutation can never apply; `code` goes to the device as `reason`."""
+
+    def __init__(self, code: str, message: str, conflicts: list[ConflictEntry] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.conflicts = conflicts or []
+
+
+def validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate with a REST model; errors become `invalid_value` naming the fields."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+        raise Rejected("invalid_value", "; ".join(parts)) from exc
+
+
+def only(fields: dict[str, Any], allowed: frozenset[str] | set[str], what: str) -> None:
+    """Refuse fields the caller may not write here."""
+    extra = sorted(set(fields) - set(allowed))
+    if extra:
+        raise Rejected("read_only_field", f"{', '.join(extra)} cannot be written {what}; "
+                                          f"writable: {', '.join(sorted(allowed)) or 'nothing'}.")
+
+
+def _fields_of(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(model.model_fields) - {"id"}
+
+
+class NoteUpdate(BaseModel):
+    """The note fields a device may change after creation (links and audio are fixed)."""
+
+    model_config = {"extra": "forbid"}
+
+    kind: NoteKind | None = None
+    duration_s: float | None = PydanticField(default=None, ge=0, le=6 * 3600)
+    recorded_at: AwareDatetime | None = None
+
+
+@dataclass
+class Rules:
+    """One table's rules; the defaults refuse everything."""
+
+    create: Callable[[Context, uuid.UUID, dict[str, Any]], Any] | None = None
+    # (ctx, row) -> the fields the caller may update on this row; raises when it may update none.
+    writable: Callable[[Context, Any], frozenset[str]] | None = None
+    update_model: type[BaseModel] | None = None
+    apply: Callable[[Context, Any, dict[str, Any]], None] | None = None
+    may_delete: Callable[[Context, Any], None] | None = None
+    before_delete: Callable[[Context, Any], None] | None = None
+    not_deletable: str = "Rows of this table are not deleted from devices."
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _visible_household(ctx: Context, household_id: uuid.UUID) -> Household:
+    household = ctx.get(BY_NAME["households"], household_id)
+    if household is None or not ctx.visible(BY_NAME["households"], household):
+        raise Rejected("out_of_scope", f"No household with id {household_id} in your scope.")
+    return household
+
+
+def _visible_order(ctx: Context, order_id: uuid.UUID, household_id: uuid.UUID | None) -> WorkOrder:
+    order = ctx.get(BY_NAME["work_orders"], order_id)
+    if order is None or not ctx.visible(BY_NAME["work_orders"], order):
+        raise Rejected("out_of_scope", f"No work order with id {order_id} in your scope.")
+    if household_id is not None and order.household_id != household_id:
+        raise Rejected("invalid_value", "The work order belongs to another household.")
+    return order
+
+
+def _visible_visit(ctx: Context, visit_id: uuid.UUID, household_id: uuid.UUID | None) -> Visit:
+    visit = ctx.get(BY_NAME["visits"], visit_id)
+    if visit is None or not ctx.visible(BY_NAME["visits"], visit):
+        raise Rejected("out_of_scope", f"No visit with id {visit_id} in your scope.")
+    if household_id is not None and visit.household_id != household_id:
+        raise Rejected("invalid_value", "The visit belongs to another household.")
+    return visit
+
+
+def _owner_or_office(ctx: Context, owner_id: uuid.UUID | None, what: str) -> None:
+    if not ctx.office and owner_id != ctx.user.id:
+        raise Rejected("not_owner", f"Only the steward who made this {what} (or the office) can change it.")
+
+
+# --- visits ---------------------------------------------------------------------------------------
+
+VISIT_FIELDS = _fields_of(VisitUpdate)
+
+
+def create_visit(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Visit:
+    if ctx.user.role != Role.steward:
+        raise Rejected("forbidden", "Visits are recorded by the steward who made them.")
+    only(fields, _fields_of(VisitCreate), "when creating a visit")
+    data: VisitCreate = validate(VisitCreate, fields | {"id": id})
+    if data.left_at is not None and data.left_at < data.arrived_at:
+        raise Rejected("invalid_value", "left_at must not be before arrived_at.")
+    _visible_household(ctx, data.household_id)
+    if data.work_order_id is not None:
+        _visible_order(ctx, data.work_order_id, data.household_id)
+    return Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": ctx.user.id})
+
+
+def _visit_writable(ctx: Context, visit: Visit) -> frozenset[str]:
+    _owner_or_office(ctx, visit.steward_id, "visit")
+    return VISIT_FIELDS
+
+
+def _visit_apply(_: Context, visit: Visit, values: dict[str, Any]) -> None:
+    left_at = values.get("left_at", visit.left_at)
+    if left_at is not None and left_at < visit.arrived_at:
+        raise Rejected("invalid_value", "left_at must not be before arrived_at.")
+    for name, value in values.items():
+        setattr(visit, name, value)
+
+
+def _visit_before_delete(ctx: Context, visit: Visit) -> None:
+    # The database would clear these links itself (ON DELETE SET NULL) where sync cannot see it. The
+    # device does not hold these rows as they now are, so they are not marked as its own writes.
+    for model, table in ((Reading, "readings"), (Note, "notes")):
+        for row in ctx.session.exec(select(model).where(col(model.visit_id) == visit.id)):
+            row.visit_id = None
+            ctx.session.add(row)
+            ctx.session.info.setdefault(UNTARGETED, set()).add((table, row.id))
+
+
+# --- readings -------------------------------------------------------------------------------------
+
+
+def create_reading(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Reading:
+    only(fields, _fields_of(ReadingCreate), "when creating a reading")
+    data: ReadingCreate = validate(ReadingCreate, fields | {"id": id})
+    _visible_household(ctx, data.household_id)
+    if data.visit_id is not None:
+        _visible_visit(ctx, data.visit_id, data.household_id)
+    return Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": ctx.user.id})
+
+
+# --- notes ----------------------------------------------------------------------------------------
+
+
+def create_note(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Note:
+    only(fields, _fields_of(NoteCreate), "when creating a note")
+    data: NoteCreate = validate(NoteCreate, fields | {"id": id})
+    if data.household_id is not None:
+        _visible_household(ctx, data.household_id)
+    if data.work_order_id is not None:
+        _visible_order(ctx, data.work_order_id, data.household_id)
+    if data.visit_id is not None:
+        _visible_visit(ctx, data.visit_id, data.household_id)
+    return Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": ctx.user.id})
+
+
+def _note_writable(ctx: Context, note: Note) -> frozenset[str]:
+    _owner_or_office(ctx, note.owner_id, "note")
+    return _fields_of(NoteUpdate)
+
+
+# --- households -----------------------------------------------------------------------------------
+
+
+def _household_writable(ctx: Context, _: Household) -> frozenset[str]:
+    if not ctx.office:
+        raise Rejected("forbidden", "Household master data is changed by the office.")
+    return _fields_of(HouseholdUpdate)
+
+
+# --- work orders ----------------------------------------------------------------------------------
+
+OFFICE_ORDER_FIELDS = frozenset({"status", "assignee_id"}) | _fields_of(WorkOrderUpdate)
+
+
+class WorkOrderSyncUpdate(WorkOrderUpdate):
+    status: Status | None = None
+    assignee_id: uuid.UUID | None = None
+
+
+def _event(ctx: Context, order: WorkOrder, kind: str, **kw: Any) -> None:
+    ctx.session.add(WorkOrderEvent(work_order_id=order.id, actor_id=ctx.user.id, kind=kind,
+                                   note="offline sync", **kw))
+
+
+def _active_steward(ctx: Context, id: uuid.UUID) -> None:
+    user = ctx.session.get(User, id)
+    if user is None or not user.active or user.role != Role.steward:
+        raise Rejected("invalid_value", f"User {id} is not an active steward; work orders go to stewards.")
+
+
+def create_work_order(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> WorkOrder:
+    only(fields, _fields_of(WorkOrderCreate), "when creating a work order")
+    data: WorkOrderCreate = validate(WorkOrderCreate, fields | {"id": id})
+    household = _visible_household(ctx, data.household_id)
+    assignee_id = data.assignee_id
+    if not ctx.office:
+        if data.source not in STEWARD_SOURCES:
+            raise Rejected("forbidden", "Stewards open work orders from visits or video calls only.")
+        if assignee_id not in (None, ctx.user.id):
+            raise Rejected("forbidden", "Stewards cannot assign work orders to others.")
+        assignee_id = ctx.user.id
+    if assignee_id is not None:
+        _active_steward(ctx, assignee_id)
+    priority = effective_priority(household, data.category, data.priority)
+    now = utcnow()
+    order = WorkOrder.model_validate(
+        data.model_dump(exclude_none=True, exclude={"assignee_id", "sla_due_at", "priority"})
+        | {"priority": priority, "assignee_id": assignee_id, "status": Status.assigned if assignee_id else Status.new,
+           "created_by_id": ctx.user.id,
+           "sla_due_at": data.sla_due_at or now + timedelta(hours=ctx.settings.sla_hours(priority.value))})
+    ctx.session.add(order)
+    _event(ctx, order, "created", to_status=Status.new)
+    if assignee_id:
+        _event(ctx, order, "assigned", from_status=Status.new, to_status=Status.assigned, assignee_id=assignee_id)
+    return order
+
+
+def _order_writable(ctx: Context, order: WorkOrder) -> frozenset[str]:
+    if ctx.office:
+        return OFFICE_ORDER_FIELDS
+    if order.assignee_id != ctx.user.id:
+        raise Rejected("not_assignee", "Only the assigned steward can move this work order.")
+    return frozenset({"status"})
+
+
+def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None:
+    # Everything is checked before anything changes: a push applies a batch without a savepoint per
+    # mutation, so a refusal must leave the row untouched.
+    values = dict(values)
+    assign = "assignee_id" in values
+    assignee = values.pop("assignee_id", None)
+    target = Status(values.pop("status")) if "status" in values else None
+    status = order.status
+    if assign:
+        if assignee is None:
+            raise Rejected("invalid_value", "A work order cannot be unassigned; assign it to another steward.")
+        if status not in OPEN_STATUSES:
+            raise Rejected("not_editable", f"A {status.value} work order cannot be assigned; reopen it first.")
+        _active_steward(ctx, assignee)
+        status = Status.assigned if status == Status.new else status
+    if target is not None:
+        _check_transition(ctx, status, target)
+    if values:
+        if status not in OPEN_STATUSES:
+            raise Rejected("not_editable", f"A {status.value} work order can no longer be edited.")
+        nulls = sorted(name for name, value in values.items() if value is None)
+        if nulls:
+            raise Rejected("invalid_value", f"{', '.join(nulls)} cannot be null.")
+    if assign:
+        before = order.status
+        order.assignee_id = assignee
+        order.status = status
+        _event(ctx, order, "assigned", from_status=before, to_status=status, assignee_id=assignee)
+    if target is not None:
+        _transition(ctx, order, target)
+    if values:
+        for name, value in values.items():
+            setattr(order, name, value)
+        household = ctx.get(BY_NAME["households"], order.household_id)
+        if household is not None:  # the REST rule: a sensitive home's cold radiator stays urgent enough
+            order.priority = effective_priority(household, order.category, order.priority)
+        _event(ctx, order, "updated")
+
+
+def _check_transition(ctx: Context, current: Status, target: Status) -> None:
+    allowed = TRANSITIONS[current]
+    if target not in allowed:
+        options = ", ".join(sorted(s.value for s in allowed)) or "none (it is final)"
+        raise Rejected("invalid_transition", f"A work order cannot go from {current.value} to {target.value}; "
+                                             f"allowed next: {options}.")
+    if target == Status.assigned:
+        raise Rejected("invalid_transition", "Assign a work order by writing assignee_id.")
+    if not ctx.office and target not in STEWARD_TARGETS:
+        raise Rejected("forbidden", f"Moving a work order to {target.value} is office work.")
+
+
+def _transition(ctx: Context, order: WorkOrder, target: Status) -> None:
+    before, now = order.status, utcnow()
+    order.status = target
+    if target == Status.resolved:
+        order.resolved_at = now
+    elif target == Status.closed:
+        order.closed_at = now
+    elif target == Status.in_progress:
+        order.resolved_at = None
+    _event(ctx, order, "status", from_status=before, to_status=target)
+
+
+def _set_all(_: Context, row: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(row, name, value)
+
+
+def _may_delete_visit(ctx: Context, visit: Visit) -> None:
+    _owner_or_office(ctx, visit.steward_id, "visit")
+
+
+def _may_delete_reading(ctx: Context, reading: Reading) -> None:
+    _owner_or_office(ctx, reading.taken_by_id, "reading")
+
+
+def _may_delete_note(ctx: Context, note: Note) -> None:
+    _owner_or_office(ctx, note.owner_id, "note")
+
+
+RULES: dict[str, Rules] = {
+    "stations": Rules(),
+    "buildings": Rules(),
+    "notices": Rules(),
+    "households": Rules(writable=_household_writable, update_model=HouseholdUpdate, apply=_set_all),
+    "work_orders": Rules(create=create_work_order, writable=_order_writable, update_model=WorkOrderSyncUpdate,
+                         apply=_order_apply, not_deletable="Work orders are not deleted; cancel them."),
+    "visits": Rules(create=create_visit, writable=_visit_writable, update_model=VisitUpdate, apply=_visit_apply,
+                    may_delete=_may_delete_visit, before_delete=_visit_before_delete),
+    "readings": Rules(create=create_reading, may_delete=_may_delete_reading),
+    "notes": Rules(create=create_note, writable=_note_writable, update_model=NoteUpdate, apply=_set_all,
+                   may_delete=_may_delete_note),
+}
+READ_ONLY_TABLES = frozenset(name for name, rules in RULES.items()
+                             if rules.create is None and rules.writable is None and rules.may_delete is None)
+
+
+def rules_for(spec: SyncTable) -> Rules:
+    return RULES[spec.name]

@@ -1,0 +1,83 @@
+"""Routes of the sync protocol: pull, push and the conflict log (docs/sync-protocol.md)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Body, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
+from api.errors import Conflict, Unprocessable
+from sync import service
+from sync.models import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    SUPPORTED_VERSIONS,
+    ConflictsPublic,
+    PullResponse,
+    PushRequest,
+    PushResponse,
+)
+from sync.pull import pull as pull_page
+from sync.push import push as push_batch
+
+router = APIRouter(prefix="/sync", tags=["sync"])
+
+
+class UnsupportedVersion(Conflict):
+    code = "unsupported_version"
+
+
+def check_version(value: Any) -> None:
+    """Refuse a missing or unknown protocol version before anything else, so old apps learn why."""
+    supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+    try:
+        ok = value is not None and not isinstance(value, bool) and int(value) in SUPPORTED_VERSIONS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UnsupportedVersion(f"Sync protocol version {value!r} is not supported; this server speaks "
+                                 f"{supported}. Update the app.")
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    return Response(content=orjson.dumps(payload), media_type="application/json")
+
+
+@router.get("/pull", responses={200: {"model": PullResponse}})
+def pull(session: SessionDep, settings: SettingsDep, user: CurrentUser,
+         schema_version: Annotated[str | None, Query(description="Protocol version (1).")] = None,
+         cursor: Annotated[str | None, Query(max_length=4096, description="From the last page; none = first sync.")]
+         = None,
+         limit: Annotated[int | None, Query(description=f"Records per page, 1..{MAX_LIMIT}.")] = None) -> Response:
+    """One page of changes after the cursor."""
+    check_version(schema_version)
+    limit = DEFAULT_LIMIT if limit is None else limit
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Unprocessable(f"limit must be between 1 and {MAX_LIMIT}.")
+    return _json(pull_page(session=session, settings=settings, user=user, cursor=cursor or None, limit=limit))
+
+
+@router.post("/push", responses={200: {"model": PushResponse}})
+def push(body: Annotated[dict[str, Any], Body()], session: SessionDep, settings: SettingsDep,
+         user: CurrentUser) -> Response:
+    """Apply a batch of the device's queued mutations, exactly once."""
+    check_version(body.get("schema_version"))
+    try:
+        request = PushRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    return _json(push_batch(session=session, settings=settings, user=user, body=request))
+
+
+@router.get("/conflicts", response_model=ConflictsPublic)
+def conflicts(session: SessionDep, _: OfficeUser, page: PageDep, table: str | None = None,
+              row_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None, client_id: uuid.UUID | None = None):
+    rows, count = service.list_conflicts(session=session, page=page, table=table, row_id=row_id, user_id=user_id,
+                                         client_id=client_id)
+    return {"data": rows, "count": count}

@@ -1,0 +1,25 @@
+"""Spelled-out numbers in addresses, dates and codes become digits; numerals that are words stay."""
+
+from __future__ import annotations
+
+import pytest
+
+from speech.numbers import normalize_numbers
+
+
+@pytest.mark.parametrize(("spoken", "written"), [
+    ("三号楼二单元五零一室", "3号楼2单元501室"),
+    ("注水时间是十一月五号", "注水时间是11月5号"),
+    ("量的是十六度", "量的是16度"),
+    ("二十三号楼三十一层", "23号楼31层"),
+    ("工单号是二零二五一一零八零三", "工单号是2025110803"),
+    ("电话一三八零零一三八零零零", "电话13800138000"),
+])
+def test_addresses_dates_temperatures_and_codes(spoken: str, written: str) -> None:
+    assert normalize_numbers(spoken) == written
+
+
+@pytest.mark.parametrize("text", ["每周要回访一次", "一点也不热", "两个人在家", "第三单元", "一度很冷", "等一下",
+                                  "一百号"])
+def test_numerals_that_are_words_stay(text: str) -> None:
+    assert normalize_numbers(text) == text

@@ -1,0 +1,38 @@
+"""Simplified conversion, punctuation and the character error rate."""
+
+from __future__ import annotations
+
+import pytest
+
+from speech.text import cer, edit_distance, normalize_for_cer, to_simplified, zh_punctuation
+
+
+def test_traditional_characters_become_simplified() -> None:
+    assert to_simplified("暖氣片漏水了，請盡快派人") == "暖气片漏水了，请尽快派人"
+
+
+def test_ascii_punctuation_next_to_chinese_becomes_full_width() -> None:
+    assert zh_punctuation("您好,我家暖气不热,需要排气吗?") == "您好，我家暖气不热，需要排气吗？"
+    assert zh_punctuation("室温16.5度,不达标") == "室温16.5度，不达标"  # a decimal point stays
+    assert zh_punctuation("打开 进水阀") == "打开进水阀"
+
+
+@pytest.mark.parametrize(("a", "b", "distance"), [("", "", 0), ("abc", "", 3), ("排气阀", "排气法", 1),
+                                                   ("工单号", "工单", 1), ("kitten", "sitting", 3)])
+def test_edit_distance(a: str, b: str, distance: int) -> None:
+    assert edit_distance(a, b) == distance
+    assert edit_distance(b, a) == distance
+
+
+def test_cer_ignores_punctuation_spaces_and_script() -> None:
+    assert cer("您好，暖气漏水了。", "您好 暖氣漏水了") == 0.0
+    assert cer("排气阀", "排气法") == pytest.approx(1 / 3)
+    assert cer("", "") == 0.0
+    assert cer("", "多余") == 1.0
+
+
+def test_cer_with_numbers_normalised_scores_digits_like_numerals() -> None:
+    reference, hypothesis = "三号楼二单元五零一室", "3号楼2单元501室"
+    assert cer(reference, hypothesis) == 0.5
+    assert cer(reference, hypothesis, numbers=True) == 0.0
+    assert normalize_for_cer("工单号：2025-1108", numbers=True) == "工单号20251108"

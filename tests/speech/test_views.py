@@ -1,0 +1,216 @@
+"""The speech API on both backends: calls in, transcripts out, correction with history, approval, search,
+redaction, audio with Range. Real transcription runs through each backend's queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.app import create_app
+from api.db import utcnow
+from api.notes.models import Note, TranscriptStatus
+from api.settings import Settings
+from api.work_orders.models import WorkOrder
+from speech.models import TranscriptState
+from tests.speech.conftest import FIXTURES
+from tests.speech.service_helpers import (
+    bundled_model_dir,
+    clear_procrastinate,
+    make_transcript,
+    post_call,
+    wait_until_done,
+)
+from tests.utils.factories import World, make_work_order, make_world
+
+LEAK = (FIXTURES / "leak_report.wav").read_bytes()
+VALVE = (FIXTURES / "valve_bleeding.wav").read_bytes()
+
+
+@pytest.fixture
+def speech_settings_(settings: Settings, speech_data_dir: Path, tmp_path: Path) -> Settings:
+    """The test settings, sharing the session's assembled model, with fast retries."""
+    return settings.model_copy(update={"whisper_model": bundled_model_dir(speech_data_dir),
+                                       "blob_dir": tmp_path / "blobs", "speech_retry_backoff_s": 0.2})
+
+
+@pytest.fixture
+def world(session: Session, speech_settings_: Settings) -> World:
+    return make_world(session, speech_settings_)
+
+
+@pytest.fixture
+def api(speech_settings_: Settings, engine: Engine) -> Iterator[TestClient]:
+    clear_procrastinate(engine)
+    with TestClient(create_app(speech_settings_, engine=engine), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_a_call_is_queued_transcribed_tagged_and_searchable(api: TestClient, world: World, engine: Engine,
+                                                            speech_settings_: Settings) -> None:
+    headers = world.headers(world.supervisor)
+    r = post_call(api, headers, VALVE, household_id=str(world.household_a.id))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "queued" and set(body) == {"id", "status"}
+    wait_until_done(engine, speech_settings_, [uuid.UUID(body["id"])])
+    t = api.get(f"/api/v1/transcripts/{body['id']}", headers=headers).json()
+    assert t["status"] == "transcribed" and t["kind"] == "call_recording"
+    assert (t["engine"], t["model"], t["language"]) == ("faster-whisper", speech_settings_.whisper_model, "zh")
+    assert "排气阀" in t["text"] and "进水阀" in t["text"]
+    assert t["categories"] == ["air_lock", "valve"]
+    assert t["segments"] and t["segments"][0]["start"] == 0.0 and t["segments"][-1]["end"] <= 8.5
+    assert (t["caller_phone"], t["agent"]) == ("13800138000", "agent-07")
+    assert t["draft_work_order_id"] is None  # air_lock/valve: no draft work order
+    found = api.get("/api/v1/transcripts", headers=headers, params={"q": "进水阀"}).json()
+    assert [row["id"] for row in found["data"]] == [body["id"]]
+    with Session(engine) as session:  # the note that syncs to handhelds carries the transcript too
+        note = session.get(Note, uuid.UUID(body["id"]))
+        assert note is not None and note.transcript_status == TranscriptStatus.done and "排气阀" in note.transcript_text
+
+
+def test_undecodable_audio_fails_fast_with_a_reason(api: TestClient, world: World, engine: Engine,
+                                                    speech_settings_: Settings) -> None:
+    headers = world.headers(world.supervisor)
+    bad = post_call(api, headers, b"RIFF\x00\x00\x00\x00WAVEfmt " + b"\xff" * 300).json()
+    good = post_call(api, headers, LEAK).json()
+    wait_until_done(engine, speech_settings_, [uuid.UUID(bad["id"]), uuid.UUID(good["id"])])
+    failed = api.get(f"/api/v1/transcripts/{bad['id']}", headers=headers).json()
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    assert failed["failure_reason"].startswith("undecodable audio:")
+    assert api.get(f"/api/v1/transcripts/{good['id']}", headers=headers).json()["status"] == "transcribed"
+    listed = api.get("/api/v1/transcripts", headers=headers, params={"status": "failed"}).json()
+    assert [row["id"] for row in listed["data"]] == [bad["id"]]
+
+
+def test_call_upload_checks_role_metadata_and_links(api: TestClient, world: World, session: Session) -> None:
+    assert post_call(api, world.headers(world.steward_a), LEAK).status_code == 403
+    r = api.post("/api/v1/calls", headers=world.headers(world.admin), files={"audio": ("c.wav", LEAK, "audio/wav")},
+                 data={"metadata": "{not json"})
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_metadata"
+    r = post_call(api, world.headers(world.admin), LEAK, started_at="2026-11-29T08:00:00")  # no time zone
+    assert r.status_code == 422
+    order = make_work_order(session, world.household_b)
+    r = post_call(api, world.headers(world.admin), LEAK, household_id=str(world.household_a.id),
+                  work_order_id=str(order.id))
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "household_mismatch"
+    assert post_call(api, world.headers(world.admin), b"").status_code == 422
+
+
+def test_redaction_masks_numbers_for_a_steward_and_not_for_an_admin(api: TestClient, world: World,
+                                                                    session: Session) -> None:
+    t = make_transcript(session, world.steward_a, "请回电13800138000，身份证370102198507151234。",
+                        household_id=world.household_a.id)
+    as_admin = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.admin)).json()
+    as_steward = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.steward_a)).json()
+    assert as_admin["text"] == "请回电13800138000，身份证370102198507151234。" and not as_admin["redacted"]
+    assert as_steward["text"] == "请回电138****8000，身份证370102***********4。" and as_steward["redacted"]
+    assert "13800138000" not in "".join(s["text"] for s in as_steward["segments"])
+    # Outside the steward's grid: not found, whatever the id.
+    assert api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.steward_b)).status_code == 404
+
+
+def test_correction_keeps_history_search_finds_the_corrected_word_then_approval_locks(
+        api: TestClient, world: World, session: Session) -> None:
+    t = make_transcript(session, world.steward_a, "楼道里的立管有意想，", "晚上声音特别大。",
+                        household_id=world.household_a.id)
+    supervisor = world.headers(world.supervisor)
+    assert api.get("/api/v1/transcripts", headers=supervisor, params={"q": "异响"}).json()["count"] == 0
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.steward_a),
+                  json={"segments": [{"index": 0, "text": "楼道里的立管有异响，"}]})
+    assert r.status_code == 403  # stewards read, supervisors correct
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                  json={"base_revision": 0, "segments": [{"index": 0, "text": "楼道里的立管有异响，"},
+                                                         {"index": 1, "text": "晚上声音特别大。"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "楼道里的立管有异响，晚上声音特别大。" and r.json()["revision"] == 1
+    assert r.json()["categories"] == ["noise"]
+    for q in ("异响", "管有异响"):  # two characters (scan) and more (trigram index)
+        hits = api.get("/api/v1/transcripts", headers=supervisor, params={"q": q}).json()
+        assert [row["id"] for row in hits["data"]] == [str(t.id)], q
+    stale = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                      json={"base_revision": 0, "segments": [{"index": 0, "text": "楼道"}]})
+    assert stale.status_code == 409 and stale.json()["detail"]["code"] == "stale_revision"
+    history = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=supervisor).json()
+    assert [(h["revision"], h["user_id"], h["changes"]) for h in history] == [
+        (1, str(world.supervisor.id),
+         [{"index": 0, "before": "楼道里的立管有意想，", "after": "楼道里的立管有异响，"}])]
+    approved = api.post(f"/api/v1/transcripts/{t.id}/approve", headers=supervisor).json()
+    assert approved["status"] == "approved" and approved["approved_by_id"] == str(world.supervisor.id)
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor, json={"segments": [{"index": 0, "text": "x"}]})
+    assert r.status_code == 409 and r.json()["detail"]["code"] == "invalid_transition"
+    with Session(api.app.state.engine) as s:  # type: ignore[attr-defined]
+        assert s.get(Note, t.id).transcript_text == "楼道里的立管有异响，晚上声音特别大。"  # type: ignore[union-attr]
+
+
+def test_filters(api: TestClient, world: World, session: Session) -> None:
+    order = make_work_order(session, world.household_a)
+    old = make_transcript(session, world.steward_a, "暖气漏水了", categories=("leak",),
+                          household_id=world.household_a.id, recorded_at=utcnow() - timedelta(days=10),
+                          work_order_id=order.id)
+    new = make_transcript(session, world.steward_b, "室内温度达不到标准", categories=("not_warm",),
+                          household_id=world.household_b.id, status=TranscriptState.approved)
+    headers = world.headers(world.supervisor)
+
+    def ids(**params: object) -> list[str]:
+        return [row["id"] for row in api.get("/api/v1/transcripts", headers=headers, params=params).json()["data"]]
+
+    assert ids() == [str(new.id), str(old.id)]  # newest recording first
+    assert ids(category="leak") == [str(old.id)]
+    assert ids(status="approved") == [str(new.id)]
+    assert ids(steward_id=str(world.steward_b.id)) == [str(new.id)]
+    assert ids(work_order_id=str(order.id)) == [str(old.id)]
+    assert ids(date_from=str((utcnow() - timedelta(days=2)).date())) == [str(new.id)]
+    assert ids(date_to=str((utcnow() - timedelta(days=5)).date())) == [str(old.id)]
+    steward_view = api.get("/api/v1/transcripts", headers=world.headers(world.steward_a)).json()
+    assert [row["id"] for row in steward_view["data"]] == [str(old.id)]  # only the steward's grid
+
+
+def test_audio_is_served_with_range_requests(api: TestClient, world: World, engine: Engine,
+                                             speech_settings_: Settings) -> None:
+    headers = world.headers(world.supervisor)
+    call = post_call(api, headers, LEAK).json()
+    whole = api.get(f"/api/v1/transcripts/{call['id']}/audio", headers=headers)
+    assert whole.status_code == 200 and whole.content == LEAK and whole.headers["content-type"] == "audio/wav"
+    part = api.get(f"/api/v1/transcripts/{call['id']}/audio", headers=headers | {"Range": "bytes=1000-1999"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 1000-1999/{len(LEAK)}"
+    assert part.content == LEAK[1000:2000]
+    wait_until_done(engine, speech_settings_, [uuid.UUID(call["id"])])
+
+
+def test_a_cold_home_call_opens_a_draft_work_order(world: World, session: Session, engine: Engine,
+                                                   speech_settings_: Settings) -> None:
+    from speech import jobs
+    from speech.engines import Segment
+    from speech.pipeline import Transcript as Result
+
+    class Scripted:
+        """Stands in for the model: this test is about what happens after transcription."""
+
+        def run(self, audio: object) -> Result:
+            return Result(engine="faster-whisper", model="scripted", language="zh", duration=7.2, segments=[
+                Segment(start=0, end=7.2, text="我家暖气不热，室内温度达不到标准。", avg_logprob=-0.2,
+                        no_speech_prob=0.01)])
+
+    settings = speech_settings_.model_copy(update={"speech_queue": "off"})  # this test runs the job itself
+    with TestClient(create_app(settings, engine=engine)) as api:
+        headers = world.headers(world.supervisor)
+        call = post_call(api, headers, LEAK, household_id=str(world.household_a.id)).json()
+        call_id = uuid.UUID(call["id"])
+        assert jobs.claim(engine, call_id)
+        assert jobs.run(engine, settings, call_id, pipeline=Scripted()) == TranscriptState.transcribed
+        t = api.get(f"/api/v1/transcripts/{call_id}", headers=headers).json()
+        steward = api.get(f"/api/v1/transcripts/{call_id}", headers=world.headers(world.steward_a)).json()
+    assert t["categories"][0] == "not_warm"
+    order = session.get(WorkOrder, uuid.UUID(t["draft_work_order_id"]))
+    assert order is not None and order.household_id == world.household_a.id
+    assert (order.category.value, order.status.value, order.source.value) == ("not_warm", "new", "hotline")
+    assert order.description.startswith("[来电转写草稿]") and order.caller_phone == "13800138000"
+    assert steward["caller_phone"] == "138****8000"

@@ -1,0 +1,203 @@
+"""The transcription queue: exclusive claims, retries with backoff, voice notes queued when their audio
+arrives, and jobs that survive a worker killed mid-transcription (embedded on SQLite, procrastinate on
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.app import create_app
+from api.db import utcnow
+from api.notes.models import Note
+from api.settings import Settings
+from speech import jobs
+from speech.models import Transcript, TranscriptState
+from speech.storage import store_audio
+from speech.worker import EmbeddedWorker, defer
+from tests.speech.conftest import FIXTURES, silence, write_wav
+from tests.speech.service_helpers import bundled_model_dir, clear_procrastinate, wait_until_done
+from tests.utils.factories import World, make_note, make_world
+
+LEAK = (FIXTURES / "leak_report.wav").read_bytes()
+
+
+@pytest.fixture
+def speech_settings_(settings: Settings, speech_data_dir: Path, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={"whisper_model": bundled_model_dir(speech_data_dir),
+                                       "blob_dir": tmp_path / "blobs", "speech_retry_backoff_s": 0.3})
+
+
+@pytest.fixture
+def world(session: Session, speech_settings_: Settings) -> World:
+    return make_world(session, speech_settings_)
+
+
+def _state(engine: Engine, transcript_id: uuid.UUID) -> Transcript:
+    with Session(engine) as session:
+        transcript = session.get(Transcript, transcript_id)
+        assert transcript is not None
+        return transcript
+
+
+def test_a_job_is_claimed_by_one_worker_only(engine: Engine, session: Session, world: World) -> None:
+    note = make_note(session, world.steward_a)
+    transcript = session.get(Transcript, note.id)
+    assert transcript is not None and transcript.status == TranscriptState.waiting_audio
+    assert not jobs.claim(engine, note.id)  # waiting for its audio: not claimable
+    transcript.status = TranscriptState.queued
+    session.commit()
+    assert jobs.claim(engine, note.id)
+    assert not jobs.claim(engine, note.id)  # running, lease not over
+    assert jobs.next_due(engine) is None
+
+
+def test_transient_errors_are_retried_with_backoff_then_the_job_fails(engine: Engine, session: Session, world: World,
+                                                                      speech_settings_: Settings) -> None:
+    class Broken:
+        def run(self, audio: object) -> None:
+            raise RuntimeError("the model fell over")
+
+    sha = store_audio(speech_settings_, LEAK)
+    note = make_note(session, world.steward_a, audio_sha256=sha)
+    jobs.promote_waiting(engine, speech_settings_)
+    waits = []
+    for attempt in (1, 2):
+        assert jobs.next_due(engine) == note.id
+        assert jobs.claim(engine, note.id)
+        before = utcnow()
+        with pytest.raises(RuntimeError, match="fell over"):
+            jobs.run(engine, speech_settings_, note.id, pipeline=Broken())
+        t = _state(engine, note.id)
+        assert (t.status, t.attempts, t.failure_reason) == (TranscriptState.queued, attempt,
+                                                            "RuntimeError: the model fell over")
+        waits.append((t.next_attempt_at - before).total_seconds())
+        assert jobs.next_due(engine) is None  # not before its backoff
+        time.sleep(waits[-1] + 0.05)
+    assert waits[0] == pytest.approx(0.3, abs=0.1) and waits[1] == pytest.approx(0.6, abs=0.1)  # doubling
+    assert jobs.claim(engine, note.id)
+    assert jobs.run(engine, speech_settings_, note.id, pipeline=Broken()) == TranscriptState.failed
+    t = _state(engine, note.id)
+    assert t.status == TranscriptState.failed and t.attempts == 3
+    assert t.failure_reason == "gave up after 3 attempts: RuntimeError: the model fell over"
+
+
+def test_a_voice_note_is_transcribed_once_its_audio_arrives(engine: Engine, world: World,
+                                                            speech_settings_: Settings) -> None:
+    import hashlib
+
+    clear_procrastinate(engine)
+    sha = hashlib.sha256(LEAK).hexdigest()
+    with TestClient(create_app(speech_settings_, engine=engine)) as api:
+        r = api.post("/api/v1/notes", headers=world.headers(world.steward_a),
+                     json={"household_id": str(world.household_a.id), "audio_sha256": sha, "duration_s": 7.2,
+                           "recorded_at": "2026-11-29T09:30:00+08:00"})
+        assert r.status_code == 201, r.text
+        note_id = uuid.UUID(r.json()["id"])
+        assert _state(engine, note_id).status == TranscriptState.waiting_audio
+        # The audio arrives later, through sync's blob upload.
+        put = api.put(f"/api/v1/blobs/{sha}", content=LEAK, headers=world.headers(world.steward_a))
+        assert put.status_code == 201, put.text
+        assert jobs.promote_waiting(engine, speech_settings_) == [note_id]
+        wait_until_done(engine, speech_settings_, [note_id])
+        note = api.get(f"/api/v1/notes/{note_id}", headers=world.headers(world.steward_a)).json()
+    assert note["transcript_status"] == "done" and "501" in note["transcript_text"]
+    assert note["version"] > r.json()["version"]  # a new version: the next pull brings it to the handheld
+
+
+def _long_recording(tmp_path: Path, settings: Settings, engine: Engine, world: World, session: Session) -> uuid.UUID:
+    """A queued 33-second recording (the two clips, twice, a second apart): long enough to be killed
+    mid-transcription. (The same clip repeated makes Whisper loop.)"""
+    from speech.audio import decode_audio
+
+    leak, valve = decode_audio(FIXTURES / "leak_report.wav"), decode_audio(FIXTURES / "valve_bleeding.wav")
+    audio = np.concatenate([leak, silence(1), valve, silence(1), leak, silence(1), valve])
+    sha = store_audio(settings, write_wav(tmp_path / "long.wav", audio).read_bytes())
+    note = make_note(session, world.steward_a, audio_sha256=sha, duration_s=len(audio) / 16000)
+    jobs.promote_waiting(engine, settings)
+    return note.id
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return os.environ | {"STEWARD_DATABASE_URL": settings.database_url, "STEWARD_DATA_DIR": str(settings.data_dir),
+                         "STEWARD_BLOB_DIR": str(settings.blob_dir), "STEWARD_WHISPER_MODEL": settings.whisper_model,
+                         "STEWARD_SPEECH_STALLED_AFTER_S": "2", "STEWARD_SECRET_KEY": settings.secret_key}
+
+
+EMBEDDED_PROCESS = """
+import time
+from api.db import make_engine
+from api.settings import get_settings
+from speech.worker import EmbeddedWorker
+settings = get_settings()
+EmbeddedWorker(make_engine(settings), settings, threads=1, poll_s=0.2).start()
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def _wait_for(engine: Engine, transcript_id: uuid.UUID, status: TranscriptState, timeout: float) -> Transcript:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        transcript = _state(engine, transcript_id)
+        if transcript.status == status:
+            return transcript
+        time.sleep(0.1)
+    raise AssertionError(f"still {transcript.status} after {timeout} s, waiting for {status}")
+
+
+@pytest.mark.slow
+def test_the_queue_survives_a_worker_killed_mid_job(engine: Engine, session: Session, world: World, tmp_path: Path,
+                                                    speech_settings_: Settings,
+                                                    processes: list[subprocess.Popen[bytes]]) -> None:
+    clear_procrastinate(engine)
+    transcript_id = _long_recording(tmp_path, speech_settings_, engine, world, session)
+    if engine.dialect.name == "postgresql":
+        defer(speech_settings_, transcript_id)
+        command = [os.path.join(os.path.dirname(sys.executable), "steward"), "worker"]
+    else:
+        command = [sys.executable, "-c", EMBEDDED_PROCESS]
+    env = _env(speech_settings_)
+    processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    _wait_for(engine, transcript_id, TranscriptState.running, timeout=60)
+    processes[0].send_signal(signal.SIGKILL)  # mid-transcription: no chance to clean up
+    processes[0].wait(10)
+    time.sleep(0.5)
+    assert _state(engine, transcript_id).status == TranscriptState.running  # left behind by the dead worker
+    if engine.dialect.name == "postgresql":
+        time.sleep(2.5)  # past STEWARD_SPEECH_STALLED_AFTER_S without a heartbeat: the next worker retries it
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        done = _wait_for(engine, transcript_id, TranscriptState.transcribed, timeout=120)
+        processes[1].send_signal(signal.SIGTERM)
+    else:  # the server starts again
+        worker = EmbeddedWorker(engine, speech_settings_, threads=1, poll_s=0.2)
+        worker.start()
+        try:
+            done = _wait_for(engine, transcript_id, TranscriptState.transcribed, timeout=120)
+        finally:
+            worker.close()
+    assert done.attempts == 2
+    assert done.text.count("501") == 2 and done.text.count("进水阀") == 2
+    with Session(engine) as s:
+        assert s.get(Note, transcript_id).transcript_status.value == "done"  # type: ignore[union-attr]

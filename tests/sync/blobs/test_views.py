@@ -1,0 +1,160 @@
+"""Blobs: hash-verified upload, idempotent PUT, ranged GET, resumable PATCH, size limit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.app import create_app
+from api.settings import Settings
+from tests.sync.conftest import District
+
+URL = "/api/v1/blobs/{}"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def photo() -> bytes:
+    return os.urandom(300_000)
+
+
+@pytest.fixture
+def headers(district: District) -> dict[str, str]:
+    return district.headers(district.steward1)
+
+
+def test_put_verifies_the_hash_and_is_idempotent(client: TestClient, headers: dict[str, str], photo: bytes) -> None:
+    sha = _sha(photo)
+    assert client.head(URL.format(sha), headers=headers).status_code == 404
+    assert client.put(URL.format(sha), content=photo, headers=headers).status_code == 201
+    assert client.put(URL.format(sha), content=photo, headers=headers).status_code == 200
+    head = client.head(URL.format(sha), headers=headers)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(photo))
+    got = client.get(URL.format(sha), headers=headers)
+    assert got.status_code == 200 and got.content == photo
+    assert got.headers["etag"] == f'"{sha}"'
+
+
+def test_a_body_that_does_not_match_its_name_is_refused(client: TestClient, headers: dict[str, str],
+                                                        photo: bytes, settings: Settings) -> None:
+    wrong = _sha(b"something else")
+    response = client.put(URL.format(wrong), content=photo, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["detail"]["code"] == "hash_mismatch"
+    assert client.head(URL.format(wrong), headers=headers).status_code == 404
+    assert client.get(URL.format(wrong), headers=headers).status_code == 404
+    leftovers = [p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []
+
+
+def test_ranges_are_served(client: TestClient, headers: dict[str, str], photo: bytes) -> None:
+    sha = _sha(photo)
+    client.put(URL.format(sha), content=photo, headers=headers)
+    for header, (start, end) in {"bytes=0-99": (0, 99), "bytes=1000-": (1000, len(photo) - 1),
+                                 "bytes=-500": (len(photo) - 500, len(photo) - 1),
+                                 f"bytes=299990-{10**9}": (299_990, len(photo) - 1)}.items():
+        got = client.get(URL.format(sha), headers=headers | {"Range": header})
+        assert got.status_code == 206, header
+        assert got.content == photo[start:end + 1]
+        assert got.headers["content-range"] == f"bytes {start}-{end}/{len(photo)}"
+    bad = client.get(URL.format(sha), headers=headers | {"Range": f"bytes={len(photo)}-"})
+    assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(photo)}"
+    # a multi-range or malformed header is ignored: the whole blob
+    assert client.get(URL.format(sha), headers=headers | {"Range": "bytes=0-1,5-9"}).content == photo
+    assert client.get(URL.format(sha), headers=headers | {"Range": "lines=1-2"}).status_code == 200
+
+
+def _chunks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
+    for start in range(0, len(data), size):
+        yield start, data[start:start + size]
+
+
+def test_a_partial_upload_resumes_where_it_stopped(client: TestClient, headers: dict[str, str],
+                                                   photo: bytes) -> None:
+    sha = _sha(photo)
+    chunks = list(_chunks(photo, 64_000))
+    first = client.patch(URL.format(sha), content=chunks[0][1],
+                         headers=headers | {"Upload-Offset": "0", "Upload-Length": str(len(photo))})
+    assert first.status_code == 204 and first.headers["upload-offset"] == "64000"
+    client.patch(URL.format(sha), content=chunks[1][1], headers=headers | {"Upload-Offset": "64000"})
+    # the link drops; the device asks where the upload stands
+    head = client.head(URL.format(sha), headers=headers)
+    assert head.status_code == 404  # not readable until complete
+    assert head.headers["upload-offset"] == "128000" and head.headers["upload-length"] == str(len(photo))
+    assert client.get(URL.format(sha), headers=headers).status_code == 404
+    # resending an old chunk is refused with the right offset
+    stale = client.patch(URL.format(sha), content=chunks[1][1], headers=headers | {"Upload-Offset": "64000"})
+    assert stale.status_code == 409 and stale.headers["upload-offset"] == "128000"
+    assert stale.json()["detail"]["code"] == "offset_mismatch"
+    for offset, chunk in chunks[2:]:
+        response = client.patch(URL.format(sha), content=chunk, headers=headers | {"Upload-Offset": str(offset)})
+    assert response.status_code == 201
+    assert client.get(URL.format(sha), headers=headers).content == photo
+    again = client.patch(URL.format(sha), content=b"", headers=headers | {"Upload-Offset": "0"})
+    assert again.status_code == 200 and again.headers["upload-offset"] == str(len(photo))
+
+
+def test_a_resumable_upload_with_wrong_bytes_is_discarded(client: TestClient, headers: dict[str, str],
+                                                          photo: bytes) -> None:
+    sha = _sha(photo)
+    corrupted = photo[:-1] + bytes([photo[-1] ^ 1])
+    client.patch(URL.format(sha), content=corrupted[:1000],
+                 headers=headers | {"Upload-Offset": "0", "Upload-Length": str(len(photo))})
+    last = client.patch(URL.format(sha), content=corrupted[1000:], headers=headers | {"Upload-Offset": "1000"})
+    assert last.status_code == 400 and last.json()["detail"]["code"] == "hash_mismatch"
+    assert "upload-offset" not in client.head(URL.format(sha), headers=headers).headers
+    # starting over at offset 0 works
+    client.patch(URL.format(sha), content=photo, headers=headers | {"Upload-Offset": "0",
+                                                                    "Upload-Length": str(len(photo))})
+    assert client.get(URL.format(sha), headers=headers).content == photo
+
+
+def test_resumable_upload_needs_its_headers(client: TestClient, headers: dict[str, str], photo: bytes) -> None:
+    sha = _sha(photo)
+    assert client.patch(URL.format(sha), content=photo, headers=headers).json()["detail"]["code"] == \
+        "offset_required"
+    no_length = client.patch(URL.format(sha), content=photo, headers=headers | {"Upload-Offset": "0"})
+    assert no_length.status_code == 400 and no_length.json()["detail"]["code"] == "length_required"
+    too_much = client.patch(URL.format(sha), content=photo + b"x",
+                            headers=headers | {"Upload-Offset": "0", "Upload-Length": str(len(photo))})
+    assert too_much.status_code == 400 and too_much.json()["detail"]["code"] == "length_exceeded"
+    assert client.patch(URL.format(sha), content=b"", headers=headers | {"Upload-Offset": "-3"}).status_code == 400
+
+
+def test_blobs_over_the_size_limit_are_refused(settings: Settings, engine: Engine, district: District) -> None:
+    small = settings.model_copy(update={"blob_max_bytes": 1000, "max_body_bytes": 1024})
+    data = os.urandom(1001)
+    sha = _sha(data)
+    headers = district.headers(district.steward1)
+    with TestClient(create_app(small, engine=engine)) as client:
+        response = client.put(URL.format(sha), content=data, headers=headers)
+        assert response.status_code == 413 and response.json()["detail"]["code"] == "payload_too_large"
+
+        def stream() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+            yield data[:600]
+            yield data[600:]
+
+        assert client.put(URL.format(sha), content=stream(), headers=headers).status_code == 413
+        declared = client.patch(URL.format(sha), content=b"",
+                                headers=headers | {"Upload-Offset": "0", "Upload-Length": "1001"})
+        assert declared.status_code == 413
+        # the blob limit, not the JSON body limit (1 KiB here), applies to blobs
+        ok = data[:1000]
+        assert client.put(URL.format(_sha(ok)), content=ok, headers=headers).status_code == 201
+        assert client.head(URL.format(sha), headers=headers).status_code == 404
+
+
+def test_blobs_need_a_signed_in_user_and_a_hash_name(client: TestClient, headers: dict[str, str]) -> None:
+    sha = _sha(b"x")
+    assert client.put(URL.format(sha), content=b"x").status_code == 401
+    assert client.get(URL.format(sha)).status_code == 401
+    assert client.put(URL.format("ABC"), content=b"x", headers=headers).status_code == 422
+    assert client.get(URL.format(sha.upper()), headers=headers).status_code == 422

@@ -1,0 +1,99 @@
+"""Concurrent writers: a transaction that commits late is never skipped, a push is never applied twice."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, func, select
+
+from api.db import utcnow
+from api.fieldwork.models import Reading, Visit
+from tests.sync.conftest import District
+from tests.sync.device import Device
+
+T0 = "2026-12-01T08:00:00+00:00"
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # reported by the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_transaction_that_commits_late_is_not_skipped(district: District, device: Callable[..., Device],
+                                                        engine: Engine, backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("needs two writers at once, which SQLite does not allow")
+    reader = device(district.steward1, "reader")
+    reader.pull()
+    # T1 writes a reading and stays open, like a slow request.
+    slow = Session(engine, expire_on_commit=False)
+    late = Reading(household_id=district.h1a.id, taken_at=utcnow(), temp_c=16.0)
+    slow.add(late)
+    slow.flush()
+    # T2, a device's push, starts after T1 and would commit first in a design that numbers rows early.
+    pusher = device(district.steward1, "pusher")
+    visit = pusher.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    thread, out = _in_thread(pusher.push)
+    thread.join(timeout=1.5)
+    assert thread.is_alive(), "the push should wait for the open transaction's number to commit"
+    # A pull in between sees neither, and its cursor must not move past T1's number.
+    page = reader.pull_page()
+    assert not page["changes"]["readings"]["upserts"] and not page["changes"]["visits"]["upserts"]
+    slow.commit()
+    slow.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and "error" not in out, out
+    reader.pull()
+    assert str(late.id) in reader.rows["readings"]
+    assert visit in reader.rows["visits"]
+    with Session(engine) as s:
+        pushed = s.get(Visit, uuid.UUID(visit))
+        assert pushed is not None and late.seq < pushed.seq
+
+
+def test_the_same_push_sent_twice_at_once_applies_once(district: District, device: Callable[..., Device],
+                                                       engine: Engine) -> None:
+    d = device(district.steward1)
+    for n in range(20):
+        d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=10 + n)
+    body = d.push_body()
+    threads = [_in_thread(lambda: d.send(body)) for _ in range(2)]
+    answers = []
+    for thread, out in threads:
+        thread.join(timeout=60)
+        assert "error" not in out, out
+        answers.append(out["value"])
+    statuses = sorted({r["status"] for r in answer["results"]}.pop() for answer in answers)
+    assert statuses == ["applied", "duplicate"]
+    with Session(engine) as s:
+        assert s.exec(select(func.count()).select_from(Reading)).one() == 21
+
+
+def test_two_devices_pushing_at_once_both_land_in_order(district: District, device: Callable[..., Device],
+                                                        engine: Engine) -> None:
+    one, two = device(district.steward1, "one"), device(district.steward1, "two")
+    reader = device(district.supervisor, "reader")
+    reader.pull()
+    for n in range(30):
+        one.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=10 + n % 20)
+        two.create("readings", household_id=str(district.h1b.id), taken_at=T0, temp_c=10 + n % 20)
+    runs = [_in_thread(one.push), _in_thread(two.push)]
+    for thread, out in runs:
+        thread.join(timeout=60)
+        assert "error" not in out, out
+    reader.pull(limit=7)
+    assert len(reader.rows["readings"]) == 61

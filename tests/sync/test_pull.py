@@ -1,0 +1,219 @@
+"""Pull: scope from the token, bounded pages, resumable cursors, deltas and routed deletes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sync.models import MAX_LIMIT
+from tests.sync.conftest import District, server_rows
+from tests.sync.device import Device
+
+T0 = "2026-12-01T08:00:00+00:00"
+
+
+def _ids(device: Device) -> dict[str, set[str]]:
+    return {table: set(rows) for table, rows in device.rows.items()}
+
+
+def test_a_first_sync_brings_exactly_the_callers_scope(district: District, device: Callable[..., Device]) -> None:
+    d = district
+    steward = device(d.steward1)
+    assert steward.pull() == 1
+    s = {str(x.id) for x in (d.station, d.station2)}
+    assert _ids(steward) == {
+        "stations": s, "buildings": {str(d.b1.id)}, "households": {str(d.h1a.id), str(d.h1b.id)},
+        "work_orders": {str(d.wo1.id)}, "visits": {str(d.visit1.id)}, "readings": {str(d.reading1.id)},
+        "notes": {str(d.note1.id)}, "notices": {str(d.notice1.id)}}
+    other = device(d.steward2)
+    other.pull()
+    assert _ids(other) == {
+        "stations": s, "buildings": {str(d.b2.id)}, "households": {str(d.h2a.id)}, "work_orders": {str(d.wo2.id)},
+        "visits": set(), "readings": set(), "notes": set(), "notices": set()}
+    office = device(d.supervisor)
+    office.pull()
+    assert _ids(office)["households"] == {str(h.id) for h in (d.h1a, d.h1b, d.h2a, d.h3a)}
+    assert _ids(office)["notices"] == {str(d.notice1.id), str(d.notice2.id)}
+    record = office.rows["work_orders"][str(d.wo1.id)]
+    assert record["version"] == d.wo1.version and record["status"] == "assigned"
+    assert "seq" not in record and "field_versions" not in record and "origin_client_id" not in record
+
+
+def test_small_pages_bring_the_same_rows_as_one_big_page(client: TestClient, district: District,
+                                                         device: Callable[..., Device]) -> None:
+    one = device(district.supervisor)
+    assert one.pull(limit=MAX_LIMIT) == 1
+    paged = device(district.supervisor)
+    pages = paged.pull(limit=3)
+    total = sum(len(rows) for rows in one.rows.values())
+    assert pages == -(-total // 3)  # ceil: every page but the last is full
+    assert paged.rows == one.rows
+
+
+def test_many_changes_of_one_transaction_page_without_loss(client: TestClient, district: District,
+                                                            device: Callable[..., Device]) -> None:
+    author = device(district.steward1, "author")
+    reader = device(district.steward1, "reader")
+    reader.pull()
+    for n in range(23):  # one push: 23 rows share one change sequence number
+        author.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=10 + n)
+    author.push()
+    assert reader.pull(limit=4) == 6
+    assert len(reader.rows["readings"]) == 24
+    assert reader.rows == server_rows(client, district.headers(district.steward1))
+
+
+def test_an_interrupted_first_sync_resumes_and_sees_what_changed_meanwhile(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    office = district.headers(district.supervisor)
+    writer = device(district.steward1, "writer")
+    writer.pull()
+    d = device(district.steward1, "slow")
+    for _ in range(3):
+        assert d.pull_page(limit=2)["has_more"]
+    saved = d.cursor
+    # the connection drops; meanwhile rows already sent, not yet sent, and new ones change
+    client.patch(f"/api/v1/households/{district.h1a.id}", json={"resident_name": "改名"}, headers=office)
+    client.patch(f"/api/v1/visits/{district.visit1.id}", json={"actions": "later"}, headers=office)
+    writer.delete("readings", str(district.reading1.id))
+    new_visit = writer.create("visits", household_id=str(district.h1b.id), arrived_at=T0)
+    writer.push()
+    # a page whose answer is lost: the device did not store its cursor, so it asks again
+    lost = d.http.get("/api/v1/sync/pull", params={"schema_version": 1, "cursor": saved, "limit": 2},
+                      headers=d.headers)
+    assert lost.status_code == 200
+    d.cursor = saved
+    d.pull(limit=2)
+    truth = server_rows(client, district.headers(district.steward1))
+    assert d.rows == truth
+    assert new_visit in d.rows["visits"] and str(district.reading1.id) not in d.rows["readings"]
+    assert d.rows["households"][str(district.h1a.id)]["resident_name"] == "改名"
+
+
+def test_asking_again_with_the_same_cursor_gives_the_same_page(district: District,
+                                                               device: Callable[..., Device]) -> None:
+    d = device(district.supervisor)
+    d.pull_page(limit=4)
+    cursor = d.cursor
+    first = d.pull_page(limit=4)
+    d.cursor = cursor
+    assert d.pull_page(limit=4) == first
+
+
+def test_a_delta_brings_only_what_changed(client: TestClient, district: District,
+                                          device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    d.pull()
+    quiet = d.pull_page()
+    assert not quiet["has_more"] and not quiet["reset"]
+    assert all(not c["upserts"] and not c["deletes"] for c in quiet["changes"].values())
+    client.patch(f"/api/v1/households/{district.h1b.id}", json={"phone": "13911112222"},
+                 headers=district.headers(district.supervisor))
+    client.patch(f"/api/v1/households/{district.h2a.id}", json={"phone": "13933334444"},  # not in scope
+                 headers=district.headers(district.supervisor))
+    page = d.pull_page()
+    changed = {t: [r["id"] for r in c["upserts"]] for t, c in page["changes"].items() if c["upserts"]}
+    assert changed == {"households": [str(district.h1b.id)]}
+    assert d.rows["households"][str(district.h1b.id)]["phone"] == "13911112222"
+
+
+def test_deletes_reach_the_devices_that_saw_the_row_only(client: TestClient, district: District,
+                                                         device: Callable[..., Device]) -> None:
+    phone = device(district.steward1, "phone")
+    tablet = device(district.steward1, "tablet")
+    neighbour = device(district.steward2, "neighbour")
+    office = device(district.supervisor, "office")
+    for d in (phone, tablet, neighbour, office):
+        d.pull()
+    phone.delete("readings", str(district.reading1.id))
+    phone.delete("notes", str(district.note1.id))
+    phone.push()
+    tablet_page, neighbour_page, office_page = tablet.pull_page(), neighbour.pull_page(), office.pull_page()
+    assert tablet_page["changes"]["readings"]["deletes"] == [str(district.reading1.id)]
+    assert tablet_page["changes"]["notes"]["deletes"] == [str(district.note1.id)]
+    assert office_page["changes"]["readings"]["deletes"] == [str(district.reading1.id)]
+    assert all(not c["deletes"] for c in neighbour_page["changes"].values())
+    # the author does not get its own deletes back
+    assert all(not c["deletes"] for c in phone.pull_page()["changes"].values())
+
+
+def test_a_forged_or_damaged_cursor_is_refused(client: TestClient, district: District,
+                                               device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    d.pull()
+    assert d.cursor is not None
+    for bad in (d.cursor[:-3], d.cursor[:10] + ("A" if d.cursor[10] != "A" else "B") + d.cursor[11:], "%%%",
+                "e30"):
+        response = client.get("/api/v1/sync/pull", params={"schema_version": 1, "cursor": bad},
+                              headers=d.headers)
+        assert response.status_code == 400, bad
+        assert response.json()["detail"]["code"] == "invalid_cursor"
+
+
+def test_a_cursor_of_another_user_or_role_starts_over(client: TestClient, district: District,
+                                                      device: Callable[..., Device]) -> None:
+    one = device(district.steward1)
+    one.pull()
+    other = device(district.steward2, cursor=one.cursor)
+    first = other.pull_page()
+    assert first["reset"]
+    other.pull()
+    assert other.rows == server_rows(client, district.headers(district.steward2))
+    # a steward promoted to supervisor sees the whole district from the next pull on
+    client.patch(f"/api/v1/users/{district.steward1.id}", json={"role": "supervisor"},
+                 headers=district.headers(district.admin))
+    assert one.pull_page()["reset"]
+    one.pull()
+    assert len(one.rows["households"]) == 4
+
+
+@pytest.mark.parametrize("limit", [0, MAX_LIMIT + 1, -5])
+def test_limit_is_bounded(client: TestClient, district: District, limit: int) -> None:
+    response = client.get("/api/v1/sync/pull", params={"schema_version": 1, "limit": limit},
+                          headers=district.headers(district.steward1))
+    assert response.status_code == 422
+
+
+def test_an_unknown_cursor_position_from_another_database_starts_over(client: TestClient, district: District,
+                                                                      device: Callable[..., Device]) -> None:
+    from sync import cursor as cursors
+
+    d = device(district.steward1)
+    d.pull()
+    assert d.cursor is not None
+    state = cursors.decode(d.cursor, district.settings.secret_key)
+    d.cursor = cursors.encode(state.with_(seq=state.seq + 1000, scope_seq=state.seq + 1000),
+                              district.settings.secret_key)
+    assert d.pull_page()["reset"]
+
+
+def test_rows_written_by_the_rest_api_carry_the_change_sequence(client: TestClient, district: District,
+                                                                device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    d.pull()
+    created = client.post("/api/v1/readings", json={"household_id": str(district.h1a.id), "taken_at": T0,
+                                                    "temp_c": 21.0}, headers=district.headers(district.steward1))
+    assert created.status_code == 201, created.text
+    page = d.pull_page()
+    assert [r["id"] for r in page["changes"]["readings"]["upserts"]] == [created.json()["id"]]
+    assert uuid.UUID(created.json()["id"])
+
+
+def test_snapshot_pages_split_one_households_rows_without_loss(client: TestClient, district: District,
+                                                               device: Callable[..., Device]) -> None:
+    author = device(district.steward1, "author")
+    for n in range(17):  # big tables page by (household, id): many rows of one household span pages
+        author.create("readings", household_id=str(district.h1a.id if n % 3 else district.h1b.id),
+                      taken_at=T0, temp_c=10 + n)
+        author.create("visits", household_id=str(district.h1b.id), arrived_at=T0, actions=f"v{n}")
+    author.push()
+    whole = device(district.steward1, "whole")
+    whole.pull(limit=MAX_LIMIT)
+    for limit in (1, 2, 5):
+        paged = device(district.steward1, f"paged{limit}")
+        paged.pull(limit=limit)
+        assert paged.rows == whole.rows
+    assert len(whole.rows["readings"]) == 18 and len(whole.rows["visits"]) == 18

@@ -1,0 +1,472 @@
+"""Push: exactly once, per-mutation results, permissions, conflicts by field ownership, no echo."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, func, select
+
+from api.fieldwork.models import Reading, Visit
+from api.work_orders.models import Status, WorkOrder, WorkOrderEvent
+from sync import rules
+from sync.models import SyncConflict
+from tests.sync.conftest import District, server_rows
+from tests.sync.device import Device
+
+T0 = "2026-12-01T08:00:00+00:00"
+
+
+def _count(engine: Engine, model: type) -> int:
+    with Session(engine) as s:
+        return s.exec(select(func.count()).select_from(model)).one()  # type: ignore[call-overload]
+
+
+def _statuses(answer: dict) -> list[tuple[str, str | None]]:
+    return [(r["status"], r["reason"]) for r in answer["results"]]
+
+
+def test_a_push_applies_creates_and_updates_and_returns_the_rows(district: District, device: Callable[..., Device],
+                                                                 engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0, actions="checked valves")
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=17.5, visit_id=visit)
+    d.update("work_orders", str(district.wo1.id), status="in_progress")
+    answer = d.push()
+    assert _statuses(answer) == [("applied", None)] * 3
+    assert answer["last_mutation_id"] == 3
+    created = answer["results"][0]["record"]
+    assert created["steward_id"] == str(district.steward1.id) and created["version"] == 1
+    order = answer["results"][2]["record"]
+    assert order["status"] == "in_progress" and order["version"] == district.wo1.version + 1
+    with Session(engine) as s:
+        assert s.get(Visit, uuid.UUID(visit)) is not None
+        events = s.exec(select(WorkOrderEvent).where(WorkOrderEvent.work_order_id == district.wo1.id,
+                                                     WorkOrderEvent.kind == "status")).all()
+        assert [(e.from_status, e.to_status) for e in events] == [(Status.assigned, Status.in_progress)]
+
+
+def test_replaying_every_push_is_answered_duplicate_and_changes_nothing(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    for n in range(3):
+        d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18 + n)
+        d.update("visits", str(district.visit1.id), actions=f"round {n}")
+        d.push()
+    before = server_rows(client, district.headers(district.supervisor))
+    readings = _count(engine, Reading)
+    for body in d.sent:
+        answer = d.send(body)
+        assert {r["status"] for r in answer["results"]} == {"duplicate"}
+        assert answer["last_mutation_id"] == 6
+        # the duplicate still tells the device what the row looks like now
+        assert all(r["record"] is not None for r in answer["results"])
+    assert _count(engine, Reading) == readings
+    assert server_rows(client, district.headers(district.supervisor)) == before
+
+
+def test_a_retry_after_a_lost_response_applies_the_rest_once(district: District, device: Callable[..., Device],
+                                                            engine: Engine) -> None:
+    d = device(district.steward1)
+    first = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18)
+    body = d.push_body()
+    d.send(body)  # the answer is lost on the way back
+    second = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=19)
+    answer = d.push()  # the queue still holds mutation 1, plus mutation 2
+    assert [(r["mutation_id"], r["status"]) for r in answer["results"]] == [(1, "duplicate"), (2, "applied")]
+    with Session(engine) as s:
+        assert s.get(Reading, uuid.UUID(first)) is not None and s.get(Reading, uuid.UUID(second)) is not None
+    assert _count(engine, Reading) == 3
+
+
+def test_rejected_mutations_do_not_block_the_rest_of_the_batch(district: District, device: Callable[..., Device],
+                                                              engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    outside = str(district.h2a.id)  # steward2's household
+    bad = [
+        ("unknown_table", {"table": "meters", "op": "upsert", "id": str(uuid.uuid4()), "fields": {}}),
+        ("unknown_op", {"table": "visits", "op": "merge", "id": str(uuid.uuid4()), "fields": {}}),
+        ("invalid_id", {"table": "visits", "op": "upsert", "id": "not-a-uuid", "fields": {}}),
+        ("read_only_table", {"table": "stations", "op": "update", "id": str(district.station.id), "base_version": 1,
+                             "fields": {"name": "x"}}),
+        ("out_of_scope", {"table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
+                          "fields": {"household_id": outside, "arrived_at": T0}}),
+        ("invalid_value", {"table": "readings", "op": "upsert", "id": str(uuid.uuid4()),
+                           "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 99}}),
+        ("read_only_field", {"table": "work_orders", "op": "update", "id": str(district.wo1.id),
+                             "base_version": district.wo1.version, "fields": {"priority": "urgent"}}),
+        ("invalid_transition", {"table": "work_orders", "op": "update", "id": str(district.wo1.id),
+                                "base_version": district.wo1.version, "fields": {"status": "closed"}}),
+        ("append_only", {"table": "readings", "op": "update", "id": str(district.reading1.id), "base_version": 1,
+                         "fields": {"temp_c": 20}}),
+        ("base_version_required", {"table": "visits", "op": "update", "id": str(district.visit1.id),
+                                   "fields": {"actions": "x"}}),
+        ("not_found", {"table": "visits", "op": "update", "id": str(uuid.uuid4()), "base_version": 1,
+                       "fields": {"actions": "x"}}),
+        ("forbidden", {"table": "households", "op": "update", "id": str(district.h1a.id), "base_version": 1,
+                       "fields": {"phone": "13900000000"}}),
+        ("forbidden", {"table": "work_orders", "op": "delete", "id": str(district.wo1.id)}),
+    ]
+    mutations = []
+    for n, (_, m) in enumerate(bad):
+        mutations.append({"mutation_id": 2 * n + 1, "base_version": None} | m)
+        mutations.append({"mutation_id": 2 * n + 2, "table": "readings", "op": "upsert", "id": str(uuid.uuid4()),
+                          "base_version": None,
+                          "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18}})
+    answer = d.send(d.push_body(mutations))
+    got = answer["results"]
+    assert [(r["status"], r["reason"]) for r in got[0::2]] == [("rejected", code) for code, _ in bad]
+    assert all(r["message"] for r in got[0::2])
+    assert {r["status"] for r in got[1::2]} == {"applied"}
+    assert answer["last_mutation_id"] == 2 * len(bad)
+    assert _count(engine, Reading) == 1 + len(bad)
+    # rejected mutations are consumed: sending them again is a duplicate, never a blocked queue
+    assert {r["status"] for r in d.send(d.push_body(mutations))["results"]} == {"duplicate"}
+
+
+def test_a_rejected_edit_returns_the_server_row_so_the_device_can_undo_it(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    d.pull()
+    d.update("work_orders", str(district.wo1.id), status="closed")  # office work: refused
+    assert d.rows["work_orders"][str(district.wo1.id)]["status"] == "closed"  # optimistic
+    answer = d.push()
+    assert _statuses(answer) == [("rejected", "invalid_transition")]
+    assert d.rows == server_rows(client, district.headers(district.steward1))
+
+
+def test_a_database_error_rejects_only_its_own_mutation(district: District, device: Callable[..., Device],
+                                                        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Validation catches what it can; this makes one reading slip through with a household that does not
+    # exist, so only the database's foreign key refuses it, inside that mutation's savepoint.
+    create = rules.RULES["readings"].create
+    assert create is not None
+
+    def sloppy(ctx, id, fields):  # type: ignore[no-untyped-def]
+        reading = create(ctx, id, fields)
+        if fields["temp_c"] == 13.0:
+            reading.household_id = uuid.uuid4()
+        return reading
+
+    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"], create=sloppy))
+    d = device(district.steward1)
+    d.pull()
+    for temp in (18.0, 13.0, 19.0):
+        d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=temp)
+    d.update("visits", str(district.visit1.id), actions="after the failure")
+    answer = d.push()
+    assert _statuses(answer) == [("applied", None), ("rejected", "constraint"), ("applied", None), ("applied", None)]
+    assert answer["results"][1]["record"] is None
+    assert _count(engine, Reading) == 3
+    with Session(engine) as s:
+        assert s.get(Visit, district.visit1.id).actions == "after the failure"  # type: ignore[union-attr]
+
+
+def test_a_link_to_an_unknown_visit_is_out_of_scope(district: District, device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    m = {"mutation_id": 1, "table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+         "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18,
+                    "visit_id": str(uuid.uuid4())}}
+    answer = d.send(d.push_body([m]))
+    assert _statuses(answer) == [("rejected", "out_of_scope")]
+
+
+def test_mutation_ids_must_increase_within_a_push(client: TestClient, district: District) -> None:
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [
+        {"mutation_id": 2, "table": "visits", "op": "delete", "id": str(uuid.uuid4())},
+        {"mutation_id": 2, "table": "visits", "op": "delete", "id": str(uuid.uuid4())}]}
+    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+    assert response.status_code == 422
+    assert response.json()["detail"]["code"] == "validation_error"
+
+
+def test_an_unsupported_version_is_refused_before_anything_else(client: TestClient, district: District) -> None:
+    headers = district.headers(district.steward1)
+    for version in (2, 0, "abc", None):
+        body = {"client_id": "not even a uuid", "schema_version": version, "mutations": "nonsense"}
+        response = client.post("/api/v1/sync/push", json=body, headers=headers)
+        assert response.status_code == 409, version
+        assert response.json()["detail"]["code"] == "unsupported_version"
+    for params in ({"schema_version": "2"}, {}, {"schema_version": "x", "limit": "99999"}):
+        response = client.get("/api/v1/sync/pull", params=params, headers=headers)
+        assert response.status_code == 409, params
+        assert response.json()["detail"]["code"] == "unsupported_version"
+
+
+def test_sync_needs_a_signed_in_user(client: TestClient, district: District) -> None:
+    assert client.get("/api/v1/sync/pull", params={"schema_version": 1}).status_code == 401
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": []}
+    assert client.post("/api/v1/sync/push", json=body).status_code == 401
+
+
+def test_a_client_id_belongs_to_one_user(client: TestClient, district: District) -> None:
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": []}
+    assert client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1)).status_code == 200
+    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward2))
+    assert response.status_code == 409
+    assert response.json()["detail"]["code"] == "client_id_in_use"
+
+
+def test_a_push_larger_than_the_limit_is_refused(client: TestClient, district: District, engine: Engine,
+                                                 settings) -> None:
+    from api.app import create_app
+
+    app = create_app(settings.model_copy(update={"sync_push_max_mutations": 2}), engine=engine)
+    with TestClient(app) as small:
+        mutations = [{"mutation_id": n, "table": "readings", "op": "delete", "id": str(uuid.uuid4())}
+                     for n in range(1, 4)]
+        body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": mutations}
+        response = small.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+        assert response.status_code == 413
+        body["mutations"] = mutations[:2]
+        response = small.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+        assert response.status_code == 200
+
+
+def test_a_merge_applies_when_the_server_changed_other_fields(client: TestClient, district: District,
+                                                              device: Callable[..., Device], engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    office = client.patch(f"/api/v1/visits/{district.visit1.id}", json={"indoor_temp_c": 15.5},
+                          headers=district.headers(district.supervisor))
+    assert office.status_code == 200
+    d.update("visits", str(district.visit1.id), actions="replaced the air vent")
+    answer = d.push()
+    assert _statuses(answer) == [("merged", None)]
+    record = answer["results"][0]["record"]
+    assert record["indoor_temp_c"] == 15.5 and record["actions"] == "replaced the air vent"
+    assert _count(engine, SyncConflict) == 0
+
+
+def test_field_ownership_decides_conflicts_and_both_values_are_logged(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    office = device(district.supervisor, "office")
+    field = device(district.steward1, "field")
+    office.pull()
+    field.pull()
+    order = str(district.wo1.id)
+    # The office and the steward both edit the order from the same version.
+    office.update("work_orders", order, status="in_progress", priority="urgent")
+    field.update("work_orders", order, status="waiting_resident")
+    assert _statuses(office.push()) == [("applied", None)]
+    # status is observed in the field: the device wins; but in_progress -> waiting_resident is legal
+    answer = field.push()
+    assert _statuses(answer) == [("conflict", "field_conflict")]
+    assert answer["results"][0]["record"]["status"] == "waiting_resident"
+    assert answer["results"][0]["record"]["priority"] == "urgent"  # untouched office field stays
+    # now the office changes priority again, and a supervisor device edits it from the old version
+    second = device(district.supervisor, "office2")
+    second.pull()
+    office.pull()
+    office.update("work_orders", order, priority="low")
+    second.update("work_orders", order, priority="high")
+    office.push()
+    answer = second.push()
+    assert _statuses(answer) == [("conflict", "field_conflict")]
+    assert answer["results"][0]["record"]["priority"] == "low"  # office-owned: the server value stays
+    listed = client.get("/api/v1/sync/conflicts", params={"row_id": order},
+                        headers=district.headers(district.supervisor)).json()
+    assert listed["count"] == 2
+    by_field = {(c["field"], c["winner"]): c for c in listed["data"]}
+    status = by_field[("status", "device")]
+    assert (status["server_value"], status["device_value"]) == ("in_progress", "waiting_resident")
+    assert status["client_id"] == field.client_id and status["user_id"] == str(district.steward1.id)
+    priority = by_field[("priority", "server")]
+    assert (priority["server_value"], priority["device_value"]) == ("low", "high")
+    # stewards cannot read the log
+    assert client.get("/api/v1/sync/conflicts", headers=district.headers(district.steward1)).status_code == 403
+
+
+def test_an_illegal_transition_after_a_conflict_is_rejected_and_logged(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    field = device(district.steward1)
+    field.pull()
+    cancelled = client.post(f"/api/v1/work-orders/{district.wo1.id}/transitions", json={"status": "cancelled"},
+                            headers=district.headers(district.supervisor))
+    assert cancelled.status_code == 200, cancelled.text
+    field.update("work_orders", str(district.wo1.id), status="in_progress")
+    answer = field.push()
+    assert _statuses(answer) == [("rejected", "invalid_transition")]
+    assert answer["results"][0]["record"]["status"] == "cancelled"
+    log = client.get("/api/v1/sync/conflicts", headers=district.headers(district.supervisor)).json()["data"]
+    assert [(c["field"], c["winner"], c["server_value"], c["device_value"]) for c in log] == [
+        ("status", "server", "cancelled", "in_progress")]
+
+
+def test_a_device_never_conflicts_with_its_own_queued_edits(district: District, device: Callable[..., Device],
+                                                           engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    order = str(district.wo1.id)
+    d.update("work_orders", order, status="in_progress")
+    d.update("work_orders", order, status="resolved")  # same base version as the first edit
+    d.update("visits", str(district.visit1.id), actions="one")
+    first = d.push()
+    d.update("visits", str(district.visit1.id), actions="two")
+    d.queue[-1]["base_version"] = 1  # edited offline from the old version, pushed later
+    second = d.push()
+    assert _statuses(first) == [("applied", None)] * 3
+    assert _statuses(second) == [("applied", None)]
+    assert _count(engine, SyncConflict) == 0
+
+
+def test_deletes_win_over_updates_both_ways(client: TestClient, district: District,
+                                            device: Callable[..., Device], engine: Engine) -> None:
+    steward = device(district.steward1, "steward")
+    office = device(district.supervisor, "office")
+    steward.pull()
+    office.pull()
+    visit = str(district.visit1.id)
+    # the office edits, the steward (its owner) deletes from the old version: the delete wins, logged
+    office.update("visits", visit, actions="office note")
+    office.push()
+    steward.delete("visits", visit)
+    answer = steward.push()
+    assert _statuses(answer) == [("conflict", "delete_wins")]
+    assert answer["results"][0]["record"] is None
+    # the office's later edit of the deleted visit does not resurrect it
+    office.update("visits", visit, actions="too late")
+    answer = office.push()
+    assert _statuses(answer) == [("conflict", "deleted")]
+    assert answer["results"][0]["record"] is None
+    with Session(engine) as s:
+        assert s.get(Visit, district.visit1.id) is None
+        kinds = sorted(c.kind for c in s.exec(select(SyncConflict)).all())
+    assert kinds == ["delete_wins", "deleted"]
+    # a delete of something already gone is simply applied
+    steward.delete("visits", visit)
+    assert _statuses(steward.push()) == [("applied", None)]
+
+
+def test_deleting_a_visit_clears_its_links_and_devices_learn_it(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    d = device(district.steward1)
+    other = device(district.steward1, "tablet")
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18, visit_id=visit)
+    d.push()
+    other.pull()
+    assert other.rows["readings"][reading]["visit_id"] == visit
+    d.delete("visits", visit)
+    assert _statuses(d.push()) == [("applied", None)]
+    d.pull()
+    other.pull()
+    assert visit not in other.rows["visits"]
+    assert other.rows["readings"][reading]["visit_id"] is None
+    assert d.rows["readings"][reading]["visit_id"] is None  # a server side effect reaches the author too
+    assert d.rows == server_rows(client, district.headers(district.steward1))
+
+
+def test_readings_are_append_only_and_never_conflict(client: TestClient, district: District,
+                                                     device: Callable[..., Device], engine: Engine) -> None:
+    d = device(district.steward1)
+    d.pull()
+    reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
+    d.push()
+    # a full write with the same values is a no-op; with other values it is refused
+    same = d.rows["readings"][reading]
+    fields = {k: same[k] for k in ("household_id", "taken_at", "temp_c", "room")}
+    m = {"mutation_id": 10, "table": "readings", "op": "upsert", "id": reading, "base_version": 1, "fields": fields}
+    assert _statuses(d.send(d.push_body([m]))) == [("applied", None)]
+    m = {"mutation_id": 11, "table": "readings", "op": "upsert", "id": reading, "base_version": 1,
+         "fields": fields | {"temp_c": 25.0}}
+    assert _statuses(d.send(d.push_body([m]))) == [("rejected", "append_only")]
+    m = {"mutation_id": 12, "table": "readings", "op": "delete", "id": reading, "base_version": 1}
+    assert _statuses(d.send(d.push_body([m]))) == [("applied", None)]
+    assert _count(engine, SyncConflict) == 0
+
+
+def test_an_upsert_of_an_existing_row_writes_only_what_differs(client: TestClient, district: District,
+                                                               device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0, actions="first")
+    d.push()
+    full = {k: v for k, v in d.rows["visits"][visit].items()
+            if k in ("household_id", "work_order_id", "arrived_at", "left_at", "indoor_temp_c", "actions", "result")}
+    m = {"mutation_id": 5, "table": "visits", "op": "upsert", "id": visit, "base_version": 1,
+         "fields": full | {"actions": "second"}}
+    answer = d.send(d.push_body([m]))
+    assert _statuses(answer) == [("applied", None)]
+    assert answer["results"][0]["record"]["actions"] == "second"
+    m = {"mutation_id": 6, "table": "visits", "op": "upsert", "id": visit, "base_version": 2,
+         "fields": full | {"household_id": str(district.h1b.id)}}
+    assert _statuses(d.send(d.push_body([m]))) == [("rejected", "read_only_field")]
+
+
+def test_an_upsert_with_an_id_taken_outside_the_scope_is_refused(district: District,
+                                                                 device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    m = {"mutation_id": 1, "table": "visits", "op": "upsert", "id": str(district.wo2.id), "base_version": None,
+         "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}}
+    # the id exists in another table: not a clash; a visit of steward2 is
+    d.send(d.push_body([m]))
+    other = device(district.steward2)
+    visit = other.create("visits", household_id=str(district.h2a.id), arrived_at=T0)
+    other.push()
+    m = {"mutation_id": 2, "table": "visits", "op": "upsert", "id": visit, "base_version": None,
+         "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}}
+    assert _statuses(d.send(d.push_body([m]))) == [("rejected", "already_exists")]
+
+
+def test_the_office_assigns_and_edits_work_orders_through_sync(client: TestClient, district: District,
+                                                               device: Callable[..., Device], engine: Engine) -> None:
+    office = device(district.supervisor)
+    office.pull()
+    order = str(district.wo3.id)  # new, unassigned
+    office.update("work_orders", order, assignee_id=str(district.steward1.id), category="leak")
+    answer = office.push()
+    assert _statuses(answer) == [("applied", None)]
+    record = answer["results"][0]["record"]
+    assert record["status"] == "assigned" and record["assignee_id"] == str(district.steward1.id)
+    office.update("work_orders", order, assignee_id=str(district.supervisor.id))
+    assert _statuses(office.push()) == [("rejected", "invalid_value")]
+    # a cold sensitive home is at least high priority, whatever the device wrote
+    sensitive = office.create("work_orders", household_id=str(district.h1b.id), category="not_warm",
+                              priority="low")
+    record = office.push()["results"][0]["record"]
+    assert record["id"] == sensitive and record["priority"] == "high" and record["status"] == "new"
+    with Session(engine) as s:
+        assert s.get(WorkOrder, uuid.UUID(sensitive)) is not None
+
+
+def test_a_steward_opens_work_orders_from_the_field_only_for_themselves(
+        district: District, device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    ok = d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit")
+    d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="hotline")
+    d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
+             assignee_id=str(district.steward2.id))
+    answer = d.push()
+    assert _statuses(answer) == [("applied", None), ("rejected", "forbidden"), ("rejected", "forbidden")]
+    record = answer["results"][0]["record"]
+    assert record["id"] == ok and record["assignee_id"] == str(district.steward1.id)
+    assert record["status"] == "assigned"
+
+
+def test_the_push_cursor_skips_the_devices_own_writes(client: TestClient, district: District,
+                                                      device: Callable[..., Device]) -> None:
+    d = device(district.steward1)
+    d.pull()
+    for n in range(5):
+        d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=15 + n)
+    d.update("visits", str(district.visit1.id), actions="mine")
+    d.push()
+    # meanwhile the office changes something in the steward's scope
+    client.patch(f"/api/v1/households/{district.h1b.id}", json={"resident_name": "张三"},
+                 headers=district.headers(district.supervisor))
+    page = d.pull_page()
+    changes = {t: c for t, c in page["changes"].items() if c["upserts"] or c["deletes"]}
+    assert list(changes) == ["households"]  # only the office's change: no echo of the 6 pushed rows
+    assert [r["id"] for r in changes["households"]["upserts"]] == [str(district.h1b.id)]
+    assert d.rows == server_rows(client, district.headers(district.steward1))
+    # another device of the same steward does receive them
+    other = device(district.steward1, "tablet")
+    other.pull()
+    assert other.rows == d.rows

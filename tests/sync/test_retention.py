@@ -1,0 +1,120 @@
+"""Tombstone retention: expired deletes are purged, older cursors get a reset, and a reset never loops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, func, select
+
+from api.db import utcnow
+from api.settings import Settings
+from sync.models import ScopeEvent, Tombstone
+from sync.retention import maybe_purge, purge
+from tests.sync.conftest import District, server_rows
+from tests.sync.device import Device
+
+
+def _count(engine: Engine, model: type) -> int:
+    with Session(engine) as s:
+        return s.exec(select(func.count()).select_from(model)).one()  # type: ignore[call-overload]
+
+
+def _purge_later(engine: Engine, settings: Settings, days: float) -> dict[str, int]:
+    with Session(engine) as s:
+        return purge(session=s, settings=settings, now=utcnow() + timedelta(days=days))
+
+
+def test_a_cursor_older_than_the_retention_window_gets_a_reset(client: TestClient, district: District,
+                                                               device: Callable[..., Device], engine: Engine) -> None:
+    d, settings = district, district.settings
+    old = device(d.steward1, "old")
+    old.pull()
+    author = device(d.steward1, "author")
+    author.pull()
+    author.delete("readings", str(d.reading1.id))
+    author.push()
+    author.pull()
+    assert _count(engine, Tombstone) == 1
+    # within the window nothing is purged and the old cursor just gets the delete
+    assert _purge_later(engine, settings, settings.sync_tombstone_retention_days - 1)["tombstones"] == 0
+    within = device(d.steward1, "within", cursor=old.cursor, rows=old.snapshot())
+    page = within.pull_page()
+    assert not page["reset"] and page["changes"]["readings"]["deletes"] == [str(d.reading1.id)]
+    # after the window the tombstone is gone: the old cursor cannot know what it missed
+    result = _purge_later(engine, settings, settings.sync_tombstone_retention_days + 1)
+    assert result["tombstones"] == 1 and result["scope_events"] >= 1
+    assert _count(engine, Tombstone) == 0 and _count(engine, ScopeEvent) == 0
+    page = old.pull_page(limit=2)
+    assert page["reset"]
+    old.pull(limit=2)
+    assert old.resets == 1
+    assert old.rows == server_rows(client, d.headers(d.steward1))
+    assert str(d.reading1.id) not in old.rows["readings"]
+    # the new cursor is past the purge: no second reset
+    assert not old.pull_page()["reset"]
+    # and a device that synced after the delete is not disturbed
+    assert not author.pull_page()["reset"]
+
+
+def test_a_reset_snapshot_finishes_even_while_purges_run(client: TestClient, district: District,
+                                                         device: Callable[..., Device], engine: Engine) -> None:
+    d = district
+    old = device(d.steward1)
+    old.pull()
+    other = device(d.supervisor)
+    other.delete("notes", str(d.note1.id))
+    other.push()
+    _purge_later(engine, d.settings, d.settings.sync_tombstone_retention_days + 1)
+    pages = 0
+    while True:
+        page = old.pull_page(limit=1)
+        pages += 1
+        assert page["reset"] == (pages == 1)
+        if pages <= 6:  # new deletes and purges of old ones happen while the device pages
+            reading = other.create("readings", household_id=str(d.h1a.id), taken_at="2026-12-01T08:00:00+00:00",
+                                   temp_c=18)
+            other.push()
+            other.delete("readings", reading)
+            other.push()
+            _purge_later(engine, d.settings, 0)
+        if not page["has_more"]:
+            break
+        assert pages < 100
+    assert old.resets == 1
+    old.pull()
+    assert old.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_purging_runs_at_most_once_per_interval(district: District, engine: Engine) -> None:
+    settings = district.settings
+    now = utcnow()
+    with Session(engine) as s:
+        assert maybe_purge(session=s, settings=settings, now=now)  # never purged before
+    with Session(engine) as s:
+        assert not maybe_purge(session=s, settings=settings, now=now + timedelta(minutes=1))
+    later = now + timedelta(minutes=settings.sync_purge_interval_minutes + 1)
+    with Session(engine) as s:
+        assert maybe_purge(session=s, settings=settings, now=later)
+
+
+def test_pulls_purge_expired_tombstones_by_themselves(client: TestClient, district: District,
+                                                      device: Callable[..., Device], engine: Engine) -> None:
+    from api.app import create_app
+
+    d = district
+    author = device(d.supervisor)
+    author.delete("readings", str(d.reading1.id))
+    author.push()
+    with Session(engine) as s:
+        for tomb in s.exec(select(Tombstone)).all():
+            tomb.deleted_at = utcnow() - timedelta(days=d.settings.sync_tombstone_retention_days + 1)
+            s.add(tomb)
+        s.commit()
+    app = create_app(d.settings.model_copy(update={"sync_purge_interval_minutes": 0.0001}), engine=engine)
+    with TestClient(app) as later:
+        fresh = Device(http=later, headers=d.headers(d.steward1))
+        fresh.pull()
+    assert _count(engine, Tombstone) == 0

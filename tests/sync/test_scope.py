@@ -1,0 +1,122 @@
+"""Scope changes: a grid edit, a (re)assignment or a station change brings upserts and deletes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from api.notices.models import Notice, NoticeTarget
+from tests.sync.conftest import District, server_rows
+from tests.sync.device import Device
+
+
+def _changed(page: dict) -> dict[str, tuple[set[str], set[str]]]:
+    return {t: ({r["id"] for r in c["upserts"]}, set(c["deletes"])) for t, c in page["changes"].items()
+            if c["upserts"] or c["deletes"]}
+
+
+def test_grid_reassignment_moves_the_rows_between_stewards(client: TestClient, district: District,
+                                                           device: Callable[..., Device]) -> None:
+    d = district
+    admin = d.headers(d.admin)
+    one, two = device(d.steward1, "one"), device(d.steward2, "two")
+    one.pull()
+    two.pull()
+    emptied = client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": []}, headers=admin)
+    assert emptied.status_code == 200
+    assert client.put(f"/api/v1/users/{d.steward2.id}/grid", json={"building_ids": [str(d.b1.id), str(d.b2.id)]},
+                      headers=admin).status_code == 200
+    page = one.pull_page()
+    gone = _changed(page)
+    assert gone["buildings"] == (set(), {str(d.b1.id)})
+    assert gone["households"] == (set(), {str(d.h1a.id), str(d.h1b.id)})
+    assert gone["visits"] == (set(), {str(d.visit1.id)})
+    assert gone["readings"] == (set(), {str(d.reading1.id)})
+    assert gone["notices"] == (set(), {str(d.notice1.id)})
+    # still visible: the order assigned to steward1 and the note steward1 owns
+    assert "work_orders" not in gone and "notes" not in gone
+    assert set(one.rows["work_orders"]) == {str(d.wo1.id)} and set(one.rows["notes"]) == {str(d.note1.id)}
+    got = _changed(two.pull_page())
+    assert got["buildings"] == ({str(d.b1.id)}, set())
+    assert got["households"] == ({str(d.h1a.id), str(d.h1b.id)}, set())
+    assert got["work_orders"] == ({str(d.wo1.id)}, set())
+    for dev, user in ((one, d.steward1), (two, d.steward2)):
+        dev.pull()
+        assert dev.rows == server_rows(client, d.headers(user))
+
+
+def test_a_scope_change_pages_like_everything_else(client: TestClient, district: District,
+                                                   device: Callable[..., Device]) -> None:
+    d = district
+    two = device(d.steward2)
+    two.pull()
+    client.put(f"/api/v1/users/{d.steward2.id}/grid", json={"building_ids": [str(d.b1.id), str(d.b3.id)]},
+               headers=d.headers(d.admin))
+    assert two.pull(limit=1) > 5
+    assert two.rows == server_rows(client, d.headers(d.steward2))
+    assert str(d.b2.id) not in two.rows["buildings"] and str(d.notice2.id) in two.rows["notices"]
+
+
+def test_an_assignment_outside_the_grid_brings_the_order_and_its_notes(client: TestClient, district: District,
+                                                                       device: Callable[..., Device]) -> None:
+    d = district
+    office = d.headers(d.supervisor)
+    note = client.post("/api/v1/notes", json={"work_order_id": str(d.wo3.id), "audio_sha256": "b" * 64,
+                                              "duration_s": 4, "recorded_at": "2026-12-01T08:00:00+00:00"},
+                       headers=office)
+    assert note.status_code == 201, note.text
+    one, two = device(d.steward1, "one"), device(d.steward2, "two")
+    one.pull()
+    two.pull()
+    assert str(d.wo3.id) not in one.rows["work_orders"]
+    assigned = client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward1.id)},
+                           headers=office)
+    assert assigned.status_code == 200, assigned.text
+    got = _changed(one.pull_page())
+    assert got["work_orders"] == ({str(d.wo3.id)}, set())
+    assert got["notes"] == ({note.json()["id"]}, set())
+    # reassigned to steward2: steward1 loses the order and its note, steward2 gains them
+    client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward2.id)}, headers=office)
+    lost = _changed(one.pull_page())
+    assert lost["work_orders"] == (set(), {str(d.wo3.id)})
+    assert lost["notes"] == (set(), {note.json()["id"]})
+    gained = _changed(two.pull_page())
+    assert gained["work_orders"] == ({str(d.wo3.id)}, set()) and gained["notes"] == ({note.json()["id"]}, set())
+    for dev, user in ((one, d.steward1), (two, d.steward2)):
+        assert dev.rows == server_rows(client, d.headers(user))
+
+
+def test_a_building_moving_to_another_station_changes_the_station_notices(
+        client: TestClient, district: District, device: Callable[..., Device], session: Session) -> None:
+    d = district
+    old_station_notice = Notice(target=NoticeTarget.station, station_id=d.station.id,
+                                water_fill_start=d.notice1.water_fill_start, water_fill_end=d.notice1.water_fill_end,
+                                service_phone="96133")
+    session.add(old_station_notice)
+    session.commit()
+    one = device(d.steward1)
+    one.pull()
+    assert str(old_station_notice.id) in one.rows["notices"] and str(d.notice2.id) not in one.rows["notices"]
+    moved = client.patch(f"/api/v1/buildings/{d.b1.id}", json={"station_id": str(d.station2.id)},
+                         headers=d.headers(d.supervisor))
+    assert moved.status_code == 200, moved.text
+    got = _changed(one.pull_page())
+    assert got["notices"] == ({str(d.notice2.id)}, {str(old_station_notice.id)})
+    assert got["buildings"] == ({str(d.b1.id)}, set())
+    assert one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_deletes_just_before_a_grid_change_still_reach_the_steward(client: TestClient, district: District,
+                                                                   device: Callable[..., Device]) -> None:
+    d = district
+    one, office = device(d.steward1, "one"), device(d.supervisor, "office")
+    one.pull()
+    office.pull()
+    office.delete("readings", str(d.reading1.id))
+    office.push()
+    client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b1.id), str(d.b2.id)]},
+               headers=d.headers(d.admin))
+    one.pull()
+    assert one.rows == server_rows(client, d.headers(d.steward1))

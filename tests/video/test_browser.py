@@ -1,0 +1,246 @@
+"""The resident page in a real browser: Debian's Chromium driven by Playwright, with its fake camera and
+microphone, joins from the join URL; an aiortc steward decodes what it sends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import numpy as np
+import pytest
+import uvicorn
+from sqlalchemy import Engine
+
+from api.app import create_app
+from api.db import utcnow
+from api.notices.sms import LoggingSender
+from api.settings import Settings
+from tests.conftest import TEST_SECRET
+from tests.utils.factories import World
+from tests.video.conftest import run
+from video.clients import Participant
+from video.tokens import JOIN_TYPE
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream",
+                 "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+
+if not CHROMIUM.exists():
+    message = "Debian's chromium is not installed (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        raise RuntimeError(message)  # CI installs it: its absence is a broken CI, not a reason to skip
+    pytest.skip(message, allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(video_settings: Settings, engine: Engine) -> Iterator[str]:
+    """The app served by uvicorn on a free port in a thread (its relay on the server's own loop)."""
+    port = free_port()
+    settings = video_settings.model_copy(update={"port": port})
+    app = create_app(settings, engine=engine, sms_sender=LoggingSender())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-video", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(20)
+    assert not thread.is_alive(), "uvicorn did not stop"
+
+
+async def heat_state(page: Any) -> dict[str, Any]:
+    state: dict[str, Any] = await page.evaluate("({status: window.__heat.status, error: window.__heat.error})")
+    return state
+
+
+async def wait_status(page: Any, *statuses: str, timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await heat_state(page)
+        if state["status"] in statuses:
+            return state
+        assert time.monotonic() < deadline, f"page stayed {state}, expected {statuses}"
+        await asyncio.sleep(0.1)
+
+
+def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world: World, order: Any,
+                                                             tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+            h = world.headers(world.steward_a)
+            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)}, headers=h)).json()
+            join_url = room["join_url"]
+            assert join_url.startswith(server + "/join/")
+            camera_frames = [0]
+
+            def count_camera(frame: Any) -> None:
+                # the fake camera draws a moving picture; the relay's placeholders are flat black
+                if float(np.std(frame.to_ndarray(format="gray"))) > 2:
+                    camera_frames[0] += 1
+
+            steward = Participant(role="steward", audio=True, on_video=count_camera)
+            r = await steward.join(http, room["room_id"], h["Authorization"].split()[1])
+            assert r.status_code == 200, r.text
+            await steward.connected()
+
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await (await browser.new_context(viewport={"width": 390, "height": 844})).new_page()
+                logs: list[str] = []
+                page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                await page.goto(join_url)
+                await page.get_by_role("button", name="开始视频").click()
+                await wait_status(page, "connected")
+                video, = steward.tracks("video")
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    stats = await page.evaluate("HeatVideo.mediaStats(window.__heat.pc)")
+                    camera = camera_frames[0]
+                    if stats["framesEncoded"] >= 30 and camera >= 30:
+                        break
+                    await asyncio.sleep(0.25)
+                assert stats["framesEncoded"] >= 30, (stats, logs)
+                assert "video/VP8" in stats["codecs"]
+                assert camera >= 30, f"steward decoded {video.frames} frames, {camera} from the camera; {logs}"
+                assert steward.tracks("audio")[0].frames > 0
+                assert stats["audioPacketsReceived"] > 0  # the steward's tone reached the page
+                assert "已接通" in await page.locator("#message").inner_text()
+                await page.screenshot(path=str(tmp_path / "resident-page.png"))
+                assert (tmp_path / "resident-page.png").stat().st_size > 1000
+            finally:
+                await browser.close()
+                await steward.close()
+
+    run(scenario(), timeout=90)
+
+
+def test_resident_page_explains_refusals_in_chinese(server: str, world: World, order: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
+                                    headers=world.headers(world.steward_a))).json()
+            join_url = room["join_url"]
+            now = utcnow()
+            expired = jwt.encode({"sub": room["room_id"], "typ": JOIN_TYPE, "role": "resident",
+                                  "iat": now - timedelta(hours=1), "exp": now - timedelta(minutes=1)},
+                                 TEST_SECRET, algorithm="HS256")
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                async def page_for(url: str, script: str | None = None, user_agent: str | None = None) -> Any:
+                    context = await browser.new_context(user_agent=user_agent) if user_agent else \
+                        await browser.new_context()
+                    page = await context.new_page()
+                    if script:
+                        await page.add_init_script(script)
+                    await page.goto(url)
+                    return page
+
+                page = await page_for(f"{server}/join/{expired}")
+                assert (await wait_status(page, "error"))["error"] == "join_link_expired"
+                assert "链接已过期" in await page.locator("#message").inner_text()
+
+                page = await page_for(f"{server}/join/forged.{expired}")
+                await wait_status(page, "error")
+                assert "链接无效" in await page.locator("#message").inner_text()
+
+                no_camera = "Object.defineProperty(navigator, 'mediaDevices', {value: undefined});"
+                wechat = ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/116.0 "
+                          "Mobile Safari/537.36 MicroMessenger/8.0.47")
+                page = await page_for(join_url, no_camera, wechat)
+                assert (await wait_status(page, "unsupported"))["error"] == "wechat"
+                assert "在浏览器打开" in await page.locator("#message").inner_text()
+                page = await page_for(join_url, no_camera)
+                assert (await wait_status(page, "unsupported"))["error"] == "no_webrtc"
+                assert "手机自带浏览器" in await page.locator("#message").inner_text()
+
+                denied = ("navigator.mediaDevices.getUserMedia = () => "
+                          "Promise.reject(new DOMException('denied', 'NotAllowedError'));")
+                page = await page_for(join_url, denied)
+                await page.get_by_role("button", name="开始视频").click()
+                assert (await wait_status(page, "denied"))["error"] == "permission_denied"
+                assert "没有允许使用摄像头" in await page.locator("#message").inner_text()
+                assert await page.get_by_role("button", name="开始视频").is_visible()  # can retry
+                await page.screenshot(path=str(tmp_path / "permission-denied.png"))
+
+                await http.post(f"/api/v1/video/rooms/{room['room_id']}/close",
+                                headers=world.headers(world.steward_a))
+                page = await page_for(join_url)
+                assert (await wait_status(page, "error"))["error"] == "room_closed"
+                assert "已经结束" in await page.locator("#message").inner_text()
+            finally:
+                await browser.close()
+
+    run(scenario(), timeout=90)
+
+
+def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: World, order: Any) -> None:
+    """An aiortc resident publishes; the steward page (with the fake microphone) and the supervisor's
+    watch-only view decode it in Chromium; the steward's snapshot button stores a picture."""
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+            h = world.headers(world.steward_a)
+            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)}, headers=h)).json()
+            resident = Participant(role="resident", video=True, audio=True)
+            r = await resident.join(http, room["room_id"], room["join_url"].rsplit("/join/", 1)[1])
+            assert r.status_code == 200, r.text
+            await resident.connected()
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                pages = {}
+                views = (("steward", world.steward_a, ""), ("supervisor", world.supervisor, "?watch=1"))
+                for who, user, query in views:
+                    token = world.headers(user)["Authorization"].split()[1]
+                    page = await (await browser.new_context()).new_page()
+                    await page.goto(f"{server}/video/room/{room['room_id']}{query}#token={token}")
+                    await page.get_by_role("button", name="加入通话").click()
+                    await wait_status(page, "connected")
+                    pages[who] = page
+                deadline = time.monotonic() + 15
+                while True:
+                    stats = {who: await page.evaluate("HeatVideo.mediaStats(window.__heat.pc)")
+                             for who, page in pages.items()}
+                    if all(s["framesDecoded"] >= 30 and s["audioPacketsReceived"] > 0 for s in stats.values()):
+                        break
+                    assert time.monotonic() < deadline, stats
+                    await asyncio.sleep(0.25)
+                assert stats["steward"]["framesEncoded"] == 0  # the steward page sends its voice only
+                assert stats["supervisor"]["framesEncoded"] == 0
+                # the resident hears the steward page's (fake) microphone, not the supervisor
+                assert resident.tracks("audio")[0].peak > 0
+                await pages["steward"].get_by_role("button", name="截图留证").click()
+                await pages["steward"].get_by_text("已截图留证").wait_for(timeout=10_000)
+                listed = await http.get(f"/api/v1/video/snapshots?room_id={room['room_id']}", headers=h)
+                assert listed.json()["count"] == 1
+                assert not await pages["supervisor"].get_by_role("button", name="截图留证").is_visible()
+            finally:
+                await browser.close()
+                await resident.close()
+
+    run(scenario(), timeout=90)

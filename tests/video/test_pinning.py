@@ -1,0 +1,62 @@
+"""Rooms are pinned to the relay worker that created them; the others send clients there."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.utils.asserts import assert_error
+from tests.video.conftest import run
+from video.clients import Participant
+
+ROOMS = "/api/v1/video/rooms"
+
+
+def test_requests_for_a_room_on_another_worker_are_redirected_there(live, world, order):
+    async def scenario() -> None:
+        async with live(video_worker_id="relay-a", video_worker_url="http://relay-a.test/") as a, \
+                live(video_worker_id="relay-b", video_worker_url="http://relay-b.test") as b:
+            h = world.headers(world.steward_a)
+            created = (await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()
+            room_id = created["room_id"]
+            assert created["relay_url"] == ""
+            # the other worker knows the room (shared database) and points at its relay
+            again = await b.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert again.status_code == 200 and again.json()["room_id"] == room_id
+            assert again.json()["relay_url"] == "http://relay-a.test" and b.rooms.rooms == {}
+            token = created["join_url"].rsplit("/join/", 1)[1]
+            info = (await b.http.get(f"/api/v1/video/join/{token}")).json()
+            assert info["relay_url"] == "http://relay-a.test"
+
+            resident = Participant(role="resident", video=True, audio=True)
+            r = await resident.join(b.http, room_id, token)
+            detail = assert_error(r, 307, "room_elsewhere")
+            assert r.headers["location"] == f"http://relay-a.test{ROOMS}/{room_id}/connect"
+            assert "relay-a.test" in detail["message"]
+            for path in (f"{ROOMS}/{room_id}/snapshot", f"{ROOMS}/{room_id}/close"):
+                r = await b.http.post(path, headers=h)
+                assert r.status_code == 307 and r.headers["location"] == f"http://relay-a.test{path}"
+            r = await b.http.get(f"{ROOMS}/{room_id}", headers=h)
+            assert r.status_code == 307
+            await resident.close()
+
+            # following the redirect (as fetch does for a 307) joins on the room's worker
+            resident = Participant(role="resident", video=True, audio=True)
+            r = await resident.join(a.http, room_id, token)
+            assert r.status_code == 200, r.text
+            await resident.connected()
+            assert len(a.rooms.rooms[uuid.UUID(room_id)].participants) == 1
+            await resident.close()
+    run(scenario())
+
+
+def test_a_worker_without_url_refuses_instead_of_redirecting(live, world, order):
+    async def scenario() -> None:
+        async with live(video_worker_id="relay-a") as a, live(video_worker_id="relay-b") as b:
+            h = world.headers(world.steward_a)
+            room_id = (await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()["room_id"]
+            assert_error(await b.http.post(f"{ROOMS}/{room_id}/close", headers=h), 409, "room_elsewhere")
+            assert (await a.http.post(f"{ROOMS}/{room_id}/close", headers=h)).json()["state"] == "closed"
+            # once closed, any worker answers about it
+            r = await b.http.get(f"{ROOMS}/{room_id}", headers=h)
+            assert r.status_code == 200 and r.json()["state"] == "closed"
+    run(scenario())

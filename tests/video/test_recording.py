@@ -1,0 +1,57 @@
+"""The call recorder: two sides on one timeline, silence where a side paused, off the event loop."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from video.recording import CallRecorder
+
+
+def tone_frame(hz: float, start: int) -> av.AudioFrame:
+    t = (start + np.arange(960)) / 48_000
+    mono = (np.sin(2 * np.pi * hz * t) * 0.3 * 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2)[None, :], format="s16", layout="stereo")
+    frame.sample_rate = 48_000
+    return frame
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
+        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def test_two_sides_with_a_pause_are_mixed_on_one_timeline(tmp_path: Path):
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    resident, steward = recorder.tap(), recorder.tap()
+    start = time.monotonic()
+    n = 0
+    # 1.0 s of the resident's tone, then 0.6 s of nothing, then 0.4 s of both
+    for seconds, sides in ((1.0, (resident,)), (0.6, ()), (0.4, (resident, steward))):
+        for _ in range(round(seconds * 50)):
+            n += 1
+            delay = start + n * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for i, side in enumerate(sides):
+                side(tone_frame(440 if side is resident else 660, n * 960 + i))
+    recording = recorder.stop()
+    assert recording is not None and recording.path.is_file()
+    assert 1.9 <= recording.duration_s <= 2.2
+    audio = decode(recording.path)
+    rms = [float(np.sqrt(np.mean(audio[i:i + 1600] ** 2))) for i in range(0, len(audio) - 1600, 1600)]
+    assert min(rms[1:9]) > 3000  # the first second carries the tone
+    assert max(rms[11:15]) < 300  # the pause is silence, not shifted audio
+    assert min(rms[17:19]) > 3000
+    assert recorder.stop() == recording  # stopping twice is harmless
+
+
+def test_a_call_nobody_spoke_in_leaves_no_recording(tmp_path: Path):
+    recorder = CallRecorder(tmp_path / "silent.ogg")
+    recorder.tap()
+    assert recorder.stop() is None and not (tmp_path / "silent.ogg").exists()

@@ -1,0 +1,260 @@
+"""The rooms API without media: who may open, see, close and join a room, tokens, limits, bad SDP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import jwt
+from sqlmodel import Session, select
+
+from api.db import utcnow
+from api.security import create_access_token
+from api.work_orders.models import Status
+from tests.conftest import TEST_SECRET
+from tests.utils.asserts import assert_error, count_rows, reread
+from tests.utils.factories import World, make_work_order
+from tests.video.conftest import run
+from video.clients import Participant
+from video.models import CloseReason, RoomState, VideoRoom
+from video.tokens import JOIN_TYPE
+
+ROOMS = "/api/v1/video/rooms"
+
+
+def token_of(join_url: str) -> str:
+    return join_url.rsplit("/join/", 1)[1]
+
+
+def bearer(world: World, user: object) -> str:
+    return world.headers(user)["Authorization"].split()[1]  # type: ignore[arg-type]
+
+
+def test_create_room_gives_a_join_link_and_sms_and_reuses_the_open_room(live, world, order, session: Session):
+    async def scenario() -> None:
+        async with live(video_public_url="https://steward.example.cn/") as app:
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                    headers=world.headers(world.steward_a))
+            assert r.status_code == 201, r.text
+            body = r.json()
+            assert body["join_url"].startswith("https://steward.example.cn/join/")
+            assert body["join_url"] in body["sms_text"] and "摄像头" in body["sms_text"]
+            claims = jwt.decode(token_of(body["join_url"]), TEST_SECRET, algorithms=["HS256"])
+            assert claims["typ"] == JOIN_TYPE and claims["sub"] == body["room_id"] and claims["role"] == "resident"
+            assert 29 * 60 <= claims["exp"] - claims["iat"] <= 30 * 60
+            assert body["ice_servers"] == []
+            # the supervisor asking again gets the same open room, with a fresh link
+            again = await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                        headers=world.headers(world.supervisor))
+            assert again.status_code == 200 and again.json()["room_id"] == body["room_id"]
+            assert len(app.rooms.rooms) == 1
+    run(scenario())
+    room = reread(session, VideoRoom, session.exec(select(VideoRoom.id)).one())
+    assert room.created_by_id == world.steward_a.id and room.worker == "test-worker"
+
+
+def test_rooms_follow_work_order_scope(live, world, order, session: Session):
+    closed = make_work_order(session, world.household_a, status=Status.closed, assignee=world.steward_a)
+
+    async def scenario() -> None:
+        async with live() as app:
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                    headers=world.headers(world.steward_b))
+            assert_error(r, 404, "not_found")
+            r = await app.http.post(ROOMS, json={"work_order_id": str(closed.id)},
+                                    headers=world.headers(world.steward_a))
+            assert_error(r, 409, "work_order_closed")
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)})
+            assert_error(r, 401, "not_authenticated")
+            room_id = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                           headers=world.headers(world.steward_a))).json()["room_id"]
+            assert_error(await app.http.get(f"{ROOMS}/{room_id}", headers=world.headers(world.steward_b)),
+                         404, "not_found")
+            assert_error(await app.http.post(f"{ROOMS}/{room_id}/close", headers=world.headers(world.steward_b)),
+                         404, "not_found")
+            r = await app.http.get(f"{ROOMS}/{room_id}", headers=world.headers(world.supervisor))
+            assert r.status_code == 200 and r.json()["participants"] == [] and r.json()["state"] == "open"
+    run(scenario())
+    assert count_rows(session, VideoRoom) == 1
+
+
+def test_join_token_misuse_is_refused(live, world, order, session: Session):
+    other_order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+
+    async def scenario() -> None:
+        async with live() as app:
+            h = world.headers(world.steward_a)
+            room = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()
+            other = (await app.http.post(ROOMS, json={"work_order_id": str(other_order.id)}, headers=h)).json()
+            token = token_of(room["join_url"])
+            now = utcnow()
+            expired = jwt.encode({"sub": room["room_id"], "typ": JOIN_TYPE, "role": "resident",
+                                  "iat": now - timedelta(hours=1), "exp": now - timedelta(minutes=1)},
+                                 TEST_SECRET, algorithm="HS256")
+            forged = jwt.encode({"sub": room["room_id"], "typ": JOIN_TYPE, "role": "resident",
+                                 "exp": now + timedelta(minutes=10)}, "another-secret-that-is-long-enough-0123456789",
+                                algorithm="HS256")
+            offer = {"sdp": "v=0\r\n", "type": "offer"}
+
+            async def connect(room_id: str, tok: str | None, **extra: object):
+                headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+                return await app.http.post(f"{ROOMS}/{room_id}/connect", json=offer | extra, headers=headers)
+
+            assert_error(await connect(room["room_id"], expired), 401, "join_link_expired")
+            assert_error(await connect(room["room_id"], forged), 401, "invalid_token")
+            assert_error(await connect(room["room_id"], "not-a-jwt"), 401, "invalid_token")
+            assert_error(await connect(room["room_id"], None), 401, "not_authenticated")
+            assert_error(await connect(other["room_id"], token), 403, "wrong_room")
+            assert_error(await connect(room["room_id"], token, role="steward"), 403, "role_not_allowed")
+            assert_error(await connect(room["room_id"], bearer(world, world.steward_a), role="resident"),
+                         403, "role_not_allowed")
+            assert_error(await connect(room["room_id"], bearer(world, world.steward_a), role="supervisor"),
+                         403, "role_not_allowed")
+            assert_error(await connect(room["room_id"], bearer(world, world.steward_b)), 404, "not_found")
+            # an access token whose user was deleted / a token of the wrong kind
+            ghost, _ = create_access_token(settings=world.settings, user_id=uuid.uuid4(), role="steward")
+            assert_error(await connect(room["room_id"], ghost), 401, "inactive_user")
+            # the resident page's check says the same things
+            info = await app.http.get(f"/api/v1/video/join/{token}")
+            assert info.status_code == 200 and info.json()["room_id"] == room["room_id"]
+            assert_error(await app.http.get(f"/api/v1/video/join/{expired}"), 401, "join_link_expired")
+            assert_error(await app.http.get(f"/api/v1/video/join/{forged}"), 401, "invalid_token")
+            await app.http.post(f"{ROOMS}/{room['room_id']}/close", headers=h)
+            assert_error(await app.http.get(f"/api/v1/video/join/{token}"), 409, "room_closed")
+            assert_error(await connect(room["room_id"], token), 409, "room_closed")
+            assert all(not r.participants for r in app.rooms.rooms.values())
+    run(scenario())
+
+
+BAD_OFFERS = {
+    "garbage": "this is not SDP",
+    "no media": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n",
+    "no fingerprint": ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+                       "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n"
+                       "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=rtpmap:96 VP8/90000\r\n"),
+}
+
+
+def test_malformed_sdp_is_a_400_and_leaves_no_participant(live, world, order):
+    async def scenario() -> None:
+        async with live() as app:
+            h = world.headers(world.steward_a)
+            room = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()
+            token = token_of(room["join_url"])
+            for name, sdp in BAD_OFFERS.items():
+                r = await app.http.post(f"{ROOMS}/{room['room_id']}/connect", json={"sdp": sdp, "type": "offer"},
+                                        headers={"Authorization": f"Bearer {token}"})
+                detail = assert_error(r, 400, "invalid_sdp")
+                assert "SDP" in detail["message"], name
+            # a well-formed offer whose codecs the relay cannot take is refused the same way
+            client = Participant(role="resident", video=True)
+            await client.pc.setLocalDescription(await client.pc.createOffer())
+            sdp = client.pc.localDescription.sdp.replace("VP8/90000", "XYZ9/90000").replace("H264/90000", "XYZ8/90000")
+            r = await app.http.post(f"{ROOMS}/{room['room_id']}/connect", json={"sdp": sdp, "type": "offer"},
+                                    headers={"Authorization": f"Bearer {token}"})
+            assert_error(r, 400, "invalid_sdp")
+            await client.close()
+            r = await app.http.post(f"{ROOMS}/{room['room_id']}/connect", json={"sdp": "", "type": "offer"},
+                                    headers={"Authorization": f"Bearer {token}"})
+            assert_error(r, 422, "validation_error")
+            relay_room = app.rooms.get(uuid.UUID(room["room_id"]))
+            assert relay_room is not None and relay_room.participants == {}
+            assert all(slot.source is None for slot in relay_room.slots.values())
+            assert (await app.http.get(f"{ROOMS}/{room['room_id']}", headers=h)).json()["participants"] == []
+    run(scenario())
+
+
+def test_room_and_participant_limits(live, world, order, session: Session):
+    second = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+
+    async def scenario() -> None:
+        async with live(video_max_rooms=1, video_max_participants=2) as app:
+            h = world.headers(world.steward_a)
+            room = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()
+            r = await app.http.post(ROOMS, json={"work_order_id": str(second.id)}, headers=h)
+            assert_error(r, 429, "too_many_rooms")
+            assert r.headers["retry-after"] == "60"
+            resident = Participant(role="resident", video=True, audio=True)
+            steward = Participant(role="steward", audio=True)
+            watcher = Participant(role="supervisor", receive_audio=2, receive_video=2)
+            assert (await resident.join(app.http, room["room_id"], token_of(room["join_url"]))).status_code == 200
+            assert (await steward.join(app.http, room["room_id"], bearer(world, world.steward_a))).status_code == 200
+            r = await watcher.join(app.http, room["room_id"], bearer(world, world.supervisor))
+            assert_error(r, 409, "room_full")
+            # a second steward may not barge in; the same steward rejoining replaces its old connection
+            other = Participant(role="steward", audio=True)
+            r = await other.join(app.http, room["room_id"], bearer(world, world.supervisor))
+            assert_error(r, 409, "steward_present")
+            relay_room = app.rooms.get(uuid.UUID(room["room_id"]))
+            assert relay_room is not None and len(relay_room.participants) == 2
+            for client in (resident, steward, watcher, other):
+                await client.close()
+    run(scenario())
+    # the refused room left nothing open behind it
+    open_rooms = session.exec(select(VideoRoom).where(VideoRoom.state == RoomState.open)).all()
+    assert [r.work_order_id for r in open_rooms] in ([], [order.id])
+    assert all(r.work_order_id != second.id or r.state == RoomState.closed
+               for r in session.exec(select(VideoRoom)).all())
+
+
+def test_rooms_left_open_by_a_dead_process_are_closed_at_start(live, world, order, session: Session):
+    now = utcnow()
+    mine = VideoRoom(work_order_id=order.id, worker="test-worker", expires_at=now + timedelta(hours=1))
+    theirs = VideoRoom(work_order_id=order.id, worker="other-worker", expires_at=now + timedelta(hours=1))
+    session.add(mine)
+    session.add(theirs)
+    session.commit()
+
+    async def scenario() -> None:
+        async with live():
+            pass
+    run(scenario())
+    assert reread(session, VideoRoom, mine.id).close_reason == CloseReason.lost
+    assert reread(session, VideoRoom, theirs.id).state == RoomState.open
+
+
+def test_shutdown_closes_open_rooms(live, world, order, session: Session):
+    async def scenario() -> str:
+        async with live() as app:
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                    headers=world.headers(world.steward_a))
+            return str(r.json()["room_id"])
+    room_id = run(scenario())
+    room = reread(session, VideoRoom, room_id)
+    assert room.state == RoomState.closed and room.close_reason == CloseReason.shutdown
+
+
+def test_pages(live, world, order):
+    async def scenario() -> None:
+        async with live() as app:
+            room = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                        headers=world.headers(world.steward_a))).json()
+            page = await app.http.get(f"/join/{token_of(room['join_url'])}")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+            for text in ("开始视频", "/video/static/video.js", "在浏览器打开", "链接已过期", "重新连接",
+                         "没有允许使用摄像头"):
+                assert text in page.text, text
+            for path in (f"/video/room/{room['room_id']}", "/video"):
+                r = await app.http.get(path)
+                assert r.status_code == 200 and "video.js" in r.text, path
+            js = await app.http.get("/video/static/video.js")
+            assert js.status_code == 200 and "getUserMedia" in js.text and "javascript" in js.headers["content-type"]
+            assert_error(await app.http.get("/video/static/..%2Fservice.py"), 404, "not_found")
+            assert (await app.http.get("/video/room/not-a-uuid")).status_code == 422
+    run(scenario())
+
+
+def test_a_room_closes_after_its_maximum_duration(live, world, order, session: Session):
+    async def scenario() -> str:
+        async with live(video_room_max_minutes=0.02) as app:  # 1.2 s
+            room_id = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                           headers=world.headers(world.steward_a))).json()["room_id"]
+            loop_deadline = asyncio.get_running_loop().time() + 5
+            while app.rooms.get(uuid.UUID(room_id)) is not None:
+                assert asyncio.get_running_loop().time() < loop_deadline, "the room outlived its maximum"
+                await asyncio.sleep(0.1)
+            return str(room_id)
+    room = reread(session, VideoRoom, run(scenario()))
+    assert room.state == RoomState.closed and room.close_reason == CloseReason.max_duration

@@ -1,0 +1,372 @@
+"""Rooms in the relay process: participants' peer connections, who receives whom, limits and reaping.
+
+Every object here has one owner that closes it: the `RoomManager` owns rooms, a `Room` owns its
+participants and source slots, a `Participant` owns its peer connection, proxies and drain tasks.
+Every `close()` is idempotent, and the manager's `aclose()` (app shutdown) closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.sdp import SessionDescription
+
+from api.db import utcnow
+from api.errors import BadRequest, Conflict, DomainError
+from video.models import CloseReason, IceServer, ParticipantPublic, Role
+from video.recording import CallRecorder
+from video.tracks import ProxyTrack, SourceSlot, drain
+
+log = logging.getLogger(__name__)
+
+MAX_MEDIA_SECTIONS = 6
+# Which publishers each role receives, per kind, in the order of its offer's m-lines: a supervisor's
+# page offers two audio and two video m-lines to hear and see both sides.
+PLAN: dict[Role, dict[str, tuple[Role, ...]]] = {
+    Role.resident: {"audio": (Role.steward,), "video": (Role.steward,)},
+    Role.steward: {"audio": (Role.resident,), "video": (Role.resident,)},
+    Role.supervisor: {"audio": (Role.resident, Role.steward), "video": (Role.resident, Role.steward)},
+}
+PUBLISHERS = (Role.resident, Role.steward)
+SDP_ERRORS = (ValueError, KeyError, IndexError, InternalError, InvalidAccessError, InvalidStateError, OperationError)
+
+
+class TooManyRequests(DomainError):
+    status_code, code = 429, "too_many_requests"
+
+
+def rtc_configuration(servers: list[IceServer]) -> RTCConfiguration:
+    """aiortc's configuration; an empty list means host candidates only (no 5 s STUN gathering).
+
+    Max-bundle: every m-line on one transport. aiortc's default (balanced) leaves the second m-line of a
+    kind on a transport that bundling then discards, so a supervisor's second video never flowed."""
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                                        for s in servers], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def check_offer(sdp: str) -> SessionDescription:
+    """The parsed offer, or `BadRequest` saying what is wrong with it."""
+    try:
+        description = SessionDescription.parse(sdp)
+    except SDP_ERRORS as exc:
+        raise BadRequest(f"The SDP offer cannot be parsed: {exc}", code="invalid_sdp") from exc
+    media = [m for m in description.media if m.kind in ("audio", "video")]
+    if not media:
+        raise BadRequest("The SDP offer has no audio or video section; add a transceiver before createOffer().",
+                         code="invalid_sdp")
+    if len(description.media) > MAX_MEDIA_SECTIONS:
+        raise BadRequest(f"The SDP offer has more than {MAX_MEDIA_SECTIONS} media sections.", code="invalid_sdp")
+    for m in media:
+        if m.ice is None or not (m.ice.usernameFragment and m.ice.password) or not m.dtls or not m.dtls.fingerprints:
+            raise BadRequest("The SDP offer lacks ICE credentials or a DTLS fingerprint.", code="invalid_sdp")
+        if not m.rtp.codecs:
+            raise BadRequest(f"The SDP offer's {m.kind} section lists no codec.", code="invalid_sdp")
+    return description
+
+
+def _prefer_codecs(pc: RTCPeerConnection) -> None:
+    # VP8 first (H.264 encodes 3-4x slower in aiortc), Opus only (see ProxyTrack._audio).
+    for transceiver in pc.getTransceivers():
+        caps = RTCRtpSender.getCapabilities(transceiver.kind)
+        if transceiver.kind == "video":
+            order = {"video/VP8": 0, "video/rtx": 1, "video/H264": 2}
+            codecs = sorted((c for c in caps.codecs if c.mimeType in order), key=lambda c: order[c.mimeType])
+        else:
+            codecs = [c for c in caps.codecs if c.mimeType == "audio/opus"]
+        transceiver.setCodecPreferences(codecs)
+
+
+def _forward_vp8(participant: Participant) -> None:
+    """Video proxies whose m-line settled on VP8 forward their slot's shared encoding."""
+    answer = SessionDescription.parse(participant.pc.localDescription.sdp)
+    codec = {m.rtp.muxId: m.rtp.codecs[0].mimeType.lower() for m in answer.media if m.rtp.codecs}
+    for transceiver in participant.pc.getTransceivers():
+        proxy = transceiver.sender.track
+        if isinstance(proxy, ProxyTrack) and proxy.kind == "video" and codec.get(transceiver.mid or "") == "video/vp8":
+            proxy.forward(transceiver.sender)
+
+
+class Participant:
+    """One peer connection in a room."""
+
+    def __init__(self, *, room: Room, role: Role, user_id: uuid.UUID | None, pc: RTCPeerConnection,
+                 connect_deadline: float) -> None:
+        self.id = uuid.uuid4()
+        self.room, self.role, self.user_id, self.pc = room, role, user_id, pc
+        self.joined_at = utcnow()
+        self.connected_at: datetime | None = None
+        self.connect_deadline = connect_deadline
+        self.proxies: list[ProxyTrack] = []
+        self.published: list[tuple[SourceSlot, MediaStreamTrack]] = []
+        self._drains: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self, slot: SourceSlot, track: MediaStreamTrack) -> None:
+        slot.attach(track)
+        self.published.append((slot, track))
+
+    def drain(self, track: MediaStreamTrack) -> None:
+        self._drains.append(asyncio.create_task(drain(track), name=f"drain-{self.id}"))
+
+    def public(self) -> ParticipantPublic:
+        return ParticipantPublic(id=self.id, role=self.role, user_id=self.user_id, state=self.pc.connectionState,
+                                 joined_at=self.joined_at, connected_at=self.connected_at)
+
+    async def close(self) -> None:
+        """Unpublish, stop every proxy and drain, close the peer connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for slot, track in self.published:
+            slot.detach(track)
+        for proxy in self.proxies:
+            proxy.stop()
+        for task in self._drains:
+            task.cancel()
+        try:
+            await self.pc.close()
+        except Exception:  # closing must finish whatever state the connection was in
+            log.exception("closing the peer connection of participant %s failed", self.id)
+        await asyncio.gather(*self._drains, return_exceptions=True)
+
+
+class Room:
+    """Participants and the four publishable slots (resident/steward x audio/video) of one call."""
+
+    def __init__(self, *, id: uuid.UUID, work_order_id: uuid.UUID, expires_at: datetime, max_participants: int,
+                 connect_timeout_s: float, ice_servers: list[IceServer], shared_encoding: bool = True) -> None:
+        self.id, self.work_order_id, self.expires_at = id, work_order_id, expires_at
+        self.shared_encoding = shared_encoding
+        self.max_participants, self.connect_timeout_s = max_participants, connect_timeout_s
+        self.ice_servers = ice_servers
+        self.slots = {(role, kind): SourceSlot(f"{role.value}-{kind}", kind)
+                      for role in PUBLISHERS for kind in ("audio", "video")}
+        self.participants: dict[uuid.UUID, Participant] = {}
+        self.empty_since: float | None = time.monotonic()
+        self.closed = False
+        self.close_reason: CloseReason | None = None
+        self.recorder: CallRecorder | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Task[None] | None = None
+
+    def slot(self, role: Role, kind: str) -> SourceSlot:
+        return self.slots[(role, kind)]
+
+    def _admit(self, role: Role, user_id: uuid.UUID | None) -> Participant | None:
+        """The participant a newcomer replaces (a rejoin), or None; raises if it may not join."""
+        if self.closed:
+            raise Conflict("The video call has ended; start a new one.", code="room_closed")
+        same = [p for p in self.participants.values() if p.role == role]
+        replaced = None
+        if role == Role.resident:
+            replaced = same[0] if same else None  # the link is the resident's identity: newest wins
+        else:
+            replaced = next((p for p in same if p.user_id == user_id), None)
+            if role == Role.steward and same and replaced is None:
+                raise Conflict("Another steward is already in this call.", code="steward_present")
+        if len(self.participants) - (replaced is not None) >= self.max_participants:
+            raise Conflict(f"The call already has {self.max_participants} participants.", code="room_full")
+        return replaced
+
+    async def connect(self, *, role: Role, user_id: uuid.UUID | None, offer: str) -> tuple[Participant, str]:
+        """Answer an offer: the new participant receives what its role receives and publishes what it
+        sends. Nothing is left behind when the offer is refused."""
+        description = check_offer(offer)
+        self._admit(role, user_id)
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
+        participant = Participant(room=self, role=role, user_id=user_id, pc=pc,
+                                  connect_deadline=time.monotonic() + self.connect_timeout_s)
+        received: list[MediaStreamTrack] = []
+        pc.on("track", received.append)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            self._subscribe(participant, description)
+            _prefer_codecs(pc)
+            await pc.setLocalDescription(await pc.createAnswer())
+            if self.shared_encoding:
+                _forward_vp8(participant)
+            replaced = self._admit(role, user_id)  # again: the room may have changed while we awaited
+        except SDP_ERRORS as exc:
+            await participant.close()
+            raise BadRequest(f"The SDP offer was refused: {exc}", code="invalid_sdp") from exc
+        except BaseException:
+            await participant.close()
+            raise
+        if replaced is not None:
+            await self.remove(replaced)
+        self.participants[participant.id] = participant
+        self.empty_since = None
+        self._publish(participant, received)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if pc.connectionState == "connected" and participant.connected_at is None:
+                participant.connected_at = utcnow()
+            elif pc.connectionState in ("failed", "closed"):
+                self.spawn(self.remove(participant))
+
+        return participant, pc.localDescription.sdp
+
+    def _subscribe(self, participant: Participant, description: SessionDescription) -> None:
+        wants = {m.rtp.muxId: m.direction in ("sendrecv", "recvonly") for m in description.media}
+        next_source = {"audio": 0, "video": 0}
+        for transceiver in participant.pc.getTransceivers():
+            if not wants.get(transceiver.mid or ""):
+                continue
+            sources = PLAN[participant.role].get(transceiver.kind, ())
+            index = next_source[transceiver.kind]
+            next_source[transceiver.kind] += 1
+            if index >= len(sources):
+                continue
+            proxy = self.slot(sources[index], transceiver.kind).subscribe()
+            participant.proxies.append(proxy)
+            transceiver.sender.replaceTrack(proxy)
+            transceiver.direction = "sendrecv"
+
+    def _publish(self, participant: Participant, received: list[MediaStreamTrack]) -> None:
+        taken: set[str] = set()
+        for track in received:
+            if participant.role in PUBLISHERS and track.kind not in taken:
+                taken.add(track.kind)
+                participant.publish(self.slot(participant.role, track.kind), track)
+            else:
+                participant.drain(track)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a background step owned by the room (kept referenced, cancelled on close)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def remove(self, participant: Participant) -> None:
+        """Take a participant out of the room and close it."""
+        if self.participants.pop(participant.id, None) is not None and not self.participants:
+            self.empty_since = time.monotonic()
+        await participant.close()
+
+    def stale(self, now: float) -> list[Participant]:
+        """Participants that never connected in time, or whose connection failed (vanished clients)."""
+        return [p for p in self.participants.values()
+                if (p.connected_at is None and now > p.connect_deadline)
+                or p.pc.connectionState in ("failed", "closed")]
+
+    def due(self, now: float, idle_close_s: float) -> CloseReason | None:
+        """Why the room should close by itself now, if it should."""
+        if utcnow() >= self.expires_at:
+            return CloseReason.max_duration
+        if self.empty_since is not None and now - self.empty_since >= idle_close_s:
+            return CloseReason.empty
+        return None
+
+    async def close(self, reason: CloseReason) -> None:
+        """Close every participant and slot (idempotent; concurrent callers wait for the same close)."""
+        if self._closing is None:
+            self.closed, self.close_reason = True, reason
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        await asyncio.gather(*(self.remove(p) for p in list(self.participants.values())))
+        await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+OnClose = Callable[[Room], Awaitable[None]]
+
+
+class RoomManager:
+    """The rooms this process relays, the limit on them, and the reaper that closes idle rooms and drops
+    vanished participants."""
+
+    def __init__(self, *, max_rooms: int, idle_close_s: float, on_close: OnClose | None = None,
+                 reap_interval_s: float = 1.0) -> None:
+        self.max_rooms, self.idle_close_s, self.reap_interval_s = max_rooms, idle_close_s, reap_interval_s
+        self.rooms: dict[uuid.UUID, Room] = {}
+        self._on_close = on_close
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def reserve(self) -> None:
+        """Raise `TooManyRequests` if this process cannot take another room."""
+        if len(self.rooms) >= self.max_rooms:
+            raise TooManyRequests(f"This relay already runs {self.max_rooms} video calls; try again in a few "
+                                  "minutes.", code="too_many_rooms", headers={"Retry-After": "60"})
+
+    def add(self, room: Room) -> Room:
+        self.reserve()
+        self.rooms[room.id] = room
+        return room
+
+    def get(self, room_id: uuid.UUID) -> Room | None:
+        return self.rooms.get(room_id)
+
+    async def close(self, room_id: uuid.UUID, reason: CloseReason) -> Room | None:
+        """Close a room and run the close hook once (persisting it, the recording); None if not here."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return None
+        first = not room.closed
+        await room.close(reason)
+        if first:
+            self.rooms.pop(room_id, None)
+            if self._on_close is not None:
+                try:
+                    await self._on_close(room)
+                except Exception:
+                    log.exception("after-close step of room %s failed", room_id)
+        return room
+
+    def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_loop(), name="video-reaper")
+
+    async def reap_once(self) -> None:
+        now = time.monotonic()
+        for room in list(self.rooms.values()):
+            reason = room.due(now, self.idle_close_s)
+            if reason is not None:
+                log.info("closing video room %s: %s", room.id, reason.value)
+                await self.close(room.id, reason)
+                continue
+            for participant in room.stale(now):
+                log.info("dropping participant %s (%s) of room %s: %s", participant.id, participant.role.value,
+                         room.id, participant.pc.connectionState)
+                await room.remove(participant)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval_s)
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("video reaper step failed")
+
+    async def aclose(self) -> None:
+        """Stop the reaper and close every room (shutdown)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+        for room_id in list(self.rooms):
+            await self.close(room_id, CloseReason.shutdown)

@@ -1,0 +1,212 @@
+"""Video rooms in the database: who may open, join, watch and close them; snapshots and recordings as
+evidence on the work order. Media lives in `video.relay`; these functions are synchronous (routes run
+them in a thread)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, Engine, update
+from sqlmodel import Session, col, select
+
+from api import access
+from api.db import utcnow
+from api.deps import Page
+from api.errors import Conflict, Forbidden, NotFound, Unauthorized
+from api.notes.models import Note, NoteKind, TranscriptStatus
+from api.security import decode_access_token
+from api.settings import Settings
+from api.users.models import Role as UserRole
+from api.users.models import User
+from api.work_orders import service as work_orders
+from api.work_orders.models import OPEN_STATUSES, WorkOrder
+from video import tokens
+from video.blobs import put_blob
+from video.models import CloseReason, Role, RoomCreate, RoomState, VideoRoom, VideoSnapshot
+from video.recording import Recording
+
+log = logging.getLogger(__name__)
+
+
+def worker_name(settings: Settings) -> str:
+    """This relay worker's name, for pinning rooms."""
+    return settings.video_worker_id or f"{socket.gethostname()}:{settings.port}"
+
+
+def sms_text(settings: Settings, join_url: str, expires_at: datetime) -> str:
+    """The SMS a steward sends the resident (Chinese; local time)."""
+    until = expires_at.astimezone(ZoneInfo(settings.timezone)).strftime("%H:%M")
+    return (f"【供暖管家】您好，管家邀请您用手机视频查看暖气情况。请在{until}前用手机浏览器打开链接，"
+            f"并允许使用摄像头和麦克风：{join_url} 如有疑问请拨打{settings.service_phone}。")
+
+
+def _visible_rooms(user: User) -> ColumnElement[bool]:
+    return col(VideoRoom.work_order_id).in_(select(WorkOrder.id).where(access.work_order_clause(user)))
+
+
+def create_room(*, session: Session, settings: Settings, user: User, data: RoomCreate,
+                worker: str) -> tuple[VideoRoom, bool]:
+    """Open a room for an open work order the user may see (stewards and the office); an open room of
+    the order is reused. Returns the room and whether it is new."""
+    order = work_orders.get(session=session, user=user, id=data.work_order_id)
+    if order.status not in OPEN_STATUSES:
+        raise Conflict(f"The work order is {order.status.value}; video calls are for open work orders.",
+                       code="work_order_closed")
+    existing = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id,
+                                                    VideoRoom.state == RoomState.open)).first()
+    if existing is not None:
+        return existing, False
+    now = utcnow()
+    room = VideoRoom(work_order_id=order.id, created_by_id=user.id, worker=worker,
+                     worker_url=settings.video_worker_url.rstrip("/"), created_at=now,
+                     expires_at=now + timedelta(minutes=settings.video_room_max_minutes))
+    session.add(room)
+    session.commit()
+    return room, True
+
+
+def get_room(*, session: Session, user: User, id: uuid.UUID) -> VideoRoom:
+    """A room of a work order the user may see."""
+    room = session.exec(select(VideoRoom).where(VideoRoom.id == id, _visible_rooms(user))).first()
+    if room is None:
+        raise NotFound(f"No video room with id {id} (or its work order is outside your grid).")
+    return room
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Who is joining a room, once their credential was checked."""
+
+    room: VideoRoom
+    role: Role
+    user_id: uuid.UUID | None
+
+
+def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: str | None,
+          role: Role | None) -> Admission:
+    """Check the credential for joining a room: a join token makes the resident; an access token makes a
+    steward (stewards and the office) or a watching supervisor (the office)."""
+    if not token:
+        raise Unauthorized("Send a join token or an access token as `Authorization: Bearer ...`.",
+                           code="not_authenticated")
+    if tokens.peek_type(settings=settings, token=token) == tokens.JOIN_TYPE:
+        join = tokens.decode_join_token(settings=settings, token=token, room_id=room_id)
+        if role not in (None, Role.resident):
+            raise Forbidden("A join link lets its holder in as the resident only.", code="role_not_allowed")
+        room = session.get(VideoRoom, join.room_id)
+        if room is None:
+            raise NotFound("This video call no longer exists.", code="room_not_found")
+        return Admission(room=room, role=Role.resident, user_id=None)
+    claims = decode_access_token(settings=settings, token=token)
+    user = session.get(User, uuid.UUID(claims["sub"]))
+    if user is None or not user.active:
+        raise Unauthorized("This account no longer exists or is disabled.", code="inactive_user")
+    room = get_room(session=session, user=user, id=room_id)
+    office = access.is_office(user)
+    role = role or (Role.supervisor if office else Role.steward)
+    if role == Role.resident:
+        raise Forbidden("Residents join with the link from their SMS, not with an account.",
+                        code="role_not_allowed")
+    if role == Role.supervisor and not office:
+        raise Forbidden("Only supervisors and admins may watch calls.", code="role_not_allowed")
+    if user.role not in (UserRole.steward, UserRole.supervisor, UserRole.admin):
+        raise Forbidden("This role may not join video calls.", code="role_not_allowed")
+    return Admission(room=room, role=role, user_id=user.id)
+
+
+def join_room(*, session: Session, settings: Settings, token: str) -> VideoRoom:
+    """The room a join token opens (for the resident page before it asks for the camera)."""
+    claims = tokens.decode_join_token(settings=settings, token=token)
+    room = session.get(VideoRoom, claims.room_id)
+    if room is None:
+        raise NotFound("This video call no longer exists.", code="room_not_found")
+    return room
+
+
+def mark_closed(*, session: Session, room_id: uuid.UUID, reason: CloseReason) -> VideoRoom | None:
+    """Record that a room closed (first close wins)."""
+    room = session.get(VideoRoom, room_id)
+    if room is None:
+        return None
+    if room.state == RoomState.open:
+        room.state, room.closed_at, room.close_reason = RoomState.closed, utcnow(), reason
+        session.commit()
+    return room
+
+
+def close_lost_rooms(engine: Engine, *, worker: str) -> int:
+    """At start: rooms this worker had open died with its previous process."""
+    with engine.begin() as conn:
+        return conn.execute(update(VideoRoom)
+                            .where(col(VideoRoom.state) == RoomState.open, col(VideoRoom.worker) == worker)
+                            .values(state=RoomState.closed, closed_at=utcnow(), close_reason=CloseReason.lost)
+                            ).rowcount
+
+
+def save_snapshot(*, session: Session, settings: Settings, room: VideoRoom, user: User, jpeg: bytes, width: int,
+                  height: int) -> VideoSnapshot:
+    """Store a JPEG as a blob and link it to the room's work order."""
+    sha256 = put_blob(settings, jpeg)
+    snapshot = VideoSnapshot(room_id=room.id, work_order_id=room.work_order_id, sha256=sha256, width=width,
+                             height=height, size_bytes=len(jpeg), taken_by_id=user.id)
+    session.add(snapshot)
+    session.commit()
+    return snapshot
+
+
+def list_snapshots(*, session: Session, user: User, page: Page, work_order_id: uuid.UUID | None = None,
+                   room_id: uuid.UUID | None = None) -> tuple[list[VideoSnapshot], int]:
+    """Snapshots of work orders the user may see, newest first."""
+    stmt = select(VideoSnapshot).where(col(VideoSnapshot.work_order_id).in_(
+        select(WorkOrder.id).where(access.work_order_clause(user))))
+    if work_order_id is not None:
+        stmt = stmt.where(VideoSnapshot.work_order_id == work_order_id)
+    if room_id is not None:
+        stmt = stmt.where(VideoSnapshot.room_id == room_id)
+    return access.paged(session, stmt, page, col(VideoSnapshot.taken_at).desc(), VideoSnapshot.id)
+
+
+def get_snapshot(*, session: Session, user: User, id: uuid.UUID) -> VideoSnapshot:
+    snapshot = session.exec(select(VideoSnapshot).where(
+        VideoSnapshot.id == id,
+        col(VideoSnapshot.work_order_id).in_(select(WorkOrder.id).where(access.work_order_clause(user))))).first()
+    if snapshot is None:
+        raise NotFound(f"No snapshot with id {id} (or its work order is outside your grid).")
+    return snapshot
+
+
+def save_recording(*, session: Session, settings: Settings, room_id: uuid.UUID, recording: Recording) -> Note | None:
+    """Turn a finished call recording into a `call_recording` note on the work order, queued for
+    transcription (the speech package's hook adds the transcript job)."""
+    room = session.get(VideoRoom, room_id)
+    order = session.get(WorkOrder, room.work_order_id) if room else None
+    if room is None or order is None or room.created_by_id is None:
+        log.warning("recording of room %s has no work order or owner left; dropped", room_id)
+        return None
+    sha256 = put_blob(settings, recording.path.read_bytes())
+    note = Note(kind=NoteKind.call_recording, owner_id=room.created_by_id, work_order_id=order.id,
+                household_id=order.household_id, audio_sha256=sha256,
+                duration_s=min(recording.duration_s, 6 * 3600.0), recorded_at=recording.started_at,
+                transcript_status=TranscriptStatus.pending)
+    session.add(note)
+    session.flush()
+    _queue_transcript(session, note.id)
+    room.recording_note_id = note.id
+    session.commit()
+    return note
+
+
+def _queue_transcript(session: Session, note_id: uuid.UUID) -> None:
+    # The audio is already stored, so the job need not wait for it (as speech.service.create_call does).
+    try:
+        from speech.models import Transcript, TranscriptState
+    except ImportError:  # speech not installed: the note stays for later transcription
+        return
+    transcript = session.get(Transcript, note_id)
+    if transcript is not None:
+        transcript.status = TranscriptState.queued

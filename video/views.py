@@ -1,0 +1,304 @@
+"""Routes of the video API (`/api/v1/video/...`), and the lifespan that runs this process's relay.
+
+Media routes are async (aiortc lives on the event loop); their database work runs in the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep
+from api.errors import Conflict, DomainError, NotFound
+from api.settings import Settings
+from video import service, tokens
+from video.blobs import read_blob
+from video.models import (
+    CloseReason,
+    ConnectAnswer,
+    ConnectRequest,
+    JoinInfo,
+    Role,
+    RoomCreate,
+    RoomCreated,
+    RoomPublic,
+    RoomState,
+    SnapshotPublic,
+    VideoRoom,
+)
+from video.pages import router as pages_router
+from video.recording import CallRecorder
+from video.relay import Room, RoomManager
+from video.snapshot import encode_jpeg
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1/video"
+
+
+class RelayUnavailable(DomainError):
+    status_code, code = 503, "relay_unavailable"
+
+
+def _manager(request: Request) -> RoomManager:
+    manager: RoomManager | None = getattr(request.app.state, "video_rooms", None)
+    if manager is None:
+        raise RelayUnavailable("The video relay is not running in this process (app started without lifespan).")
+    return manager
+
+
+def _ice(settings: Settings) -> list[Any]:
+    return tokens.ice_servers(settings, ttl_s=settings.video_room_max_minutes * 60)
+
+
+def _public_base(settings: Settings, request: Request) -> str:
+    return (settings.video_public_url or str(request.base_url)).rstrip("/")
+
+
+def _room_public(row: VideoRoom, room: Room | None, settings: Settings) -> RoomPublic:
+    participants = [p.public() for p in room.participants.values()] if room and not room.closed else []
+    return RoomPublic(id=row.id, work_order_id=row.work_order_id, state=row.state, worker=row.worker,
+                      worker_url=row.worker_url,
+                      created_at=row.created_at, expires_at=row.expires_at, closed_at=row.closed_at,
+                      close_reason=row.close_reason, recording_note_id=row.recording_note_id,
+                      participants=participants, ice_servers=_ice(settings))
+
+
+def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
+    """The live room, once here; a new relay room when the row is new."""
+    room = manager.get(row.id)
+    if room is not None:
+        return room
+    room = Room(id=row.id, work_order_id=row.work_order_id, expires_at=row.expires_at,
+                max_participants=settings.video_max_participants,
+                connect_timeout_s=settings.video_connect_timeout_s, ice_servers=_ice(settings),
+                shared_encoding=settings.video_shared_encoding)
+    manager.add(room)
+    if settings.video_record_audio:
+        directory = settings.data_dir / "video-recordings"
+        directory.mkdir(parents=True, exist_ok=True)
+        recorder = CallRecorder(directory / f"{row.id}.ogg")
+        room.recorder = recorder
+        for role in (Role.resident, Role.steward):
+            room.slot(role, "audio").add_tap(recorder.tap())
+    return room
+
+
+def _live(manager: RoomManager, row: VideoRoom) -> Room:
+    """The live room of an open row, or 409 saying why there is none."""
+    if row.state != RoomState.open:
+        raise Conflict("The video call has ended; start a new one.", code="room_closed")
+    room = manager.get(row.id)
+    if room is None or room.closed:
+        raise Conflict("The video call was interrupted (the relay restarted); start a new one.",
+                       code="room_lost")
+    return room
+
+
+def _pinned_here(request: Request, settings: Settings, row: VideoRoom) -> None:
+    """Rooms are pinned to the relay worker that created them: a request for a room hosted elsewhere is
+    redirected there (307 keeps the method and body), or refused when that worker has no URL."""
+    if row.state != RoomState.open or row.worker == service.worker_name(settings):
+        return
+    if not row.worker_url:
+        raise Conflict(f"This call is relayed by worker {row.worker!r}, which has no STEWARD_VIDEO_WORKER_URL.",
+                       code="room_elsewhere")
+    target = row.worker_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    # api.errors answers a dict detail in the one error shape, keeping the Location header.
+    detail = {"code": "room_elsewhere", "message": f"This call is relayed by {target}."}
+    raise StarletteHTTPException(status.HTTP_307_TEMPORARY_REDIRECT, headers={"Location": target},
+                                 detail=detail)  # type: ignore[arg-type]
+
+
+def _relay_url(settings: Settings, row: VideoRoom) -> str:
+    return "" if row.worker == service.worker_name(settings) else row.worker_url
+
+
+router = APIRouter(prefix=API_PREFIX, tags=["video"])
+
+
+@router.post("/rooms", response_model=RoomCreated, status_code=status.HTTP_201_CREATED,
+             responses={200: {"description": "The work order's open room, with a fresh join link."}})
+async def create_room(request: Request, response: Response, body: RoomCreate, session: SessionDep,
+                      settings: SettingsDep, user: CurrentUser) -> RoomCreated:
+    """Open a video call about a work order (or return its open one) with a join link for the resident."""
+    manager = _manager(request)
+    worker = service.worker_name(settings)
+    row, created = await run_in_threadpool(service.create_room, session=session, settings=settings, user=user,
+                                           data=body, worker=worker)
+    if not created and row.worker == worker and manager.get(row.id) is None:
+        # Open in the database but not relayed here: the process that had it died.
+        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id, reason=CloseReason.lost)
+        row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
+                                               user=user, data=body, worker=worker)
+    if created:
+        try:
+            _host(manager, settings, row)
+        except DomainError:
+            await run_in_threadpool(service.mark_closed, session=session, room_id=row.id, reason=CloseReason.closed)
+            raise
+    else:
+        response.status_code = status.HTTP_200_OK
+    token, expires_at = tokens.create_join_token(settings=settings, room_id=row.id, room_expires_at=row.expires_at)
+    join_url = f"{_public_base(settings, request)}/join/{token}"
+    return RoomCreated(room_id=row.id, join_url=join_url, sms_text=service.sms_text(settings, join_url, expires_at),
+                       expires_at=expires_at, room_expires_at=row.expires_at, ice_servers=_ice(settings),
+                       relay_url=_relay_url(settings, row))
+
+
+@router.get("/rooms/{id}", response_model=RoomPublic)
+async def get_room(request: Request, id: uuid.UUID, session: SessionDep, settings: SettingsDep,
+                   user: CurrentUser) -> RoomPublic:
+    """A room's state and who is in it."""
+    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+    _pinned_here(request, settings, row)
+    return _room_public(row, _manager(request).get(row.id), settings)
+
+
+@router.post("/rooms/{id}/close", response_model=RoomPublic)
+async def close_room(request: Request, id: uuid.UUID, session: SessionDep, settings: SettingsDep,
+                     user: CurrentUser) -> RoomPublic:
+    """End the call for everyone (idempotent); its recording becomes a note on the work order."""
+    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+    _pinned_here(request, settings, row)
+    if await _manager(request).close(row.id, CloseReason.closed) is None:
+        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
+                                reason=CloseReason.closed)
+    session.expire_all()
+    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+    return _room_public(row, None, settings)
+
+
+@router.post("/rooms/{id}/connect", response_model=ConnectAnswer)
+async def connect(request: Request, id: uuid.UUID, body: ConnectRequest, session: SessionDep,
+                  settings: SettingsDep, token: TokenDep) -> ConnectAnswer:
+    """Join with an SDP offer (ICE candidates gathered, no trickle); the answer carries all of ours.
+    The resident authenticates with the join token, stewards and supervisors with their access token."""
+    admission = await run_in_threadpool(service.admit, session=session, settings=settings, room_id=id,
+                                        token=token, role=body.role)
+    _pinned_here(request, settings, admission.room)
+    room = _live(_manager(request), admission.room)
+    participant, answer = await room.connect(role=admission.role, user_id=admission.user_id, offer=body.sdp)
+    return ConnectAnswer(sdp=answer, participant_id=participant.id)
+
+
+@router.post("/rooms/{id}/leave", status_code=status.HTTP_204_NO_CONTENT)
+async def leave(request: Request, id: uuid.UUID, participant_id: uuid.UUID, session: SessionDep,
+                settings: SettingsDep, token: TokenDep) -> Response:
+    """Hang up one participant (the page calls it when closed); the room stays open for the others."""
+    admission = await run_in_threadpool(service.admit, session=session, settings=settings, room_id=id,
+                                        token=token, role=None)
+    _pinned_here(request, settings, admission.room)
+    room = _manager(request).get(admission.room.id)
+    participant = room.participants.get(participant_id) if room else None
+    if participant is not None and (participant.user_id == admission.user_id):
+        await room.remove(participant)  # type: ignore[union-attr]
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/rooms/{id}/snapshot", response_model=SnapshotPublic, status_code=status.HTTP_201_CREATED)
+async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, settings: SettingsDep,
+                   user: CurrentUser) -> Any:
+    """Grab the resident's latest camera frame as a JPEG and keep it on the work order."""
+    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+    _pinned_here(request, settings, row)
+    room = _live(_manager(request), row)
+    frame = room.slot(Role.resident, "video").latest
+    if frame is None:
+        raise Conflict("No picture from the resident yet: wait until their camera shows.", code="no_video")
+    jpeg = await asyncio.to_thread(encode_jpeg, frame)  # type: ignore[arg-type]
+    return await run_in_threadpool(service.save_snapshot, session=session, settings=settings, room=row, user=user,
+                                   jpeg=jpeg, width=frame.width, height=frame.height)  # type: ignore[union-attr]
+
+
+@router.get("/snapshots", response_model=dict[str, Any])
+def list_snapshots(session: SessionDep, user: CurrentUser, page: PageDep, work_order_id: uuid.UUID | None = None,
+                   room_id: uuid.UUID | None = None) -> dict[str, Any]:
+    rows, count = service.list_snapshots(session=session, user=user, page=page, work_order_id=work_order_id,
+                                         room_id=room_id)
+    return {"data": [SnapshotPublic.model_validate(r, from_attributes=True) for r in rows], "count": count}
+
+
+@router.get("/snapshots/{id}/image", response_class=Response)
+def snapshot_image(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Response:
+    row = service.get_snapshot(session=session, user=user, id=id)
+    image = read_blob(settings, row.sha256)
+    if image is None:
+        raise NotFound("The snapshot's image is missing from the blob store.", code="blob_missing")
+    return Response(image, media_type="image/jpeg",
+                    headers={"Content-Disposition": f'inline; filename="{row.id}.jpg"'})
+
+
+@router.get("/join/{token}", response_model=JoinInfo)
+def join_info(token: str, session: SessionDep, settings: SettingsDep) -> JoinInfo:
+    """What the resident page needs before asking for the camera (401 expired/forged, 409 ended)."""
+    row = service.join_room(session=session, settings=settings, token=token)
+    claims = tokens.decode_join_token(settings=settings, token=token)
+    if row.state != RoomState.open:
+        raise Conflict("The video call has ended.", code="room_closed")
+    return JoinInfo(room_id=row.id, state=row.state, expires_at=claims.expires_at, ice_servers=_ice(settings),
+                    relay_url=_relay_url(settings, row))
+
+
+def _persist_close(engine: Any, settings: Settings, room: Room, recording: Any) -> uuid.UUID | None:
+    with Session(engine, expire_on_commit=False) as session:
+        service.mark_closed(session=session, room_id=room.id, reason=room.close_reason or CloseReason.closed)
+        if recording is None:
+            return None
+        try:
+            note = service.save_recording(session=session, settings=settings, room_id=room.id, recording=recording)
+        finally:
+            Path(recording.path).unlink(missing_ok=True)
+        return note.id if note else None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run this process's relay: rooms left open by a dead predecessor are closed, a reaper runs, and every
+    room is closed at shutdown."""
+    settings: Settings = app.state.settings
+    engine = app.state.engine
+
+    async def on_close(room: Room) -> None:
+        recorder = room.recorder
+        recording = await asyncio.to_thread(recorder.stop) if recorder is not None else None
+        note_id = await asyncio.to_thread(_persist_close, engine, app.state.settings, room, recording)
+        if note_id is not None:
+            try:
+                from speech.worker import notify_queued
+
+                notify_queued(app.state, note_id)
+            except ImportError:
+                pass
+
+    manager = RoomManager(max_rooms=settings.video_max_rooms, idle_close_s=settings.video_room_idle_close_s,
+                          on_close=on_close)
+    try:
+        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=service.worker_name(settings))
+        if lost:
+            log.warning("%d video room(s) left open by a previous process were closed", lost)
+    except Exception as exc:  # the service must start with its database down
+        log.warning("could not close lost video rooms at start: %s", exc)
+    manager.start()
+    app.state.video_rooms = manager
+    try:
+        yield
+    finally:
+        await manager.aclose()
+        app.state.video_rooms = None
+
+
+# What api/app.py includes: the API, the pages, and the relay's lifespan.
+video_router = APIRouter(lifespan=lifespan)
+video_router.include_router(router)
+video_router.include_router(pages_router)
