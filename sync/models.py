@@ -111,6 +111,8 @@ def _page_index(model: Any, column: str) -> Index:
 
 PAGE_INDEXES = (_page_index(Household, "building_id"), _page_index(WorkOrder, "household_id"),
                 _page_index(Visit, "household_id"), _page_index(Reading, "household_id"))
+# A steward's own readings outside the grid (api/access.reading_clause) are found by taker.
+TAKER_INDEX = Index("ix_readings_taken_by_id", Reading.__table__.c.taken_by_id)  # type: ignore[attr-defined]
 
 
 class ConflictPublic(SQLModel):

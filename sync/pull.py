@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, true, tuple_
+from sqlalchemy import ColumnElement, and_, case, func, literal, not_, or_, select, true, tuple_
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
@@ -23,7 +23,7 @@ from api.work_orders.models import WorkOrder
 from sync import cursor as cursors
 from sync.cursor import DELTA, END_OF_SEQ, SCOPE, SNAPSHOT, Cursor
 from sync.models import SCHEMA_VERSION, ScopeEvent, SyncState, Tombstone
-from sync.registry import TABLES, ScopeKeys, wire
+from sync.registry import TABLES, ScopeKeys, SyncTable, Wire, wire
 from sync.retention import maybe_purge, purge_due
 from sync.tracking import PURGED_SEQ, SEQ
 
@@ -79,30 +79,8 @@ def _snapshot_step(feed: Feed, page: Page, state: Cursor,
     t, last, last_key = state.phase_table, state.phase_row, state.phase_key
     while t < len(TABLES) and page.room > 0:
         spec = TABLES[t]
-        ident = spec.table.c.id
-        key = spec.table.c[spec.page_key] if spec.page_key else None
-        visible = spec.visible(feed.user)
         shape = spec.wire(feed.dialect)
-        columns = list(shape.columns)
-        if key is not None:  # as text: only the page's last key is ever parsed
-            columns.append(wire(key, feed.dialect)[0].label("_page_key"))
-        if scope is None:
-            stmt = select(*columns).where(visible)
-        else:
-            changed, now_in_scope = scope
-            # Visibility clauses can be NULL (`NULL IN (...)` for a missing link): CASE makes it false.
-            flag = case((visible, literal(True)), else_=literal(False))
-            stmt = select(*columns, flag).where(spec.related(changed),
-                                                or_(flag == literal(False), spec.related(now_in_scope)))
-        if key is None:
-            if last is not None:
-                stmt = stmt.where(ident > last)
-            stmt = stmt.order_by(ident)
-        else:
-            if last is not None and last_key is not None:
-                stmt = stmt.where(tuple_(key, ident) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
-            stmt = stmt.order_by(key, ident)
-        rows = feed.session.execute(stmt.limit(page.room + 1)).all()
+        rows = _page_rows(feed, spec, shape, scope, last, last_key, page.room + 1)
         taken = rows[:page.room]
         records = [shape.record(row) for row in taken]
         if scope is None:
@@ -113,12 +91,57 @@ def _snapshot_step(feed: Feed, page: Page, state: Cursor,
                 page.add(t, rec["id"], rec if row[-1] else _DELETE)
         if len(rows) > len(taken):
             position = uuid.UUID(records[-1]["id"])
-            page_key = _as_uuid(taken[-1][len(shape.names)]) if key is not None else None
+            page_key = _as_uuid(taken[-1][len(shape.names)]) if spec.page_key else None
             return state.with_(phase_table=t, phase_row=position, phase_key=page_key), False
         t, last, last_key = t + 1, None, None
     if t < len(TABLES):
         return state.with_(phase_table=t, phase_row=last, phase_key=last_key), False
     return state, True
+
+
+def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys, ScopeKeys] | None,
+               last: uuid.UUID | None, last_key: uuid.UUID | None, want: int) -> list[Any]:
+    """The next `want` rows of one table after (last_key, last), in page order."""
+    ident = spec.table.c.id
+    key = spec.table.c[spec.page_key] if spec.page_key else None
+    columns = list(shape.columns)
+    if key is not None:  # as text: only the page's last key is ever parsed
+        columns.append(wire(key, feed.dialect)[0].label("_page_key"))
+    visible = spec.visible(feed.user)
+
+    def bounded(stmt: Any) -> Any:
+        if key is None:
+            stmt = stmt.where(ident > last) if last is not None else stmt
+            return stmt.order_by(ident).limit(want)
+        if last is not None and last_key is not None:
+            stmt = stmt.where(tuple_(key, ident) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
+        return stmt.order_by(key, ident).limit(want)
+
+    if scope is not None:
+        changed, now_in_scope = scope
+        # Visibility clauses can be NULL (`NULL IN (...)` for a missing link): CASE makes it false.
+        flag = case((visible, literal(True)), else_=literal(False))
+        stmt = select(*columns, flag).where(spec.related(changed),
+                                            or_(flag == literal(False), spec.related(now_in_scope)))
+        return list(feed.session.execute(bounded(stmt)).all())
+    if feed.office or spec.in_grid is None or spec.own is None:
+        return list(feed.session.execute(bounded(select(*columns).where(visible))).all())
+    in_grid = spec.in_grid(feed.user)
+    # The steward's own rows outside the grid are few: select them first (OFFSET 0 keeps PostgreSQL from
+    # merging the subquery and walking the whole key index in order to find them), then page them.
+    assert key is not None
+    inner = (select(*columns, key.label("_k"), ident.label("_i"))
+             .where(spec.own(feed.user), not_(in_grid)).offset(0).subquery())
+    own = select(*[inner.c[c.name] for c in columns])
+    if last is not None and last_key is not None:
+        own = own.where(tuple_(inner.c._k, inner.c._i) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
+    own = own.order_by(inner.c._k, inner.c._i).limit(want)
+    parts = [feed.session.execute(bounded(select(*columns).where(in_grid))).all(),
+             feed.session.execute(own).all()]
+    if not parts[1]:
+        return list(parts[0])
+    index = len(shape.names)  # (page key, id) as text: the same order as the database's
+    return sorted([*parts[0], *parts[1]], key=lambda row: (row[index], row[0]))[:want]
 
 
 def _as_uuid(value: Any) -> uuid.UUID:

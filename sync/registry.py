@@ -54,6 +54,10 @@ class SyncTable:
     # Snapshots of big tables page by (this column, id) on a composite index: a grid is a set of
     # buildings and households, so each page is an index range instead of a re-sort of the whole grid.
     page_key: str | None = None
+    # For stewards, `visible` = `in_grid` OR `own` (rows they made or were given outside the grid). A
+    # snapshot pages the two apart and merges them, because an OR hides the index order from planners.
+    in_grid: Callable[[User], ColumnElement[bool]] | None = None
+    own: Callable[[User], ColumnElement[bool]] | None = None
 
     @property
     def table(self) -> Table:
@@ -183,12 +187,16 @@ TABLES: tuple[SyncTable, ...] = (
     SyncTable("work_orders", WorkOrder, access.work_order_clause,
               lambda k: or_(col(WorkOrder.household_id).in_(_households_of(k)), col(WorkOrder.id).in_(k.work_orders)),
               office_fields=frozenset({"assignee_id", "priority", "sla_due_at", "category", "description"}),
-              page_key="household_id"),
-    SyncTable("visits", Visit, lambda u: access.household_clause(u, Visit.household_id),
-              lambda k: col(Visit.household_id).in_(_households_of(k)), page_key="household_id"),
-    SyncTable("readings", Reading, lambda u: access.household_clause(u, Reading.household_id),
+              page_key="household_id", in_grid=lambda u: access.household_clause(u, WorkOrder.household_id),
+              own=lambda u: col(WorkOrder.assignee_id) == u.id),
+    SyncTable("visits", Visit, access.visit_clause,
+              lambda k: col(Visit.household_id).in_(_households_of(k)), page_key="household_id",
+              in_grid=lambda u: access.household_clause(u, Visit.household_id),
+              own=lambda u: col(Visit.steward_id) == u.id),
+    SyncTable("readings", Reading, access.reading_clause,
               lambda k: col(Reading.household_id).in_(_households_of(k)), append_only=True,
-              page_key="household_id"),
+              page_key="household_id", in_grid=lambda u: access.household_clause(u, Reading.household_id),
+              own=lambda u: col(Reading.taken_by_id) == u.id),
     SyncTable("notes", Note, note_clause,
               lambda k: or_(col(Note.household_id).in_(_households_of(k)),
                             col(Note.work_order_id).in_(

@@ -149,8 +149,10 @@ def create_visit(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Visit:
     data: VisitCreate = validate(VisitCreate, fields | {"id": id})
     if data.left_at is not None and data.left_at < data.arrived_at:
         raise Rejected("invalid_value", "left_at must not be before arrived_at.")
-    _visible_household(ctx, data.household_id)
-    if data.work_order_id is not None:
+    # As in the REST API: a steward covering an order outside their grid reaches its household through it.
+    if data.work_order_id is None:
+        _visible_household(ctx, data.household_id)
+    else:
         _visible_order(ctx, data.work_order_id, data.household_id)
     return Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": ctx.user.id})
 
@@ -184,8 +186,9 @@ def _visit_before_delete(ctx: Context, visit: Visit) -> None:
 def create_reading(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Reading:
     only(fields, _fields_of(ReadingCreate), "when creating a reading")
     data: ReadingCreate = validate(ReadingCreate, fields | {"id": id})
-    _visible_household(ctx, data.household_id)
-    if data.visit_id is not None:
+    if data.visit_id is None:
+        _visible_household(ctx, data.household_id)
+    else:  # a reading taken during the user's own visit, possibly outside their grid (as in REST)
         _visible_visit(ctx, data.visit_id, data.household_id)
     return Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": ctx.user.id})
 

@@ -32,12 +32,11 @@ def test_grid_reassignment_moves_the_rows_between_stewards(client: TestClient, d
     gone = _changed(page)
     assert gone["buildings"] == (set(), {str(d.b1.id)})
     assert gone["households"] == (set(), {str(d.h1a.id), str(d.h1b.id)})
-    assert gone["visits"] == (set(), {str(d.visit1.id)})
-    assert gone["readings"] == (set(), {str(d.reading1.id)})
     assert gone["notices"] == (set(), {str(d.notice1.id)})
-    # still visible: the order assigned to steward1 and the note steward1 owns
-    assert "work_orders" not in gone and "notes" not in gone
+    # still visible (the REST scope): the order assigned to steward1, and what steward1 made or took
+    assert not {"work_orders", "notes", "visits", "readings"} & set(gone)
     assert set(one.rows["work_orders"]) == {str(d.wo1.id)} and set(one.rows["notes"]) == {str(d.note1.id)}
+    assert set(one.rows["visits"]) == {str(d.visit1.id)} and set(one.rows["readings"]) == {str(d.reading1.id)}
     got = _changed(two.pull_page())
     assert got["buildings"] == ({str(d.b1.id)}, set())
     assert got["households"] == ({str(d.h1a.id), str(d.h1b.id)}, set())
@@ -119,4 +118,38 @@ def test_deletes_just_before_a_grid_change_still_reach_the_steward(client: TestC
     client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b1.id), str(d.b2.id)]},
                headers=d.headers(d.admin))
     one.pull()
+    assert one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_a_steward_covering_an_order_outside_the_grid_records_its_visit(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    d = district
+    client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward1.id)},
+                headers=d.headers(d.supervisor))
+    one = device(d.steward1)
+    one.pull()
+    outside = str(d.h3a.id)  # steward2's... nobody's grid: reached only through the covered order
+    visit = one.create("visits", household_id=outside, work_order_id=str(d.wo3.id),
+                       arrived_at="2026-12-01T08:00:00+00:00")
+    reading = one.create("readings", household_id=outside, taken_at="2026-12-01T08:10:00+00:00", temp_c=15.5,
+                         visit_id=visit)
+    one.create("readings", household_id=outside, taken_at="2026-12-01T08:10:00+00:00", temp_c=15.5)
+    one.create("visits", household_id=outside, arrived_at="2026-12-01T08:00:00+00:00")
+    answer = one.push()
+    assert [(r["status"], r["reason"]) for r in answer["results"]] == [
+        ("applied", None), ("applied", None), ("rejected", "out_of_scope"), ("rejected", "out_of_scope")]
+    one.pull()
+    assert visit in one.rows["visits"] and reading in one.rows["readings"]
+    assert one.rows == server_rows(client, d.headers(d.steward1))
+    # a first sync pages the grid's rows and the steward's own rows outside it together
+    for limit in (1, 2, 3):
+        fresh = device(d.steward1, f"fresh{limit}")
+        fresh.pull(limit=limit)
+        assert fresh.rows == one.rows
+    # the order moves on to steward2: steward1 keeps the visit and reading they made
+    client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward2.id)},
+                headers=d.headers(d.supervisor))
+    one.pull()
+    assert str(d.wo3.id) not in one.rows["work_orders"]
+    assert visit in one.rows["visits"] and reading in one.rows["readings"]
     assert one.rows == server_rows(client, d.headers(d.steward1))

@@ -107,6 +107,9 @@ def upgrade() -> None:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.create_index(f'ix_{table}_{column}_id', [column, 'id'], unique=False)
 
+    with op.batch_alter_table('readings', schema=None) as batch_op:
+        batch_op.create_index('ix_readings_taken_by_id', ['taken_by_id'], unique=False)
+
     # Existing rows get seq 0: a first sync sends them, and no cursor can be older than 0.
     for table in VERSIONED_TABLES:
         with op.batch_alter_table(table, schema=None) as batch_op:
@@ -117,6 +120,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('readings', schema=None) as batch_op:
+        batch_op.drop_index('ix_readings_taken_by_id')
     for table, column in PAGE_INDEXES:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(f'ix_{table}_{column}_id')

@@ -1,0 +1,30 @@
+"""`steward bench sync` runs end to end on a tiny district (a real uvicorn server, real HTTP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+
+
+@pytest.mark.slow
+def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "sync", "--households", "300", "--history", "1", "--devices", "5",
+                                      "--rounds", "1", "--batches", "2", "--batch-size", "50", "--duration", "1",
+                                      "--period", "0.5", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "raw SELECT + orjson (baseline)" in result.output
+    [written] = list(tmp_path.glob("sync-300-*.json"))
+    [sqlite] = json.loads(written.read_text())["results"]
+    records = sqlite["baseline"]["records"]
+    assert records > 300
+    for key in ("first_sync_in_process_1000", "first_sync_in_process_5000", "first_sync_http_1000",
+                "first_sync_http_5000"):
+        assert sqlite[key]["records"] == records  # the same rows as the raw SELECT, no more, no less
+    assert sqlite["delta_10_rows"]["rows_per_pull"] == [10]
+    assert sqlite["push"]["statuses"] == {"applied": 100}
+    assert sqlite["server_memory_end"]["peak_kib"] > 0
