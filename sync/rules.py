@@ -32,7 +32,7 @@ from api.work_orders.models import (
     WorkOrderEvent,
     WorkOrderUpdate,
 )
-from api.work_orders.service import STEWARD_SOURCES, effective_priority
+from api.work_orders.service import STEWARD_SOURCES, effective_priority, set_status
 from sync.registry import BY_NAME, SyncTable
 from sync.tracking import UNTARGETED
 
@@ -330,14 +330,8 @@ def _check_transition(ctx: Context, current: Status, target: Status) -> None:
 
 
 def _transition(ctx: Context, order: WorkOrder, target: Status) -> None:
-    before, now = order.status, utcnow()
-    order.status = target
-    if target == Status.resolved:
-        order.resolved_at = now
-    elif target == Status.closed:
-        order.closed_at = now
-    elif target == Status.in_progress:
-        order.resolved_at = None
+    before = order.status
+    set_status(order, target)
     _event(ctx, order, "status", from_status=before, to_status=target)
 
 

@@ -144,6 +144,15 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
         if target not in STEWARD_TARGETS:
             raise Forbidden(f"Moving a work order to {target.value} is office work.", code="role_required")
     before = order.status
+    set_status(order, target)
+    session.add(order)
+    _event(session, order, user, "status", from_status=before, to_status=target, note=note)
+    session.commit()
+    return order
+
+
+def set_status(order: WorkOrder, target: Status) -> None:
+    """Apply an already-checked status change and its timestamps (REST and sync share it)."""
     now = utcnow()
     order.status = target
     if target == Status.resolved:
@@ -152,10 +161,6 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
         order.closed_at = now
     elif target == Status.in_progress:
         order.resolved_at = None
-    session.add(order)
-    _event(session, order, user, "status", from_status=before, to_status=target, note=note)
-    session.commit()
-    return order
 
 
 def update(*, session: Session, settings: Settings, user: User, order: WorkOrder,
