@@ -12,14 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import Engine, text
 
 from api import __version__
+from api.console.views import pages_router as console_pages_router
+from api.console.views import router as console_router
 from api.db import make_engine
-from api.errors import install_error_handlers
+from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.fieldwork.views import router as fieldwork_router
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from api.network.views import router as network_router
 from api.notes.views import router as notes_router
 from api.notices.sms import SmsSender, make_sender
 from api.notices.views import router as notices_router
+from api.proactive.views import router as proactive_router
+from api.security import install_log_redaction
 from api.settings import Settings, get_settings
 from api.users.views import router as users_router
 from api.work_orders.views import router as work_orders_router
@@ -32,43 +36,53 @@ from video.views import video_router
 log = logging.getLogger("steward")
 
 API_PREFIX = "/api/v1"
+MULTIPART_ALLOWANCE = 64 * 1024  # form fields and part headers around an uploaded file
 
 
 def api_router() -> APIRouter:
     """Every `/api/v1` route of the service."""
     router = APIRouter(prefix=API_PREFIX)
     for sub in (users_router, network_router, work_orders_router, fieldwork_router, notes_router, notices_router,
-                sync_router, blobs_router, speech_router):
+                sync_router, blobs_router, speech_router, console_router, proactive_router):
         router.include_router(sub)
     return router
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
-               sms_sender: SmsSender | None = None) -> FastAPI:
+               sms_sender: SmsSender | None = None, background: bool | None = None) -> FastAPI:
     """Build the service; tests pass their own settings and engine."""
     settings = settings or get_settings()
-    owns_engine = engine is None
+    install_log_redaction()  # logs never hold tokens, passwords or unmasked phone numbers
+    owns_engine, owns_sender = engine is None, sms_sender is None
     engine = engine or make_engine(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if owns_sender and callable(close_sender := getattr(app.state.sms_sender, "close", None)):
+            close_sender()  # the HTTP gateway sender's connection pool
         if owns_engine:
             engine.dispose()
 
-    app = FastAPI(title="Heat Steward", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="Heat Steward", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Backend of the heating steward service (供暖管家).")
     app.state.settings = settings
     app.state.engine = engine
     app.state.sms_sender = sms_sender or make_sender(settings)
+    # Periodic proactive evaluation (api/proactive/worker.py): a served app runs it; an app handed an
+    # engine (tests, tools) does not unless asked.
+    app.state.proactive_background = owns_engine if background is None else background
     app.state.blobs = make_blobs(settings)
     registry = CollectorRegistry()
+    # Uploads get their own limits (the routes check them again); a multipart envelope adds a little.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       exempt_prefixes=(f"{API_PREFIX}/blobs", f"{API_PREFIX}/calls"))  # they enforce blob_max_bytes
+                       prefix_limits=((f"{API_PREFIX}/blobs", settings.blob_max_bytes),
+                                      (f"{API_PREFIX}/calls", settings.audio_max_bytes + MULTIPART_ALLOWANCE)))
     app.add_middleware(MetricsMiddleware, registry=registry)
     install_error_handlers(app)
     app.include_router(api_router())
     app.include_router(video_router)
+    app.include_router(console_pages_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz(request: Request) -> JSONResponse:

@@ -13,16 +13,17 @@ from api import __version__
 from api.bench_cli import bench_app
 from api.settings import Settings, get_settings
 from speech.cli import transcribe, worker
-from sync.bench import bench_sync
 
 app = typer.Typer(help="Heat Steward: the heating steward service backend.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
-bench_app.command("sync")(bench_sync)
 app.command("transcribe")(transcribe)
 app.command("worker")(worker)
+proactive_app = typer.Typer(help="Proactive service (未诉先办): clusters, revisits, campaign retries.",
+                            no_args_is_help=True)
+app.add_typer(proactive_app, name="proactive")
 
 
 class RoleOption(StrEnum):
@@ -150,3 +151,29 @@ def serve(
     prepare(settings)
     uvicorn.run("api.main:app", host=host or settings.host, port=port or settings.port, workers=workers,
                 log_level=settings.log_level, proxy_headers=True)
+
+
+@proactive_app.command("run")
+def proactive_run() -> None:
+    """Evaluate once: open cluster and revisit work orders, retry due campaign SMS (for cron)."""
+    from sqlmodel import Session
+
+    from api import migrate
+    from api.db import make_engine
+    from api.notices.sms import make_sender
+    from api.proactive import service
+
+    settings = _settings()
+    engine = make_engine(settings)
+    try:
+        if migrate.current_revision(engine) != migrate.head_revision():
+            raise _fail("The database schema is not up to date: run `steward db upgrade` first.", 2)
+        sender = make_sender(settings)
+        with Session(engine, expire_on_commit=False) as session:
+            report = service.run(session=session, settings=settings, sender=sender)
+        close = getattr(sender, "close", None)
+        if close is not None:
+            close()
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps(report.model_dump()))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
 from api.db import session_scope
@@ -30,8 +34,37 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
-    yield from session_scope(engine)
+def _session_slots(request: Request, engine: Engine) -> asyncio.Semaphore | None:
+    """One slot per connection the pool can hand out (None when checking out never waits)."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool) or pool._max_overflow < 0:
+        return None
+    loop = asyncio.get_running_loop()
+    held = getattr(request.app.state, "session_slots", None)
+    if held is None or held[0] is not loop:  # one semaphore per event loop (tests start several)
+        held = (loop, asyncio.Semaphore(pool.size() + pool._max_overflow))
+        request.app.state.session_slots = held
+    slots: asyncio.Semaphore = held[1]
+    return slots
+
+
+async def get_session(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> AsyncIterator[Session]:
+    """The request's session, opened once one of the pool's connections is sure to be free for it.
+
+    FastAPI runs sync dependencies and routes in a pool of 40 threads, one step at a time. Without the slots,
+    more requests than connections deadlock the service: every thread waits in the connection pool while the
+    requests holding the connections wait for a thread to finish (docs/reliability.md). A request now waits
+    for its slot here, on the event loop, holding neither a thread nor a connection. Async on purpose too:
+    closing the session (and returning its connection) never waits for a thread.
+    """
+    slots = _session_slots(request, engine)
+    if slots is None:
+        with contextmanager(session_scope)(engine) as session:
+            yield session
+        return
+    async with slots:
+        with contextmanager(session_scope)(engine) as session:
+            yield session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -50,6 +83,9 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
     except ValueError as exc:
         raise Unauthorized("The access token is invalid; sign in again.", code="invalid_token") from exc
     user = session.get(User, user_id)
+    # End this read now: the route runs in another pool thread, and the connection goes back to the pool
+    # meanwhile (a request waiting for a thread, or streaming an upload, holds none).
+    session.commit()
     if user is None or not user.active:
         raise Unauthorized("This account no longer exists or is disabled.", code="inactive_user")
     return user
@@ -77,8 +113,13 @@ OfficeUser = Annotated[User, Depends(require_role(Role.admin, Role.supervisor))]
 class Page:
     """Offset paging shared by every list route."""
 
-    def __init__(self, offset: int = Query(0, ge=0, le=10_000_000),
-                 limit: int = Query(50, ge=1, le=500)) -> None:
+    def __init__(self, request: Request, offset: int = Query(0, ge=0, le=10_000_000),
+                 limit: int = Query(50, ge=1, description="Rows per page, 1..STEWARD_PAGE_MAX_LIMIT (500).")) -> None:
+        largest = request.app.state.settings.page_max_limit
+        if limit > largest:  # the same shape as any other invalid query parameter, `errors[].loc` included
+            raise RequestValidationError([{"type": "less_than_equal", "loc": ("query", "limit"),
+                                           "msg": f"Input should be less than or equal to {largest}",
+                                           "input": limit, "ctx": {"le": largest}}])
         self.offset = offset
         self.limit = limit
 

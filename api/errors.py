@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -61,6 +62,27 @@ class PayloadTooLarge(DomainError):
 
 class Unprocessable(DomainError):
     status_code, code = 422, "validation_error"
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable `code` and a `message` that says what to do (some errors add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every 4xx and 5xx answer."""
+
+    detail: ErrorDetail
+
+
+# Documents the error shape in OpenAPI for every route (it replaces FastAPI's default 422 schema, which is
+# not what this service answers); clients and the fuzz tests check responses against it.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "Refused: `{\"detail\": {\"code\", \"message\"}}`."},
+}
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

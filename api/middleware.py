@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.exceptions import HTTPException
@@ -13,18 +14,28 @@ from api.errors import error_body
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413, whether or not they declare a length.
+    """Refuse request bodies over the limit with 413, whether or not they declare a length.
 
-    Paths under an exempt prefix (blob uploads) enforce their own, larger limit.
+    The limit is `max_bytes`, or that of the first matching `prefix_limits` entry (uploads of blobs and call
+    recordings are larger than JSON bodies); paths under an `exempt_prefixes` entry are not limited here.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, prefix_limits: Sequence[tuple[str, int]] = (),
+                 exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.prefix_limits = tuple(prefix_limits)
         self.exempt_prefixes = exempt_prefixes
 
+    def limit_for(self, path: str) -> int | None:
+        """The body limit of a request path; None when it is exempt."""
+        if path.startswith(self.exempt_prefixes):
+            return None
+        return next((limit for prefix, limit in self.prefix_limits if path.startswith(prefix)), self.max_bytes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+        limit = self.limit_for(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -36,8 +47,8 @@ class BodyLimitMiddleware:
                 if declared < 0:
                     await self._refuse(send, 400, "bad_request", "The Content-Length header is not a number.")
                     return
-                if declared > self.max_bytes:
-                    await self._refuse(send, 413, "payload_too_large", self._message())
+                if declared > limit:
+                    await self._refuse(send, 413, "payload_too_large", self._message(limit))
                     return
         received = 0
 
@@ -46,16 +57,17 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # An HTTPException, because FastAPI turns any other error raised while it reads the
                     # body into a 400 "error parsing the body".
-                    raise HTTPException(413, detail=error_body("payload_too_large", self._message())["detail"])
+                    raise HTTPException(413, detail=error_body("payload_too_large", self._message(limit))["detail"])
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"The request body is larger than {limit} bytes."
 
     async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
         body = json.dumps(error_body(code, message)).encode()

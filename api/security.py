@@ -1,7 +1,9 @@
-"""Password hashing (argon2) and access tokens (JWT)."""
+"""Password hashing (argon2), access tokens (JWT), and masking of secrets and personal numbers in logs."""
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -56,3 +58,62 @@ def decode_access_token(*, settings: Settings, token: str) -> dict[str, Any]:
     if claims.get("typ") != "access":
         raise Unauthorized("This is not an access token.", code="invalid_token")
     return claims
+
+
+# --- logs never hold credentials or unmasked personal numbers -------------------------------------------
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
+_SECRET_FIELD = re.compile(r"(?i)((?:password|passwd|secret|access_token|token|credential)[\"']?\s*[=:]\s*[\"']?)"
+                           r"[^\s\"'&,;}]+")
+
+
+def redact_log_text(text: str) -> str:
+    """`text` with tokens, passwords and phone/ID numbers masked (the transcript masking rules)."""
+    from speech.redact import redact_text  # the service's one masking rule for personal numbers
+
+    text = _JWT.sub("[token]", text)
+    text = _BEARER.sub(r"\1[token]", text)
+    text = _SECRET_FIELD.sub(r"\1[redacted]", text)
+    return redact_text(text)
+
+
+def _redact_arg(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value  # keeps %d and %f working
+    text = value if isinstance(value, str) else str(value)
+    masked = redact_log_text(text)
+    return value if masked == text else masked
+
+
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Mask tokens, passwords and phone numbers in every log record of this process, whichever library
+    writes it and whichever handler prints it (uvicorn's access log included). Idempotent.
+
+    The record factory masks the message, each argument (uvicorn's access formatter needs its arguments
+    as a tuple, so they are masked in place rather than merged) and the formatted traceback."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    make_record = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            if isinstance(record.msg, str):
+                record.msg = redact_log_text(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_redact_arg(a) for a in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+            if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+                record.exc_text = redact_log_text(logging.Formatter().formatException(record.exc_info))
+        except Exception:  # masking must never lose the record
+            record.msg, record.args = "[a log message that could not be masked was dropped]", ()
+        return record
+
+    logging.setLogRecordFactory(factory)

@@ -10,6 +10,14 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-before-production"
+PRIORITIES = ("urgent", "high", "normal", "low")
+# Heating-season SLA hours by work-order category; categories not listed use `sla_hours_<priority>`.
+DEFAULT_SLA_TABLE: dict[str, dict[str, float]] = {
+    "leak": {"urgent": 1, "high": 4, "normal": 8, "low": 24},  # water on the floor does not wait
+    "not_warm": {"urgent": 2, "high": 6, "normal": 24, "low": 48},
+    "air_lock": {"urgent": 2, "high": 8, "normal": 24, "low": 48},
+    "billing": {"urgent": 24, "high": 48, "normal": 72, "low": 120},  # office work, not a cold home
+}
 
 
 class Settings(BaseSettings):
@@ -27,15 +35,54 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 beyond).")
+    # Abuse limits (docs/security.md); login throttling state lives in the database, shared by all processes.
+    login_rate_per_minute: int = Field(60, ge=1, description="Sign-in attempts per client address per minute "
+                                                             "(429 beyond, with Retry-After).")
+    login_max_failures: int = Field(5, ge=1, description="Failed sign-ins for one user name within "
+                                                         "STEWARD_LOGIN_FAILURE_WINDOW_S before it is locked.")
+    login_max_failures_per_ip: int = Field(50, ge=1, description="Failed sign-ins from one client address within "
+                                                                 "the window before that address is locked.")
+    login_failure_window_s: float = Field(900, gt=0, description="Window in which failed sign-ins are counted.")
+    login_lockout_s: float = Field(900, gt=0, description="How long a locked user name or address is refused "
+                                                          "(429 with Retry-After), even with the right password.")
+    page_max_limit: int = Field(500, ge=1, le=100_000, description="Largest `limit` of a list page (422 beyond).")
+    audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest hotline call recording upload "
+                                                                          "(413 beyond).")
     demo: bool = Field(False, description="Create demo data at start when the database is empty.")
     demo_password: str = Field("steward-demo", description="Password of the demo users.")
     timezone: str = Field("Asia/Shanghai", description="Local time zone for resident-facing text.")
     service_phone: str = Field("96133", description="Hotline number printed in resident notices.")
-    sms_sender: Literal["log"] = Field("log", description="Which SMS sender notices use.")
+    sms_sender: Literal["log", "http"] = Field("log", description="Which SMS sender notices and campaigns use: "
+                                                                  "`log` (writes to the log) or `http` (a gateway).")
+    sms_http_url: str = Field("", description="`http` sender: the gateway URL that takes a JSON POST per message.")
+    sms_http_key: str = Field("", description="`http` sender: API key, sent as `Authorization: Bearer <key>`.")
+    sms_http_timeout_s: float = Field(10, gt=0, description="`http` sender: seconds to wait for the gateway.")
     sla_hours_urgent: float = Field(2, gt=0)
     sla_hours_high: float = Field(8, gt=0)
     sla_hours_normal: float = Field(24, gt=0)
     sla_hours_low: float = Field(72, gt=0)
+    sla_hours_by_category: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SLA_TABLE.items()},
+        description="Heating-season SLA hours per category and priority (JSON); a missing entry falls back to "
+                    "`STEWARD_SLA_HOURS_<PRIORITY>`.")
+    sla_sensitive_factor: float = Field(0.5, gt=0, le=1, description="SLA hours are multiplied by this for "
+                                                                      "sensitive households.")
+    proactive_interval_minutes: float = Field(15, ge=0, description="How often `steward serve` evaluates clusters, "
+                                                                    "revisits and campaign retries; 0 turns it off.")
+    proactive_cluster_window_hours: float = Field(48, gt=0, description="Sliding window of complaint clustering.")
+    proactive_cluster_riser_threshold: int = Field(3, ge=2, description="Complaining households on one unit riser "
+                                                                        "that open a proactive work order.")
+    proactive_cluster_building_threshold: int = Field(5, ge=2, description="Complaining households in one building "
+                                                                           "that open a proactive work order.")
+    proactive_cluster_station_threshold: int = Field(12, ge=2, description="Complaining households on one station "
+                                                                           "that open a proactive work order.")
+    proactive_revisit_days: float = Field(7, gt=0, description="Sensitive households get a revisit work order when "
+                                                               "no visit with a temperature reading happened in "
+                                                               "this many days (in season).")
+    proactive_sms_max_attempts: int = Field(3, ge=1, le=20, description="Tries of one campaign SMS before it stays "
+                                                                        "`failed`.")
+    proactive_sms_retry_backoff_s: float = Field(300, ge=0, description="Wait before retrying a failed campaign SMS; "
+                                                                        "doubles each time.")
     log_level: str = "info"
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = Field(
         "faster-whisper", description="Speech engine: CTranslate2 (default) or the PyTorch reference.")
@@ -82,15 +129,27 @@ class Settings(BaseSettings):
                                                    "empty works on a LAN and on loopback.")
     video_turn_secret: str = Field("", description="coturn's `static-auth-secret`: time-limited TURN credentials "
                                                    "are derived from it.")
-    video_shared_encoding: bool = Field(True, description="Encode each published video once for all its VP8 "
-                                                          "subscribers (less CPU; one bitrate for all) instead of "
-                                                          "once per subscriber.")
+    video_relay_mode: Literal["forward", "transcode"] = Field(
+        "forward", description="`forward`: send subscribers the publisher's encoded VP8/Opus frames as they "
+                               "came (no decoding or encoding, except for recording, snapshots and a subscriber "
+                               "on another codec); `transcode`: decode every published track and encode it again.")
+    video_shared_encoding: bool = Field(True, description="When transcoding: encode each published video once for "
+                                                          "all its VP8 subscribers (less CPU; one bitrate for all) "
+                                                          "instead of once per subscriber.")
     video_record_audio: bool = Field(True, description="Record a video call's audio (both sides) into a "
                                                        "`call_recording` note queued for transcription.")
     video_worker_id: str = Field("", description="Name of this relay worker; rooms are pinned to the worker that "
                                                  "created them. Empty means `<hostname>:<port>`.")
     video_worker_url: str = Field("", description="Base URL at which this relay worker is reached directly, for "
                                                   "requests another worker redirects here; empty means single worker.")
+    console_low_logprob: float = Field(-0.8, le=0, description="Supervisor console: a transcript segment whose "
+                                                               "average log-probability is below this is marked "
+                                                               "low-confidence.")
+    console_high_no_speech: float = Field(0.5, ge=0, le=1, description="Supervisor console: a segment whose "
+                                                                       "no-speech probability is above this is marked "
+                                                                       "low-confidence.")
+    console_refresh_s: float = Field(5, ge=1, le=300, description="Supervisor console: how often the dashboard "
+                                                                  "polls for fresh figures.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -101,7 +160,22 @@ class Settings(BaseSettings):
             )
         if self.env != "dev" and len(self.secret_key) < 32:
             raise ValueError("STEWARD_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.sms_sender == "http" and not self.sms_http_url.startswith(("http://", "https://")):
+            raise ValueError("STEWARD_SMS_SENDER=http needs STEWARD_SMS_HTTP_URL (http:// or https://)")
+        self._check_sla_table()
         return self
+
+    def _check_sla_table(self) -> None:
+        from api.work_orders.models import Category  # here, not at the top: that module imports this one
+
+        for category, row in self.sla_hours_by_category.items():
+            if category not in Category.__members__:
+                raise ValueError(f"STEWARD_SLA_HOURS_BY_CATEGORY: unknown category {category!r}; "
+                                 f"known: {', '.join(Category.__members__)}")
+            for priority, hours in row.items():
+                if priority not in PRIORITIES or not hours > 0:
+                    raise ValueError(f"STEWARD_SLA_HOURS_BY_CATEGORY[{category!r}]: give positive hours for "
+                                     f"{', '.join(PRIORITIES)} (got {priority!r}: {hours!r})")
 
     @property
     def resolved_database_url(self) -> str:
@@ -113,9 +187,13 @@ class Settings(BaseSettings):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return url
 
-    def sla_hours(self, priority: str) -> float:
-        """Hours a work order of this priority may stay open before its SLA is breached."""
-        return float(getattr(self, f"sla_hours_{priority}"))
+    def sla_hours(self, priority: str, *, category: str | None = None, sensitive: bool = False) -> float:
+        """Hours a work order may stay open before its SLA is breached: the category table, else the
+        priority's default, shortened for sensitive households."""
+        hours = self.sla_hours_by_category.get(category or "", {}).get(priority)
+        if hours is None:
+            hours = getattr(self, f"sla_hours_{priority}")
+        return float(hours) * (self.sla_sensitive_factor if sensitive else 1.0)
 
 
 @lru_cache

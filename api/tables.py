@@ -6,7 +6,14 @@ from api.fieldwork.models import Reading, Visit
 from api.network.models import Building, Household, Station
 from api.notes.models import Note
 from api.notices.models import Notice
-from api.users.models import GridBuilding, User
+from api.proactive.models import (  # noqa: F401
+    Campaign,
+    CampaignDelivery,
+    ProactiveMember,
+    ProactiveOrder,
+    SeasonCalendar,
+)
+from api.users.models import GridBuilding, LoginThrottle, User
 from api.work_orders.models import WorkOrder, WorkOrderEvent
 from speech.models import Call, Transcript, TranscriptRevision
 from sync.models import ScopeEvent, SyncClient, SyncConflict, SyncState, Tombstone
@@ -14,6 +21,6 @@ from video.models import VideoRoom, VideoSnapshot  # noqa: F401
 
 metadata = SQLModel.metadata
 
-__all__ = ["Building", "Call", "GridBuilding", "Household", "Note", "Notice", "Reading", "ScopeEvent", "Station",
-           "SyncClient", "SyncConflict", "SyncState", "Tombstone", "Transcript", "TranscriptRevision", "User", "Visit",
-           "WorkOrder", "WorkOrderEvent", "metadata"]
+__all__ = ["Building", "Call", "GridBuilding", "Household", "LoginThrottle", "Note", "Notice", "Reading", "ScopeEvent",
+           "Station", "SyncClient", "SyncConflict", "SyncState", "Tombstone", "Transcript", "TranscriptRevision",
+           "User", "Visit", "WorkOrder", "WorkOrderEvent", "metadata"]

@@ -134,8 +134,10 @@ def worker(
 ) -> None:
     """Run transcription jobs from the PostgreSQL queue until stopped (run several, on several machines)."""
     from api.db import make_engine
+    from api.security import install_log_redaction
     from speech.worker import queue_mode, run_worker
 
+    install_log_redaction()  # as in `steward serve`: no tokens or phone numbers in the worker's logs
     try:
         settings = get_settings()
     except ValueError as exc:

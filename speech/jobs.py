@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # A job that runs longer than this (embedded queue) is presumed dead and taken over.
 LEASE = timedelta(minutes=30)
 DRAFT_CATEGORIES = ("leak", "not_warm")
+DRAFT_NAMESPACE = uuid.UUID("6c1b0f52-8d3e-4f0a-9a57-3f7e2c1d9b44")  # draft work-order ids
 
 
 class RetryableError(RuntimeError):
@@ -153,45 +154,56 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, resu
     segments = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text,
                  "avg_logprob": round(s.avg_logprob, 4), "no_speech_prob": round(s.no_speech_prob, 4)}
                 for s in result.segments]
-    glossary = load_glossary(settings.speech_glossary)
+    categories = categorize(result.text, load_glossary(settings.speech_glossary))
     now = utcnow()
     with Session(engine) as session:
         transcript = session.get(Transcript, transcript_id)
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:
             return
+        # The draft work order commits first, under an id derived from the recording: a worker that dies
+        # before the transcript below is written leaves the job to be retried, and the retry finds the draft
+        # instead of opening a second one (or losing it, had the transcript been committed first).
+        draft_id = transcript.draft_work_order_id
+        if settings.speech_draft_work_orders and note.kind == NoteKind.call_recording:
+            draft_id = _open_draft_work_order(session, settings, note, categories, result.text) or draft_id
         transcript.sqlmodel_update({
             "status": TranscriptState.transcribed, "failure_reason": None, "lease_until": None,
             "engine": result.engine, "model": result.model, "language": result.language,
             "duration_s": result.duration, "text": result.text, "segments": segments,
-            "categories": "," + ",".join(categorize(result.text, glossary)) + ",", "transcribed_at": now,
-            "updated_at": now})
+            "categories": "," + ",".join(categories) + ",", "transcribed_at": now, "updated_at": now,
+            "draft_work_order_id": draft_id})
         # The note's copy travels to handhelds through sync: stewards' devices get it masked.
         note.transcript_status = TranscriptStatus.done
         note.transcript_text = redact_text(result.text)
         note.transcript_language = result.language
         session.commit()
-        if settings.speech_draft_work_orders and note.kind == NoteKind.call_recording:
-            _open_draft_work_order(session, settings, transcript, note)
 
 
-def _open_draft_work_order(session: Session, settings: Settings, transcript: Transcript, note: Note) -> None:
-    """A call about a leak or a cold home opens a work order (status new) for its household."""
+def draft_work_order_id(note_id: uuid.UUID) -> uuid.UUID:
+    """The id of the draft work order a call may open: one per recording, whatever the number of tries."""
+    return uuid.uuid5(DRAFT_NAMESPACE, str(note_id))
+
+
+def _open_draft_work_order(session: Session, settings: Settings, note: Note, categories: list[str],
+                           text: str) -> uuid.UUID | None:
+    """A call about a leak or a cold home opens a work order (status new) for its household; its id."""
     from api.users.models import User
     from api.work_orders import service as work_orders
-    from api.work_orders.models import Category, Source, WorkOrderCreate
+    from api.work_orders.models import Category, Source, WorkOrder, WorkOrderCreate
 
-    category = next((c for c in transcript.category_list if c in DRAFT_CATEGORIES), None)
+    category = next((c for c in categories if c in DRAFT_CATEGORIES), None)
     if category is None or note.household_id is None or note.work_order_id is not None:
-        return
+        return None
+    order_id = draft_work_order_id(note.id)
+    if session.get(WorkOrder, order_id) is not None:  # opened by an earlier try of this job
+        return order_id
     call = session.get(Call, note.id)
     author = session.get(User, call.created_by_id) if call and call.created_by_id else None
     if author is None:
-        return
-    data = WorkOrderCreate(household_id=note.household_id, source=Source.hotline, category=Category(category),
-                           description=f"[来电转写草稿] {redact_text(transcript.text)}"[:4000],
+        return None
+    data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
+                           category=Category(category), description=f"[来电转写草稿] {redact_text(text)}"[:4000],
                            caller_phone=call.caller_phone[:20] if call else None)
-    order = work_orders.create(session=session, settings=settings, user=author, data=data)
-    transcript.draft_work_order_id = order.id
-    session.add(transcript)
-    session.commit()
+    work_orders.create(session=session, settings=settings, user=author, data=data)
+    return order_id

@@ -6,10 +6,10 @@ import json
 import uuid
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
@@ -24,6 +24,7 @@ from speech.models import (
     TranscriptState,
     TranscriptUpdate,
 )
+from speech.redact import can_view_pii, redact_text
 from speech.storage import audio_path
 from speech.worker import lifespan, notify_queued
 
@@ -41,9 +42,9 @@ async def post_call(request: Request, session: SessionDep, settings: SettingsDep
         meta = CallMetadata.model_validate(json.loads(metadata))
     except (ValueError, ValidationError) as exc:
         raise Unprocessable(f"metadata is not valid call metadata JSON: {exc}", code="invalid_metadata") from exc
-    data = await audio.read(settings.blob_max_bytes + 1)
-    if len(data) > settings.blob_max_bytes:
-        raise PayloadTooLarge(f"The recording is larger than {settings.blob_max_bytes} bytes.")
+    data = await audio.read(settings.audio_max_bytes + 1)
+    if len(data) > settings.audio_max_bytes:
+        raise PayloadTooLarge(f"The recording is larger than {settings.audio_max_bytes} bytes.")
     transcript = service.create_call(session=session, settings=settings, user=user, metadata=meta, audio=data)
     notify_queued(request.app.state, transcript.id)
     return CallQueued(id=transcript.id, status=transcript.status)
@@ -65,8 +66,15 @@ def get_transcript(id: uuid.UUID, session: SessionDep, user: CurrentUser):
     return service.present(session, user, service.get(session=session, user=user, id=id), detail=True)
 
 
-@router.get("/{id}/audio", response_class=Response)
-def get_audio(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser,
+# What `_sniff` can answer, for the OpenAPI document.
+AUDIO: dict[str, Any] = {t: {} for t in ("audio/wav", "audio/ogg", "audio/mpeg", "audio/amr", "audio/webm", "audio/mp4",
+                                         "application/octet-stream")}
+
+
+@router.get("/{id}/audio", response_class=Response,
+            responses={200: {"content": AUDIO, "description": "The recording."},
+                       206: {"content": AUDIO, "description": "The requested byte range."}})
+def get_audio(id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser,
               range: Annotated[str | None, Header()] = None):
     """The recording; `Range: bytes=...` is honoured so a player can start from a segment."""
     from api.notes.models import Note
@@ -74,10 +82,18 @@ def get_audio(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: C
     transcript = service.get(session=session, user=user, id=id)
     note = session.get(Note, transcript.id)
     path = audio_path(settings, note.audio_sha256) if note else None
-    if path is None or not path.is_file():
+    if note is None or path is None or not path.is_file():
         raise NotFound("The recording's audio has not been uploaded yet.", code="audio_missing")
     media_type, suffix = _sniff(path)
-    return FileResponse(path, media_type=media_type, filename=f"{id}{suffix}")
+    # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
+    # error shape (Starlette's FileResponse answered both in plain text).
+    size, start, end, chunks = request.app.state.blobs.read(note.audio_sha256, range)
+    headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes",
+               "Content-Disposition": f'attachment; filename="{id}{suffix}"'}
+    if (start, end) != (0, size - 1):
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(chunks, status_code=206 if "Content-Range" in headers else 200, headers=headers,
+                             media_type=media_type)
 
 
 @router.patch("/{id}", response_model=TranscriptDetail)
@@ -92,7 +108,13 @@ def patch_transcript(id: uuid.UUID, data: TranscriptUpdate, session: SessionDep,
 @router.get("/{id}/revisions", response_model=list[RevisionPublic])
 def list_revisions(id: uuid.UUID, session: SessionDep, user: CurrentUser):
     transcript = service.get(session=session, user=user, id=id)
-    return service.revisions(session=session, transcript=transcript)
+    rows = service.revisions(session=session, transcript=transcript)
+    if can_view_pii(user):
+        return rows
+    # Edits hold the text before and after: mask them like the transcript itself.
+    return [RevisionPublic(revision=r.revision, user_id=r.user_id, at=r.at,
+                           changes=[c | {"before": redact_text(c["before"]), "after": redact_text(c["after"])}
+                                    for c in r.changes]) for r in rows]
 
 
 @router.post("/{id}/approve", response_model=TranscriptDetail)

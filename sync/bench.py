@@ -112,7 +112,9 @@ def _baseline(engine: Any, user_id: uuid.UUID) -> tuple[int, int]:
              "readings": f"household_id IN {households} OR taken_by_id = :u",
              "notes": f"household_id IN {households} OR owner_id = :u",
              "notices": f"building_id IN {grid} OR station_id IN (SELECT station_id FROM buildings "
-                        f"WHERE id IN {grid})"}
+                        f"WHERE id IN {grid})",
+             "notice_campaigns": f"station_id IN (SELECT station_id FROM buildings WHERE id IN {grid})",
+             "campaign_deliveries": f"household_id IN {households}"}
     records = size = 0
     with engine.connect() as conn:
         for spec in TABLES:

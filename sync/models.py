@@ -100,6 +100,9 @@ class SyncConflict(SQLModel, table=True):
     server_value: Any = Field(default=None, sa_type=JSON, nullable=True)
     device_value: Any = Field(default=None, sa_type=JSON, nullable=True)
     winner: str = Field(max_length=10)  # device | server
+    # A supervisor looked at it (the console's "reviewed" mark); null while nobody has.
+    reviewed_at: datetime | None = ts_field(nullable=True, index=True)
+    reviewed_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
 
 
 # Composite indexes for snapshot paging by (scope key, id) (sync/registry.py `page_key`). They belong to
@@ -130,6 +133,12 @@ class ConflictPublic(SQLModel):
     server_value: Any
     device_value: Any
     winner: str
+    reviewed_at: datetime | None = None
+    reviewed_by_id: uuid.UUID | None = None
+
+
+class ConflictReview(SQLModel):
+    reviewed: bool = True
 
 
 class ConflictsPublic(SQLModel):

@@ -169,7 +169,7 @@ def _tombstone_route(feed: Feed, after: int) -> ColumnElement[bool]:
         tomb.table_name == "stations",
         tomb.building_id.in_(grid),
         tomb.building_id.in_(_scope_keys_after(user.id, "building", after)),
-        and_(tomb.table_name == "notices",
+        and_(tomb.table_name.in_(("notices", "notice_campaigns")),
              tomb.station_id.in_(orm_select(Building.station_id).where(col(Building.id).in_(grid)))),
         tomb.station_id.in_(_scope_keys_after(user.id, "station", after)),
         tomb.user_id == user.id,

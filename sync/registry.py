@@ -24,6 +24,7 @@ from api.network.models import Building, Household, Station
 from api.notes.models import Note
 from api.notes.service import note_clause
 from api.notices.models import Notice
+from api.proactive.models import Campaign, CampaignDelivery
 from api.users.models import User
 from api.work_orders.models import WorkOrder
 
@@ -176,6 +177,13 @@ def notice_clause(user: User) -> ColumnElement[bool]:
     return or_(clause, col(Notice.station_id).in_(stations))
 
 
+def campaign_clause(user: User) -> ColumnElement[bool]:
+    """Campaigns a user may see: the rule of `api.proactive.campaigns.get_campaign`."""
+    from api.proactive.campaigns import campaign_clause as clause
+
+    return clause(user)
+
+
 TABLES: tuple[SyncTable, ...] = (
     SyncTable("stations", Station, _always, _never),
     SyncTable("buildings", Building, lambda u: access.building_clause(u, Building.id),
@@ -207,6 +215,15 @@ TABLES: tuple[SyncTable, ...] = (
                             col(Notice.station_id).in_(
                                 select(Building.station_id).where(col(Building.id).in_(k.buildings))),
                             col(Notice.station_id).in_(k.stations))),
+    # Proactive notice campaigns (api/proactive): a steward sees those of the stations feeding the grid, and
+    # the delivery status of each household of the grid. Read-only on devices.
+    SyncTable("notice_campaigns", Campaign, campaign_clause,
+              lambda k: or_(col(Campaign.station_id).in_(
+                  select(Building.station_id).where(col(Building.id).in_(k.buildings))),
+                  col(Campaign.station_id).in_(k.stations))),
+    SyncTable("campaign_deliveries", CampaignDelivery,
+              lambda u: access.household_clause(u, CampaignDelivery.household_id),
+              lambda k: col(CampaignDelivery.household_id).in_(_households_of(k))),
 )
 BY_NAME = {t.name: t for t in TABLES}
 BY_MODEL: dict[type[Any], SyncTable] = {t.model: t for t in TABLES}
@@ -259,4 +276,8 @@ def route_keys(session: Session, spec: SyncTable, obj: Any) -> dict[str, uuid.UU
                 "work_order_id": obj.work_order_id}
     if name == "notices":
         return {"building_id": obj.building_id, "station_id": obj.station_id}
+    if name == "notice_campaigns":
+        return {"station_id": obj.station_id}
+    if name == "campaign_deliveries":
+        return {"building_id": _building_of_household(session, obj.household_id)}
     raise KeyError(name)

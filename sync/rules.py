@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ValidationError
@@ -32,7 +31,7 @@ from api.work_orders.models import (
     WorkOrderEvent,
     WorkOrderUpdate,
 )
-from api.work_orders.service import STEWARD_SOURCES, effective_priority, set_status
+from api.work_orders.service import STEWARD_SOURCES, effective_priority, set_status, sla_delta
 from sync.registry import BY_NAME, SyncTable
 from sync.tracking import UNTARGETED
 
@@ -262,7 +261,7 @@ def create_work_order(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Wo
         data.model_dump(exclude_none=True, exclude={"assignee_id", "sla_due_at", "priority"})
         | {"priority": priority, "assignee_id": assignee_id, "status": Status.assigned if assignee_id else Status.new,
            "created_by_id": ctx.user.id,
-           "sla_due_at": data.sla_due_at or now + timedelta(hours=ctx.settings.sla_hours(priority.value))})
+           "sla_due_at": data.sla_due_at or now + sla_delta(ctx.settings, household, data.category, priority)})
     ctx.session.add(order)
     _event(ctx, order, "created", to_status=Status.new)
     if assignee_id:
@@ -356,6 +355,8 @@ RULES: dict[str, Rules] = {
     "stations": Rules(),
     "buildings": Rules(),
     "notices": Rules(),
+    "notice_campaigns": Rules(),
+    "campaign_deliveries": Rules(),
     "households": Rules(writable=_household_writable, update_model=HouseholdUpdate, apply=_set_all),
     "work_orders": Rules(create=create_work_order, writable=_order_writable, update_model=WorkOrderSyncUpdate,
                          apply=_order_apply, not_deletable="Work orders are not deleted; cancel them."),

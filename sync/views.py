@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Body, Query
@@ -18,6 +18,8 @@ from sync.models import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     SUPPORTED_VERSIONS,
+    ConflictPublic,
+    ConflictReview,
     ConflictsPublic,
     PullResponse,
     PushRequest,
@@ -77,7 +79,17 @@ def push(body: Annotated[dict[str, Any], Body()], session: SessionDep, settings:
 
 @router.get("/conflicts", response_model=ConflictsPublic)
 def conflicts(session: SessionDep, _: OfficeUser, page: PageDep, table: str | None = None,
-              row_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None, client_id: uuid.UUID | None = None):
+              row_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None, client_id: uuid.UUID | None = None,
+              kind: Annotated[str | None, Query(max_length=30)] = None,
+              winner: Annotated[Literal["device", "server"] | None, Query()] = None,
+              reviewed: Annotated[bool | None, Query(description="true: only reviewed; false: only not yet.")]
+              = None):
     rows, count = service.list_conflicts(session=session, page=page, table=table, row_id=row_id, user_id=user_id,
-                                         client_id=client_id)
+                                         client_id=client_id, kind=kind, winner=winner, reviewed=reviewed)
     return {"data": rows, "count": count}
+
+
+@router.post("/conflicts/{id}/review", response_model=ConflictPublic)
+def review_conflict(id: uuid.UUID, body: ConflictReview, session: SessionDep, user: OfficeUser):
+    """Mark a conflict line as reviewed (or clear the mark with `{"reviewed": false}`)."""
+    return service.review_conflict(session=session, user=user, id=id, reviewed=body.reviewed)

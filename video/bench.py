@@ -1,13 +1,22 @@
-"""`steward bench video`: how many rooms one relay process holds on this machine.
+"""`steward bench video`: forward and transcode relay modes side by side, on this machine.
 
-Each stage runs N rooms, each with one publisher (the resident: 640x480 at 24 fps plus a tone) and two
-subscribers (the steward, who also talks, and a watching supervisor), all aiortc clients on loopback.
-The server is a real `uvicorn api.main:app` process on a throwaway SQLite database; the clients run in
-separate processes (one per core) so that a client's GIL is not what is measured. Per stage it reports
-server CPU (total, per room, per subscriber stream), delivered fps per subscriber, frame latency
-through the relay (from stamps written into the frames' pixels), and server memory per room; stages grow
-until a subscriber drops below the fps floor. Clients share the machine with the server, so the largest
-N is a floor for the relay alone; the CPU per stream is what sizes a server.
+Each stage runs N rooms, each with one publisher (the resident: 640x480 at 24 fps VP8 plus an Opus tone)
+and K subscribers of its camera (the steward, who also talks, and K-1 watching supervisors), all aiortc
+clients on loopback. The server is a real `uvicorn api.main:app` process on a throwaway SQLite database
+(recording on, as by default), started once per mode; the clients run in separate processes.
+
+What the clients cost is kept small, since they share the cores with the server: publishers send a
+10 s loop of VP8 frames encoded once (a keyframe request restarts the loop at its keyframe), and
+subscribers count the complete frames their receivers reassemble without decoding them. One probe room
+is live: its publisher encodes stamped frames as they are drawn and its steward decodes them, which gives
+the end-to-end latency (client encode, relay, client decode) and shows the stream decodes.
+
+Per stage and mode: server CPU (total, per subscriber stream), delivered fps per subscriber stream,
+relay latency (the server's own measure, `GET /api/v1/video/relay`: from a publisher's complete encoded
+frame to a subscriber's sender), end-to-end latency, server memory, and the 1-minute load average.
+Stages grow until a subscriber drops below the fps floor; the largest stage that held it gives the most
+480p subscriber streams this machine carries in that mode (a floor for the relay alone: the clients run
+on the same cores).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ import typer
 
 FPS = 24
 FPS_FLOOR = 20.0
+LOOP_SECONDS = 10
+MODES = ("transcode", "forward")  # the default run; "transcode-per-subscriber" is aiortc's usual one encoding
+ALL_MODES = (*MODES, "transcode-per-subscriber")  # per subscriber (as its MediaRelay), for reference
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -42,7 +54,8 @@ class RoomTicket:
     room_id: str
     join_token: str
     steward_token: str
-    supervisor_token: str
+    supervisor_tokens: tuple[str, ...]
+    probe: bool = False
 
 
 # --- the server process -------------------------------------------------------------------------------
@@ -68,8 +81,8 @@ def _proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _seed(env: dict[str, str], rooms: int) -> tuple[list[str], str, str]:
-    """A migrated database with one steward, a supervisor and `rooms` open work orders."""
+def _seed(env: dict[str, str], rooms: int, supervisors: int) -> tuple[list[str], str, list[str]]:
+    """A migrated database with one steward, `supervisors` supervisors and `rooms` open work orders."""
     from sqlmodel import Session
 
     from api import migrate
@@ -92,8 +105,9 @@ def _seed(env: dict[str, str], rooms: int) -> tuple[list[str], str, str]:
         session.flush()
         password = hash_password("bench-password")
         steward = User(username="bench-steward", role=Role.steward, password_hash=password)
-        supervisor = User(username="bench-supervisor", role=Role.supervisor, password_hash=password)
-        session.add_all([steward, supervisor])
+        watchers = [User(username=f"bench-supervisor-{i}", role=Role.supervisor, password_hash=password)
+                    for i in range(supervisors)]
+        session.add_all([steward, *watchers])
         session.flush()
         session.add(GridBuilding(user_id=steward.id, building_id=building.id))
         orders = []
@@ -108,54 +122,63 @@ def _seed(env: dict[str, str], rooms: int) -> tuple[list[str], str, str]:
             orders.append(order)
         session.commit()
         tokens = [create_access_token(settings=settings, user_id=u.id, role=u.role.value)[0]
-                  for u in (steward, supervisor)]
+                  for u in (steward, *watchers)]
         order_ids = [str(o.id) for o in orders]
     engine.dispose()
-    return order_ids, tokens[0], tokens[1]
+    return order_ids, tokens[0], tokens[1:]
 
 
 # --- client processes ---------------------------------------------------------------------------------
 
 
-def _client_process(base_url: str, tickets: list[RoomTicket], conn: Connection) -> None:
+def _client_process(base_url: str, tickets: list[RoomTicket], loop: list[bytes], conn: Connection) -> None:
     """Join the given rooms, then answer `mark` (counters now) and `stop` commands from the parent."""
     try:
-        asyncio.run(_client_main(base_url, tickets, conn))
+        asyncio.run(_client_main(base_url, tickets, loop, conn))
     except Exception as exc:  # tell the parent rather than leave it waiting
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
-async def _client_main(base_url: str, tickets: list[RoomTicket], conn: Connection) -> None:
+async def _client_main(base_url: str, tickets: list[RoomTicket], loop_frames: list[bytes],
+                       conn: Connection) -> None:
     import httpx
 
     from video.clients import Participant
 
     loop = asyncio.get_running_loop()
     subscribers: list[Participant] = []
+    probes: list[Participant] = []
     everyone: list[Participant] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         for t in tickets:
-            resident = Participant(role="resident", video=True, audio=True, fps=FPS, decode_stamps=False)
-            steward = Participant(role="steward", audio=True)
-            supervisor = Participant(role="supervisor", receive_audio=1, receive_video=1)
-            for participant, token in ((resident, t.join_token), (steward, t.steward_token),
-                                       (supervisor, t.supervisor_token)):
+            # the probe room draws, encodes and decodes live; the others replay encoded frames, count frames
+            resident = Participant(role="resident", video=True, audio=True, fps=FPS, decode=False,
+                                   video_loop=None if t.probe else loop_frames)
+            steward = Participant(role="steward", audio=True, decode=t.probe)
+            watchers = [Participant(role="supervisor", receive_audio=1, receive_video=1, decode=False)
+                        for _ in t.supervisor_tokens]
+            joins = [(resident, t.join_token), (steward, t.steward_token), *zip(watchers, t.supervisor_tokens,
+                                                                                 strict=True)]
+            for participant, token in joins:
                 r = await participant.join(http, t.room_id, token)
                 if r.status_code != 200:
                     raise RuntimeError(f"join failed: {r.status_code} {r.text}")
                 everyone.append(participant)
-            subscribers += [steward, supervisor]
+            subscribers += [steward, *watchers]
+            if t.probe:
+                probes.append(steward)
         for participant in everyone:
-            await participant.connected(timeout=30)
+            await participant.connected(timeout=60)
         conn.send({"ready": True})
         while True:
             command = await loop.run_in_executor(None, conn.recv)
             if command == "mark":
-                conn.send({"at": time.monotonic(), "cpu_s": time.process_time(), "subscribers": [
-                    {"stamped": v.stamped, "latencies": len(v.latencies_ms)}
-                    for s in subscribers for v in s.tracks("video")]})
+                conn.send({"at": time.monotonic(), "cpu_s": time.process_time(),
+                           "frames": [e.frames - e.placeholders for s in subscribers
+                                      for e in s.encoded_tracks("video")],
+                           "latencies": sum(len(v.latencies_ms) for p in probes for v in p.tracks("video"))})
             elif command == "latencies":
-                conn.send([v.latencies_ms for s in subscribers for v in s.tracks("video")])
+                conn.send([x for p in probes for v in p.tracks("video") for x in v.latencies_ms])
             else:
                 break
         for participant in everyone:
@@ -167,13 +190,14 @@ async def _client_main(base_url: str, tickets: list[RoomTicket], conn: Connectio
 
 
 def _stage(base_url: str, server_pid: int, tickets: list[RoomTicket], *, clients: int, warmup: float,
-           seconds: float, rss_idle: float) -> dict[str, Any]:
+           seconds: float, rss_idle: float, loop: list[bytes], http: Any, office: dict[str, str]) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     groups = [tickets[i::clients] for i in range(clients) if tickets[i::clients]]
     pipes, procs = [], []
+    load_before = os.getloadavg()[0]
     for group in groups:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_client_process, args=(base_url, group, child), daemon=True)
+        proc = ctx.Process(target=_client_process, args=(base_url, group, loop, child), daemon=True)
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -183,25 +207,25 @@ def _stage(base_url: str, server_pid: int, tickets: list[RoomTicket], *, clients
             if "error" in reply:
                 raise RuntimeError(reply["error"])
         time.sleep(warmup)
+        http.get("/api/v1/video/relay", params={"reset": "true"}, headers=office).raise_for_status()
         # the main thread runs the event loop: all RTP, SRTP, ICE and Python-side media work
         cpu0, loop0, t0 = _proc_cpu_s(server_pid), _proc_cpu_s(server_pid, server_pid), time.monotonic()
         marks0 = _mark(pipes)
         time.sleep(seconds)
         cpu1, loop1, t1 = _proc_cpu_s(server_pid), _proc_cpu_s(server_pid, server_pid), time.monotonic()
         marks1 = _mark(pipes)
+        relay = http.get("/api/v1/video/relay", params={"reset": "true"}, headers=office).json()
         rss_during = _proc_rss_mb(server_pid)
         latencies: list[float] = []
         for pipe, m0 in zip(pipes, marks0, strict=True):
             pipe.send("latencies")
-            for per_track, before in zip(pipe.recv(), m0["subscribers"], strict=True):
-                latencies += per_track[before["latencies"]:]
+            latencies += pipe.recv()[m0["latencies"]:]
         fps = []
         client_cpu = 0.0
         for m0, m1 in zip(marks0, marks1, strict=True):
             span = m1["at"] - m0["at"]
             client_cpu += (m1["cpu_s"] - m0["cpu_s"]) / span
-            fps += [(b["stamped"] - a["stamped"]) / span for a, b in zip(m0["subscribers"], m1["subscribers"],
-                                                                        strict=True)]
+            fps += [(b - a) / span for a, b in zip(m0["frames"], m1["frames"], strict=True)]
     finally:
         for pipe in pipes:
             with contextlib.suppress(OSError):
@@ -210,21 +234,25 @@ def _stage(base_url: str, server_pid: int, tickets: list[RoomTicket], *, clients
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
-    rooms = len(tickets)
+    rooms, streams = len(tickets), len(fps)
     server_cores = (cpu1 - cpu0) / (t1 - t0)
     latencies.sort()
     return {
         "rooms": rooms,
-        "subscriber_streams": 2 * rooms,
+        "subscriber_streams": streams,
         "server_cpu_cores": round(server_cores, 3),
         "server_event_loop_cores": round((loop1 - loop0) / (t1 - t0), 3),
-        "server_cpu_per_room_pct": round(100 * server_cores / rooms, 1),
-        "server_cpu_per_subscriber_stream_pct": round(100 * server_cores / (2 * rooms), 1),
+        "server_cpu_per_room_pct": round(100 * server_cores / rooms, 2),
+        "server_cpu_per_subscriber_stream_pct": round(100 * server_cores / streams, 2),
         "client_cpu_cores": round(client_cpu, 3),
         "fps_min": round(min(fps), 1),
         "fps_mean": round(statistics.fmean(fps), 1),
+        "relay_latency_ms_p50": relay["latency_ms"]["p50"],
+        "relay_latency_ms_p95": relay["latency_ms"]["p95"],
+        "relay_latency_samples": relay["latency_ms"]["count"],
         "latency_ms_p50": round(latencies[len(latencies) // 2], 1) if latencies else None,
         "latency_ms_p95": round(latencies[int(len(latencies) * 0.95)], 1) if latencies else None,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "server_rss_mb": round(rss_during, 1),
         # against the server's RSS before any room: memory earlier stages freed may not go back to the OS
         "server_rss_mb_per_room": round((rss_during - rss_idle) / rooms, 1),
@@ -241,20 +269,22 @@ def _mark(pipes: list[Connection]) -> list[dict[str, Any]]:
 # --- the command ----------------------------------------------------------------------------------------
 
 
-def run_bench(stages: list[int], *, warmup: float, seconds: float, clients: int,
-              shared_encoding: bool = True) -> dict[str, Any]:
-    """Start a server, run each stage until one misses the fps floor; the summary."""
+def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, seconds: float, clients: int,
+              loop: list[bytes]) -> dict[str, Any]:
+    """Start a server in `mode`, run each stage until one misses the fps floor; that mode's results."""
     import httpx
 
-    load_before = os.getloadavg()
+    relay_mode, shared_encoding = mode.removesuffix("-per-subscriber"), not mode.endswith("-per-subscriber")
     with tempfile.TemporaryDirectory(prefix="steward-bench-video-") as tmp:
         port = _free_port()
         env = {**os.environ, "STEWARD_DATA_DIR": tmp, "STEWARD_DATABASE_URL": f"sqlite:///{tmp}/steward.db",
                "STEWARD_SPEECH_QUEUE": "off", "STEWARD_VIDEO_ICE_SERVERS": "", "STEWARD_VIDEO_WORKER_ID": "bench",
                "STEWARD_VIDEO_MAX_ROOMS": str(max(stages) + 1), "STEWARD_VIDEO_ROOM_IDLE_CLOSE_S": "600",
-               "STEWARD_PORT": str(port), "STEWARD_LOG_LEVEL": "warning",
+               "STEWARD_VIDEO_MAX_PARTICIPANTS": str(subscribers + 1), "STEWARD_VIDEO_CONNECT_TIMEOUT_S": "120",
+               "STEWARD_PORT": str(port), "STEWARD_LOG_LEVEL": "warning", "STEWARD_VIDEO_RELAY_MODE": relay_mode,
                "STEWARD_VIDEO_SHARED_ENCODING": "true" if shared_encoding else "false"}
-        order_ids, steward_token, supervisor_token = _seed(env, max(stages))
+        # one supervisor at least: the relay statistics are for the office
+        order_ids, steward_token, supervisor_tokens = _seed(env, max(stages), max(1, subscribers - 1))
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
                                    "--port", str(port), "--log-level", "warning"], env=env)
         base_url = f"http://127.0.0.1:{port}"
@@ -273,17 +303,19 @@ def run_bench(stages: list[int], *, warmup: float, seconds: float, clients: int,
                     time.sleep(0.2)
                 rss_idle = _proc_rss_mb(server.pid)
                 auth = {"Authorization": f"Bearer {steward_token}"}
+                office = {"Authorization": f"Bearer {supervisor_tokens[0]}"}
                 for n in stages:
                     tickets = []
-                    for order_id in order_ids[:n]:
+                    for i, order_id in enumerate(order_ids[:n]):
                         r = http.post("/api/v1/video/rooms", json={"work_order_id": order_id}, headers=auth)
                         r.raise_for_status()
                         body = r.json()
                         tickets.append(RoomTicket(body["room_id"], body["join_url"].rsplit("/join/", 1)[1],
-                                                  steward_token, supervisor_token))
-                    typer.echo(f"stage: {n} room(s)...", err=True)
+                                                  steward_token, tuple(supervisor_tokens[:subscribers - 1]),
+                                                  probe=i == 0))
+                    typer.echo(f"{mode}: {n} room(s) x {subscribers} subscribers...", err=True)
                     result = _stage(base_url, server.pid, tickets, clients=clients, warmup=warmup, seconds=seconds,
-                                    rss_idle=rss_idle)
+                                    rss_idle=rss_idle, loop=loop, http=http, office=office)
                     typer.echo(f"  {json.dumps(result)}", err=True)
                     results.append(result)
                     for t in tickets:
@@ -297,56 +329,93 @@ def run_bench(stages: list[int], *, warmup: float, seconds: float, clients: int,
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    holding = [r["rooms"] for r in results if r["holds_floor"]]
+    holding = [r["subscriber_streams"] for r in results if r["holds_floor"]]
+    return {"server_rss_mb_idle": round(rss_idle, 1), "stages": results,
+            "largest_streams_holding_floor": max(holding) if holding else 0}
+
+
+def run_bench(stages: list[int], *, modes: list[str], subscribers: int = 2, warmup: float, seconds: float,
+              clients: int) -> dict[str, Any]:
+    """Every mode in turn on the same stages; the summary, with forward's CPU per stream against transcode's."""
+    from video.clients import encode_loop
+
+    load_before = os.getloadavg()
+    loop = encode_loop(LOOP_SECONDS, FPS)
+    by_mode = {mode: _run_mode(mode, stages, subscribers=subscribers, warmup=warmup, seconds=seconds,
+                               clients=clients, loop=loop) for mode in modes}
+    comparison = []
+    if {"forward", "transcode"} <= by_mode.keys():
+        transcode = {r["rooms"]: r for r in by_mode["transcode"]["stages"]}
+        for r in by_mode["forward"]["stages"]:
+            t = transcode.get(r["rooms"])
+            if t is not None and t["holds_floor"] and r["holds_floor"]:  # a starved stage compares nothing
+                comparison.append({"rooms": r["rooms"], "forward_over_transcode_cpu_per_stream": round(
+                    r["server_cpu_per_subscriber_stream_pct"] / t["server_cpu_per_subscriber_stream_pct"], 3)})
     return {
         "benchmark": "video",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "setup": {"publisher": f"640x480@{FPS} VP8 + Opus tone", "subscribers_per_room": 2,
+        "setup": {"publisher": f"640x480@{FPS} VP8 + Opus tone", "subscribers_per_room": subscribers,
                   "fps_floor": FPS_FLOOR, "warmup_s": warmup, "measure_s": seconds, "client_processes": clients,
                   "transport": "loopback (the machine's own address), no STUN/TURN",
-                  "recording": "on (default)",
-                  "shared_encoding": shared_encoding},
+                  "recording": os.environ.get("STEWARD_VIDEO_RECORD_AUDIO", "true"),
+                  "modes": {"forward": "encoded frames forwarded (STEWARD_VIDEO_RELAY_MODE=forward)",
+                            "transcode": "decode once, one shared VP8 encoding (STEWARD_VIDEO_RELAY_MODE=transcode)",
+                            "transcode-per-subscriber": "decode once, one encoding per subscriber "
+                                                        "(transcode with STEWARD_VIDEO_SHARED_ENCODING=false)"},
+                  "clients": f"publishers replay a {LOOP_SECONDS} s VP8 loop (one live probe room); subscribers "
+                             "count reassembled frames without decoding (the probe's steward decodes)"},
         # other work on the machine skews every number: the 1-minute load average before and after
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "server_rss_mb_idle": round(rss_idle, 1),
-        "stages": results,
-        "largest_rooms_holding_floor": max(holding) if holding else 0,
+        "modes": by_mode,
+        "comparison": comparison,
     }
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The results as the Markdown table docs/video.md (and README) show."""
-    lines = ["| rooms | subscriber streams | server CPU (cores) | of which event loop | per subscriber stream | "
-             "min / mean fps | latency p50 / p95 (ms) | server RSS per room (MB) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in summary["stages"]:
-        lines.append(f"| {r['rooms']} | {r['subscriber_streams']} | {r['server_cpu_cores']:.2f} | "
-                     f"{r['server_event_loop_cores']:.2f} | "
-                     f"{r['server_cpu_per_subscriber_stream_pct']:.1f} % | {r['fps_min']:.1f} / {r['fps_mean']:.1f} | "
-                     f"{r['latency_ms_p50']} / {r['latency_ms_p95']} | {r['server_rss_mb_per_room']:.1f} |")
+    """The results as the Markdown table docs/video.md (and README) show: one row per mode and stage."""
+    lines = ["| mode | rooms | subscriber streams | server CPU (cores) | per subscriber stream | min / mean fps | "
+             "relay latency p50 / p95 (ms) | end-to-end p50 (ms) | RSS per room (MB) | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, result in summary["modes"].items():
+        for r in result["stages"]:
+            load = "-".join(f"{x:.1f}" for x in r["load_average_1m"])
+            lines.append(f"| {mode} | {r['rooms']} | {r['subscriber_streams']} | {r['server_cpu_cores']:.2f} | "
+                         f"{r['server_cpu_per_subscriber_stream_pct']:.2f} % | {r['fps_min']:.1f} / "
+                         f"{r['fps_mean']:.1f} | {r['relay_latency_ms_p50']} / {r['relay_latency_ms_p95']} | "
+                         f"{r['latency_ms_p50']} | {r['server_rss_mb_per_room']:.1f} | {load} |")
     return "\n".join(lines)
 
 
 def bench_video(
     rooms: Annotated[str, typer.Option(help="Comma-separated room counts, run in order until one misses the "
-                                            "fps floor.")] = "1,2,3,4,5,6,8",
+                                            "fps floor.")] = "1,2,4,6,8,12,16",
+    subscribers: Annotated[int, typer.Option(min=1, max=15, help="Subscribers of each room's camera: the "
+                                                                  "steward and K-1 supervisors.")] = 2,
+    modes: Annotated[str, typer.Option(help="Comma-separated relay modes, run one after the other: forward, "
+                                            "transcode, transcode-per-subscriber.")] = ",".join(MODES),
     seconds: Annotated[float, typer.Option(min=2, help="Measuring window per stage.")] = 10,
     warmup: Annotated[float, typer.Option(min=0, help="Seconds between joining and measuring.")] = 4,
     clients: Annotated[int, typer.Option(min=1, help="Client processes.")] = max(1, min(4, os.cpu_count() or 1)),
-    shared_encoding: Annotated[bool, typer.Option(help="One VP8 encoding per published video (the default) "
-                                                       "or one per subscriber.")] = True,
     out: Annotated[Path, typer.Option(help="Where the results JSON goes.")] = Path("bench/results"),
 ) -> None:
-    """Video relay capacity: N rooms x (1 publisher 640x480@24 + 2 subscribers) on loopback."""
+    """Video relay, forward vs transcode: N rooms x (1 publisher 640x480@24 + K subscribers) on loopback."""
     stages = sorted({int(n) for n in rooms.split(",") if n.strip()})
     if not stages or stages[0] < 1:
         raise typer.BadParameter("give room counts >= 1, e.g. 1,2,4")
-    summary = run_bench(stages, warmup=warmup, seconds=seconds, clients=clients, shared_encoding=shared_encoding)
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    if not chosen or set(chosen) - set(ALL_MODES):
+        raise typer.BadParameter(f"modes are {', '.join(ALL_MODES)}")
+    summary = run_bench(stages, modes=chosen, subscribers=subscribers, warmup=warmup, seconds=seconds,
+                        clients=clients)
     out.mkdir(parents=True, exist_ok=True)
-    variant = "" if shared_encoding else "-per-subscriber"
-    path = out / f"video{variant}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path = out / f"video-modes-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     typer.echo(markdown_table(summary))
-    typer.echo(f"\nlargest N holding >= {FPS_FLOOR:.0f} fps for every subscriber: "
-               f"{summary['largest_rooms_holding_floor']}; results in {path}")
+    for mode, result in summary["modes"].items():
+        typer.echo(f"{mode}: largest number of subscriber streams holding >= {FPS_FLOOR:.0f} fps: "
+                   f"{result['largest_streams_holding_floor']}")
+    for c in summary["comparison"]:
+        typer.echo(f"{c['rooms']} room(s): forward uses {c['forward_over_transcode_cpu_per_stream']:.3f} of "
+                   "transcode's server CPU per subscriber stream")
+    typer.echo(f"results in {path}")

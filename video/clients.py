@@ -26,9 +26,14 @@ from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+
+from video import aiortc_hooks
+from video.aiortc_hooks import EncodedFrame, EncodedTap
+from video.forwarding import black_vp8_keyframe, is_keyframe, packet
 
 STAMP_BITS = 32
 STAMP_BLOCK = 16
@@ -91,6 +96,10 @@ class StampedVideoTrack(MediaStreamTrack):
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        return self.picture()
+
+    def picture(self) -> av.VideoFrame:
+        """The next frame, stamped now."""
         luma = np.roll(self._texture, self._count * 4, axis=1)
         box = (self._count * 6) % (self.width - 80)
         luma[200:280, box:box + 80] = 235
@@ -103,6 +112,49 @@ class StampedVideoTrack(MediaStreamTrack):
         self._count += 1
         self.frames_sent += 1
         return frame
+
+
+def encode_loop(seconds: float = 10, fps: float = 24, width: int = 640, height: int = 480) -> list[bytes]:
+    """`seconds` of `StampedVideoTrack`'s picture as VP8 frames (the first a keyframe), for `LoopVideoTrack`."""
+    from video.encoding import SharedVp8Encoder
+
+    source, encoder = StampedVideoTrack(width, height, fps), SharedVp8Encoder()
+    frames = []
+    for _ in range(round(seconds * fps)):
+        frames.append(b"".join(bytes(p) for p in encoder.encode(source.picture())))
+    assert is_keyframe("video/vp8", frames[0])
+    return frames
+
+
+class LoopVideoTrack(MediaStreamTrack):
+    """A camera stand-in that costs its sender no encoding: VP8 frames encoded once (`encode_loop`), sent
+    in a loop at `fps`. A keyframe request restarts the loop at its keyframe. Its stamps are old: no latency."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[bytes], fps: float = 24) -> None:
+        super().__init__()
+        self.frames, self.fps = frames, fps
+        self._start: float | None = None
+        self._count = 0
+        self._index = 0
+
+    def restart(self) -> None:
+        self._index = 0
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._count / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        data = self.frames[self._index]
+        out = packet(data, round(self._count * 90_000 / self.fps), fractions.Fraction(1, 90_000), self._index == 0)
+        self._index = (self._index + 1) % len(self.frames)
+        self._count += 1
+        return out
 
 
 class ToneAudioTrack(MediaStreamTrack):
@@ -155,17 +207,50 @@ class Received:
         return (len(times) - 1) / (times[-1] - times[0])
 
 
+@dataclass
+class Encoded:
+    """The complete encoded frames one receiver reassembled (before any decoding)."""
+
+    kind: str
+    tap: EncodedTap
+    decode: bool = True
+    frames: int = 0
+    keyframes: int = 0
+    placeholders: int = 0  # the relay's black VP8 placeholder keyframes
+    mimes: set[str] = field(default_factory=set)
+    first_real_is_keyframe: bool | None = None  # the first frame that is not a placeholder
+    times: list[float] = field(default_factory=list)
+
+    def on_frame(self, frame: EncodedFrame) -> bool:
+        self.frames += 1
+        self.times.append(time.monotonic())
+        self.mimes.add(frame.mime)
+        key = is_keyframe(frame.mime, frame.data)
+        self.keyframes += key
+        if frame.mime == "video/vp8" and frame.data == black_vp8_keyframe():
+            self.placeholders += 1
+        elif self.first_real_is_keyframe is None:
+            self.first_real_is_keyframe = key
+        return self.decode
+
+
 class Participant:
-    """One aiortc client of a room: sends the given tracks, asks for `receive` tracks of each kind."""
+    """One aiortc client of a room: sends the given tracks, asks for `receive` tracks of each kind.
+
+    `decode=False` counts received frames without decoding them (the benchmark's many subscribers);
+    `video_codec` (e.g. "video/H264") restricts what its video m-lines offer."""
 
     def __init__(self, *, role: str, video: bool = False, audio: bool = False, receive_audio: int = 1,
                  receive_video: int = 1, fps: float = 24, decode_stamps: bool = True,
-                 on_video: Callable[[av.VideoFrame], None] | None = None) -> None:
+                 on_video: Callable[[av.VideoFrame], None] | None = None, decode: bool = True,
+                 video_codec: str | None = None, video_loop: list[bytes] | None = None) -> None:
         self.role = role
         self.on_video = on_video
         # max-bundle: see video.relay.rtc_configuration (aiortc's balanced policy loses a 2nd m-line per kind)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        self.video = StampedVideoTrack(fps=fps) if video else None
+        self.video: StampedVideoTrack | LoopVideoTrack | None = None
+        if video:
+            self.video = LoopVideoTrack(video_loop, fps) if video_loop else StampedVideoTrack(fps=fps)
         self.audio = ToneAudioTrack() if audio else None
         self.decode_stamps = decode_stamps
         self.received: list[Received] = []
@@ -175,8 +260,32 @@ class Participant:
             for i in range(max(want, 1 if track else 0)):
                 source = track if i == 0 and track is not None else None
                 direction = ("sendrecv" if i < want else "sendonly") if source else "recvonly"
-                self.pc.addTransceiver(source or kind, direction=direction)
+                transceiver = self.pc.addTransceiver(source or kind, direction=direction)
+                if kind == "video" and video_codec is not None:
+                    caps = RTCRtpSender.getCapabilities("video")
+                    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType == video_codec])
         self.pc.on("track", self._on_track)
+        # encoded frames per receiving transceiver, and keyframe requests (PLI/FIR) per sent track
+        self.encoded: list[Encoded] = []
+        self.keyframe_requests = 0
+        if aiortc_hooks.compatible():
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.direction in ("sendrecv", "recvonly"):
+                    tap = aiortc_hooks.tap_receiver(transceiver.receiver)
+                    encoded = Encoded(kind=transceiver.kind, tap=tap, decode=decode)
+                    tap.set_handler(encoded.on_frame)
+                    self.encoded.append(encoded)
+                if transceiver.sender.track is not None:
+                    self._count_keyframe_requests(transceiver.sender)
+
+    def _count_keyframe_requests(self, sender: RTCRtpSender) -> None:
+        def requested() -> None:
+            self.keyframe_requests += 1
+            own()  # the sender still makes its next frame a keyframe
+            if isinstance(self.video, LoopVideoTrack):
+                self.video.restart()
+
+        own = aiortc_hooks.redirect_keyframe_requests(sender, requested)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         received = Received(kind=track.kind)
@@ -209,6 +318,9 @@ class Participant:
 
     def tracks(self, kind: str) -> list[Received]:
         return [r for r in self.received if r.kind == kind]
+
+    def encoded_tracks(self, kind: str) -> list[Encoded]:
+        return [e for e in self.encoded if e.kind == kind]
 
     async def join(self, http: httpx.AsyncClient, room_id: uuid.UUID | str, token: str) -> httpx.Response:
         """Offer, post it to the connect route, apply the answer; the HTTP response (errors included)."""

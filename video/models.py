@@ -26,6 +26,13 @@ class Role(StrEnum):
     supervisor = "supervisor"
 
 
+class RelayMode(StrEnum):
+    """How the relay gets a publisher's media to subscribers (STEWARD_VIDEO_RELAY_MODE)."""
+
+    forward = "forward"  # encoded frames as they came (decoding only for the recorder, snapshots, other codecs)
+    transcode = "transcode"  # decode once, encode again (once shared, or per subscriber)
+
+
 class CloseReason(StrEnum):
     closed = "closed"  # someone closed it through the API
     empty = "empty"  # nobody connected for STEWARD_VIDEO_ROOM_IDLE_CLOSE_S

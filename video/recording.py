@@ -1,9 +1,11 @@
 """The call's audio, both sides mixed to 16 kHz mono Ogg/Opus, encoded in a thread of its own.
 
-The event loop only copies each decoded 20 ms frame (a few kB) into a queue; resampling, mixing and
-encoding happen in the recorder's thread. Each side's frames are laid on a common timeline by arrival
-time: contiguous while they flow, with silence where a side was absent or silent. Mixed audio older
-than two seconds is final and is encoded at once, so memory stays bounded however long the call.
+The event loop only puts each 20 ms frame into a queue: the encoded Opus packet as it arrived when the
+relay forwards (the recorder decodes it), or a copy of the decoded frame when it transcodes; decoding,
+resampling, mixing and encoding happen in the recorder's thread. Each side's frames are laid on a common
+timeline by arrival time: contiguous while they flow, with silence where a side was absent or silent.
+Mixed audio older than two seconds is final and is encoded at once, so memory stays bounded however long
+the call lasts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import av
 import numpy as np
 
 from api.db import utcnow
-from video.tracks import Frame, Tap
+from video.aiortc_hooks import EncodedFrame
+from video.tracks import EncodedTapFn, Frame, Tap
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,17 @@ class _Side:
     def __init__(self) -> None:
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         self.next_pos: int | None = None
+        self._decoder: av.AudioCodecContext | None = None
+
+    def decode(self, data: bytes) -> list[av.AudioFrame]:
+        """An Opus packet as decoded frames (48 kHz stereo s16, as aiortc's decoder gives them)."""
+        if self._decoder is None:
+            self._decoder = av.CodecContext.create("libopus", "r")
+            self._decoder.format, self._decoder.layout, self._decoder.sample_rate = "s16", "stereo", 48_000
+        try:
+            return list(self._decoder.decode(av.Packet(data)))
+        except av.FFmpegError:
+            return []
 
 
 class CallRecorder:
@@ -52,7 +66,7 @@ class CallRecorder:
         self.path = path
         self.started_at = utcnow()
         self._t0 = time.monotonic()
-        self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray, int, str] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray | bytes, int, str] | None] = queue.SimpleQueue()
         self._sides: list[_Side] = []
         self._blocks: dict[int, np.ndarray] = {}
         self._written = 0  # samples encoded so far
@@ -74,6 +88,18 @@ class CallRecorder:
 
         return put
 
+    def taps(self) -> tuple[Tap, EncodedTapFn]:
+        """A new side of the call: a tap for its decoded frames and one for its encoded Opus packets (the
+        slot calls one or the other)."""
+        put = self.tap()
+        side = len(self._sides) - 1
+
+        def put_encoded(frame: EncodedFrame) -> None:
+            if frame.mime == "audio/opus" and not self._stopped:
+                self._queue.put((side, time.monotonic() - self._t0, frame.data, 48_000, "opus"))
+
+        return put, put_encoded
+
     def stop(self) -> Recording | None:
         """Finish the file; None when nothing was heard (or recording failed: logged)."""
         if not self._stopped:
@@ -94,7 +120,12 @@ class CallRecorder:
                     item = self._queue.get()
                     if item is None:
                         break
-                    self._place(*item)
+                    side, t, data, rate, layout = item
+                    if isinstance(data, bytes):  # an Opus packet
+                        for frame in self._sides[side].decode(data):
+                            self._place(side, t, frame.to_ndarray(), frame.sample_rate, frame.layout.name)
+                    else:
+                        self._place(side, t, data, rate, layout)
                     self._flush(container, stream, final=False)
                 self._flush(container, stream, final=True)
                 for packet in stream.encode(None):

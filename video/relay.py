@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -28,9 +29,13 @@ from aiortc.sdp import SessionDescription
 
 from api.db import utcnow
 from api.errors import BadRequest, Conflict, DomainError
-from video.models import CloseReason, IceServer, ParticipantPublic, Role
+from video import aiortc_hooks
+from video.aiortc_hooks import EncodedTap
+from video.forwarding import FORWARDABLE
+from video.models import CloseReason, IceServer, ParticipantPublic, RelayMode, Role
+from video.proxy import ProxyTrack
 from video.recording import CallRecorder
-from video.tracks import ProxyTrack, SourceSlot, drain
+from video.tracks import SourceSlot, drain
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +96,25 @@ def _prefer_codecs(pc: RTCPeerConnection) -> None:
         transceiver.setCodecPreferences(codecs)
 
 
-def _forward_vp8(participant: Participant) -> None:
-    """Video proxies whose m-line settled on VP8 forward their slot's shared encoding."""
+def _settle_proxies(participant: Participant, *, forward: bool, shared_encoding: bool) -> None:
+    """Once the answer fixed each m-line's codec: proxies on the forwarded codec send packets (in forward
+    mode the publisher's, VP8 video and Opus audio; in transcode mode the slot's shared VP8 encoding)."""
     answer = SessionDescription.parse(participant.pc.localDescription.sdp)
     codec = {m.rtp.muxId: m.rtp.codecs[0].mimeType.lower() for m in answer.media if m.rtp.codecs}
     for transceiver in participant.pc.getTransceivers():
         proxy = transceiver.sender.track
-        if isinstance(proxy, ProxyTrack) and proxy.kind == "video" and codec.get(transceiver.mid or "") == "video/vp8":
-            proxy.forward(transceiver.sender)
+        if not isinstance(proxy, ProxyTrack):
+            continue
+        if codec.get(transceiver.mid or "") == FORWARDABLE[proxy.kind] and (
+                forward or (shared_encoding and proxy.kind == "video")):
+            proxy.forward(transceiver.sender, packets_only=forward)
+        proxy.settled = True
+
+
+def _tap_receivers(pc: RTCPeerConnection) -> dict[MediaStreamTrack, EncodedTap]:
+    """The encoded frames of every received track (before the connection starts receiving)."""
+    return {t.receiver.track: aiortc_hooks.tap_receiver(t.receiver) for t in pc.getTransceivers()
+            if t.receiver.track is not None}
 
 
 class Participant:
@@ -120,8 +136,8 @@ class Participant:
     def closed(self) -> bool:
         return self._closed
 
-    def publish(self, slot: SourceSlot, track: MediaStreamTrack) -> None:
-        slot.attach(track)
+    def publish(self, slot: SourceSlot, track: MediaStreamTrack, tap: EncodedTap | None = None) -> None:
+        slot.attach(track, tap)
         self.published.append((slot, track))
 
     def drain(self, track: MediaStreamTrack) -> None:
@@ -153,12 +169,16 @@ class Room:
     """Participants and the four publishable slots (resident/steward x audio/video) of one call."""
 
     def __init__(self, *, id: uuid.UUID, work_order_id: uuid.UUID, expires_at: datetime, max_participants: int,
-                 connect_timeout_s: float, ice_servers: list[IceServer], shared_encoding: bool = True) -> None:
+                 connect_timeout_s: float, ice_servers: list[IceServer], shared_encoding: bool = True,
+                 relay_mode: RelayMode = RelayMode.forward) -> None:
         self.id, self.work_order_id, self.expires_at = id, work_order_id, expires_at
-        self.shared_encoding = shared_encoding
+        # both modes rely on aiortc internals (video/aiortc_hooks.py); without them, plain transcoding
+        self.hooks = aiortc_hooks.compatible()
+        self.forward = relay_mode == RelayMode.forward and self.hooks
+        self.shared_encoding = shared_encoding and self.hooks
         self.max_participants, self.connect_timeout_s = max_participants, connect_timeout_s
         self.ice_servers = ice_servers
-        self.slots = {(role, kind): SourceSlot(f"{role.value}-{kind}", kind)
+        self.slots = {(role, kind): SourceSlot(f"{role.value}-{kind}", kind, forward=self.forward)
                       for role in PUBLISHERS for kind in ("audio", "video")}
         self.participants: dict[uuid.UUID, Participant] = {}
         self.empty_since: float | None = time.monotonic()
@@ -197,13 +217,15 @@ class Room:
                                   connect_deadline=time.monotonic() + self.connect_timeout_s)
         received: list[MediaStreamTrack] = []
         pc.on("track", received.append)
+        taps: dict[MediaStreamTrack, EncodedTap] = {}
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            if self.hooks:
+                taps = _tap_receivers(pc)
             self._subscribe(participant, description)
             _prefer_codecs(pc)
             await pc.setLocalDescription(await pc.createAnswer())
-            if self.shared_encoding:
-                _forward_vp8(participant)
+            _settle_proxies(participant, forward=self.forward, shared_encoding=self.shared_encoding)
             replaced = self._admit(role, user_id)  # again: the room may have changed while we awaited
         except SDP_ERRORS as exc:
             await participant.close()
@@ -215,7 +237,7 @@ class Room:
             await self.remove(replaced)
         self.participants[participant.id] = participant
         self.empty_since = None
-        self._publish(participant, received)
+        self._publish(participant, received, taps)
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -242,14 +264,27 @@ class Room:
             transceiver.sender.replaceTrack(proxy)
             transceiver.direction = "sendrecv"
 
-    def _publish(self, participant: Participant, received: list[MediaStreamTrack]) -> None:
+    def _publish(self, participant: Participant, received: list[MediaStreamTrack],
+                 taps: dict[MediaStreamTrack, EncodedTap]) -> None:
         taken: set[str] = set()
         for track in received:
             if participant.role in PUBLISHERS and track.kind not in taken:
                 taken.add(track.kind)
-                participant.publish(self.slot(participant.role, track.kind), track)
+                participant.publish(self.slot(participant.role, track.kind), track, taps.get(track))
             else:
-                participant.drain(track)
+                participant.drain(track)  # its tap, if any, decodes every frame: the drain reads them
+
+    def stats(self) -> list[dict[str, object]]:
+        """Per publishing slot: codec, frames in, forwarded and decoded, keyframe requests."""
+        out: list[dict[str, object]] = []
+        for slot in self.slots.values():
+            if slot.source is None and not slot.encoded_in and not slot.frames_in:
+                continue
+            asked, sent = slot.keyframe_requests
+            out.append({"slot": slot.name, "codec": slot.source_codec, "encoded_in": slot.encoded_in,
+                        "forwarded": slot.frames_forwarded, "decoded": slot.frames_in,
+                        "shared_encoded": slot.encoder.frames, "keyframes_asked": asked, "keyframes_sent": sent})
+        return out
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run a background step owned by the room (kept referenced, cancelled on close)."""
@@ -336,6 +371,23 @@ class RoomManager:
                 except Exception:
                     log.exception("after-close step of room %s failed", room_id)
         return room
+
+    def stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """Counters of every open room and the relay latency percentiles (optionally starting afresh)."""
+        latencies = sorted(x for room in self.rooms.values() for slot in room.slots.values()
+                           for x in slot.latencies_ms)
+        if reset:
+            for room in self.rooms.values():
+                for slot in room.slots.values():
+                    slot.latencies_ms.clear()
+
+        def pct(q: float) -> float | None:
+            return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2) if latencies else None
+
+        modes = {("forward" if r.forward else "transcode") for r in self.rooms.values()}
+        return {"rooms": len(self.rooms), "modes": sorted(modes),
+                "latency_ms": {"count": len(latencies), "p50": pct(0.5), "p95": pct(0.95), "max": pct(1.0)},
+                "slots": {str(room.id): room.stats() for room in self.rooms.values()}}
 
     def start(self) -> None:
         if self._reaper is None:

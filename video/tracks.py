@@ -2,10 +2,18 @@
 
 A `SourceSlot` (say, the resident's camera) is the only reader of whichever received track currently
 publishes into it, so every received track is drained whether or not anyone watches. It fans frames out
-to `ProxyTrack`s, which are what the peer connections send. A proxy exists from the moment its
+to `ProxyTrack`s (`video.proxy`), which are what the peer connections send. A proxy exists from the moment its
 subscriber connects: before a publisher arrives (and after it leaves) it sends placeholder frames (black
 video at a low rate, silence), and when one arrives it switches to it with continuous timestamps. That
 is how participants join in any order without renegotiation: the browser only ever sees one track.
+
+Two relay modes. `transcode`: the slot decodes its publisher and each subscriber gets decoded frames (or
+the slot's one shared VP8 encoding). `forward` (the default): the slot taps the publisher's receiver for
+complete encoded frames (`video.aiortc_hooks`) and hands them to its subscribers' senders as `av.Packet`s,
+rebased onto the slot's clock, without decoding; a subscriber starts on a keyframe, and its picture-loss
+reports and its joining ask the publisher for one (rate-limited). The slot decodes only while something
+needs pictures or samples (the recorder, a snapshot, a subscriber on another codec), and then once for all
+of them, starting at a keyframe.
 """
 
 from __future__ import annotations
@@ -16,14 +24,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from video.aiortc_hooks import EncodedFrame, EncodedTap
 from video.encoding import SharedVp8Encoder
+from video.forwarding import FORWARDABLE, KeyframeRequests, is_keyframe, packet
+
+if TYPE_CHECKING:
+    from video.proxy import ProxyTrack
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +51,43 @@ VIDEO_QUEUE = 2  # frames; a subscriber whose encoder falls behind skips frames 
 AUDIO_QUEUE = 25  # 0.5 s
 PACKET_QUEUE = 12  # encoded frames; beyond, the subscriber skips to the next keyframe
 KEYFRAME_RETRY_S = 0.5
+FRESH_S = 0.5  # a decoded picture this recent serves a snapshot as is
+RAW_LEASE_S = 5.0  # forward mode: after a snapshot, keep decoding this long (stewards take several)
+ARRIVALS = 256  # frames whose arrival time is kept for the relay latency
 
 Frame = av.VideoFrame | av.AudioFrame
 Tap = Callable[[Frame], None]
+EncodedTapFn = Callable[[EncodedFrame], None]
 
 
 class SourceSlot:
     """One published track of one role in a room; the publisher may change, subscribers stay."""
 
-    def __init__(self, name: str, kind: str) -> None:
-        self.name, self.kind = name, kind
+    def __init__(self, name: str, kind: str, *, forward: bool = False) -> None:
+        self.name, self.kind, self.forward = name, kind, forward
+        self.clock = VIDEO_CLOCK if kind == "video" else AUDIO_RATE
+        self.time_base = fractions.Fraction(1, self.clock)
         self.source: MediaStreamTrack | None = None
-        self.latest: Frame | None = None  # the newest frame (snapshots)
-        self.frames_in = 0
+        self.source_codec: str | None = None  # of the publisher's encoded frames, once one arrived
+        self.latest: Frame | None = None  # the newest decoded frame (snapshots)
+        self.latest_at = 0.0
+        self.frames_in = 0  # decoded
+        self.encoded_in = 0
+        self.frames_forwarded = 0
+        self.latencies_ms: deque[float] = deque(maxlen=4096)  # encoded frame complete -> handed to a sender
+        self._tap: EncodedTap | None = None
+        self._keyframes: KeyframeRequests | None = None
+        self._offset: int | None = None  # publisher timestamp -> slot clock
+        self._last_pts = -1
+        self._decoding = False
+        self._raw_until = 0.0
+        self._waiters: list[asyncio.Future[Frame]] = []
+        self._arrived_ts: dict[int, float] = {}  # publisher timestamp -> arrival (frames that get decoded)
+        self._arrived: dict[int, float] = {}  # slot pts -> arrival
         self._task: asyncio.Task[None] | None = None
         self._proxies: set[ProxyTrack] = set()
         self._taps: list[Tap] = []
+        self._encoded_taps: list[EncodedTapFn] = []
         self._t0 = time.monotonic()
         # The shared VP8 encoding for forwarding subscribers: the newest frame waits in a one-frame
         # mailbox, so a slow encoder skips frames instead of building latency.
@@ -62,26 +96,38 @@ class SourceSlot:
         self._encode_next: av.VideoFrame | None = None
         self._encode_ready = asyncio.Event()
 
-    def attach(self, track: MediaStreamTrack) -> None:
-        """Make `track` this slot's publisher (replacing any other) and start draining it."""
+    def attach(self, track: MediaStreamTrack, tap: EncodedTap | None = None) -> None:
+        """Make `track` this slot's publisher (replacing any other) and start draining it; `tap` gives its
+        receiver's encoded frames (needed to forward; in transcode mode it times the relay)."""
         self.detach()
         self.source = track
-        self.latest = None
+        self.latest, self.source_codec, self._offset, self._decoding = None, None, None, False
+        if tap is not None:
+            self._tap, self._keyframes = tap, KeyframeRequests(tap.request_keyframe)
+            tap.set_handler(self._on_encoded)
         self._task = asyncio.create_task(self._pump(track), name=f"pump-{self.name}")
         self._signal()
 
     def detach(self, track: MediaStreamTrack | None = None) -> None:
         """Stop reading the publisher (only if it is still `track`, when given)."""
-        if self.source is None or (track is not None and track is not self.source):
+        if (self.source is None and self._tap is None) or (track is not None and track is not self.source):
             return
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._tap is not None:
+            self._tap.set_handler(_drop)  # nobody reads the old track any more: let nothing pile up for it
+            self._tap = None
+        if self._keyframes is not None:
+            self._keyframes.close()
+            self._keyframes = None
         self.source = None
         self._signal()
 
     def subscribe(self) -> ProxyTrack:
         """A new track that sends this slot's media to one subscriber."""
+        from video.proxy import ProxyTrack  # the proxy module builds on this one
+
         proxy = ProxyTrack(self)
         self._proxies.add(proxy)
         return proxy
@@ -89,16 +135,119 @@ class SourceSlot:
     def unsubscribe(self, proxy: ProxyTrack) -> None:
         self._proxies.discard(proxy)
 
-    def add_tap(self, tap: Tap) -> None:
-        """Call `tap(frame)` for every received frame (on the event loop: keep it cheap)."""
+    def add_tap(self, tap: Tap, encoded: EncodedTapFn | None = None) -> None:
+        """Call `tap(frame)` for every decoded frame (on the event loop: keep it cheap). With `encoded`, a
+        forwarding slot calls that instead with each encoded frame of the forwarded codec, and need not
+        decode for it (the recorder decodes Opus in its own thread)."""
         self._taps.append(tap)
+        if encoded is not None:
+            self._encoded_taps.append(encoded)
 
     def remove_tap(self, tap: Tap) -> None:
         if tap in self._taps:
             self._taps.remove(tap)
 
     def request_keyframe(self) -> None:
-        self.encoder.request_keyframe()
+        """A subscriber needs a keyframe: from the publisher when forwarding it, else from the shared encoder."""
+        if self.forward and self._keyframes is not None and self.source_codec in (None, FORWARDABLE[self.kind]):
+            self._keyframes.request()
+        else:
+            self.encoder.request_keyframe()
+
+    @property
+    def keyframe_requests(self) -> tuple[int, int]:
+        """(asked, sent to the publisher) for the current publisher."""
+        return (self._keyframes.asked, self._keyframes.sent) if self._keyframes is not None else (0, 0)
+
+    def _forwardable(self) -> bool:
+        return self.source_codec == FORWARDABLE[self.kind]
+
+    def _on_encoded(self, frame: EncodedFrame) -> bool:
+        """Each complete encoded frame of the publisher (on the event loop); returns whether to decode it."""
+        now = time.monotonic()
+        self.encoded_in += 1
+        if frame.mime != self.source_codec:
+            self.source_codec = frame.mime
+            self._signal()
+        if not self.forward:
+            _remember(self._arrived_ts, frame.timestamp, now)
+            return True
+        forwardable = self._forwardable()
+        key = is_keyframe(frame.mime, frame.data)
+        if forwardable:
+            for tap in self._encoded_taps:
+                try:
+                    tap(frame)
+                except Exception:  # a broken recorder must not stop the call
+                    log.exception("encoded tap of %s failed; removing it", self.name)
+                    self._encoded_taps.remove(tap)
+                    break
+            pts = self._rebase(frame.timestamp)
+            consumers = [p for p in self._proxies if p.forwarding]
+            if consumers:
+                out = packet(frame.data, pts, self.time_base, key)
+                _remember(self._arrived, pts, now)
+                for proxy in consumers:
+                    proxy.push_packets([out])
+                self.frames_forwarded += 1
+        else:
+            _remember(self._arrived_ts, frame.timestamp, now)
+        if not self._needs_raw(forwardable):
+            self._decoding = False
+            return False
+        if self.kind == "video" and not self._decoding:
+            if not key:  # a decoder must start at a keyframe
+                if self._keyframes is not None:
+                    self._keyframes.request()
+                return False
+            self._decoding = True
+        return True
+
+    def _needs_raw(self, forwardable: bool) -> bool:
+        """Whether anything needs decoded frames: the recorder, a snapshot, a subscriber on another codec, or
+        the shared encoder (VP8 subscribers of a publisher that sends another codec)."""
+        if self._waiters or time.monotonic() < self._raw_until:
+            return True
+        if self._taps and not (forwardable and len(self._encoded_taps) == len(self._taps)):
+            return True
+        return any(p.settled and (not p.forwarding or not forwardable) for p in self._proxies)
+
+    def _rebase(self, timestamp: int) -> int:
+        """The publisher's timestamp on the slot's clock: continuous across publishers and placeholders."""
+        if self._offset is None or timestamp + self._offset < self._last_pts - self.clock:
+            step = 1 if self.kind == "video" else AUDIO_SAMPLES
+            floor = max([self._last_pts, *(p.last_pts for p in self._proxies)]) + step
+            self._offset = max(self.stamp(), floor) - timestamp
+        pts = timestamp + self._offset
+        self._last_pts = max(self._last_pts, pts)
+        return pts
+
+    def delivered(self, pts: int) -> None:
+        """A packet went to a subscriber's sender: time it since its frame arrived (video)."""
+        arrived = self._arrived.get(pts)
+        if arrived is not None and self.kind == "video":
+            self.latencies_ms.append((time.monotonic() - arrived) * 1000)
+
+    async def fresh_frame(self, timeout: float = 5.0) -> Frame | None:
+        """A picture decoded now or very recently (snapshots). In forward mode decoding starts (at a
+        keyframe asked for now) and goes on for a few seconds; the newest older frame, or None, if none
+        comes in time."""
+        if self.latest is not None and time.monotonic() - self.latest_at < FRESH_S:
+            return self.latest
+        if self.source is None:
+            return self.latest
+        self._raw_until = time.monotonic() + RAW_LEASE_S
+        waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self.forward and self._keyframes is not None:
+            self._keyframes.request()
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return self.latest
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def _encode_soon(self, frame: av.VideoFrame) -> None:
         self._encode_next = frame
@@ -125,8 +274,8 @@ class SourceSlot:
                     proxy.push_packets(packets)
 
     def stamp(self) -> int:
-        """Now on this slot's video clock: one clock for every publisher, so timestamps never jump back."""
-        return int((time.monotonic() - self._t0) * VIDEO_CLOCK)
+        """Now on this slot's clock: one clock for every publisher, so timestamps never jump back."""
+        return int((time.monotonic() - self._t0) * self.clock)
 
     async def close(self) -> None:
         """Stop the pump and the encoder, end every proxy (idempotent)."""
@@ -136,9 +285,12 @@ class SourceSlot:
         if encode_task is not None:
             encode_task.cancel()
         await asyncio.gather(*(t for t in (task, encode_task) if t is not None), return_exceptions=True)
+        for waiter in self._waiters:
+            waiter.cancel()
         for proxy in list(self._proxies):
             proxy.stop()
         self._taps.clear()
+        self._encoded_taps.clear()
 
     def _signal(self) -> None:
         for proxy in self._proxies:
@@ -155,24 +307,36 @@ class SourceSlot:
                     continue  # an encoded packet: only our own sources could send one
                 frame: Frame = received
                 self.frames_in += 1
-                self.latest = frame
+                self.latest, self.latest_at = frame, time.monotonic()
                 if isinstance(frame, av.VideoFrame):
                     # One clock per slot, whoever publishes, so timestamps never jump back. Each subscriber
                     # gets its own frame over shared pixels: encoders write into the frames they encode
                     # (PyAV rebases pts to the codec's time base, aiortc sets pict_type for keyframes).
-                    pts = self.stamp()
+                    arrived = self._arrived_ts.pop(frame.pts, None) if frame.pts is not None else None
+                    pts = max(self.stamp(), self._last_pts + 1)
+                    self._last_pts = pts
                     frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
-                    if self._proxies:
+                    if arrived is not None:
+                        _remember(self._arrived, pts, arrived)
+                    own = [p for p in self._proxies if not p.forwarding]
+                    shared = (any(p.forwarding for p in self._proxies)
+                              and not (self.forward and self._forwardable()))
+                    if own or shared:
                         pixels = _pixels(frame)
-                        for proxy in self._proxies:
-                            if not proxy.forwarding:
-                                proxy.push(_own_frame(pixels, pts))
-                        if any(proxy.forwarding for proxy in self._proxies):
+                        for proxy in own:
+                            proxy.push(_own_frame(pixels, pts))
+                        if shared:
                             self._encode_soon(_own_frame(pixels, pts))
                 else:
                     for proxy in self._proxies:
-                        proxy.push(frame)
-                for tap in self._taps:
+                        if not proxy.forwarding:
+                            proxy.push(frame)
+                for waiter in self._waiters:
+                    if not waiter.done():
+                        waiter.set_result(frame)
+                # taps that also take encoded frames got this one already, before it was decoded
+                encoded_taps = self.forward and self._forwardable() and self._encoded_taps
+                for tap in [] if encoded_taps else self._taps:
                     try:
                         tap(frame)
                     except Exception:  # a broken recorder must not stop the call
@@ -184,6 +348,16 @@ class SourceSlot:
                 self.source = None
                 self._task = None
                 self._signal()
+
+
+def _drop(frame: EncodedFrame) -> bool:
+    return False
+
+
+def _remember(times: dict[int, float], key: int, at: float) -> None:
+    times[key] = at
+    if len(times) > ARRIVALS:
+        del times[next(iter(times))]
 
 
 def _pixels(frame: av.VideoFrame) -> np.ndarray:
@@ -199,169 +373,6 @@ def _own_frame(pixels: np.ndarray, pts: int) -> av.VideoFrame:
     frame = av.VideoFrame.from_numpy_buffer(pixels, format="yuv420p")
     frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
     return frame
-
-
-class ProxyTrack(MediaStreamTrack):
-    """What a subscriber's peer connection sends: the slot's current publisher, or placeholders."""
-
-    def __init__(self, slot: SourceSlot) -> None:
-        super().__init__()
-        self.kind = slot.kind
-        self._slot: SourceSlot | None = slot
-        self._queue: deque[Frame] = deque(maxlen=VIDEO_QUEUE if slot.kind == "video" else AUDIO_QUEUE)
-        self._ready = asyncio.Event()
-        self._last_pts = -1
-        self._audio_pts = 0
-        self._next_placeholder = time.monotonic()
-        self.frames_out = 0
-        self.placeholders_out = 0
-        # Forwarding (VP8 subscribers): send the slot's shared encoding instead of encoding frames here.
-        self.forwarding = False
-        self._packets: deque[av.Packet] = deque()
-        self._awaiting_keyframe = True
-        self._keyframe_asked_at = 0.0
-        self._sent_packets = False  # the last thing sent was shared packets (not our own placeholders)
-        self._own_keyframe: Callable[[], None] | None = None
-
-    def forward(self, sender: Any) -> None:
-        """Send the slot's shared encoding through `sender` (an aiortc RTCRtpSender that negotiated VP8).
-
-        Keyframe requests (PLI/FIR) from the subscriber reach aiortc's `_send_keyframe`, which only affects
-        frames the sender encodes itself; it is redirected here so that, while forwarding, they ask the
-        shared encoder instead."""
-        self.forwarding = True
-        self._own_keyframe = sender._send_keyframe
-        sender._send_keyframe = self._keyframe_requested
-
-    def _keyframe_requested(self) -> None:
-        if self._sent_packets and self._slot is not None:
-            self._slot.request_keyframe()
-        elif self._own_keyframe is not None:
-            self._own_keyframe()
-
-    def push(self, frame: Frame) -> None:
-        self._queue.append(frame)
-        self._ready.set()
-
-    def push_packets(self, packets: list[av.Packet]) -> None:
-        if len(self._packets) >= PACKET_QUEUE:  # this subscriber fell behind: resume at a keyframe
-            self._packets.clear()
-            self._awaiting_keyframe, self._keyframe_asked_at = True, 0.0
-        self._packets.extend(packets)
-        self._ready.set()
-
-    def _next_packet(self) -> av.Packet | None:
-        while self._packets:
-            packet = self._packets.popleft()
-            if (packet.pts or 0) <= self._last_pts:  # encoded from a frame older than our last placeholder
-                continue
-            if self._awaiting_keyframe:
-                if not packet.is_keyframe:
-                    continue
-                self._awaiting_keyframe = False
-            self._last_pts = packet.pts or 0
-            self._sent_packets = True
-            return packet
-        return None
-
-    def wake(self) -> None:
-        self._ready.set()
-
-    async def recv(self) -> Frame | av.Packet:
-        while True:
-            slot = self._slot
-            if self.readyState != "live" or slot is None:
-                raise MediaStreamError
-            if self._packets:
-                packet = self._next_packet()
-                if packet is not None:
-                    self.frames_out += 1
-                    return packet
-                continue
-            if (self.forwarding and slot.source is not None and self._awaiting_keyframe
-                    and time.monotonic() - self._keyframe_asked_at > KEYFRAME_RETRY_S):
-                slot.request_keyframe()  # joining the shared stream: it must start at a keyframe
-                self._keyframe_asked_at = time.monotonic()
-            if self._queue:
-                frame = self._queue.popleft()
-                out = self._video(frame) if self.kind == "video" else self._audio(frame)
-                if out is not None:
-                    self.frames_out += 1
-                    return out
-                continue
-            self._ready.clear()
-            if slot.source is not None:
-                await self._ready.wait()  # a frame, a change of publisher, or stop()
-                continue
-            # No publisher: placeholders, paced here since nothing else paces them.
-            delay = self._next_placeholder - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._ready.wait(), delay)
-                    continue
-                except TimeoutError:
-                    pass
-            if self.readyState != "live" or self._slot is None or self._slot.source is not None:
-                continue
-            if self._sent_packets:
-                # Back from the shared stream to our own encoder: its next frame must be a keyframe, and
-                # the next shared packets must start at one.
-                self._sent_packets = False
-                self._awaiting_keyframe, self._keyframe_asked_at = True, 0.0
-                self._packets.clear()
-                if self._own_keyframe is not None:
-                    self._own_keyframe()
-            interval = 1 / PLACEHOLDER_FPS if self.kind == "video" else AUDIO_SAMPLES / AUDIO_RATE
-            self._next_placeholder = max(self._next_placeholder + interval, time.monotonic())
-            self.placeholders_out += 1
-            return self._black(self._slot) if self.kind == "video" else self._silence()
-
-    def _video(self, frame: Frame) -> Frame | None:
-        pts = frame.pts or 0
-        if pts <= self._last_pts:  # stamped before a placeholder we already sent: too late to show
-            return None
-        self._last_pts = pts
-        return frame
-
-    def _black(self, slot: SourceSlot) -> av.VideoFrame:
-        width, height = PLACEHOLDER_SIZE
-        frame = av.VideoFrame(width, height, "yuv420p")
-        for plane, value in zip(frame.planes, (16, 128, 128), strict=True):
-            plane.update(bytes([value]) * plane.buffer_size)
-        frame.pts = max(slot.stamp(), self._last_pts + 1)
-        frame.time_base = VIDEO_TIME_BASE
-        self._last_pts = frame.pts
-        return frame
-
-    def _audio(self, frame: Frame) -> av.AudioFrame | None:
-        # Audio frames are small: copy each so this subscriber's timestamps are its own.
-        assert isinstance(frame, av.AudioFrame)
-        # Rooms negotiate Opus only, whose decoder gives s16 stereo 48 kHz; the subscriber's encoder
-        # refuses a change of format midway, so anything else is dropped.
-        if frame.format.name != "s16" or frame.layout.name != "stereo" or frame.sample_rate != AUDIO_RATE:
-            return None
-        out = av.AudioFrame.from_ndarray(frame.to_ndarray(), format="s16", layout="stereo")
-        out.sample_rate = AUDIO_RATE
-        return self._restamp(out)
-
-    def _silence(self) -> av.AudioFrame:
-        out = av.AudioFrame.from_ndarray(np.zeros((1, 2 * AUDIO_SAMPLES), dtype=np.int16), format="s16",
-                                         layout="stereo")
-        out.sample_rate = AUDIO_RATE
-        return self._restamp(out)
-
-    def _restamp(self, frame: av.AudioFrame) -> av.AudioFrame:
-        frame.pts = self._audio_pts
-        frame.time_base = fractions.Fraction(1, frame.sample_rate)
-        self._audio_pts += frame.samples
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.unsubscribe(self)
-        self._ready.set()
 
 
 async def drain(track: MediaStreamTrack) -> None:

@@ -18,8 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import access
 from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep
-from api.errors import Conflict, DomainError, NotFound
+from api.errors import Conflict, DomainError, Forbidden, NotFound
 from api.settings import Settings
 from video import service, tokens
 from video.blobs import read_blob
@@ -28,6 +29,7 @@ from video.models import (
     ConnectAnswer,
     ConnectRequest,
     JoinInfo,
+    RelayMode,
     Role,
     RoomCreate,
     RoomCreated,
@@ -82,7 +84,7 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
     room = Room(id=row.id, work_order_id=row.work_order_id, expires_at=row.expires_at,
                 max_participants=settings.video_max_participants,
                 connect_timeout_s=settings.video_connect_timeout_s, ice_servers=_ice(settings),
-                shared_encoding=settings.video_shared_encoding)
+                shared_encoding=settings.video_shared_encoding, relay_mode=RelayMode(settings.video_relay_mode))
     manager.add(room)
     if settings.video_record_audio:
         directory = settings.data_dir / "video-recordings"
@@ -90,7 +92,8 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
         recorder = CallRecorder(directory / f"{row.id}.ogg")
         room.recorder = recorder
         for role in (Role.resident, Role.steward):
-            room.slot(role, "audio").add_tap(recorder.tap())
+            decoded, encoded = recorder.taps()
+            room.slot(role, "audio").add_tap(decoded, encoded)
     return room
 
 
@@ -213,12 +216,21 @@ async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, setting
     row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
     _pinned_here(request, settings, row)
     room = _live(_manager(request), row)
-    frame = room.slot(Role.resident, "video").latest
+    frame = await room.slot(Role.resident, "video").fresh_frame()  # forward mode decodes only on demand
     if frame is None:
         raise Conflict("No picture from the resident yet: wait until their camera shows.", code="no_video")
     jpeg = await asyncio.to_thread(encode_jpeg, frame)  # type: ignore[arg-type]
     return await run_in_threadpool(service.save_snapshot, session=session, settings=settings, room=row, user=user,
                                    jpeg=jpeg, width=frame.width, height=frame.height)  # type: ignore[union-attr]
+
+
+@router.get("/relay", response_model=dict[str, Any])
+async def relay_stats(request: Request, user: CurrentUser, reset: bool = False) -> dict[str, Any]:
+    """This relay process: mode, rooms, per-slot counters, and how long frames spend in the relay (from a
+    publisher's complete encoded frame to a subscriber's sender), over the samples since the last reset."""
+    if not access.is_office(user):
+        raise Forbidden("Only supervisors and admins may see the relay's statistics.")
+    return _manager(request).stats(reset=reset)
 
 
 @router.get("/snapshots", response_model=dict[str, Any])

@@ -1,9 +1,12 @@
-"""Where resident SMS go. The default logs them; a utility plugs in its SMS gateway here."""
+"""Where resident SMS go. The default logs them; `http` posts each one to the utility's SMS gateway."""
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
 
 from api.settings import Settings
 
@@ -14,6 +17,14 @@ class SmsSender(Protocol):
     """Sends one text message; returns whether the gateway accepted it."""
 
     def send(self, phone: str, text: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one message: accepted, or refused with a reason worth recording."""
+
+    ok: bool
+    reason: str = ""
 
 
 class LoggingSender:
@@ -28,8 +39,64 @@ class LoggingSender:
         return True
 
 
+class HttpSender:
+    """Posts `{"phone", "text", "ref"}` as JSON to a gateway URL with `Authorization: Bearer <key>`.
+
+    Any 2xx answer is an acceptance unless its JSON body says `{"ok": false, "error": ...}`. `ref` is the
+    caller's id of the message (a campaign delivery's id): a gateway that deduplicates on it makes a
+    retry after a crash harmless. `close()` releases the connection pool (idempotent).
+    """
+
+    def __init__(self, url: str, key: str, *, timeout_s: float = 10.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers, transport=transport)
+
+    def send_detailed(self, phone: str, text: str, *, ref: str | None = None) -> SendResult:
+        """Send one message and say why it failed, if it did."""
+        try:
+            response = self._client.post(self.url, json={"phone": phone, "text": text, "ref": ref})
+        except httpx.HTTPError as exc:
+            return SendResult(False, f"gateway unreachable: {type(exc).__name__}: {exc}"[:500])
+        if response.status_code >= 300:
+            return SendResult(False, f"gateway answered HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("ok") is False:
+            return SendResult(False, f"gateway refused the message: {str(body.get('error', ''))[:200]}")
+        return SendResult(True)
+
+    def send(self, phone: str, text: str) -> bool:
+        result = self.send_detailed(phone, text)
+        if not result.ok:
+            log.warning("sms to %s failed: %s", phone, result.reason)
+        return result.ok
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def deliver(sender: SmsSender, phone: str, text: str, *, ref: str | None = None) -> SendResult:
+    """Send through any sender: its detailed API when it has one, else `send` (an exception is a failure)."""
+    detailed = getattr(sender, "send_detailed", None)
+    try:
+        if detailed is not None:
+            result: SendResult = detailed(phone, text, ref=ref)
+            return result
+        ok = sender.send(phone, text)
+    except Exception as exc:  # a plug-in sender's bug must fail one message, not the whole campaign
+        log.exception("sms sender raised")
+        return SendResult(False, f"sender error: {type(exc).__name__}: {exc}"[:500])
+    return SendResult(True) if ok else SendResult(False, "the SMS sender refused the message")
+
+
 def make_sender(settings: Settings) -> SmsSender:
     """The sender named by `STEWARD_SMS_SENDER`."""
     if settings.sms_sender == "log":
         return LoggingSender()
+    if settings.sms_sender == "http":
+        return HttpSender(settings.sms_http_url, settings.sms_http_key, timeout_s=settings.sms_http_timeout_s)
     raise ValueError(f"unknown SMS sender {settings.sms_sender!r}")

@@ -44,6 +44,19 @@ class GridBuilding(SQLModel, table=True):
     assigned_at: datetime = ts_field(default_now=True)
 
 
+class LoginThrottle(SQLModel, table=True):
+    """Counters of sign-in attempts by key (`rate:<address>`, `user:<name>`, `ip:<address>`), shared by every
+    process through the database; a row whose `locked_until` is ahead refuses sign-ins on that key."""
+
+    __tablename__ = "login_throttle"
+
+    key: str = Field(max_length=300, primary_key=True)
+    count: int = Field(default=0)
+    window_start: datetime = ts_field()
+    locked_until: datetime | None = ts_field(nullable=True)
+    expires_at: datetime = ts_field(index=True)
+
+
 class UserCreate(UserBase):
     password: str = Field(min_length=8, max_length=128)
     grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
@@ -85,4 +98,4 @@ class Token(BaseModel):
     role: Role
 
 
-__all__ = ["GridBuilding", "Role", "Token", "User", "UserCreate", "UserPublic", "UserUpdate"]
+__all__ = ["GridBuilding", "LoginThrottle", "Role", "Token", "User", "UserCreate", "UserPublic", "UserUpdate"]

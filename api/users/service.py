@@ -13,6 +13,8 @@ from api.deps import Page
 from api.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from api.network.models import Building
 from api.security import hash_password, needs_rehash, verify_password
+from api.settings import Settings
+from api.users import throttle
 from api.users.models import GridBuilding, Role, User, UserCreate, UserUpdate
 
 # Verified against when the user name is unknown, so both failures take the same time.
@@ -33,6 +35,21 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
         user.password_hash = hash_password(password)
         session.add(user)
         session.commit()
+    return user
+
+
+def sign_in(*, session: Session, settings: Settings, username: str, password: str, address: str) -> User:
+    """`authenticate`, throttled: 429 when the address is over its rate or the name or address is locked;
+    a wrong password counts toward the lockout, a right one clears the name's count."""
+    throttle.check(session=session, settings=settings, username=username, address=address)
+    try:
+        user = authenticate(session=session, username=username, password=password)
+    except Unauthorized as exc:
+        if exc.code == "invalid_credentials":
+            session.rollback()
+            throttle.record_failure(session=session, settings=settings, username=username, address=address)
+        raise
+    throttle.record_success(session=session, username=username)
     return user
 
 

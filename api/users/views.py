@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from api.deps import AdminUser, CurrentUser, PageDep, SessionDep, SettingsDep
@@ -26,8 +26,12 @@ router = APIRouter(tags=["users"])
 
 
 @router.post("/auth/token", response_model=Token)
-def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, settings: SettingsDep):
-    user = service.authenticate(session=session, username=form.username, password=form.password)
+def sign_in(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep,
+            settings: SettingsDep):
+    """Sign in with a user name and password; throttled per address and locked after repeated failures (429)."""
+    address = request.client.host if request.client else "unknown"
+    user = service.sign_in(session=session, settings=settings, username=form.username, password=form.password,
+                           address=address)
     token, lifetime = create_access_token(settings=settings, user_id=user.id, role=user.role.value)
     return Token(access_token=token, expires_in=lifetime, role=user.role)
 

@@ -54,6 +54,13 @@ def effective_priority(household: Household, category: Category, priority: Prior
     return priority
 
 
+def sla_delta(settings: Settings, household: Household | None, category: Category, priority: Priority) -> timedelta:
+    """How long an order may stay open: the settings' SLA table by category and priority, shorter for a
+    sensitive household (REST, sync push and the proactive service all use it)."""
+    sensitive = bool(household is not None and household.sensitive)
+    return timedelta(hours=settings.sla_hours(priority.value, category=category.value, sensitive=sensitive))
+
+
 def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
     households in their grid, assigned to themselves."""
@@ -78,7 +85,7 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
             "assignee_id": assignee_id,
             "status": Status.assigned if assignee_id else Status.new,
             "created_by_id": user.id,
-            "sla_due_at": data.sla_due_at or now + timedelta(hours=settings.sla_hours(priority.value)),
+            "sla_due_at": data.sla_due_at or now + sla_delta(settings, household, data.category, priority),
             "created_at": now,
             "updated_at": now,
         }
@@ -165,7 +172,7 @@ def set_status(order: WorkOrder, target: Status) -> None:
 
 def update(*, session: Session, settings: Settings, user: User, order: WorkOrder,
            data: WorkOrderUpdate) -> WorkOrder:
-    """Office edits of category, description, priority or SLA. A new priority moves the SLA with it
+    """Office edits of category, description, priority or SLA. A new priority or category moves the SLA
     (counted from the order's creation) unless the edit sets `sla_due_at` itself."""
     _lock(session, order)
     if order.status not in OPEN_STATUSES:
@@ -173,14 +180,14 @@ def update(*, session: Session, settings: Settings, user: User, order: WorkOrder
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
         return order
-    before = order.priority
+    before, before_category = order.priority, order.category
     # Read before changing the order: a query after it would autoflush and bump the version twice.
     household = session.get(Household, order.household_id)
     order.sqlmodel_update(changes)
     if household is not None:  # the rule of `create` holds for edits too
         order.priority = effective_priority(household, order.category, order.priority)
-    if order.priority != before and "sla_due_at" not in changes:
-        order.sla_due_at = order.created_at + timedelta(hours=settings.sla_hours(order.priority.value))
+    if (order.priority != before or order.category != before_category) and "sla_due_at" not in changes:
+        order.sla_due_at = order.created_at + sla_delta(settings, household, order.category, order.priority)
     if not session.is_modified(order):
         return order
     session.add(order)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import Response, StreamingResponse
@@ -35,7 +35,11 @@ def _int_header(value: str | None, name: str) -> int | None:
     return number
 
 
-@router.put("/{sha256}", status_code=201)
+BINARY: dict[str, Any] = {"application/octet-stream": {}}
+
+
+@router.put("/{sha256}", status_code=201, response_class=Response,
+            responses={201: {"description": "Stored."}, 200: {"description": "Already stored."}})
 async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser) -> Response:
     """Upload a whole blob; 201 when new, 200 when it was already there."""
     declared = _int_header(request.headers.get("content-length"), "Content-Length")
@@ -43,7 +47,9 @@ async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUse
     return Response(status_code=201 if created else 200, headers={"ETag": f'"{sha256}"'})
 
 
-@router.patch("/{sha256}", status_code=204)
+@router.patch("/{sha256}", status_code=204, response_class=Response,
+              responses={201: {"description": "Completed and verified by this chunk."},
+                         200: {"description": "The blob was already stored."}})
 async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser,
                       upload_offset: Annotated[str | None, Header()] = None,
                       upload_length: Annotated[str | None, Header()] = None) -> Response:
@@ -58,7 +64,7 @@ async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: Current
     return Response(status_code=status, headers={"Upload-Offset": str(new_offset)})
 
 
-@router.head("/{sha256}")
+@router.head("/{sha256}", response_class=Response, responses={200: {"description": "Stored; its size."}})
 def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
     """200 with the size when complete; 404 otherwise, with Upload-Offset during a resumable upload."""
     size = blobs.store.exists(sha256)
@@ -67,12 +73,15 @@ def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
                                                   "ETag": f'"{sha256}"', "Accept-Ranges": "bytes"})
     partial = blobs.partial(sha256)
     if partial is not None:
-        return Response(status_code=404, headers={"Upload-Offset": str(partial[0]),
-                                                  "Upload-Length": str(partial[1])})
-    return Response(status_code=404)
+        return Response(status_code=404, media_type="application/json",
+                        headers={"Upload-Offset": str(partial[0]), "Upload-Length": str(partial[1])})
+    # The content type a GET's 404 would carry (HEAD answers the same headers without the body).
+    return Response(status_code=404, media_type="application/json")
 
 
-@router.get("/{sha256}")
+@router.get("/{sha256}", response_class=Response,
+            responses={200: {"content": BINARY, "description": "The bytes."},
+                       206: {"content": BINARY, "description": "The requested byte range."}})
 def get_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser,
              range: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206."""

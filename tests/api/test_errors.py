@@ -245,3 +245,17 @@ def test_no_route_answers_500_to_junk(client: TestClient, session: Session, worl
         if r.status_code >= 400:
             detail = r.json()["detail"]
             assert isinstance(detail["code"], str) and isinstance(detail["message"], str), r.text
+
+
+def test_openapi_documents_the_one_error_shape(client: TestClient) -> None:
+    """Regression (found by the fuzz tests): OpenAPI documented FastAPI's 422 body `{"detail": [...]}`,
+    which this service never answers; every operation now documents its 4xx as `{"detail": {code, message}}`."""
+    schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    error = schema["components"]["schemas"]["ErrorResponse"]
+    assert error["required"] == ["detail"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            refused = operation["responses"].get("4XX")
+            assert refused is not None, f"{method.upper()} {path} documents no 4XX"
+            assert refused["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}

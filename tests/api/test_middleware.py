@@ -104,3 +104,17 @@ def test_an_unreadable_content_length_is_400(client: TestClient) -> None:
     r = client.post("/api/v1/work-orders", content=b"{}", headers={"Content-Length": "abc",
                                                                     "Content-Type": "application/json"})
     assert_error(r, 400, "bad_request")
+
+
+def test_upload_paths_have_their_own_body_limits() -> None:
+    from api.middleware import BodyLimitMiddleware
+
+    async def app(scope: object, receive: object, send: object) -> None:  # pragma: no cover - never called
+        return None
+
+    limits = BodyLimitMiddleware(app, max_bytes=1024, prefix_limits=((f"{API}/blobs", 10_000), (f"{API}/calls", 5_000)),
+                                 exempt_prefixes=("/internal",))
+    assert limits.limit_for(f"{API}/stations") == 1024
+    assert limits.limit_for(f"{API}/blobs/{'a' * 64}") == 10_000
+    assert limits.limit_for(f"{API}/calls") == 5_000
+    assert limits.limit_for("/internal/x") is None

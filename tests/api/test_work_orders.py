@@ -47,7 +47,7 @@ def test_sla_is_computed_from_the_priority(client: TestClient, world: World, set
     assert order["status"] == "new" and order["priority"] == priority.value
     assert order["created_by_id"] == str(world.supervisor.id) and order["assignee_id"] is None
     due = _ts(str(order["sla_due_at"])) - _ts(str(order["created_at"]))
-    assert due == timedelta(hours=settings.sla_hours(priority.value))
+    assert due == timedelta(hours=settings.sla_hours(priority.value, category="leak"))
 
 
 def test_an_explicit_sla_due_time_wins(client: TestClient, world: World) -> None:
@@ -70,7 +70,7 @@ def test_a_cold_sensitive_home_is_at_least_high(client: TestClient, session: Ses
     order = _new_order(client, world, household_id=str(household.id), category=category, priority=asked)
     assert order["priority"] == expected
     due = _ts(str(order["sla_due_at"])) - _ts(str(order["created_at"]))
-    assert due == timedelta(hours=settings.sla_hours(expected))
+    assert due == timedelta(hours=settings.sla_hours(expected, category=category, sensitive=sensitive))
 
 
 def test_office_edit_cannot_lower_a_cold_sensitive_home_below_high(client: TestClient, session: Session,
@@ -422,7 +422,8 @@ def test_a_new_priority_moves_the_sla_unless_the_edit_sets_it(client: TestClient
     r = client.patch(f"{API}/{order.id}", json={"priority": "urgent"}, headers=h)
     assert r.status_code == 200, r.text
     due = datetime.fromisoformat(r.json()["sla_due_at"])
-    assert due == reread(session, WorkOrder, order.id).created_at + timedelta(hours=settings.sla_hours_urgent)
+    assert due == reread(session, WorkOrder, order.id).created_at + timedelta(
+        hours=settings.sla_hours("urgent", category=order.category.value))
     chosen = (utcnow() + timedelta(days=3)).replace(microsecond=0)
     r = client.patch(f"{API}/{order.id}", json={"priority": "low", "sla_due_at": chosen.isoformat()}, headers=h)
     assert datetime.fromisoformat(r.json()["sla_due_at"]) == chosen

@@ -214,3 +214,25 @@ def test_a_cold_home_call_opens_a_draft_work_order(world: World, session: Sessio
     assert (order.category.value, order.status.value, order.source.value) == ("not_warm", "new", "hotline")
     assert order.description.startswith("[来电转写草稿]") and order.caller_phone == "13800138000"
     assert steward["caller_phone"] == "138****8000"
+
+
+def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient, world: World, session: Session,
+                                                                  speech_settings_: Settings) -> None:
+    """Regression (found by the fuzz tests): a malformed `Range` got Starlette's plain-text 400; now it is
+    ignored (the whole file, as RFC 9110 allows), and an unsatisfiable one is a 416 in the one error shape."""
+    from speech.storage import store_audio
+    from tests.utils.asserts import assert_error
+
+    transcript = make_transcript(session, world.steward_a, "暖气不热", household_id=world.household_a.id)
+    note = session.get(Note, transcript.id)
+    assert note is not None
+    note.audio_sha256 = store_audio(speech_settings_, VALVE)
+    session.commit()
+    url, headers = f"/api/v1/transcripts/{transcript.id}/audio", world.headers(world.supervisor)
+    for malformed in ("", "bytes", "bytes=x-y", "items=0-1", "bytes=0-1,4-5"):
+        whole = api.get(url, headers=headers | {"Range": malformed})
+        assert whole.status_code == 200 and whole.content == VALVE, malformed
+        assert whole.headers["content-type"] == "audio/wav"
+    beyond = api.get(url, headers=headers | {"Range": f"bytes={len(VALVE)}-"})
+    assert_error(beyond, 416, "range_not_satisfiable")
+    assert beyond.headers["content-range"] == f"bytes */{len(VALVE)}"

@@ -27,12 +27,14 @@ def test_a_first_sync_brings_exactly_the_callers_scope(district: District, devic
     assert _ids(steward) == {
         "stations": s, "buildings": {str(d.b1.id)}, "households": {str(d.h1a.id), str(d.h1b.id)},
         "work_orders": {str(d.wo1.id)}, "visits": {str(d.visit1.id)}, "readings": {str(d.reading1.id)},
-        "notes": {str(d.note1.id)}, "notices": {str(d.notice1.id)}}
+        "notes": {str(d.note1.id)}, "notices": {str(d.notice1.id)}, "notice_campaigns": set(),
+        "campaign_deliveries": set()}
     other = device(d.steward2)
     other.pull()
     assert _ids(other) == {
         "stations": s, "buildings": {str(d.b2.id)}, "households": {str(d.h2a.id)}, "work_orders": {str(d.wo2.id)},
-        "visits": set(), "readings": set(), "notes": set(), "notices": set()}
+        "visits": set(), "readings": set(), "notes": set(), "notices": set(), "notice_campaigns": set(),
+        "campaign_deliveries": set()}
     office = device(d.supervisor)
     office.pull()
     assert _ids(office)["households"] == {str(h.id) for h in (d.h1a, d.h1b, d.h2a, d.h3a)}

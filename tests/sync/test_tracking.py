@@ -98,6 +98,7 @@ def _fresh_row(district: District, name: str) -> object:
     from api.network.models import Building, Station
     from api.notes.models import Note
     from api.notices.models import Notice, NoticeTarget
+    from api.proactive.models import CampaignDelivery
     from api.work_orders.models import Category, WorkOrder
 
     now, d = utcnow(), district
@@ -113,7 +114,25 @@ def _fresh_row(district: District, name: str) -> object:
                               recorded_at=now),
         "notices": lambda: Notice(target=NoticeTarget.station, station_id=d.station.id, water_fill_start=now,
                                   water_fill_end=now, service_phone="96133"),
+        "notice_campaigns": lambda: _campaign(d),
+        "campaign_deliveries": lambda: CampaignDelivery(campaign_id=_campaign(d, commit=True).id,
+                                                        household_id=d.h1a.id),
     }[name]()
+
+
+def _campaign(d: District, commit: bool = False) -> object:
+    from sqlmodel import Session
+
+    from api.proactive.models import Campaign, CampaignKind
+
+    campaign = Campaign(station_id=d.station.id, season="2026-2027", kind=CampaignKind.water_fill, title="t",
+                        bleed_instructions="b", service_phone="96133", event_start=utcnow())
+    if commit:  # a delivery needs its campaign stored: use the district fixture's own session
+        session = Session.object_session(d.station)
+        assert session is not None
+        session.add(campaign)
+        session.commit()
+    return campaign
 
 
 EXPECTED_KEYS = {
@@ -125,6 +144,8 @@ EXPECTED_KEYS = {
     "readings": lambda d, row: {"building_id": d.b1.id, "user_id": d.steward1.id},
     "notes": lambda d, row: {"building_id": d.b1.id, "user_id": d.steward1.id, "work_order_id": d.wo1.id},
     "notices": lambda d, row: {"building_id": None, "station_id": d.station.id},
+    "notice_campaigns": lambda d, row: {"station_id": d.station.id},
+    "campaign_deliveries": lambda d, row: {"building_id": d.b1.id},
 }
 
 

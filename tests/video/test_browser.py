@@ -4,9 +4,6 @@ microphone, joins from the join URL; an aiortc steward decodes what it sends."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +14,6 @@ import httpx
 import jwt
 import numpy as np
 import pytest
-import uvicorn
 from sqlalchemy import Engine
 
 from api.app import create_app
@@ -25,48 +21,43 @@ from api.db import utcnow
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.conftest import TEST_SECRET
+from tests.utils.browser import CHROMIUM, free_port, require_chromium, serve_in_thread
+from tests.utils.browser import CHROMIUM_ARGS as BROWSER_ARGS
 from tests.utils.factories import World
 from tests.video.conftest import run
 from video.clients import Participant
 from video.tokens import JOIN_TYPE
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--use-fake-device-for-media-stream",
-                 "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+CHROMIUM_ARGS = [*BROWSER_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
-if not CHROMIUM.exists():
-    message = "Debian's chromium is not installed (apt-get install -y chromium)"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)  # CI installs it: its absence is a broken CI, not a reason to skip
-    pytest.skip(message, allow_module_level=True)
+require_chromium()
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
-def server(video_settings: Settings, engine: Engine) -> Iterator[str]:
-    """The app served by uvicorn on a free port in a thread (its relay on the server's own loop)."""
+def server(request: pytest.FixtureRequest, video_settings: Settings, engine: Engine) -> Iterator[str]:
+    """The app served by uvicorn on a free port in a thread (its relay on the server's own loop); the relay
+    mode is the test's parameter (default forward)."""
     port = free_port()
-    settings = video_settings.model_copy(update={"port": port})
+    mode = getattr(request, "param", "forward")
+    settings = video_settings.model_copy(update={"port": port, "video_relay_mode": mode})
     app = create_app(settings, engine=engine, sms_sender=LoggingSender())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-video", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(20)
-    assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_in_thread(app, port, name="uvicorn-video") as url:
+        yield url
+
+
+async def assert_relay_mode(http: httpx.AsyncClient, world: World, mode: str) -> None:
+    """The resident's camera went through the relay as the mode says: forwarded without decoding, or
+    decoded and encoded again."""
+    stats = (await http.get("/api/v1/video/relay", headers=world.headers(world.supervisor))).json()
+    assert stats["modes"] == [mode], stats
+    slot, = (s for slots in stats["slots"].values() for s in slots if s["slot"] == "resident-video")
+    if mode == "forward":
+        assert slot["forwarded"] >= 30 and slot["shared_encoded"] == 0, slot
+    else:
+        assert slot["forwarded"] == 0 and slot["decoded"] >= 30, slot
 
 
 async def heat_state(page: Any) -> dict[str, Any]:
@@ -84,8 +75,11 @@ async def wait_status(page: Any, *statuses: str, timeout: float = 15) -> dict[st
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("server", ["forward", "transcode"], indirect=True)
 def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world: World, order: Any,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    mode = request.node.callspec.params["server"]
+
     from playwright.async_api import async_playwright
 
     async def scenario() -> None:
@@ -128,6 +122,7 @@ def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world:
                 assert steward.tracks("audio")[0].frames > 0
                 assert stats["audioPacketsReceived"] > 0  # the steward's tone reached the page
                 assert "已接通" in await page.locator("#message").inner_text()
+                await assert_relay_mode(http, world, mode)
                 await page.screenshot(path=str(tmp_path / "resident-page.png"))
                 assert (tmp_path / "resident-page.png").stat().st_size > 1000
             finally:
@@ -198,9 +193,13 @@ def test_resident_page_explains_refusals_in_chinese(server: str, world: World, o
     run(scenario(), timeout=90)
 
 
-def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: World, order: Any) -> None:
+@pytest.mark.parametrize("server", ["forward", "transcode"], indirect=True)
+def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: World, order: Any,
+                                                            request: pytest.FixtureRequest) -> None:
     """An aiortc resident publishes; the steward page (with the fake microphone) and the supervisor's
-    watch-only view decode it in Chromium; the steward's snapshot button stores a picture."""
+    watch-only view decode it in Chromium (in forward mode: the resident's own VP8 frames); the steward's
+    snapshot button stores a picture."""
+    mode = request.node.callspec.params["server"]
     from playwright.async_api import async_playwright
 
     async def scenario() -> None:
@@ -230,6 +229,7 @@ def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: 
                         break
                     assert time.monotonic() < deadline, stats
                     await asyncio.sleep(0.25)
+                await assert_relay_mode(http, world, mode)
                 assert stats["steward"]["framesEncoded"] == 0  # the steward page sends its voice only
                 assert stats["supervisor"]["framesEncoded"] == 0
                 # the resident hears the steward page's (fake) microphone, not the supervisor

@@ -114,11 +114,12 @@ def test_resident_reaches_steward_and_close_cleans_up(live, world, order, sessio
     assert len(session.exec(select(VideoSnapshot)).all()) == 1
 
 
-def test_late_joiner_and_rejoin_need_no_renegotiation(live, world, order):
+@pytest.mark.parametrize("mode", ["forward", "transcode"])
+def test_late_joiner_and_rejoin_need_no_renegotiation(live, world, order, mode: str):
     """The steward connects first and sees placeholders; the resident's camera then appears on the same
     connection; the resident drops and rejoins with the same link, and the steward's call goes on."""
     async def scenario() -> None:
-        async with live() as app:
+        async with live(video_relay_mode=mode) as app:
             room_id, token = await open_room(app, world, order)
             steward = await joined(Participant(role="steward", audio=True), app, room_id,
                                    bearer(world, world.steward_a))
@@ -142,11 +143,15 @@ def test_late_joiner_and_rejoin_need_no_renegotiation(live, world, order):
             await eventually(lambda: real_frames(video) >= 24, timeout=10, describe=describe)
             assert watcher.tracks("video")[0].stamped >= 10 and watcher.tracks("audio")[1].peak > 3000
             assert watcher.tracks("video")[1].frames >= 3  # the steward's (absent) camera: placeholders flow
-            # both subscribers of the resident's camera forward one shared VP8 encoding
             slot = relay_room.slot(Role.resident, "video")
             video_proxies = [p for q in relay_room.participants.values() for p in q.proxies if p.kind == "video"]
             assert video_proxies and all(p.forwarding for p in video_proxies)
-            assert 0 < slot.encoder.frames <= slot.frames_in
+            if mode == "forward":  # the publisher's own packets: nothing decoded or encoded on the way
+                assert slot.frames_forwarded >= 24 and slot.frames_in == 0 and slot.encoder.frames == 0
+                audio_proxies = [p for q in relay_room.participants.values() for p in q.proxies if p.kind == "audio"]
+                assert all(p.forwarding and p.packets_only for p in audio_proxies)
+            else:  # both subscribers of the resident's camera forward one shared VP8 encoding
+                assert 0 < slot.encoder.frames <= slot.frames_in and slot.frames_forwarded == 0
 
             await resident.close()  # the phone drops
             await eventually(lambda: len(relay_room.participants) == 2, timeout=10)
@@ -217,9 +222,10 @@ def test_a_client_that_never_connects_is_dropped(live, world, order):
     run(scenario())
 
 
-def test_call_audio_becomes_a_note_queued_for_transcription(live, world, order, session: Session):
+@pytest.mark.parametrize("mode", ["forward", "transcode"])  # the recorder takes Opus packets / decoded frames
+def test_call_audio_becomes_a_note_queued_for_transcription(live, world, order, session: Session, mode: str):
     async def scenario() -> float:
-        async with live() as app:
+        async with live(video_relay_mode=mode) as app:
             room_id, token = await open_room(app, world, order)
             resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
             steward = await joined(Participant(role="steward", audio=True), app, room_id,
@@ -275,7 +281,7 @@ def test_leave_hangs_up_only_the_callers_own_connection(live, world, order):
 
 def test_per_subscriber_encoding_when_shared_encoding_is_off(live, world, order):
     async def scenario() -> None:
-        async with live(video_shared_encoding=False) as app:
+        async with live(video_relay_mode="transcode", video_shared_encoding=False) as app:
             room_id, token = await open_room(app, world, order)
             resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
             steward = await joined(Participant(role="steward", audio=True), app, room_id,

@@ -158,3 +158,15 @@ def test_blobs_need_a_signed_in_user_and_a_hash_name(client: TestClient, headers
     assert client.get(URL.format(sha)).status_code == 401
     assert client.put(URL.format("ABC"), content=b"x", headers=headers).status_code == 422
     assert client.get(URL.format(sha.upper()), headers=headers).status_code == 422
+
+
+def test_openapi_documents_what_blob_routes_answer(client: TestClient, headers: dict[str, str]) -> None:
+    """Regression (found by the fuzz tests): GET was documented as JSON but answers bytes; PUT's 200 for a
+    blob already stored was undocumented; HEAD's 404 carried no content type while the 4xx are documented
+    as JSON."""
+    paths = client.get("/openapi.json").json()["paths"]["/api/v1/blobs/{sha256}"]
+    assert set(paths["get"]["responses"]["200"]["content"]) == {"application/octet-stream"}
+    assert set(paths["get"]["responses"]["206"]["content"]) == {"application/octet-stream"}
+    assert {"200", "201"} <= set(paths["put"]["responses"])
+    missing = client.head(URL.format("0" * 64), headers=headers)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"

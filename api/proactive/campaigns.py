@@ -1,0 +1,369 @@
+"""Season calendars and notice campaigns: render each household's SMS, send once, record every delivery."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, or_
+from sqlmodel import Session, col, func, select
+
+from api import access
+from api.db import new_id, utcnow
+from api.deps import Page
+from api.errors import Conflict, NotFound, Unprocessable
+from api.network.models import Building, HeatingStatus, Household, Station
+from api.network.service import get_station
+from api.notices.models import NoticeBase
+from api.notices.sms import SmsSender, deliver
+from api.proactive.models import (
+    Campaign,
+    CampaignCreate,
+    CampaignDelivery,
+    CampaignKind,
+    CampaignStatus,
+    DeliveryStatus,
+    PreviewMessage,
+    SeasonCalendar,
+    SeasonCalendarPut,
+)
+from api.settings import Settings
+from api.users.models import GridBuilding, Role, User
+
+log = logging.getLogger(__name__)
+
+TITLES = {CampaignKind.water_fill: "供暖季前注水通知", CampaignKind.pressure_test: "管网打压试验通知",
+          CampaignKind.heating_start: "供暖开始通知"}
+# What residents should do, by kind: filling repeats the notices' wording; heating start is about bleeding.
+BLEED = {CampaignKind.water_fill: str(NoticeBase.model_fields["bleed_instructions"].default),
+         CampaignKind.pressure_test: "打压期间请勿打开暖气片放风阀。",
+         CampaignKind.heating_start: "请用排气钥匙逆时针拧开暖气片排气阀，见水后关闭；仍不热请联系供暖管家。"}
+SEND_LEASE = timedelta(minutes=10)
+
+
+# --- calendars ---------------------------------------------------------------------------------------------
+
+
+def put_calendar(*, session: Session, user: User, station_id: uuid.UUID, season: str,
+                 data: SeasonCalendarPut) -> SeasonCalendar:
+    """Create or replace a station's calendar for a season."""
+    get_station(session=session, id=station_id)
+    _check_season(season)
+    row = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == station_id,
+                                                    SeasonCalendar.season == season).with_for_update()).first()
+    if row is None:
+        row = SeasonCalendar(station_id=station_id, season=season, **data.model_dump())
+    else:
+        row.sqlmodel_update(data.model_dump())
+        row.updated_at = utcnow()
+    row.updated_by_id = user.id
+    session.add(row)
+    session.commit()
+    return row
+
+
+def _check_season(season: str) -> None:
+    first, _, second = season.partition("-")
+    if not (len(season) == 9 and first.isdigit() and second.isdigit() and int(second) == int(first) + 1
+            and 2000 <= int(first) < 2100):
+        raise Unprocessable(f"Season {season!r} is not of the form 2026-2027 (two consecutive years).",
+                            code="invalid_season")
+
+
+def list_calendars(*, session: Session, page: Page, station_id: uuid.UUID | None = None,
+                   season: str | None = None) -> tuple[list[SeasonCalendar], int]:
+    """Calendars, newest season first."""
+    stmt = select(SeasonCalendar)
+    if station_id:
+        stmt = stmt.where(SeasonCalendar.station_id == station_id)
+    if season:
+        stmt = stmt.where(SeasonCalendar.season == season)
+    return access.paged(session, stmt, page, col(SeasonCalendar.season).desc(), SeasonCalendar.station_id)
+
+
+def in_season_stations(session: Session, now: datetime) -> list[uuid.UUID]:
+    """Stations whose heating season (by their calendar) is running now."""
+    stmt = select(SeasonCalendar.station_id).where(col(SeasonCalendar.heating_start_at) <= now,
+                                                   col(SeasonCalendar.heating_end_at) > now)
+    return list(set(session.exec(stmt).all()))
+
+
+# --- campaigns ---------------------------------------------------------------------------------------------
+
+
+def campaign_clause(user: User) -> ColumnElement[bool]:
+    """Campaigns a user may see: all for the office; a steward's, of the stations feeding their grid."""
+    if access.is_office(user):
+        return access.building_clause(user, Campaign.station_id)
+    stations = select(Building.station_id).where(col(Building.id).in_(access.grid_buildings(user)))
+    return col(Campaign.station_id).in_(stations)
+
+
+def create_campaign(*, session: Session, settings: Settings, user: User, data: CampaignCreate) -> Campaign:
+    """Draft a campaign for a station's season; its dates come from the station's calendar."""
+    if data.id is not None and session.get(Campaign, data.id) is not None:
+        raise Conflict(f"A campaign with id {data.id} already exists.", code="already_exists")
+    get_station(session=session, id=data.station_id)
+    _check_season(data.season)
+    calendar = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == data.station_id,
+                                                         SeasonCalendar.season == data.season)).first()
+    if calendar is None:
+        raise Unprocessable(f"Station {data.station_id} has no calendar for {data.season}; PUT "
+                            f"/proactive/stations/{data.station_id}/calendars/{data.season} first.",
+                            code="no_calendar")
+    existing = session.exec(select(Campaign.id).where(Campaign.station_id == data.station_id,
+                                                      Campaign.season == data.season,
+                                                      Campaign.kind == data.kind)).first()
+    if existing is not None:
+        raise Conflict(f"Campaign {existing} already covers {data.kind.value} of {data.season} for this station; "
+                       "send that one again to reach households it missed.", code="already_exists")
+    start, end = {CampaignKind.water_fill: (calendar.water_fill_start, calendar.water_fill_end),
+                  CampaignKind.pressure_test: (calendar.pressure_test_at, None),
+                  CampaignKind.heating_start: (calendar.heating_start_at, None)}[data.kind]
+    campaign = Campaign(id=data.id or new_id(), station_id=data.station_id, season=data.season,
+                        kind=data.kind, title=data.title or TITLES[data.kind],
+                        bleed_instructions=data.bleed_instructions or BLEED[data.kind],
+                        service_phone=data.service_phone or settings.service_phone, event_start=start,
+                        event_end=end, created_by_id=user.id)
+    session.add(campaign)
+    session.commit()
+    return campaign
+
+
+def get_campaign(*, session: Session, user: User, id: uuid.UUID) -> Campaign:
+    """A campaign the user may see."""
+    return access.get_visible(session, Campaign, id, campaign_clause(user), what="campaign")
+
+
+def list_campaigns(*, session: Session, user: User, page: Page, station_id: uuid.UUID | None = None,
+                   season: str | None = None, status: CampaignStatus | None = None) -> tuple[list[Campaign], int]:
+    """Campaigns the user may see, newest first."""
+    stmt = select(Campaign).where(campaign_clause(user))
+    if station_id:
+        stmt = stmt.where(Campaign.station_id == station_id)
+    if season:
+        stmt = stmt.where(Campaign.season == season)
+    if status:
+        stmt = stmt.where(Campaign.status == status)
+    return access.paged(session, stmt, page, col(Campaign.created_at).desc(), Campaign.id)
+
+
+def list_deliveries(*, session: Session, user: User, page: Page, campaign: Campaign,
+                    status: DeliveryStatus | None = None) -> tuple[list[CampaignDelivery], int]:
+    """A campaign's deliveries to households the user may see."""
+    stmt = select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id,
+                                          access.household_clause(user, CampaignDelivery.household_id))
+    if status:
+        stmt = stmt.where(CampaignDelivery.status == status)
+    return access.paged(session, stmt, page, col(CampaignDelivery.household_id))
+
+
+# --- rendering -----------------------------------------------------------------------------------------------
+
+
+def _when(ts: datetime, tz: ZoneInfo) -> str:
+    local = ts.astimezone(tz)
+    return f"{local.month}月{local.day}日{local:%H:%M}"
+
+
+def render(campaign: Campaign, station: Station, household: Household, building: Building, steward: str,
+           tz: ZoneInfo) -> str:
+    """The SMS a resident receives: date, what to do, their steward's name and the service number."""
+    who = f"{household.resident_name}住户" if household.resident_name else "住户"
+    where = f"{building.community}{building.number}号楼{household.unit}单元{household.room}室"
+    start = _when(campaign.event_start, tz)
+    if campaign.kind == CampaignKind.water_fill:
+        end = _when(campaign.event_end, tz) if campaign.event_end else ""
+        body = f"{station.name}供热管网将于{start}至{end}注水。{campaign.bleed_instructions}"
+    elif campaign.kind == CampaignKind.pressure_test:
+        body = (f"{station.name}供热管网将于{start}打压试验，请家中留人，发现漏水请立即关闭进户阀门。"
+                f"{campaign.bleed_instructions}")
+    else:
+        body = f"{station.name}将于{start}正式供暖。如暖气片上热下凉，{campaign.bleed_instructions}"
+    sign = f"您的供暖管家{steward}，服务热线{campaign.service_phone}。"
+    return f"【{campaign.title}】尊敬的{who}（{where}）：{body}{sign}"
+
+
+def _stewards_by_building(session: Session, station_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """Each building's steward name (the first active steward of its grid by username)."""
+    stmt = (select(GridBuilding.building_id, User.full_name, User.username)
+            .join(User, col(User.id) == col(GridBuilding.user_id))
+            .join(Building, col(Building.id) == col(GridBuilding.building_id))
+            .where(Building.station_id == station_id, User.role == Role.steward, col(User.active).is_(True))
+            .order_by(col(User.username)))
+    out: dict[uuid.UUID, str] = {}
+    for building_id, full_name, username in session.exec(stmt).all():
+        out.setdefault(building_id, full_name or username)
+    return out
+
+
+def _skip_reason(household: Household) -> str | None:
+    if household.heating_status == HeatingStatus.suspended:
+        return "suspended"
+    if not household.phone:
+        return "no_phone"
+    return None
+
+
+def _targets(session: Session, settings: Settings, campaign: Campaign, page: Page | None = None
+             ) -> tuple[list[PreviewMessage], int]:
+    """Every household of the station's buildings with its text (or why it is skipped), in address order."""
+    station = session.get(Station, campaign.station_id)
+    if station is None:
+        raise NotFound(f"No station with id {campaign.station_id}.")
+    tz = ZoneInfo(settings.timezone)
+    stewards = _stewards_by_building(session, campaign.station_id)
+    stmt = (select(Household, Building).join(Building, col(Household.building_id) == col(Building.id))
+            .where(Building.station_id == campaign.station_id)
+            .order_by(col(Building.community), col(Building.number), col(Household.unit), col(Household.room)))
+    total = None
+    if page is not None:
+        total = int(session.exec(select(func.count()).select_from(stmt.order_by(None).subquery())).one())
+        stmt = stmt.offset(page.offset).limit(page.limit)
+    out = []
+    for household, building in session.exec(stmt).all():
+        text = render(campaign, station, household, building, stewards.get(building.id, "（待分配）"), tz)
+        out.append(PreviewMessage(household_id=household.id, phone=household.phone, text=text,
+                                  skip_reason=_skip_reason(household)))
+    return out, len(out) if total is None else total
+
+
+def preview(*, session: Session, settings: Settings, campaign: Campaign, page: Page
+            ) -> tuple[list[PreviewMessage], int, dict[str, int]]:
+    """One page of the texts the campaign would send, the total, and how many it would send or skip."""
+    messages, total = _targets(session, settings, campaign, page)
+    stmt = (select(Household.heating_status, Household.phone).join(Building, col(Household.building_id) ==
+                                                                   col(Building.id))
+            .where(Building.station_id == campaign.station_id))
+    skip = sum(1 for status, phone in session.exec(stmt).all()
+               if status == HeatingStatus.suspended or not phone)
+    return messages, total, {"will_send": total - skip, "will_skip": skip}
+
+
+# --- sending -------------------------------------------------------------------------------------------------
+
+
+def _claim(session: Session, campaign: Campaign, now: datetime) -> None:
+    """Hold the campaign for this send (row lock, then a lease other senders respect)."""
+    session.refresh(campaign, with_for_update=True)
+    if campaign.sending_until is not None and campaign.sending_until > now:
+        session.rollback()
+        raise Conflict("This campaign is being sent right now; try again in a few minutes.", code="send_in_progress")
+    campaign.sending_until = now + SEND_LEASE
+    session.add(campaign)
+    session.commit()
+
+
+def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
+    """Add a delivery for every household that has none; re-check skipped ones (heating resumed, new phone)."""
+    existing = {d.household_id: d for d in session.exec(
+        select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id)).all()}
+    messages, _ = _targets(session, settings, campaign)
+    for m in messages:
+        row = existing.get(m.household_id)
+        status = DeliveryStatus.skipped if m.skip_reason else DeliveryStatus.queued
+        if row is None:
+            session.add(CampaignDelivery(campaign_id=campaign.id, household_id=m.household_id, phone=m.phone,
+                                         text=m.text, status=status, reason=m.skip_reason))
+            continue
+        if row.status == DeliveryStatus.sent:
+            continue  # never again
+        wanted = {"phone": m.phone, "text": m.text}
+        if m.skip_reason:  # suspended or lost its phone since: do not send what is still unsent
+            wanted = {"status": DeliveryStatus.skipped, "reason": m.skip_reason}
+        elif row.status == DeliveryStatus.skipped:
+            wanted |= {"status": DeliveryStatus.queued, "reason": None}
+        changes = {k: v for k, v in wanted.items() if getattr(row, k) != v}
+        if changes:
+            row.sqlmodel_update(changes)
+            session.add(row)
+    session.commit()
+
+
+def _due(session: Session, campaign: Campaign, settings: Settings, now: datetime) -> list[CampaignDelivery]:
+    retry = (col(CampaignDelivery.status) == DeliveryStatus.failed) & (
+        col(CampaignDelivery.attempts) < settings.proactive_sms_max_attempts) & (
+        col(CampaignDelivery.next_attempt_at) <= now)
+    stmt = select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id,
+                                          or_(col(CampaignDelivery.status) == DeliveryStatus.queued, retry))
+    return list(session.exec(stmt.order_by(col(CampaignDelivery.id))).all())
+
+
+def _recount(session: Session, settings: Settings, campaign: Campaign, now: datetime) -> None:
+    counts: dict[str, int] = {s.value: 0 for s in DeliveryStatus}
+    pending_failed = 0
+    stmt = (select(CampaignDelivery.status, CampaignDelivery.attempts, func.count())
+            .where(CampaignDelivery.campaign_id == campaign.id)
+            .group_by(col(CampaignDelivery.status), col(CampaignDelivery.attempts)))
+    for status, attempts, n in session.exec(stmt).all():
+        counts[DeliveryStatus(status).value] += n
+        if status == DeliveryStatus.failed and attempts < settings.proactive_sms_max_attempts:
+            pending_failed += n
+    campaign.total_count = sum(counts.values())
+    campaign.sent_count, campaign.skipped_count = counts["sent"], counts["skipped"]
+    campaign.failed_count = counts["failed"]
+    campaign.pending_count = counts["queued"] + pending_failed
+    campaign.status = CampaignStatus.sending if campaign.pending_count else CampaignStatus.completed
+    campaign.last_run_at = now
+    campaign.sending_until = None
+
+
+def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: Campaign,
+         now: datetime | None = None) -> tuple[int, int]:
+    """Send every delivery that is due: new households, and failed ones whose retry time has come.
+
+    Idempotent: a household that was sent the campaign never gets it again (one delivery per household,
+    unique), so a rerun only reaches households added since and retries failures. Each result is
+    committed at once, so a crash loses at most the message in flight. Returns (sent, failed) of this run.
+    """
+    now = now or utcnow()
+    _claim(session, campaign, now)
+    sent = failed = 0
+    try:
+        _plan(session, settings, campaign)
+        for delivery in _due(session, campaign, settings, now):
+            assert delivery.phone is not None  # queued rows always have one (`_skip_reason`)
+            result = deliver(sender, delivery.phone, delivery.text, ref=str(delivery.id))
+            delivery.attempts += 1
+            if result.ok:
+                delivery.sqlmodel_update({"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
+                                          "next_attempt_at": None})
+                sent += 1
+            else:
+                retry = delivery.attempts < settings.proactive_sms_max_attempts
+                backoff = settings.proactive_sms_retry_backoff_s * 2 ** (delivery.attempts - 1)
+                delivery.sqlmodel_update({"status": DeliveryStatus.failed, "reason": result.reason[:500],
+                                          "next_attempt_at": now + timedelta(seconds=backoff) if retry else None})
+                failed += 1
+            session.add(delivery)
+            session.commit()
+    finally:
+        session.rollback()
+        session.refresh(campaign, with_for_update=True)
+        if campaign.first_sent_at is None and sent:
+            campaign.first_sent_at = now
+        _recount(session, settings, campaign, now)
+        session.add(campaign)
+        session.commit()
+    log.info("campaign %s: %d sent, %d failed this run", campaign.id, sent, failed)
+    return sent, failed
+
+
+def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None
+             ) -> tuple[int, int]:
+    """Retry what is due in every campaign that is still sending (the periodic run)."""
+    now = now or utcnow()
+    ids = session.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.sending)).all()
+    sent = failed = 0
+    for id in ids:
+        campaign = session.get(Campaign, id)
+        if campaign is None:
+            continue
+        try:
+            s, f = send(session=session, settings=settings, sender=sender, campaign=campaign, now=now)
+        except Conflict:
+            continue  # another process is sending it
+        sent, failed = sent + s, failed + f
+    return sent, failed

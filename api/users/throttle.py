@@ -1,0 +1,90 @@
+"""Sign-in throttling: a rate limit per client address, and a lockout of a user name or address after
+repeated failures. The counters are rows of `login_throttle`, changed with one atomic upsert each, so
+every worker process and machine on the same database shares them (docs/security.md)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, delete, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from api.db import UTCDateTime, utcnow
+from api.errors import DomainError
+from api.settings import Settings
+from api.users.models import LoginThrottle
+
+_KEY_LENGTH = 250
+
+
+class TooManyAttempts(DomainError):
+    status_code, code = 429, "too_many_attempts"
+
+
+def _key(kind: str, value: str) -> str:
+    # NUL cannot be stored in PostgreSQL text; the key only needs to tell values apart.
+    return f"{kind}:{value.strip().lower().replace(chr(0), '?')[:_KEY_LENGTH]}"
+
+
+def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_at: int,
+           lock_s: float) -> tuple[int, datetime | None]:
+    """Count one event on `key` in its window (a new window once the old one has passed); the key is locked
+    for `lock_s` when the count reaches `lock_at`. Returns the count and the lock's end, if any."""
+    table = LoginThrottle.__table__  # type: ignore[attr-defined]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    now_ = literal(now, UTCDateTime)
+    expired = table.c.window_start <= literal(now - timedelta(seconds=window_s), UTCDateTime)
+    new_count = case((expired, 1), else_=table.c.count + 1)
+    lock = literal(now + timedelta(seconds=lock_s), UTCDateTime)
+    expires = now + timedelta(seconds=max(window_s, lock_s))
+    upsert = insert(table).values(key=key, count=1, window_start=now, expires_at=expires,
+                                  locked_until=now + timedelta(seconds=lock_s) if lock_at <= 1 else None)
+    stmt = upsert.on_conflict_do_update(index_elements=[table.c.key], set_={
+        "count": new_count,
+        "window_start": case((expired, now_), else_=table.c.window_start),
+        "locked_until": case((new_count >= lock_at, lock), else_=table.c.locked_until),
+        "expires_at": literal(expires, UTCDateTime),
+    }).returning(table.c.count, table.c.locked_until)
+    count, locked_until = session.execute(stmt).one()
+    return int(count), locked_until
+
+
+def _refuse(locked_until: datetime, now: datetime, message: str) -> TooManyAttempts:
+    wait = max(1, math.ceil((locked_until - now).total_seconds()))
+    return TooManyAttempts(f"{message} Try again in {wait} s.", headers={"Retry-After": str(wait)})
+
+
+def check(*, session: Session, settings: Settings, username: str, address: str) -> None:
+    """Count this attempt against the address's rate, then refuse it (429) if the address is over its rate or
+    the user name or address is locked. Committed at once: a refused or failed attempt still counts."""
+    now = utcnow()
+    _, until = _count(session, _key("rate", address), now=now, window_s=60,
+                          lock_at=settings.login_rate_per_minute + 1, lock_s=60)
+    session.commit()
+    if until is not None and until > now:
+        raise _refuse(until, now, "Too many sign-in attempts from this address.")
+    keys = [_key("user", username), _key("ip", address)]
+    locked = session.execute(select(func.max(LoginThrottle.locked_until)).where(
+        col(LoginThrottle.key).in_(keys), col(LoginThrottle.locked_until) > now)).scalar()
+    if locked is not None:
+        raise _refuse(locked, now, "Too many failed sign-ins: sign-in is locked for a while.")
+
+
+def record_failure(*, session: Session, settings: Settings, username: str, address: str) -> None:
+    """Count a wrong password against the user name and the address (committed at once)."""
+    now = utcnow()
+    window, lock = settings.login_failure_window_s, settings.login_lockout_s
+    _count(session, _key("user", username), now=now, window_s=window, lock_at=settings.login_max_failures,
+           lock_s=lock)
+    _count(session, _key("ip", address), now=now, window_s=window, lock_at=settings.login_max_failures_per_ip,
+           lock_s=lock)
+    session.exec(delete(LoginThrottle).where(col(LoginThrottle.expires_at) < now))
+    session.commit()
+
+
+def record_success(*, session: Session, username: str) -> None:
+    """A correct password clears the user name's failures (not the address's: one address may serve many)."""
+    session.exec(delete(LoginThrottle).where(col(LoginThrottle.key) == _key("user", username)))
+    session.commit()

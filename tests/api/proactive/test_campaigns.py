@@ -1,0 +1,220 @@
+"""Season calendars and notice campaigns over the API: preview, send once, skip 报停, retry failures."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from api.network.models import HeatingStatus
+from api.notices.sms import LoggingSender, SendResult
+from api.proactive.models import CampaignDelivery, CampaignKind, DeliveryStatus
+from api.settings import Settings
+from api.users.models import Role
+from tests.api.proactive.helpers import API, SEASON, assert_error, calendar_body, create_campaign
+from tests.utils.factories import World, make_household, make_user
+
+
+def _send(client: TestClient, world: World, campaign_id: str) -> dict[str, object]:
+    r = client.post(f"{API}/campaigns/{campaign_id}/send", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    body: dict[str, object] = r.json()
+    return body
+
+
+def test_preview_renders_date_bleeding_steward_and_service_number(client: TestClient, session: Session,
+                                                                  world: World) -> None:
+    world.steward_a.full_name = "张建国"
+    session.add(world.steward_a)
+    session.commit()
+    suspended = make_household(session, world.building_a, resident_name="赵", phone="13800000009",
+                               heating_status=HeatingStatus.suspended)
+    campaign = create_campaign(client, world)
+    assert campaign["status"] == "draft" and campaign["title"] == "供暖季前注水通知"
+    r = client.get(f"{API}/campaigns/{campaign['id']}/preview", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 3 and body["will_send"] == 2 and body["will_skip"] == 1
+    texts = {m["household_id"]: m for m in body["data"]}
+    a = texts[str(world.household_a.id)]["text"]
+    # 08:00 to 17:00 in Beijing time (the calendar was given with +08:00; STEWARD_TIMEZONE is Asia/Shanghai)
+    assert "11月1日08:00至11月1日17:00" in a and "注水" in a and "排气" in a
+    assert "您的供暖管家张建国" in a and "服务热线96133" in a and "王秀英住户" in a
+    b = texts[str(world.household_b.id)]["text"]
+    assert f"您的供暖管家{world.steward_b.username}" in b  # no full name: the username
+    assert texts[str(suspended.id)]["skip_reason"] == "suspended"
+    # Nothing is written by a preview.
+    assert session.exec(select(CampaignDelivery)).all() == []
+
+
+def test_send_once_rerun_sends_nothing_new_and_reaches_new_households(client: TestClient, session: Session,
+                                                                      world: World, sms: LoggingSender) -> None:
+    campaign = create_campaign(client, world, kind=CampaignKind.heating_start)
+    first = _send(client, world, str(campaign["id"]))
+    assert sorted(p for p, _ in sms.sent) == ["13800000001", "13800000002"]
+    assert all("正式供暖" in text and "排气阀" in text and "服务热线96133" in text for _, text in sms.sent)
+    assert first["status"] == "completed" and first["sent_count"] == 2 and first["pending_count"] == 0
+    assert first["version"] > campaign["version"]
+    again = _send(client, world, str(campaign["id"]))
+    assert len(sms.sent) == 2 and again["sent_count"] == 2
+    newcomer = make_household(session, world.building_b, phone="13800000077")
+    _send(client, world, str(campaign["id"]))
+    assert [p for p, _ in sms.sent[2:]] == ["13800000077"]
+    rows = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == newcomer.id)).all()
+    assert [(r.status, r.attempts) for r in rows] == [(DeliveryStatus.sent, 1)]
+    # The same campaign (station, season, kind) cannot be created twice either.
+    r = client.post(f"{API}/campaigns", json={"station_id": str(world.station.id), "season": SEASON,
+                                              "kind": "heating_start"}, headers=world.headers(world.supervisor))
+    assert_error(r, 409, "already_exists")
+
+
+def test_suspended_households_are_skipped_until_heating_resumes(client: TestClient, session: Session, world: World,
+                                                                 sms: LoggingSender) -> None:
+    world.household_b.heating_status = HeatingStatus.suspended
+    session.add(world.household_b)
+    session.commit()
+    campaign = create_campaign(client, world)
+    result = _send(client, world, str(campaign["id"]))
+    assert [p for p, _ in sms.sent] == ["13800000001"]
+    assert result["skipped_count"] == 1 and result["sent_count"] == 1 and result["status"] == "completed"
+    r = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", params={"status": "skipped"},
+                   headers=world.headers(world.supervisor))
+    assert [(d["household_id"], d["reason"]) for d in r.json()["data"]] == [(str(world.household_b.id), "suspended")]
+    world.household_b.heating_status = HeatingStatus.normal
+    session.add(world.household_b)
+    session.commit()
+    result = _send(client, world, str(campaign["id"]))
+    assert [p for p, _ in sms.sent] == ["13800000001", "13800000002"]
+    assert result["skipped_count"] == 0 and result["sent_count"] == 2
+
+
+class FlakySender:
+    """Fails the first `failures` messages to one phone, with a reason; accepts the rest."""
+
+    def __init__(self, phone: str, failures: int) -> None:
+        self.phone, self.failures = phone, failures
+        self.calls: list[tuple[str, str | None]] = []
+
+    def send(self, phone: str, text: str) -> bool:
+        return self.send_detailed(phone, text).ok
+
+    def send_detailed(self, phone: str, text: str, *, ref: str | None = None) -> SendResult:
+        self.calls.append((phone, ref))
+        if phone == self.phone and self.failures > 0:
+            self.failures -= 1
+            return SendResult(False, "gateway answered HTTP 503: busy")
+        return SendResult(True)
+
+
+def test_a_failed_sms_is_retried_after_the_backoff_then_given_up(client: TestClient, session: Session,
+                                                                 world: World, settings: Settings) -> None:
+    settings.proactive_sms_retry_backoff_s = 0
+    settings.proactive_sms_max_attempts = 3
+    flaky = FlakySender("13800000002", failures=1)
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    campaign = create_campaign(client, world)
+    first = _send(client, world, str(campaign["id"]))
+    assert first["status"] == "sending" and first["failed_count"] == 1 and first["pending_count"] == 1
+    failed = session.exec(select(CampaignDelivery).where(CampaignDelivery.status == DeliveryStatus.failed)).one()
+    assert failed.household_id == world.household_b.id and failed.attempts == 1 and "503" in (failed.reason or "")
+    assert failed.next_attempt_at is not None
+    assert (failed.phone, str(failed.id)) in flaky.calls  # the delivery id is the gateway's idempotency ref
+    second = _send(client, world, str(campaign["id"]))
+    assert second["status"] == "completed" and second["sent_count"] == 2 and second["failed_count"] == 0
+    assert sorted(p for p, _ in flaky.calls) == ["13800000001", "13800000002", "13800000002"]
+    # A phone that always fails is given up after the allowed attempts.
+    settings.proactive_sms_max_attempts = 2
+    stuck = make_household(session, world.building_a, phone="13800000055")
+    flaky.phone, flaky.failures = "13800000055", 100
+    _send(client, world, str(campaign["id"]))
+    final = _send(client, world, str(campaign["id"]))
+    assert final["status"] == "completed" and final["failed_count"] == 1 and final["pending_count"] == 0
+    row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == stuck.id)).one()
+    session.refresh(row)
+    assert row.status == DeliveryStatus.failed and row.attempts == 2 and row.next_attempt_at is None
+    _send(client, world, str(campaign["id"]))
+    assert [p for p, _ in flaky.calls].count("13800000055") == 2
+
+
+def test_a_sender_that_raises_fails_one_message_not_the_campaign(client: TestClient, world: World) -> None:
+    class Broken:
+        def send(self, phone: str, text: str) -> bool:
+            if phone == "13800000001":
+                raise RuntimeError("modem on fire")
+            return True
+
+    client.app.state.sms_sender = Broken()  # type: ignore[attr-defined]
+    campaign = create_campaign(client, world)
+    result = _send(client, world, str(campaign["id"]))
+    assert result["sent_count"] == 1 and result["failed_count"] == 1
+    r = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", params={"status": "failed"},
+                   headers=world.headers(world.supervisor))
+    assert "modem on fire" in r.json()["data"][0]["reason"]
+
+
+def test_bad_input_gets_the_one_error_shape(client: TestClient, world: World) -> None:
+    h = world.headers(world.supervisor)
+    station = str(world.station.id)
+    r = client.post(f"{API}/campaigns", json={"station_id": station, "season": SEASON, "kind": "water_fill"},
+                    headers=h)
+    assert_error(r, 422, "no_calendar")
+    assert_error(client.put(f"{API}/stations/{station}/calendars/2026-2028", json=calendar_body(), headers=h),
+                 422, "invalid_season")
+    assert_error(client.put(f"{API}/stations/{station}/calendars/next", json=calendar_body(), headers=h),
+                 422, "validation_error")
+    backwards = calendar_body() | {"water_fill_end": "2026-10-01T00:00:00+08:00"}
+    assert_error(client.put(f"{API}/stations/{station}/calendars/{SEASON}", json=backwards, headers=h),
+                 422, "validation_error")
+    naive = calendar_body() | {"heating_start_at": "2026-11-15T00:00:00"}
+    assert_error(client.put(f"{API}/stations/{station}/calendars/{SEASON}", json=naive, headers=h),
+                 422, "validation_error")
+    assert_error(client.put(f"{API}/stations/{uuid.uuid4()}/calendars/{SEASON}", json=calendar_body(), headers=h),
+                 404, "not_found")
+    assert_error(client.post(f"{API}/campaigns", json={"station_id": station, "season": SEASON, "kind": "party"},
+                             headers=h), 422, "validation_error")
+    assert_error(client.post(f"{API}/campaigns", content=b"{not json", headers=h | {"Content-Type":
+                                                                                  "application/json"}),
+                 400, "malformed_json")
+    assert_error(client.get(f"{API}/campaigns/{uuid.uuid4()}", headers=h), 404, "not_found")
+    assert_error(client.post(f"{API}/campaigns/{uuid.uuid4()}/send", headers=h), 404, "not_found")
+    assert_error(client.get(f"{API}/campaigns/not-a-uuid", headers=h), 422, "validation_error")
+    steward = world.headers(world.steward_a)
+    assert_error(client.post(f"{API}/campaigns", json={"station_id": station, "season": SEASON,
+                                                       "kind": "water_fill"}, headers=steward), 403, "role_required")
+    assert_error(client.get(f"{API}/summary", params={"days": 0}, headers=h), 422, "validation_error")
+    assert_error(client.get(f"{API}/sla/breaches", params={"state": "late"}, headers=h), 422, "validation_error")
+    assert_error(client.get(f"{API}/summary"), 401, "not_authenticated")
+
+
+def test_stewards_see_the_campaigns_of_their_station_and_only_their_households(
+        client: TestClient, session: Session, world: World) -> None:
+    campaign = create_campaign(client, world)
+    _send(client, world, str(campaign["id"]))
+    r = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", headers=world.headers(world.steward_a))
+    assert r.status_code == 200
+    assert [d["household_id"] for d in r.json()["data"]] == [str(world.household_a.id)]
+    outsider = make_user(session, Role.steward, grid=[])
+    assert_error(client.get(f"{API}/campaigns/{campaign['id']}", headers=world.headers(outsider)), 404, "not_found")
+
+
+def test_a_campaign_being_sent_refuses_a_second_send(client: TestClient, session: Session, world: World,
+                                                     sms: LoggingSender) -> None:
+    from datetime import timedelta
+
+    from api.db import utcnow
+    from tests.api.proactive.helpers import reread
+
+    campaign = create_campaign(client, world)
+    row = reread(session, uuid.UUID(str(campaign["id"])))
+    row.sending_until = utcnow() + timedelta(minutes=5)  # another process holds it
+    session.add(row)
+    session.commit()
+    r = client.post(f"{API}/campaigns/{campaign['id']}/send", headers=world.headers(world.supervisor))
+    assert_error(r, 409, "send_in_progress")
+    assert sms.sent == []
+    row = reread(session, row.id)
+    row.sending_until = utcnow() - timedelta(seconds=1)  # its lease ran out (the process died)
+    session.add(row)
+    session.commit()
+    assert _send(client, world, str(campaign["id"]))["sent_count"] == 2

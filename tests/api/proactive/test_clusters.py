@@ -1,0 +1,169 @@
+"""Complaint clustering: a riser, building or station over its threshold opens exactly one proactive order."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, func, select
+
+from api.db import utcnow
+from api.network.models import Household
+from api.notes.models import Note, NoteKind
+from api.notices.sms import LoggingSender
+from api.proactive import clusters, service
+from api.proactive.models import ProactiveKind, ProactiveMember, ProactiveOrder
+from api.settings import Settings
+from api.work_orders.models import Category, Source, Status, WorkOrder
+from speech.models import Transcript, TranscriptState
+from tests.api.proactive.helpers import API
+from tests.utils.factories import World, make_household, make_note, make_work_order
+
+
+def _proactive(session: Session) -> list[WorkOrder]:
+    session.expire_all()
+    return list(session.exec(select(WorkOrder).where(WorkOrder.source == Source.proactive)).all())
+
+
+def _riser(session: Session, world: World, n: int, unit: str = "2") -> list[Household]:
+    return [make_household(session, world.building_a, unit=unit, room=f"{unit}0{i}") for i in range(1, n + 1)]
+
+
+def _transcribed(session: Session, world: World, household: Household, categories: str) -> Note:
+    """A hotline call at the household, transcribed and tagged (a note's transcript row follows the note)."""
+    note = make_note(session, world.supervisor, kind=NoteKind.call_recording, household_id=household.id)
+    transcript = session.get(Transcript, note.id) or Transcript(id=note.id)
+    transcript.sqlmodel_update({"status": TranscriptState.transcribed, "text": "暖气不热", "categories": categories})
+    session.add(transcript)
+    session.commit()
+    return note
+
+
+def _run(client: TestClient, world: World) -> dict[str, int]:
+    r = client.post(f"{API}/run", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    body: dict[str, int] = r.json()
+    return body
+
+
+def test_a_riser_over_its_threshold_opens_exactly_one_order(client: TestClient, session: Session,
+                                                             world: World) -> None:
+    homes = _riser(session, world, 4)
+    first = make_work_order(session, homes[0], category=Category.not_warm)
+    make_work_order(session, homes[0], category=Category.air_lock)  # the same home again: still one household
+    make_work_order(session, homes[1], category=Category.not_warm)
+    assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []
+    third = make_work_order(session, homes[2], category=Category.leak)
+    report = _run(client, world)
+    assert report["clusters_opened"] == 1
+    [order] = _proactive(session)
+    assert order.status == Status.assigned and order.assignee_id == world.steward_a.id
+    assert order.priority.value == "urgent"  # a leak among the complaints
+    assert order.category == Category.not_warm and "2单元立管" in order.description
+    assert _run(client, world)["clusters_opened"] == 0 and len(_proactive(session)) == 1
+    late = make_work_order(session, homes[3], category=Category.not_warm)
+    assert _run(client, world)["members_linked"] == 1 and len(_proactive(session)) == 1
+    r = client.get(f"{API}/orders", params={"open": True}, headers=world.headers(world.supervisor))
+    [row] = r.json()["data"]
+    assert row["kind"] == "riser" and row["work_order_id"] == str(order.id) and row["open"] is True
+    assert set(row["member_work_order_ids"]) >= {str(first.id), str(third.id), str(late.id)}
+    assert len(row["member_work_order_ids"]) == 5 and row["signal_count"] == 5
+    # The steward it was given to sees it; a steward of another grid does not.
+    assert client.get(f"{API}/orders/{row['id']}", headers=world.headers(world.steward_a)).status_code == 200
+    assert client.get(f"{API}/orders/{row['id']}", headers=world.headers(world.steward_b)).status_code == 404
+
+
+def test_tagged_call_transcripts_count_and_old_complaints_do_not_reopen(client: TestClient, session: Session,
+                                                                         world: World) -> None:
+    homes = _riser(session, world, 5, unit="3")
+    make_work_order(session, homes[0], category=Category.not_warm)
+    make_work_order(session, homes[1], category=Category.noise)
+    note = _transcribed(session, world, homes[2], ",not_warm,leak,")
+    _transcribed(session, world, homes[3], ",billing,")
+    assert _run(client, world)["clusters_opened"] == 1
+    [order] = _proactive(session)
+    row = session.exec(select(ProactiveOrder)).one()
+    members = session.exec(select(ProactiveMember).where(ProactiveMember.proactive_order_id == row.id)).all()
+    assert {m.transcript_id for m in members} - {None} == {note.id}
+    # Resolving the order frees the group; the complaints it already answered never count again.
+    order.status = Status.cancelled
+    session.add(order)
+    session.commit()
+    report = _run(client, world)
+    assert report["closed"] == 1 and report["clusters_opened"] == 0
+    for home in homes[2:5]:
+        make_work_order(session, home, category=Category.not_warm)
+    assert _run(client, world)["clusters_opened"] == 1 and len(_proactive(session)) == 2
+
+
+def test_a_building_made_only_of_an_open_riser_adds_nothing_and_old_complaints_leave_the_window(
+        client: TestClient, session: Session, world: World, settings: Settings) -> None:
+    settings.proactive_cluster_building_threshold = 3
+    homes = _riser(session, world, 3)
+    for home in homes:
+        make_work_order(session, home, category=Category.not_warm)
+    assert _run(client, world)["clusters_opened"] == 1  # the riser; the building is the same three homes
+    assert session.exec(select(ProactiveOrder.kind)).all() == [ProactiveKind.riser]
+    other = _riser(session, world, 3, unit="5")
+    for home in other:
+        make_work_order(session, home, category=Category.not_warm,
+                        created_at=utcnow() - timedelta(hours=settings.proactive_cluster_window_hours + 1))
+    assert _run(client, world)["clusters_opened"] == 0  # outside the sliding window
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_concurrent_evaluations_open_one_order_on_postgresql(engine: Engine, session: Session, world: World,
+                                                                  settings: Settings, attempt: int,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer; evaluations in one process take turns (service._sqlite_turn)")
+    homes = _riser(session, world, 3)
+    for home in homes:
+        make_work_order(session, home, category=Category.not_warm)
+    start = threading.Barrier(2)
+    # Both evaluations decide to open the group before either writes: the constraint must settle it.
+    both_decided = threading.Barrier(2, timeout=30)
+    outcomes: list[object] = []
+    real_open = clusters._open_group
+
+    def racing_open(*args: object, **kw: object) -> object:
+        both_decided.wait()
+        row = real_open(*args, **kw)  # type: ignore[arg-type]
+        outcomes.append(row)
+        return row
+
+    monkeypatch.setattr(clusters, "_open_group", racing_open)
+    reports: list[object] = []
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                start.wait()
+                found = clusters.signals(s, settings, utcnow())
+                assert len(found) == 3  # both read the group before either opens it
+                reports.append(clusters.evaluate_clusters(session=s, settings=settings, now=utcnow()))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(r[0] for r in reports) == [0, 1]  # type: ignore[index]
+    assert len(outcomes) == 2 and sum(o is None for o in outcomes) == 1  # the loser hit the unique open_key
+    assert len(_proactive(session)) == 1
+    assert session.exec(select(func.count()).select_from(ProactiveMember)).one() == 3
+
+
+def test_the_run_service_reports_what_it_did(session: Session, world: World, settings: Settings) -> None:
+    homes = _riser(session, world, 3)
+    for home in homes:
+        make_work_order(session, home, category=Category.leak)
+    report = service.run(session=session, settings=settings, sender=LoggingSender())
+    assert report.clusters_opened == 1 and report.revisits_opened == 0 and report.deliveries_sent == 0

@@ -1,0 +1,161 @@
+"""Sensitive-household revisits around visits, SLA hours by category and sensitivity, breaches and the summary."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from api.app import create_app
+from api.db import utcnow
+from api.network.models import HeatingStatus
+from api.notices.sms import LoggingSender
+from api.proactive.models import ProactiveKind, ProactiveOrder
+from api.proactive.worker import Evaluator
+from api.settings import Settings
+from api.work_orders.models import Category, Priority, Source, Status, WorkOrder
+from tests.api.proactive.helpers import API, make_calendar
+from tests.utils.factories import World, make_household, make_reading, make_visit, make_work_order
+
+
+def _revisits(session: Session) -> list[WorkOrder]:
+    session.expire_all()
+    ids = select(ProactiveOrder.work_order_id).where(ProactiveOrder.kind == ProactiveKind.revisit)
+    return list(session.exec(select(WorkOrder).where(WorkOrder.id.in_(ids))).all())  # type: ignore[attr-defined]
+
+
+def _run(client: TestClient, world: World) -> int:
+    r = client.post(f"{API}/run", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    return int(r.json()["revisits_opened"])
+
+
+def test_a_sensitive_household_without_a_measured_visit_gets_one_revisit(client: TestClient, session: Session,
+                                                                          world: World) -> None:
+    make_calendar(session, world.station)
+    elder = make_household(session, world.building_a, sensitive=True, resident_name="刘奶奶")
+    make_household(session, world.building_a, sensitive=True, heating_status=HeatingStatus.suspended)
+    make_household(session, world.building_b, sensitive=False)
+    assert _run(client, world) == 1
+    [order] = _revisits(session)
+    assert order.household_id == elder.id and order.source == Source.proactive and order.category == Category.other
+    assert order.assignee_id == world.steward_a.id and "刘奶奶" in order.description
+    assert _run(client, world) == 0  # open: not again
+    order.status = Status.cancelled
+    session.add(order)
+    session.commit()
+    assert _run(client, world) == 0  # one per period, even when the last one was cancelled
+
+
+@pytest.mark.parametrize(("visit", "expected"), [
+    ({"indoor_temp_c": 19.5}, 0),  # measured this week: no revisit
+    ({}, 1),  # a visit without a temperature does not count
+    ({"indoor_temp_c": 19.5, "days_ago": 8}, 1),  # measured, but before the weekly period
+    ({"reading": True}, 0),  # a reading taken during the visit counts
+])
+def test_revisits_are_scheduled_around_an_existing_visit(client: TestClient, session: Session, world: World,
+                                                         visit: dict[str, object], expected: int) -> None:
+    make_calendar(session, world.station)
+    elder = make_household(session, world.building_a, sensitive=True)
+    visit = dict(visit)  # the parameters are shared by both backends' runs
+    days_ago = float(visit.pop("days_ago", 1))  # type: ignore[arg-type]
+    reading = visit.pop("reading", False)
+    row = make_visit(session, elder, world.steward_a, arrived_at=utcnow() - timedelta(days=days_ago), **visit)
+    if reading:
+        make_reading(session, elder, world.steward_a, visit_id=row.id, temp_c=18.0)
+    assert _run(client, world) == expected
+
+
+def test_no_revisits_out_of_season(client: TestClient, session: Session, world: World) -> None:
+    make_calendar(session, world.station, in_season=False)
+    make_household(session, world.building_a, sensitive=True)
+    assert _run(client, world) == 0
+
+
+def test_sla_hours_come_from_the_category_table_and_are_shorter_for_sensitive_homes() -> None:
+    settings = Settings()
+    assert settings.sla_hours("urgent", category="leak") == 1
+    assert settings.sla_hours("normal", category="leak", sensitive=True) == 4
+    assert settings.sla_hours("high", category="valve") == settings.sla_hours_high  # not in the table
+    assert settings.sla_hours("high") == 8
+    custom = Settings(sla_hours_by_category={"noise": {"low": 200}}, sla_sensitive_factor=0.25)
+    assert custom.sla_hours("low", category="noise", sensitive=True) == 50
+    assert custom.sla_hours("low", category="leak") == 72  # a custom table replaces the default one
+
+
+def test_a_work_order_for_a_sensitive_home_gets_the_shorter_sla(client: TestClient, session: Session,
+                                                                world: World, settings: Settings) -> None:
+    elder = make_household(session, world.building_a, sensitive=True)
+    r = client.post("/api/v1/work-orders", json={"household_id": str(elder.id), "category": "leak",
+                                                 "priority": "high"}, headers=world.headers(world.supervisor))
+    assert r.status_code == 201, r.text
+    order = session.get(WorkOrder, uuid.UUID(r.json()["id"]))
+    assert order is not None
+    assert order.sla_due_at - order.created_at == timedelta(hours=2)  # leak/high 4 h, halved
+
+
+def test_breaches_are_listed_and_counted_in_the_summary(client: TestClient, session: Session, world: World) -> None:
+    now = utcnow()
+    late = make_work_order(session, world.household_a, sla_due_at=now - timedelta(hours=3))
+    make_work_order(session, world.household_a, sla_due_at=now + timedelta(hours=1))  # due soon
+    resolved_late = make_work_order(session, world.household_b, status=Status.resolved,
+                                    sla_due_at=now - timedelta(hours=5), resolved_at=now - timedelta(hours=1))
+    make_work_order(session, world.household_b, status=Status.resolved, sla_due_at=now,
+                    resolved_at=now - timedelta(hours=1))  # in time
+    h = world.headers(world.supervisor)
+    r = client.get(f"{API}/sla/breaches", headers=h)
+    assert r.status_code == 200, r.text
+    [row] = r.json()["data"]
+    assert row["work_order_id"] == str(late.id) and 179 <= row["overdue_minutes"] <= 181
+    every = client.get(f"{API}/sla/breaches", params={"state": "all"}, headers=h).json()
+    assert [b["work_order_id"] for b in every["data"]] == [str(resolved_late.id), str(late.id)]
+    assert every["data"][0]["overdue_minutes"] == 240
+    summary = client.get(f"{API}/summary", headers=h).json()
+    assert (summary["sla_open_overdue"], summary["sla_due_within_2h"], summary["sla_resolved_late"]) == (1, 1, 1)
+    assert summary["clusters_open"] == {"riser": 0, "building": 0, "station": 0} and summary["revisits_open"] == 0
+    # A steward counts only their grid.
+    mine = client.get(f"{API}/summary", headers=world.headers(world.steward_b)).json()
+    assert (mine["sla_open_overdue"], mine["sla_resolved_late"]) == (0, 1)
+    assert client.get(f"{API}/sla/breaches", headers=world.headers(world.steward_b)).json()["count"] == 0
+
+
+def test_the_summary_counts_open_proactive_orders_and_campaigns(client: TestClient, session: Session,
+                                                               world: World) -> None:
+    make_calendar(session, world.station)
+    make_household(session, world.building_a, sensitive=True)
+    for room in ("301", "302", "303"):
+        home = make_household(session, world.building_b, unit="3", room=room)
+        make_work_order(session, home, category=Category.leak, priority=Priority.normal)
+    assert client.post(f"{API}/run", headers=world.headers(world.supervisor)).status_code == 200
+    summary = client.get(f"{API}/summary", headers=world.headers(world.supervisor)).json()
+    assert summary["clusters_open"]["riser"] == 1 and summary["revisits_open"] == 1
+    assert summary["campaigns"] == {"draft": 0, "sending": 0, "completed": 0}
+
+
+def test_the_served_app_evaluates_periodically_and_a_test_app_does_not(engine: Engine, session: Session,
+                                                                       world: World, settings: Settings) -> None:
+    assert create_app(settings, engine=engine).state.proactive_background is False
+    make_calendar(session, world.station)
+    make_household(session, world.building_a, sensitive=True)
+    evaluator = Evaluator(engine, settings, LoggingSender(), interval_s=3600, first_delay_s=0)
+    evaluator.start()
+    try:
+        for _ in range(200):
+            if evaluator.runs:
+                break
+            time.sleep(0.05)
+    finally:
+        evaluator.close()
+        evaluator.close()
+    assert evaluator.runs == 1 and len(_revisits(session)) == 1
+    app: FastAPI = create_app(settings.model_copy(update={"proactive_interval_minutes": 60}), engine=engine,
+                              background=True)
+    with TestClient(app):
+        assert app.state.proactive_evaluator is not None
+    assert not app.state.proactive_evaluator._thread.is_alive()

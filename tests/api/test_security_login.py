@@ -1,0 +1,132 @@
+"""Sign-in throttling (api/users/throttle.py): a rate per client address, a lockout per user name and per
+address after repeated failures, answered 429 `too_many_attempts` with Retry-After; the counters live in
+the database and stay exact when several processes count at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
+from sqlmodel import Session, select
+
+from api.app import create_app
+from api.db import make_engine, utcnow
+from api.settings import Settings
+from api.users import throttle
+from api.users.models import LoginThrottle
+from tests.utils.asserts import assert_error
+from tests.utils.factories import PASSWORD, World
+
+TOKEN = "/api/v1/auth/token"
+
+
+@pytest.fixture
+def limits(settings: Settings) -> Settings:
+    return settings.model_copy(update={"login_max_failures": 3, "login_max_failures_per_ip": 5,
+                                       "login_rate_per_minute": 12, "login_lockout_s": 600})
+
+
+@pytest.fixture
+def api(limits: Settings, engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(limits, engine=engine), raise_server_exceptions=False) as client:
+        yield client
+
+
+def sign_in(client: TestClient, username: str, password: str) -> Any:
+    return client.post(TOKEN, data={"username": username, "password": password})
+
+
+def test_a_user_name_is_locked_after_repeated_failures_even_for_the_right_password(api: TestClient,
+                                                                                    world: World) -> None:
+    name = world.steward_a.username
+    for _ in range(3):
+        assert_error(sign_in(api, name, "wrong-password"), 401, "invalid_credentials")
+    locked = sign_in(api, name, PASSWORD)
+    assert_error(locked, 429, "too_many_attempts")
+    assert 590 <= int(locked.headers["retry-after"]) <= 600
+    # the lock is on the name: a colleague at the same address still signs in
+    assert sign_in(api, world.steward_b.username, PASSWORD).status_code == 200
+
+
+def test_unknown_user_names_are_locked_the_same_way(api: TestClient, world: World) -> None:
+    for _ in range(3):
+        assert_error(sign_in(api, "nobody", "x"), 401, "invalid_credentials")
+    assert_error(sign_in(api, "nobody", "x"), 429, "too_many_attempts")  # no hint whether the name exists
+
+
+def test_a_right_password_clears_the_count(api: TestClient, world: World) -> None:
+    name = world.steward_a.username
+    for _ in range(2):
+        sign_in(api, name, "wrong-password")
+    assert sign_in(api, name, PASSWORD).status_code == 200
+    for _ in range(2):
+        assert_error(sign_in(api, name, "wrong-password"), 401, "invalid_credentials")
+    assert sign_in(api, name, PASSWORD).status_code == 200
+
+
+def test_the_lock_ends_after_the_lockout(api: TestClient, world: World, session: Session) -> None:
+    name = world.steward_a.username
+    for _ in range(3):
+        sign_in(api, name, "wrong-password")
+    assert sign_in(api, name, PASSWORD).status_code == 429
+    session.exec(update(LoginThrottle).values(locked_until=utcnow() - timedelta(seconds=1),  # type: ignore[call-overload]
+                                              window_start=utcnow() - timedelta(hours=1)))
+    session.commit()
+    assert sign_in(api, name, PASSWORD).status_code == 200
+
+
+def test_an_address_is_locked_after_failures_across_many_names(api: TestClient, world: World) -> None:
+    for i in range(5):
+        assert_error(sign_in(api, f"guess{i}", "x"), 401, "invalid_credentials")
+    assert_error(sign_in(api, world.admin.username, PASSWORD), 429, "too_many_attempts")
+
+
+def test_attempts_per_address_are_rate_limited(api: TestClient, world: World) -> None:
+    for _ in range(12):
+        assert sign_in(api, world.admin.username, PASSWORD).status_code == 200
+    refused = sign_in(api, world.admin.username, PASSWORD)
+    assert_error(refused, 429, "too_many_attempts")
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_a_malformed_sign_in_is_422_and_a_nul_in_the_name_is_no_500(api: TestClient, world: World) -> None:
+    assert_error(api.post(TOKEN, data={"username": "admin"}), 422, "validation_error")
+    r = sign_in(api, "ad\x00min", "x")
+    assert r.status_code in (401, 422), r.text  # PostgreSQL cannot hold NUL: 422; SQLite finds no such user: 401
+
+
+def _fail_many(url: str, settings: dict[str, Any], times: int) -> None:
+    """In another process: count `times` failures of the same name and address."""
+    worker_settings = Settings(**settings)
+    engine = make_engine(worker_settings)
+    try:
+        for _ in range(times):
+            with Session(engine) as session:
+                throttle.record_failure(session=session, settings=worker_settings, username="target",
+                                        address="10.0.0.9")
+    finally:
+        engine.dispose()
+
+
+def test_counts_are_exact_when_several_processes_count_at_once(engine: Engine, limits: Settings,
+                                                              session: Session) -> None:
+    """Four processes, each with its own connection pool, record 10 failures each on the same keys at once:
+    the atomic upserts lose none, and every process then sees the lock."""
+    big = limits.model_copy(update={"login_max_failures": 40, "login_max_failures_per_ip": 1000})
+    fields = {"database_url": big.database_url, "data_dir": str(big.data_dir), "secret_key": big.secret_key,
+              "login_max_failures": 40, "login_max_failures_per_ip": 1000}
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(_fail_many, big.database_url, fields, 10) for _ in range(4)]:
+            future.result(timeout=120)
+    rows = {row.key: row for row in session.exec(select(LoginThrottle)).all()}
+    assert rows["user:target"].count == 40 and rows["ip:10.0.0.9"].count == 40
+    assert rows["user:target"].locked_until is not None and rows["user:target"].locked_until > utcnow()
+    assert rows["ip:10.0.0.9"].locked_until is None
+    with pytest.raises(throttle.TooManyAttempts):
+        throttle.check(session=session, settings=big, username="Target", address="10.0.0.1")

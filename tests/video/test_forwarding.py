@@ -1,0 +1,168 @@
+"""Forward mode with real aiortc peer connections: the publisher's encoded frames reach subscribers without
+decoding, a joining subscriber starts on a keyframe the publisher was asked for, subscribers' picture-loss
+reports reach the publisher (rate-limited), and one shared decoded branch serves what cannot be forwarded:
+a subscriber or publisher on another codec, snapshots, the recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from tests.video.conftest import eventually, run
+from tests.video.test_relay import ROOMS, bearer, joined, open_room, real_frames
+from video import tracks
+from video.clients import Participant
+from video.forwarding import KEYFRAME_REQUEST_INTERVAL_S
+from video.models import Role
+from video.relay import Room
+
+
+def relay(app: object, room_id: str) -> Room:
+    room: Room | None = app.rooms.get(uuid.UUID(room_id))  # type: ignore[attr-defined]
+    assert room is not None
+    return room
+
+
+def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live, world, order):
+    async def scenario() -> None:
+        async with live() as app:  # forward is the default
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            room = relay(app, room_id)
+            assert room.forward
+            await asyncio.sleep(1.5)  # aiortc's publisher sends one keyframe at start, then only on request
+            asked_before = resident.keyframe_requests
+            steward = await joined(Participant(role="steward", audio=True), app, room_id,
+                                   bearer(world, world.steward_a))
+            video, = steward.tracks("video")
+            encoded, = steward.encoded_tracks("video")
+            await eventually(lambda: real_frames(video) >= 24, timeout=10,
+                             describe=lambda: (encoded.frames, encoded.keyframes, room.stats()))
+            assert resident.keyframe_requests > asked_before  # the join asked the publisher (a PLI)
+            assert encoded.first_real_is_keyframe is True and encoded.mimes == {"video/vp8"}
+            slot = room.slot(Role.resident, "video")
+            assert slot.source_codec == "video/vp8" and slot.frames_forwarded >= 24
+            assert slot.frames_in == 0 and slot.encoder.frames == 0  # nothing decoded, nothing encoded
+            since = time.monotonic() - 1.5
+            assert video.fps(since) >= 15 and encoded.frames >= real_frames(video)
+            assert max(video.latencies_ms) < 1000
+            audio, = steward.tracks("audio")
+            assert audio.peak > 3000  # the resident's tone, forwarded as Opus packets
+            audio_slot = room.slot(Role.resident, "audio")
+            assert audio_slot.frames_forwarded >= 50
+            assert audio_slot.frames_in == 0  # the recorder takes the Opus packets and decodes them itself
+            stats = (await app.http.get("/api/v1/video/relay", headers=world.headers(world.supervisor))).json()
+            assert stats["modes"] == ["forward"] and stats["latency_ms"]["count"] > 0
+            assert stats["latency_ms"]["p50"] < 50
+            forbidden = await app.http.get("/api/v1/video/relay", headers=world.headers(world.steward_a))
+            assert forbidden.status_code == 403
+            for client in (resident, steward):
+                await client.close()
+    run(scenario())
+
+
+def test_picture_loss_reports_reach_the_publisher_rate_limited(live, world, order):
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            steward = await joined(Participant(role="steward", audio=True), app, room_id,
+                                   bearer(world, world.steward_a))
+            video, = steward.tracks("video")
+            await eventually(lambda: real_frames(video) >= 24, timeout=10)
+            encoded, = steward.encoded_tracks("video")
+            slot = relay(app, room_id).slot(Role.resident, "video")
+            await asyncio.sleep(KEYFRAME_REQUEST_INTERVAL_S * 2)  # any join request has gone out
+            published, asked = resident.keyframe_requests, slot.keyframe_requests[0]
+            keyframes = encoded.keyframes
+            for _ in range(10):  # a burst of PLIs from the subscriber
+                await encoded.tap.request_keyframe()
+                await asyncio.sleep(0.01)
+            await eventually(lambda: slot.keyframe_requests[0] >= asked + 10, timeout=3)
+            await asyncio.sleep(KEYFRAME_REQUEST_INTERVAL_S * 2)
+            # all ten reached the relay; the publisher heard one now and one at the end of the window
+            assert 1 <= resident.keyframe_requests - published <= 2, (resident.keyframe_requests, published)
+            await eventually(lambda: encoded.keyframes > keyframes, timeout=3)  # and it sent a keyframe
+            for client in (resident, steward):
+                await client.close()
+    run(scenario())
+
+
+def test_a_subscriber_on_another_codec_gets_the_decoded_branch(live, world, order):
+    """An H.264-only steward gets frames decoded once and encoded for it; the VP8 supervisor still gets
+    the publisher's own packets."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            steward = await joined(Participant(role="steward", audio=True, video_codec="video/H264"), app,
+                                   room_id, bearer(world, world.steward_a))
+            watcher = await joined(Participant(role="supervisor"), app, room_id, bearer(world, world.supervisor))
+            h264, = steward.tracks("video")
+            vp8, = watcher.tracks("video")
+            await eventually(lambda: real_frames(h264) >= 24 and real_frames(vp8) >= 24, timeout=15)
+            assert steward.encoded_tracks("video")[0].mimes == {"video/h264"}
+            assert watcher.encoded_tracks("video")[0].mimes == {"video/vp8"}
+            slot = relay(app, room_id).slot(Role.resident, "video")
+            proxies = {p.forwarding for q in relay(app, room_id).participants.values() for p in q.proxies
+                       if p.kind == "video"}
+            assert proxies == {True, False}
+            assert slot.frames_in >= 24 and slot.frames_forwarded >= 24 and slot.encoder.frames == 0
+            for client in (resident, steward, watcher):
+                await client.close()
+    run(scenario())
+
+
+def test_a_publisher_on_another_codec_is_decoded_and_encoded_once(live, world, order):
+    """The resident sends H.264: the VP8 subscribers share one decode and one VP8 encoding."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True, video_codec="video/H264"),
+                                    app, room_id, token)
+            steward = await joined(Participant(role="steward", audio=True), app, room_id,
+                                   bearer(world, world.steward_a))
+            watcher = await joined(Participant(role="supervisor"), app, room_id, bearer(world, world.supervisor))
+            a, = steward.tracks("video")
+            b, = watcher.tracks("video")
+            slot = relay(app, room_id).slot(Role.resident, "video")
+            await eventually(lambda: real_frames(a) >= 24 and real_frames(b) >= 24, timeout=15,
+                             describe=lambda: (a.frames, a.stamped, b.frames, slot.source_codec, slot.encoded_in,
+                                               slot.frames_in, slot.encoder.frames))
+            assert slot.source_codec == "video/h264" and slot.frames_forwarded == 0
+            assert 0 < slot.encoder.frames <= slot.frames_in
+            assert steward.encoded_tracks("video")[0].mimes == {"video/vp8"}
+            for client in (resident, steward, watcher):
+                await client.close()
+    run(scenario())
+
+
+def test_snapshots_decode_on_demand_and_no_recorder_means_no_decoding(live, world, order,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(tracks, "RAW_LEASE_S", 0.5)
+
+    async def scenario() -> None:
+        async with live(video_record_audio=False) as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            steward = await joined(Participant(role="steward", audio=True), app, room_id,
+                                   bearer(world, world.steward_a))
+            video, = steward.tracks("video")
+            await eventually(lambda: real_frames(video) >= 24, timeout=10)
+            room = relay(app, room_id)
+            slot, audio = room.slot(Role.resident, "video"), room.slot(Role.resident, "audio")
+            assert slot.frames_in == 0 and audio.frames_in == 0 and audio.frames_forwarded > 0
+            r = await app.http.post(f"{ROOMS}/{room_id}/snapshot", headers=world.headers(world.steward_a))
+            assert r.status_code == 201, r.text
+            assert (r.json()["width"], r.json()["height"]) == (640, 480)
+            assert slot.frames_in >= 1
+            await asyncio.sleep(1.5)  # the lease ran out: decoding stops again
+            decoded = slot.frames_in
+            await asyncio.sleep(1)
+            assert slot.frames_in == decoded and real_frames(video) >= 48
+            for client in (resident, steward):
+                await client.close()
+    run(scenario())
