@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     sync_push_max_mutations: int = Field(1000, ge=1, description="Largest push batch (413 beyond).")
     blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest blob (photo, recording) in bytes.")
     blob_dir: Path | None = Field(None, description="Where blobs are stored; empty means <data_dir>/blobs.")
+    blob_store: Literal["local", "s3"] = Field("local", description="`local`: blobs in STEWARD_BLOB_DIR; `s3`: in "
+                                                                   "an S3-compatible bucket (partial uploads are "
+                                                                   "still staged in STEWARD_BLOB_DIR).")
+    s3_bucket: str = Field("", description="Blob bucket when STEWARD_BLOB_STORE=s3 (required then). Credentials "
+                                           "come from boto3's standard chain (AWS_ACCESS_KEY_ID/"
+                                           "AWS_SECRET_ACCESS_KEY, a profile, an instance role), never from here.")
+    s3_prefix: str = Field("", description="Key prefix of blobs in the bucket, e.g. `steward/blobs/`.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, Ceph, Aliyun OSS...); empty "
+                                                 "means AWS S3.")
+    s3_region: str = Field("", description="Region of the bucket; empty means boto3's default (AWS_DEFAULT_REGION).")
     video_public_url: str = Field("", description="Base URL of residents' join links (HTTPS in production: phones "
                                                   "only open the camera on secure pages); empty means the URL the "
                                                   "request came in on.")
@@ -162,6 +172,9 @@ class Settings(BaseSettings):
             raise ValueError("STEWARD_SECRET_KEY must be at least 32 characters outside dev mode")
         if self.sms_sender == "http" and not self.sms_http_url.startswith(("http://", "https://")):
             raise ValueError("STEWARD_SMS_SENDER=http needs STEWARD_SMS_HTTP_URL (http:// or https://)")
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("STEWARD_BLOB_STORE=s3 needs STEWARD_S3_BUCKET (the bucket that holds the blobs); "
+                             "credentials come from boto3's standard chain (AWS_ACCESS_KEY_ID...)")
         self._check_sla_table()
         return self
 

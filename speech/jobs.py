@@ -23,7 +23,7 @@ from speech.audio import AudioDecodeError, decode_audio
 from speech.glossary import categorize, load_glossary
 from speech.models import Call, Transcript, TranscriptState
 from speech.redact import redact_text
-from speech.storage import audio_path
+from speech.storage import audio_file, audio_stored
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def promote_waiting(engine: Engine, settings: Settings) -> list[uuid.UUID]:
     with Session(engine) as session:
         rows = session.exec(select(Transcript, Note).join(Note, col(Note.id) == Transcript.id)
                             .where(col(Transcript.status) == TranscriptState.waiting_audio).limit(500)).all()
+        stored = audio_stored(settings, (note.audio_sha256 for _, note in rows))
         for transcript, note in rows:
-            if audio_path(settings, note.audio_sha256).is_file():
+            if note.audio_sha256 in stored:
                 transcript.status = TranscriptState.queued
                 transcript.next_attempt_at = utcnow()
                 promoted.append(transcript.id)
@@ -102,14 +103,18 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, pipelin
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:
             return TranscriptState.failed
-        path, attempts = audio_path(settings, note.audio_sha256), transcript.attempts
+        sha256, attempts = note.audio_sha256, transcript.attempts
+    where = "recording"
     try:
-        if not path.is_file():
-            raise RetryableError(f"the audio blob {note.audio_sha256} has not been uploaded")
-        audio = decode_audio(path)
+        # With the S3 store the file is a temporary download, kept only while it is decoded.
+        with audio_file(settings, sha256) as path:
+            if path is None:
+                raise RetryableError(f"the audio blob {sha256} has not been uploaded")
+            where = str(path)
+            audio = decode_audio(path)
         result = (pipeline or shared_pipeline(settings)).run(audio)
     except AudioDecodeError as exc:
-        return _fail(engine, transcript_id, f"undecodable audio: {exc}".replace(str(path), "recording"))
+        return _fail(engine, transcript_id, f"undecodable audio: {exc}".replace(where, "recording"))
     except Exception as exc:
         log.exception("transcription of %s failed (attempt %d)", transcript_id, attempts)
         last = attempts >= settings.speech_max_attempts if final_attempt is None else final_attempt

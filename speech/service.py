@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -60,11 +61,9 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
         if metadata.household_id is not None and order.household_id != metadata.household_id:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
     sha256 = store_audio(settings, audio)
-    from speech.storage import audio_path
-
     note = Note(kind=NoteKind.call_recording, owner_id=user.id, household_id=metadata.household_id,
                 work_order_id=metadata.work_order_id, audio_sha256=sha256,
-                duration_s=min(probe_duration(audio_path(settings, sha256)), 6 * 3600.0),
+                duration_s=min(probe_duration(io.BytesIO(audio)), 6 * 3600.0),
                 recorded_at=metadata.started_at, transcript_status=TranscriptStatus.pending)
     session.add(note)
     session.flush()  # the hook adds the transcript

@@ -1,35 +1,45 @@
-"""Recordings on disk: the blobs of offline sync's store (`sync/blobs`), addressed by sha256."""
+"""Recordings: the blobs of offline sync's store (`sync/blobs`, a directory or an S3 bucket), by sha256."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from api.settings import Settings
-from sync.blobs.storage import LocalBlobStore
+from sync.blobs.service import make_blobs
 
 
-def _store(settings: Settings) -> LocalBlobStore:
-    # The same root as sync's `make_blobs`: a recording uploaded by a handheld is found here.
-    return LocalBlobStore(settings.blob_dir or settings.data_dir / "blobs")
+def audio_stored(settings: Settings, sha256s: Iterable[str]) -> set[str]:
+    """Which of these blobs are complete in the store (one store, and one S3 client, for all)."""
+    wanted = set(sha256s)
+    if not wanted:  # the worker asks on every poll; usually nothing waits for audio
+        return set()
+    store = make_blobs(settings).store
+    return {sha256 for sha256 in wanted if store.exists(sha256) is not None}
 
 
-def audio_path(settings: Settings, sha256: str) -> Path:
-    """The file of the blob with this sha256 (it may not exist yet)."""
-    return _store(settings).path(sha256)
+@contextmanager
+def audio_file(settings: Settings, sha256: str) -> Iterator[Path | None]:
+    """A file holding the recording while the block runs (a temporary download with the S3 store); None when
+    it has not been uploaded."""
+    blobs = make_blobs(settings)
+    with blobs.store.local_file(sha256, blobs.staging / "tmp") as path:
+        yield path
 
 
 def store_audio(settings: Settings, data: bytes) -> str:
     """Store `data` as a blob (idempotent, atomic); its sha256."""
     digest = hashlib.sha256(data).hexdigest()
-    store = _store(settings)
+    blobs = make_blobs(settings)
+    store = blobs.store
     if store.exists(digest) is not None:
         return digest
-    staging = store.root / "tmp"
-    staging.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=staging, prefix="call-")
+    fd, tmp = tempfile.mkstemp(dir=blobs.staging / "tmp", prefix="call-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -42,12 +52,13 @@ def store_audio(settings: Settings, data: bytes) -> str:
     return digest
 
 
-def probe_duration(path: Path) -> float:
+def probe_duration(source: Path | BinaryIO) -> float:
     """The container's duration in seconds, or 0 when it cannot tell (the job will say why)."""
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with av.open(str(source) if isinstance(source, Path) else source, "r",
+                     metadata_errors="ignore") as container:
             return max(0.0, float(container.duration or 0) / 1_000_000)
     except (av.error.FFmpegError, OSError, ValueError):
         return 0.0

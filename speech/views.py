@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
@@ -25,8 +24,8 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.redact import can_view_pii, redact_text
-from speech.storage import audio_path
 from speech.worker import lifespan, notify_queued
+from sync.blobs.service import Blobs
 
 calls_router = APIRouter(prefix="/calls", tags=["speech"])
 router = APIRouter(prefix="/transcripts", tags=["speech"])
@@ -81,13 +80,14 @@ def get_audio(id: uuid.UUID, request: Request, session: SessionDep, settings: Se
 
     transcript = service.get(session=session, user=user, id=id)
     note = session.get(Note, transcript.id)
-    path = audio_path(settings, note.audio_sha256) if note else None
-    if note is None or path is None or not path.is_file():
+    blobs: Blobs = request.app.state.blobs
+    size = blobs.store.exists(note.audio_sha256) if note else None
+    if note is None or size is None:
         raise NotFound("The recording's audio has not been uploaded yet.", code="audio_missing")
-    media_type, suffix = _sniff(path)
+    media_type, suffix = _sniff(b"".join(blobs.store.open_range(note.audio_sha256, 0, min(size, 12) - 1)))
     # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
     # error shape (Starlette's FileResponse answered both in plain text).
-    size, start, end, chunks = request.app.state.blobs.read(note.audio_sha256, range)
+    size, start, end, chunks = blobs.read(note.audio_sha256, range)
     headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes",
                "Content-Disposition": f'attachment; filename="{id}{suffix}"'}
     if (start, end) != (0, size - 1):
@@ -127,10 +127,8 @@ _SIGNATURES = ((b"RIFF", "audio/wav", ".wav"), (b"OggS", "audio/ogg", ".ogg"), (
                (b"#!AMR", "audio/amr", ".amr"), (b"\x1aE\xdf\xa3", "audio/webm", ".webm"))
 
 
-def _sniff(path: Path) -> tuple[str, str]:
-    """Media type and file suffix from the recording's first bytes (blobs are stored without a name)."""
-    with path.open("rb") as f:
-        head = f.read(12)
+def _sniff(head: bytes) -> tuple[str, str]:
+    """Media type and file suffix from the recording's first 12 bytes (blobs are stored without a name)."""
     for magic, media_type, suffix in _SIGNATURES:
         if head.startswith(magic):
             return media_type, suffix

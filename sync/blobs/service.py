@@ -1,7 +1,10 @@
 """Blob uploads: hash while writing, enforce the size limit, resume partial uploads at an offset.
 
 Partial uploads stay on local disk (`<blob root>/partial/`) whatever the store: chunks from a weak link
-are small and uneven, and a blob reaches the store only once complete and verified.
+are small and uneven, and a blob reaches the store only once complete and verified. With the S3 store this
+is not just tidiness: S3 multipart parts must be at least 5 MiB (all but the last), so a handheld's 64 KB
+chunks cannot map onto parts, and an object under a hash key must never hold unverified bytes. The
+verified file is uploaded once (`upload_file`, multipart when large).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import anyio
 
 from api.errors import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge
 from api.settings import Settings
-from sync.blobs.storage import BlobStore, LocalBlobStore
+from sync.blobs.storage import BlobStore, LocalBlobStore, S3BlobStore
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,7 +69,7 @@ class Blobs:
 
     async def put(self, sha256: str, body: AsyncIterator[bytes], declared: int | None) -> bool:
         """Store a whole blob; True if it is new. Verifies the hash before keeping anything."""
-        if self.store.exists(sha256) is not None:
+        if await anyio.to_thread.run_sync(self.store.exists, sha256) is not None:
             return False
         if declared is not None and declared > self.max_bytes:
             raise self._too_large()
@@ -93,7 +96,7 @@ class Blobs:
                      ) -> tuple[int, str]:
         """Append a chunk at `offset`; returns the new offset and `partial`, `completed` (by this chunk)
         or `stored` (the blob was already complete)."""
-        complete = self.store.exists(sha256)
+        complete = await anyio.to_thread.run_sync(self.store.exists, sha256)
         if complete is not None:
             return complete, "stored"
         data, length_file = self._partial(sha256)
@@ -196,7 +199,19 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def make_store(settings: Settings) -> BlobStore:
+    """The store STEWARD_BLOB_STORE names: a local directory (default) or an S3-compatible bucket."""
+    if settings.blob_store == "s3":
+        return S3BlobStore(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return LocalBlobStore(blob_root(settings))
+
+
+def blob_root(settings: Settings) -> Path:
+    """The local blob directory: the store itself by default, staging for partial uploads with S3."""
+    return settings.blob_dir or settings.data_dir / "blobs"
+
+
 def make_blobs(settings: Settings) -> Blobs:
     """The blob service for these settings (local directory by default)."""
-    root = settings.blob_dir or settings.data_dir / "blobs"
-    return Blobs(store=LocalBlobStore(root), staging=root, max_bytes=settings.blob_max_bytes)
+    return Blobs(store=make_store(settings), staging=blob_root(settings), max_bytes=settings.blob_max_bytes)

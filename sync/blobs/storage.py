@@ -1,15 +1,20 @@
 """Where verified blobs live. The service verifies hashes and sizes; a store only keeps bytes by hash.
 
-`LocalBlobStore` is the default (a directory under STEWARD_DATA_DIR). An S3-compatible store fits the
-same four methods (docs/sync-protocol.md, "Blobs").
+`LocalBlobStore` is the default (a directory under STEWARD_DATA_DIR); `S3BlobStore` keeps them in an
+S3-compatible bucket (STEWARD_BLOB_STORE=s3; docs/sync-protocol.md, "Blobs").
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from api.errors import NotFound
 
 CHUNK = 256 * 1024
 
@@ -32,6 +37,24 @@ class BlobStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> None:
         """Forget a blob (missing is fine)."""
+
+    @contextmanager
+    def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:
+        """A file holding the blob while the block runs (a copy under `scratch`, removed afterwards, unless
+        the store is a directory), for readers that need a path (PyAV); None when it is not stored."""
+        size = self.exists(sha256)
+        if size is None:
+            yield None
+            return
+        scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=scratch, prefix="read-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.open_range(sha256, 0, size - 1):
+                    f.write(chunk)
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
 
 class LocalBlobStore(BlobStore):
@@ -67,3 +90,87 @@ class LocalBlobStore(BlobStore):
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    @contextmanager
+    def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:
+        path = self.path(sha256)
+        yield path if path.is_file() else None
+
+
+class S3BlobStore(BlobStore):
+    """Objects at `<prefix><sha256>` in an S3-compatible bucket; credentials from boto3's standard chain.
+
+    The service only hands over files it has already verified, so an object under a hash key always holds
+    those bytes: a PUT (single or multipart) becomes visible only once complete. `upload_file` switches to a
+    multipart upload for large files; resumable uploads are staged on local disk, not as multipart parts (see
+    `sync.blobs.service`).
+    """
+
+    def __init__(self, *, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, client: Any = None) -> None:
+        import boto3
+
+        self.bucket, self.prefix = bucket, prefix
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None)
+
+    def key(self, sha256: str) -> str:
+        return f"{self.prefix}{sha256}"
+
+    def exists(self, sha256: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(sha256))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    def store(self, sha256: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self.key(sha256),
+                                ExtraArgs={"ContentType": "application/octet-stream"})
+
+    def open_range(self, sha256: str, start: int, end: int) -> Iterator[bytes]:
+        # The request is made here, not on first iteration: a missing object fails before a response starts.
+        if end < start:
+            return iter(())
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256),
+                                          Range=f"bytes={start}-{end}")["Body"]
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(f"No blob {sha256}.") from exc
+            raise
+        return _stream(body)
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+
+    @contextmanager
+    def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:
+        if self.exists(sha256) is None:
+            yield None
+            return
+        scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=scratch, prefix="read-")
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self.key(sha256), name)  # parallel ranged GETs when large
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+
+def _missing(exc: Exception) -> bool:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return str(error.get("Code")) in {"404", "NoSuchKey", "NotFound"}
+
+
+def _stream(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()

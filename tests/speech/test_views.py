@@ -236,3 +236,33 @@ def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient
     beyond = api.get(url, headers=headers | {"Range": f"bytes={len(VALVE)}-"})
     assert_error(beyond, 416, "range_not_satisfiable")
     assert beyond.headers["content-range"] == f"bytes */{len(VALVE)}"
+
+
+def test_with_the_s3_store_a_call_is_stored_transcribed_and_served_from_the_bucket(
+        world: World, engine: Engine, speech_settings_: Settings) -> None:
+    """STEWARD_BLOB_STORE=s3: the recording goes to the bucket, the worker decodes a temporary download of it
+    (removed afterwards), and the audio route reads ranges from the bucket."""
+    import hashlib
+
+    from tests.utils.s3 import PREFIX, S3_SETTINGS, bucket_keys, mock_bucket
+
+    settings = speech_settings_.model_copy(update=S3_SETTINGS)
+    headers = world.headers(world.supervisor)
+    with mock_bucket() as s3:
+        clear_procrastinate(engine)
+        with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as api:
+            r = post_call(api, headers, VALVE, household_id=str(world.household_a.id))
+            assert r.status_code == 202, r.text
+            assert bucket_keys(s3) == [PREFIX + hashlib.sha256(VALVE).hexdigest()]
+            wait_until_done(engine, settings, [uuid.UUID(r.json()["id"])])
+            t = api.get(f"/api/v1/transcripts/{r.json()['id']}", headers=headers).json()
+            assert t["status"] == "transcribed" and "排气阀" in t["text"], t
+            with Session(engine) as session:  # probed from the uploaded bytes, not from a local file
+                note = session.get(Note, uuid.UUID(r.json()["id"]))
+                assert note is not None and 7.0 < (note.duration_s or 0) < 9.0
+            url = f"/api/v1/transcripts/{r.json()['id']}/audio"
+            part = api.get(url, headers=headers | {"Range": "bytes=0-99"})
+            assert part.status_code == 206 and part.content == VALVE[:100]
+            assert part.headers["content-type"] == "audio/wav"
+            assert api.get(url, headers=headers).content == VALVE
+    assert [p for p in (settings.blob_dir or settings.data_dir).rglob("*") if p.is_file()] == []

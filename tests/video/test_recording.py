@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 
+from tests.conftest import make_settings
+from tests.utils.s3 import PREFIX, S3_SETTINGS, bucket_keys, mock_bucket
+from video.blobs import put_blob, read_blob
 from video.recording import CallRecorder
 
 
@@ -55,3 +59,25 @@ def test_a_call_nobody_spoke_in_leaves_no_recording(tmp_path: Path):
     recorder = CallRecorder(tmp_path / "silent.ogg")
     recorder.tap()
     assert recorder.stop() is None and not (tmp_path / "silent.ogg").exists()
+
+
+def test_a_recording_and_a_snapshot_go_to_the_s3_store(tmp_path: Path):
+    """The relay's blob helpers (save_recording, save_snapshot) with STEWARD_BLOB_STORE=s3: the bytes land in
+    the bucket under their hash, nothing stays in the local staging directory, and they read back whole."""
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    side = recorder.tap()
+    for n in range(25):
+        side(tone_frame(440, n * 960))
+    recording = recorder.stop()
+    assert recording is not None
+    data = recording.path.read_bytes()
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+    settings = make_settings("sqlite://", tmp_path / "data", **S3_SETTINGS)
+    with mock_bucket() as s3:
+        shas = [put_blob(settings, data), put_blob(settings, jpeg)]
+        assert shas == [hashlib.sha256(data).hexdigest(), hashlib.sha256(jpeg).hexdigest()]
+        assert sorted(bucket_keys(s3)) == sorted(PREFIX + sha for sha in shas)
+        assert put_blob(settings, data) == shas[0]  # idempotent
+        assert read_blob(settings, shas[0]) == data and read_blob(settings, shas[1]) == jpeg
+        assert read_blob(settings, "0" * 64) is None
+    assert [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()] == []
