@@ -51,6 +51,19 @@ def _empty() -> dict[str, dict[str, dict[str, Any]]]:
     return {t: {} for t in TABLE_NAMES}
 
 
+def apply_mutation(rows: dict[str, dict[str, dict[str, Any]]], m: dict[str, Any]) -> None:
+    """Apply one queued mutation to a device's local replica (`rows[table][id]`), as the handheld shows it
+    before the server answers: a delete drops the row, an edit merges its fields, an upsert of an unknown
+    row creates it without a server version."""
+    table = rows[m["table"]]
+    if m["op"] == "delete":
+        table.pop(m["id"], None)
+    elif m["id"] in table:
+        table[m["id"]] = table[m["id"]] | m["fields"]
+    elif m["op"] == "upsert":
+        table[m["id"]] = {"id": m["id"], "version": None} | m["fields"]
+
+
 @dataclass
 class Handheld:
     """One install of the app for one user."""
@@ -152,22 +165,13 @@ class Handheld:
         self.next_mutation_id += 1
         self.queue.append(mutation)
         self.made.append(mutation)
-        self._apply_local(mutation)
+        apply_mutation(self.rows, mutation)
         return mutation
-
-    def _apply_local(self, m: dict[str, Any]) -> None:
-        rows = self.rows[m["table"]]
-        if m["op"] == "delete":
-            rows.pop(m["id"], None)
-        elif m["id"] in rows:
-            rows[m["id"]] = rows[m["id"]] | m["fields"]
-        elif m["op"] == "upsert":
-            rows[m["id"]] = {"id": m["id"], "version": None} | m["fields"]
 
     def _reapply_queue(self) -> None:
         """Unpushed edits stay visible locally on top of what the server sent."""
         for m in self.queue:
-            self._apply_local(m)
+            apply_mutation(self.rows, m)
 
     def create(self, table: str, **fields: Any) -> dict[str, Any]:
         """Queue a new row (the device makes its id)."""

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from sync.registry import TABLES
+from sync.simulator import apply_mutation
 
 TABLE_NAMES = [t.name for t in TABLES]
 
@@ -76,22 +77,13 @@ class Device:
                     "base_version": base_version, "fields": fields or {}}
         self.next_mutation_id += 1
         self.queue.append(mutation)
-        self._apply_local(mutation)
+        apply_mutation(self.rows, mutation)
         return mutation
-
-    def _apply_local(self, m: dict[str, Any]) -> None:
-        rows = self.rows[m["table"]]
-        if m["op"] == "delete":
-            rows.pop(m["id"], None)
-        elif m["id"] in rows:
-            rows[m["id"]] = rows[m["id"]] | m["fields"]
-        elif m["op"] == "upsert":
-            rows[m["id"]] = {"id": m["id"], "version": None} | m["fields"]
 
     def reapply_queue(self) -> None:
         """Unpushed edits stay visible locally on top of what the server sent."""
         for m in self.queue:
-            self._apply_local(m)
+            apply_mutation(self.rows, m)
 
     def create(self, table: str, **fields: Any) -> str:
         row_id = str(uuid.uuid4())
