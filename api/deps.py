@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -24,12 +24,14 @@ from api.users.models import Role, User
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies that only read app state are `async`: FastAPI runs sync ones in its thread pool, a hop
+# per dependency per request.
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -74,6 +76,13 @@ TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
 
 def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep) -> User:
     """The signed-in, active user; the role comes from the database so a demotion applies at once."""
+    return authenticate(session, settings, token, release=True)
+
+
+def authenticate(session: Session, settings: Settings, token: str | None, *, release: bool) -> User:
+    """`get_current_user` as a plain call, for hot async routes that run their whole work in one thread
+    hop (the sync pull and push) instead of one hop for the user and another for the route; those keep
+    the connection (`release=False`) and read the user in the same transaction as the work."""
     if not token:
         raise Unauthorized("Sign in first: send `Authorization: Bearer <token>` from /api/v1/auth/token.",
                            code="not_authenticated")
@@ -83,9 +92,10 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
     except ValueError as exc:
         raise Unauthorized("The access token is invalid; sign in again.", code="invalid_token") from exc
     user = session.get(User, user_id)
-    # End this read now: the route runs in another pool thread, and the connection goes back to the pool
-    # meanwhile (a request waiting for a thread, or streaming an upload, holds none).
-    session.commit()
+    if release:
+        # End this read now: the route runs in another pool thread, and the connection goes back to the
+        # pool meanwhile (a request waiting for a thread, or streaming an upload, holds none).
+        session.commit()
     if user is None or not user.active:
         raise Unauthorized("This account no longer exists or is disabled.", code="inactive_user")
     return user
@@ -94,10 +104,10 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def require_role(*roles: Role) -> Callable[[User], User]:
+def require_role(*roles: Role) -> Callable[[User], Awaitable[User]]:
     """A dependency that lets only the given roles through (403 otherwise)."""
 
-    def check(user: CurrentUser) -> User:
+    async def check(user: CurrentUser) -> User:
         if user.role not in roles:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"This action needs one of the roles: {allowed}.", code="role_required")

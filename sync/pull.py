@@ -74,13 +74,15 @@ def _snapshot_step(feed: Feed, page: Page, state: Cursor,
     """Rows table by table: all visible ones (snapshot), or those related to scope keys (scope change):
     deletes for the ones no longer visible, upserts for the visible ones related to keys now in scope
     (rows still visible through another path were visible before and are not resent).
-    Big tables page by (page key, id), the others by id. Returns the new state and whether the phase is
-    finished."""
-    t, last, last_key = state.phase_table, state.phase_row, state.phase_key
+    Big tables page by (page key, id), the others by id; a steward's snapshot of a big table takes the
+    grid's rows first, then their own rows outside it (part 1). Returns the new state and whether the
+    phase is finished."""
+    t, part, last, last_key = state.phase_table, state.phase_part, state.phase_row, state.phase_key
     while t < len(TABLES) and page.room > 0:
         spec = TABLES[t]
         shape = spec.wire(feed.dialect)
-        rows = _page_rows(feed, spec, shape, scope, last, last_key, page.room + 1)
+        split = scope is None and not feed.office and spec.in_grid is not None and spec.own is not None
+        rows = _page_rows(feed, spec, shape, scope, part if split else None, last, last_key, page.room + 1)
         taken = rows[:page.room]
         records = [shape.record(row) for row in taken]
         if scope is None:
@@ -91,21 +93,26 @@ def _snapshot_step(feed: Feed, page: Page, state: Cursor,
                 page.add(t, rec["id"], rec if row[-1] else _DELETE)
         if len(rows) > len(taken):
             position = uuid.UUID(records[-1]["id"])
-            page_key = _as_uuid(taken[-1][len(shape.names)]) if spec.page_key else None
-            return state.with_(phase_table=t, phase_row=position, phase_key=page_key), False
-        t, last, last_key = t + 1, None, None
+            keyed = spec.page_key is not None and part == 0
+            page_key = _as_uuid(taken[-1][len(shape.names)]) if keyed else None
+            return state.with_(phase_table=t, phase_part=part, phase_row=position, phase_key=page_key), False
+        if split and part == 0:
+            part, last, last_key = 1, None, None
+            continue
+        t, part, last, last_key = t + 1, 0, None, None
     if t < len(TABLES):
-        return state.with_(phase_table=t, phase_row=last, phase_key=last_key), False
+        return state.with_(phase_table=t, phase_part=part, phase_row=last, phase_key=last_key), False
     return state, True
 
 
 def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys, ScopeKeys] | None,
-               last: uuid.UUID | None, last_key: uuid.UUID | None, want: int) -> list[Any]:
-    """The next `want` rows of one table after (last_key, last), in page order."""
+               part: int | None, last: uuid.UUID | None, last_key: uuid.UUID | None, want: int) -> list[Any]:
+    """The next `want` rows of one table after (last_key, last), in page order. `part` splits a steward's
+    snapshot: 0 the grid's rows, 1 their own rows outside the grid; None: every visible row."""
     ident = spec.table.c.id
     key = spec.table.c[spec.page_key] if spec.page_key else None
     columns = list(shape.columns)
-    if key is not None:  # as text: only the page's last key is ever parsed
+    if key is not None and part != 1:  # as text: only the page's last key is ever parsed
         columns.append(wire(key, feed.dialect)[0].label("_page_key"))
     visible = spec.visible(feed.user)
 
@@ -123,25 +130,25 @@ def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys,
         flag = case((visible, literal(True)), else_=literal(False))
         stmt = select(*columns, flag).where(spec.related(changed),
                                             or_(flag == literal(False), spec.related(now_in_scope)))
-        return list(feed.session.execute(bounded(stmt)).all())
-    if feed.office or spec.in_grid is None or spec.own is None:
-        return list(feed.session.execute(bounded(select(*columns).where(visible))).all())
+        return _rows(feed, bounded(stmt))
+    if part is None:
+        return _rows(feed, bounded(select(*columns).where(visible)))
+    assert spec.in_grid is not None and spec.own is not None
     in_grid = spec.in_grid(feed.user)
+    if part == 0:
+        return _rows(feed, bounded(select(*columns).where(in_grid)))
     # The steward's own rows outside the grid are few: select them first (OFFSET 0 keeps PostgreSQL from
-    # merging the subquery and walking the whole key index in order to find them), then page them.
-    assert key is not None
-    inner = (select(*columns, key.label("_k"), ident.label("_i"))
-             .where(spec.own(feed.user), not_(in_grid)).offset(0).subquery())
+    # merging the subquery and walking the whole id index in order to find them), then page them by id.
+    inner = select(*columns, ident.label("_i")).where(spec.own(feed.user), not_(in_grid)).offset(0).subquery()
     own = select(*[inner.c[c.name] for c in columns])
-    if last is not None and last_key is not None:
-        own = own.where(tuple_(inner.c._k, inner.c._i) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
-    own = own.order_by(inner.c._k, inner.c._i).limit(want)
-    parts = [feed.session.execute(bounded(select(*columns).where(in_grid))).all(),
-             feed.session.execute(own).all()]
-    if not parts[1]:
-        return list(parts[0])
-    index = len(shape.names)  # (page key, id) as text: the same order as the database's
-    return sorted([*parts[0], *parts[1]], key=lambda row: (row[index], row[0]))[:want]
+    if last is not None:
+        own = own.where(inner.c._i > literal(last, ident.type))
+    return _rows(feed, own.order_by(inner.c._i).limit(want))
+
+
+def _rows(feed: Feed, stmt: Any) -> list[Any]:
+    """Rows of a Core select, through the session's connection (no ORM result processing)."""
+    return list(feed.session.connection().execute(stmt).all())
 
 
 def _as_uuid(value: Any) -> uuid.UUID:
@@ -320,15 +327,16 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
         if state.phase == SNAPSHOT:
             state, finished = _snapshot_step(feed, page, state, scope=None)
             if finished:
-                state = state.with_(phase=DELTA, phase_table=0, phase_row=None, phase_key=None)
+                state = state.with_(phase=DELTA, phase_table=0, phase_part=0, phase_row=None, phase_key=None)
         elif state.phase == SCOPE:
             state, finished = _snapshot_step(feed, page, state, scope=_scope_keys(feed, state))
             if finished:
                 state = state.with_(phase=DELTA, scope_seq=state.phase_seq, phase_seq=0, phase_table=0,
-                                    phase_row=None, phase_key=None)
+                                    phase_part=0, phase_row=None, phase_key=None)
         else:
             if pending is not None and pending > state.scope_seq:
-                state = state.with_(phase=SCOPE, phase_seq=pending, phase_table=0, phase_row=None, phase_key=None)
+                state = state.with_(phase=SCOPE, phase_seq=pending, phase_table=0, phase_part=0, phase_row=None,
+                                    phase_key=None)
                 continue
             state, done = _delta_step(feed, page, state)
             if done:

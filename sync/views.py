@@ -10,8 +10,9 @@ from fastapi import APIRouter, Body, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
+from api.deps import OfficeUser, PageDep, SessionDep, SettingsDep, TokenDep, authenticate
 from api.errors import Conflict, Unprocessable
 from sync import service
 from sync.models import (
@@ -52,29 +53,40 @@ def _json(payload: dict[str, Any]) -> Response:
 
 
 @router.get("/pull", responses={200: {"model": PullResponse}})
-def pull(session: SessionDep, settings: SettingsDep, user: CurrentUser,
-         schema_version: Annotated[str | None, Query(description="Protocol version (1).")] = None,
-         cursor: Annotated[str | None, Query(max_length=4096, description="From the last page; none = first sync.")]
-         = None,
-         limit: Annotated[int | None, Query(description=f"Records per page, 1..{MAX_LIMIT}.")] = None) -> Response:
+async def pull(session: SessionDep, settings: SettingsDep, token: TokenDep,
+               schema_version: Annotated[str | None, Query(description="Protocol version (1).")] = None,
+               cursor: Annotated[str | None, Query(max_length=4096,
+                                                   description="From the last page; none = first sync.")] = None,
+               limit: Annotated[int | None, Query(description=f"Records per page, 1..{MAX_LIMIT}.")] = None
+               ) -> Response:
     """One page of changes after the cursor."""
-    check_version(schema_version)
-    limit = DEFAULT_LIMIT if limit is None else limit
-    if not 1 <= limit <= MAX_LIMIT:
-        raise Unprocessable(f"limit must be between 1 and {MAX_LIMIT}.")
-    return _json(pull_page(session=session, settings=settings, user=user, cursor=cursor or None, limit=limit))
+
+    def work() -> Response:  # the sign-in check and the page in one thread hop (a pull is a hot path)
+        user = authenticate(session, settings, token, release=False)
+        check_version(schema_version)
+        size = DEFAULT_LIMIT if limit is None else limit
+        if not 1 <= size <= MAX_LIMIT:
+            raise Unprocessable(f"limit must be between 1 and {MAX_LIMIT}.")
+        return _json(pull_page(session=session, settings=settings, user=user, cursor=cursor or None, limit=size))
+
+    return await run_in_threadpool(work)
 
 
 @router.post("/push", responses={200: {"model": PushResponse}})
-def push(body: Annotated[dict[str, Any], Body()], session: SessionDep, settings: SettingsDep,
-         user: CurrentUser) -> Response:
+async def push(body: Annotated[dict[str, Any], Body()], session: SessionDep, settings: SettingsDep,
+               token: TokenDep) -> Response:
     """Apply a batch of the device's queued mutations, exactly once."""
-    check_version(body.get("schema_version"))
-    try:
-        request = PushRequest.model_validate(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
-    return _json(push_batch(session=session, settings=settings, user=user, body=request))
+
+    def work() -> Response:
+        user = authenticate(session, settings, token, release=False)
+        check_version(body.get("schema_version"))
+        try:
+            request = PushRequest.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from exc
+        return _json(push_batch(session=session, settings=settings, user=user, body=request))
+
+    return await run_in_threadpool(work)
 
 
 @router.get("/conflicts", response_model=ConflictsPublic)

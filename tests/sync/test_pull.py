@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
+from api.db import utcnow
+from api.fieldwork.models import Reading, Visit
+from api.work_orders.models import Status
 from sync.models import MAX_LIMIT
 from tests.sync.conftest import District, server_rows
 from tests.sync.device import Device
+from tests.utils.factories import make_work_order
 
 T0 = "2026-12-01T08:00:00+00:00"
 
@@ -219,3 +225,54 @@ def test_snapshot_pages_split_one_households_rows_without_loss(client: TestClien
         paged.pull(limit=limit)
         assert paged.rows == whole.rows
     assert len(whole.rows["readings"]) == 18 and len(whole.rows["visits"]) == 18
+
+
+def test_a_stewards_own_rows_outside_the_grid_page_after_the_grids_rows(
+        session: Session, client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    d = district
+    outside = [d.h2a, d.h3a]
+    own: dict[str, set[str]] = {"work_orders": set(), "visits": set(), "readings": set()}
+    for n in range(4):
+        household = outside[n % 2]
+        order = make_work_order(session, household, status=Status.assigned, assignee=d.steward1)
+        visit = Visit(household_id=household.id, work_order_id=order.id, steward_id=d.steward1.id,
+                      arrived_at=utcnow(), actions=f"outside {n}")
+        reading = Reading(household_id=household.id, taken_at=utcnow(), temp_c=15 + n, taken_by_id=d.steward1.id)
+        session.add_all([visit, reading])
+        session.commit()
+        own["work_orders"].add(str(order.id))
+        own["visits"].add(str(visit.id))
+        own["readings"].add(str(reading.id))
+    whole = device(d.steward1, "whole")
+    assert whole.pull(limit=MAX_LIMIT) == 1
+    for table, ids in own.items():
+        assert ids <= set(whole.rows[table]), table
+    assert whole.rows == server_rows(client, d.headers(d.steward1))
+    for limit in (1, 2, 3, 7):
+        paged = device(d.steward1, f"paged{limit}")
+        paged.pull(limit=limit)
+        assert paged.rows == whole.rows, limit
+
+
+def test_a_cursor_of_the_previous_format_still_resumes(client: TestClient, district: District,
+                                                       device: Callable[..., Device]) -> None:
+    import orjson
+
+    from sync import cursor as cursors
+
+    d = device(district.steward1)
+    d.pull_page(limit=2)
+    assert d.cursor is not None
+    state = cursors.decode(d.cursor, district.settings.secret_key)
+    assert state.phase == cursors.SNAPSHOT and state.phase_part == 0
+    fields = [1, state.user_id.hex, int(state.office), None if state.client_id is None else state.client_id.hex,
+              state.seq, state.table, None, state.scope_seq,
+              state.phase, state.phase_seq, state.phase_table, state.phase_row.hex if state.phase_row else None,
+              state.phase_key.hex if state.phase_key else None]
+    payload = orjson.dumps(fields)
+    old = base64.urlsafe_b64encode(payload + cursors._mac(district.settings.secret_key, payload)).rstrip(b"=")
+    assert cursors.decode(old.decode(), district.settings.secret_key) == state
+    d.cursor = old.decode()
+    d.pull()
+    assert d.resets == 0
+    assert d.rows == server_rows(client, district.headers(district.steward1))
