@@ -141,8 +141,9 @@ class Settings(BaseSettings):
                                                    "are derived from it.")
     video_relay_mode: Literal["forward", "transcode"] = Field(
         "forward", description="`forward`: send subscribers the publisher's encoded VP8/Opus frames as they "
-                               "came (no decoding or encoding, except for recording, snapshots and a subscriber "
-                               "on another codec); `transcode`: decode every published track and encode it again.")
+                               "came (no decoding or encoding, except for snapshots and a subscriber on another "
+                               "codec; the recording is mixed down after the call); `transcode`: decode every "
+                               "published track and encode it again.")
     video_shared_encoding: bool = Field(True, description="When transcoding: encode each published video once for "
                                                           "all its VP8 subscribers (less CPU; one bitrate for all) "
                                                           "instead of once per subscriber.")

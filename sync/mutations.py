@@ -9,10 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import ARRAY, ColumnElement, Uuid, any_, bindparam, case, literal
+from sqlalchemy import ARRAY, ColumnElement, Uuid, any_, bindparam, case, insert, literal
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Session, col, select
 
 from api import access
@@ -36,6 +38,16 @@ class Outcome:
     conflicts: list[ConflictEntry] = field(default_factory=list)
 
 
+class StagedRow(SimpleNamespace):
+    """A new row of the bulk path: its column values as attributes (what `record` reads)."""
+
+
+def _defaults(model: Any) -> dict[str, Any]:
+    """Every field's default (factories called), as the model's constructor would fill them."""
+    return {name: info.get_default(call_default_factory=True) for name, info in model.model_fields.items()
+            if not info.is_required()}
+
+
 class Context:
     """The caller and what the push has learnt about rows: existence and visibility, fetched in bulk."""
 
@@ -51,6 +63,11 @@ class Context:
         # garbage-collected would be loaded again, one query per mutation.
         self._rows: dict[tuple[str, uuid.UUID], Any] = {}
         self._tombstones: set[tuple[str, uuid.UUID]] | None = None
+        # New rows of append-only tables that no other mutation of the batch names: checked like any
+        # create, then held as plain values (`StagedRow`) and written with one INSERT per table by
+        # `insert_staged`, not as ORM objects one by one (readings are most of a field day's pushes).
+        self.bulk: set[tuple[str, uuid.UUID]] = set()
+        self.staged: list[tuple[SyncTable, StagedRow]] = []
 
     def prefetch(self, wanted: dict[str, set[uuid.UUID]]) -> None:
         """Load the rows a batch names (targets and links), and their tombstones, with a few IN queries."""
@@ -79,6 +96,22 @@ class Context:
                     visible = set(self.session.exec(stmt).all())
                 for i in found:
                     self._visible[(name, i)] = i in visible
+
+    def stage(self, spec: SyncTable, values: dict[str, Any]) -> StagedRow:
+        """A new row for `insert_staged`, with the model's defaults for the fields not given."""
+        row = StagedRow(**(_defaults(spec.model) | values))
+        self.staged.append((spec, row))
+        return row
+
+    def insert_staged(self, seq: int) -> None:
+        """Write the staged rows, stamped as the flush hook stamps new rows (sequence, writing device)."""
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for spec, row in self.staged:
+            row.seq, row.origin_client_id = seq, self.client_id
+            by_table.setdefault(spec.name, []).append({c.name: getattr(row, c.name) for c in spec.table.columns})
+        for name, rows in by_table.items():
+            self.session.connection().execute(insert(BY_NAME[name].table), rows)
+        self.staged.clear()
 
     @property
     def dialect(self) -> str:
@@ -183,6 +216,8 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
             raise Rejected("not_found", f"No {spec.name} row with id {id}.")
         if rules.create is None:
             raise Rejected("read_only_table", f"{spec.name} rows are not created from devices.")
+        if (spec.name, id) in ctx.bulk and rules.create_values is not None:
+            return Outcome("applied", ctx.stage(spec, rules.create_values(ctx, id, fields)))
         created = rules.create(ctx, id, fields)
         ctx.session.add(created)
         return Outcome("applied", created)
@@ -301,6 +336,8 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
         if foreign:
             server = {name: getattr(row, name) for name in sorted(foreign)}
             conflicts.append(ConflictEntry(None, "delete_wins", server, "deleted", "device"))
+    if sa_inspect(row).pending:  # created earlier in this batch: write it first, then delete it as any row
+        ctx.session.flush()
     if rules.before_delete is not None:
         rules.before_delete(ctx, row)
     ctx.session.delete(row)

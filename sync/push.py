@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +87,8 @@ class _Pending:
 
 
 def _row_after(row: Any) -> Any | None:
-    if row is None:
-        return None
+    if row is None or isinstance(row, mutations.StagedRow):
+        return row
     state = inspect(row)
     return None if state.deleted or state.was_deleted or state.detached else row
 
@@ -152,12 +153,18 @@ def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: in
     return out
 
 
-def _context(session: Session, settings: Settings, user: User, body: PushRequest, last: int) -> mutations.Context:
+def _context(session: Session, settings: Settings, user: User, body: PushRequest, last: int, *, bulk: bool
+             ) -> mutations.Context:
     ctx = mutations.Context(session=session, settings=settings, user=user, client_id=body.client_id)
     targets = []
     for m in body.mutations:
         with contextlib.suppress(ValueError):
             targets.append((m.table, uuid.UUID(m.id), m.fields if m.mutation_id > last else {}))
+    if bulk:
+        named = Counter((t, i) for t, i, _ in targets)
+        ctx.bulk = {(m.table, uuid.UUID(m.id)) for m in body.mutations
+                    if m.mutation_id > last and m.op == "upsert" and m.table in BY_NAME
+                    and BY_NAME[m.table].append_only and named[(m.table, uuid.UUID(m.id))] == 1}
     ctx.prefetch({t: ids for t, ids in mutations.wanted_rows(targets).items() if t in BY_NAME})
     return ctx
 
@@ -181,15 +188,16 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
     try:
         batch = session.begin_nested()
         try:
-            ctx = _context(session, settings, user, body, last)
+            ctx = _context(session, settings, user, body, last, bulk=True)
             pending = _apply(session, ctx, body, last, savepoints=False)
+            ctx.insert_staged(seq)
             session.flush()
             batch.commit()
         except (_Unsafe, IntegrityError, StatementError, DBAPIError):
             batch.rollback()
             session.info.pop(TARGETS, None)
             session.info.pop(UNTARGETED, None)
-            ctx = _context(session, settings, user, body, last)
+            ctx = _context(session, settings, user, body, last, bulk=False)
             pending = _apply(session, ctx, body, last, savepoints=True)
         results = []
         for p in pending:

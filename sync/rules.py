@@ -96,6 +96,9 @@ class Rules:
     """One table's rules; the defaults refuse everything."""
 
     create: Callable[[Context, uuid.UUID, dict[str, Any]], Any] | None = None
+    # The same checks as `create`, returning the new row's checked values instead of an ORM object: the
+    # bulk path of append-only tables (see `Context.stage`).
+    create_values: Callable[[Context, uuid.UUID, dict[str, Any]], dict[str, Any]] | None = None
     # (ctx, row) -> the fields the caller may update on this row; raises when it may update none.
     writable: Callable[[Context, Any], frozenset[str]] | None = None
     update_model: type[BaseModel] | None = None
@@ -182,14 +185,18 @@ def _visit_before_delete(ctx: Context, visit: Visit) -> None:
 # --- readings -------------------------------------------------------------------------------------
 
 
-def create_reading(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Reading:
+def reading_values(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
     only(fields, _fields_of(ReadingCreate), "when creating a reading")
     data: ReadingCreate = validate(ReadingCreate, fields | {"id": id})
     if data.visit_id is None:
         _visible_household(ctx, data.household_id)
     else:  # a reading taken during the user's own visit, possibly outside their grid (as in REST)
         _visible_visit(ctx, data.visit_id, data.household_id)
-    return Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": ctx.user.id})
+    return data.model_dump(exclude_none=True) | {"taken_by_id": ctx.user.id}
+
+
+def create_reading(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Reading:
+    return Reading.model_validate(reading_values(ctx, id, fields))
 
 
 # --- notes ----------------------------------------------------------------------------------------
@@ -362,7 +369,7 @@ RULES: dict[str, Rules] = {
                          apply=_order_apply, not_deletable="Work orders are not deleted; cancel them."),
     "visits": Rules(create=create_visit, writable=_visit_writable, update_model=VisitUpdate, apply=_visit_apply,
                     may_delete=_may_delete_visit, before_delete=_visit_before_delete),
-    "readings": Rules(create=create_reading, may_delete=_may_delete_reading),
+    "readings": Rules(create=create_reading, create_values=reading_values, may_delete=_may_delete_reading),
     "notes": Rules(create=create_note, writable=_note_writable, update_model=NoteUpdate, apply=_set_all,
                    may_delete=_may_delete_note),
 }

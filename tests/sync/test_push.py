@@ -146,8 +146,8 @@ def test_a_database_error_rejects_only_its_own_mutation(district: District, devi
                                                         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # Validation catches what it can; this makes one reading slip through with a household that does not
     # exist, so only the database's foreign key refuses it, inside that mutation's savepoint.
-    create = rules.RULES["readings"].create
-    assert create is not None
+    create, create_values = rules.RULES["readings"].create, rules.RULES["readings"].create_values
+    assert create is not None and create_values is not None
 
     def sloppy(ctx, id, fields):  # type: ignore[no-untyped-def]
         reading = create(ctx, id, fields)
@@ -155,7 +155,12 @@ def test_a_database_error_rejects_only_its_own_mutation(district: District, devi
             reading.household_id = uuid.uuid4()
         return reading
 
-    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"], create=sloppy))
+    def sloppy_values(ctx, id, fields):  # type: ignore[no-untyped-def]  (the bulk path of new readings)
+        values = create_values(ctx, id, fields)
+        return values | {"household_id": uuid.uuid4()} if fields["temp_c"] == 13.0 else values
+
+    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"], create=sloppy,
+                                                                     create_values=sloppy_values))
     d = device(district.steward1)
     d.pull()
     for temp in (18.0, 13.0, 19.0):
@@ -470,3 +475,32 @@ def test_the_push_cursor_skips_the_devices_own_writes(client: TestClient, distri
     other = device(district.steward1, "tablet")
     other.pull()
     assert other.rows == d.rows
+
+
+def test_new_readings_written_in_bulk_carry_the_sequence_and_their_device(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    author, neighbour = device(district.steward1, "author"), device(district.steward1, "neighbour")
+    author.pull()
+    neighbour.pull()
+    made = [author.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=15 + n)
+            for n in range(6)]
+    gone = author.create("readings", household_id=str(district.h1b.id), taken_at=T0, temp_c=12.0)
+    author.delete("readings", gone)  # named twice in the batch: through the session, not the bulk insert
+    visit = author.create("visits", household_id=str(district.h1a.id), arrived_at=T0, actions="mistake")
+    author.delete("visits", visit)  # a create and a delete in one batch (this was a 500 before)
+    answer = author.push()
+    assert [r["status"] for r in answer["results"]] == ["applied"] * 10
+    assert [r["record"]["temp_c"] for r in answer["results"][:6]] == [15, 16, 17, 18, 19, 20]
+    assert all(r["version"] == 1 for r in answer["results"][:6])
+    with Session(engine) as s:
+        rows = s.exec(select(Reading).where(Reading.id.in_([uuid.UUID(i) for i in made]))).all()  # type: ignore[attr-defined]
+        assert len(rows) == 6 and s.get(Reading, uuid.UUID(gone)) is None
+        assert {r.seq for r in rows} == {max(r.seq for r in rows)} and rows[0].seq > 0
+        assert {str(r.origin_client_id) for r in rows} == {author.client_id}
+        assert {r.taken_by_id for r in rows} == {district.steward1.id}
+    page = author.pull_page()
+    assert page["changes"]["readings"]["upserts"] == []  # no echo of its own writes
+    neighbour.pull()
+    assert set(made) <= set(neighbour.rows["readings"]) and gone not in neighbour.rows["readings"]
+    assert visit not in neighbour.rows["visits"]
+    assert neighbour.rows["readings"] == server_rows(client, district.headers(district.steward1))["readings"]
