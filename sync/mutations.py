@@ -7,8 +7,9 @@ savepoint, flushes it, logs conflicts and answers the device.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,10 +43,26 @@ class StagedRow(SimpleNamespace):
     """A new row of the bulk path: its column values as attributes (what `record` reads)."""
 
 
-def _defaults(model: Any) -> dict[str, Any]:
-    """Every field's default (factories called), as the model's constructor would fill them."""
-    return {name: info.get_default(call_default_factory=True) for name, info in model.model_fields.items()
-            if not info.is_required()}
+@cache
+def _default_plan(model: Any) -> tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]]:
+    """A model's plain defaults, and its default factories (called per row)."""
+    plain, factories = {}, []
+    for name, info in model.model_fields.items():
+        if info.default_factory is not None:
+            factories.append((name, info.default_factory))
+        elif not info.is_required():
+            plain[name] = info.default
+    return plain, tuple(factories)
+
+
+def _defaults(model: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Every field's default not in `given` (factories called), as the model's constructor fills them."""
+    plain, factories = _default_plan(model)
+    out = dict(plain)
+    for name, factory in factories:
+        if name not in given:
+            out[name] = factory()
+    return out
 
 
 class Context:
@@ -99,7 +116,7 @@ class Context:
 
     def stage(self, spec: SyncTable, values: dict[str, Any]) -> StagedRow:
         """A new row for `insert_staged`, with the model's defaults for the fields not given."""
-        row = StagedRow(**(_defaults(spec.model) | values))
+        row = StagedRow(**(_defaults(spec.model, values) | values))
         self.staged.append((spec, row))
         return row
 
