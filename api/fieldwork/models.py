@@ -34,7 +34,7 @@ class VisitBase(SQLModel):
 class Visit(Versioned, VisitBase, table=True):
     __tablename__ = "visits"
 
-    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="RESTRICT")
+    household_id: uuid.UUID = Field(foreign_key="households.id", ondelete="RESTRICT")  # indexed with id (sync)
     work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", index=True,
                                             ondelete="SET NULL")
     steward_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="RESTRICT")
@@ -81,7 +81,7 @@ class Reading(Versioned, ReadingBase, table=True):
 
     __tablename__ = "readings"
 
-    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="RESTRICT")
+    household_id: uuid.UUID = Field(foreign_key="households.id", ondelete="RESTRICT")  # indexed with id (sync)
     visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.id", ondelete="SET NULL")
     taken_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
     taken_at: datetime = ts_field(index=True)

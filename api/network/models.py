@@ -116,7 +116,7 @@ class Household(Versioned, HouseholdBase, table=True):
     __tablename__ = "households"
     __table_args__ = (UniqueConstraint("building_id", "unit", "room", name="uq_households_building_unit_room"),)
 
-    building_id: uuid.UUID = Field(foreign_key="buildings.id", index=True, ondelete="RESTRICT")
+    building_id: uuid.UUID = Field(foreign_key="buildings.id", ondelete="RESTRICT")  # indexed with id (sync)
 
 
 class HouseholdCreate(HouseholdBase):

@@ -73,7 +73,7 @@ class WorkOrderBase(SQLModel):
 class WorkOrder(Versioned, WorkOrderBase, table=True):
     __tablename__ = "work_orders"
 
-    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="RESTRICT")
+    household_id: uuid.UUID = Field(foreign_key="households.id", ondelete="RESTRICT")  # indexed with id (sync)
     status: Status = Field(default=Status.new, index=True)
     assignee_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", index=True,
                                           ondelete="SET NULL")
