@@ -38,11 +38,16 @@ def building_clause(user: User, column: Any) -> ColumnElement[bool]:
     return true() if is_office(user) else col(column).in_(grid_buildings(user))
 
 
+def grid_households(user: User) -> Any:
+    """The ids of the households in the user's grid, as a subquery."""
+    return select(Household.id).where(col(Household.building_id).in_(grid_buildings(user)))
+
+
 def household_clause(user: User, column: Any) -> ColumnElement[bool]:
     """Rows whose household `column` the user may see (through the grid)."""
     if is_office(user):
         return true()
-    return col(column).in_(select(Household.id).where(col(Household.building_id).in_(grid_buildings(user))))
+    return col(column).in_(grid_households(user))
 
 
 def work_order_clause(user: User) -> ColumnElement[bool]:

@@ -131,6 +131,10 @@ def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys,
         stmt = select(*columns, flag).where(spec.related(changed),
                                             or_(flag == literal(False), spec.related(now_in_scope)))
         return _rows(feed, bounded(stmt))
+    grid_walk = (feed.dialect == "postgresql" and not feed.office and key is not None
+                 and spec.grid_keys is not None and part != 1)
+    if grid_walk:
+        return _rows(feed, _grid_page(feed, spec, columns, last, last_key, want))
     if part is None:
         return _rows(feed, bounded(select(*columns).where(visible)))
     assert spec.in_grid is not None and spec.own is not None
@@ -144,6 +148,29 @@ def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys,
     if last is not None:
         own = own.where(inner.c._i > literal(last, ident.type))
     return _rows(feed, own.order_by(inner.c._i).limit(want))
+
+
+def _grid_page(feed: Feed, spec: SyncTable, columns: list[Any], last: uuid.UUID | None,
+               last_key: uuid.UUID | None, want: int) -> Any:
+    """The grid's next rows in (key, id) order, PostgreSQL: the grid's keys from the bound in order, and
+    for each key its rows through the (key, id) index (a LATERAL join, so each page reads about `want`
+    rows). The plain `key IN (grid) ORDER BY key, id` lets the planner walk the whole table's index in
+    order instead, fetching every row of the district between two of the grid's keys from the heap:
+    seconds per page at 200,000 households."""
+    assert spec.page_key is not None and spec.grid_keys is not None
+    ident, key = spec.table.c.id, spec.table.c[spec.page_key]
+    grid = spec.grid_keys(feed.user).subquery()
+    k = grid.c[0]
+    keys = select(k.label("k"))
+    if last_key is not None:
+        keys = keys.where(k >= literal(last_key, key.type))
+    walk = keys.order_by(k).subquery("grid_walk")
+    rows = select(*columns, ident.label("_i")).where(key == walk.c.k)
+    if last is not None and last_key is not None:
+        rows = rows.where(tuple_(key, ident) > tuple_(literal(last_key, key.type), literal(last, ident.type)))
+    page = rows.order_by(ident).limit(want).lateral("grid_rows")
+    return (select(*[page.c[c.name] for c in columns]).select_from(walk.join(page, true()))
+            .order_by(walk.c.k, page.c._i).limit(want))
 
 
 def _rows(feed: Feed, stmt: Any) -> list[Any]:

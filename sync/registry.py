@@ -58,6 +58,9 @@ class SyncTable:
     # For stewards, `visible` = `in_grid` OR `own` (rows they made or were given outside the grid). A
     # snapshot pages the two apart and merges them, because an OR hides the index order from planners.
     in_grid: Callable[[User], ColumnElement[bool]] | None = None
+    # The page-key values of a steward's grid (buildings for households, households for the rest): on
+    # PostgreSQL a snapshot page walks them in order and reads each one's rows (sync/pull.py).
+    grid_keys: Callable[[User], Any] | None = None
     own: Callable[[User], ColumnElement[bool]] | None = None
 
     @property
@@ -191,20 +194,20 @@ TABLES: tuple[SyncTable, ...] = (
     SyncTable("households", Household, lambda u: access.building_clause(u, Household.building_id),
               lambda k: col(Household.building_id).in_(k.buildings),
               office_fields=frozenset({"resident_name", "phone", "area_m2", "heating_status", "sensitive"}),
-              page_key="building_id"),
+              page_key="building_id", grid_keys=access.grid_buildings),
     SyncTable("work_orders", WorkOrder, access.work_order_clause,
               lambda k: or_(col(WorkOrder.household_id).in_(_households_of(k)), col(WorkOrder.id).in_(k.work_orders)),
               office_fields=frozenset({"assignee_id", "priority", "sla_due_at", "category", "description"}),
               page_key="household_id", in_grid=lambda u: access.household_clause(u, WorkOrder.household_id),
-              own=lambda u: col(WorkOrder.assignee_id) == u.id),
+              own=lambda u: col(WorkOrder.assignee_id) == u.id, grid_keys=access.grid_households),
     SyncTable("visits", Visit, access.visit_clause,
               lambda k: col(Visit.household_id).in_(_households_of(k)), page_key="household_id",
               in_grid=lambda u: access.household_clause(u, Visit.household_id),
-              own=lambda u: col(Visit.steward_id) == u.id),
+              own=lambda u: col(Visit.steward_id) == u.id, grid_keys=access.grid_households),
     SyncTable("readings", Reading, access.reading_clause,
               lambda k: col(Reading.household_id).in_(_households_of(k)), append_only=True,
               page_key="household_id", in_grid=lambda u: access.household_clause(u, Reading.household_id),
-              own=lambda u: col(Reading.taken_by_id) == u.id),
+              own=lambda u: col(Reading.taken_by_id) == u.id, grid_keys=access.grid_households),
     SyncTable("notes", Note, note_clause,
               lambda k: or_(col(Note.household_id).in_(_households_of(k)),
                             col(Note.work_order_id).in_(
