@@ -255,7 +255,7 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
                 .where(c.seq <= feed.head, _position(state, t, c.seq, c.id), visible,
                        _not_mine(c.origin_client_id, state.client_id))
                 .order_by(c.seq, c.id).limit(want))
-        for row in feed.session.execute(stmt):
+        for row in feed.session.connection().execute(stmt):
             rec = shape.record(row, 1)
             items.append((row[0], t, rec["id"], rec))
     tomb = _columns(Tombstone)
@@ -268,7 +268,7 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
                            _position(state, t, tomb.seq, tomb.row_id), route,
                            _not_mine(tomb.origin_client_id, state.client_id))
                     .order_by(tomb.seq, tomb.row_id).limit(want))
-            for seq, deleted in feed.session.execute(stmt):
+            for seq, deleted in feed.session.connection().execute(stmt):
                 items.append((seq, t, finish(deleted) if finish else deleted, _DELETE))
     items.sort(key=lambda item: (item[0], item[1], item[2]))
     taken = items[:page.room]
@@ -305,7 +305,7 @@ def _head(session: Session, user: User, scope_after: int) -> Head:
     purged_at = select(st.updated_at).where(st.name == PURGED_SEQ).scalar_subquery()
     newest = [select(func.max(spec.table.c.seq)).scalar_subquery() for spec in TABLES]
     newest.append(select(func.max(tomb.seq)).scalar_subquery())
-    row = session.execute(select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest)).one()
+    row = session.connection().execute(select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest)).one()
     stamp = row[2]
     if isinstance(stamp, str):  # a scalar subquery loses the column type on SQLite: the stored text
         stamp = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
