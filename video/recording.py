@@ -1,11 +1,20 @@
-"""The call's audio, both sides mixed to 16 kHz mono Ogg/Opus, encoded in a thread of its own.
+"""The call's audio, both sides mixed to 16 kHz mono Ogg/Opus: the `call_recording` note that is transcribed.
 
-The event loop only puts each 20 ms frame into a queue: the encoded Opus packet as it arrived when the
-relay forwards (the recorder decodes it), or a copy of the decoded frame when it transcodes; decoding,
-resampling, mixing and encoding happen in the recorder's thread. Each side's frames are laid on a common
-timeline by arrival time: contiguous while they flow, with silence where a side was absent or silent.
-Mixed audio older than two seconds is final and is encoded at once, so memory stays bounded however long
-the call lasts.
+Two recorders, one per relay mode, each with a thread of its own:
+
+- `PacketRecorder` (forward mode) decodes nothing during the call. The event loop appends each side's Opus
+  packets, as they arrived, to a list that the thread muxes every half second into a WebM file (one Opus
+  stream per side, packets copied as they are: no decoding, no encoding). A packet's time is its RTP
+  timestamp (the sender's sample clock, which runs on through pauses) anchored to its arrival, and anchored
+  afresh when the two drift apart by more than `GAP` (a new publisher, a stall). `stop()` mixes that file
+  down into the note: the same decoding, mixing and encoding the live recorder does, done once after the
+  call instead of 50 times a second per side while it runs.
+- `CallRecorder` (transcode mode, where the relay decodes anyway) gets a copy of each decoded 20 ms frame and
+  mixes and encodes as the call goes.
+
+Either way each side is laid on a common timeline, contiguous while it flows, with silence where a side
+was absent or silent; mixed audio two seconds old is final and is encoded at once, so memory stays bounded
+however long the call lasts.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +43,10 @@ BLOCK = RATE  # mixing block: one second
 SETTLE_BLOCKS = 2  # blocks older than this are final
 GAP = RATE // 4  # a side that arrives more than 250 ms late has paused: leave silence, do not shift
 BITRATE = 24_000
+OPUS_RATE = 48_000  # RTP clock and sample rate of Opus
+OPUS_FRAME = 960  # 20 ms, what browsers and aiortc send
+MUX_INTERVAL_S = 0.5  # how often the packet recorder's thread wakes to mux what arrived
+OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
 @dataclass(frozen=True)
@@ -42,112 +56,33 @@ class Recording:
     duration_s: float
 
 
-class _Side:
-    def __init__(self) -> None:
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        self.next_pos: int | None = None
-        self._decoder: av.AudioCodecContext | None = None
+class _Mixer:
+    """Sides laid on one 16 kHz timeline, mixed, and encoded into an Ogg/Opus container block by block."""
 
-    def decode(self, data: bytes) -> list[av.AudioFrame]:
-        """An Opus packet as decoded frames (48 kHz stereo s16, as aiortc's decoder gives them)."""
-        if self._decoder is None:
-            self._decoder = av.CodecContext.create("libopus", "r")
-            self._decoder.format, self._decoder.layout, self._decoder.sample_rate = "s16", "stereo", 48_000
-        try:
-            return list(self._decoder.decode(av.Packet(data)))
-        except av.FFmpegError:
-            return []
-
-
-class CallRecorder:
-    """Records every tapped track into one file. `stop()` (blocking: call it from a thread) finishes it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.started_at = utcnow()
-        self._t0 = time.monotonic()
-        self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray | bytes, int, str] | None] = queue.SimpleQueue()
-        self._sides: list[_Side] = []
+    def __init__(self, container: av.container.OutputContainer) -> None:
+        self._container = container
+        self._stream = container.add_stream("libopus", rate=RATE, layout="mono")
+        self._stream.bit_rate = BITRATE
+        self._resamplers: dict[int, av.AudioResampler] = {}
+        self._next_pos: dict[int, int] = {}
         self._blocks: dict[int, np.ndarray] = {}
-        self._written = 0  # samples encoded so far
+        self.written = 0  # samples encoded so far
         self._end = 0  # furthest sample any side reached
-        self._error: BaseException | None = None
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}", daemon=True)
-        self._thread.start()
 
-    def tap(self) -> Tap:
-        """A new side of the call: give the returned function every decoded frame of that side."""
-        side = len(self._sides)
-        self._sides.append(_Side())
-
-        def put(frame: Frame) -> None:
-            if isinstance(frame, av.AudioFrame) and not self._stopped:
-                self._queue.put((side, time.monotonic() - self._t0, frame.to_ndarray(), frame.sample_rate,
-                                 frame.layout.name))
-
-        return put
-
-    def taps(self) -> tuple[Tap, EncodedTapFn]:
-        """A new side of the call: a tap for its decoded frames and one for its encoded Opus packets (the
-        slot calls one or the other)."""
-        put = self.tap()
-        side = len(self._sides) - 1
-
-        def put_encoded(frame: EncodedFrame) -> None:
-            if frame.mime == "audio/opus" and not self._stopped:
-                self._queue.put((side, time.monotonic() - self._t0, frame.data, 48_000, "opus"))
-
-        return put, put_encoded
-
-    def stop(self) -> Recording | None:
-        """Finish the file; None when nothing was heard (or recording failed: logged)."""
-        if not self._stopped:
-            self._stopped = True
-            self._queue.put(None)
-        self._thread.join()
-        if self._error is not None or self._written == 0:
-            self.path.unlink(missing_ok=True)
-            return None
-        return Recording(self.path, self.started_at, self._written / RATE)
-
-    def _run(self) -> None:
-        try:
-            with av.open(str(self.path), "w", format="ogg") as container:
-                stream = container.add_stream("libopus", rate=RATE, layout="mono")
-                stream.bit_rate = BITRATE
-                while True:
-                    item = self._queue.get()
-                    if item is None:
-                        break
-                    side, t, data, rate, layout = item
-                    if isinstance(data, bytes):  # an Opus packet
-                        for frame in self._sides[side].decode(data):
-                            self._place(side, t, frame.to_ndarray(), frame.sample_rate, frame.layout.name)
-                    else:
-                        self._place(side, t, data, rate, layout)
-                    self._flush(container, stream, final=False)
-                self._flush(container, stream, final=True)
-                for packet in stream.encode(None):
-                    container.mux(packet)
-        except Exception as exc:
-            log.exception("recording %s failed", self.path)
-            self._error = exc
-
-    def _place(self, side_index: int, t: float, data: np.ndarray, sample_rate: int, layout: str) -> None:
-        side = self._sides[side_index]
-        frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
-        frame.sample_rate = sample_rate
-        parts = [f.to_ndarray().reshape(-1) for f in side.resampler.resample(frame)]
+    def place(self, side: int, t: float, frame: av.AudioFrame) -> None:
+        """Lay `frame` (which ended `t` seconds into the call) on side `side`'s part of the timeline."""
+        resampler = self._resamplers.setdefault(side, av.AudioResampler(format="s16", layout="mono", rate=RATE))
+        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
         if not parts:
             return
         samples = np.concatenate(parts)
         arrived = int(t * RATE) - len(samples)
-        if side.next_pos is None or abs(arrived - side.next_pos) > GAP:
-            side.next_pos = max(arrived, 0)
-        pos = max(side.next_pos, self._written)
-        side.next_pos = pos + len(samples)
-        self._end = max(self._end, side.next_pos)
+        next_pos = self._next_pos.get(side)
+        if next_pos is None or abs(arrived - next_pos) > GAP:
+            next_pos = max(arrived, 0)
+        pos = max(next_pos, self.written)
+        self._next_pos[side] = pos + len(samples)
+        self._end = max(self._end, pos + len(samples))
         offset = 0
         while offset < len(samples):
             block, start = divmod(pos + offset, BLOCK)
@@ -156,19 +91,217 @@ class CallRecorder:
             buf[start:start + n] += samples[offset:offset + n]
             offset += n
 
-    def _flush(self, container: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
-               *, final: bool) -> None:
-        now_block = int((time.monotonic() - self._t0) * RATE) // BLOCK
-        last = (self._end - 1) // BLOCK if final else now_block - SETTLE_BLOCKS
-        first = self._written // BLOCK
-        for block in range(first, last + 1):
+    def flush(self, now_s: float | None) -> None:
+        """Encode every block that is final `now_s` seconds into the call; None: everything (the end)."""
+        final = now_s is None
+        last = (self._end - 1) // BLOCK if now_s is None else int(now_s * RATE) // BLOCK - SETTLE_BLOCKS
+        for block in range(self.written // BLOCK, last + 1):
             buf = self._blocks.pop(block, None)
             mixed = np.zeros(BLOCK, dtype=np.int16) if buf is None else np.clip(buf, -32768, 32767).astype(np.int16)
             if final and block == last:
                 mixed = mixed[: self._end - block * BLOCK]
             frame = av.AudioFrame.from_ndarray(mixed.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = RATE
-            frame.pts, frame.time_base = self._written, fractions.Fraction(1, RATE)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            self._written += len(mixed)
+            frame.pts, frame.time_base = self.written, fractions.Fraction(1, RATE)
+            self._container.mux(self._stream.encode(frame))
+            self.written += len(mixed)
+        if final:
+            self._container.mux(self._stream.encode(None))
+
+
+class CallRecorder:
+    """Records decoded frames (transcode mode). `stop()` (blocking: call it from a thread) finishes the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started_at = utcnow()
+        self._t0 = time.monotonic()
+        self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray, int, str] | None] = queue.SimpleQueue()
+        self._sides = 0
+        self._written = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def tap(self) -> Tap:
+        """A new side of the call: give the returned function every decoded frame of that side."""
+        side = self._sides
+        self._sides += 1
+
+        def put(frame: Frame) -> None:
+            if isinstance(frame, av.AudioFrame) and not self._stopped:
+                self._queue.put((side, time.monotonic() - self._t0, frame.to_ndarray(), frame.sample_rate,
+                                 frame.layout.name))
+
+        return put
+
+    def taps(self) -> tuple[Tap | None, EncodedTapFn | None]:
+        """A new side of the call: (decoded frames, encoded frames) taps, as `SourceSlot.add_tap` takes them."""
+        return self.tap(), None
+
+    def stop(self) -> Recording | None:
+        """Finish the file; None when nothing was heard (or recording failed: logged)."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(None)
+        self._thread.join()
+        return _finished(self.path, self.started_at, self._written, self._error)
+
+    def _run(self) -> None:
+        try:
+            with av.open(str(self.path), "w", format="ogg") as container:
+                mixer = _Mixer(container)
+                while (item := self._queue.get()) is not None:
+                    side, t, data, rate, layout = item
+                    frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
+                    frame.sample_rate = rate
+                    mixer.place(side, t, frame)
+                    mixer.flush(time.monotonic() - self._t0)
+                mixer.flush(None)
+                self._written = mixer.written
+        except Exception as exc:
+            log.exception("recording %s failed", self.path)
+            self._error = exc
+
+
+class _Side:
+    """One side's Opus stream in the packet recorder's WebM file, and its timestamps."""
+
+    def __init__(self) -> None:
+        self.stream: av.audio.stream.AudioStream | None = None
+        self.anchor: tuple[int, int] | None = None  # (RTP timestamp, pts) that timestamps count from
+        self.last_pts = -1
+
+
+class PacketRecorder:
+    """Records the Opus packets as they came (forward mode): muxed during the call, mixed down by `stop()`
+    (blocking: call it from a thread). The WebM file sits next to the note's path and is removed once mixed
+    down, unless `keep_packets`."""
+
+    def __init__(self, path: Path, *, keep_packets: bool = False) -> None:
+        self.path = path
+        self.packets_path = path.with_suffix(".webm")
+        self.keep_packets = keep_packets
+        self.started_at = utcnow()
+        self.muxed = 0  # packets written to the WebM file
+        self.mixdown_cpu_s = 0.0  # what `stop()` spent decoding, mixing and encoding
+        self._t0 = time.monotonic()
+        self._pending: deque[tuple[int, float, int, bytes]] = deque()  # appended on the loop, taken by the thread
+        self._sides: list[_Side] = []
+        self._container: av.container.OutputContainer | None = None  # the WebM file, once packets came
+        self._wake = threading.Event()
+        self._written = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def taps(self) -> tuple[Tap | None, EncodedTapFn | None]:
+        """A new side of the call: (decoded frames, encoded frames) taps, as `SourceSlot.add_tap` takes them.
+        Only encoded Opus is recorded: rooms negotiate Opus only, so a forwarding slot never decodes for us."""
+        side = len(self._sides)
+        self._sides.append(_Side())
+
+        def put(frame: EncodedFrame) -> None:
+            if frame.mime == "audio/opus" and not self._stopped and self._error is None:  # else nobody takes it
+                self._pending.append((side, time.monotonic() - self._t0, frame.timestamp, frame.data))
+
+        return None, put
+
+    def stop(self) -> Recording | None:
+        """Finish the WebM file and mix it down into the note; None when nothing was heard (or recording
+        failed: logged)."""
+        if not self._stopped:
+            self._stopped = True
+            self._wake.set()
+            self._thread.join()
+            if self._error is None and self.muxed:
+                started = time.thread_time()
+                try:
+                    self._written = mix_down(self.packets_path, self.path)
+                except Exception as exc:
+                    log.exception("mixing down %s failed", self.packets_path)
+                    self._error = exc
+                self.mixdown_cpu_s = time.thread_time() - started
+            if not self.keep_packets:
+                self.packets_path.unlink(missing_ok=True)
+        self._thread.join()
+        return _finished(self.path, self.started_at, self._written, self._error)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                self._wake.wait(MUX_INTERVAL_S)
+                self._mux_pending()
+            self._mux_pending()  # what came in since the last round
+        except Exception as exc:
+            log.exception("recording %s failed", self.packets_path)
+            self._error = exc
+        finally:
+            if self._container is not None:
+                self._container.close()
+
+    def _open(self) -> av.container.OutputContainer:
+        """The WebM file, with an Opus stream for every side known now (the libopus context is opened, never
+        fed: it only writes the stream's OpusHead)."""
+        container = av.open(str(self.packets_path), "w", format="webm")
+        for side in self._sides:
+            side.stream = container.add_stream("libopus", rate=OPUS_RATE, layout="stereo")
+            side.stream.time_base = OPUS_TIME_BASE
+        return container
+
+    def _mux_pending(self) -> None:
+        """Mux what arrived (the file opens with the first packets)."""
+        if self._pending and self._container is None:
+            self._container = self._open()
+        container = self._container
+        while self._pending and container is not None:
+            index, t, timestamp, data = self._pending.popleft()
+            side = self._sides[index]
+            if side.stream is None:  # a side added after the file started: not expected, rooms add both first
+                continue
+            arrived = int(t * OPUS_RATE) - OPUS_FRAME  # it arrived complete: it began about a frame earlier
+            anchor = side.anchor
+            if anchor is None or abs(anchor[1] + timestamp - anchor[0] - arrived) > GAP * OPUS_RATE // RATE:
+                anchor = side.anchor = (timestamp, max(arrived, side.last_pts + 1))
+            pts = anchor[1] + timestamp - anchor[0]
+            if pts <= side.last_pts:  # repeated or out of order: the jitter buffer should not let one through
+                continue
+            side.last_pts = pts
+            packet = av.Packet(data)
+            packet.pts = packet.dts = pts
+            packet.time_base, packet.stream = OPUS_TIME_BASE, side.stream
+            container.mux(packet)
+            self.muxed += 1
+
+
+def mix_down(packets_path: Path, path: Path) -> int:
+    """Mix the Opus streams of a packet recording into one 16 kHz mono Ogg/Opus file; the samples written."""
+    with av.open(str(packets_path)) as source, av.open(str(path), "w", format="ogg") as out:
+        mixer = _Mixer(out)
+        streams = list(source.streams.audio)
+        sides = {stream.index: side for side, stream in enumerate(streams)}
+        for packet in source.demux(*streams):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:  # a damaged packet: leave its 20 ms silent
+                continue
+            for frame in frames:
+                if not isinstance(frame, av.AudioFrame) or frame.pts is None or frame.time_base is None:
+                    continue
+                end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
+                mixer.place(sides[packet.stream_index], end, frame)
+                mixer.flush(end)
+        mixer.flush(None)
+        return mixer.written
+
+
+def _finished(path: Path, started_at: datetime, written: int, error: BaseException | None) -> Recording | None:
+    if error is not None or written == 0:
+        path.unlink(missing_ok=True)
+        return None
+    return Recording(path, started_at, written / RATE)
+
+
+Recorder = CallRecorder | PacketRecorder

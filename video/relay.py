@@ -34,7 +34,7 @@ from video.aiortc_hooks import EncodedTap
 from video.forwarding import FORWARDABLE
 from video.models import CloseReason, IceServer, ParticipantPublic, RelayMode, Role
 from video.proxy import ProxyTrack
-from video.recording import CallRecorder
+from video.recording import Recorder
 from video.tracks import SourceSlot, drain
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Room:
         self.empty_since: float | None = time.monotonic()
         self.closed = False
         self.close_reason: CloseReason | None = None
-        self.recorder: CallRecorder | None = None
+        self.recorder: Recorder | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
 

@@ -12,8 +12,8 @@ the slot's one shared VP8 encoding). `forward` (the default): the slot taps the 
 complete encoded frames (`video.aiortc_hooks`) and hands them to its subscribers' senders as `av.Packet`s,
 rebased onto the slot's clock, without decoding; a subscriber starts on a keyframe, and its picture-loss
 reports and its joining ask the publisher for one (rate-limited). The slot decodes only while something
-needs pictures or samples (the recorder, a snapshot, a subscriber on another codec), and then once for all
-of them, starting at a keyframe.
+needs pictures or samples (a snapshot, a subscriber on another codec; not the recorder, which takes the
+Opus packets), and then once for all of them, starting at a keyframe.
 """
 
 from __future__ import annotations
@@ -135,11 +135,12 @@ class SourceSlot:
     def unsubscribe(self, proxy: ProxyTrack) -> None:
         self._proxies.discard(proxy)
 
-    def add_tap(self, tap: Tap, encoded: EncodedTapFn | None = None) -> None:
+    def add_tap(self, tap: Tap | None, encoded: EncodedTapFn | None = None) -> None:
         """Call `tap(frame)` for every decoded frame (on the event loop: keep it cheap). With `encoded`, a
         forwarding slot calls that instead with each encoded frame of the forwarded codec, and need not
-        decode for it (the recorder decodes Opus in its own thread)."""
-        self._taps.append(tap)
+        decode for it; with `encoded` alone, it never decodes for this tap (forward mode's recorder)."""
+        if tap is not None:
+            self._taps.append(tap)
         if encoded is not None:
             self._encoded_taps.append(encoded)
 

@@ -39,7 +39,7 @@ from video.models import (
     VideoRoom,
 )
 from video.pages import router as pages_router
-from video.recording import CallRecorder
+from video.recording import CallRecorder, PacketRecorder
 from video.relay import Room, RoomManager
 from video.snapshot import encode_jpeg
 
@@ -89,7 +89,8 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
     if settings.video_record_audio:
         directory = settings.data_dir / "video-recordings"
         directory.mkdir(parents=True, exist_ok=True)
-        recorder = CallRecorder(directory / f"{row.id}.ogg")
+        path = directory / f"{row.id}.ogg"
+        recorder = PacketRecorder(path) if room.forward else CallRecorder(path)  # forward: Opus packets, no decoding
         room.recorder = recorder
         for role in (Role.resident, Role.steward):
             decoded, encoded = recorder.taps()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,16 +16,20 @@ import jwt
 import numpy as np
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from api.app import create_app
 from api.db import utcnow
+from api.notes.models import Note
 from api.notices.sms import LoggingSender
 from api.settings import Settings
+from speech.audio import decode_audio
 from tests.conftest import TEST_SECRET
 from tests.utils.browser import CHROMIUM, free_port, require_chromium, serve_in_thread
 from tests.utils.browser import CHROMIUM_ARGS as BROWSER_ARGS
 from tests.utils.factories import World
 from tests.video.conftest import run
+from video.blobs import read_blob
 from video.clients import Participant
 from video.tokens import JOIN_TYPE
 
@@ -76,7 +81,7 @@ async def wait_status(page: Any, *statuses: str, timeout: float = 15) -> dict[st
 
 
 @pytest.mark.parametrize("server", ["forward", "transcode"], indirect=True)
-def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world: World, order: Any,
+def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world: World, order: Any, engine: Engine,
                                                              tmp_path: Path, request: pytest.FixtureRequest) -> None:
     mode = request.node.callspec.params["server"]
 
@@ -96,6 +101,7 @@ def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world:
                     camera_frames[0] += 1
 
             steward = Participant(role="steward", audio=True, on_video=count_camera)
+            joined_at = time.monotonic()  # the steward's tone is recorded from here on
             r = await steward.join(http, room["room_id"], h["Authorization"].split()[1])
             assert r.status_code == 200, r.text
             await steward.connected()
@@ -125,6 +131,27 @@ def test_resident_page_in_chromium_reaches_an_aiortc_steward(server: str, world:
                 await assert_relay_mode(http, world, mode)
                 await page.screenshot(path=str(tmp_path / "resident-page.png"))
                 assert (tmp_path / "resident-page.png").stat().st_size > 1000
+                # The call's audio becomes the note that is transcribed; in forward mode it is muxed from the
+                # browser's own Opus packets during the call and mixed down on close.
+                talked = time.monotonic() - joined_at
+                closed = (await http.post(f"/api/v1/video/rooms/{room['room_id']}/close", headers=h)).json()
+                assert closed["recording_note_id"], closed
+                with Session(engine) as session:
+                    note = session.get(Note, uuid.UUID(closed["recording_note_id"]))
+                    assert note is not None and note.audio_sha256
+                    blob = read_blob(world.settings, note.audio_sha256)
+                assert blob is not None
+                audio = decode_audio(blob)  # as the speech worker reads it
+                assert 1.5 <= note.duration_s <= talked + 1
+                assert len(audio) / 16_000 == pytest.approx(note.duration_s, abs=0.3)
+                assert float(np.abs(audio).max()) > 0.05  # sound, not silence
+                # both sides: the steward's 440 Hz tone throughout, and the page's fake microphone, which beeps
+                # twice a second (100 ms windows whose energy is mostly away from 440 Hz)
+                freqs = np.fft.rfftfreq(1600, 1 / 16_000)
+                spectra = [np.abs(np.fft.rfft(audio[i:i + 1600])) for i in range(0, len(audio) - 1600, 1600)]
+                away = (freqs < 380) | (freqs > 500)
+                beeps = sum(1 for x in spectra if x.sum() > 0 and x[away].sum() > 0.4 * x.sum())
+                assert beeps >= 2, beeps
             finally:
                 await browser.close()
                 await steward.close()

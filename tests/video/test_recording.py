@@ -1,4 +1,5 @@
-"""The call recorder: two sides on one timeline, silence where a side paused, off the event loop."""
+"""The call recorders: two sides on one timeline, silence where a side paused, off the event loop; in forward
+mode the Opus packets are muxed as they came (no decoding during the call) and mixed down when it ends."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from tests.conftest import make_settings
 from tests.utils.s3 import PREFIX, S3_SETTINGS, bucket_keys, mock_bucket
+from video.aiortc_hooks import EncodedFrame
 from video.blobs import put_blob, read_blob
-from video.recording import CallRecorder
+from video.recording import CallRecorder, PacketRecorder
 
 
 def tone_frame(hz: float, start: int) -> av.AudioFrame:
@@ -28,6 +31,25 @@ def decode(path: Path) -> np.ndarray:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
         parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
     return np.concatenate(parts).astype(np.float64)
+
+
+def opus_packets(hz: float, seconds: float) -> list[bytes]:
+    """A tone as 20 ms Opus packets, as a browser sends them."""
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format, encoder.bit_rate = 48_000, "stereo", "s16", 32_000
+    packets: list[bytes] = []
+    for n in range(round(seconds * 50)):
+        frame = tone_frame(hz, n * 960)
+        frame.pts = n * 960
+        packets += [bytes(p) for p in encoder.encode(frame)]
+    return packets
+
+
+def assert_pause_between_tones(audio: np.ndarray) -> None:
+    rms = [float(np.sqrt(np.mean(audio[i:i + 1600] ** 2))) for i in range(0, len(audio) - 1600, 1600)]
+    assert min(rms[1:9]) > 3000  # the first second carries the tone
+    assert max(rms[11:15]) < 300  # the pause is silence, not shifted audio
+    assert min(rms[17:19]) > 3000
 
 
 def test_two_sides_with_a_pause_are_mixed_on_one_timeline(tmp_path: Path):
@@ -47,12 +69,71 @@ def test_two_sides_with_a_pause_are_mixed_on_one_timeline(tmp_path: Path):
     recording = recorder.stop()
     assert recording is not None and recording.path.is_file()
     assert 1.9 <= recording.duration_s <= 2.2
-    audio = decode(recording.path)
-    rms = [float(np.sqrt(np.mean(audio[i:i + 1600] ** 2))) for i in range(0, len(audio) - 1600, 1600)]
-    assert min(rms[1:9]) > 3000  # the first second carries the tone
-    assert max(rms[11:15]) < 300  # the pause is silence, not shifted audio
-    assert min(rms[17:19]) > 3000
+    assert_pause_between_tones(decode(recording.path))
     assert recorder.stop() == recording  # stopping twice is harmless
+
+
+def test_forward_mode_muxes_opus_packets_as_they_came_and_mixes_down_at_the_end(tmp_path: Path):
+    """The packet recorder never decodes during the call: each side's packets go into a WebM file as they
+    arrived, timed by their RTP timestamps (which run on through the resident's pause, as a browser's do);
+    that file plays (two Opus streams, the right length, every packet decodes), and `stop()` mixes it down
+    into the same 16 kHz note the live recorder writes."""
+    recorder = PacketRecorder(tmp_path / "call.ogg", keep_packets=True)
+    (_, resident), (_, steward) = recorder.taps(), recorder.taps()
+    assert resident is not None and steward is not None
+    tones = {resident: opus_packets(440, 1.4), steward: opus_packets(660, 0.4)}
+    sent = {resident: 0, steward: 0}
+    start = time.monotonic()
+    n = 0
+    # 1.0 s of the resident's tone, then 0.6 s of nothing, then 0.4 s of both
+    for seconds, sides in ((1.0, (resident,)), (0.6, ()), (0.4, (resident, steward))):
+        for _ in range(round(seconds * 50)):
+            n += 1
+            delay = start + n * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for side in sides:
+                # the resident's clock starts at 0 and keeps running; the steward's starts anywhere
+                timestamp = n * 960 if side is resident else 123_456 + sent[side] * 960
+                side(EncodedFrame("audio/opus", tones[side][sent[side]], timestamp))
+                sent[side] += 1
+            if n == 10:  # not decoded: only muxed, and only every half second, in the recorder's thread
+                assert recorder.muxed == 0
+    recording = recorder.stop()
+    assert recording is not None and recorder.muxed == sum(sent.values()) == 90
+    assert recorder.mixdown_cpu_s > 0
+    packets = tmp_path / "call.webm"
+    with av.open(str(packets)) as container:
+        streams = container.streams.audio
+        assert [s.codec_context.name for s in streams] == ["opus", "opus"] and not container.streams.video
+        assert container.duration is not None and 1.9 <= container.duration / 1_000_000 <= 2.1
+        samples = [0, 0]
+        for packet in container.demux(*streams):
+            for frame in packet.decode():
+                assert frame.sample_rate == 48_000
+                samples[streams.index(packet.stream)] += frame.samples
+    assert samples[0] / 48_000 == pytest.approx(1.4, abs=0.03)  # pre-skip: the decoder drops 312 samples
+    assert samples[1] / 48_000 == pytest.approx(0.4, abs=0.03)
+    assert 1.9 <= recording.duration_s <= 2.2
+    assert_pause_between_tones(decode(recording.path))
+    assert recorder.stop() == recording  # stopping twice is harmless
+
+
+def test_forward_mode_keeps_a_call_shorter_than_one_muxing_round(tmp_path: Path):
+    recorder = PacketRecorder(tmp_path / "short.ogg")
+    _, side = recorder.taps()
+    assert side is not None
+    for n, data in enumerate(opus_packets(440, 0.2)):
+        side(EncodedFrame("audio/opus", data, n * 960))
+    recording = recorder.stop()  # at once: before the thread's first round
+    assert recording is not None and recorder.muxed == 10 and 0.1 <= recording.duration_s <= 0.3
+    assert not (tmp_path / "short.webm").exists()  # mixed down, then removed
+
+
+def test_forward_mode_without_packets_leaves_no_files(tmp_path: Path):
+    recorder = PacketRecorder(tmp_path / "silent.ogg")
+    recorder.taps()
+    assert recorder.stop() is None and list(tmp_path.iterdir()) == []
 
 
 def test_a_call_nobody_spoke_in_leaves_no_recording(tmp_path: Path):
