@@ -8,7 +8,9 @@ corrector replaces a stretch of text by a glossary term when they sound alike:
 - for two-character terms, the differing character is not a function word (是, 的, 到...), which
   would make "是水" into "失水";
 - exactly one term matches (two homophone terms: the decoder's choice is kept);
-- the text is not already a term (longer terms are matched first and their spans are protected).
+- the text is not already a term (longer terms are matched first and their spans are protected);
+- the stretch is not a common word, and a replaced character at its edge does not form a common word
+  with its neighbour outside it (手术房间 keeps 术, although 术房 sounds like 书房).
 """
 
 from __future__ import annotations
@@ -169,6 +171,14 @@ class Corrector:
                 start = text.find(term, start + 1)
         return marked
 
+    @staticmethod
+    def _breaks_word(chars: list[str], start: int, term: str, common: frozenset[str]) -> bool:
+        """Whether rewriting would break a word that crosses the window's edge (手术|房间 is not 手|书房间)."""
+        end = start + len(term)
+        if start > 0 and chars[start] != term[0] and chars[start - 1] + chars[start] in common:
+            return True
+        return end < len(chars) and chars[end - 1] != term[-1] and chars[end - 1] + chars[end] in common
+
     def correct(self, text: str) -> str:
         """`text` with near-homophones of glossary terms replaced by the terms."""
         chars, fixed = list(text), [False] * len(text)
@@ -185,7 +195,7 @@ class Corrector:
                 if window in common:
                     continue
                 term = self._candidate(window)
-                if term is not None:
+                if term is not None and not self._breaks_word(chars, start, term, common):
                     chars[start:start + length] = list(term)
                     fixed[start:start + length] = [True] * length
         return "".join(chars)

@@ -23,3 +23,17 @@ def test_addresses_dates_temperatures_and_codes(spoken: str, written: str) -> No
                                   "一百号"])
 def test_numerals_that_are_words_stay(text: str) -> None:
     assert normalize_numbers(text) == text
+
+
+@pytest.mark.parametrize(("heard", "written"), [
+    ("三号楼二单元五零一式", "3号楼2单元501室"),  # 式 heard for 室 after an entrance number
+    ("12栋1202市", "12栋1202室"),
+    ("5号楼301室", "5号楼301室"),
+])
+def test_a_room_number_ends_in_shi(heard: str, written: str) -> None:
+    assert normalize_numbers(heard) == written
+
+
+@pytest.mark.parametrize("text", ["3单元501是我家", "2单元501的暖气不热", "电话13800138000式"])
+def test_only_a_room_number_after_a_building_gets_shi(text: str) -> None:
+    assert normalize_numbers(text) == text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speech.text import cer, edit_distance, normalize_for_cer, to_simplified, zh_punctuation
+from speech.text import cer, edit_distance, normalize_for_cer, numbers_as_digits, to_simplified, zh_punctuation
 
 
 def test_traditional_characters_become_simplified() -> None:
@@ -36,3 +36,22 @@ def test_cer_with_numbers_normalised_scores_digits_like_numerals() -> None:
     assert cer(reference, hypothesis) == 0.5
     assert cer(reference, hypothesis, numbers=True) == 0.0
     assert normalize_for_cer("工单号：2025-1108", numbers=True) == "工单号20251108"
+
+
+@pytest.mark.parametrize(("reference", "hypothesis"), [
+    ("今年的注水时间是十一月五号", "今年的注水时间是11月5号"),
+    ("我这边量的是十六度", "我这边量的是16度"),
+    ("工单号是二零二五一一零八零三", "工单号是2025110803"),
+    ("五百零一室", "501室"),
+    ("每周要回访一次", "每周要回访1次"),  # normalised on both sides, words included: symmetric, so harmless
+])
+def test_normalised_cer_brings_numbers_to_digits_on_both_sides(reference: str, hypothesis: str) -> None:
+    assert cer(reference, hypothesis, numbers=True) == 0.0
+    assert cer(hypothesis, reference, numbers=True) == 0.0
+    assert cer(reference, hypothesis) > 0  # the raw CER still counts them
+
+
+def test_normalised_cer_still_counts_wrong_numbers_and_words() -> None:
+    assert cer("三号楼二单元五零一室", "3号楼2单元502室", numbers=True) == pytest.approx(1 / 10)
+    assert cer("暖气漏水了", "暖气落水了", numbers=True) == pytest.approx(1 / 5)
+    assert numbers_as_digits("统一") == "统1"  # why it is for scoring only, never for transcripts
