@@ -108,7 +108,8 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     if savepoint:
         targets.clear()
     targets.add((spec.name, row_id))
-    guard = (len(session.new), record(spec, before) if before is not None else None)
+    # What the row held before: a rule that refuses after changing it makes the fast path unsafe.
+    guard = (len(session.new), dict(vars(before)) if before is not None else None)
     nested = session.begin_nested() if savepoint else None
     try:
         outcome = mutations.apply(ctx, spec, m.op, row_id, m.base_version, m.fields)
@@ -119,7 +120,7 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     except Rejected as exc:
         if nested is not None:
             nested.rollback()
-        elif guard != (len(session.new), record(spec, before) if before is not None else None):
+        elif guard != (len(session.new), dict(vars(before)) if before is not None else None):
             raise _Unsafe(m.mutation_id) from exc
         _log(session, ctx, m, spec, row_id, server_version, exc.conflicts)
         return _Pending(_result(m, "rejected", reason=exc.code, message=exc.message), spec, ctx.get(spec, row_id))

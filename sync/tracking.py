@@ -124,10 +124,11 @@ def changed_fields(obj: Any) -> list[str]:
     from sqlalchemy import inspect
 
     state = inspect(obj)
+    columns = state.mapper.column_attrs
     out = []
-    for attr in state.mapper.column_attrs:
-        key = attr.key
-        if key in BOOKKEEPING_FIELDS:
+    # Only attributes set since the last flush have a history (they are the keys of committed_state).
+    for key in list(state.committed_state):
+        if key in BOOKKEEPING_FIELDS or key not in columns:
             continue
         history = state.attrs[key].history
         if not history.added:

@@ -504,3 +504,29 @@ def test_new_readings_written_in_bulk_carry_the_sequence_and_their_device(
     assert set(made) <= set(neighbour.rows["readings"]) and gone not in neighbour.rows["readings"]
     assert visit not in neighbour.rows["visits"]
     assert neighbour.rows["readings"] == server_rows(client, district.headers(district.steward1))["readings"]
+
+
+def test_a_rule_that_refuses_after_changing_the_row_rejects_only_that_mutation(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fast path applies a batch without savepoints; a rule that changes a row and then refuses must
+    # send the batch down the savepoint path, so the refused change does not stay behind.
+    apply = rules.RULES["visits"].apply
+    assert apply is not None
+
+    def late_refusal(ctx, row, fields):  # type: ignore[no-untyped-def]
+        apply(ctx, row, fields)
+        if fields.get("actions") == "refused late":
+            raise rules.Rejected("invalid_value", "refused after the change")
+
+    monkeypatch.setitem(rules.RULES, "visits", dataclasses.replace(rules.RULES["visits"], apply=late_refusal))
+    d = device(district.steward1)
+    d.pull()
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
+    d.update("visits", str(district.visit1.id), actions="refused late")
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=19.0)
+    answer = d.push()
+    assert _statuses(answer) == [("applied", None), ("rejected", "invalid_value"), ("applied", None)]
+    assert answer["results"][1]["record"]["actions"] == "bled radiators"
+    assert _count(engine, Reading) == 3
+    with Session(engine) as s:
+        assert s.get(Visit, district.visit1.id).actions == "bled radiators"  # type: ignore[union-attr]
