@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -52,20 +54,26 @@ def assert_pause_between_tones(audio: np.ndarray) -> None:
     assert min(rms[17:19]) > 3000
 
 
-def test_two_sides_with_a_pause_are_mixed_on_one_timeline(tmp_path: Path):
-    recorder = CallRecorder(tmp_path / "call.ogg")
-    resident, steward = recorder.tap(), recorder.tap()
+def paced_call(resident: Any, steward: Any) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """The test call, in real time, one 20 ms tick at a time: 1.0 s of the resident's side, then 0.6 s of
+    nothing, then 0.4 s of both. Yields the tick number (from 1) and the sides that speak in it."""
     start = time.monotonic()
     n = 0
-    # 1.0 s of the resident's tone, then 0.6 s of nothing, then 0.4 s of both
     for seconds, sides in ((1.0, (resident,)), (0.6, ()), (0.4, (resident, steward))):
         for _ in range(round(seconds * 50)):
             n += 1
             delay = start + n * 0.02 - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            for i, side in enumerate(sides):
-                side(tone_frame(440 if side is resident else 660, n * 960 + i))
+            yield n, sides
+
+
+def test_two_sides_with_a_pause_are_mixed_on_one_timeline(tmp_path: Path):
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    resident, steward = recorder.tap(), recorder.tap()
+    for n, sides in paced_call(resident, steward):
+        for i, side in enumerate(sides):
+            side(tone_frame(440 if side is resident else 660, n * 960 + i))
     recording = recorder.stop()
     assert recording is not None and recording.path.is_file()
     assert 1.9 <= recording.duration_s <= 2.2
@@ -83,22 +91,14 @@ def test_forward_mode_muxes_opus_packets_as_they_came_and_mixes_down_at_the_end(
     assert resident is not None and steward is not None
     tones = {resident: opus_packets(440, 1.4), steward: opus_packets(660, 0.4)}
     sent = {resident: 0, steward: 0}
-    start = time.monotonic()
-    n = 0
-    # 1.0 s of the resident's tone, then 0.6 s of nothing, then 0.4 s of both
-    for seconds, sides in ((1.0, (resident,)), (0.6, ()), (0.4, (resident, steward))):
-        for _ in range(round(seconds * 50)):
-            n += 1
-            delay = start + n * 0.02 - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            for side in sides:
-                # the resident's clock starts at 0 and keeps running; the steward's starts anywhere
-                timestamp = n * 960 if side is resident else 123_456 + sent[side] * 960
-                side(EncodedFrame("audio/opus", tones[side][sent[side]], timestamp))
-                sent[side] += 1
-            if n == 10:  # not decoded: only muxed, and only every half second, in the recorder's thread
-                assert recorder.muxed == 0
+    for n, sides in paced_call(resident, steward):
+        for side in sides:
+            # the resident's clock starts at 0 and keeps running; the steward's starts anywhere
+            timestamp = n * 960 if side is resident else 123_456 + sent[side] * 960
+            side(EncodedFrame("audio/opus", tones[side][sent[side]], timestamp))
+            sent[side] += 1
+        if n == 10:  # not decoded: only muxed, and only every half second, in the recorder's thread
+            assert recorder.muxed == 0
     recording = recorder.stop()
     assert recording is not None and recorder.muxed == sum(sent.values()) == 90
     assert recorder.mixdown_cpu_s > 0
