@@ -7,7 +7,7 @@ savepoint, flushes it, logs conflicts and answers the device.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import SimpleNamespace
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy import ARRAY, ColumnElement, Uuid, any_, bindparam, case, insert, literal
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from api import access
@@ -86,33 +87,49 @@ class Context:
         self.bulk: set[tuple[str, uuid.UUID]] = set()
         self.staged: list[tuple[SyncTable, StagedRow]] = []
 
-    def prefetch(self, wanted: dict[str, set[uuid.UUID]]) -> None:
-        """Load the rows a batch names (targets and links), and their tombstones, with a few IN queries."""
+    def prefetch(self, wanted: dict[str, set[uuid.UUID]], links: dict[str, set[uuid.UUID]] | None = None) -> None:
+        """Load the rows a batch names, and their tombstones, with a few IN queries: the rows it writes
+        (`wanted`) as ORM objects, the rows only its links name (`links`, e.g. the household of a new
+        reading) as plain read-only rows: the rules only read them, and a batch of readings names
+        hundreds of households."""
         self._tombstones = set()
-        for name, ids in wanted.items():
+        links = links or {}
+        for name in dict.fromkeys([*wanted, *links]):
             spec = BY_NAME[name]
-            pending = list(ids)
-            for start in range(0, len(pending), _CHUNK):
-                chunk = pending[start:start + _CHUNK]
-                rows = self.session.exec(select(spec.model).where(self._among(spec.model.id, chunk))).all()
-                found = {row.id for row in rows}
-                self._rows |= {(name, row.id): row for row in rows}
-                self._missing |= {(name, i) for i in chunk if i not in found}
+            targets = wanted.get(name, set())
+            self._load(spec, list(targets), orm=True)
+            self._load(spec, list(links.get(name, set()) - targets), orm=False)
+
+    def _load(self, spec: SyncTable, ids: list[uuid.UUID], *, orm: bool) -> None:
+        name = spec.name
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            if orm:
+                rows: Sequence[Any] = self.session.exec(
+                    select(spec.model).where(self._among(spec.model.id, chunk))).all()
+            else:
+                rows = self.session.connection().execute(
+                    core_select(spec.table).where(self._among(spec.table.c.id, chunk))).all()
+            found = {row.id for row in rows}
+            self._rows |= {(name, row.id): row for row in rows}
+            self._missing |= {(name, i) for i in chunk if i not in found}
+            if orm:  # only a row the batch writes can meet its own tombstone (`tombstoned`)
                 gone = select(Tombstone.row_id).where(Tombstone.table_name == name,
                                                       self._among(Tombstone.row_id, chunk))
+                assert self._tombstones is not None
                 self._tombstones |= {(name, i) for i in self.session.exec(gone).all()}
-                if self.office or not found:
-                    visible = found
-                else:
-                    clause = spec.visible(self.user)
-                    if self.dialect == "sqlite":
-                        # Else SQLite may answer the visibility OR from its own indexes (the whole grid)
-                        # instead of testing the few ids: behind a CASE it is only a filter.
-                        clause = case((clause, literal(True)), else_=literal(False)) == literal(True)
-                    stmt = select(spec.model.id).where(self._among(spec.model.id, found), clause)
-                    visible = set(self.session.exec(stmt).all())
-                for i in found:
-                    self._visible[(name, i)] = i in visible
+            if self.office or not found:
+                visible = found
+            else:
+                clause = spec.visible(self.user)
+                if self.dialect == "sqlite":
+                    # Else SQLite may answer the visibility OR from its own indexes (the whole grid)
+                    # instead of testing the few ids: behind a CASE it is only a filter.
+                    clause = case((clause, literal(True)), else_=literal(False)) == literal(True)
+                stmt = select(spec.model.id).where(self._among(spec.model.id, found), clause)
+                visible = set(self.session.exec(stmt).all())
+            for i in found:
+                self._visible[(name, i)] = i in visible
 
     def stage(self, spec: SyncTable, values: dict[str, Any]) -> StagedRow:
         """A new row for `insert_staged`, with the model's defaults for the fields not given."""
@@ -179,19 +196,21 @@ class Context:
         return self.session.get(Tombstone, (spec.name, id)) is not None
 
 
-def wanted_rows(mutations: Iterable[tuple[str, uuid.UUID, dict[str, Any]]]) -> dict[str, set[uuid.UUID]]:
-    """The ids a batch refers to, by table: its targets and the links in its fields."""
-    out: dict[str, set[uuid.UUID]] = {}
+def wanted_rows(mutations: Iterable[tuple[str, uuid.UUID, dict[str, Any]]]
+                ) -> tuple[dict[str, set[uuid.UUID]], dict[str, set[uuid.UUID]]]:
+    """The ids a batch refers to, by table: its targets, and the links in its fields."""
+    targets: dict[str, set[uuid.UUID]] = {}
+    links: dict[str, set[uuid.UUID]] = {}
     for table, id, fields in mutations:
-        out.setdefault(table, set()).add(id)
+        targets.setdefault(table, set()).add(id)
         for name, target in REFERENCES.items():
             value = fields.get(name)
             if isinstance(value, str):
                 try:
-                    out.setdefault(target, set()).add(uuid.UUID(value))
+                    links.setdefault(target, set()).add(uuid.UUID(value))
                 except ValueError:
                     continue
-    return out
+    return targets, links
 
 
 def same(a: Any, b: Any) -> bool:

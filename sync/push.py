@@ -166,7 +166,9 @@ def _context(session: Session, settings: Settings, user: User, body: PushRequest
         ctx.bulk = {(m.table, uuid.UUID(m.id)) for m in body.mutations
                     if m.mutation_id > last and m.op == "upsert" and m.table in BY_NAME
                     and BY_NAME[m.table].append_only and named[(m.table, uuid.UUID(m.id))] == 1}
-    ctx.prefetch({t: ids for t, ids in mutations.wanted_rows(targets).items() if t in BY_NAME})
+    wanted, links = mutations.wanted_rows(targets)
+    ctx.prefetch({t: ids for t, ids in wanted.items() if t in BY_NAME},
+                 {t: ids for t, ids in links.items() if t in BY_NAME})
     return ctx
 
 
