@@ -273,7 +273,8 @@ async def _steady(base: str, headers: dict[str, str], cursor: str, devices: int,
 
 
 def _push_batches(base: str, headers: dict[str, str], households: list[str], visits: dict[str, int],
-                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES) -> tuple[float, int, dict[str, int]]:
+                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES
+                  ) -> tuple[float, int, dict[str, int], list[float]]:
     """Sequential pushes of `size` mutations: 80 % new readings, 20 % visit edits. The first `warmup` batches
     are not timed: a worker's first push compiles and prepares its statements (about 0.2 s, once per
     process), which says nothing about its rate."""
@@ -282,6 +283,7 @@ def _push_batches(base: str, headers: dict[str, str], households: list[str], vis
 
     client_id, mutation_id, total = str(uuid.uuid4()), 0, 0.0
     statuses: dict[str, int] = {}
+    each: list[float] = []  # seconds per timed batch: one slow batch (a checkpoint, a pause) shows here
     visit_ids = list(visits)
     with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
         for batch in range(warmup + batches):
@@ -301,14 +303,15 @@ def _push_batches(base: str, headers: dict[str, str], households: list[str], vis
             start = time.perf_counter()
             response = client.post("/api/v1/sync/push", content=body, headers={"content-type": "application/json"})
             if batch >= warmup:
-                total += time.perf_counter() - start
+                each.append(time.perf_counter() - start)
+                total += each[-1]
             response.raise_for_status()
             for result, m in zip(orjson.loads(response.content)["results"], mutations, strict=True):
                 if batch >= warmup:
                     statuses[result["status"]] = statuses.get(result["status"], 0) + 1
                 if m["table"] == "visits" and result["version"]:
                     visits[m["id"]] = result["version"]
-    return total, batches * size, statuses
+    return total, batches * size, statuses, each
 
 
 def run_backend(backend: Backend, *, households: int, history: int, devices: int, rounds: int, batches: int,
@@ -410,11 +413,13 @@ def run_backend(backend: Backend, *, households: int, history: int, devices: int
             log(f"[{backend.name}] delta with {devices} devices: {out['delta_10_rows']}")
             out["server_memory_after_delta"] = server.memory()
             visits = {str(v[0]): v[1] for v in visit_rows[10:] or visit_rows}
-            secs, count, statuses = _push_batches(server.base, headers, grid_households, visits, batches, batch_size)
+            secs, count, statuses, each = _push_batches(server.base, headers, grid_households, visits, batches,
+                                                        batch_size)
             out["push"] = {"mutations": count, "batch": batch_size, "warmup_batches": PUSH_WARMUP_BATCHES,
-                           "seconds": round(secs, 3),
+                           "seconds": round(secs, 3), "batch_ms": [round(t * 1000, 1) for t in each],
                            "mutations_per_s": round(count / secs), "statuses": statuses}
-            log(f"[{backend.name}] push: {count / secs:.0f} mutations/s {statuses}")
+            log(f"[{backend.name}] push: {count / secs:.0f} mutations/s {statuses}, "
+                f"ms per batch {out['push']['batch_ms']}")
             out["server_memory_end"] = server.memory()
             out["load_average_at_end"] = list(os.getloadavg())
         finally:

@@ -135,6 +135,14 @@ def _page_rows(feed: Feed, spec: SyncTable, shape: Wire, scope: tuple[ScopeKeys,
                  and spec.grid_keys is not None and part != 1)
     if grid_walk:
         return _rows(feed, _grid_page(feed, spec, columns, last, last_key, want))
+    grid_only = part == 0 or (part is None and not feed.office and spec.in_grid is None)  # visible = key in grid
+    if grid_only and key is not None and spec.grid_keys is not None and last_key is not None:
+        # Only the grid's keys from this page's start on: given the whole list, SQLite walks (and probes)
+        # every key before the page again on every page, so a snapshot's pages grew slower as it went
+        # (readings at 200,000 households: 6.7 ms for the first page, 17.7 ms for the 65th, 2.9 ms bounded).
+        keys = spec.grid_keys(feed.user)
+        keys = keys.where(keys.selected_columns[0] >= literal(last_key, key.type))
+        return _rows(feed, bounded(select(*columns).where(key.in_(keys))))
     if part is None:
         return _rows(feed, bounded(select(*columns).where(visible)))
     assert spec.in_grid is not None and spec.own is not None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 from sqlmodel import Session
 
 from api.db import utcnow
@@ -276,3 +278,35 @@ def test_a_cursor_of_the_previous_format_still_resumes(client: TestClient, distr
     d.pull()
     assert d.resets == 0
     assert d.rows == server_rows(client, district.headers(district.steward1))
+
+
+def test_later_snapshot_pages_start_from_their_place_in_the_grid(client: TestClient, district: District,
+                                                                 device: Callable[..., Device],
+                                                                 engine: Engine) -> None:
+    # Regression: each page of a big table took the grid's whole key list, and SQLite walked every key before
+    # the page again on every page (at 200,000 households a snapshot's 65th page of readings took 17.7 ms
+    # instead of 2.9). PostgreSQL walks the grid's keys from the page's start (a LATERAL join).
+    author = device(district.steward1, "author")
+    for n in range(6):
+        author.create("readings", household_id=str((district.h1a, district.h1b)[n % 2].id), taken_at=T0,
+                      temp_c=10 + n)
+    author.push()
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        paged = device(district.steward1, "paged")
+        paged.pull(limit=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(paged.rows["readings"]) == 7  # with the district's own reading
+    later = [s for s in statements if "FROM readings" in s and "(readings.household_id, readings.id) >" in s]
+    assert later, "no page of readings resumed inside the table"
+    for statement in later:
+        if engine.dialect.name == "sqlite":
+            assert "households.id >= ?" in statement  # the grid's households from the page's key on
+        else:
+            assert "LATERAL" in statement
