@@ -154,18 +154,24 @@ def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: in
     return out
 
 
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
 def _context(session: Session, settings: Settings, user: User, body: PushRequest, last: int, *, bulk: bool
              ) -> mutations.Context:
     ctx = mutations.Context(session=session, settings=settings, user=user, client_id=body.client_id)
-    targets = []
-    for m in body.mutations:
-        with contextlib.suppress(ValueError):
-            targets.append((m.table, uuid.UUID(m.id), m.fields if m.mutation_id > last else {}))
+    # Each id parsed once; a malformed one names no row (`_run` rejects its mutation as invalid_id).
+    parsed = [(m, _uuid_or_none(m.id)) for m in body.mutations]
+    targets = [(m.table, i, m.fields if m.mutation_id > last else {}) for m, i in parsed if i is not None]
     if bulk:
         named = Counter((t, i) for t, i, _ in targets)
-        ctx.bulk = {(m.table, uuid.UUID(m.id)) for m in body.mutations
-                    if m.mutation_id > last and m.op == "upsert" and m.table in BY_NAME
-                    and BY_NAME[m.table].append_only and named[(m.table, uuid.UUID(m.id))] == 1}
+        ctx.bulk = {(m.table, i) for m, i in parsed
+                    if i is not None and m.mutation_id > last and m.op == "upsert" and m.table in BY_NAME
+                    and BY_NAME[m.table].append_only and named[(m.table, i)] == 1}
     wanted, links = mutations.wanted_rows(targets)
     ctx.prefetch({t: ids for t, ids in wanted.items() if t in BY_NAME},
                  {t: ids for t, ids in links.items() if t in BY_NAME})

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
@@ -94,6 +96,8 @@ def test_rejected_mutations_do_not_block_the_rest_of_the_batch(district: Distric
         ("unknown_table", {"table": "meters", "op": "upsert", "id": str(uuid.uuid4()), "fields": {}}),
         ("unknown_op", {"table": "visits", "op": "merge", "id": str(uuid.uuid4()), "fields": {}}),
         ("invalid_id", {"table": "visits", "op": "upsert", "id": "not-a-uuid", "fields": {}}),
+        ("invalid_id", {"table": "readings", "op": "upsert", "id": "not-a-uuid",  # the bulk path of new readings
+                        "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18}}),
         ("read_only_table", {"table": "stations", "op": "update", "id": str(district.station.id), "base_version": 1,
                              "fields": {"name": "x"}}),
         ("out_of_scope", {"table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
@@ -530,3 +534,41 @@ def test_a_rule_that_refuses_after_changing_the_row_rejects_only_that_mutation(
     assert _count(engine, Reading) == 3
     with Session(engine) as s:
         assert s.get(Visit, district.visit1.id).actions == "bled radiators"  # type: ignore[union-attr]
+
+
+_FIELD_NAMES = ("household_id", "visit_id", "work_order_id", "taken_at", "temp_c", "actions", "arrived_at",
+                "left_at", "status", "room", "priority", "phone", "audio_sha256", "id", "version", "seq")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_batch_is_answered_per_mutation_and_never_fails_the_request(client: TestClient, district: District,
+                                                                        data: st.DataObject) -> None:
+    # Regression: a new reading whose id was not a UUID crashed the bulk path of readings with a 500.
+    known = [str(district.h1a.id), str(district.h2a.id), str(district.visit1.id), str(district.wo1.id),
+             str(district.reading1.id), str(district.note1.id)]
+    ids = st.one_of(st.sampled_from(known), st.sampled_from([str(uuid.uuid4()) for _ in range(3)]),
+                    st.sampled_from(["not-a-uuid", "", "0" * 32]))  # existing, new (repeated), malformed
+    value = st.one_of(st.none(), st.integers(-5, 100), st.floats(-50, 150), st.text(max_size=6),
+                      st.sampled_from([T0, "2026-13-01", "yesterday", *known]))
+    mutation = st.fixed_dictionaries({
+        "table": st.sampled_from(["readings", "readings", "visits", "notes", "work_orders", "households",
+                                  "stations", "meters"]),
+        "op": st.sampled_from(["upsert", "upsert", "update", "delete", "merge"]),
+        "id": ids,
+        "base_version": st.one_of(st.none(), st.integers(1, 5)),
+        "fields": st.dictionaries(st.sampled_from(_FIELD_NAMES), value, max_size=5)})
+    mutations = [m | {"mutation_id": n + 1} for n, m in enumerate(data.draw(st.lists(mutation, min_size=1,
+                                                                                      max_size=8)))]
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": mutations}
+    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["mutation_id"] for r in results] == [m["mutation_id"] for m in mutations]
+    for r in results:
+        assert r["status"] in ("applied", "merged", "conflict", "rejected")
+        if r["status"] == "rejected":
+            assert r["reason"] and r["message"]  # a code the app can act on, and words for the steward
+        elif r["status"] in ("applied", "merged"):
+            assert r["reason"] is None
