@@ -543,8 +543,9 @@ _FIELD_NAMES = ("household_id", "visit_id", "work_order_id", "taken_at", "temp_c
 @settings(max_examples=100, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.parametrize("who", ["steward1", "supervisor"])
 def test_any_batch_is_answered_per_mutation_and_never_fails_the_request(client: TestClient, district: District,
-                                                                        data: st.DataObject) -> None:
+                                                                        who: str, data: st.DataObject) -> None:
     # Regression: a new reading whose id was not a UUID crashed the bulk path of readings with a 500.
     known = [str(district.h1a.id), str(district.h2a.id), str(district.visit1.id), str(district.wo1.id),
              str(district.reading1.id), str(district.note1.id)]
@@ -562,7 +563,7 @@ def test_any_batch_is_answered_per_mutation_and_never_fails_the_request(client: 
     mutations = [m | {"mutation_id": n + 1} for n, m in enumerate(data.draw(st.lists(mutation, min_size=1,
                                                                                       max_size=8)))]
     body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": mutations}
-    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(getattr(district, who)))
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["mutation_id"] for r in results] == [m["mutation_id"] for m in mutations]
