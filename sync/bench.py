@@ -465,7 +465,8 @@ def bench_sync(
     devices: Annotated[int, typer.Option(min=1, help="Concurrent devices for the delta pull.")] = 100,
     rounds: Annotated[int, typer.Option(min=1, help="Delta rounds (each: 10 changes, then every device pulls).")]
     = 5,
-    batches: Annotated[int, typer.Option(min=1, help="Push batches.")] = 10,
+    batches: Annotated[int, typer.Option(min=1, help="Timed push batches (after one untimed). 40 x 500 is "
+                                                   "about 4 s: long enough for a rate, not a warm-up.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Mutations per push.")] = 500,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     period: Annotated[float, typer.Option(min=0.05, help="Steady delta test: seconds between a device's pulls.")]
