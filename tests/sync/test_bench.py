@@ -26,5 +26,6 @@ def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
                 "first_sync_http_5000"):
         assert sqlite[key]["records"] == records  # the same rows as the raw SELECT, no more, no less
     assert sqlite["delta_10_rows"]["rows_per_pull"] == [10]
-    assert sqlite["push"]["statuses"] == {"applied": 100}
+    assert sqlite["push"]["statuses"] == {"applied": 100}  # the untimed first batch is not counted
+    assert len(sqlite["push"]["batch_ms"]) == 2 and sqlite["push"]["median_batch_ms"] in sqlite["push"]["batch_ms"]
     assert sqlite["server_memory_end"]["peak_kib"] > 0
