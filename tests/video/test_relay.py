@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import statistics
 import time
 import uuid
 from typing import Any
@@ -67,7 +68,8 @@ def test_resident_reaches_steward_and_close_cleans_up(live, world, order, sessio
             since = time.monotonic() - 2
             assert video.fps(since) >= 15, f"steward got {video.fps(since):.1f} fps"
             assert real_frames(video) >= 30 and video.sizes == {(640, 480)}
-            assert max(video.latencies_ms) < 1000
+            # the first frames may wait for retransmitted keyframe packets on a busy machine (see test_forwarding)
+            assert max(video.latencies_ms[3:]) < 1000 and statistics.median(video.latencies_ms) < 200
             assert audio.frames >= 100 and audio.peak > 3000  # the tone, not silence
             assert resident.tracks("audio")[0].peak > 3000  # the steward's tone reached the resident
 
