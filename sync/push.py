@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -98,9 +97,8 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     spec = BY_NAME.get(m.table)
     if spec is None:
         return _Pending(_rejected(m, "unknown_table", f"Unknown table {m.table!r}; tables: {', '.join(BY_NAME)}."))
-    try:
-        row_id = uuid.UUID(m.id)
-    except ValueError:
+    row_id = _uuid_or_none(m.id)
+    if row_id is None:
         return _Pending(_rejected(m, "invalid_id", f"{m.id!r} is not a UUID."))
     before = ctx.get(spec, row_id)
     server_version = before.version if before is not None else None
@@ -147,9 +145,8 @@ def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: in
             out.append(_run(session, ctx, m, savepoint=savepoints))
             continue
         spec = BY_NAME.get(m.table)
-        row = None
-        with contextlib.suppress(ValueError):
-            row = ctx.get(spec, uuid.UUID(m.id)) if spec else None
+        row_id = _uuid_or_none(m.id)
+        row = ctx.get(spec, row_id) if spec is not None and row_id is not None else None
         out.append(_Pending(_result(m, "duplicate"), spec, row))
     return out
 

@@ -353,16 +353,16 @@ def run_bench(stages: list[int], *, modes: list[str], subscribers: int = 2, warm
     if "forward" in by_mode:
         # Against both transcoding variants: the shared encoding (this relay's transcode mode) and one
         # encoding per subscriber (what aiortc's MediaRelay does, the cost issue 8 starts from).
-        baselines = {key: {r["rooms"]: r for r in by_mode[mode]["stages"]}
-                     for mode, key in (("transcode", "transcode"), ("transcode-per-subscriber", "per_subscriber"))
+        baselines = {name: {r["rooms"]: r for r in by_mode[mode]["stages"]}
+                     for mode, name in (("transcode", "transcode"),
+                                        ("transcode-per-subscriber", "transcode_per_subscriber"))
                      if mode in by_mode}
         for r in by_mode["forward"]["stages"]:
             row: dict[str, Any] = {"rooms": r["rooms"]}
-            for key, stages_of in baselines.items():
+            for name, stages_of in baselines.items():
                 t = stages_of.get(r["rooms"])
                 if t is None or not (t["holds_floor"] and r["holds_floor"]):  # a starved stage compares nothing
                     continue
-                name = "transcode" if key == "transcode" else "transcode_per_subscriber"
                 row[f"forward_over_{name}_cpu_per_stream"] = round(
                     r["server_cpu_per_subscriber_stream_pct"] / t["server_cpu_per_subscriber_stream_pct"], 3)
                 # with what closing cost (forward: the recording's mix-down) spread over the rooms' lifetime
