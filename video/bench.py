@@ -269,9 +269,10 @@ def _mark(pipes: list[Connection]) -> list[dict[str, Any]]:
 # --- the command ----------------------------------------------------------------------------------------
 
 
-def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, seconds: float, clients: int,
+def _run_mode(mode: str, stages: list[int], *, subscribers: list[int], warmup: float, seconds: float, clients: int,
               loop: list[bytes]) -> dict[str, Any]:
-    """Start a server in `mode`, run each stage until one misses the fps floor; that mode's results."""
+    """Start a server in `mode`; for each number of subscribers per room, run each stage until one misses the
+    fps floor; that mode's results."""
     import httpx
 
     relay_mode, shared_encoding = mode.removesuffix("-per-subscriber"), not mode.endswith("-per-subscriber")
@@ -280,15 +281,15 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, 
         env = {**os.environ, "STEWARD_DATA_DIR": tmp, "STEWARD_DATABASE_URL": f"sqlite:///{tmp}/steward.db",
                "STEWARD_SPEECH_QUEUE": "off", "STEWARD_VIDEO_ICE_SERVERS": "", "STEWARD_VIDEO_WORKER_ID": "bench",
                "STEWARD_VIDEO_MAX_ROOMS": str(max(stages) + 1), "STEWARD_VIDEO_ROOM_IDLE_CLOSE_S": "600",
-               "STEWARD_VIDEO_MAX_PARTICIPANTS": str(subscribers + 1), "STEWARD_VIDEO_CONNECT_TIMEOUT_S": "120",
+               "STEWARD_VIDEO_MAX_PARTICIPANTS": str(max(subscribers) + 1), "STEWARD_VIDEO_CONNECT_TIMEOUT_S": "120",
                "STEWARD_PORT": str(port), "STEWARD_LOG_LEVEL": "warning", "STEWARD_VIDEO_RELAY_MODE": relay_mode,
                "STEWARD_VIDEO_SHARED_ENCODING": "true" if shared_encoding else "false"}
         # one supervisor at least: the relay statistics are for the office
-        order_ids, steward_token, supervisor_tokens = _seed(env, max(stages), max(1, subscribers - 1))
+        order_ids, steward_token, supervisor_tokens = _seed(env, max(stages), max(1, max(subscribers) - 1))
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
                                    "--port", str(port), "--log-level", "warning"], env=env)
         base_url = f"http://127.0.0.1:{port}"
-        results = []
+        results: list[dict[str, Any]] = []
         try:
             with httpx.Client(base_url=base_url, timeout=30) as http:
                 deadline = time.monotonic() + 60
@@ -304,7 +305,9 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, 
                 rss_idle = _proc_rss_mb(server.pid)
                 auth = {"Authorization": f"Bearer {steward_token}"}
                 office = {"Authorization": f"Bearer {supervisor_tokens[0]}"}
-                for n in stages:
+                for k, n in ((k, n) for k in subscribers for n in stages):
+                    if results and results[-1]["subscribers_per_room"] == k and not results[-1]["holds_floor"]:
+                        continue  # this many subscribers per room already starved with fewer rooms
                     opened = time.monotonic()
                     tickets = []
                     for i, order_id in enumerate(order_ids[:n]):
@@ -312,11 +315,12 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, 
                         r.raise_for_status()
                         body = r.json()
                         tickets.append(RoomTicket(body["room_id"], body["join_url"].rsplit("/join/", 1)[1],
-                                                  steward_token, tuple(supervisor_tokens[:subscribers - 1]),
+                                                  steward_token, tuple(supervisor_tokens[:k - 1]),
                                                   probe=i == 0))
-                    typer.echo(f"{mode}: {n} room(s) x {subscribers} subscribers...", err=True)
-                    result = _stage(base_url, server.pid, tickets, clients=clients, warmup=warmup, seconds=seconds,
-                                    rss_idle=rss_idle, loop=loop, http=http, office=office)
+                    typer.echo(f"{mode}: {n} room(s) x {k} subscribers...", err=True)
+                    result = {"subscribers_per_room": k} | _stage(
+                        base_url, server.pid, tickets, clients=clients, warmup=warmup, seconds=seconds,
+                        rss_idle=rss_idle, loop=loop, http=http, office=office)
                     results.append(result)
                     # Closing costs too: peer connections torn down and, in forward mode, the recording mixed
                     # down (decoded, mixed, encoded) once instead of during the call. Each close waits for it.
@@ -327,8 +331,6 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, 
                     result["close_cpu_s_per_room"] = round((_proc_cpu_s(server.pid) - cpu_close) / n, 3)
                     typer.echo(f"  {json.dumps(result)}", err=True)
                     time.sleep(1)
-                    if not result["holds_floor"]:
-                        break
         finally:
             server.terminate()
             try:
@@ -337,10 +339,30 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: int, warmup: float, 
                 server.kill()
     holding = [r["subscriber_streams"] for r in results if r["holds_floor"]]
     return {"server_rss_mb_idle": round(rss_idle, 1), "stages": results,
-            "largest_streams_holding_floor": max(holding) if holding else 0}
+            "largest_streams_holding_floor": max(holding) if holding else 0,
+            "marginal_cpu_per_subscriber_stream": _marginal(results)}
 
 
-def run_bench(stages: list[int], *, modes: list[str], subscribers: int = 2, warmup: float, seconds: float,
+def _marginal(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What one more subscriber stream costs the server: for each room count measured with several numbers of
+    subscribers per room, the least-squares slope of server cores over subscriber streams (in % of a core).
+
+    The average (server cores / streams) also spreads each room's own costs over its subscribers: the
+    publisher's stream received and decrypted, the recording, and in transcode modes the decoding; the slope
+    leaves them out. Stages that missed the fps floor are left out too (a starved server saves CPU)."""
+    out = []
+    for rooms in sorted({s["rooms"] for s in stages}):
+        points = [(s["subscriber_streams"], s["server_cpu_cores"]) for s in stages
+                  if s["rooms"] == rooms and s["holds_floor"]]
+        if len({x for x, _ in points}) < 2:
+            continue
+        slope = statistics.linear_regression([float(x) for x, _ in points], [y for _, y in points]).slope
+        out.append({"rooms": rooms, "subscribers_per_room": sorted(x // rooms for x, _ in points),
+                    "pct_of_a_core": round(100 * slope, 2)})
+    return out
+
+
+def run_bench(stages: list[int], *, modes: list[str], subscribers: list[int], warmup: float, seconds: float,
               clients: int) -> dict[str, Any]:
     """Every mode in turn on the same stages; the summary, with forward's CPU per stream against transcode's."""
     from video.clients import encode_loop
@@ -349,26 +371,38 @@ def run_bench(stages: list[int], *, modes: list[str], subscribers: int = 2, warm
     loop = encode_loop(LOOP_SECONDS, FPS)
     by_mode = {mode: _run_mode(mode, stages, subscribers=subscribers, warmup=warmup, seconds=seconds,
                                clients=clients, loop=loop) for mode in modes}
-    comparison = []
+    comparison: list[dict[str, Any]] = []
+    marginal: list[dict[str, Any]] = []  # what one more subscriber stream costs, forward against transcoding
     if "forward" in by_mode:
         # Against both transcoding variants: the shared encoding (this relay's transcode mode) and one
         # encoding per subscriber (what aiortc's MediaRelay does, the cost issue 8 starts from).
-        baselines = {name: {r["rooms"]: r for r in by_mode[mode]["stages"]}
-                     for mode, name in (("transcode", "transcode"),
-                                        ("transcode-per-subscriber", "transcode_per_subscriber"))
-                     if mode in by_mode}
+        named = [(mode, name) for mode, name in (("transcode", "transcode"),
+                                                  ("transcode-per-subscriber", "transcode_per_subscriber"))
+                 if mode in by_mode]
+        baselines = {name: {(r["rooms"], r["subscribers_per_room"]): r for r in by_mode[mode]["stages"]}
+                     for mode, name in named}
         for r in by_mode["forward"]["stages"]:
-            row: dict[str, Any] = {"rooms": r["rooms"]}
+            row: dict[str, Any] = {"rooms": r["rooms"], "subscribers_per_room": r["subscribers_per_room"]}
             for name, stages_of in baselines.items():
-                t = stages_of.get(r["rooms"])
+                t = stages_of.get((r["rooms"], r["subscribers_per_room"]))
                 if t is None or not (t["holds_floor"] and r["holds_floor"]):  # a starved stage compares nothing
                     continue
                 row[f"forward_over_{name}_cpu_per_stream"] = round(
                     r["server_cpu_per_subscriber_stream_pct"] / t["server_cpu_per_subscriber_stream_pct"], 3)
                 # with what closing cost (forward: the recording's mix-down) spread over the rooms' lifetime
                 row[f"forward_over_{name}_including_close"] = round(_with_close(r) / _with_close(t), 3)
-            if len(row) > 1:
+            if len(row) > 2:
                 comparison.append(row)
+        forward = {m["rooms"]: m["pct_of_a_core"] for m in by_mode["forward"]["marginal_cpu_per_subscriber_stream"]}
+        for rooms, pct in forward.items():
+            row = {"rooms": rooms, "forward_pct_of_a_core": pct}
+            for mode, name in named:
+                base = {m["rooms"]: m["pct_of_a_core"] for m in by_mode[mode]["marginal_cpu_per_subscriber_stream"]}
+                if base.get(rooms, 0) > 0:
+                    row[f"{name}_pct_of_a_core"] = base[rooms]
+                    row[f"forward_over_{name}"] = round(pct / base[rooms], 3)
+            if len(row) > 2:
+                marginal.append(row)
     return {
         "benchmark": "video",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -387,6 +421,7 @@ def run_bench(stages: list[int], *, modes: list[str], subscribers: int = 2, warm
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "modes": by_mode,
         "comparison": comparison,
+        "marginal_comparison": marginal,
     }
 
 
@@ -397,13 +432,14 @@ def _with_close(stage: dict[str, Any]) -> float:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The results as the Markdown table docs/video.md (and README) show: one row per mode and stage."""
-    lines = ["| mode | rooms | subscriber streams | server CPU (cores) | per subscriber stream | min / mean fps | "
-             "relay latency p50 / p95 (ms) | end-to-end p50 (ms) | RSS per room (MB) | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | rooms | subscribers per room | subscriber streams | server CPU (cores) | per subscriber stream "
+             "| min / mean fps | relay latency p50 / p95 (ms) | end-to-end p50 (ms) | RSS per room (MB) | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, result in summary["modes"].items():
         for r in result["stages"]:
             load = "-".join(f"{x:.1f}" for x in r["load_average_1m"])
-            lines.append(f"| {mode} | {r['rooms']} | {r['subscriber_streams']} | {r['server_cpu_cores']:.2f} | "
+            lines.append(f"| {mode} | {r['rooms']} | {r['subscribers_per_room']} | {r['subscriber_streams']} | "
+                         f"{r['server_cpu_cores']:.2f} | "
                          f"{r['server_cpu_per_subscriber_stream_pct']:.2f} % | {r['fps_min']:.1f} / "
                          f"{r['fps_mean']:.1f} | {r['relay_latency_ms_p50']} / {r['relay_latency_ms_p95']} | "
                          f"{r['latency_ms_p50']} | {r['server_rss_mb_per_room']:.1f} | {load} |")
@@ -413,8 +449,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def bench_video(
     rooms: Annotated[str, typer.Option(help="Comma-separated room counts, run in order until one misses the "
                                             "fps floor.")] = "1,2,4,6,8,12,16",
-    subscribers: Annotated[int, typer.Option(min=1, max=15, help="Subscribers of each room's camera: the "
-                                                                  "steward and K-1 supervisors.")] = 2,
+    subscribers: Annotated[str, typer.Option(help="Subscribers of each room's camera (the steward and K-1 "
+                                                  "supervisors), 1..15; several, comma-separated (e.g. 1,6), also "
+                                                  "measure what one more subscriber stream costs.")] = "2",
     modes: Annotated[str, typer.Option(help="Comma-separated relay modes, run one after the other: forward, "
                                             "transcode, transcode-per-subscriber.")] = ",".join(MODES),
     seconds: Annotated[float, typer.Option(min=2, help="Measuring window per stage.")] = 10,
@@ -426,10 +463,16 @@ def bench_video(
     stages = sorted({int(n) for n in rooms.split(",") if n.strip()})
     if not stages or stages[0] < 1:
         raise typer.BadParameter("give room counts >= 1, e.g. 1,2,4")
+    try:
+        ks = sorted({int(k) for k in subscribers.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or not 1 <= ks[0] <= ks[-1] <= 15:
+        raise typer.BadParameter("give subscribers per room between 1 and 15, e.g. 2 or 1,6")
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     if not chosen or set(chosen) - set(ALL_MODES):
         raise typer.BadParameter(f"modes are {', '.join(ALL_MODES)}")
-    summary = run_bench(stages, modes=chosen, subscribers=subscribers, warmup=warmup, seconds=seconds,
+    summary = run_bench(stages, modes=chosen, subscribers=ks, warmup=warmup, seconds=seconds,
                         clients=clients)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"video-modes-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -438,12 +481,19 @@ def bench_video(
     for mode, result in summary["modes"].items():
         typer.echo(f"{mode}: largest number of subscriber streams holding >= {FPS_FLOOR:.0f} fps: "
                    f"{result['largest_streams_holding_floor']}")
+    baselines = (("transcode", "transcode's (shared encoding)"),
+                 ("transcode_per_subscriber", "per-subscriber transcoding's"))
     for c in summary["comparison"]:
-        for name, label in (("transcode", "transcode's (shared encoding)"),
-                            ("transcode_per_subscriber", "per-subscriber transcoding's")):
+        for name, label in baselines:
             if f"forward_over_{name}_cpu_per_stream" in c:
-                typer.echo(f"{c['rooms']} room(s): forward uses {c[f'forward_over_{name}_cpu_per_stream']:.3f} of "
-                           f"{label} server CPU per subscriber stream "
-                           f"({c[f'forward_over_{name}_including_close']:.3f} counting what closing the rooms "
+                typer.echo(f"{c['rooms']} room(s) x {c['subscribers_per_room']}: forward uses "
+                           f"{c[f'forward_over_{name}_cpu_per_stream']:.3f} of {label} server CPU per subscriber "
+                           f"stream ({c[f'forward_over_{name}_including_close']:.3f} counting what closing the rooms "
                            "cost, spread over their lifetime)")
+    for c in summary["marginal_comparison"]:
+        for name, label in baselines:
+            if f"forward_over_{name}" in c:
+                typer.echo(f"{c['rooms']} room(s), one more subscriber stream: forward "
+                           f"{c['forward_pct_of_a_core']:.2f} % of a core, {label} {c[f'{name}_pct_of_a_core']:.2f} %: "
+                           f"{c[f'forward_over_{name}']:.3f}")
     typer.echo(f"results in {path}")
