@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from api import __version__
 from api.console.views import pages_router as console_pages_router
 from api.console.views import router as console_router
-from api.db import make_engine
+from api.db import WalCheckpointer, make_engine, sqlite_file
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.fieldwork.views import router as fieldwork_router
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -56,22 +56,33 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     owns_engine, owns_sender = engine is None, sms_sender is None
     engine = engine or make_engine(settings)
 
+    # Background work (the periodic proactive evaluation, SQLite's checkpoints): a served app runs it; an
+    # app handed an engine (tests, tools) does not unless asked.
+    background = owns_engine if background is None else background
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_sender and callable(close_sender := getattr(app.state.sms_sender, "close", None)):
-            close_sender()  # the HTTP gateway sender's connection pool
-        if owns_engine:
-            engine.dispose()
+        checkpointer = None
+        if background and sqlite_file(engine) and settings.sqlite_checkpoint_interval_s > 0:
+            checkpointer = WalCheckpointer(engine, interval_s=settings.sqlite_checkpoint_interval_s)
+            checkpointer.start()
+        app.state.wal_checkpointer = checkpointer
+        try:
+            yield
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+            if owns_sender and callable(close_sender := getattr(app.state.sms_sender, "close", None)):
+                close_sender()  # the HTTP gateway sender's connection pool
+            if owns_engine:
+                engine.dispose()
 
     app = FastAPI(title="Heat Steward", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Backend of the heating steward service (供暖管家).")
     app.state.settings = settings
     app.state.engine = engine
     app.state.sms_sender = sms_sender or make_sender(settings)
-    # Periodic proactive evaluation (api/proactive/worker.py): a served app runs it; an app handed an
-    # engine (tests, tools) does not unless asked.
-    app.state.proactive_background = owns_engine if background is None else background
+    app.state.proactive_background = background  # api/proactive/worker.py
     app.state.blobs = make_blobs(settings)
     registry = CollectorRegistry()
     # Uploads get their own limits (the routes check them again); a multipart envelope adds a little.

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Embedded database, blobs and models live here.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/steward.db.")
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size per process.")
+    sqlite_checkpoint_interval_s: float = Field(
+        1.0, ge=0, description="SQLite: how often a background thread of `steward serve` copies the write-ahead "
+                               "log into the database (a PASSIVE checkpoint), so that a request's commit does "
+                               "not; 0 leaves it to SQLite, in the committing request, every 1000 pages.")
     secret_key: str = Field(DEV_SECRET_KEY, description="Signs access tokens; required outside dev.")
     jwt_algorithm: str = "HS256"
     access_token_minutes: int = Field(12 * 60, ge=1, description="Token lifetime: one steward shift.")

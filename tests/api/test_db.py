@@ -1,0 +1,100 @@
+"""The engine's SQLite settings and the background checkpointer of a served app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from api.app import create_app
+from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, sqlite_file
+from api.notices.sms import LoggingSender
+from api.settings import Settings
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'steward.db'}", data_dir=tmp_path,
+                    secret_key="k" * 32, proactive_interval_minutes=0, speech_queue="off", **overrides)
+
+
+def _autocheckpoint(settings: Settings) -> int:
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_commits_leave_checkpoints_to_the_thread_unless_it_is_off(tmp_path: Path) -> None:
+    assert _autocheckpoint(_settings(tmp_path)) == WAL_AUTOCHECKPOINT_BACKSTOP
+    assert _autocheckpoint(_settings(tmp_path, sqlite_checkpoint_interval_s=0)) == 1000  # SQLite's own
+
+
+def test_a_checkpoint_copies_the_committed_log_into_the_database(tmp_path: Path) -> None:
+    engine = make_engine(_settings(tmp_path))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+        for n in range(20):
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 2000 + str(n)})
+        checkpointer = WalCheckpointer(engine, interval_s=60)
+        busy, frames, copied = checkpointer.run_once() or (1, 0, -1)
+        assert busy == 0 and frames > 20 and copied == frames  # nothing was reading: all of it
+        assert checkpointer.run_once() == (0, frames, frames)  # nothing new since
+        assert checkpointer.runs == 2
+    finally:
+        engine.dispose()
+    # the rows are in the database file itself: readable with the log gone
+    (tmp_path / "steward.db-wal").unlink(missing_ok=True)
+    plain = create_engine(f"sqlite:///{tmp_path / 'steward.db'}")
+    with plain.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 20
+    plain.dispose()
+
+
+def test_a_failed_checkpoint_is_logged_and_the_thread_goes_on(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    broken = create_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'steward.db'}")
+    checkpointer = WalCheckpointer(broken, interval_s=60)
+    with caplog.at_level(logging.ERROR, logger="api.db"):
+        assert checkpointer.run_once() is None
+    assert checkpointer.runs == 1 and "SQLite checkpoint failed" in caplog.text
+    broken.dispose()
+
+
+def test_the_served_app_checkpoints_in_the_background_and_stops_on_shutdown(tmp_path: Path) -> None:
+    app = create_app(_settings(tmp_path, sqlite_checkpoint_interval_s=0.05), sms_sender=LoggingSender())
+    with TestClient(app) as client:
+        checkpointer = app.state.wal_checkpointer
+        assert isinstance(checkpointer, WalCheckpointer) and sqlite_file(app.state.engine)
+        assert client.get("/healthz").status_code == 200
+        for _ in range(200):  # it ticks every 50 ms
+            if checkpointer.runs >= 2:
+                break
+            checkpointer._stop.wait(0.05)
+        assert checkpointer.runs >= 2
+    assert not checkpointer._thread.is_alive()
+    checkpointer.close()  # again: nothing happens
+    assert not checkpointer._thread.is_alive()
+
+
+def test_no_checkpointer_for_an_app_handed_an_engine_or_with_it_off(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    engine = make_engine(settings)
+    try:
+        with TestClient(create_app(settings, engine=engine, sms_sender=LoggingSender())) as client:
+            assert client.app.state.wal_checkpointer is None  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+    off = create_app(_settings(tmp_path, sqlite_checkpoint_interval_s=0), sms_sender=LoggingSender())
+    with TestClient(off):
+        assert off.state.wal_checkpointer is None
+    memory = create_app(Settings(database_url="sqlite://", data_dir=tmp_path, secret_key="k" * 32,
+                                 proactive_interval_minutes=0, speech_queue="off"), sms_sender=LoggingSender())
+    with TestClient(memory):
+        assert memory.state.wal_checkpointer is None  # an in-memory database has no log
