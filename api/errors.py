@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(error_body("validation_error", "A value cannot be stored (text with NUL "
                                            "characters, or a date out of range); correct it and retry."), 422)
         return await _unexpected(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # A weak link dropped while the body was arriving: expected in the field, not a server error (a 5xx
+        # would page someone). Nobody reads the answer; 499 is what proxies log for it.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("client_disconnected", "The connection closed before the whole body "
+                                       "arrived."), 499)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

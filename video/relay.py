@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiortc import (
     MediaStreamTrack,
@@ -48,6 +48,7 @@ PLAN: dict[Role, dict[str, tuple[Role, ...]]] = {
     Role.supervisor: {"audio": (Role.resident, Role.steward), "video": (Role.resident, Role.steward)},
 }
 PUBLISHERS = (Role.resident, Role.steward)
+_T = TypeVar("_T")
 SDP_ERRORS = (ValueError, KeyError, IndexError, InternalError, InvalidAccessError, InvalidStateError, OperationError)
 
 
@@ -64,12 +65,23 @@ def rtc_configuration(servers: list[IceServer]) -> RTCConfiguration:
                                         for s in servers], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
+async def _offer_step(step: Awaitable[_T]) -> _T:
+    """aiortc taking in the offer or answering it. Whatever it raises there comes from an offer it cannot
+    take: besides its own errors it asserts, and an offer missing a section it expected surfaces as an
+    AttributeError deep inside `createAnswer`. Bad input, so 400 `invalid_sdp`, not 500."""
+    try:
+        return await step
+    except Exception as exc:
+        log.info("SDP offer refused by aiortc: %s: %s", type(exc).__name__, exc)
+        raise BadRequest(f"The SDP offer was refused: {type(exc).__name__}: {exc}", code="invalid_sdp") from exc
+
+
 def check_offer(sdp: str) -> SessionDescription:
     """The parsed offer, or `BadRequest` saying what is wrong with it."""
     try:
         description = SessionDescription.parse(sdp)
-    except SDP_ERRORS as exc:
-        raise BadRequest(f"The SDP offer cannot be parsed: {exc}", code="invalid_sdp") from exc
+    except Exception as exc:  # the parser asserts and indexes its way through the text: any failure is the text's
+        raise BadRequest(f"The SDP offer cannot be parsed: {type(exc).__name__}: {exc}", code="invalid_sdp") from exc
     media = [m for m in description.media if m.kind in ("audio", "video")]
     if not media:
         raise BadRequest("The SDP offer has no audio or video section; add a transceiver before createOffer().",
@@ -219,12 +231,12 @@ class Room:
         pc.on("track", received.append)
         taps: dict[MediaStreamTrack, EncodedTap] = {}
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await _offer_step(pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer")))
             if self.hooks:
                 taps = _tap_receivers(pc)
             self._subscribe(participant, description)
             _prefer_codecs(pc)
-            await pc.setLocalDescription(await pc.createAnswer())
+            await pc.setLocalDescription(await _offer_step(pc.createAnswer()))
             _settle_proxies(participant, forward=self.forward, shared_encoding=self.shared_encoding)
             replaced = self._admit(role, user_id)  # again: the room may have changed while we awaited
         except SDP_ERRORS as exc:

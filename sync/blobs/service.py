@@ -1,5 +1,11 @@
 """Blob uploads: hash while writing, enforce the size limit, resume partial uploads at an offset.
 
+A request's bytes go to a temporary file first, with no lock held while the network delivers them; the
+upload's lock is taken only to append that file at its offset. So a chunk stalled on a dead link blocks
+nobody (the device's retry at the same offset goes ahead, and the stalled one is dropped when it ends, its
+offset gone), a chunk refused for overrunning the declared length leaves the upload as it was, and the
+bytes of a chunk whose sender vanished mid-way are kept (HEAD shows them; the device resumes after them).
+
 Partial uploads stay on local disk (`<blob root>/partial/`) whatever the store: chunks from a weak link
 are small and uneven, and a blob reaches the store only once complete and verified. With the S3 store this
 is not just tidiness: S3 multipart parts must be at least 5 MiB (all but the last), so a handheld's 64 KB
@@ -14,12 +20,13 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+from starlette.requests import ClientDisconnect
 
 from api.errors import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge
 from api.settings import Settings
@@ -38,6 +45,15 @@ class OffsetMismatch(Conflict):
 
 class RangeNotSatisfiable(DomainError):
     status_code, code = 416, "range_not_satisfiable"
+
+
+class ClientGone(DomainError):
+    """The sender vanished mid-body (a weak link): nobody reads the answer; 499 keeps it out of the 5xx."""
+
+    status_code, code = 499, "client_disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("The connection closed before the whole body arrived.")
 
 
 @dataclass
@@ -73,24 +89,32 @@ class Blobs:
             return False
         if declared is not None and declared > self.max_bytes:
             raise self._too_large()
-        tmp = self.staging / "tmp" / uuid.uuid4().hex
+        tmp = self._tmp()
         digest = hashlib.sha256()
-        size = 0
         try:
-            with tmp.open("wb") as f:
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise self._too_large()
-                    digest.update(chunk)
-                    f.write(chunk)
-                await anyio.to_thread.run_sync(_flush, f)
+            _, gone = await _receive(body, tmp, self.max_bytes, self._too_large, digest)
+            if gone:
+                raise ClientGone()
             if digest.hexdigest() != sha256:
                 raise HashMismatch(f"The body hashes to {digest.hexdigest()}, not {sha256}; nothing was stored.")
             await anyio.to_thread.run_sync(self.store.store, sha256, tmp)
         finally:
             tmp.unlink(missing_ok=True)
+        self._discard_partial(sha256)  # a resumable upload of the same bytes is moot now
         return True
+
+    def _tmp(self) -> Path:
+        return self.staging / "tmp" / uuid.uuid4().hex
+
+    def _discard_partial(self, sha256: str) -> None:
+        data, length_file = self._partial(sha256)
+        if not data.exists() and not length_file.exists():
+            return
+        try:
+            with _locked(data):
+                _remove_partial(data)
+        except Conflict:  # a chunk is being appended right now: it will find the blob stored next time
+            pass
 
     async def append(self, sha256: str, offset: int, length: int | None, body: AsyncIterator[bytes]
                      ) -> tuple[int, str]:
@@ -100,42 +124,58 @@ class Blobs:
         if complete is not None:
             return complete, "stored"
         data, length_file = self._partial(sha256)
-        with _locked(data):
-            state = self.partial(sha256)
-            if offset == 0:
-                if length is None:
-                    raise BadRequest("Start a resumable upload with an Upload-Length header (total bytes).",
-                                     code="length_required")
-                if length > self.max_bytes:
-                    raise self._too_large()
-                data.write_bytes(b"")
-                length_file.write_text(str(length))
-                state = (0, length)
-            elif state is None or state[0] != offset:
-                current = state[0] if state else 0
-                raise OffsetMismatch(f"The upload is at byte {current}, not {offset}; continue from there.",
-                                     headers={"Upload-Offset": str(current)})
-            received, total = state
-            with data.open("ab") as f:
-                async for chunk in body:
-                    received += len(chunk)
-                    if received > total:
-                        raise BadRequest(f"More bytes than the declared Upload-Length {total}.",
-                                         code="length_exceeded")
-                    f.write(chunk)
-                await anyio.to_thread.run_sync(_flush, f)
-            if received < total:
-                return received, "partial"
-            actual = await anyio.to_thread.run_sync(_sha256_of, data)
-            if actual != sha256:
-                data.unlink(missing_ok=True)
-                length_file.unlink(missing_ok=True)
-                raise HashMismatch(f"The uploaded bytes hash to {actual}, not {sha256}; the upload was "
-                                   "discarded, start again at offset 0.")
-            await anyio.to_thread.run_sync(self.store.store, sha256, data)
-            data.unlink(missing_ok=True)
-            length_file.unlink(missing_ok=True)
-            return received, "completed"
+        if offset == 0:
+            if length is None:
+                raise BadRequest("Start a resumable upload with an Upload-Length header (total bytes).",
+                                 code="length_required")
+            if length > self.max_bytes:
+                raise self._too_large()
+            total = length
+        else:
+            total = _at(self.partial(sha256), offset)[1]  # refused before the body is read
+            if length is not None and length != total:
+                raise Conflict(f"This upload was started with Upload-Length {total}, not {length}.",
+                               code="length_mismatch", headers={"Upload-Offset": str(offset)})
+
+        def exceeded() -> DomainError:
+            return BadRequest(f"More bytes than the declared Upload-Length {total}; this chunk was not kept.",
+                              code="length_exceeded")
+
+        before = self.partial(sha256)
+        tmp = self._tmp()
+        try:
+            received, gone = await _receive(body, tmp, total - offset, exceeded)
+            with _locked(data):
+                stored = await anyio.to_thread.run_sync(self.store.exists, sha256)
+                if stored is not None:  # completed by another request meanwhile
+                    if gone:
+                        raise ClientGone()
+                    return stored, "stored"
+                state = self.partial(sha256)
+                # A sender that vanished while other requests moved the upload on: its bytes are dropped.
+                if gone and state != (before if offset == 0 else (offset, total)):
+                    raise ClientGone()
+                if offset == 0:  # (re)start: whatever was there before is replaced
+                    os.replace(tmp, data)
+                    length_file.write_text(str(total))
+                else:
+                    _at(state, offset, total)
+                    await anyio.to_thread.run_sync(_append_file, data, tmp)
+                received += offset
+                if gone:
+                    raise ClientGone()
+                if received < total:
+                    return received, "partial"
+                actual = await anyio.to_thread.run_sync(_sha256_of, data)
+                if actual != sha256:
+                    _remove_partial(data)
+                    raise HashMismatch(f"The uploaded bytes hash to {actual}, not {sha256}; the upload was "
+                                       "discarded, start again at offset 0.")
+                await anyio.to_thread.run_sync(self.store.store, sha256, data)
+                _remove_partial(data)
+                return received, "completed"
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read(self, sha256: str, range_header: str | None) -> tuple[int, int, int, Iterator[bytes]]:
         """(size, start, end, chunks) of a complete blob, honouring a single byte range."""
@@ -149,25 +189,69 @@ class Blobs:
         return size, start, end, self.store.open_range(sha256, start, end)
 
 
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """A single `bytes=` range as (start, end); None to send everything; 416 when unsatisfiable."""
-    if not header or not header.startswith("bytes=") or "," in header:
+    """A single `bytes=` range as (start, end); None to send everything (no header, several ranges, or a
+    header that is not a byte range, which RFC 9110 says to ignore); 416 when unsatisfiable."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.groups() == ("", ""):
         return None
-    first, _, last = header[6:].strip().partition("-")
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise ValueError(last)
-            start, end = max(size - suffix, 0), size - 1
-        else:
-            start = int(first)
-            end = int(last) if last else size - 1
-    except ValueError:
-        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes; N = 0 selects nothing
+        suffix = int(last)
+        start, end = (max(size - suffix, 0), size - 1) if suffix > 0 else (size, size - 1)
+    else:
+        start = int(first)
+        end = int(last) if last else size - 1
     if start >= size or start > end or size == 0:
         raise RangeNotSatisfiable(f"The blob has {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
     return start, min(end, size - 1)
+
+
+def _at(state: tuple[int, int] | None, offset: int, total: int | None = None) -> tuple[int, int]:
+    """The upload's (received, total) if it stands at `offset` (and was declared `total` long); 409 with
+    where it stands otherwise."""
+    if state is None or state[0] != offset or (total is not None and state[1] != total):
+        current = state[0] if state and (total is None or state[1] == total) else 0
+        raise OffsetMismatch(f"The upload is at byte {current}, not {offset}; continue from there.",
+                             headers={"Upload-Offset": str(current)})
+    return state
+
+
+async def _receive(body: AsyncIterator[bytes], path: Path, limit: int, too_much: Callable[[], DomainError],
+                   digest: hashlib._Hash | None = None) -> tuple[int, bool]:
+    """Write the body to `path` (flushed to disk); (bytes, whether the sender vanished before the end).
+    More than `limit` bytes: `too_much()` is raised."""
+    size, gone = 0, False
+    with path.open("wb") as f:
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    raise too_much()
+                if digest is not None:
+                    digest.update(chunk)
+                f.write(chunk)
+        except ClientDisconnect:
+            gone = True
+        await anyio.to_thread.run_sync(_flush, f)
+    return size, gone
+
+
+def _remove_partial(data: Path) -> None:
+    """An upload's files, its lock file too (called holding the lock: a request that opens the lock file
+    after this makes a new one, takes it, and finds the blob stored or the upload gone)."""
+    for suffix in ("", ".length", ".lock"):
+        data.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def _append_file(data: Path, chunk: Path) -> None:
+    with data.open("ab") as out, chunk.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            out.write(block)
+        _flush(out)
 
 
 def _flush(f: object) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlmodel import Session
+from starlette.requests import ClientDisconnect
 
+from api.errors import install_error_handlers
 from api.fieldwork.models import Visit
 from api.fieldwork.views import router as fieldwork_router
 from api.network.models import Station
@@ -259,3 +263,19 @@ def test_openapi_documents_the_one_error_shape(client: TestClient) -> None:
             refused = operation["responses"].get("4XX")
             assert refused is not None, f"{method.upper()} {path} documents no 4XX"
             assert refused["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_a_sender_that_vanishes_mid_body_is_a_499_logged_as_info(caplog: pytest.LogCaptureFixture) -> None:
+    """A weak link dropping during an upload is the field's normal, not a server error (a 5xx pages someone)."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.put("/upload")
+    def upload() -> None:
+        raise ClientDisconnect()
+
+    with caplog.at_level(logging.INFO, logger="api.errors"), TestClient(app) as client:
+        r = client.put("/upload", content=b"x")
+    assert_error(r, 499, "client_disconnected")
+    assert "client disconnected during PUT /upload" in caplog.text
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]

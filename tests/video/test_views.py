@@ -136,6 +136,17 @@ BAD_OFFERS = {
 }
 
 
+def _broken_in_one_line(lines: list[str]) -> dict[str, list[str]]:
+    def replaced(prefix: str, by: str) -> list[str]:
+        at = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        return [*lines[:at], by, *lines[at + 1:]]
+
+    return {"empty c=": replaced("c=", "c="), "empty candidate": replaced("a=candidate:", "a=candidate:"),
+            "empty m=": replaced("m=audio", "m="),
+            "fmtp without its rtpmap": [line for line in lines if "rtx/90000" not in line],
+            "audio m-line missing": [line for line in lines if not line.startswith("m=audio")]}
+
+
 def test_malformed_sdp_is_a_400_and_leaves_no_participant(live, world, order):
     async def scenario() -> None:
         async with live() as app:
@@ -155,6 +166,16 @@ def test_malformed_sdp_is_a_400_and_leaves_no_participant(live, world, order):
                                     headers={"Authorization": f"Bearer {token}"})
             assert_error(r, 400, "invalid_sdp")
             await client.close()
+            # a real offer broken in one line: aiortc asserts, or fails deep inside createAnswer (these were 500s)
+            client = Participant(role="resident", video=True, audio=True)
+            await client.pc.setLocalDescription(await client.pc.createOffer())
+            lines = client.pc.localDescription.sdp.split("\r\n")
+            await client.close()
+            for name, broken in _broken_in_one_line(lines).items():
+                r = await app.http.post(f"{ROOMS}/{room['room_id']}/connect",
+                                        json={"sdp": "\r\n".join(broken), "type": "offer"},
+                                        headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 400 and r.json()["detail"]["code"] == "invalid_sdp", (name, r.text)
             r = await app.http.post(f"{ROOMS}/{room['room_id']}/connect", json={"sdp": "", "type": "offer"},
                                     headers={"Authorization": f"Bearer {token}"})
             assert_error(r, 422, "validation_error")

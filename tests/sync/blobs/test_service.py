@@ -1,0 +1,151 @@
+"""Uploads as a weak link delivers them: chunks that stall, senders that vanish mid-body, chunks that overrun
+the declared length, and the byte ranges a reader may ask for. Against the service itself (local store), so
+each request's body can be held back or cut exactly where the test wants."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from starlette.requests import ClientDisconnect
+
+from api.errors import BadRequest, Conflict
+from sync.blobs.service import Blobs, ClientGone, OffsetMismatch, RangeNotSatisfiable, parse_range
+from sync.blobs.storage import LocalBlobStore
+
+DATA = os.urandom(1000)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> Blobs:
+    return Blobs(store=LocalBlobStore(tmp_path / "store"), staging=tmp_path / "staging", max_bytes=10_000)
+
+
+async def body(*parts: bytes, hold: asyncio.Event | None = None, vanish: bool = False) -> AsyncIterator[bytes]:
+    """The parts, then (with `hold`) silence until it is set, then the end or (with `vanish`) a dropped link."""
+    for part in parts:
+        yield part
+    if hold is not None:
+        await hold.wait()
+    if vanish:
+        raise ClientDisconnect()
+
+
+def leftovers(blobs: Blobs) -> list[str]:
+    return sorted(p.name for p in (blobs.staging / "tmp").iterdir())
+
+
+def test_a_chunk_stalled_on_a_dead_link_blocks_no_retry(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        stalled = asyncio.create_task(blobs.append(SHA, 0, len(DATA), body(DATA[:300], hold=hold, vanish=True)))
+        await asyncio.sleep(0.05)  # the stalled request has its 300 bytes and waits for more
+        assert await blobs.append(SHA, 0, len(DATA), body(DATA[:600])) == (600, "partial")  # the retry
+        assert await blobs.append(SHA, 600, None, body(DATA[600:])) == (1000, "completed")
+        hold.set()  # the dead link is finally noticed
+        with pytest.raises((ClientGone, Conflict)):
+            await stalled
+        assert blobs.store.exists(SHA) == 1000 and blobs.partial(SHA) is None
+
+    asyncio.run(scenario())
+    assert leftovers(blobs) == []
+
+
+def test_a_late_chunk_at_an_offset_the_upload_has_left_is_dropped(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:300]))
+        hold = asyncio.Event()
+        late = asyncio.create_task(blobs.append(SHA, 300, None, body(DATA[300:500], hold=hold)))
+        await asyncio.sleep(0.05)
+        assert await blobs.append(SHA, 300, None, body(DATA[300:700])) == (700, "partial")
+        hold.set()
+        with pytest.raises(OffsetMismatch) as refused:
+            await late
+        assert refused.value.headers == {"Upload-Offset": "700"}
+        assert blobs.partial(SHA) == (700, 1000)
+
+    asyncio.run(scenario())
+    assert leftovers(blobs) == []
+
+
+def test_the_bytes_of_a_sender_that_vanished_are_kept_for_the_resume(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        with pytest.raises(ClientGone):
+            await blobs.append(SHA, 0, len(DATA), body(DATA[:300], vanish=True))
+        assert blobs.partial(SHA) == (300, 1000)  # what HEAD answers
+        with pytest.raises(ClientGone):
+            await blobs.append(SHA, 300, None, body(DATA[300:450], vanish=True))
+        assert blobs.partial(SHA) == (450, 1000)
+        assert await blobs.append(SHA, 450, None, body(DATA[450:])) == (1000, "completed")
+
+    asyncio.run(scenario())
+    assert blobs.store.exists(SHA) == 1000 and leftovers(blobs) == []
+
+
+def test_a_chunk_that_overruns_the_declared_length_leaves_the_upload_as_it_was(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:400]))
+        with pytest.raises(BadRequest) as refused:
+            await blobs.append(SHA, 400, None, body(DATA[400:700], DATA[700:] + b"extra"))
+        assert refused.value.code == "length_exceeded"
+        assert blobs.partial(SHA) == (400, 1000)  # none of the refused chunk was appended
+        assert await blobs.append(SHA, 400, None, body(DATA[400:])) == (1000, "completed")
+
+    asyncio.run(scenario())
+    assert leftovers(blobs) == []
+
+
+def test_a_later_chunk_may_not_change_the_declared_length(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:400]))
+        with pytest.raises(Conflict) as refused:
+            await blobs.append(SHA, 400, 2000, body(DATA[400:]))
+        assert refused.value.code == "length_mismatch"
+        assert await blobs.append(SHA, 400, len(DATA), body(DATA[400:])) == (1000, "completed")  # same: fine
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_upload_removes_a_partial_one_of_the_same_bytes(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:400]))
+        assert await blobs.put(SHA, body(DATA), len(DATA)) is True
+        assert blobs.partial(SHA) is None
+        assert not any((blobs.staging / "partial").iterdir())
+        assert await blobs.append(SHA, 400, None, body(DATA[400:])) == (1000, "stored")
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_upload_cut_off_stores_nothing(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        with pytest.raises(ClientGone):
+            await blobs.put(SHA, body(DATA[:500], vanish=True), len(DATA))
+
+    asyncio.run(scenario())
+    assert blobs.store.exists(SHA) is None and leftovers(blobs) == []
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("bytes=0-9", (0, 9)), ("bytes=990-", (990, 999)), ("bytes=-10", (990, 999)), ("bytes=-5000", (0, 999)),
+    ("bytes=5-5000", (5, 999)), (" bytes=1-2 ", (1, 2)),
+    # not a single byte range in the syntax of RFC 9110: ignored, the whole blob is sent
+    (None, None), ("", None), ("bytes=", None), ("bytes=-", None), ("bytes=0-1,5-6", None), ("items=0-1", None),
+    ("bytes=1_0-20", None), ("bytes=+1-2", None), ("bytes=0--1", None), ("bytes=abc", None), ("bytes=１-２", None),
+])
+def test_a_range_is_one_byte_range_in_the_rfc_syntax_or_ignored(header: str | None,
+                                                                 expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 1000) == expected
+
+
+@pytest.mark.parametrize(("header", "size"), [("bytes=-0", 1000), ("bytes=1000-", 1000), ("bytes=5-2", 1000),
+                                              ("bytes=0-", 0), ("bytes=-1", 0)])
+def test_an_unsatisfiable_range_is_416_with_the_size(header: str, size: int) -> None:
+    with pytest.raises(RangeNotSatisfiable) as refused:
+        parse_range(header, size)
+    assert refused.value.headers == {"Content-Range": f"bytes */{size}"}
