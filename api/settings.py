@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     sync_purge_interval_minutes: float = Field(60, gt=0, description="How often pulls purge expired tombstones.")
     sync_push_max_mutations: int = Field(1000, ge=1, description="Largest push batch (413 beyond).")
     blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest blob (photo, recording) in bytes.")
+    blob_partial_ttl_hours: float = Field(168, gt=0, description="An unfinished resumable upload untouched this "
+                                                                "long is deleted (the device starts it again).")
     blob_dir: Path | None = Field(None, description="Where blobs are stored; empty means <data_dir>/blobs.")
     blob_store: Literal["local", "s3"] = Field("local", description="`local`: blobs in STEWARD_BLOB_DIR; `s3`: in "
                                                                    "an S3-compatible bucket (partial uploads are "

@@ -15,14 +15,17 @@ verified file is uploaded once (`upload_file`, multipart when large).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -33,6 +36,7 @@ from api.settings import Settings
 from sync.blobs.storage import BlobStore, LocalBlobStore, S3BlobStore
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
 
 class HashMismatch(BadRequest):
@@ -63,10 +67,48 @@ class Blobs:
     store: BlobStore
     staging: Path
     max_bytes: int
+    partial_ttl_s: float = 7 * 24 * 3600
+    _expired_at: float = field(default=0.0, init=False, repr=False)  # monotonic time of the last sweep
 
     def __post_init__(self) -> None:
         (self.staging / "partial").mkdir(parents=True, exist_ok=True)
         (self.staging / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def expire_partials(self, now: float | None = None) -> int:
+        """Delete uploads untouched for `partial_ttl_s` (a device that gave up, a phone that was replaced),
+        and temporary files as old (a process killed mid-request); the number of uploads deleted. An
+        upload being appended to right now is skipped."""
+        cutoff = (time.time() if now is None else now) - self.partial_ttl_s
+        removed = 0
+        for path in (self.staging / "tmp").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+        for data in (self.staging / "partial").iterdir():
+            if data.suffix:  # .length and .lock go with their upload
+                continue
+            try:
+                if max(p.stat().st_mtime for p in (data, data.with_suffix(".length")) if p.exists()) >= cutoff:
+                    continue
+                with _locked(data):
+                    _remove_partial(data)
+                removed += 1
+            except (FileNotFoundError, ValueError, Conflict):
+                continue
+        return removed
+
+    def _maybe_expire(self) -> None:
+        """A sweep at most once an hour per process, when an upload starts (no timer thread needed)."""
+        if time.monotonic() - self._expired_at < 3600 and self._expired_at:
+            return
+        self._expired_at = time.monotonic()
+        try:
+            removed = self.expire_partials()
+        except OSError:
+            log.exception("expiring abandoned uploads failed")
+            return
+        if removed:
+            log.info("deleted %d abandoned uploads", removed)
 
     def _partial(self, sha256: str) -> tuple[Path, Path]:
         base = self.staging / "partial" / sha256
@@ -125,6 +167,7 @@ class Blobs:
             return complete, "stored"
         data, length_file = self._partial(sha256)
         if offset == 0:
+            self._maybe_expire()
             if length is None:
                 raise BadRequest("Start a resumable upload with an Upload-Length header (total bytes).",
                                  code="length_required")
@@ -298,4 +341,5 @@ def blob_root(settings: Settings) -> Path:
 
 def make_blobs(settings: Settings) -> Blobs:
     """The blob service for these settings (local directory by default)."""
-    return Blobs(store=make_store(settings), staging=blob_root(settings), max_bytes=settings.blob_max_bytes)
+    return Blobs(store=make_store(settings), staging=blob_root(settings), max_bytes=settings.blob_max_bytes,
+                 partial_ttl_s=settings.blob_partial_ttl_hours * 3600)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from api.errors import BadRequest, Conflict
-from sync.blobs.service import Blobs, ClientGone, OffsetMismatch, RangeNotSatisfiable, parse_range
+from sync.blobs.service import Blobs, ClientGone, OffsetMismatch, RangeNotSatisfiable, _locked, parse_range
 from sync.blobs.storage import LocalBlobStore
 
 DATA = os.urandom(1000)
@@ -149,3 +150,48 @@ def test_an_unsatisfiable_range_is_416_with_the_size(header: str, size: int) -> 
     with pytest.raises(RangeNotSatisfiable) as refused:
         parse_range(header, size)
     assert refused.value.headers == {"Content-Range": f"bytes */{size}"}
+
+
+def _age(paths: list[Path], seconds: float) -> None:
+    for path in paths:
+        then = time.time() - seconds
+        os.utime(path, (then, then))
+
+
+def test_abandoned_uploads_and_temporary_files_expire(blobs: Blobs) -> None:
+    other = os.urandom(500)
+    other_sha = hashlib.sha256(other).hexdigest()
+    asyncio.run(blobs.append(SHA, 0, len(DATA), body(DATA[:400])))
+    asyncio.run(blobs.append(other_sha, 0, len(other), body(other[:100])))
+    stale_tmp, fresh_tmp = blobs.staging / "tmp" / "stale", blobs.staging / "tmp" / "fresh"
+    stale_tmp.write_bytes(b"x")
+    fresh_tmp.write_bytes(b"x")
+    week = blobs.partial_ttl_s
+    data = blobs.staging / "partial" / SHA
+    _age([data, data.with_suffix(".length"), stale_tmp], week + 60)
+    assert blobs.expire_partials() == 1
+    assert blobs.partial(SHA) is None and blobs.partial(other_sha) == (100, 500)  # the live one stays
+    assert sorted(p.name for p in (blobs.staging / "partial").iterdir() if p.name.startswith(SHA)) == []
+    assert leftovers(blobs) == ["fresh"]
+
+
+def test_an_upload_being_appended_to_does_not_expire(blobs: Blobs) -> None:
+    asyncio.run(blobs.append(SHA, 0, len(DATA), body(DATA[:400])))
+    data = blobs.staging / "partial" / SHA
+    _age([data, data.with_suffix(".length")], blobs.partial_ttl_s + 60)
+    with _locked(data):
+        assert blobs.expire_partials() == 0
+    assert blobs.partial(SHA) == (400, 1000)
+
+
+def test_starting_an_upload_sweeps_at_most_once_an_hour(blobs: Blobs) -> None:
+    other = os.urandom(500)
+    other_sha = hashlib.sha256(other).hexdigest()
+    asyncio.run(blobs.append(SHA, 0, len(DATA), body(DATA[:400])))  # the process's first start sweeps
+    data = blobs.staging / "partial" / SHA
+    _age([data, data.with_suffix(".length")], blobs.partial_ttl_s + 60)
+    asyncio.run(blobs.append(other_sha, 0, len(other), body(other[:100])))
+    assert blobs.partial(SHA) == (400, 1000)  # not again within the hour
+    blobs._expired_at -= 3601
+    asyncio.run(blobs.append(other_sha, 0, len(other), body(other[:100])))
+    assert blobs.partial(SHA) is None and blobs.partial(other_sha) == (100, 500)
