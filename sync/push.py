@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from sync.pull import new_snapshot
 from sync.registry import BY_NAME, SyncTable, record, wire_value
 from sync.rules import ConflictEntry, Rejected
 from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, insert_ignore
+
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -73,7 +76,8 @@ def _rejected(m: Mutation, reason: str, message: str) -> dict[str, Any]:
 
 
 class _Unsafe(Exception):
-    """A mutation was refused after it had changed something: the batch must be redone with savepoints."""
+    """A mutation was refused after it had changed something, or failed: the batch must be redone with
+    savepoints."""
 
 
 @dataclass
@@ -130,6 +134,18 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
         return _Pending(_result(m, "rejected", reason="constraint",
                                 message=f"The database refused the change: {detail}"),
                         spec, ctx.get(spec, row_id))
+    except Exception as exc:
+        # A bug in a rule must not fail the whole request: the device would resend the same batch forever
+        # and its queue would never move. Only this mutation is refused; the stack goes to the log.
+        if nested is None:
+            raise _Unsafe(m.mutation_id) from exc
+        nested.rollback()
+        log.exception("push: mutation %s (%s %s %s) of client %s failed", m.mutation_id, m.op, spec.name, row_id,
+                      ctx.client_id)
+        return _Pending(_result(m, "rejected", reason="server_error",
+                                message="The server failed to apply this change; it was not applied and has been "
+                                        "reported."),
+                        spec, ctx.get(spec, row_id))
     if outcome.row is None:
         ctx.deleted(spec, row_id)
     else:
@@ -179,8 +195,8 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
     """Apply a device's batch in one transaction; returns the push response.
 
     Fast path: every mutation is checked and applied in memory and the batch is flushed once. If the
-    database refuses the flush (a constraint no check foresaw), the batch is rolled back and applied
-    again with a savepoint per mutation, so only the guilty mutation is rejected.
+    database refuses the flush (a constraint no check foresaw) or a mutation fails, the batch is rolled
+    back and applied again with a savepoint per mutation, so only the guilty mutation is rejected.
     """
     if len(body.mutations) > settings.sync_push_max_mutations:
         raise PayloadTooLarge(f"A push holds at most {settings.sync_push_max_mutations} mutations; split the "
@@ -199,7 +215,7 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
             ctx.insert_staged(seq)
             session.flush()
             batch.commit()
-        except (_Unsafe, IntegrityError, StatementError, DBAPIError):
+        except Exception:  # a refused flush, or a mutation that failed: find it with a savepoint per mutation
             batch.rollback()
             session.info.pop(TARGETS, None)
             session.info.pop(UNTARGETED, None)

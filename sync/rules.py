@@ -31,7 +31,7 @@ from api.work_orders.models import (
     WorkOrderEvent,
     WorkOrderUpdate,
 )
-from api.work_orders.service import STEWARD_SOURCES, effective_priority, set_status, sla_delta
+from api.work_orders.service import STEWARD_SOURCES, apply_edits, effective_priority, set_status, sla_delta
 from sync.registry import BY_NAME, SyncTable
 from sync.tracking import UNTARGETED
 
@@ -172,14 +172,23 @@ def _visit_apply(_: Context, visit: Visit, values: dict[str, Any]) -> None:
         setattr(visit, name, value)
 
 
+_VISIT_LINKS = ((Reading, "readings"), (Note, "notes"))  # rows whose visit_id a visit's delete clears
+
+
 def _visit_before_delete(ctx: Context, visit: Visit) -> None:
     # The database would clear these links itself (ON DELETE SET NULL) where sync cannot see it. The
     # device does not hold these rows as they now are, so they are not marked as its own writes.
-    for model, table in ((Reading, "readings"), (Note, "notes")):
+    for model, table in _VISIT_LINKS:
         for row in ctx.session.exec(select(model).where(col(model.visit_id) == visit.id)):
             row.visit_id = None
             ctx.session.add(row)
             ctx.session.info.setdefault(UNTARGETED, set()).add((table, row.id))
+    # New rows of this batch staged for the bulk insert (`Context.insert_staged`, after every mutation
+    # ran) are not in the database yet: cleared here, they are written without the link, and the push
+    # answers their device the row as it is stored.
+    for spec, staged in ctx.staged:
+        if any(spec.name == table for _, table in _VISIT_LINKS) and staged.visit_id == visit.id:
+            staged.visit_id = None
 
 
 # --- readings -------------------------------------------------------------------------------------
@@ -205,12 +214,14 @@ def create_reading(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Readi
 def create_note(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Note:
     only(fields, _fields_of(NoteCreate), "when creating a note")
     data: NoteCreate = validate(NoteCreate, fields | {"id": id})
-    if data.household_id is not None:
-        _visible_household(ctx, data.household_id)
+    # As in REST: every link names the same household, the first one fixes it for the others.
+    household_id = data.household_id
+    if household_id is not None:
+        _visible_household(ctx, household_id)
     if data.work_order_id is not None:
-        _visible_order(ctx, data.work_order_id, data.household_id)
+        household_id = _visible_order(ctx, data.work_order_id, household_id).household_id
     if data.visit_id is not None:
-        _visible_visit(ctx, data.visit_id, data.household_id)
+        _visible_visit(ctx, data.visit_id, household_id)
     return Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": ctx.user.id})
 
 
@@ -288,6 +299,10 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
     # Everything is checked before anything changes: a push applies a batch without a savepoint per
     # mutation, so a refusal must leave the row untouched.
     values = dict(values)
+    # Before anything reads the values: a null status is not a status (assignee_id says it in its own words).
+    nulls = sorted(name for name, value in values.items() if value is None and name != "assignee_id")
+    if nulls:
+        raise Rejected("invalid_value", f"{', '.join(nulls)} cannot be null.")
     assign = "assignee_id" in values
     assignee = values.pop("assignee_id", None)
     target = Status(values.pop("status")) if "status" in values else None
@@ -301,12 +316,14 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
         status = Status.assigned if status == Status.new else status
     if target is not None:
         _check_transition(ctx, status, target)
-    if values:
-        if status not in OPEN_STATUSES:
+    # Edits hold for the order as this mutation leaves it (REST edits open orders only): cancelling with
+    # edits is refused like a REST edit of a cancelled order, reopening with edits is allowed.
+    final = target if target is not None else status
+    if values and final not in OPEN_STATUSES:
+        if target is None:
             raise Rejected("not_editable", f"A {status.value} work order can no longer be edited.")
-        nulls = sorted(name for name, value in values.items() if value is None)
-        if nulls:
-            raise Rejected("invalid_value", f"{', '.join(nulls)} cannot be null.")
+        raise Rejected("not_editable", f"This change moves the work order to {target.value}, where it can no "
+                                       "longer be edited; send the edits before the status change.")
     if assign:
         before = order.status
         order.assignee_id = assignee
@@ -315,11 +332,9 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
     if target is not None:
         _transition(ctx, order, target)
     if values:
-        for name, value in values.items():
-            setattr(order, name, value)
-        household = ctx.get(BY_NAME["households"], order.household_id)
-        if household is not None:  # the REST rule: a sensitive home's cold radiator stays urgent enough
-            order.priority = effective_priority(household, order.category, order.priority)
+        # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them.
+        apply_edits(order, values, settings=ctx.settings,
+                    household=ctx.get(BY_NAME["households"], order.household_id))
         _event(ctx, order, "updated")
 
 

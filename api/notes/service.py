@@ -30,16 +30,21 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
     """Register a recording owned by the caller; links must be rows the caller may see."""
     if data.id is not None and session.get(Note, data.id) is not None:
         raise Conflict(f"A note with id {data.id} already exists.", code="already_exists")
-    if data.household_id is not None:
-        get_household(session=session, user=user, id=data.household_id)
+    # Every link names the same household: the first one fixes it for the others (also when
+    # `household_id` itself is left out, a visit and a work order must agree).
+    household_id = data.household_id
+    if household_id is not None:
+        get_household(session=session, user=user, id=household_id)
     if data.work_order_id is not None:
         order = work_orders.get(session=session, user=user, id=data.work_order_id)
-        if data.household_id is not None and order.household_id != data.household_id:
+        if household_id is not None and order.household_id != household_id:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+        household_id = order.household_id
     if data.visit_id is not None:
         visit = get_visit(session=session, user=user, id=data.visit_id)
-        if data.household_id is not None and visit.household_id != data.household_id:
-            raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
+        if household_id is not None and visit.household_id != household_id:
+            what = "household" if data.household_id is not None else "household than the work order"
+            raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")
     note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id})
     session.add(note)
     session.commit()

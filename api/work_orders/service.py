@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -180,20 +181,28 @@ def update(*, session: Session, settings: Settings, user: User, order: WorkOrder
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
         return order
-    before, before_category = order.priority, order.category
     # Read before changing the order: a query after it would autoflush and bump the version twice.
     household = session.get(Household, order.household_id)
-    order.sqlmodel_update(changes)
-    if household is not None:  # the rule of `create` holds for edits too
-        order.priority = effective_priority(household, order.category, order.priority)
-    if (order.priority != before or order.category != before_category) and "sla_due_at" not in changes:
-        order.sla_due_at = order.created_at + sla_delta(settings, household, order.category, order.priority)
+    apply_edits(order, changes, settings=settings, household=household)
     if not session.is_modified(order):
         return order
     session.add(order)
     _event(session, order, user, "updated", note=", ".join(sorted(changes)))
     session.commit()
     return order
+
+
+def apply_edits(order: WorkOrder, changes: dict[str, Any], *, settings: Settings,
+                household: Household | None) -> None:
+    """Apply checked office edits with the rules REST and sync share: a cold sensitive home stays at least
+    `high` (as at intake), and a new priority or category moves the SLA (counted from the order's creation)
+    unless the edit sets `sla_due_at` itself."""
+    before, before_category = order.priority, order.category
+    order.sqlmodel_update(changes)
+    if household is not None:
+        order.priority = effective_priority(household, order.category, order.priority)
+    if (order.priority != before or order.category != before_category) and "sla_due_at" not in changes:
+        order.sla_due_at = order.created_at + sla_delta(settings, household, order.category, order.priority)
 
 
 def list_orders(*, session: Session, user: User, page: Page, status: list[Status] | None = None,

@@ -67,6 +67,22 @@ def test_note_links_must_agree(client: TestClient, session: Session, world: Worl
     assert count_rows(session, Note) == 0
 
 
+def test_a_visit_and_a_work_order_of_different_households_cannot_be_linked(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: without `household_id` the visit and the work order were never compared."""
+    visit = make_visit(session, world.household_a, world.steward_a)
+    covering = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_a)
+    body = _body(visit_id=str(visit.id), work_order_id=str(covering.id))
+    before = db_state(session)
+    for user in (world.supervisor, world.steward_a):  # the steward sees both: their visit, their order
+        assert_error(client.post(API, json=body, headers=world.headers(user)), 422, "household_mismatch")
+    assert db_state(session) == before
+    same = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    r = client.post(API, json=_body(visit_id=str(visit.id), work_order_id=str(same.id)),
+                    headers=world.headers(world.steward_a))
+    assert r.status_code == 201, r.text
+
+
 def test_a_missing_visit_is_404_not_a_conflict(client: TestClient, session: Session, world: World) -> None:
     """Regression: `visit_id` was not checked, so the foreign key failed and answered 409 `conflict`."""
     r = client.post(API, json=_body(visit_id=random_id()), headers=world.headers(world.supervisor))

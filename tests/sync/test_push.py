@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from api.fieldwork.models import Reading, Visit
+from api.notes.models import Note
 from api.work_orders.models import Status, WorkOrder, WorkOrderEvent
 from sync import rules
 from sync.models import SyncConflict
@@ -26,6 +28,10 @@ T0 = "2026-12-01T08:00:00+00:00"
 def _count(engine: Engine, model: type) -> int:
     with Session(engine) as s:
         return s.exec(select(func.count()).select_from(model)).one()  # type: ignore[call-overload]
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _statuses(answer: dict) -> list[tuple[str, str | None]]:
@@ -176,6 +182,20 @@ def test_a_database_error_rejects_only_its_own_mutation(district: District, devi
     assert _count(engine, Reading) == 3
     with Session(engine) as s:
         assert s.get(Visit, district.visit1.id).actions == "after the failure"  # type: ignore[union-attr]
+
+
+def test_a_note_cannot_link_a_visit_and_a_work_order_of_different_households(
+        district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Regression: without `household_id` the visit and the work order were never compared (as in REST)."""
+    office = device(district.supervisor)
+    note = {"audio_sha256": "b" * 64, "duration_s": 2.0, "recorded_at": T0, "visit_id": str(district.visit1.id)}
+    mismatch = office.create("notes", **note, work_order_id=str(district.wo2.id))  # visit1: h1a, wo2: h2a
+    match = office.create("notes", **note, work_order_id=str(district.wo1.id))
+    answer = office.push()
+    assert _statuses(answer) == [("rejected", "invalid_value"), ("applied", None)]
+    assert "household" in answer["results"][0]["message"]
+    with Session(engine) as s:
+        assert s.get(Note, uuid.UUID(mismatch)) is None and s.get(Note, uuid.UUID(match)) is not None
 
 
 def test_a_link_to_an_unknown_visit_is_out_of_scope(district: District, device: Callable[..., Device]) -> None:
@@ -373,6 +393,30 @@ def test_deleting_a_visit_clears_its_links_and_devices_learn_it(
     assert d.rows == server_rows(client, district.headers(district.steward1))
 
 
+@pytest.mark.parametrize("visit_pushed_before", [True, False])
+def test_a_reading_taken_in_a_visit_deleted_by_the_same_push_loses_the_link_everywhere(
+        client: TestClient, district: District, device: Callable[..., Device], visit_pushed_before: bool) -> None:
+    """Regression: new readings are written after every mutation ran, so the visit's delete did not clear
+    them; the push answered the link the database then dropped, without a version or a change for pulls."""
+    d, other = device(district.steward1), device(district.steward1, "tablet")
+    d.pull()
+    other.pull()
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    if visit_pushed_before:
+        d.push()
+    reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=17.0, visit_id=visit)
+    d.delete("visits", visit)
+    answer = d.push()
+    assert {r["status"] for r in answer["results"]} == {"applied"}
+    pushed = next(r["record"] for r in answer["results"] if r["record"] and r["record"]["id"] == reading)
+    assert pushed["visit_id"] is None
+    truth = server_rows(client, district.headers(district.steward1))
+    assert truth["readings"][reading]["visit_id"] is None and visit not in truth["visits"]
+    d.pull()
+    other.pull()
+    assert d.rows == other.rows == truth
+
+
 def test_readings_are_append_only_and_never_conflict(client: TestClient, district: District,
                                                      device: Callable[..., Device], engine: Engine) -> None:
     d = device(district.steward1)
@@ -443,6 +487,61 @@ def test_the_office_assigns_and_edits_work_orders_through_sync(client: TestClien
     assert record["id"] == sensitive and record["priority"] == "high" and record["status"] == "new"
     with Session(engine) as s:
         assert s.get(WorkOrder, uuid.UUID(sensitive)) is not None
+
+
+def test_a_new_priority_or_category_moves_the_sla_as_the_rest_api_does(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression: a pushed priority or category change kept the old `sla_due_at`; a REST PATCH moves it."""
+    office = device(district.supervisor)
+    headers = district.headers(district.supervisor)
+    twins = [client.post("/api/v1/work-orders", json={"household_id": str(district.h1b.id), "category": "leak"},
+                         headers=headers).json() for _ in range(2)]
+    office.pull()
+
+    def due(order: dict) -> timedelta:
+        return _ts(order["sla_due_at"]) - _ts(order["created_at"])
+
+    assert due(twins[0]) == due(twins[1])
+    before = due(twins[0])
+    # the same edits on both twins: through REST, and through a push
+    for edit in ({"priority": "urgent"}, {"category": "not_warm"}, {"priority": "low"}):
+        rest = client.patch(f"/api/v1/work-orders/{twins[0]['id']}", json=edit, headers=headers)
+        assert rest.status_code == 200, rest.text
+        office.update("work_orders", twins[1]["id"], **edit)
+        answer = office.push()
+        assert _statuses(answer) == [("applied", None)]
+        pushed = answer["results"][0]["record"]
+        assert (pushed["priority"], pushed["category"]) == (rest.json()["priority"], rest.json()["category"])
+        assert due(pushed) == due(rest.json()) != before, edit
+        before = due(pushed)
+    office.update("work_orders", twins[1]["id"], priority="urgent", sla_due_at="2031-01-01T00:00:00.000000+00:00")
+    pushed = office.push()["results"][0]["record"]
+    assert pushed["priority"] == "urgent" and _ts(pushed["sla_due_at"]) == _ts("2031-01-01T00:00:00+00:00")
+
+
+def test_edits_are_checked_against_the_status_a_mutation_moves_the_order_to(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression: edits were checked against the status before the same mutation's status change, so a
+    cancelled order took edits (REST refuses them) and a reopened one was refused them."""
+    office = device(district.supervisor)
+    office.pull()
+    cancelled = str(district.wo3.id)  # new
+    office.update("work_orders", cancelled, status="cancelled", priority="urgent", description="edited")
+    answer = office.push()
+    assert _statuses(answer) == [("rejected", "not_editable")]
+    record = answer["results"][0]["record"]
+    assert (record["status"], record["priority"], record["description"]) == ("new", "normal", "")
+    resolved = client.post(f"/api/v1/work-orders/{district.wo2.id}/transitions", json={"status": "resolved"},
+                           headers=district.headers(district.supervisor))
+    assert resolved.status_code == 200, resolved.text
+    office.pull()
+    reopened = str(district.wo2.id)
+    office.update("work_orders", reopened, description="still cold")  # a resolved order is not edited...
+    office.update("work_orders", reopened, status="in_progress", description="still cold")  # ...a reopened one is
+    answer = office.push()
+    assert _statuses(answer) == [("rejected", "not_editable"), ("applied", None)]
+    record = answer["results"][1]["record"]
+    assert (record["status"], record["description"], record["resolved_at"]) == ("in_progress", "still cold", None)
 
 
 def test_a_steward_opens_work_orders_from_the_field_only_for_themselves(
@@ -536,6 +635,70 @@ def test_a_rule_that_refuses_after_changing_the_row_rejects_only_that_mutation(
         assert s.get(Visit, district.visit1.id).actions == "bled radiators"  # type: ignore[union-attr]
 
 
+def test_a_null_work_order_status_is_rejected_and_the_queue_moves_on(
+        district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Regression: `Status(None)` raised before the null check, a 500 that failed the batch on every retry."""
+    for user, order in ((district.steward1, district.wo1), (district.supervisor, district.wo3)):
+        d = device(user)
+        mutations = [
+            {"mutation_id": 1, "table": "work_orders", "op": "update", "id": str(order.id),
+             "base_version": order.version, "fields": {"status": None}},
+            {"mutation_id": 2, "table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+             "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18}}]
+        answer = d.send(d.push_body(mutations))
+        assert _statuses(answer) == [("rejected", "invalid_value"), ("applied", None)]
+        assert "status" in answer["results"][0]["message"]
+        assert answer["results"][0]["record"]["status"] == order.status.value
+        assert answer["last_mutation_id"] == 2
+    assert _count(engine, Reading) == 3
+
+
+def test_a_mutation_that_fails_unexpectedly_is_rejected_and_the_rest_of_the_batch_applies(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A bug in a rule (here: made to raise) must cost only its own mutation, never the request: a failed
+    # request is retried as it is, and the device's queue would be stuck behind it forever.
+    apply = rules.RULES["visits"].apply
+    create, create_values = rules.RULES["readings"].create, rules.RULES["readings"].create_values
+    assert apply is not None and create is not None and create_values is not None
+
+    def broken_apply(ctx, row, fields):  # type: ignore[no-untyped-def]
+        if fields.get("actions") == "boom":
+            raise RuntimeError("a bug in a rule")
+        apply(ctx, row, fields)
+
+    def broken(make):  # type: ignore[no-untyped-def]  (both paths of new readings: bulk and one by one)
+        def create_or_fail(ctx, id, fields):  # type: ignore[no-untyped-def]
+            if fields["temp_c"] == 13.0:
+                raise RuntimeError("a bug in a rule")
+            return make(ctx, id, fields)
+        return create_or_fail
+
+    monkeypatch.setitem(rules.RULES, "visits", dataclasses.replace(rules.RULES["visits"], apply=broken_apply))
+    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(
+        rules.RULES["readings"], create=broken(create), create_values=broken(create_values)))
+    d = device(district.steward1)
+    d.pull()
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
+    d.update("visits", str(district.visit1.id), actions="boom")
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=13.0)
+    d.update("work_orders", str(district.wo1.id), status="in_progress")
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=19.0)
+    with caplog.at_level("ERROR", logger="sync.push"):
+        answer = d.push()  # `send` checks the 200
+    assert _statuses(answer) == [("applied", None), ("rejected", "server_error"), ("rejected", "server_error"),
+                                 ("applied", None), ("applied", None)]
+    assert all(r["message"] for r in answer["results"][1:3])
+    assert answer["results"][1]["record"]["actions"] == "bled radiators" and answer["results"][2]["record"] is None
+    assert answer["last_mutation_id"] == 5
+    assert _count(engine, Reading) == 3
+    with Session(engine) as s:
+        assert s.get(Visit, district.visit1.id).actions == "bled radiators"  # type: ignore[union-attr]
+        assert s.get(WorkOrder, district.wo1.id).status == Status.in_progress  # type: ignore[union-attr]
+    failures = [r for r in caplog.records if r.name == "sync.push"]
+    assert len(failures) == 2 and all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
+
+
 _FIELD_NAMES = ("household_id", "visit_id", "work_order_id", "taken_at", "temp_c", "actions", "arrived_at",
                 "left_at", "status", "room", "priority", "phone", "audio_sha256", "id", "version", "seq")
 
@@ -571,5 +734,6 @@ def test_any_batch_is_answered_per_mutation_and_never_fails_the_request(client: 
         assert r["status"] in ("applied", "merged", "conflict", "rejected")
         if r["status"] == "rejected":
             assert r["reason"] and r["message"]  # a code the app can act on, and words for the steward
+            assert r["reason"] != "server_error"  # the push's safety net must not hide a failing rule
         elif r["status"] in ("applied", "merged"):
             assert r["reason"] is None
