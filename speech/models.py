@@ -11,11 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
+from api.schemas import UtcDatetime
 
 
 class TranscriptState(StrEnum):
@@ -88,7 +88,7 @@ class Call(SQLModel, table=True):
 
 class CallMetadata(SQLModel):
     caller_phone: str = Field(min_length=3, max_length=32)
-    started_at: AwareDatetime
+    started_at: UtcDatetime  # refused at validation when it has no UTC equivalent, not at commit
     agent: str = Field(min_length=1, max_length=64)
     household_id: uuid.UUID | None = None
     work_order_id: uuid.UUID | None = None

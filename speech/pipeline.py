@@ -26,9 +26,14 @@ def postprocess(text: str, *, language: str, glossary: Glossary | None) -> str:
     return text
 
 
+def segment_separator(language: str) -> str:
+    """What goes between two segments' texts in a transcript's text (nothing between Chinese segments)."""
+    return "" if language.startswith("zh") else " "
+
+
 def join_segments(texts: list[str], language: str) -> str:
-    """A transcript's text from its segments' texts (no spaces between Chinese segments)."""
-    return ("" if language.startswith("zh") else " ").join(t for t in texts if t)
+    """A transcript's text from its segments' texts (empty ones left out)."""
+    return segment_separator(language).join(t for t in texts if t)
 
 
 @dataclass

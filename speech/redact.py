@@ -16,11 +16,16 @@ from api.users.models import Role, User
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 
 _SEP = r"[ \-]?"
-# Digits that are not part of a longer number on either side.
-_ID_NUMBER = re.compile(r"(?<![0-9])([1-9][0-9]{5})((?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
-                        r"([0-9]{3}[0-9Xx])(?![0-9A-Za-z])")
-_MOBILE = re.compile(rf"(?<![0-9])((?:\+?86{_SEP})?1[3-9][0-9]){_SEP}([0-9]{{4}}){_SEP}([0-9]{{4}})(?![0-9])")
-_LANDLINE = re.compile(r"(?<![0-9])(\(?0[1-9][0-9]{1,2}\)?[ \-]?)([0-9]{3,4})([ \-]?)([0-9]{4})(?![0-9])")
+# Digits that are not part of a longer number on either side. Each rule's groups are the digits it masks.
+_ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
+                        r"((?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
+                        rf"{_SEP}([0-9]{{3}})[0-9Xx](?![0-9A-Za-z])")
+_MOBILE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]{_SEP}([0-9]{{4}}){_SEP}[0-9]{{4}}(?![0-9])")
+_LANDLINE = re.compile(r"(?<![0-9])\(?0[1-9][0-9]{1,2}\)?[ \-]?([0-9]{3,4})[ \-]?[0-9]{4}(?![0-9])")
+_RULES = (_ID_NUMBER, _MOBILE, _LANDLINE)  # in this order: an ID number holds what looks like a phone number
+# Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,
+# so that matches found on the folded copy are positions in the original.
+_FOLD = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
 
 
 def can_view_pii(user: User) -> bool:
@@ -28,12 +33,37 @@ def can_view_pii(user: User) -> bool:
     return user.role in VIEW_PII_ROLES
 
 
+def masked_positions(text: str) -> set[int]:
+    """Where `text` holds digits to hide: ID numbers' birth date and sequence, mobiles' middle four digits,
+    landlines' digits between the area code and the last four."""
+    work = list(text.translate(_FOLD))
+    hidden: set[int] = set()
+    for rule in _RULES:
+        for match in rule.finditer("".join(work)):  # what earlier rules hid is no longer a digit
+            for group in range(1, rule.groups + 1):
+                for i in range(*match.span(group)):
+                    work[i] = "*"
+                    hidden.add(i)
+    return hidden
+
+
 def redact_text(text: str) -> str:
-    """`text` with ID numbers (birth date and sequence), mobiles (middle four digits) and landlines
-    (all but the area code and last four digits) replaced by asterisks."""
-    text = _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 8 + "***" + m.group(3)[-1], text)
-    text = _MOBILE.sub(lambda m: m.group(1) + "****" + m.group(3), text)
-    return _LANDLINE.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3) + m.group(4), text)
+    """`text` with personal numbers' digits replaced by asterisks in place: the same length, every other
+    character where it was (separators and full-width forms included)."""
+    hidden = masked_positions(text)
+    return "".join("*" if i in hidden else c for i, c in enumerate(text)) if hidden else text
+
+
+def redact_parts(parts: list[str], separator: str) -> list[str]:
+    """Each of `parts` masked as it reads within `separator.join` of the non-empty ones (how a transcript's
+    text is made from its segments), so that a number split between two parts is masked in both."""
+    masked = redact_text(separator.join(p for p in parts if p))
+    out, at = [], 0
+    for part in parts:
+        out.append(masked[at:at + len(part)])
+        if part:
+            at += len(part) + len(separator)
+    return out
 
 
 def redact_for(user: User, text: str) -> str:

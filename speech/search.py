@@ -10,6 +10,7 @@ fall back to a plain substring scan.
 from __future__ import annotations
 
 import logging
+import unicodedata
 import weakref
 from typing import Any
 
@@ -17,6 +18,8 @@ from sqlalchemy import Engine, column, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
+from api.errors import Unprocessable
+from api.notes.models import Note
 from speech.models import Transcript
 
 log = logging.getLogger(__name__)
@@ -76,13 +79,34 @@ def _like_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
-def search_clause(q: str, engine: Engine) -> Any:
-    """A WHERE clause on `Transcript` matching transcripts whose text contains `q`."""
+def check_query(q: str) -> str:
+    """`q` without surrounding spaces; refused if control characters remain, which no transcript holds and
+    which the backends treat differently (FTS5 fails on NUL, PostgreSQL cannot bind it)."""
     q = q.strip()
+    if any(unicodedata.category(c) == "Cc" for c in q):
+        raise Unprocessable("q holds control characters (NUL, tab, newline...); search for plain text.",
+                            code="invalid_query")
+    return q
+
+
+def search_clause(q: str, engine: Engine, *, masked: bool = True) -> Any:
+    """A WHERE clause on `Transcript` joined with its `Note`, matching transcripts whose text contains `q`;
+    `masked` (for users without the view_pii right; the default, so that a caller who forgets errs on the
+    safe side): whose masked text contains it too.
+
+    Otherwise search would reveal what masking hides: a steward who sees 回电138****8000 could try
+    回电1380, 回电1381... and learn each hidden digit from the count. The masked copy is the note's
+    `transcript_text` (kept in step with the text on every write); the index still narrows the scan.
+    """
+    q = check_query(q)
+    clause: Any
     if engine.dialect.name == "sqlite" and len(q) >= 3 and index_ready(engine):
         phrase = '"' + q.replace('"', '""') + '"'
         matching = (text("SELECT transcript_id FROM transcripts_fts WHERE transcripts_fts MATCH :phrase")
                     .bindparams(phrase=phrase).columns(column("transcript_id")).subquery())
-        return col(Transcript.id).in_(select(matching.c.transcript_id))
-    # PostgreSQL's trigram index serves ILIKE; short SQLite queries scan.
-    return col(Transcript.text).ilike(_like_pattern(q), escape="\\")
+        clause = col(Transcript.id).in_(select(matching.c.transcript_id))
+    else:  # PostgreSQL's trigram index serves ILIKE; short SQLite queries scan.
+        clause = col(Transcript.text).ilike(_like_pattern(q), escape="\\")
+    if masked:
+        clause = clause & col(Note.transcript_text).ilike(_like_pattern(q), escape="\\")
+    return clause

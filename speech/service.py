@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 import uuid
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, event
+from sqlalchemy import update as update_rows  # `update` is this module's edit
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from api import access
@@ -25,6 +28,7 @@ from speech.glossary import categorize, load_glossary
 from speech.models import (
     Call,
     CallMetadata,
+    RevisionPublic,
     SegmentPublic,
     Transcript,
     TranscriptDetail,
@@ -33,10 +37,12 @@ from speech.models import (
     TranscriptState,
     TranscriptUpdate,
 )
-from speech.pipeline import join_segments
-from speech.redact import can_view_pii, redact_text
+from speech.pipeline import join_segments, segment_separator
+from speech.redact import can_view_pii, redact_parts, redact_text
 from speech.search import search_clause
-from speech.storage import probe_duration, store_audio
+from speech.storage import add_audio, probe_duration, remove_audio
+
+log = logging.getLogger(__name__)
 
 
 @event.listens_for(Session, "before_flush")
@@ -60,7 +66,19 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
         order = work_orders.get(session=session, user=user, id=metadata.work_order_id)
         if metadata.household_id is not None and order.household_id != metadata.household_id:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
-    sha256 = store_audio(settings, audio)
+    # The blob is stored first so that the job never finds its row without the audio; if the row is then
+    # refused (at flush or commit), a blob this call added is taken back rather than left unreferenced.
+    sha256, added = add_audio(settings, audio)
+    try:
+        return _record_call(session, user, metadata, audio, sha256)
+    except Exception:
+        session.rollback()
+        if added:
+            _take_back_audio(session, settings, sha256)
+        raise
+
+
+def _record_call(session: Session, user: User, metadata: CallMetadata, audio: bytes, sha256: str) -> Transcript:
     note = Note(kind=NoteKind.call_recording, owner_id=user.id, household_id=metadata.household_id,
                 work_order_id=metadata.work_order_id, audio_sha256=sha256,
                 duration_s=min(probe_duration(io.BytesIO(audio)), 6 * 3600.0),
@@ -74,6 +92,18 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
     transcript.status = TranscriptState.queued
     session.commit()
     return transcript
+
+
+def _take_back_audio(session: Session, settings: Settings, sha256: str) -> None:
+    """Delete the blob of a refused call unless a committed note refers to it: the same bytes may have come
+    meanwhile by sync or with another call, which found them stored and did not store them again."""
+    try:
+        in_use = session.exec(select(Note.id).where(col(Note.audio_sha256) == sha256).limit(1)).first()
+    except SQLAlchemyError:  # cannot tell: an unreferenced blob is better than a note without its audio
+        log.warning("kept blob %s of a refused call: the database did not answer", sha256)
+        return
+    if in_use is None:
+        remove_audio(settings, sha256)
 
 
 # --- reading --------------------------------------------------------------------------------------------
@@ -105,10 +135,18 @@ def present(session: Session, user: User, transcript: Transcript, *, detail: boo
     data = _public(transcript, note, session.get(Call, transcript.id), user)
     if not detail:
         return TranscriptPublic(**data)
-    show = (lambda t: t) if can_view_pii(user) else redact_text
-    segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=show(s["text"]))
-                for i, s in enumerate(transcript.segments)]
+    texts = [s["text"] for s in transcript.segments]
+    if not can_view_pii(user):
+        texts = _redact_segments(texts, transcript)
+    segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=text)
+                for i, (s, text) in enumerate(zip(transcript.segments, texts, strict=True))]
     return TranscriptDetail(**data, segments=segments)
+
+
+def _redact_segments(texts: list[str], transcript: Transcript) -> list[str]:
+    """Segment texts masked as they read in the transcript's text: a number may be split between two
+    segments, and masked alone each half would show what the text masks."""
+    return redact_parts(texts, segment_separator(transcript.language or "zh"))
 
 
 def get(*, session: Session, user: User, id: uuid.UUID) -> Transcript:
@@ -130,12 +168,13 @@ def list_transcripts(*, session: Session, settings: Settings, user: User, page: 
     if status is not None:
         stmt = stmt.where(col(Transcript.status) == status)
     if category:
-        stmt = stmt.where(col(Transcript.categories).contains(f",{category},"))
+        # autoescape: `%` and `_` are characters to find, not LIKE wildcards that match every row
+        stmt = stmt.where(col(Transcript.categories).contains(f",{category},", autoescape=True))
     zone = ZoneInfo(settings.timezone)  # a date is a local calendar day
-    if date_from is not None:
-        stmt = stmt.where(col(Note.recorded_at) >= datetime.combine(date_from, time.min, zone))
-    if date_to is not None:
-        stmt = stmt.where(col(Note.recorded_at) < datetime.combine(date_to + timedelta(days=1), time.min, zone))
+    if date_from is not None and (start := _day_start(date_from, zone)) is not None:
+        stmt = stmt.where(col(Note.recorded_at) >= start)
+    if date_to is not None and (end := _day_start(date_to, zone, later=1)) is not None:
+        stmt = stmt.where(col(Note.recorded_at) < end)
     if steward_id is not None:
         stmt = stmt.where(col(Note.owner_id) == steward_id)
     if work_order_id is not None:
@@ -143,8 +182,18 @@ def list_transcripts(*, session: Session, settings: Settings, user: User, page: 
     if q and q.strip():
         bind = session.get_bind()
         assert isinstance(bind, Engine)
-        stmt = stmt.where(search_clause(q, bind))
+        stmt = stmt.where(search_clause(q, bind, masked=not can_view_pii(user)))
     return access.paged(session, stmt, page, col(Note.recorded_at).desc(), col(Transcript.id))
+
+
+def _day_start(day: date, zone: ZoneInfo, *, later: int = 0) -> datetime | None:
+    """When the local day `later` days after `day` begins, in UTC; None when that instant is outside the
+    datetime range (the day after 9999-12-31, or 0001-01-01 east of UTC): every storable time then lies on the
+    same side of it, so the bound filters nothing."""
+    try:
+        return datetime.combine(day + timedelta(days=later), time.min, zone).astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def or_work_order(work_order_id: uuid.UUID) -> Any:
@@ -156,6 +205,44 @@ def revisions(*, session: Session, transcript: Transcript) -> list[TranscriptRev
     """The edit history, oldest first."""
     return list(session.exec(select(TranscriptRevision).where(TranscriptRevision.transcript_id == transcript.id)
                              .order_by(col(TranscriptRevision.revision))).all())
+
+
+def present_revisions(*, session: Session, user: User, transcript: Transcript) -> list[RevisionPublic]:
+    """The edit history as this user may read it: without the view_pii right, each text before and after
+    is masked as it read within the whole transcript at that revision (like the segments themselves)."""
+    rows = revisions(session=session, transcript=transcript)
+    if can_view_pii(user):
+        return [RevisionPublic.model_validate(r, from_attributes=True) for r in rows]
+    # Walk back from the current texts, undoing one revision at a time, to the texts each one edited.
+    texts = [s["text"] for s in transcript.segments]
+    out = []
+    for row in reversed(rows):
+        after = _Segments(transcript, list(texts))
+        for change in reversed(row.changes):
+            if 0 <= change["index"] < len(texts):
+                texts[change["index"]] = change["before"]
+        before = _Segments(transcript, list(texts))
+        changes = [c | {"before": before.shown(c["index"], c["before"]), "after": after.shown(c["index"], c["after"])}
+                   for c in row.changes]
+        out.append(RevisionPublic(revision=row.revision, user_id=row.user_id, at=row.at, changes=changes))
+    return out[::-1]
+
+
+class _Segments:
+    """A transcript's segment texts at one revision, masked together once."""
+
+    def __init__(self, transcript: Transcript, texts: list[str]) -> None:
+        self.transcript, self.texts = transcript, texts
+        self.masked = _redact_segments(texts, transcript)
+
+    def shown(self, index: int, text: str) -> str:
+        """`text` masked as segment `index` among the others (a history that does not match, such as two
+        edits of one segment in a revision, is masked with that text put in place)."""
+        if not 0 <= index < len(self.texts):
+            return redact_text(text)
+        if self.texts[index] == text:
+            return self.masked[index]
+        return _redact_segments([*self.texts[:index], text, *self.texts[index + 1:]], self.transcript)[index]
 
 
 # --- review ---------------------------------------------------------------------------------------------
@@ -170,25 +257,14 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     if data.base_revision is not None and data.base_revision != transcript.revision:
         raise Conflict(f"The transcript is at revision {transcript.revision}, not {data.base_revision}; reload it "
                        "and apply your corrections again.", code="stale_revision")
-    segments = [dict(s) for s in transcript.segments]
-    changes = []
-    for edit in data.segments:
-        if edit.index >= len(segments):
-            raise Unprocessable(f"Segment {edit.index} does not exist (the transcript has {len(segments)}).",
-                                code="no_such_segment")
-        before = segments[edit.index]["text"]
-        after = edit.text.strip()
-        if after != before:
-            segments[edit.index]["text"] = after
-            changes.append({"index": edit.index, "before": before, "after": after})
+    segments, changes = _apply_edits(transcript.segments, data)
     if not changes:
         return transcript
     now = utcnow()
-    transcript.revision += 1
-    transcript.segments = segments  # a new list: JSON columns do not see in-place changes
-    transcript.text = join_segments([s["text"] for s in segments], transcript.language or "zh")
-    transcript.categories = "," + ",".join(categorize(transcript.text, load_glossary(settings.speech_glossary))) + ","
-    transcript.updated_at = now
+    text = join_segments([s["text"] for s in segments], transcript.language or "zh")
+    categories = "," + ",".join(categorize(text, load_glossary(settings.speech_glossary))) + ","
+    _write_if_unmoved(session, transcript, "apply your corrections again", revision=transcript.revision + 1,
+                      segments=segments, text=text, categories=categories, updated_at=now)
     session.add(TranscriptRevision(transcript_id=transcript.id, revision=transcript.revision, user_id=user.id,
                                    at=now, changes=changes))
     _sync_note_text(session, transcript)
@@ -196,15 +272,63 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     return transcript
 
 
+def _apply_edits(current: list[dict[str, Any]], data: TranscriptUpdate
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The segments after the edits (a new list: JSON columns do not see in-place changes), and the changes."""
+    segments = [dict(s) for s in current]
+    changes = []
+    edited: set[int] = set()
+    for edit in data.segments:
+        if edit.index >= len(segments):
+            raise Unprocessable(f"Segment {edit.index} does not exist (the transcript has {len(segments)}).",
+                                code="no_such_segment")
+        if edit.index in edited:  # two texts for one segment: which one was meant?
+            raise Unprocessable(f"Segment {edit.index} is edited more than once; send one text per segment.",
+                                code="duplicate_segment")
+        edited.add(edit.index)
+        before = segments[edit.index]["text"]
+        after = edit.text.strip()
+        if after != before:
+            segments[edit.index]["text"] = after
+            changes.append({"index": edit.index, "before": before, "after": after})
+    return segments, changes
+
+
 def approve(*, session: Session, user: User, transcript: Transcript) -> Transcript:
     """Mark the transcript reviewed; it can no longer be edited."""
     if transcript.status != TranscriptState.transcribed:
         raise InvalidTransition(f"Only a transcribed transcript can be approved (it is {transcript.status.value}).")
-    transcript.status = TranscriptState.approved
-    transcript.approved_by_id = user.id
-    transcript.approved_at = transcript.updated_at = utcnow()
+    now = utcnow()
+    _write_if_unmoved(session, transcript, "review the new text and approve it again",
+                      status=TranscriptState.approved, approved_by_id=user.id, approved_at=now, updated_at=now)
     session.commit()
     return transcript
+
+
+def _write_if_unmoved(session: Session, transcript: Transcript, retry: str, **values: Any) -> None:
+    """Write `values` to the transcript's row only if it is still transcribed and at the revision read, in one
+    conditional UPDATE; else roll back and refuse (409), `retry` saying what to do next.
+
+    Checking in Python and writing later let two edits based on one revision both succeed (the second
+    silently undoing the first) and an edit land on a transcript approved in between.
+    """
+    read = transcript.revision
+    stmt = (update_rows(Transcript)
+            .where(col(Transcript.id) == transcript.id, col(Transcript.revision) == read,
+                   col(Transcript.status) == TranscriptState.transcribed)
+            .values(**values))
+    if session.connection().execute(stmt).rowcount == 1:
+        session.refresh(transcript)  # the row as written, in this transaction
+        return
+    session.rollback()
+    current = session.get(Transcript, transcript.id)  # reloaded: the rollback expired what was read
+    if current is None:
+        raise NotFound(f"No transcript with id {transcript.id} (it was deleted meanwhile).")
+    if current.status != TranscriptState.transcribed:
+        raise InvalidTransition(f"The transcript was {current.status.value} meanwhile; it can no longer be "
+                                "changed.")
+    raise Conflict(f"The transcript moved on to revision {current.revision} (you read {read}) meanwhile; reload "
+                   f"it and {retry}.", code="stale_revision")
 
 
 def _sync_note_text(session: Session, transcript: Transcript) -> None:

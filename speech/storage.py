@@ -34,11 +34,17 @@ def audio_file(settings: Settings, sha256: str) -> Iterator[Path | None]:
 
 def store_audio(settings: Settings, data: bytes) -> str:
     """Store `data` as a blob (idempotent, atomic); its sha256."""
+    return add_audio(settings, data)[0]
+
+
+def add_audio(settings: Settings, data: bytes) -> tuple[str, bool]:
+    """Store `data` as a blob (idempotent, atomic); its sha256, and whether this call added it (False when
+    the store already held those bytes), so that a caller whose record is then refused can take it back."""
     digest = hashlib.sha256(data).hexdigest()
     blobs = make_blobs(settings)
     store = blobs.store
     if store.exists(digest) is not None:
-        return digest
+        return digest, False
     fd, tmp = tempfile.mkstemp(dir=blobs.staging / "tmp", prefix="call-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -49,7 +55,12 @@ def store_audio(settings: Settings, data: bytes) -> str:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return digest
+    return digest, True
+
+
+def remove_audio(settings: Settings, sha256: str) -> None:
+    """Delete a blob (missing is fine): one that `add_audio` added for a record that was not kept."""
+    make_blobs(settings).store.delete(sha256)
 
 
 def probe_duration(source: Path | BinaryIO) -> float:

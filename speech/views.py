@@ -23,7 +23,6 @@ from speech.models import (
     TranscriptState,
     TranscriptUpdate,
 )
-from speech.redact import can_view_pii, redact_text
 from speech.worker import lifespan, notify_queued
 from sync.blobs.service import Blobs
 
@@ -39,6 +38,9 @@ async def post_call(request: Request, session: SessionDep, settings: SettingsDep
     """Upload a hotline recording; it is transcribed in the background."""
     try:
         meta = CallMetadata.model_validate(json.loads(metadata))
+    except RecursionError as exc:  # json gives up on deep nesting this way, not with a ValueError
+        raise Unprocessable("metadata is nested too deeply to be call metadata JSON.",
+                            code="invalid_metadata") from exc
     except (ValueError, ValidationError) as exc:
         raise Unprocessable(f"metadata is not valid call metadata JSON: {exc}", code="invalid_metadata") from exc
     data = await audio.read(settings.audio_max_bytes + 1)
@@ -108,13 +110,7 @@ def patch_transcript(id: uuid.UUID, data: TranscriptUpdate, session: SessionDep,
 @router.get("/{id}/revisions", response_model=list[RevisionPublic])
 def list_revisions(id: uuid.UUID, session: SessionDep, user: CurrentUser):
     transcript = service.get(session=session, user=user, id=id)
-    rows = service.revisions(session=session, transcript=transcript)
-    if can_view_pii(user):
-        return rows
-    # Edits hold the text before and after: mask them like the transcript itself.
-    return [RevisionPublic(revision=r.revision, user_id=r.user_id, at=r.at,
-                           changes=[c | {"before": redact_text(c["before"]), "after": redact_text(c["after"])}
-                                    for c in r.changes]) for r in rows]
+    return service.present_revisions(session=session, user=user, transcript=transcript)
 
 
 @router.post("/{id}/approve", response_model=TranscriptDetail)

@@ -18,6 +18,7 @@ from api.notes.models import Note, NoteKind
 from api.settings import Settings
 from api.users.models import User
 from speech.models import Transcript, TranscriptState
+from speech.redact import redact_text
 from speech.worker import run_worker
 
 PROCRASTINATE_TABLES = ("procrastinate_events", "procrastinate_periodic_defers", "procrastinate_jobs",
@@ -57,10 +58,12 @@ def wait_until_done(engine: Engine, settings: Settings, ids: list[uuid.UUID], ti
 def make_transcript(session: Session, owner: User, *texts: str,
                     status: TranscriptState = TranscriptState.transcribed, categories: tuple[str, ...] = ("other",),
                     **note_fields: Any) -> Transcript:
-    """A recording with a finished transcript of these segment texts (2.5 s each), without running a model."""
+    """A recording with a finished transcript of these segment texts (2.5 s each), without running a model;
+    the note holds the masked copy of the text, as the worker writes it."""
     note = Note(owner_id=owner.id, kind=note_fields.pop("kind", NoteKind.voice_note),
                 audio_sha256=uuid.uuid4().hex * 2, duration_s=5.0,
-                recorded_at=note_fields.pop("recorded_at", utcnow()), **note_fields)
+                recorded_at=note_fields.pop("recorded_at", utcnow()),
+                transcript_text=redact_text("".join(texts)) if texts else None, **note_fields)
     session.add(note)
     session.flush()
     transcript = session.get(Transcript, note.id)

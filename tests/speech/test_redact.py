@@ -5,24 +5,34 @@ from __future__ import annotations
 import pytest
 
 from api.users.models import Role, User
-from speech.redact import can_view_pii, redact_for, redact_text
+from speech.redact import can_view_pii, redact_for, redact_parts, redact_text
 
 
 @pytest.mark.parametrize(("text", "masked"), [
     ("我的电话是13800138000，谢谢", "我的电话是138****8000，谢谢"),
-    ("手机138-0013-8000", "手机138****8000"),
-    ("+86 139 1234 5678", "+86 139****5678"),
+    ("手机138-0013-8000", "手机138-****-8000"),  # in place: separators stay where they were
+    ("+86 139 1234 5678", "+86 139 **** 5678"),
     ("座机0531-88886666", "座机0531-****6666"),
     ("打010-1234567找王师傅", "打010-***4567找王师傅"),
     ("身份证号370102198507151234", "身份证号370102***********4"),
     ("身份证37010219850715123X。", "身份证370102***********X。"),
+    # Regression: the international 00 prefix, full-width digits and spaced ID numbers were left readable.
+    ("回电008613800138000", "回电0086138****8000"),
+    ("0086 138 0013 8000", "0086 138 **** 8000"),
+    ("请回电１３８００１３８０００", "请回电１３８****８０００"),
+    ("＋８６ １３８－００１３－８０００", "＋８６ １３８－****－８０００"),
+    ("座机０５３１－８８８８６６６６", "座机０５３１－****６６６６"),
+    ("身份证370102 19850715 1234。", "身份证370102 ******** ***4。"),
+    ("身份证370102-19850715-123X", "身份证370102-********-***X"),
+    ("身份证３７０１０２１９８５０７１５１２３Ｘ", "身份证３７０１０２***********Ｘ"),
 ])
 def test_personal_numbers_are_masked(text: str, masked: str) -> None:
     assert redact_text(text) == masked
+    assert len(masked) == len(text)  # in place, so a position in the text is a position in its masked copy
 
 
 @pytest.mark.parametrize("text", ["工单号2025110803", "3号楼2单元501室", "温度16度", "热线96133",
-                                  "12345678901234567890"])
+                                  "12345678901234567890", "１２３４５６７８９０１２３４５６７８９", "工单号００１２３"])
 def test_other_numbers_stay(text: str) -> None:
     assert redact_text(text) == text
 
@@ -34,3 +44,16 @@ def test_only_office_roles_have_view_pii(role: Role, sees_numbers: bool) -> None
     assert can_view_pii(user) is sees_numbers
     shown = redact_for(user, "回电13800138000")
     assert shown == ("回电13800138000" if sees_numbers else "回电138****8000")
+
+
+@pytest.mark.parametrize(("parts", "separator", "masked"), [
+    # Regression: each segment was masked alone, so a number split between two was shown whole.
+    (["请回电138", "0013 8000。"], "", ["请回电138", "**** 8000。"]),
+    (["请回电1380", "013", "8000。"], "", ["请回电138*", "***", "8000。"]),
+    (["call 138", "", "0013 8000."], " ", ["call 138", "", "**** 8000."]),  # empty parts are not joined
+    (["身份证370102", "198507151234"], "", ["身份证370102", "***********4"]),
+    (["回电13800138000", "好的"], "", ["回电138****8000", "好的"]),
+])
+def test_parts_are_masked_as_they_read_joined(parts: list[str], separator: str, masked: list[str]) -> None:
+    assert redact_parts(parts, separator) == masked
+    assert separator.join(p for p in masked if p) == redact_text(separator.join(p for p in parts if p))

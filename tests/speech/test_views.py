@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, func, select
 
 from api.app import create_app
 from api.db import utcnow
@@ -27,6 +27,7 @@ from tests.speech.service_helpers import (
     post_call,
     wait_until_done,
 )
+from tests.utils.asserts import assert_error
 from tests.utils.factories import World, make_work_order, make_world
 
 LEAK = (FIXTURES / "leak_report.wav").read_bytes()
@@ -266,3 +267,127 @@ def test_with_the_s3_store_a_call_is_stored_transcribed_and_served_from_the_buck
             assert part.headers["content-type"] == "audio/wav"
             assert api.get(url, headers=headers).content == VALVE
     assert [p for p in (settings.blob_dir or settings.data_dir).rglob("*") if p.is_file()] == []
+
+
+def test_date_filters_at_the_ends_of_the_calendar_mean_no_bound(api: TestClient, world: World,
+                                                                session: Session) -> None:
+    """Regression: date_to=9999-12-31 was a 500 (the day after it overflows) and date_from=0001-01-01 a 422
+    blaming NUL characters (its start is before year 1 in UTC): both simply leave that side open."""
+    t = make_transcript(session, world.steward_a, "暖气不热", household_id=world.household_a.id)
+    headers = world.headers(world.supervisor)
+    for params in ({"date_to": "9999-12-31"}, {"date_from": "0001-01-01"},
+                   {"date_from": "0001-01-01", "date_to": "9999-12-31"}, {"date_to": "9999-12-30"}):
+        r = api.get("/api/v1/transcripts", headers=headers, params=params)
+        assert r.status_code == 200, (params, r.text)
+        assert [row["id"] for row in r.json()["data"]] == [str(t.id)], params
+    assert api.get("/api/v1/transcripts", headers=headers, params={"date_from": "9999-12-31"}).json()["count"] == 0
+
+
+@pytest.mark.parametrize("q", ["漏水\x00了", "漏\x00", "\x00", "漏水\n了", "漏\x7f"])
+def test_a_query_with_control_characters_is_refused_on_both_backends(api: TestClient, world: World,
+                                                                     session: Session, q: str) -> None:
+    """Regression: NUL in a query of three characters or more was a 500 from SQLite's FTS5 (PostgreSQL cannot
+    bind it either); control characters are never in a transcript, so the query is refused."""
+    make_transcript(session, world.steward_a, "暖气漏水了", household_id=world.household_a.id)
+    r = api.get("/api/v1/transcripts", headers=world.headers(world.supervisor), params={"q": q})
+    assert_error(r, 422, "invalid_query")
+    r = api.get("/api/v1/transcripts", headers=world.headers(world.supervisor), params={"q": "  漏水了\n"})
+    assert r.status_code == 200 and r.json()["count"] == 1  # surrounding white space is trimmed, as before
+
+
+@pytest.mark.parametrize("metadata", ["[" * 100_000, '{"a":' * 100_000])
+def test_deeply_nested_call_metadata_is_invalid_metadata(api: TestClient, world: World, metadata: str) -> None:
+    """Regression: json.loads raises RecursionError (not ValueError) on deep nesting, which was a 500."""
+    r = api.post("/api/v1/calls", headers=world.headers(world.supervisor),
+                 files={"audio": ("c.wav", LEAK, "audio/wav")}, data={"metadata": metadata})
+    assert_error(r, 422, "invalid_metadata")
+
+
+def test_a_start_time_with_no_utc_equivalent_is_invalid_metadata_and_stores_nothing(
+        api: TestClient, world: World, session: Session, speech_settings_: Settings) -> None:
+    """Regression: 9999-12-31T23:00-05:00 passed validation, the recording was stored, and the commit failed
+    (a 422 that left the audio file behind); now it is refused before anything is stored."""
+    r = post_call(api, world.headers(world.supervisor), LEAK, started_at="9999-12-31T23:00:00-05:00")
+    assert_error(r, 422, "invalid_metadata")
+    assert session.exec(select(func.count()).select_from(Note)).one() == 0
+    root = Path(speech_settings_.blob_dir)  # type: ignore[arg-type]
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def test_a_number_split_between_segments_is_masked_in_segments_and_history(api: TestClient, world: World,
+                                                                           session: Session) -> None:
+    """Regression: each segment was masked alone, so a number that Whisper split between two segments was masked
+    in the text but readable, whole, from the segments and from the edit history."""
+    t = make_transcript(session, world.steward_a, "请回电138", "0013 8000。", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    for index, text in ((1, "0013 8001。"), (0, "请回电139")):  # revision 1, then revision 2
+        r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                      json={"segments": [{"index": index, "text": text}]})
+        assert r.status_code == 200, r.text
+    body = api.get(f"/api/v1/transcripts/{t.id}", headers=steward).json()
+    assert body["text"] == "请回电139**** 8001。"
+    assert [s["text"] for s in body["segments"]] == ["请回电139", "**** 8001。"]
+    history = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=steward).json()
+    assert [h["changes"] for h in history] == [
+        [{"index": 1, "before": "**** 8000。", "after": "**** 8001。"}],
+        [{"index": 0, "before": "请回电138", "after": "请回电139"}]]
+    unmasked = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=supervisor).json()
+    assert unmasked[0]["changes"] == [{"index": 1, "before": "0013 8000。", "after": "0013 8001。"}]
+    assert [s["text"] for s in api.get(f"/api/v1/transcripts/{t.id}", headers=supervisor).json()["segments"]] == [
+        "请回电139", "0013 8001。"]
+
+
+@pytest.mark.parametrize("via", ["api", "patch"])  # text written by the test helper, or by a correction
+def test_search_cannot_reveal_masked_digits_to_a_steward(api: TestClient, world: World, session: Session,
+                                                         via: str) -> None:
+    """Regression: search ran over the unmasked text, so a steward who reads 回电138****8000 could query
+    回电1380, 回电1381... and learn each hidden digit from the count. Without view_pii, a query must also
+    match the masked text; count and paging stay those of the matching rows."""
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    numbered = [make_transcript(session, world.steward_a, "请回电13800138000。", household_id=world.household_a.id,
+                                recorded_at=utcnow() - timedelta(minutes=i)) for i in range(3)]
+    plain = make_transcript(session, world.steward_a, "请回电，暖气不热。", household_id=world.household_a.id)
+    if via == "patch":  # a correction rewrites the masked copy too
+        for t in numbered:
+            r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                          json={"segments": [{"index": 0, "text": "请回电13900139000。"}]})
+            assert r.status_code == 200, r.text
+    number = "13800138000" if via == "api" else "13900139000"
+
+    def found(headers: dict[str, str], q: str, **paging: int) -> tuple[int, list[str]]:
+        body = api.get("/api/v1/transcripts", headers=headers, params={"q": q, **paging}).json()
+        return body["count"], [row["id"] for row in body["data"]]
+
+    for guess in "0123456789":  # trigram index (SQLite) and ILIKE (PostgreSQL) alike
+        assert found(steward, f"回电{number[:3]}{guess}")[0] == 0, guess
+        assert found(steward, f"{number[:3]}{guess}")[0] == 0, guess
+    assert found(steward, number)[0] == 0
+    assert found(supervisor, number)[0] == 3  # view_pii: the whole text
+    ids = [str(t.id) for t in numbered]
+    assert found(steward, f"回电{number[:3]}") == (3, ids)  # what the steward can read is still found
+    assert found(steward, number[-4:], limit=2) == (3, ids[:2])
+    assert found(steward, number[-4:], limit=2, offset=2) == (3, ids[2:])
+    assert found(steward, "回电") == (4, [str(plain.id), *ids])  # two characters: the scan path
+
+
+@pytest.mark.parametrize("category", ["%", "_%", "l__k", "%a%", "lea_", "\\"])
+def test_the_category_filter_is_not_a_like_pattern(api: TestClient, world: World, session: Session,
+                                                   category: str) -> None:
+    """Regression: the category went into LIKE unescaped, so `%` and `_` matched every transcript."""
+    make_transcript(session, world.steward_a, "暖气漏水了", categories=("leak",), household_id=world.household_a.id)
+    headers = world.headers(world.supervisor)
+    r = api.get("/api/v1/transcripts", headers=headers, params={"category": category})
+    assert r.status_code == 200 and r.json()["count"] == 0, r.text
+    assert api.get("/api/v1/transcripts", headers=headers, params={"category": "leak"}).json()["count"] == 1
+
+
+def test_an_edit_naming_a_segment_twice_is_refused(api: TestClient, world: World, session: Session) -> None:
+    """Regression: two edits of segment 0 that cancel out were accepted and recorded as revision 1."""
+    t = make_transcript(session, world.steward_a, "原文", "第二段", household_id=world.household_a.id)
+    headers = world.headers(world.supervisor)
+    edits = [{"index": 0, "text": "改"}, {"index": 1, "text": "改"}, {"index": 0, "text": "原文"}]
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=headers, json={"segments": edits})
+    assert_error(r, 422, "duplicate_segment")
+    body = api.get(f"/api/v1/transcripts/{t.id}", headers=headers).json()
+    assert (body["revision"], body["text"]) == (0, "原文第二段")
+    assert api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=headers).json() == []
