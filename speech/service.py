@@ -164,6 +164,18 @@ def list_transcripts(*, session: Session, settings: Settings, user: User, page: 
                      steward_id: uuid.UUID | None = None, work_order_id: uuid.UUID | None = None,
                      q: str | None = None) -> tuple[list[Transcript], int]:
     """Transcripts the user may see, newest recording first, filtered."""
+    stmt = transcripts_query(session=session, settings=settings, user=user, status=status, category=category,
+                             date_from=date_from, date_to=date_to, steward_id=steward_id,
+                             work_order_id=work_order_id, q=q)
+    return access.paged(session, stmt, page, col(Note.recorded_at).desc(), col(Transcript.id))
+
+
+def transcripts_query(*, session: Session, settings: Settings, user: User, status: TranscriptState | None = None,
+                      category: str | None = None, date_from: date | None = None, date_to: date | None = None,
+                      steward_id: uuid.UUID | None = None, work_order_id: uuid.UUID | None = None,
+                      q: str | None = None) -> Any:
+    """The select of transcripts (joined with their notes) the user may see, with the API's filters: one
+    definition for the API's list and the console's review queue."""
     stmt = select(Transcript).join(Note, col(Note.id) == Transcript.id).where(note_clause(user))
     if status is not None:
         stmt = stmt.where(col(Transcript.status) == status)
@@ -183,7 +195,7 @@ def list_transcripts(*, session: Session, settings: Settings, user: User, page: 
         bind = session.get_bind()
         assert isinstance(bind, Engine)
         stmt = stmt.where(search_clause(q, bind, masked=not can_view_pii(user)))
-    return access.paged(session, stmt, page, col(Note.recorded_at).desc(), col(Transcript.id))
+    return stmt
 
 
 def _day_start(day: date, zone: ZoneInfo, *, later: int = 0) -> datetime | None:

@@ -5,11 +5,10 @@ comes from `api.access` and the notes' rules, masking from `speech.redact`."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, func, true
+from sqlalchemy import case, func, true
 from sqlmodel import Session, col, select
 
 from api import access
@@ -43,7 +42,6 @@ from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder
 from speech import service as speech
 from speech.models import Call, Transcript, TranscriptState
 from speech.redact import can_view_pii, redact_for
-from speech.search import search_clause
 from video.models import RoomState, VideoRoom, VideoSnapshot
 
 # Readings drawn around a work order: from shortly before it was opened until shortly after it closed.
@@ -80,22 +78,9 @@ def queue(*, session: Session, settings: Settings, user: User, page: Page, statu
           steward_id: uuid.UUID | None = None, q: str | None = None) -> tuple[list[Transcript], int, int]:
     """Transcripts the user may see with the API's filters, those waiting for review first (newest
     recording first within each group); also how many of the matching ones wait for review."""
-    stmt = select(Transcript).join(Note, col(Note.id) == Transcript.id).where(note_clause(user))
-    if status is not None:
-        stmt = stmt.where(col(Transcript.status) == status)
-    if category:
-        stmt = stmt.where(col(Transcript.categories).contains(f",{category},"))
-    zone = ZoneInfo(settings.timezone)  # a date is a local calendar day, as in the API
-    if date_from is not None:
-        stmt = stmt.where(col(Note.recorded_at) >= datetime.combine(date_from, time.min, zone))
-    if date_to is not None:
-        stmt = stmt.where(col(Note.recorded_at) < datetime.combine(date_to + timedelta(days=1), time.min, zone))
-    if steward_id is not None:
-        stmt = stmt.where(col(Note.owner_id) == steward_id)
-    if q and q.strip():
-        bind = session.get_bind()
-        assert isinstance(bind, Engine)
-        stmt = stmt.where(search_clause(q, bind))
+    stmt = speech.transcripts_query(session=session, settings=settings, user=user, status=status,
+                                    category=category, date_from=date_from, date_to=date_to, steward_id=steward_id,
+                                    q=q)
     pending_first = case((col(Transcript.status) == TranscriptState.transcribed, 0), else_=1)
     rows, count = access.paged(session, stmt, page, pending_first, col(Note.recorded_at).desc(), col(Transcript.id))
     pending_stmt = stmt.where(col(Transcript.status) == TranscriptState.transcribed)

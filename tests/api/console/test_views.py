@@ -108,11 +108,29 @@ def test_the_queue_puts_pending_review_first_and_filters(client: TestClient, ses
     assert ids(q="不存在的词") == []
     assert_error(client.get(f"{API}/transcripts", params={"status": "done"}, headers=h), 422, "validation_error")
     assert_error(client.get(f"{API}/transcripts", params={"q": "漏" * 201}, headers=h), 422, "validation_error")
+    # the API's filters, not a copy of them (these were a 500, a wildcard, and no hit for the office)
+    assert len(ids(date_to="9999-12-31")) == 4 and len(ids(date_from="0001-01-01")) == 4
+    assert ids(category="%") == [] and ids(category="l__k") == []
 
     # a steward sees their grid's recordings, numbers masked
     steward = client.get(f"{API}/transcripts", headers=world.headers(world.steward_b)).json()
     assert [t["id"] for t in steward["data"]] == [str(pending_new.id), str(failed.id)]
     assert steward["data"][0]["caller_phone"] == "139****5678" and steward["data"][0]["redacted"] is True
+
+
+def test_the_queue_finds_a_number_for_the_office_and_not_by_its_hidden_digits_for_a_steward(
+        client: TestClient, session: Session, world: World) -> None:
+    said = make_transcript(session, world.steward_a, "请回电13912345678。", household_id=world.household_a.id)
+
+    def found(user: User, q: str) -> list[str]:
+        r = client.get(f"{API}/transcripts", params={"q": q}, headers=world.headers(user))
+        assert r.status_code == 200, r.text
+        return [t["id"] for t in r.json()["data"]]
+
+    assert found(world.supervisor, "13912345678") == [str(said.id)]  # the office reads numbers whole
+    assert found(world.steward_a, "请回电") == [str(said.id)]
+    assert found(world.steward_a, "回电1391") == []  # masked for the steward: hidden digits find nothing
+    assert found(world.steward_a, "回电139") == [str(said.id)]  # what they can read, they can find
 
 
 def test_quality_flags_low_confidence_segments(client: TestClient, session: Session, world: World,
