@@ -7,9 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 
 from pydantic import model_validator
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from api.db import Versioned, ts_field
+from api.db import Versioned, new_id, ts_field
+from api.proactive.models import DeliveryStatus
 from api.schemas import UtcDatetime
 
 
@@ -46,6 +48,27 @@ class Notice(Versioned, NoticeBase, table=True):
     created_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
     sent_at: datetime | None = ts_field(nullable=True)
     sent_count: int = 0
+
+
+class NoticeDelivery(SQLModel, table=True):
+    """One household's copy of a notice, like a campaign delivery: the unique key and the claim before each
+    send (`api.notices.deliveries`) are what stop a second SMS; failures keep their reason and are retried.
+    Not synced to the handhelds."""
+
+    __tablename__ = "notice_deliveries"
+    __table_args__ = (UniqueConstraint("notice_id", "household_id", name="uq_notice_deliveries_notice_household"),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    notice_id: uuid.UUID = Field(foreign_key="notices.id", index=True, ondelete="CASCADE")
+    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="CASCADE")
+    phone: str | None = Field(default=None, max_length=20)
+    text: str = Field(default="", max_length=1000)
+    status: DeliveryStatus = Field(default=DeliveryStatus.queued, index=True)
+    attempts: int = 0
+    reason: str | None = Field(default=None, max_length=500)
+    next_attempt_at: datetime | None = ts_field(nullable=True)
+    sent_at: datetime | None = ts_field(nullable=True)
+    created_at: datetime = ts_field(default_now=True)
 
 
 class NoticeCreate(NoticeBase):

@@ -1,4 +1,4 @@
-"""Pre-season notices: create for a building or station, render each household's SMS, send."""
+"""Pre-season notices: create for a building or station, render each household's SMS, send each once."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import utcnow
+from api.db import new_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import Building, HeatingStatus, Household, Station
-from api.notices.models import Notice, NoticeCreate, NoticeMessage, NoticeTarget
+from api.notices import deliveries
+from api.notices.models import Notice, NoticeCreate, NoticeDelivery, NoticeMessage, NoticeTarget
 from api.notices.sms import SmsSender
+from api.proactive.models import DeliveryStatus
 from api.settings import Settings
 from api.users.models import User
 
@@ -90,18 +93,90 @@ def messages(*, session: Session, settings: Settings, notice: Notice) -> list[No
             for h, b in _households(session, notice)]
 
 
-def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Notice, resend: bool = False
-         ) -> Notice:
-    """Hand every message with a phone number to the SMS sender, once (unless `resend`)."""
-    session.refresh(notice, with_for_update=True)  # a send racing this one must see its sent_at
-    if notice.sent_at is not None and not resend:
-        raise Conflict("This notice was already sent; pass resend=true to send it again.", code="already_sent")
-    sent = 0
-    for message in messages(session=session, settings=settings, notice=notice):
-        if message.phone and sender.send(message.phone, message.text):
-            sent += 1
-    notice.sent_at = utcnow()
-    notice.sent_count = sent
+def _plan(session: Session, settings: Settings, notice: Notice) -> None:
+    """A delivery for every household that has none; the ones not sent follow their household (a new phone
+    starts over, one without a phone is skipped)."""
+    existing = {d.household_id: d for d in session.exec(
+        select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)).all()}
+    table = NoticeDelivery.__table__  # type: ignore[attr-defined]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for m in messages(session=session, settings=settings, notice=notice):
+        skip = None if m.phone else "no_phone"
+        row = existing.get(m.household_id)
+        if row is None:
+            # A resend racing this one may plan the same household: the unique key keeps one row.
+            session.execute(insert(table).values(
+                id=new_id(), notice_id=notice.id, household_id=m.household_id, phone=m.phone, text=m.text,
+                status=DeliveryStatus.skipped if skip else DeliveryStatus.queued, attempts=0, reason=skip,
+                created_at=utcnow()).on_conflict_do_nothing(index_elements=[table.c.notice_id, table.c.household_id]))
+        elif row.status != DeliveryStatus.sent and (changes := deliveries.replan(row, m.phone, m.text, skip)):
+            row.sqlmodel_update(changes)
+            session.add(row)
+    session.commit()
+
+
+def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: Notice, now: datetime, *,
+              final_too: bool = False) -> tuple[int, int]:
+    """Send the notice's deliveries that are due, each claimed first; recount `sent_count`. (sent, failed)."""
+    clock = deliveries.clock(now)
+    table = NoticeDelivery.__table__  # type: ignore[attr-defined]
+    rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id,
+                                                     deliveries.due(table, settings, now, final_too=final_too))
+                        .order_by(col(NoticeDelivery.id))).all()
+    sent = failed = 0
+    for row in rows:
+        outcome = deliveries.send_one(session, settings, sender, row, clock(), final_too=final_too)
+        sent, failed = sent + (outcome is True), failed + (outcome is False)
+    session.refresh(notice)
+    notice.sent_count = session.exec(select(func.count()).where(NoticeDelivery.notice_id == notice.id,
+                                                                NoticeDelivery.status == DeliveryStatus.sent)).one()
     session.add(notice)
     session.commit()
+    return sent, failed
+
+
+def _mark_sent(session: Session, notice: Notice, now: datetime) -> bool:
+    """Set `sent_at` if no send did yet, in one conditional UPDATE; False if one did (SQLite ignores the row
+    lock that a read-then-write check relied on, so two sends both texted everyone)."""
+    for _ in range(3):  # the row may move under us without being sent
+        if notice.sent_at is not None:
+            return False
+        if deliveries.write_if(session, notice, lambda t: t.c.sent_at.is_(None), sent_at=now):
+            return True
+    raise Conflict("The notice changed while it was being sent; send it again.", code="conflict")
+
+
+def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Notice, resend: bool = False,
+         now: datetime | None = None) -> Notice:
+    """Text every household with a phone, once; `resend` tries again the ones not reached yet.
+
+    The first send marks the notice sent in one conditional UPDATE, so a second one racing it is refused
+    (409 `already_sent`). Each household's SMS is a delivery row claimed right before it is sent: no
+    household is texted twice, even by a resend. A failure is recorded with its reason and retried after a
+    backoff by the evaluation run (`send_due`), or at once by `resend=true` (even when out of tries).
+    """
+    now = now or utcnow()
+    if not _mark_sent(session, notice, now) and not resend:
+        raise Conflict("This notice was already sent; pass resend=true to retry the households it has not "
+                       "reached.", code="already_sent")
+    _plan(session, settings, notice)
+    _send_due(session, settings, sender, notice, now, final_too=resend)
     return notice
+
+
+def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None
+             ) -> tuple[int, int]:
+    """Retry the notice SMS that failed and whose time has come, in every sent notice (the periodic run)."""
+    now = now or utcnow()
+    table = NoticeDelivery.__table__  # type: ignore[attr-defined]
+    ids = session.exec(select(NoticeDelivery.notice_id).where(deliveries.due(table, settings, now))
+                       .distinct()).all()
+    sent = failed = 0
+    for id in ids:
+        notice = session.get(Notice, id)
+        if notice is None or notice.sent_at is None:
+            continue
+        s, f = _send_due(session, settings, sender, notice, now)
+        sent, failed = sent + s, failed + f
+    return sent, failed
+

@@ -16,8 +16,9 @@ from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station
 from api.network.service import get_station
+from api.notices import deliveries
 from api.notices.models import NoticeBase
-from api.notices.sms import SmsSender, deliver
+from api.notices.sms import SmsSender
 from api.proactive.models import (
     Campaign,
     CampaignCreate,
@@ -245,19 +246,38 @@ def preview(*, session: Session, settings: Settings, campaign: Campaign, page: P
 # --- sending -------------------------------------------------------------------------------------------------
 
 
-def _claim(session: Session, campaign: Campaign, now: datetime) -> None:
-    """Hold the campaign for this send (row lock, then a lease other senders respect)."""
-    session.refresh(campaign, with_for_update=True)
-    if campaign.sending_until is not None and campaign.sending_until > now:
-        session.rollback()
-        raise Conflict("This campaign is being sent right now; try again in a few minutes.", code="send_in_progress")
-    campaign.sending_until = now + SEND_LEASE
-    session.add(campaign)
-    session.commit()
+def _claim(session: Session, campaign: Campaign, now: datetime) -> datetime:
+    """Hold the campaign for this send: a lease other senders respect, taken in one conditional UPDATE (two
+    sends that both read a free lease used to both take it). Returns the lease's end."""
+    until = now + SEND_LEASE
+    for _ in range(3):  # the row may move under us (a recount) without anyone holding it
+        current = session.get(Campaign, campaign.id, populate_existing=True)  # the same object, read again
+        if current is None:
+            raise NotFound(f"No campaign with id {campaign.id} (it was deleted meanwhile).")
+        if current.sending_until is not None and current.sending_until > now:
+            break
+        if deliveries.write_if(session, campaign, lambda t: or_(t.c.sending_until.is_(None), t.c.sending_until <= now),
+                               sending_until=until):
+            return until
+    session.rollback()
+    raise Conflict("This campaign is being sent right now; try again in a few minutes.", code="send_in_progress")
+
+
+def _renew(session: Session, campaign: Campaign, lease: datetime, now: datetime) -> datetime | None:
+    """Extend our lease once half of it is spent (a send may take longer than one lease); None if another
+    sender holds the campaign now: it will send what is left."""
+    if now < lease - SEND_LEASE / 2:
+        return lease
+    until = now + SEND_LEASE
+    if deliveries.write_if(session, campaign, lambda t: t.c.sending_until == lease, sending_until=until):
+        return until
+    log.warning("campaign %s: lost its send lease; another sender goes on", campaign.id)
+    return None
 
 
 def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
-    """Add a delivery for every household that has none; re-check skipped ones (heating resumed, new phone)."""
+    """Add a delivery for every household that has none; re-check the ones not sent (heating resumed or
+    suspended, phone gained, lost or corrected)."""
     existing = {d.household_id: d for d in session.exec(
         select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id)).all()}
     messages, _ = _targets(session, settings, campaign)
@@ -270,12 +290,7 @@ def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
             continue
         if row.status == DeliveryStatus.sent:
             continue  # never again
-        wanted = {"phone": m.phone, "text": m.text}
-        if m.skip_reason:  # suspended or lost its phone since: do not send what is still unsent
-            wanted = {"status": DeliveryStatus.skipped, "reason": m.skip_reason}
-        elif row.status == DeliveryStatus.skipped:
-            wanted |= {"status": DeliveryStatus.queued, "reason": None}
-        changes = {k: v for k, v in wanted.items() if getattr(row, k) != v}
+        changes = deliveries.replan(row, m.phone, m.text, m.skip_reason)
         if changes:
             row.sqlmodel_update(changes)
             session.add(row)
@@ -283,11 +298,9 @@ def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
 
 
 def _due(session: Session, campaign: Campaign, settings: Settings, now: datetime) -> list[CampaignDelivery]:
-    retry = (col(CampaignDelivery.status) == DeliveryStatus.failed) & (
-        col(CampaignDelivery.attempts) < settings.proactive_sms_max_attempts) & (
-        col(CampaignDelivery.next_attempt_at) <= now)
+    table = CampaignDelivery.__table__  # type: ignore[attr-defined]
     stmt = select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id,
-                                          or_(col(CampaignDelivery.status) == DeliveryStatus.queued, retry))
+                                          deliveries.due(table, settings, now))
     return list(session.exec(stmt.order_by(col(CampaignDelivery.id))).all())
 
 
@@ -307,7 +320,6 @@ def _recount(session: Session, settings: Settings, campaign: Campaign, now: date
     campaign.pending_count = counts["queued"] + pending_failed
     campaign.status = CampaignStatus.sending if campaign.pending_count else CampaignStatus.completed
     campaign.last_run_at = now
-    campaign.sending_until = None
 
 
 def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: Campaign,
@@ -315,36 +327,31 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: C
     """Send every delivery that is due: new households, and failed ones whose retry time has come.
 
     Idempotent: a household that was sent the campaign never gets it again (one delivery per household,
-    unique), so a rerun only reaches households added since and retries failures. Each result is
-    committed at once, so a crash loses at most the message in flight. Returns (sent, failed) of this run.
+    unique, each claimed by a conditional UPDATE right before it is sent), so a rerun, a concurrent send or
+    one that took over an expired lease only reaches households added since and retries failures. Each
+    result is committed at once. Returns (sent, failed) of this run.
     """
     now = now or utcnow()
-    _claim(session, campaign, now)
+    clock = deliveries.clock(now)
+    mine = _claim(session, campaign, now)
     sent = failed = 0
     try:
         _plan(session, settings, campaign)
         for delivery in _due(session, campaign, settings, now):
-            assert delivery.phone is not None  # queued rows always have one (`_skip_reason`)
-            result = deliver(sender, delivery.phone, delivery.text, ref=str(delivery.id))
-            delivery.attempts += 1
-            if result.ok:
-                delivery.sqlmodel_update({"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
-                                          "next_attempt_at": None})
-                sent += 1
-            else:
-                retry = delivery.attempts < settings.proactive_sms_max_attempts
-                backoff = settings.proactive_sms_retry_backoff_s * 2 ** (delivery.attempts - 1)
-                delivery.sqlmodel_update({"status": DeliveryStatus.failed, "reason": result.reason[:500],
-                                          "next_attempt_at": now + timedelta(seconds=backoff) if retry else None})
-                failed += 1
-            session.add(delivery)
-            session.commit()
+            lease = _renew(session, campaign, mine, clock())
+            if lease is None:
+                break
+            mine = lease
+            outcome = deliveries.send_one(session, settings, sender, delivery, clock())
+            sent, failed = sent + (outcome is True), failed + (outcome is False)
     finally:
         session.rollback()
-        session.refresh(campaign, with_for_update=True)
+        session.refresh(campaign)
         if campaign.first_sent_at is None and sent:
             campaign.first_sent_at = now
         _recount(session, settings, campaign, now)
+        if campaign.sending_until == mine:  # release our lease, never one another sender took over
+            campaign.sending_until = None
         session.add(campaign)
         session.commit()
     log.info("campaign %s: %d sent, %d failed this run", campaign.id, sent, failed)

@@ -71,7 +71,7 @@ def close_finished(session: Session, now: datetime) -> int:
 
 
 def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]:
-    """The complaints inside the window: work orders, then tagged transcripts not already behind one."""
+    """The complaints inside the window: work orders, then tagged transcripts of calls that have none."""
     since = now - timedelta(hours=settings.proactive_cluster_window_hours)
     orders = session.execute(
         sa_select(col(WorkOrder.id), col(WorkOrder.category), col(WorkOrder.created_at), *_PLACE)
@@ -81,7 +81,6 @@ def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]
                col(WorkOrder.category).in_(CLUSTER_CATEGORIES), col(WorkOrder.source) != Source.proactive,
                col(WorkOrder.status) != Status.cancelled)).all()
     out = [Signal(o_id, None, h, b, unit, st, Category(cat), at) for o_id, cat, at, h, b, unit, st in orders]
-    seen_orders = {s.work_order_id for s in out}
     tags = or_(*(col(Transcript.categories).contains(f",{c.value},") for c in CLUSTER_CATEGORIES))
     calls = session.execute(
         sa_select(col(Transcript.id), col(Transcript.categories), col(Transcript.draft_work_order_id),
@@ -92,8 +91,10 @@ def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]
         .where(col(Note.recorded_at) >= since, col(Note.recorded_at) <= now, tags,
                col(Transcript.status).in_((TranscriptState.transcribed, TranscriptState.approved)))).all()
     for t_id, categories, draft_id, linked_id, at, h, b, unit, st in calls:
-        if draft_id in seen_orders or linked_id in seen_orders:
-            continue  # the call's work order already counts
+        if draft_id is not None or linked_id is not None:
+            # The call became a work order: that order is the complaint, judged by the filter above (a
+            # cancelled or re-categorised draft must not come back through the call's own tags).
+            continue
         category = next(c for c in CLUSTER_CATEGORIES if f",{c.value}," in categories)
         out.append(Signal(None, t_id, h, b, unit, st, category, at))
     return out

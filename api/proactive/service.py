@@ -15,6 +15,7 @@ from api.db import utcnow
 from api.deps import Page
 from api.errors import NotFound
 from api.network.models import Household
+from api.notices import service as notices
 from api.notices.sms import SmsSender
 from api.proactive import campaigns, clusters
 from api.proactive.models import (
@@ -40,7 +41,7 @@ _sqlite_turn = threading.Lock()
 
 
 def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None) -> RunReport:
-    """One evaluation: release finished groups, open cluster and revisit orders, retry campaign SMS."""
+    """One evaluation: release finished groups, open cluster and revisit orders, retry campaign and notice SMS."""
     now = now or utcnow()
     sqlite = session.get_bind().dialect.name == "sqlite"
     if sqlite:
@@ -53,6 +54,8 @@ def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetim
         if sqlite:
             _sqlite_turn.release()
     sent, failed = campaigns.send_due(session=session, settings=settings, sender=sender, now=now)
+    notice_sent, notice_failed = notices.send_due(session=session, settings=settings, sender=sender, now=now)
+    sent, failed = sent + notice_sent, failed + notice_failed
     return RunReport(closed=closed, clusters_opened=opened, members_linked=linked, revisits_opened=revisits,
                      deliveries_sent=sent, deliveries_failed=failed)
 

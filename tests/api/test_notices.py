@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from api.errors import Conflict
 from api.network.models import HeatingStatus
 from api.notices import service
-from api.notices.models import Notice
+from api.notices.models import Notice, NoticeDelivery
 from api.notices.sms import LoggingSender
+from api.proactive.models import DeliveryStatus
 from api.settings import Settings
 from tests.utils.asserts import assert_error, count_rows, db_state, reread
 from tests.utils.factories import World, make_building, make_household, make_notice, make_station, random_id
@@ -104,15 +107,16 @@ def test_send_texts_every_household_with_a_phone_once(client: TestClient, sessio
     texts = dict(sms.sent)
     assert "已办理停暖" in texts[str(suspended.phone)] and "已办理停暖" not in texts[str(world.household_a.phone)]
     row = reread(session, Notice, notice.id)
-    assert (row.sent_count, row.version) == (2, 2)
+    assert (row.sent_count, row.version) == (2, 3)  # marked sent, then counted
 
     again = client.post(f"{API}/{notice.id}/send", headers=h)
     assert_error(again, 409, "already_sent")
-    assert len(sms.sent) == 2 and reread(session, Notice, notice.id).version == 2
+    assert len(sms.sent) == 2 and reread(session, Notice, notice.id).version == 3
 
+    # A resend reaches only households not reached yet: here, none.
     resent = client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=h)
     assert resent.status_code == 200 and resent.json()["sent_count"] == 2
-    assert len(sms.sent) == 4 and sms.sent[2:] == sms.sent[:2]
+    assert len(sms.sent) == 2
 
 
 def test_stewards_cannot_render_or_send(client: TestClient, session: Session, world: World,
@@ -159,7 +163,7 @@ def test_two_racing_sends_text_residents_once(client: TestClient, session: Sessi
             service.send(session=other, settings=settings, sender=sms, notice=stale)
         assert caught.value.code == "already_sent"
     assert len(sms.sent) == 1
-    assert reread(session, Notice, notice.id).version == 2
+    assert reread(session, Notice, notice.id).version == 3
 
 
 def test_notice_times_outside_a_sane_range_are_422(client: TestClient, world: World) -> None:
@@ -168,3 +172,133 @@ def test_notice_times_outside_a_sane_range_are_422(client: TestClient, world: Wo
                                             "water_fill_end": "9999-12-31T08:00:00+08:00"},
                     headers=world.headers(world.supervisor))
     assert_error(r, 422, "validation_error")
+
+
+class _Gated:
+    """Accepts every message; the first one waits until `release` is set (so two sends overlap for sure)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+
+    def send(self, phone: str, text: str) -> bool:
+        self.calls.append(phone)
+        if len(self.calls) == 1:
+            self.release.wait(5)
+        return True
+
+
+def test_two_sends_at_once_text_residents_once(session: Session, world: World, engine: Engine,
+                                               settings: Settings) -> None:
+    """Regression: the `sent_at` check relied on SELECT ... FOR UPDATE, which SQLite ignores: two sends at
+    once both passed it and every resident got the notice twice."""
+    notice = make_notice(session, station=world.station)
+    sender = _Gated()
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def one() -> None:
+        with Session(engine, expire_on_commit=False) as other:
+            row = other.get(Notice, notice.id)
+            assert row is not None
+            barrier.wait()
+            try:
+                service.send(session=other, settings=settings, sender=sender, notice=row)
+                results.append("sent")
+            except Conflict as exc:
+                results.append(exc.code)
+            finally:
+                sender.release.set()
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["already_sent", "sent"]
+    assert Counter(sender.calls) == {world.household_a.phone: 1, world.household_b.phone: 1}
+    assert reread(session, Notice, notice.id).sent_count == 2
+
+
+def _deliveries(session: Session, notice: Notice, status: DeliveryStatus | None = None) -> list[NoticeDelivery]:
+    session.expire_all()
+    stmt = select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)
+    return list(session.exec(stmt.where(NoticeDelivery.status == status) if status else stmt).all())
+
+
+class _Flaky:
+    """Refuses the phones in `bad`, raises for those in `broken`, accepts the rest."""
+
+    def __init__(self, bad: set[str | None] = frozenset(), broken: set[str | None] = frozenset()) -> None:
+        self.bad, self.broken = set(bad), set(broken)
+        self.calls: list[str] = []
+
+    def send(self, phone: str, text: str) -> bool:
+        self.calls.append(phone)
+        if phone in self.broken:
+            raise RuntimeError("modem on fire")
+        return phone not in self.bad
+
+
+def test_a_failed_notice_sms_is_recorded_and_retried_never_repeated(client: TestClient, session: Session,
+                                                                   world: World, settings: Settings) -> None:
+    """Regression: a refused SMS was only left out of `sent_count` (nothing retried it) and `resend=true`
+    texted everyone again."""
+    settings.proactive_sms_retry_backoff_s = 0
+    notice = make_notice(session, station=world.station)
+    a, b = world.household_a.phone, world.household_b.phone
+    flaky = _Flaky(bad={b})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    h = world.headers(world.supervisor)
+    r = client.post(f"{API}/{notice.id}/send", headers=h)
+    assert r.status_code == 200 and r.json()["sent_count"] == 1
+    assert [(d.phone, d.attempts, d.reason) for d in _deliveries(session, notice, DeliveryStatus.failed)] == [
+        (b, 1, "the SMS sender refused the message")]
+    # The evaluation run retries it once its time has come; A is never texted again.
+    flaky.bad.clear()
+    report = client.post("/api/v1/proactive/run", headers=h).json()
+    assert (report["deliveries_sent"], report["deliveries_failed"]) == (1, 0)
+    assert reread(session, Notice, notice.id).sent_count == 2
+    resent = client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=h)
+    assert resent.status_code == 200 and resent.json()["sent_count"] == 2
+    assert Counter(flaky.calls) == {a: 1, b: 2}
+
+
+def test_a_sender_that_raises_fails_one_message_not_the_notice(client: TestClient, session: Session, world: World,
+                                                               settings: Settings) -> None:
+    """Regression: an exception from the sender answered 500 after some residents were texted, and left
+    `sent_at` empty, so the next send texted them again."""
+    settings.proactive_sms_max_attempts = 1
+    notice = make_notice(session, station=world.station)
+    a, b = world.household_a.phone, world.household_b.phone
+    flaky = _Flaky(broken={a})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    h = world.headers(world.supervisor)
+    r = client.post(f"{API}/{notice.id}/send", headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["sent_count"] == 1 and r.json()["sent_at"] is not None
+    assert_error(client.post(f"{API}/{notice.id}/send", headers=h), 409, "already_sent")
+    failed = _deliveries(session, notice, DeliveryStatus.failed)
+    assert len(failed) == 1 and "modem on fire" in str(failed[0].reason) and failed[0].next_attempt_at is None
+    # Out of tries: only a resend tries it again, and only it.
+    flaky.broken.clear()
+    r = client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=h)
+    assert r.status_code == 200 and r.json()["sent_count"] == 2
+    assert Counter(flaky.calls) == {a: 2, b: 1}
+
+
+def test_a_corrected_phone_gets_the_notice_on_resend(client: TestClient, session: Session, world: World,
+                                                     settings: Settings) -> None:
+    settings.proactive_sms_max_attempts = 1
+    notice = make_notice(session, world.building_b)
+    flaky = _Flaky(bad={world.household_b.phone})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    h = world.headers(world.supervisor)
+    assert client.post(f"{API}/{notice.id}/send", headers=h).json()["sent_count"] == 0
+    world.household_b.phone = "13900009999"
+    session.add(world.household_b)
+    session.commit()
+    r = client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=h)
+    assert r.json()["sent_count"] == 1 and flaky.calls == ["13800000002", "13900009999"]
+    assert [(d.phone, d.status, d.attempts) for d in _deliveries(session, notice)] == [
+        ("13900009999", DeliveryStatus.sent, 1)]

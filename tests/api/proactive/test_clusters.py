@@ -167,3 +167,24 @@ def test_the_run_service_reports_what_it_did(session: Session, world: World, set
         make_work_order(session, home, category=Category.leak)
     report = service.run(session=session, settings=settings, sender=LoggingSender())
     assert report.clusters_opened == 1 and report.revisits_opened == 0 and report.deliveries_sent == 0
+
+
+@pytest.mark.parametrize("draft_fields", [{"status": Status.cancelled}, {"category": Category.other}],
+                         ids=["cancelled", "recategorised"])
+def test_a_call_counts_only_through_its_work_order(client: TestClient, session: Session, world: World,
+                                                   settings: Settings, draft_fields: dict[str, object]) -> None:
+    """Regression: a hotline call whose draft order the office cancelled or re-categorised still counted
+    by its own tags, so two real complaints and a dismissed call opened a riser order."""
+    homes = _riser(session, world, 3)
+    make_work_order(session, homes[0], category=Category.not_warm)
+    make_work_order(session, homes[1], category=Category.not_warm)
+    draft = make_work_order(session, homes[2], source=Source.hotline,
+                            **({"category": Category.not_warm} | draft_fields))  # type: ignore[arg-type]
+    note = _transcribed(session, world, homes[2], ",not_warm,")
+    transcript = session.get(Transcript, note.id)
+    assert transcript is not None
+    transcript.draft_work_order_id = draft.id
+    session.add(transcript)
+    session.commit()
+    assert [s.transcript_id for s in clusters.signals(session, settings, utcnow()) if s.transcript_id] == []
+    assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []

@@ -1,0 +1,127 @@
+"""One SMS per household, sent once: claim the delivery row, hand it to the sender, record the result.
+
+Shared by notices (`notice_deliveries`) and campaigns (`campaign_deliveries`), whose rows have the same
+delivery columns. Whoever sends a message first wins a conditional UPDATE checked by its row count: SQLite
+ignores SELECT ... FOR UPDATE, so a read-then-write check let two requests (or two server processes, or a
+send that outlived its lease) both text a household. The claim is committed before the gateway is called.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, Table, and_, or_, update
+from sqlmodel import Session, SQLModel
+
+from api.db import Versioned, utcnow
+from api.notices.sms import SmsSender, deliver
+from api.proactive.models import DeliveryStatus
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long a claimed delivery is held for the sender that claimed it. The message is in flight until its
+# result is committed; if that process died, the row is retried once the hold has passed (the HTTP sender
+# passes the delivery id as `ref`, so a gateway that deduplicates makes that retry harmless). Far longer
+# than any gateway call, so a live sender's message is never taken over, even after its send lease ran out.
+CLAIM_HOLD = timedelta(hours=1)
+
+
+class Delivery(Protocol):
+    """The columns `campaign_deliveries` and `notice_deliveries` share."""
+
+    id: Any
+    phone: str | None
+    text: str
+    status: DeliveryStatus
+    attempts: int
+    reason: str | None
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+
+
+def _table(obj: SQLModel) -> Table:
+    table: Table = type(obj).__table__  # type: ignore[attr-defined]
+    return table
+
+
+def write_if(session: Session, obj: SQLModel, condition: Callable[[Table], ColumnElement[bool]],
+             **values: Any) -> bool:
+    """Write `values` to `obj`'s row in one UPDATE that matches only while `condition(table)` holds (and, for a
+    versioned row, while it is at the version read); commit and return True if it matched, else roll back
+    and return False (the session's objects are then expired: read them again to see why).
+
+    The same values are then set on the object, so the flush records the write like any other (sync
+    tracking stamps `seq`, `version` and `field_versions`; a bulk UPDATE alone would bypass it).
+    """
+    table = _table(obj)
+    where = and_(table.c.id == obj.id, condition(table))  # type: ignore[attr-defined]
+    if isinstance(obj, Versioned):
+        where = and_(where, table.c.version == obj.version)
+    if session.connection().execute(update(table).where(where).values(**values)).rowcount != 1:
+        session.rollback()
+        return False
+    obj.sqlmodel_update(values)
+    session.add(obj)
+    session.commit()
+    return True
+
+
+def clock(now: datetime) -> Callable[[], datetime]:
+    """A clock that starts at `now` (which tests may set) and advances with real time."""
+    started = utcnow()
+    return lambda: now + (utcnow() - started)
+
+
+def due(table: Table, settings: Settings, now: datetime, *, final_too: bool = False) -> ColumnElement[bool]:
+    """Rows to send now: queued, or failed with tries left and their retry time come; never one a sender
+    holds (`next_attempt_at` still ahead). `final_too` adds failures out of tries (a manual resend)."""
+    free = or_(table.c.next_attempt_at.is_(None), table.c.next_attempt_at <= now)
+    retry = (table.c.status == DeliveryStatus.failed) & (table.c.attempts < settings.proactive_sms_max_attempts)
+    if final_too:
+        retry = retry | ((table.c.status == DeliveryStatus.failed) & table.c.next_attempt_at.is_(None))
+    return and_(or_(table.c.status == DeliveryStatus.queued, retry), free)
+
+
+def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: Delivery, now: datetime, *,
+             final_too: bool = False) -> bool | None:
+    """Claim one delivery, send it, record the result: True (sent), False (failed), None (not due any more:
+    another sender claimed or sent it meanwhile)."""
+    row: Any = delivery
+    attempts = delivery.attempts
+    claimed = write_if(session, row, lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts),
+                       attempts=attempts + 1, next_attempt_at=now + CLAIM_HOLD)
+    if not claimed:
+        return None
+    assert delivery.phone is not None  # due rows always have one (no phone: skipped)
+    result = deliver(sender, delivery.phone, delivery.text, ref=str(delivery.id))
+    if result.ok:
+        row.sqlmodel_update({"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
+                             "next_attempt_at": None})
+    else:
+        retry = delivery.attempts < settings.proactive_sms_max_attempts
+        backoff = settings.proactive_sms_retry_backoff_s * 2 ** (delivery.attempts - 1)
+        row.sqlmodel_update({"status": DeliveryStatus.failed, "reason": result.reason[:500],
+                             "next_attempt_at": now + timedelta(seconds=backoff) if retry else None})
+    session.add(row)
+    session.commit()
+    return result.ok
+
+
+def replan(row: Delivery, phone: str | None, text: str, skip_reason: str | None) -> dict[str, Any]:
+    """The changes that bring a delivery not yet sent up to date with its household (empty: none).
+
+    A household suspended since, or without a phone now, is skipped; one that can be reached again is
+    queued. A new phone number starts over (queued, no attempts): the failures were the old number's.
+    """
+    wanted: dict[str, Any] = {"phone": phone, "text": text}
+    if skip_reason:
+        wanted = {"status": DeliveryStatus.skipped, "reason": skip_reason}
+    elif phone != row.phone:
+        wanted |= {"status": DeliveryStatus.queued, "attempts": 0, "reason": None, "next_attempt_at": None}
+    elif row.status == DeliveryStatus.skipped:
+        wanted |= {"status": DeliveryStatus.queued, "reason": None}
+    return {k: v for k, v in wanted.items() if getattr(row, k) != v}

@@ -1,0 +1,164 @@
+"""Campaign sends racing each other, outliving their lease, and a corrected phone number: never a second SMS."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from api.db import utcnow
+from api.errors import Conflict
+from api.notices import deliveries
+from api.proactive import campaigns
+from api.proactive.models import Campaign, CampaignDelivery, DeliveryStatus
+from api.settings import Settings
+from tests.api.proactive.helpers import API, create_campaign, reread
+from tests.utils.factories import World, make_household
+
+
+class Recorder:
+    """Accepts every message and remembers the phone; `hook` runs inside a given call (1-based)."""
+
+    def __init__(self, hook: dict[int, object] | None = None) -> None:
+        self.calls: list[str] = []
+        self.hook = hook or {}
+        self.lock = threading.Lock()
+
+    def send(self, phone: str, text: str) -> bool:
+        with self.lock:
+            self.calls.append(phone)
+            n = len(self.calls)
+        action = self.hook.get(n)
+        if callable(action):
+            action()
+        return True
+
+
+def _send_in_new_session(engine: Engine, settings: Settings, sender: Recorder, campaign_id: uuid.UUID,
+                         now: datetime | None = None) -> object:
+    """One send in its own session (another request or process); its result, or the error code."""
+    with Session(engine, expire_on_commit=False) as other:
+        row = other.get(Campaign, campaign_id)
+        assert row is not None
+        try:
+            return campaigns.send(session=other, settings=settings, sender=sender, campaign=row, now=now)
+        except Conflict as exc:
+            return exc.code
+
+
+def test_two_sends_at_once_text_each_household_once(client: TestClient, engine: Engine, session: Session,
+                                                     world: World, settings: Settings) -> None:
+    """Regression: the lease was read, then written; two sends that both read it free both sent everything."""
+    campaign_id = uuid.UUID(str(create_campaign(client, world)["id"]))
+    barrier = threading.Barrier(2)
+    answered = threading.Event()
+    # The first message waits until the other send has answered, so the two sends overlap for sure.
+    sender = Recorder({1: lambda: answered.wait(5)})
+    results: list[object] = []
+
+    def one() -> None:
+        with Session(engine, expire_on_commit=False) as other:
+            row = other.get(Campaign, campaign_id)
+            assert row is not None
+            barrier.wait()
+            try:
+                results.append(campaigns.send(session=other, settings=settings, sender=sender, campaign=row))
+            except Conflict as exc:
+                results.append(exc.code)
+            finally:
+                answered.set()
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == [(2, 0), "send_in_progress"]
+    assert Counter(sender.calls) == {"13800000001": 1, "13800000002": 1}
+    assert reread(session, campaign_id).sending_until is None  # the winner released its lease
+
+
+def test_a_send_that_outlives_its_lease_is_not_repeated(client: TestClient, engine: Engine, session: Session,
+                                                        world: World, settings: Settings) -> None:
+    """Regression: the due list was read once and the lease never renewed, so a second sender that took the
+    expired lease sent every household the first one had not reached yet, and then the first sent them too."""
+    for i in range(3):
+        make_household(session, world.building_a, phone=f"1390000000{i}")
+    campaign_id = uuid.UUID(str(create_campaign(client, world)["id"]))
+    t0 = utcnow()
+    inner = Recorder()
+    taken_over: list[object] = []
+    # 11 minutes pass during the first message (a hung gateway); the periodic run of another process starts.
+    outer = Recorder({1: lambda: taken_over.append(_send_in_new_session(
+        engine, settings, inner, campaign_id, now=t0 + timedelta(minutes=11)))})
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.get(Campaign, campaign_id)
+        assert row is not None
+        campaigns.send(session=s, settings=settings, sender=outer, campaign=row, now=t0)
+    assert taken_over == [(4, 0)]  # everyone but the message in flight
+    assert Counter(outer.calls + inner.calls) == {p: 1 for p in outer.calls + inner.calls}
+    assert len(outer.calls + inner.calls) == 5
+    final = reread(session, campaign_id)
+    assert (final.sent_count, final.pending_count, final.status) == (5, 0, "completed")
+
+
+def test_a_long_send_renews_its_lease(client: TestClient, engine: Engine, session: Session, world: World,
+                                      settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a send longer than the ten-minute lease lost it, and a second sender started over."""
+    for i in range(3):
+        make_household(session, world.building_a, phone=f"1390000000{i}")
+    campaign_id = uuid.UUID(str(create_campaign(client, world)["id"]))
+    t0 = utcnow()
+    clock = {"now": t0}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: clock["now"])
+
+    def four_minutes() -> None:
+        clock["now"] += timedelta(minutes=4)
+
+    second: list[object] = []
+    sender = Recorder({1: four_minutes, 2: four_minutes, 3: four_minutes,
+                       # 12 minutes in: another process tries to send the campaign.
+                       4: lambda: second.append(_send_in_new_session(engine, settings, Recorder(), campaign_id,
+                                                                     now=clock["now"]))})
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.get(Campaign, campaign_id)
+        assert row is not None
+        assert campaigns.send(session=s, settings=settings, sender=sender, campaign=row, now=t0) == (5, 0)
+    assert second == ["send_in_progress"]
+    assert sorted(Counter(sender.calls).values()) == [1] * 5
+
+
+def test_a_corrected_phone_number_is_tried_again(client: TestClient, session: Session, world: World,
+                                                 settings: Settings) -> None:
+    """Regression: a delivery that used up its tries on a wrong number kept them after the number was fixed,
+    so the household was never texted."""
+    settings.proactive_sms_max_attempts = 2
+    settings.proactive_sms_retry_backoff_s = 0
+    calls: list[str] = []
+
+    class WrongNumber:
+        def send(self, phone: str, text: str) -> bool:
+            calls.append(phone)
+            return phone != "13800000002"
+
+    client.app.state.sms_sender = WrongNumber()  # type: ignore[attr-defined]
+    campaign = create_campaign(client, world)
+    h = world.headers(world.supervisor)
+    for _ in range(2):
+        r = client.post(f"{API}/campaigns/{campaign['id']}/send", headers=h)
+    assert (r.json()["status"], r.json()["failed_count"]) == ("completed", 1)
+    world.household_b.phone = "13900009999"
+    session.add(world.household_b)
+    session.commit()
+    r = client.post(f"{API}/campaigns/{campaign['id']}/send", headers=h)
+    assert (r.json()["sent_count"], r.json()["failed_count"], r.json()["status"]) == (2, 0, "completed")
+    assert sorted(calls) == ["13800000001", "13800000002", "13800000002", "13900009999"]
+    row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == world.household_b.id)).one()
+    session.refresh(row)
+    assert (row.status, row.phone, row.attempts) == (DeliveryStatus.sent, "13900009999", 1)
