@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
@@ -45,6 +46,9 @@ class VideoRoom(SQLModel, table=True):
     """A call about one work order. Media state lives in the relay process named by `worker`."""
 
     __tablename__ = "video_rooms"
+    # One open room per work order, also when two requests open it at once (the second gets the first's).
+    __table_args__ = (Index("uq_video_rooms_open_work_order", "work_order_id", unique=True,
+                            sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'")),)
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     work_order_id: uuid.UUID = Field(foreign_key="work_orders.id", index=True, ondelete="CASCADE")

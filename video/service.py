@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Engine, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from api import access
@@ -57,8 +58,7 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
     if order.status not in OPEN_STATUSES:
         raise Conflict(f"The work order is {order.status.value}; video calls are for open work orders.",
                        code="work_order_closed")
-    existing = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id,
-                                                    VideoRoom.state == RoomState.open)).first()
+    existing = _open_room(session, order.id)
     if existing is not None:
         return existing, False
     now = utcnow()
@@ -66,8 +66,22 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
                      worker_url=settings.video_worker_url.rstrip("/"), created_at=now,
                      expires_at=now + timedelta(minutes=settings.video_room_max_minutes))
     session.add(room)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request opened the order's room between our look and our insert (the partial unique
+        # index allows one open room per order): everyone joins that one.
+        session.rollback()
+        existing = _open_room(session, order.id)
+        if existing is None:
+            raise
+        return existing, False
     return room, True
+
+
+def _open_room(session: Session, work_order_id: uuid.UUID) -> VideoRoom | None:
+    return session.exec(select(VideoRoom).where(VideoRoom.work_order_id == work_order_id,
+                                                VideoRoom.state == RoomState.open)).first()
 
 
 def get_room(*, session: Session, user: User, id: uuid.UUID) -> VideoRoom:

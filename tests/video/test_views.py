@@ -221,8 +221,9 @@ def test_room_and_participant_limits(live, world, order, session: Session):
 
 def test_rooms_left_open_by_a_dead_process_are_closed_at_start(live, world, order, session: Session):
     now = utcnow()
+    other_order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
     mine = VideoRoom(work_order_id=order.id, worker="test-worker", expires_at=now + timedelta(hours=1))
-    theirs = VideoRoom(work_order_id=order.id, worker="other-worker", expires_at=now + timedelta(hours=1))
+    theirs = VideoRoom(work_order_id=other_order.id, worker="other-worker", expires_at=now + timedelta(hours=1))
     session.add(mine)
     session.add(theirs)
     session.commit()

@@ -1,0 +1,55 @@
+"""Room records: one open room per work order, also when two requests open it at the same moment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from api.db import utcnow
+from api.settings import Settings
+from api.work_orders.models import WorkOrder
+from tests.utils.factories import World
+from video import service
+from video.models import CloseReason, RoomCreate, RoomState, VideoRoom
+
+
+def _room(order: WorkOrder, state: RoomState = RoomState.open) -> VideoRoom:
+    now = utcnow()
+    return VideoRoom(work_order_id=order.id, state=state, created_at=now, expires_at=now + timedelta(hours=1),
+                     close_reason=CloseReason.closed if state == RoomState.closed else None)
+
+
+def test_the_database_holds_one_open_room_per_work_order(session: Session, order: WorkOrder) -> None:
+    session.add_all([_room(order, RoomState.closed), _room(order, RoomState.closed), _room(order)])
+    session.commit()  # closed rooms are history: as many as there were calls
+    session.add(_room(order))
+    with pytest.raises(IntegrityError):
+        session.commit()
+    session.rollback()
+
+
+def test_a_room_opened_meanwhile_by_another_request_is_the_one_answered(
+        session: Session, engine: Engine, world: World, order: WorkOrder, video_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = service._open_room
+    looks: list[int] = []
+
+    def racing(s: Session, work_order_id: object) -> VideoRoom | None:
+        looks.append(1)
+        if len(looks) == 1:  # our look finds none; right after it, another request opens the room
+            with Session(engine) as other:
+                other.add(_room(order))
+                other.commit()
+            return None
+        return real(s, work_order_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_open_room", racing)
+    room, created = service.create_room(session=session, settings=video_settings, user=world.steward_a,
+                                        data=RoomCreate(work_order_id=order.id), worker="w1")
+    assert created is False and len(looks) == 2
+    rooms = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
+    assert [r.id for r in rooms] == [room.id] and room.state == RoomState.open
