@@ -71,6 +71,24 @@ class NoticeDelivery(SQLModel, table=True):
     created_at: datetime = ts_field(default_now=True)
 
 
+class NoticeDeliveryPublic(SQLModel):
+    id: uuid.UUID
+    notice_id: uuid.UUID
+    household_id: uuid.UUID
+    phone: str | None
+    text: str
+    status: DeliveryStatus
+    attempts: int
+    reason: str | None
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+
+
+class NoticeDeliveriesPublic(SQLModel):
+    data: list[NoticeDeliveryPublic]
+    count: int
+
+
 class NoticeCreate(NoticeBase):
     id: uuid.UUID | None = None
 

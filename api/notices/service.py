@@ -180,3 +180,13 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
         sent, failed = sent + s, failed + f
     return sent, failed
 
+
+
+def list_deliveries(*, session: Session, page: Page, notice: Notice,
+                    status: DeliveryStatus | None = None) -> tuple[list[NoticeDelivery], int]:
+    """A notice's deliveries (one per household with a phone once it was sent), failed ones with their reason:
+    which residents were not reached, and why."""
+    stmt = select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)
+    if status:
+        stmt = stmt.where(NoticeDelivery.status == status)
+    return access.paged(session, stmt, page, col(NoticeDelivery.household_id))

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, status
 
 from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
 from api.notices import service
-from api.notices.models import NoticeCreate, NoticeMessages, NoticePublic, NoticesPublic
+from api.notices.models import NoticeCreate, NoticeDeliveriesPublic, NoticeMessages, NoticePublic, NoticesPublic
+from api.proactive.models import DeliveryStatus
 
 router = APIRouter(prefix="/notices", tags=["notices"])
 
@@ -43,3 +44,12 @@ def send_notice(id: uuid.UUID, request: Request, session: SessionDep, settings: 
     notice = service.get(session=session, user=user, id=id)
     return service.send(session=session, settings=settings, sender=request.app.state.sms_sender, notice=notice,
                         resend=resend)
+
+
+@router.get("/{id}/deliveries", response_model=NoticeDeliveriesPublic)
+def notice_deliveries(id: uuid.UUID, session: SessionDep, user: OfficeUser, page: PageDep,
+                      status: DeliveryStatus | None = None):
+    """Who was texted, who was not and why (`failed` with the gateway's reason; retried by the evaluation run)."""
+    notice = service.get(session=session, user=user, id=id)
+    rows, count = service.list_deliveries(session=session, page=page, notice=notice, status=status)
+    return {"data": rows, "count": count}

@@ -293,6 +293,7 @@ ROWS: list[Row] = [
     R("GET", f"{API}/notices/{{id}}", "200 200 200 404 401 401 401", ids={"id": "notice"}),
     R("GET", f"{API}/notices/{{id}}/messages", "200 200 403 403 401 401 401", ids={"id": "notice"}),
     R("POST", f"{API}/notices/{{id}}/send", "200 200 403 403 401 401 401", ids={"id": "notice"}),
+    R("GET", f"{API}/notices/{{id}}/deliveries", "200 200 403 403 401 401 401", ids={"id": "notice"}),
     # --- offline sync and blobs ---
     R("GET", f"{API}/sync/pull", "200 200 200 200 401 401 401", query=lambda f: {"schema_version": "1"}),
     R("POST", f"{API}/sync/push", "200 200 200 200 401 401 401",

@@ -254,6 +254,12 @@ def test_a_failed_notice_sms_is_recorded_and_retried_never_repeated(client: Test
     assert r.status_code == 200 and r.json()["sent_count"] == 1
     assert [(d.phone, d.attempts, d.reason) for d in _deliveries(session, notice, DeliveryStatus.failed)] == [
         (b, 1, "the SMS sender refused the message")]
+    # the office sees who was not reached and why
+    listed = client.get(f"{API}/{notice.id}/deliveries", params={"status": "failed"}, headers=h).json()
+    assert [(d["phone"], d["reason"]) for d in listed["data"]] == [(b, "the SMS sender refused the message")]
+    assert client.get(f"{API}/{notice.id}/deliveries", headers=h).json()["count"] == 2
+    assert_error(client.get(f"{API}/{notice.id}/deliveries", headers=world.headers(world.steward_a)), 403,
+                 "role_required")
     # The evaluation run retries it once its time has come; A is never texted again.
     flaky.bad.clear()
     report = client.post("/api/v1/proactive/run", headers=h).json()
