@@ -61,8 +61,21 @@ def put_calendar(*, session: Session, user: User, station_id: uuid.UUID, season:
         row.updated_at = utcnow()
     row.updated_by_id = user.id
     session.add(row)
+    # A campaign not sent yet announces the calendar as it is now (the office drafts, checks the preview,
+    # corrects the calendar, sends); one already sent keeps the dates its residents were told.
+    for campaign in session.exec(select(Campaign).where(Campaign.station_id == station_id, Campaign.season == season,
+                                                        Campaign.status == CampaignStatus.draft)):
+        campaign.event_start, campaign.event_end = _event_dates(row, campaign.kind)
+        session.add(campaign)
     session.commit()
     return row
+
+
+def _event_dates(calendar: SeasonCalendar, kind: CampaignKind) -> tuple[datetime, datetime | None]:
+    """What a campaign of this kind announces, from the station's calendar."""
+    return {CampaignKind.water_fill: (calendar.water_fill_start, calendar.water_fill_end),
+            CampaignKind.pressure_test: (calendar.pressure_test_at, None),
+            CampaignKind.heating_start: (calendar.heating_start_at, None)}[kind]
 
 
 def _check_season(season: str) -> None:
@@ -120,9 +133,7 @@ def create_campaign(*, session: Session, settings: Settings, user: User, data: C
     if existing is not None:
         raise Conflict(f"Campaign {existing} already covers {data.kind.value} of {data.season} for this station; "
                        "send that one again to reach households it missed.", code="already_exists")
-    start, end = {CampaignKind.water_fill: (calendar.water_fill_start, calendar.water_fill_end),
-                  CampaignKind.pressure_test: (calendar.pressure_test_at, None),
-                  CampaignKind.heating_start: (calendar.heating_start_at, None)}[data.kind]
+    start, end = _event_dates(calendar, data.kind)
     campaign = Campaign(id=data.id or new_id(), station_id=data.station_id, season=data.season,
                         kind=data.kind, title=data.title or TITLES[data.kind],
                         bleed_instructions=data.bleed_instructions or BLEED[data.kind],

@@ -218,3 +218,22 @@ def test_a_campaign_being_sent_refuses_a_second_send(client: TestClient, session
     session.add(row)
     session.commit()
     assert _send(client, world, str(campaign["id"]))["sent_count"] == 2
+
+
+def test_a_calendar_change_moves_a_draft_campaign_not_a_sent_one(client: TestClient, world: World,
+                                                                 sms: LoggingSender) -> None:
+    """Regression: the dates were copied at creation, so a draft corrected after its preview still announced
+    the old fill date, and no corrected campaign could be created (409)."""
+    h = world.headers(world.supervisor)
+    fill = create_campaign(client, world)
+    start = create_campaign(client, world, kind=CampaignKind.heating_start)
+    _send(client, world, str(start["id"]))  # this one reached residents already
+    moved = calendar_body(fill="2026-11-08T08:00:00+08:00") | {"water_fill_end": "2026-11-08T17:00:00+08:00",
+                                                               "pressure_test_at": "2026-11-10T09:00:00+08:00",
+                                                               "heating_start_at": "2026-11-20T00:00:00+08:00"}
+    r = client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}", json=moved, headers=h)
+    assert r.status_code == 200, r.text
+    preview = client.get(f"{API}/campaigns/{fill['id']}/preview", headers=h).json()
+    assert all("11月8日08:00" in m["text"] for m in preview["data"])
+    sent = client.get(f"{API}/campaigns/{start['id']}", headers=h).json()
+    assert sent["event_start"] == start["event_start"]  # what its residents were told stays
