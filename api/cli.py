@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +15,9 @@ from api import __version__
 from api.bench_cli import bench_app
 from api.settings import Settings, get_settings
 from speech.cli import transcribe, worker
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="Heat Steward: the heating steward service backend.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -45,6 +50,62 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _database_name(settings: Settings) -> str:
+    """The configured database as a user may see it: the URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = settings.resolved_database_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
+def _one_line(exc: BaseException) -> str:
+    # SQLAlchemy wraps the driver's error in several lines (the SQL, a link); the driver's own says it all.
+    orig = getattr(exc, "orig", None)
+    return " ".join(line.strip() for line in str(orig or exc).splitlines() if line.strip())
+
+
+@contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """Turn a database that cannot be created, opened or migrated (a bad URL, a path that is a file or a
+    directory, a file that is not SQLite, a server that refuses, an unknown revision) into one line naming
+    the database and the cause, with exit code 2, as for any other configuration error."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from api.db import DatabaseConfigError
+
+    try:
+        yield
+    except (DatabaseConfigError, ArgumentError, DBAPIError, CommandError) as exc:
+        raise _fail(f"Cannot use the database {_database_name(settings)}: {_one_line(exc)}", 2) from exc
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Engine]:
+    """The configured database's engine, disposed on the way out; its errors as in `_database_errors`."""
+    from api.db import make_engine
+
+    with _database_errors(settings):
+        engine = make_engine(settings)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def _require_schema(engine: Engine) -> None:
+    """Refuse a database that is not at the code's schema (a never-migrated one has no tables at all)."""
+    from api.startup import schema_problem
+
+    problem = schema_problem(engine)
+    if problem:
+        raise _fail(problem, 2)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -55,26 +116,23 @@ def version() -> None:
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Create or migrate the database schema to the newest version."""
     from api import migrate
-    from api.db import make_engine
 
     settings = _settings()
-    engine = make_engine(settings)
-    before = migrate.current_revision(engine)
-    migrate.upgrade(engine, revision)
-    after = migrate.current_revision(engine)
-    typer.echo(f"database {engine.url.render_as_string(hide_password=True)}: {before or 'empty'} -> {after}")
-    engine.dispose()
+    with _database(settings) as engine:
+        before = migrate.current_revision(engine)
+        migrate.upgrade(engine, revision)
+        after = migrate.current_revision(engine)
+    typer.echo(f"database {_database_name(settings)}: {before or 'empty'} -> {after}")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and of the code."""
     from api import migrate
-    from api.db import make_engine
 
-    engine = make_engine(_settings())
-    typer.echo(json.dumps({"database": migrate.current_revision(engine), "code": migrate.head_revision()}))
-    engine.dispose()
+    with _database(_settings()) as engine:
+        current = migrate.current_revision(engine)
+    typer.echo(json.dumps({"database": current, "code": migrate.head_revision()}))
 
 
 @app.command("create-user")
@@ -91,7 +149,6 @@ def create_user(
     from pydantic import ValidationError
     from sqlmodel import Session
 
-    from api.db import make_engine
     from api.errors import DomainError
     from api.users.models import Role, UserCreate
     from api.users.service import create_user as create
@@ -102,16 +159,15 @@ def create_user(
                           full_name=full_name)
     except (ValueError, ValidationError) as exc:
         raise _fail(f"Invalid user: {exc}", 2) from exc
-    engine = make_engine(_settings())
-    try:
-        with Session(engine) as session:
-            user = create(session=session, data=data)
-            typer.echo(json.dumps({"id": str(user.id), "username": user.username, "role": user.role.value,
-                                   "grid": [str(g) for g in grid_ids]}))
-    except DomainError as exc:
-        raise _fail(f"{exc.code}: {exc.message}") from exc
-    finally:
-        engine.dispose()
+    with _database(_settings()) as engine:
+        _require_schema(engine)
+        try:
+            with Session(engine) as session:
+                user = create(session=session, data=data)
+                typer.echo(json.dumps({"id": str(user.id), "username": user.username, "role": user.role.value,
+                                       "grid": [str(g) for g in grid_ids]}))
+        except DomainError as exc:
+            raise _fail(f"{exc.code}: {exc.message}") from exc
 
 
 @app.command("demo-data")
@@ -122,24 +178,22 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 1,
 ) -> None:
     """Seed a realistic district (stations, buildings, households, users, open work orders)."""
-    from api.db import make_engine
     from api.demo import DemoError, generate
 
-    engine = make_engine(_settings())
-    try:
-        summary = generate(engine, households=households, stewards=stewards, password=password, seed=seed,
-                           progress=sys.stderr.isatty())
-    except DemoError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        engine.dispose()
+    with _database(_settings()) as engine:
+        _require_schema(engine)
+        try:
+            summary = generate(engine, households=households, stewards=stewards, password=password, seed=seed,
+                               progress=sys.stderr.isatty())
+        except DemoError as exc:
+            raise _fail(str(exc)) from exc
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: settings).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: settings).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (PostgreSQL only beyond 1).")] = 1,
 ) -> None:
     """Serve the API with uvicorn."""
@@ -148,9 +202,11 @@ def serve(
     from api.startup import prepare
 
     settings = _settings()
-    prepare(settings)
-    uvicorn.run("api.main:app", host=host or settings.host, port=port or settings.port, workers=workers,
-                log_level=settings.log_level, proxy_headers=True)
+    with _database_errors(settings):
+        prepare(settings)
+    # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
+    uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
+                workers=workers, log_level=settings.log_level, proxy_headers=True)
 
 
 @proactive_app.command("run")
@@ -158,22 +214,16 @@ def proactive_run() -> None:
     """Evaluate once: open cluster and revisit work orders, retry due campaign SMS (for cron)."""
     from sqlmodel import Session
 
-    from api import migrate
-    from api.db import make_engine
     from api.notices.sms import make_sender
     from api.proactive import service
 
     settings = _settings()
-    engine = make_engine(settings)
-    try:
-        if migrate.current_revision(engine) != migrate.head_revision():
-            raise _fail("The database schema is not up to date: run `steward db upgrade` first.", 2)
+    with _database(settings) as engine:
+        _require_schema(engine)
         sender = make_sender(settings)
         with Session(engine, expire_on_commit=False) as session:
             report = service.run(session=session, settings=settings, sender=sender)
         close = getattr(sender, "close", None)
         if close is not None:
             close()
-    finally:
-        engine.dispose()
     typer.echo(json.dumps(report.model_dump()))

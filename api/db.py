@@ -141,6 +141,10 @@ class WalCheckpointer:
             self.run_once()
 
 
+class DatabaseConfigError(ValueError):
+    """The configured database cannot be used as configured (its directory cannot be created, say)."""
+
+
 def make_engine(settings: Settings) -> Engine:
     """Create the engine for the configured database, creating the SQLite directory if needed."""
     url = settings.resolved_database_url
@@ -149,7 +153,11 @@ def make_engine(settings: Settings) -> Engine:
         if path and path != ":memory:":
             from pathlib import Path
 
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(path).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a regular file in the way, a read-only or virtual file system
+                raise DatabaseConfigError(f"cannot create the directory {directory}: {exc.strerror or exc}") from exc
         engine = create_engine(url, connect_args={"check_same_thread": False})
         backstop = WAL_AUTOCHECKPOINT_BACKSTOP if settings.sqlite_checkpoint_interval_s > 0 else None
         event.listen(engine, "connect", _sqlite_pragmas(backstop))
@@ -214,5 +222,5 @@ def _track_bulk_writes(state: Any) -> None:
         tracking.before_bulk_write(state)
 
 
-__all__ = ["BOOKKEEPING_FIELDS", "Field", "SQLModel", "Session", "UTCDateTime", "Versioned", "make_engine", "new_id",
-           "ts_field", "utcnow"]
+__all__ = ["BOOKKEEPING_FIELDS", "DatabaseConfigError", "Field", "SQLModel", "Session", "UTCDateTime", "Versioned",
+           "make_engine", "new_id", "ts_field", "utcnow"]

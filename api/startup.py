@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from api import migrate
@@ -13,14 +14,40 @@ from api.settings import DEV_SECRET_KEY, Settings
 from api.users.models import User
 
 
+def schema_problem(engine: Engine) -> str | None:
+    """Why this code cannot work on the database's schema (never migrated, or another revision), or None."""
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if current == head:
+        return None
+    return f"The database is at schema {current or 'empty'}, the code needs {head}: run `steward db upgrade` first."
+
+
+def speech_language_problem(settings: Settings) -> str | None:
+    """Why every transcription job would fail with this STEWARD_SPEECH_LANGUAGE, or None."""
+    from speech.pipeline import check_language
+
+    if settings.speech_queue == "off":  # nothing transcribes here
+        return None
+    try:
+        check_language(settings.speech_language)
+    except ValueError as exc:
+        return f"Configuration error: STEWARD_SPEECH_LANGUAGE: {exc}"
+    return None
+
+
 def prepare(settings: Settings) -> None:
-    """Refuse to serve an unmigrated database; on an empty one, seed demo data or say how to start."""
+    """Refuse a bad speech language or an unmigrated database; on an empty one, seed demo data or say how
+    to start."""
+    # Checked here, not when the first job loads the model: there, every job would fail one by one.
+    problem = speech_language_problem(settings)
+    if problem:
+        typer.secho(problem, fg="red", err=True)
+        raise typer.Exit(2)
     engine = make_engine(settings)
     try:
-        current, head = migrate.current_revision(engine), migrate.head_revision()
-        if current != head:
-            typer.secho(f"The database is at schema {current or 'empty'}, the code needs {head}: "
-                        "run `steward db upgrade` first.", fg="red", err=True)
+        problem = schema_problem(engine)
+        if problem:
+            typer.secho(problem, fg="red", err=True)
             raise typer.Exit(2)
         with Session(engine) as session:
             users = session.exec(select(func.count()).select_from(User)).one()

@@ -61,8 +61,17 @@ def load_set(directory: Path) -> tuple[dict[str, str], dict[str, Path]]:
     refs_file = directory / "transcripts.json"
     if not refs_file.is_file():
         raise ValueError(f"{directory} has no transcripts.json")
-    references = json.loads(refs_file.read_text("utf-8"))
-    audio = {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES}
+    try:
+        references = json.loads(refs_file.read_text("utf-8"))
+        audio = {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES}
+    except OSError as exc:
+        raise ValueError(f"cannot read the set {directory}: {exc}") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"{refs_file} is not UTF-8 JSON: {exc}") from exc
+    # Checked here, in the parent: a list or a number would fail only inside each configuration's run.
+    if not isinstance(references, dict) or not all(isinstance(text, str) for text in references.values()):
+        raise ValueError(f'{refs_file} must be a JSON object of clip id to reference text, '
+                         f'like {{"leak_report": "供暖管家您好"}}')
     missing = sorted(set(references) - set(audio))
     if missing:
         raise ValueError(f"no recording for the references {missing} in {directory}")
@@ -176,6 +185,23 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _usage_error(message: str) -> typer.Exit:
+    typer.secho(message, fg="red", err=True)
+    return typer.Exit(2)
+
+
+def _writable_directory(out: Path) -> None:
+    """Create `out` if needed and check it takes files: now, not after a benchmark of many minutes."""
+    if out.exists() and not out.is_dir():
+        raise _usage_error(f"--out {out} is a file; give the directory the results go into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a regular file in the way, a read-only file system
+        raise _usage_error(f"--out {out}: cannot use it as the results directory: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _usage_error(f"--out {out}: the results directory is not writable")
+
+
 def bench_speech(
     set_dir: Annotated[Path, typer.Option("--set", help="Directory of recordings and transcripts.json.",
                                           exists=True, file_okay=False)],
@@ -190,13 +216,13 @@ def bench_speech(
     names = config or list(DEFAULT_CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise typer.BadParameter(f"unknown configuration {unknown}; known: {', '.join(CONFIGS)}")
+        raise _usage_error(f"--config: unknown configuration {unknown}; known: {', '.join(CONFIGS)}")
     try:
         load_set(set_dir)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise _usage_error(f"--set: {exc}") from exc
+    _writable_directory(out)
     summary = run_bench(set_dir.resolve(), configs=[CONFIGS[n] for n in names], data_dir=get_settings().data_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"speech-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", "utf-8")
     typer.echo(format_table(summary))

@@ -60,8 +60,8 @@ def transcribe(
         raise typer.Exit(2) from exc
     try:
         pipeline = build_pipeline(settings, engine=engine.value if engine else None, model=model, language=language)
-    except (ModelError, RuntimeError, ValueError) as exc:
-        typer.secho(f"Cannot load the model: {exc}", fg="red", err=True)
+    except (ModelError, RuntimeError, ValueError) as exc:  # a missing model, an unknown language
+        typer.secho(f"Cannot transcribe: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
 
     failed = 0
@@ -69,12 +69,13 @@ def transcribe(
         for file in files:
             try:
                 transcript = pipeline.run(decode_audio(file))
-            except AudioDecodeError as exc:
+            except Exception as exc:  # one file's failure, whatever it is, must not cost the others their lines
                 failed += 1
+                error = str(exc) if isinstance(exc, AudioDecodeError) else f"{file}: {type(exc).__name__}: {exc}"
                 if as_json:
-                    out.line(json.dumps({"file": str(file), "error": str(exc)}, ensure_ascii=False))
+                    out.line(json.dumps({"file": str(file), "error": error}, ensure_ascii=False))
                 else:
-                    out.line(f"error: {exc}", err=True)
+                    out.line(f"error: {error}", err=True)
             else:
                 data = transcript_json(str(file), transcript, redact=redact)
                 out.line(json.dumps(data, ensure_ascii=False) if as_json else _readable(data))
@@ -135,6 +136,7 @@ def worker(
     """Run transcription jobs from the PostgreSQL queue until stopped (run several, on several machines)."""
     from api.db import make_engine
     from api.security import install_log_redaction
+    from api.startup import speech_language_problem
     from speech.worker import queue_mode, run_worker
 
     install_log_redaction()  # as in `steward serve`: no tokens or phone numbers in the worker's logs
@@ -143,6 +145,10 @@ def worker(
     except ValueError as exc:
         typer.secho(f"Configuration error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    problem = speech_language_problem(settings)
+    if problem:  # now, rather than in every job
+        typer.secho(problem, fg="red", err=True)
+        raise typer.Exit(2)
     engine = make_engine(settings)
     try:
         if queue_mode(settings, engine) != "procrastinate":

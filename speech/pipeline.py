@@ -99,17 +99,30 @@ class Pipeline:
         self.transcriber.close()
 
 
+def check_language(language: str) -> str:
+    """The language, if Whisper knows the code ("" lets Whisper detect it); otherwise a ValueError that lists
+    the codes. Without this, an unknown code fails only inside the first decode, once per recording."""
+    # faster-whisper's list; the vendored openai-whisper knows the same 100 codes (and importing it costs torch).
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    if language and language not in _LANGUAGE_CODES:
+        raise ValueError(f"unknown language {language!r}: give a Whisper language code such as zh, yue or en "
+                         f"(known: {', '.join(sorted(_LANGUAGE_CODES))})")
+    return language
+
+
 def build_pipeline(settings: Settings, *, engine: str | None = None, model: str | None = None,
                    language: str | None = None, compute_type: str | None = None, beam_size: int | None = None,
                    use_glossary: bool = True) -> Pipeline:
     """A pipeline from the settings, any argument overriding its setting (loads the model: seconds)."""
+    language = check_language(settings.speech_language if language is None else language)  # before the slow load
     ref = resolve_model(engine=engine or settings.whisper_engine, model=settings.whisper_model if model is None
                         else model, data_dir=settings.data_dir)
     transcriber = load_transcriber(ref, device=settings.whisper_device,
                                    compute_type=compute_type or settings.whisper_compute_type,
                                    threads=settings.whisper_threads)
     glossary = load_glossary(settings.speech_glossary) if use_glossary else None
-    return Pipeline(transcriber, language=settings.speech_language if language is None else language,
+    return Pipeline(transcriber, language=language,
                     beam_size=beam_size or settings.whisper_beam_size, glossary=glossary)
 
 

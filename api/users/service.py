@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable
 
 from sqlalchemy import delete
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from api import access
 from api.deps import Page
@@ -86,15 +86,45 @@ def get_user(*, session: Session, id: uuid.UUID) -> User:
     return user
 
 
+def _removes_an_admin(user: User, changes: dict[str, object]) -> bool:
+    """Whether the change takes an active admin out of the admins (a demotion or a deactivation)."""
+    if user.role != Role.admin or not user.active:
+        return False
+    return changes.get("role", Role.admin) != Role.admin or changes.get("active", True) is False
+
+
+def _lock_active_admins(session: Session) -> None:
+    # PostgreSQL: two admins demoting each other at once would each still see the other as an admin and
+    # both commit. Locking every admin row first (in id order, so two lockers cannot deadlock) makes the
+    # second wait for the first and then see its change. SQLite renders no FOR UPDATE: its writes are
+    # serialised, and the count below runs inside the write transaction.
+    stmt = select(User.id).where(User.role == Role.admin, col(User.active).is_(True)).order_by(col(User.id))
+    session.exec(stmt.with_for_update()).all()
+
+
+def _count_active_admins(session: Session) -> int:
+    stmt = select(func.count()).select_from(User).where(User.role == Role.admin, col(User.active).is_(True))
+    return session.exec(stmt).one()
+
+
 def update_user(*, session: Session, user: User, data: UserUpdate) -> User:
-    """Change a user's profile, role, password or active flag."""
+    """Change a user's profile, role, password or active flag; the last active admin stays one."""
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    guard = _removes_an_admin(user, changes)
+    if guard:
+        _lock_active_admins(session)
     if "password" in changes:
         changes["password_hash"] = hash_password(changes.pop("password"))
     if changes.get("role", user.role) != Role.steward:
         session.exec(delete(GridBuilding).where(col(GridBuilding.user_id) == user.id))
     user.sqlmodel_update(changes)
     session.add(user)
+    if guard:
+        # Counted after the change is written, in the same transaction, right before the commit.
+        session.flush()
+        if _count_active_admins(session) == 0:
+            session.rollback()
+            raise Conflict("This is the last active admin: make another user an admin first.", code="last_admin")
     session.commit()
     return user
 

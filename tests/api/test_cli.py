@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -86,3 +87,76 @@ def test_configuration_errors_are_reported_not_raised(data_dir: Path, monkeypatc
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 2
     assert "STEWARD_SECRET_KEY" in result.output
+
+
+def test_create_user_and_demo_data_refuse_an_unmigrated_database(data_dir: Path) -> None:
+    """Regression: both printed a `no such table` traceback."""
+    for args in (["create-user", "--username", "admin", "--password", "first-admin-pw", "--role", "admin"],
+                 ["demo-data", "--households", "10", "--stewards", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "run `steward db upgrade` first" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+
+DATABASE_COMMANDS = [["db", "upgrade"], ["db", "current"], ["serve", "--port", "18999"],
+                     ["create-user", "--username", "admin", "--password", "first-admin-pw", "--role", "admin"],
+                     ["proactive", "run"], ["demo-data", "--households", "10", "--stewards", "1"]]
+
+
+def _unusable_database(kind: str, tmp_path: Path) -> tuple[str, str]:
+    """A database URL that cannot be used, and the cause the error must name."""
+    if kind == "parent is a file":
+        (tmp_path / "afile").write_text("")
+        return f"sqlite:///{tmp_path / 'afile' / 'steward.db'}", "cannot create the directory"
+    if kind == "a directory":
+        (tmp_path / "dir.db").mkdir()
+        return f"sqlite:///{tmp_path / 'dir.db'}", "unable to open database file"
+    if kind == "not sqlite":
+        (tmp_path / "notes.db").write_text("not a database\n" * 100)
+        return f"sqlite:///{tmp_path / 'notes.db'}", "file is not a database"
+    if kind == "server refuses":
+        return "postgresql://steward:hunter2-secret@127.0.0.1:1/steward", "Connection refused"
+    return "notaurl", "Could not parse SQLAlchemy URL"
+
+
+@pytest.mark.parametrize("args", DATABASE_COMMANDS, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize("kind", ["parent is a file", "a directory", "not sqlite", "server refuses", "bad url"])
+def test_an_unusable_database_is_one_line_naming_it(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     kind: str, args: list[str]) -> None:
+    """Regression: each of these printed a traceback (FileExistsError, OperationalError, ArgumentError...)."""
+    url, cause = _unusable_database(kind, data_dir)
+    monkeypatch.setenv("STEWARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Cannot use the database ") and cause in line
+    assert "hunter2-secret" not in result.output
+    if kind != "bad url":
+        assert url.split("://", 1)[1].split("@")[-1] in line  # the path or the host: which database it is
+
+
+def test_db_upgrade_to_an_unknown_revision_is_one_line(data_dir: Path) -> None:
+    """Regression: alembic's CommandError came out as a traceback."""
+    result = runner.invoke(app, ["db", "upgrade", "nosuchrev"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert str(data_dir / "steward.db") in line and "nosuchrev" in line
+
+
+def test_serve_takes_only_real_ports(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: --port 70000 served on 4464 (uvicorn wraps it) and --port 0 on the default port."""
+    import uvicorn
+
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    for bad in ("70000", "0", "-1"):
+        result = runner.invoke(app, ["serve", "--port", bad])
+        assert result.exit_code == 2 and "--port" in result.output, result.output
+    assert runs == []
+    assert runner.invoke(app, ["serve", "--port", "8123"]).exit_code == 0
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert [r["port"] for r in runs] == [8123, get_settings().port]

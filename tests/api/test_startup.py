@@ -44,3 +44,13 @@ def test_unmigrated_database_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
         prepare(settings)
     assert "steward db upgrade" in capsys.readouterr().err
     make_engine(settings).dispose()
+
+
+def test_an_unknown_speech_language_is_refused_at_startup(engine: Engine, database_url: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: `steward serve` started, and then every transcription job failed on the language."""
+    with pytest.raises(typer.Exit):
+        prepare(make_settings(database_url, tmp_path, speech_language="klingon"))
+    assert "STEWARD_SPEECH_LANGUAGE: unknown language 'klingon'" in capsys.readouterr().err
+    # Where nothing transcribes, the setting does not matter.
+    prepare(make_settings(database_url, tmp_path, speech_language="klingon", speech_queue="off"))

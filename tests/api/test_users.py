@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
-from api.users.models import GridBuilding, Role, User
+from api.errors import Conflict
+from api.users import service
+from api.users.models import GridBuilding, Role, User, UserUpdate
 from tests.utils.asserts import assert_error, count_rows, db_state, reread
 from tests.utils.factories import PASSWORD, World, make_building, make_household, make_user, random_id
 
@@ -155,3 +161,64 @@ def test_grid_size_is_bounded(client: TestClient, session: Session, world: World
                    headers=world.headers(world.admin))
     assert_error(r, 422, "validation_error")
     assert db_state(session) == before
+
+
+@pytest.mark.parametrize("body", [{"role": "steward"}, {"role": "supervisor"}, {"active": False},
+                                  {"role": "admin", "active": False}])
+def test_the_last_active_admin_stays_one(client: TestClient, session: Session, world: World,
+                                         body: dict[str, object]) -> None:
+    """Regression: the only admin could demote or disable themselves, and then nobody could manage users."""
+    before = db_state(session)
+    r = client.patch(f"{API}/users/{world.admin.id}", json=body, headers=world.headers(world.admin))
+    assert_error(r, 409, "last_admin")
+    assert db_state(session) == before
+    # A disabled admin does not count: the only active one is still the last.
+    make_user(session, Role.admin, active=False)
+    assert_error(client.patch(f"{API}/users/{world.admin.id}", json=body, headers=world.headers(world.admin)),
+                 409, "last_admin")
+    # With a second active admin, the change is allowed, and the second is then the last.
+    second = make_user(session, Role.admin)
+    r = client.patch(f"{API}/users/{world.admin.id}", json=body, headers=world.headers(world.admin))
+    assert r.status_code == 200, r.text
+    assert_error(client.patch(f"{API}/users/{second.id}", json=body, headers=world.headers(second)),
+                 409, "last_admin")
+
+
+def test_two_admins_demoting_themselves_at_once_leave_one(engine: Engine, session: Session, world: World,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression guard for the race: each demotion counted the other admin, still an admin when it looked.
+
+    Each count waits up to a second for the other one: without the row locks (PostgreSQL) or the count
+    inside the write transaction (SQLite), both counts see two admins and both demotions commit."""
+    second = make_user(session, Role.admin)
+    counted = threading.Barrier(2, timeout=1)
+    count = service._count_active_admins
+
+    def count_then_wait(s: Session) -> int:
+        n = count(s)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            counted.wait()
+        return n
+
+    monkeypatch.setattr(service, "_count_active_admins", count_then_wait)
+    outcomes: list[str] = []
+
+    def demote(user_id: object) -> None:
+        with Session(engine, expire_on_commit=False) as s:
+            user = s.get(User, user_id)
+            assert user is not None
+            try:
+                service.update_user(session=s, user=user, data=UserUpdate(role=Role.steward))
+                outcomes.append("demoted")
+            except Conflict as exc:
+                outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=demote, args=(u.id,)) for u in (world.admin, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["demoted", "last_admin"]
+    session.rollback()
+    admins = session.exec(select(User).where(User.role == Role.admin)).all()
+    assert len(admins) == 1

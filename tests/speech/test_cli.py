@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import speech.audio
 from api.cli import app
 from api.settings import get_settings
 from speech.cli import transcript_json
@@ -82,3 +83,74 @@ def test_bench_speech_scores_a_set_and_writes_results(runner: CliRunner, tmp_pat
     assert 0 < run["rtf"] < 2
     assert run["peak_rss_mb"] > 100  # the child process's own peak, model included
     assert run["unscored"] == []
+
+
+def test_an_unknown_language_is_refused_before_any_file(runner: CliRunner, tmp_path: Path) -> None:
+    """Regression: a traceback from inside the first decode, and no JSON line for any file."""
+    result = runner.invoke(app, ["transcribe", "--json", "--language", "klingon", str(FIXTURES / "leak_report.wav"),
+                                 str(tmp_path / "missing.wav")])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "unknown language 'klingon'" in line
+
+
+def test_an_unexpected_error_on_one_file_still_transcribes_the_others(runner: CliRunner, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: only `AudioDecodeError` was caught per file; anything else ended the run with a traceback."""
+    decode = speech.audio.decode_audio
+    odd = tmp_path / "odd.wav"
+
+    def decode_or_fail(source: Path) -> object:
+        if source == odd:
+            raise RuntimeError("the decoder fell over")
+        return decode(source)
+
+    monkeypatch.setattr(speech.audio, "decode_audio", decode_or_fail)
+    clip, missing = FIXTURES / "leak_report.wav", tmp_path / "missing.wav"
+    result = runner.invoke(app, ["transcribe", "--json", str(odd), str(missing), str(clip)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    failed, gone, done = [json.loads(line) for line in result.stdout.splitlines()]
+    assert failed == {"file": str(odd), "error": f"{odd}: RuntimeError: the decoder fell over"}
+    assert gone == {"file": str(missing), "error": f"{missing}: file not found"}
+    assert done["file"] == str(clip) and "3号楼2单元501" in done["text"]
+
+
+def _set(tmp_path: Path, transcripts: str) -> Path:
+    directory = tmp_path / "set"
+    directory.mkdir()
+    (directory / "leak_report.wav").write_bytes((FIXTURES / "leak_report.wav").read_bytes())
+    (directory / "transcripts.json").write_text(transcripts, "utf-8")
+    return directory
+
+
+@pytest.mark.parametrize("transcripts", ['["leak_report"]', '{"leak_report": 5}', "null", "{not json",
+                                         '{"leak_report": ["供暖"]}'])
+def test_bench_speech_refuses_a_set_whose_references_are_not_texts(runner: CliRunner, tmp_path: Path,
+                                                                   transcripts: str) -> None:
+    """Regression: a TypeError traceback (null), or a failed run per configuration (a list, a number)."""
+    result = runner.invoke(app, ["bench", "speech", "--set", str(_set(tmp_path, transcripts)),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("--set: ") and "transcripts.json" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/results"])
+def test_bench_speech_refuses_an_out_that_is_no_directory_before_running(runner: CliRunner, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          out: str) -> None:
+    """Regression: --out pointing at a regular file failed only after the whole benchmark had run."""
+    import speech.bench
+
+    monkeypatch.setattr(speech.bench, "run_bench", lambda *a, **kw: pytest.fail("the benchmark ran"))
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(app, ["bench", "speech", "--set", str(_set(tmp_path, '{"leak_report": "供暖"}')),
+                                 "--out", str(tmp_path / out)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"--out {tmp_path / out}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from api.settings import Settings
 from speech.glossary import categorize
-from speech.pipeline import Pipeline, join_segments, postprocess
+from speech.pipeline import Pipeline, build_pipeline, check_language, join_segments, postprocess
 from speech.text import cer
 from tests.speech.conftest import REFERENCES, silence
 
@@ -40,3 +42,15 @@ def test_postprocess_without_a_glossary_keeps_homophones() -> None:
     assert postprocess(" Open the valve ", language="en", glossary=None) == "Open the valve"
     assert join_segments(["您好，", "", "暖气不热。"], "zh") == "您好，暖气不热。"
     assert join_segments(["Hello.", "It is cold."], "en") == "Hello. It is cold."
+
+
+def test_an_unknown_language_is_refused_before_the_model_loads(speech_settings: Settings) -> None:
+    """Regression: `klingon` failed inside every decode, after the model had loaded."""
+    assert [check_language(code) for code in ("zh", "yue", "en", "")] == ["zh", "yue", "en", ""]
+    with pytest.raises(ValueError, match=r"unknown language 'klingon'.*known: .*\bzh\b"):
+        check_language("klingon")
+    # The language is checked first: the model that does not exist is never reached.
+    with pytest.raises(ValueError, match="unknown language 'Chinese'"):
+        build_pipeline(speech_settings, model="/nonexistent/model", language="Chinese")
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        build_pipeline(speech_settings.model_copy(update={"speech_language": "klingon"}), model="/nonexistent/model")
