@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel
+from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
@@ -27,6 +28,9 @@ class UserBase(SQLModel):
 
 class User(Versioned, UserBase, table=True):
     __tablename__ = "users"
+    # One name whatever its case: `Admin` next to `admin` would be a look-alike account (and they would share
+    # a sign-in lockout, which counts by the lower-cased name).
+    __table_args__ = (Index("uq_users_username_lower", func.lower(text("username")), unique=True),)
 
     username: str = Field(max_length=64, unique=True, index=True)
     password_hash: str = Field(max_length=255)

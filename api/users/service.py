@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import delete
 from sqlmodel import Session, col, func, select
@@ -23,7 +24,7 @@ _DUMMY_HASH = hash_password("not-a-real-password")
 
 def authenticate(*, session: Session, username: str, password: str) -> User:
     """The active user with these credentials, or `Unauthorized`."""
-    user = session.exec(select(User).where(User.username == username)).first()
+    user = session.exec(select(User).where(_same_name(username))).first()
     if user is None:
         verify_password(_DUMMY_HASH, password)
         raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
@@ -64,10 +65,18 @@ def _check_grid(session: Session, role: Role, building_ids: Iterable[uuid.UUID])
     return ids
 
 
+def _same_name(username: str) -> Any:
+    """User names are one name whatever their case (`Admin` is `admin`): kept as typed, compared lower-cased
+    (the unique index `uq_users_username_lower` says the same, and serves the sign-in lookup)."""
+    return func.lower(User.username) == username.lower()
+
+
 def create_user(*, session: Session, data: UserCreate) -> User:
     """Create a user (with a grid, for stewards)."""
-    if session.exec(select(User).where(User.username == data.username)).first() is not None:
-        raise Conflict(f"User name {data.username!r} is taken.", code="already_exists")
+    taken = session.exec(select(User.username).where(_same_name(data.username))).first()
+    if taken is not None:
+        raise Conflict(f"User name {data.username!r} is taken ({taken!r}: names differ in more than case).",
+                       code="already_exists")
     grid = _check_grid(session, data.role, data.grid)
     user = User.model_validate(data.model_dump(exclude={"password", "grid"})
                                | {"password_hash": hash_password(data.password)})

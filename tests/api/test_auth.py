@@ -79,3 +79,20 @@ def test_only_admins_manage_users(client: TestClient, session: Session, settings
     assert r.status_code == 201, r.text
     again = client.post("/api/v1/users", json=body, headers=auth(settings, admin))
     assert again.status_code == 409 and again.json()["detail"]["code"] == "already_exists"
+
+
+def test_a_user_name_is_one_name_whatever_its_case(client: TestClient, session: Session) -> None:
+    """Regression: `ALICE` could be created next to `alice` (a look-alike account sharing her lockout)."""
+    admin = make_user(session, Role.admin)
+    token = client.post("/api/v1/auth/token", data={"username": admin.username, "password": PASSWORD}).json()
+    h = {"Authorization": f"Bearer {token['access_token']}"}
+    body = {"password": "a-long-password", "role": "supervisor", "full_name": "Alice"}
+    assert client.post("/api/v1/users", json=body | {"username": "Alice"}, headers=h).status_code == 201
+    for variant in ("alice", "ALICE", "aLiCe"):
+        r = client.post("/api/v1/users", json=body | {"username": variant}, headers=h)
+        assert r.status_code == 409 and r.json()["detail"]["code"] == "already_exists", r.text
+    # kept as typed, signed in with any case
+    signed = client.post("/api/v1/auth/token", data={"username": "ALICE", "password": "a-long-password"})
+    assert signed.status_code == 200, signed.text
+    me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {signed.json()['access_token']}"})
+    assert me.json()["username"] == "Alice"
