@@ -337,6 +337,13 @@ def _scope_keys(feed: Feed, state: Cursor) -> tuple[ScopeKeys, ScopeKeys]:
     return changed, held
 
 
+def _purged_past(state: Cursor, purged: int) -> bool:
+    """Whether tombstones the cursor has not read yet may be gone: those below the purge position, and the
+    rest of the purged position's own seq when the cursor stopped inside it (a page boundary between rows of
+    one seq)."""
+    return state.seq < purged or (state.seq == purged and state.table < END_OF_SEQ)
+
+
 def pull(*, session: Session, settings: Settings, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
     """One page of changes for the caller after `cursor` (None: first sync)."""
     state = cursors.decode(cursor, settings.secret_key) if cursor is not None else None
@@ -348,14 +355,16 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
     reset = False
     if state is None:
         state = new_snapshot(user, office, head.seq)
-    elif (state.user_id != user.id or state.office != office or state.seq < head.purged
+    elif (state.user_id != user.id or state.office != office or _purged_past(state, head.purged)
           or state.seq > head.seq or state.scope_seq > head.seq):
         state, reset = new_snapshot(user, office, head.seq), True
     feed = Feed(session=session, user=user, office=office, head=head.seq, dialect=session.connection().dialect.name,
                 newest=head.newest)
-    # Scope events up to the newest one read above are applied in one scope phase; later ones (above
-    # this pull's watermark) wait for the next pull.
-    pending = head.newest_scope_event if not reset and not office and state.phase == DELTA else None
+    # Scope events up to the newest one read above are applied in one scope phase before the delta (later
+    # ones, above this pull's watermark, wait for the next pull); also when this pull starts inside a
+    # snapshot or a scope phase and reaches the delta, else it would end with has_more false while a grid
+    # change waited for the next pull.
+    pending = head.newest_scope_event if not reset and not office else None
     page = Page(room=limit)
     done = False
     while page.room > 0:

@@ -236,8 +236,11 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
     finally:
         for key in (WRITER, TARGETS, UNTARGETED):
             session.info.pop(key, None)
-    if state is None or state.user_id != user.id or state.office != office:
+    if state is None:  # a device that never pulled: its first pull is a snapshot
         state = new_snapshot(user, office, seq)
+    # A cursor of another user or role (a shared handheld, a steward made supervisor) goes back as it came:
+    # the next pull sees the mismatch and answers `reset: true`, so the device drops what it may no longer
+    # hold. A fresh snapshot here would have looked like any first page, and the old rows would have stayed.
     return {"last_mutation_id": client.last_mutation_id,
             "cursor": cursors.encode(state.with_(client_id=body.client_id), settings.secret_key),
             "results": results}

@@ -118,3 +118,29 @@ def test_pulls_purge_expired_tombstones_by_themselves(client: TestClient, distri
         fresh = Device(http=later, headers=d.headers(d.steward1))
         fresh.pull()
     assert _count(engine, Tombstone) == 0
+
+
+def test_a_purge_of_the_seq_a_cursor_stopped_inside_gets_a_reset(client: TestClient, district: District,
+                                                                  device: Callable[..., Device],
+                                                                  engine: Engine) -> None:
+    """Regression: a page boundary inside one seq (three deletes of one push) left the cursor at that seq;
+    purging exactly it was not a reset, and the two deletes not yet read never arrived."""
+    d = district
+    office = device(d.supervisor, "office")
+    office.pull()
+    ids = [office.create("readings", household_id=str(d.h1a.id), taken_at="2026-12-01T08:00:00+00:00",
+                         temp_c=18 + i) for i in range(3)]
+    office.push()
+    one = device(d.steward1, "one")
+    one.pull()
+    assert set(ids) <= set(one.rows["readings"])
+    for rid in ids:
+        office.delete("readings", rid)
+    office.push()  # three tombstones with one seq
+    page = one.pull_page(limit=1)
+    assert page["has_more"] and sum(len(c["deletes"]) for c in page["changes"].values()) == 1
+    with Session(engine) as s:  # the device stays away past the retention window
+        purge(session=s, settings=d.settings,
+              now=utcnow() + timedelta(days=d.settings.sync_tombstone_retention_days + 1))
+    one.pull()
+    assert one.resets == 1 and one.rows == server_rows(client, d.headers(d.steward1))

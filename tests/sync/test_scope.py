@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
@@ -153,3 +154,62 @@ def test_a_steward_covering_an_order_outside_the_grid_records_its_visit(
     assert str(d.wo3.id) not in one.rows["work_orders"]
     assert visit in one.rows["visits"] and reading in one.rows["readings"]
     assert one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def _differs(dev: Device, truth: dict[str, dict[str, object]]) -> dict[str, tuple[list[str], list[str]]]:
+    return {t: (sorted(set(dev.rows[t]) - set(truth[t])), sorted(set(truth[t]) - set(dev.rows[t])))
+            for t in truth if set(dev.rows[t]) != set(truth[t])}
+
+
+def test_a_grid_change_during_a_first_sync_is_applied_before_it_ends(client: TestClient, district: District,
+                                                                     device: Callable[..., Device]) -> None:
+    """Regression: a pull that started in the snapshot reached the delta without the scope event that came
+    meanwhile, and said has_more false with b1 still on the device and b2 missing."""
+    d = district
+    one = device(d.steward1, "one")
+    page = one.pull_page(limit=3)  # stations, then buildings: b1 delivered
+    assert page["has_more"] and str(d.b1.id) in one.rows["buildings"]
+    r = client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b2.id)]},
+                   headers=d.headers(d.admin))
+    assert r.status_code == 200, r.text
+    one.pull()  # until has_more is false
+    assert _differs(one, server_rows(client, d.headers(d.steward1))) == {}
+
+
+def test_a_grid_change_during_a_scope_phase_is_applied_before_it_ends(client: TestClient, district: District,
+                                                                      device: Callable[..., Device]) -> None:
+    d = district
+    one = device(d.steward1, "one")
+    one.pull()
+    admin = d.headers(d.admin)
+    client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b1.id), str(d.b3.id)]},
+               headers=admin)
+    assert one.pull_page(limit=1)["has_more"]  # inside the scope phase of that change
+    client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b2.id)]}, headers=admin)
+    one.pull()
+    assert _differs(one, server_rows(client, d.headers(d.steward1))) == {}
+
+
+def test_a_push_with_the_cursor_of_another_role_or_user_leads_to_a_reset(client: TestClient, district: District,
+                                                                         device: Callable[..., Device]) -> None:
+    """Regression: the push answered a plain snapshot cursor, so the pull after it was no reset and the
+    device kept the district (a supervisor made steward) or the previous steward's grid (a shared handheld)."""
+    d = district
+    admin = d.headers(d.admin)
+    dev = device(d.supervisor, "sup")
+    dev.pull()
+    assert str(d.h2a.id) in dev.rows["households"]
+    assert client.patch(f"/api/v1/users/{d.supervisor.id}", json={"role": "steward"}, headers=admin).status_code == 200
+    r = client.put(f"/api/v1/users/{d.supervisor.id}/grid", json={"building_ids": [str(d.b1.id)]}, headers=admin)
+    assert r.status_code == 200, r.text
+    dev.push()  # the device's cycle: push its (empty) queue with its stored cursor, then pull
+    dev.pull()
+    assert dev.resets == 1 and dev.rows == server_rows(client, d.headers(d.supervisor))
+
+    shared = device(d.steward1, "shared")
+    shared.pull()
+    shared.headers = d.headers(d.steward2)  # steward2 signs in on steward1's handheld, a new install id
+    shared.client_id = str(uuid.uuid4())
+    shared.push()
+    shared.pull()
+    assert shared.resets == 1 and shared.rows == server_rows(client, d.headers(d.steward2))
