@@ -3,20 +3,22 @@
 The transcript row is the durable job. Claiming is one conditional UPDATE, so two workers can never run
 the same transcript: the embedded queue claims `queued` rows whose time has come, or `running` rows whose
 lease ran out (their worker died); procrastinate claims the row its job names (procrastinate itself
-guarantees one worker per job and retries jobs of dead workers).
+guarantees one worker per job and retries jobs of dead workers). Every later write is conditional too: on
+`waiting_audio` for a promotion, on `running` at the claimed attempt for an outcome.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, or_, update
 from sqlmodel import Session, col, select
 
 from api.db import utcnow
+from api.errors import DomainError
 from api.notes.models import Note, NoteKind, TranscriptStatus
 from api.settings import Settings
 from speech.audio import AudioDecodeError, decode_audio
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # A job that runs longer than this (embedded queue) is presumed dead and taken over.
 LEASE = timedelta(minutes=30)
+PROMOTE_PAGE = 500  # waiting rows read (and blobs looked up) at a time
 DRAFT_CATEGORIES = ("leak", "not_warm")
 DRAFT_NAMESPACE = uuid.UUID("6c1b0f52-8d3e-4f0a-9a57-3f7e2c1d9b44")  # draft work-order ids
 
@@ -42,11 +45,13 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     return timedelta(seconds=settings.speech_retry_backoff_s * 2 ** max(attempts - 1, 0))
 
 
-def claim(engine: Engine, transcript_id: uuid.UUID, *, takeover: bool = False) -> bool:
-    """Mark the transcript running (one more attempt); False if another worker has it or it is finished.
+def claim(engine: Engine, transcript_id: uuid.UUID, *, takeover: bool = False) -> int | None:
+    """Mark the transcript running (one more attempt); the attempt this worker now holds, or None if another
+    worker has it or it is finished.
 
     `takeover` lets a procrastinate job take a `running` row: procrastinate only hands a job to a second
-    worker after the first one stopped sending heartbeats.
+    worker after the first one stopped sending heartbeats. The attempt number is what the outcome is written
+    against: a worker whose attempt was taken over cannot overwrite what came after it.
     """
     now = utcnow()
     running = col(Transcript.status) == TranscriptState.running
@@ -56,9 +61,22 @@ def claim(engine: Engine, transcript_id: uuid.UUID, *, takeover: bool = False) -
             .where(col(Transcript.id) == transcript_id,
                    or_(col(Transcript.status) == TranscriptState.queued, running))
             .values(status=TranscriptState.running, attempts=Transcript.attempts + 1, lease_until=now + LEASE,
-                    updated_at=now))
-    with engine.begin() as conn:
-        return conn.execute(stmt).rowcount == 1
+                    updated_at=now)
+            .returning(col(Transcript.attempts)))
+    with Session(engine) as session:
+        attempt = session.connection().execute(stmt).scalar()
+        if attempt is None:
+            return None
+        _note_status(session, transcript_id, TranscriptStatus.running)
+        session.commit()
+    return int(attempt)
+
+
+def current_attempt(engine: Engine, transcript_id: uuid.UUID) -> int:
+    """The attempt a transcript is at (for callers that claimed it without keeping the number)."""
+    with Session(engine) as session:
+        transcript = session.get(Transcript, transcript_id)
+        return transcript.attempts if transcript is not None else 0
 
 
 def next_due(engine: Engine) -> uuid.UUID | None:
@@ -74,36 +92,95 @@ def next_due(engine: Engine) -> uuid.UUID | None:
 
 
 def promote_waiting(engine: Engine, settings: Settings) -> list[uuid.UUID]:
-    """Queue the transcripts whose audio blob has arrived since their note did."""
-    promoted = []
+    """Queue every transcript whose audio blob has arrived since its note did.
+
+    All waiting rows are looked at, oldest first, a page at a time: notes whose audio never comes (a lost
+    handheld) must not hide the ones behind them. The blob store cannot be asked in SQL, so each waiting
+    row costs one existence check per sweep (a HEAD request with the S3 store).
+    """
+    promoted: list[uuid.UUID] = []
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        page = _waiting_page(engine, after)
+        stored = audio_stored(settings, (sha256 for _, _, sha256 in page))
+        promoted += _promote(engine, [transcript_id for transcript_id, _, sha256 in page if sha256 in stored])
+        if len(page) < PROMOTE_PAGE:
+            return promoted
+        after = page[-1][1], page[-1][0]
+
+
+def _waiting_page(engine: Engine, after: tuple[datetime, uuid.UUID] | None
+                  ) -> list[tuple[uuid.UUID, datetime, str]]:
+    """(id, created_at, audio sha256) of the next waiting transcripts after `after`, oldest first."""
+    stmt = (select(Transcript.id, Transcript.created_at, Note.audio_sha256)
+            .join(Note, col(Note.id) == Transcript.id)
+            .where(col(Transcript.status) == TranscriptState.waiting_audio))
+    if after is not None:
+        created, last = after
+        stmt = stmt.where(or_(col(Transcript.created_at) > created,
+                              (col(Transcript.created_at) == created) & (col(Transcript.id) > last)))
     with Session(engine) as session:
-        rows = session.exec(select(Transcript, Note).join(Note, col(Note.id) == Transcript.id)
-                            .where(col(Transcript.status) == TranscriptState.waiting_audio).limit(500)).all()
-        stored = audio_stored(settings, (note.audio_sha256 for _, note in rows))
-        for transcript, note in rows:
-            if note.audio_sha256 in stored:
-                transcript.status = TranscriptState.queued
-                transcript.next_attempt_at = utcnow()
-                promoted.append(transcript.id)
+        rows = session.exec(stmt.order_by(col(Transcript.created_at), col(Transcript.id)).limit(PROMOTE_PAGE))
+        return [tuple(row) for row in rows.all()]  # type: ignore[misc]
+
+
+def _promote(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Queue those of these transcripts that still wait for audio; the ids queued.
+
+    One conditional UPDATE: the rows were read earlier, and since then another promoter may have queued
+    them and a worker claimed, finished, or a supervisor approved them, none of which may be undone.
+    """
+    if not ids:
+        return []
+    now = utcnow()
+    stmt = (update(Transcript)
+            .where(col(Transcript.id).in_(ids), col(Transcript.status) == TranscriptState.waiting_audio)
+            .values(status=TranscriptState.queued, next_attempt_at=now, updated_at=now)
+            .returning(col(Transcript.id)))
+    with Session(engine) as session:
+        queued = set(session.connection().execute(stmt).scalars())
+        for transcript_id in queued:
+            _note_status(session, transcript_id, TranscriptStatus.pending)
         session.commit()
-    return promoted
+    return [transcript_id for transcript_id in ids if transcript_id in queued]
 
 
-def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, pipeline: Any = None,
-        final_attempt: bool | None = None) -> TranscriptState:
+def running(engine: Engine) -> list[tuple[uuid.UUID, int]]:
+    """(id, attempt) of the transcripts marked running."""
+    with Session(engine) as session:
+        rows = session.exec(select(Transcript.id, Transcript.attempts)
+                            .where(col(Transcript.status) == TranscriptState.running).limit(1000))
+        return [(transcript_id, attempts) for transcript_id, attempts in rows.all()]
+
+
+def requeue(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> bool:
+    """Queue a running transcript again, if it is still at this attempt (its job is gone: nobody else will)."""
+    now = utcnow()
+    with Session(engine) as session:
+        if not _record(session, transcript_id, attempt, "requeued", status=TranscriptState.queued,
+                       next_attempt_at=now, lease_until=None, updated_at=now):
+            return False
+        _note_status(session, transcript_id, TranscriptStatus.pending)
+        session.commit()
+    return True
+
+
+def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt: int | None = None,
+        pipeline: Any = None, final_attempt: bool | None = None) -> TranscriptState:
     """Transcribe a claimed transcript and record the outcome; the state it ends in.
 
-    Undecodable audio fails at once (retrying cannot help). Other errors are retried with backoff
-    until STEWARD_SPEECH_MAX_ATTEMPTS; `final_attempt` overrides that count (procrastinate keeps its own).
+    `attempt` is what `claim` returned (read from the row when not given). Undecodable audio fails at once
+    (retrying cannot help). Other errors, while transcribing or while saving the result, are retried with
+    backoff until STEWARD_SPEECH_MAX_ATTEMPTS; `final_attempt` overrides that count (procrastinate keeps its
+    own). A worker whose attempt was superseded records nothing; it returns the state the row is in.
     """
-    from speech.pipeline import shared_pipeline
-
     with Session(engine) as session:
         transcript = session.get(Transcript, transcript_id)
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:
             return TranscriptState.failed
-        sha256, attempts = note.audio_sha256, transcript.attempts
+        sha256 = note.audio_sha256
+        attempt = transcript.attempts if attempt is None else attempt
     where = "recording"
     try:
         # With the S3 store the file is a temporary download, kept only while it is decoded.
@@ -112,50 +189,85 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, pipelin
                 raise RetryableError(f"the audio blob {sha256} has not been uploaded")
             where = str(path)
             audio = decode_audio(path)
-        result = (pipeline or shared_pipeline(settings)).run(audio)
+        result = _pipeline(settings, pipeline).run(audio)
+        # Saving is inside the try: an error there is retried like one of the model's, never left `running`.
+        return _complete(engine, settings, transcript_id, attempt, result)
     except AudioDecodeError as exc:
-        return _fail(engine, transcript_id, f"undecodable audio: {exc}".replace(where, "recording"))
+        return _fail(engine, transcript_id, attempt, f"undecodable audio: {exc}".replace(where, "recording"))
     except Exception as exc:
-        log.exception("transcription of %s failed (attempt %d)", transcript_id, attempts)
-        last = attempts >= settings.speech_max_attempts if final_attempt is None else final_attempt
+        log.exception("transcription of %s failed (attempt %d)", transcript_id, attempt)
+        last = attempt >= settings.speech_max_attempts if final_attempt is None else final_attempt
         reason = f"{type(exc).__name__}: {exc}"
         if last:
-            return _fail(engine, transcript_id, f"gave up after {attempts} attempts: {reason}")
-        _retry_later(engine, settings, transcript_id, attempts, reason)
+            return _fail(engine, transcript_id, attempt, f"gave up after {attempt} attempts: {reason}")
+        if not _retry_later(engine, settings, transcript_id, attempt, reason):
+            return _state(engine, transcript_id)  # superseded: nothing for this worker to retry
         raise
-    _complete(engine, settings, transcript_id, result)
-    return TranscriptState.transcribed
 
 
-def _fail(engine: Engine, transcript_id: uuid.UUID, reason: str) -> TranscriptState:
+def _pipeline(settings: Settings, pipeline: Any) -> Any:
+    from speech.pipeline import shared_pipeline
+
+    return pipeline or shared_pipeline(settings)
+
+
+def _record(session: Session, transcript_id: uuid.UUID, attempt: int, what: str, **values: Any) -> bool:
+    """Write `values` to the transcript only while it is `running` for this attempt, in one conditional UPDATE.
+
+    A worker may be superseded while it works (its lease ran out and another took the job over, or the job
+    was re-queued): its outcome must not replace a newer run's, let alone text a supervisor approved since.
+    """
+    stmt = (update(Transcript)
+            .where(col(Transcript.id) == transcript_id, col(Transcript.status) == TranscriptState.running,
+                   col(Transcript.attempts) == attempt)
+            .values(**values))
+    if session.connection().execute(stmt).rowcount == 1:
+        return True
+    session.rollback()
+    log.warning("transcript %s: attempt %d is no longer the running one; its outcome (%s) is dropped",
+                transcript_id, attempt, what)
+    return False
+
+
+def _note_status(session: Session, transcript_id: uuid.UUID, status: TranscriptStatus) -> Note | None:
+    """Set the note's transcript status (through the session: sync must see the change)."""
+    note = session.get(Note, transcript_id)
+    if note is not None and note.transcript_status != status:
+        note.transcript_status = status
+    return note
+
+
+def _state(engine: Engine, transcript_id: uuid.UUID) -> TranscriptState:
     with Session(engine) as session:
         transcript = session.get(Transcript, transcript_id)
-        note = session.get(Note, transcript_id)
-        if transcript is not None:
-            transcript.status = TranscriptState.failed
-            transcript.failure_reason = reason[:2000]
-            transcript.lease_until = None
-            transcript.updated_at = utcnow()
-        if note is not None:
-            note.transcript_status = TranscriptStatus.failed
+        return transcript.status if transcript is not None else TranscriptState.failed
+
+
+def _fail(engine: Engine, transcript_id: uuid.UUID, attempt: int, reason: str) -> TranscriptState:
+    with Session(engine) as session:
+        if not _record(session, transcript_id, attempt, "failed", status=TranscriptState.failed,
+                       failure_reason=reason[:2000], lease_until=None, updated_at=utcnow()):
+            return _state(engine, transcript_id)
+        _note_status(session, transcript_id, TranscriptStatus.failed)
         session.commit()
     log.warning("transcript %s failed: %s", transcript_id, reason)
     return TranscriptState.failed
 
 
-def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempts: int, reason: str) -> None:
+def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    now = utcnow()
     with Session(engine) as session:
-        transcript = session.get(Transcript, transcript_id)
-        if transcript is not None:
-            transcript.status = TranscriptState.queued
-            transcript.failure_reason = reason[:2000]
-            transcript.next_attempt_at = utcnow() + backoff(settings, attempts)
-            transcript.lease_until = None
-            transcript.updated_at = utcnow()
-            session.commit()
+        if not _record(session, transcript_id, attempt, "retry", status=TranscriptState.queued,
+                       failure_reason=reason[:2000], next_attempt_at=now + backoff(settings, attempt),
+                       lease_until=None, updated_at=now):
+            return False
+        _note_status(session, transcript_id, TranscriptStatus.pending)
+        session.commit()
+    return True
 
 
-def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, result: Any) -> None:
+def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int,
+              result: Any) -> TranscriptState:
     segments = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text,
                  "avg_logprob": round(s.avg_logprob, 4), "no_speech_prob": round(s.no_speech_prob, 4)}
                 for s in result.segments]
@@ -165,24 +277,26 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, resu
         transcript = session.get(Transcript, transcript_id)
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:
-            return
+            return TranscriptState.failed
         # The draft work order commits first, under an id derived from the recording: a worker that dies
         # before the transcript below is written leaves the job to be retried, and the retry finds the draft
         # instead of opening a second one (or losing it, had the transcript been committed first).
         draft_id = transcript.draft_work_order_id
         if settings.speech_draft_work_orders and note.kind == NoteKind.call_recording:
             draft_id = _open_draft_work_order(session, settings, note, categories, result.text) or draft_id
-        transcript.sqlmodel_update({
-            "status": TranscriptState.transcribed, "failure_reason": None, "lease_until": None,
-            "engine": result.engine, "model": result.model, "language": result.language,
-            "duration_s": result.duration, "text": result.text, "segments": segments,
-            "categories": "," + ",".join(categories) + ",", "transcribed_at": now, "updated_at": now,
-            "draft_work_order_id": draft_id})
+        if not _record(session, transcript_id, attempt, "transcribed", status=TranscriptState.transcribed,
+                       failure_reason=None, lease_until=None, engine=result.engine, model=result.model,
+                       language=result.language, duration_s=result.duration, text=result.text, segments=segments,
+                       categories="," + ",".join(categories) + ",", transcribed_at=now, updated_at=now,
+                       draft_work_order_id=draft_id):
+            return _state(engine, transcript_id)
         # The note's copy travels to handhelds through sync: stewards' devices get it masked.
-        note.transcript_status = TranscriptStatus.done
-        note.transcript_text = redact_text(result.text)
-        note.transcript_language = result.language
+        note = _note_status(session, transcript_id, TranscriptStatus.done)
+        if note is not None:
+            note.transcript_text = redact_text(result.text)
+            note.transcript_language = result.language
         session.commit()
+    return TranscriptState.transcribed
 
 
 def draft_work_order_id(note_id: uuid.UUID) -> uuid.UUID:
@@ -205,10 +319,18 @@ def _open_draft_work_order(session: Session, settings: Settings, note: Note, cat
         return order_id
     call = session.get(Call, note.id)
     author = session.get(User, call.created_by_id) if call and call.created_by_id else None
-    if author is None:
+    if author is None:  # the uploader's account was deleted: nobody to open it on behalf of
+        log.warning("call %s opened no draft work order: its uploader no longer exists", note.id)
         return None
     data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
                            category=Category(category), description=f"[来电转写草稿] {redact_text(text)}"[:4000],
                            caller_phone=call.caller_phone[:20] if call else None)
-    work_orders.create(session=session, settings=settings, user=author, data=data)
+    try:
+        work_orders.create(session=session, settings=settings, user=author, data=data)
+    except DomainError as exc:
+        # A draft is a convenience: the transcript must still be saved when it is refused (the uploader lost
+        # the role or the grid meanwhile). Checking as the office instead would need a system actor.
+        session.rollback()
+        log.warning("call %s opened no draft work order: %s", note.id, exc.message)
+        return None
     return order_id

@@ -94,17 +94,21 @@ class EmbeddedWorker:
 
     def _work_once(self) -> bool:
         transcript_id = jobs.next_due(self.engine)
-        if transcript_id is None or not jobs.claim(self.engine, transcript_id):
+        attempt = jobs.claim(self.engine, transcript_id) if transcript_id is not None else None
+        if transcript_id is None or attempt is None:
             return False
-        self.process(transcript_id)
+        self.process(transcript_id, attempt)
         return True
 
-    def process(self, transcript_id: uuid.UUID) -> None:
-        """Run one claimed job (errors are recorded on the transcript, never raised)."""
-        if _over_attempts(self.engine, self.settings, transcript_id):
+    def process(self, transcript_id: uuid.UUID, attempt: int | None = None) -> None:
+        """Run one claimed job, `attempt` being what the claim returned (errors are recorded on the
+        transcript, never raised)."""
+        if attempt is None:
+            attempt = jobs.current_attempt(self.engine, transcript_id)
+        if _over_attempts(self.engine, self.settings, transcript_id, attempt):
             return
         try:
-            jobs.run(self.engine, self.settings, transcript_id, pipeline=self.pipeline)
+            jobs.run(self.engine, self.settings, transcript_id, attempt=attempt, pipeline=self.pipeline)
         except Exception:
             log.info("transcript %s will be retried", transcript_id)
 
@@ -116,16 +120,11 @@ class EmbeddedWorker:
                 thread.join(timeout)
 
 
-def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID) -> bool:
+def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int) -> bool:
     """A job claimed more often than allowed kept killing its worker: fail it rather than loop."""
-    from sqlmodel import Session
-
-    with Session(engine) as session:
-        transcript = session.get(Transcript, transcript_id)
-        attempts = transcript.attempts if transcript else 0
-    if attempts > settings.speech_max_attempts:
-        jobs._fail(engine, transcript_id, f"the worker stopped {attempts - 1} times while transcribing this "
-                                          "recording; giving up")
+    if attempt > settings.speech_max_attempts:
+        jobs._fail(engine, transcript_id, attempt, f"the worker stopped {attempt - 1} times while transcribing "
+                                                   "this recording; giving up")
         return True
     return False
 
@@ -201,11 +200,12 @@ def build_app(settings: Settings, engine: Engine | None, *, sync: bool = False) 
     def transcribe(context: Any, transcript_id: str) -> str:
         assert engine is not None, "this app only defers jobs"
         tid = uuid.UUID(transcript_id)
-        if not jobs.claim(engine, tid, takeover=True):
+        attempt = jobs.claim(engine, tid, takeover=True)
+        if attempt is None:
             return "skipped"
-        if _over_attempts(engine, settings, tid):
+        if _over_attempts(engine, settings, tid, attempt):
             return "failed"
-        return jobs.run(engine, settings, tid).value
+        return jobs.run(engine, settings, tid, attempt=attempt).value
 
     @app.periodic(cron="* * * * *")
     @app.task(name="speech.dispatch", queue=QUEUE, queueing_lock="speech.dispatch")
@@ -225,18 +225,34 @@ def _queued_ids(engine: Engine) -> list[uuid.UUID]:
 
 
 async def recover_async(app: Any, engine: Engine, settings: Settings) -> None:
-    """Retry the jobs of dead workers, queue recordings whose audio arrived, and defer any queued transcript
-    that has no job (its defer was lost): what makes the queue survive crashes."""
+    """Retry the jobs of dead workers, queue again running transcripts whose job is gone, queue recordings
+    whose audio arrived, and defer any queued transcript that has no job (its defer was lost): what makes the
+    queue survive crashes."""
     from procrastinate import exceptions
 
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.speech_stalled_after_s):
         log.warning("retrying job %s of a worker that stopped", job.id)
         await app.job_manager.retry_job(job)
+    await _requeue_orphans(app, engine)
     jobs.promote_waiting(engine, settings)
     for transcript_id in _queued_ids(engine):
         with contextlib.suppress(exceptions.AlreadyEnqueued):  # it already has a job waiting
             await app.configure_task("speech.transcribe", queueing_lock=f"transcribe-{transcript_id}",
                                      lock=f"transcribe-{transcript_id}").defer_async(transcript_id=str(transcript_id))
+
+
+async def _requeue_orphans(app: Any, engine: Engine) -> None:
+    """Queue again the transcripts left `running` without a live job: procrastinate gave up on the job (or
+    it was deleted) while the outcome could not be written. Nothing else would ever look at them again."""
+    from procrastinate.jobs import Status
+
+    alive = {Status.TODO.value, Status.DOING.value, Status.ABORTING.value}  # a job's status is the plain string
+    for transcript_id, attempt in jobs.running(engine):
+        found = await app.job_manager.list_jobs_async(task="speech.transcribe", lock=f"transcribe-{transcript_id}")
+        if any(job.status in alive for job in found):
+            continue
+        if jobs.requeue(engine, transcript_id, attempt):
+            log.warning("transcript %s was left running by a job that ended; queued again", transcript_id)
 
 
 class Deferrer:

@@ -1,6 +1,7 @@
 """The transcription job's outcome is written exactly once, even when the job dies half-way and is retried:
 a hotline call's transcript and its draft work order commit together, and a retry never opens a second
-draft (found by the worker crash test, tests/stress/test_worker_crash.py)."""
+draft (found by the worker crash test, tests/stress/test_worker_crash.py). Every waiting note whose audio
+arrived is queued, and no stale worker or promoter overwrites what came after it."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from api.notes.models import Note, TranscriptStatus
 from api.settings import Settings
+from api.users.models import Role, User
 from api.work_orders.models import Source, WorkOrder
 from speech import jobs
 from speech import service as speech_service
-from speech.models import CallMetadata, Transcript, TranscriptState
+from speech.engines import Segment
+from speech.models import CallMetadata, Transcript, TranscriptState, TranscriptUpdate
 from speech.pipeline import Pipeline
+from speech.pipeline import Transcript as Result
+from speech.storage import store_audio
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import bundled_model_dir
-from tests.utils.factories import World, make_world
+from tests.utils.factories import World, make_note, make_world
 
 LEAK = (FIXTURES / "leak_report.wav").read_bytes()
 
@@ -87,8 +93,10 @@ def test_a_job_that_dies_before_its_draft_work_order_is_retried_and_opens_it(
     assert jobs.claim(engine, transcript_id)
     with pytest.raises(ConnectionError):
         jobs.run(engine, job_settings, transcript_id, pipeline=faster_pipeline)
-    # Nothing of the outcome is half-written: the job is still the worker's, to be retried.
-    assert _transcript(engine, transcript_id).status == TranscriptState.running
+    # Nothing of the outcome is half-written, and the job is retried like any other error.
+    transcript = _transcript(engine, transcript_id)
+    assert (transcript.status, transcript.failure_reason) == (TranscriptState.queued,
+                                                              "ConnectionError: the database went away")
     assert _drafts(engine, world) == []
     monkeypatch.setattr(work_orders, "create", real_create)
     assert jobs.claim(engine, transcript_id, takeover=True)  # procrastinate retries the job
@@ -115,3 +123,158 @@ def test_a_retry_after_the_draft_was_written_does_not_open_a_second_one(
     assert _transcript(engine, transcript_id).draft_work_order_id == draft.id
     with Session(engine) as s:
         assert s.exec(select(func.count()).select_from(WorkOrder)).one() == 1
+
+
+class Scripted:
+    """Stands in for the model where a test is about what happens around transcription."""
+
+    def __init__(self, text: str = "暖气漏水了，3号楼2单元501室。") -> None:
+        self.text = text
+
+    def run(self, audio: object) -> Result:
+        return Result(engine="faster-whisper", model="scripted", language="zh", duration=7.2,
+                      segments=[Segment(start=0, end=7.2, text=self.text, avg_logprob=-0.2, no_speech_prob=0.01)])
+
+
+def _note_status(engine: Engine, note_id: uuid.UUID) -> TranscriptStatus:
+    with Session(engine) as s:
+        note = s.get(Note, note_id)
+        assert note is not None
+        return note.transcript_status
+
+
+def test_a_note_whose_audio_arrived_is_queued_behind_any_number_that_never_get_it(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    # A full page of notes from handhelds that never uploaded (a lost phone), older than the one that did.
+    session.add_all([Note(owner_id=world.steward_a.id, audio_sha256=f"{i:064x}", duration_s=5.0,
+                          recorded_at=world.household_a.created_at) for i in range(500)])
+    session.commit()
+    late = make_note(session, world.steward_a, audio_sha256=store_audio(job_settings, LEAK))
+    assert jobs.promote_waiting(engine, job_settings) == [late.id]
+    assert _transcript(engine, late.id).status == TranscriptState.queued
+    assert _note_status(engine, late.id) == TranscriptStatus.pending  # the handheld sees it is on its way
+    assert jobs.promote_waiting(engine, job_settings) == []
+
+
+def _waiting_note(session: Session, world: World, settings: Settings) -> uuid.UUID:
+    return make_note(session, world.steward_a, audio_sha256=store_audio(settings, LEAK)).id
+
+
+def _promote_slowly(engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                    meanwhile: Any) -> None:
+    """One promoter reads the waiting rows, and `meanwhile` runs before it writes (a slow blob store)."""
+    real = jobs.audio_stored
+    calls = []
+
+    def slow(settings: Settings, sha256s: Any) -> set[str]:
+        stored = real(settings, sha256s)
+        if not calls:
+            calls.append(1)
+            meanwhile()
+        return stored
+
+    monkeypatch.setattr(jobs, "audio_stored", slow)
+    jobs.promote_waiting(engine, settings)
+
+
+def test_a_slow_promoter_does_not_queue_again_a_job_a_worker_claimed(
+        engine: Engine, session: Session, world: World, job_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    note_id = _waiting_note(session, world, job_settings)
+    claimed = []
+
+    def promoted_and_claimed() -> None:
+        assert jobs.promote_waiting(engine, job_settings) == [note_id]
+        claimed.append(jobs.claim(engine, note_id))
+
+    _promote_slowly(engine, job_settings, monkeypatch, promoted_and_claimed)
+    assert claimed == [1]
+    assert _transcript(engine, note_id).status == TranscriptState.running
+    assert _note_status(engine, note_id) == TranscriptStatus.running
+    assert jobs.claim(engine, note_id) is None  # no second worker runs it at the same time
+
+
+def test_a_slow_promoter_does_not_reopen_an_approved_transcript(
+        engine: Engine, session: Session, world: World, job_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    note_id = _waiting_note(session, world, job_settings)
+
+    def transcribed_and_approved() -> None:
+        jobs.promote_waiting(engine, job_settings)
+        assert jobs.claim(engine, note_id)
+        assert jobs.run(engine, job_settings, note_id, pipeline=Scripted("原始文本")) == TranscriptState.transcribed
+        _correct_and_approve(engine, world, job_settings, note_id, "主管改正的文本")
+
+    _promote_slowly(engine, job_settings, monkeypatch, transcribed_and_approved)
+    transcript = _transcript(engine, note_id)
+    assert (transcript.status, transcript.text) == (TranscriptState.approved, "主管改正的文本")
+    assert jobs.claim(engine, note_id) is None
+
+
+def _correct_and_approve(engine: Engine, world: World, settings: Settings, transcript_id: uuid.UUID,
+                         text: str) -> None:
+    with Session(engine) as s:
+        transcript = speech_service.get(session=s, user=world.supervisor, id=transcript_id)
+        speech_service.update(session=s, settings=settings, user=world.supervisor, transcript=transcript,
+                              data=TranscriptUpdate.model_validate({"segments": [{"index": 0, "text": text}]}))
+        speech_service.approve(session=s, user=world.supervisor, transcript=transcript)
+
+
+@pytest.mark.parametrize("pipeline", [Scripted("旧的结果"), None], ids=["result", "error"])
+def test_a_worker_whose_job_was_taken_over_records_nothing(
+        engine: Engine, session: Session, world: World, job_settings: Settings, pipeline: Scripted | None) -> None:
+    class Broken:
+        def run(self, audio: object) -> None:
+            raise RuntimeError("the model fell over")
+
+    transcript_id = _queued_call(session, job_settings, world)
+    slow = jobs.claim(engine, transcript_id)
+    fast = jobs.claim(engine, transcript_id, takeover=True)  # the slow worker was presumed dead
+    assert (slow, fast) == (1, 2)
+    assert jobs.run(engine, job_settings, transcript_id, attempt=fast, pipeline=Scripted("新的结果")) \
+        == TranscriptState.transcribed
+    _correct_and_approve(engine, world, job_settings, transcript_id, "主管改正的文本")
+    # The slow worker finishes last: neither its text nor its error replaces what the supervisor approved.
+    settings = job_settings.model_copy(update={"speech_max_attempts": 5})
+    assert jobs.run(engine, settings, transcript_id, attempt=slow, pipeline=pipeline or Broken()) \
+        == TranscriptState.approved
+    transcript = _transcript(engine, transcript_id)
+    assert (transcript.status, transcript.text, transcript.attempts) == (TranscriptState.approved, "主管改正的文本", 2)
+    assert _note_status(engine, transcript_id) == TranscriptStatus.done
+
+
+def test_a_draft_work_order_refused_to_the_uploader_does_not_stop_the_transcript(
+        engine: Engine, session: Session, world: World, job_settings: Settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    transcript_id = _queued_call(session, job_settings, world)
+    with Session(engine) as s:  # the supervisor who uploaded the call is a steward (without a grid) by now
+        uploader = s.get(User, world.supervisor.id)
+        assert uploader is not None
+        uploader.role = Role.steward
+        s.commit()
+    assert jobs.claim(engine, transcript_id)
+    assert jobs.run(engine, job_settings, transcript_id, pipeline=Scripted()) == TranscriptState.transcribed
+    transcript = _transcript(engine, transcript_id)
+    assert transcript.category_list[0] == "leak" and transcript.draft_work_order_id is None
+    assert _drafts(engine, world) == []
+    assert _note_status(engine, transcript_id) == TranscriptStatus.done
+    assert "opened no draft work order" in caplog.text
+
+
+def test_an_error_while_saving_on_the_last_attempt_fails_the_job_with_its_reason(
+        engine: Engine, session: Session, world: World, job_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.work_orders import service as work_orders
+
+    def dies(**kw: Any) -> WorkOrder:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(work_orders, "create", dies)
+    settings = job_settings.model_copy(update={"speech_max_attempts": 1})
+    transcript_id = _queued_call(session, settings, world)
+    assert jobs.claim(engine, transcript_id)
+    assert jobs.run(engine, settings, transcript_id, pipeline=Scripted()) == TranscriptState.failed
+    transcript = _transcript(engine, transcript_id)
+    assert (transcript.status, transcript.failure_reason) == (
+        TranscriptState.failed, "gave up after 1 attempts: ConnectionError: the database went away")
+    assert _note_status(engine, transcript_id) == TranscriptStatus.failed

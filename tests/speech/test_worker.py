@@ -26,7 +26,7 @@ from api.settings import Settings
 from speech import jobs
 from speech.models import Transcript, TranscriptState
 from speech.storage import store_audio
-from speech.worker import EmbeddedWorker, defer
+from speech.worker import EmbeddedWorker, build_app, defer, recover_async
 from tests.speech.conftest import FIXTURES, silence, write_wav
 from tests.speech.service_helpers import bundled_model_dir, clear_procrastinate, wait_until_done
 from tests.utils.factories import World, make_note, make_world
@@ -115,6 +115,42 @@ def test_a_voice_note_is_transcribed_once_its_audio_arrives(engine: Engine, worl
         note = api.get(f"/api/v1/notes/{note_id}", headers=world.headers(world.steward_a)).json()
     assert note["transcript_status"] == "done" and "501" in note["transcript_text"]
     assert note["version"] > r.json()["version"]  # a new version: the next pull brings it to the handheld
+
+
+def test_the_dispatch_queues_again_a_running_transcript_whose_job_ended(
+        engine: Engine, session: Session, world: World, speech_settings_: Settings) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL (the embedded queue retakes a row when its lease ends)")
+    clear_procrastinate(engine)
+    sha = store_audio(speech_settings_, LEAK)
+    orphan, live = (make_note(session, world.steward_a, audio_sha256=sha).id for _ in range(2))
+    jobs.promote_waiting(engine, speech_settings_)
+    for transcript_id in (orphan, live):
+        defer(speech_settings_, transcript_id)
+        assert jobs.claim(engine, transcript_id, takeover=True)
+    # procrastinate gave up on the orphan's job while its outcome could not be written (the database was down):
+    # the row says running, and no job will ever run it. The other job is alive (waiting for a retry).
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL search_path TO procrastinate"))  # for procrastinate's own triggers
+        conn.execute(text("UPDATE procrastinate.procrastinate_jobs SET status = 'failed' WHERE lock = :lock"),
+                     {"lock": f"transcribe-{orphan}"})
+
+    async def dispatch() -> None:
+        app = build_app(speech_settings_, engine)
+        async with app.open_async():
+            await recover_async(app, engine, speech_settings_)
+
+    asyncio.run(dispatch())
+    assert (_state(engine, orphan).status, _state(engine, live).status) == (TranscriptState.queued,
+                                                                            TranscriptState.running)
+    with engine.connect() as conn:
+        waiting = conn.execute(text("SELECT count(*) FROM procrastinate.procrastinate_jobs "
+                                    "WHERE lock = :lock AND status = 'todo'"), {"lock": f"transcribe-{orphan}"})
+        assert waiting.scalar() == 1  # deferred again
 
 
 def _long_recording(tmp_path: Path, settings: Settings, engine: Engine, world: World, session: Session) -> uuid.UUID:
