@@ -106,6 +106,10 @@ def install_log_redaction() -> None:
         try:
             if isinstance(record.msg, str):
                 record.msg = redact_log_text(record.msg)
+            elif record.msg is not None and not record.args:  # `log.info(exc)`: the object's text is the message
+                text = str(record.msg)
+                if (masked := redact_log_text(text)) != text:
+                    record.msg = masked
             if isinstance(record.args, tuple):
                 record.args = tuple(_redact_arg(a) for a in record.args)
             elif isinstance(record.args, dict):

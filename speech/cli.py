@@ -134,7 +134,6 @@ def worker(
                                                                  "STEWARD_WHISPER_THREADS cores).")] = 1,
 ) -> None:
     """Run transcription jobs from the PostgreSQL queue until stopped (run several, on several machines)."""
-    from api.db import make_engine
     from api.security import install_log_redaction
     from api.startup import speech_language_problem
     from speech.worker import queue_mode, run_worker
@@ -149,12 +148,13 @@ def worker(
     if problem:  # now, rather than in every job
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)
-    engine = make_engine(settings)
-    try:
+    from api.cli import _database  # here: api.cli imports this module
+
+    with _database(settings) as engine:  # a database it cannot use: one line, exit 2, as every command
+        with engine.connect():  # now, not after procrastinate's pool waited 30 s and failed with a traceback
+            pass
         if queue_mode(settings, engine) != "procrastinate":
             typer.secho("`steward worker` needs PostgreSQL (STEWARD_DATABASE_URL); with SQLite, `steward serve` "
                         "transcribes in-process.", fg="red", err=True)
             raise typer.Exit(2)
         run_worker(settings, engine, concurrency=concurrency)
-    finally:
-        engine.dispose()

@@ -159,3 +159,15 @@ def test_logs_of_a_realistic_session_hold_no_secret_and_no_phone_number(
     leaked = [s for s in secrets if s in text]
     assert not leaked, f"secrets in the logs: {[s[:12] + '...' for s in leaked]}"
     assert not MOBILE.findall(text), f"unmasked phone numbers in the logs: {set(MOBILE.findall(text))}"
+
+
+def test_a_message_that_is_not_text_is_masked_too(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: `log.warning(exc)` (the message an exception, not a string) was logged unmasked."""
+    from api.security import install_log_redaction
+
+    install_log_redaction()
+    with caplog.at_level(logging.WARNING, logger="steward.test"):
+        logging.getLogger("steward.test").warning(ValueError("resident 13812345678 refused"))
+        logging.getLogger("steward.test").warning(404)  # not text, nothing to mask: kept as it was
+    assert "13812345678" not in caplog.text and "resident 138****5678 refused" in caplog.text
+    assert caplog.records[1].msg == 404

@@ -154,3 +154,21 @@ def test_bench_speech_refuses_an_out_that_is_no_directory_before_running(runner:
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"--out {tmp_path / out}")
+
+
+@pytest.mark.parametrize("kind", ["parent is a file", "server refuses"])
+def test_the_worker_answers_a_database_it_cannot_use_in_one_line(runner: CliRunner, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Regression: a database path under a file was a FileExistsError traceback, and a PostgreSQL server that
+    refuses was a traceback after procrastinate's pool had waited 30 s."""
+    if kind == "parent is a file":
+        (tmp_path / "afile").write_text("")
+        url, cause = f"sqlite:///{tmp_path / 'afile' / 'steward.db'}", "cannot create the directory"
+    else:
+        url, cause = "postgresql://steward:hunter2-secret@127.0.0.1:1/steward", "Connection refused"
+    monkeypatch.setenv("STEWARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Cannot use the database ") and cause in line and "hunter2-secret" not in line
