@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, or_, update
 from sqlmodel import Session, SQLModel
 
 from api.db import Versioned, utcnow
+from api.notices.models import NoticeDelivery
 from api.notices.sms import SmsSender, deliver
-from api.proactive.models import DeliveryStatus
+from api.proactive.models import CampaignDelivery, DeliveryStatus
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,17 +31,8 @@ log = logging.getLogger(__name__)
 CLAIM_HOLD = timedelta(hours=1)
 
 
-class Delivery(Protocol):
-    """The columns `campaign_deliveries` and `notice_deliveries` share."""
-
-    id: Any
-    phone: str | None
-    text: str
-    status: DeliveryStatus
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
+# A campaign's or a notice's copy for one household: the same delivery columns (`DeliveryState`).
+Delivery = CampaignDelivery | NoticeDelivery
 
 
 def _table(obj: SQLModel) -> Table:

@@ -11,7 +11,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
-from api.proactive.models import DeliveryStatus
+from api.proactive.models import DeliveryState
 from api.schemas import UtcDatetime
 
 
@@ -50,7 +50,7 @@ class Notice(Versioned, NoticeBase, table=True):
     sent_count: int = 0
 
 
-class NoticeDelivery(SQLModel, table=True):
+class NoticeDelivery(DeliveryState, table=True):
     """One household's copy of a notice, like a campaign delivery: the unique key and the claim before each
     send (`api.notices.deliveries`) are what stop a second SMS; failures keep their reason and are retried.
     Not synced to the handhelds."""
@@ -61,27 +61,13 @@ class NoticeDelivery(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     notice_id: uuid.UUID = Field(foreign_key="notices.id", index=True, ondelete="CASCADE")
     household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="CASCADE")
-    phone: str | None = Field(default=None, max_length=20)
-    text: str = Field(default="", max_length=1000)
-    status: DeliveryStatus = Field(default=DeliveryStatus.queued, index=True)
-    attempts: int = 0
-    reason: str | None = Field(default=None, max_length=500)
-    next_attempt_at: datetime | None = ts_field(nullable=True)
-    sent_at: datetime | None = ts_field(nullable=True)
     created_at: datetime = ts_field(default_now=True)
 
 
-class NoticeDeliveryPublic(SQLModel):
+class NoticeDeliveryPublic(DeliveryState):
     id: uuid.UUID
     notice_id: uuid.UUID
     household_id: uuid.UUID
-    phone: str | None
-    text: str
-    status: DeliveryStatus
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
 
 
 class NoticeDeliveriesPublic(SQLModel):

@@ -164,15 +164,10 @@ class CampaignsPublic(SQLModel):
     count: int
 
 
-class CampaignDelivery(Versioned, table=True):
-    """One household's copy of a campaign; the unique key is what stops a second SMS."""
+class DeliveryState(SQLModel):
+    """What an SMS delivery to one household holds, for campaigns and notices alike (`api.notices.deliveries`
+    claims, sends and records it)."""
 
-    __tablename__ = "campaign_deliveries"
-    __table_args__ = (UniqueConstraint("campaign_id", "household_id",
-                                       name="uq_campaign_deliveries_campaign_household"),)
-
-    campaign_id: uuid.UUID = Field(foreign_key="notice_campaigns.id", index=True, ondelete="CASCADE")
-    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="CASCADE")
     phone: str | None = Field(default=None, max_length=20)
     text: str = Field(default="", max_length=1000)
     status: DeliveryStatus = Field(default=DeliveryStatus.queued, index=True)
@@ -182,17 +177,21 @@ class CampaignDelivery(Versioned, table=True):
     sent_at: datetime | None = ts_field(nullable=True)
 
 
-class DeliveryPublic(SQLModel):
+class CampaignDelivery(Versioned, DeliveryState, table=True):
+    """One household's copy of a campaign; the unique key is what stops a second SMS."""
+
+    __tablename__ = "campaign_deliveries"
+    __table_args__ = (UniqueConstraint("campaign_id", "household_id",
+                                       name="uq_campaign_deliveries_campaign_household"),)
+
+    campaign_id: uuid.UUID = Field(foreign_key="notice_campaigns.id", index=True, ondelete="CASCADE")
+    household_id: uuid.UUID = Field(foreign_key="households.id", index=True, ondelete="CASCADE")
+
+
+class DeliveryPublic(DeliveryState):
     id: uuid.UUID
     campaign_id: uuid.UUID
     household_id: uuid.UUID
-    phone: str | None
-    text: str
-    status: DeliveryStatus
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
     updated_at: datetime
 
 

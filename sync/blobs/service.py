@@ -167,7 +167,7 @@ class Blobs:
             return complete, "stored"
         data, length_file = self._partial(sha256)
         if offset == 0:
-            self._maybe_expire()
+            await anyio.to_thread.run_sync(self._maybe_expire)  # a directory walk: not on the event loop
             if length is None:
                 raise BadRequest("Start a resumable upload with an Upload-Length header (total bytes).",
                                  code="length_required")
