@@ -1,9 +1,10 @@
-"""ASGI middleware: request body limits and Prometheus request metrics."""
+"""ASGI middleware: request body limits and gzip request bodies, and Prometheus request metrics."""
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -14,10 +15,15 @@ from api.errors import error_body
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over the limit with 413, whether or not they declare a length.
+    """Refuse request bodies over the limit with 413, whether or not they declare a length; decode gzip bodies.
 
     The limit is `max_bytes`, or that of the first matching `prefix_limits` entry (uploads of blobs and call
     recordings are larger than JSON bodies); paths under an `exempt_prefixes` entry are not limited here.
+
+    A JSON body may come gzip-compressed (`Content-Encoding: gzip`: a handheld pushing a batch over a weak
+    link): it is decoded here, and the limit holds for both the bytes sent and the decoded body, so a small
+    gzip bomb is a 413 like a large body. Uploads (`prefix_limits` paths) are stored and hashed as sent, so
+    an encoded upload is refused with 415, as is any coding other than gzip.
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, prefix_limits: Sequence[tuple[str, int]] = (),
@@ -50,6 +56,17 @@ class BodyLimitMiddleware:
                 if declared > limit:
                     await self._refuse(send, 413, "payload_too_large", self._message(limit))
                     return
+        coding = _content_coding(scope)
+        if coding is not None:
+            upload = any(scope["path"].startswith(prefix) for prefix, _ in self.prefix_limits)
+            if coding not in GZIP_CODINGS or upload:
+                what = "an upload" if upload else "a request body"
+                await self._refuse(send, 415, "unsupported_encoding",
+                                   f"Content-Encoding {coding!r} is not accepted for {what}; "
+                                   + ("send the bytes as they are." if upload else "send gzip or no encoding."))
+                return
+            await self._gunzip(scope, receive, send, limit)
+            return
         received = 0
 
         async def limited_receive() -> Message:
@@ -65,6 +82,48 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, send)
 
+    async def _gunzip(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Read the whole gzip body (at most `limit` bytes), decode it (at most `limit` bytes) and hand the
+        app the plain body, as if it had been sent that way."""
+        parts: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before the body was complete: nobody to answer
+            parts.append(message.get("body", b""))
+            received += len(parts[-1])
+            if received > limit:
+                await self._refuse(send, 413, "payload_too_large", self._message(limit))
+                return
+            if not message.get("more_body", False):
+                break
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            body = decoder.decompress(b"".join(parts), limit + 1)
+        except zlib.error:
+            body = None
+        if body is not None and len(body) > limit:
+            await self._refuse(send, 413, "payload_too_large", self._message(limit) + " (after gzip decoding)")
+            return
+        if body is None or not decoder.eof or decoder.unused_data:
+            await self._refuse(send, 400, "invalid_encoding",
+                               "The request body is not one complete gzip stream, as its Content-Encoding says.")
+            return
+        headers = [(name, value) for name, value in scope["headers"]
+                   if name not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def decoded_receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": headers}, decoded_receive, send)
+
     @staticmethod
     def _message(limit: int) -> str:
         return f"The request body is larger than {limit} bytes."
@@ -75,6 +134,18 @@ class BodyLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+GZIP_CODINGS = ("gzip", "x-gzip")
+
+
+def _content_coding(scope: Scope) -> str | None:
+    """The request body's Content-Encoding, lower case; None when absent or `identity`."""
+    for name, value in scope["headers"]:
+        if name == b"content-encoding":
+            coding = value.decode("latin-1").strip().lower()
+            return None if coding in ("", "identity") else coding
+    return None
 
 
 class MetricsMiddleware:

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(12 * 60, ge=1, description="Token lifetime: one steward shift.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 beyond).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body, after gzip decoding "
+                                                              "(413 beyond).")
+    gzip_level: int = Field(1, ge=0, le=9, description="gzip level of responses to clients that accept gzip "
+                                                       "(0: never compress); 1, nginx's default, is the cheapest.")
     # Abuse limits (docs/security.md); login throttling state lives in the database, shared by all processes.
     login_rate_per_minute: int = Field(60, ge=1, description="Sign-in attempts per client address per minute "
                                                              "(429 beyond, with Retry-After).")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 
 from fastapi.testclient import TestClient
+from httpx import Response
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -15,7 +17,7 @@ from api.network.models import Station
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.utils.asserts import assert_error, count_rows
-from tests.utils.factories import World, random_id
+from tests.utils.factories import World, make_station, random_id
 
 API = "/api/v1"
 
@@ -118,3 +120,75 @@ def test_upload_paths_have_their_own_body_limits() -> None:
     assert limits.limit_for(f"{API}/blobs/{'a' * 64}") == 10_000
     assert limits.limit_for(f"{API}/calls") == 5_000
     assert limits.limit_for("/internal/x") is None
+
+
+def _gzip_post(client: TestClient, world: World, body: bytes, **headers: str) -> Response:
+    return client.post(f"{API}/stations", content=body, headers=world.headers(world.supervisor)
+                       | {"content-type": "application/json", "content-encoding": "gzip"} | headers)
+
+
+def test_a_gzip_request_body_is_decoded(client: TestClient, session: Session, world: World) -> None:
+    body = json.dumps({"code": "HS-GZ", "name": "压缩站", "address": "东路" * 100}).encode()
+    r = _gzip_post(client, world, gzip.compress(body))
+    assert r.status_code == 201, r.text
+    assert r.json()["code"] == "HS-GZ" and r.json()["address"] == "东路" * 100
+    # The same in chunks, without a declared length, and with the older x-gzip name.
+    body = json.dumps({"code": "HS-GZ2", "name": "压缩站二"}).encode()
+    r = _gzip_post(client, world, _chunks(gzip.compress(body), 5), **{"content-encoding": "x-gzip"})
+    assert r.status_code == 201, r.text
+    assert count_rows(session, Station) == 3
+
+
+def test_a_gzip_body_that_decodes_past_the_limit_is_413(client: TestClient, session: Session, world: World,
+                                                        settings: Settings) -> None:
+    """A gzip bomb: a few KB on the wire, more than the body limit once decoded."""
+    bomb = gzip.compress(_station_body(settings.max_body_bytes + 1))
+    assert len(bomb) < 10_000
+    assert_error(_gzip_post(client, world, bomb), 413, "payload_too_large")
+    assert_error(_gzip_post(client, world, _chunks(bomb, 1000)), 413, "payload_too_large")
+    # Exactly at the limit decodes and reaches validation (the address is capped at 200 characters).
+    assert_error(_gzip_post(client, world, gzip.compress(_station_body(settings.max_body_bytes))), 422,
+                 "validation_error")
+    assert count_rows(session, Station) == 1
+
+
+def test_a_body_that_is_not_the_gzip_it_claims_is_400(client: TestClient, session: Session, world: World) -> None:
+    whole = gzip.compress(json.dumps({"code": "HS-X", "name": "站"}).encode())
+    for body in (b'{"code": "HS-X", "name": "plain"}', whole[:-6], whole + b"trailing", b""):
+        assert_error(_gzip_post(client, world, body), 400, "invalid_encoding")
+    assert count_rows(session, Station) == 1
+
+
+def test_other_content_codings_are_415(client: TestClient, session: Session, world: World) -> None:
+    body = json.dumps({"code": "HS-BR", "name": "站"}).encode()
+    for coding in ("br", "deflate", "zstd", "gzip, br"):
+        assert_error(_gzip_post(client, world, body, **{"content-encoding": coding}), 415, "unsupported_encoding")
+    r = _gzip_post(client, world, body, **{"content-encoding": "identity"})
+    assert r.status_code == 201, r.text
+    assert count_rows(session, Station) == 2
+
+
+def test_json_responses_are_gzipped_for_clients_that_accept_it(client: TestClient, session: Session,
+                                                               world: World) -> None:
+    for i in range(40):
+        make_station(session, code=f"HS-{i:03}", name=f"站{i}", address="北京路" * 20)
+    h = world.headers(world.supervisor)
+    plain = client.get(f"{API}/stations?limit=100", headers=h | {"accept-encoding": "identity"})
+    packed = client.get(f"{API}/stations?limit=100", headers=h | {"accept-encoding": "gzip"})
+    assert plain.status_code == packed.status_code == 200
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip" and "accept-encoding" in packed.headers["vary"].lower()
+    assert int(packed.headers["content-length"]) < len(plain.content) / 4
+    assert packed.json() == plain.json()  # httpx decodes it
+    # Small answers (one packet) go as they are.
+    small = client.get(f"{API}/stations/{world.station.id}", headers=h | {"accept-encoding": "gzip"})
+    assert small.status_code == 200 and "content-encoding" not in small.headers
+
+
+def test_gzip_level_0_never_compresses(engine: Engine, settings: Settings, session: Session, world: World) -> None:
+    for i in range(40):
+        make_station(session, code=f"HS-{i:03}", name=f"站{i}", address="北京路" * 20)
+    app = create_app(settings.model_copy(update={"gzip_level": 0}), engine=engine, sms_sender=LoggingSender())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(f"{API}/stations?limit=100", headers=world.headers(world.supervisor) | {"accept-encoding": "gzip"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers and r.json()["count"] == 41

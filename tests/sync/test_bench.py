@@ -23,8 +23,12 @@ def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     records = sqlite["baseline"]["records"]
     assert records > 300
     for key in ("first_sync_in_process_1000", "first_sync_in_process_5000", "first_sync_http_1000",
-                "first_sync_http_5000"):
+                "first_sync_http_5000", "first_sync_http_gzip_1000", "first_sync_http_gzip_5000"):
         assert sqlite[key]["records"] == records  # the same rows as the raw SELECT, no more, no less
+    plain, packed = sqlite["first_sync_http_5000"], sqlite["first_sync_http_gzip_5000"]
+    assert packed["bytes"] == plain["bytes"] and plain["wire_bytes"] >= plain["bytes"]
+    assert packed["wire_bytes"] < plain["bytes"] / 3  # gzip was asked for and given
+    assert "HTTP gzip, limit 5000" in result.output
     assert sqlite["delta_10_rows"]["rows_per_pull"] == [10]
     assert sqlite["push"]["statuses"] == {"applied": 100}  # the untimed first batch is not counted
     assert len(sqlite["push"]["batch_ms"]) == 2 and sqlite["push"]["median_batch_ms"] in sqlite["push"]["batch_ms"]

@@ -310,3 +310,16 @@ def test_later_snapshot_pages_start_from_their_place_in_the_grid(client: TestCli
             assert "households.id >= ?" in statement  # the grid's households from the page's key on
         else:
             assert "LATERAL" in statement
+
+
+def test_a_page_comes_gzipped_to_a_device_that_accepts_it(client: TestClient, district: District) -> None:
+    """A first sync over a weak link: the same page, a fraction of the bytes (docs/sync-protocol.md)."""
+    headers = district.headers(district.steward1)
+    params = {"schema_version": 1}
+    plain = client.get("/api/v1/sync/pull", params=params, headers=headers | {"accept-encoding": "identity"})
+    packed = client.get("/api/v1/sync/pull", params=params, headers=headers | {"accept-encoding": "gzip"})
+    assert plain.status_code == packed.status_code == 200
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip"
+    assert int(packed.headers["content-length"]) < len(plain.content) / 2
+    assert packed.json()["changes"] == plain.json()["changes"] and packed.json()["changes"]["households"]["upserts"]

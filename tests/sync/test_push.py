@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -737,3 +739,20 @@ def test_any_batch_is_answered_per_mutation_and_never_fails_the_request(client: 
             assert r["reason"] != "server_error"  # the push's safety net must not hide a failing rule
         elif r["status"] in ("applied", "merged"):
             assert r["reason"] is None
+
+
+def test_a_gzipped_push_applies_exactly_once(client: TestClient, district: District, engine: Engine) -> None:
+    """A handheld may gzip its batch (Content-Encoding: gzip); a replay of the same bytes is a duplicate."""
+    readings = [{"mutation_id": i, "table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+                 "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18 + i / 10}}
+                for i in range(1, 51)]
+    body = gzip.compress(json.dumps({"client_id": str(uuid.uuid4()), "schema_version": 1,
+                                     "mutations": readings}).encode())
+    headers = district.headers(district.steward1) | {"content-type": "application/json", "content-encoding": "gzip"}
+    before = _count(engine, Reading)
+    first = client.post("/api/v1/sync/push", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert {r["status"] for r in first.json()["results"]} == {"applied"} and first.json()["last_mutation_id"] == 50
+    again = client.post("/api/v1/sync/push", content=body, headers=headers)
+    assert again.status_code == 200 and {r["status"] for r in again.json()["results"]} == {"duplicate"}
+    assert _count(engine, Reading) == before + 50

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from collections.abc import Iterator
@@ -170,3 +171,21 @@ def test_openapi_documents_what_blob_routes_answer(client: TestClient, headers: 
     assert {"200", "201"} <= set(paths["put"]["responses"])
     missing = client.head(URL.format("0" * 64), headers=headers)
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+
+
+def test_blobs_go_as_stored_even_to_clients_that_accept_gzip(client: TestClient, headers: dict[str, str]) -> None:
+    """A blob's bytes and ranges are those of the stored file (a resumed download asks for byte ranges of
+    it), also for a blob that would compress well; an upload that says it is encoded is refused."""
+    text = b"reading 18.5C; " * 20_000
+    sha = _sha(text)
+    assert client.put(URL.format(sha), content=text, headers=headers).status_code == 201
+    whole = client.get(URL.format(sha), headers=headers | {"accept-encoding": "gzip"})
+    assert whole.status_code == 200 and "content-encoding" not in whole.headers
+    assert whole.headers["content-length"] == str(len(text)) and whole.content == text
+    part = client.get(URL.format(sha), headers=headers | {"accept-encoding": "gzip", "Range": "bytes=100-199"})
+    assert part.status_code == 206 and "content-encoding" not in part.headers and part.content == text[100:200]
+    other = b"signature " * 1000
+    r = client.put(URL.format(_sha(other)), content=gzip.compress(other),
+                   headers=headers | {"content-encoding": "gzip"})
+    assert r.status_code == 415 and r.json()["detail"]["code"] == "unsupported_encoding"
+    assert client.head(URL.format(_sha(other)), headers=headers).status_code == 404
