@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                        prefix_limits=((f"{API_PREFIX}/blobs", settings.blob_max_bytes),
                                       (f"{API_PREFIX}/calls", settings.audio_max_bytes + MULTIPART_ALLOWANCE)))
     if settings.gzip_level:
-        # Pull pages are JSON of 1-20 MB on a first sync; gzip at level 1 shrinks them about 7x for ~4 ms of CPU
+        # Pull pages are JSON of 1-20 MB on a first sync; gzip at level 1 shrinks them about 5x for ~4 ms of CPU
         # per MB (docs/sync-protocol.md). Blob and audio bytes are served as they are: they are compressed
         # media already, and a compressed body would break the byte ranges a resumed download asks for.
         app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=settings.gzip_level,
