@@ -255,15 +255,26 @@ async def _burst(base: str, headers: dict[str, str], cursor: str, devices: int) 
     return [r[0] for r in results], page["cursor"], rows
 
 
+def _server_seconds(response: Any) -> float:
+    """The server's own time for a request, from its `Server-Timing: app;dur=<ms>` header."""
+    for metric in response.headers.get("server-timing", "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "app" and params.startswith("dur="):
+            return float(params[4:]) / 1000
+    raise RuntimeError("the server sent no Server-Timing header")
+
+
 async def _steady(base: str, headers: dict[str, str], cursor: str, devices: int, period: float, duration: float
-                  ) -> list[float]:
-    """`devices` devices, each pulling from `cursor` every `period` seconds (random phase), for `duration`."""
+                  ) -> tuple[list[float], list[float]]:
+    """`devices` devices, each pulling from `cursor` every `period` seconds (random phase), for `duration`:
+    the latencies the devices saw, and the server's own time for the same requests (Server-Timing)."""
     import random
 
     import httpx
 
     limits = httpx.Limits(max_connections=devices, max_keepalive_connections=devices)
     latencies: list[float] = []
+    server: list[float] = []
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120, limits=limits) as client:
         async def device(phase: float) -> None:
             await asyncio.sleep(phase)
@@ -273,11 +284,12 @@ async def _steady(base: str, headers: dict[str, str], cursor: str, devices: int,
                 response = await client.get("/api/v1/sync/pull", params={"schema_version": 1, "cursor": cursor})
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - start)
+                server.append(_server_seconds(response))
                 await asyncio.sleep(max(0.0, period - (time.perf_counter() - start)))
 
         rng = random.Random(1)
         await asyncio.gather(*(device(rng.uniform(0, period)) for _ in range(devices)))
-    return latencies
+    return latencies, server
 
 
 def _push_batches(base: str, headers: dict[str, str], households: list[str], visits: dict[str, int],
@@ -410,7 +422,7 @@ def run_backend(backend: Backend, *, households: int, history: int, devices: int
                 burst += latencies
                 seen.add(rows)
             _change_rows(engine, changed, "steady")
-            steady = asyncio.run(_steady(server.base, headers, cursor, devices, period, duration))
+            steady, steady_server = asyncio.run(_steady(server.base, headers, cursor, devices, period, duration))
             out["delta_10_rows"] = {
                 "devices": devices, "rounds": rounds, "rows_per_pull": sorted(seen),
                 "p50_ms": round(_percentile(burst, 0.5) * 1000, 1),
@@ -422,7 +434,11 @@ def run_backend(backend: Backend, *, households: int, history: int, devices: int
                            "pulls_per_s": round(len(steady) / duration, 1),
                            "p50_ms": round(_percentile(steady, 0.5) * 1000, 1),
                            "p95_ms": round(_percentile(steady, 0.95) * 1000, 1),
-                           "max_ms": round(max(steady) * 1000, 1)}}
+                           "max_ms": round(max(steady) * 1000, 1),
+                           # The same requests timed inside the server (Server-Timing): what is left once the
+                           # benchmark's own devices, on the same cores, are taken out.
+                           "server_p50_ms": round(_percentile(steady_server, 0.5) * 1000, 1),
+                           "server_p95_ms": round(_percentile(steady_server, 0.95) * 1000, 1)}}
             log(f"[{backend.name}] delta with {devices} devices: {out['delta_10_rows']}")
             out["server_memory_after_delta"] = server.memory()
             visits = {str(v[0]): v[1] for v in visit_rows[10:] or visit_rows}
@@ -466,7 +482,9 @@ def _table(results: list[dict[str, Any]]) -> str:
                      f"p95 {d['single_device_p95_ms']} ms")
         st = d["steady"]
         lines.append(f"{r['backend']:<11} delta pull, 10 rows, {d['devices']} devices each every {st['period_s']} s "
-                     f"({st['pulls_per_s']} pulls/s): p50 {st['p50_ms']} ms, p95 {st['p95_ms']} ms")
+                     f"({st['pulls_per_s']} pulls/s): p50 {st['p50_ms']} ms, p95 {st['p95_ms']} ms"
+                     + (f" (in the server: p50 {st['server_p50_ms']} ms, p95 {st['server_p95_ms']} ms)"
+                        if "server_p95_ms" in st else ""))
         lines.append(f"{r['backend']:<11} delta pull, 10 rows, {d['devices']} devices at the same instant: "
                      f"p50 {d['p50_ms']} ms, p95 {d['p95_ms']} ms, max {d['max_ms']} ms")
         lines.append(f"{r['backend']:<11} push, batches of {p['batch']}: {p['mutations_per_s']} mutations/s "

@@ -192,3 +192,16 @@ def test_gzip_level_0_never_compresses(engine: Engine, settings: Settings, sessi
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get(f"{API}/stations?limit=100", headers=world.headers(world.supervisor) | {"accept-encoding": "gzip"})
     assert r.status_code == 200 and "content-encoding" not in r.headers and r.json()["count"] == 41
+
+
+def test_every_answer_tells_the_servers_own_time(client: TestClient, world: World, settings: Settings) -> None:
+    """`Server-Timing: app;dur=<ms>` on answers of every kind, refusals of the middleware included."""
+    h = world.headers(world.supervisor)
+    answers = [client.get(f"{API}/stations", headers=h), client.get(f"{API}/households/{random_id()}", headers=h),
+               client.get("/healthz"), client.get("/no/such/route"),
+               client.post(f"{API}/stations", content=_station_body(settings.max_body_bytes + 1),
+                           headers=h | {"content-type": "application/json"})]
+    assert [r.status_code for r in answers] == [200, 404, 200, 404, 413]
+    for r in answers:
+        name, _, duration = r.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(duration) < 60_000, r.headers["server-timing"]
