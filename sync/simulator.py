@@ -10,6 +10,8 @@ the same cursor, the queued mutations with the same ids (plus any made since).
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 import time
 import uuid
 from collections import Counter
@@ -74,6 +76,7 @@ class Handheld:
     client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     stats: Stats = field(default_factory=Stats)
     push_batch: int = 100  # mutations per push; the rest wait for the next one
+    gzip_push: bool = True  # send pushes gzipped, as the app does on a weak link (pages come gzipped anyway)
     cursor: str | None = None
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=_empty)
     queue: list[dict[str, Any]] = field(default_factory=list)
@@ -93,7 +96,7 @@ class Handheld:
         start = time.perf_counter()
         self.in_flight = op
         try:
-            response = await self.http.request(method, url, headers=self.headers, **kw)
+            response = await self.http.request(method, url, headers=self.headers | kw.pop("headers", {}), **kw)
         except httpx.TransportError as exc:
             self.stats.record(op, time.perf_counter() - start, type(exc).__name__)
             self.lost[op] += 1
@@ -199,7 +202,12 @@ class Handheld:
         body: dict[str, Any] = {"client_id": self.client_id, "schema_version": 1, "mutations": batch}
         if self.cursor:
             body["cursor"] = self.cursor
-        response = await self._send(PUSH, "POST", "/api/v1/sync/push", json=body)
+        if self.gzip_push:
+            response = await self._send(PUSH, "POST", "/api/v1/sync/push",
+                                        content=gzip.compress(json.dumps(body).encode(), compresslevel=1),
+                                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        else:
+            response = await self._send(PUSH, "POST", "/api/v1/sync/push", json=body)
         if response is None:
             return None
         answer: dict[str, Any] = response.json()
