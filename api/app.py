@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from api import __version__
 from api.console.views import pages_router as console_pages_router
@@ -18,7 +18,7 @@ from api.console.views import router as console_router
 from api.db import WalCheckpointer, make_engine, sqlite_file
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.fieldwork.views import router as fieldwork_router
-from api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from api.middleware import BodyLimitMiddleware, GZipResponses, MetricsMiddleware
 from api.network.views import router as network_router
 from api.notes.views import router as notes_router
 from api.notices.sms import SmsSender, make_sender
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         # Pull pages are JSON of 1-20 MB on a first sync; gzip at level 1 shrinks them about 5x for ~4 ms of CPU
         # per MB (docs/sync-protocol.md). Blob and audio bytes are served as they are: they are compressed
         # media already, and a compressed body would break the byte ranges a resumed download asks for.
-        app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=settings.gzip_level,
+        app.add_middleware(GZipResponses, minimum_size=GZIP_MIN_BYTES, compresslevel=settings.gzip_level,
                            exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"))
     app.add_middleware(MetricsMiddleware, registry=registry)
     install_error_handlers(app)

@@ -8,7 +8,9 @@ import zlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware, GZipResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
@@ -56,7 +58,7 @@ class BodyLimitMiddleware:
                 if declared > limit:
                     await self._refuse(send, 413, "payload_too_large", self._message(limit))
                     return
-        coding = _content_coding(scope)
+        coding = _content_coding(scope) if _has_body(scope) else None  # a GET's stray header changes nothing
         if coding is not None:
             upload = any(scope["path"].startswith(prefix) for prefix, _ in self.prefix_limits)
             if coding not in GZIP_CODINGS or upload:
@@ -89,8 +91,9 @@ class BodyLimitMiddleware:
         received = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before the body was complete: nobody to answer
+            if message["type"] != "http.request":  # the client went away: the app hears it as with a plain body
+                await self.app(scope, _replay(message), send)
+                return
             parts.append(message.get("body", b""))
             received += len(parts[-1])
             if received > limit:
@@ -98,20 +101,17 @@ class BodyLimitMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            body = decoder.decompress(b"".join(parts), limit + 1)
+            body = _gunzip(b"".join(parts), limit)
         except zlib.error:
-            body = None
-        if body is not None and len(body) > limit:
+            await self._refuse(send, 400, "invalid_encoding",
+                               "The request body is not complete gzip, as its Content-Encoding says.")
+            return
+        if body is None:
             await self._refuse(send, 413, "payload_too_large", self._message(limit) + " (after gzip decoding)")
             return
-        if body is None or not decoder.eof or decoder.unused_data:
-            await self._refuse(send, 400, "invalid_encoding",
-                               "The request body is not one complete gzip stream, as its Content-Encoding says.")
-            return
         headers = [(name, value) for name, value in scope["headers"]
-                   if name not in (b"content-encoding", b"content-length")]
+                   if name not in (b"content-encoding", b"content-length", b"transfer-encoding")]
         headers.append((b"content-length", str(len(body)).encode()))
         sent = False
 
@@ -139,21 +139,108 @@ class BodyLimitMiddleware:
 GZIP_CODINGS = ("gzip", "x-gzip")
 
 
+def _replay(message: Message) -> Receive:
+    """A `receive` that answers `message` (a disconnect) to whoever asks."""
+
+    async def receive() -> Message:
+        return message
+
+    return receive
+
+
+def _gunzip(data: bytes, limit: int) -> bytes | None:
+    """Decode gzip `data`, every member of it (RFC 1952 allows several back to back); None when it decodes
+    to more than `limit` bytes. zlib.error when it is not complete gzip."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = decoder.decompress(data, limit - size + 1)
+        size += len(chunk)
+        if size > limit:
+            return None
+        if not decoder.eof:
+            raise zlib.error("truncated gzip stream")
+        out.append(chunk)
+        data = decoder.unused_data
+        if not data:
+            return b"".join(out)
+
+
 def _content_coding(scope: Scope) -> str | None:
-    """The request body's Content-Encoding, lower case; None when absent or `identity`."""
+    """The request body's Content-Encoding, lower case, all header lines together (`gzip, br` for two
+    codings); None when absent or `identity`."""
+    codings = [coding for name, value in scope["headers"] if name == b"content-encoding"
+               for coding in (part.strip().lower() for part in value.decode("latin-1").split(","))
+               if coding not in ("", "identity")]
+    return ", ".join(codings) or None
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request says it carries a body (a length above 0, or chunks)."""
     for name, value in scope["headers"]:
-        if name == b"content-encoding":
-            coding = value.decode("latin-1").strip().lower()
-            return None if coding in ("", "identity") else coding
-    return None
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False
+
+
+class GZipResponses(GZipMiddleware):
+    """Starlette's gzip of responses, with what HTTP asks of a compressed representation: a strong ETag
+    names one encoding, so a gzipped answer's ETag is made weak (`W/`) and its `Accept-Ranges` dropped (a
+    range of the plain bytes must not be resumed onto gzipped ones, docs/sync-protocol.md); and a client that
+    refuses gzip (`gzip;q=0`) is not sent it, one that writes `GZip` is (Starlette looks for the word `gzip`
+    only). The compressing itself is Starlette's (`GZipResponder`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not accepts_gzip(Headers(scope=scope).get("accept-encoding", "")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_encoded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(raw=list(message.get("headers", ())))
+                if headers.get("content-encoding") == "gzip":
+                    etag = headers.get("etag")
+                    if etag and not etag.startswith("W/"):
+                        headers["etag"] = f"W/{etag}"
+                    if "accept-ranges" in headers:
+                        del headers["accept-ranges"]
+                    message = {**message, "headers": headers.raw}
+            await send(message)
+
+        responder = GZipResponder(self.app, self.minimum_size, compresslevel=self.compresslevel,
+                                  thread_minimum_size=self.thread_minimum_size,
+                                  exclude_content_types=self.exclude_content_types)
+        await responder(scope, receive, send_encoded)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value lists gzip with a quality above 0 (`gzip`, `GZip;q=0.5`; not
+    `gzip;q=0`, not absent)."""
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() != "gzip":
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 class MetricsMiddleware:
     """Count requests and time them by route template, method and status; tell the client the server's time.
 
-    Every answer carries `Server-Timing: app;dur=<ms>` (W3C Server Timing: browsers' developer tools show
-    it), the time from the request reaching the app to the answer starting, so a slow request can be told
-    apart from a slow network or a busy client.
+    Every answer of the app carries `Server-Timing: app;dur=<ms>` (W3C Server Timing: browsers' developer
+    tools show it), the time from the request reaching the app to the answer starting, so a slow request can
+    be told apart from a slow network or a busy client. (A crash's 500 is written by Starlette's outermost
+    handler, outside this middleware, and has none.)
     """
 
     def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
