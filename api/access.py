@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, or_, true
+from sqlalchemy import ColumnElement, exists, func, or_, true
 from sqlmodel import Session, SQLModel, col, select
 
 from api.deps import Page
@@ -48,6 +48,16 @@ def household_clause(user: User, column: Any) -> ColumnElement[bool]:
     if is_office(user):
         return true()
     return col(column).in_(grid_households(user))
+
+
+def household_row_clause(user: User, column: Any) -> ColumnElement[bool]:
+    """The test of `household_clause`, row by row: each row's household is looked up with its building in
+    the grid (two index probes), instead of the grid's whole household set being built first. Cheaper for a
+    few rows (a short sync delta: 5,000 households' ids are ~1 ms), far dearer for many."""
+    if is_office(user):
+        return true()
+    return exists().where(col(Household.id) == column, col(GridBuilding.building_id) == col(Household.building_id),
+                          col(GridBuilding.user_id) == user.id)
 
 
 def work_order_clause(user: User) -> ColumnElement[bool]:

@@ -18,7 +18,7 @@ from api.work_orders.models import Status
 from sync.models import MAX_LIMIT
 from tests.sync.conftest import District, server_rows
 from tests.sync.device import Device
-from tests.utils.factories import make_work_order
+from tests.utils.factories import make_reading, make_visit, make_work_order
 
 T0 = "2026-12-01T08:00:00+00:00"
 
@@ -323,3 +323,42 @@ def test_a_page_comes_gzipped_to_a_device_that_accepts_it(client: TestClient, di
     assert packed.headers["content-encoding"] == "gzip"
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
     assert packed.json()["changes"] == plain.json()["changes"] and packed.json()["changes"]["households"]["upserts"]
+
+
+@pytest.mark.parametrize("row_by_row", [True, False], ids=["row_by_row", "grid_set"])
+def test_a_stewards_delta_is_the_same_whichever_way_visibility_is_tested(
+        row_by_row: bool, client: TestClient, district: District, device: Callable[..., Device], engine: Engine,
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short delta tests each row's household against the grid one by one, a long one against the grid's
+    household set built once (sync/pull.py ROW_BY_ROW_BELOW); both must see exactly the same rows: in the
+    grid, the steward's own outside it, nothing else."""
+    from sync import pull as pull_module
+
+    monkeypatch.setattr(pull_module, "ROW_BY_ROW_BELOW", 10**9 if row_by_row else 0)
+    phone = device(district.steward1)
+    phone.pull()
+    d, s1, s2 = district, district.steward1, district.steward2
+    expected: set[str] = set()
+    for i in range(6):
+        mine_outside = make_reading(session, d.h3a, s1, temp_c=10 + i)  # own, outside the grid
+        in_grid = make_reading(session, d.h1b, s2, temp_c=20 + i)  # someone else's, in the grid
+        make_reading(session, d.h2a, s2, temp_c=30 + i)  # neither
+        expected |= {str(mine_outside.id), str(in_grid.id)}
+    visit = make_visit(session, d.h2a, s1)  # own visit outside the grid
+    make_visit(session, d.h3a, s2)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        before = {row_id for row_id in phone.rows["readings"]}
+        phone.pull()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert set(phone.rows["readings"]) - before == expected
+    assert str(visit.id) in phone.rows["visits"]
+    assert phone.rows == server_rows(client, d.headers(d.steward1))
+    delta = [s for s in statements if "FROM readings" in s and "ORDER BY readings.seq" in s]
+    assert delta and all(("EXISTS" in s) == row_by_row for s in delta), delta
