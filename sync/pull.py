@@ -59,11 +59,12 @@ class Feed:
     user: User
     office: bool
     head: int  # every change with seq <= head is committed; nothing above it is returned
+    # per table, for a steward's row-by-row tables: its rows from the cursor's seq on, counted up to
+    # ROW_BY_ROW_BELOW (None: not counted). A snapshot or a reset starts its delta at the head: nothing
+    # after it, whatever the count.
+    near: tuple[int | None, ...]
     dialect: str = "sqlite"
     newest: tuple[int | None, ...] = ()  # newest seq per table, then of the tombstones
-    # per table, for a steward's row-by-row tables: its rows from the cursor's seq on, counted up to
-    # ROW_BY_ROW_BELOW (None: not counted)
-    near: tuple[int | None, ...] = ()
 
 
 def new_snapshot(user: User, office: bool, head: int, client_id: uuid.UUID | None = None) -> Cursor:
@@ -268,7 +269,7 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
         spec = TABLES[t]
         c = spec.table.c
         shape = spec.wire(feed.dialect)
-        near = feed.near[t] if t < len(feed.near) else None
+        near = feed.near[t]
         if near is not None and near < ROW_BY_ROW_BELOW:
             assert spec.own is not None
             visible = or_(access.household_row_clause(feed.user, c.household_id), spec.own(feed.user))
@@ -388,7 +389,7 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
           or state.seq > head.seq or state.scope_seq > head.seq):
         state, reset = new_snapshot(user, office, head.seq), True
     feed = Feed(session=session, user=user, office=office, head=head.seq, dialect=session.connection().dialect.name,
-                newest=head.newest, near=head.near if not reset else ())
+                newest=head.newest, near=head.near)
     # Scope events up to the newest one read above are applied in one scope phase before the delta (later
     # ones, above this pull's watermark, wait for the next pull); also when this pull starts inside a
     # snapshot or a scope phase and reaches the delta, else it would end with has_more false while a grid
