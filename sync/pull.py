@@ -380,8 +380,10 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
     scope_after = state.scope_seq if state is not None and not office else 0
     near_after = state.seq if state is not None and not office and state.phase == DELTA else None
     head = _head(session, user, scope_after, near_after)
-    if purge_due(settings, head.purged_at) and maybe_purge(session=session, settings=settings):
-        head = _head(session, user, scope_after, near_after)
+    if purge_due(settings, head.purged_at):
+        session.commit()  # end the reads so far (autocommit in the service): the purge is one transaction
+        if maybe_purge(session=session, settings=settings):
+            head = _head(session, user, scope_after, near_after)
     reset = False
     if state is None:
         state = new_snapshot(user, office, head.seq)

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.db import reads_without_transaction
 from api.deps import OfficeUser, PageDep, SessionDep, SettingsDep, TokenDep, authenticate
 from api.errors import Conflict, Unprocessable
 from sync import service
@@ -62,6 +63,7 @@ async def pull(session: SessionDep, settings: SettingsDep, token: TokenDep,
     """One page of changes after the cursor."""
 
     def work() -> Response:  # the sign-in check and the page in one thread hop (a pull is a hot path)
+        reads_without_transaction(session)  # a pull reads; its purge, when due, commits this first
         user = authenticate(session, settings, token, release=False)
         check_version(schema_version)
         size = DEFAULT_LIMIT if limit is None else limit

@@ -81,6 +81,13 @@ def build_district(session: Session, settings: Settings) -> District:
                     admin, wo1, wo2, wo3, visit1, reading1, note1, notice1, notice2)
 
 
+def autocommit(conn: Any) -> bool:
+    """Whether a connection's driver runs each statement on its own, outside a transaction (psycopg's
+    `autocommit`, sqlite3 with no isolation level)."""
+    raw = conn.connection.dbapi_connection
+    return bool(raw.autocommit) if conn.dialect.name == "postgresql" else raw.isolation_level is None
+
+
 @pytest.fixture
 def district(session: Session, settings: Settings) -> District:
     return build_district(session, settings)

@@ -16,7 +16,7 @@ from api.db import utcnow
 from api.fieldwork.models import Reading, Visit
 from api.work_orders.models import Status
 from sync.models import MAX_LIMIT
-from tests.sync.conftest import District, server_rows
+from tests.sync.conftest import District, autocommit, server_rows
 from tests.sync.device import Device
 from tests.utils.factories import make_reading, make_visit, make_work_order
 
@@ -362,3 +362,29 @@ def test_a_stewards_delta_is_the_same_whichever_way_visibility_is_tested(
     assert phone.rows == server_rows(client, d.headers(d.steward1))
     delta = [s for s in statements if "FROM readings" in s and "ORDER BY readings.seq" in s]
     assert delta and all(("EXISTS" in s) == row_by_row for s in delta), delta
+
+
+def test_a_pull_reads_outside_a_transaction(client: TestClient, district: District, engine: Engine,
+                                            device: Callable[..., Device]) -> None:
+    """A pull only reads, each statement correct on its own snapshot: on PostgreSQL it saves the `BEGIN` and
+    the `ROLLBACK` of a transaction, two round trips per pull. A push still writes in one transaction."""
+    d = district
+    steward = device(d.steward1)
+    steward.pull()
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append((statement.split(None, 1)[0].upper(), autocommit(conn)))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        steward.pull()
+        pulled = list(seen)
+        seen.clear()
+        steward.update("work_orders", str(d.wo1.id), status=Status.in_progress.value)
+        steward.push()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert pulled and {verb for verb, _ in pulled} == {"SELECT"}
+    assert all(autocommit for _, autocommit in pulled)
+    assert any(verb == "UPDATE" for verb, _ in seen) and not any(autocommit for _, autocommit in seen)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, func, select
 
 from api.db import utcnow
 from api.settings import Settings
 from sync.models import ScopeEvent, Tombstone
 from sync.retention import maybe_purge, purge
-from tests.sync.conftest import District, server_rows
+from tests.sync.conftest import District, autocommit, server_rows
 from tests.sync.device import Device
 
 
@@ -113,11 +114,23 @@ def test_pulls_purge_expired_tombstones_by_themselves(client: TestClient, distri
             tomb.deleted_at = utcnow() - timedelta(days=d.settings.sync_tombstone_retention_days + 1)
             s.add(tomb)
         s.commit()
+    deletes: list[bool] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("DELETE"):
+            deletes.append(autocommit(conn))
+
     app = create_app(d.settings.model_copy(update={"sync_purge_interval_minutes": 0.0001}), engine=engine)
-    with TestClient(app) as later:
-        fresh = Device(http=later, headers=d.headers(d.steward1))
-        fresh.pull()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with TestClient(app) as later:
+            fresh = Device(http=later, headers=d.headers(d.steward1))
+            fresh.pull()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
     assert _count(engine, Tombstone) == 0
+    # The pull reads outside a transaction; its purge (the claim, the deletes, the new purge position) is one.
+    assert deletes and not any(deletes)
 
 
 def test_a_purge_of_the_seq_a_cursor_stopped_inside_gets_a_reset(client: TestClient, district: District,
