@@ -109,6 +109,16 @@ def promote_waiting(engine: Engine, settings: Settings) -> list[uuid.UUID]:
         after = page[-1][1], page[-1][0]
 
 
+def promote_audio(engine: Engine, sha256: str) -> list[uuid.UUID]:
+    """Queue the transcripts that waited for this audio blob, just uploaded; the ids queued. (The sweep of
+    `promote_waiting` still finds any this misses: a note that arrived after its audio, a lost call.)"""
+    with Session(engine) as session:
+        waiting = session.exec(select(Transcript.id).join(Note, col(Note.id) == Transcript.id)
+                               .where(col(Note.audio_sha256) == sha256,
+                                      col(Transcript.status) == TranscriptState.waiting_audio)).all()
+    return _promote(engine, list(waiting))
+
+
 def _waiting_page(engine: Engine, after: tuple[datetime, uuid.UUID] | None
                   ) -> list[tuple[uuid.UUID, datetime, str]]:
     """(id, created_at, audio sha256) of the next waiting transcripts after `after`, oldest first."""

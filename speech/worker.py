@@ -145,9 +145,19 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
         worker.start()
     app.state.speech_worker = worker
     app.state.speech_deferrer = Deferrer(settings)
+
+    def audio_arrived(sha256: str) -> None:  # a voice note's job starts with its upload, not the next sweep
+        for transcript_id in jobs.promote_audio(engine, sha256):
+            notify_queued(app.state, transcript_id)
+
+    blobs = getattr(app.state, "blobs", None)
+    if blobs is not None:
+        blobs.listeners.append(audio_arrived)
     try:
         yield
     finally:
+        if blobs is not None:
+            blobs.listeners.remove(audio_arrived)
         if worker is not None:
             worker.close()
         app.state.speech_deferrer.close()

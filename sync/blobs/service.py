@@ -68,11 +68,22 @@ class Blobs:
     staging: Path
     max_bytes: int
     partial_ttl_s: float = 7 * 24 * 3600
+    # Called with the hash, in a worker thread, each time an upload completes a blob (speech queues the voice
+    # notes that waited for it). A failing listener is logged; the upload has succeeded anyway.
+    listeners: list[Callable[[str], object]] = field(default_factory=list)
     _expired_at: float = field(default=0.0, init=False, repr=False)  # monotonic time of the last sweep
 
     def __post_init__(self) -> None:
         (self.staging / "partial").mkdir(parents=True, exist_ok=True)
         (self.staging / "tmp").mkdir(parents=True, exist_ok=True)
+
+    async def completed(self, sha256: str) -> None:
+        """Tell the listeners that this upload completed the blob."""
+        for listener in self.listeners:
+            try:
+                await anyio.to_thread.run_sync(listener, sha256)
+            except Exception:
+                log.exception("a listener of blob %s failed", sha256)
 
     def expire_partials(self, now: float | None = None) -> int:
         """Delete uploads untouched for `partial_ttl_s` (a device that gave up, a phone that was replaced),

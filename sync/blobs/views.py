@@ -44,6 +44,8 @@ async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUse
     """Upload a whole blob; 201 when new, 200 when it was already there."""
     declared = _int_header(request.headers.get("content-length"), "Content-Length")
     created = await blobs.put(sha256, request.stream(), declared)
+    if created:
+        await blobs.completed(sha256)
     return Response(status_code=201 if created else 200, headers={"ETag": f'"{sha256}"'})
 
 
@@ -60,6 +62,8 @@ async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: Current
                          code="offset_required")
     length = _int_header(upload_length, "Upload-Length")
     new_offset, state = await blobs.append(sha256, offset, length, request.stream())
+    if state == "completed":
+        await blobs.completed(sha256)
     status = {"partial": 204, "completed": 201, "stored": 200}[state]
     return Response(status_code=status, headers={"Upload-Offset": str(new_offset)})
 

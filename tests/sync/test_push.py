@@ -756,3 +756,28 @@ def test_a_gzipped_push_applies_exactly_once(client: TestClient, district: Distr
     again = client.post("/api/v1/sync/push", content=body, headers=headers)
     assert again.status_code == 200 and {r["status"] for r in again.json()["results"]} == {"duplicate"}
     assert _count(engine, Reading) == before + 50
+
+
+def test_a_voice_note_pushed_before_its_audio_is_queued_by_the_upload(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Recorded offline, the row goes up with a push and the audio after it: the upload that completes the
+    audio queues the transcription (no wait for the workers' sweep), and the next pull says so."""
+    import hashlib
+
+    from speech import jobs
+
+    audio = b"RIFF voice note bytes"
+    sha = hashlib.sha256(audio).hexdigest()
+    phone = device(district.steward1)
+    phone.pull()
+    note_id = phone.create("notes", audio_sha256=sha, duration_s=3.0, recorded_at=T0,
+                           household_id=str(district.h1a.id))
+    assert _statuses(phone.push()) == [("applied", None)]
+    phone.pull()
+    assert phone.rows["notes"][note_id]["transcript_status"] == "none"  # no audio on the server yet
+    put = client.put(f"/api/v1/blobs/{sha}", content=audio, headers=district.headers(district.steward1))
+    assert put.status_code == 201, put.text
+    phone.pull()
+    # Queued at once, and the app's embedded worker may already have tried these bytes (not audio): failed.
+    assert phone.rows["notes"][note_id]["transcript_status"] in ("pending", "running", "failed")
+    assert jobs.promote_waiting(engine, district.settings) == []  # nothing left for the sweep

@@ -189,3 +189,31 @@ def test_blobs_go_as_stored_even_to_clients_that_accept_gzip(client: TestClient,
                    headers=headers | {"content-encoding": "gzip"})
     assert r.status_code == 415 and r.json()["detail"]["code"] == "unsupported_encoding"
     assert client.head(URL.format(_sha(other)), headers=headers).status_code == 404
+
+
+def test_listeners_hear_of_each_upload_that_completes_a_blob(client: TestClient, headers: dict[str, str],
+                                                             photo: bytes) -> None:
+    """A whole PUT and the last chunk of a resumable upload complete a blob; a repeated PUT, a chunk short of
+    the end and a refused body do not. A listener that fails is logged and the upload still succeeds."""
+    heard: list[str] = []
+    blobs = client.app.state.blobs  # type: ignore[attr-defined]
+
+    def failing(sha256: str) -> None:
+        raise RuntimeError("listener down")
+
+    blobs.listeners += [failing, heard.append]
+    try:
+        whole = hashlib.sha256(photo).hexdigest()
+        assert client.put(URL.format(whole), content=photo, headers=headers).status_code == 201
+        assert client.put(URL.format(whole), content=photo, headers=headers).status_code == 200
+        assert client.put(URL.format("0" * 64), content=photo, headers=headers).status_code == 400
+        resumed = photo[::-1]
+        sha = hashlib.sha256(resumed).hexdigest()
+        first = client.patch(URL.format(sha), content=resumed[:1000],
+                             headers=headers | {"Upload-Offset": "0", "Upload-Length": str(len(resumed))})
+        assert first.status_code == 204 and heard == [whole]
+        last = client.patch(URL.format(sha), content=resumed[1000:], headers=headers | {"Upload-Offset": "1000"})
+        assert last.status_code == 201
+    finally:
+        del blobs.listeners[-2:]
+    assert heard == [whole, sha]
