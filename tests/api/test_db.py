@@ -57,6 +57,82 @@ def test_a_checkpoint_copies_the_committed_log_into_the_database(tmp_path: Path)
     plain.dispose()
 
 
+def _log_frames(engine: object) -> int:
+    """Frames in the write-ahead log (a PASSIVE checkpoint, which copies them and says how many there are)."""
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        return int(conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()[1])
+
+
+def test_a_long_log_starts_again_from_its_beginning_between_two_writes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer restarts the log only if it begins with every frame copied. Under steady writes each
+    checkpoint ends while the next write is under way, whose commit adds frames: the log only grew, until a
+    commit paid for a checkpoint itself. The checkpointer now waits (never blocking anyone) for the moment
+    between two writes, and the write after it starts the log again from its beginning."""
+    import sqlite3
+    import threading
+    import time
+
+    monkeypatch.setattr("api.db.WAL_RESTART_FRAMES", 30)
+    monkeypatch.setattr("api.db.WAL_RESTART_TRIES", 200)  # up to a second for the writer below to commit
+    engine = make_engine(_settings(tmp_path))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+        for n in range(40):
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 3000 + str(n)})
+        writing = threading.Event()
+
+        def write_under_way() -> None:  # another request's write, in progress while the checkpoint runs
+            other = sqlite3.connect(tmp_path / "steward.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO t (v) VALUES (?)", ("y" * 3000,))
+            writing.set()
+            time.sleep(0.05)
+            other.execute("COMMIT")
+            other.close()
+
+        writer = threading.Thread(target=write_under_way)
+        writer.start()
+        assert writing.wait(5)
+        busy, frames, copied = WalCheckpointer(engine, interval_s=60).run_once() or (1, 0, -1)
+        writer.join()
+        assert busy == 0 and copied == frames > 30
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t (v) VALUES ('next')"))
+        assert _log_frames(engine) < 10  # the next write went to the log's beginning
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 42
+    finally:
+        engine.dispose()
+
+
+def test_the_checkpointer_never_waits_for_a_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    monkeypatch.setattr("api.db.WAL_RESTART_FRAMES", 30)
+    engine = make_engine(_settings(tmp_path))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+        for n in range(40):
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 3000 + str(n)})
+        reader = sqlite3.connect(tmp_path / "steward.db", isolation_level=None)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (40,)  # reading from the log
+        busy, frames, copied = WalCheckpointer(engine, interval_s=60).run_once() or (1, 0, -1)
+        assert busy == 0 and copied == frames > 30  # copied; the restart gave up rather than wait
+        with engine.connect() as conn:  # and the engine's connections wait for locks as before
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 5000
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (40,)
+        reader.execute("COMMIT")
+        reader.close()
+    finally:
+        engine.dispose()
+
+
 def test_a_failed_checkpoint_is_logged_and_the_thread_goes_on(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     broken = create_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'steward.db'}")
