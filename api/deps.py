@@ -82,7 +82,8 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
 def authenticate(session: Session, settings: Settings, token: str | None, *, release: bool) -> User:
     """`get_current_user` as a plain call, for hot async routes that run their whole work in one thread
     hop (the sync pull and push) instead of one hop for the user and another for the route; those keep
-    the connection (`release=False`) and read the user in the same transaction as the work."""
+    the connection (`release=False`) and read the user on it before the work (a push in its transaction, a
+    pull outside any: `api.db.reads_without_transaction`)."""
     if not token:
         raise Unauthorized("Sign in first: send `Authorization: Bearer <token>` from /api/v1/auth/token.",
                            code="not_authenticated")
