@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from api.app import create_app
 from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, sqlite_file
@@ -34,14 +34,19 @@ def test_commits_leave_checkpoints_to_the_thread_unless_it_is_off(tmp_path: Path
     assert _autocheckpoint(_settings(tmp_path, sqlite_checkpoint_interval_s=0)) == 1000  # SQLite's own
 
 
+def _write_rows(engine: Engine, rows: int, size: int) -> None:
+    """A table `t` and `rows` commits of one row of about `size` bytes each: a log of that many pages or so."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+    for n in range(rows):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * size + str(n)})
+
+
 def test_a_checkpoint_copies_the_committed_log_into_the_database(tmp_path: Path) -> None:
     engine = make_engine(_settings(tmp_path))
     try:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
-        for n in range(20):
-            with engine.begin() as conn:
-                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 2000 + str(n)})
+        _write_rows(engine, 20, 2000)
         checkpointer = WalCheckpointer(engine, interval_s=60)
         busy, frames, copied = checkpointer.run_once() or (1, 0, -1)
         assert busy == 0 and frames > 20 and copied == frames  # nothing was reading: all of it
@@ -57,9 +62,9 @@ def test_a_checkpoint_copies_the_committed_log_into_the_database(tmp_path: Path)
     plain.dispose()
 
 
-def _log_frames(engine: object) -> int:
+def _log_frames(engine: Engine) -> int:
     """Frames in the write-ahead log (a PASSIVE checkpoint, which copies them and says how many there are)."""
-    with engine.connect() as conn:  # type: ignore[attr-defined]
+    with engine.connect() as conn:
         return int(conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()[1])
 
 
@@ -77,11 +82,7 @@ def test_a_long_log_starts_again_from_its_beginning_between_two_writes(tmp_path:
     monkeypatch.setattr("api.db.WAL_RESTART_TRIES", 200)  # up to a second for the writer below to commit
     engine = make_engine(_settings(tmp_path))
     try:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
-        for n in range(40):
-            with engine.begin() as conn:
-                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 3000 + str(n)})
+        _write_rows(engine, 40, 3000)
         writing = threading.Event()
 
         def write_under_way() -> None:  # another request's write, in progress while the checkpoint runs
@@ -114,11 +115,7 @@ def test_the_checkpointer_never_waits_for_a_reader(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr("api.db.WAL_RESTART_FRAMES", 30)
     engine = make_engine(_settings(tmp_path))
     try:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
-        for n in range(40):
-            with engine.begin() as conn:
-                conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "x" * 3000 + str(n)})
+        _write_rows(engine, 40, 3000)
         reader = sqlite3.connect(tmp_path / "steward.db", isolation_level=None)
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM t").fetchone() == (40,)  # reading from the log
