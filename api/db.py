@@ -136,8 +136,8 @@ class WalCheckpointer:
         return int(busy), int(frames), int(copied)
 
     @staticmethod
-    def _restart(conn: Any) -> bool:
-        """Start the log again from its beginning, without ever making anyone wait long; whether it did.
+    def _restart(conn: Any) -> None:
+        """Start the log again from its beginning, without ever making anyone wait long.
 
         A writer restarts the log only when its transaction begins with every frame copied, which under a
         steady stream of writes rarely happens: each checkpoint finishes while the next write is under way.
@@ -151,9 +151,8 @@ class WalCheckpointer:
         try:
             for _ in range(WAL_RESTART_TRIES):
                 if conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)").one()[0] == 0:
-                    return True
+                    return
                 time.sleep(0.005)
-            return False
         finally:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(waited)}")
 

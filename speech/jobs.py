@@ -113,25 +113,27 @@ def promote_audio(engine: Engine, sha256: str) -> list[uuid.UUID]:
     """Queue the transcripts that waited for this audio blob, just uploaded; the ids queued. (The sweep of
     `promote_waiting` still finds any this misses: a note that arrived after its audio, a lost call.)"""
     with Session(engine) as session:
-        waiting = session.exec(select(Transcript.id).join(Note, col(Note.id) == Transcript.id)
-                               .where(col(Note.audio_sha256) == sha256,
-                                      col(Transcript.status) == TranscriptState.waiting_audio)).all()
+        waiting = session.exec(_waiting(Transcript.id).where(col(Note.audio_sha256) == sha256)).all()
     return _promote(engine, list(waiting))
+
+
+def _waiting(*columns: Any) -> Any:
+    """A select of `columns` over the transcripts whose note's audio has not arrived (Note joined)."""
+    return (select(*columns).join(Note, col(Note.id) == Transcript.id)
+            .where(col(Transcript.status) == TranscriptState.waiting_audio))
 
 
 def _waiting_page(engine: Engine, after: tuple[datetime, uuid.UUID] | None
                   ) -> list[tuple[uuid.UUID, datetime, str]]:
     """(id, created_at, audio sha256) of the next waiting transcripts after `after`, oldest first."""
-    stmt = (select(Transcript.id, Transcript.created_at, Note.audio_sha256)
-            .join(Note, col(Note.id) == Transcript.id)
-            .where(col(Transcript.status) == TranscriptState.waiting_audio))
+    stmt = _waiting(Transcript.id, Transcript.created_at, Note.audio_sha256)
     if after is not None:
         created, last = after
         stmt = stmt.where(or_(col(Transcript.created_at) > created,
                               (col(Transcript.created_at) == created) & (col(Transcript.id) > last)))
     with Session(engine) as session:
         rows = session.exec(stmt.order_by(col(Transcript.created_at), col(Transcript.id)).limit(PROMOTE_PAGE))
-        return [tuple(row) for row in rows.all()]  # type: ignore[misc]
+        return [tuple(row) for row in rows.all()]
 
 
 def _promote(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:

@@ -264,9 +264,9 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
         return state, True
     want = page.room + 1
     items: list[tuple[int, int, str, Any]] = []
-    changed = [t for t in range(len(TABLES)) if _may_have_items(feed.newest[t], state, t)]
-    for t in changed:
-        spec = TABLES[t]
+    for t, spec in enumerate(TABLES):
+        if not _may_have_items(feed.newest[t], state, t):
+            continue
         c = spec.table.c
         shape = spec.wire(feed.dialect)
         near = feed.near[t]
