@@ -4,6 +4,7 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -235,6 +236,12 @@ def test_the_queue_survives_a_worker_killed_mid_job(engine: Engine, session: Ses
         finally:
             worker.close()
     assert done.attempts == 2
-    assert done.text.count("501") == 2 and done.text.count("进水阀") == 2
+    # One whole transcript, nothing kept of the killed attempt: segments in order without overlap, to the end
+    # of the recording. (Not the exact words: what Whisper base hears in this call depends on the CPU, and a
+    # window can come back decoded by sampling; tests/speech/test_pipeline.py checks recognition.)
+    spans = [(s["start"], s["end"]) for s in done.segments]
+    assert all(a[1] <= b[0] + 0.01 for a, b in itertools.pairwise(spans)), spans
+    assert done.duration_s is not None and spans[-1][1] >= done.duration_s - 3, (spans, done.duration_s)
+    assert done.text == "".join(s["text"] for s in done.segments) != "", done.segments
     with Session(engine) as s:
         assert s.get(Note, transcript_id).transcript_status.value == "done"  # type: ignore[union-attr]

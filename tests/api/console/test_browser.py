@@ -180,11 +180,14 @@ def test_supervisor_reviews_a_call_and_a_steward_sees_numbers_masked(server: str
     http, office, tid = case["http"], case["office"], case["transcript_id"]
     segments = case["detail"]["segments"]
     assert len(segments) >= 2, segments  # the fixture is cut into several segments
-    # A three-character word (the search goes through the trigram index). The call says both twice; Whisper
-    # base has been seen to drop a sentence of this call once in many runs (a window decoded again by
-    # sampling), which is the speech tests' business (tests/speech), not the console's.
+    # A three-character word (the search goes through the trigram index): a glossary term the call says twice,
+    # else three characters of what Whisper heard. What it hears depends on the CPU (CTranslate2's kernels
+    # differ by instruction set), and on one CI machine a 30 s window came back as one garbled sentence (a
+    # window decoded again by sampling): recognition is the speech tests' business (tests/speech), not the
+    # console's.
     word = next((w for w in ("进水阀", "排气阀") if any(w in s["text"] for s in segments)), None)
-    assert word is not None, segments
+    if word is None:
+        word = next(m.group()[:3] for s in segments if (m := re.search(r"[\u4e00-\u9fff]{3,}", s["text"])))
     # what Whisper base typically mishears in this call, and the fix; else a word of the search
     fixes = [(wrong, right) for wrong, right in MISHEARD if any(wrong in s["text"] for s in segments)]
     wrong, right = fixes[0] if fixes else (word, f"{word}门")
