@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -35,8 +36,35 @@ def utcnow() -> datetime:
 
 
 def new_id() -> uuid.UUID:
-    """A random UUID; clients may create ids offline with the same scheme."""
-    return uuid.uuid4()
+    """A time-ordered UUIDv7 (RFC 9562): Unix milliseconds first, then a counter and random bits. Devices create
+    ids offline with the same scheme (docs/sync-protocol.md); any UUID is accepted. Ids that grow with time
+    insert at the end of a primary-key index: a push of 500 readings dirties a few index pages instead of
+    one random page per row (README, push benchmark)."""
+    return _uuid7()
+
+
+_V7_FLAGS = (7 << 76) | (0b10 << 62)  # version 7, RFC variant
+_v7_lock = threading.Lock()
+_v7_last = (0, 0)  # (milliseconds, counter) of the last id
+
+
+def _uuid7() -> uuid.UUID:
+    """The method of Python 3.14's `uuid.uuid7` (RFC 9562 §6.2 method 1): 48 bits of milliseconds, a 42-bit counter that
+    starts at a random value each millisecond and counts up within it, 32 random bits. Ids made one after
+    the other sort in order; a burst borrows the next millisecond only when its counter runs out (the
+    `uuid6` package borrows one for every id made in the same millisecond: 10,000 ids, 10 s ahead)."""
+    global _v7_last
+    tail = int.from_bytes(os.urandom(10))
+    with _v7_lock:
+        ms, counter = time.time_ns() // 1_000_000, (tail >> 32) & 0x1FF_FFFF_FFFF  # counter's top bit clear
+        last_ms, last_counter = _v7_last
+        if ms <= last_ms:
+            ms, counter = last_ms, last_counter + 1
+            if counter > 0x3FF_FFFF_FFFF:  # 42 bits used up: the next millisecond
+                ms, counter = ms + 1, 0
+        _v7_last = (ms, counter)
+    value = (ms << 80) | ((counter >> 30) << 64) | ((counter & 0x3FFF_FFFF) << 32) | (tail & 0xFFFF_FFFF)
+    return uuid.UUID(int=value | _V7_FLAGS)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

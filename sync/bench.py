@@ -293,13 +293,16 @@ async def _steady(base: str, headers: dict[str, str], cursor: str, devices: int,
 
 
 def _push_batches(base: str, headers: dict[str, str], households: list[str], visits: dict[str, int],
-                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES
+                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES, *, random_ids: bool = False
                   ) -> tuple[float, int, dict[str, int], list[float]]:
     """Sequential pushes of `size` mutations: 80 % new readings, 20 % visit edits. The first `warmup` batches
     are not timed: a worker's first push compiles and prepares its statements (about 0.2 s, once per
-    process), which says nothing about its rate."""
+    process), which says nothing about its rate. New rows get time-ordered UUIDv7 ids, as the protocol asks
+    of devices; `random_ids` gives them random UUIDv4 ids instead (a device that ignores that)."""
     import httpx
     import orjson
+
+    from api.db import new_id
 
     client_id, mutation_id, total = str(uuid.uuid4()), 0, 0.0
     statuses: dict[str, int] = {}
@@ -316,7 +319,7 @@ def _push_batches(base: str, headers: dict[str, str], households: list[str], vis
                                       "base_version": visits[visit], "fields": {"actions": f"push {mutation_id}"}})
                 else:
                     mutations.append({"mutation_id": mutation_id, "table": "readings", "op": "upsert",
-                                      "id": str(uuid.uuid4()), "base_version": None,
+                                      "id": str(uuid.uuid4() if random_ids else new_id()), "base_version": None,
                                       "fields": {"household_id": households[n % len(households)],
                                                  "taken_at": "2026-12-01T08:00:00+00:00", "temp_c": 19.5}})
             body = orjson.dumps({"client_id": client_id, "schema_version": 1, "mutations": mutations})
@@ -332,6 +335,17 @@ def _push_batches(base: str, headers: dict[str, str], households: list[str], vis
                 if m["table"] == "visits" and result["version"]:
                     visits[m["id"]] = result["version"]
     return total, batches * size, statuses, each
+
+
+def _push_result(secs: float, count: int, statuses: dict[str, int], each: list[float], *, batch: int
+                 ) -> dict[str, Any]:
+    median = _percentile(each, 0.5)
+    return {"mutations": count, "batch": batch, "warmup_batches": PUSH_WARMUP_BATCHES,
+            "seconds": round(secs, 3), "batch_ms": [round(t * 1000, 1) for t in each],
+            "mutations_per_s": round(count / secs),
+            # the typical batch, unmoved by a stall of the machine (one 1 s batch in 40 has been seen)
+            "median_batch_ms": round(median * 1000, 1), "mutations_per_s_at_median_batch": round(batch / median),
+            "statuses": statuses}
 
 
 def run_backend(backend: Backend, *, households: int, history: int, devices: int, rounds: int, batches: int,
@@ -442,18 +456,11 @@ def run_backend(backend: Backend, *, households: int, history: int, devices: int
             log(f"[{backend.name}] delta with {devices} devices: {out['delta_10_rows']}")
             out["server_memory_after_delta"] = server.memory()
             visits = {str(v[0]): v[1] for v in visit_rows[10:] or visit_rows}
-            secs, count, statuses, each = _push_batches(server.base, headers, grid_households, visits, batches,
-                                                        batch_size)
-            median = _percentile(each, 0.5)
-            out["push"] = {"mutations": count, "batch": batch_size, "warmup_batches": PUSH_WARMUP_BATCHES,
-                           "seconds": round(secs, 3), "batch_ms": [round(t * 1000, 1) for t in each],
-                           "mutations_per_s": round(count / secs),
-                           # the typical batch, unmoved by a stall of the machine (one 1 s batch in 40 has been seen)
-                           "median_batch_ms": round(median * 1000, 1),
-                           "mutations_per_s_at_median_batch": round(batch_size / median),
-                           "statuses": statuses}
-            log(f"[{backend.name}] push: {count / secs:.0f} mutations/s {statuses}, "
-                f"ms per batch {out['push']['batch_ms']}")
+            for key, random_ids in (("push", False), ("push_random_ids", True)):
+                out[key] = _push_result(*_push_batches(server.base, headers, grid_households, visits, batches,
+                                                       batch_size, random_ids=random_ids), batch=batch_size)
+                log(f"[{backend.name}] {key}: {out[key]['mutations_per_s']} mutations/s {out[key]['statuses']}, "
+                    f"ms per batch {out[key]['batch_ms']}")
             out["server_memory_end"] = server.memory()
             out["load_average_at_end"] = list(os.getloadavg())
         finally:
@@ -477,7 +484,7 @@ def _table(results: list[dict[str, Any]]) -> str:
             wire = f"{m['wire_bytes'] / 1e6:>14.1f}" if "wire_bytes" in m else ""
             lines.append(f"{r['backend']:<11} {label:<36} {m['records']:>8} {m['bytes'] / 1e6:>7.1f} "
                          f"{m['seconds']:>8.3f} {ratio:>10} {wire}".rstrip())
-        d, p = r["delta_10_rows"], r["push"]
+        d = r["delta_10_rows"]
         lines.append(f"{r['backend']:<11} delta pull, 10 rows, one device: p50 {d['single_device_p50_ms']} ms, "
                      f"p95 {d['single_device_p95_ms']} ms")
         st = d["steady"]
@@ -487,9 +494,13 @@ def _table(results: list[dict[str, Any]]) -> str:
                         if "server_p95_ms" in st else ""))
         lines.append(f"{r['backend']:<11} delta pull, 10 rows, {d['devices']} devices at the same instant: "
                      f"p50 {d['p50_ms']} ms, p95 {d['p95_ms']} ms, max {d['max_ms']} ms")
-        lines.append(f"{r['backend']:<11} push, batches of {p['batch']}: {p['mutations_per_s']} mutations/s "
-                     f"({p['mutations']} in {p['seconds']} s; median batch {p['median_batch_ms']} ms, "
-                     f"{p['mutations_per_s_at_median_batch']}/s, slowest {max(p['batch_ms'])} ms)")
+        for key, ids in (("push", "UUIDv7 ids"), ("push_random_ids", "random UUIDv4 ids")):
+            if key in r:
+                p = r[key]
+                lines.append(f"{r['backend']:<11} push, batches of {p['batch']}, {ids}: {p['mutations_per_s']} "
+                             f"mutations/s ({p['mutations']} in {p['seconds']} s; median batch "
+                             f"{p['median_batch_ms']} ms, {p['mutations_per_s_at_median_batch']}/s, slowest "
+                             f"{max(p['batch_ms'])} ms)")
         m0, m1, m2 = r["server_memory_start"], r["server_memory_after_first_sync"], r["server_memory_end"]
         lines.append(f"{r['backend']:<11} server RSS: {m0['rss_kib'] // 1024} MiB at start, peak "
                      f"{m1['peak_kib'] // 1024} MiB after first syncs, {m2['peak_kib'] // 1024} MiB at the end")

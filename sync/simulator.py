@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from api.db import new_id
 from sync.registry import TABLES
 
 TABLE_NAMES = [t.name for t in TABLES]
@@ -177,8 +178,8 @@ class Handheld:
             apply_mutation(self.rows, m)
 
     def create(self, table: str, **fields: Any) -> dict[str, Any]:
-        """Queue a new row (the device makes its id)."""
-        return self._queue(table, "upsert", str(uuid.uuid4()), fields)
+        """Queue a new row (the device makes its id: a time-ordered UUIDv7, as the protocol asks)."""
+        return self._queue(table, "upsert", str(new_id()), fields)
 
     def update(self, table: str, row_id: str, **fields: Any) -> dict[str, Any]:
         """Queue a change of a row the device holds."""

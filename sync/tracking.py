@@ -22,7 +22,7 @@ from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session
 from sqlmodel import select as orm_select
 
-from api.db import BOOKKEEPING_FIELDS, utcnow
+from api.db import BOOKKEEPING_FIELDS, new_id, utcnow
 from api.network.models import Building
 from api.users.models import GridBuilding
 from api.work_orders.models import WorkOrder
@@ -252,7 +252,7 @@ def before_bulk_write(state: Any) -> None:
         events: Table = ScopeEvent.__table__  # type: ignore[attr-defined]
         now = utcnow()
         session.connection().execute(insert(events), [
-            {"id": uuid.uuid4(), "seq": seq, "user_id": u, "kind": "building", "key_id": b, "created_at": now}
+            {"id": new_id(), "seq": seq, "user_id": u, "kind": "building", "key_id": b, "created_at": now}
             for u, b in links])
         return
     assert spec is not None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from api.app import create_app
-from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, sqlite_file
+from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, new_id, sqlite_file
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 
@@ -171,3 +174,25 @@ def test_no_checkpointer_for_an_app_handed_an_engine_or_with_it_off(tmp_path: Pa
                                  proactive_interval_minutes=0, speech_queue="off"), sms_sender=LoggingSender())
     with TestClient(memory):
         assert memory.state.wal_checkpointer is None  # an in-memory database has no log
+
+
+def test_new_ids_are_time_ordered_uuid7() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert all(type(i) is uuid.UUID and i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == len(ids)
+    # made one after the other, they sort in the order they were made, as UUIDs and as the text in the database
+    assert ids == sorted(ids) and [i.hex for i in ids] == sorted(i.hex for i in ids)
+    # the first 48 bits are the Unix time in milliseconds: a burst counts within the millisecond, never ahead
+    assert before <= ids[0].int >> 80 <= ids[-1].int >> 80 <= after
+
+
+def test_new_ids_from_several_threads_are_unique_and_each_thread_s_in_order() -> None:
+    def make() -> list[uuid.UUID]:
+        return [new_id() for _ in range(5000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: make(), range(4)))
+    assert all(ids == sorted(ids) for ids in made)
+    assert len({i for ids in made for i in ids}) == 4 * 5000

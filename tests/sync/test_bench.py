@@ -32,6 +32,8 @@ def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert sqlite["delta_10_rows"]["rows_per_pull"] == [10]
     steady = sqlite["delta_10_rows"]["steady"]
     assert 0 < steady["server_p50_ms"] <= steady["server_p95_ms"] and steady["server_p50_ms"] <= steady["p50_ms"]
-    assert sqlite["push"]["statuses"] == {"applied": 100}  # the untimed first batch is not counted
-    assert len(sqlite["push"]["batch_ms"]) == 2 and sqlite["push"]["median_batch_ms"] in sqlite["push"]["batch_ms"]
+    for key in ("push", "push_random_ids"):  # new readings with UUIDv7 ids, then with random ones
+        assert sqlite[key]["statuses"] == {"applied": 100}  # the untimed first batch is not counted
+        assert len(sqlite[key]["batch_ms"]) == 2 and sqlite[key]["median_batch_ms"] in sqlite[key]["batch_ms"]
+    assert "UUIDv7 ids" in result.output and "random UUIDv4 ids" in result.output
     assert sqlite["server_memory_end"]["peak_kib"] > 0
