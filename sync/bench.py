@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -292,24 +293,45 @@ async def _steady(base: str, headers: dict[str, str], cursor: str, devices: int,
     return latencies, server
 
 
+@dataclass
+class _Pushes:
+    """The timed batches of one kind of ids."""
+
+    seconds: float = 0.0
+    mutations: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    each: list[float] = field(default_factory=list)  # seconds per batch: one slow batch (a checkpoint) shows here
+
+    def result(self, batch: int) -> dict[str, Any]:
+        median = _percentile(self.each, 0.5)
+        return {"mutations": self.mutations, "batch": batch, "warmup_batches": PUSH_WARMUP_BATCHES,
+                "seconds": round(self.seconds, 3), "batch_ms": [round(t * 1000, 1) for t in self.each],
+                "mutations_per_s": round(self.mutations / self.seconds),
+                # the typical batch, unmoved by a stall of the machine (one 1 s batch in 40 has been seen)
+                "median_batch_ms": round(median * 1000, 1),
+                "mutations_per_s_at_median_batch": round(batch / median), "statuses": self.statuses}
+
+
 def _push_batches(base: str, headers: dict[str, str], households: list[str], visits: dict[str, int],
-                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES, *, random_ids: bool = False
-                  ) -> tuple[float, int, dict[str, int], list[float]]:
+                  batches: int, size: int, warmup: int = PUSH_WARMUP_BATCHES, *,
+                  random_ids: tuple[bool, ...] = (False,)) -> dict[bool, _Pushes]:
     """Sequential pushes of `size` mutations: 80 % new readings, 20 % visit edits. The first `warmup` batches
     are not timed: a worker's first push compiles and prepares its statements (about 0.2 s, once per
     process), which says nothing about its rate. New rows get time-ordered UUIDv7 ids, as the protocol asks
-    of devices; `random_ids` gives them random UUIDv4 ids instead (a device that ignores that)."""
+    of devices, or random UUIDv4 ids (a device that ignores that): batch i takes `random_ids[i % n]`, so two
+    kinds alternate batch by batch and share the same moment of the server (one after the other, the second
+    ran on a warmer server). The timed batches, by kind."""
     import httpx
     import orjson
 
     from api.db import new_id
 
-    client_id, mutation_id, total = str(uuid.uuid4()), 0, 0.0
-    statuses: dict[str, int] = {}
-    each: list[float] = []  # seconds per timed batch: one slow batch (a checkpoint, a pause) shows here
+    client_id, mutation_id = str(uuid.uuid4()), 0
+    timed = {kind: _Pushes() for kind in random_ids}
     visit_ids = list(visits)
     with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
-        for batch in range(warmup + batches):
+        for batch in range(warmup + batches * len(random_ids)):
+            kind = random_ids[batch % len(random_ids)]
             mutations: list[dict[str, Any]] = []
             for n in range(size):
                 mutation_id += 1
@@ -319,33 +341,25 @@ def _push_batches(base: str, headers: dict[str, str], households: list[str], vis
                                       "base_version": visits[visit], "fields": {"actions": f"push {mutation_id}"}})
                 else:
                     mutations.append({"mutation_id": mutation_id, "table": "readings", "op": "upsert",
-                                      "id": str(uuid.uuid4() if random_ids else new_id()), "base_version": None,
+                                      "id": str(uuid.uuid4() if kind else new_id()), "base_version": None,
                                       "fields": {"household_id": households[n % len(households)],
                                                  "taken_at": "2026-12-01T08:00:00+00:00", "temp_c": 19.5}})
             body = orjson.dumps({"client_id": client_id, "schema_version": 1, "mutations": mutations})
             start = time.perf_counter()
             response = client.post("/api/v1/sync/push", content=body, headers={"content-type": "application/json"})
-            if batch >= warmup:
-                each.append(time.perf_counter() - start)
-                total += each[-1]
+            took = time.perf_counter() - start
             response.raise_for_status()
+            pushes = timed[kind] if batch >= warmup else None
+            if pushes is not None:
+                pushes.each.append(took)
+                pushes.seconds += took
+                pushes.mutations += size
             for result, m in zip(orjson.loads(response.content)["results"], mutations, strict=True):
-                if batch >= warmup:
-                    statuses[result["status"]] = statuses.get(result["status"], 0) + 1
+                if pushes is not None:
+                    pushes.statuses[result["status"]] = pushes.statuses.get(result["status"], 0) + 1
                 if m["table"] == "visits" and result["version"]:
                     visits[m["id"]] = result["version"]
-    return total, batches * size, statuses, each
-
-
-def _push_result(secs: float, count: int, statuses: dict[str, int], each: list[float], *, batch: int
-                 ) -> dict[str, Any]:
-    median = _percentile(each, 0.5)
-    return {"mutations": count, "batch": batch, "warmup_batches": PUSH_WARMUP_BATCHES,
-            "seconds": round(secs, 3), "batch_ms": [round(t * 1000, 1) for t in each],
-            "mutations_per_s": round(count / secs),
-            # the typical batch, unmoved by a stall of the machine (one 1 s batch in 40 has been seen)
-            "median_batch_ms": round(median * 1000, 1), "mutations_per_s_at_median_batch": round(batch / median),
-            "statuses": statuses}
+    return timed
 
 
 def run_backend(backend: Backend, *, households: int, history: int, devices: int, rounds: int, batches: int,
@@ -456,9 +470,10 @@ def run_backend(backend: Backend, *, households: int, history: int, devices: int
             log(f"[{backend.name}] delta with {devices} devices: {out['delta_10_rows']}")
             out["server_memory_after_delta"] = server.memory()
             visits = {str(v[0]): v[1] for v in visit_rows[10:] or visit_rows}
-            for key, random_ids in (("push", False), ("push_random_ids", True)):
-                out[key] = _push_result(*_push_batches(server.base, headers, grid_households, visits, batches,
-                                                       batch_size, random_ids=random_ids), batch=batch_size)
+            pushes = _push_batches(server.base, headers, grid_households, visits, batches, batch_size,
+                                   random_ids=(False, True))
+            for key, kind in (("push", False), ("push_random_ids", True)):
+                out[key] = pushes[kind].result(batch_size)
                 log(f"[{backend.name}] {key}: {out[key]['mutations_per_s']} mutations/s {out[key]['statuses']}, "
                     f"ms per batch {out[key]['batch_ms']}")
             out["server_memory_end"] = server.memory()
@@ -517,8 +532,9 @@ def bench_sync(
     devices: Annotated[int, typer.Option(min=1, help="Concurrent devices for the delta pull.")] = 100,
     rounds: Annotated[int, typer.Option(min=1, help="Delta rounds (each: 10 changes, then every device pulls).")]
     = 5,
-    batches: Annotated[int, typer.Option(min=1, help="Timed push batches (after one untimed). 40 x 500 is "
-                                                   "about 4 s: long enough for a rate, not a warm-up.")] = 40,
+    batches: Annotated[int, typer.Option(min=1, help="Timed push batches per kind of ids, UUIDv7 and random "
+                                                   "UUIDv4 taking turns (after one untimed). 40 x 500 is about "
+                                                   "4 s: long enough for a rate, not a warm-up.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Mutations per push.")] = 500,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     period: Annotated[float, typer.Option(min=0.05, help="Steady delta test: seconds between a device's pulls.")]
