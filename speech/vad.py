@@ -24,11 +24,15 @@ class SpeechGroup:
         return float(self.timestamps.get_original_time(t, is_end=is_end))
 
 
-def speech_groups(audio: np.ndarray, *, max_group_s: float = float("inf")) -> Iterator[SpeechGroup]:
-    """The speech in `audio`, in groups of at most `max_group_s` seconds (nothing for silence)."""
+def speech_groups(audio: np.ndarray, *, max_group_s: float = float("inf"), min_silence_ms: int = 2000,
+                  max_chunk_s: float = float("inf")) -> Iterator[SpeechGroup]:
+    """The speech in `audio`, in groups of at most `max_group_s` seconds (nothing for silence); a chunk of
+    speech longer than that is a group of its own. A pause of `min_silence_ms` ends a chunk (2 s: Silero's
+    default); a chunk longer than `max_chunk_s` is cut at its last short pause before that."""
     from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
 
-    chunks = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
+    options = VadOptions(min_silence_duration_ms=min_silence_ms, max_speech_duration_s=max_chunk_s)
+    chunks = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
     group: list[dict[str, int]] = []
     length = 0
     limit = max_group_s * SAMPLE_RATE

@@ -10,7 +10,8 @@ import numpy as np
 
 from speech.audio import SAMPLE_RATE
 from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
-from speech.vad import SpeechGroup, speech_groups
+from speech.engines.decoding import decode_groups
+from speech.vad import speech_groups
 
 
 class FasterWhisperTranscriber:
@@ -32,21 +33,18 @@ class FasterWhisperTranscriber:
         groups = list(speech_groups(audio))
         info = TranscriptionInfo(language=options.language or "", duration=len(audio) / SAMPLE_RATE,
                                  duration_after_vad=sum(len(g.audio) for g in groups) / SAMPLE_RATE)
-        return self._segments(groups, options), info
+        return decode_groups(groups, lambda speech: self._decode(speech, options)), info
 
-    def _segments(self, groups: list[SpeechGroup], options: DecodeOptions) -> Iterator[Segment]:
-        for group in groups:
-            segments, _ = self._model.transcribe(
-                group.audio, language=options.language, beam_size=options.beam_size,
-                best_of=options.beam_size, temperature=list(options.temperatures), hotwords=options.hotwords,
-                word_timestamps=options.word_timestamps, vad_filter=False)
-            for s in segments:
-                words = None
-                if s.words:
-                    words = tuple(Word(group.original_time(w.start), group.original_time(w.end, is_end=True),
-                                       w.word, w.probability) for w in s.words)
-                yield Segment(start=group.original_time(s.start), end=group.original_time(s.end, is_end=True),
-                              text=s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob, words=words)
+    def _decode(self, audio: np.ndarray, options: DecodeOptions) -> Iterator[Segment]:
+        """Segments of speech `audio`, times in it."""
+        segments, _ = self._model.transcribe(
+            audio, language=options.language, beam_size=options.beam_size, best_of=options.beam_size,
+            temperature=list(options.temperatures), hotwords=options.hotwords,
+            word_timestamps=options.word_timestamps, vad_filter=False)
+        for s in segments:
+            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in s.words) if s.words else None
+            yield Segment(start=s.start, end=s.end, text=s.text, avg_logprob=s.avg_logprob,
+                          no_speech_prob=s.no_speech_prob, words=words)
 
     def close(self) -> None:
         self._model = None

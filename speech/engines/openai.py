@@ -10,7 +10,8 @@ import numpy as np
 
 from speech.audio import SAMPLE_RATE
 from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
-from speech.vad import SpeechGroup, speech_groups
+from speech.engines.decoding import decode_groups
+from speech.vad import speech_groups
 
 # openai-whisper decodes 30 s windows; feeding it at most that much speech at a time makes the
 # stream lazy (one group decoded per step) without changing what a window sees.
@@ -42,23 +43,20 @@ class OpenAIWhisperTranscriber:
         groups = list(speech_groups(audio, max_group_s=GROUP_SECONDS))
         info = TranscriptionInfo(language=options.language or "", duration=len(audio) / SAMPLE_RATE,
                                  duration_after_vad=sum(len(g.audio) for g in groups) / SAMPLE_RATE)
-        return self._segments(groups, options), info
+        return decode_groups(groups, lambda speech: self._decode(speech, options)), info
 
-    def _segments(self, groups: list[SpeechGroup], options: DecodeOptions) -> Iterator[Segment]:
-        for group in groups:
-            result = self._whisper.transcribe(
-                self._model, group.audio, language=options.language, beam_size=options.beam_size,
-                best_of=options.beam_size, temperature=options.temperatures, initial_prompt=options.hotwords,
-                carry_initial_prompt=bool(options.hotwords), word_timestamps=options.word_timestamps,
-                fp16=self._device != "cpu", verbose=None)
-            for s in result["segments"]:
-                words = None
-                if s.get("words"):
-                    words = tuple(Word(group.original_time(w["start"]), group.original_time(w["end"], is_end=True),
-                                       w["word"], w["probability"]) for w in s["words"])
-                yield Segment(start=group.original_time(s["start"]),
-                              end=group.original_time(s["end"], is_end=True), text=s["text"],
-                              avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"], words=words)
+    def _decode(self, audio: np.ndarray, options: DecodeOptions) -> list[Segment]:
+        """Segments of speech `audio`, times in it."""
+        result = self._whisper.transcribe(
+            self._model, audio, language=options.language, beam_size=options.beam_size,
+            best_of=options.beam_size, temperature=options.temperatures, initial_prompt=options.hotwords,
+            carry_initial_prompt=bool(options.hotwords), word_timestamps=options.word_timestamps,
+            fp16=self._device != "cpu", verbose=None)
+        return [Segment(start=s["start"], end=s["end"], text=s["text"], avg_logprob=s["avg_logprob"],
+                        no_speech_prob=s["no_speech_prob"],
+                        words=tuple(Word(w["start"], w["end"], w["word"], w["probability"]) for w in s["words"])
+                        if s.get("words") else None)
+                for s in result["segments"]]
 
     def close(self) -> None:
         self._model = None

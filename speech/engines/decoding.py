@@ -1,0 +1,89 @@
+"""What both engines do with the groups of speech VAD found: decode each, find the speech a window lost and
+decode it again in short pieces, and give the times back in the original recording.
+
+Whisper decodes 30 s windows. Now and then a window comes back as one short sentence stamped over the whole
+window: when every decode at temperature 0 fails its checks (a repeated sentence looks like a loop to the
+compression-ratio check), the fallback samples, and the pick among the failed results prefers a short
+sample. Seen once in CI, on a CPU whose int8 kernels decoded differently: 25 s of a 33 s call became
+"供暖管家您好，3号楼耳单家公知。". Both engines share the rule here: a segment of at least
+`MIN_SPAN_S` seconds of speech (silence was removed before decoding) that holds fewer than `MAX_RATE`
+characters a second is decoded again in pieces of at most `PIECE_S` seconds cut at pauses; the pieces
+replace it when they hold more text. The hotline clips of the speech benchmark are spoken at 3.7-4.9
+characters per second of speech, so the rule leaves a slow speaker well alone; a window that lost most of its
+speech falls far under it (the CI window: 14 characters in 30 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from speech.audio import SAMPLE_RATE
+from speech.engines.base import Segment
+from speech.vad import SpeechGroup, speech_groups
+
+log = logging.getLogger(__name__)
+
+MIN_SPAN_S = 8.0
+MAX_RATE = 1.0  # characters per second of speech
+PIECE_S = 10.0
+PIECE_SILENCE_MS = 300  # a pause this long may cut a piece (VAD's default, 2 s, rarely occurs inside a window)
+
+_NOT_SPOKEN = re.compile(r"[\W_]+")  # punctuation and spaces: what a speaker does not say
+
+
+def spoken_chars(text: str) -> int:
+    return len(_NOT_SPOKEN.sub("", text))
+
+
+def is_dropout(segment: Segment) -> bool:
+    """Too little text for its stretch of speech."""
+    span = segment.end - segment.start
+    return span >= MIN_SPAN_S and spoken_chars(segment.text) < MAX_RATE * span
+
+
+def decode_groups(groups: Iterable[SpeechGroup], decode: Callable[[np.ndarray], Iterable[Segment]]
+                  ) -> Iterator[Segment]:
+    """The segments of every group, dropouts decoded again, times in the original recording. `decode` gives
+    the segments of speech audio, times in that audio (an engine's one call into its model)."""
+    for group in groups:
+        for s in recover(decode(group.audio), group.audio, decode):
+            yield _shifted(s, 0.0, group)
+
+
+def recover(segments: Iterable[Segment], audio: np.ndarray,
+            decode: Callable[[np.ndarray], Iterable[Segment]]) -> Iterator[Segment]:
+    """`segments` of `audio` (times in `audio`), with each dropout replaced by `decode` of its pieces when that
+    gives more text. `decode` returns the segments of a piece, times in the piece."""
+    for segment in segments:
+        if not is_dropout(segment):
+            yield segment
+            continue
+        first, last = int(segment.start * SAMPLE_RATE), int(segment.end * SAMPLE_RATE)
+        again: list[Segment] = []
+        for piece in speech_groups(audio[first:last], max_group_s=PIECE_S, min_silence_ms=PIECE_SILENCE_MS,
+                                   max_chunk_s=PIECE_S):
+            again.extend(_shifted(s, segment.start, piece) for s in decode(piece.audio))
+        recovered = sum(spoken_chars(s.text) for s in again)
+        log.warning("a %.1f s stretch of speech came back as %d characters (%r); decoded again in pieces: %d",
+                    segment.end - segment.start, spoken_chars(segment.text), segment.text, recovered)
+        if recovered > spoken_chars(segment.text):
+            yield from again
+        else:
+            yield segment
+
+
+def _shifted(segment: Segment, offset: float, piece: SpeechGroup) -> Segment:
+    """A segment of a group's audio with times in the audio the group was cut from (`offset` seconds into
+    it)."""
+    def at(t: float, is_end: bool = False) -> float:
+        return offset + piece.original_time(t, is_end=is_end)
+
+    words = None
+    if segment.words:
+        words = tuple(replace(w, start=at(w.start), end=at(w.end, is_end=True)) for w in segment.words)
+    return replace(segment, start=at(segment.start), end=at(segment.end, is_end=True), words=words)
