@@ -49,10 +49,12 @@ _v7_last = (0, 0)  # (milliseconds, counter) of the last id
 
 
 def _uuid7() -> uuid.UUID:
-    """The method of Python 3.14's `uuid.uuid7` (RFC 9562 §6.2 method 1): 48 bits of milliseconds, a 42-bit counter that
-    starts at a random value each millisecond and counts up within it, 32 random bits. Ids made one after
-    the other sort in order; a burst borrows the next millisecond only when its counter runs out (the
-    `uuid6` package borrows one for every id made in the same millisecond: 10,000 ids, 10 s ahead)."""
+    """The method of Python 3.14's `uuid.uuid7` (RFC 9562 §6.2 method 1): 48 bits of milliseconds, a 42-bit
+    counter that starts at a random value each millisecond and counts up within it, 32 random bits. Ids made
+    one after the other sort in order; a burst borrows the next millisecond only when its counter runs out
+    (the `uuid6` package borrows one for every id made in the same millisecond: 10,000 ids, 10 s ahead).
+    Two details differ from 3.14's, both within the RFC: a counter that runs out starts the next millisecond
+    at 0, and a clock that steps back keeps counting on the last millisecond."""
     global _v7_last
     tail = int.from_bytes(os.urandom(10))
     with _v7_lock:

@@ -3,14 +3,16 @@ decode it again in short pieces, and give the times back in the original recordi
 
 Whisper decodes 30 s windows. Now and then a window comes back as one short sentence stamped over the whole
 window: when every decode at temperature 0 fails its checks (a repeated sentence looks like a loop to the
-compression-ratio check), the fallback samples, and the pick among the failed results prefers a short
-sample. Seen once in CI, on a CPU whose int8 kernels decoded differently: 25 s of a 33 s call became
+compression-ratio check), the fallback samples at higher temperatures, and among the failed results the
+pick prefers any under the compression-ratio limit, whatever its log-probability: a short wrong sentence
+is. Seen once in CI, on a CPU whose int8 kernels decoded differently: 25 s of a 33 s call became
 "供暖管家您好，3号楼耳单家公知。". Both engines share the rule here: a segment of at least
 `MIN_SPAN_S` seconds of speech (silence was removed before decoding) that holds fewer than `MAX_RATE`
 characters a second is decoded again in pieces of at most `PIECE_S` seconds cut at pauses; the pieces
-replace it when they hold more text. The hotline clips of the speech benchmark are spoken at 3.7-4.9
-characters per second of speech, so the rule leaves a slow speaker well alone; a window that lost most of its
-speech falls far under it (the CI window: 14 characters in 30 s).
+replace it when they hold more text (leaving out what Whisper itself would call silence). The hotline clips
+of the speech benchmark are spoken at 3.7-4.9 characters per second of speech, so the rule leaves a slow
+speaker well alone; a window that lost most of its speech falls far under it (the CI window: 14 characters
+in 30 s).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MIN_SPAN_S = 8.0
 MAX_RATE = 1.0  # characters per second of speech
 PIECE_S = 10.0
 PIECE_SILENCE_MS = 300  # a pause this long may cut a piece (VAD's default, 2 s, rarely occurs inside a window)
+NO_SPEECH_PROB, LOG_PROB_THRESHOLD = 0.6, -1.0  # Whisper's defaults for "this window was silence"
 
 _NOT_SPOKEN = re.compile(r"[\W_]+")  # punctuation and spaces: what a speaker does not say
 
@@ -67,14 +70,34 @@ def recover(segments: Iterable[Segment], audio: np.ndarray,
         again: list[Segment] = []
         for piece in speech_groups(audio[first:last], max_group_s=PIECE_S, min_silence_ms=PIECE_SILENCE_MS,
                                    max_chunk_s=PIECE_S):
-            again.extend(_shifted(s, segment.start, piece) for s in decode(piece.audio))
+            seconds = len(piece.audio) / SAMPLE_RATE
+            again.extend(_shifted(_within(s, seconds), segment.start, piece) for s in decode(piece.audio)
+                         if not _silence(s))
         recovered = sum(spoken_chars(s.text) for s in again)
-        log.warning("a %.1f s stretch of speech came back as %d characters (%r); decoded again in pieces: %d",
-                    segment.end - segment.start, spoken_chars(segment.text), segment.text, recovered)
+        # lengths only: the text is a resident's words (docs/security.md)
+        log.warning("a %.1f s stretch of speech came back as %d characters; decoded again in pieces: %d",
+                    segment.end - segment.start, spoken_chars(segment.text), recovered)
         if recovered > spoken_chars(segment.text):
             yield from again
         else:
             yield segment
+
+
+def _silence(segment: Segment) -> bool:
+    """Whisper's own rule for a window that held no speech (what it says there is made up): likely no speech
+    and a low confidence. A piece of noise VAD let through must not win on its made-up text."""
+    return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOG_PROB_THRESHOLD
+
+
+def _within(segment: Segment, seconds: float) -> Segment:
+    """`segment` with its times inside [0, `seconds`]: a piece's last timestamp can run past its end."""
+    def clamp(t: float) -> float:
+        return min(max(t, 0.0), seconds)
+
+    words = None
+    if segment.words:
+        words = tuple(replace(w, start=clamp(w.start), end=clamp(w.end)) for w in segment.words)
+    return replace(segment, start=clamp(segment.start), end=clamp(segment.end), words=words)
 
 
 def _shifted(segment: Segment, offset: float, piece: SpeechGroup) -> Segment:

@@ -116,11 +116,14 @@
     var m = Math.floor(seconds / 60), s = seconds - m * 60;
     return (m < 10 ? "0" : "") + m + ":" + (s < 10 ? "0" : "") + s.toFixed(1);
   }
+  // An id's last 8 hex digits: ids are time-ordered UUIDv7, whose first digits are the same for everything
+  // made within a minute; the last are random.
+  function shortId(id) { return String(id).slice(-8); }
   function person(id) {
     var p = id && state.people[id];
-    return p ? (p.full_name || p.username) : (id ? "用户 " + String(id).slice(0, 8) : "系统");
+    return p ? (p.full_name || p.username) : (id ? "用户 " + shortId(id) : "系统");
   }
-  function orderLink(id, text) { return el("a", { href: "#/wo/" + id }, text || "工单 " + String(id).slice(0, 8)); }
+  function orderLink(id, text) { return el("a", { href: "#/wo/" + id }, text || "工单 " + shortId(id)); }
 
   /* The text around the first hit of q, the hit in <mark>; the start of the text when there is none. */
   function snippet(text, q) {
@@ -505,10 +508,10 @@
         } catch (e) { box.checked = !box.checked; if (e.status !== 401) say("标记失败：" + e.message, "error"); }
         box.disabled = false;
       });
-      var record = c.table_name === "work_orders" ? orderLink(c.row_id, "工单 " + c.row_id.slice(0, 8)) : label("table", c.table_name) + " " + c.row_id.slice(0, 8);
+      var record = c.table_name === "work_orders" ? orderLink(c.row_id, "工单 " + shortId(c.row_id)) : label("table", c.table_name) + " " + shortId(c.row_id);
       rows.appendChild(el("tr", { dataset: { id: c.id } },
         el("td", null, when(c.created_at)),
-        el("td", null, person(c.user_id), el("div", { className: "hint" }, "设备 " + c.client_id.slice(0, 8) + " · 第 " + c.mutation_id + " 次修改")),
+        el("td", null, person(c.user_id), el("div", { className: "hint" }, "设备 " + shortId(c.client_id) + " · 第 " + c.mutation_id + " 次修改")),
         el("td", null, record, c.field ? el("div", { className: "hint" }, "字段 " + c.field) : null),
         el("td", null, label("conflict_kind", c.kind)),
         el("td", { className: c.winner === "server" ? "winner" : "" }, value(c.server_value)),

@@ -309,6 +309,8 @@ def test_supervisor_reviews_a_call_and_a_steward_sees_numbers_masked(server: str
             expect(line).to_contain_text("in_progress")
             expect(line).to_contain_text("assigned")
             expect(line).to_contain_text("设备")
+            # the order by its id's last 8 digits: the first 8 of a UUIDv7 are the same for a whole minute
+            expect(line.locator(f'a[href="#/wo/{case["order_id"]}"]')).to_have_text(f"工单 {case['order_id'][-8:]}")
             line.locator("input[type=checkbox]").check()
             expect(line).to_contain_text("客服主管")
             marked = http.get("/api/v1/sync/conflicts", params={"reviewed": "true"}, headers=office).json()

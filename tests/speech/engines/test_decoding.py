@@ -52,9 +52,9 @@ def test_pieces_are_decoded_again_and_kept_only_when_they_hold_more_text(leak_au
         calls.append(seconds)
         if len(calls) == 1:  # the whole group: one garbled sentence over all of it
             yield segment(0.0, seconds, CI_DROPOUT)
-        else:  # a piece: a sentence over its first half, another over its second
+        else:  # a piece: a sentence over its first half, another over its second, stamped 2 s past its end
             yield segment(0.0, seconds / 2, "排气的时候先关上进水阀。")
-            yield segment(seconds / 2, seconds, "用排气钥匙慢慢拧开排气阀。")
+            yield segment(seconds / 2, seconds + 2, "用排气钥匙慢慢拧开排气阀。")
 
     audio = np.concatenate([silence(3), leak_audio, silence(1), valve_audio, silence(1), leak_audio])
     groups = list(speech_groups(audio))
@@ -75,6 +75,19 @@ def test_pieces_are_decoded_again_and_kept_only_when_they_hold_more_text(leak_au
         yield segment(0.0, len(audio) / SAMPLE_RATE, CI_DROPOUT if len(calls) == 1 else "嗯。")
 
     kept = list(decode_groups(groups, decode_worse))  # the pieces hold less: the first decode stays
+    assert [s.text for s in kept] == [CI_DROPOUT] and len(calls) >= 3
+
+    calls.clear()
+
+    def decode_made_up(audio: np.ndarray) -> Iterator[Segment]:
+        calls.append(len(audio) / SAMPLE_RATE)
+        if len(calls) == 1:
+            yield segment(0.0, len(audio) / SAMPLE_RATE, CI_DROPOUT)
+        else:  # long text where Whisper itself says there was no speech: made up, never preferred
+            yield Segment(start=0.0, end=len(audio) / SAMPLE_RATE, text="谢谢观看，请订阅我们的频道。" * 3,
+                          avg_logprob=-1.4, no_speech_prob=0.9)
+
+    kept = list(decode_groups(groups, decode_made_up))
     assert [s.text for s in kept] == [CI_DROPOUT] and len(calls) >= 3
 
 
