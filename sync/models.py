@@ -158,7 +158,8 @@ class Mutation(BaseModel):
     mutation_id: int = PydanticField(ge=1, le=2**62)
     table: str = PydanticField(max_length=64)
     op: str = PydanticField(max_length=16)
-    id: str = PydanticField(max_length=64)
+    id: str = PydanticField(max_length=64, description="The row's UUID. A new row's id is made by the device, "
+                            "preferably a time-ordered UUIDv7 (docs/sync-protocol.md, Ids); any UUID is accepted.")
     base_version: int | None = PydanticField(default=None, ge=1, le=2**62)
     fields: dict[str, Any] = PydanticField(default_factory=dict)
 
