@@ -91,21 +91,17 @@ def _silence(segment: Segment) -> bool:
 
 def _within(segment: Segment, seconds: float) -> Segment:
     """`segment` with its times inside [0, `seconds`]: a piece's last timestamp can run past its end."""
-    def clamp(t: float) -> float:
-        return min(max(t, 0.0), seconds)
-
-    words = None
-    if segment.words:
-        words = tuple(replace(w, start=clamp(w.start), end=clamp(w.end)) for w in segment.words)
-    return replace(segment, start=clamp(segment.start), end=clamp(segment.end), words=words)
+    return _retimed(segment, lambda t, is_end=False: min(max(t, 0.0), seconds))
 
 
 def _shifted(segment: Segment, offset: float, piece: SpeechGroup) -> Segment:
     """A segment of a group's audio with times in the audio the group was cut from (`offset` seconds into
     it)."""
-    def at(t: float, is_end: bool = False) -> float:
-        return offset + piece.original_time(t, is_end=is_end)
+    return _retimed(segment, lambda t, is_end=False: offset + piece.original_time(t, is_end=is_end))
 
+
+def _retimed(segment: Segment, at: Callable[..., float]) -> Segment:
+    """`segment` and its words with every time t replaced by `at(t)` (`is_end=True` for an end)."""
     words = None
     if segment.words:
         words = tuple(replace(w, start=at(w.start), end=at(w.end, is_end=True)) for w in segment.words)
