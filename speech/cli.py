@@ -24,16 +24,20 @@ def _timestamp(seconds: float) -> str:
 
 
 def transcript_json(file: str, transcript: Any, *, redact: bool) -> dict[str, Any]:
-    """The CLI's JSON object for one transcribed file."""
-    from speech.redact import redact_text
+    """The CLI's JSON object for one transcribed file (with `redact`, numbers masked as the API masks them
+    for users without the view_pii right: a number split between two segments is masked in both)."""
+    from speech.pipeline import segment_separator
+    from speech.redact import redact_joined, redact_parts
 
-    def clean(text: str) -> str:
-        return redact_text(text) if redact else text
-
+    texts = [s.text for s in transcript.segments]
+    text = transcript.text
+    if redact:
+        separator = segment_separator(transcript.language)
+        texts, text = redact_parts(texts, separator), redact_joined(texts, separator)
     return {"file": file, "engine": transcript.engine, "model": transcript.model, "language": transcript.language,
-            "duration": transcript.duration, "text": clean(transcript.text),
-            "segments": [{"start": round(s.start, 2), "end": round(s.end, 2), "text": clean(s.text)}
-                         for s in transcript.segments]}
+            "duration": transcript.duration, "text": text,
+            "segments": [{"start": round(s.start, 2), "end": round(s.end, 2), "text": shown}
+                         for s, shown in zip(transcript.segments, texts, strict=True)]}
 
 
 def transcribe(

@@ -24,7 +24,8 @@ from api.settings import Settings
 from speech.audio import AudioDecodeError, decode_audio
 from speech.glossary import categorize, load_glossary
 from speech.models import Call, Transcript, TranscriptState
-from speech.redact import redact_text
+from speech.pipeline import segment_separator
+from speech.redact import redact_joined
 from speech.storage import audio_file, audio_stored
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
                  "avg_logprob": round(s.avg_logprob, 4), "no_speech_prob": round(s.no_speech_prob, 4)}
                 for s in result.segments]
     categories = categorize(result.text, load_glossary(settings.speech_glossary))
+    masked = redact_joined([s.text for s in result.segments], segment_separator(result.language))
     now = utcnow()
     with Session(engine) as session:
         transcript = session.get(Transcript, transcript_id)
@@ -295,7 +297,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
         # instead of opening a second one (or losing it, had the transcript been committed first).
         draft_id = transcript.draft_work_order_id
         if settings.speech_draft_work_orders and note.kind == NoteKind.call_recording:
-            draft_id = _open_draft_work_order(session, settings, note, categories, result.text) or draft_id
+            draft_id = _open_draft_work_order(session, settings, note, categories, masked) or draft_id
         if not _record(session, transcript_id, attempt, "transcribed", status=TranscriptState.transcribed,
                        failure_reason=None, lease_until=None, engine=result.engine, model=result.model,
                        language=result.language, duration_s=result.duration, text=result.text, segments=segments,
@@ -305,7 +307,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
         # The note's copy travels to handhelds through sync: stewards' devices get it masked.
         note = _note_status(session, transcript_id, TranscriptStatus.done)
         if note is not None:
-            note.transcript_text = redact_text(result.text)
+            note.transcript_text = masked
             note.transcript_language = result.language
         session.commit()
     return TranscriptState.transcribed
@@ -317,8 +319,9 @@ def draft_work_order_id(note_id: uuid.UUID) -> uuid.UUID:
 
 
 def _open_draft_work_order(session: Session, settings: Settings, note: Note, categories: list[str],
-                           text: str) -> uuid.UUID | None:
-    """A call about a leak or a cold home opens a work order (status new) for its household; its id."""
+                           masked: str) -> uuid.UUID | None:
+    """A call about a leak or a cold home opens a work order (status new) for its household; its id. `masked`
+    is the transcript's text with personal numbers masked."""
     from api.users.models import User
     from api.work_orders import service as work_orders
     from api.work_orders.models import Category, Source, WorkOrder, WorkOrderCreate
@@ -335,7 +338,7 @@ def _open_draft_work_order(session: Session, settings: Settings, note: Note, cat
         log.warning("call %s opened no draft work order: its uploader no longer exists", note.id)
         return None
     data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
-                           category=Category(category), description=f"[来电转写草稿] {redact_text(text)}"[:4000],
+                           category=Category(category), description=f"[来电转写草稿] {masked}"[:4000],
                            caller_phone=call.caller_phone[:20] if call else None)
     try:
         work_orders.create(session=session, settings=settings, user=author, data=data)

@@ -18,7 +18,8 @@ _DIGIT_RUN = re.compile("[零〇幺一二三四五六七八九]{3,}")
 _UNITS = "号|楼|栋|幢|单元|层|室|月|日|度"
 # A room number: digits right after "<digits>单元" (or 号楼, 楼, 栋, 幢), then the character heard for 室.
 _ROOM = re.compile(r"(\d+(?:单元|号楼|楼|栋|幢))(\d{2,4})([\u4e00-\u9fff])")
-_CARDINAL = re.compile(rf"(?<![零〇一二三四五六七八九十百两第])([一二三四五六七八九十两]{{1,4}})(?={_UNITS})")
+# Not right after a digit: 13800138000三号楼 must not become one 12-digit run.
+_CARDINAL = re.compile(rf"(?<![0-9０-９零〇一二三四五六七八九十百两第])([一二三四五六七八九十两]{{1,4}})(?={_UNITS})")
 
 
 def _cardinal(numeral: str) -> str | None:

@@ -15,7 +15,7 @@ from api.users.models import Role, User
 
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 
-_SEP = r"[ \-]?"
+_SEP = r"[ \-,、]?"  # a dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000
 # Digits that are not part of a longer number on either side. Each rule's groups are the digits it masks.
 _ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
                         r"((?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
@@ -50,20 +50,47 @@ def masked_positions(text: str) -> set[int]:
 def redact_text(text: str) -> str:
     """`text` with personal numbers' digits replaced by asterisks in place: the same length, every other
     character where it was (separators and full-width forms included)."""
+    return _apply(text, masked_positions(text))
+
+
+def _masked_join(parts: list[str], separator: str) -> tuple[str, list[int | None], set[int]]:
+    """`separator.join` of the non-empty parts, where each part starts in it (None: left out), and the digits
+    to hide: those the joined text hides, and those each part hides alone. Both, because a number may be split
+    between two parts (only the joined text shows it), and a whole number in one part may run into the digits
+    that start the next (13800138000 then 3号楼 reads 138001380003号楼: only the part shows it)."""
+    starts: list[int | None] = []
+    at = 0
+    for part in parts:
+        starts.append(at if part else None)
+        if part:
+            at += len(part) + len(separator)
+    text = separator.join(p for p in parts if p)
     hidden = masked_positions(text)
+    for part, start in zip(parts, starts, strict=True):
+        if start is not None:
+            hidden.update(start + i for i in masked_positions(part))
+    return text, starts, hidden
+
+
+def _apply(text: str, hidden: set[int]) -> str:
     return "".join("*" if i in hidden else c for i, c in enumerate(text)) if hidden else text
 
 
 def redact_parts(parts: list[str], separator: str) -> list[str]:
     """Each of `parts` masked as it reads within `separator.join` of the non-empty ones (how a transcript's
     text is made from its segments), so that a number split between two parts is masked in both."""
-    masked = redact_text(separator.join(p for p in parts if p))
-    out, at = [], 0
-    for part in parts:
-        out.append(masked[at:at + len(part)])
-        if part:
-            at += len(part) + len(separator)
-    return out
+    text, starts, hidden = _masked_join(parts, separator)
+    masked = _apply(text, hidden)
+    return [masked[start:start + len(part)] if start is not None else part
+            for part, start in zip(parts, starts, strict=True)]
+
+
+def redact_joined(parts: list[str], separator: str) -> str:
+    """`separator.join` of the non-empty parts, masked as `redact_parts` masks the parts: the masked text of a
+    transcript from its segments (masking the joined text alone would miss a number that runs into the next
+    segment's digits)."""
+    text, _, hidden = _masked_join(parts, separator)
+    return _apply(text, hidden)
 
 
 def redact_for(user: User, text: str) -> str:

@@ -38,7 +38,7 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.pipeline import join_segments, segment_separator
-from speech.redact import can_view_pii, redact_parts, redact_text
+from speech.redact import can_view_pii, redact_joined, redact_parts, redact_text
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
 
@@ -111,14 +111,11 @@ def _take_back_audio(session: Session, settings: Settings, sha256: str) -> None:
 
 def _public(transcript: Transcript, note: Note, call: Call | None, user: User) -> dict[str, Any]:
     pii = can_view_pii(user)
-
-    def show(text: str) -> str:
-        return text if pii else redact_text(text)
-
     return {
         "id": transcript.id, "status": transcript.status, "kind": note.kind.value, "attempts": transcript.attempts,
         "failure_reason": transcript.failure_reason, "engine": transcript.engine, "model": transcript.model,
-        "language": transcript.language, "duration_s": transcript.duration_s, "text": show(transcript.text),
+        "language": transcript.language, "duration_s": transcript.duration_s,
+        "text": transcript.text if pii else _masked_text(transcript),
         "categories": transcript.category_list, "revision": transcript.revision, "owner_id": note.owner_id,
         "household_id": note.household_id, "work_order_id": note.work_order_id,
         "draft_work_order_id": transcript.draft_work_order_id, "recorded_at": note.recorded_at,
@@ -141,6 +138,15 @@ def present(session: Session, user: User, transcript: Transcript, *, detail: boo
     segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=text)
                 for i, (s, text) in enumerate(zip(transcript.segments, texts, strict=True))]
     return TranscriptDetail(**data, segments=segments)
+
+
+def _masked_text(transcript: Transcript) -> str:
+    """The transcript's text with personal numbers masked, from its segments (see `redact_joined`)."""
+    texts = [s["text"] for s in transcript.segments]
+    separator = segment_separator(transcript.language or "zh")
+    if separator.join(t for t in texts if t) != transcript.text:  # not made from its segments (never so far)
+        return redact_text(transcript.text)
+    return redact_joined(texts, separator)
 
 
 def _redact_segments(texts: list[str], transcript: Transcript) -> list[str]:
@@ -346,4 +352,4 @@ def _write_if_unmoved(session: Session, transcript: Transcript, retry: str, **va
 def _sync_note_text(session: Session, transcript: Transcript) -> None:
     note = session.get(Note, transcript.id)
     if note is not None:
-        note.transcript_text = redact_text(transcript.text)
+        note.transcript_text = _masked_text(transcript)

@@ -18,7 +18,7 @@ from api.notes.models import Note, NoteKind
 from api.settings import Settings
 from api.users.models import User
 from speech.models import Transcript, TranscriptState
-from speech.redact import redact_text
+from speech.redact import redact_joined
 from speech.worker import run_worker
 
 PROCRASTINATE_TABLES = ("procrastinate_events", "procrastinate_periodic_defers", "procrastinate_jobs",
@@ -63,7 +63,7 @@ def make_transcript(session: Session, owner: User, *texts: str,
     note = Note(owner_id=owner.id, kind=note_fields.pop("kind", NoteKind.voice_note),
                 audio_sha256=uuid.uuid4().hex * 2, duration_s=5.0,
                 recorded_at=note_fields.pop("recorded_at", utcnow()),
-                transcript_text=redact_text("".join(texts)) if texts else None, **note_fields)
+                transcript_text=redact_joined(list(texts), "") if texts else None, **note_fields)
     session.add(note)
     session.flush()
     transcript = session.get(Transcript, note.id)

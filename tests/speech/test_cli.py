@@ -70,6 +70,17 @@ def test_redact_masks_numbers_in_text_and_segments() -> None:
     assert transcript_json("call.wav", transcript, redact=False)["text"] == "请回电13800138000。"
 
 
+def test_redact_masks_a_number_split_between_segments_in_both() -> None:
+    """Regression: --redact masked each segment alone, so a number Whisper split between two segments was
+    masked in the text and readable from the segments."""
+    transcript = Transcript(engine="faster-whisper", model="whisper-base", language="zh", duration=6.0, segments=[
+        Segment(start=0, end=3, text="请回电138", avg_logprob=-0.2, no_speech_prob=0.01),
+        Segment(start=3, end=6, text="0013 8000谢谢", avg_logprob=-0.2, no_speech_prob=0.01)])
+    shown = transcript_json("call.wav", transcript, redact=True)
+    assert shown["text"] == "请回电138**** 8000谢谢"
+    assert [s["text"] for s in shown["segments"]] == ["请回电138", "**** 8000谢谢"]
+
+
 def test_bench_speech_scores_a_set_and_writes_results(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["bench", "speech", "--set", str(FIXTURES), "--config", "fw-int8-glossary-beam1",
                                  "--out", str(tmp_path)])

@@ -128,12 +128,13 @@ def test_a_retry_after_the_draft_was_written_does_not_open_a_second_one(
 class Scripted:
     """Stands in for the model where a test is about what happens around transcription."""
 
-    def __init__(self, text: str = "暖气漏水了，3号楼2单元501室。") -> None:
-        self.text = text
+    def __init__(self, text: str = "暖气漏水了，3号楼2单元501室。", *more: str) -> None:
+        self.texts = (text, *more)
 
     def run(self, audio: object) -> Result:
-        return Result(engine="faster-whisper", model="scripted", language="zh", duration=7.2,
-                      segments=[Segment(start=0, end=7.2, text=self.text, avg_logprob=-0.2, no_speech_prob=0.01)])
+        return Result(engine="faster-whisper", model="scripted", language="zh", duration=7.2 * len(self.texts),
+                      segments=[Segment(start=7.2 * i, end=7.2 * (i + 1), text=text, avg_logprob=-0.2,
+                                        no_speech_prob=0.01) for i, text in enumerate(self.texts)])
 
 
 def _note_status(engine: Engine, note_id: uuid.UUID) -> TranscriptStatus:
@@ -278,3 +279,22 @@ def test_an_error_while_saving_on_the_last_attempt_fails_the_job_with_its_reason
     assert (transcript.status, transcript.failure_reason) == (
         TranscriptState.failed, "gave up after 1 attempts: ConnectionError: the database went away")
     assert _note_status(engine, transcript_id) == TranscriptStatus.failed
+
+
+def test_a_number_that_runs_into_the_next_segments_digits_is_masked_in_every_copy(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """Regression: the masked copies were made from the joined text, where 13800138000 followed by a segment
+    starting 3号楼 reads as one 12-digit run that no rule matches: the number reached handhelds (the note's
+    copy) and the draft work order unmasked."""
+    transcript_id = _queued_call(session, job_settings, world)
+    assert jobs.claim(engine, transcript_id)
+    pipeline = Scripted("暖气漏水了，请回电13800138000", "3号楼2单元501室。")
+    assert jobs.run(engine, job_settings, transcript_id, pipeline=pipeline) == TranscriptState.transcribed
+    transcript = _transcript(engine, transcript_id)
+    assert transcript.text == "暖气漏水了，请回电138001380003号楼2单元501室。"  # the stored original
+    with Session(engine) as s:
+        note = s.get(Note, transcript_id)
+        assert note is not None
+        assert note.transcript_text == "暖气漏水了，请回电138****80003号楼2单元501室。"
+    [draft] = _drafts(engine, world)
+    assert draft.description == "[来电转写草稿] 暖气漏水了，请回电138****80003号楼2单元501室。"

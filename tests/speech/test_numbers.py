@@ -20,7 +20,9 @@ def test_addresses_dates_temperatures_and_codes(spoken: str, written: str) -> No
 
 
 @pytest.mark.parametrize("text", ["每周要回访一次", "一点也不热", "两个人在家", "第三单元", "一度很冷", "等一下",
-                                  "一百号"])
+                                  "一百号",
+                                  # Regression: right after a number's digits, 三号楼 made 138001380003号楼.
+                                  "请回电13800138000三号楼"])
 def test_numerals_that_are_words_stay(text: str) -> None:
     assert normalize_numbers(text) == text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.users.models import Role, User
-from speech.redact import can_view_pii, redact_for, redact_parts, redact_text
+from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts, redact_text
 
 
 @pytest.mark.parametrize(("text", "masked"), [
@@ -53,7 +53,17 @@ def test_only_office_roles_have_view_pii(role: Role, sees_numbers: bool) -> None
     (["call 138", "", "0013 8000."], " ", ["call 138", "", "**** 8000."]),  # empty parts are not joined
     (["身份证370102", "198507151234"], "", ["身份证370102", "***********4"]),
     (["回电13800138000", "好的"], "", ["回电138****8000", "好的"]),
+    # Regression: a whole number in one part, the next part starting with digits: joined, they read as one
+    # 12-digit run that no rule matches, and the number was shown.
+    (["请回电13800138000", "3号楼漏水"], "", ["请回电138****8000", "3号楼漏水"]),
 ])
 def test_parts_are_masked_as_they_read_joined(parts: list[str], separator: str, masked: list[str]) -> None:
     assert redact_parts(parts, separator) == masked
-    assert separator.join(p for p in masked if p) == redact_text(separator.join(p for p in parts if p))
+    assert redact_joined(parts, separator) == separator.join(p for p in masked if p)
+
+
+def test_a_dictated_number_in_comma_separated_groups_is_masked() -> None:
+    # Whisper writes a dictated number in groups, and numbers.py turns 幺三八，零零幺三，八零零零 into these.
+    assert redact_text("电话138，0013，8000") == "电话138，****，8000"
+    assert redact_text("电话138、0013、8000") == "电话138、****、8000"
+    assert redact_text("第3，4，5号楼") == "第3，4，5号楼"

@@ -337,6 +337,24 @@ def test_a_number_split_between_segments_is_masked_in_segments_and_history(api: 
         "请回电139", "0013 8001。"]
 
 
+def test_a_number_running_into_the_next_segments_digits_is_masked_for_a_steward(api: TestClient, world: World,
+                                                                                session: Session) -> None:
+    """Regression: the text was masked as one string, where 13800138000 then 3号楼 read as a 12-digit run that
+    no rule matches; the steward read the number in the text, and a search for it found the transcript."""
+    t = make_transcript(session, world.steward_a, "请回电13800138000", "3号楼漏水", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,  # the correction rewrites the masked copy
+                  json={"segments": [{"index": 1, "text": "3号楼2单元漏水"}]})
+    assert r.status_code == 200, r.text
+    body = api.get(f"/api/v1/transcripts/{t.id}", headers=steward).json()
+    assert body["text"] == "请回电138****80003号楼2单元漏水"
+    assert [s["text"] for s in body["segments"]] == ["请回电138****8000", "3号楼2单元漏水"]
+    listed = api.get("/api/v1/transcripts", headers=steward).json()["data"]
+    assert [row["text"] for row in listed if row["id"] == str(t.id)] == [body["text"]]
+    assert api.get("/api/v1/transcripts", headers=steward, params={"q": "1380013"}).json()["count"] == 0
+    assert api.get("/api/v1/transcripts", headers=supervisor, params={"q": "1380013"}).json()["count"] == 1
+
+
 @pytest.mark.parametrize("via", ["api", "patch"])  # text written by the test helper, or by a correction
 def test_search_cannot_reveal_masked_digits_to_a_steward(api: TestClient, world: World, session: Session,
                                                          via: str) -> None:
