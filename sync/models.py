@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 5000
+MAX_CURSOR = 4096  # characters; the server's cursors are a few hundred
 STATUSES = ("applied", "merged", "conflict", "rejected", "duplicate")
 
 
@@ -151,14 +152,15 @@ class ConflictsPublic(SQLModel):
 
 class Mutation(BaseModel):
     """One queued change. `table`, `op` and `id` are checked per mutation (a bad one is rejected, not
-    the whole push), so they are plain strings here."""
+    the whole push), so they are plain strings here, of any length (the body limit bounds them): a length
+    limit here would fail the whole batch with 422 and stall the device's queue on one bad mutation."""
 
     model_config = ConfigDict(extra="forbid")
 
     mutation_id: int = PydanticField(ge=1, le=2**62)
-    table: str = PydanticField(max_length=64)
-    op: str = PydanticField(max_length=16)
-    id: str = PydanticField(max_length=64, description="The row's UUID. A new row's id is made by the device, "
+    table: str
+    op: str
+    id: str = PydanticField(description="The row's UUID. A new row's id is made by the device, "
                             "preferably a time-ordered UUIDv7 (docs/sync-protocol.md, Ids); any UUID is accepted.")
     base_version: int | None = PydanticField(default=None, ge=1, le=2**62)
     fields: dict[str, Any] = PydanticField(default_factory=dict)
@@ -169,7 +171,7 @@ class PushRequest(BaseModel):
 
     client_id: uuid.UUID
     schema_version: int
-    cursor: str | None = PydanticField(default=None, max_length=4096,
+    cursor: str | None = PydanticField(default=None, max_length=MAX_CURSOR,
                                        description="The device's last pull cursor (recommended).")
     mutations: list[Mutation]
 

@@ -25,7 +25,7 @@ from api.users.models import User
 from sync import tracking
 from sync.models import Tombstone
 from sync.registry import BY_NAME, SyncTable
-from sync.rules import ConflictEntry, Rejected, only, rules_for, validate
+from sync.rules import ConflictEntry, Rejected, only, rules_for, shown, validate
 
 REFERENCES = {"household_id": "households", "work_order_id": "work_orders", "visit_id": "visits"}
 _CHUNK = 500
@@ -239,7 +239,7 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     if op == "delete":
         return _delete(ctx, spec, id, base_version)
     if op not in ("upsert", "update"):
-        raise Rejected("unknown_op", f"Unknown op {op!r}; use upsert, update or delete.")
+        raise Rejected("unknown_op", f"Unknown op {shown(op)}; use upsert, update or delete.")
     rules = rules_for(spec)
     if rules.create is None and rules.writable is None:
         raise Rejected("read_only_table", f"{spec.name} are read-only for devices.")

@@ -22,7 +22,7 @@ from sync import mutations
 from sync.models import Mutation, PushRequest, SyncClient, SyncConflict
 from sync.pull import new_snapshot
 from sync.registry import BY_NAME, SyncTable, record, wire_value
-from sync.rules import ConflictEntry, Rejected
+from sync.rules import ConflictEntry, Rejected, shown
 from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, insert_ignore
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,10 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     """Apply one mutation; with `savepoint`, in its own savepoint, flushed at once."""
     spec = BY_NAME.get(m.table)
     if spec is None:
-        return _Pending(_rejected(m, "unknown_table", f"Unknown table {m.table!r}; tables: {', '.join(BY_NAME)}."))
+        return _Pending(_rejected(m, "unknown_table", f"Unknown table {shown(m.table)}; tables: {', '.join(BY_NAME)}."))
     row_id = _uuid_or_none(m.id)
     if row_id is None:
-        return _Pending(_rejected(m, "invalid_id", f"{m.id!r} is not a UUID."))
+        return _Pending(_rejected(m, "invalid_id", f"{shown(m.id)} is not a UUID."))
     before = ctx.get(spec, row_id)
     server_version = before.version if before is not None else None
     targets: set[tuple[str, uuid.UUID]] = session.info.setdefault(TARGETS, set())

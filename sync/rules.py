@@ -50,6 +50,11 @@ class ConflictEntry:
     winner: str
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """A device's value quoted in a rejection message, cut short (the value may be as long as the body)."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 class Rejected(Exception):
     """The mutation can never apply; `code` goes to the device as `reason`."""
 

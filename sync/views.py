@@ -16,8 +16,10 @@ from api.db import reads_without_transaction
 from api.deps import OfficeUser, PageDep, SessionDep, SettingsDep, TokenDep, authenticate
 from api.errors import Conflict, Unprocessable
 from sync import service
+from sync.cursor import InvalidCursor
 from sync.models import (
     DEFAULT_LIMIT,
+    MAX_CURSOR,
     MAX_LIMIT,
     SUPPORTED_VERSIONS,
     ConflictPublic,
@@ -40,13 +42,23 @@ class UnsupportedVersion(Conflict):
 def check_version(value: Any) -> None:
     """Refuse a missing or unknown protocol version before anything else, so old apps learn why."""
     supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
-    try:
-        ok = value is not None and not isinstance(value, bool) and int(value) in SUPPORTED_VERSIONS
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    # A whole number only: int(1.5) would pass as 1 here and then fail the body's validation with a 422.
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
+                                                                         and value.is_integer())
+    if not (whole and int(value) in SUPPORTED_VERSIONS):
         raise UnsupportedVersion(f"Sync protocol version {value!r} is not supported; this server speaks "
                                  f"{supported}. Update the app.")
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_LIMIT
+    size = int(value) if value.strip().isdigit() and len(value) <= 9 else 0
+    if not 1 <= size <= MAX_LIMIT:
+        raise Unprocessable(f"limit must be a whole number between 1 and {MAX_LIMIT}.")
+    return size
 
 
 def _json(payload: dict[str, Any]) -> Response:
@@ -56,19 +68,21 @@ def _json(payload: dict[str, Any]) -> Response:
 @router.get("/pull", responses={200: {"model": PullResponse}})
 async def pull(session: SessionDep, settings: SettingsDep, token: TokenDep,
                schema_version: Annotated[str | None, Query(description="Protocol version (1).")] = None,
-               cursor: Annotated[str | None, Query(max_length=4096,
-                                                   description="From the last page; none = first sync.")] = None,
-               limit: Annotated[int | None, Query(description=f"Records per page, 1..{MAX_LIMIT}.")] = None
+               cursor: Annotated[str | None, Query(description="From the last page; none = first sync.")] = None,
+               limit: Annotated[str | None, Query(description=f"Records per page, a whole number 1..{MAX_LIMIT} "
+                                                              f"(default {DEFAULT_LIMIT}).")] = None
                ) -> Response:
-    """One page of changes after the cursor."""
+    """One page of changes after the cursor. The protocol version is checked before the other parameters
+    (docs/sync-protocol.md), so they are read here, not by FastAPI's validation."""
 
     def work() -> Response:  # the sign-in check and the page in one thread hop (a pull is a hot path)
         reads_without_transaction(session)  # a pull reads; its purge, when due, commits this first
         user = authenticate(session, settings, token, release=False)
         check_version(schema_version)
-        size = DEFAULT_LIMIT if limit is None else limit
-        if not 1 <= size <= MAX_LIMIT:
-            raise Unprocessable(f"limit must be between 1 and {MAX_LIMIT}.")
+        size = _limit(limit)
+        if cursor is not None and len(cursor) > MAX_CURSOR:
+            raise InvalidCursor("The cursor is too long to be one this server issued; pull without a cursor to "
+                                "start again.")
         return _json(pull_page(session=session, settings=settings, user=user, cursor=cursor or None, limit=size))
 
     return await run_in_threadpool(work)

@@ -246,19 +246,28 @@ class Blobs:
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
+def _position(digits: str) -> int | None:
+    """A byte position of a Range header; one of more than 18 digits is past any blob (Python refuses to
+    parse numbers of over 4,300 digits, and there is no need to)."""
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single `bytes=` range as (start, end); None to send everything (no header, several ranges, or a
     header that is not a byte range, which RFC 9110 says to ignore); 416 when unsatisfiable."""
     match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None or match.groups() == ("", ""):
         return None
-    first, last = match.groups()
-    if first == "":  # the last N bytes; N = 0 selects nothing
-        suffix = int(last)
+    first, last = (_position(g) for g in match.groups())
+    if first is None:  # the last N bytes; N = 0 selects nothing
+        assert last is not None
+        suffix = last
         start, end = (max(size - suffix, 0), size - 1) if suffix > 0 else (size, size - 1)
     else:
-        start = int(first)
-        end = int(last) if last else size - 1
+        start = first
+        end = last if last is not None else size - 1
     if start >= size or start > end or size == 0:
         raise RangeNotSatisfiable(f"The blob has {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
     return start, min(end, size - 1)

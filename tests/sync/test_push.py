@@ -104,6 +104,10 @@ def test_rejected_mutations_do_not_block_the_rest_of_the_batch(district: Distric
         ("unknown_table", {"table": "meters", "op": "upsert", "id": str(uuid.uuid4()), "fields": {}}),
         ("unknown_op", {"table": "visits", "op": "merge", "id": str(uuid.uuid4()), "fields": {}}),
         ("invalid_id", {"table": "visits", "op": "upsert", "id": "not-a-uuid", "fields": {}}),
+        # Regression: a length limit on these three failed the whole batch with 422 and stalled the queue.
+        ("unknown_table", {"table": "t" * 200, "op": "upsert", "id": str(uuid.uuid4()), "fields": {}}),
+        ("unknown_op", {"table": "visits", "op": "o" * 200, "id": str(uuid.uuid4()), "fields": {}}),
+        ("invalid_id", {"table": "visits", "op": "upsert", "id": "i" * 200, "fields": {}}),
         ("invalid_id", {"table": "readings", "op": "upsert", "id": "not-a-uuid",  # the bulk path of new readings
                         "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18}}),
         ("read_only_table", {"table": "stations", "op": "update", "id": str(district.station.id), "base_version": 1,
@@ -225,10 +229,34 @@ def test_an_unsupported_version_is_refused_before_anything_else(client: TestClie
         response = client.post("/api/v1/sync/push", json=body, headers=headers)
         assert response.status_code == 409, version
         assert response.json()["detail"]["code"] == "unsupported_version"
-    for params in ({"schema_version": "2"}, {}, {"schema_version": "x", "limit": "99999"}):
+    # Regression: 1.5 passed the check as int(1.5) == 1, then failed the body's validation with a 422.
+    for version in (1.5, True, "1.0"):
+        body = {"client_id": str(uuid.uuid4()), "schema_version": version, "mutations": []}
+        response = client.post("/api/v1/sync/push", json=body, headers=headers)
+        assert response.status_code == 409, version
+    # Regression: limit and cursor were validated by FastAPI first (422) whatever the version.
+    for params in ({"schema_version": "2"}, {}, {"schema_version": "x", "limit": "99999"},
+                   {"schema_version": "0", "limit": "abc"}, {"limit": "1.5", "cursor": "c" * 5000}):
         response = client.get("/api/v1/sync/pull", params=params, headers=headers)
         assert response.status_code == 409, params
         assert response.json()["detail"]["code"] == "unsupported_version"
+
+
+@pytest.mark.parametrize(("params", "status", "code"), [
+    ({"limit": "abc"}, 422, "validation_error"), ({"limit": "1.5"}, 422, "validation_error"),
+    ({"limit": "0"}, 422, "validation_error"), ({"limit": "5001"}, 422, "validation_error"),
+    ({"limit": "9" * 5000}, 422, "validation_error"), ({"limit": "-1"}, 422, "validation_error"),
+    ({"cursor": "c" * 5000}, 400, "invalid_cursor"), ({"cursor": "nonsense"}, 400, "invalid_cursor"),
+])
+def test_a_bad_limit_or_cursor_is_a_clear_error(client: TestClient, district: District, params: dict[str, str],
+                                                status: int, code: str) -> None:
+    response = client.get("/api/v1/sync/pull", params={"schema_version": "1", **params},
+                          headers=district.headers(district.steward1))
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]["code"] == code
+    ok = client.get("/api/v1/sync/pull", params={"schema_version": "1", "limit": " 5 "},
+                    headers=district.headers(district.steward1))
+    assert ok.status_code == 200 and ok.json()["has_more"] is True
 
 
 def test_sync_needs_a_signed_in_user(client: TestClient, district: District) -> None:
