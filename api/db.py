@@ -234,6 +234,20 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def lock_row(session: Session, obj: SQLModel) -> None:
+    """Re-read `obj` so that no one else can change its row until this session ends: checks made next see
+    what a concurrent request committed, and nothing commits in between. PostgreSQL: `SELECT ... FOR
+    UPDATE`. SQLite has no row locks and ignores `FOR UPDATE` (its driver runs reads outside a transaction):
+    the database's write lock is taken first (`BEGIN IMMEDIATE`, waiting up to the busy timeout), which
+    orders this write after any other in flight."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        driver = connection.connection.driver_connection
+        if driver is not None and not driver.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    session.refresh(obj, with_for_update=True)
+
+
 def reads_without_transaction(session: Session) -> None:
     """Run the session's next statements each on its own, outside a transaction (autocommit).
 

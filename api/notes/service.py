@@ -45,7 +45,10 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
         if household_id is not None and visit.household_id != household_id:
             what = "household" if data.household_id is not None else "household than the work order"
             raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")
-    note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id})
+        household_id = visit.household_id
+    # The household a link names is stored too: lists by household, the grid's scope and sync go by it.
+    linked = {"household_id": household_id} if household_id is not None else {}
+    note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id} | linked)
     session.add(note)
     session.commit()
     return note

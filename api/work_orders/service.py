@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import utcnow
+from api.db import lock_row, utcnow
 from api.deps import Page
 from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
 from api.network.models import Household
@@ -107,8 +107,10 @@ def get(*, session: Session, user: User, id: uuid.UUID) -> WorkOrder:
 
 
 def _lock(session: Session, order: WorkOrder) -> None:
-    """Re-read the order under a row lock: checks must see what a concurrent request just committed."""
-    session.refresh(order, with_for_update=True)
+    """Re-read the order under a row lock: checks must see what a concurrent request just committed (on
+    SQLite too, where `FOR UPDATE` alone did nothing and two requests could both move an order from the
+    status they had read: a cancelled order ended resolved)."""
+    lock_row(session, order)
 
 
 def _check_version(order: WorkOrder, base_version: int | None) -> None:

@@ -58,6 +58,22 @@ def test_stewards_see_notes_on_their_households_and_orders(client: TestClient, s
     assert {n["id"] for n in listed["data"]} == {str(on_household.id), str(on_order.id)}
 
 
+def test_a_note_linked_through_an_order_or_a_visit_is_stored_with_its_household(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: the household was worked out from the work order or the visit to check the links, and then
+    not stored, so the note was missing from its household's list (and from the household's grid)."""
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    visit = make_visit(session, world.household_a, world.steward_a)
+    h = world.headers(world.steward_a)
+    made = [client.post(API, json=_body(**link), headers=h) for link in
+            ({"work_order_id": str(order.id)}, {"visit_id": str(visit.id)})]
+    assert [r.status_code for r in made] == [201, 201]
+    assert [r.json()["household_id"] for r in made] == [str(world.household_a.id)] * 2
+    listed = client.get(API, params={"household_id": str(world.household_a.id)},
+                        headers=world.headers(world.supervisor)).json()
+    assert {n["id"] for n in listed["data"]} == {r.json()["id"] for r in made}
+
+
 def test_note_links_must_agree(client: TestClient, session: Session, world: World) -> None:
     neighbour = make_household(session, world.building_a)
     order = make_work_order(session, neighbour, status=Status.assigned, assignee=world.steward_a)

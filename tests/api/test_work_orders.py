@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 from itertools import product
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -410,6 +413,47 @@ def test_an_assignment_based_on_a_stale_read_sees_the_cancellation(client: TestC
     row = reread(session, WorkOrder, order.id)
     assert (row.status, row.assignee_id, row.version) == (Status.cancelled, world.steward_a.id, 2)
     assert [e.kind for e in _events(session, order.id)] == ["status"]
+
+
+def test_two_moves_in_flight_at_once_are_applied_one_after_the_other(client: TestClient, session: Session,
+                                                                     world: World,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (SQLite): the re-read under `FOR UPDATE` locked nothing there, so a cancellation that came
+    while a steward's resolve was between its checks and its commit passed its own checks too: the cancelled
+    order ended resolved, with two events from the same status. Now the second move waits for the first and
+    is checked against it."""
+    order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a)
+    checked, go_on = threading.Event(), threading.Event()
+    set_status = service.set_status
+
+    def slow_set_status(o: WorkOrder, target: Status) -> None:
+        if target == Status.resolved:  # the steward's move, checked and not yet written
+            checked.set()
+            go_on.wait(10)
+        set_status(o, target)
+
+    monkeypatch.setattr(service, "set_status", slow_set_status)
+    answers: dict[str, Any] = {}
+
+    def move(who: User, status: str) -> None:
+        answers[status] = client.post(f"{API}/{order.id}/transitions", json={"status": status},
+                                      headers=world.headers(who))
+
+    resolve = threading.Thread(target=move, args=(world.steward_a, "resolved"))
+    resolve.start()
+    assert checked.wait(10)
+    cancel = threading.Thread(target=move, args=(world.supervisor, "cancelled"))
+    cancel.start()
+    time.sleep(0.3)  # the cancellation is in flight, waiting for the resolve
+    go_on.set()
+    resolve.join(10)
+    cancel.join(10)
+    assert answers["resolved"].status_code == 200, answers["resolved"].text
+    assert_error(answers["cancelled"], 409, "invalid_transition")
+    row = reread(session, WorkOrder, order.id)
+    assert (row.status, row.version) == (Status.resolved, 2)
+    assert [(e.from_status, e.to_status) for e in _events(session, order.id)] == [
+        (Status.in_progress, Status.resolved)]
 
 
 # --- edits (regressions) --------------------------------------------------------------------------------
