@@ -275,6 +275,8 @@ def create_work_order(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Wo
             raise Rejected("forbidden", "Stewards open work orders from visits or video calls only.")
         if assignee_id not in (None, ctx.user.id):
             raise Rejected("forbidden", "Stewards cannot assign work orders to others.")
+        if data.sla_due_at is not None:
+            raise Rejected("forbidden", "The SLA deadline is set by the office; leave sla_due_at out.")
         assignee_id = ctx.user.id
     if assignee_id is not None:
         _active_steward(ctx, assignee_id)

@@ -153,7 +153,8 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Not
     The first send marks the notice sent in one conditional UPDATE, so a second one racing it is refused
     (409 `already_sent`). Each household's SMS is a delivery row claimed right before it is sent: no
     household is texted twice, even by a resend. A failure is recorded with its reason and retried after a
-    backoff by the evaluation run (`send_due`), or at once by `resend=true` (even when out of tries).
+    backoff by the evaluation run (`send_due`), or by `resend=true` once that backoff has passed (also when out
+    of tries; a row in backoff may be held by a sender at this moment, which the same column marks).
     """
     now = now or utcnow()
     if not _mark_sent(session, notice, now) and not resend:

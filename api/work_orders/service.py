@@ -64,7 +64,7 @@ def sla_delta(settings: Settings, household: Household | None, category: Categor
 
 def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
-    households in their grid, assigned to themselves."""
+    households in their grid, assigned to themselves, with the SLA the rules give (not one of their own)."""
     if data.id is not None and session.get(WorkOrder, data.id) is not None:
         raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
     household = get_household(session=session, user=user, id=data.household_id)
@@ -74,6 +74,8 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
             raise Forbidden("Stewards open work orders from visits or video calls only.", code="role_required")
         if assignee_id not in (None, user.id):
             raise Forbidden("Stewards cannot assign work orders to others.", code="role_required")
+        if data.sla_due_at is not None:  # the SLA is evidence for the office: it follows the priority rules
+            raise Forbidden("The SLA deadline is set by the office; leave sla_due_at out.", code="role_required")
         assignee_id = user.id
     if assignee_id is not None:
         _steward(session, assignee_id)

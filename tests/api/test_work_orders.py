@@ -125,6 +125,10 @@ def test_steward_opens_visit_orders_for_themselves(client: TestClient, session: 
     assert_error(client.post(API, json=body | {"source": "hotline"}, headers=h), 403, "role_required")
     assert_error(client.post(API, json=body | {"assignee_id": str(world.steward_b.id)}, headers=h), 403,
                  "role_required")
+    # Regression: a steward could open an order with an SLA of their own (editing it later was already office
+    # work), so it would never show as overdue.
+    assert_error(client.post(API, json=body | {"sla_due_at": "2099-01-01T00:00:00Z"}, headers=h), 403,
+                 "role_required")
     assert count_rows(session, WorkOrder) == before
 
 

@@ -582,8 +582,10 @@ def test_a_steward_opens_work_orders_from_the_field_only_for_themselves(
     d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="hotline")
     d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
              assignee_id=str(district.steward2.id))
+    d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
+             sla_due_at="2099-01-01T00:00:00Z")  # the SLA is the office's
     answer = d.push()
-    assert _statuses(answer) == [("applied", None), ("rejected", "forbidden"), ("rejected", "forbidden")]
+    assert _statuses(answer) == [("applied", None)] + [("rejected", "forbidden")] * 3
     record = answer["results"][0]["record"]
     assert record["id"] == ok and record["assignee_id"] == str(district.steward1.id)
     assert record["status"] == "assigned"
