@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, or_, true
+from sqlalchemy import ColumnElement, and_, exists, func, or_, true
 from sqlmodel import Session, SQLModel, col, select
 
 from api.deps import Page
@@ -72,6 +72,17 @@ def visit_clause(user: User) -> ColumnElement[bool]:
     if is_office(user):
         return true()
     return or_(household_clause(user, Visit.household_id), col(Visit.steward_id) == user.id)
+
+
+def visit_attach_clause(user: User) -> ColumnElement[bool]:
+    """Visits the user may add new readings and notes to: at households of the grid, or made by them for a
+    work order they still cover. (They keep reading and completing their own visits after the order went to
+    someone else, but no longer write new rows about a household outside their grid through them.)"""
+    if is_office(user):
+        return true()
+    covered = select(WorkOrder.id).where(work_order_clause(user))
+    return or_(household_clause(user, Visit.household_id),
+               and_(col(Visit.steward_id) == user.id, col(Visit.work_order_id).in_(covered)))
 
 
 def reading_clause(user: User) -> ColumnElement[bool]:

@@ -121,6 +121,16 @@ def _visible_household(ctx: Context, household_id: uuid.UUID) -> Household:
     return household
 
 
+def _may_attach(ctx: Context, visit: Visit) -> bool:
+    if ctx.office:
+        return True
+    household = ctx.get(BY_NAME["households"], visit.household_id)
+    if household is not None and ctx.visible(BY_NAME["households"], household):
+        return True
+    order = ctx.get(BY_NAME["work_orders"], visit.work_order_id) if visit.work_order_id is not None else None
+    return order is not None and ctx.visible(BY_NAME["work_orders"], order)
+
+
 def _visible_order(ctx: Context, order_id: uuid.UUID, household_id: uuid.UUID | None) -> WorkOrder:
     order = ctx.get(BY_NAME["work_orders"], order_id)
     if order is None or not ctx.visible(BY_NAME["work_orders"], order):
@@ -131,8 +141,10 @@ def _visible_order(ctx: Context, order_id: uuid.UUID, household_id: uuid.UUID | 
 
 
 def _visible_visit(ctx: Context, visit_id: uuid.UUID, household_id: uuid.UUID | None) -> Visit:
+    """The visit a new reading or note names: as in REST (`access.visit_attach_clause`), one at a household of
+    the grid, or the caller's own for a work order they still cover."""
     visit = ctx.get(BY_NAME["visits"], visit_id)
-    if visit is None or not ctx.visible(BY_NAME["visits"], visit):
+    if visit is None or not ctx.visible(BY_NAME["visits"], visit) or not _may_attach(ctx, visit):
         raise Rejected("out_of_scope", f"No visit with id {visit_id} in your scope.")
     if household_id is not None and visit.household_id != household_id:
         raise Rejected("invalid_value", "The visit belongs to another household.")

@@ -45,6 +45,11 @@ def get_visit(*, session: Session, user: User, id: uuid.UUID) -> Visit:
     return access.get_visible(session, Visit, id, access.visit_clause(user), what="visit")
 
 
+def visit_to_attach(*, session: Session, user: User, id: uuid.UUID) -> Visit:
+    """A visit the user may add readings and notes to (`access.visit_attach_clause`); 404 otherwise."""
+    return access.get_visible(session, Visit, id, access.visit_attach_clause(user), what="visit")
+
+
 def update_visit(*, session: Session, user: User, visit: Visit, data: VisitUpdate) -> Visit:
     """Complete a visit (left_at, temperature, actions, result); only its steward or the office may."""
     if user.role == Role.steward and visit.steward_id != user.id:
@@ -79,8 +84,8 @@ def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Read
         raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
     if data.visit_id is None:
         get_household(session=session, user=user, id=data.household_id)
-    else:  # a reading taken during the user's own visit, possibly outside their grid
-        visit = get_visit(session=session, user=user, id=data.visit_id)
+    else:  # a reading taken during the user's own visit for an order they cover, possibly outside their grid
+        visit = visit_to_attach(session=session, user=user, id=data.visit_id)
         if visit.household_id != data.household_id:
             raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
     reading = Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": user.id})

@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 from api import access
 from api.deps import Page
 from api.errors import Conflict, Unprocessable
-from api.fieldwork.service import get_visit
+from api.fieldwork.service import visit_to_attach
 from api.network.service import get_household
 from api.notes.models import Note, NoteCreate
 from api.users.models import User
@@ -41,7 +41,7 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
         household_id = order.household_id
     if data.visit_id is not None:
-        visit = get_visit(session=session, user=user, id=data.visit_id)
+        visit = visit_to_attach(session=session, user=user, id=data.visit_id)
         if household_id is not None and visit.household_id != household_id:
             what = "household" if data.household_id is not None else "household than the work order"
             raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")

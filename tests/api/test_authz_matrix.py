@@ -259,7 +259,7 @@ ROWS: list[Row] = [
     # --- work orders ---
     R("POST", f"{API}/work-orders", "201 201 201 404 401 401 401",
       json=lambda f: {"household_id": str(f.household_a.id), "category": "not_warm", "source": "visit"},
-      note="stewards open visit/video orders in their grid only"),
+      note="stewards open visit/video orders in their grid only, without an SLA of their own"),
     R("GET", f"{API}/work-orders", "200 200 200 200 401 401 401"),
     R("GET", f"{API}/work-orders/{{id}}", "200 200 200 404 401 401 401", ids=ID),
     R("PATCH", f"{API}/work-orders/{{id}}", "200 200 403 403 401 401 401", ids=ID,

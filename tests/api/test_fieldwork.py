@@ -238,6 +238,37 @@ def test_a_steward_covering_an_order_outside_their_grid_records_the_visit_and_re
     assert_error(client.get(f"{API}/visits/{other.id}", headers=h), 404, "not_found")
 
 
+def test_after_the_order_goes_to_another_steward_its_visit_takes_no_new_readings_or_notes(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: a steward who had covered an order outside their grid could go on adding readings (with any
+    time) and notes to that household through their old visit after the office gave the order to someone
+    else. They still read and complete the visit itself."""
+    covering = make_work_order(session, world.household_b, status=Status.in_progress, assignee=world.steward_a)
+    h, now = world.headers(world.steward_a), utcnow()
+    r = client.post(f"{API}/visits", json={"household_id": str(world.household_b.id),
+                                           "work_order_id": str(covering.id), "arrived_at": now.isoformat()},
+                    headers=h)
+    assert r.status_code == 201, r.text
+    visit_id = r.json()["id"]
+    reading = {"household_id": str(world.household_b.id), "visit_id": visit_id, "taken_at": now.isoformat(),
+               "temp_c": 16.5}
+    note = {"visit_id": visit_id, "audio_sha256": "a" * 64, "duration_s": 3.0, "recorded_at": now.isoformat()}
+    assert client.post(f"{API}/readings", json=reading, headers=h).status_code == 201
+    assert client.post(f"{API}/notes", json=note, headers=h).status_code == 201
+    moved = client.post(f"/api/v1/work-orders/{covering.id}/assign", json={"assignee_id": str(world.steward_b.id)},
+                        headers=world.headers(world.supervisor))
+    assert moved.status_code == 200, moved.text
+    before = count_rows(session, Reading)
+    assert_error(client.post(f"{API}/readings", json=reading, headers=h), 404, "not_found")
+    assert_error(client.post(f"{API}/notes", json=note | {"audio_sha256": "b" * 64}, headers=h), 404, "not_found")
+    assert count_rows(session, Reading) == before
+    assert client.get(f"{API}/visits/{visit_id}", headers=h).status_code == 200
+    done = client.patch(f"{API}/visits/{visit_id}", json={"left_at": utcnow().isoformat()}, headers=h)
+    assert done.status_code == 200, done.text
+    # Stewards of the household's grid attach to any visit there.
+    assert client.post(f"{API}/readings", json=reading, headers=world.headers(world.steward_b)).status_code == 201
+
+
 def test_timestamps_answer_in_utc_on_create_as_on_read(client: TestClient, world: World) -> None:
     h = world.headers(world.steward_a)
     r = client.post(f"{API}/visits", json={"household_id": str(world.household_a.id),

@@ -818,3 +818,23 @@ def test_a_voice_note_pushed_before_its_audio_is_queued_by_the_upload(
         time.sleep(0.1)
     assert phone.rows["notes"][note_id]["transcript_status"] in ("pending", "running", "failed")
     assert jobs.promote_waiting(engine, district.settings) == []  # nothing left for the sweep
+
+
+def test_a_visit_for_an_order_given_to_another_steward_takes_no_new_readings_or_notes(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression (as in REST): a steward's old visit at a household outside their grid let them go on adding
+    readings and notes there after the office gave the order to someone else."""
+    office = district.headers(district.supervisor)
+    assert client.post(f"/api/v1/work-orders/{district.wo3.id}/assign", json={"assignee_id": str(district.steward1.id)},
+                       headers=office).status_code == 200
+    d = device(district.steward1)
+    d.pull()
+    h3a = str(district.h3a.id)
+    visit = d.create("visits", household_id=h3a, work_order_id=str(district.wo3.id), arrived_at=T0)
+    d.create("readings", household_id=h3a, visit_id=visit, taken_at=T0, temp_c=16)
+    assert _statuses(d.push()) == [("applied", None)] * 2
+    assert client.post(f"/api/v1/work-orders/{district.wo3.id}/assign", json={"assignee_id": str(district.steward2.id)},
+                       headers=office).status_code == 200
+    d.create("readings", household_id=h3a, visit_id=visit, taken_at=T0, temp_c=17)
+    d.create("notes", visit_id=visit, audio_sha256="c" * 64, duration_s=3.0, recorded_at=T0)
+    assert _statuses(d.push()) == [("rejected", "out_of_scope")] * 2
