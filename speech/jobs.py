@@ -73,6 +73,17 @@ def claim(engine: Engine, transcript_id: uuid.UUID, *, takeover: bool = False) -
     return int(attempt)
 
 
+def renew_lease(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> bool:
+    """Extend the lease of a job this worker still runs at `attempt`; False when it no longer holds it."""
+    now = utcnow()
+    stmt = (update(Transcript)
+            .where(col(Transcript.id) == transcript_id, col(Transcript.status) == TranscriptState.running,
+                   col(Transcript.attempts) == attempt)
+            .values(lease_until=now + LEASE))
+    with engine.begin() as conn:
+        return bool(conn.execute(stmt).rowcount)
+
+
 def current_attempt(engine: Engine, transcript_id: uuid.UUID) -> int:
     """The attempt a transcript is at (for callers that claimed it without keeping the number)."""
     with Session(engine) as session:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -108,7 +108,8 @@ class EmbeddedWorker:
         if _over_attempts(self.engine, self.settings, transcript_id, attempt):
             return
         try:
-            jobs.run(self.engine, self.settings, transcript_id, attempt=attempt, pipeline=self.pipeline)
+            with _lease_kept(self.engine, transcript_id, attempt):
+                jobs.run(self.engine, self.settings, transcript_id, attempt=attempt, pipeline=self.pipeline)
         except Exception:
             log.info("transcript %s will be retried", transcript_id)
 
@@ -118,6 +119,31 @@ class EmbeddedWorker:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout)
+
+
+@contextlib.contextmanager
+def _lease_kept(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> Iterator[None]:
+    """Renew the job's lease every third of it while the block runs. The lease is for a worker that died:
+    a job that waits for the pipeline (one model, shared by the threads) or decodes a recording of hours
+    outlives it, and another thread would take it over, so that it ran again and again and then failed as
+    if its worker had kept stopping."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(jobs.LEASE.total_seconds() / 3):
+            try:
+                if not jobs.renew_lease(engine, transcript_id, attempt):
+                    return  # taken over or finished: nothing to keep
+            except Exception:  # a database hiccup: try again at the next beat
+                log.warning("could not renew the lease of transcript %s", transcript_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"speech-lease-{transcript_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
 
 
 def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int) -> bool:

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,41 @@ def test_transient_errors_are_retried_with_backoff_then_the_job_fails(engine: En
     t = _state(engine, note.id)
     assert t.status == TranscriptState.failed and t.attempts == 3
     assert t.failure_reason == "gave up after 3 attempts: RuntimeError: the model fell over"
+
+
+def test_a_job_that_outlives_its_lease_keeps_it_and_runs_once(engine: Engine, session: Session, world: World,
+                                                              speech_settings_: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the lease was taken at the claim and never renewed, so with two threads a job longer than
+    the lease (a recording of hours, or one waiting for the shared model) was taken over by the other thread,
+    ran again and again, and ended `failed` as if its worker had kept stopping. (A 1 s lease stands for the
+    30 minutes; the job takes 2.5 s.)"""
+    from speech.engines import Segment
+    from speech.pipeline import Transcript as Result
+
+    monkeypatch.setattr(jobs, "LEASE", timedelta(seconds=1))
+    runs: list[float] = []
+
+    class Slow:
+        def run(self, audio: object) -> Result:
+            runs.append(time.monotonic())
+            time.sleep(2.5)
+            return Result(engine="faster-whisper", model="slow", language="zh", duration=1.0,
+                          segments=[Segment(start=0, end=1, text="好的", avg_logprob=-0.1, no_speech_prob=0.01)])
+
+    note = make_note(session, world.steward_a, audio_sha256=store_audio(speech_settings_, LEAK))
+    jobs.promote_waiting(engine, speech_settings_)
+    worker = EmbeddedWorker(engine, speech_settings_, threads=2, poll_s=0.1, pipeline=Slow())
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _state(engine, note.id).status in (TranscriptState.queued, TranscriptState.running):
+            assert time.monotonic() < deadline, _state(engine, note.id)
+            time.sleep(0.1)
+    finally:
+        worker.close()
+    t = _state(engine, note.id)
+    assert (t.status, t.attempts, t.text, len(runs)) == (TranscriptState.transcribed, 1, "好的", 1)
 
 
 def test_a_voice_note_is_transcribed_once_its_audio_arrives(engine: Engine, world: World,
