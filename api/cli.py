@@ -135,6 +135,18 @@ def db_current() -> None:
     typer.echo(json.dumps({"database": current, "code": migrate.head_revision()}))
 
 
+@db_app.command("restored")
+def db_restored() -> None:
+    """Run after restoring a backup: give the database a new sync identity, so that every handheld's next pull
+    starts over from a fresh snapshot (their cursors name positions the restored database may reuse)."""
+    from sync.tracking import new_database_id
+
+    settings = _settings()
+    with _database(settings) as engine:
+        new_database_id(engine)
+    typer.echo(f"database {_database_name(settings)}: new sync identity; every handheld resyncs on its next pull")
+
+
 @app.command("create-user")
 def create_user(
     username: Annotated[str, typer.Option(help="Sign-in name.")],

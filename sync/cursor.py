@@ -18,7 +18,7 @@ import orjson
 
 from api.errors import BadRequest
 
-FORMAT = 2  # 2 added `phase_part`; format-1 cursors still decode (part 0)
+FORMAT = 3  # 2 added `phase_part`, 3 `database`; older cursors still decode (part 0, database unknown)
 _MAC_BYTES = 12
 DELTA = "d"  # ordinary changes, after position (seq, table, row)
 SNAPSHOT = "s"  # every visible row, table by table, then the delta from `seq`
@@ -49,6 +49,8 @@ class Cursor:
     # SNAPSHOT of a steward: 0 = the grid's rows of phase_table (paged by key, row), 1 = the steward's own
     # rows outside the grid (few; paged by row alone, so their query runs once per table, not per page).
     phase_part: int = 0
+    # The identity of the database that issued it (`sync.tracking.database_id`; 0: unknown, an older format).
+    database: int = 0
 
     def with_(self, **changes: Any) -> Cursor:
         return replace(self, **changes)
@@ -70,7 +72,8 @@ def encode(cursor: Cursor, secret: str) -> str:
     """The opaque string a device stores."""
     payload = orjson.dumps([FORMAT, cursor.user_id.hex, int(cursor.office), _hex(cursor.client_id), cursor.seq,
                             cursor.table, _hex(cursor.row), cursor.scope_seq, cursor.phase, cursor.phase_seq,
-                            cursor.phase_table, _hex(cursor.phase_row), _hex(cursor.phase_key), cursor.phase_part])
+                            cursor.phase_table, _hex(cursor.phase_row), _hex(cursor.phase_key), cursor.phase_part,
+                            cursor.database])
     return base64.urlsafe_b64encode(payload + _mac(secret, payload)).rstrip(b"=").decode()
 
 
@@ -88,14 +91,16 @@ def decode(text: str, secret: str) -> Cursor:
     try:
         fields = orjson.loads(payload)
         if fields[0] == 1:  # before `phase_part`: a position among the grid's rows
+            fields = [2, *fields[1:], 0]
+        if fields[0] == 2:  # before `database`: issued by this database or another, we cannot tell
             fields = [FORMAT, *fields[1:], 0]
         (fmt, user, office, client, seq, table, row, scope_seq, phase, phase_seq, phase_table,
-         phase_row, phase_key, phase_part) = fields
+         phase_row, phase_key, phase_part, database) = fields
         if fmt != FORMAT or phase not in (DELTA, SNAPSHOT, SCOPE) or phase_part not in (0, 1):
             raise ValueError(fmt)
         return Cursor(user_id=uuid.UUID(hex=user), office=bool(office), client_id=_uuid(client), seq=int(seq),
                       table=int(table), row=_uuid(row), scope_seq=int(scope_seq), phase=phase,
                       phase_seq=int(phase_seq), phase_table=int(phase_table), phase_row=_uuid(phase_row),
-                      phase_key=_uuid(phase_key), phase_part=int(phase_part))
+                      phase_key=_uuid(phase_key), phase_part=int(phase_part), database=int(database))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise bad from exc

@@ -25,7 +25,7 @@ from sync.cursor import DELTA, END_OF_SEQ, SCOPE, SNAPSHOT, Cursor
 from sync.models import SCHEMA_VERSION, ScopeEvent, SyncState, Tombstone
 from sync.registry import TABLES, ScopeKeys, SyncTable, Wire, wire
 from sync.retention import maybe_purge, purge_due
-from sync.tracking import PURGED_SEQ, SEQ
+from sync.tracking import DATABASE_ID, PURGED_SEQ, SEQ, database_id
 
 _DELETE = object()
 
@@ -67,10 +67,10 @@ class Feed:
     newest: tuple[int | None, ...] = ()  # newest seq per table, then of the tombstones
 
 
-def new_snapshot(user: User, office: bool, head: int, client_id: uuid.UUID | None = None) -> Cursor:
-    """A cursor at the start of a snapshot whose delta continues after `head`."""
+def new_snapshot(user: User, office: bool, head: int, database: int, client_id: uuid.UUID | None = None) -> Cursor:
+    """A cursor at the start of a snapshot whose delta continues after `head`, for this database."""
     return Cursor(user_id=user.id, office=office, client_id=client_id, seq=head, table=END_OF_SEQ, row=None,
-                  scope_seq=head, phase=SNAPSHOT, phase_table=0, phase_row=None)
+                  scope_seq=head, phase=SNAPSHOT, phase_table=0, phase_row=None, database=database)
 
 
 def _snapshot_step(feed: Feed, page: Page, state: Cursor,
@@ -311,13 +311,15 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
 @dataclass(frozen=True)
 class Head:
     """What a pull reads first, in one statement (one snapshot): the watermark, the purge position, when
-    the last purge ran, the newest scope event of the caller not applied yet, and the newest seq of each
-    table and of the tombstones (all index lookups); and for a steward's delta, how many rows the tables whose
-    visibility can be tested row by row hold from the cursor's seq on (bounded index scans)."""
+    the last purge ran, the database's identity, the newest scope event of the caller not applied yet, and
+    the newest seq of each table and of the tombstones (all index lookups); and for a steward's delta, how
+    many rows the tables whose visibility can be tested row by row hold from the cursor's seq on (bounded
+    index scans)."""
 
     seq: int
     purged: int
     purged_at: datetime | None
+    database: int | None  # None: not made yet
     newest_scope_event: int | None
     newest: tuple[int | None, ...]
     near: tuple[int | None, ...]
@@ -340,12 +342,13 @@ def _head(session: Session, user: User, scope_after: int, near_after: int | None
                 select(TABLES[t].table.c.id).where(TABLES[t].table.c.seq >= near_after)
                 .limit(ROW_BY_ROW_BELOW).subquery()).scalar_subquery() for t in counted]
     row = session.connection().execute(select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest,
-                                              *near)).one()
-    counts = dict(zip(counted, row[5 + len(TABLES):], strict=True))
+                                              *near, value(DATABASE_ID))).one()
+    counts = dict(zip(counted, row[5 + len(TABLES):-1], strict=True))
     stamp = row[2]
     if isinstance(stamp, str):  # a scalar subquery loses the column type on SQLite: the stored text
         stamp = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
-    return Head(int(row[0] or 0), int(row[1] or 0), stamp, int(row[3]) if row[3] is not None else None,
+    return Head(int(row[0] or 0), int(row[1] or 0), stamp, int(row[-1]) if row[-1] is not None else None,
+                int(row[3]) if row[3] is not None else None,
                 tuple(int(v) if v is not None else None for v in row[4:5 + len(TABLES)]),
                 tuple(int(counts[t]) if t in counts else None for t in range(len(TABLES))))
 
@@ -384,12 +387,15 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
         session.commit()  # end the reads so far (autocommit in the service): the purge is one transaction
         if maybe_purge(session=session, settings=settings):
             head = _head(session, user, scope_after, near_after)
+    database = database_id(session.connection().engine, head.database)
     reset = False
     if state is None:
-        state = new_snapshot(user, office, head.seq)
+        state = new_snapshot(user, office, head.seq, database)
     elif (state.user_id != user.id or state.office != office or _purged_past(state, head.purged)
-          or state.seq > head.seq or state.scope_seq > head.seq):
-        state, reset = new_snapshot(user, office, head.seq), True
+          or state.seq > head.seq or state.scope_seq > head.seq or state.database not in (0, database)):
+        state, reset = new_snapshot(user, office, head.seq, database), True
+    elif state.database == 0:  # an older cursor, now of this database
+        state = state.with_(database=database)
     feed = Feed(session=session, user=user, office=office, head=head.seq, dialect=session.connection().dialect.name,
                 newest=head.newest, near=head.near)
     # Scope events up to the newest one read above are applied in one scope phase before the delta (later

@@ -19,11 +19,12 @@ from api.settings import Settings
 from api.users.models import User
 from sync import cursor as cursors
 from sync import mutations
+from sync.cursor import InvalidCursor
 from sync.models import Mutation, PushRequest, SyncClient, SyncConflict
 from sync.pull import new_snapshot
 from sync.registry import BY_NAME, SyncTable, record, wire_value
 from sync.rules import ConflictEntry, Rejected, shown
-from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, insert_ignore
+from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, database_id, insert_ignore
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,11 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
     if len(body.mutations) > settings.sync_push_max_mutations:
         raise PayloadTooLarge(f"A push holds at most {settings.sync_push_max_mutations} mutations; split the "
                               "queue into several pushes.")
-    state = cursors.decode(body.cursor, settings.secret_key) if body.cursor else None
+    try:
+        state = cursors.decode(body.cursor, settings.secret_key) if body.cursor else None
+        damaged = False
+    except InvalidCursor:  # the mutations still apply; the cursor goes back as it came (below)
+        state, damaged = None, True
     office = access.is_office(user)
     seq = allocate_seq(session)  # the change-sequence lock first: pushes run one after the other
     client = _client(session, body.client_id, user)
@@ -236,11 +241,14 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
     finally:
         for key in (WRITER, TARGETS, UNTARGETED):
             session.info.pop(key, None)
-    if state is None:  # a device that never pulled: its first pull is a snapshot
-        state = new_snapshot(user, office, seq)
     # A cursor of another user or role (a shared handheld, a steward made supervisor) goes back as it came:
     # the next pull sees the mismatch and answers `reset: true`, so the device drops what it may no longer
     # hold. A fresh snapshot here would have looked like any first page, and the old rows would have stayed.
-    return {"last_mutation_id": client.last_mutation_id,
-            "cursor": cursors.encode(state.with_(client_id=body.client_id), settings.secret_key),
-            "results": results}
+    # A damaged one too: the next pull answers `invalid_cursor`, and the device starts again without one.
+    if damaged:
+        cursor = body.cursor
+    else:
+        if state is None:  # a device that never pulled: its first pull is a snapshot
+            state = new_snapshot(user, office, seq, database_id(session.connection().engine))
+        cursor = cursors.encode(state.with_(client_id=body.client_id), settings.secret_key)
+    return {"last_mutation_id": client.last_mutation_id, "cursor": cursor, "results": results}

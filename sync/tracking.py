@@ -11,11 +11,12 @@ delete and a scope event whenever a user's visibility may change (grid, assignee
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import SessionTransaction
@@ -31,6 +32,10 @@ from sync.models import ScopeEvent, SyncState, Tombstone
 
 SEQ = "seq"
 PURGED_SEQ = "purged_seq"
+# A random number made once per database and put in every cursor: a cursor issued by another database (a
+# staging copy sharing the secret key), or by this one before a backup was restored over it (`steward db
+# restored` makes a new one), is answered with a reset instead of being read as a position here.
+DATABASE_ID = "database_id"
 # session.info keys. The push sets WRITER (its client id) and TARGETS (the rows its current mutation
 # writes, whose exact state the device receives in the response).
 WRITER = "sync.writer"
@@ -64,6 +69,27 @@ def read_counter(conn: Connection, name: str) -> int:
     table = _state_table()
     value = conn.execute(select(table.c.value).where(table.c.name == name)).scalar()
     return int(value or 0)
+
+
+def database_id(engine: Engine, known: int | None = None) -> int:
+    """This database's identity (`known`: as already read, None if the row did not exist), made on first use in
+    its own transaction (a pull reads outside one)."""
+    if known:
+        return known
+    table = _state_table()
+    with engine.begin() as conn:
+        insert_ignore(conn, table, {"name": DATABASE_ID, "value": secrets.randbits(62) + 1, "updated_at": utcnow()})
+        return int(conn.execute(select(table.c.value).where(table.c.name == DATABASE_ID)).scalar_one())
+
+
+def new_database_id(engine: Engine) -> int:
+    """Give the database a new identity (after restoring a backup): every handheld's next pull is a reset."""
+    value = secrets.randbits(62) + 1
+    with engine.begin() as conn:
+        table = _state_table()
+        insert_ignore(conn, table, {"name": DATABASE_ID, "value": value, "updated_at": utcnow()})
+        conn.execute(update(table).where(table.c.name == DATABASE_ID).values(value=value, updated_at=utcnow()))
+    return value
 
 
 def allocate_seq(session: Session) -> int:

@@ -200,6 +200,44 @@ def test_an_unknown_cursor_position_from_another_database_starts_over(client: Te
     assert d.pull_page()["reset"]
 
 
+def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Regression: only a position beyond this database's head was noticed, so a cursor from another
+    database sharing the secret key (or from this one before a backup was restored over it, then written
+    past that position) was read as a position here: rows kept that the server no longer had, changes
+    skipped. Every cursor now carries the database's identity."""
+    from sync import cursor as cursors
+    from sync import tracking
+
+    d = device(district.steward1)
+    d.pull()
+    assert d.cursor is not None
+    state = cursors.decode(d.cursor, district.settings.secret_key)
+    assert state.database == tracking.database_id(engine) != 0
+    same = d.cursor
+    d.cursor = cursors.encode(state.with_(database=state.database + 1), district.settings.secret_key)
+    assert d.pull_page()["reset"]
+    d.cursor = same
+    assert not d.pull_page()["reset"]
+    old_format = cursors.encode(state.with_(database=0), district.settings.secret_key)  # before this field
+    d.cursor = old_format
+    assert not d.pull_page()["reset"]
+    assert cursors.decode(d.cursor, district.settings.secret_key).database == state.database  # now carries it
+    # `steward db restored` after restoring a backup: every device starts over.
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    result = CliRunner().invoke(app, ["db", "restored"], env={"STEWARD_DATABASE_URL": str(engine.url.render_as_string(
+        hide_password=False)), "STEWARD_SECRET_KEY": district.settings.secret_key})
+    assert result.exit_code == 0, result.output
+    assert tracking.database_id(engine) != state.database
+    d.cursor = same
+    page = d.pull_page()
+    assert page["reset"] and cursors.decode(page["cursor"], district.settings.secret_key).database == \
+        tracking.database_id(engine)
+
+
 def test_rows_written_by_the_rest_api_carry_the_change_sequence(client: TestClient, district: District,
                                                                 device: Callable[..., Device]) -> None:
     d = device(district.steward1)
@@ -273,7 +311,7 @@ def test_a_cursor_of_the_previous_format_still_resumes(client: TestClient, distr
               state.phase_key.hex if state.phase_key else None]
     payload = orjson.dumps(fields)
     old = base64.urlsafe_b64encode(payload + cursors._mac(district.settings.secret_key, payload)).rstrip(b"=")
-    assert cursors.decode(old.decode(), district.settings.secret_key) == state
+    assert cursors.decode(old.decode(), district.settings.secret_key) == state.with_(database=0)  # no identity yet
     d.cursor = old.decode()
     d.pull()
     assert d.resets == 0

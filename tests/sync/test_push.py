@@ -838,3 +838,19 @@ def test_a_visit_for_an_order_given_to_another_steward_takes_no_new_readings_or_
     d.create("readings", household_id=h3a, visit_id=visit, taken_at=T0, temp_c=17)
     d.create("notes", visit_id=visit, audio_sha256="c" * 64, duration_s=3.0, recorded_at=T0)
     assert _statuses(d.push()) == [("rejected", "out_of_scope")] * 2
+
+
+def test_a_damaged_cursor_in_a_push_does_not_stop_its_mutations(client: TestClient, district: District) -> None:
+    """Regression: the push read its cursor first and answered 400 for the whole batch, so a device whose
+    stored cursor was damaged could not send its queue. The mutations apply; the cursor goes back as it came,
+    and the next pull says `invalid_cursor` (pull without one)."""
+    headers = district.headers(district.steward1)
+    reading = {"mutation_id": 1, "table": "readings", "op": "upsert", "id": str(uuid.uuid4()),
+               "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 19}}
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "cursor": "damaged", "mutations": [reading]}
+    response = client.post("/api/v1/sync/push", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["applied"]
+    assert response.json()["cursor"] == "damaged"
+    pulled = client.get("/api/v1/sync/pull", params={"schema_version": 1, "cursor": "damaged"}, headers=headers)
+    assert pulled.status_code == 400 and pulled.json()["detail"]["code"] == "invalid_cursor"
