@@ -323,6 +323,28 @@ def approve(*, session: Session, user: User, transcript: Transcript) -> Transcri
     return transcript
 
 
+def retry(*, session: Session, user: User, transcript: Transcript) -> Transcript:
+    """Queue a failed transcript again, with a fresh count of attempts (its audio was replaced, the model or a
+    setting was fixed); the failure reason is cleared. Only from `failed`, in one conditional UPDATE."""
+    from speech.jobs import _note_status
+
+    if transcript.status != TranscriptState.failed:
+        raise InvalidTransition(f"Only a failed transcript can be retried (it is {transcript.status.value}).")
+    now = utcnow()
+    stmt = (update_rows(Transcript)
+            .where(col(Transcript.id) == transcript.id, col(Transcript.status) == TranscriptState.failed)
+            .values(status=TranscriptState.queued, attempts=0, failure_reason=None, next_attempt_at=now,
+                    lease_until=None, updated_at=now))
+    if session.connection().execute(stmt).rowcount != 1:
+        session.rollback()
+        raise InvalidTransition("The transcript is no longer failed: someone retried it meanwhile.")
+    _note_status(session, transcript.id, TranscriptStatus.pending)
+    session.commit()
+    session.refresh(transcript)
+    log.info("transcript %s queued again by %s", transcript.id, user.id)
+    return transcript
+
+
 def _write_if_unmoved(session: Session, transcript: Transcript, retry: str, **values: Any) -> None:
     """Write `values` to the transcript's row only if it is still transcribed and at the revision read, in one
     conditional UPDATE; else roll back and refuse (409), `retry` saying what to do next.

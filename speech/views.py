@@ -1,4 +1,4 @@
-"""Routes: hotline calls in, transcripts out (list, search, read, listen, correct, approve)."""
+"""Routes: hotline calls in, transcripts out (list, search, read, listen, correct, approve, retry)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,14 @@ def list_revisions(id: uuid.UUID, session: SessionDep, user: CurrentUser):
 @router.post("/{id}/approve", response_model=TranscriptDetail)
 def approve_transcript(id: uuid.UUID, session: SessionDep, user: OfficeUser):
     transcript = service.approve(session=session, user=user, transcript=service.get(session=session, user=user, id=id))
+    return service.present(session, user, transcript, detail=True)
+
+
+@router.post("/{id}/retry", response_model=TranscriptDetail)
+def retry_transcript(id: uuid.UUID, request: Request, session: SessionDep, user: OfficeUser):
+    """Queue a failed transcript again (supervisors), with a fresh count of attempts."""
+    transcript = service.retry(session=session, user=user, transcript=service.get(session=session, user=user, id=id))
+    notify_queued(request.app.state, transcript.id)
     return service.present(session, user, transcript, detail=True)
 
 

@@ -319,6 +319,8 @@ ROWS: list[Row] = [
       json=lambda f: {"segments": [{"index": 0, "text": "排气阀漏水"}]}),
     R("GET", f"{API}/transcripts/{{id}}/revisions", "200 200 200 404 401 401 401", ids={"id": "transcript"}),
     R("POST", f"{API}/transcripts/{{id}}/approve", "200 200 403 403 401 401 401", ids={"id": "transcript"}),
+    R("POST", f"{API}/transcripts/{{id}}/retry", "409 409 403 403 401 401 401", ids={"id": "transcript"},
+      note="the fixture's transcript is not failed: the office gets 409"),
     # --- video ---
     R("POST", f"{API}/video/rooms", "200 200 200 404 401 401 401", json=lambda f: {"work_order_id": str(f.order.id)},
       note="200: the order's open room is returned with a fresh link"),

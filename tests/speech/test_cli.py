@@ -183,3 +183,18 @@ def test_the_worker_answers_a_database_it_cannot_use_in_one_line(runner: CliRunn
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
     assert line.startswith("Cannot use the database ") and cause in line and "hunter2-secret" not in line
+
+
+def test_the_speedup_pairs_the_service_default_with_openai_whisper_at_the_same_beam() -> None:
+    """Regression: with two faster-whisper configurations in one run (int8 and float32), the speed-up was
+    taken against whichever came last, and printed as the service's."""
+    from speech.bench import speedups
+
+    def run(engine: str, compute_type: str, beam: int, rtf: float) -> dict[str, object]:
+        return {"engine": engine, "compute_type": compute_type, "beam_size": beam, "glossary": True, "rtf": rtf}
+
+    results = [run("faster-whisper", "int8", 5, 0.15), run("faster-whisper", "float32", 5, 0.18),
+               run("openai-whisper", "float32", 5, 0.54), run("faster-whisper", "int8", 1, 0.12),
+               {"name": "broken", "error": "the benchmark process died"}]
+    assert speedups(results) == {"speedup_faster_over_openai": 3.6, "speedup_faster_fp32_over_openai": 3.0}
+    assert speedups([*results, run("openai-whisper", "float32", 1, 0.36)])["speedup_faster_over_openai_beam1"] == 3.0

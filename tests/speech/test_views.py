@@ -399,6 +399,25 @@ def test_the_category_filter_is_not_a_like_pattern(api: TestClient, world: World
     assert api.get("/api/v1/transcripts", headers=headers, params={"category": "leak"}).json()["count"] == 1
 
 
+def test_a_failed_transcript_can_be_queued_again_by_a_supervisor(api: TestClient, world: World,
+                                                                  session: Session) -> None:
+    """A failure is not final for the office: once the cause is fixed (the model, a setting, the audio), a
+    supervisor queues the recording again with a fresh count of attempts."""
+    t = make_transcript(session, world.steward_a, status=TranscriptState.failed, household_id=world.household_a.id)
+    t.sqlmodel_update({"attempts": 3, "failure_reason": "gave up after 3 attempts: RuntimeError: no model"})
+    session.commit()
+    assert_error(api.post(f"/api/v1/transcripts/{t.id}/retry", headers=world.headers(world.steward_a)), 403,
+                 "role_required")
+    r = api.post(f"/api/v1/transcripts/{t.id}/retry", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["attempts"], r.json()["failure_reason"]) == ("queued", 0, None)
+    session.expire_all()
+    note = session.get(Note, t.id)
+    assert note is not None and note.transcript_status == TranscriptStatus.pending
+    again = api.post(f"/api/v1/transcripts/{t.id}/retry", headers=world.headers(world.supervisor))
+    assert_error(again, 409, "invalid_transition")
+
+
 def test_an_edit_naming_a_segment_twice_is_refused(api: TestClient, world: World, session: Session) -> None:
     """Regression: two edits of segment 0 that cancel out were accepted and recorded as revision 1."""
     t = make_transcript(session, world.steward_a, "原文", "第二段", household_id=world.household_a.id)
