@@ -138,6 +138,8 @@ def _sniff(head: bytes) -> tuple[str, str]:
             return media_type, suffix
     if head[4:8] == b"ftyp":
         return "audio/mp4", ".m4a"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # an MPEG audio frame: MP3 without ID3
+        return ("audio/aac", ".aac") if head[1] & 0x06 == 0 else ("audio/mpeg", ".mp3")
     return "application/octet-stream", ""
 
 

@@ -429,3 +429,16 @@ def test_an_edit_naming_a_segment_twice_is_refused(api: TestClient, world: World
     body = api.get(f"/api/v1/transcripts/{t.id}", headers=headers).json()
     assert (body["revision"], body["text"]) == (0, "原文第二段")
     assert api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=headers).json() == []
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"RIFF\x00\x00\x00\x00WAVE", ("audio/wav", ".wav")), (b"ID3\x04\x00", ("audio/mpeg", ".mp3")),
+    (b"\x00\x00\x00\x20ftypM4A ", ("audio/mp4", ".m4a")), (b"OggS\x00\x02", ("audio/ogg", ".ogg")),
+    # Regression: an MP3 without an ID3 tag (a bare MPEG frame) and raw AAC (ADTS) were served untyped.
+    (b"\xff\xfb\x90\x64\x00", ("audio/mpeg", ".mp3")), (b"\xff\xf1\x50\x80\x02", ("audio/aac", ".aac")),
+    (b"hello world!", ("application/octet-stream", "")), (b"", ("application/octet-stream", "")),
+])
+def test_the_audio_type_is_read_from_the_first_bytes(head: bytes, expected: tuple[str, str]) -> None:
+    from speech.views import _sniff
+
+    assert _sniff(head) == expected
