@@ -59,13 +59,25 @@ class Signal:
 
 
 def close_finished(session: Session, now: datetime) -> int:
-    """Release the groups whose proactive order is no longer open (resolved, closed, cancelled)."""
-    stmt = (select(ProactiveOrder).join(WorkOrder, col(WorkOrder.id) == col(ProactiveOrder.work_order_id))
-            .where(col(ProactiveOrder.open_key).is_not(None), col(WorkOrder.status).not_in(OPEN_STATUSES)))
-    rows = list(session.exec(stmt).all())
+    """Release the groups whose proactive order is no longer open (resolved, closed, cancelled), and hold
+    again the group of an order that was reopened (resolved, then back in progress) unless another order
+    holds it by now: without that, the reopened order and a new one could both be open for one group."""
+    joined = select(ProactiveOrder).join(WorkOrder, col(WorkOrder.id) == col(ProactiveOrder.work_order_id))
+    rows = list(session.exec(joined.where(col(ProactiveOrder.open_key).is_not(None),
+                                          col(WorkOrder.status).not_in(OPEN_STATUSES))).all())
     for row in rows:
         row.open_key, row.closed_at = None, now
         session.add(row)
+    session.commit()
+    for row in session.exec(joined.where(col(ProactiveOrder.open_key).is_(None),
+                                         col(WorkOrder.status).in_(OPEN_STATUSES))).all():
+        try:
+            with session.begin_nested():
+                row.open_key, row.closed_at = f"{row.kind.value}:{row.group_key}", None
+                session.add(row)
+                session.flush()
+        except IntegrityError:  # another order holds the group now: this one stays a plain work order
+            continue
     session.commit()
     return len(rows)
 
@@ -229,6 +241,7 @@ def evaluate_clusters(*, session: Session, settings: Settings, now: datetime) ->
             households = {s.household_id for s in group}
             if (kind, key) in open_rows:
                 linked += _link_new(session, open_rows[(kind, key)], group)
+                covered |= households  # linked now: a wider group of them adds nothing either
                 continue
             # A wider group made only of households a narrower open order already covers adds nothing.
             if len(households) < thresholds[kind] or households <= covered:

@@ -188,3 +188,32 @@ def test_a_call_counts_only_through_its_work_order(client: TestClient, session: 
     session.commit()
     assert [s.transcript_id for s in clusters.signals(session, settings, utcnow()) if s.transcript_id] == []
     assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []
+
+
+def test_a_reopened_order_holds_its_group_again(client: TestClient, session: Session, world: World) -> None:
+    """Regression: resolving a proactive order released its group for good, so after the office reopened the
+    order (resolved -> in progress) new complaints from the same riser opened a second proactive order next to
+    it. The reopened order holds the group again and the new complaints are linked to it. (Six households in one
+    building also reach the building threshold: complaints linked to an open riser order in the same run did
+    not count as covered, and a building order opened next to it.)"""
+    homes = _riser(session, world, 6, unit="4")
+    for home in homes[:3]:
+        make_work_order(session, home, category=Category.not_warm)
+    assert _run(client, world)["clusters_opened"] == 1
+    [order] = _proactive(session)
+    order.status = Status.resolved
+    session.add(order)
+    session.commit()
+    assert _run(client, world)["closed"] == 1
+    order = session.get(WorkOrder, order.id)
+    assert order is not None
+    order.status = Status.in_progress  # the radiators went cold again
+    session.add(order)
+    session.commit()
+    for home in homes[3:]:
+        make_work_order(session, home, category=Category.not_warm)
+    report = _run(client, world)
+    assert (report["clusters_opened"], report["members_linked"]) == (0, 3)
+    assert [o.id for o in _proactive(session)] == [order.id]
+    row = session.exec(select(ProactiveOrder)).one()
+    assert row.open_key == f"riser:{row.group_key}" and row.closed_at is None
