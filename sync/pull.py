@@ -387,7 +387,7 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
         session.commit()  # end the reads so far (autocommit in the service): the purge is one transaction
         if maybe_purge(session=session, settings=settings):
             head = _head(session, user, scope_after, near_after)
-    database = database_id(session.connection().engine, head.database)
+    database = head.database or database_id(session)  # made by the first pull or push of a database
     reset = False
     if state is None:
         state = new_snapshot(user, office, head.seq, database)

@@ -249,6 +249,6 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
         cursor = body.cursor
     else:
         if state is None:  # a device that never pulled: its first pull is a snapshot
-            state = new_snapshot(user, office, seq, database_id(session.connection().engine))
+            state = new_snapshot(user, office, seq, database_id(session))
         cursor = cursors.encode(state.with_(client_id=body.client_id), settings.secret_key)
     return {"last_mutation_id": client.last_mutation_id, "cursor": cursor, "results": results}

@@ -71,15 +71,18 @@ def read_counter(conn: Connection, name: str) -> int:
     return int(value or 0)
 
 
-def database_id(engine: Engine, known: int | None = None) -> int:
-    """This database's identity (`known`: as already read, None if the row did not exist), made on first use in
-    its own transaction (a pull reads outside one)."""
-    if known:
-        return known
+def database_id(session: Session) -> int:
+    """This database's identity, made on first use and committed at once (on the session's own connection:
+    taking a second one from the pool could wait forever for a request that holds one)."""
     table = _state_table()
-    with engine.begin() as conn:
-        insert_ignore(conn, table, {"name": DATABASE_ID, "value": secrets.randbits(62) + 1, "updated_at": utcnow()})
-        return int(conn.execute(select(table.c.value).where(table.c.name == DATABASE_ID)).scalar_one())
+    read = select(table.c.value).where(table.c.name == DATABASE_ID)
+    value = session.connection().execute(read).scalar()
+    if value is None:
+        insert_ignore(session.connection(), table, {"name": DATABASE_ID, "value": secrets.randbits(62) + 1,
+                                                    "updated_at": utcnow()})
+        session.commit()
+        value = session.connection().execute(read).scalar_one()
+    return int(value)
 
 
 def new_database_id(engine: Engine) -> int:

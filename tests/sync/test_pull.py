@@ -200,6 +200,13 @@ def test_an_unknown_cursor_position_from_another_database_starts_over(client: Te
     assert d.pull_page()["reset"]
 
 
+def _database_id(engine: Engine) -> int:
+    from sync import tracking
+
+    with Session(engine) as session:
+        return tracking.database_id(session)
+
+
 def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
         client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
     """Regression: only a position beyond this database's head was noticed, so a cursor from another
@@ -207,13 +214,12 @@ def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
     past that position) was read as a position here: rows kept that the server no longer had, changes
     skipped. Every cursor now carries the database's identity."""
     from sync import cursor as cursors
-    from sync import tracking
 
     d = device(district.steward1)
     d.pull()
     assert d.cursor is not None
     state = cursors.decode(d.cursor, district.settings.secret_key)
-    assert state.database == tracking.database_id(engine) != 0
+    assert state.database == _database_id(engine) != 0
     same = d.cursor
     d.cursor = cursors.encode(state.with_(database=state.database + 1), district.settings.secret_key)
     assert d.pull_page()["reset"]
@@ -231,11 +237,11 @@ def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
     result = CliRunner().invoke(app, ["db", "restored"], env={"STEWARD_DATABASE_URL": str(engine.url.render_as_string(
         hide_password=False)), "STEWARD_SECRET_KEY": district.settings.secret_key})
     assert result.exit_code == 0, result.output
-    assert tracking.database_id(engine) != state.database
+    assert _database_id(engine) != state.database
     d.cursor = same
     page = d.pull_page()
     assert page["reset"] and cursors.decode(page["cursor"], district.settings.secret_key).database == \
-        tracking.database_id(engine)
+        _database_id(engine)
 
 
 def test_rows_written_by_the_rest_api_carry_the_change_sequence(client: TestClient, district: District,
