@@ -267,8 +267,11 @@ def _claim(session: Session, campaign: Campaign, now: datetime) -> datetime:
             raise NotFound(f"No campaign with id {campaign.id} (it was deleted meanwhile).")
         if current.sending_until is not None and current.sending_until > now:
             break
+        # `sending` from the claim on, committed before the first message: a draft's dates follow the calendar,
+        # and the periodic run retries only campaigns that are sending (a process killed during the first
+        # send left a draft that nothing retried, and whose later messages took a changed calendar's dates).
         if deliveries.write_if(session, campaign, lambda t: or_(t.c.sending_until.is_(None), t.c.sending_until <= now),
-                               sending_until=until):
+                               sending_until=until, status=CampaignStatus.sending):
             return until
     session.rollback()
     raise Conflict("This campaign is being sent right now; try again in a few minutes.", code="send_in_progress")

@@ -63,10 +63,15 @@ def close_finished(session: Session, now: datetime) -> int:
     again the group of an order that was reopened (resolved, then back in progress) unless another order
     holds it by now: without that, the reopened order and a new one could both be open for one group."""
     joined = select(ProactiveOrder).join(WorkOrder, col(WorkOrder.id) == col(ProactiveOrder.work_order_id))
-    rows = list(session.exec(joined.where(col(ProactiveOrder.open_key).is_not(None),
-                                          col(WorkOrder.status).not_in(OPEN_STATUSES))).all())
-    for row in rows:
-        row.open_key, row.closed_at = None, now
+    finished = session.exec(select(ProactiveOrder, WorkOrder)
+                            .join(WorkOrder, col(WorkOrder.id) == col(ProactiveOrder.work_order_id))
+                            .where(col(ProactiveOrder.open_key).is_not(None),
+                                   col(WorkOrder.status).not_in(OPEN_STATUSES))).all()
+    for row, order in finished:
+        # Closed when the order was finished, not when this run noticed: a complaint made in between (still
+        # cold after the repair) is a new one and counts for the group again.
+        row.open_key = None
+        row.closed_at = min(order.resolved_at or order.closed_at or order.updated_at or now, now)
         session.add(row)
     session.commit()
     for row in session.exec(joined.where(col(ProactiveOrder.open_key).is_(None),
@@ -79,7 +84,7 @@ def close_finished(session: Session, now: datetime) -> int:
         except IntegrityError:  # another order holds the group now: this one stays a plain work order
             continue
     session.commit()
-    return len(rows)
+    return len(finished)
 
 
 def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]:

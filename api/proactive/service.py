@@ -67,10 +67,20 @@ def _order_clause(user: User) -> ColumnElement[bool]:
     return col(ProactiveOrder.work_order_id).in_(select(WorkOrder.id).where(access.work_order_clause(user)))
 
 
-def public(session: Session, row: ProactiveOrder) -> ProactiveOrderPublic:
-    """A proactive order with the ids of the complaints it groups."""
+def public(session: Session, row: ProactiveOrder, user: User) -> ProactiveOrderPublic:
+    """A proactive order with the ids of the complaints it groups that the user may see (a building's or a
+    station's group spans other stewards' grids; their ids stay out of a steward's answer, as everywhere)."""
+    from api.notes.models import Note
+    from api.notes.service import note_clause
+
+    orders = select(WorkOrder.id).where(access.work_order_clause(user))
+    notes = select(Note.id).where(note_clause(user))
     members = session.exec(select(ProactiveMember.work_order_id, ProactiveMember.transcript_id)
-                           .where(ProactiveMember.proactive_order_id == row.id)
+                           .where(ProactiveMember.proactive_order_id == row.id,
+                                  or_(col(ProactiveMember.work_order_id).is_(None),
+                                      col(ProactiveMember.work_order_id).in_(orders)),
+                                  or_(col(ProactiveMember.transcript_id).is_(None),
+                                      col(ProactiveMember.transcript_id).in_(notes)))
                            .order_by(col(ProactiveMember.at), col(ProactiveMember.id))).all()
     return ProactiveOrderPublic.model_validate(row.model_dump() | {
         "open": row.open_key is not None,

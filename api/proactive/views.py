@@ -96,12 +96,12 @@ def run_evaluation(request: Request, session: SessionDep, settings: SettingsDep,
 def list_orders(session: SessionDep, user: CurrentUser, page: PageDep, kind: ProactiveKind | None = None,
                 open: bool | None = None):
     rows, count = service.list_orders(session=session, user=user, page=page, kind=kind, open=open)
-    return {"data": [service.public(session, r) for r in rows], "count": count}
+    return {"data": [service.public(session, r, user) for r in rows], "count": count}
 
 
 @router.get("/orders/{id}", response_model=ProactiveOrderPublic)
 def get_order(id: uuid.UUID, session: SessionDep, user: CurrentUser):
-    return service.public(session, service.get_order(session=session, user=user, id=id))
+    return service.public(session, service.get_order(session=session, user=user, id=id), user)
 
 
 @router.get("/sla/breaches", response_model=BreachesPublic)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from api.network.models import HeatingStatus
 from api.notices.sms import LoggingSender, SendResult
-from api.proactive.models import CampaignDelivery, CampaignKind, DeliveryStatus
+from api.proactive.models import Campaign, CampaignDelivery, CampaignKind, DeliveryStatus
 from api.settings import Settings
 from api.users.models import Role
 from tests.api.proactive.helpers import API, SEASON, assert_error, calendar_body, create_campaign
@@ -237,3 +239,32 @@ def test_a_calendar_change_moves_a_draft_campaign_not_a_sent_one(client: TestCli
     assert all("11月8日08:00" in m["text"] for m in preview["data"])
     sent = client.get(f"{API}/campaigns/{start['id']}", headers=h).json()
     assert sent["event_start"] == start["event_start"]  # what its residents were told stays
+
+
+def test_a_campaign_is_sending_from_its_first_message_on(client: TestClient, session: Session, world: World,
+                                                         engine: Engine) -> None:
+    """Regression: the status stayed `draft` until the send ended. A calendar change during the send moved the
+    campaign's dates, so households still to be texted (or retried) got other dates than those already told;
+    and a process killed mid-send left a draft that the periodic run never retried."""
+    campaign = create_campaign(client, world)
+    seen: list[tuple[str, str]] = []
+    moves: list[Any] = []
+
+    class Watching:
+        def send(self, phone: str, text: str) -> bool:
+            with Session(engine) as other:  # what another request sees while the first message goes out
+                row = other.get(Campaign, uuid.UUID(campaign["id"]))
+                assert row is not None
+                seen.append((row.status.value, text))
+            if len(seen) == 1:  # the office corrects the calendar in the middle of the send
+                moves.append(client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}",
+                                        json=calendar_body(fill="2026-11-01T06:00:00+08:00"),
+                                        headers=world.headers(world.supervisor)))
+            return True
+
+    client.app.state.sms_sender = Watching()  # type: ignore[attr-defined]
+    done = _send(client, world, str(campaign["id"]))
+    assert [m.status_code for m in moves] == [200], moves[0].text
+    assert [status for status, _ in seen] == ["sending", "sending"]
+    assert all("11月1日08:00" in text for _, text in seen)  # both households told the same dates
+    assert done["status"] == "completed" and done["event_start"] == "2026-11-01T00:00:00Z"

@@ -217,3 +217,43 @@ def test_a_reopened_order_holds_its_group_again(client: TestClient, session: Ses
     assert [o.id for o in _proactive(session)] == [order.id]
     row = session.exec(select(ProactiveOrder)).one()
     assert row.open_key == f"riser:{row.group_key}" and row.closed_at is None
+
+
+def test_complaints_made_after_the_order_was_resolved_count_again(session: Session, world: World,
+                                                                  settings: Settings) -> None:
+    """Regression: a released group remembered when the evaluation noticed the order was finished, not when it
+    was, and complaints made in between (still cold after the repair) were dropped for good."""
+    t0 = utcnow() - timedelta(hours=3)
+    homes = _riser(session, world, 3, unit="5")
+    for i, home in enumerate(homes):
+        make_work_order(session, home, category=Category.not_warm, created_at=t0 + timedelta(minutes=i))
+    assert service.run(session=session, settings=settings, sender=LoggingSender(),
+                       now=t0 + timedelta(minutes=5)).clusters_opened == 1
+    [order] = _proactive(session)
+    order.status, order.resolved_at = Status.resolved, t0 + timedelta(minutes=20)
+    session.add(order)
+    session.commit()
+    for i, home in enumerate(homes):  # still cold
+        make_work_order(session, home, category=Category.not_warm, created_at=t0 + timedelta(minutes=25 + i))
+    report = service.run(session=session, settings=settings, sender=LoggingSender(), now=t0 + timedelta(minutes=30))
+    assert (report.closed, report.clusters_opened) == (1, 1)
+    assert len(_proactive(session)) == 2
+
+
+def test_a_steward_sees_only_the_member_ids_of_their_scope(client: TestClient, session: Session, world: World,
+                                                           settings: Settings) -> None:
+    """Regression: a station's group spans grids, and the order listed every member's id to the steward it
+    was given to, ids of other stewards' work orders included (404 for them anywhere else)."""
+    tight = settings.model_copy(update={"proactive_cluster_riser_threshold": 2,
+                                        "proactive_cluster_building_threshold": 2,
+                                        "proactive_cluster_station_threshold": 3})
+    second = make_household(session, world.building_a, unit="2", room="201")
+    mine = [make_work_order(session, h, category=Category.leak) for h in (world.household_a, second)]
+    theirs = make_work_order(session, world.household_b, category=Category.leak)
+    service.run(session=session, settings=tight, sender=LoggingSender())
+    body = client.get(f"{API}/orders", params={"kind": "station"}, headers=world.headers(world.steward_a)).json()
+    [station] = body["data"]
+    assert set(station["member_work_order_ids"]) == {str(o.id) for o in mine}
+    assert station["signal_count"] == 3  # the group's size is not an id
+    office = client.get(f"{API}/orders/{station['id']}", headers=world.headers(world.supervisor)).json()
+    assert set(office["member_work_order_ids"]) == {str(o.id) for o in [*mine, theirs]}
