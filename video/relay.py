@@ -245,8 +245,11 @@ class Room:
         except BaseException:
             await participant.close()
             raise
+        # From the last check on, nothing awaits until the newcomer is in: two rejoins at once, or a close in
+        # between, used to pass the check while the replaced one was being closed (two residents in a room;
+        # a participant left in a room already closed).
         if replaced is not None:
-            await self.remove(replaced)
+            self.participants.pop(replaced.id, None)
         self.participants[participant.id] = participant
         self.empty_since = None
         self._publish(participant, received, taps)
@@ -258,6 +261,8 @@ class Room:
             elif pc.connectionState in ("failed", "closed"):
                 self.spawn(self.remove(participant))
 
+        if replaced is not None:
+            await replaced.close()
         return participant, pc.localDescription.sdp
 
     def _subscribe(self, participant: Participant, description: SessionDescription) -> None:
@@ -352,7 +357,8 @@ class RoomManager:
         self.rooms: dict[uuid.UUID, Room] = {}
         self._on_close = on_close
         self._reaper: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closes: dict[uuid.UUID, asyncio.Task[Room]] = {}  # closes in progress, hook included
+        self.opening = asyncio.Lock()  # create_room's check-then-host, one request at a time
 
     def reserve(self) -> None:
         """Raise `TooManyRequests` if this process cannot take another room."""
@@ -368,20 +374,34 @@ class RoomManager:
     def get(self, room_id: uuid.UUID) -> Room | None:
         return self.rooms.get(room_id)
 
+    def closing(self, room_id: uuid.UUID) -> asyncio.Task[Room] | None:
+        """The close of this room in progress (its recording being saved), if any."""
+        return self._closes.get(room_id)
+
     async def close(self, room_id: uuid.UUID, reason: CloseReason) -> Room | None:
-        """Close a room and run the close hook once (persisting it, the recording); None if not here."""
-        room = self.rooms.get(room_id)
-        if room is None:
-            return None
-        first = not room.closed
-        await room.close(reason)
-        if first:
-            self.rooms.pop(room_id, None)
+        """Close a room and run the close hook once (persisting it, the recording); None if not here. A caller
+        that comes while a close runs waits for that close, hook included (a second close used to return at
+        once, with the room still open in the database)."""
+        task = self._closes.get(room_id)
+        if task is None:
+            room = self.rooms.get(room_id)
+            if room is None:
+                return None
+            task = asyncio.ensure_future(self._close(room, reason))
+            self._closes[room_id] = task
+            task.add_done_callback(lambda _: self._closes.pop(room_id, None))
+        return await asyncio.shield(task)
+
+    async def _close(self, room: Room, reason: CloseReason) -> Room:
+        try:
+            await room.close(reason)
+        finally:  # even if closing failed: the room must not hold its place, and its row must be closed
+            self.rooms.pop(room.id, None)
             if self._on_close is not None:
                 try:
                     await self._on_close(room)
                 except Exception:
-                    log.exception("after-close step of room %s failed", room_id)
+                    log.exception("after-close step of room %s failed", room.id)
         return room
 
     def stats(self, *, reset: bool = False) -> dict[str, Any]:
@@ -434,3 +454,4 @@ class RoomManager:
             self._reaper = None
         for room_id in list(self.rooms):
             await self.close(room_id, CloseReason.shutdown)
+        await asyncio.gather(*self._closes.values(), return_exceptions=True)

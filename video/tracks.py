@@ -81,7 +81,7 @@ class SourceSlot:
         self._last_pts = -1
         self._decoding = False
         self._raw_until = 0.0
-        self._waiters: list[asyncio.Future[Frame]] = []
+        self._waiters: list[asyncio.Future[Frame | None]] = []
         self._arrived_ts: dict[int, float] = {}  # publisher timestamp -> arrival (frames that get decoded)
         self._arrived: dict[int, float] = {}  # slot pts -> arrival
         self._task: asyncio.Task[None] | None = None
@@ -238,7 +238,7 @@ class SourceSlot:
         if self.source is None:
             return self.latest
         self._raw_until = time.monotonic() + RAW_LEASE_S
-        waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Frame | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         if self.forward and self._keyframes is not None:
             self._keyframes.request()
@@ -286,8 +286,9 @@ class SourceSlot:
         if encode_task is not None:
             encode_task.cancel()
         await asyncio.gather(*(t for t in (task, encode_task) if t is not None), return_exceptions=True)
-        for waiter in self._waiters:
-            waiter.cancel()
+        for waiter in self._waiters:  # a snapshot awaiting a picture gets none (cancelling it reached the client
+            if not waiter.done():  # as a bare 500: CancelledError passes every error handler)
+                waiter.set_result(None)
         for proxy in list(self._proxies):
             proxy.stop()
         self._taps.clear()

@@ -103,7 +103,9 @@ def _live(manager: RoomManager, row: VideoRoom) -> Room:
     if row.state != RoomState.open:
         raise Conflict("The video call has ended; start a new one.", code="room_closed")
     room = manager.get(row.id)
-    if room is None or room.closed:
+    if manager.closing(row.id) is not None or (room is not None and room.closed):
+        raise Conflict("The video call has ended; start a new one.", code="room_closed")
+    if room is None:
         raise Conflict("The video call was interrupted (the relay restarted); start a new one.",
                        code="room_lost")
     return room
@@ -138,21 +140,29 @@ async def create_room(request: Request, response: Response, body: RoomCreate, se
     """Open a video call about a work order (or return its open one) with a join link for the resident."""
     manager = _manager(request)
     worker = service.worker_name(settings)
-    row, created = await run_in_threadpool(service.create_room, session=session, settings=settings, user=user,
-                                           data=body, worker=worker)
-    if not created and row.worker == worker and manager.get(row.id) is None:
-        # Open in the database but not relayed here: the process that had it died.
-        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id, reason=CloseReason.lost)
-        row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
-                                               user=user, data=body, worker=worker)
-    if created:
-        try:
-            _host(manager, settings, row)
-        except DomainError:
-            await run_in_threadpool(service.mark_closed, session=session, room_id=row.id, reason=CloseReason.closed)
-            raise
-    else:
-        response.status_code = status.HTTP_200_OK
+    # One opening at a time in this process: between a new row's commit and its hosting below, another
+    # request for the same order would find it open and not relayed, and close it as lost.
+    async with manager.opening:
+        row, created = await run_in_threadpool(service.create_room, session=session, settings=settings, user=user,
+                                               data=body, worker=worker)
+        if not created and row.worker == worker and manager.get(row.id) is None:
+            closing = manager.closing(row.id)
+            if closing is not None:  # being closed right now (its recording saved): a new call follows it
+                await asyncio.shield(closing)
+            else:  # open in the database but not relayed here: the process that had it died
+                await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
+                                        reason=CloseReason.lost)
+            row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
+                                                   user=user, data=body, worker=worker)
+        if created:
+            try:
+                _host(manager, settings, row)
+            except DomainError:
+                await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
+                                        reason=CloseReason.closed)
+                raise
+        else:
+            response.status_code = status.HTTP_200_OK
     token, expires_at = tokens.create_join_token(settings=settings, room_id=row.id, room_expires_at=row.expires_at)
     join_url = f"{_public_base(settings, request)}/join/{token}"
     return RoomCreated(room_id=row.id, join_url=join_url, sms_text=service.sms_text(settings, join_url, expires_at),
@@ -218,6 +228,8 @@ async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, setting
     _pinned_here(request, settings, row)
     room = _live(_manager(request), row)
     frame = await room.slot(Role.resident, "video").fresh_frame()  # forward mode decodes only on demand
+    if room.closed:  # the call ended while the picture was awaited
+        raise Conflict("The video call has ended; start a new one.", code="room_closed")
     if frame is None:
         raise Conflict("No picture from the resident yet: wait until their camera shows.", code="no_video")
     jpeg = await asyncio.to_thread(encode_jpeg, frame)  # type: ignore[arg-type]

@@ -233,9 +233,15 @@ def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
     from typer.testing import CliRunner
 
     from api.cli import app
+    from api.settings import get_settings
 
-    result = CliRunner().invoke(app, ["db", "restored"], env={"STEWARD_DATABASE_URL": str(engine.url.render_as_string(
-        hide_password=False)), "STEWARD_SECRET_KEY": district.settings.secret_key})
+    get_settings.cache_clear()  # the command reads its settings from this environment, not an earlier test's
+    try:
+        result = CliRunner().invoke(app, ["db", "restored"], env={
+            "STEWARD_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "STEWARD_SECRET_KEY": district.settings.secret_key})
+    finally:
+        get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert _database_id(engine) != state.database
     d.cursor = same

@@ -1,0 +1,134 @@
+"""Calls closed, joined and opened at the same moment (regressions found by a review): every answer in the one
+error shape, one close with its recording, one resident, no connection left in a closed room."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from tests.utils.asserts import assert_error
+from tests.video.conftest import run
+from tests.video.test_relay import ROOMS, bearer, joined, open_room
+from video.clients import Participant
+from video.models import CloseReason
+
+
+def test_two_closes_at_once_both_answer_the_closed_call(live, world, order) -> None:
+    """The second close returned at once, while the first was still saving the recording: it answered the call
+    as open, with no recording."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            steward = await joined(Participant(role="steward", audio=True), app, room_id,
+                                   bearer(world, world.steward_a))
+            await asyncio.sleep(1.0)
+            answers = await asyncio.gather(*(app.http.post(f"{ROOMS}/{room_id}/close", headers=world.headers(who))
+                                             for who in (world.steward_a, world.supervisor)))
+            for client in (resident, steward):
+                await client.close()
+            bodies = [r.json() for r in answers]
+            assert [r.status_code for r in answers] == [200, 200]
+            assert [b["state"] for b in bodies] == ["closed", "closed"]
+            assert bodies[0]["recording_note_id"] is not None
+            assert bodies[0]["recording_note_id"] == bodies[1]["recording_note_id"]
+    run(scenario())
+
+
+def test_a_snapshot_awaiting_a_picture_when_the_call_ends_is_a_clear_409(live, world, order) -> None:
+    """The waiting snapshot was cancelled by the close, and CancelledError passed every error handler: a bare
+    500 in plain text."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True, fps=1), app, room_id,
+                                    token)
+            headers = world.headers(world.steward_a)
+            snapshot = asyncio.ensure_future(app.http.post(f"{ROOMS}/{room_id}/snapshot", headers=headers))
+            await asyncio.sleep(0.05)
+            closed = await app.http.post(f"{ROOMS}/{room_id}/close", headers=headers)
+            assert closed.status_code == 200, closed.text
+            answer = await snapshot
+            await resident.close()
+            if answer.status_code != 201:  # the picture came first: a snapshot taken just before the end is fine
+                assert_error(answer, 409, "room_closed")
+    run(scenario())
+
+
+def test_two_rejoins_at_once_leave_one_resident(live, world, order) -> None:
+    """Both rejoins passed the check while the resident they replaced was being closed, and both went in."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            first = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            again = [Participant(role="resident", video=True, audio=True) for _ in range(2)]
+            answers = await asyncio.gather(*(c.join(app.http, room_id, token) for c in again))
+            room = app.rooms.get(uuid.UUID(room_id))
+            roles = [p.role.value for p in room.participants.values()]
+            for client in (first, *again):
+                await client.close()
+            assert [r.status_code for r in answers] == [200, 200]
+            assert roles == ["resident"]
+    run(scenario())
+
+
+def test_a_rejoin_while_the_call_closes_is_refused_and_leaves_nothing(live, world, order) -> None:
+    """The call closed while a rejoin was closing the resident it replaced; the newcomer then went into the
+    closed room (gone from the relay), its connection never closed, and the client was told 200."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            first = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            room = app.rooms.get(uuid.UUID(room_id))
+            old = next(iter(room.participants.values()))
+            close_pc = old.pc.close
+
+            async def slow_close() -> None:  # as a real peer connection's close can be
+                await asyncio.sleep(0.3)
+                await close_pc()
+
+            old.pc.close = slow_close  # type: ignore[method-assign]
+            newcomer = Participant(role="resident", video=True, audio=True)
+            joining = asyncio.ensure_future(newcomer.join(app.http, room_id, token))
+            while not old.closed:
+                await asyncio.sleep(0.005)
+            closed = await app.http.post(f"{ROOMS}/{room_id}/close", headers=world.headers(world.steward_a))
+            answer = await joining
+            left = list(room.participants.values())
+            for client in (first, newcomer):
+                await client.close()
+            assert closed.status_code == 200 and closed.json()["state"] == "closed"
+            assert left == []
+            if answer.status_code != 200:
+                assert_error(answer, 409, "room_closed")
+    run(scenario())
+
+
+def test_opening_a_call_while_the_last_one_is_being_saved_does_not_lose_it(live, world, order, monkeypatch) -> None:
+    """A new call asked for while the last one's recording was still being saved found that row open and not
+    relayed, and closed it as `lost`. Now it waits for that close and opens a new call."""
+    from video import recording
+
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+            await asyncio.sleep(0.5)
+            stop = recording.PacketRecorder.stop
+
+            def slow_stop(self: recording.PacketRecorder) -> object:  # a long call's mix-down
+                import time
+                time.sleep(1.0)
+                return stop(self)
+
+            monkeypatch.setattr(recording.PacketRecorder, "stop", slow_stop)
+            headers = world.headers(world.steward_a)
+            closing = asyncio.ensure_future(app.http.post(f"{ROOMS}/{room_id}/close", headers=headers))
+            await asyncio.sleep(0.2)
+            reopened = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=headers)
+            closed = await closing
+            await resident.close()
+            assert closed.status_code == 200 and closed.json()["close_reason"] == CloseReason.closed.value
+            assert reopened.status_code == 201, reopened.text
+            assert reopened.json()["room_id"] != room_id
+    run(scenario())
