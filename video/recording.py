@@ -109,13 +109,29 @@ class _Mixer:
             self._container.mux(self._stream.encode(None))
 
 
+class _Clock:
+    """A recording's time line: it starts at the call's first sound (on the event loop), not when the room was
+    opened. An SMS link may be opened minutes later, and that wait was leading silence in the note, in its
+    duration and in what was transcribed."""
+
+    def __init__(self) -> None:
+        self.started_at = utcnow()
+        self._t0: float | None = None
+
+    def since(self) -> float:
+        """Seconds since the first sound (0 for the first)."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0, self.started_at = now, utcnow()
+        return now - self._t0
+
+
 class CallRecorder:
     """Records decoded frames (transcode mode). `stop()` (blocking: call it from a thread) finishes the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.started_at = utcnow()
-        self._t0 = time.monotonic()
+        self._clock = _Clock()
         self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray, int, str] | None] = queue.SimpleQueue()
         self._sides = 0
         self._written = 0
@@ -130,8 +146,8 @@ class CallRecorder:
         self._sides += 1
 
         def put(frame: Frame) -> None:
-            if isinstance(frame, av.AudioFrame) and not self._stopped:
-                self._queue.put((side, time.monotonic() - self._t0, frame.to_ndarray(), frame.sample_rate,
+            if isinstance(frame, av.AudioFrame) and not self._stopped and self._error is None:
+                self._queue.put((side, self._clock.since(), frame.to_ndarray(), frame.sample_rate,
                                  frame.layout.name))
 
         return put
@@ -146,7 +162,7 @@ class CallRecorder:
             self._stopped = True
             self._queue.put(None)
         self._thread.join()
-        return _finished(self.path, self.started_at, self._written, self._error)
+        return _finished(self.path, self._clock.started_at, self._written, self._error)
 
     def _run(self) -> None:
         try:
@@ -157,7 +173,7 @@ class CallRecorder:
                     frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
                     frame.sample_rate = rate
                     mixer.place(side, t, frame)
-                    mixer.flush(time.monotonic() - self._t0)
+                    mixer.flush(self._clock.since())
                 mixer.flush(None)
                 self._written = mixer.written
         except Exception as exc:
@@ -183,10 +199,9 @@ class PacketRecorder:
         self.path = path
         self.packets_path = path.with_suffix(".webm")
         self.keep_packets = keep_packets
-        self.started_at = utcnow()
+        self._clock = _Clock()
         self.muxed = 0  # packets written to the WebM file
         self.mixdown_cpu_s = 0.0  # what `stop()` spent decoding, mixing and encoding
-        self._t0 = time.monotonic()
         self._pending: deque[tuple[int, float, int, bytes]] = deque()  # appended on the loop, taken by the thread
         self._sides: list[_Side] = []
         self._container: av.container.OutputContainer | None = None  # the WebM file, once packets came
@@ -205,7 +220,7 @@ class PacketRecorder:
 
         def put(frame: EncodedFrame) -> None:
             if frame.mime == "audio/opus" and not self._stopped and self._error is None:  # else nobody takes it
-                self._pending.append((side, time.monotonic() - self._t0, frame.timestamp, frame.data))
+                self._pending.append((side, self._clock.since(), frame.timestamp, frame.data))
 
         return None, put
 
@@ -227,7 +242,7 @@ class PacketRecorder:
             if not self.keep_packets:
                 self.packets_path.unlink(missing_ok=True)
         self._thread.join()
-        return _finished(self.path, self.started_at, self._written, self._error)
+        return _finished(self.path, self._clock.started_at, self._written, self._error)
 
     def _run(self) -> None:
         try:

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from api.db import utcnow
 from tests.conftest import make_settings
 from tests.utils.s3 import PREFIX, S3_SETTINGS, bucket_keys, mock_bucket
 from video.aiortc_hooks import EncodedFrame
@@ -128,6 +129,31 @@ def test_forward_mode_keeps_a_call_shorter_than_one_muxing_round(tmp_path: Path)
     recording = recorder.stop()  # at once: before the thread's first round
     assert recording is not None and recorder.muxed == 10 and 0.1 <= recording.duration_s <= 0.3
     assert not (tmp_path / "short.webm").exists()  # mixed down, then removed
+
+
+@pytest.mark.parametrize("mode", ["forward", "transcode"])
+def test_the_note_starts_at_the_first_sound_not_when_the_room_opened(tmp_path: Path, mode: str):
+    """Regression: the time line started when the room was hosted, so the wait for the resident to open the
+    SMS link became leading silence in the note, its duration and what was transcribed."""
+    before = utcnow()
+    if mode == "forward":
+        recorder: PacketRecorder | CallRecorder = PacketRecorder(tmp_path / "late.ogg")
+        _, encoded = recorder.taps()
+        assert encoded is not None
+        time.sleep(1.0)  # the room is open, nobody has joined yet
+        for n, data in enumerate(opus_packets(440, 0.4)):
+            encoded(EncodedFrame("audio/opus", data, 5000 + n * 960))
+            time.sleep(0.02)
+    else:
+        recorder = CallRecorder(tmp_path / "late.ogg")
+        decoded = recorder.tap()
+        time.sleep(1.0)
+        for n in range(20):
+            decoded(tone_frame(440, n * 960))
+            time.sleep(0.02)
+    recording = recorder.stop()
+    assert recording is not None and 0.3 <= recording.duration_s <= 0.6
+    assert (recording.started_at - before).total_seconds() >= 0.9  # when the first sound came
 
 
 def test_forward_mode_without_packets_leaves_no_files(tmp_path: Path):
