@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import exists
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
@@ -170,6 +171,11 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
     """Retry the notice SMS that failed and whose time has come, in every sent notice (the periodic run)."""
     now = now or utcnow()
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
+    # A notice marked sent by a process that died before planning its deliveries has none: plan them now (a
+    # plain send answers 409 already_sent, so nothing else would ever text its households).
+    planned = select(NoticeDelivery.id).where(NoticeDelivery.notice_id == Notice.id)
+    for unplanned in session.exec(select(Notice).where(col(Notice.sent_at).is_not(None), ~exists(planned))).all():
+        _plan(session, settings, unplanned)
     ids = session.exec(select(NoticeDelivery.notice_id).where(deliveries.due(table, settings, now))
                        .distinct()).all()
     sent = failed = 0

@@ -308,3 +308,16 @@ def test_a_corrected_phone_gets_the_notice_on_resend(client: TestClient, session
     assert r.json()["sent_count"] == 1 and flaky.calls == ["13800000002", "13900009999"]
     assert [(d.phone, d.status, d.attempts) for d in _deliveries(session, notice)] == [
         ("13900009999", DeliveryStatus.sent, 1)]
+
+
+def test_a_notice_marked_sent_by_a_process_that_died_is_sent_by_the_periodic_run(
+        session: Session, world: World, settings: Settings, sms: LoggingSender) -> None:
+    """Regression: `sent_at` commits before the deliveries are planned. A process that died in between left a
+    notice marked sent with nobody to text: the periodic run only retried existing deliveries, and a plain
+    send answered 409 already_sent."""
+    notice = make_notice(session, world.building_a)
+    assert service._mark_sent(session, notice, datetime.now(UTC))  # and then the process died
+    assert count_rows(session, NoticeDelivery) == 0
+    assert service.send_due(session=session, settings=settings, sender=sms) == (1, 0)
+    assert [phone for phone, _ in sms.sent] == [world.household_a.phone]
+    assert service.send_due(session=session, settings=settings, sender=sms) == (0, 0)  # once
