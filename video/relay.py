@@ -382,6 +382,11 @@ class RoomManager:
         """Close a room and run the close hook once (persisting it, the recording); None if not here. A caller
         that comes while a close runs waits for that close, hook included (a second close used to return at
         once, with the room still open in the database)."""
+        task = self._start_close(room_id, reason)
+        return await asyncio.shield(task) if task is not None else None
+
+    def _start_close(self, room_id: uuid.UUID, reason: CloseReason) -> asyncio.Task[Room] | None:
+        """The close of this room: the one in progress, or one started now (None if the room is not here)."""
         task = self._closes.get(room_id)
         if task is None:
             room = self.rooms.get(room_id)
@@ -390,7 +395,7 @@ class RoomManager:
             task = asyncio.ensure_future(self._close(room, reason))
             self._closes[room_id] = task
             task.add_done_callback(lambda _: self._closes.pop(room_id, None))
-        return await asyncio.shield(task)
+        return task
 
     async def _close(self, room: Room, reason: CloseReason) -> Room:
         try:
@@ -430,8 +435,11 @@ class RoomManager:
         for room in list(self.rooms.values()):
             reason = room.due(now, self.idle_close_s)
             if reason is not None:
-                log.info("closing video room %s: %s", room.id, reason.value)
-                await self.close(room.id, reason)
+                if self.closing(room.id) is None:
+                    log.info("closing video room %s: %s", room.id, reason.value)
+                    # Not awaited: saving a long call's recording takes seconds, and the other rooms' idle
+                    # and vanished participants must not wait for it (the manager keeps the task).
+                    self._start_close(room.id, reason)
                 continue
             for participant in room.stale(now):
                 log.info("dropping participant %s (%s) of room %s: %s", participant.id, participant.role.value,

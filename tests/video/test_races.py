@@ -132,3 +132,34 @@ def test_opening_a_call_while_the_last_one_is_being_saved_does_not_lose_it(live,
             assert reopened.status_code == 201, reopened.text
             assert reopened.json()["room_id"] != room_id
     run(scenario())
+
+
+def test_the_reaper_does_not_wait_for_a_long_recording_to_be_saved() -> None:
+    """The reaper awaited each close, recording included: while a long call was mixed down, no other room was
+    closed and no vanished participant dropped. Two rooms due at once now close side by side."""
+    import time
+    from datetime import timedelta
+
+    from api.db import utcnow
+    from video.relay import Room, RoomManager
+
+    saved: list[uuid.UUID] = []
+
+    async def slow_save(room: Room) -> None:  # a long call's mix-down
+        await asyncio.sleep(0.5)
+        saved.append(room.id)
+
+    async def scenario() -> None:
+        manager = RoomManager(max_rooms=4, idle_close_s=60, on_close=slow_save)
+        rooms = [manager.add(Room(id=uuid.uuid4(), work_order_id=uuid.uuid4(), expires_at=utcnow() - timedelta(
+            seconds=1), max_participants=4, connect_timeout_s=5, ice_servers=[])) for _ in range(2)]
+        started = time.monotonic()
+        await manager.reap_once()
+        assert time.monotonic() - started < 0.3
+        await manager.reap_once()  # again while they close: no second close
+        await manager.aclose()
+        assert time.monotonic() - started < 0.9  # side by side, not one after the other
+        assert sorted(saved) == sorted(r.id for r in rooms)
+        assert all(r.closed and r.close_reason == CloseReason.max_duration for r in rooms)
+        assert manager.rooms == {}
+    run(scenario())
