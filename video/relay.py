@@ -400,13 +400,14 @@ class RoomManager:
     async def _close(self, room: Room, reason: CloseReason) -> Room:
         try:
             await room.close(reason)
-        finally:  # even if closing failed: the room must not hold its place, and its row must be closed
-            self.rooms.pop(room.id, None)
-            if self._on_close is not None:
-                try:
-                    await self._on_close(room)
-                except Exception:
-                    log.exception("after-close step of room %s failed", room.id)
+        except Exception:  # a participant or slot that failed to close: the call still ends, and says so
+            log.exception("closing room %s failed; it is closed all the same", room.id)
+        self.rooms.pop(room.id, None)  # the room must not hold its place, and its row must be closed
+        if self._on_close is not None:
+            try:
+                await self._on_close(room)
+            except Exception:
+                log.exception("after-close step of room %s failed", room.id)
         return room
 
     def stats(self, *, reset: bool = False) -> dict[str, Any]:

@@ -163,3 +163,32 @@ def test_the_reaper_does_not_wait_for_a_long_recording_to_be_saved() -> None:
         assert all(r.closed and r.close_reason == CloseReason.max_duration for r in rooms)
         assert manager.rooms == {}
     run(scenario())
+
+
+def test_a_room_whose_close_fails_still_ends_and_frees_its_place() -> None:
+    """A failure inside a room's close was re-raised to every later close (a 500 each), and the room kept its
+    place among the relay's rooms until a restart."""
+    from datetime import timedelta
+
+    from api.db import utcnow
+    from video.relay import Room, RoomManager
+
+    saved: list[uuid.UUID] = []
+
+    async def save(room: Room) -> None:
+        saved.append(room.id)
+
+    async def scenario() -> None:
+        manager = RoomManager(max_rooms=1, idle_close_s=60, on_close=save)
+        room = manager.add(Room(id=uuid.uuid4(), work_order_id=uuid.uuid4(), expires_at=utcnow() + timedelta(
+            minutes=5), max_participants=4, connect_timeout_s=5, ice_servers=[]))
+
+        async def broken() -> None:
+            raise RuntimeError("a slot would not close")
+
+        room._close = broken  # type: ignore[method-assign]
+        assert await manager.close(room.id, CloseReason.closed) is room
+        assert saved == [room.id] and manager.rooms == {}
+        manager.reserve()  # its place is free again
+        assert await manager.close(room.id, CloseReason.closed) is None
+    run(scenario())
