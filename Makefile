@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+HOST   ?= $(or $(STEWARD_HOST),127.0.0.1)
+PORT   ?= $(or $(STEWARD_PORT),8000)
 
 .PHONY: run test lint pytest serve migrate clean
 

@@ -82,6 +82,9 @@ def _database_errors(settings: Settings) -> Iterator[None]:
         yield
     except (DatabaseConfigError, ArgumentError, DBAPIError, CommandError) as exc:
         raise _fail(f"Cannot use the database {_database_name(settings)}: {_one_line(exc)}", 2) from exc
+    except ImportError as exc:  # a URL for a database this service does not support (mysql://...)
+        raise _fail(f"Cannot use the database {_database_name(settings)}: use SQLite or PostgreSQL "
+                    f"({_one_line(exc)})", 2) from exc
 
 
 @contextmanager
@@ -169,7 +172,11 @@ def create_user(
         grid_ids = [uuid.UUID(part.strip()) for part in grid.split(",") if part.strip()]
         data = UserCreate(username=username, password=password, role=Role(role.value), grid=grid_ids,
                           full_name=full_name)
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:  # each problem without its input: never echo the password
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors(include_input=False))
+        raise _fail(f"Invalid user: {problems}", 2) from exc
+    except ValueError as exc:
         raise _fail(f"Invalid user: {exc}", 2) from exc
     with _database(_settings()) as engine:
         _require_schema(engine)
@@ -206,9 +213,12 @@ def demo_data(
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes (PostgreSQL only beyond 1).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes: PostgreSQL only beyond 1, and video calls "
+                                                      "need one process per port instead (docs/video.md).")] = 1,
 ) -> None:
     """Serve the API with uvicorn."""
+    import os
+
     import uvicorn
 
     from api.startup import prepare
@@ -216,6 +226,15 @@ def serve(
     settings = _settings()
     with _database_errors(settings):
         prepare(settings)
+    if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+        raise _fail("--workers beyond 1 needs PostgreSQL: an embedded SQLite database takes one process (its "
+                    "transcription and proactive workers run inside it).", 2)
+    # The app reads its settings again in the worker process: what the command line chose must reach it (the
+    # video relay names itself <host>:<port>, and a room is pinned to that name).
+    if host is not None:
+        os.environ["STEWARD_HOST"] = host
+    if port is not None:
+        os.environ["STEWARD_PORT"] = str(port)
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
     uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
                 workers=workers, log_level=settings.log_level, proxy_headers=True)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-before-production"
@@ -34,7 +34,8 @@ class Settings(BaseSettings):
                                "log into the database (a PASSIVE checkpoint), so that a request's commit does "
                                "not; 0 leaves it to SQLite, in the committing request, every 1000 pages.")
     secret_key: str = Field(DEV_SECRET_KEY, description="Signs access tokens; required outside dev.")
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        "HS256", description="HMAC algorithm of access tokens (the key is a shared secret: HS* only).")
     access_token_minutes: int = Field(12 * 60, ge=1, description="Token lifetime: one steward shift.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
                                                                         "`failed`.")
     proactive_sms_retry_backoff_s: float = Field(300, ge=0, description="Wait before retrying a failed campaign SMS; "
                                                                         "doubles each time.")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = Field(
         "faster-whisper", description="Speech engine: CTranslate2 (default) or the PyTorch reference.")
     whisper_model: str = Field("", description="Model directory (faster-whisper) or .pt file (openai-whisper); "
@@ -170,6 +171,28 @@ class Settings(BaseSettings):
                                                                        "low-confidence.")
     console_refresh_s: float = Field(5, ge=1, le=300, description="Supervisor console: how often the dashboard "
                                                                   "polls for fresh figures.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("blob_dir", "speech_glossary", mode="before")
+    @classmethod
+    def _empty_path(cls, value: object) -> object:
+        """An empty path setting means "the default", as documented (pydantic would read it as `.`)."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)") from exc
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import typer
 from sqlalchemy import Engine
@@ -22,8 +24,9 @@ def schema_problem(engine: Engine) -> str | None:
     return f"The database is at schema {current or 'empty'}, the code needs {head}: run `steward db upgrade` first."
 
 
-def speech_language_problem(settings: Settings) -> str | None:
-    """Why every transcription job would fail with this STEWARD_SPEECH_LANGUAGE, or None."""
+def speech_problem(settings: Settings) -> str | None:
+    """Why every transcription job would fail with these settings (language, glossary, model path), or None."""
+    from speech.glossary import GlossaryError, load_glossary
     from speech.pipeline import check_language
 
     if settings.speech_queue == "off":  # nothing transcribes here
@@ -32,14 +35,35 @@ def speech_language_problem(settings: Settings) -> str | None:
         check_language(settings.speech_language)
     except ValueError as exc:
         return f"Configuration error: STEWARD_SPEECH_LANGUAGE: {exc}"
+    try:
+        load_glossary(settings.speech_glossary)
+    except GlossaryError as exc:
+        return f"Configuration error: STEWARD_SPEECH_GLOSSARY: {exc}"
+    if settings.whisper_model and not Path(settings.whisper_model).exists():
+        return (f"Configuration error: STEWARD_WHISPER_MODEL: {settings.whisper_model} does not exist (a "
+                "faster-whisper model directory or an openai-whisper .pt file; empty: the bundled model)")
+    return None
+
+
+def storage_problem(settings: Settings) -> str | None:
+    """Why the blob store's directory cannot be used (created, written), or None."""
+    root = settings.blob_dir or settings.data_dir / "blobs"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"Configuration error: STEWARD_BLOB_DIR: cannot use {root}: {exc.strerror or exc}"
     return None
 
 
 def prepare(settings: Settings) -> None:
-    """Refuse a bad speech language or an unmigrated database; on an empty one, seed demo data or say how
-    to start."""
-    # Checked here, not when the first job loads the model: there, every job would fail one by one.
-    problem = speech_language_problem(settings)
+    """Refuse bad speech settings, an unusable blob directory or an unmigrated database; on an empty one, seed
+    demo data or say how to start."""
+    # Checked here, not when the first job loads the model: there, every job would fail one by one. The blob
+    # directory too: it is created while the app is built, inside uvicorn, where a failure is a traceback.
+    problem = speech_problem(settings) or storage_problem(settings)
     if problem:
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)

@@ -139,7 +139,7 @@ def worker(
 ) -> None:
     """Run transcription jobs from the PostgreSQL queue until stopped (run several, on several machines)."""
     from api.security import install_log_redaction
-    from api.startup import speech_language_problem
+    from api.startup import speech_problem
     from speech.worker import queue_mode, run_worker
 
     install_log_redaction()  # as in `steward serve`: no tokens or phone numbers in the worker's logs
@@ -148,7 +148,7 @@ def worker(
     except ValueError as exc:
         typer.secho(f"Configuration error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
-    problem = speech_language_problem(settings)
+    problem = speech_problem(settings)
     if problem:  # now, rather than in every job
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)

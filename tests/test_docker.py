@@ -34,6 +34,21 @@ def test_every_service_has_a_healthcheck_and_the_api_waits_for_postgres() -> Non
     assert "postgres" in services["api"]["environment"]["STEWARD_DATABASE_URL"]
 
 
+def test_every_command_a_service_runs_is_a_steward_command() -> None:
+    """Regression: the worker ran `steward speech worker`, which does not exist: it exited at once and was
+    restarted for ever, its healthcheck (`steward version`) green."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    commands = [s["command"] for s in services.values() if s.get("command") and s["command"][0] == "steward"]
+    assert ["steward", "worker"] in commands
+    for command in commands:
+        result = CliRunner().invoke(app, [*command[1:], "--help"])
+        assert result.exit_code == 0, (command, result.output)
+
+
 def test_dockerfile_runs_migrations_then_serves() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "steward db upgrade && exec steward serve" in dockerfile

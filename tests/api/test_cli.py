@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,11 +153,64 @@ def test_serve_takes_only_real_ports(data_dir: Path, monkeypatch: pytest.MonkeyP
 
     runs: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    monkeypatch.setenv("STEWARD_PORT", "8000")  # restored afterwards: `serve --port` sets it for the app
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     for bad in ("70000", "0", "-1"):
         result = runner.invoke(app, ["serve", "--port", bad])
         assert result.exit_code == 2 and "--port" in result.output, result.output
     assert runs == []
     assert runner.invoke(app, ["serve", "--port", "8123"]).exit_code == 0
+    # Regression: the app reads its settings afresh and named its video relay <host>:8000 whatever --port said.
+    assert os.environ["STEWARD_PORT"] == "8123"
     assert runner.invoke(app, ["serve"]).exit_code == 0
     assert [r["port"] for r in runs] == [8123, get_settings().port]
+
+
+def test_serve_refuses_several_workers_on_sqlite(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: accepted, it started several processes on one SQLite file, each with its own embedded
+    transcription worker, checkpointer and proactive loop."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2 and "PostgreSQL" in result.output
+
+
+def test_operator_mistakes_are_one_line_not_a_traceback(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    # Regression: the rejected password was printed back (pydantic echoes the input).
+    short = runner.invoke(app, ["create-user", "--username", "bob", "--password", "abc", "--role", "admin"])
+    assert short.exit_code == 2 and "abc" not in short.output and "password" in short.output
+    # Regression: a URL for an unsupported database was a traceback (ModuleNotFoundError).
+    monkeypatch.setenv("STEWARD_DATABASE_URL", "mysql://x@y/z")
+    get_settings.cache_clear()
+    mysql = runner.invoke(app, ["db", "current"])
+    assert mysql.exit_code == 2 and "SQLite or PostgreSQL" in mysql.output
+    # Regression: a bad log level crashed `serve` inside uvicorn; settings refuse it (exit 2, one line).
+    monkeypatch.delenv("STEWARD_DATABASE_URL")
+    monkeypatch.setenv("STEWARD_LOG_LEVEL", "loud")
+    get_settings.cache_clear()
+    loud = runner.invoke(app, ["serve"])
+    assert loud.exit_code == 2 and "Configuration error" in loud.output and "log_level" in loud.output
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("STEWARD_SPEECH_GLOSSARY", "/nonexistent/glossary.toml", "STEWARD_SPEECH_GLOSSARY"),
+    ("STEWARD_WHISPER_MODEL", "/nonexistent/model", "STEWARD_WHISPER_MODEL"),
+    ("STEWARD_BLOB_DIR", "{data_dir}/a-file/blobs", "STEWARD_BLOB_DIR"),
+])
+def test_serve_refuses_settings_that_would_fail_later(data_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                       value: str, said: str) -> None:
+    """Regression: a glossary or model that cannot be loaded started fine and failed every transcription one
+    by one; a blob directory that cannot be created was a 150-line traceback from inside uvicorn."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    (data_dir / "a-file").write_text("not a directory")
+    monkeypatch.setenv(name, value.format(data_dir=data_dir))
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -31,6 +31,24 @@ def test_production_refuses_the_development_secret() -> None:
     assert Settings(env="production", secret_key="x" * 40).env == "production"
 
 
+@pytest.mark.parametrize(("name", "value"), [("log_level", "loud"), ("jwt_algorithm", "RS256"),
+                                             ("jwt_algorithm", "none"), ("timezone", "Mars/Base")])
+def test_values_that_would_fail_at_first_use_are_refused_at_start(name: str, value: str) -> None:
+    """Regression: each was accepted, then failed later: uvicorn's traceback (log level), a 500 on every
+    sign-in (an asymmetric or `none` algorithm with a shared secret), a 500 on the first notice (zone)."""
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+
+
+def test_an_empty_path_setting_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: STEWARD_BLOB_DIR= put blobs in the working directory, STEWARD_SPEECH_GLOSSARY= read `.`."""
+    monkeypatch.setenv("STEWARD_BLOB_DIR", "")
+    monkeypatch.setenv("STEWARD_SPEECH_GLOSSARY", " ")
+    settings = Settings()
+    assert settings.blob_dir is None and settings.speech_glossary is None
+    assert Settings(log_level="WARNING", jwt_algorithm="HS512").log_level == "warning"
+
+
 def test_sla_hours_follow_priority() -> None:
     settings = Settings(sla_hours_urgent=1, sla_hours_low=100)
     assert settings.sla_hours("urgent") == 1
