@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from tests.video.conftest import eventually, run
-from tests.video.test_relay import ROOMS, bearer, joined, open_room, real_frames
+from tests.video.test_relay import ROOMS, bearer, in_call, joined, open_room, real_frames
 from video import tracks
 from video.clients import Participant
 from video.forwarding import KEYFRAME_REQUEST_INTERVAL_S
@@ -70,10 +70,7 @@ def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live
 def test_picture_loss_reports_reach_the_publisher_rate_limited(live, world, order):
     async def scenario() -> None:
         async with live() as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, _token, resident, steward = await in_call(app, world, order)
             video, = steward.tracks("video")
             await eventually(lambda: real_frames(video) >= 24, timeout=10)
             encoded, = steward.encoded_tracks("video")
@@ -149,10 +146,7 @@ def test_snapshots_decode_on_demand_and_no_recorder_means_no_decoding(live, worl
 
     async def scenario() -> None:
         async with live(video_record_audio=False) as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, _token, resident, steward = await in_call(app, world, order)
             video, = steward.tracks("video")
             await eventually(lambda: real_frames(video) >= 24, timeout=10)
             room = relay(app, room_id)

@@ -8,7 +8,7 @@ import uuid
 
 from tests.utils.asserts import assert_error
 from tests.video.conftest import run
-from tests.video.test_relay import ROOMS, bearer, joined, open_room
+from tests.video.test_relay import ROOMS, in_call, joined, open_room
 from video.clients import Participant
 from video.models import CloseReason
 
@@ -18,10 +18,7 @@ def test_two_closes_at_once_both_answer_the_closed_call(live, world, order) -> N
     as open, with no recording."""
     async def scenario() -> None:
         async with live() as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, _token, resident, steward = await in_call(app, world, order)
             await asyncio.sleep(1.0)
             answers = await asyncio.gather(*(app.http.post(f"{ROOMS}/{room_id}/close", headers=world.headers(who))
                                              for who in (world.steward_a, world.supervisor)))

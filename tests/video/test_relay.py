@@ -45,6 +45,15 @@ async def joined(client: Participant, app: Any, room_id: str, token: str) -> Par
     return client
 
 
+async def in_call(app: Any, world: World, order: Any) -> tuple[str, str, Participant, Participant]:
+    """A room with the resident (camera and microphone) and the steward (microphone) connected: the room id,
+    the resident's join token and the two clients."""
+    room_id, token = await open_room(app, world, order)
+    resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
+    steward = await joined(Participant(role="steward", audio=True), app, room_id, bearer(world, world.steward_a))
+    return room_id, token, resident, steward
+
+
 def real_frames(track: Received) -> int:
     """Frames that came from a publisher (stamped), not the relay's placeholders."""
     return track.stamped
@@ -58,10 +67,7 @@ def test_resident_reaches_steward_and_close_cleans_up(live, world, order, sessio
     """The core call: >= 15 fps and audio both ways, a JPEG snapshot, and a close that leaves nothing."""
     async def scenario() -> None:
         async with live() as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, _token, resident, steward = await in_call(app, world, order)
             await asyncio.sleep(3)
             video, = steward.tracks("video")
             audio, = steward.tracks("audio")
@@ -268,10 +274,7 @@ def test_call_audio_becomes_a_note_queued_for_transcription(live, world, order, 
 def test_leave_hangs_up_only_the_callers_own_connection(live, world, order):
     async def scenario() -> None:
         async with live() as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, token, resident, steward = await in_call(app, world, order)
             relay_room = app.rooms.get(uuid.UUID(room_id))
             assert relay_room is not None
             leave = f"{ROOMS}/{room_id}/leave?participant_id={resident.participant_id}"
@@ -290,10 +293,7 @@ def test_leave_hangs_up_only_the_callers_own_connection(live, world, order):
 def test_per_subscriber_encoding_when_shared_encoding_is_off(live, world, order):
     async def scenario() -> None:
         async with live(video_relay_mode="transcode", video_shared_encoding=False) as app:
-            room_id, token = await open_room(app, world, order)
-            resident = await joined(Participant(role="resident", video=True, audio=True), app, room_id, token)
-            steward = await joined(Participant(role="steward", audio=True), app, room_id,
-                                   bearer(world, world.steward_a))
+            room_id, _token, resident, steward = await in_call(app, world, order)
             await asyncio.sleep(2)
             video, = steward.tracks("video")
             assert video.fps(time.monotonic() - 1.5) >= 15 and real_frames(video) >= 24
