@@ -89,13 +89,9 @@ def get_audio(id: uuid.UUID, request: Request, session: SessionDep, settings: Se
     media_type, suffix = _sniff(b"".join(blobs.store.open_range(note.audio_sha256, 0, min(size, 12) - 1)))
     # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
     # error shape (Starlette's FileResponse answered both in plain text).
-    size, start, end, chunks = blobs.read(note.audio_sha256, range)
-    headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes",
-               "Content-Disposition": f'attachment; filename="{id}{suffix}"'}
-    if (start, end) != (0, size - 1):
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    return StreamingResponse(chunks, status_code=206 if "Content-Range" in headers else 200, headers=headers,
-                             media_type=media_type)
+    read = blobs.read(note.audio_sha256, range)
+    headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"'}
+    return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers, media_type=media_type)
 
 
 @router.patch("/{id}", response_model=TranscriptDetail)

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 from starlette.requests import ClientDisconnect
@@ -231,16 +232,33 @@ class Blobs:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def read(self, sha256: str, range_header: str | None) -> tuple[int, int, int, Iterator[bytes]]:
-        """(size, start, end, chunks) of a complete blob, honouring a single byte range."""
+    def read(self, sha256: str, range_header: str | None) -> BlobRead:
+        """A complete blob, honouring a single byte range."""
         size = self.store.exists(sha256)
         if size is None:
             raise NotFound(f"No blob {sha256} (or its upload is not complete).")
-        start, end = 0, size - 1
         parsed = parse_range(range_header, size)
-        if parsed is not None:
-            start, end = parsed
-        return size, start, end, self.store.open_range(sha256, start, end)
+        start, end = parsed if parsed is not None else (0, size - 1)
+        return BlobRead(size, start, end, parsed is not None, self.store.open_range(sha256, start, end))
+
+
+class BlobRead(NamedTuple):
+    size: int
+    start: int
+    end: int
+    ranged: bool  # a satisfiable byte range was asked for: the answer is 206
+    chunks: Iterator[bytes]
+
+    @property
+    def status_code(self) -> int:
+        """206 for any range, even one covering the whole blob (players' `bytes=0-` expects it), else 200."""
+        return 206 if self.ranged else 200
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Length": str(self.end - self.start + 1), "Accept-Ranges": "bytes"}
+        if self.ranged:
+            headers["Content-Range"] = f"bytes {self.start}-{self.end}/{self.size}"
+        return headers
 
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")

@@ -89,11 +89,7 @@ def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
 def get_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser,
              range: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206."""
-    size, start, end, chunks = blobs.read(sha256, range)
-    headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes", "ETag": f'"{sha256}"',
-               "Cache-Control": "private, max-age=31536000, immutable"}
-    partial = (start, end) != (0, size - 1)
-    if partial:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    return StreamingResponse(chunks, status_code=206 if partial else 200, headers=headers,
+    read = blobs.read(sha256, range)
+    headers = read.headers() | {"ETag": f'"{sha256}"', "Cache-Control": "private, max-age=31536000, immutable"}
+    return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers,
                              media_type="application/octet-stream")

@@ -183,6 +183,10 @@ def test_audio_is_served_with_range_requests(api: TestClient, world: World, engi
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes 1000-1999/{len(LEAK)}"
     assert part.content == LEAK[1000:2000]
+    # Safari's audio element asks `bytes=0-` and wants a 206 with Content-Range, even for the whole file
+    start = api.get(f"/api/v1/transcripts/{call['id']}/audio", headers=headers | {"Range": "bytes=0-"})
+    assert start.status_code == 206 and start.content == LEAK
+    assert start.headers["content-range"] == f"bytes 0-{len(LEAK) - 1}/{len(LEAK)}"
     wait_until_done(engine, speech_settings_, [uuid.UUID(call["id"])])
 
 
