@@ -41,16 +41,17 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
 
 def sign_in(*, session: Session, settings: Settings, username: str, password: str, address: str) -> User:
     """`authenticate`, throttled: 429 when the address is over its rate or the name or address is locked;
-    a wrong password counts toward the lockout, a right one clears the name's count."""
+    every attempt counts toward the lockout before its password is verified, a right one clears the name's
+    count."""
     throttle.check(session=session, settings=settings, username=username, address=address)
     try:
         user = authenticate(session=session, username=username, password=password)
     except Unauthorized as exc:
         if exc.code == "invalid_credentials":
             session.rollback()
-            throttle.record_failure(session=session, settings=settings, username=username, address=address)
+            throttle.record_failure(session=session)
         raise
-    throttle.record_success(session=session, username=username)
+    throttle.record_success(session=session, username=username, address=address)
     return user
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, literal, select
+from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -57,34 +57,54 @@ def _refuse(locked_until: datetime, now: datetime, message: str) -> TooManyAttem
 
 
 def check(*, session: Session, settings: Settings, username: str, address: str) -> None:
-    """Count this attempt against the address's rate, then refuse it (429) if the address is over its rate or
-    the user name or address is locked. Committed at once: a refused or failed attempt still counts."""
+    """Count this attempt against the address's rate and, before the password is verified, against the user
+    name's and the address's failures; refuse it (429) if the address is over its rate, the name or address
+    was locked, or this attempt is one more than `login_max_failures` (or `..._per_ip`) allow. Counting
+    before verifying is what makes the lockout hold for guesses sent at the same time: each takes its own
+    number from one atomic upsert, so at most `login_max_failures` of them are ever verified. A right
+    password then clears the name's count (`record_success`); a wrong one leaves its count standing.
+    Committed at once: a refused or failed attempt still counts."""
     now = utcnow()
     _, until = _count(session, _key("rate", address), now=now, window_s=60,
-                          lock_at=settings.login_rate_per_minute + 1, lock_s=60)
+                      lock_at=settings.login_rate_per_minute + 1, lock_s=60)
     session.commit()
     if until is not None and until > now:
         raise _refuse(until, now, "Too many sign-in attempts from this address.")
     keys = [_key("user", username), _key("ip", address)]
     locked = session.execute(select(func.max(LoginThrottle.locked_until)).where(
         col(LoginThrottle.key).in_(keys), col(LoginThrottle.locked_until) > now)).scalar()
-    if locked is not None:
+    if locked is not None:  # refused without counting, so that refused attempts do not stretch the lock
         raise _refuse(locked, now, "Too many failed sign-ins: sign-in is locked for a while.")
+    until = count_attempt(session=session, settings=settings, username=username, address=address, now=now)
+    if until is not None:
+        raise _refuse(until, now, "Too many failed sign-ins: sign-in is locked for a while.")
 
 
-def record_failure(*, session: Session, settings: Settings, username: str, address: str) -> None:
-    """Count a wrong password against the user name and the address (committed at once)."""
-    now = utcnow()
+def count_attempt(*, session: Session, settings: Settings, username: str, address: str,
+                  now: datetime | None = None) -> datetime | None:
+    """Count an attempt about to be verified against the user name and the address (committed at once);
+    the end of the lock it set off when it is one more than the limits allow, else None."""
+    now = now or utcnow()
     window, lock = settings.login_failure_window_s, settings.login_lockout_s
-    _count(session, _key("user", username), now=now, window_s=window, lock_at=settings.login_max_failures,
-           lock_s=lock)
-    _count(session, _key("ip", address), now=now, window_s=window, lock_at=settings.login_max_failures_per_ip,
-           lock_s=lock)
-    session.exec(delete(LoginThrottle).where(col(LoginThrottle.expires_at) < now))
+    ends = [_count(session, _key("user", username), now=now, window_s=window,
+                   lock_at=settings.login_max_failures + 1, lock_s=lock)[1],
+            _count(session, _key("ip", address), now=now, window_s=window,
+                   lock_at=settings.login_max_failures_per_ip + 1, lock_s=lock)[1]]
+    session.commit()
+    return max((end for end in ends if end is not None and end > now), default=None)
+
+
+def record_failure(*, session: Session) -> None:
+    """A wrong password: its attempt was counted by `check`; expired counters are swept (committed at once)."""
+    session.exec(delete(LoginThrottle).where(col(LoginThrottle.expires_at) < utcnow()))
     session.commit()
 
 
-def record_success(*, session: Session, username: str) -> None:
-    """A correct password clears the user name's failures (not the address's: one address may serve many)."""
+def record_success(*, session: Session, username: str, address: str) -> None:
+    """A correct password clears the user name's failures and takes its own attempt back off the address's
+    count (the address's earlier failures stand: one address may serve many)."""
+    table = LoginThrottle.__table__  # type: ignore[attr-defined]
     session.exec(delete(LoginThrottle).where(col(LoginThrottle.key) == _key("user", username)))
+    session.execute(update(table).where(table.c.key == _key("ip", address), table.c.count > 0)
+                    .values(count=table.c.count - 1))
     session.commit()

@@ -5,6 +5,7 @@ the database and stay exact when several processes count at once."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
@@ -102,25 +103,25 @@ def test_a_malformed_sign_in_is_422_and_a_nul_in_the_name_is_no_500(api: TestCli
 
 
 def _fail_many(url: str, settings: dict[str, Any], times: int) -> None:
-    """In another process: count `times` failures of the same name and address."""
+    """In another process: count `times` attempts of the same name and address."""
     worker_settings = Settings(**settings)
     engine = make_engine(worker_settings)
     try:
         for _ in range(times):
             with Session(engine) as session:
-                throttle.record_failure(session=session, settings=worker_settings, username="target",
-                                        address="10.0.0.9")
+                throttle.count_attempt(session=session, settings=worker_settings, username="target",
+                                       address="10.0.0.9")
     finally:
         engine.dispose()
 
 
 def test_counts_are_exact_when_several_processes_count_at_once(engine: Engine, limits: Settings,
                                                               session: Session) -> None:
-    """Four processes, each with its own connection pool, record 10 failures each on the same keys at once:
-    the atomic upserts lose none, and every process then sees the lock."""
-    big = limits.model_copy(update={"login_max_failures": 40, "login_max_failures_per_ip": 1000})
+    """Four processes, each with its own connection pool, count 10 attempts each on the same keys at once:
+    the atomic upserts lose none, and every process then sees the lock (39 allowed: the 40th locks)."""
+    big = limits.model_copy(update={"login_max_failures": 39, "login_max_failures_per_ip": 1000})
     fields = {"database_url": big.database_url, "data_dir": str(big.data_dir), "secret_key": big.secret_key,
-              "login_max_failures": 40, "login_max_failures_per_ip": 1000}
+              "login_max_failures": 39, "login_max_failures_per_ip": 1000}
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         for future in [pool.submit(_fail_many, big.database_url, fields, 10) for _ in range(4)]:
             future.result(timeout=120)
@@ -130,3 +131,32 @@ def test_counts_are_exact_when_several_processes_count_at_once(engine: Engine, l
     assert rows["ip:10.0.0.9"].locked_until is None
     with pytest.raises(throttle.TooManyAttempts):
         throttle.check(session=session, settings=big, username="Target", address="10.0.0.1")
+
+
+def test_wrong_passwords_sent_at_the_same_time_cannot_outrun_the_lockout(api: TestClient, world: World) -> None:
+    """Regression: the lock was only read before verifying and the failure counted after, so 15 guesses in
+    flight at once were all verified (about 60 per address per lockout instead of 3). Each attempt now takes
+    its number before its password is checked."""
+    name, start = world.steward_a.username, threading.Barrier(10)
+    statuses: list[int] = []
+
+    def guess() -> None:
+        start.wait()
+        statuses.append(sign_in(api, name, "wrong-password").status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [401] * 3 + [429] * 7
+    assert_error(sign_in(api, name, PASSWORD), 429, "too_many_attempts")  # and the name stays locked
+
+
+def test_right_passwords_do_not_lock_a_shared_address(api: TestClient, world: World) -> None:
+    """Counting before verifying must not make colleagues behind one address lock it: a right password takes
+    its attempt back (the rate limit of 12 a minute still applies)."""
+    users = [world.steward_a, world.steward_b, world.supervisor, world.admin]
+    for i in range(11):
+        assert sign_in(api, users[i % 4].username, PASSWORD).status_code == 200, i
+    assert_error(sign_in(api, "guess", "x"), 401, "invalid_credentials")
