@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -22,11 +23,38 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema up to `revision` (the newest by default), in one transaction per step."""
+    """Bring the schema up to `revision` (the newest by default), in one transaction."""
+    _migrate(engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back down to `revision` ("base": nothing), in one transaction."""
+    _migrate(engine, lambda config: command.downgrade(config, revision))
+
+
+def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
+    """Run Alembic on one connection, in one transaction. On SQLite, which alters a table by copying it and
+    dropping the original, with foreign keys off around the transaction (they cannot change inside one) and
+    checked before the commit: SQLite's own procedure for schema changes. With them on, dropping a table
+    that other rows refer to failed ("FOREIGN KEY constraint failed" taking a database with data back below
+    0002)."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                config.attributes["connection"] = conn
+                run(config)
+                if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").first()) is not None:
+                    raise RuntimeError(f"The migration left a row of {broken[0]} pointing at a missing row of "
+                                       f"{broken[2]}; nothing was changed.")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists
@@ -166,15 +166,21 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Not
     return notice
 
 
+UNPLANNED_RECOVERY = timedelta(days=1)  # how old a sent notice with no deliveries the periodic run still plans
+
+
 def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None
              ) -> tuple[int, int]:
     """Retry the notice SMS that failed and whose time has come, in every sent notice (the periodic run)."""
     now = now or utcnow()
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     # A notice marked sent by a process that died before planning its deliveries has none: plan them now (a
-    # plain send answers 409 already_sent, so nothing else would ever text its households).
+    # plain send answers 409 already_sent, so nothing else would ever text its households). Only one that
+    # reached nobody, marked within UNPLANNED_RECOVERY: notices sent before migration 0009 have no delivery
+    # rows either, and planning them texted every household again about last season's dates.
     planned = select(NoticeDelivery.id).where(NoticeDelivery.notice_id == Notice.id)
-    for unplanned in session.exec(select(Notice).where(col(Notice.sent_at).is_not(None), ~exists(planned))).all():
+    for unplanned in session.exec(select(Notice).where(
+            col(Notice.sent_at) >= now - UNPLANNED_RECOVERY, Notice.sent_count == 0, ~exists(planned))).all():
         _plan(session, settings, unplanned)
     ids = session.exec(select(NoticeDelivery.notice_id).where(deliveries.due(table, settings, now))
                        .distinct()).all()

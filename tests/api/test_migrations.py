@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, text
+from sqlmodel import Session
 
-from api import migrate
+from api import demo, migrate
 from api.db import make_engine
+from api.network.models import Building, Household, Station
+from api.notices import service as notices
+from api.notices.models import Notice, NoticeTarget
+from api.notices.sms import LoggingSender
 from api.tables import metadata
 from api.users.models import Role, User
 from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database, make_settings
@@ -73,3 +78,46 @@ def test_names_that_differ_only_in_case_stop_the_upgrade_that_makes_them_one(emp
         conn.execute(text("UPDATE users SET username = 'bob2' WHERE username = 'BOB'"))
     migrate.upgrade(empty_engine)
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
+
+
+def test_a_database_with_data_goes_down_to_base_and_up_again(empty_engine: Engine) -> None:
+    """Regressions: on SQLite, taking a database with rows below 0002 failed on "FOREIGN KEY constraint
+    failed" (batch mode drops tables that rows refer to); on PostgreSQL, 0001's downgrade left its enum types
+    behind, so the next upgrade failed on `type "role" already exists`."""
+    migrate.upgrade(empty_engine)
+    demo.generate(empty_engine, households=40, stewards=2, password="demo-password", seed=7, history=1)
+    migrate.downgrade(empty_engine, "0002")
+    migrate.downgrade(empty_engine, "base")
+    assert migrate.current_revision(empty_engine) is None
+    assert not set(metadata.tables) & set(inspect(empty_engine).get_table_names())
+    migrate.upgrade(empty_engine)
+    assert migrate.current_revision(empty_engine) == migrate.head_revision()
+    if empty_engine.dialect.name == "sqlite":  # the foreign keys are on again after the migration
+        with empty_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_notices_sent_before_0009_are_not_sent_again_after_the_upgrade(empty_engine: Engine,
+                                                                      tmp_path: Path) -> None:
+    """Regression: 0009 added one delivery row per household for new sends; notices sent before it have none,
+    and the periodic run's recovery of a crashed send took them for unplanned and texted every household
+    again about last season's dates."""
+    migrate.upgrade(empty_engine, "0008")
+    sent_at = datetime.now(UTC) - timedelta(days=40)
+    station, building = uuid.uuid4(), uuid.uuid4()
+    with empty_engine.begin() as conn:
+        conn.execute(insert(Station).values(id=station, code="HS-1", name="站", district="历下区"))
+        conn.execute(insert(Building).values(id=building, station_id=station, community="燕子山小区", number="1"))
+        conn.execute(insert(Household).values([
+            {"id": uuid.uuid4(), "building_id": building, "unit": "1", "room": str(i), "phone": f"1380000000{i}",
+             "area_m2": 80} for i in range(3)]))
+        conn.execute(insert(Notice).values(id=uuid.uuid4(), target=NoticeTarget.building, building_id=building,
+                                           service_phone="96133", water_fill_start=sent_at + timedelta(days=2),
+                                           water_fill_end=sent_at + timedelta(days=3), sent_at=sent_at,
+                                           sent_count=3))
+    migrate.upgrade(empty_engine)
+    sms = LoggingSender()
+    settings = make_settings(empty_engine.url.render_as_string(hide_password=False), tmp_path)
+    with Session(empty_engine) as session:
+        assert notices.send_due(session=session, settings=settings, sender=sms) == (0, 0)
+    assert sms.sent == []

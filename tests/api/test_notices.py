@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -321,3 +321,20 @@ def test_a_notice_marked_sent_by_a_process_that_died_is_sent_by_the_periodic_run
     assert service.send_due(session=session, settings=settings, sender=sms) == (1, 0)
     assert [phone for phone, _ in sms.sent] == [world.household_a.phone]
     assert service.send_due(session=session, settings=settings, sender=sms) == (0, 0)  # once
+
+
+def test_the_periodic_run_does_not_plan_notices_that_reached_households_or_are_old(
+        session: Session, world: World, settings: Settings, sms: LoggingSender) -> None:
+    """Regression: notices sent before migration 0009 have no delivery rows; the recovery of a crashed send
+    took them for unplanned and texted every household again. Only a notice that reached nobody, marked sent
+    within a day, is planned."""
+    now = datetime.now(UTC)
+    old = make_notice(session, world.building_a)
+    assert service._mark_sent(session, old, now - timedelta(days=40))
+    reached = make_notice(session, world.building_a)
+    assert service._mark_sent(session, reached, now - timedelta(hours=1))
+    reached.sent_count = 3  # what a send before 0009 recorded
+    session.add(reached)
+    session.commit()
+    assert service.send_due(session=session, settings=settings, sender=sms) == (0, 0)
+    assert sms.sent == [] and count_rows(session, NoticeDelivery) == 0

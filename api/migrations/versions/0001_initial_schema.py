@@ -302,3 +302,9 @@ def downgrade() -> None:
 
     op.drop_table('stations')
     # ### end Alembic commands ###
+    # PostgreSQL keeps enum types after their tables are gone: upgrading again failed on `type "role"
+    # already exists`.
+    bind = op.get_bind()
+    for name in ('role', 'heatingstatus', 'noticetarget', 'source', 'category', 'priority', 'status',
+                 'visitresult', 'notekind', 'transcriptstatus'):
+        sa.Enum(name=name).drop(bind, checkfirst=True)
