@@ -223,18 +223,21 @@ def serve(
 
     from api.startup import prepare
 
+    # The app reads its settings again (`get_settings`, cached per process; uvicorn builds it in this process
+    # with one worker): what the command line chose must reach it before anything reads and caches them. The
+    # video relay names itself <host>:<port> and a room is pinned to that name: set afterwards, a second
+    # process on another port also called itself <host>:8000 and closed the first one's calls as lost.
+    if host is not None:
+        os.environ["STEWARD_HOST"] = host
+    if port is not None:
+        os.environ["STEWARD_PORT"] = str(port)
+    get_settings.cache_clear()
     settings = _settings()
     with _database_errors(settings):
         prepare(settings)
     if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
         raise _fail("--workers beyond 1 needs PostgreSQL: an embedded SQLite database takes one process (its "
                     "transcription and proactive workers run inside it).", 2)
-    # The app reads its settings again in the worker process: what the command line chose must reach it (the
-    # video relay names itself <host>:<port>, and a room is pinned to that name).
-    if host is not None:
-        os.environ["STEWARD_HOST"] = host
-    if port is not None:
-        os.environ["STEWARD_PORT"] = str(port)
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
     uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
                 workers=workers, log_level=settings.log_level, proxy_headers=True)

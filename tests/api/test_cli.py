@@ -151,9 +151,13 @@ def test_serve_takes_only_real_ports(data_dir: Path, monkeypatch: pytest.MonkeyP
     """Regression: --port 70000 served on 4464 (uvicorn wraps it) and --port 0 on the default port."""
     import uvicorn
 
+    from video.service import worker_name
+
     runs: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    # uvicorn with one worker builds the app in this process, from `get_settings()`: record what it reads
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw | {"relay": worker_name(get_settings())}))
     monkeypatch.setenv("STEWARD_PORT", "8000")  # restored afterwards: `serve --port` sets it for the app
+    get_settings()  # cached before the command runs, as an earlier command in the process would
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     for bad in ("70000", "0", "-1"):
         result = runner.invoke(app, ["serve", "--port", bad])
@@ -164,6 +168,8 @@ def test_serve_takes_only_real_ports(data_dir: Path, monkeypatch: pytest.MonkeyP
     assert os.environ["STEWARD_PORT"] == "8123"
     assert runner.invoke(app, ["serve"]).exit_code == 0
     assert [r["port"] for r in runs] == [8123, get_settings().port]
+    # Regression: the cached settings still said 8000, so two processes on two ports were one relay name
+    assert runs[0]["relay"].endswith(":8123"), runs
 
 
 def test_serve_refuses_several_workers_on_sqlite(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
