@@ -10,6 +10,7 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, func, select
 
 from api import access
+from api.db import lock_row
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from api.network.models import Building
@@ -154,10 +155,13 @@ def get_grid(*, session: Session, user: User) -> list[uuid.UUID]:
 
 
 def set_grid(*, session: Session, user: User, building_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """Replace a steward's grid with exactly these buildings."""
+    """Replace a steward's grid with exactly these buildings. The user's row is locked before the grid is
+    read: two replacements at once left the union of both (a building neither admin gave), and identical
+    ones answered 409 on the second's inserts."""
     ids = _check_grid(session, user.role, building_ids)
     if user.role != Role.steward:
         raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
+    lock_row(session, user)
     current = set(get_grid(session=session, user=user))
     wanted = set(ids)
     if current - wanted:

@@ -222,3 +222,39 @@ def test_two_admins_demoting_themselves_at_once_leave_one(engine: Engine, sessio
     session.rollback()
     admins = session.exec(select(User).where(User.role == Role.admin)).all()
     assert len(admins) == 1
+
+
+def test_two_grid_replacements_at_once_leave_one_of_them(engine: Engine, session: Session, world: World,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: both read the empty grid, then each inserted its own building: the steward ended with the
+    union, a building neither admin gave. Each now reads the grid under the user's row lock."""
+    steward = world.steward_a
+    session.exec(GridBuilding.__table__.delete().where(GridBuilding.user_id == steward.id))  # type: ignore[attr-defined]
+    session.commit()
+    read = threading.Barrier(2, timeout=1)
+    get_grid = service.get_grid
+
+    def read_then_wait(*, session: Session, user: User) -> list[object]:
+        ids = get_grid(session=session, user=user)
+        with contextlib.suppress(threading.BrokenBarrierError):  # with the lock, the other never gets here
+            read.wait()
+        return ids  # type: ignore[return-value]
+
+    monkeypatch.setattr(service, "get_grid", read_then_wait)
+    answers: list[object] = []
+
+    def put(building_id: object) -> None:
+        with Session(engine, expire_on_commit=False) as s:
+            user = s.get(User, steward.id)
+            assert user is not None
+            answers.append(service.set_grid(session=s, user=user, building_ids=[building_id]))  # type: ignore[list-item]
+
+    threads = [threading.Thread(target=put, args=(b.id,)) for b in (world.building_a, world.building_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    session.rollback()
+    final = set(session.exec(select(GridBuilding.building_id).where(GridBuilding.user_id == steward.id)).all())
+    assert final in ({world.building_a.id}, {world.building_b.id}), (final, answers)
+    assert len(answers) == 2 and set(answers[-1]) == final, answers  # the last to finish wins  # type: ignore[call-overload]
