@@ -238,8 +238,11 @@ def create_note(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Note:
     if data.work_order_id is not None:
         household_id = _visible_order(ctx, data.work_order_id, household_id).household_id
     if data.visit_id is not None:
-        _visible_visit(ctx, data.visit_id, household_id)
-    return Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": ctx.user.id})
+        household_id = _visible_visit(ctx, data.visit_id, household_id).household_id
+    # The household a link names is stored too, as in REST: the grid's scope and lists by household go by it
+    # (a note pushed with only a visit was hidden from the grid's other stewards and from its next steward).
+    linked = {"household_id": household_id} if household_id is not None else {}
+    return Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": ctx.user.id} | linked)
 
 
 def _note_writable(ctx: Context, note: Note) -> frozenset[str]:

@@ -11,16 +11,20 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, text
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 
 from api import demo, migrate
 from api.db import make_engine
+from api.fieldwork.models import Visit
 from api.network.models import Building, Household, Station
+from api.notes.models import Note
 from api.notices import service as notices
 from api.notices.models import Notice, NoticeTarget
 from api.notices.sms import LoggingSender
 from api.tables import metadata
 from api.users.models import Role, User
+from api.work_orders.models import WorkOrder
+from sync.models import SyncState
 from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database, make_settings
 
 
@@ -121,3 +125,31 @@ def test_notices_sent_before_0009_are_not_sent_again_after_the_upgrade(empty_eng
     with Session(empty_engine) as session:
         assert notices.send_due(session=session, settings=settings, sender=sms) == (0, 0)
     assert sms.sent == []
+
+
+def test_0012_gives_notes_the_household_of_their_visit_or_work_order(empty_engine: Engine) -> None:
+    """Sync's note create did not store the household its links name (REST did): 0012 fills it in and stamps
+    the notes with a new change number, so the next pull brings them to the stewards who may now see them."""
+    migrate.upgrade(empty_engine)
+    demo.generate(empty_engine, households=20, stewards=1, password="demo-password", seed=3, history=1)
+    with Session(empty_engine, expire_on_commit=False) as session:
+        visit = session.exec(select(Visit)).first()
+        order = session.exec(select(WorkOrder).where(col(WorkOrder.household_id) != visit.household_id)).first()
+        owner = session.exec(select(User)).first()
+        assert visit is not None and order is not None and owner is not None
+        notes = [Note(owner_id=owner.id, audio_sha256="a" * 64, duration_s=1.0, recorded_at=datetime.now(UTC),
+                      **link) for link in ({"visit_id": visit.id}, {"work_order_id": order.id}, {})]
+        session.add_all(notes)
+        session.commit()
+        ids = [n.id for n in notes]
+        last_seq = session.exec(select(func.max(Note.seq))).one()
+        seq_before = session.exec(select(SyncState.value).where(SyncState.name == "seq")).one()
+    migrate.downgrade(empty_engine, "0011")
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        by_visit, by_order, unlinked = (session.get(Note, id) for id in ids)
+        assert by_visit is not None and by_order is not None and unlinked is not None
+        assert (by_visit.household_id, by_order.household_id) == (visit.household_id, order.household_id)
+        assert unlinked.household_id is None and unlinked.version == 1
+        assert by_visit.version == by_order.version == 2 and by_visit.seq == by_order.seq == seq_before + 1
+        assert by_visit.seq > last_seq
