@@ -78,7 +78,7 @@ def only(fields: dict[str, Any], allowed: frozenset[str] | set[str], what: str) 
     """Refuse fields the caller may not write here."""
     extra = sorted(set(fields) - set(allowed))
     if extra:
-        raise Rejected("read_only_field", f"{', '.join(extra)} cannot be written {what}; "
+        raise Rejected("read_only_field", f"{', '.join(shown(name) for name in extra)} cannot be written {what}; "
                                           f"writable: {', '.join(sorted(allowed)) or 'nothing'}.")
 
 
@@ -324,7 +324,7 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
     # Before anything reads the values: a null status is not a status (assignee_id says it in its own words).
     nulls = sorted(name for name, value in values.items() if value is None and name != "assignee_id")
     if nulls:
-        raise Rejected("invalid_value", f"{', '.join(nulls)} cannot be null.")
+        raise Rejected("invalid_value", f"{', '.join(shown(name) for name in nulls)} cannot be null.")
     assign = "assignee_id" in values
     assignee = values.pop("assignee_id", None)
     target = Status(values.pop("status")) if "status" in values else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -35,6 +37,11 @@ from sync.push import push as push_batch
 router = APIRouter(prefix="/sync", tags=["sync"])
 
 
+# A version or limit as a query string: ASCII digits only (`str.isdigit` takes ² and ①, which `int` refuses,
+# and Arabic-Indic digits, which it reads), and few enough that `int` never meets a 4,300-digit string.
+_WHOLE = re.compile(r"[0-9]{1,9}")
+
+
 class UnsupportedVersion(Conflict):
     code = "unsupported_version"
 
@@ -42,7 +49,7 @@ class UnsupportedVersion(Conflict):
 def check_version(value: Any) -> None:
     """Refuse a missing or unknown protocol version before anything else, so old apps learn why."""
     supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
         value = int(value)
     # A whole number only: int(1.5) would pass as 1 here and then fail the body's validation with a 422.
     whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
@@ -55,14 +62,20 @@ def check_version(value: Any) -> None:
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    size = int(value) if value.strip().isdigit() and len(value) <= 9 else 0
+    size = int(value) if _WHOLE.fullmatch(value.strip()) else 0
     if not 1 <= size <= MAX_LIMIT:
         raise Unprocessable(f"limit must be a whole number between 1 and {MAX_LIMIT}.")
     return size
 
 
 def _json(payload: dict[str, Any]) -> Response:
-    return Response(content=orjson.dumps(payload), media_type="application/json")
+    """The answer as JSON. A push has committed by now, so this must not fail: a string orjson refuses (a lone
+    surrogate a device sent, quoted back in a rejection) is written as a `\\ud800` escape instead."""
+    try:
+        content = orjson.dumps(payload)
+    except TypeError:
+        content = json.dumps(payload, default=str, separators=(",", ":")).encode()
+    return Response(content=content, media_type="application/json")
 
 
 @router.get("/pull", responses={200: {"model": PullResponse}})

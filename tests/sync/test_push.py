@@ -24,6 +24,7 @@ from sync import rules
 from sync.models import SyncConflict
 from tests.sync.conftest import District, server_rows
 from tests.sync.device import Device
+from tests.utils.asserts import assert_error
 
 T0 = "2026-12-01T08:00:00+00:00"
 
@@ -236,8 +237,14 @@ def test_an_unsupported_version_is_refused_before_anything_else(client: TestClie
         response = client.post("/api/v1/sync/push", json=body, headers=headers)
         assert response.status_code == 409, version
     # Regression: limit and cursor were validated by FastAPI first (422) whatever the version.
+    # Regression: `str.isdigit` took ², then `int` refused it (500); 4,301 nines were a 500 too; and the
+    # Arabic-Indic ١ was read as version 1.
+    for version in ("\u00b2", "\u0661", "9" * 4301):
+        body = {"client_id": str(uuid.uuid4()), "schema_version": version, "mutations": []}
+        assert_error(client.post("/api/v1/sync/push", json=body, headers=headers), 409, "unsupported_version")
     for params in ({"schema_version": "2"}, {}, {"schema_version": "x", "limit": "99999"},
-                   {"schema_version": "0", "limit": "abc"}, {"limit": "1.5", "cursor": "c" * 5000}):
+                   {"schema_version": "0", "limit": "abc"}, {"limit": "1.5", "cursor": "c" * 5000},
+                   {"schema_version": "\u00b2"}, {"schema_version": "\u0661"}, {"schema_version": "9" * 4301}):
         response = client.get("/api/v1/sync/pull", params=params, headers=headers)
         assert response.status_code == 409, params
         assert response.json()["detail"]["code"] == "unsupported_version"
@@ -247,6 +254,7 @@ def test_an_unsupported_version_is_refused_before_anything_else(client: TestClie
     ({"limit": "abc"}, 422, "validation_error"), ({"limit": "1.5"}, 422, "validation_error"),
     ({"limit": "0"}, 422, "validation_error"), ({"limit": "5001"}, 422, "validation_error"),
     ({"limit": "9" * 5000}, 422, "validation_error"), ({"limit": "-1"}, 422, "validation_error"),
+    ({"limit": "\u2460"}, 422, "validation_error"), ({"limit": "\u0665"}, 422, "validation_error"),  # ① ٥
     ({"cursor": "c" * 5000}, 400, "invalid_cursor"), ({"cursor": "nonsense"}, 400, "invalid_cursor"),
 ])
 def test_a_bad_limit_or_cursor_is_a_clear_error(client: TestClient, district: District, params: dict[str, str],
@@ -854,3 +862,29 @@ def test_a_damaged_cursor_in_a_push_does_not_stop_its_mutations(client: TestClie
     assert response.json()["cursor"] == "damaged"
     pulled = client.get("/api/v1/sync/pull", params={"schema_version": 1, "cursor": "damaged"}, headers=headers)
     assert pulled.status_code == 400 and pulled.json()["detail"]["code"] == "invalid_cursor"
+
+
+def test_a_field_name_the_answer_cannot_encode_is_no_500_after_the_commit(client: TestClient, district: District,
+                                                                          session: Session) -> None:
+    """Regression: a field name with a lone surrogate was quoted raw in its rejection; orjson refused to
+    encode the answer after the batch had committed, so the device saw a 500 for a push that applied."""
+    visit = {"household_id": str(district.h1a.id), "arrived_at": "2026-11-30T08:00:00Z"}
+    good = {"mutation_id": 1, "table": "visits", "op": "upsert", "id": str(uuid.uuid4()), "fields": visit}
+    bad = {"mutation_id": 2, "table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
+           "fields": visit | {"x\ud800": 1}}
+    raw = json.dumps({"schema_version": 1, "client_id": str(uuid.uuid4()), "mutations": [good, bad]})
+    response = client.post("/api/v1/sync/push", content=raw,
+                           headers=district.headers(district.steward1) | {"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["applied", "rejected"]
+    assert results[1]["reason"] == "read_only_field" and "'x\\ud800'" in results[1]["message"]
+    assert session.get(Visit, uuid.UUID(good["id"])) is not None  # type: ignore[arg-type]
+
+
+def test_an_answer_orjson_refuses_is_still_sent() -> None:
+    """The safety net: whatever string a rejection quotes, the answer to a committed push is sent."""
+    from sync import views
+
+    response = views._json({"message": "x\ud800"})
+    assert json.loads(response.body) == {"message": "x\ud800"}
