@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,12 +14,15 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.db import session_scope
 from api.errors import Forbidden, Unauthorized
 from api.security import decode_access_token
 from api.settings import Settings
 from api.users.models import Role, User
+
+T = TypeVar("T")
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
@@ -70,6 +73,7 @@ async def get_session(request: Request, engine: Annotated[Engine, Depends(get_en
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
 
@@ -103,6 +107,32 @@ def authenticate(session: Session, settings: Settings, token: str | None, *, rel
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def in_short_session(request: Request, engine: Engine, work: Callable[[Session], T]) -> T:
+    """Run `work` in a session of its own, in the thread pool, holding a slot and a connection only while it
+    runs: for routes that then stream bytes for as long as a weak link takes."""
+    slots = _session_slots(request, engine)
+
+    def run() -> T:
+        with contextmanager(session_scope)(engine) as session:
+            return work(session)
+
+    if slots is None:
+        return await run_in_threadpool(run)
+    async with slots:
+        return await run_in_threadpool(run)
+
+
+async def get_streaming_user(request: Request, engine: EngineDep, settings: SettingsDep, token: TokenDep) -> User:
+    """`get_current_user` for routes that stream a request or an answer (blobs, recordings). A `SessionDep`
+    holds its slot until the response is sent: 20 slow uploads or downloads on a weak link held every slot,
+    and every other request of the process waited behind them."""
+    return await in_short_session(request, engine, lambda session: authenticate(session, settings, token,
+                                                                                release=True))
+
+
+StreamingUser = Annotated[User, Depends(get_streaming_user)]
 
 
 def require_role(*roles: Role) -> Callable[[User], Awaitable[User]]:

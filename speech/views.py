@@ -10,8 +10,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from sqlmodel import Session
 
-from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
+from api.deps import (
+    CurrentUser,
+    EngineDep,
+    OfficeUser,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    StreamingUser,
+    in_short_session,
+)
 from api.errors import NotFound, PayloadTooLarge, Unprocessable
 from speech import service
 from speech.models import (
@@ -75,13 +85,17 @@ AUDIO: dict[str, Any] = {t: {} for t in ("audio/wav", "audio/ogg", "audio/mpeg",
 @router.get("/{id}/audio", response_class=Response,
             responses={200: {"content": AUDIO, "description": "The recording."},
                        206: {"content": AUDIO, "description": "The requested byte range."}})
-def get_audio(id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser,
-              range: Annotated[str | None, Header()] = None):
-    """The recording; `Range: bytes=...` is honoured so a player can start from a segment."""
+async def get_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: StreamingUser,
+                    range: Annotated[str | None, Header()] = None):
+    """The recording; `Range: bytes=...` is honoured so a player can start from a segment. The database is
+    read in a short session of its own: a slow listener holds no connection while the bytes flow."""
     from api.notes.models import Note
 
-    transcript = service.get(session=session, user=user, id=id)
-    note = session.get(Note, transcript.id)
+    def find(session: Session) -> Note | None:
+        transcript = service.get(session=session, user=user, id=id)
+        return session.get(Note, transcript.id)
+
+    note = await in_short_session(request, engine, find)
     blobs: Blobs = request.app.state.blobs
     size = blobs.store.exists(note.audio_sha256) if note else None
     if note is None or size is None:

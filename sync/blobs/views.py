@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
-from api.deps import CurrentUser
+from api.deps import StreamingUser
 from api.errors import BadRequest
 from sync.blobs.service import Blobs
 
@@ -40,7 +40,7 @@ BINARY: dict[str, Any] = {"application/octet-stream": {}}
 
 @router.put("/{sha256}", status_code=201, response_class=Response,
             responses={201: {"description": "Stored."}, 200: {"description": "Already stored."}})
-async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser) -> Response:
+async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: StreamingUser) -> Response:
     """Upload a whole blob; 201 when new, 200 when it was already there."""
     declared = _int_header(request.headers.get("content-length"), "Content-Length")
     created = await blobs.put(sha256, request.stream(), declared)
@@ -52,7 +52,7 @@ async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUse
 @router.patch("/{sha256}", status_code=204, response_class=Response,
               responses={201: {"description": "Completed and verified by this chunk."},
                          200: {"description": "The blob was already stored."}})
-async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: CurrentUser,
+async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: StreamingUser,
                       upload_offset: Annotated[str | None, Header()] = None,
                       upload_length: Annotated[str | None, Header()] = None) -> Response:
     """Append a chunk at Upload-Offset; 204 with the new offset, 201 once complete and verified."""
@@ -69,7 +69,7 @@ async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: Current
 
 
 @router.head("/{sha256}", response_class=Response, responses={200: {"description": "Stored; its size."}})
-def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
+def head_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser) -> Response:
     """200 with the size when complete; 404 otherwise, with Upload-Offset during a resumable upload."""
     size = blobs.store.exists(sha256)
     if size is not None:
@@ -86,7 +86,7 @@ def head_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser) -> Response:
 @router.get("/{sha256}", response_class=Response,
             responses={200: {"content": BINARY, "description": "The bytes."},
                        206: {"content": BINARY, "description": "The requested byte range."}})
-def get_blob(sha256: Sha, blobs: BlobsDep, _: CurrentUser,
+def get_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser,
              range: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206."""
     read = blobs.read(sha256, range)

@@ -5,16 +5,24 @@ worker thread waiting for a connection held by a request that waited for a threa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session
 
+from api.app import create_app
+from api.db import make_engine
+from api.notices.sms import LoggingSender
 from api.settings import Settings
 from api.users.models import Role
+from tests.conftest import make_settings
 from tests.stress.conftest import ServerProcess
-from tests.utils.factories import auth, make_building, make_household, make_station, make_user
+from tests.utils.factories import World, auth, make_building, make_household, make_station, make_user
 
 REQUESTS = 100  # far more than the connections (2 on PostgreSQL here, 15 for SQLite) and the 40 threads
 
@@ -44,3 +52,41 @@ def test_a_burst_larger_than_the_connection_pool_is_served(session: Session, set
             assert asyncio.run(_burst(server.base, headers, path, params)) == {200: REQUESTS}, path
     finally:
         server.stop()
+
+
+def test_slow_uploads_hold_no_session_slot(engine: Engine, world: World, database_url: str, tmp_path: Path) -> None:
+    """Regression: a blob route's user came from a `SessionDep`, whose slot is held until the response is sent;
+    as many slow uploads as the pool has connections (20 by default) stalled every other request."""
+    settings = make_settings(database_url, tmp_path, db_pool_size=1)  # 1 + 1 overflow: two slots
+    small = make_engine(settings)
+    app = create_app(settings, engine=small, sms_sender=LoggingSender())
+    headers = world.headers(world.admin)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def body(data: bytes) -> AsyncIterator[bytes]:
+            yield data[:10]
+            await release.wait()  # the rest of the body is still on its way
+            yield data[10:]
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            uploads = []
+            for i in range(2):
+                data = bytes([i]) * 100
+                uploads.append(asyncio.create_task(client.put(
+                    f"/api/v1/blobs/{hashlib.sha256(data).hexdigest()}", content=body(data),
+                    headers=headers | {"Content-Length": "100"})))
+            await asyncio.sleep(0.5)
+            try:
+                me = await asyncio.wait_for(client.get("/api/v1/auth/me", headers=headers), 5)
+            finally:
+                release.set()
+                done = await asyncio.gather(*uploads)
+            assert [r.status_code for r in done] == [201, 201]
+            assert me.status_code == 200
+
+    try:
+        asyncio.run(main())
+    finally:
+        small.dispose()
