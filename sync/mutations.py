@@ -245,7 +245,10 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         raise Rejected("read_only_table", f"{spec.name} are read-only for devices.")
     row = ctx.get(spec, id)
     if row is None:
-        if ctx.tombstoned(spec, id):
+        # Deleted on the server: its tombstone says so, or after the retention window purged the tombstone, a
+        # full write from a version the device had (a row it never had comes with no base_version). Without
+        # the second test, a device back after 30 days offline re-created a row the office had deleted.
+        if ctx.tombstoned(spec, id) or (op == "upsert" and base_version is not None and base_version >= 1):
             return Outcome("conflict", None, "deleted", f"This {spec.name} row was deleted on the server; deletes "
                            "win over updates.", [ConflictEntry(None, "deleted", None, fields, "server")])
         if op == "update":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session, func, select
 
 from api.db import utcnow
+from api.fieldwork.models import Visit
 from api.settings import Settings
 from sync.models import ScopeEvent, Tombstone
 from sync.retention import maybe_purge, purge
@@ -157,3 +159,38 @@ def test_a_purge_of_the_seq_a_cursor_stopped_inside_gets_a_reset(client: TestCli
               now=utcnow() + timedelta(days=d.settings.sync_tombstone_retention_days + 1))
     one.pull()
     assert one.resets == 1 and one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_a_deleted_row_stays_deleted_after_its_tombstone_is_purged(client: TestClient, district: District,
+                                                                   engine: Engine) -> None:
+    """Regression: once the retention window purged a delete's tombstone, a device's queued full write
+    (upsert, base_version 1) re-created the row. A missing row with a base_version was deleted here."""
+    d = district
+    phone = Device(http=client, headers=d.headers(d.steward1), name="phone")
+    phone.pull()
+    visit_id = phone.create("visits", household_id=str(d.h1a.id), arrived_at="2026-12-01T08:00:00+00:00",
+                            actions="first")
+    assert phone.push()["results"][0]["status"] == "applied"
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.delete("visits", visit_id)
+    assert office.push()["results"][0]["status"] == "applied"
+    upsert = {"mutation_id": 99, "table": "visits", "op": "upsert", "id": visit_id, "base_version": 1,
+              "fields": {"household_id": str(d.h1a.id), "arrived_at": "2026-12-01T08:00:00+00:00",
+                         "actions": "edited offline"}}
+    for mutation_id in (99, 100):  # within the window (tombstone), then after it (purged)
+        if mutation_id == 100:
+            with Session(engine) as session:
+                purge(session=session, settings=d.settings,
+                      now=utcnow() + timedelta(days=d.settings.sync_tombstone_retention_days + 1))
+                assert session.exec(select(func.count()).select_from(Tombstone)).one() == 0
+        result = client.post("/api/v1/sync/push", json=phone.push_body([upsert | {"mutation_id": mutation_id}]),
+                             headers=d.headers(d.steward1)).json()["results"][0]
+        assert (result["status"], result["reason"]) == ("conflict", "deleted"), result
+    with Session(engine) as session:
+        assert session.get(Visit, uuid.UUID(visit_id)) is None
+    # a row the device creates (no base_version) is still created
+    create = upsert | {"mutation_id": 101, "id": str(uuid.uuid4()), "base_version": None}
+    result = client.post("/api/v1/sync/push", json=phone.push_body([create]),
+                         headers=d.headers(d.steward1)).json()["results"][0]
+    assert result["status"] == "applied", result
