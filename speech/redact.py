@@ -53,6 +53,18 @@ def redact_text(text: str) -> str:
     return _apply(text, masked_positions(text))
 
 
+def redact_phone(value: str) -> str:
+    """A field that holds one phone number (a call's caller number), masked by its shape, not by the text
+    rules: those need a mobile's or an area code's form, and a local caller ID (88886666) or `+86 531 ...`
+    came through whole. Every digit is hidden except the last four (of eight or more; two of five to seven)
+    and, of eleven or more, the first three: `138****8000`, `****6666`."""
+    digits = [i for i, c in enumerate(value.translate(_FOLD)) if c.isdigit()]
+    shown = set(digits[-4:] if len(digits) >= 8 else digits[-2:] if len(digits) >= 5 else [])
+    shown |= set(digits[:3]) if len(digits) >= 11 else set()
+    hidden = set(digits) - shown
+    return "".join("*" if i in hidden else c for i, c in enumerate(value))
+
+
 def _masked_join(parts: list[str], separator: str) -> tuple[str, list[int | None], set[int]]:
     """`separator.join` of the non-empty parts, where each part starts in it (None: left out), and the digits
     to hide: those the joined text hides, and those each part hides alone. Both, because a number may be split

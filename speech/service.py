@@ -38,7 +38,7 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.pipeline import join_segments, segment_separator
-from speech.redact import can_view_pii, redact_joined, redact_parts, redact_text
+from speech.redact import can_view_pii, redact_joined, redact_parts, redact_phone, redact_text
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
 
@@ -119,7 +119,7 @@ def _public(transcript: Transcript, note: Note, call: Call | None, user: User) -
         "categories": transcript.category_list, "revision": transcript.revision, "owner_id": note.owner_id,
         "household_id": note.household_id, "work_order_id": note.work_order_id,
         "draft_work_order_id": transcript.draft_work_order_id, "recorded_at": note.recorded_at,
-        "caller_phone": (call.caller_phone if pii else redact_text(call.caller_phone)) if call else None,
+        "caller_phone": (call.caller_phone if pii else redact_phone(call.caller_phone)) if call else None,
         "agent": call.agent if call else None, "approved_by_id": transcript.approved_by_id,
         "approved_at": transcript.approved_at, "transcribed_at": transcript.transcribed_at, "redacted": not pii,
     }

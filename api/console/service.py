@@ -41,7 +41,7 @@ from api.work_orders import service as work_orders
 from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder
 from speech import service as speech
 from speech.models import Call, Transcript, TranscriptState
-from speech.redact import can_view_pii, redact_for
+from speech.redact import can_view_pii, redact_for, redact_phone
 from video.models import RoomState, VideoRoom, VideoSnapshot
 
 # Readings drawn around a work order: from shortly before it was opened until shortly after it closed.
@@ -121,11 +121,14 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
     def mask(text: str | None) -> str | None:
         return None if text is None else redact_for(user, text)
 
+    def phone(number: str | None) -> str | None:  # one number: masked by its shape (`redact_phone`)
+        return number if number is None or can_view_pii(user) else redact_phone(number)
+
     now = utcnow()
     work_order = {
         "id": order.id, "category": order.category.value, "priority": order.priority.value,
         "status": order.status.value, "source": order.source.value, "description": mask(order.description),
-        "caller_phone": mask(order.caller_phone), "assignee_id": order.assignee_id, "sla_due_at": order.sla_due_at,
+        "caller_phone": phone(order.caller_phone), "assignee_id": order.assignee_id, "sla_due_at": order.sla_due_at,
         "created_at": order.created_at, "resolved_at": order.resolved_at, "closed_at": order.closed_at,
         "sla_breached": order.status in OPEN_STATUSES and order.sla_due_at < now,
     }

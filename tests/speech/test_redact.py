@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.users.models import Role, User
-from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts, redact_text
+from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts, redact_phone, redact_text
 
 
 @pytest.mark.parametrize(("text", "masked"), [
@@ -67,3 +67,14 @@ def test_a_dictated_number_in_comma_separated_groups_is_masked() -> None:
     assert redact_text("电话138，0013，8000") == "电话138，****，8000"
     assert redact_text("电话138、0013、8000") == "电话138、****、8000"
     assert redact_text("第3，4，5号楼") == "第3，4，5号楼"
+
+
+@pytest.mark.parametrize(("number", "masked"), [
+    ("13800138000", "138****8000"), ("88886666", "****6666"), ("+86 531 8888 6666", "+86 5** **** 6666"),
+    ("0531-88886666", "053*-****6666"), ("１３８００１３８０００", "１３８＊＊＊＊８０００".replace("＊", "*")),
+    ("96133", "***33"), ("110", "***"), ("", ""), ("未知", "未知"),
+])
+def test_a_caller_number_is_masked_by_its_shape(number: str, masked: str) -> None:
+    """Regression: a call's caller number went through the text rules, which need a mobile's or an area
+    code's form: a local caller ID or `+86 531 ...` reached stewards whole."""
+    assert redact_phone(number) == masked

@@ -446,3 +446,21 @@ def test_the_audio_type_is_read_from_the_first_bytes(head: bytes, expected: tupl
     from speech.views import _sniff
 
     assert _sniff(head) == expected
+
+
+def test_a_callers_local_number_is_masked_for_stewards(api: TestClient, world: World, session: Session) -> None:
+    """Regression: the caller number went through the text rules, so 88886666 (a local caller ID) and
+    `+86 531 ...` were shown whole, with `"redacted": true`."""
+    from api.notes.models import NoteKind
+    from speech.models import Call
+
+    for phone, masked in (("88886666", "****6666"), ("+86 531 8888 6666", "+86 5** **** 6666")):
+        t = make_transcript(session, world.supervisor, "暖气不热", kind=NoteKind.call_recording,
+                            household_id=world.household_a.id)
+        session.add(Call(id=t.id, caller_phone=phone, agent="agent-07", started_at=utcnow(),
+                         created_by_id=world.supervisor.id))
+        session.commit()
+        steward = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.steward_a)).json()
+        assert (steward["caller_phone"], steward["redacted"]) == (masked, True)
+        office = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.supervisor)).json()
+        assert office["caller_phone"] == phone
