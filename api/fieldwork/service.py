@@ -29,11 +29,13 @@ def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
     """Record a steward's visit to a household of their grid (optionally for a work order)."""
     if user.role != Role.steward:
         raise Forbidden("Visits are recorded by the steward who made them.", code="role_required")
-    if data.id is not None and session.get(Visit, data.id) is not None:
-        raise Conflict(f"A visit with id {data.id} already exists.", code="already_exists")
     if data.left_at is not None and data.left_at < data.arrived_at:
         raise Unprocessable("left_at must not be before arrived_at.", code="invalid_interval")
     _check_links(session, user, data.household_id, data.work_order_id)
+    # After the scope checks: a 409 for an id taken outside the grid, where an unknown one got 404, told a
+    # steward which ids exist there (docs/security.md).
+    if data.id is not None and session.get(Visit, data.id) is not None:
+        raise Conflict(f"A visit with id {data.id} already exists.", code="already_exists")
     visit = Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": user.id})
     session.add(visit)
     session.commit()
@@ -80,14 +82,14 @@ def list_visits(*, session: Session, user: User, page: Page, household_id: uuid.
 
 def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Reading:
     """Append an indoor temperature reading for a household the user may see."""
-    if data.id is not None and session.get(Reading, data.id) is not None:
-        raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
     if data.visit_id is None:
         get_household(session=session, user=user, id=data.household_id)
     else:  # a reading taken during the user's own visit for an order they cover, possibly outside their grid
         visit = visit_to_attach(session=session, user=user, id=data.visit_id)
         if visit.household_id != data.household_id:
             raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
+    if data.id is not None and session.get(Reading, data.id) is not None:  # after the scope checks (visits)
+        raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
     reading = Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": user.id})
     session.add(reading)
     session.commit()

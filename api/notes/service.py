@@ -28,8 +28,6 @@ def note_clause(user: User) -> ColumnElement[bool]:
 
 def create(*, session: Session, user: User, data: NoteCreate) -> Note:
     """Register a recording owned by the caller; links must be rows the caller may see."""
-    if data.id is not None and session.get(Note, data.id) is not None:
-        raise Conflict(f"A note with id {data.id} already exists.", code="already_exists")
     # Every link names the same household: the first one fixes it for the others (also when
     # `household_id` itself is left out, a visit and a work order must agree).
     household_id = data.household_id
@@ -46,6 +44,8 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
             what = "household" if data.household_id is not None else "household than the work order"
             raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")
         household_id = visit.household_id
+    if data.id is not None and session.get(Note, data.id) is not None:  # after the scope checks (visits)
+        raise Conflict(f"A note with id {data.id} already exists.", code="already_exists")
     # The household a link names is stored too: lists by household, the grid's scope and sync go by it.
     linked = {"household_id": household_id} if household_id is not None else {}
     note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id} | linked)

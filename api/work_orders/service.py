@@ -65,9 +65,9 @@ def sla_delta(settings: Settings, household: Household | None, category: Categor
 def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
     households in their grid, assigned to themselves, with the SLA the rules give (not one of their own)."""
-    if data.id is not None and session.get(WorkOrder, data.id) is not None:
-        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
     household = get_household(session=session, user=user, id=data.household_id)
+    if data.id is not None and session.get(WorkOrder, data.id) is not None:  # after the scope check (visits)
+        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
     assignee_id = data.assignee_id
     if user.role == Role.steward:
         if data.source not in STEWARD_SOURCES:

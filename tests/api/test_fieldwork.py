@@ -277,3 +277,23 @@ def test_timestamps_answer_in_utc_on_create_as_on_read(client: TestClient, world
     created = r.json()["arrived_at"]
     assert created in ("2026-12-01T01:30:00Z", "2026-12-01T01:30:00+00:00")
     assert client.get(f"{API}/visits/{r.json()['id']}", headers=h).json()["arrived_at"] == created
+
+
+def test_ids_outside_the_grid_cannot_be_probed(client: TestClient, session: Session, world: World) -> None:
+    """Regression: the taken-id check ran before the scope check, so naming an id of another grid's row (with
+    that grid's household) answered 409 already_exists where an unknown id answered 404."""
+    theirs_reading = make_reading(session, world.household_b, world.steward_b)
+    theirs_visit = make_visit(session, world.household_b, world.steward_b)
+    theirs_order = make_work_order(session, world.household_b)
+    h = world.headers(world.steward_a)
+    now = utcnow().isoformat()
+    for url, body, taken in (
+            ("/api/v1/readings", {"household_id": str(world.household_b.id), "taken_at": now, "temp_c": 18},
+             theirs_reading.id),
+            ("/api/v1/visits", {"household_id": str(world.household_b.id), "arrived_at": now}, theirs_visit.id),
+            ("/api/v1/work_orders", {"household_id": str(world.household_b.id), "category": "leak",
+                                     "source": "visit", "description": "漏水"}, theirs_order.id)):
+        existing = client.post(url, headers=h, json=body | {"id": str(taken)})
+        unknown = client.post(url, headers=h, json=body | {"id": random_id()})
+        assert existing.status_code == unknown.status_code == 404, (url, existing.json(), unknown.json())
+        assert existing.json()["detail"]["code"] == unknown.json()["detail"]["code"]
