@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, event
+from sqlalchemy.exc import DataError
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
@@ -203,6 +204,17 @@ class DatabaseConfigError(ValueError):
     """The configured database cannot be used as configured (its directory cannot be created, say)."""
 
 
+def _refuse_nul(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    """SQLite stores text with NUL characters, which PostgreSQL refuses (its driver raises `DataError`): refuse
+    them here the same way, so that a value is stored on one backend exactly when it is on the other (422
+    `validation_error` from the API, `rejected` in a sync push) instead of a row only SQLite holds."""
+    rows = parameters if executemany else [parameters]
+    for row in rows:
+        for value in (row.values() if isinstance(row, dict) else row or ()):
+            if isinstance(value, str) and "\x00" in value:
+                raise DataError(statement, parameters, ValueError("text cannot hold NUL (0x00) characters"))
+
+
 def make_engine(settings: Settings) -> Engine:
     """Create the engine for the configured database, creating the SQLite directory if needed."""
     url = settings.resolved_database_url
@@ -219,6 +231,7 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         backstop = WAL_AUTOCHECKPOINT_BACKSTOP if settings.sqlite_checkpoint_interval_s > 0 else None
         event.listen(engine, "connect", _sqlite_pragmas(backstop))
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
                          pool_pre_ping=True)

@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
+from sqlmodel import Session
 
 from api.app import create_app
 from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, new_id, sqlite_file
+from api.network.models import Station
 from api.notices.sms import LoggingSender
 from api.settings import Settings
+from tests.utils.asserts import assert_error
+from tests.utils.factories import World
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -196,3 +200,20 @@ def test_new_ids_from_several_threads_are_unique_and_each_thread_s_in_order() ->
         made = list(pool.map(lambda _: make(), range(4)))
     assert all(ids == sorted(ids) for ids in made)
     assert len({i for ids in made for i in ids}) == 4 * 5000
+
+
+def test_text_with_nul_is_refused_the_same_way_on_both_backends(client: TestClient, world: World,
+                                                                session: Session) -> None:
+    """Regression: PostgreSQL refuses NUL in text (422), SQLite stored it: one product, two behaviours, and a
+    row only one backend could hold. SQLite's engine now refuses it as PostgreSQL's driver does."""
+    r = client.patch(f"/api/v1/stations/{world.station.id}", json={"name": "a\x00b"},
+                     headers=world.headers(world.admin))
+    assert_error(r, 422, "validation_error")
+    session.expire_all()
+    assert "\x00" not in session.get(Station, world.station.id).name  # type: ignore[union-attr]
+    visit = {"mutation_id": 1, "table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
+             "fields": {"household_id": str(world.household_a.id), "arrived_at": "2026-12-01T08:00:00Z",
+                        "actions": "放气\x00"}}
+    push = client.post("/api/v1/sync/push", headers=world.headers(world.steward_a),
+                       json={"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [visit]})
+    assert push.status_code == 200 and push.json()["results"][0]["status"] == "rejected", push.text
