@@ -1,5 +1,6 @@
 """The browser pages: the resident's join page, the steward's room page (and supervisors' watch view),
-and the lobby that opens a call. Static HTML/JS, no build step."""
+and the lobby that opens a call. Static HTML, each page's script in its own file (the CSP allows no inline
+script), no build step."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from fastapi.responses import FileResponse
 from api.errors import NotFound
 
 STATIC = Path(__file__).parent / "static"
-# The join URL carries the resident's token: never send it on as a referrer, never cache the page.
-HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
-ASSETS = {"video.js": "text/javascript; charset=utf-8", "video.css": "text/css; charset=utf-8"}
+# The join URL carries the resident's token: never send it on as a referrer, never cache the page. The
+# lobby and room pages share the console's origin and its token in sessionStorage (heat_token), so they get
+# the console's policy (api/console/views.py): only our own script files, no framing. WebRTC adds
+# `mediastream:` for media; the calls' HTTP goes to this origin (relay workers are same-origin, docs/video.md).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+       "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+           "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
+ASSETS = {"video.js": JS, "join.js": JS, "lobby.js": JS, "room.js": JS, "video.css": CSS}
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,4 +54,5 @@ def room_page(id: uuid.UUID) -> FileResponse:
 def asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFound(f"No asset {name}.")
-    return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+    return FileResponse(STATIC / name, media_type=ASSETS[name],
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

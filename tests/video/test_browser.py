@@ -4,6 +4,7 @@ microphone, joins from the join URL; an aiortc steward decodes what it sends."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,6 +64,17 @@ async def assert_relay_mode(http: httpx.AsyncClient, world: World, mode: str) ->
         assert slot["forwarded"] >= 30 and slot["shared_encoded"] == 0, slot
     else:
         assert slot["forwarded"] == 0 and slot["decoded"] >= 30, slot
+
+
+def token_of(world: World, user: Any) -> str:
+    return world.headers(user)["Authorization"].split()[1]
+
+
+async def signed_in_page(browser: Any, token: str) -> Any:
+    """A tab signed in the way the lobby and the console sign in: the access token in sessionStorage."""
+    context = await browser.new_context()
+    await context.add_init_script(f"sessionStorage.setItem('heat_token', {json.dumps(token)})")
+    return await context.new_page()
 
 
 async def heat_state(page: Any) -> dict[str, Any]:
@@ -242,9 +254,8 @@ def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: 
                 pages = {}
                 views = (("steward", world.steward_a, ""), ("supervisor", world.supervisor, "?watch=1"))
                 for who, user, query in views:
-                    token = world.headers(user)["Authorization"].split()[1]
-                    page = await (await browser.new_context()).new_page()
-                    await page.goto(f"{server}/video/room/{room['room_id']}{query}#token={token}")
+                    page = await signed_in_page(browser, token_of(world, user))
+                    await page.goto(f"{server}/video/room/{room['room_id']}{query}")
                     await page.get_by_role("button", name="加入通话").click()
                     await wait_status(page, "connected")
                     pages[who] = page
@@ -271,3 +282,59 @@ def test_steward_page_and_supervisor_watch_view_in_chromium(server: str, world: 
                 await resident.close()
 
     run(scenario(), timeout=90)
+
+
+def test_the_room_page_takes_no_token_from_its_link(server: str, world: World, order: Any) -> None:
+    """A link to /video/room/<id>#token=<someone's token> must not sign the tab in as that someone (login
+    CSRF): the page keeps the tab's own sign-in, or asks for one."""
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+            mine = token_of(world, world.steward_a)
+            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
+                                    headers={"Authorization": f"Bearer {mine}"})).json()
+            link = f"{server}/video/room/{room['room_id']}#token={token_of(world, world.steward_b)}"
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                console: list[str] = []
+                page = await signed_in_page(browser, mine)
+                page.on("console", lambda m: console.append(m.text))
+                await page.goto(link)
+                await page.get_by_role("button", name="加入通话").wait_for()  # steward A's own room, as A
+                assert await page.evaluate("sessionStorage.getItem('heat_token')") == mine
+                assert not [m for m in console if "Content Security Policy" in m], console  # scripts run under the CSP
+
+                page = await (await browser.new_context()).new_page()  # a tab signed in as nobody
+                await page.goto(link)
+                await page.locator("#login").wait_for()
+                assert "请先登录" in await page.locator("#message").inner_text()
+                assert await page.evaluate("sessionStorage.getItem('heat_token')") is None
+            finally:
+                await browser.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_the_lobby_opens_a_call_with_its_scripts_under_the_csp(server: str, world: World, order: Any) -> None:
+    """The lobby's own script file (no inline script is allowed) lists the steward's orders and opens a call,
+    which lands on the room page with the SMS to send."""
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await signed_in_page(browser, token_of(world, world.steward_a))
+                console: list[str] = []
+                page.on("console", lambda m: console.append(m.text))
+                await page.goto(f"{server}/video")
+                await page.locator("#orders button").first.click()
+                await page.get_by_role("button", name="加入通话").wait_for()
+                assert f"工单 {order.id}" in await page.locator("#info").inner_text()
+                assert "join/" in await page.locator("#sms").inner_text()
+                assert not [m for m in console if "Content Security Policy" in m], console
+            finally:
+                await browser.close()
+
+    run(scenario(), timeout=60)

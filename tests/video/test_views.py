@@ -255,9 +255,11 @@ def test_pages(live, world, order):
             page = await app.http.get(f"/join/{token_of(room['join_url'])}")
             assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
             assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
-            for text in ("开始视频", "/video/static/video.js", "在浏览器打开", "链接已过期", "重新连接",
-                         "没有允许使用摄像头"):
+            script = (await app.http.get("/video/static/join.js")).text  # the page's own script file
+            for text in ("开始视频", "/video/static/video.js", "/video/static/join.js", "重新连接"):
                 assert text in page.text, text
+            for text in ("在浏览器打开", "链接已过期", "没有允许使用摄像头"):
+                assert text in script, text
             for path in (f"/video/room/{room['room_id']}", "/video"):
                 r = await app.http.get(path)
                 assert r.status_code == 200 and "video.js" in r.text, path

@@ -32,7 +32,9 @@
   };
   function label(group, key) { return (L[group] && L[group][key]) || (key == null ? "" : String(key)); }
 
-  var state = { me: null, people: {}, view: null, timer: null, urls: [] };
+  /* seq numbers the views as they start: a view still loading when another starts is superseded, and
+     checks `my !== state.seq` after every await so that it stops instead of writing into the new one. */
+  var state = { me: null, people: {}, view: null, timer: null, urls: [], seq: 0, dashboardError: null };
   window.__console = state;
 
   var $ = function (id) { return document.getElementById(id); };
@@ -84,9 +86,12 @@
   }
   var api = function (method, path, body) { return request(method, "/api/v1" + path, body, false); };
 
-  /* Audio and snapshots need the token, which media elements cannot send: fetch them into blob: URLs. */
-  async function blobUrl(path) {
-    var url = URL.createObjectURL(await request("GET", "/api/v1" + path, undefined, true));
+  /* Audio and snapshots need the token, which media elements cannot send: fetch them into blob: URLs.
+     For view `my`; null when a newer view started meanwhile (no URL is made, so none is left unreleased). */
+  async function blobUrl(path, my) {
+    var blob = await request("GET", "/api/v1" + path, undefined, true);
+    if (my !== state.seq) return null;
+    var url = URL.createObjectURL(blob);
     state.urls.push(url);
     return url;
   }
@@ -142,7 +147,9 @@
   function signOut(message) {
     sessionStorage.removeItem(TOKEN_KEY);
     state.me = null;
+    state.seq++;  // a view still loading stops there
     stopTimer();
+    releaseUrls();
     showView(null);
     $("nav").hidden = true; $("logout").hidden = true; $("who").textContent = "";
     $("login").hidden = false;
@@ -198,19 +205,26 @@
 
   async function route() {
     if (!state.me) return;
-    stopTimer();
-    releaseUrls();
     var h = parseHash();
     var name = h.parts[0] || "queue";
     say("");
-    try {
-      if (name === "t" && h.parts[1]) { showView("transcript"); await transcriptView(h.parts[1]); }
-      else if (name === "wo" && h.parts[1]) { showView("timeline"); await timelineView(h.parts[1]); }
-      else if (name === "conflicts") { requireReview(); showView("conflicts"); await conflictsView(h.params); }
-      else if (name === "dashboard") { requireReview(); showView("dashboard"); await dashboardView(); }
-      else { showView("queue"); await queueView(h.params); }
-    } catch (e) {
-      if (e.status === 401) return;
+    await render(function (my) {
+      if (name === "t" && h.parts[1]) { showView("transcript"); return transcriptView(h.parts[1], my); }
+      if (name === "wo" && h.parts[1]) { showView("timeline"); return timelineView(h.parts[1], my); }
+      if (name === "conflicts") { requireReview(); showView("conflicts"); return conflictsView(h.params, my); }
+      if (name === "dashboard") { requireReview(); showView("dashboard"); return dashboardView(my); }
+      showView("queue"); return queueView(h.params, my);
+    });
+  }
+  /* Start a view under a new sequence number, superseding any view still loading (and its timer and blob:
+     URLs); its errors are shown unless a newer view has started since. */
+  async function render(view) {
+    var my = ++state.seq;
+    stopTimer();
+    releaseUrls();
+    try { await view(my); }
+    catch (e) {
+      if (e.status === 401 || my !== state.seq) return;
       say(e.status === 404 ? "找不到该记录（或不在您的网格内）。" :
           e.status === 403 ? "您的账号没有此项权限（需要督办或管理员）。" : "出错了：" + e.message, "error");
     }
@@ -237,11 +251,12 @@
     });
   }
 
-  async function queueView(params) {
+  async function queueView(params, my) {
     setForm($("queue-filters"), params);
     var offset = parseInt(params.offset || "0", 10) || 0;
     var filters = formParams($("queue-filters"));
     var page = await api("GET", "/console/transcripts" + query(Object.assign({}, filters, { offset: offset, limit: PAGE })));
+    if (my !== state.seq) return;
     var rows = clear($("queue-rows"));
     page.data.forEach(function (t) {
       var tr = el("tr", { className: t.status === "transcribed" ? "pending" : "", dataset: { id: t.id } },
@@ -281,9 +296,11 @@
     });
   }
 
-  async function transcriptView(id) {
+  async function transcriptView(id, my) {
     var t = await api("GET", "/transcripts/" + id);
+    if (my !== state.seq) return;
     var quality = await api("GET", "/console/transcripts/" + id + "/quality");
+    if (my !== state.seq) return;
     state.transcript = t;
     var back = state.queue ? "#/queue" + query(Object.assign({}, state.queue.params, { offset: state.queue.offset || "" })) : "#/queue";
     $("back-to-queue").href = back;
@@ -301,8 +318,14 @@
     ]);
     var audio = $("t-audio");
     audio.removeAttribute("src");
-    try { audio.src = await blobUrl("/transcripts/" + id + "/audio"); }
-    catch (e) { if (e.status === 401) throw e; say("录音暂不可用：" + e.message, "error"); }
+    // said by the player, not in #message: a reload keeps the message that caused it on screen
+    var audioError = $("t-audio-error"), src = null;
+    audioError.hidden = true; audioError.textContent = "";
+    try { src = await blobUrl("/transcripts/" + id + "/audio", my); }
+    catch (e) { if (e.status === 401) throw e; audioError.textContent = "录音暂不可用：" + e.message; }
+    if (my !== state.seq) return;
+    if (src) audio.src = src;
+    else if (audioError.textContent) audioError.hidden = false;
     var editable = state.me.can_review && t.status === "transcribed";
     var low = {};
     quality.segments.forEach(function (q) { low[q.index] = q; });
@@ -321,7 +344,7 @@
       });
       if (editable) {
         var edit = el("button", { type: "button", className: "edit secondary" }, "修改");
-        edit.addEventListener("click", function () { startEdit(t, s, li); });
+        edit.addEventListener("click", function () { startEdit(t, s, li, my); });
         li.appendChild(edit);
       }
       list.appendChild(li);
@@ -332,15 +355,19 @@
       var approve = el("button", { type: "button", id: "approve" }, "审核通过");
       approve.addEventListener("click", async function () {
         approve.disabled = true;
-        try { await api("POST", "/transcripts/" + id + "/approve"); say("已审核通过。", "ok"); await transcriptView(id); }
-        catch (e) { approve.disabled = false; if (e.status !== 401) say("审核失败：" + e.message, "error"); }
+        try { await api("POST", "/transcripts/" + id + "/approve"); }
+        catch (e) { approve.disabled = false; if (e.status !== 401 && my === state.seq) say("审核失败：" + e.message, "error"); return; }
+        if (my !== state.seq) return;
+        say("已审核通过。", "ok");
+        await reloadTranscript(id);
       });
       actions.appendChild(approve);
     } else if (t.status === "approved") {
       actions.appendChild(el("span", { className: "badge approved" }, "已审核，不能再修改"));
     }
-    var revisions = clear($("t-revisions"));
     var history = await api("GET", "/transcripts/" + id + "/revisions");
+    if (my !== state.seq) return;
+    var revisions = clear($("t-revisions"));
     history.slice().reverse().forEach(function (r) {
       var li = el("li", null, el("strong", null, "第 " + r.revision + " 版"), " · " + person(r.user_id) + " · " + when(r.at));
       var ul = el("ul");
@@ -353,10 +380,14 @@
     if (!history.length) revisions.appendChild(el("li", { className: "empty" }, "尚无修改。"));
   }
 
-  function startEdit(t, s, li) {
+  /* Show the transcript again, keeping the message on screen (after a save, an approval, a stale save). */
+  function reloadTranscript(id) { return render(function (my) { return transcriptView(id, my); }); }
+
+  function startEdit(t, s, li, my) {
     if (li.querySelector(".edit-box")) return;
     var box = el("span", { className: "edit-box" });
     var input = el("input", { type: "text", value: s.text, maxLength: 2000, className: "segment-input" });
+    input.setAttribute("aria-label", "第 " + (s.index + 1) + " 段的文字");
     var save = el("button", { type: "button" }, "保存");
     var cancel = el("button", { type: "button", className: "secondary" }, "取消");
     box.appendChild(input); box.appendChild(save); box.appendChild(cancel);
@@ -370,13 +401,17 @@
       try {
         await api("PATCH", "/transcripts/" + t.id, { segments: [{ index: s.index, text: input.value }],
                                                       base_revision: t.revision });
-        say("已保存修改。", "ok");
-        await transcriptView(t.id);
       } catch (e) {
-        save.disabled = false;
-        if (e.status === 409 && e.code === "stale_revision") say("别人刚修改过这条转写，已为您重新加载，请再改一次。", "error");
-        else if (e.status !== 401) say("保存失败：" + e.message, "error");
+        if (e.status === 401 || my !== state.seq) return;
+        if (e.status !== 409 || e.code !== "stale_revision") { save.disabled = false; say("保存失败：" + e.message, "error"); return; }
+        // someone saved in between: show their version (and its revision, for the next save)
+        say("别人刚修改过这条转写，已为您重新加载，请再改一次。", "error");
+        await reloadTranscript(t.id);
+        return;
       }
+      if (my !== state.seq) return;
+      say("已保存修改。", "ok");
+      await reloadTranscript(t.id);
     }
     save.addEventListener("click", commit);
     input.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { ev.preventDefault(); commit(); } });
@@ -420,7 +455,7 @@
     box.appendChild(s);
   }
 
-  function timelineEntry(item) {
+  function timelineEntry(item, my) {
     var d = item.data, title, body = [];
     switch (item.kind) {
       case "created": title = "工单创建"; break;
@@ -446,7 +481,8 @@
           var shots = el("div", { className: "snapshots" });
           d.snapshots.forEach(function (s) {
             var img = el("img", { alt: "视频截图 " + when(s.taken_at), title: when(s.taken_at), width: 160 });
-            blobUrl("/video/snapshots/" + s.id + "/image").then(function (u) { img.src = u; }, function () { img.alt = "截图不可用"; });
+            blobUrl("/video/snapshots/" + s.id + "/image", my).then(function (u) { if (u) img.src = u; },
+                                                                     function () { img.alt = "截图不可用"; });
             shots.appendChild(img);
           });
           body.push(shots);
@@ -460,8 +496,9 @@
     return li;
   }
 
-  async function timelineView(id) {
+  async function timelineView(id, my) {
     var tl = await api("GET", "/console/work-orders/" + encodeURIComponent(id) + "/timeline");
+    if (my !== state.seq) return;
     var o = tl.work_order, h = tl.household;
     $("wo-title").textContent = "工单时间线 · " + label("category", o.category) + " · " + label("order_status", o.status);
     meta($("wo-meta"), [
@@ -476,7 +513,7 @@
     ]);
     chart(tl.readings);
     var list = clear($("wo-items"));
-    tl.items.forEach(function (item) { list.appendChild(timelineEntry(item)); });
+    tl.items.forEach(function (item) { list.appendChild(timelineEntry(item, my)); });
     if (!tl.items.length) list.appendChild(el("li", { className: "empty" }, "暂无记录。"));
     state.timeline = tl;
   }
@@ -488,7 +525,7 @@
     return el("code", null, typeof v === "string" ? v : JSON.stringify(v));
   }
 
-  async function conflictsView(params) {
+  async function conflictsView(params, my) {
     if (params.reviewed === undefined) params.reviewed = "false";
     setForm($("conflict-filters"), params);
     var offset = parseInt(params.offset || "0", 10) || 0;
@@ -496,6 +533,7 @@
     var sent = Object.assign({}, filters, { offset: offset, limit: PAGE });
     if (sent.reviewed === "all") delete sent.reviewed;
     var page = await api("GET", "/sync/conflicts" + query(sent));
+    if (my !== state.seq) return;
     var rows = clear($("conflict-rows"));
     page.data.forEach(function (c) {
       var box = el("input", { type: "checkbox", checked: !!c.reviewed_at, title: "标记为已审阅" });
@@ -505,7 +543,7 @@
         try {
           var r = await api("POST", "/sync/conflicts/" + c.id + "/review", { reviewed: box.checked });
           who.textContent = r.reviewed_at ? person(r.reviewed_by_id) + " " + when(r.reviewed_at) : "";
-        } catch (e) { box.checked = !box.checked; if (e.status !== 401) say("标记失败：" + e.message, "error"); }
+        } catch (e) { box.checked = !box.checked; if (e.status !== 401 && my === state.seq) say("标记失败：" + e.message, "error"); }
         box.disabled = false;
       });
       var record = c.table_name === "work_orders" ? orderLink(c.row_id, "工单 " + shortId(c.row_id)) : label("table", c.table_name) + " " + shortId(c.row_id);
@@ -551,9 +589,9 @@
               el("span", { className: "value" }, value), el("span", { className: "name" }, name));
   }
 
-  async function dashboardView() {
+  async function dashboardView(my) {
     var d = await api("GET", "/console/dashboard");
-    if (state.view !== "dashboard") return;
+    if (my !== state.seq) return;
     var cards = clear($("dash-cards"));
     cards.appendChild(card("未结工单", d.open_total, "open_total"));
     cards.appendChild(card("超时工单", d.sla_breached, "sla_breached", d.sla_breached > 0));
@@ -580,8 +618,11 @@
     proactivePanel(d.proactive);
     $("dash-updated").textContent = "更新于 " + new Date(d.at).toLocaleTimeString("zh-CN", { hour12: false });
     state.dashboard = d;
+    // a failed poll's message goes once a poll succeeds again (unless something else was said since)
+    if (state.dashboardError !== null && $("message").textContent === state.dashboardError) say("");
+    state.dashboardError = null;
     state.dashboardUpdates = (state.dashboardUpdates || 0) + 1;
-    schedule();
+    schedule(my);
   }
   /* 未诉先办: the proactive service's summary (SLA, open orders by kind, campaigns and deliveries by status)
      and its open cluster and revisit orders, each a link to its work-order timeline. */
@@ -618,13 +659,18 @@
 
   /* Polling rather than server-sent events: EventSource cannot send the Authorization header. Hidden
      tabs do not poll; the next poll starts when the tab shows again. */
-  function schedule() {
+  function schedule(my) {
     stopTimer();
     state.timer = setTimeout(function () {
       state.timer = null;
-      if (state.view !== "dashboard") return;
-      if (document.hidden) { schedule(); return; }
-      dashboardView().catch(function (e) { if (e.status !== 401) { say("看板刷新失败：" + e.message, "error"); schedule(); } });
+      if (my !== state.seq) return;
+      if (document.hidden) { schedule(my); return; }
+      dashboardView(my).catch(function (e) {
+        if (e.status === 401 || my !== state.seq) return;
+        state.dashboardError = "看板刷新失败：" + e.message;
+        say(state.dashboardError, "error");
+        schedule(my);
+      });
     }, state.me.refresh_s * 1000);
   }
 

@@ -1,0 +1,143 @@
+/* The resident's page (/join/{token}): the join token is the last part of the path. */
+(function () {
+  "use strict";
+  var V = window.HeatVideo;
+  var token = decodeURIComponent(location.pathname.split("/").pop() || "");
+  var $ = function (id) { return document.getElementById(id); };
+  var state = { pc: null, participantId: null, stream: null, room: null, status: "checking", error: null };
+  window.__heat = state;  // read by the browser test
+
+  function say(text, kind) {
+    var m = $("message"); m.textContent = text; m.className = "message" + (kind ? " " + kind : ""); m.hidden = false;
+  }
+  function show(id, on) { $(id).hidden = !on; }
+
+  var LINK_ERRORS = {
+    join_link_expired: "链接已过期。请联系管家重新发送视频链接。",
+    invalid_token: "链接无效。请确认短信中的链接完整，或联系管家重新发送。",
+    wrong_room: "这个链接属于另一次视频通话。请使用管家最新发送的链接。",
+    room_closed: "本次视频通话已经结束。如需继续，请联系管家重新发起。",
+    room_lost: "视频通话已中断。请联系管家重新发起。",
+    room_not_found: "本次视频通话已经结束。如需继续，请联系管家重新发起。",
+    room_full: "通话人数已满，请稍后再试。",
+    too_many_rooms: "当前视频通话较多，请稍后再试。"
+  };
+  var SUPPORT = {
+    wechat: "微信内无法打开摄像头。请点击右上角「···」，选择「在浏览器打开」，用手机自带浏览器打开此链接。",
+    insecure: "此页面不是安全连接（https），手机浏览器不允许使用摄像头。请联系管家获取正确的链接。",
+    no_webrtc: "当前浏览器不支持视频通话。请复制链接，用手机自带浏览器（如 Safari、Chrome、华为/小米浏览器）打开。"
+  };
+
+  function linkError(e) {
+    state.status = "error"; state.error = e.code;
+    say(LINK_ERRORS[e.code] || ("无法加入视频通话：" + (e.message || e.code)), "error");
+    show("start", false); show("rejoin", false); show("hangup", false);
+  }
+
+  async function check() {
+    var missing = V.missingSupport();
+    if (missing) { state.status = "unsupported"; state.error = missing; say(SUPPORT[missing], "error"); return; }
+    try {
+      state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token));
+    } catch (e) { return linkError(e); }
+    state.status = "ready";
+    say("管家邀请您视频查看暖气。点击「开始视频」，并在弹出的提示中允许使用摄像头和麦克风。");
+    show("start", true);
+  }
+
+  async function camera() {
+    try {
+      return await navigator.mediaDevices.getUserMedia(V.CAMERA);
+    } catch (e) {
+      if (e && (e.name === "NotAllowedError" || e.name === "SecurityError")) {
+        state.status = "denied"; state.error = "permission_denied";
+        say("您没有允许使用摄像头或麦克风。请在浏览器的网站设置中允许本页面使用摄像头和麦克风，然后点击「开始视频」重试。", "error");
+      } else if (e && (e.name === "NotFoundError" || e.name === "OverconstrainedError")) {
+        state.status = "error"; state.error = "no_camera";
+        say("没有找到可用的摄像头或麦克风。请确认手机未被其他应用占用摄像头后重试。", "error");
+      } else if (e && e.name === "NotReadableError") {
+        state.status = "error"; state.error = "camera_busy";
+        say("摄像头正被其他应用使用。请关闭其他使用摄像头的应用后重试。", "error");
+      } else {
+        state.status = "error"; state.error = "camera_error";
+        say("无法打开摄像头：" + (e && e.message ? e.message : e), "error");
+      }
+      show("start", true);
+      return null;
+    }
+  }
+
+  async function start() {
+    show("start", false); show("rejoin", false);
+    if (!state.stream) {
+      say("正在打开摄像头…");
+      state.stream = await camera();
+      if (!state.stream) return;
+      $("local").srcObject = state.stream;
+      show("stage", true);
+    }
+    say("正在连接管家…");
+    state.status = "connecting";
+    var remote = new MediaStream();
+    $("remote").srcObject = remote;
+    try {
+      var joined = await V.join({
+        roomId: state.room.room_id, token: token, role: "resident", stream: state.stream,
+        relayUrl: state.room.relay_url,
+        receive: { audio: 1, video: 1 }, iceServers: state.room.ice_servers,
+        onTrack: function (track) { remote.addTrack(track); $("remote").play().catch(function () {}); },
+        onState: onState
+      });
+      state.pc = joined.pc; state.participantId = joined.participantId;
+    } catch (e) {
+      if (e instanceof V.HttpError && e.status && e.status < 500 && e.code !== "network") return linkError(e);
+      return dropped("连接失败：" + (e.message || e) + "。请检查网络后点击「重新连接」。");
+    }
+    show("hangup", true);
+  }
+
+  var dropTimer = null;
+  function onState(s) {
+    if (s === "connected") {
+      clearTimeout(dropTimer);
+      state.status = "connected";
+      say("已接通。请把后置摄像头对准暖气片。", "ok");
+    } else if (s === "disconnected") {
+      // often recovers by itself (switching between Wi-Fi and mobile data): wait a little first
+      clearTimeout(dropTimer);
+      dropTimer = setTimeout(function () { if (state.pc && state.pc.connectionState !== "connected") dropped(); }, 6000);
+    } else if (s === "failed") {
+      dropped();
+    }
+  }
+
+  function dropped(text) {
+    state.status = "dropped";
+    if (state.pc) { state.pc.close(); state.pc = null; }
+    say(text || "连接已断开。请检查网络，然后点击「重新连接」。", "error");
+    show("hangup", false); show("rejoin", true);
+  }
+
+  async function rejoin() {
+    try { state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token)); }
+    catch (e) { if (e.code !== "network") return linkError(e); }
+    start();
+  }
+
+  function hangup() {
+    V.leave(state.room.room_id, token, state.participantId, state.room.relay_url);
+    if (state.pc) { state.pc.close(); state.pc = null; }
+    if (state.stream) { state.stream.getTracks().forEach(function (t) { t.stop(); }); state.stream = null; }
+    state.status = "ended";
+    show("stage", false); show("hangup", false); show("rejoin", true);
+    say("您已挂断。如需继续，请点击「重新连接」。");
+  }
+
+  $("start").addEventListener("click", start);
+  $("rejoin").addEventListener("click", rejoin);
+  $("hangup").addEventListener("click", hangup);
+  window.addEventListener("pagehide", function () {
+    if (state.room) V.leave(state.room.room_id, token, state.participantId, state.room.relay_url);
+  });
+  check();
+})();
