@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ app.command("worker")(worker)
 proactive_app = typer.Typer(help="Proactive service (未诉先办): clusters, revisits, campaign retries.",
                             no_args_is_help=True)
 app.add_typer(proactive_app, name="proactive")
+blobs_app = typer.Typer(help="The blob store (photos, recordings, snapshots).", no_args_is_help=True)
+app.add_typer(blobs_app, name="blobs")
 
 
 class RoleOption(StrEnum):
@@ -241,6 +244,30 @@ def serve(
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
     uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
                 workers=workers, log_level=settings.log_level, proxy_headers=True)
+
+
+@blobs_app.command("sweep")
+def blobs_sweep(
+    grace_days: Annotated[float, typer.Option(min=0, help="Keep unreferenced blobs younger than this: an upload "
+                                                          "whose row is still queued on a handheld.")] = 7,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+) -> None:
+    """Delete stored blobs that no note or video snapshot names (for a daily cron job; docs/sync-protocol.md)."""
+    from datetime import timedelta
+
+    from rich.progress import Progress
+
+    from sync.blobs.service import make_store
+    from sync.blobs.sweep import sweep
+
+    settings = _settings()
+    with _database(settings) as engine:
+        _require_schema(engine)
+        with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("blobs", total=None)
+            report = sweep(engine, make_store(settings), grace=timedelta(days=grace_days), dry_run=dry_run,
+                           progress=lambda n: bar.advance(task, n))
+    typer.echo(json.dumps(dataclasses.asdict(report)))
 
 
 @proactive_app.command("run")

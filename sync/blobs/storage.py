@@ -11,6 +11,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ class BlobStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> None:
         """Forget a blob (missing is fine)."""
+
+    @abstractmethod
+    def listing(self) -> Iterator[tuple[str, int, datetime]]:
+        """Every stored blob: (sha256, size, when it was stored), in no particular order."""
 
     @contextmanager
     def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:
@@ -90,6 +95,16 @@ class LocalBlobStore(BlobStore):
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def listing(self) -> Iterator[tuple[str, int, datetime]]:
+        for path in self.root.glob("??/??/*"):
+            if len(path.name) != 64 or path.name[:2] != path.parent.parent.name:  # staging, locks, strays
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            yield path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)
 
     @contextmanager
     def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:
@@ -148,6 +163,13 @@ class S3BlobStore(BlobStore):
 
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+
+    def listing(self) -> Iterator[tuple[str, int, datetime]]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(self.prefix):]
+                if len(name) == 64 and "/" not in name:
+                    yield name, int(item["Size"]), item["LastModified"]
 
     @contextmanager
     def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:

@@ -1,0 +1,78 @@
+"""Removing blobs that no row refers to (`steward blobs sweep`, for a daily cron job).
+
+A blob is uploaded before (or after) the row that names it is pushed, and it stays when the row is deleted:
+a deleted voice note's recording stayed downloadable for ever, and an upload whose row never came kept its
+disk. The sweep deletes every stored blob that no note (`notes.audio_sha256`, which covers call recordings
+and a video call's recording) and no video snapshot (`video_snapshots.sha256`) names, once it is older than
+a grace period, so that an upload whose row is still in a handheld's queue is not taken from under it.
+
+A row that starts to name a swept blob in the same instant (a device that found the blob with HEAD a moment
+before, and pushes the row just as the sweep deletes it) points at missing audio; its transcription fails
+with `audio_missing` and the device uploads again on its next HEAD. The grace period makes that window as
+narrow as the age of the blob allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from api.db import utcnow
+from sync.blobs.storage import BlobStore
+
+BATCH = 500  # shas looked up in one query
+
+
+@dataclass
+class SweepReport:
+    stored: int = 0  # blobs in the store
+    referenced: int = 0  # named by a row: kept
+    recent: int = 0  # unreferenced but younger than the grace period: kept for now
+    deleted: int = 0  # unreferenced and older: deleted (or, in a dry run, would be)
+    deleted_bytes: int = 0
+    dry_run: bool = False
+
+
+def referenced(session: Session, shas: list[str]) -> set[str]:
+    """Which of these blobs a row names (every table that refers to blobs by sha256)."""
+    from api.notes.models import Note
+    from video.models import VideoSnapshot
+
+    named = set(session.exec(select(Note.audio_sha256).where(col(Note.audio_sha256).in_(shas))).all())
+    named |= set(session.exec(select(VideoSnapshot.sha256).where(col(VideoSnapshot.sha256).in_(shas))).all())
+    return named
+
+
+def _batches(items: Iterable[tuple[str, int, datetime]]) -> Iterator[list[tuple[str, int, datetime]]]:
+    it = iter(items)
+    while batch := list(islice(it, BATCH)):
+        yield batch
+
+
+def sweep(engine: Engine, store: BlobStore, *, grace: timedelta, dry_run: bool = False,
+          now: datetime | None = None, progress: Callable[[int], None] | None = None) -> SweepReport:
+    """Delete the blobs no row names that were stored more than `grace` ago (`dry_run`: only count them)."""
+    cutoff = (now or utcnow()) - grace
+    report = SweepReport(dry_run=dry_run)
+    for batch in _batches(store.listing()):
+        with Session(engine) as session:
+            named = referenced(session, [sha for sha, _, _ in batch])
+        for sha, size, stored_at in batch:
+            report.stored += 1
+            if sha in named:
+                report.referenced += 1
+            elif stored_at > cutoff:
+                report.recent += 1
+            else:
+                report.deleted += 1
+                report.deleted_bytes += size
+                if not dry_run:
+                    store.delete(sha)
+        if progress is not None:
+            progress(len(batch))
+    return report

@@ -1,0 +1,89 @@
+"""`steward blobs sweep`: blobs that no row names go once older than the grace period, on both stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from api.cli import app
+from api.settings import Settings, get_settings
+from sync.blobs.service import make_store
+from sync.blobs.sweep import sweep
+from tests.sync.conftest import District
+from tests.sync.device import Device
+
+URL = "/api/v1/blobs/{}"
+
+
+def _upload(client: TestClient, headers: dict[str, str]) -> str:
+    data = os.urandom(3000)
+    sha = hashlib.sha256(data).hexdigest()
+    assert client.put(URL.format(sha), content=data, headers=headers).status_code == 201
+    return sha
+
+
+def _note(sha: str, visit_id: str) -> dict[str, object]:
+    return {"audio_sha256": sha, "duration_s": 2.0, "recorded_at": "2026-12-01T08:00:00+00:00", "visit_id": visit_id}
+
+
+def test_unreferenced_blobs_go_after_the_grace_period(client: TestClient, district: District, engine: Engine,
+                                                      settings: Settings) -> None:
+    """Regression: nothing ever deleted a blob; a deleted voice note's recording stayed downloadable by any
+    signed-in user, and an upload whose row never came kept its disk for ever."""
+    d = district
+    headers = d.headers(d.steward1)
+    kept, orphan, of_deleted = (_upload(client, headers) for _ in range(3))
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    phone.create("notes", **_note(kept, str(d.visit1.id)))
+    deleted_note = phone.create("notes", **_note(of_deleted, str(d.visit1.id)))
+    assert [r["status"] for r in phone.push()["results"]] == ["applied", "applied"]
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.delete("notes", deleted_note)
+    assert office.push()["results"][0]["status"] == "applied"
+    store = make_store(settings)
+
+    young = sweep(engine, store, grace=timedelta(days=7))  # all three were stored moments ago
+    assert (young.stored, young.referenced, young.recent, young.deleted) == (3, 1, 2, 0)
+    later = datetime.now(UTC) + timedelta(days=8)
+    dry = sweep(engine, store, grace=timedelta(days=7), now=later, dry_run=True)
+    assert (dry.deleted, dry.deleted_bytes) == (2, 6000)
+    assert all(client.head(URL.format(sha), headers=headers).status_code == 200 for sha in (orphan, of_deleted))
+    swept = sweep(engine, store, grace=timedelta(days=7), now=later)
+    assert (swept.stored, swept.referenced, swept.recent, swept.deleted) == (3, 1, 0, 2)
+    assert client.get(URL.format(kept), headers=headers).status_code == 200
+    for sha in (orphan, of_deleted):
+        assert client.get(URL.format(sha), headers=headers).status_code == 404
+    assert sweep(engine, store, grace=timedelta(days=7), now=later).stored == 1
+
+
+def test_the_sweep_command_reports_what_it_did(client: TestClient, district: District, settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    sha = _upload(client, district.headers(district.steward1))
+    for name, value in {"STEWARD_DATABASE_URL": settings.resolved_database_url,
+                        "STEWARD_DATA_DIR": str(settings.data_dir), "STEWARD_SECRET_KEY": settings.secret_key,
+                        "STEWARD_BLOB_STORE": settings.blob_store}.items():
+        monkeypatch.setenv(name, str(value))
+    for name in ("s3_bucket", "s3_prefix", "s3_region"):
+        if getattr(settings, name, None):
+            monkeypatch.setenv(f"STEWARD_{name.upper()}", str(getattr(settings, name)))
+    get_settings.cache_clear()
+    try:
+        dry = CliRunner().invoke(app, ["blobs", "sweep", "--grace-days", "0", "--dry-run"])
+        assert dry.exit_code == 0, dry.output
+        assert json.loads(dry.stdout) | {"stored": 1} == {"stored": 1, "referenced": 0, "recent": 0, "deleted": 1,
+                                                         "deleted_bytes": 3000, "dry_run": True}
+        assert CliRunner().invoke(app, ["blobs", "sweep", "--grace-days", "0"]).exit_code == 0
+        assert make_store(get_settings()).exists(sha) is None
+        bad = CliRunner().invoke(app, ["blobs", "sweep", "--grace-days", "-1"])
+        assert bad.exit_code == 2
+    finally:
+        get_settings.cache_clear()
