@@ -60,8 +60,12 @@ class EmbeddedWorker:
             thread.start()
 
     def _recover(self) -> None:
-        # Only one process serves an embedded database: whatever is `running` now was running in a process
-        # that is gone, so its lease is over.
+        # Only one process serves a SQLite database: whatever is `running` now was running in a process that
+        # is gone, so its lease is over. On PostgreSQL several `steward serve` processes may each run this
+        # queue: a job `running` now may be another live process's, and ending its lease made this process
+        # run it again beside that one. There the leases (renewed while a job runs) end by themselves.
+        if self.engine.dialect.name != "sqlite":
+            return
         with self.engine.begin() as conn:
             recovered = conn.execute(update(Transcript).where(col(Transcript.status) == TranscriptState.running)
                                      .values(lease_until=utcnow())).rowcount

@@ -66,6 +66,23 @@ def test_a_job_is_claimed_by_one_worker_only(engine: Engine, session: Session, w
     assert jobs.next_due(engine) is None
 
 
+def test_a_restart_retakes_running_jobs_only_where_one_process_serves(engine: Engine, session: Session,
+                                                                      world: World, settings: Settings) -> None:
+    """On SQLite one process serves the database: a job `running` at start was cut off by a stop and is taken
+    again at once. Regression: on PostgreSQL, where several serve processes may each run the embedded queue, a
+    starting process also ended the lease of a job another live process was running, and ran it again."""
+    note = make_note(session, world.steward_a)
+    transcript = session.get(Transcript, note.id)
+    assert transcript is not None
+    transcript.status = TranscriptState.queued
+    session.commit()
+    assert jobs.claim(engine, note.id)
+    EmbeddedWorker(engine, settings, threads=1)._recover()
+    session.expire_all()
+    taken_again = jobs.claim(engine, note.id)
+    assert (taken_again is not None) is (engine.dialect.name == "sqlite")
+
+
 def test_transient_errors_are_retried_with_backoff_then_the_job_fails(engine: Engine, session: Session, world: World,
                                                                       speech_settings_: Settings) -> None:
     class Broken:
