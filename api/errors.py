@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -145,6 +145,13 @@ def install_error_handlers(app: FastAPI) -> None:
             log.info("value cannot be stored: %s", exc.orig)
             return JSONResponse(error_body("validation_error", "A value cannot be stored (text with NUL "
                                            "characters, or a date out of range); correct it and retry."), 422)
+        if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            # The database went away or is busy (a PostgreSQL restart or failover drops the pooled
+            # connections; SQLite past its busy timeout): nothing was committed, and a retry in a moment
+            # works (`pool_pre_ping` replaces dead connections). Handhelds retry a 503 after Retry-After.
+            log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc.orig)
+            return JSONResponse(error_body("database_unavailable", "The database is unavailable for a moment; "
+                                           "retry shortly."), 503, headers={"Retry-After": "5"})
         return await _unexpected(request, exc)
 
     @app.exception_handler(ClientDisconnect)
