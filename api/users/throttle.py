@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from api.db import UTCDateTime, utcnow
@@ -95,9 +96,14 @@ def count_attempt(*, session: Session, settings: Settings, username: str, addres
 
 
 def record_failure(*, session: Session) -> None:
-    """A wrong password: its attempt was counted by `check`; expired counters are swept (committed at once)."""
-    session.exec(delete(LoginThrottle).where(col(LoginThrottle.expires_at) < utcnow()))
-    session.commit()
+    """A wrong password: its attempt was counted by `check`; expired counters are swept (committed at once).
+    The sweep is housekeeping: should it lose a lock wait or deadlock against a concurrent sign-in's upsert of
+    an expired row, the next failure sweeps instead (the 401 must not become a 500)."""
+    try:
+        session.exec(delete(LoginThrottle).where(col(LoginThrottle.expires_at) < utcnow()))
+        session.commit()
+    except DBAPIError:
+        session.rollback()
 
 
 def record_success(*, session: Session, username: str, address: str) -> None:
