@@ -109,6 +109,9 @@ class Settings(BaseSettings):
                             "else procrastinate), `off`.")
     speech_workers: int = Field(1, ge=0, le=16, description="Embedded mode: transcription threads in `steward serve`.")
     speech_max_attempts: int = Field(3, ge=1, le=20, description="Tries of a transcription before it is `failed`.")
+    speech_max_duration_s: float = Field(4 * 3600, gt=0, description="Longest recording transcribed, in seconds; "
+                                                                     "longer audio fails as undecodable (a few MB "
+                                                                     "of AMR can hold hours, decoded to GBs).")
     speech_retry_backoff_s: float = Field(30, ge=0, description="Wait before the first retry; doubles each time.")
     speech_stalled_after_s: float = Field(60, gt=0, description="A worker silent this long is dead; its job is "
                                                                 "retried.")

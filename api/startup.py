@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import typer
 from sqlalchemy import Engine
@@ -27,6 +26,7 @@ def schema_problem(engine: Engine) -> str | None:
 def speech_problem(settings: Settings) -> str | None:
     """Why every transcription job would fail with these settings (language, glossary, model path), or None."""
     from speech.glossary import GlossaryError, load_glossary
+    from speech.model_store import ModelError, check_model
     from speech.pipeline import check_language
 
     if settings.speech_queue == "off":  # nothing transcribes here
@@ -39,9 +39,10 @@ def speech_problem(settings: Settings) -> str | None:
         load_glossary(settings.speech_glossary)
     except GlossaryError as exc:
         return f"Configuration error: STEWARD_SPEECH_GLOSSARY: {exc}"
-    if settings.whisper_model and not Path(settings.whisper_model).exists():
-        return (f"Configuration error: STEWARD_WHISPER_MODEL: {settings.whisper_model} does not exist (a "
-                "faster-whisper model directory or an openai-whisper .pt file; empty: the bundled model)")
+    try:
+        check_model(engine=settings.whisper_engine, model=settings.whisper_model)
+    except ModelError as exc:  # a missing path, or a folder without model.bin: every job would fail on it
+        return f"Configuration error: STEWARD_WHISPER_MODEL: {exc} (empty: the bundled model)"
     return None
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -15,14 +16,46 @@ class AudioDecodeError(ValueError):
     """The input is not audio that can be decoded; retrying will not help."""
 
 
-def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The first audio stream of `source` as mono float32 samples in [-1, 1] at `sample_rate`."""
+def _too_long(name: str, seconds: float | None, max_duration_s: float) -> AudioDecodeError:
+    """`seconds`: the length the file declares; None when decoding ran past the limit (the rest is unknown)."""
+    length = f"{_hours(seconds)} long, " if seconds is not None else ""
+    return AudioDecodeError(f"{name}: the recording is {length}longer than the {_hours(max_duration_s)} accepted "
+                            "(STEWARD_SPEECH_MAX_DURATION_S)")
+
+
+def _hours(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes else f"{seconds:.0f} s"
+
+
+def _declared_seconds(container: Any, stream: Any) -> float | None:
+    """The duration the file declares (container or stream header), or None when it does not say."""
+    if container.duration:
+        return float(container.duration) / 1_000_000  # in av.time_base units
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SAMPLE_RATE,
+                 max_duration_s: float | None = None) -> np.ndarray:
+    """The first audio stream of `source` as mono float32 samples in [-1, 1] at `sample_rate`.
+
+    Audio longer than `max_duration_s` (default: STEWARD_SPEECH_MAX_DURATION_S) is refused with an
+    AudioDecodeError: a few MB of a low-bitrate codec can hold hours, which decode to GBs.
+    """
     import av  # deferred: keeps `steward --help` fast
 
+    if max_duration_s is None:
+        from api.settings import get_settings
+
+        max_duration_s = get_settings().speech_max_duration_s
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     name = str(source) if isinstance(source, str | Path) else "audio"
-    chunks: list[np.ndarray] = []
+    max_samples = int(max_duration_s * sample_rate)
+    buffer = np.empty(0, dtype=np.float32)
+    filled = 0
     try:
         with av.open(source if not isinstance(source, Path) else str(source), mode="r", metadata_errors="ignore") \
                 as container:
@@ -30,12 +63,25 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
                 raise AudioDecodeError(f"{name}: no audio stream found; send a sound recording "
                                        "(wav, mp3, m4a, ogg/opus, amr, webm)")
             stream = container.streams.audio[0]
+            declared = _declared_seconds(container, stream)
+            if declared is not None and declared > max_duration_s:
+                raise _too_long(name, declared, max_duration_s)
+            # Sized from the header when it has one (one second spare), else grown as samples come.
+            buffer = np.empty(min(int((declared or 60) * sample_rate) + sample_rate, max_samples + 1),
+                              dtype=np.float32)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-            for frame in container.decode(stream):
+            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush the resampler
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                    # s16, as faster-whisper decodes, so that the samples are the same as its own
+                    chunk = out.to_ndarray().reshape(-1)
+                    if filled + chunk.size > max_samples:
+                        raise _too_long(name, None, max_duration_s)
+                    if filled + chunk.size > buffer.size:
+                        # realloc: a large block grows in place (mremap), not copied beside the old one
+                        buffer.resize(min(max(filled + chunk.size, buffer.size * 3 // 2), max_samples + 1),
+                                      refcheck=False)
+                    buffer[filled:filled + chunk.size] = chunk
+                    filled += chunk.size
     except AudioDecodeError:
         raise
     except FileNotFoundError as exc:
@@ -44,9 +90,8 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
         reason = getattr(exc, "strerror", None) or str(exc)
         raise AudioDecodeError(f"{name}: cannot decode audio ({reason}); the file is corrupt or not a "
                                "supported format") from exc
-    if not chunks:
+    if filled == 0:
         raise AudioDecodeError(f"{name}: the audio stream holds no samples")
-    samples = np.concatenate(chunks)
-    if samples.size == 0:
-        raise AudioDecodeError(f"{name}: the audio stream holds no samples")
-    return samples.astype(np.float32) / 32768.0
+    buffer.resize(filled, refcheck=False)  # in place: no view of it exists
+    buffer /= 32768.0
+    return buffer

@@ -72,7 +72,7 @@ def transcribe(
     with _Output(total=len(files), quiet=as_json) as out:
         for file in files:
             try:
-                transcript = pipeline.run(decode_audio(file))
+                transcript = pipeline.run(decode_audio(file, max_duration_s=settings.speech_max_duration_s))
             except Exception as exc:  # one file's failure, whatever it is, must not cost the others their lines
                 failed += 1
                 error = str(exc) if isinstance(exc, AudioDecodeError) else f"{file}: {type(exc).__name__}: {exc}"

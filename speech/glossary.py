@@ -6,11 +6,15 @@ corrector replaces a stretch of text by a glossary term when they sound alike:
   for terms of three or more characters, at most one syllable is a common confusion (zh/z, in/ing, ...);
 - at least one character is already the term's own (so whole unrelated words are never rewritten);
 - for two-character terms, the differing character is not a function word (是, 的, 到...), which
-  would make "是水" into "失水";
+  would make "是水" into "失水"; for three-character terms, not a particle (的, 了, 是...: 温度的变化 is not
+  温度低变化);
 - exactly one term matches (two homophone terms: the decoder's choice is kept);
 - the text is not already a term (longer terms are matched first and their spans are protected);
-- the stretch is not a common word, and a replaced character at its edge does not form a common word
-  with its neighbour outside it (手术房间 keeps 术, although 术房 sounds like 书房).
+- the stretch is not a common word, and a replaced character at its edge does not form a common word or a
+  term with its neighbour outside it (手术房间 keeps 术, although 术房 sounds like 书房; 地暖关小 keeps 关),
+  nor stand next to a digit or a Latin letter (18度了 is a temperature, not 18堵了);
+- no character is part of one of the glossary's `keep` words (未修, 复工, 官网...): everyday words that sound
+  like a term and are too rare for the common-word list.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ _INITIALS = ("zh", "ch", "sh", "b", "p", "m", "f", "d", "t", "n", "l", "g", "k",
              "c", "s", "y", "w")
 # Function words and numerals: never the character a two-character correction replaces.
 _STOP_CHARS = set("的了是在不有我你他她它们这那个就也都和要会说到上下以为对与及而把被让给从向很还没又再才只已将能"
-                  "可去来过着得地之其么什吗呢吧啊呀哦嗯一二三四五六七八九十零两百千万几多少号点")
+                  "可去来过着得地之其么什谁哪怎吗呢吧啊呀哦嗯一二三四五六七八九十零两百千万几多少号点")
+# Particles: never the character a three-character correction replaces (温度的变化, 地下是不是, 压力的问题).
+_PARTICLES = set("的了是在着地得之吗呢吧啊呀")
 
 
 class GlossaryError(ValueError):
@@ -43,6 +49,7 @@ class Glossary:
     hotwords: tuple[str, ...]
     terms: tuple[str, ...]
     categories: dict[str, tuple[str, ...]] = field(hash=False)
+    keep: tuple[str, ...] = ()
 
     @property
     def prompt(self) -> str:
@@ -67,6 +74,9 @@ def load_glossary(path: Path | None = None) -> Glossary:
         else:
             raw = Path(path).read_text("utf-8")
         data = tomllib.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise GlossaryError(f"cannot read the glossary {path}: it is not UTF-8 (byte {exc.start}); save it "
+                            "as UTF-8") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise GlossaryError(f"cannot read the glossary {path or BUNDLED_GLOSSARY}: {exc}") from exc
     hotwords = _strings(data.get("hotwords", []), "hotwords")
@@ -74,12 +84,16 @@ def load_glossary(path: Path | None = None) -> Glossary:
     if not isinstance(term_groups, dict):
         raise GlossaryError("[terms] must be a table of lists")
     terms = [t for name, group in term_groups.items() for t in _strings(group, f"terms.{name}")]
-    categories = {name: _strings(words, f"categories.{name}") for name, words in data.get("categories", {}).items()}
+    category_groups = data.get("categories", {})
+    if not isinstance(category_groups, dict):
+        raise GlossaryError("[categories] must be a table of lists (leak = [\"漏水\", ...])")
+    categories = {name: _strings(words, f"categories.{name}") for name, words in category_groups.items()}
+    keep = _strings(data.get("keep", []), "keep")
     unique = tuple(dict.fromkeys([*terms, *hotwords]))
     context = data.get("context", "")
     if not isinstance(context, str):
         raise GlossaryError("context must be a string")
-    return Glossary(context=context.strip(), hotwords=hotwords, terms=unique, categories=categories)
+    return Glossary(context=context.strip(), hotwords=hotwords, terms=unique, categories=categories, keep=keep)
 
 
 @lru_cache(maxsize=4096)
@@ -136,8 +150,9 @@ def _is_cjk(ch: str) -> bool:
 class Corrector:
     """Rewrites near-homophones of glossary terms into the terms."""
 
-    def __init__(self, terms: tuple[str, ...]) -> None:
+    def __init__(self, terms: tuple[str, ...], keep: tuple[str, ...] = ()) -> None:
         self._terms = {t for t in terms if len(t) >= 2 and all(_is_cjk(c) for c in t)}
+        self._keep = frozenset(keep)
         self._by_length: dict[int, list[tuple[str, list[str]]]] = {}
         for term in sorted(self._terms):
             self._by_length.setdefault(len(term), []).append((term, _term_readings(term)))
@@ -150,7 +165,10 @@ class Corrector:
                 continue
             if scores.count(0) > (1 if len(term) >= 3 else 0):
                 continue
-            if len(term) == 2 and any(g in _STOP_CHARS for g, s in zip(window, scores, strict=True) if s != 2):
+            replaced = [g for g, s in zip(window, scores, strict=True) if s != 2]
+            # Four or more characters with one replaced are rarely an accident (是内温度 is 室内温度).
+            stop = _STOP_CHARS if len(term) == 2 else _PARTICLES if len(term) == 3 else set()
+            if any(g in stop for g in replaced):
                 continue
             best.append((sum(scores), term))
         if not best:
@@ -161,23 +179,29 @@ class Corrector:
         return best[0][1]
 
     def _exact(self, chars: list[str], min_length: int) -> list[bool]:
+        """Characters inside a term at least `min_length` long, or inside a `keep` word."""
         text, marked = "".join(chars), [False] * len(chars)
-        for term in self._terms:
-            if len(term) < min_length:
-                continue
+        for term in [*(t for t in self._terms if len(t) >= min_length), *self._keep]:
             start = text.find(term)
             while start >= 0:
                 marked[start:start + len(term)] = [True] * len(term)
                 start = text.find(term, start + 1)
         return marked
 
-    @staticmethod
-    def _breaks_word(chars: list[str], start: int, term: str, common: frozenset[str]) -> bool:
-        """Whether rewriting would break a word that crosses the window's edge (手术|房间 is not 手|书房间)."""
+    def _breaks_word(self, chars: list[str], start: int, term: str, common: frozenset[str]) -> bool:
+        """Whether rewriting would break a word that crosses the window's edge (手术|房间 is not 手|书房间,
+        地暖关|小 is not 地暖管|小), or a number's unit (18|度了 is not 18|堵了)."""
         end = start + len(term)
-        if start > 0 and chars[start] != term[0] and chars[start - 1] + chars[start] in common:
+        if start > 0 and chars[start] != term[0] and self._joins(chars[start - 1], chars[start - 1] + chars[start],
+                                                                 common):
             return True
-        return end < len(chars) and chars[end - 1] != term[-1] and chars[end - 1] + chars[end] in common
+        return end < len(chars) and chars[end - 1] != term[-1] and self._joins(chars[end], chars[end - 1] + chars[end],
+                                                                               common)
+
+    def _joins(self, neighbour: str, pair: str, common: frozenset[str]) -> bool:
+        if neighbour.isalnum() and not _is_cjk(neighbour):
+            return True  # a digit's unit (18度) or a code's letter: not part of a misheard term
+        return pair in common or pair in self._terms or pair in self._keep
 
     def correct(self, text: str) -> str:
         """`text` with near-homophones of glossary terms replaced by the terms."""
@@ -204,7 +228,7 @@ class Corrector:
 @lru_cache(maxsize=8)
 def corrector_for(glossary: Glossary) -> Corrector:
     """The corrector of a glossary, built once."""
-    return Corrector(glossary.terms)
+    return Corrector(glossary.terms, glossary.keep)
 
 
 def categorize(text: str, glossary: Glossary) -> list[str]:

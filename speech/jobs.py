@@ -212,7 +212,7 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt
             if path is None:
                 raise RetryableError(f"the audio blob {sha256} has not been uploaded")
             where = str(path)
-            audio = decode_audio(path)
+            audio = decode_audio(path, max_duration_s=settings.speech_max_duration_s)
         result = _pipeline(settings, pipeline).run(audio)
         # Saving is inside the try: an error there is retried like one of the model's, never left `running`.
         return _complete(engine, settings, transcript_id, attempt, result)

@@ -164,22 +164,33 @@ def ensure_openai_checkpoint(model_dir: Path, target: Path) -> Path:
     return target
 
 
-def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:
-    """The model `engine` should load: `model` if given (a path), else the bundled base model."""
+def check_model(*, engine: str, model: str) -> None:
+    """Raise ModelError when `model` (a path; empty: the bundled model) cannot be `engine`'s model, without
+    loading it: `steward serve` and `steward worker` check this before the first job."""
     if engine not in ENGINES:
         raise ModelError(f"unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
+    if not model:
+        return
+    path = Path(model).expanduser()
+    if engine == FASTER_WHISPER:
+        if not (path / "model.bin").is_file():
+            raise ModelError(f"{path} is not a faster-whisper model directory (no model.bin in it)")
+    elif path.is_file():
+        if path.stat().st_size == 0:
+            raise ModelError(f"{path} is not an openai-whisper checkpoint (the file is empty)")
+    elif not (path / "model.bin").is_file():
+        raise ModelError(f"{path} is neither an openai-whisper .pt checkpoint nor a CTranslate2 model directory")
+
+
+def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:
+    """The model `engine` should load: `model` if given (a path), else the bundled base model."""
+    check_model(engine=engine, model=model)
     if model:
         path = Path(model).expanduser()
-        if engine == FASTER_WHISPER:
-            if not (path / "model.bin").is_file():
-                raise ModelError(f"{path} is not a faster-whisper model directory (no model.bin in it)")
-            return ModelRef(engine, path, str(path))
-        if path.is_file():
-            return ModelRef(engine, path, str(path))
-        if (path / "model.bin").is_file():
+        if engine == OPENAI_WHISPER and not path.is_file():
             converted = data_dir / "models" / f"{path.resolve().name}-openai.pt"
             return ModelRef(engine, ensure_openai_checkpoint(path, converted), str(path))
-        raise ModelError(f"{path} is neither an openai-whisper .pt checkpoint nor a CTranslate2 model directory")
+        return ModelRef(engine, path, str(path))
     bundled = ensure_bundled_model(data_dir)
     if engine == FASTER_WHISPER:
         return ModelRef(engine, bundled, BUNDLED_NAME)

@@ -1,25 +1,42 @@
 """Numbers in addresses, dates and codes written as digits: 三号楼二单元五零一室 -> 3号楼2单元501室.
 
 Only two shapes are rewritten, because elsewhere Chinese numerals are words (一下, 一点, 两个人):
-- three or more digit names in a row (五零一, 一三八...): room, phone and work-order numbers, years;
-- a cardinal number (十六, 二十三, 三) right before an address or date unit (号 楼 栋 幢 单元 层 室 月 日 度).
+- three or more digit names in a row (五零一, 一三八...): room, phone and work-order numbers, years; not
+  when a 十/百/千 follows (一五一十, 三七二十一, 九九八十一 are idioms and sums), nor a range of floors or
+  days (二三四楼, 三四五天: consecutive digit names before a measure word);
+- a cardinal number (十六, 二十三, 三) right before an address or date unit (号 楼 栋 幢 单元 层 室 月 日 度);
+  not 两 before 楼/栋/幢/室/月/日 (两楼之间, 这两月: a count), nor 一 after 同/每/这/那/另/哪 (同一层),
+  nor 一层 as a layer (一层灰).
 
 Then a room number's 室 that was heard as another "shi" (501式, 1202市) right after a building or
-entrance number (3号楼2单元501式) is written 室: in that place nothing else is said.
+entrance number (3号楼2单元501式) is written 室, unless that character starts a word with the next one
+(501实在太冷, 501始终不热, 502十分冷).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from functools import lru_cache
+from importlib import resources
 
 _DIGITS = {"零": "0", "〇": "0", "幺": "1", "一": "1", "二": "2", "两": "2", "三": "3", "四": "4", "五": "5",
            "六": "6", "七": "7", "八": "8", "九": "9"}
-_DIGIT_RUN = re.compile("[零〇幺一二三四五六七八九]{3,}")
+# Possessive: a run followed by 十 must not match again one character shorter (三七二十一 is not 37二十一).
+_DIGIT_RUN = re.compile("[零〇幺一二三四五六七八九]{3,}+(?![十百千万])")
+# What a range of counts (二三四楼, 三四五天, 五六七个人) is followed by; not 号 or 室, where 三四五 is a number.
+_COUNTED = set("楼层栋幢天个年月日次遍户家岁位人周")
 _UNITS = "号|楼|栋|幢|单元|层|室|月|日|度"
 # A room number: digits right after "<digits>单元" (or 号楼, 楼, 栋, 幢), then the character heard for 室.
 _ROOM = re.compile(r"(\d+(?:单元|号楼|楼|栋|幢))(\d{2,4})([\u4e00-\u9fff])")
 # Not right after a digit: 13800138000三号楼 must not become one 12-digit run.
 _CARDINAL = re.compile(rf"(?<![0-9０-９零〇一二三四五六七八九十百两第])([一二三四五六七八九十两]{{1,4}})(?={_UNITS})")
+# 两 counts (两楼之间, 这两月); 2楼 and 2月 are said 二楼, 二月.
+_TWO_COUNTS = set("楼栋幢室月日")
+# After these, 一 is "one" or "the same", not floor or building 1 (同一层, 每一栋, 这一层, 另一栋).
+_ONE_AFTER = set("同每这那另哪")
+# 一层 before these is a layer (一层灰, 结了一层霜), not the first floor.
+_LAYERS = set("灰土尘霜冰锈垢膜漆皮")
 
 
 def _cardinal(numeral: str) -> str | None:
@@ -33,28 +50,61 @@ def _cardinal(numeral: str) -> str | None:
     return str(value)
 
 
+def _replace_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    following = match.string[match.end():match.end() + 1]
+    values = [int(_DIGITS[c]) for c in run]
+    if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
+        return run  # 二三四楼: floors two to four
+    return "".join(str(v) for v in values)
+
+
 def _replace_cardinal(match: re.Match[str]) -> str:
     numeral = match.group(1)
     following = match.string[match.end():match.end() + 1]
+    preceding = match.string[match.start() - 1:match.start()]
     # 一度 (once) and 两度 (twice) are words; a temperature is said with a number like 十六度.
     if following == "度" and numeral in ("一", "两"):
+        return numeral
+    if (numeral == "两" and following in _TWO_COUNTS) or (numeral == "一" and preceding in _ONE_AFTER):
+        return numeral
+    if numeral == "一" and following == "层" and match.string[match.end() + 1:match.end() + 2] in _LAYERS:
         return numeral
     value = _cardinal(numeral)
     return value if value is not None else numeral
 
 
-def _replace_room(match: re.Match[str]) -> str:
+@lru_cache(maxsize=1)
+def _shi_words() -> frozenset[str]:
+    """Two-character words of jieba's dictionary (any frequency) whose first character can read "shi"."""
+    words = set()
+    with resources.files("jieba").joinpath("dict.txt").open("r", encoding="utf-8") as f:
+        for line in f:
+            word = line.split(" ", 1)[0]
+            if len(word) == 2 and _reads_shi(word[0]):
+                words.add(word)
+    return frozenset(words)
+
+
+@lru_cache(maxsize=4096)
+def _reads_shi(char: str) -> bool:
     from pypinyin import Style, pinyin
 
+    return "shi" in pinyin(char, style=Style.NORMAL, heteronym=True)[0]
+
+
+def _replace_room(match: re.Match[str]) -> str:
     unit, number, heard = match.groups()
-    # 是 and 时 are words that can follow a number ("501是我家"); any other "shi" there is 室.
-    if heard not in "室是时" and "shi" in pinyin(heard, style=Style.NORMAL, heteronym=True)[0]:
+    following = match.string[match.end():match.end() + 1]
+    # 是 and 时 are words that can follow a number ("501是我家"); so is any "shi" that starts a word with the
+    # next character (501实在太冷, 501始终不热). Any other "shi" there is 室.
+    if heard not in "室是时" and _reads_shi(heard) and heard + following not in _shi_words():
         heard = "室"
     return unit + number + heard
 
 
 def normalize_numbers(text: str) -> str:
     """Digits for spelled-out numbers in addresses, dates, temperatures and codes."""
-    text = _DIGIT_RUN.sub(lambda m: "".join(_DIGITS[c] for c in m.group(0)), text)
+    text = _DIGIT_RUN.sub(_replace_run, text)
     text = _CARDINAL.sub(_replace_cardinal, text)
     return _ROOM.sub(_replace_room, text)

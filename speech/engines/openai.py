@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from speech.audio import SAMPLE_RATE
 from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
 from speech.engines.decoding import decode_groups
+from speech.model_store import ModelError
 from speech.vad import speech_groups
 
 # openai-whisper decodes 30 s windows; feeding it at most that much speech at a time makes the
@@ -35,7 +37,17 @@ class OpenAIWhisperTranscriber:
         self.model_name = model_name
         self._device = device
         self._whisper: Any = whisper
-        self._model: Any = whisper.load_model(str(checkpoint), device=device)
+        try:
+            self._model: Any = whisper.load_model(str(checkpoint), device=device)
+        except torch.OutOfMemoryError:
+            raise
+        # What torch.load and the state-dict loader raise for an empty file, another pickle, a zip that is not
+        # a checkpoint or a checkpoint of another shape; without this an empty file ended as click's "Aborted."
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError,
+                RuntimeError) as exc:
+            # torch's own message is no help here (it suggests weights_only=False, i.e. running the file's code)
+            raise ModelError(f"{checkpoint} is not an openai-whisper checkpoint (a .pt file holding `dims` and "
+                             f"`model_state_dict`; {type(exc).__name__} when loading it)") from exc
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> tuple[Iterator[Segment], TranscriptionInfo]:
         if self._model is None:

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from api.db import make_engine
 from api.settings import Settings
-from api.startup import prepare
+from api.startup import prepare, speech_problem
 from api.users.models import User
 from tests.conftest import make_settings
 
@@ -54,3 +54,24 @@ def test_an_unknown_speech_language_is_refused_at_startup(engine: Engine, databa
     assert "STEWARD_SPEECH_LANGUAGE: unknown language 'klingon'" in capsys.readouterr().err
     # Where nothing transcribes, the setting does not matter.
     prepare(make_settings(database_url, tmp_path, speech_language="klingon", speech_queue="off"))
+
+
+def test_a_model_folder_without_model_bin_is_refused(tmp_path: Path) -> None:
+    """Regression: only existence was checked, so an empty folder passed and then every job failed."""
+    problem = speech_problem(Settings(whisper_model=str(tmp_path), speech_queue="embedded"))
+    assert problem == (f"Configuration error: STEWARD_WHISPER_MODEL: {tmp_path} is not a faster-whisper model "
+                       "directory (no model.bin in it) (empty: the bundled model)")
+    assert speech_problem(Settings(whisper_model="", speech_queue="embedded")) is None
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ('hotwords = ["暖气", "排气阀"]\n'.encode("gbk"), "is not UTF-8"),
+    (b'categories = ["leak"]\n', "[categories] must be a table"),
+])
+def test_an_unreadable_glossary_is_one_line(tmp_path: Path, content: bytes, said: str) -> None:
+    """Regression: a GBK glossary or a list of categories was a traceback, not a configuration error."""
+    path = tmp_path / "glossary.toml"
+    path.write_bytes(content)
+    problem = speech_problem(Settings(speech_glossary=path, speech_queue="embedded"))
+    assert problem is not None and problem.startswith("Configuration error: STEWARD_SPEECH_GLOSSARY: ")
+    assert said in problem and "\n" not in problem

@@ -113,10 +113,10 @@ def test_an_unexpected_error_on_one_file_still_transcribes_the_others(runner: Cl
     decode = speech.audio.decode_audio
     odd = tmp_path / "odd.wav"
 
-    def decode_or_fail(source: Path) -> object:
+    def decode_or_fail(source: Path, **options: float) -> object:
         if source == odd:
             raise RuntimeError("the decoder fell over")
-        return decode(source)
+        return decode(source, **options)
 
     monkeypatch.setattr(speech.audio, "decode_audio", decode_or_fail)
     clip, missing = FIXTURES / "leak_report.wav", tmp_path / "missing.wav"
@@ -198,3 +198,27 @@ def test_the_speedup_pairs_the_service_default_with_openai_whisper_at_the_same_b
                {"name": "broken", "error": "the benchmark process died"}]
     assert speedups(results) == {"speedup_faster_over_openai": 3.6, "speedup_faster_fp32_over_openai": 3.0}
     assert speedups([*results, run("openai-whisper", "float32", 1, 0.36)])["speedup_faster_over_openai_beam1"] == 3.0
+
+
+@pytest.mark.parametrize("content", [b"", b"ID3 not a checkpoint" * 50])
+def test_a_file_that_is_not_an_openai_checkpoint_is_a_clear_error(runner: CliRunner, tmp_path: Path,
+                                                                   content: bytes) -> None:
+    """Regression: an empty file ended in click's bare "Aborted.", another file in a torch traceback."""
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(content)
+    result = runner.invoke(app, ["transcribe", "--engine", "openai-whisper", "--model", str(checkpoint),
+                                 str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Cannot transcribe: {checkpoint} is not an openai-whisper checkpoint")
+
+
+def test_a_recording_longer_than_the_limit_fails_alone(runner: CliRunner, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEWARD_SPEECH_MAX_DURATION_S", "5")
+    get_settings.cache_clear()
+    long, short = write_wav(tmp_path / "long.wav", silence(6)), write_wav(tmp_path / "short.wav", silence(3))
+    result = runner.invoke(app, ["transcribe", "--json", str(long), str(short)])
+    assert result.exit_code == 1, result.output
+    refused, done = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "longer than the 5 s accepted (STEWARD_SPEECH_MAX_DURATION_S)" in refused["error"]
+    assert done["duration"] == 3.0

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from speech import model_store
-from speech.model_store import BUNDLED_DIR, BUNDLED_SHA256, ModelError, ensure_bundled_model, resolve_model, sha256_file
+from speech.model_store import (
+    BUNDLED_DIR,
+    BUNDLED_SHA256,
+    ModelError,
+    check_model,
+    ensure_bundled_model,
+    resolve_model,
+    sha256_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +75,20 @@ def test_a_model_path_replaces_the_bundled_model(bundled: Path, tmp_path: Path) 
     with pytest.raises(ModelError, match="unknown engine"):
         resolve_model(engine="whisper.cpp", model="", data_dir=tmp_path)
     assert not (tmp_path / "models").exists()  # nothing assembled when a path is given
+
+
+def test_a_model_path_is_checked_without_loading_it(bundled: Path, tmp_path: Path) -> None:
+    """What `steward serve` checks before the first job (a folder without model.bin used to pass)."""
+    check_model(engine="faster-whisper", model=str(bundled))
+    check_model(engine="openai-whisper", model=str(bundled))  # a CTranslate2 folder, converted when loaded
+    check_model(engine="faster-whisper", model="")  # the bundled model
+    empty_dir, empty_pt = tmp_path / "empty", tmp_path / "empty.pt"
+    empty_dir.mkdir()
+    empty_pt.write_bytes(b"")
+    with pytest.raises(ModelError, match="not a faster-whisper model directory"):
+        check_model(engine="faster-whisper", model=str(empty_dir))
+    with pytest.raises(ModelError, match="neither an openai-whisper"):
+        check_model(engine="openai-whisper", model=str(empty_dir))
+    with pytest.raises(ModelError, match=r"empty\.pt is not an openai-whisper checkpoint \(the file is empty\)"):
+        check_model(engine="openai-whisper", model=str(empty_pt))
+    assert not (tmp_path / "models").exists()

@@ -39,3 +39,40 @@ def test_a_room_number_ends_in_shi(heard: str, written: str) -> None:
 @pytest.mark.parametrize("text", ["3单元501是我家", "2单元501的暖气不热", "电话13800138000式"])
 def test_only_a_room_number_after_a_building_gets_shi(text: str) -> None:
     assert normalize_numbers(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    # Regression: the room rule turned any "shi" after a room number into 室 (502室在太冷了).
+    "我家5楼502实在太冷了", "3号楼2单元501始终不热", "3号楼2单元502十分冷", "2单元501试过放气了",
+    "3号楼2单元501使劲拧也不动", "5楼501事情是这样的",
+])
+def test_a_word_after_a_room_number_is_not_made_shi(text: str) -> None:
+    assert normalize_numbers(text) == text
+
+
+def test_a_shi_that_ends_the_room_number_is_still_shi() -> None:
+    assert normalize_numbers("3号楼2单元501式，暖气不热") == "3号楼2单元501室，暖气不热"
+    assert normalize_numbers("3号楼2单元501式的暖气不热") == "3号楼2单元501室的暖气不热"
+
+
+@pytest.mark.parametrize("text", [
+    # Regression: digit runs before 十 (idioms, sums) became 151十, 372十一, 998十一.
+    "把情况一五一十地说了", "不管三七二十一", "九九八十一",
+    # Regression: ranges of floors and days became floor 234 and 345 days.
+    "二三四楼都不热", "三四五天都不热", "五六七个人",
+    # Regression: 两 and 一 that count became dates and floors (2楼之间, 这2月, 同1层).
+    "两楼之间的管子", "这两月都不热", "这两日都不热", "两栋楼", "两室一厅",
+    "同一层都不热", "每一层", "另一栋楼", "一层灰",
+])
+def test_numerals_that_count_stay_words(text: str) -> None:
+    assert normalize_numbers(text) == text
+
+
+@pytest.mark.parametrize(("spoken", "written"), [
+    ("二单元三四五室", "2单元345室"),  # a room number that happens to ascend is still a number
+    ("一二三四五六", "123456"),
+    ("二楼和三楼", "2楼和3楼"),
+    ("住在一层", "住在1层"),
+])
+def test_numbers_next_to_the_new_exceptions_still_become_digits(spoken: str, written: str) -> None:
+    assert normalize_numbers(spoken) == written

@@ -1,0 +1,77 @@
+"""Decoding recordings: samples as faster-whisper reads them, and a cap on how long a recording may be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import speech.audio
+from api.settings import Settings, get_settings
+from speech.audio import SAMPLE_RATE, AudioDecodeError, decode_audio
+from tests.speech.conftest import write_wav
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def _pcm(path: Path) -> np.ndarray:
+    """The wav's own 16-bit samples, scaled as Whisper expects."""
+    import wave
+
+    with wave.open(str(path)) as f:
+        return np.frombuffer(f.readframes(f.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def test_samples_are_the_files_pcm_as_float32(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "tone.wav", _tone(2))
+    samples = decode_audio(path, max_duration_s=60)
+    assert samples.dtype == np.float32
+    assert np.array_equal(samples, _pcm(path))
+    assert np.array_equal(decode_audio(path.read_bytes(), max_duration_s=60), samples)
+
+
+def test_a_recording_longer_than_the_limit_is_refused(tmp_path: Path) -> None:
+    """Regression: a 7 MB, 3-hour AMR upload decoded to a 2.2 GB peak."""
+    path = write_wav(tmp_path / "long.wav", _tone(3))
+    with pytest.raises(AudioDecodeError, match=r"long\.wav: the recording is 3 s long, longer than the 2 s "
+                                               r"accepted \(STEWARD_SPEECH_MAX_DURATION_S\)"):
+        decode_audio(path, max_duration_s=2)
+    assert decode_audio(path, max_duration_s=3).size == 3 * SAMPLE_RATE
+
+
+def test_without_a_declared_duration_decoding_stops_at_the_limit(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_wav(tmp_path / "long.wav", _tone(3))
+    monkeypatch.setattr(speech.audio, "_declared_seconds", lambda container, stream: None)
+    with pytest.raises(AudioDecodeError, match="longer than the 2 s accepted"):
+        decode_audio(path, max_duration_s=2)
+
+
+def test_a_header_that_understates_the_length_still_gives_every_sample(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_wav(tmp_path / "tone.wav", _tone(4))
+    monkeypatch.setattr(speech.audio, "_declared_seconds", lambda container, stream: 0.1)  # the buffer grows
+    assert np.array_equal(decode_audio(path, max_duration_s=60), _pcm(path))
+
+
+def test_the_limit_defaults_to_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_wav(tmp_path / "long.wav", _tone(3))
+    monkeypatch.setenv("STEWARD_SPEECH_MAX_DURATION_S", "2")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(AudioDecodeError, match="longer than the 2 s accepted"):
+            decode_audio(path)
+    finally:
+        get_settings.cache_clear()
+    assert Settings.model_fields["speech_max_duration_s"].default == 4 * 3600
+
+
+def test_a_file_without_audio_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not audio")
+    with pytest.raises(AudioDecodeError, match="cannot decode audio"):
+        decode_audio(path, max_duration_s=60)
