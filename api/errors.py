@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -105,6 +106,11 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests"}
 
 
+def _unavailable() -> JSONResponse:
+    return JSONResponse(error_body("database_unavailable", "The database is unavailable for a moment; retry "
+                                   "shortly."), 503, headers={"Retry-After": "5"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors, validation failures, HTTP errors and surprises to the one error shape."""
 
@@ -150,9 +156,16 @@ def install_error_handlers(app: FastAPI) -> None:
             # connections; SQLite past its busy timeout): nothing was committed, and a retry in a moment
             # works (`pool_pre_ping` replaces dead connections). Handhelds retry a 503 after Retry-After.
             log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc.orig)
-            return JSONResponse(error_body("database_unavailable", "The database is unavailable for a moment; "
-                                           "retry shortly."), 503, headers={"Retry-After": "5"})
+            return _unavailable()
         return await _unexpected(request, exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _no_connection(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection stayed busy past the pool's timeout (the request slots count requests, but
+        # background workers and health checks take connections from the same pool): as busy as a database
+        # that went away, and retried the same way.
+        log.warning("no database connection free for %s %s: %s", request.method, request.url.path, exc)
+        return _unavailable()
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 from starlette.requests import ClientDisconnect
 
+from api import migrate
+from api.app import create_app
 from api.errors import install_error_handlers
 from api.fieldwork.models import Visit
 from api.fieldwork.views import router as fieldwork_router
@@ -21,10 +27,12 @@ from api.network.views import router as network_router
 from api.notes.views import router as notes_router
 from api.notices.models import Notice
 from api.notices.views import router as notices_router
+from api.security import create_access_token
 from api.users.models import User
 from api.users.views import router as users_router
 from api.work_orders.models import Status, WorkOrder
 from api.work_orders.views import router as work_orders_router
+from tests.conftest import make_settings
 from tests.utils.asserts import assert_error, count_rows, db_state
 from tests.utils.factories import World, make_visit, make_work_order, random_id
 
@@ -291,9 +299,31 @@ def test_a_database_that_went_away_is_a_503_to_retry(caplog: pytest.LogCaptureFi
     def dropped() -> None:
         raise DBAPIError("SELECT 1", {}, Exception("connection reset"), connection_invalidated=True)
 
+    @app.get("/busy")  # every pooled connection held past the pool's timeout (a review found it a 500)
+    def busy() -> None:
+        raise PoolTimeout("QueuePool limit of size 1 overflow 0 reached, connection timed out, timeout 1.00")
+
     with caplog.at_level(logging.INFO, logger="api.errors"), TestClient(app) as client:
-        for path in ("/gone", "/dropped"):
+        for path in ("/gone", "/dropped", "/busy"):
             r = client.get(path)
             assert_error(r, 503, "database_unavailable")
             assert r.headers["retry-after"] == "5"
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+def test_a_request_that_finds_no_free_connection_is_a_503(tmp_path: Path) -> None:
+    """A background job holds the pool's only connection past the pool's timeout: the request's checkout
+    times out (sqlalchemy's TimeoutError, which is no StatementError), and used to answer 500."""
+    settings = make_settings(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
+    engine = create_engine(settings.resolved_database_url, pool_size=1, max_overflow=0, pool_timeout=1,
+                           connect_args={"check_same_thread": False})
+    migrate.upgrade(engine)
+    held = engine.connect()  # a background job's connection
+    try:
+        with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as client:
+            token = create_access_token(settings=settings, user_id=uuid.uuid4(), role="admin")[0]
+            r = client.get("/api/v1/stations", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        held.close()
+        engine.dispose()
+    assert_error(r, 503, "database_unavailable")
