@@ -134,7 +134,8 @@ router = APIRouter(prefix=API_PREFIX, tags=["video"])
 
 
 @router.post("/rooms", response_model=RoomCreated, status_code=status.HTTP_201_CREATED,
-             responses={200: {"description": "The work order's open room, with a fresh join link."}})
+             responses={200: {"model": RoomCreated,
+                              "description": "The work order's open room, with a fresh join link."}})
 async def create_room(request: Request, response: Response, body: RoomCreate, session: SessionDep,
                       settings: SettingsDep, user: CurrentUser) -> RoomCreated:
     """Open a video call about a work order (or return its open one) with a join link for the resident."""
@@ -254,7 +255,8 @@ def list_snapshots(session: SessionDep, user: CurrentUser, page: PageDep, work_o
     return {"data": [SnapshotPublic.model_validate(r, from_attributes=True) for r in rows], "count": count}
 
 
-@router.get("/snapshots/{id}/image", response_class=Response)
+@router.get("/snapshots/{id}/image", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "The JPEG."}})
 def snapshot_image(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Response:
     row = service.get_snapshot(session=session, user=user, id=id)
     image = read_blob(settings, row.sha256)

@@ -7,10 +7,13 @@ import uuid
 from datetime import timedelta
 
 import jwt
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from api.app import create_app
 from api.db import utcnow
 from api.security import create_access_token
+from api.settings import Settings
 from api.work_orders.models import Status
 from tests.conftest import TEST_SECRET
 from tests.utils.asserts import assert_error, count_rows, reread
@@ -282,3 +285,13 @@ def test_a_room_closes_after_its_maximum_duration(live, world, order, session: S
             return str(room_id)
     room = reread(session, VideoRoom, run(scenario()))
     assert room.state == RoomState.closed and room.close_reason == CloseReason.max_duration
+
+
+def test_openapi_documents_the_bodies_of_every_200(video_settings: Settings, engine: Engine) -> None:
+    """Regression: re-opening a room answers 200 with the room, and a snapshot's image is a JPEG; the document
+    called the first bodiless and left the second's type out, so clients and the fuzzer could not check them."""
+    spec = create_app(video_settings, engine=engine).openapi()
+    reopened = spec["paths"]["/api/v1/video/rooms"]["post"]["responses"]["200"]
+    assert reopened["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RoomCreated"}
+    image = spec["paths"]["/api/v1/video/snapshots/{id}/image"]["get"]["responses"]["200"]
+    assert "image/jpeg" in image["content"]
