@@ -14,7 +14,7 @@ import typer
 
 from api import __version__
 from api.bench_cli import bench_app
-from api.settings import Settings, get_settings
+from api.settings import Settings, describe_problem, get_settings
 from speech.cli import transcribe, worker
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        typer.secho(f"Configuration error: {exc}", fg="red", err=True)
+        typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
         raise typer.Exit(2) from exc
 
 

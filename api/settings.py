@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-before-production"
@@ -243,6 +243,19 @@ class Settings(BaseSettings):
         if hours is None:
             hours = getattr(self, f"sla_hours_{priority}")
         return float(hours) * (self.sla_sensitive_factor if sensitive else 1.0)
+
+
+def describe_problem(exc: ValueError) -> str:
+    """A settings error as one line naming each variable and what is wrong, never the values: pydantic's own
+    message quotes the input, which printed the secret key and the SMS gateway's key to the terminal."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        names = ".".join(str(part) for part in error["loc"])
+        where = f"STEWARD_{names.upper()}: " if names else ""
+        problems.append(f"{where}{error['msg']}")
+    return "; ".join(problems)
 
 
 @lru_cache

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from api.settings import Settings, get_settings
+from api.settings import Settings, describe_problem, get_settings
 
 
 class EngineOption(StrEnum):
@@ -60,7 +60,7 @@ def transcribe(
     try:
         settings: Settings = get_settings()
     except ValueError as exc:
-        typer.secho(f"Configuration error: {exc}", fg="red", err=True)
+        typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
         raise typer.Exit(2) from exc
     try:
         pipeline = build_pipeline(settings, engine=engine.value if engine else None, model=model, language=language)
@@ -146,7 +146,7 @@ def worker(
     try:
         settings = get_settings()
     except ValueError as exc:
-        typer.secho(f"Configuration error: {exc}", fg="red", err=True)
+        typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
         raise typer.Exit(2) from exc
     problem = speech_problem(settings)
     if problem:  # now, rather than in every job

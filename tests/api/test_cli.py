@@ -198,7 +198,15 @@ def test_operator_mistakes_are_one_line_not_a_traceback(data_dir: Path, monkeypa
     monkeypatch.setenv("STEWARD_LOG_LEVEL", "loud")
     get_settings.cache_clear()
     loud = runner.invoke(app, ["serve"])
-    assert loud.exit_code == 2 and "Configuration error" in loud.output and "log_level" in loud.output
+    assert loud.exit_code == 2 and "Configuration error" in loud.output and "STEWARD_LOG_LEVEL" in loud.output
+    # Regression: pydantic's message quoted the input, which printed the secret key (and the SMS key).
+    monkeypatch.delenv("STEWARD_LOG_LEVEL")
+    secret = "utility-prod-secret-31-chars-xx"
+    monkeypatch.setenv("STEWARD_ENV", "production")
+    monkeypatch.setenv("STEWARD_SECRET_KEY", secret)
+    get_settings.cache_clear()
+    short = runner.invoke(app, ["db", "current"])
+    assert short.exit_code == 2 and "STEWARD_SECRET_KEY" in short.output and secret[-12:] not in short.output
 
 
 @pytest.mark.parametrize(("name", "value", "said"), [
