@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,8 +62,8 @@ def _database_name(settings: Settings) -> str:
     url = settings.resolved_database_url
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return repr(url)
+    except ArgumentError:  # not a URL SQLAlchemy can read: still never print what may be a password
+        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(:/+[^:/@]*:)[^@/]*@", r"\1***@", url)))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -241,6 +242,10 @@ def serve(
     if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
         raise _fail("--workers beyond 1 needs PostgreSQL: an embedded SQLite database takes one process (its "
                     "transcription and proactive workers run inside it).", 2)
+    from api.security import configure_logging, install_log_redaction
+
+    install_log_redaction()
+    configure_logging(settings.log_level)
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
     uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
                 workers=workers, log_level=settings.log_level, proxy_headers=True)
@@ -277,8 +282,11 @@ def proactive_run() -> None:
 
     from api.notices.sms import make_sender
     from api.proactive import service
+    from api.security import configure_logging, install_log_redaction
 
     settings = _settings()
+    install_log_redaction()  # as in `steward serve`: what the run logs is masked, and shown
+    configure_logging(settings.log_level)
     with _database(settings) as engine:
         _require_schema(engine)
         sender = make_sender(settings)

@@ -228,13 +228,15 @@ def make_engine(settings: Settings) -> Engine:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a regular file in the way, a read-only or virtual file system
                 raise DatabaseConfigError(f"cannot create the directory {directory}: {exc.strerror or exc}") from exc
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # hide_parameters: an error's text (logged, or kept as a job's failure reason) never carries the row's
+        # values: a transcript's text and the numbers in it reached the log and stewards that way.
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         backstop = WAL_AUTOCHECKPOINT_BACKSTOP if settings.sqlite_checkpoint_interval_s > 0 else None
         event.listen(engine, "connect", _sqlite_pragmas(backstop))
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_pre_ping=True)
+                         pool_pre_ping=True, hide_parameters=True)
 
 
 def session_scope(engine: Engine) -> Iterator[Session]:

@@ -7,6 +7,7 @@ import re
 import uuid
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 from argon2 import PasswordHasher
@@ -66,12 +67,22 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
 _SECRET_FIELD = re.compile(r"(?i)((?:password|passwd|secret|access_token|token|credential)[\"']?\s*[=:]\s*[\"']?)"
                            r"[^\s\"'&,;}]+")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 
 def redact_log_text(text: str) -> str:
-    """`text` with tokens, passwords and phone/ID numbers masked (the transcript masking rules)."""
+    """`text` with tokens, passwords and phone/ID numbers masked (the transcript masking rules).
+
+    Percent-encoded text (uvicorn logs query strings encoded: `q=%E5%9B%9E%E7%94%B513912345678`) and JSON's
+    `\\uXXXX` escapes are decoded first: the rules need a non-digit before a number and allow only a space,
+    `-`, `，` or `、` between its groups, so `139%201234%205678` and `\\u753513912345678` got past them."""
     from speech.redact import redact_text  # the service's one masking rule for personal numbers
 
+    if _PERCENT.search(text):
+        text = unquote(text)
+    if "\\u" in text:
+        text = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
     text = _JWT.sub("[token]", text)
     text = _BEARER.sub(r"\1[token]", text)
     text = _SECRET_FIELD.sub(r"\1[redacted]", text)
@@ -121,3 +132,16 @@ def install_log_redaction() -> None:
         return record
 
     logging.setLogRecordFactory(factory)
+
+
+def configure_logging(level: str) -> None:
+    """Give the service's own loggers (`api`, `sync`, `speech`, `video`, `steward.*`) a handler on stderr at
+    `level` (STEWARD_LOG_LEVEL): uvicorn configures only its own, so INFO lines such as the log SMS sender's
+    were printed nowhere. Idempotent; keeps a handler someone configured already."""
+    root = logging.getLogger()
+    numeric = 5 if level.lower() == "trace" else logging.getLevelName(level.upper())
+    root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)

@@ -152,13 +152,20 @@ def worker(
     if problem:  # now, rather than in every job
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)
-    from api.cli import _database  # here: api.cli imports this module
+    from api.cli import _database, _require_schema  # here: api.cli imports this module
+    from api.security import configure_logging
 
+    configure_logging(settings.log_level)
     with _database(settings) as engine:  # a database it cannot use: one line, exit 2, as every command
         with engine.connect():  # now, not after procrastinate's pool waited 30 s and failed with a traceback
             pass
         if queue_mode(settings, engine) != "procrastinate":
-            typer.secho("`steward worker` needs PostgreSQL (STEWARD_DATABASE_URL); with SQLite, `steward serve` "
-                        "transcribes in-process.", fg="red", err=True)
+            if engine.dialect.name == "postgresql":
+                typer.secho(f"`steward worker` runs the procrastinate queue, but STEWARD_SPEECH_QUEUE is "
+                            f"{settings.speech_queue!r}: set it to `procrastinate` (or `auto`).", fg="red", err=True)
+            else:
+                typer.secho("`steward worker` needs PostgreSQL (STEWARD_DATABASE_URL); with SQLite, `steward "
+                            "serve` transcribes in-process.", fg="red", err=True)
             raise typer.Exit(2)
+        _require_schema(engine)  # an unmigrated database was a 215-line traceback from procrastinate
         run_worker(settings, engine, concurrency=concurrency)

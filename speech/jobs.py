@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, or_, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from api.db import utcnow
@@ -221,12 +222,22 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt
     except Exception as exc:
         log.exception("transcription of %s failed (attempt %d)", transcript_id, attempt)
         last = attempt >= settings.speech_max_attempts if final_attempt is None else final_attempt
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = failure_reason(exc)
         if last:
             return _fail(engine, transcript_id, attempt, f"gave up after {attempt} attempts: {reason}")
         if not _retry_later(engine, settings, transcript_id, attempt, reason):
             return _state(engine, transcript_id)  # superseded: nothing for this worker to retry
         raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed attempt records: the error's kind and, for a database error, the database's own first
+    line, never the statement or its values (`str()` of a SQLAlchemy error quoted the transcript being
+    saved, and stewards read the reason)."""
+    if isinstance(exc, DBAPIError):
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return f"{type(exc).__name__}: {first}"[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _pipeline(settings: Settings, pipeline: Any) -> Any:

@@ -113,7 +113,8 @@ def _public(transcript: Transcript, note: Note, call: Call | None, user: User) -
     pii = can_view_pii(user)
     return {
         "id": transcript.id, "status": transcript.status, "kind": note.kind.value, "attempts": transcript.attempts,
-        "failure_reason": transcript.failure_reason, "engine": transcript.engine, "model": transcript.model,
+        "failure_reason": transcript.failure_reason if pii or not transcript.failure_reason
+        else redact_text(transcript.failure_reason), "engine": transcript.engine, "model": transcript.model,
         "language": transcript.language, "duration_s": transcript.duration_s,
         "text": transcript.text if pii else _masked_text(transcript),
         "categories": transcript.category_list, "revision": transcript.revision, "owner_id": note.owner_id,

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import httpx
 
 from api.settings import Settings
+from speech.redact import redact_phone
 
 log = logging.getLogger("steward.sms")
 
@@ -34,7 +35,10 @@ class LoggingSender:
         self.sent: list[tuple[str, str]] = []
 
     def send(self, phone: str, text: str) -> bool:
-        log.info("sms to %s: %s", phone, text)
+        # The number masked by its shape and no text at INFO: a message names the resident and the address
+        # (DEBUG shows it, for a developer checking the wording).
+        log.info("sms to %s (%d characters)", redact_phone(phone), len(text))
+        log.debug("sms text to %s: %s", redact_phone(phone), text)
         self.sent.append((phone, text))
         return True
 

@@ -228,3 +228,12 @@ def test_serve_refuses_settings_that_would_fail_later(data_dir: Path, monkeypatc
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2 and said in result.output, result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_database_url_that_cannot_be_parsed_is_shown_without_its_password(data_dir: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a mistyped URL (one slash) was printed whole, password included."""
+    monkeypatch.setenv("STEWARD_DATABASE_URL", "postgresql:/steward:Db-Pw-77x@127.0.0.1/steward")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 2 and "Db-Pw-77x" not in result.output and "steward:***@" in result.output

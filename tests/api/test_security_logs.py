@@ -171,3 +171,60 @@ def test_a_message_that_is_not_text_is_masked_too(caplog: pytest.LogCaptureFixtu
         logging.getLogger("steward.test").warning(404)  # not text, nothing to mask: kept as it was
     assert "13812345678" not in caplog.text and "resident 138****5678 refused" in caplog.text
     assert caplog.records[1].msg == 404
+
+
+@pytest.mark.parametrize("line", [
+    '"GET /api/v1/transcripts?q=%E5%9B%9E%E7%94%B513912345678 HTTP/1.1" 200',  # 回电13912345678, encoded
+    '"GET /api/v1/households?q=139%201234%205678 HTTP/1.1" 200',  # 139 1234 5678
+    '"GET /api/v1/households?q=110101%2019900307%204512 HTTP/1.1" 200',  # an ID number in groups
+    'segments: [{"text": "\\u56de\\u753513912345678"}]',  # JSON's escapes: a hex digit ran into the number
+])
+def test_encoded_and_escaped_numbers_are_masked(line: str) -> None:
+    """Regression: uvicorn logs query strings percent-encoded and JSON escapes non-ASCII text; the masking
+    rules need a non-digit before a number, so both ways got numbers through whole."""
+    masked = redact_log_text(line)
+    assert "*" in masked and not re.search(r"1391234|19900307", masked.replace(" ", "")), masked
+
+
+def test_the_log_sender_shows_no_message_text_and_masks_any_number(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: it logged every SMS at INFO, with the resident's name and address, and a local or `+86`
+    number whole (the text rules need a mobile's or an area code's form)."""
+    caplog.set_level(logging.INFO, logger="steward.sms")
+    sender = LoggingSender()
+    for phone in ("88886666", "+86 531 8888 6666", "13912345678"):
+        sender.send(phone, "【注水通知】尊敬的王秀兰住户（燕子山小区1号楼2单元501室）")
+    assert "王秀兰" not in caplog.text and "燕子山" not in caplog.text
+    assert "sms to ****6666" in caplog.text and "sms to 139****5678" in caplog.text
+    assert not re.search(r"8888 ?6666|13912345678", caplog.text), caplog.text
+
+
+def test_service_loggers_get_a_handler_at_the_configured_level(tmp_path: Path) -> None:
+    """Regression: uvicorn configures only its own loggers, so the service's INFO lines (the log SMS sender's
+    included) were printed nowhere under `steward serve`."""
+    code = ("import logging; from api.security import configure_logging; configure_logging('info'); "
+            "logging.getLogger('steward.sms').info('sms to 138****0001'); logging.getLogger('x').debug('hidden')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "INFO steward.sms: sms to 138****0001" in done.stderr and "hidden" not in done.stderr, done.stderr
+
+
+def test_database_errors_carry_no_values(tmp_path: Path) -> None:
+    """Regression: an error's text carried the statement's values, so a transcript that failed to save was
+    logged, and kept as a failure reason stewards read, with its text and numbers."""
+    from sqlalchemy import text
+
+    from api.db import make_engine
+    from speech.jobs import failure_reason
+    from tests.conftest import make_settings
+
+    engine = make_engine(make_settings(f"sqlite:///{tmp_path / 'x.db'}", tmp_path))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, said TEXT)"))
+            conn.execute(text("INSERT INTO t VALUES (1, 'x')"))
+        with pytest.raises(Exception) as caught, engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1, :said)"), {"said": "王秀兰回电13912345678"})
+    finally:
+        engine.dispose()
+    assert "13912345678" not in str(caught.value) and "王秀兰" not in str(caught.value)
+    reason = failure_reason(caught.value)
+    assert reason.startswith("IntegrityError: UNIQUE constraint failed") and "INSERT" not in reason
