@@ -247,8 +247,28 @@ def serve(
     install_log_redaction()
     configure_logging(settings.log_level)
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
-    uvicorn.run("api.main:app", host=host or settings.host, port=port if port is not None else settings.port,
-                workers=workers, log_level=settings.log_level, proxy_headers=True)
+    bind_host, bind_port = host or settings.host, port if port is not None else settings.port
+    if (busy := _port_taken(bind_host, bind_port)) is not None:
+        # Before the app starts: its start-up closes the video rooms of this relay name as lost, which were
+        # the live calls of the server already on this port.
+        raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy} (another `steward serve` is running "
+                    "there? pick another --port).", 2)
+    uvicorn.run("api.main:app", host=bind_host, port=bind_port, workers=workers, log_level=settings.log_level,
+                proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why nothing can listen on host:port now (None if it can): tried the way uvicorn binds."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 @blobs_app.command("sweep")

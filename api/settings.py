@@ -91,6 +91,9 @@ class Settings(BaseSettings):
                                                                         "`failed`.")
     proactive_sms_retry_backoff_s: float = Field(300, ge=0, description="Wait before retrying a failed campaign SMS; "
                                                                         "doubles each time.")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="Addresses (comma-separated, or `*`) of the reverse "
+                                     "proxies whose X-Forwarded-For `steward serve` trusts for the client's "
+                                     "address (sign-in limits count per address).")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = Field(
         "faster-whisper", description="Speech engine: CTranslate2 (default) or the PyTorch reference.")

@@ -237,3 +237,32 @@ def test_a_database_url_that_cannot_be_parsed_is_shown_without_its_password(data
     get_settings.cache_clear()
     result = runner.invoke(app, ["db", "current"])
     assert result.exit_code == 2 and "Db-Pw-77x" not in result.output and "steward:***@" in result.output
+
+
+def test_serve_refuses_a_port_in_use_before_the_app_starts(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a second `steward serve` on a busy port ran the app's start-up (which closes the video
+    rooms of its relay name as lost: the live calls of the server on that port) before failing to bind."""
+    import socket
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output, result.output
+
+
+def test_serve_passes_the_trusted_proxies_to_uvicorn(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    monkeypatch.setenv("STEWARD_FORWARDED_ALLOW_IPS", "10.0.0.5")
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--port", "18123"]).exit_code == 0
+    assert runs[0]["forwarded_allow_ips"] == "10.0.0.5" and runs[0]["proxy_headers"] is True
