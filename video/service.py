@@ -59,7 +59,7 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
         raise Conflict(f"The work order is {order.status.value}; video calls are for open work orders.",
                        code="work_order_closed")
     existing = _open_room(session, order.id)
-    if existing is not None:
+    if existing is not None and not _close_if_abandoned(session, existing):
         return existing, False
     now = utcnow()
     room = VideoRoom(work_order_id=order.id, created_by_id=user.id, worker=worker,
@@ -79,6 +79,22 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
     return room, True
 
 
+# A room still open this long after its end was abandoned: its relay process is gone (the process that hosts
+# a room closes it at `expires_at`, its reaper looking every second). Rooms pinned to a relay name that never
+# comes back (a recreated container's new host name) otherwise blocked their work order for good.
+ABANDONED_AFTER = timedelta(minutes=5)
+
+
+def _close_if_abandoned(session: Session, room: VideoRoom) -> bool:
+    """Close an open room past its end by `ABANDONED_AFTER` as `lost`; whether it was."""
+    if room.state != RoomState.open or room.expires_at + ABANDONED_AFTER > utcnow():
+        return False
+    room.state, room.closed_at, room.close_reason = RoomState.closed, utcnow(), CloseReason.lost
+    session.add(room)
+    session.commit()
+    return True
+
+
 def _open_room(session: Session, work_order_id: uuid.UUID) -> VideoRoom | None:
     return session.exec(select(VideoRoom).where(VideoRoom.work_order_id == work_order_id,
                                                 VideoRoom.state == RoomState.open)).first()
@@ -89,6 +105,7 @@ def get_room(*, session: Session, user: User, id: uuid.UUID) -> VideoRoom:
     room = session.exec(select(VideoRoom).where(VideoRoom.id == id, _visible_rooms(user))).first()
     if room is None:
         raise NotFound(f"No video room with id {id} (or its work order is outside your grid).")
+    _close_if_abandoned(session, room)
     return room
 
 

@@ -295,3 +295,32 @@ def test_openapi_documents_the_bodies_of_every_200(video_settings: Settings, eng
     assert reopened["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RoomCreated"}
     image = spec["paths"]["/api/v1/video/snapshots/{id}/image"]["get"]["responses"]["200"]
     assert "image/jpeg" in image["content"]
+
+
+def test_a_room_its_relay_abandoned_neither_blocks_the_order_nor_stays_open(live, world, order, engine):
+    """Regression: a room pinned to a relay name that never came back (a recreated container's new host
+    name) was reused for ever: its join link expired, and even the supervisor's close answered room_elsewhere.
+    A room open well past its end is closed as lost, and the order gets a new one."""
+    async def scenario() -> None:
+        h = world.headers(world.steward_a)
+        async with live(video_worker_id="3f2a9c1d7e4b:8000") as old:
+            stale = (await old.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()
+        with Session(engine) as s:  # killed, not shut down: the row still open, and long past its end
+            row = s.get(VideoRoom, uuid.UUID(stale["room_id"]))
+            assert row is not None
+            row.state, row.close_reason, row.closed_at = RoomState.open, None, None
+            row.expires_at = utcnow() - timedelta(hours=5)
+            s.add(row)
+            s.commit()
+        async with live(video_worker_id="9b8e7d6c5a4f:8000") as new:
+            seen = await new.http.get(f"{ROOMS}/{stale['room_id']}", headers=world.headers(world.supervisor))
+            assert (seen.json()["state"], seen.json()["close_reason"]) == ("closed", "lost"), seen.text
+            r = await new.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert r.status_code == 201 and r.json()["room_id"] != stale["room_id"], r.text
+            resident = Participant(role="resident", video=True, audio=True)
+            joined = await resident.join(new.http, r.json()["room_id"], token_of(r.json()["join_url"]))
+            await resident.close()
+            assert joined.status_code == 200, joined.text
+            closed = await new.http.post(f"{ROOMS}/{r.json()['room_id']}/close", headers=h)
+            assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    run(scenario())
