@@ -189,6 +189,21 @@ class Settings(BaseSettings):
         """An empty path setting means "the default", as documented (pydantic would read it as `.`)."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("video_ice_servers")
+    @classmethod
+    def _ice_urls(cls, value: str) -> str:
+        """Every entry a STUN/TURN URL the relay can use (aiortc's own parser): a malformed one was dropped
+        without a word, or failed every call at connect time as the client's `invalid_sdp`."""
+        from aiortc.rtcicetransport import parse_stun_turn_uri
+
+        for url in (u.strip() for u in value.split(",") if u.strip()):
+            try:
+                parse_stun_turn_uri(url)
+            except ValueError as exc:
+                raise ValueError(f"{url!r} is not a STUN or TURN URL ({exc}); write e.g. "
+                                 "stun:turn.example.cn:3478 or turn:turn.example.cn:3478?transport=udp") from exc
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

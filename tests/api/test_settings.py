@@ -32,7 +32,10 @@ def test_production_refuses_the_development_secret() -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), [("log_level", "loud"), ("jwt_algorithm", "RS256"),
-                                             ("jwt_algorithm", "none"), ("timezone", "Mars/Base")])
+                                             ("jwt_algorithm", "none"), ("timezone", "Mars/Base"),
+                                             # every call failed at connect as the client's invalid_sdp:
+                                             ("video_ice_servers", "stun:stun.example.cn:3478?transport=udp"),
+                                             ("video_ice_servers", "turn.example.cn:3478")])
 def test_values_that_would_fail_at_first_use_are_refused_at_start(name: str, value: str) -> None:
     """Regression: each was accepted, then failed later: uvicorn's traceback (log level), a 500 on every
     sign-in (an asymmetric or `none` algorithm with a shared secret), a 500 on the first notice (zone)."""
@@ -59,3 +62,8 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [name for name in Settings.model_fields if f"`STEWARD_{name.upper()}`" not in readme]
     assert missing == [], f"add these settings to the README configuration table: {missing}"
+
+
+def test_good_ice_servers_pass() -> None:
+    urls = "stun:turn.example.cn:3478, turn:turn.example.cn:3478?transport=udp,turns:turn.example.cn:5349"
+    assert Settings(video_ice_servers=urls).video_ice_servers == urls
