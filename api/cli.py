@@ -286,6 +286,11 @@ def blobs_sweep(
     from sync.blobs.sweep import sweep
 
     settings = _settings()
+    if settings.blob_store == "s3":
+        from sync.blobs.storage import bucket_problem
+
+        if problem := bucket_problem(settings):  # not a traceback from the first listing call
+            raise _fail(f"Configuration error: STEWARD_S3_BUCKET: {problem}", 2)
     with _database(settings) as engine:
         _require_schema(engine)
         with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -166,6 +167,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # that went away, and retried the same way.
         log.warning("no database connection free for %s %s: %s", request.method, request.url.path, exc)
         return _unavailable()
+
+    @app.exception_handler(BotoCoreError)
+    @app.exception_handler(ClientError)
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        # The S3-compatible blob store failed (unreachable, refused the credentials): nothing was written
+        # (uploads reach the store only once verified), and the device retries; a 500 paged someone.
+        log.warning("blob store unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("storage_unavailable", "The file storage is unavailable for a moment; "
+                                       "retry shortly."), 503, headers={"Retry-After": "30"})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:

@@ -229,6 +229,10 @@ class Settings(BaseSettings):
         if self.blob_store == "s3" and not self.s3_bucket:
             raise ValueError("STEWARD_BLOB_STORE=s3 needs STEWARD_S3_BUCKET (the bucket that holds the blobs); "
                              "credentials come from boto3's standard chain (AWS_ACCESS_KEY_ID...)")
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            # boto3 refused it deep inside the app's start-up, as a 213-line traceback
+            raise ValueError(f"STEWARD_S3_ENDPOINT_URL must start with https:// (or http://), e.g. "
+                             f"https://{self.s3_endpoint_url}")
         self._check_sla_table()
         return self
 

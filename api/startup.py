@@ -56,6 +56,12 @@ def storage_problem(settings: Settings) -> str | None:
         probe.unlink()
     except OSError as exc:
         return f"Configuration error: STEWARD_BLOB_DIR: cannot use {root}: {exc.strerror or exc}"
+    if settings.blob_store == "s3":
+        from sync.blobs.storage import bucket_problem
+
+        problem = bucket_problem(settings)
+        if problem:
+            return f"Configuration error: STEWARD_S3_BUCKET: {problem}"
     return None
 
 

@@ -186,6 +186,26 @@ class S3BlobStore(BlobStore):
             Path(name).unlink(missing_ok=True)
 
 
+def bucket_problem(settings: Any) -> str | None:
+    """Why the configured bucket cannot be used now (unreachable endpoint, no credentials, no such bucket,
+    access refused), checked once with short timeouts; None if it can."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None,
+                              region_name=settings.s3_region or None,
+                              config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))
+        client.head_bucket(Bucket=settings.s3_bucket)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        return f"cannot use bucket {settings.s3_bucket!r}: {error.get('Code')} {error.get('Message') or ''}".strip()
+    except (BotoCoreError, ValueError) as exc:
+        return f"cannot reach bucket {settings.s3_bucket!r}: {exc}"
+    return None
+
+
 def _missing(exc: Exception) -> bool:
     error = getattr(exc, "response", {}).get("Error", {})
     return str(error.get("Code")) in {"404", "NoSuchKey", "NotFound"}

@@ -327,3 +327,26 @@ def test_a_request_that_finds_no_free_connection_is_a_503(tmp_path: Path) -> Non
         held.close()
         engine.dispose()
     assert_error(r, 503, "database_unavailable")
+
+
+def test_a_blob_store_that_fails_is_a_503_to_retry() -> None:
+    """An S3-compatible store that is unreachable or refuses the credentials: nothing was written (uploads
+    reach the store only once verified), so the device retries; it used to be a 500."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.put("/down")
+    def down() -> None:
+        raise EndpointConnectionError(endpoint_url="https://oss.example.cn/steward-blobs")
+
+    @app.put("/refused")
+    def refused() -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+
+    with TestClient(app) as client:
+        for path in ("/down", "/refused"):
+            r = client.put(path)
+            assert_error(r, 503, "storage_unavailable")
+            assert r.headers["retry-after"] == "30"

@@ -75,3 +75,21 @@ def test_an_unreadable_glossary_is_one_line(tmp_path: Path, content: bytes, said
     problem = speech_problem(Settings(speech_glossary=path, speech_queue="embedded"))
     assert problem is not None and problem.startswith("Configuration error: STEWARD_SPEECH_GLOSSARY: ")
     assert said in problem and "\n" not in problem
+
+
+def test_a_bucket_that_cannot_be_used_is_one_line_at_start(tmp_path: Path) -> None:
+    """Regression: a missing bucket, or an endpoint boto3 cannot reach, surfaced at the first upload (a 500)
+    or as a traceback of `steward blobs sweep`; `serve` now checks the bucket once, with short timeouts."""
+    from api.startup import storage_problem
+    from tests.utils.s3 import BUCKET, S3_SETTINGS, mock_bucket
+
+    with mock_bucket():
+        assert storage_problem(Settings(data_dir=tmp_path, **S3_SETTINGS)) is None
+        missing = storage_problem(Settings(data_dir=tmp_path, **S3_SETTINGS | {"s3_bucket": "no-such-bucket"}))
+        assert missing is not None and missing.startswith("Configuration error: STEWARD_S3_BUCKET:")
+        assert "no-such-bucket" in missing and "\n" not in missing and BUCKET not in missing
+
+
+def test_an_endpoint_without_its_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="STEWARD_S3_ENDPOINT_URL must start with https://"):
+        Settings(s3_endpoint_url="oss-cn-beijing.aliyuncs.com")
