@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
@@ -16,6 +16,7 @@ from api import __version__
 from api.console.views import pages_router as console_pages_router
 from api.console.views import router as console_router
 from api.db import WalCheckpointer, make_engine, sqlite_file
+from api.deps import known_query_parameters
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.fieldwork.views import router as fieldwork_router
 from api.middleware import BodyLimitMiddleware, GZipResponses, MetricsMiddleware
@@ -43,7 +44,7 @@ GZIP_MIN_BYTES = 1400  # smaller responses fit one packet as they are
 
 def api_router() -> APIRouter:
     """Every `/api/v1` route of the service."""
-    router = APIRouter(prefix=API_PREFIX)
+    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(known_query_parameters)])
     for sub in (users_router, network_router, work_orders_router, fieldwork_router, notes_router, notices_router,
                 sync_router, blobs_router, speech_router, console_router, proactive_router):
         router.include_router(sub)

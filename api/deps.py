@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
@@ -70,6 +72,34 @@ async def get_session(request: Request, engine: Annotated[Engine, Depends(get_en
     async with slots:
         with contextmanager(session_scope)(engine) as session:
             yield session
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    """The query parameters a route reads, its dependencies' included."""
+    yield from (field.alias for field in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _query_names(sub)
+
+
+async def known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the route does not take (422 `validation_error` naming it). Ignored, a
+    misspelt filter (`?assignee=` for `assignee_id`) answered every row as if it had filtered, and `limit` on a
+    list without paging looked honoured."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    names = _QUERY_NAMES.get(id(route))
+    if names is None:
+        names = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
+    unknown = sorted(set(request.query_params) - names)
+    if unknown:
+        takes = ", ".join(sorted(names)) or "none"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": None,
+                                       "msg": f"Unknown query parameter; this route takes: {takes}"}
+                                      for name in unknown])
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

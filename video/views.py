@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import access
-from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep
+from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep, known_query_parameters
 from api.errors import Conflict, DomainError, Forbidden, NotFound
 from api.settings import Settings
 from video import service, tokens
@@ -130,7 +130,7 @@ def _relay_url(settings: Settings, row: VideoRoom) -> str:
     return "" if row.worker == service.worker_name(settings) else row.worker_url
 
 
-router = APIRouter(prefix=API_PREFIX, tags=["video"])
+router = APIRouter(prefix=API_PREFIX, tags=["video"], dependencies=[Depends(known_query_parameters)])
 
 
 @router.post("/rooms", response_model=RoomCreated, status_code=status.HTTP_201_CREATED,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -90,3 +91,17 @@ def test_slow_uploads_hold_no_session_slot(engine: Engine, world: World, databas
         asyncio.run(main())
     finally:
         small.dispose()
+
+
+def test_a_query_parameter_no_route_takes_is_refused(client: TestClient, world: World, session: Session) -> None:
+    """Regression: unknown query parameters were ignored, so a misspelt filter (`assignee` for `assignee_id`)
+    answered every row as if it had filtered, and `limit` on an unpaged list looked honoured."""
+    headers = world.headers(world.admin)
+    r = client.get("/api/v1/work-orders", params={"assignee": str(world.steward_a.id)}, headers=headers)
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "validation_error"
+    assert "query.assignee" in r.json()["detail"]["message"] and "assignee_id" in r.json()["detail"]["message"]
+    ok = client.get("/api/v1/work-orders", params={"assignee_id": str(world.steward_a.id), "offset": 0, "limit": 5,
+                                                   "status": ["new", "assigned"]}, headers=headers)
+    assert ok.status_code == 200, ok.text
+    assert client.get("/api/v1/stations", params={"limit": 5, "q": "x"}, headers=headers).status_code == 422
+    assert client.get("/healthz", params={"probe": 1}).status_code == 200  # only the API's routes are strict

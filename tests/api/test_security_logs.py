@@ -113,7 +113,8 @@ def test_logs_of_a_realistic_session_hold_no_secret_and_no_phone_number(
         secrets += list(tokens.values())
         admin, office, steward = ({"Authorization": f"Bearer {tokens[k]}"} for k in ("admin", "supervisor", "steward"))
         assert http.get(f"{API}/auth/me", headers=steward).status_code == 200
-        assert http.get(f"{API}/auth/me", params={"access_token": tokens["steward"]}).status_code == 401
+        # a token in the query string is not a way to sign in (422: no route takes it), and is masked in the log
+        assert http.get(f"{API}/auth/me", params={"access_token": tokens["steward"]}).status_code in (401, 422)
         r = http.post(f"{API}/households", headers=office, json={
             "building_id": str(world.building_a.id), "unit": "3", "room": "502", "resident_name": "赵大妈",
             "phone": phones[0], "area_m2": 76})
