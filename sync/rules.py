@@ -17,7 +17,7 @@ from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
 from api.db import utcnow
-from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate
+from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
 from api.network.models import Household, HouseholdUpdate
 from api.notes.models import Note, NoteCreate, NoteKind
 from api.users.models import Role, User
@@ -31,7 +31,15 @@ from api.work_orders.models import (
     WorkOrderEvent,
     WorkOrderUpdate,
 )
-from api.work_orders.service import STEWARD_SOURCES, apply_edits, effective_priority, set_status, sla_delta
+from api.work_orders.service import (
+    STEWARD_SOURCES,
+    apply_edits,
+    assign_refusal,
+    check_sla_due,
+    effective_priority,
+    set_status,
+    sla_delta,
+)
 from sync.registry import BY_NAME, SyncTable
 from sync.tracking import UNTARGETED
 
@@ -182,9 +190,10 @@ def _visit_writable(ctx: Context, visit: Visit) -> frozenset[str]:
 
 
 def _visit_apply(_: Context, visit: Visit, values: dict[str, Any]) -> None:
-    left_at = values.get("left_at", visit.left_at)
-    if left_at is not None and left_at < visit.arrived_at:
-        raise Rejected("invalid_value", "left_at must not be before arrived_at.")
+    # As in REST: left before arriving, or longer than a visit can last (a wrong date), is refused.
+    problem = check_visit_length(values.get("arrived_at", visit.arrived_at), values.get("left_at", visit.left_at))
+    if problem:
+        raise Rejected("invalid_value", problem)
     for name, value in values.items():
         setattr(visit, name, value)
 
@@ -333,11 +342,13 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
         if assignee is None:
             raise Rejected("invalid_value", "A work order cannot be unassigned; assign it to another steward.")
         if status not in OPEN_STATUSES:
-            raise Rejected("not_editable", f"A {status.value} work order cannot be assigned; reopen it first.")
+            raise Rejected("not_editable", assign_refusal(status))
         _active_steward(ctx, assignee)
         status = Status.assigned if status == Status.new else status
     if target is not None:
         _check_transition(ctx, status, target)
+    if problem := check_sla_due(order.created_at, values.get("sla_due_at")):  # as in REST
+        raise Rejected("invalid_value", problem)
     # Edits hold for the order as this mutation leaves it (REST edits open orders only): cancelling with
     # edits is refused like a REST edit of a cancelled order, reopening with edits is allowed.
     final = target if target is not None else status

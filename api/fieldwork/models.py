@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from sqlmodel import Field, SQLModel
 
-from api.db import Versioned, ts_field
+from api.db import Versioned, ts_field, utcnow
 from api.network.models import not_null
 from api.schemas import UtcDatetime
+
+# How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
+# hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.
+FUTURE_TOLERANCE = timedelta(days=1)
+# The longest a visit can last (left_at - arrived_at): longer is a wrong date, not a visit.
+MAX_VISIT = timedelta(hours=24)
+
+
+def not_in_future(value: datetime | None) -> datetime | None:
+    """Refuse a field time more than `FUTURE_TOLERANCE` after now (shared by REST and sync push)."""
+    if value is not None and value > utcnow() + FUTURE_TOLERANCE:
+        raise PydanticCustomError("invalid_time", "{value} is in the future; record the time it happened "
+                                  "(check the device's clock and time zone)", {"value": value.isoformat()})
+    return value
+
+
+def check_visit_length(arrived_at: datetime, left_at: datetime | None) -> str | None:
+    """Why a visit's interval is wrong (left before arriving, or longer than `MAX_VISIT`); None if it is fine."""
+    if left_at is None:
+        return None
+    if left_at < arrived_at:
+        return "left_at must not be before arrived_at."
+    if left_at - arrived_at > MAX_VISIT:
+        return (f"A visit lasts at most {MAX_VISIT.total_seconds() / 3600:g} hours; check the dates of "
+                "arrived_at and left_at.")
+    return None
 
 
 class VisitResult(StrEnum):
@@ -45,6 +72,15 @@ class Visit(Versioned, VisitBase, table=True):
 class VisitCreate(VisitBase):
     id: uuid.UUID | None = None
 
+    _not_in_future = field_validator("arrived_at", "left_at")(not_in_future)
+
+    @model_validator(mode="after")
+    def _check_length(self) -> VisitCreate:
+        # Left before arriving is answered by the services (`invalid_interval`); only the length here.
+        if self.left_at is not None and self.left_at - self.arrived_at > MAX_VISIT:
+            raise PydanticCustomError("invalid_interval", str(check_visit_length(self.arrived_at, self.left_at)))
+        return self
+
 
 class VisitUpdate(SQLModel):
     left_at: UtcDatetime | None = None
@@ -53,6 +89,7 @@ class VisitUpdate(SQLModel):
     result: VisitResult | None = None
 
     _not_null = field_validator("actions")(not_null)
+    _not_in_future = field_validator("left_at")(not_in_future)
 
 
 class VisitPublic(VisitBase):
@@ -89,6 +126,8 @@ class Reading(Versioned, ReadingBase, table=True):
 
 class ReadingCreate(ReadingBase):
     id: uuid.UUID | None = None
+
+    _not_in_future = field_validator("taken_at")(not_in_future)
 
 
 class ReadingPublic(ReadingBase):

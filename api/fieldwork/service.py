@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from api import access
 from api.deps import Page
 from api.errors import Conflict, Forbidden, Unprocessable
-from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate
+from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
 from api.network.service import get_household
 from api.users.models import Role, User
 from api.work_orders import service as work_orders
@@ -29,8 +29,8 @@ def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
     """Record a steward's visit to a household of their grid (optionally for a work order)."""
     if user.role != Role.steward:
         raise Forbidden("Visits are recorded by the steward who made them.", code="role_required")
-    if data.left_at is not None and data.left_at < data.arrived_at:
-        raise Unprocessable("left_at must not be before arrived_at.", code="invalid_interval")
+    if problem := check_visit_length(data.arrived_at, data.left_at):
+        raise Unprocessable(problem, code="invalid_interval")
     _check_links(session, user, data.household_id, data.work_order_id)
     # After the scope checks: a 409 for an id taken outside the grid, where an unknown one got 404, told a
     # steward which ids exist there (docs/security.md).
@@ -57,9 +57,8 @@ def update_visit(*, session: Session, user: User, visit: Visit, data: VisitUpdat
     if user.role == Role.steward and visit.steward_id != user.id:
         raise Forbidden("Only the steward who made this visit can change it.", code="not_owner")
     changes = data.model_dump(exclude_unset=True)
-    left_at = changes.get("left_at", visit.left_at)
-    if left_at is not None and left_at < visit.arrived_at:
-        raise Unprocessable("left_at must not be before arrived_at.", code="invalid_interval")
+    if problem := check_visit_length(visit.arrived_at, changes.get("left_at", visit.left_at)):
+        raise Unprocessable(problem, code="invalid_interval")
     visit.sqlmodel_update(changes)
     session.add(visit)
     session.commit()

@@ -103,6 +103,16 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     return result.ok
 
 
+def give_up(session: Session, settings: Settings, rows: list[Any], now: datetime, reason: str) -> int:
+    """Mark deliveries that are due `skipped` with `reason` instead of sending them (what they announce is
+    over); each in a conditional UPDATE, so one a sender claimed meanwhile is left to it. How many."""
+    def still_due(attempts: int) -> Callable[[Table], ColumnElement[bool]]:
+        return lambda t: due(t, settings, now) & (t.c.attempts == attempts)
+
+    return sum(write_if(session, row, still_due(row.attempts), status=DeliveryStatus.skipped, reason=reason,
+                        next_attempt_at=None) for row in rows)
+
+
 def replan(row: Delivery, phone: str | None, text: str, skip_reason: str | None) -> dict[str, Any]:
     """The changes that bring a delivery not yet sent up to date with its household (empty: none).
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, func, select
 from api import access
 from api.db import new_id, utcnow
 from api.deps import Page
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station
 from api.notices import deliveries
 from api.notices.models import Notice, NoticeCreate, NoticeDelivery, NoticeMessage, NoticeTarget
@@ -31,11 +31,21 @@ def create(*, session: Session, settings: Settings, user: User, data: NoticeCrea
         raise NotFound(f"No building with id {data.building_id}.")
     if data.station_id is not None and session.get(Station, data.station_id) is None:
         raise NotFound(f"No station with id {data.station_id}.")
+    _refuse_past(data.water_fill_end, utcnow(), ZoneInfo(settings.timezone))
     notice = Notice.model_validate(data.model_dump(exclude_none=True) | {
         "service_phone": data.service_phone or settings.service_phone, "created_by_id": user.id})
     session.add(notice)
     session.commit()
     return notice
+
+
+def _refuse_past(water_fill_end: datetime, now: datetime, tz: ZoneInfo) -> None:
+    """A notice announces a filling still to come: its SMS gives no year, so one whose filling is over told
+    residents of dates long gone as if they were ahead."""
+    if water_fill_end <= now:
+        raise Unprocessable(f"The water filling ended {water_fill_end.astimezone(tz):%Y-%m-%d %H:%M} (local time); "
+                            "a notice announces one still to come: draft a new one with the coming dates.",
+                            code="fill_window_past")
 
 
 def get(*, session: Session, user: User, id: uuid.UUID) -> Notice:
@@ -156,8 +166,11 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Not
     household is texted twice, even by a resend. A failure is recorded with its reason and retried after a
     backoff by the evaluation run (`send_due`), or by `resend=true` once that backoff has passed (also when out
     of tries; a row in backoff may be held by a sender at this moment, which the same column marks).
+    Once the filling has ended, a send or resend is refused (422 `fill_window_past`) and the evaluation run
+    marks what it would have retried skipped (`event_passed`).
     """
     now = now or utcnow()
+    _refuse_past(notice.water_fill_end, now, ZoneInfo(settings.timezone))
     if not _mark_sent(session, notice, now) and not resend:
         raise Conflict("This notice was already sent; pass resend=true to retry the households it has not "
                        "reached.", code="already_sent")
@@ -180,7 +193,8 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
     # rows either, and planning them texted every household again about last season's dates.
     planned = select(NoticeDelivery.id).where(NoticeDelivery.notice_id == Notice.id)
     for unplanned in session.exec(select(Notice).where(
-            col(Notice.sent_at) >= now - UNPLANNED_RECOVERY, Notice.sent_count == 0, ~exists(planned))).all():
+            col(Notice.sent_at) >= now - UNPLANNED_RECOVERY, Notice.sent_count == 0, ~exists(planned),
+            col(Notice.water_fill_end) > now)).all():
         _plan(session, settings, unplanned)
     ids = session.exec(select(NoticeDelivery.notice_id).where(deliveries.due(table, settings, now))
                        .distinct()).all()
@@ -188,6 +202,11 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
     for id in ids:
         notice = session.get(Notice, id)
         if notice is None or notice.sent_at is None:
+            continue
+        if notice.water_fill_end <= now:  # over: a retry would announce it as still to come
+            rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id,
+                                                             deliveries.due(table, settings, now))).all()
+            deliveries.give_up(session, settings, list(rows), now, "event_passed")
             continue
         s, f = _send_due(session, settings, sender, notice, now)
         sent, failed = sent + s, failed + f

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, or_
@@ -41,17 +41,22 @@ TITLES = {CampaignKind.water_fill: "供暖季前注水通知", CampaignKind.pres
 BLEED = {CampaignKind.water_fill: str(NoticeBase.model_fields["bleed_instructions"].default),
          CampaignKind.pressure_test: "打压期间请勿打开暖气片放风阀。",
          CampaignKind.heating_start: "请用排气钥匙逆时针拧开暖气片排气阀，见水后关闭；仍不热请联系供暖管家。"}
+# What a suspended (报停) home is told before filling and pressure tests (as `api.notices.service.render_text`).
+SUSPENDED_ADVICE = "请确认户内供暖阀门保持关闭并家中留人，发现漏水请立即拨打服务热线。"
+# Campaigns that skip suspended homes: the heating start does not concern them.
+SKIPS_SUSPENDED = frozenset({CampaignKind.heating_start})
 SEND_LEASE = timedelta(minutes=10)
 
 
 # --- calendars ---------------------------------------------------------------------------------------------
 
 
-def put_calendar(*, session: Session, user: User, station_id: uuid.UUID, season: str,
+def put_calendar(*, session: Session, settings: Settings, user: User, station_id: uuid.UUID, season: str,
                  data: SeasonCalendarPut) -> SeasonCalendar:
-    """Create or replace a station's calendar for a season."""
+    """Create or replace a station's calendar for a season (its heating within the season it is filed under)."""
     get_station(session=session, id=station_id)
     _check_season(season)
+    _check_heating_in_season(season, data, ZoneInfo(settings.timezone))
     row = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == station_id,
                                                     SeasonCalendar.season == season).with_for_update()).first()
     if row is None:
@@ -86,6 +91,18 @@ def _check_season(season: str) -> None:
                             code="invalid_season")
 
 
+def _check_heating_in_season(season: str, data: SeasonCalendarPut, tz: ZoneInfo) -> None:
+    """The heating of season `2026-2027` starts and ends between 1 July 2026 and 30 June 2027 (local dates):
+    a calendar filed under another season's label announced its dates twice, once per label."""
+    first = int(season[:4])
+    lo, hi = date(first, 7, 1), date(first + 1, 6, 30)
+    for name, ts in (("heating_start_at", data.heating_start_at), ("heating_end_at", data.heating_end_at)):
+        if not lo <= ts.astimezone(tz).date() <= hi:
+            raise Unprocessable(f"{name} ({ts.astimezone(tz):%Y-%m-%d}) is outside season {season}, which runs "
+                                f"from {lo} to {hi}; file the calendar under its own season.",
+                                code="season_mismatch")
+
+
 def list_calendars(*, session: Session, page: Page, station_id: uuid.UUID | None = None,
                    season: str | None = None) -> tuple[list[SeasonCalendar], int]:
     """Calendars, newest season first."""
@@ -105,6 +122,23 @@ def in_season_stations(session: Session, now: datetime) -> list[uuid.UUID]:
 
 
 # --- campaigns ---------------------------------------------------------------------------------------------
+
+
+def _event_over(kind: CampaignKind, start: datetime, end: datetime | None, now: datetime) -> bool:
+    """Whether what a campaign announces is over: the end of the filling, the pressure test, the heating start.
+    Telling residents of it then (the SMS gives no year) sends them wrong dates."""
+    return (end if kind == CampaignKind.water_fill and end is not None else start) <= now
+
+
+def _refuse_past(kind: CampaignKind, start: datetime, end: datetime | None, now: datetime, tz: ZoneInfo) -> None:
+    if not _event_over(kind, start, end, now):
+        return
+    if kind == CampaignKind.water_fill:
+        what, ts, code = "water filling of this calendar ended", end or start, "fill_window_past"
+    else:
+        what, ts, code = f"{kind.value.replace('_', ' ')} of this calendar was", start, "event_past"
+    raise Unprocessable(f"The {what} {ts.astimezone(tz):%Y-%m-%d %H:%M} (local time); a campaign announces one "
+                        "still to come: correct the season calendar first.", code=code)
 
 
 def campaign_clause(user: User) -> ColumnElement[bool]:
@@ -134,6 +168,7 @@ def create_campaign(*, session: Session, settings: Settings, user: User, data: C
         raise Conflict(f"Campaign {existing} already covers {data.kind.value} of {data.season} for this station; "
                        "send that one again to reach households it missed.", code="already_exists")
     start, end = _event_dates(calendar, data.kind)
+    _refuse_past(data.kind, start, end, utcnow(), ZoneInfo(settings.timezone))
     campaign = Campaign(id=data.id or new_id(), station_id=data.station_id, season=data.season,
                         kind=data.kind, title=data.title or TITLES[data.kind],
                         bleed_instructions=data.bleed_instructions or BLEED[data.kind],
@@ -182,13 +217,19 @@ def _when(ts: datetime, tz: ZoneInfo) -> str:
 
 def render(campaign: Campaign, station: Station, household: Household, building: Building, steward: str,
            tz: ZoneInfo) -> str:
-    """The SMS a resident receives: date, what to do, their steward's name and the service number."""
+    """The SMS a resident receives: date, what to do, their steward's name and the service number. A suspended
+    (报停) home gets the notices' wording for filling and pressure tests: keep its valves closed, stay home."""
     who = f"{household.resident_name}住户" if household.resident_name else "住户"
     where = f"{building.community}{building.number}号楼{household.unit}单元{household.room}室"
     start = _when(campaign.event_start, tz)
+    suspended = household.heating_status == HeatingStatus.suspended
     if campaign.kind == CampaignKind.water_fill:
         end = _when(campaign.event_end, tz) if campaign.event_end else ""
         body = f"{station.name}供热管网将于{start}至{end}注水。{campaign.bleed_instructions}"
+        if suspended:
+            body = f"您家已办理停暖，{station.name}供热管网将于{start}至{end}注水。{SUSPENDED_ADVICE}"
+    elif campaign.kind == CampaignKind.pressure_test and suspended:
+        body = f"您家已办理停暖，{station.name}供热管网将于{start}打压试验。{SUSPENDED_ADVICE}"
     elif campaign.kind == CampaignKind.pressure_test:
         body = (f"{station.name}供热管网将于{start}打压试验，请家中留人，发现漏水请立即关闭进户阀门。"
                 f"{campaign.bleed_instructions}")
@@ -211,8 +252,8 @@ def _stewards_by_building(session: Session, station_id: uuid.UUID) -> dict[uuid.
     return out
 
 
-def _skip_reason(household: Household) -> str | None:
-    if household.heating_status == HeatingStatus.suspended:
+def _skip_reason(campaign: Campaign, household: Household) -> str | None:
+    if campaign.kind in SKIPS_SUSPENDED and household.heating_status == HeatingStatus.suspended:
         return "suspended"
     if not household.phone:
         return "no_phone"
@@ -238,7 +279,7 @@ def _targets(session: Session, settings: Settings, campaign: Campaign, page: Pag
     for household, building in session.exec(stmt).all():
         text = render(campaign, station, household, building, stewards.get(building.id, "（待分配）"), tz)
         out.append(PreviewMessage(household_id=household.id, phone=household.phone, text=text,
-                                  skip_reason=_skip_reason(household)))
+                                  skip_reason=_skip_reason(campaign, household)))
     return out, len(out) if total is None else total
 
 
@@ -249,8 +290,9 @@ def preview(*, session: Session, settings: Settings, campaign: Campaign, page: P
     stmt = (select(Household.heating_status, Household.phone).join(Building, col(Household.building_id) ==
                                                                    col(Building.id))
             .where(Building.station_id == campaign.station_id))
+    skips_suspended = campaign.kind in SKIPS_SUSPENDED
     skip = sum(1 for status, phone in session.exec(stmt).all()
-               if status == HeatingStatus.suspended or not phone)
+               if (skips_suspended and status == HeatingStatus.suspended) or not phone)
     return messages, total, {"will_send": total - skip, "will_skip": skip}
 
 
@@ -337,19 +379,27 @@ def _recount(session: Session, settings: Settings, campaign: Campaign, now: date
 
 
 def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: Campaign,
-         now: datetime | None = None) -> tuple[int, int]:
+         now: datetime | None = None, periodic: bool = False) -> tuple[int, int]:
     """Send every delivery that is due: new households, and failed ones whose retry time has come.
 
     Idempotent: a household that was sent the campaign never gets it again (one delivery per household,
     unique, each claimed by a conditional UPDATE right before it is sent), so a rerun, a concurrent send or
     one that took over an expired lease only reaches households added since and retries failures. Each
     result is committed at once. Returns (sent, failed) of this run.
+
+    Once what the campaign announces is over, a send is refused (422 `fill_window_past` / `event_past`) and
+    the `periodic` run texts nobody: it marks the deliveries still due skipped (`event_passed`).
     """
     now = now or utcnow()
+    if not periodic:
+        _refuse_past(campaign.kind, campaign.event_start, campaign.event_end, now, ZoneInfo(settings.timezone))
     clock = deliveries.clock(now)
     mine = _claim(session, campaign, now)
     sent = failed = 0
     try:
+        if _event_over(campaign.kind, campaign.event_start, campaign.event_end, now):
+            deliveries.give_up(session, settings, _due(session, campaign, settings, now), now, "event_passed")
+            return 0, 0
         _plan(session, settings, campaign)
         for delivery in _due(session, campaign, settings, now):
             lease = _renew(session, campaign, mine, clock())
@@ -383,7 +433,8 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
         if campaign is None:
             continue
         try:
-            s, f = send(session=session, settings=settings, sender=sender, campaign=campaign, now=now)
+            s, f = send(session=session, settings=settings, sender=sender, campaign=campaign, now=now,
+                        periodic=True)
         except Conflict:
             continue  # another process is sending it
         sent, failed = sent + s, failed + f

@@ -1,7 +1,8 @@
 """Complaint clusters and sensitive-household revisits: the work orders the service opens by itself.
 
 A complaint is a work order (any source but `proactive`, not cancelled) or a transcribed call whose tags
-include one of the cluster categories, at a known household, inside the sliding window. Complaints are
+include one of the cluster categories, at a known household, inside the sliding window. A suspended (报停)
+household's "not warm" or air-lock complaint is not one: its heating is off on purpose. Complaints are
 grouped by unit riser (building + unit), building and station; a group whose distinct complaining
 households reach the threshold gets ONE proactive work order. `ProactiveOrder.open_key` is unique and set
 while that order is open, so a second order for the group fails on the constraint even when two
@@ -36,6 +37,9 @@ from sync import tracking
 CLUSTER_CATEGORIES = (Category.leak, Category.not_warm, Category.air_lock, Category.noise)  # tie-break order
 CLUSTER_KINDS = (ProactiveKind.riser, ProactiveKind.building, ProactiveKind.station)  # narrowest first
 _PLACE = (col(Household.id), col(Household.building_id), col(Household.unit), col(Building.station_id))
+# What a suspended (报停) home reports without it saying anything about the network: its heating is valved off
+# on purpose. Its leaks and noises still count (a leak during filling is what its notice asks it to report).
+SUSPENDED_EXPECTED = frozenset({Category.not_warm, Category.air_lock})
 _LABELS = {Category.leak: "漏水", Category.not_warm: "不热", Category.air_lock: "气堵", Category.noise: "噪音"}
 
 
@@ -96,24 +100,28 @@ def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]
         .join(Building, col(Building.id) == col(Household.building_id))
         .where(col(WorkOrder.created_at) >= since, col(WorkOrder.created_at) <= now,
                col(WorkOrder.category).in_(CLUSTER_CATEGORIES), col(WorkOrder.source) != Source.proactive,
-               col(WorkOrder.status) != Status.cancelled)).all()
+               col(WorkOrder.status) != Status.cancelled,
+               or_(col(Household.heating_status) != HeatingStatus.suspended,
+                   col(WorkOrder.category).not_in(SUSPENDED_EXPECTED)))).all()
     out = [Signal(o_id, None, h, b, unit, st, Category(cat), at) for o_id, cat, at, h, b, unit, st in orders]
     tags = or_(*(col(Transcript.categories).contains(f",{c.value},") for c in CLUSTER_CATEGORIES))
     calls = session.execute(
         sa_select(col(Transcript.id), col(Transcript.categories), col(Transcript.draft_work_order_id),
-                  col(Note.work_order_id), col(Note.recorded_at), *_PLACE)
+                  col(Note.work_order_id), col(Note.recorded_at), col(Household.heating_status), *_PLACE)
         .join(Note, col(Note.id) == col(Transcript.id))
         .join(Household, col(Household.id) == col(Note.household_id))
         .join(Building, col(Building.id) == col(Household.building_id))
         .where(col(Note.recorded_at) >= since, col(Note.recorded_at) <= now, tags,
                col(Transcript.status).in_((TranscriptState.transcribed, TranscriptState.approved)))).all()
-    for t_id, categories, draft_id, linked_id, at, h, b, unit, st in calls:
+    for t_id, categories, draft_id, linked_id, at, heating, h, b, unit, st in calls:
         if draft_id is not None or linked_id is not None:
             # The call became a work order: that order is the complaint, judged by the filter above (a
             # cancelled or re-categorised draft must not come back through the call's own tags).
             continue
-        category = next(c for c in CLUSTER_CATEGORIES if f",{c.value}," in categories)
-        out.append(Signal(None, t_id, h, b, unit, st, category, at))
+        ignored = SUSPENDED_EXPECTED if heating == HeatingStatus.suspended else frozenset()
+        category = next((c for c in CLUSTER_CATEGORIES if f",{c.value}," in categories and c not in ignored), None)
+        if category is not None:
+            out.append(Signal(None, t_id, h, b, unit, st, category, at))
     return out
 
 

@@ -54,8 +54,14 @@ class SeasonCalendar(SQLModel, table=True):
 class SeasonCalendarPut(SeasonCalendarBase):
     @model_validator(mode="after")
     def _check(self) -> SeasonCalendarPut:
+        # The season's steps in the order the network goes through them (the season label is checked by
+        # `api.proactive.campaigns.put_calendar`, which knows it and the local time zone).
         if self.water_fill_end <= self.water_fill_start:
             raise ValueError("water_fill_end must be after water_fill_start")
+        if self.pressure_test_at < self.water_fill_end:
+            raise ValueError("pressure_test_at must not be before water_fill_end (the network is filled first)")
+        if self.heating_start_at < self.pressure_test_at:
+            raise ValueError("heating_start_at must not be before pressure_test_at (the network is tested first)")
         if self.heating_end_at <= self.heating_start_at:
             raise ValueError("heating_end_at must be after heating_start_at")
         stamps = (self.water_fill_start, self.water_fill_end, self.pressure_test_at, self.heating_start_at,
@@ -93,7 +99,9 @@ class DeliveryStatus(StrEnum):
     queued = "queued"
     sent = "sent"
     failed = "failed"  # retried while attempts remain (`next_attempt_at` set), else final
-    skipped = "skipped"  # suspended heating (报停) or no phone number: `reason` says which
+    # `reason` says why: `no_phone`; `suspended` (报停, heating-start campaigns only); `event_passed` (the filling,
+    # test or heating start it announces was over before it could be sent, so it never will be)
+    skipped = "skipped"
 
 
 class CampaignBase(SQLModel):

@@ -35,9 +35,10 @@ Season = Path(pattern=SEASON_PATTERN, description="Heating season, e.g. 2026-202
 
 
 @router.put("/stations/{station_id}/calendars/{season}", response_model=SeasonCalendarPublic)
-def put_calendar(station_id: uuid.UUID, data: SeasonCalendarPut, session: SessionDep, user: OfficeUser,
-                 season: str = Season):
-    return campaigns.put_calendar(session=session, user=user, station_id=station_id, season=season, data=data)
+def put_calendar(station_id: uuid.UUID, data: SeasonCalendarPut, session: SessionDep, settings: SettingsDep,
+                 user: OfficeUser, season: str = Season):
+    return campaigns.put_calendar(session=session, settings=settings, user=user, station_id=station_id,
+                                  season=season, data=data)
 
 
 @router.get("/calendars", response_model=SeasonCalendarsPublic)

@@ -6,9 +6,11 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
+from pydantic import model_validator
+from pydantic_core import PydanticCustomError
 from sqlmodel import Field, SQLModel
 
-from api.db import Versioned, new_id, ts_field
+from api.db import Versioned, new_id, ts_field, utcnow
 from api.schemas import UtcDatetime
 
 
@@ -103,6 +105,14 @@ class WorkOrderCreate(WorkOrderBase):
     id: uuid.UUID | None = None
     assignee_id: uuid.UUID | None = None
     sla_due_at: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check_sla(self) -> WorkOrderCreate:
+        # The order is created now: a deadline already passed makes it overdue at birth (REST and sync push).
+        if self.sla_due_at is not None and self.sla_due_at <= utcnow():
+            raise PydanticCustomError("invalid_sla", "sla_due_at must be after the order is created (now); "
+                                      "leave it out for the SLA the rules give")
+        return self
 
 
 class WorkOrderPublic(WorkOrderBase):

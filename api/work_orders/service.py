@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -12,7 +12,7 @@ from api import access
 from api.db import lock_row, utcnow
 from api.deps import Page
 from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
-from api.network.models import Household
+from api.network.models import HeatingStatus, Household
 from api.network.service import get_household
 from api.settings import Settings
 from api.users.models import Role, User
@@ -48,9 +48,19 @@ def _steward(session: Session, id: uuid.UUID) -> User:
     return user
 
 
+def _sensitive(household: Household | None, category: Category) -> bool:
+    """Whether the household's sensitivity shortens this order: not for "not warm" from a 报停 home, whose
+    heating is off on purpose (its valves are closed); any other problem there counts as usual."""
+    if household is None or not household.sensitive:
+        return False
+    return not (household.heating_status == HeatingStatus.suspended and category == Category.not_warm)
+
+
 def effective_priority(household: Household, category: Category, priority: Priority) -> Priority:
-    """A cold home of an elderly or sensitive resident is at least `high`, whatever the caller chose."""
-    if household.sensitive and category == Category.not_warm and priority in (Priority.normal, Priority.low):
+    """A cold home of an elderly or sensitive resident is at least `high`, whatever the caller chose (not a
+    suspended (报停) one: it is cold on purpose; the order is taken at the priority given)."""
+    if (category == Category.not_warm and _sensitive(household, category)
+            and priority in (Priority.normal, Priority.low)):
         return Priority.high
     return priority
 
@@ -58,8 +68,16 @@ def effective_priority(household: Household, category: Category, priority: Prior
 def sla_delta(settings: Settings, household: Household | None, category: Category, priority: Priority) -> timedelta:
     """How long an order may stay open: the settings' SLA table by category and priority, shorter for a
     sensitive household (REST, sync push and the proactive service all use it)."""
-    sensitive = bool(household is not None and household.sensitive)
+    sensitive = _sensitive(household, category)
     return timedelta(hours=settings.sla_hours(priority.value, category=category.value, sensitive=sensitive))
+
+
+def check_sla_due(created_at: datetime, sla_due_at: datetime | None) -> str | None:
+    """Why an SLA deadline is refused (before the order existed); None if it is fine."""
+    if sla_due_at is not None and sla_due_at <= created_at:
+        return (f"sla_due_at must be after the order was created ({created_at.isoformat()}); leave it out for "
+                "the SLA the rules give.")
+    return None
 
 
 def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
@@ -125,7 +143,7 @@ def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.
     """Give an open work order to a steward; a new order becomes `assigned`, others keep their status."""
     _lock(session, order)
     if order.status not in OPEN_STATUSES:
-        raise InvalidTransition(f"A {order.status.value} work order cannot be assigned; reopen it first.")
+        raise InvalidTransition(assign_refusal(order.status))
     _steward(session, assignee_id)
     before = order.status
     order.assignee_id = assignee_id
@@ -136,6 +154,14 @@ def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.
            note=note)
     session.commit()
     return order
+
+
+def assign_refusal(status: Status) -> str:
+    """Why an order in this (not open) status cannot be assigned, and what to do instead."""
+    if TRANSITIONS[status]:
+        return f"A {status.value} work order cannot be assigned; reopen it first (move it back to in_progress)."
+    return (f"A {status.value} work order cannot be assigned: {status.value} is final. Open a new work order "
+            "if the problem is back.")
 
 
 def transition(*, session: Session, user: User, order: WorkOrder, target: Status, note: str = "",
@@ -185,6 +211,8 @@ def update(*, session: Session, settings: Settings, user: User, order: WorkOrder
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
         return order
+    if problem := check_sla_due(order.created_at, changes.get("sla_due_at")):
+        raise Unprocessable(problem, code="invalid_sla")
     # Read before changing the order: a query after it would autoflush and bump the version twice.
     household = session.get(Household, order.household_id)
     apply_edits(order, changes, settings=settings, household=household)

@@ -43,6 +43,7 @@ from api.notices.sms import LoggingSender
 from api.settings import Settings
 from api.work_orders.models import Status, WorkOrder
 from speech.storage import store_audio
+from tests.api.proactive.helpers import SEASON, calendar_body, later_season
 from tests.conftest import _wipe, make_settings
 from tests.speech.service_helpers import make_transcript
 from tests.utils.factories import (
@@ -146,11 +147,9 @@ def _call_metadata(fx: Fx) -> dict[str, str]:
 
 
 def _calendar(client: TestClient, fx: Fx) -> str:
-    """PUT the station's 2026-2027 calendar as the admin (idempotent); its URL."""
-    url = f"{API}/proactive/stations/{fx.station.id}/calendars/2026-2027"
-    body = {"water_fill_start": _now(60 * 24), "water_fill_end": _now(60 * 30), "pressure_test_at": _now(60 * 48),
-            "heating_start_at": _now(-60 * 24), "heating_end_at": _now(60 * 24 * 120)}
-    assert client.put(url, json=body, headers=fx.headers(fx.admin)).status_code == 200
+    """PUT the station's calendar of the coming season as the admin (idempotent); its URL."""
+    url = f"{API}/proactive/stations/{fx.station.id}/calendars/{SEASON}"
+    assert client.put(url, json=calendar_body(), headers=fx.headers(fx.admin)).status_code == 200
     return url
 
 
@@ -161,7 +160,7 @@ def _campaign_id(client: TestClient, fx: Fx) -> str:
     found = client.get(f"{API}/proactive/campaigns", params={"station_id": str(fx.station.id)}, headers=admin)
     if found.json()["count"]:
         return str(found.json()["data"][0]["id"])
-    r = client.post(f"{API}/proactive/campaigns", json={"station_id": str(fx.station.id), "season": "2026-2027",
+    r = client.post(f"{API}/proactive/campaigns", json={"station_id": str(fx.station.id), "season": SEASON,
                                                         "kind": "water_fill"}, headers=admin)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
@@ -192,14 +191,13 @@ def _with_campaign(method: str, suffix: str = "") -> Callable[[TestClient, Fx, d
 
 def _create_campaign(client: TestClient, fx: Fx, headers: dict[str, str]) -> Any:
     _calendar(client, fx)
-    return client.post(f"{API}/proactive/campaigns", json={"station_id": str(fx.station.id), "season": "2026-2027",
+    return client.post(f"{API}/proactive/campaigns", json={"station_id": str(fx.station.id), "season": SEASON,
                                                            "kind": "pressure_test"}, headers=headers)
 
 
 def _put_calendar(client: TestClient, fx: Fx, headers: dict[str, str]) -> Any:
-    body = {"water_fill_start": _now(60), "water_fill_end": _now(600), "pressure_test_at": _now(900),
-            "heating_start_at": _now(1200), "heating_end_at": _now(60 * 24 * 100)}
-    return client.put(f"{API}/proactive/stations/{fx.station.id}/calendars/2027-2028", json=body, headers=headers)
+    season, body = later_season()
+    return client.put(f"{API}/proactive/stations/{fx.station.id}/calendars/{season}", json=body, headers=headers)
 
 
 def _get_proactive_order(client: TestClient, fx: Fx, headers: dict[str, str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -297,3 +298,69 @@ def test_ids_outside_the_grid_cannot_be_probed(client: TestClient, session: Sess
         unknown = client.post(url, headers=h, json=body | {"id": random_id()})
         assert existing.status_code == unknown.status_code == 404, (url, existing.json(), unknown.json())
         assert existing.json()["detail"]["code"] == unknown.json()["detail"]["code"]
+
+
+def test_times_far_in_the_future_are_refused(client: TestClient, session: Session, world: World) -> None:
+    """Regression: a reading or visit dated a year ahead was stored, and headed the newest-first lists (the
+    console's chart) for a year. A day ahead is tolerated: handheld clocks and time zones go wrong."""
+    h = world.headers(world.steward_a)
+    hh = str(world.household_a.id)
+    ahead = (utcnow() + timedelta(days=365)).isoformat()
+    just_over = (utcnow() + timedelta(days=1, minutes=5)).isoformat()
+    for when in (ahead, just_over):
+        for path, body in (("readings", {"household_id": hh, "taken_at": when, "temp_c": 18}),
+                           ("visits", {"household_id": hh, "arrived_at": when, "indoor_temp_c": 18})):
+            r = client.post(f"{API}/{path}", json=body, headers=h)
+            assert_error(r, 422, "validation_error")
+            assert r.json()["detail"]["errors"][0]["type"] == "invalid_time", r.json()
+    now = utcnow()
+    r = client.post(f"{API}/visits", json={"household_id": hh, "arrived_at": now.isoformat(),
+                                           "left_at": (now + timedelta(days=2)).isoformat()}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert count_rows(session, Visit) == 0 and count_rows(session, Reading) == 0
+    # A clock some hours ahead (a handheld left on another zone) is accepted.
+    skewed = (utcnow() + timedelta(hours=8)).isoformat()
+    assert client.post(f"{API}/readings", json={"household_id": hh, "taken_at": skewed, "temp_c": 18},
+                       headers=h).status_code == 201
+    visit = make_visit(session, world.household_a, world.steward_a)
+    r = client.patch(f"{API}/visits/{visit.id}", json={"left_at": ahead}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert reread(session, Visit, visit.id).left_at is None
+
+
+def test_a_visit_lasts_at_most_a_day(client: TestClient, session: Session, world: World) -> None:
+    """Regression: a visit of a month (a mistyped date) was stored as one."""
+    h = world.headers(world.steward_a)
+    arrived = utcnow() - timedelta(days=40)
+    body = {"household_id": str(world.household_a.id), "arrived_at": arrived.isoformat()}
+    r = client.post(f"{API}/visits", json=body | {"left_at": (arrived + timedelta(days=31)).isoformat()}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert r.json()["detail"]["errors"][0]["type"] == "invalid_interval"
+    assert count_rows(session, Visit) == 0
+    day = body | {"left_at": (arrived + timedelta(hours=24)).isoformat()}
+    assert client.post(f"{API}/visits", json=day, headers=h).status_code == 201
+    visit = make_visit(session, world.household_a, world.steward_a, arrived_at=arrived)
+    r = client.patch(f"{API}/visits/{visit.id}", json={"left_at": (arrived + timedelta(hours=25)).isoformat()},
+                     headers=h)
+    assert_error(r, 422, "invalid_interval")
+    assert "24 hours" in r.json()["detail"]["message"] and reread(session, Visit, visit.id).left_at is None
+
+
+def test_sync_push_rejects_future_times_too(client: TestClient, session: Session, world: World) -> None:
+    """The same validators hold for handhelds: a future reading or visit is `rejected`, nothing written."""
+    hh = str(world.household_a.id)
+    ahead = (utcnow() + timedelta(days=365)).isoformat()
+    now = utcnow()
+    creates = [("readings", {"household_id": hh, "taken_at": ahead, "temp_c": 18}),
+               ("visits", {"household_id": hh, "arrived_at": ahead}),
+               ("visits", {"household_id": hh, "arrived_at": now.isoformat(),
+                           "left_at": (now + timedelta(hours=30)).isoformat()})]
+    mutations = [{"mutation_id": n, "table": table, "op": "upsert", "id": str(uuid.uuid4()),
+                  "base_version": None, "fields": fields}
+                 for n, (table, fields) in enumerate(creates, start=1)]
+    r = client.post(f"{API}/sync/push", json={"schema_version": 1, "client_id": str(uuid.uuid4()),
+                                               "mutations": mutations}, headers=world.headers(world.steward_a))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(x["status"], x["reason"]) for x in results] == [("rejected", "invalid_value")] * 3, results
+    assert "future" in results[0]["message"] and count_rows(session, Visit) == count_rows(session, Reading) == 0

@@ -18,11 +18,14 @@ from api.notices.models import Notice, NoticeDelivery
 from api.notices.sms import LoggingSender
 from api.proactive.models import DeliveryStatus
 from api.settings import Settings
+from tests.api.proactive.helpers import day_text, local
 from tests.utils.asserts import assert_error, count_rows, db_state, reread
 from tests.utils.factories import World, make_building, make_household, make_notice, make_station, random_id
 
 API = "/api/v1/notices"
-FILL = {"water_fill_start": "2025-11-01T00:30:00Z", "water_fill_end": "2025-11-01T10:00:00Z"}
+# A filling ten days from now, 08:30 to 18:00 Beijing time (the tests never depend on the calendar date).
+FILL_START, FILL_END = local(10, 8, 30), local(10, 18)
+FILL = {"water_fill_start": FILL_START.isoformat(), "water_fill_end": FILL_END.isoformat()}
 
 
 def test_office_drafts_a_building_notice_with_the_default_hotline(client: TestClient, session: Session,
@@ -62,8 +65,7 @@ def test_each_household_gets_its_own_text(client: TestClient, session: Session, 
     b = world.building_a
     make_household(session, b, unit="2", room="101", resident_name="", phone=None)
     make_household(session, b, unit="2", room="102", resident_name="刘振东", heating_status=HeatingStatus.suspended)
-    notice = make_notice(session, b, water_fill_start=datetime(2025, 11, 1, 0, 30, tzinfo=UTC),
-                         water_fill_end=datetime(2025, 11, 1, 10, 0, tzinfo=UTC), service_phone="96999")
+    notice = make_notice(session, b, water_fill_start=FILL_START, water_fill_end=FILL_END, service_phone="96999")
     r = client.get(f"{API}/{notice.id}/messages", headers=world.headers(world.supervisor))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -72,9 +74,9 @@ def test_each_household_gets_its_own_text(client: TestClient, session: Session, 
     hh = world.household_a
     mine = by_room[f"{b.community}{b.number}号楼{hh.unit}单元{hh.room}室"]
     assert mine["household_id"] == str(hh.id) and mine["phone"] == hh.phone
-    # Beijing time: 00:30Z is 08:30, 10:00Z is 18:00.
+    # Beijing time, whatever zone the times were given in (00:30Z is 08:30).
     assert mine["text"].startswith(f"【供暖季前注水通知】尊敬的{hh.resident_name}住户（")
-    assert "11月1日08:30至11月1日18:00注水试压" in mine["text"]
+    assert f"{day_text(FILL_START)}至{day_text(FILL_END)}注水试压" in mine["text"] and "08:30至" in mine["text"]
     assert "排气阀" in mine["text"] and "96999" in mine["text"] and "停暖" not in mine["text"]
     nameless = by_room[f"{b.community}{b.number}号楼2单元101室"]
     assert nameless["phone"] is None and "尊敬的住户（" in nameless["text"]
@@ -338,3 +340,57 @@ def test_the_periodic_run_does_not_plan_notices_that_reached_households_or_are_o
     session.commit()
     assert service.send_due(session=session, settings=settings, sender=sms) == (0, 0)
     assert sms.sent == [] and count_rows(session, NoticeDelivery) == 0
+
+
+def test_a_notice_whose_filling_is_over_is_refused(client: TestClient, session: Session, world: World,
+                                                   sms: LoggingSender) -> None:
+    """Regression: a notice for a filling already over was drafted and sent; residents were texted last season's
+    dates (the SMS gives no year) as if they were ahead."""
+    h = world.headers(world.supervisor)
+    target = {"target": "building", "building_id": str(world.building_a.id)}
+    over = {"water_fill_start": local(-400, 8).isoformat(), "water_fill_end": local(-400, 17).isoformat()}
+    just_over = {"water_fill_start": (datetime.now(UTC) - timedelta(hours=9)).isoformat(),
+                 "water_fill_end": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}
+    for window in (over, just_over):
+        assert_error(client.post(API, json=target | window, headers=h), 422, "fill_window_past")
+    r = client.post(API, json=target | over, headers=h)
+    assert f"{local(-400, 17):%Y-%m-%d %H:%M}" in r.json()["detail"]["message"]  # when it ended, with the year
+    assert count_rows(session, Notice) == 0
+    # Under way (started, not ended) is still worth telling.
+    under_way = {"water_fill_start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+                 "water_fill_end": (datetime.now(UTC) + timedelta(hours=7)).isoformat()}
+    assert client.post(API, json=target | under_way, headers=h).status_code == 201
+
+
+def test_a_notice_is_not_sent_or_resent_once_its_filling_is_over(client: TestClient, session: Session, world: World,
+                                                                 settings: Settings, sms: LoggingSender) -> None:
+    """A draft (or an older notice) whose filling ended meanwhile: send and resend are refused, nothing moves."""
+    h = world.headers(world.supervisor)
+    now = datetime.now(UTC)
+    stale = make_notice(session, world.building_a, water_fill_start=now - timedelta(days=2),
+                        water_fill_end=now - timedelta(days=2) + timedelta(hours=8))
+    before = db_state(session)
+    for params in ({}, {"resend": "true"}):
+        assert_error(client.post(f"{API}/{stale.id}/send", params=params, headers=h), 422, "fill_window_past")
+    assert sms.sent == [] and db_state(session) == before
+    assert reread(session, Notice, stale.id).sent_at is None
+
+
+def test_retries_stop_once_the_filling_is_over(client: TestClient, session: Session, world: World,
+                                               settings: Settings) -> None:
+    """Regression: the periodic run retried a failed notice SMS until it went through, after the filling."""
+    settings.proactive_sms_retry_backoff_s = 0
+    notice = make_notice(session, station=world.station)
+    a, b = world.household_a.phone, world.household_b.phone
+    flaky = _Flaky(bad={b})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    assert client.post(f"{API}/{notice.id}/send", headers=world.headers(world.supervisor)).json()["sent_count"] == 1
+    flaky.bad.clear()
+    after = notice.water_fill_end + timedelta(minutes=1)
+    session.expire_all()  # the send above was another session's
+    assert service.send_due(session=session, settings=settings, sender=flaky, now=after) == (0, 0)
+    assert Counter(flaky.calls) == {a: 1, b: 1}  # B was not texted about a filling that is over
+    [row] = _deliveries(session, notice, DeliveryStatus.skipped)
+    assert (row.phone, row.reason, row.next_attempt_at) == (b, "event_passed", None)
+    assert service.send_due(session=session, settings=settings, sender=flaky, now=after) == (0, 0)
+    assert len(flaky.calls) == 2 and reread(session, Notice, notice.id).sent_count == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from itertools import product
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from api.db import utcnow
 from api.errors import Conflict, InvalidTransition
+from api.network.models import HeatingStatus
 from api.settings import Settings
 from api.users.models import Role, User
 from api.work_orders import service
@@ -54,8 +55,32 @@ def test_sla_is_computed_from_the_priority(client: TestClient, world: World, set
 
 
 def test_an_explicit_sla_due_time_wins(client: TestClient, world: World) -> None:
-    order = _new_order(client, world, sla_due_at="2030-01-02T03:04:05+08:00")
-    assert _ts(str(order["sla_due_at"])) == _ts("2030-01-01T19:04:05Z")
+    due = (utcnow() + timedelta(days=400)).replace(microsecond=0)
+    order = _new_order(client, world, sla_due_at=due.astimezone(timezone(timedelta(hours=8))).isoformat())
+    assert _ts(str(order["sla_due_at"])) == due
+
+
+def test_an_sla_due_before_the_order_exists_is_refused(client: TestClient, session: Session, world: World) -> None:
+    """Regression: the office could set sla_due_at before the order's creation (at intake or by PATCH): the
+    order was overdue at birth, and counted as a breach on the console."""
+    h = world.headers(world.supervisor)
+    for past in ("2000-01-01T00:00:00Z", (utcnow() - timedelta(minutes=1)).isoformat()):
+        r = client.post(API, json={"household_id": str(world.household_a.id), "category": "leak",
+                                   "sla_due_at": past}, headers=h)
+        assert_error(r, 422, "validation_error")
+        assert r.json()["detail"]["errors"][0]["type"] == "invalid_sla"
+    assert count_rows(session, WorkOrder) == 0
+    order = _new_order(client, world)
+    created = _ts(str(order["created_at"]))
+    for before in ("2000-01-01T00:00:00Z", created.isoformat(), (created - timedelta(seconds=1)).isoformat()):
+        r = client.patch(f"{API}/{order['id']}", json={"sla_due_at": before, "priority": "urgent"}, headers=h)
+        assert_error(r, 422, "invalid_sla")
+    row = reread(session, WorkOrder, str(order["id"]))
+    assert (row.version, row.priority, row.sla_due_at) == (1, Priority.normal, _ts(str(order["sla_due_at"])))
+    # After its creation is fine, even if already past now: the office records when it was really due.
+    r = client.patch(f"{API}/{order['id']}", json={"sla_due_at": (created + timedelta(seconds=1)).isoformat()},
+                     headers=h)
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(("sensitive", "category", "asked", "expected"), [
@@ -74,6 +99,23 @@ def test_a_cold_sensitive_home_is_at_least_high(client: TestClient, session: Ses
     assert order["priority"] == expected
     due = _ts(str(order["sla_due_at"])) - _ts(str(order["created_at"]))
     assert due == timedelta(hours=settings.sla_hours(expected, category=category, sensitive=sensitive))
+
+
+@pytest.mark.parametrize(("category", "expected"), [("not_warm", "normal"), ("leak", "normal")])
+def test_a_cold_suspended_home_is_not_escalated(client: TestClient, session: Session, world: World,
+                                               settings: Settings, category: str, expected: str) -> None:
+    """Regression: a 报停 (heating suspended) sensitive home's "not warm" call was raised to `high` with the
+    sensitive SLA; its heating is off on purpose. The order is still taken, at the priority given; any other
+    problem there keeps the sensitive household's shorter SLA."""
+    household = make_household(session, world.building_a, sensitive=True, heating_status=HeatingStatus.suspended)
+    order = _new_order(client, world, household_id=str(household.id), category=category)
+    assert order["priority"] == expected and order["status"] == "new"
+    due = _ts(str(order["sla_due_at"])) - _ts(str(order["created_at"]))
+    sensitive = category != "not_warm"
+    assert due == timedelta(hours=settings.sla_hours(expected, category=category, sensitive=sensitive))
+    # An edit does not escalate it either.
+    r = client.patch(f"{API}/{order['id']}", json={"priority": "low"}, headers=world.headers(world.supervisor))
+    assert r.status_code == 200 and r.json()["priority"] == "low"
 
 
 def test_office_edit_cannot_lower_a_cold_sensitive_home_below_high(client: TestClient, session: Session,
@@ -202,6 +244,10 @@ def test_finished_orders_cannot_be_assigned(client: TestClient, session: Session
     r = client.post(f"{API}/{order.id}/assign", json={"assignee_id": str(world.steward_b.id)},
                     headers=world.headers(world.supervisor))
     assert_error(r, 409, "invalid_transition")
+    # Only a resolved order can be reopened; closed and cancelled are final (the message said "reopen it first").
+    message = r.json()["detail"]["message"]
+    assert ("reopen it first" in message) == (start == Status.resolved)
+    assert ("final" in message and "new work order" in message) == (start != Status.resolved)
     row = reread(session, WorkOrder, order.id)
     assert (row.status, row.version, row.assignee_id) == (start, 1, world.steward_a.id)
 

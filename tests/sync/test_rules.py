@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -38,3 +38,26 @@ def test_a_pushed_note_stores_the_household_its_links_name_as_rest_does(
     other = device(d.steward2, "other")
     other.pull()
     assert by_visit in other.rows["notes"]
+
+
+def test_pushed_edits_follow_the_rest_rules_for_dates(client: TestClient, district: District,
+                                                      device: Callable[..., Device]) -> None:
+    """As over REST: a visit edited to last longer than a day, and an SLA deadline moved before the order was
+    created, are refused (each `rejected`, the rows unchanged); a closed order's assignment says it is final."""
+    d = district
+    phone, office = device(d.steward1, "phone"), device(d.supervisor, "office")
+    phone.pull()
+    office.pull()
+    arrived = datetime.now(UTC) - timedelta(days=3)
+    visit_id = phone.create("visits", household_id=str(d.h1a.id), arrived_at=arrived.isoformat())
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.pull()
+    phone.update("visits", visit_id, left_at=(arrived + timedelta(hours=30)).isoformat())
+    office.update("work_orders", str(d.wo1.id), sla_due_at=(datetime.now(UTC) - timedelta(days=400)).isoformat())
+    visit, = phone.push()["results"]
+    order, = office.push()["results"]
+    assert (visit["status"], visit["reason"]) == ("rejected", "invalid_value") and "24 hours" in visit["message"]
+    assert (order["status"], order["reason"]) == ("rejected", "invalid_value") and "sla_due_at" in order["message"]
+    office_view = client.get(f"/api/v1/work-orders/{d.wo1.id}", headers=d.headers(d.supervisor)).json()
+    before = office.rows["work_orders"][str(d.wo1.id)]["sla_due_at"]
+    assert datetime.fromisoformat(office_view["sla_due_at"]) == datetime.fromisoformat(before)

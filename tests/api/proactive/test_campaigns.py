@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from api.db import utcnow
 from api.network.models import HeatingStatus
 from api.notices.sms import LoggingSender, SendResult
-from api.proactive.models import Campaign, CampaignDelivery, CampaignKind, DeliveryStatus
+from api.proactive import campaigns
+from api.proactive.models import Campaign, CampaignDelivery, CampaignKind, CampaignStatus, DeliveryStatus
 from api.settings import Settings
 from api.users.models import Role
-from tests.api.proactive.helpers import API, SEASON, assert_error, calendar_body, create_campaign
+from tests.api.proactive.helpers import (
+    API,
+    FILL_END,
+    FILL_START,
+    SEASON,
+    assert_error,
+    calendar_body,
+    create_campaign,
+    day_text,
+    local,
+    reread,
+)
 from tests.utils.factories import World, make_household, make_user
 
 
@@ -27,6 +41,7 @@ def _send(client: TestClient, world: World, campaign_id: str) -> dict[str, objec
 
 def test_preview_renders_date_bleeding_steward_and_service_number(client: TestClient, session: Session,
                                                                   world: World) -> None:
+    """A suspended (报停) home is told of the filling too, in the notices' wording (valves closed, stay home)."""
     world.steward_a.full_name = "张建国"
     session.add(world.steward_a)
     session.commit()
@@ -37,15 +52,19 @@ def test_preview_renders_date_bleeding_steward_and_service_number(client: TestCl
     r = client.get(f"{API}/campaigns/{campaign['id']}/preview", headers=world.headers(world.supervisor))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["count"] == 3 and body["will_send"] == 2 and body["will_skip"] == 1
+    assert body["count"] == 3 and body["will_send"] == 3 and body["will_skip"] == 0
     texts = {m["household_id"]: m for m in body["data"]}
     a = texts[str(world.household_a.id)]["text"]
     # 08:00 to 17:00 in Beijing time (the calendar was given with +08:00; STEWARD_TIMEZONE is Asia/Shanghai)
-    assert "11月1日08:00至11月1日17:00" in a and "注水" in a and "排气" in a
+    assert f"{day_text(FILL_START)}至{day_text(FILL_END)}" in a and "注水" in a and "排气" in a
+    assert "停暖" not in a
     assert "您的供暖管家张建国" in a and "服务热线96133" in a and "王秀英住户" in a
     b = texts[str(world.household_b.id)]["text"]
     assert f"您的供暖管家{world.steward_b.username}" in b  # no full name: the username
-    assert texts[str(suspended.id)]["skip_reason"] == "suspended"
+    kept_off = texts[str(suspended.id)]
+    assert kept_off["skip_reason"] is None and f"{day_text(FILL_START)}至{day_text(FILL_END)}注水" in kept_off["text"]
+    assert all(part in kept_off["text"] for part in ("您家已办理停暖", "阀门保持关闭", "家中留人", "服务热线96133"))
+    assert "排气" not in kept_off["text"]
     # Nothing is written by a preview.
     assert session.exec(select(CampaignDelivery)).all() == []
 
@@ -73,10 +92,11 @@ def test_send_once_rerun_sends_nothing_new_and_reaches_new_households(client: Te
 
 def test_suspended_households_are_skipped_until_heating_resumes(client: TestClient, session: Session, world: World,
                                                                  sms: LoggingSender) -> None:
+    """Only the heating start skips 报停 homes: filling and pressure tests reach them (see the preview test)."""
     world.household_b.heating_status = HeatingStatus.suspended
     session.add(world.household_b)
     session.commit()
-    campaign = create_campaign(client, world)
+    campaign = create_campaign(client, world, kind=CampaignKind.heating_start)
     result = _send(client, world, str(campaign["id"]))
     assert [p for p, _ in sms.sent] == ["13800000001"]
     assert result["skipped_count"] == 1 and result["sent_count"] == 1 and result["status"] == "completed"
@@ -165,10 +185,10 @@ def test_bad_input_gets_the_one_error_shape(client: TestClient, world: World) ->
                  422, "invalid_season")
     assert_error(client.put(f"{API}/stations/{station}/calendars/next", json=calendar_body(), headers=h),
                  422, "validation_error")
-    backwards = calendar_body() | {"water_fill_end": "2026-10-01T00:00:00+08:00"}
+    backwards = calendar_body(water_fill_end=local(29, 8))
     assert_error(client.put(f"{API}/stations/{station}/calendars/{SEASON}", json=backwards, headers=h),
                  422, "validation_error")
-    naive = calendar_body() | {"heating_start_at": "2026-11-15T00:00:00"}
+    naive = calendar_body() | {"heating_start_at": local(44, 0).replace(tzinfo=None).isoformat()}
     assert_error(client.put(f"{API}/stations/{station}/calendars/{SEASON}", json=naive, headers=h),
                  422, "validation_error")
     assert_error(client.put(f"{API}/stations/{uuid.uuid4()}/calendars/{SEASON}", json=calendar_body(), headers=h),
@@ -202,11 +222,6 @@ def test_stewards_see_the_campaigns_of_their_station_and_only_their_households(
 
 def test_a_campaign_being_sent_refuses_a_second_send(client: TestClient, session: Session, world: World,
                                                      sms: LoggingSender) -> None:
-    from datetime import timedelta
-
-    from api.db import utcnow
-    from tests.api.proactive.helpers import reread
-
     campaign = create_campaign(client, world)
     row = reread(session, uuid.UUID(str(campaign["id"])))
     row.sending_until = utcnow() + timedelta(minutes=5)  # another process holds it
@@ -230,13 +245,11 @@ def test_a_calendar_change_moves_a_draft_campaign_not_a_sent_one(client: TestCli
     fill = create_campaign(client, world)
     start = create_campaign(client, world, kind=CampaignKind.heating_start)
     _send(client, world, str(start["id"]))  # this one reached residents already
-    moved = calendar_body(fill="2026-11-08T08:00:00+08:00") | {"water_fill_end": "2026-11-08T17:00:00+08:00",
-                                                               "pressure_test_at": "2026-11-10T09:00:00+08:00",
-                                                               "heating_start_at": "2026-11-20T00:00:00+08:00"}
+    moved = calendar_body(fill=local(37, 8), pressure_test_at=local(39, 9))
     r = client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}", json=moved, headers=h)
     assert r.status_code == 200, r.text
     preview = client.get(f"{API}/campaigns/{fill['id']}/preview", headers=h).json()
-    assert all("11月8日08:00" in m["text"] for m in preview["data"])
+    assert all(f"{day_text(local(37, 8))}至{day_text(local(37, 17))}" in m["text"] for m in preview["data"])
     sent = client.get(f"{API}/campaigns/{start['id']}", headers=h).json()
     assert sent["event_start"] == start["event_start"]  # what its residents were told stays
 
@@ -258,7 +271,7 @@ def test_a_campaign_is_sending_from_its_first_message_on(client: TestClient, ses
                 seen.append((row.status.value, text))
             if len(seen) == 1:  # the office corrects the calendar in the middle of the send
                 moves.append(client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}",
-                                        json=calendar_body(fill="2026-11-01T06:00:00+08:00"),
+                                        json=calendar_body(fill=local(30, 6)),
                                         headers=world.headers(world.supervisor)))
             return True
 
@@ -266,5 +279,94 @@ def test_a_campaign_is_sending_from_its_first_message_on(client: TestClient, ses
     done = _send(client, world, str(campaign["id"]))
     assert [m.status_code for m in moves] == [200], moves[0].text
     assert [status for status, _ in seen] == ["sending", "sending"]
-    assert all("11月1日08:00" in text for _, text in seen)  # both households told the same dates
-    assert done["status"] == "completed" and done["event_start"] == "2026-11-01T00:00:00Z"
+    assert all(day_text(FILL_START) in text for _, text in seen)  # both households told the same dates
+    assert done["status"] == "completed"
+    assert datetime.fromisoformat(str(done["event_start"])) == FILL_START
+
+
+def test_a_calendar_out_of_order_or_outside_its_season_is_refused(client: TestClient, session: Session,
+                                                                  world: World) -> None:
+    """Regression: a calendar with its steps out of order, or filed under another season's label, was stored;
+    each label then got its own campaigns and every household was texted the same dates twice."""
+    h = world.headers(world.supervisor)
+    url = f"{API}/stations/{world.station.id}/calendars"
+    for wrong in (calendar_body(pressure_test_at=local(29, 9)),  # tested before it is filled
+                  calendar_body(heating_start_at=local(33, 0)),  # heated before it is tested
+                  calendar_body(heating_end_at=local(44, 0))):  # heating ends as it starts
+        assert_error(client.put(f"{url}/{SEASON}", json=wrong, headers=h), 422, "validation_error")
+    first = int(SEASON[:4])
+    for other in (f"{first + 1}-{first + 2}", f"{first - 1}-{first}"):
+        r = client.put(f"{url}/{other}", json=calendar_body(), headers=h)
+        assert_error(r, 422, "season_mismatch")
+        assert SEASON in r.json()["detail"]["message"] or "outside season" in r.json()["detail"]["message"]
+    # the season runs from 1 July to 30 June, local time: 1 July 00:00 Beijing time is 30 June 16:00 UTC
+    july = datetime.fromisoformat(f"{first + 1}-06-30T16:00:00+00:00")
+    body = calendar_body(fill=july - (local(44, 0) - FILL_START), pressure_test_at=july, heating_start_at=july,
+                         heating_end_at=july + (local(120, 0) - local(0, 0)))
+    assert_error(client.put(f"{url}/{SEASON}", json=body, headers=h), 422, "season_mismatch")
+    assert client.put(f"{url}/{first + 1}-{first + 2}", json=body, headers=h).status_code == 200
+    assert client.put(f"{url}/{SEASON}", json=calendar_body(), headers=h).status_code == 200
+    # Last season's calendar is history, not a mistake: it is kept (no campaign can announce it, see below).
+    last = {name: datetime.fromisoformat(ts) - (local(365, 0) - local(0, 0)) for name, ts in calendar_body().items()}
+    assert client.put(f"{url}/{first - 1}-{first}", json=calendar_body(**last), headers=h).status_code == 200
+
+
+def test_a_campaign_for_an_event_that_is_over_is_refused(client: TestClient, session: Session, world: World,
+                                                         sms: LoggingSender) -> None:
+    """Regression: a campaign for a filling already over was created and sent: every household got last
+    season's dates (the SMS gives no year) as if they were ahead."""
+    h = world.headers(world.supervisor)
+    url = f"{API}/stations/{world.station.id}/calendars/{SEASON}"
+    over = calendar_body(fill=local(-3, 8), pressure_test_at=local(-1, 9))
+    assert client.put(url, json=over, headers=h).status_code == 200
+    for kind, code in (("water_fill", "fill_window_past"), ("pressure_test", "event_past")):
+        r = client.post(f"{API}/campaigns", json={"station_id": str(world.station.id), "season": SEASON,
+                                                  "kind": kind}, headers=h)
+        assert_error(r, 422, code)
+        assert str(local(-3, 17).year) in r.json()["detail"]["message"]  # the date with its year
+    assert session.exec(select(Campaign)).all() == []
+    # Under way: a filling that started but has not ended is still announced.
+    assert client.put(url, json=calendar_body(fill=utcnow() - timedelta(hours=1)), headers=h).status_code == 200
+    r = client.post(f"{API}/campaigns", json={"station_id": str(world.station.id), "season": SEASON,
+                                              "kind": "water_fill"}, headers=h)
+    assert r.status_code == 201, r.text
+    # A draft whose calendar was corrected into the past is not sent.
+    assert client.put(url, json=over, headers=h).status_code == 200
+    assert_error(client.post(f"{API}/campaigns/{r.json()['id']}/send", headers=h), 422, "fill_window_past")
+    assert sms.sent == [] and session.exec(select(CampaignDelivery)).all() == []
+    assert reread(session, uuid.UUID(r.json()["id"])).status == CampaignStatus.draft
+
+
+def test_retries_stop_once_the_event_is_over(client: TestClient, session: Session, world: World,
+                                             settings: Settings) -> None:
+    """Regression: the periodic run retried a failed SMS until it went through, days after the filling."""
+    settings.proactive_sms_retry_backoff_s = 0
+    flaky = FlakySender("13800000002", failures=1)
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    campaign = create_campaign(client, world)
+    assert _send(client, world, str(campaign["id"]))["pending_count"] == 1
+    after = FILL_END + timedelta(minutes=1)
+    assert campaigns.send_due(session=session, settings=settings, sender=flaky, now=after) == (0, 0)
+    assert sorted(p for p, _ in flaky.calls) == ["13800000001", "13800000002"]  # no retry went out
+    row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == world.household_b.id)).one()
+    session.refresh(row)
+    assert (row.status, row.reason, row.next_attempt_at) == (DeliveryStatus.skipped, "event_passed", None)
+    done = reread(session, uuid.UUID(str(campaign["id"])))
+    assert (done.status, done.sent_count, done.skipped_count, done.pending_count) == (
+        CampaignStatus.completed, 1, 1, 0)
+    assert campaigns.send_due(session=session, settings=settings, sender=flaky, now=after) == (0, 0)
+    assert len(flaky.calls) == 2
+
+
+def test_a_pressure_test_reaches_suspended_homes_with_their_wording(client: TestClient, session: Session,
+                                                                    world: World, sms: LoggingSender) -> None:
+    """As the notices: a 报停 home is told to keep its valves closed and stay home during the test."""
+    suspended = make_household(session, world.building_a, phone="13800000009",
+                               heating_status=HeatingStatus.suspended)
+    campaign = create_campaign(client, world, kind=CampaignKind.pressure_test)
+    result = _send(client, world, str(campaign["id"]))
+    assert (result["sent_count"], result["skipped_count"]) == (3, 0)
+    texts = dict(sms.sent)
+    assert "您家已办理停暖" in texts[str(suspended.phone)] and "打压试验" in texts[str(suspended.phone)]
+    assert "阀门保持关闭" in texts[str(suspended.phone)] and "放风阀" not in texts[str(suspended.phone)]
+    assert "停暖" not in texts[str(world.household_a.phone)]

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from api.db import utcnow
-from api.network.models import Household
+from api.network.models import HeatingStatus, Household
 from api.notes.models import Note, NoteKind
 from api.notices.sms import LoggingSender
 from api.proactive import clusters, service
@@ -257,3 +257,28 @@ def test_a_steward_sees_only_the_member_ids_of_their_scope(client: TestClient, s
     assert station["signal_count"] == 3  # the group's size is not an id
     office = client.get(f"{API}/orders/{station['id']}", headers=world.headers(world.supervisor)).json()
     assert set(office["member_work_order_ids"]) == {str(o.id) for o in [*mine, theirs]}
+
+
+def test_suspended_homes_not_warm_calls_do_not_count_their_leaks_do(client: TestClient, session: Session,
+                                                                    world: World, settings: Settings) -> None:
+    """Regression: 报停 (heating suspended) homes are cold on purpose; their "not warm" and air-lock calls and
+    call transcripts made up riser clusters ("请整体排查") with one real complaint. A leak there still counts:
+    it is what their filling notice asks them to report."""
+    homes = _riser(session, world, 4)
+    for home in homes[:3]:
+        home.heating_status = HeatingStatus.suspended
+        session.add(home)
+    session.commit()
+    make_work_order(session, homes[0], category=Category.not_warm)
+    make_work_order(session, homes[1], category=Category.air_lock)
+    _transcribed(session, world, homes[2], ",not_warm,air_lock,")
+    make_work_order(session, homes[3], category=Category.not_warm)
+    assert [s.household_id for s in clusters.signals(session, settings, utcnow())] == [homes[3].id]
+    assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []
+    leak = make_work_order(session, homes[0], category=Category.leak)
+    call = _transcribed(session, world, homes[1], ",not_warm,leak,")
+    assert _run(client, world)["clusters_opened"] == 1
+    row = session.exec(select(ProactiveOrder)).one()
+    members = session.exec(select(ProactiveMember).where(ProactiveMember.proactive_order_id == row.id)).all()
+    assert {m.work_order_id or m.transcript_id for m in members} >= {leak.id, call.id}
+    assert {m.household_id for m in members} == {homes[0].id, homes[1].id, homes[3].id}
