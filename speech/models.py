@@ -15,7 +15,7 @@ from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 
 class TranscriptState(StrEnum):
@@ -146,7 +146,7 @@ class SegmentEdit(SQLModel):
     text: str = Field(max_length=2000)
 
 
-class TranscriptUpdate(SQLModel):
+class TranscriptUpdate(RequestBody):
     segments: list[SegmentEdit] = Field(min_length=1, max_length=2000)
     base_revision: int | None = Field(default=None, description="The revision edited; 409 if it moved on.")
 

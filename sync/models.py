@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 from api.db import new_id, ts_field
 from api.fieldwork.models import Reading, Visit
 from api.network.models import Household
+from api.schemas import RequestBody
 from api.work_orders.models import WorkOrder
 
 SCHEMA_VERSION = 1
@@ -138,7 +139,7 @@ class ConflictPublic(SQLModel):
     reviewed_by_id: uuid.UUID | None = None
 
 
-class ConflictReview(SQLModel):
+class ConflictReview(RequestBody):
     reviewed: bool = True
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
+from api.schemas import RequestBody
 
 
 class RoomState(StrEnum):
@@ -82,7 +83,7 @@ class VideoSnapshot(SQLModel, table=True):
 # --- schemas ---------------------------------------------------------------------------------------------
 
 
-class RoomCreate(SQLModel):
+class RoomCreate(RequestBody):
     work_order_id: uuid.UUID
 
 
@@ -138,7 +139,7 @@ class JoinInfo(SQLModel):
     relay_url: str
 
 
-class ConnectRequest(SQLModel):
+class ConnectRequest(RequestBody):
     sdp: str = Field(min_length=1, max_length=64 * 1024)
     type: Literal["offer"]
     role: Role | None = None  # defaults from the credential: resident for a join token, else steward

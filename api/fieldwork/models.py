@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field, utcnow
 from api.network.models import not_null
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 # How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
 # hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.
@@ -69,7 +69,7 @@ class Visit(Versioned, VisitBase, table=True):
     left_at: datetime | None = ts_field(nullable=True)
 
 
-class VisitCreate(VisitBase):
+class VisitCreate(VisitBase, RequestBody):
     id: uuid.UUID | None = None
 
     _not_in_future = field_validator("arrived_at", "left_at")(not_in_future)
@@ -82,7 +82,7 @@ class VisitCreate(VisitBase):
         return self
 
 
-class VisitUpdate(SQLModel):
+class VisitUpdate(RequestBody):
     left_at: UtcDatetime | None = None
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str | None = Field(default=None, max_length=4000)
@@ -124,7 +124,7 @@ class Reading(Versioned, ReadingBase, table=True):
     taken_at: datetime = ts_field(index=True)
 
 
-class ReadingCreate(ReadingBase):
+class ReadingCreate(ReadingBase, RequestBody):
     id: uuid.UUID | None = None
 
     _not_in_future = field_validator("taken_at")(not_in_future)

@@ -12,6 +12,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned
+from api.schemas import RequestBody
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
 
@@ -39,11 +40,11 @@ class Station(Versioned, StationBase, table=True):
     code: str = Field(max_length=32, unique=True, index=True)
 
 
-class StationCreate(StationBase):
+class StationCreate(StationBase, RequestBody):
     id: uuid.UUID | None = None
 
 
-class StationUpdate(SQLModel):
+class StationUpdate(RequestBody):
     code: str | None = Field(default=None, min_length=1, max_length=32)
     name: str | None = Field(default=None, min_length=1, max_length=100)
     district: str | None = Field(default=None, max_length=50)
@@ -75,11 +76,11 @@ class Building(Versioned, BuildingBase, table=True):
     station_id: uuid.UUID = Field(foreign_key="stations.id", index=True, ondelete="RESTRICT")
 
 
-class BuildingCreate(BuildingBase):
+class BuildingCreate(BuildingBase, RequestBody):
     id: uuid.UUID | None = None
 
 
-class BuildingUpdate(SQLModel):
+class BuildingUpdate(RequestBody):
     station_id: uuid.UUID | None = None
     community: str | None = Field(default=None, min_length=1, max_length=100)
     number: str | None = Field(default=None, min_length=1, max_length=20)
@@ -119,11 +120,11 @@ class Household(Versioned, HouseholdBase, table=True):
     building_id: uuid.UUID = Field(foreign_key="buildings.id", ondelete="RESTRICT")  # indexed with id (sync)
 
 
-class HouseholdCreate(HouseholdBase):
+class HouseholdCreate(HouseholdBase, RequestBody):
     id: uuid.UUID | None = None
 
 
-class HouseholdUpdate(SQLModel):
+class HouseholdUpdate(RequestBody):
     resident_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
     area_m2: float | None = Field(default=None, gt=0, le=2000)

@@ -9,7 +9,7 @@ from enum import StrEnum
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -54,7 +54,7 @@ class Note(Versioned, NoteBase, table=True):
     transcript_language: str | None = Field(default=None, max_length=10)
 
 
-class NoteCreate(NoteBase):
+class NoteCreate(NoteBase, RequestBody):
     id: uuid.UUID | None = None
 
 

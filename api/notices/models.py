@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
 from api.proactive.models import DeliveryState
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 
 class NoticeTarget(StrEnum):
@@ -75,7 +75,7 @@ class NoticeDeliveriesPublic(SQLModel):
     count: int
 
 
-class NoticeCreate(NoticeBase):
+class NoticeCreate(NoticeBase, RequestBody):
     id: uuid.UUID | None = None
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 SEASON_PATTERN = r"^(20[0-9]{2})-(20[0-9]{2})$"
 
@@ -51,7 +51,7 @@ class SeasonCalendar(SQLModel, table=True):
     updated_at: datetime = ts_field(default_now=True)
 
 
-class SeasonCalendarPut(SeasonCalendarBase):
+class SeasonCalendarPut(SeasonCalendarBase, RequestBody):
     @model_validator(mode="after")
     def _check(self) -> SeasonCalendarPut:
         # The season's steps in the order the network goes through them (the season label is checked by
@@ -141,7 +141,7 @@ class Campaign(Versioned, table=True):
     sending_until: datetime | None = ts_field(nullable=True)
 
 
-class CampaignCreate(CampaignBase):
+class CampaignCreate(CampaignBase, RequestBody):
     id: uuid.UUID | None = None
 
 

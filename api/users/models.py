@@ -11,6 +11,7 @@ from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
+from api.schemas import RequestBody
 
 
 class Role(StrEnum):
@@ -61,12 +62,12 @@ class LoginThrottle(SQLModel, table=True):
     expires_at: datetime = ts_field(index=True)
 
 
-class UserCreate(UserBase):
+class UserCreate(UserBase, RequestBody):
     password: str = Field(min_length=8, max_length=128)
     grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
 
 
-class UserUpdate(SQLModel):
+class UserUpdate(RequestBody):
     full_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=32)
     role: Role | None = None
@@ -86,7 +87,7 @@ class UsersPublic(SQLModel):
     count: int
 
 
-class GridUpdate(SQLModel):
+class GridUpdate(RequestBody):
     building_ids: list[uuid.UUID] = Field(max_length=5000)
 
 

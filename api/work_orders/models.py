@@ -11,7 +11,7 @@ from pydantic_core import PydanticCustomError
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field, utcnow
-from api.schemas import UtcDatetime
+from api.schemas import RequestBody, UtcDatetime
 
 
 class Source(StrEnum):
@@ -101,7 +101,7 @@ class WorkOrderEvent(SQLModel, table=True):
     note: str = Field(default="", max_length=2000)
 
 
-class WorkOrderCreate(WorkOrderBase):
+class WorkOrderCreate(WorkOrderBase, RequestBody):
     id: uuid.UUID | None = None
     assignee_id: uuid.UUID | None = None
     sla_due_at: UtcDatetime | None = None
@@ -133,18 +133,18 @@ class WorkOrdersPublic(SQLModel):
     count: int
 
 
-class AssignRequest(SQLModel):
+class AssignRequest(RequestBody):
     assignee_id: uuid.UUID
     note: str = Field(default="", max_length=2000)
 
 
-class TransitionRequest(SQLModel):
+class TransitionRequest(RequestBody):
     status: Status
     note: str = Field(default="", max_length=2000)
     base_version: int | None = Field(default=None, ge=1, description="Refuse if the order changed since.")
 
 
-class WorkOrderUpdate(SQLModel):
+class WorkOrderUpdate(RequestBody):
     category: Category | None = None
     description: str | None = Field(default=None, max_length=4000)
     priority: Priority | None = None

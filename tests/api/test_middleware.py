@@ -288,7 +288,7 @@ def test_every_answer_tells_the_servers_own_time(client: TestClient, world: Worl
 def test_gzipped_pages_have_a_weak_etag_and_no_byte_ranges(client: TestClient) -> None:
     """Regression: the console's and the video pages' files kept their strong ETag and `Accept-Ranges` when
     gzipped, so a download resumed with `If-Range` appended plain bytes to gzipped ones."""
-    for path in ("/console", "/console/static/console.js", "/video"):
+    for path in ("/console", "/console/static/console.js", "/video/static/video.js"):
         plain = client.get(path, headers={"accept-encoding": "identity"})
         packed = client.get(path, headers={"accept-encoding": "gzip"})
         assert plain.status_code == packed.status_code == 200, path

@@ -22,8 +22,14 @@ def test_a_note_belongs_to_its_recorder_and_starts_untranscribed(client: TestCli
                                                                  world: World) -> None:
     order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a)
     visit = make_visit(session, world.household_a, world.steward_a, work_order_id=order.id)
-    body = _body(household_id=str(world.household_a.id), work_order_id=str(order.id), visit_id=str(visit.id),
-                 transcript_status="done", transcript_text="伪造的转写", owner_id=str(world.steward_b.id))
+    body = _body(household_id=str(world.household_a.id), work_order_id=str(order.id), visit_id=str(visit.id))
+    # fields the server writes are refused, each named (they used to be dropped without a word)
+    forged = body | {"transcript_status": "done", "transcript_text": "伪造的转写", "owner_id": str(world.steward_b.id)}
+    refused = client.post(API, json=forged, headers=world.headers(world.steward_a))
+    assert_error(refused, 422, "validation_error")
+    assert all(name in refused.json()["detail"]["message"] for name in ("transcript_status", "transcript_text",
+                                                                         "owner_id"))
+    assert count_rows(session, Note) == 0
     r = client.post(API, json=body, headers=world.headers(world.steward_a))
     assert r.status_code == 201, r.text
     note = r.json()
