@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import SessionTransaction
-from sqlmodel import Session
+from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
 from api.db import BOOKKEEPING_FIELDS, new_id, utcnow
@@ -220,8 +220,23 @@ def before_flush(session: Session) -> None:
         spec = registry.spec_of(obj)
         assert spec is not None
         write_tombstone(session, seq, spec, obj, origin(spec, obj))
+    stations = _stations_of(session, {link.building_id for link in grid})
     for link in grid:
         session.add(ScopeEvent(seq=seq, user_id=link.user_id, kind="building", key_id=link.building_id))
+        if (station_id := stations.get(link.building_id)) is not None:
+            session.add(ScopeEvent(seq=seq, user_id=link.user_id, kind="station", key_id=station_id))
+
+
+def _stations_of(session: Session, building_ids: set[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The station of each building now. A grid change is also a `station` event of the building's station
+    at that moment: the station's notices and campaigns are found again through it even when the building
+    moves to another station before the steward's next pull (found through the building's current station,
+    a notice of the old one stayed on the device for ever)."""
+    if not building_ids:
+        return {}
+    rows = session.connection().execute(
+        orm_select(Building.id, Building.station_id).where(col(Building.id).in_(building_ids))).all()
+    return {building_id: station_id for building_id, station_id in rows}
 
 
 def write_tombstone(session: Session, seq: int, spec: registry.SyncTable, obj: Any,
@@ -280,9 +295,11 @@ def before_bulk_write(state: Any) -> None:
         seq = allocate_seq(session)
         events: Table = ScopeEvent.__table__  # type: ignore[attr-defined]
         now = utcnow()
+        stations = _stations_of(session, {b for _, b in links})
         session.connection().execute(insert(events), [
-            {"id": new_id(), "seq": seq, "user_id": u, "kind": "building", "key_id": b, "created_at": now}
-            for u, b in links])
+            {"id": new_id(), "seq": seq, "user_id": u, "kind": kind, "key_id": key, "created_at": now}
+            for u, b in links
+            for kind, key in (("building", b), ("station", stations.get(b))) if key is not None])
         return
     assert spec is not None
     stmt_rows = select(model)

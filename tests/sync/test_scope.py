@@ -213,3 +213,29 @@ def test_a_push_with_the_cursor_of_another_role_or_user_leads_to_a_reset(client:
     shared.push()
     shared.pull()
     assert shared.resets == 1 and shared.rows == server_rows(client, d.headers(d.steward2))
+
+
+def test_a_station_notice_goes_when_its_building_leaves_the_grid_and_then_its_station(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression (found by a randomized run): a building left a steward's grid, then moved to another
+    station before the steward's next pull. The pull found the old station's notices through the building's
+    current station, so no delete came, and the old station's water-fill notice stayed on the device."""
+    d = district
+    admin, office = d.headers(d.admin), d.headers(d.supervisor)
+
+    def grid(*buildings: object) -> None:
+        r = client.put(f"/api/v1/users/{d.steward1.id}/grid", headers=admin,
+                       json={"building_ids": [str(b.id) for b in buildings]})  # type: ignore[attr-defined]
+        assert r.status_code == 200, r.text
+
+    grid(d.b1, d.b3)  # b3 is on station2: its notice2 becomes visible
+    one = device(d.steward1, "one")
+    one.pull()
+    assert str(d.notice2.id) in one.rows["notices"]
+    grid(d.b1)
+    moved = client.patch(f"/api/v1/buildings/{d.b3.id}", json={"station_id": str(d.station.id)}, headers=office)
+    assert moved.status_code == 200, moved.text
+    one.pull()
+    truth = server_rows(client, d.headers(d.steward1))
+    assert str(d.notice2.id) not in truth["notices"]
+    assert sorted(one.rows["notices"]) == sorted(truth["notices"])
