@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from speech.glossary import Corrector, GlossaryError, categorize, corrector_for, load_glossary
+from speech.pipeline import postprocess
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,14 @@ def test_an_unreadable_glossary_is_a_glossary_error(tmp_path: Path, content: byt
 def test_a_particle_in_a_four_character_term_is_still_corrected(corrector: Corrector) -> None:
     # The particle rule stops at three characters: three exact characters out of four are evidence enough.
     assert corrector.correct("请问是内温度测了多少度") == "请问室内温度测了多少度"
+
+
+def test_the_bundled_keep_list_protects_words_and_is_no_term() -> None:
+    """Regression: `keep` sat after the `[terms]` header, so TOML read it as a group of terms: the keep list
+    was empty, 煮水 became a term that tied with 注水 (住水 was no longer corrected), and 打不到 a term that
+    blocked 温度打不到标准 -> 达不到标准."""
+    glossary = load_glossary()
+    assert "未修" in glossary.keep and not set(glossary.keep) & set(glossary.terms)
+    assert postprocess("今年的住水时间是11月5号", language="zh", glossary=glossary) == "今年的注水时间是11月5号"
+    assert postprocess("我这边量的是16度，打不到标准。", language="zh", glossary=glossary).endswith("达不到标准。")
+    assert postprocess("电话打不到，我又打了一遍", language="zh", glossary=glossary) == "电话打不到，我又打了一遍"
