@@ -61,26 +61,48 @@ def decode_groups(groups: Iterable[SpeechGroup], decode: Callable[[np.ndarray], 
 def recover(segments: Iterable[Segment], audio: np.ndarray,
             decode: Callable[[np.ndarray], Iterable[Segment]]) -> Iterator[Segment]:
     """`segments` of `audio` (times in `audio`), with each dropout replaced by `decode` of its pieces when that
-    gives more text. `decode` returns the segments of a piece, times in the piece."""
+    gives more text. `decode` returns the segments of a piece, times in the piece.
+
+    A stretch of at least `MIN_SPAN_S` seconds that no segment covers is a dropout with no text: a window can
+    also come back with nothing at all (CI saw a call's first 30 s of speech return no segment, and the
+    transcript start at 30 s). The audio here is speech (VAD removed the silence), so such a gap lost it."""
+    cursor = 0.0
     for segment in segments:
+        if segment.start - cursor >= MIN_SPAN_S:
+            yield from _again(_gap(cursor, segment.start), audio, decode)
+        cursor = max(cursor, segment.end)
         if not is_dropout(segment):
             yield segment
             continue
-        first, last = int(segment.start * SAMPLE_RATE), int(segment.end * SAMPLE_RATE)
-        again: list[Segment] = []
-        for piece in speech_groups(audio[first:last], max_group_s=PIECE_S, min_silence_ms=PIECE_SILENCE_MS,
-                                   max_chunk_s=PIECE_S):
-            seconds = len(piece.audio) / SAMPLE_RATE
-            again.extend(_shifted(_within(s, seconds), segment.start, piece) for s in decode(piece.audio)
-                         if not _silence(s))
-        recovered = sum(spoken_chars(s.text) for s in again)
-        # lengths only: the text is a resident's words (docs/security.md)
-        log.warning("a %.1f s stretch of speech came back as %d characters; decoded again in pieces: %d",
-                    segment.end - segment.start, spoken_chars(segment.text), recovered)
-        if recovered > spoken_chars(segment.text):
-            yield from again
-        else:
-            yield segment
+        yield from _again(segment, audio, decode)
+    total = len(audio) / SAMPLE_RATE
+    if total - cursor >= MIN_SPAN_S:
+        yield from _again(_gap(cursor, total), audio, decode)
+
+
+def _gap(start: float, end: float) -> Segment:
+    return Segment(start=start, end=end, text="", avg_logprob=0.0, no_speech_prob=0.0)
+
+
+def _again(segment: Segment, audio: np.ndarray, decode: Callable[[np.ndarray], Iterable[Segment]]
+           ) -> Iterator[Segment]:
+    """The dropout `segment` decoded again in pieces, if that gives more text; else the segment (a gap's empty
+    stand-in is dropped)."""
+    first, last = int(segment.start * SAMPLE_RATE), int(segment.end * SAMPLE_RATE)
+    again: list[Segment] = []
+    for piece in speech_groups(audio[first:last], max_group_s=PIECE_S, min_silence_ms=PIECE_SILENCE_MS,
+                               max_chunk_s=PIECE_S):
+        seconds = len(piece.audio) / SAMPLE_RATE
+        again.extend(_shifted(_within(s, seconds), segment.start, piece) for s in decode(piece.audio)
+                     if not _silence(s))
+    recovered = sum(spoken_chars(s.text) for s in again)
+    # lengths only: the text is a resident's words (docs/security.md)
+    log.warning("a %.1f s stretch of speech came back as %d characters; decoded again in pieces: %d",
+                segment.end - segment.start, spoken_chars(segment.text), recovered)
+    if recovered > spoken_chars(segment.text):
+        yield from again
+    elif segment.text:
+        yield segment
 
 
 def _silence(segment: Segment) -> bool:

@@ -116,3 +116,35 @@ def test_the_real_engine_recovers_a_window_that_lost_its_speech(faster_pipeline:
     assert CI_DROPOUT not in text and all(w in text for w in ("供暖管家", "维修", "进水阀", "排气阀")), text
     assert found[0].start >= 2.5 and found[-1].end <= len(call) / SAMPLE_RATE + 0.1
     assert all(a.end <= b.start + 0.01 for a, b in itertools.pairwise(found))
+
+
+def test_speech_no_segment_covers_is_decoded_again(leak_audio: np.ndarray, valve_audio: np.ndarray) -> None:
+    """Regression (CI): a window came back with no segment at all for its first 30 s of speech, and the
+    transcript started at 30 s; only a segment with too little text counted as a dropout. A stretch of
+    speech at least MIN_SPAN_S long that no segment covers is decoded again in pieces too."""
+    calls: list[float] = []
+    audio = np.concatenate([leak_audio, valve_audio, leak_audio])
+    (group,) = speech_groups(np.concatenate([silence(1), audio, silence(1)]))
+    seconds = len(group.audio) / SAMPLE_RATE
+    assert seconds >= 2 * MIN_SPAN_S
+
+    def decode(piece: np.ndarray) -> Iterator[Segment]:
+        calls.append(len(piece) / SAMPLE_RATE)
+        if len(calls) == 1:  # the whole group: text only for its last two seconds
+            yield segment(seconds - 2, seconds, "影响休息。")
+        else:
+            yield segment(0.0, len(piece) / SAMPLE_RATE, "排气的时候先关上进水阀，用排气钥匙慢慢拧开排气阀。")
+
+    found = list(decode_groups([group], decode))
+    assert len(calls) >= 2 and found[-1].text == "影响休息。"
+    assert len(found) >= 2 and found[0].start < 2.0, [(s.start, s.end, s.text) for s in found]
+    assert all(a.end <= b.start + 0.01 for a, b in itertools.pairwise(found))
+
+    calls.clear()
+
+    def decode_nothing_more(piece: np.ndarray) -> Iterator[Segment]:  # the pieces hold nothing either
+        calls.append(len(piece) / SAMPLE_RATE)
+        if len(calls) == 1:
+            yield segment(seconds - 2, seconds, "影响休息。")
+
+    assert [s.text for s in decode_groups([group], decode_nothing_more)] == ["影响休息。"]
