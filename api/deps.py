@@ -74,7 +74,7 @@ async def get_session(request: Request, engine: Annotated[Engine, Depends(get_en
             yield session
 
 
-_QUERY_NAMES: dict[int, frozenset[str]] = {}
+_QUERY_NAMES = "_steward_query_names"  # kept on the route: keyed by id(), a collected app's route could lend its id
 
 
 def _query_names(dependant: Dependant) -> Iterator[str]:
@@ -91,9 +91,10 @@ async def known_query_parameters(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
-    names = _QUERY_NAMES.get(id(route))
+    names: frozenset[str] | None = getattr(route, _QUERY_NAMES, None)
     if names is None:
-        names = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
+        names = frozenset(_query_names(route.dependant))
+        setattr(route, _QUERY_NAMES, names)
     unknown = sorted(set(request.query_params) - names)
     if unknown:
         takes = ", ".join(sorted(names)) or "none"
