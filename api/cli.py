@@ -277,8 +277,8 @@ def blobs_sweep(
                                                           "whose row is still queued on a handheld.")] = 7,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
 ) -> None:
-    """Delete stored blobs that no note or video snapshot names (for a daily cron job; docs/sync-protocol.md).
-    No row names photos or signatures yet: do not schedule it while handhelds upload those."""
+    """Delete stored blobs that no note, visit (photos, signature) or video snapshot names (for a daily cron
+    job; docs/sync-protocol.md)."""
     from datetime import timedelta
 
     from rich.progress import Progress

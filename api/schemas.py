@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, ConfigDict
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, StringConstraints
 from sqlmodel import SQLModel
 
 
@@ -19,6 +19,10 @@ def _to_utc(value: datetime) -> datetime:
 # A timestamp that must carry a zone on the way in and is held (and answered) in UTC from then on,
 # so a row reads the same right after it is created as it does from the database later.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# A blob's name: its SHA-256 in lower-case hex, as the blob store (`sync/blobs`) names it.
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN, min_length=64, max_length=64)]
 
 
 class RequestBody(SQLModel):

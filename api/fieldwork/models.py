@@ -8,17 +8,24 @@ from enum import StrEnum
 
 from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from sqlalchemy import JSON, Index
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field, utcnow
 from api.network.models import not_null
-from api.schemas import RequestBody, UtcDatetime
+from api.schemas import RequestBody, Sha256, UtcDatetime
 
 # How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
 # hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.
 FUTURE_TOLERANCE = timedelta(days=1)
 # The longest a visit can last (left_at - arrived_at): longer is a wrong date, not a visit.
 MAX_VISIT = timedelta(hours=24)
+# Photos one visit may name (blobs by sha256): a radiator, its valves, the meter, the damage, before and after.
+MAX_PHOTOS = 20
+# On PostgreSQL the photo list is jsonb with a GIN index, so that `steward blobs sweep` finds the visits
+# naming a batch of hashes with `?|` instead of reading every visit (sync/blobs/sweep.py).
+PhotoList = JSON().with_variant(JSONB(), "postgresql")
 
 
 def not_in_future(value: datetime | None) -> datetime | None:
@@ -41,6 +48,13 @@ def check_visit_length(arrived_at: datetime, left_at: datetime | None) -> str | 
     return None
 
 
+def distinct_photos(value: list[str] | None) -> list[str] | None:
+    """A visit names each photo once (the list is the device's order of taking them)."""
+    if value is not None and len(set(value)) != len(value):
+        raise PydanticCustomError("duplicate_photo", "a photo is named more than once")
+    return value
+
+
 class VisitResult(StrEnum):
     resolved = "resolved"
     follow_up = "follow_up"
@@ -56,10 +70,16 @@ class VisitBase(SQLModel):
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str = Field(default="", max_length=4000, description="What was done: bled radiators, ...")
     result: VisitResult | None = None
+    photos: list[Sha256] = Field(default_factory=list, max_length=MAX_PHOTOS,
+                                 description="Photos taken on the visit: blob hashes (PUT /api/v1/blobs/{sha256}).")
+    signature_sha256: Sha256 | None = Field(default=None, description="The resident's signature image, a blob hash.")
+
+    _distinct_photos = field_validator("photos")(distinct_photos)
 
 
 class Visit(Versioned, VisitBase, table=True):
     __tablename__ = "visits"
+    __table_args__ = (Index("ix_visits_photos", "photos", postgresql_using="gin").ddl_if(dialect="postgresql"),)
 
     household_id: uuid.UUID = Field(foreign_key="households.id", ondelete="RESTRICT")  # indexed with id (sync)
     work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", index=True,
@@ -67,6 +87,9 @@ class Visit(Versioned, VisitBase, table=True):
     steward_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="RESTRICT")
     arrived_at: datetime = ts_field()
     left_at: datetime | None = ts_field(nullable=True)
+    photos: list[str] = Field(default_factory=list, sa_type=PhotoList,
+                              sa_column_kwargs={"nullable": False, "server_default": "[]"})
+    signature_sha256: str | None = Field(default=None, max_length=64, index=True)
 
 
 class VisitCreate(VisitBase, RequestBody):
@@ -87,8 +110,12 @@ class VisitUpdate(RequestBody):
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str | None = Field(default=None, max_length=4000)
     result: VisitResult | None = None
+    photos: list[Sha256] | None = Field(default=None, max_length=MAX_PHOTOS,
+                                        description="The whole list: photos added or removed since.")
+    signature_sha256: Sha256 | None = None
 
-    _not_null = field_validator("actions")(not_null)
+    _not_null = field_validator("actions", "photos")(not_null)
+    _distinct_photos = field_validator("photos")(distinct_photos)
     _not_in_future = field_validator("left_at")(not_in_future)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from api.tables import metadata
+from api.tables import include_object, metadata
 
 config = context.config
 
@@ -31,7 +31,8 @@ def run_online() -> None:
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     # SQLite alters tables by copying them ("batch" mode); PostgreSQL alters in place.
     context.configure(connection=connection, target_metadata=metadata,
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True,
+                      include_object=include_object(connection.dialect.name))
     with context.begin_transaction():
         context.run_migrations()
 

@@ -9,9 +9,7 @@ from enum import StrEnum
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
-from api.schemas import RequestBody, UtcDatetime
-
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
+from api.schemas import SHA256_PATTERN, RequestBody, UtcDatetime
 
 
 class NoteKind(StrEnum):

@@ -3,8 +3,9 @@
 A blob is uploaded before (or after) the row that names it is pushed, and it stays when the row is deleted:
 a deleted voice note's recording stayed downloadable for ever, and an upload whose row never came kept its
 disk. The sweep deletes every stored blob that no note (`notes.audio_sha256`, which covers call recordings
-and a video call's recording) and no video snapshot (`video_snapshots.sha256`) names, once it is older than
-a grace period, so that an upload whose row is still in a handheld's queue is not taken from under it.
+and a video call's recording), no visit (`visits.photos`, `visits.signature_sha256`) and no video snapshot
+(`video_snapshots.sha256`) names, once it is older than a grace period, so that an upload whose row is
+still in a handheld's queue is not taken from under it.
 
 A row that starts to name a swept blob in the same instant (a device that found the blob with HEAD a moment
 before, and pushes the row just as the sweep deletes it) points at missing audio; its transcription fails
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, text
 from sqlmodel import Session, col, select
 
 from api.db import utcnow
@@ -40,12 +41,28 @@ class SweepReport:
 
 def referenced(session: Session, shas: list[str]) -> set[str]:
     """Which of these blobs a row names (every table that refers to blobs by sha256)."""
+    from api.fieldwork.models import Visit
     from api.notes.models import Note
     from video.models import VideoSnapshot
 
     named = set(session.exec(select(Note.audio_sha256).where(col(Note.audio_sha256).in_(shas))).all())
     named |= set(session.exec(select(VideoSnapshot.sha256).where(col(VideoSnapshot.sha256).in_(shas))).all())
-    return named
+    named |= {sha for sha in session.exec(select(Visit.signature_sha256).where(
+        col(Visit.signature_sha256).in_(shas))).all() if sha is not None}
+    return named | _photos(session, shas)
+
+
+# PostgreSQL: the GIN index on the jsonb list finds the visits naming any of the hashes (`?|`). SQLite has no
+# such index: it reads the photo lists of the visits that have photos, once per batch.
+_PHOTOS_PG = text("SELECT DISTINCT p FROM visits, jsonb_array_elements_text(visits.photos) AS p "
+                  "WHERE visits.photos ?| CAST(:shas AS text[]) AND p = ANY(CAST(:shas AS text[]))")
+_PHOTOS_SQLITE = text("SELECT DISTINCT j.value FROM visits, json_each(visits.photos) AS j "
+                      "WHERE visits.photos != '[]' AND j.value IN :shas").bindparams(bindparam("shas", expanding=True))
+
+
+def _photos(session: Session, shas: list[str]) -> set[str]:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    return set(session.connection().execute(_PHOTOS_PG if postgres else _PHOTOS_SQLITE, {"shas": shas}).scalars())
 
 
 def _batches(items: Iterable[tuple[str, int, datetime]]) -> Iterator[list[tuple[str, int, datetime]]]:

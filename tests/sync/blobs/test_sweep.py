@@ -87,3 +87,27 @@ def test_the_sweep_command_reports_what_it_did(client: TestClient, district: Dis
         assert bad.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_photos_and_signatures_of_visits_are_kept(client: TestClient, district: District, engine: Engine,
+                                                  settings: Settings) -> None:
+    """Regression: no row could name a photo or a signature, so the sweep deleted every photo a handheld
+    uploaded once the grace period was over. A photo taken off a visit goes at the next sweep."""
+    d = district
+    headers = d.headers(d.steward1)
+    first, second, removed, signature, orphan = (_upload(client, headers) for _ in range(5))
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    visit = phone.create("visits", household_id=str(d.h1a.id), arrived_at="2026-11-30T08:00:00+00:00",
+                         photos=[first, removed])
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.update("visits", visit, photos=[first, second])
+    assert phone.push()["results"][0]["status"] == "applied"
+    answer = client.patch(f"/api/v1/visits/{visit}", json={"signature_sha256": signature}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["photos"] == [first, second]
+
+    swept = sweep(engine, make_store(settings), grace=timedelta(days=7), now=datetime.now(UTC) + timedelta(days=8))
+    assert (swept.stored, swept.referenced, swept.deleted) == (5, 3, 2)
+    for sha, status in ((first, 200), (second, 200), (signature, 200), (removed, 404), (orphan, 404)):
+        assert client.head(URL.format(sha), headers=headers).status_code == status
