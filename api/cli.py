@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -253,8 +254,33 @@ def serve(
         # the live calls of the server already on this port.
         raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy} (another `steward serve` is running "
                     "there? pick another --port).", 2)
-    uvicorn.run("api.main:app", host=bind_host, port=bind_port, workers=workers, log_level=settings.log_level,
-                proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips)
+    with _one_server(settings):
+        uvicorn.run("api.main:app", host=bind_host, port=bind_port, workers=workers, log_level=settings.log_level,
+                    proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips)
+
+
+@contextmanager
+def _one_server(settings: Settings) -> Iterator[None]:
+    """Hold `<database>.serve.lock` while serving an embedded SQLite database. A second `steward serve` on
+    the same file (another port, or a restart while the old process still drained) started fine, and its
+    transcription worker's start-up recovery took the first one's running job back as interrupted: the call
+    was transcribed twice, and each overlap spent one of its attempts. PostgreSQL takes many servers."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield
+        return
+    path = Path(url.database).resolve()
+    with open(path.with_name(path.name + ".serve.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise _fail(f"Another `steward serve` is using the SQLite database {path} (an embedded database "
+                        "takes one server; stop it first, or use PostgreSQL for several).", 2) from exc
+        yield
 
 
 def _port_taken(host: str, port: int) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,6 +20,18 @@ def _to_utc(value: datetime) -> datetime:
 # A timestamp that must carry a zone on the way in and is held (and answered) in UTC from then on,
 # so a row reads the same right after it is created as it does from the database later.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+def clean_label(value: object) -> object:
+    """A name or number that identifies something (a station code, a community, a building number, a unit,
+    a room), as people type it: Unicode NFKC (a Chinese IME's full-width `３号楼` is `3号楼`), without
+    invisible format characters (zero-width spaces), spaces at the ends or runs of spaces. Two households at
+    "1 单元 501" and "１ 单元 ５０１ " were two rows, and texted twice; a name of spaces passed `min_length`."""
+    if not isinstance(value, str):
+        return value
+    text = unicodedata.normalize("NFKC", value)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return " ".join(text.split())
+
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A blob's name: its SHA-256 in lower-case hex, as the blob store (`sync/blobs`) names it.

@@ -12,12 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ValidationError, field_validator
 from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
 from api.db import utcnow
-from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
+from api.fieldwork.models import (
+    Reading,
+    ReadingCreate,
+    Visit,
+    VisitCreate,
+    VisitUpdate,
+    check_visit_length,
+    not_in_future,
+)
 from api.network.models import Household, HouseholdUpdate
 from api.notes.models import Note, NoteCreate, NoteKind
 from api.users.models import Role, User
@@ -102,6 +110,8 @@ class NoteUpdate(BaseModel):
     kind: NoteKind | None = None
     duration_s: float | None = PydanticField(default=None, ge=0, le=6 * 3600)
     recorded_at: AwareDatetime | None = None
+
+    _not_in_future = field_validator("recorded_at")(not_in_future)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned
-from api.schemas import RequestBody
+from api.schemas import RequestBody, clean_label
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
 
@@ -43,6 +43,8 @@ class Station(Versioned, StationBase, table=True):
 class StationCreate(StationBase, RequestBody):
     id: uuid.UUID | None = None
 
+    _clean = field_validator("code", "name", "district", mode="before")(clean_label)
+
 
 class StationUpdate(RequestBody):
     code: str | None = Field(default=None, min_length=1, max_length=32)
@@ -52,6 +54,7 @@ class StationUpdate(RequestBody):
     capacity_mw: float | None = Field(default=None, gt=0, le=1000)
 
     _not_null = field_validator("code", "name", "district", "address")(not_null)
+    _clean = field_validator("code", "name", "district", mode="before")(clean_label)
 
 
 class StationPublic(StationBase):
@@ -79,6 +82,8 @@ class Building(Versioned, BuildingBase, table=True):
 class BuildingCreate(BuildingBase, RequestBody):
     id: uuid.UUID | None = None
 
+    _clean = field_validator("community", "number", mode="before")(clean_label)
+
 
 class BuildingUpdate(RequestBody):
     station_id: uuid.UUID | None = None
@@ -89,6 +94,7 @@ class BuildingUpdate(RequestBody):
     units: int | None = Field(default=None, ge=1, le=50)
 
     _not_null = field_validator("station_id", "community", "number", "address")(not_null)
+    _clean = field_validator("community", "number", mode="before")(clean_label)
 
 
 class BuildingPublic(BuildingBase):
@@ -123,6 +129,8 @@ class Household(Versioned, HouseholdBase, table=True):
 class HouseholdCreate(HouseholdBase, RequestBody):
     id: uuid.UUID | None = None
 
+    _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
+
 
 class HouseholdUpdate(RequestBody):
     resident_name: str | None = Field(default=None, max_length=100)
@@ -132,6 +140,7 @@ class HouseholdUpdate(RequestBody):
     sensitive: bool | None = None
 
     _not_null = field_validator("resident_name", "area_m2", "heating_status", "sensitive")(not_null)
+    _clean = field_validator("resident_name", mode="before")(clean_label)
 
 
 class HouseholdPublic(HouseholdBase):

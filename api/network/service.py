@@ -22,6 +22,7 @@ from api.network.models import (
     StationCreate,
     StationUpdate,
 )
+from api.schemas import clean_label
 from api.users.models import User
 
 
@@ -159,9 +160,10 @@ def list_households(*, session: Session, user: User, page: Page, building_id: uu
         stmt = stmt.where(Household.sensitive == sensitive)
     if heating_status is not None:
         stmt = stmt.where(Household.heating_status == heating_status)
-    if q:
-        # A literal match: `%` and `_` in the query are not wildcards.
-        stmt = stmt.where(col(Household.resident_name).contains(q, autoescape=True)
+    if q := str(clean_label(q or "")):
+        # A literal match (`%` and `_` in the query are not wildcards), case-insensitive on both databases
+        # (LIKE folds ASCII case on SQLite, not on PostgreSQL), typed full-width or not.
+        stmt = stmt.where(col(Household.resident_name).icontains(q, autoescape=True)
                           | col(Household.phone).contains(q, autoescape=True)
                           | (Household.room == q))
     return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

@@ -6,9 +6,11 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
+from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
+from api.fieldwork.models import not_in_future
 from api.schemas import SHA256_PATTERN, RequestBody, UtcDatetime
 
 
@@ -54,6 +56,10 @@ class Note(Versioned, NoteBase, table=True):
 
 class NoteCreate(NoteBase, RequestBody):
     id: uuid.UUID | None = None
+
+    # As for visits and readings: a handheld's clock set years ahead put its note at the top of every
+    # newest-first list (notes, transcripts) until that year came.
+    _not_in_future = field_validator("recorded_at")(not_in_future)
 
 
 class NotePublic(NoteBase):

@@ -96,11 +96,12 @@ class Blobs:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink(missing_ok=True)
-        for data in (self.staging / "partial").iterdir():
-            if data.suffix:  # .length and .lock go with their upload
-                continue
+        # By upload, not by data file: a process killed between storing the blob and removing the upload
+        # left its .length and .lock without data, and nothing ever deleted them.
+        for data in {path.with_suffix("") for path in (self.staging / "partial").iterdir()}:
             try:
-                if max(p.stat().st_mtime for p in (data, data.with_suffix(".length")) if p.exists()) >= cutoff:
+                files = [p for p in (data, data.with_suffix(".length")) if p.exists()] or [data.with_suffix(".lock")]
+                if max(p.stat().st_mtime for p in files) >= cutoff:
                     continue
                 with _locked(data):
                     _remove_partial(data)
@@ -261,7 +262,7 @@ class BlobRead(NamedTuple):
         return headers
 
 
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)  # range units are case-insensitive (RFC 9110 14.1)
 
 
 def _position(digits: str) -> int | None:

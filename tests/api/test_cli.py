@@ -256,6 +256,24 @@ def test_serve_refuses_a_port_in_use_before_the_app_starts(data_dir: Path, monke
     assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output, result.output
 
 
+def test_a_second_server_on_one_sqlite_file_is_refused(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a second `steward serve` on the same SQLite file (another port) started, and its
+    transcription worker took the first one's running job back as interrupted: transcribed twice."""
+    import uvicorn
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    inner: list[Any] = []
+
+    def first(_app: str, **kw: Any) -> None:  # while the first server runs, a second one starts
+        inner.append(runner.invoke(app, ["serve", "--port", str(kw["port"] + 1)]))
+
+    monkeypatch.setattr(uvicorn, "run", first)
+    assert runner.invoke(app, ["serve", "--port", "18601"]).exit_code == 0
+    assert inner[0].exit_code == 2 and "Another `steward serve`" in inner[0].output, inner[0].output
+    monkeypatch.setattr(uvicorn, "run", lambda _app, **kw: None)
+    assert runner.invoke(app, ["serve", "--port", "18602"]).exit_code == 0  # the first one has stopped
+
+
 def test_serve_passes_the_trusted_proxies_to_uvicorn(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 

@@ -271,3 +271,37 @@ def test_household_search_is_literal_not_a_wildcard(client: TestClient, session:
     assert client.get(f"{API}/households", params={"q": "%"}, headers=h).json()["count"] == 0
     assert client.get(f"{API}/households", params={"q": "_"}, headers=h).json()["count"] == 0
     assert client.get(f"{API}/households", params={"q": "秀英"}, headers=h).json()["count"] == 1
+
+
+def test_addresses_typed_full_width_or_with_invisible_characters_are_the_same(client: TestClient,
+                                                                                world: World) -> None:
+    """Regression: "1 单元 501" typed with a Chinese IME's full-width digits, a trailing space or a zero-width
+    space made three more households at one address (texted four times); a community of spaces passed."""
+    h = world.headers(world.admin)
+    body = {"building_id": str(world.building_a.id), "unit": "1", "room": "501", "area_m2": 80}
+    assert client.post("/api/v1/households", json=body, headers=h).status_code == 201
+    for extra in ({"unit": "１", "room": "５０１"}, {"room": "501 "}, {"room": "501\u200b"}, {"room": " 5０1"}):
+        answer = client.post("/api/v1/households", json=body | extra, headers=h)
+        assert answer.status_code == 409, (extra, answer.text)
+    made = client.post("/api/v1/households", json=body | {"room": "５０２\u200b", "resident_name": " 王  伟 "},
+                       headers=h)
+    assert made.status_code == 201 and (made.json()["room"], made.json()["resident_name"]) == ("502", "王 伟")
+    station = str(world.station.id)
+    for blank in ({"community": "   ", "number": "1"}, {"community": "阳光小区", "number": "\u200b"}):
+        answer = client.post("/api/v1/buildings", json={"station_id": station} | blank, headers=h)
+        assert answer.status_code == 422, (blank, answer.text)
+    assert client.post("/api/v1/stations", json={"code": " ", "name": "x"}, headers=h).status_code == 422
+    building = client.post("/api/v1/buildings", json={"station_id": station, "community": "阳光小区",
+                                                      "number": "１２"}, headers=h)
+    assert building.status_code == 201 and building.json()["number"] == "12"
+    again = client.patch(f"/api/v1/buildings/{building.json()['id']}", json={"number": " 12"}, headers=h)
+    assert again.status_code == 200 and again.json()["number"] == "12"
+
+
+def test_household_search_ignores_case_and_width_on_both_databases(client: TestClient, session: Session,
+                                                                    world: World) -> None:
+    """Regression: `q=smith` found "Anna Smith" on SQLite (LIKE folds ASCII case) and nothing on PostgreSQL."""
+    make_household(session, world.building_a, resident_name="Anna Smith", room="909")
+    for q in ("smith", "SMITH", "ｓｍｉｔｈ", "９０９"):
+        answer = client.get("/api/v1/households", params={"q": q}, headers=world.headers(world.admin))
+        assert answer.json()["count"] == 1, q

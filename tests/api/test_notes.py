@@ -154,3 +154,12 @@ def test_list_notes_filters(client: TestClient, session: Session, world: World) 
     r = client.get(API, params={"household_id": str(world.household_a.id)}, headers=h).json()
     assert r["count"] == 1 and r["data"][0]["id"] == str(by_household.id)
     assert client.get(API, headers=h).json()["count"] == 3
+
+
+def test_a_note_dated_years_ahead_is_refused_like_a_reading(client: TestClient, session: Session,
+                                                             world: World) -> None:
+    """Regression: a handheld's clock set to 2099 put its note at the top of every newest-first list (notes,
+    transcripts) for 70 years; visits and readings already refused such a time."""
+    body = _body(household_id=str(world.household_a.id), recorded_at="2099-01-01T00:00:00Z")
+    assert_error(client.post(API, json=body, headers=world.headers(world.steward_a)), 422, "validation_error")
+    assert count_rows(session, Note) == 0

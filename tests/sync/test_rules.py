@@ -61,3 +61,14 @@ def test_pushed_edits_follow_the_rest_rules_for_dates(client: TestClient, distri
     office_view = client.get(f"/api/v1/work-orders/{d.wo1.id}", headers=d.headers(d.supervisor)).json()
     before = office.rows["work_orders"][str(d.wo1.id)]["sla_due_at"]
     assert datetime.fromisoformat(office_view["sla_due_at"]) == datetime.fromisoformat(before)
+
+
+def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callable[..., Device]) -> None:
+    """Regression: a push moving a voice note's `recorded_at` to 2099 was applied (REST refused it)."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    phone.update("notes", str(d.note1.id), recorded_at="2099-01-01T00:00:00+00:00")
+    result = phone.push()["results"][0]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_value"), result
+    assert "future" in result["message"]

@@ -70,3 +70,4 @@ def test_bad_photo_lists_are_refused_and_nothing_is_written(client: TestClient, 
     assert answer.status_code == 422, answer.text
     listed = client.get("/api/v1/visits", headers=d.headers(d.supervisor)).json()
     assert listed["count"] == 1 and listed["data"][0]["photos"] == []
+

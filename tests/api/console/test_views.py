@@ -238,6 +238,19 @@ def test_the_timeline_gathers_every_domain_in_time_order(client: TestClient, ses
     assert_error(client.get(f"{API}/work-orders/not-a-uuid/timeline", headers=h), 422, "validation_error")
 
 
+def test_the_timeline_masks_a_local_household_number_for_a_steward(client: TestClient, session: Session,
+                                                                    world: World) -> None:
+    """Regression: a household's number without a mobile's or an area code's shape (`88886666`) reached a
+    steward whole: the field went through the text masking, not the masking of one number by its shape."""
+    world.household_a.phone = "88886666"
+    session.add(world.household_a)
+    session.commit()
+    order = make_work_order(session, world.household_a)
+    url = f"{API}/work-orders/{order.id}/timeline"
+    assert client.get(url, headers=world.headers(world.steward_a)).json()["household"]["phone"] == "****6666"
+    assert client.get(url, headers=world.headers(world.supervisor)).json()["household"]["phone"] == "88886666"
+
+
 # --- dashboard ----------------------------------------------------------------------------------------------
 
 

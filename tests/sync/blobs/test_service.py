@@ -135,6 +135,7 @@ def test_a_whole_upload_cut_off_stores_nothing(blobs: Blobs) -> None:
 @pytest.mark.parametrize(("header", "expected"), [
     ("bytes=0-9", (0, 9)), ("bytes=990-", (990, 999)), ("bytes=-10", (990, 999)), ("bytes=-5000", (0, 999)),
     ("bytes=5-5000", (5, 999)), (" bytes=1-2 ", (1, 2)),
+    ("Bytes=0-9", (0, 9)), ("BYTES=-10", (990, 999)),  # Regression: range units are case-insensitive (RFC 9110)
     # Regression: numbers of over 4,300 digits made int() raise, and the GET answered 500.
     ("bytes=0-" + "9" * 5000, (0, 999)), ("bytes=-" + "9" * 5000, (0, 999)),
     # not a single byte range in the syntax of RFC 9110: ignored, the whole blob is sent
@@ -175,6 +176,31 @@ def test_abandoned_uploads_and_temporary_files_expire(blobs: Blobs) -> None:
     assert blobs.partial(SHA) is None and blobs.partial(other_sha) == (100, 500)  # the live one stays
     assert sorted(p.name for p in (blobs.staging / "partial").iterdir() if p.name.startswith(SHA)) == []
     assert leftovers(blobs) == ["fresh"]
+
+
+def test_the_leftovers_of_an_upload_killed_as_it_completed_expire(blobs: Blobs,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a process killed between storing the completed blob and removing the upload's files
+    left `.length` and `.lock` without a data file, which the expiry (going by data files) never deleted."""
+    from sync.blobs import service
+
+    asyncio.run(blobs.append(SHA, 0, len(DATA), body(DATA[:400])))
+
+    def killed(_: Path) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(service, "_remove_partial", killed)
+    with pytest.raises(SystemExit):
+        asyncio.run(blobs.append(SHA, 400, None, body(DATA[400:])))
+    monkeypatch.undo()
+    assert blobs.store.exists(SHA) == len(DATA)
+    data = blobs.staging / "partial" / SHA
+    left = sorted(p.name for p in (blobs.staging / "partial").iterdir())
+    assert left == [f"{SHA}.length", f"{SHA}.lock"]
+    assert blobs.expire_partials() == 0  # younger than the time to live: kept
+    _age([data.with_suffix(".length"), data.with_suffix(".lock")], blobs.partial_ttl_s + 60)
+    blobs.expire_partials()
+    assert list((blobs.staging / "partial").iterdir()) == []
 
 
 def test_an_upload_being_appended_to_does_not_expire(blobs: Blobs) -> None:
