@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, or_, update
 from sqlalchemy.exc import DBAPIError
@@ -28,6 +28,9 @@ from speech.models import Call, Transcript, TranscriptState
 from speech.pipeline import segment_separator
 from speech.redact import redact_joined
 from speech.storage import audio_file, audio_stored
+
+if TYPE_CHECKING:
+    from api.users.models import User
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +321,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
         # before the transcript below is written leaves the job to be retried, and the retry finds the draft
         # instead of opening a second one (or losing it, had the transcript been committed first).
         draft_id = transcript.draft_work_order_id
-        if settings.speech_draft_work_orders and note.kind == NoteKind.call_recording:
+        if settings.speech_draft_work_orders:
             draft_id = _open_draft_work_order(session, settings, note, categories, masked) or draft_id
         if not _record(session, transcript_id, attempt, "transcribed", status=TranscriptState.transcribed,
                        failure_reason=None, lease_until=None, engine=result.engine, model=result.model,
@@ -340,16 +343,24 @@ def draft_work_order_id(note_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(DRAFT_NAMESPACE, str(note_id))
 
 
+def draft_category(note: Note, categories: list[str]) -> str | None:
+    """The category of the draft work order a call opens, if it opens one: a call (not a voice note) tagged
+    leak or not_warm, about a household and not about a work order already."""
+    category = next((c for c in categories if c in DRAFT_CATEGORIES), None)
+    if note.kind != NoteKind.call_recording or note.household_id is None or note.work_order_id is not None:
+        return None
+    return category
+
+
 def _open_draft_work_order(session: Session, settings: Settings, note: Note, categories: list[str],
                            masked: str) -> uuid.UUID | None:
-    """A call about a leak or a cold home opens a work order (status new) for its household; its id. `masked`
-    is the transcript's text with personal numbers masked."""
+    """A call about a leak or a cold home opens a work order (status new) for its household, on behalf of its
+    uploader; its id. `masked` is the transcript's text with personal numbers masked."""
     from api.users.models import User
-    from api.work_orders import service as work_orders
-    from api.work_orders.models import Category, Source, WorkOrder, WorkOrderCreate
+    from api.work_orders.models import WorkOrder
 
-    category = next((c for c in categories if c in DRAFT_CATEGORIES), None)
-    if category is None or note.household_id is None or note.work_order_id is not None:
+    category = draft_category(note, categories)
+    if category is None:
         return None
     order_id = draft_work_order_id(note.id)
     if session.get(WorkOrder, order_id) is not None:  # opened by an earlier try of this job
@@ -359,15 +370,28 @@ def _open_draft_work_order(session: Session, settings: Settings, note: Note, cat
     if author is None:  # the uploader's account was deleted: nobody to open it on behalf of
         log.warning("call %s opened no draft work order: its uploader no longer exists", note.id)
         return None
-    data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
-                           category=Category(category), description=f"[来电转写草稿] {masked}"[:4000],
-                           caller_phone=call.caller_phone[:20] if call else None)
     try:
-        work_orders.create(session=session, settings=settings, user=author, data=data)
+        return open_draft(session, settings, note, category, masked, author=author)
     except DomainError as exc:
         # A draft is a convenience: the transcript must still be saved when it is refused (the uploader lost
         # the role or the grid meanwhile). Checking as the office instead would need a system actor.
         session.rollback()
         log.warning("call %s opened no draft work order: %s", note.id, exc.message)
         return None
+
+
+def open_draft(session: Session, settings: Settings, note: Note, category: str, masked: str, *,
+               author: User) -> uuid.UUID:
+    """Open the call's draft work order as `author` and commit (with whatever the session holds); its id. A
+    refusal is a DomainError raised before anything is added to the session."""
+    from api.work_orders import service as work_orders
+    from api.work_orders.models import Category, Source, WorkOrderCreate
+
+    call = session.get(Call, note.id)
+    assert note.household_id is not None
+    order_id = draft_work_order_id(note.id)
+    data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
+                           category=Category(category), description=f"[来电转写草稿] {masked}"[:4000],
+                           caller_phone=call.caller_phone[:20] if call else None)
+    work_orders.create(session=session, settings=settings, user=author, data=data)
     return order_id

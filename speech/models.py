@@ -11,10 +11,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import field_validator
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
+from api.fieldwork.models import not_in_future
 from api.schemas import RequestBody, UtcDatetime
 
 
@@ -86,12 +88,18 @@ class Call(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------------
 
 
-class CallMetadata(SQLModel):
+class CallMetadata(RequestBody):
+    """The telephony system's facts about a call. A field it does not know is refused (a misspelt
+    `houshold_id` stored the call without its household), and so is a start time in the future (it would head
+    every newest-first list), as for visits and readings."""
+
     caller_phone: str = Field(min_length=3, max_length=32)
     started_at: UtcDatetime  # refused at validation when it has no UTC equivalent, not at commit
     agent: str = Field(min_length=1, max_length=64)
     household_id: uuid.UUID | None = None
     work_order_id: uuid.UUID | None = None
+
+    _not_in_future = field_validator("started_at")(not_in_future)
 
 
 class CallQueued(SQLModel):

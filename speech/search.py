@@ -14,13 +14,14 @@ import unicodedata
 import weakref
 from typing import Any
 
-from sqlalchemy import Engine, column, text
+from sqlalchemy import Engine, bindparam, column, or_, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
 from api.errors import Unprocessable
 from api.notes.models import Note
 from speech.models import Transcript
+from speech.text import to_simplified
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,17 @@ def _like_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
+# The longest query, as the console's search box takes: a transcript holds sentences, not pages.
+MAX_QUERY = 200
+
+
 def check_query(q: str) -> str:
-    """`q` without surrounding spaces; refused if control characters remain, which no transcript holds and
-    which the backends treat differently (FTS5 fails on NUL, PostgreSQL cannot bind it)."""
+    """`q` without surrounding spaces; refused if longer than `MAX_QUERY` characters, or if control characters
+    remain, which no transcript holds and which the backends treat differently (FTS5 fails on NUL, PostgreSQL
+    cannot bind it)."""
     q = q.strip()
+    if len(q) > MAX_QUERY:
+        raise Unprocessable(f"q is {len(q)} characters long; search for at most {MAX_QUERY}.", code="invalid_query")
     if any(unicodedata.category(c) == "Cc" for c in q):
         raise Unprocessable("q holds control characters (NUL, tab, newline...); search for plain text.",
                             code="invalid_query")
@@ -99,11 +107,25 @@ def search_clause(q: str, engine: Engine, *, masked: bool = True) -> Any:
     `transcript_text` (kept in step with the text on every write); the index still narrows the scan.
     """
     q = check_query(q)
+    # Transcripts are written in one form (`to_simplified`: 暖气, 501, B座, whether the model or a supervisor
+    # wrote them), and so is the query; it is looked for as typed too, for text written before or in a
+    # language the pipeline leaves alone (Cantonese in Traditional characters).
+    forms = [to_simplified(q), q]
+    if engine.dialect.name == "sqlite" and any(not c.isascii() and c.lower() != c.upper() for c in q):
+        # SQLite's LIKE folds the case of ASCII letters only, where its FTS5 index and PostgreSQL's ILIKE fold
+        # every letter: the query is also looked for in lower and in upper case, which finds CAFÉ in "Café"
+        # (not a text that mixes the cases of such letters within the match: see docs/speech.md).
+        forms += [f.lower() for f in forms] + [f.upper() for f in forms]
+    return or_(*(_matching(form, engine, masked) for form in dict.fromkeys(forms)))
+
+
+def _matching(q: str, engine: Engine, masked: bool) -> Any:
+    """The clause for one form of the query (its parameter names are unique: a statement has one per form)."""
     clause: Any
     if engine.dialect.name == "sqlite" and len(q) >= 3 and index_ready(engine):
         phrase = '"' + q.replace('"', '""') + '"'
         matching = (text("SELECT transcript_id FROM transcripts_fts WHERE transcripts_fts MATCH :phrase")
-                    .bindparams(phrase=phrase).columns(column("transcript_id")).subquery())
+                    .bindparams(bindparam("phrase", phrase, unique=True)).columns(column("transcript_id")).subquery())
         clause = col(Transcript.id).in_(select(matching.c.transcript_id))
     else:  # PostgreSQL's trigram index serves ILIKE; short SQLite queries scan.
         clause = col(Transcript.text).ilike(_like_pattern(q), escape="\\")

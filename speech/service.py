@@ -17,13 +17,14 @@ from sqlmodel import Session, col, select
 from api import access
 from api.db import utcnow
 from api.deps import Page
-from api.errors import Conflict, InvalidTransition, NotFound, Unprocessable
+from api.errors import Conflict, DomainError, InvalidTransition, NotFound, Unprocessable
 from api.network.service import get_household
 from api.notes.models import Note, NoteKind, TranscriptStatus
 from api.notes.service import note_clause
 from api.settings import Settings
 from api.users.models import User
 from api.work_orders import service as work_orders
+from api.work_orders.models import Category, WorkOrder
 from speech.glossary import categorize, load_glossary
 from speech.models import (
     Call,
@@ -41,6 +42,7 @@ from speech.pipeline import join_segments, segment_separator
 from speech.redact import can_view_pii, redact_joined, redact_parts, redact_phone, redact_text
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
+from speech.text import half_width, to_simplified
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
         order = work_orders.get(session=session, user=user, id=metadata.work_order_id)
         if metadata.household_id is not None and order.household_id != metadata.household_id:
             raise Unprocessable("The work order belongs to another household.", code="household_mismatch")
+        # As for notes: a call about an order is about its household (lists by household and the grid's scope
+        # go by it; stored without it, the call was missing from the household's recordings).
+        metadata = metadata.model_copy(update={"household_id": order.household_id})
     # The blob is stored first so that the job never finds its row without the audio; if the row is then
     # refused (at flush or commit), a blob this call added is taken back rather than left unreferenced.
     sha256, added = add_audio(settings, audio)
@@ -188,7 +193,8 @@ def transcripts_query(*, session: Session, settings: Settings, user: User, statu
         stmt = stmt.where(col(Transcript.status) == status)
     if category:
         # autoescape: `%` and `_` are characters to find, not LIKE wildcards that match every row
-        stmt = stmt.where(col(Transcript.categories).contains(f",{category},", autoescape=True))
+        stmt = stmt.where(col(Transcript.categories).contains(f",{check_category(settings, category)},",
+                                                              autoescape=True))
     zone = ZoneInfo(settings.timezone)  # a date is a local calendar day
     if date_from is not None and (start := _day_start(date_from, zone)) is not None:
         stmt = stmt.where(col(Note.recorded_at) >= start)
@@ -203,6 +209,21 @@ def transcripts_query(*, session: Session, settings: Settings, user: User, statu
         assert isinstance(bind, Engine)
         stmt = stmt.where(search_clause(q, bind, masked=not can_view_pii(user)))
     return stmt
+
+
+def categories(settings: Settings) -> list[str]:
+    """The categories a transcript can be tagged with: the glossary's, and those of the work-order list."""
+    return sorted({*load_glossary(settings.speech_glossary).categories, *(c.value for c in Category)})
+
+
+def check_category(settings: Settings, category: str) -> str:
+    """`category` if it is one of `categories`; otherwise 422 naming them. Tags are stored as the glossary names
+    them, and LIKE on SQLite ignores ASCII case (PostgreSQL does not): `LEAK` matched `leak` on one backend."""
+    known = categories(settings)
+    if category not in known:
+        raise Unprocessable(f"Unknown category {category!r}; use one of: {', '.join(known)}.",
+                            code="invalid_category")
+    return category
 
 
 def _day_start(day: date, zone: ZoneInfo, *, later: int = 0) -> datetime | None:
@@ -276,24 +297,61 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     if data.base_revision is not None and data.base_revision != transcript.revision:
         raise Conflict(f"The transcript is at revision {transcript.revision}, not {data.base_revision}; reload it "
                        "and apply your corrections again.", code="stale_revision")
-    segments, changes = _apply_edits(transcript.segments, data)
+    language = transcript.language or "zh"
+    segments, changes = _apply_edits(transcript.segments, data, language)
     if not changes:
         return transcript
     now = utcnow()
-    text = join_segments([s["text"] for s in segments], transcript.language or "zh")
-    categories = "," + ",".join(categorize(text, load_glossary(settings.speech_glossary))) + ","
+    text = join_segments([s["text"] for s in segments], language)
+    tags = categorize(text, load_glossary(settings.speech_glossary))
     _write_if_unmoved(session, transcript, "apply your corrections again", revision=transcript.revision + 1,
-                      segments=segments, text=text, categories=categories, updated_at=now)
+                      segments=segments, text=text, categories="," + ",".join(tags) + ",", updated_at=now)
     session.add(TranscriptRevision(transcript_id=transcript.id, revision=transcript.revision, user_id=user.id,
                                    at=now, changes=changes))
-    _sync_note_text(session, transcript)
+    note = _sync_note_text(session, transcript)
+    if note is not None:
+        _open_draft(session, settings, user, transcript, note, tags)
     session.commit()
     return transcript
 
 
-def _apply_edits(current: list[dict[str, Any]], data: TranscriptUpdate
+def _open_draft(session: Session, settings: Settings, user: User, transcript: Transcript, note: Note,
+                tags: list[str]) -> None:
+    """A correction that makes a call a leak or a cold-home report opens the draft work order the worker opens
+    for such a call (`jobs._complete`), on behalf of the supervisor correcting it: the order commits with the
+    correction, then the transcript is linked to it. A transcript with a draft keeps it, also when the
+    correction takes the tag away (a person closes it, the text may be wrong), and never opens a second one.
+    A refused draft (logged) does not refuse the correction."""
+    from speech import jobs
+
+    if not settings.speech_draft_work_orders or transcript.draft_work_order_id is not None:
+        return
+    category = jobs.draft_category(note, tags)
+    if category is None:
+        return
+    order_id = jobs.draft_work_order_id(note.id)
+    if session.get(WorkOrder, order_id) is None:  # else a link lost after its order committed: linked now
+        try:
+            jobs.open_draft(session, settings, note, category, note.transcript_text or "", author=user)
+        except DomainError as exc:  # refused before anything was added: the correction is still to commit
+            log.warning("correction of call %s opened no draft work order: %s", note.id, exc.message)
+            return
+    stmt = (update_rows(Transcript)
+            .where(col(Transcript.id) == transcript.id, col(Transcript.draft_work_order_id).is_(None))
+            .values(draft_work_order_id=order_id))
+    session.connection().execute(stmt)
+    session.refresh(transcript)
+
+
+def _apply_edits(current: list[dict[str, Any]], data: TranscriptUpdate, language: str
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The segments after the edits (a new list: JSON columns do not see in-place changes), and the changes."""
+    """The segments after the edits (a new list: JSON columns do not see in-place changes), and the changes.
+
+    Each text is written in the form the pipeline writes (`to_simplified`: Simplified characters, ASCII digits
+    and letters) so that it is tagged and found like the model's: typed as 暖氣不熱 in an IME's Traditional
+    or full-width mode, it was tagged `other` and missed by a search for 暖气. In another language (the
+    pipeline leaves its characters alone: Cantonese is written in Traditional ones) only digits and letters
+    become ASCII."""
     segments = [dict(s) for s in current]
     changes = []
     edited: set[int] = set()
@@ -307,6 +365,7 @@ def _apply_edits(current: list[dict[str, Any]], data: TranscriptUpdate
         edited.add(edit.index)
         before = segments[edit.index]["text"]
         after = edit.text.strip()
+        after = to_simplified(after) if language.startswith("zh") else half_width(after)
         if after != before:
             segments[edit.index]["text"] = after
             changes.append({"index": edit.index, "before": before, "after": after})
@@ -372,7 +431,8 @@ def _write_if_unmoved(session: Session, transcript: Transcript, retry: str, **va
                    f"it and {retry}.", code="stale_revision")
 
 
-def _sync_note_text(session: Session, transcript: Transcript) -> None:
+def _sync_note_text(session: Session, transcript: Transcript) -> Note | None:
     note = session.get(Note, transcript.id)
     if note is not None:
         note.transcript_text = _masked_text(transcript)
+    return note

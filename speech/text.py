@@ -1,8 +1,10 @@
-"""Chinese text clean-up: Simplified characters, full-width punctuation, and the character error rate."""
+"""Chinese text clean-up: Simplified characters, ASCII digits and letters, full-width punctuation, and the
+character error rate."""
 
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from functools import lru_cache
 from typing import Any
@@ -12,6 +14,10 @@ _HALF_TO_FULL = {",": "，", "?": "？", "!": "！", ":": "：", ";": "；", "."
 # ASCII punctuation touching a Chinese character (a decimal point between digits is left alone).
 _ZH_PUNCT = re.compile(rf"(?<=[{_CJK}])\s*([,?!:;.])\s*|\s*([,?!:;])\s*(?=[{_CJK}])")
 _SPACE_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK}，。？！：；、])\s+(?=[{_CJK}])")
+# Full-width digits and Latin letters (a Chinese IME's full-width mode: ３号楼５０１室, Ｂ座) as ASCII; full-width
+# punctuation (，。？) is how Chinese is written and stays.
+_ALNUM = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_HALF_WIDTH = str.maketrans("".join(chr(ord(c) + 0xFEE0) for c in _ALNUM), _ALNUM)
 
 
 @lru_cache(maxsize=1)
@@ -21,9 +27,16 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
+def half_width(text: str) -> str:
+    """Full-width digits and Latin letters as ASCII (５０１ -> 501, Ｂ座 -> B座); punctuation untouched."""
+    return text.translate(_HALF_WIDTH)
+
+
 def to_simplified(text: str) -> str:
-    """Traditional characters (Whisper's habit for `zh`) converted to Simplified with OpenCC."""
-    return str(_t2s().convert(text)) if text else text
+    """Traditional characters (Whisper's habit for `zh`) converted to Simplified with OpenCC, and full-width
+    digits and letters to ASCII: the one form of a transcript's text, whoever wrote it (the pipeline, a
+    supervisor's correction), and of a search query, so that 暖氣 finds 暖气 and ５０１ finds 501."""
+    return half_width(str(_t2s().convert(text))) if text else text
 
 
 def zh_punctuation(text: str) -> str:

@@ -5,21 +5,32 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import StatementError
 from sqlmodel import Session, col, func, select
 
+from api.db import utcnow
 from api.errors import Conflict, InvalidTransition
-from api.notes.models import Note
+from api.notes.models import Note, NoteKind
 from api.settings import Settings
-from speech import service
-from speech.models import CallMetadata, SegmentEdit, Transcript, TranscriptRevision, TranscriptState, TranscriptUpdate
+from api.work_orders.models import Category, Priority, Source, WorkOrder
+from speech import jobs, service
+from speech.models import (
+    Call,
+    CallMetadata,
+    SegmentEdit,
+    Transcript,
+    TranscriptRevision,
+    TranscriptState,
+    TranscriptUpdate,
+)
 from speech.storage import store_audio
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import make_transcript
-from tests.utils.factories import World, make_world
+from tests.utils.factories import World, make_work_order, make_world
 
 LEAK = (FIXTURES / "leak_report.wav").read_bytes()
 
@@ -137,3 +148,107 @@ def test_an_approval_cannot_pass_over_an_edit_made_meanwhile(world: World, engin
         assert service.approve(session=b, user=world.supervisor, transcript=again).status == TranscriptState.approved
     row, _ = stored(engine, t)
     assert (row.status, row.text, row.revision) == (TranscriptState.approved, "改了", 1)
+
+
+def hotline_call(session: Session, world: World, *texts: str, **note_fields: Any) -> Transcript:
+    """A transcribed call of household A (tagged `other`), as the worker leaves it."""
+    t = make_transcript(session, world.supervisor, *texts,
+                        **({"kind": NoteKind.call_recording, "household_id": world.household_a.id} | note_fields))
+    session.add(Call(id=t.id, caller_phone="13800138000", agent="agent-07", started_at=utcnow(),
+                     created_by_id=world.supervisor.id))
+    session.commit()
+    return t
+
+
+def drafts(engine: Engine) -> list[WorkOrder]:
+    with Session(engine) as s:
+        return list(s.exec(select(WorkOrder).where(col(WorkOrder.source) == Source.hotline)).all())
+
+
+def test_a_correction_that_makes_a_call_a_leak_report_opens_its_draft_work_order(
+        world: World, engine: Engine, session: Session, sp_settings: Settings) -> None:
+    """Regression: the draft was opened only by the worker, so a call the model heard wrong (落水 for 漏水)
+    stayed without one after a supervisor corrected it to a leak report."""
+    t = hotline_call(session, world, "我家卫生间落水了，", "请回电13800138000。")
+    with Session(engine, expire_on_commit=False) as s:
+        corrected = service.update(session=s, settings=sp_settings, user=world.admin,
+                                   transcript=service.get(session=s, user=world.admin, id=t.id),
+                                   data=edit(0, "我家卫生间漏水了，"))
+        assert corrected.category_list == ["leak"] and corrected.draft_work_order_id is not None
+    [draft] = drafts(engine)
+    row, revisions = stored(engine, t)
+    assert (row.draft_work_order_id, row.revision, revisions) == (draft.id, 1, [1])
+    assert (draft.id, draft.household_id, draft.category.value, draft.created_by_id) == (
+        jobs.draft_work_order_id(t.id), world.household_a.id, "leak", world.admin.id)
+    assert draft.description == "[来电转写草稿] 我家卫生间漏水了，请回电138****8000。"  # masked, as the worker's
+    assert draft.caller_phone == "13800138000"
+    # Later corrections keep it, whether the tag stays or goes (a person decides), and never open a second.
+    for i, text in enumerate(("我家卫生间漏水了，暖气片也漏水。", "我家卫生间没事了，"), start=2):
+        with Session(engine, expire_on_commit=False) as s:
+            again = service.update(session=s, settings=sp_settings, user=world.supervisor,
+                                   transcript=service.get(session=s, user=world.supervisor, id=t.id),
+                                   data=edit(0, text))
+            assert (again.revision, again.draft_work_order_id) == (i, draft.id)
+    assert [d.id for d in drafts(engine)] == [draft.id]
+    assert stored(engine, t)[0].category_list == ["other"]
+
+
+@pytest.mark.parametrize("case", ["voice_note", "no_household", "about_an_order", "setting_off", "lost_link"])
+def test_a_correction_opens_a_draft_only_where_the_worker_would(world: World, engine: Engine, session: Session,
+                                                                sp_settings: Settings, case: str) -> None:
+    """The worker's rule, after a correction too: only for a call, about a household, not about an order
+    already, with STEWARD_SPEECH_DRAFT_WORK_ORDERS on; a draft already open (its link lost) is linked, not
+    opened twice."""
+    settings = sp_settings.model_copy(update={"speech_draft_work_orders": case != "setting_off"})
+    fields: dict[str, Any] = {"voice_note": {"kind": NoteKind.voice_note},
+                              "no_household": {"household_id": None}}.get(case, {})
+    if case == "about_an_order":
+        fields["work_order_id"] = make_work_order(session, world.household_a, source=Source.visit).id
+    t = hotline_call(session, world, "暖气不热吗？", **fields)
+    existing = None
+    if case == "lost_link":  # the draft committed, its link did not (the process died in between)
+        existing = WorkOrder(id=jobs.draft_work_order_id(t.id), household_id=world.household_a.id,
+                             category=Category.not_warm, priority=Priority.normal, source=Source.hotline,
+                             sla_due_at=utcnow() + timedelta(hours=24))
+        session.add(existing)
+        session.commit()
+    with Session(engine, expire_on_commit=False) as s:
+        corrected = service.update(session=s, settings=settings, user=world.supervisor,
+                                   transcript=service.get(session=s, user=world.supervisor, id=t.id),
+                                   data=edit(0, "暖气不热。"))
+    assert corrected.category_list == ["not_warm"]
+    assert corrected.draft_work_order_id == (existing.id if existing else None)
+    assert [d.id for d in drafts(engine)] == ([existing.id] if existing else [])
+
+
+def test_a_draft_refused_to_the_corrector_does_not_refuse_the_correction(
+        world: World, engine: Engine, session: Session, sp_settings: Settings,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.errors import Forbidden
+    from api.work_orders import service as work_orders
+
+    def refused(**kw: Any) -> WorkOrder:
+        raise Forbidden("no longer allowed")
+
+    monkeypatch.setattr(work_orders, "create", refused)
+    t = hotline_call(session, world, "暖气漏水了")
+    with Session(engine, expire_on_commit=False) as s:
+        service.update(session=s, settings=sp_settings, user=world.supervisor,
+                       transcript=service.get(session=s, user=world.supervisor, id=t.id), data=edit(0, "暖气片漏水了"))
+    row, revisions = stored(engine, t)
+    assert (row.text, row.category_list, row.draft_work_order_id, revisions) == ("暖气片漏水了", ["leak"], None, [1])
+    assert "opened no draft work order: no longer allowed" in caplog.text
+
+
+def test_a_call_about_a_work_order_is_filed_under_the_orders_household(world: World, session: Session,
+                                                                       sp_settings: Settings) -> None:
+    """Regression: a call naming only its work order was stored without a household (notes took the order's),
+    so it was missing from the household's recordings and from its steward's grid."""
+    order = make_work_order(session, world.household_b)
+    metadata = CallMetadata.model_validate({"caller_phone": "13800138000", "started_at": "2026-11-29T08:00:00Z",
+                                            "agent": "agent-07", "work_order_id": str(order.id)})
+    t = service.create_call(session=session, settings=sp_settings, user=world.supervisor, metadata=metadata,
+                            audio=LEAK)
+    note = session.get(Note, t.id)
+    assert note is not None and (note.household_id, note.work_order_id) == (world.household_b.id, order.id)
+    assert service.get(session=session, user=world.steward_b, id=t.id).id == t.id  # in the steward's grid

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from speech.text import cer, edit_distance, normalize_for_cer, numbers_as_digits, to_simplified, zh_punctuation
+from speech.text import (
+    cer,
+    edit_distance,
+    half_width,
+    normalize_for_cer,
+    numbers_as_digits,
+    to_simplified,
+    zh_punctuation,
+)
 
 
 def test_traditional_characters_become_simplified() -> None:
     assert to_simplified("暖氣片漏水了，請盡快派人") == "暖气片漏水了，请尽快派人"
+
+
+def test_full_width_digits_and_letters_become_ascii_and_chinese_punctuation_stays() -> None:
+    """Regression: a supervisor's IME in full-width mode wrote ３号楼５０１室 and Ｂ座, which a search for 501 or
+    b座 did not find; the pipeline and corrections now write every transcript in one form."""
+    assert to_simplified("３号楼５０１室暖氣不熱，Ｂ座ｂ？！（）：；、。") == "3号楼501室暖气不热，B座b？！（）：；、。"
+    assert half_width("０９ＡＺａｚ＃％＿") == "09AZaz＃％＿"  # digits and letters only
 
 
 def test_ascii_punctuation_next_to_chinese_becomes_full_width() -> None:

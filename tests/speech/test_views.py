@@ -392,15 +392,19 @@ def test_search_cannot_reveal_masked_digits_to_a_steward(api: TestClient, world:
     assert found(steward, "回电") == (4, [str(plain.id), *ids])  # two characters: the scan path
 
 
-@pytest.mark.parametrize("category", ["%", "_%", "l__k", "%a%", "lea_", "\\"])
-def test_the_category_filter_is_not_a_like_pattern(api: TestClient, world: World, session: Session,
-                                                   category: str) -> None:
-    """Regression: the category went into LIKE unescaped, so `%` and `_` matched every transcript."""
+@pytest.mark.parametrize("category", ["%", "_%", "l__k", "%a%", "lea_", "\\", "LEAK", "Leak", "leak,other"])
+def test_the_category_filter_takes_a_category_name_only(api: TestClient, world: World, session: Session,
+                                                        category: str) -> None:
+    """Regression: the category went into LIKE unescaped, so `%` and `_` matched every transcript; and LIKE
+    ignores ASCII case on SQLite, not on PostgreSQL, so `LEAK` found the leaks on one backend only. A name the
+    tags cannot hold is refused, naming the ones they can."""
     make_transcript(session, world.steward_a, "暖气漏水了", categories=("leak",), household_id=world.household_a.id)
     headers = world.headers(world.supervisor)
     r = api.get("/api/v1/transcripts", headers=headers, params={"category": category})
-    assert r.status_code == 200 and r.json()["count"] == 0, r.text
+    detail = assert_error(r, 422, "invalid_category")
+    assert "leak, noise, not_warm, other" in detail["message"]
     assert api.get("/api/v1/transcripts", headers=headers, params={"category": "leak"}).json()["count"] == 1
+    assert api.get("/api/v1/transcripts", headers=headers, params={"category": "other"}).json()["count"] == 0
 
 
 def test_a_failed_transcript_can_be_queued_again_by_a_supervisor(api: TestClient, world: World,
@@ -464,3 +468,67 @@ def test_a_callers_local_number_is_masked_for_stewards(api: TestClient, world: W
         assert (steward["caller_phone"], steward["redacted"]) == (masked, True)
         office = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.supervisor)).json()
         assert office["caller_phone"] == phone
+
+
+def test_a_query_longer_than_the_consoles_limit_is_refused(api: TestClient, world: World, session: Session) -> None:
+    """Regression: the console took at most 200 characters and the API any number (20,000 were scanned)."""
+    make_transcript(session, world.steward_a, "暖气漏水了", household_id=world.household_a.id)
+    headers = world.headers(world.supervisor)
+    assert_error(api.get("/api/v1/transcripts", headers=headers, params={"q": "漏" * 201}), 422, "invalid_query")
+    r = api.get("/api/v1/transcripts", headers=headers, params={"q": "漏" * 200})
+    assert r.status_code == 200 and r.json()["count"] == 0
+    assert api.get("/api/v1/transcripts", headers=headers, params={"q": f" {'漏水了':>200}"}).json()["count"] == 1
+
+
+def test_a_correction_is_written_tagged_and_found_like_the_models_text(api: TestClient, world: World,
+                                                                        session: Session) -> None:
+    """Regression: a correction was stored as typed. From an IME in Traditional or full-width mode, 暖氣不熱
+    was tagged `other` and ３号楼５０１室 was not found by a search for 501; and a query was used as typed, so
+    暖氣 or ５０１ did not find the text the pipeline wrote in Simplified characters and ASCII digits."""
+    t = make_transcript(session, world.steward_a, "三号楼五零一室", "回电13800138000",
+                        household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                  json={"segments": [{"index": 0, "text": "３号楼Ｂ座５０１室暖氣不熱，請儘快派人！"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "3号楼B座501室暖气不热，请尽快派人！回电13800138000"
+    assert r.json()["categories"] == ["not_warm"]
+    history = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=supervisor).json()
+    assert history[0]["changes"][0]["after"] == "3号楼B座501室暖气不热，请尽快派人！"
+    for q in ("501室", "５０１", "暖气", "暖氣不熱", "ｂ座", "b座", "Ｂ座５０１"):  # short (scan) and long (index)
+        for headers in (supervisor, steward):
+            assert api.get("/api/v1/transcripts", headers=headers, params={"q": q}).json()["count"] == 1, q
+    # A query is also looked for as typed: text stored before the change (or Cantonese, left Traditional).
+    old = make_transcript(session, world.steward_a, "暖氣片漏水", household_id=world.household_a.id)
+    for q, found in (("暖氣", {t.id, old.id}), ("暖氣片漏", {old.id})):  # scan and index
+        hits = api.get("/api/v1/transcripts", headers=supervisor, params={"q": q}).json()
+        assert {uuid.UUID(row["id"]) for row in hits["data"]} == found, q
+    # Folding to ASCII did not open a way around the masking: the masked digits are still not found.
+    assert api.get("/api/v1/transcripts", headers=steward, params={"q": "１３８００１３８０００"}).json()["count"] == 0
+
+
+@pytest.mark.parametrize("meta", [{"houshold_id": "household"}, {"started_at": "2099-01-01T00:00:00+08:00"},
+                                  {"started_at": "future"}])
+def test_call_metadata_with_an_unknown_field_or_a_future_start_is_refused(
+        api: TestClient, world: World, session: Session, meta: dict[str, str]) -> None:
+    """Regression: a misspelt `houshold_id` was ignored (202, the call stored without its household), and a
+    call could start decades ahead (it would head every newest-first list); as for visits and readings."""
+    if meta.get("houshold_id"):
+        meta = {"houshold_id": str(world.household_a.id)}
+    if meta.get("started_at") == "future":  # past the tolerance for a wrong clock or zone
+        meta = {"started_at": (utcnow() + timedelta(days=2)).isoformat()}
+    detail = assert_error(post_call(api, world.headers(world.supervisor), LEAK, **meta), 422, "invalid_metadata")
+    assert ("houshold_id" in detail["message"]) == ("houshold_id" in meta)
+    assert session.exec(select(func.count()).select_from(Note)).one() == 0
+
+
+def test_search_ignores_the_case_of_any_letter_on_both_backends(api: TestClient, world: World,
+                                                                 session: Session) -> None:
+    """Regression: SQLite's LIKE (short queries, and the masked copy every steward's query must also match)
+    folds ASCII letters only, where PostgreSQL's ILIKE and SQLite's FTS5 index fold every letter: on SQLite
+    `ｂ座` did not find `Ｂ座` (a text written before corrections were normalised), nor `CAFÉ` "Café"."""
+    t = make_transcript(session, world.steward_a, "Ｂ座暖气不热，Café的ΣΊΓΜΑ", household_id=world.household_a.id)
+    for q in ("ｂ座", "ｂ座暖气", "CAFÉ", "café的", "é的", "σίγμα"):  # scan and index
+        for who in (world.supervisor, world.steward_a):
+            hits = api.get("/api/v1/transcripts", params={"q": q}, headers=world.headers(who)).json()
+            assert [row["id"] for row in hits["data"]] == [str(t.id)], (q, who.role.value)
