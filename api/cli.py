@@ -63,7 +63,8 @@ def _database_name(settings: Settings) -> str:
     url = settings.resolved_database_url
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not a URL SQLAlchemy can read: still never print what may be a password
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy can read (`:54x2` as port): still never print
+        # what may be a password
         return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(:/+[^:/@]*:)[^@/]*@", r"\1***@", url)))
 
 
@@ -136,9 +137,24 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and of the code."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     from api import migrate
 
-    with _database(_settings()) as engine:
+    settings = _settings()
+    try:
+        url = make_url(settings.resolved_database_url)
+    except (ArgumentError, ValueError):  # `_database` says what is wrong with it
+        url = None
+    path = Path(url.database or "") if url is not None else Path()
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not path.exists() and not any(parent.is_file() for parent in path.parents):
+        # A question, not a command: it created the directory and an empty file at a mistyped path, after
+        # which `serve` called the database empty instead of missing.
+        typer.echo(json.dumps({"database": None, "code": migrate.head_revision(), "exists": False}))
+        return
+    with _database(settings) as engine:
         current = migrate.current_revision(engine)
     typer.echo(json.dumps({"database": current, "code": migrate.head_revision()}))
 
@@ -299,8 +315,8 @@ def _port_taken(host: str, port: int) -> str | None:
 
 @blobs_app.command("sweep")
 def blobs_sweep(
-    grace_days: Annotated[float, typer.Option(min=0, help="Keep unreferenced blobs younger than this: an upload "
-                                                          "whose row is still queued on a handheld.")] = 7,
+    grace_days: Annotated[float, typer.Option(min=0, max=36500, help="Keep unreferenced blobs younger than this: "
+                                                          "an upload whose row is still queued on a handheld.")] = 7,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
 ) -> None:
     """Delete stored blobs that no note, visit (photos, signature) or video snapshot names (for a daily cron

@@ -112,12 +112,12 @@ WAL_RESTART_FRAMES = 4096
 WAL_RESTART_TRIES = 40
 
 
-def _sqlite_pragmas(wal_autocheckpoint: int | None) -> Any:
+def _sqlite_pragmas(wal_autocheckpoint: int | None, synchronous: str = "FULL") -> Any:
     def on_connect(dbapi_connection: Any, _: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
         cursor.execute("PRAGMA busy_timeout=5000")
         if wal_autocheckpoint is not None:
             cursor.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
@@ -232,11 +232,14 @@ def make_engine(settings: Settings) -> Engine:
         # values: a transcript's text and the numbers in it reached the log and stewards that way.
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         backstop = WAL_AUTOCHECKPOINT_BACKSTOP if settings.sqlite_checkpoint_interval_s > 0 else None
-        event.listen(engine, "connect", _sqlite_pragmas(backstop))
+        event.listen(engine, "connect", _sqlite_pragmas(backstop, settings.sqlite_synchronous))
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
-    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_pre_ping=True, hide_parameters=True)
+    try:
+        return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+                             pool_pre_ping=True, hide_parameters=True)
+    except ValueError as exc:  # a URL SQLAlchemy cannot take apart (a port `54x2`): a traceback in every command
+        raise DatabaseConfigError(f"the URL cannot be read: {exc}") from exc
 
 
 def session_scope(engine: Engine) -> Iterator[Session]:

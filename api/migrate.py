@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x5354_4557_4442  # the PostgreSQL advisory lock key of migrations ("STEWDB")
 
 
 def alembic_config(url: str) -> Config:
@@ -46,6 +47,14 @@ def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
             conn.commit()
         try:
             with conn.begin():
+                # Several API containers start together and each runs `steward db upgrade`: the second failed
+                # on the first one's half-made tables (duplicate type alembic_version). It waits here for the
+                # first one's commit instead, then finds the schema current. SQLite: its write lock, taken now
+                # rather than at the first write (after both had read "no version").
+                if not sqlite:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                elif (driver := conn.connection.driver_connection) is not None and not driver.in_transaction:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 config.attributes["connection"] = conn
                 run(config)
                 if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").first()) is not None:

@@ -145,3 +145,7 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    # Alembic says at INFO which DDL mode it assumes each time a command checks the schema: three lines of
+    # stderr per `steward proactive run` under cron, a mail every run. Its warnings still show.
+    if root.level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)

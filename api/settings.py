@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="SQLite: how often a background thread of `steward serve` copies the write-ahead "
                                "log into the database (a PASSIVE checkpoint), so that a request's commit does "
                                "not; 0 leaves it to SQLite, in the committing request, every 1000 pages.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite: FULL syncs the write-ahead log to disk at every commit (about 0.4 ms), so "
+                            "a push the server acknowledged survives a power cut; NORMAL does not (only a "
+                            "crash of the process), and the handheld has already dropped what it pushed.")
     secret_key: str = Field(DEV_SECRET_KEY, description="Signs access tokens; required outside dev.")
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
         "HS256", description="HMAC algorithm of access tokens (the key is a shared secret: HS* only).")

@@ -25,6 +25,8 @@ from typing import Annotated, Any
 
 import typer
 
+from api.bench_options import usage_error, writable_directory
+
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".amr", ".webm", ".flac"}
 
 
@@ -200,23 +202,6 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _usage_error(message: str) -> typer.Exit:
-    typer.secho(message, fg="red", err=True)
-    return typer.Exit(2)
-
-
-def _writable_directory(out: Path) -> None:
-    """Create `out` if needed and check it takes files: now, not after a benchmark of many minutes."""
-    if out.exists() and not out.is_dir():
-        raise _usage_error(f"--out {out} is a file; give the directory the results go into")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a regular file in the way, a read-only file system
-        raise _usage_error(f"--out {out}: cannot use it as the results directory: {exc.strerror or exc}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise _usage_error(f"--out {out}: the results directory is not writable")
-
-
 def bench_speech(
     set_dir: Annotated[Path, typer.Option("--set", help="Directory of recordings and transcripts.json.",
                                           exists=True, file_okay=False)],
@@ -231,12 +216,12 @@ def bench_speech(
     names = config or list(DEFAULT_CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise _usage_error(f"--config: unknown configuration {unknown}; known: {', '.join(CONFIGS)}")
+        raise usage_error(f"--config: unknown configuration {unknown}; known: {', '.join(CONFIGS)}")
     try:
         load_set(set_dir)
     except ValueError as exc:
-        raise _usage_error(f"--set: {exc}") from exc
-    _writable_directory(out)
+        raise usage_error(f"--set: {exc}") from exc
+    writable_directory(out)
     summary = run_bench(set_dir.resolve(), configs=[CONFIGS[n] for n in names], data_dir=get_settings().data_dir)
     path = out / f"speech-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", "utf-8")

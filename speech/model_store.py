@@ -106,9 +106,12 @@ def ensure_bundled_model(data_dir: Path) -> Path:
     models = data_dir / "models"
     target = models / BUNDLED_DIR
     if not _bundled_complete(target):
-        with _lock(models):
-            if not _bundled_complete(target):
-                _assemble(models, target)
+        try:
+            with _lock(models):
+                if not _bundled_complete(target):
+                    _assemble(models, target)
+        except OSError as exc:  # a data directory that is a file, read-only, full: one line, not a traceback
+            raise ModelError(f"cannot assemble the bundled model into {models}: {exc.strerror or exc}") from exc
     for name, expected in BUNDLED_SHA256.items():
         _verify(target / name, expected)
     return target

@@ -27,6 +27,8 @@ from typing import Annotated, Any
 
 import typer
 
+from api.bench_options import database_errors, writable_directory
+
 SECRET = "bench-secret-key-bench-secret-key-bench-secret"
 HOUSEHOLDS_PER_GRID = 5000
 PUSH_WARMUP_BATCHES = 1  # untimed push batches before the timed ones (see `_push_batches`)
@@ -547,13 +549,16 @@ def bench_sync(
     if not backends:
         raise typer.BadParameter("nothing to run: give --postgres-url (or STEWARD_BENCH_POSTGRES_URL) or --sqlite")
 
+    writable_directory(out_dir, "--out-dir")
+
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
     results = []
     for name in backends:
         with tempfile.TemporaryDirectory(prefix="steward-bench-") as workdir:
-            backend = Backend(name, postgres_url, Path(workdir))
+            with database_errors(postgres_url):
+                backend = Backend(name, postgres_url, Path(workdir))
             try:
                 results.append(run_backend(backend, households=households, history=history, devices=devices,
                                            rounds=rounds, batches=batches, batch_size=batch_size, workers=workers,

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from api.bench_options import database_errors, writable_directory
 from sync.bench import Backend, Server, _percentile
 from sync.simulator import FIRST_SYNC, PULL, PUSH, Handheld, ProtocolError, Stats
 
@@ -166,9 +167,11 @@ def bench_load(
 
     if not postgres_url:
         raise typer.BadParameter("give --postgres-url (or STEWARD_BENCH_POSTGRES_URL): the load runs on PostgreSQL")
+    writable_directory(out_dir, "--out-dir")
     load_start = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="steward-load-") as workdir:
-        backend = Backend("postgresql", postgres_url, Path(workdir))
+        with database_errors(postgres_url):
+            backend = Backend("postgresql", postgres_url, Path(workdir))
         try:
             engine = make_engine(backend.settings)
             try:

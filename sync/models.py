@@ -163,7 +163,9 @@ class Mutation(BaseModel):
     op: str
     id: str = PydanticField(description="The row's UUID. A new row's id is made by the device, "
                             "preferably a time-ordered UUIDv7 (docs/sync-protocol.md, Ids); any UUID is accepted.")
-    base_version: int | None = PydanticField(default=None, ge=1, le=2**62)
+    # Any integer: one out of range (0 for "never synced") is that mutation's `invalid_base_version`; bounded
+    # here, it refused the whole batch with 422 and the device resent it for ever.
+    base_version: int | None = None
     fields: dict[str, Any] = PydanticField(default_factory=dict)
 
 

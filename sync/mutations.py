@@ -233,9 +233,15 @@ def changed_since(spec: SyncTable, row: Any, base: int, client_id: uuid.UUID) ->
     return {name for name, (version, writer) in versions.items() if version > base and writer != me}
 
 
+MAX_VERSION = 2**62
+
+
 def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: int | None,
           fields: dict[str, Any]) -> Outcome:
     """Apply one mutation to the session (not flushed); raises `Rejected`."""
+    if base_version is not None and not 1 <= base_version <= MAX_VERSION:
+        raise Rejected("invalid_base_version", f"base_version must be a version the row had (1 or more); got "
+                                               f"{base_version}.")
     if op == "delete":
         return _delete(ctx, spec, id, base_version)
     if op not in ("upsert", "update"):
@@ -282,7 +288,11 @@ def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]
     if rules.create is None:
         raise Rejected("read_only_table", f"{spec.name} rows are not written in full from devices.")
     known = set(spec.column_names)
-    only(fields, known - {"id", "version", "created_at", "updated_at"}, f"in {spec.name}")
+    # The device's copy of the server's columns (it re-sends its stored record with its edit): the timestamps
+    # and, say, a transcript status that moved on since; refused, the whole edit was lost. The record the
+    # answer carries shows them as stored.
+    fields = {name: value for name, value in fields.items() if name not in known or name in rules.device_fields}
+    only(fields, known - {"id"}, f"in {spec.name}")
     out = {}
     for name, value in fields.items():
         parsed = _parse_one(spec, name, value)

@@ -73,6 +73,11 @@ def new_snapshot(user: User, office: bool, head: int, database: int, client_id: 
                   scope_seq=head, phase=SNAPSHOT, phase_table=0, phase_row=None, database=database)
 
 
+def _at_snapshot_start(state: Cursor) -> bool:
+    return (state.phase == SNAPSHOT and state.phase_table == 0 and state.phase_part == 0
+            and state.phase_row is None and state.phase_key is None)
+
+
 def _snapshot_step(feed: Feed, page: Page, state: Cursor,
                    *, scope: tuple[ScopeKeys, ScopeKeys] | None) -> tuple[Cursor, bool]:
     """Rows table by table: all visible ones (snapshot), or those related to scope keys (scope change):
@@ -396,6 +401,11 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
         state, reset = new_snapshot(user, office, head.seq, database), True
     elif state.database == 0:  # an older cursor, now of this database
         state = state.with_(database=database)
+    # The first page of every snapshot says reset: a device that pulls without a cursor (after
+    # `invalid_cursor`), or with the snapshot cursor a push answers when it was sent none, may hold rows
+    # the snapshot will not name again (deleted since, or of buildings that left its grid); told nothing,
+    # it kept them for good. A new device holds nothing, so it costs nothing there.
+    reset = reset or _at_snapshot_start(state)
     feed = Feed(session=session, user=user, office=office, head=head.seq, dialect=session.connection().dialect.name,
                 newest=head.newest, near=head.near)
     # Scope events up to the newest one read above are applied in one scope phase before the delta (later

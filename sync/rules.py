@@ -129,6 +129,10 @@ class Rules:
     may_delete: Callable[[Context, Any], None] | None = None
     before_delete: Callable[[Context, Any], None] | None = None
     not_deletable: str = "Rows of this table are not deleted from devices."
+    # The fields a device writes (on create or update); the other columns are the server's (`created_at`,
+    # `transcript_status`, the recorder), which a full write of an existing row carries as the device last
+    # saw them: ignored there (see `sync.mutations._differences`).
+    device_fields: frozenset[str] = frozenset()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -424,12 +428,15 @@ RULES: dict[str, Rules] = {
     "campaign_deliveries": Rules(),
     "households": Rules(writable=_household_writable, update_model=HouseholdUpdate, apply=_set_all),
     "work_orders": Rules(create=create_work_order, writable=_order_writable, update_model=WorkOrderSyncUpdate,
-                         apply=_order_apply, not_deletable="Work orders are not deleted; cancel them."),
+                         apply=_order_apply, not_deletable="Work orders are not deleted; cancel them.",
+                         device_fields=_fields_of(WorkOrderCreate) | _fields_of(WorkOrderSyncUpdate)),
     "visits": Rules(create=create_visit, writable=_visit_writable, update_model=VisitUpdate, apply=_visit_apply,
-                    may_delete=_may_delete_visit, before_delete=_visit_before_delete),
-    "readings": Rules(create=create_reading, create_values=reading_values, may_delete=_may_delete_reading),
+                    may_delete=_may_delete_visit, before_delete=_visit_before_delete,
+                    device_fields=_fields_of(VisitCreate) | VISIT_FIELDS),
+    "readings": Rules(create=create_reading, create_values=reading_values, may_delete=_may_delete_reading,
+                      device_fields=_fields_of(ReadingCreate)),
     "notes": Rules(create=create_note, writable=_note_writable, update_model=NoteUpdate, apply=_set_all,
-                   may_delete=_may_delete_note),
+                   may_delete=_may_delete_note, device_fields=_fields_of(NoteCreate) | _fields_of(NoteUpdate)),
 }
 READ_ONLY_TABLES = frozenset(name for name, rules in RULES.items()
                              if rules.create is None and rules.writable is None and rules.may_delete is None)

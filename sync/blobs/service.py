@@ -140,7 +140,7 @@ class Blobs:
 
     async def put(self, sha256: str, body: AsyncIterator[bytes], declared: int | None) -> bool:
         """Store a whole blob; True if it is new. Verifies the hash before keeping anything."""
-        if await anyio.to_thread.run_sync(self.store.exists, sha256) is not None:
+        if await anyio.to_thread.run_sync(self.store.claim, sha256) is not None:
             return False
         if declared is not None and declared > self.max_bytes:
             raise self._too_large()
@@ -175,7 +175,7 @@ class Blobs:
                      ) -> tuple[int, str]:
         """Append a chunk at `offset`; returns the new offset and `partial`, `completed` (by this chunk)
         or `stored` (the blob was already complete)."""
-        complete = await anyio.to_thread.run_sync(self.store.exists, sha256)
+        complete = await anyio.to_thread.run_sync(self.store.claim, sha256)
         if complete is not None:
             return complete, "stored"
         data, length_file = self._partial(sha256)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,9 @@ from typing import Any
 from api.errors import NotFound
 
 CHUNK = 256 * 1024
+# A blob a device asks for again (HEAD, or an upload of bytes already stored) has its stored time renewed
+# when older than this: the sweep's grace period then counts from the device's new claim on it.
+CLAIM_RENEW_S = 3600
 
 
 class BlobStore(ABC):
@@ -26,6 +30,12 @@ class BlobStore(ABC):
     @abstractmethod
     def exists(self, sha256: str) -> int | None:
         """The blob's size in bytes, or None if it is not stored."""
+
+    @abstractmethod
+    def claim(self, sha256: str) -> int | None:
+        """`exists`, for a device that is about to name the blob in a row it may push days later: renews its
+        stored time (if older than `CLAIM_RENEW_S`). A blob stored a month ago whose row never came, uploaded
+        again today, was swept tonight from under the row still queued on the handheld."""
 
     @abstractmethod
     def store(self, sha256: str, path: Path) -> None:
@@ -76,6 +86,16 @@ class LocalBlobStore(BlobStore):
             return self.path(sha256).stat().st_size
         except FileNotFoundError:
             return None
+
+    def claim(self, sha256: str) -> int | None:
+        path = self.path(sha256)
+        try:
+            stat = path.stat()
+            if stat.st_mtime < time.time() - CLAIM_RENEW_S:
+                os.utime(path)
+        except FileNotFoundError:
+            return None
+        return stat.st_size
 
     def store(self, sha256: str, path: Path) -> None:
         target = self.path(sha256)
@@ -140,6 +160,21 @@ class S3BlobStore(BlobStore):
             if _missing(exc):
                 return None
             raise
+        return int(head["ContentLength"])
+
+    def claim(self, sha256: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        key = self.key(sha256)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+        if head["LastModified"].timestamp() < time.time() - CLAIM_RENEW_S:  # a copy onto itself renews it
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                                    MetadataDirective="REPLACE", ContentType="application/octet-stream")
         return int(head["ContentLength"])
 
     def store(self, sha256: str, path: Path) -> None:

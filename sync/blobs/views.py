@@ -71,7 +71,7 @@ async def append_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: Streami
 @router.head("/{sha256}", response_class=Response, responses={200: {"description": "Stored; its size."}})
 def head_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser) -> Response:
     """200 with the size when complete; 404 otherwise, with Upload-Offset during a resumable upload."""
-    size = blobs.store.exists(sha256)
+    size = blobs.store.claim(sha256)
     if size is not None:
         return Response(status_code=200, headers={"Content-Length": str(size), "Upload-Offset": str(size),
                                                   "ETag": f'"{sha256}"', "Accept-Ranges": "bytes"})

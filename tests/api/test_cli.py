@@ -256,6 +256,38 @@ def test_serve_refuses_a_port_in_use_before_the_app_starts(data_dir: Path, monke
     assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output, result.output
 
 
+@pytest.mark.parametrize("args", [["db", "current"], ["db", "upgrade"], ["proactive", "run"],
+                                  ["create-user", "--username", "admin", "--password", "first-admin-pw",
+                                   "--role", "admin"]])
+def test_a_database_url_with_a_port_that_is_no_number_is_one_line(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  args: list[str]) -> None:
+    """Regression: SQLAlchemy's ValueError for `:54x2` was a 90-line traceback (exit 1) in every command."""
+    monkeypatch.setenv("STEWARD_DATABASE_URL", "postgresql://steward:secret@127.0.0.1:54x2/steward")
+    get_settings.cache_clear()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "54x2" in result.output and "secret" not in result.output
+
+
+def test_db_current_does_not_create_the_database_it_is_asked_about(data_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `db current` with a mistyped path created the directory and an empty database there."""
+    missing = data_dir / "typo" / "steward.db"
+    monkeypatch.setenv("STEWARD_DATABASE_URL", f"sqlite:///{missing}")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["exists"] is False
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("days", ["inf", "1e300", "1000000"])
+def test_the_sweep_takes_a_grace_period_it_can_count(data_dir: Path, days: str) -> None:
+    """Regression: `--grace-days inf` (meant as "keep everything") overflowed: a traceback every night."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["blobs", "sweep", "--grace-days", days, "--dry-run"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+
+
 def test_a_second_server_on_one_sqlite_file_is_refused(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: a second `steward serve` on the same SQLite file (another port) started, and its
     transcription worker took the first one's running job back as interrupted: transcribed twice."""
@@ -284,3 +316,25 @@ def test_serve_passes_the_trusted_proxies_to_uvicorn(data_dir: Path, monkeypatch
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert runner.invoke(app, ["serve", "--port", "18123"]).exit_code == 0
     assert runs[0]["forwarded_allow_ips"] == "10.0.0.5" and runs[0]["proxy_headers"] is True
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "load", "--postgres-url", "postgresql://steward:secret@127.0.0.1:1/postgres"],
+    ["bench", "load", "--postgres-url", "notaurl"],
+    ["bench", "sync", "--no-sqlite", "--postgres-url", "postgresql://steward:secret@127.0.0.1:1/postgres"]])
+def test_a_benchmark_database_that_cannot_be_used_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Regression: an unreachable or malformed --postgres-url was a 450-line traceback."""
+    result = runner.invoke(app, [*args, "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Cannot use the benchmark database" in result.output and "secret" not in result.output
+
+
+def test_a_benchmark_checks_where_its_results_go_before_it_runs(tmp_path: Path) -> None:
+    """Regression: `bench sync`/`bench load` created --out-dir only after the whole run: a file in the way
+    cost the run (a traceback at the end)."""
+    taken = tmp_path / "results"
+    taken.write_text("{}")
+    for args in (["bench", "sync", "--sqlite", "--households", "100"],
+                 ["bench", "load", "--postgres-url", "postgresql://steward:secret@127.0.0.1:1/postgres"]):
+        result = runner.invoke(app, [*args, "--out-dir", str(taken)])
+        assert result.exit_code == 2 and "is a file" in result.output, result.output

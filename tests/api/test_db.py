@@ -217,3 +217,18 @@ def test_text_with_nul_is_refused_the_same_way_on_both_backends(client: TestClie
     push = client.post("/api/v1/sync/push", headers=world.headers(world.steward_a),
                        json={"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [visit]})
     assert push.status_code == 200 and push.json()["results"][0]["status"] == "rejected", push.text
+
+
+def test_a_commit_on_sqlite_is_synced_to_disk_unless_told_otherwise(tmp_path: Path) -> None:
+    """Regression: SQLite ran WAL with `synchronous=NORMAL`, which may lose the last commits on a power cut:
+    a push acknowledged to a handheld (which then drops its mutations) could vanish. FULL by default now."""
+    for setting, expected in ((None, 2), ("NORMAL", 1)):
+        settings = _settings(tmp_path)
+        if setting is not None:
+            settings = settings.model_copy(update={"sqlite_synchronous": setting})
+        engine = make_engine(settings)
+        try:
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == expected  # 2 FULL, 1 NORMAL
+        finally:
+            engine.dispose()

@@ -208,6 +208,18 @@ def test_service_loggers_get_a_handler_at_the_configured_level(tmp_path: Path) -
     assert "INFO steward.sms: sms to 138****0001" in done.stderr and "hidden" not in done.stderr, done.stderr
 
 
+def test_a_cron_command_prints_nothing_when_all_is_well(tmp_path: Path) -> None:
+    """Regression: `steward proactive run` printed alembic's three INFO lines ("Context impl SQLiteImpl...")
+    on every run: under cron, a mail every run."""
+    env = {**os.environ, "STEWARD_DATA_DIR": str(tmp_path), "STEWARD_SECRET_KEY": "k" * 40}
+    env.pop("STEWARD_DATABASE_URL", None)
+    steward = Path(sys.executable).with_name("steward")
+    assert subprocess.run([steward, "db", "upgrade"], capture_output=True, env=env, timeout=120).returncode == 0
+    done = subprocess.run([steward, "proactive", "run"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "alembic" not in done.stderr and "Context impl" not in done.stderr, done.stderr
+
+
 def test_database_errors_carry_no_values(tmp_path: Path) -> None:
     """Regression: an error's text carried the statement's values, so a transcript that failed to save was
     logged, and kept as a failure reason stewards read, with its text and numbers."""

@@ -92,3 +92,11 @@ def test_a_model_path_is_checked_without_loading_it(bundled: Path, tmp_path: Pat
     with pytest.raises(ModelError, match=r"empty\.pt is not an openai-whisper checkpoint \(the file is empty\)"):
         check_model(engine="openai-whisper", model=str(empty_pt))
     assert not (tmp_path / "models").exists()
+
+
+def test_a_data_directory_that_cannot_hold_the_model_is_one_line(tmp_path: Path) -> None:
+    """Regression: `steward transcribe` with STEWARD_DATA_DIR naming a file was a NotADirectoryError
+    traceback (exit 1); the model store turns it into a ModelError, which the CLI prints as one line."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ModelError, match="cannot assemble the bundled model"):
+        ensure_bundled_model(tmp_path / "afile")

@@ -51,7 +51,7 @@ class Device:
 
     def apply_page(self, page: dict[str, Any]) -> None:
         if page["reset"]:
-            self.resets += 1
+            self.resets += self.cursor is not None  # counted: the resets of a device that had synced before
             self.rows = {t: {} for t in TABLE_NAMES}
         for table, changes in page["changes"].items():
             for row_id in changes["deletes"]:

@@ -438,3 +438,28 @@ def test_a_pull_reads_outside_a_transaction(client: TestClient, district: Distri
     assert pulled and {verb for verb, _ in pulled} == {"SELECT"}
     assert all(autocommit for _, autocommit in pulled)
     assert any(verb == "UPDATE" for verb, _ in seen) and not any(autocommit for _, autocommit in seen)
+
+
+def test_a_snapshot_that_did_not_continue_the_devices_cursor_says_reset(client: TestClient, district: District,
+                                                                        device: Callable[..., Device]) -> None:
+    """Regression: a push sent without the optional cursor answers a snapshot cursor; the pull that took it
+    said `reset: false`, so the device kept a reading deleted meanwhile and the households of a building that
+    had left its grid (names and phone numbers) for good. Every snapshot's first page now says reset."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    assert str(d.reading1.id) in phone.rows["readings"] and str(d.h1a.id) in phone.rows["households"]
+    office = device(d.supervisor, "office")
+    office.pull()
+    office.delete("readings", str(d.reading1.id))
+    assert office.push()["results"][0]["status"] == "applied"
+    moved = client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": [str(d.b2.id)]},
+                       headers=d.headers(d.admin))
+    assert moved.status_code == 200, moved.text
+    answer = client.post("/api/v1/sync/push", json={"client_id": phone.client_id, "schema_version": 1,
+                                                    "mutations": []}, headers=phone.headers)
+    phone.cursor = answer.json()["cursor"]
+    phone.pull()
+    assert phone.resets == 1
+    assert str(d.reading1.id) not in phone.rows["readings"] and str(d.h1a.id) not in phone.rows["households"]
+    assert phone.rows == server_rows(client, d.headers(d.steward1))

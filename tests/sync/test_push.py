@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from api.fieldwork.models import Reading, Visit
-from api.notes.models import Note
+from api.notes.models import Note, TranscriptStatus
 from api.work_orders.models import Status, WorkOrder, WorkOrderEvent
 from sync import rules
 from sync.models import SyncConflict
@@ -490,6 +490,49 @@ def test_an_upsert_of_an_existing_row_writes_only_what_differs(client: TestClien
     m = {"mutation_id": 6, "table": "visits", "op": "upsert", "id": visit, "base_version": 2,
          "fields": full | {"household_id": str(district.h1b.id)}}
     assert _statuses(d.send(d.push_body([m]))) == [("rejected", "read_only_field")]
+
+
+def test_a_full_write_of_the_stored_record_applies_its_edit(district: District, session: Session,
+                                                             device: Callable[..., Device]) -> None:
+    """Regression: a device that re-sent its stored record with one edit was refused `read_only_field`
+    (`created_at`, `updated_at`; for a note, a `transcript_status` that had moved on), and the record that
+    came back replaced its row: the edit was lost."""
+    d = device(district.steward1)
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0, actions="first")
+    note = d.create("notes", audio_sha256="b" * 64, duration_s=3.0, recorded_at=T0, visit_id=visit)
+    d.push()
+    stored = session.get(Note, uuid.UUID(note))
+    assert stored is not None
+    stored.transcript_status = TranscriptStatus.pending  # the audio came: queued since the device's copy
+    session.add(stored)
+    session.commit()
+    mutations = []
+    for n, (table, row_id, edit) in enumerate((("visits", visit, {"actions": "second"}),
+                                               ("notes", note, {"duration_s": 4.0}))):
+        record = d.rows[table][row_id]
+        full = {k: v for k, v in record.items() if k not in ("id", "version")} | edit
+        mutations.append({"mutation_id": 10 + n, "table": table, "op": "upsert", "id": row_id,
+                          "base_version": record["version"], "fields": full})
+    answer = d.send(d.push_body(mutations))
+    assert _statuses(answer) == [("applied", None), ("merged", None)]  # the status moved on: merged
+    visit_record, note_record = (r["record"] for r in answer["results"])
+    assert visit_record["actions"] == "second"
+    assert (note_record["duration_s"], note_record["transcript_status"]) == (4.0, "pending")
+
+
+def test_one_base_version_out_of_range_rejects_that_mutation_only(district: District, session: Session,
+                                                                   device: Callable[..., Device]) -> None:
+    """Regression: `base_version: 0` (a client's "never synced") refused the whole batch with 422, and the
+    device resent the same batch for ever."""
+    d = device(district.steward1)
+    reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
+    bad = [{"mutation_id": 2 + n, "table": "visits", "op": op, "id": str(district.visit1.id), "base_version": v,
+            "fields": {"actions": "x"} if op == "update" else {}}
+           for n, (op, v) in enumerate((("update", 0), ("update", -3), ("delete", 2**63), ("update", 2**70)))]
+    answer = d.send(d.push_body(d.queue + bad))
+    assert _statuses(answer) == [("applied", None)] + [("rejected", "invalid_base_version")] * 4
+    assert session.get(Reading, uuid.UUID(reading)) is not None
+    assert session.get(Visit, district.visit1.id) is not None
 
 
 def test_an_upsert_with_an_id_taken_outside_the_scope_is_refused(district: District,

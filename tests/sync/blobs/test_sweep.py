@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -111,3 +114,53 @@ def test_photos_and_signatures_of_visits_are_kept(client: TestClient, district: 
     assert (swept.stored, swept.referenced, swept.deleted) == (5, 3, 2)
     for sha, status in ((first, 200), (second, 200), (signature, 200), (removed, 404), (orphan, 404)):
         assert client.head(URL.format(sha), headers=headers).status_code == status
+
+
+def test_a_blob_asked_for_again_starts_its_grace_period_again(client: TestClient, district: District,
+                                                              settings: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a blob stored a month ago whose row never came, uploaded again today (200: already
+    stored) by a handheld whose row is still queued, kept its old age and went at tonight's sweep."""
+    from sync.blobs import storage
+
+    headers = district.headers(district.steward1)
+    sha = _upload(client, headers)
+    store = make_store(settings)
+    listed = {name: at for name, _, at in store.listing()}
+    monkeypatch.setattr(storage, "CLAIM_RENEW_S", -1)  # renew at every claim (S3 times are whole seconds)
+    time.sleep(1.1)
+    data = next(store.open_range(sha, 0, 2999))
+    for claim in (lambda: client.put(URL.format(sha), content=data, headers=headers),
+                  lambda: client.head(URL.format(sha), headers=headers)):
+        assert claim().status_code == 200
+        renewed = {name: at for name, _, at in store.listing()}
+        assert renewed[sha] > listed[sha]
+        listed = renewed
+        time.sleep(1.1)
+
+
+def test_a_blob_uploaded_again_is_not_swept_within_its_grace_period(tmp_path: Path) -> None:
+    """The same on the service (local store): a month old, uploaded again, and the sweep keeps it."""
+    import anyio
+
+    from api import migrate
+    from api.db import make_engine
+    from sync.blobs.service import make_blobs
+
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    blobs = make_blobs(settings)
+    data = os.urandom(3000)
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def body() -> Any:
+        yield data
+
+    assert anyio.run(blobs.put, sha, body(), len(data)) is True
+    month_ago = time.time() - 30 * 86400
+    os.utime(blobs.store.path(sha), (month_ago, month_ago))  # type: ignore[attr-defined]
+    assert anyio.run(blobs.put, sha, body(), len(data)) is False
+    report = sweep(engine, blobs.store, grace=timedelta(days=7))
+    engine.dispose()
+    assert report.deleted == 0 and blobs.store.exists(sha) == 3000
