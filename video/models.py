@@ -36,8 +36,8 @@ class RelayMode(StrEnum):
 
 
 class CloseReason(StrEnum):
-    closed = "closed"  # someone closed it through the API
-    empty = "empty"  # nobody connected for STEWARD_VIDEO_ROOM_IDLE_CLOSE_S
+    closed = "closed"  # someone closed it through the API, or its work order was closed or cancelled
+    empty = "empty"  # nobody connected for STEWARD_VIDEO_ROOM_IDLE_CLOSE_S (since the last leave or link)
     max_duration = "max_duration"
     shutdown = "shutdown"  # the relay process stopped with the room open
     lost = "lost"  # found open at start: its relay process died

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -315,6 +316,12 @@ class Room:
             self.empty_since = time.monotonic()
         await participant.close()
 
+    def link_issued(self) -> None:
+        """A join link went out: an empty room waits the idle time afresh for whoever holds it (a room nobody
+        had joined closed as empty that long after its creation, however new the link)."""
+        if self.empty_since is not None:
+            self.empty_since = time.monotonic()
+
     def stale(self, now: float) -> list[Participant]:
         """Participants that never connected in time, or whose connection failed (vanished clients)."""
         return [p for p in self.participants.values()
@@ -347,16 +354,42 @@ class Room:
 OnClose = Callable[[Room], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Seat:
+    """An account's place in a call: what the periodic access check asks about."""
+
+    user_id: uuid.UUID
+    work_order_id: uuid.UUID
+    role: Role
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The access check's answer: the work orders no longer open (their calls end) and the seats whose
+    account may no longer be there (disabled, another role, the order out of its scope)."""
+
+    closed_orders: frozenset[uuid.UUID]
+    revoked: frozenset[Seat]
+
+
+Audit = Callable[[set[uuid.UUID], set[Seat]], Awaitable[Verdict]]
+AUDIT_INTERVAL_S = 2.0
+
+
 class RoomManager:
     """The rooms this process relays, the limit on them, and the reaper that closes idle rooms and drops
     vanished participants."""
 
     def __init__(self, *, max_rooms: int, idle_close_s: float, on_close: OnClose | None = None,
-                 reap_interval_s: float = 1.0) -> None:
+                 reap_interval_s: float = 1.0, audit: Audit | None = None,
+                 audit_interval_s: float = AUDIT_INTERVAL_S) -> None:
         self.max_rooms, self.idle_close_s, self.reap_interval_s = max_rooms, idle_close_s, reap_interval_s
+        self.audit_interval_s = audit_interval_s
         self.rooms: dict[uuid.UUID, Room] = {}
         self._on_close = on_close
+        self._audit = audit
         self._reaper: asyncio.Task[None] | None = None
+        self._auditor: asyncio.Task[None] | None = None
         self._closes: dict[uuid.UUID, asyncio.Task[Room]] = {}  # closes in progress, hook included
         self.opening = asyncio.Lock()  # create_room's check-then-host, one request at a time
 
@@ -430,6 +463,8 @@ class RoomManager:
     def start(self) -> None:
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_loop(), name="video-reaper")
+        if self._auditor is None and self._audit is not None:
+            self._auditor = asyncio.create_task(self._audit_loop(), name="video-audit")
 
     async def reap_once(self) -> None:
         now = time.monotonic()
@@ -455,12 +490,49 @@ class RoomManager:
             except Exception:
                 log.exception("video reaper step failed")
 
+    async def audit_once(self) -> None:
+        """Credentials are checked at connect only: end the calls whose work order is no longer open and drop
+        the participants whose account may no longer be there (a disabled steward kept receiving the
+        resident's camera). One check for every room."""
+        if self._audit is None:
+            return
+        rooms = [room for room in self.rooms.values() if not room.closed]
+        if not rooms:
+            return
+        seats = {Seat(p.user_id, room.work_order_id, p.role) for room in rooms for p in room.participants.values()
+                 if p.user_id is not None}
+        verdict = await self._audit({room.work_order_id for room in rooms}, seats)
+        for room in rooms:
+            if room.closed:
+                continue
+            if room.work_order_id in verdict.closed_orders:
+                log.info("closing video room %s: its work order is no longer open", room.id)
+                self._start_close(room.id, CloseReason.closed)  # not awaited, as the reaper's closes
+                continue
+            for participant in list(room.participants.values()):
+                if participant.user_id is not None and Seat(participant.user_id, room.work_order_id,
+                                                            participant.role) in verdict.revoked:
+                    log.info("dropping participant %s (%s) of room %s: account %s may no longer be in the call",
+                             participant.id, participant.role.value, room.id, participant.user_id)
+                    await room.remove(participant)
+
+    async def _audit_loop(self) -> None:
+        # A loop of its own: a slow or unreachable database must not hold up the reaper.
+        while True:
+            await asyncio.sleep(self.audit_interval_s)
+            try:
+                await self.audit_once()
+            except Exception as exc:
+                log.warning("video access check failed (next try in %.0f s): %s", self.audit_interval_s, exc)
+
     async def aclose(self) -> None:
-        """Stop the reaper and close every room (shutdown)."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
-            self._reaper = None
+        """Stop the reaper and the access check, and close every room (shutdown). The closes run side by
+        side: one after another, N calls' recordings took N mix-downs, past the container's stop timeout."""
+        for task in (self._reaper, self._auditor):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._reaper = self._auditor = None
         for room_id in list(self.rooms):
-            await self.close(room_id, CloseReason.shutdown)
-        await asyncio.gather(*self._closes.values(), return_exceptions=True)
+            self._start_close(room_id, CloseReason.shutdown)
+        await asyncio.gather(*list(self._closes.values()), return_exceptions=True)

@@ -4,14 +4,18 @@ them in a thread)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Engine, update
+from sqlalchemy import ColumnElement, Engine, case, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -30,8 +34,11 @@ from video import tokens
 from video.blobs import put_blob
 from video.models import CloseReason, Role, RoomCreate, RoomState, VideoRoom, VideoSnapshot
 from video.recording import Recording
+from video.relay import Seat, Verdict
 
 log = logging.getLogger(__name__)
+
+JOINING_ROLES = (UserRole.steward, UserRole.supervisor, UserRole.admin)  # accounts that may be in a call
 
 
 def worker_name(settings: Settings) -> str:
@@ -50,10 +57,11 @@ def _visible_rooms(user: User) -> ColumnElement[bool]:
     return col(VideoRoom.work_order_id).in_(select(WorkOrder.id).where(access.work_order_clause(user)))
 
 
-def create_room(*, session: Session, settings: Settings, user: User, data: RoomCreate,
-                worker: str) -> tuple[VideoRoom, bool]:
+def create_room(*, session: Session, settings: Settings, user: User, data: RoomCreate, worker: str,
+                reserve: Callable[[], None] | None = None) -> tuple[VideoRoom, bool]:
     """Open a room for an open work order the user may see (stewards and the office); an open room of
-    the order is reused. Returns the room and whether it is new."""
+    the order is reused. Returns the room and whether it is new. `reserve` raises when the relay cannot
+    take a new room: it is called before a new row is written (a refused room left a closed row behind)."""
     order = work_orders.get(session=session, user=user, id=data.work_order_id)
     if order.status not in OPEN_STATUSES:
         raise Conflict(f"The work order is {order.status.value}; video calls are for open work orders.",
@@ -61,6 +69,8 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
     existing = _open_room(session, order.id)
     if existing is not None and not _close_if_abandoned(session, existing):
         return existing, False
+    if reserve is not None:
+        reserve()
     now = utcnow()
     room = VideoRoom(work_order_id=order.id, created_by_id=user.id, worker=worker,
                      worker_url=settings.video_worker_url.rstrip("/"), created_at=now,
@@ -118,10 +128,19 @@ class Admission:
     user_id: uuid.UUID | None
 
 
+def _order_open(session: Session, room: VideoRoom) -> None:
+    """Refuse joining the call of a work order that was closed or cancelled (its call ends within seconds)."""
+    order = session.get(WorkOrder, room.work_order_id)
+    if order is None or order.status not in OPEN_STATUSES:
+        status = order.status.value if order is not None else "gone"
+        raise Conflict(f"The work order is {status}; its video call has ended.", code="work_order_closed")
+
+
 def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: str | None,
-          role: Role | None) -> Admission:
+          role: Role | None, joining: bool = True) -> Admission:
     """Check the credential for joining a room: a join token makes the resident; an access token makes a
-    steward (stewards and the office) or a watching supervisor (the office)."""
+    steward (stewards and the office) or a watching supervisor (the office). Joining also needs the work
+    order open (hanging up, `joining=False`, does not)."""
     if not token:
         raise Unauthorized("Send a join token or an access token as `Authorization: Bearer ...`.",
                            code="not_authenticated")
@@ -132,6 +151,8 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
         room = session.get(VideoRoom, join.room_id)
         if room is None:
             raise NotFound("This video call no longer exists.", code="room_not_found")
+        if joining:
+            _order_open(session, room)
         return Admission(room=room, role=Role.resident, user_id=None)
     claims = decode_access_token(settings=settings, token=token)
     user = session.get(User, uuid.UUID(claims["sub"]))
@@ -145,8 +166,10 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
                         code="role_not_allowed")
     if role == Role.supervisor and not office:
         raise Forbidden("Only supervisors and admins may watch calls.", code="role_not_allowed")
-    if user.role not in (UserRole.steward, UserRole.supervisor, UserRole.admin):
+    if user.role not in JOINING_ROLES:
         raise Forbidden("This role may not join video calls.", code="role_not_allowed")
+    if joining:
+        _order_open(session, room)
     return Admission(room=room, role=role, user_id=user.id)
 
 
@@ -156,7 +179,33 @@ def join_room(*, session: Session, settings: Settings, token: str) -> VideoRoom:
     room = session.get(VideoRoom, claims.room_id)
     if room is None:
         raise NotFound("This video call no longer exists.", code="room_not_found")
+    _order_open(session, room)
     return room
+
+
+def audit_rooms(*, session: Session, work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Verdict:
+    """The relay's periodic access check (admit checks once, at connect): which of these work orders are no
+    longer open, and which seats' accounts may no longer be in the call: disabled or gone, no longer of a
+    role that joins (a supervisor's seat needs the office), or no longer seeing the order
+    (`access.work_order_clause`). Two queries however many calls: the accounts, then the orders with their
+    status and whether each steward still sees them."""
+    user_ids = {seat.user_id for seat in seats}
+    users = {u.id: u for u in session.exec(select(User).where(col(User.id).in_(user_ids)))} if user_ids else {}
+    stewards = [u for u in users.values() if not access.is_office(u)]
+    sees = [case((access.work_order_clause(u), True), else_=False) for u in stewards]
+    rows = session.execute(sa_select(col(WorkOrder.id), col(WorkOrder.status), *sees)
+                           .where(col(WorkOrder.id).in_(work_order_ids))).all()
+    open_orders = {row[0] for row in rows if row[1] in OPEN_STATUSES}
+    seen = {(u.id, row[0]) for row in rows for u, flag in zip(stewards, row[2:], strict=True) if flag}
+
+    def may_stay(seat: Seat) -> bool:
+        user = users.get(seat.user_id)
+        return (user is not None and user.active and user.role in JOINING_ROLES
+                and (seat.role != Role.supervisor or access.is_office(user))
+                and (access.is_office(user) or (user.id, seat.work_order_id) in seen))
+
+    return Verdict(closed_orders=frozenset(work_order_ids - open_orders),
+                   revoked=frozenset(seat for seat in seats if not may_stay(seat)))
 
 
 def mark_closed(*, session: Session, room_id: uuid.UUID, reason: CloseReason) -> VideoRoom | None:
@@ -230,6 +279,78 @@ def save_recording(*, session: Session, settings: Settings, room_id: uuid.UUID, 
     room.recording_note_id = note.id
     session.commit()
     return note
+
+
+def recordings_dir(settings: Settings) -> Path:
+    """Where calls' recordings are written, and kept while they cannot be saved."""
+    return settings.data_dir / "video-recordings"
+
+
+def persist_close(engine: Engine, settings: Settings, *, room_id: uuid.UUID, reason: CloseReason,
+                  recording: Recording | None) -> uuid.UUID | None:
+    """Record a room's close and turn its recording into a note; the note's id. The file is deleted once the
+    note is committed (or the recording dropped). When that fails (blob store or database unreachable) the
+    file stays, with `<room_id>.json` beside it saying what it is, and the error is raised;
+    `save_kept_recordings` tries again. The file used to be deleted all the same: the call's audio was lost."""
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            mark_closed(session=session, room_id=room_id, reason=reason)
+            note = (save_recording(session=session, settings=settings, room_id=room_id, recording=recording)
+                    if recording is not None else None)
+    except Exception:
+        if recording is not None:
+            _keep(recording, room_id, reason)
+        raise
+    if recording is not None:
+        recording.path.unlink(missing_ok=True)
+    return note.id if note else None
+
+
+def _keep(recording: Recording, room_id: uuid.UUID, reason: CloseReason) -> None:
+    marker = recording.path.with_suffix(".json")
+    if marker.exists():  # kept already: a retry that failed again
+        return
+    marker.write_text(json.dumps({"room_id": str(room_id), "reason": reason.value,
+                                  "started_at": recording.started_at.isoformat(),
+                                  "duration_s": recording.duration_s}))
+    log.error("the recording of video room %s could not be saved; kept at %s for another try",
+              room_id, recording.path)
+
+
+def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str) -> list[uuid.UUID]:
+    """Try again to save the recordings kept after a failed save (`persist_close`), of the rooms this worker
+    relayed (at start and every minute, from the lifespan); the ids of the notes made."""
+    notes: list[uuid.UUID] = []
+    for marker in sorted(recordings_dir(settings).glob("*.json")):
+        path = marker.with_suffix(".ogg")
+        try:
+            kept = json.loads(marker.read_text())
+            room_id, reason = uuid.UUID(kept["room_id"]), CloseReason(kept["reason"])
+            recording = Recording(path, datetime.fromisoformat(kept["started_at"]), float(kept["duration_s"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("kept recording %s is unreadable (%s); left for a person to look at", marker, exc)
+            continue
+        with Session(engine) as session:
+            room = session.get(VideoRoom, room_id)
+            if room is not None and room.worker != worker:
+                continue  # another worker's room: that worker tries it
+            saved = room is not None and room.recording_note_id is not None  # saved, then the files stayed
+        if room is None or saved or not path.exists():
+            why = "its room is gone" if room is None else "saved already" if saved else "its audio file is missing"
+            log.info("dropping kept recording %s: %s", path, why)
+            path.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            continue
+        try:
+            note_id = persist_close(engine, settings, room_id=room_id, reason=reason, recording=recording)
+        except Exception as exc:
+            log.warning("saving kept recording %s failed again (next try in a minute): %s", path, exc)
+            continue
+        marker.unlink(missing_ok=True)
+        log.info("kept recording %s saved as note %s", path, note_id)
+        if note_id is not None:
+            notes.append(note_id)
+    return notes
 
 
 def _queue_transcript(session: Session, note_id: uuid.UUID) -> None:

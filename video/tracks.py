@@ -121,7 +121,7 @@ class SourceSlot:
         if self._keyframes is not None:
             self._keyframes.close()
             self._keyframes = None
-        self.source = None
+        self.source, self.latest = None, None  # a publisher's last picture is no snapshot once it left
         self._signal()
 
     def subscribe(self) -> ProxyTrack:
@@ -232,10 +232,11 @@ class SourceSlot:
     async def fresh_frame(self, timeout: float = 5.0) -> Frame | None:
         """A picture decoded now or very recently (snapshots). In forward mode decoding starts (at a
         keyframe asked for now) and goes on for a few seconds; the newest older frame, or None, if none
-        comes in time."""
-        if self.latest is not None and time.monotonic() - self.latest_at < FRESH_S:
-            return self.latest
+        comes in time. None without a publisher: a snapshot after the resident hung up stored the last
+        picture from before."""
         if self.source is None:
+            return None
+        if self.latest is not None and time.monotonic() - self.latest_at < FRESH_S:
             return self.latest
         self._raw_until = time.monotonic() + RAW_LEASE_S
         waiter: asyncio.Future[Frame | None] = asyncio.get_running_loop().create_future()
@@ -245,7 +246,7 @@ class SourceSlot:
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            return self.latest
+            return self.latest  # None if the publisher left meanwhile
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -347,7 +348,7 @@ class SourceSlot:
                         break
         finally:
             if self.source is track:
-                self.source = None
+                self.source, self.latest = None, None
                 self._task = None
                 self._signal()
 

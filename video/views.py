@@ -10,7 +10,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response, status
@@ -40,7 +39,7 @@ from video.models import (
 )
 from video.pages import router as pages_router
 from video.recording import CallRecorder, PacketRecorder
-from video.relay import Room, RoomManager
+from video.relay import Room, RoomManager, Seat, Verdict
 from video.snapshot import encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
                 shared_encoding=settings.video_shared_encoding, relay_mode=RelayMode(settings.video_relay_mode))
     manager.add(room)
     if settings.video_record_audio:
-        directory = settings.data_dir / "video-recordings"
+        directory = service.recordings_dir(settings)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{row.id}.ogg"
         recorder = PacketRecorder(path) if room.forward else CallRecorder(path)  # forward: Opus packets, no decoding
@@ -141,29 +140,42 @@ async def create_room(request: Request, response: Response, body: RoomCreate, se
     """Open a video call about a work order (or return its open one) with a join link for the resident."""
     manager = _manager(request)
     worker = service.worker_name(settings)
-    # One opening at a time in this process: between a new row's commit and its hosting below, another
-    # request for the same order would find it open and not relayed, and close it as lost.
-    async with manager.opening:
-        row, created = await run_in_threadpool(service.create_room, session=session, settings=settings, user=user,
-                                               data=body, worker=worker)
-        if not created and row.worker == worker and manager.get(row.id) is None:
-            closing = manager.closing(row.id)
-            if closing is not None:  # being closed right now (its recording saved): a new call follows it
-                await asyncio.shield(closing)
-            else:  # open in the database but not relayed here: the process that had it died
-                await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
-                                        reason=CloseReason.lost)
+    while True:
+        # One opening at a time in this process: between a new row's commit and its hosting below, another
+        # request for the same order would find it open and not relayed, and close it as lost. The relay's
+        # capacity is reserved before the row is written (a refused room left a closed row behind).
+        async with manager.opening:
             row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
-                                                   user=user, data=body, worker=worker)
-        if created:
-            try:
-                _host(manager, settings, row)
-            except DomainError:
-                await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
-                                        reason=CloseReason.closed)
-                raise
-        else:
-            response.status_code = status.HTTP_200_OK
+                                                   user=user, data=body, worker=worker, reserve=manager.reserve)
+            here = not created and row.worker == worker
+            # Being closed right now (hanging up, its recording saved): a new call follows it. Checked first:
+            # a closing room stays among the manager's rooms until its peers hung up, and was answered
+            # (200, a fresh link to a dead call).
+            closing = manager.closing(row.id) if here else None
+            if closing is None:
+                if here and manager.get(row.id) is None:
+                    # open in the database but not relayed here: the process that had it died
+                    await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
+                                            reason=CloseReason.lost)
+                    row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
+                                                           user=user, data=body, worker=worker,
+                                                           reserve=manager.reserve)
+                if created:
+                    try:
+                        _host(manager, settings, row)
+                    except DomainError:
+                        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
+                                                reason=CloseReason.closed)
+                        raise
+                else:
+                    response.status_code = status.HTTP_200_OK
+                    room = manager.get(row.id)
+                    if room is not None:  # a fresh link: the empty room waits for it afresh
+                        room.link_issued()
+                break
+        # Awaited outside the lock, then looked at again: a long call's mix-down held up opening calls for every
+        # other work order.
+        await asyncio.shield(closing)
     token, expires_at = tokens.create_join_token(settings=settings, room_id=row.id, room_expires_at=row.expires_at)
     join_url = f"{_public_base(settings, request)}/join/{token}"
     return RoomCreated(room_id=row.id, join_url=join_url, sms_text=service.sms_text(settings, join_url, expires_at),
@@ -212,7 +224,7 @@ async def leave(request: Request, id: uuid.UUID, participant_id: uuid.UUID, sess
                 settings: SettingsDep, token: TokenDep) -> Response:
     """Hang up one participant (the page calls it when closed); the room stays open for the others."""
     admission = await run_in_threadpool(service.admit, session=session, settings=settings, room_id=id,
-                                        token=token, role=None)
+                                        token=token, role=None, joining=False)
     _pinned_here(request, settings, admission.room)
     room = _manager(request).get(admission.room.id)
     participant = room.participants.get(participant_id) if room else None
@@ -232,7 +244,7 @@ async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, setting
     if room.closed:  # the call ended while the picture was awaited
         raise Conflict("The video call has ended; start a new one.", code="room_closed")
     if frame is None:
-        raise Conflict("No picture from the resident yet: wait until their camera shows.", code="no_video")
+        raise Conflict("No picture from the resident: wait until their camera shows in the call.", code="no_video")
     jpeg = await asyncio.to_thread(encode_jpeg, frame)  # type: ignore[arg-type]
     return await run_in_threadpool(service.save_snapshot, session=session, settings=settings, room=row, user=user,
                                    jpeg=jpeg, width=frame.width, height=frame.height)  # type: ignore[union-attr]
@@ -277,50 +289,67 @@ def join_info(token: str, session: SessionDep, settings: SettingsDep) -> JoinInf
                     relay_url=_relay_url(settings, row))
 
 
-def _persist_close(engine: Any, settings: Settings, room: Room, recording: Any) -> uuid.UUID | None:
-    with Session(engine, expire_on_commit=False) as session:
-        service.mark_closed(session=session, room_id=room.id, reason=room.close_reason or CloseReason.closed)
-        if recording is None:
-            return None
-        try:
-            note = service.save_recording(session=session, settings=settings, room_id=room.id, recording=recording)
-        finally:
-            Path(recording.path).unlink(missing_ok=True)
-        return note.id if note else None
+KEPT_RETRY_S = 60.0  # how often recordings kept after a failed save are tried again
+
+
+def _audit(engine: Any, work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Verdict:
+    with Session(engine) as session:
+        return service.audit_rooms(session=session, work_order_ids=work_order_ids, seats=seats)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run this process's relay: rooms left open by a dead predecessor are closed, a reaper runs, and every
-    room is closed at shutdown."""
+    """Run this process's relay: rooms left open by a dead predecessor are closed, recordings kept after a
+    failed save are saved, a reaper and the access check run, and every room is closed at shutdown."""
     settings: Settings = app.state.settings
     engine = app.state.engine
+    worker = service.worker_name(settings)
+
+    def announce(note_id: uuid.UUID) -> None:
+        try:
+            from speech.worker import notify_queued
+
+            notify_queued(app.state, note_id)
+        except ImportError:
+            pass
 
     async def on_close(room: Room) -> None:
         recorder = room.recorder
         recording = await asyncio.to_thread(recorder.stop) if recorder is not None else None
-        note_id = await asyncio.to_thread(_persist_close, engine, app.state.settings, room, recording)
+        note_id = await asyncio.to_thread(service.persist_close, engine, app.state.settings, room_id=room.id,
+                                          reason=room.close_reason or CloseReason.closed, recording=recording)
         if note_id is not None:
-            try:
-                from speech.worker import notify_queued
+            announce(note_id)
 
-                notify_queued(app.state, note_id)
-            except ImportError:
-                pass
+    async def audit(work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Verdict:
+        return await asyncio.to_thread(_audit, engine, work_order_ids, seats)
+
+    async def save_kept() -> None:
+        while True:
+            try:
+                for note_id in await asyncio.to_thread(service.save_kept_recordings, engine, app.state.settings,
+                                                       worker=worker):
+                    announce(note_id)
+            except Exception as exc:  # the database down: next time
+                log.warning("could not look at kept video recordings: %s", exc)
+            await asyncio.sleep(KEPT_RETRY_S)
 
     manager = RoomManager(max_rooms=settings.video_max_rooms, idle_close_s=settings.video_room_idle_close_s,
-                          on_close=on_close)
+                          on_close=on_close, audit=audit)
     try:
-        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=service.worker_name(settings))
+        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker)
         if lost:
             log.warning("%d video room(s) left open by a previous process were closed", lost)
     except Exception as exc:  # the service must start with its database down
         log.warning("could not close lost video rooms at start: %s", exc)
     manager.start()
     app.state.video_rooms = manager
+    kept = asyncio.create_task(save_kept(), name="video-kept-recordings")
     try:
         yield
     finally:
+        kept.cancel()
+        await asyncio.gather(kept, return_exceptions=True)
         await manager.aclose()
         app.state.video_rooms = None
 

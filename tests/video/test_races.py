@@ -189,3 +189,92 @@ def test_a_room_whose_close_fails_still_ends_and_frees_its_place() -> None:
         manager.reserve()  # its place is free again
         assert await manager.close(room.id, CloseReason.closed) is None
     run(scenario())
+
+
+def test_opening_a_call_while_the_last_one_hangs_up_gives_a_new_call(live, world, order, monkeypatch) -> None:
+    """Regression: a closing room stays among the relay's rooms until its peers hung up, and a call asked for
+    then was answered with it: 200, a fresh link to a call that was ending."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, _token = await open_room(app, world, order)
+            room = app.rooms.get(uuid.UUID(room_id))
+            hang_up = room._close
+
+            async def slow_hang_up() -> None:  # hanging up real peers takes a moment
+                await asyncio.sleep(0.3)
+                await hang_up()
+
+            monkeypatch.setattr(room, "_close", slow_hang_up)
+            headers = world.headers(world.steward_a)
+            closing = asyncio.ensure_future(app.http.post(f"{ROOMS}/{room_id}/close", headers=headers))
+            while not room.closed:
+                await asyncio.sleep(0.005)
+            again = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=headers)
+            assert (await closing).status_code == 200
+            assert again.status_code == 201 and again.json()["room_id"] != room_id, again.text
+            assert app.rooms.get(uuid.UUID(again.json()["room_id"])) is not None
+    run(scenario())
+
+
+def test_saving_one_calls_recording_holds_up_no_other_orders_call(live, world, order, session, monkeypatch) -> None:
+    """Regression: a call asked for while its order's last call was being saved waited for that save holding
+    the lock every opening takes, so calls about every other work order waited for one call's mix-down."""
+    import time
+
+    from api.work_orders.models import Status
+    from tests.utils.factories import make_work_order
+    from video import recording
+
+    other = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, _token = await open_room(app, world, order)
+            stop = recording.PacketRecorder.stop
+
+            def slow_stop(self: recording.PacketRecorder) -> object:  # a long call's mix-down
+                time.sleep(1.5)
+                return stop(self)
+
+            monkeypatch.setattr(recording.PacketRecorder, "stop", slow_stop)
+            headers = world.headers(world.steward_a)
+            closing = asyncio.ensure_future(app.http.post(f"{ROOMS}/{room_id}/close", headers=headers))
+            await asyncio.sleep(0.2)
+            reopening = asyncio.ensure_future(app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                                            headers=headers))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            r = await app.http.post(ROOMS, json={"work_order_id": str(other.id)}, headers=headers)
+            waited = time.monotonic() - started
+            assert (await closing).status_code == 200
+            reopened = await reopening
+            assert r.status_code == 201 and waited < 0.8, (r.status_code, waited)
+            assert reopened.status_code == 201 and reopened.json()["room_id"] != room_id, reopened.text
+    run(scenario())
+
+
+def test_shutdown_closes_the_rooms_side_by_side() -> None:
+    """Regression: shutdown closed the rooms one after another, so N calls' recordings took N mix-downs,
+    past the container's stop timeout (the last calls' audio was killed with the process)."""
+    import time
+    from datetime import timedelta
+
+    from api.db import utcnow
+    from video.relay import Room, RoomManager
+
+    saved: list[uuid.UUID] = []
+
+    async def slow_save(room: Room) -> None:
+        await asyncio.sleep(0.5)
+        saved.append(room.id)
+
+    async def scenario() -> None:
+        manager = RoomManager(max_rooms=4, idle_close_s=60, on_close=slow_save)
+        rooms = [manager.add(Room(id=uuid.uuid4(), work_order_id=uuid.uuid4(), expires_at=utcnow() + timedelta(
+            minutes=5), max_participants=4, connect_timeout_s=5, ice_servers=[])) for _ in range(3)]
+        started = time.monotonic()
+        await manager.aclose()
+        assert time.monotonic() - started < 0.9  # 1.5 s one after another
+        assert sorted(saved) == sorted(r.id for r in rooms) and manager.rooms == {}
+        assert all(r.close_reason == CloseReason.shutdown for r in rooms)
+    run(scenario())

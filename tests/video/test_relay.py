@@ -303,3 +303,81 @@ def test_per_subscriber_encoding_when_shared_encoding_is_off(live, world, order)
             for client in (resident, steward):
                 await client.close()
     run(scenario())
+
+
+def test_a_recording_the_blob_store_refused_is_kept_and_saved_at_the_next_start(live, world, order, session: Session,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    """Regression: a blob store that failed at close (S3 unreachable) lost the call's audio for good: the
+    file was deleted whether or not it was saved."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from video import service
+
+    def unreachable(settings: object, data: bytes) -> str:
+        raise EndpointConnectionError(endpoint_url="http://s3:9000")
+
+    kept = world.settings.data_dir / "video-recordings"
+
+    async def call() -> str:
+        async with live() as app:
+            room_id, _token, resident, steward = await in_call(app, world, order)
+            await asyncio.sleep(1.5)
+            with monkeypatch.context() as m:
+                m.setattr(service, "put_blob", unreachable)
+                r = await app.http.post(f"{ROOMS}/{room_id}/close", headers=world.headers(world.steward_a))
+            for client in (resident, steward):
+                await client.close()
+            assert r.status_code == 200 and r.json()["state"] == "closed" and r.json()["recording_note_id"] is None
+            assert sorted(p.name for p in kept.iterdir()) == [f"{room_id}.json", f"{room_id}.ogg"]
+            return str(room_id)
+
+    async def restart() -> None:
+        async with live():  # the store is back: the kept recording is saved at start
+            await eventually(lambda: not any(kept.iterdir()), timeout=10)
+
+    room_id = run(call())
+    run(restart())
+    room = reread(session, VideoRoom, room_id)
+    assert room.close_reason == CloseReason.closed and room.recording_note_id is not None
+    note = reread(session, Note, room.recording_note_id)
+    assert note.kind == NoteKind.call_recording and note.duration_s > 0.5
+    assert reread(session, Transcript, note.id).status == TranscriptState.queued
+
+
+def test_a_disabled_steward_is_dropped_from_the_call(live, world, order):
+    """Regression: a steward disabled during a call (docs/security.md: disabling applies at once) stayed in it
+    and kept receiving the resident's camera: the account was checked only at connect."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, _token, resident, steward = await in_call(app, world, order)
+            relay_room = app.rooms.get(uuid.UUID(room_id))
+            assert relay_room is not None
+            pc = next(p.pc for p in relay_room.participants.values() if p.role == Role.steward)
+            r = await app.http.patch(f"/api/v1/users/{world.steward_a.id}", json={"active": False},
+                                     headers=world.headers(world.admin))
+            assert r.status_code == 200, r.text
+            await eventually(lambda: [p.role for p in relay_room.participants.values()] == [Role.resident],
+                             timeout=6)
+            await eventually(lambda: pc.connectionState == "closed", timeout=5)  # hung up, not only unlisted
+            assert not relay_room.closed  # the resident stays
+            for client in (resident, steward):
+                await client.close()
+    run(scenario())
+
+
+def test_no_snapshot_once_the_resident_left(live, world, order):
+    """Regression: a snapshot taken after the resident hung up stored their last picture from before (the slot
+    kept it), as if it were the camera now."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token, resident, steward = await in_call(app, world, order)
+            h = world.headers(world.steward_a)
+            await asyncio.sleep(1.0)
+            assert (await app.http.post(f"{ROOMS}/{room_id}/snapshot", headers=h)).status_code == 201
+            r = await app.http.post(f"{ROOMS}/{room_id}/leave?participant_id={resident.participant_id}",
+                                    headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 204
+            assert_error(await app.http.post(f"{ROOMS}/{room_id}/snapshot", headers=h), 409, "no_video")
+            for client in (resident, steward):
+                await client.close()
+    run(scenario())

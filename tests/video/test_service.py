@@ -1,7 +1,9 @@
-"""Room records: one open room per work order, also when two requests open it at the same moment."""
+"""Room records: one open room per work order, also when two requests open it at the same moment; the relay's
+periodic access check."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -53,3 +55,35 @@ def test_a_room_opened_meanwhile_by_another_request_is_the_one_answered(
     assert created is False and len(looks) == 2
     rooms = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
     assert [r.id for r in rooms] == [room.id] and room.state == RoomState.open
+
+
+def test_the_access_check_ends_closed_orders_calls_and_revokes_accounts_that_lost_access(
+        session: Session, world: World, order: WorkOrder) -> None:
+    """Regression: credentials were checked at connect only, so a disabled steward, a steward the order left
+    (reassigned outside their grid) or a demoted supervisor stayed in the call; a cancelled order's call went on.
+    The relay's periodic check answers for every call at once."""
+    from api.users.models import Role as UserRole
+    from api.work_orders.models import Status
+    from tests.utils.factories import make_work_order
+    from video.models import Role
+    from video.relay import Seat
+
+    cancelled = make_work_order(session, world.household_a, status=Status.cancelled, assignee=world.steward_a)
+    elsewhere = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_b)
+    disabled = world.steward_b
+    disabled.active = False
+    demoted = world.supervisor
+    demoted.role = UserRole.steward
+    session.add_all([disabled, demoted])
+    session.commit()
+    stays = {Seat(world.steward_a.id, order.id, Role.steward), Seat(world.admin.id, order.id, Role.supervisor),
+             Seat(world.admin.id, elsewhere.id, Role.steward)}
+    leaves = {Seat(world.steward_a.id, elsewhere.id, Role.steward),  # outside their grid, not theirs
+              Seat(disabled.id, elsewhere.id, Role.steward),
+              Seat(demoted.id, order.id, Role.supervisor), Seat(uuid.uuid4(), order.id, Role.steward)}
+    gone = uuid.uuid4()  # a work order deleted meanwhile
+    verdict = service.audit_rooms(session=session, work_order_ids={order.id, cancelled.id, elsewhere.id, gone},
+                                  seats=stays | leaves)
+    assert verdict.revoked == leaves
+    assert order.id not in verdict.closed_orders and elsewhere.id not in verdict.closed_orders
+    assert verdict.closed_orders == {cancelled.id, gone}

@@ -324,3 +324,63 @@ def test_a_room_its_relay_abandoned_neither_blocks_the_order_nor_stays_open(live
             closed = await new.http.post(f"{ROOMS}/{r.json()['room_id']}/close", headers=h)
             assert closed.status_code == 200 and closed.json()["state"] == "closed"
     run(scenario())
+
+
+def test_a_fresh_link_gives_an_empty_room_its_idle_time_again(live, world, order):
+    """Regression: a link re-sent for a room nobody had joined died with the room's idle clock, which ran from
+    the room's creation: the resident opening it soon after was told the call had ended."""
+    async def scenario() -> None:
+        async with live(video_room_idle_close_s=2) as app:
+            h = world.headers(world.steward_a)
+            first = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            await asyncio.sleep(1.6)
+            again = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert again.status_code == 200 and again.json()["room_id"] == first.json()["room_id"]
+            await asyncio.sleep(1.5)  # 3.1 s after the room opened, 1.5 s after the link
+            info = await app.http.get(f"/api/v1/video/join/{token_of(again.json()['join_url'])}")
+            assert info.status_code == 200, info.text
+            assert app.rooms.get(uuid.UUID(first.json()["room_id"])) is not None
+    run(scenario())
+
+
+def test_a_closed_work_orders_call_is_refused_and_ends(live, world, order, session: Session):
+    """Regression: a cancelled work order's call stayed open and joinable (the order was checked only when
+    the call was opened)."""
+    async def scenario() -> str:
+        async with live() as app:
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                    headers=world.headers(world.steward_a))
+            room_id, token = r.json()["room_id"], token_of(r.json()["join_url"])
+            r = await app.http.post(f"/api/v1/work-orders/{order.id}/transitions", json={"status": "cancelled"},
+                                    headers=world.headers(world.supervisor))
+            assert r.status_code == 200, r.text
+            offer = {"sdp": "v=0", "type": "offer"}  # refused before the offer is looked at
+            for credential in (token, bearer(world, world.steward_a)):
+                joined = await app.http.post(f"{ROOMS}/{room_id}/connect", json=offer,
+                                             headers={"Authorization": f"Bearer {credential}"})
+                assert_error(joined, 409, "work_order_closed")
+            assert_error(await app.http.get(f"/api/v1/video/join/{token}"), 409, "work_order_closed")
+            deadline = asyncio.get_running_loop().time() + 6
+            while app.rooms.get(uuid.UUID(room_id)) is not None:  # the access check ends the call
+                assert asyncio.get_running_loop().time() < deadline, "the call outlived its work order"
+                await asyncio.sleep(0.1)
+            return str(room_id)
+    room = reread(session, VideoRoom, run(scenario()))
+    assert room.state == RoomState.closed and room.close_reason == CloseReason.closed
+
+
+def test_a_room_refused_for_capacity_leaves_no_row(live, world, order, session: Session):
+    """Regression: a 429 `too_many_rooms` came after the new room's row was committed, and left it behind
+    (closed) in the work order's history."""
+    second = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+
+    async def scenario() -> None:
+        async with live(video_max_rooms=1) as app:
+            h = world.headers(world.steward_a)
+            assert (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).status_code == 201
+            assert_error(await app.http.post(ROOMS, json={"work_order_id": str(second.id)}, headers=h), 429,
+                         "too_many_rooms")
+            # the order's open room is answered again however full the relay is
+            assert (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).status_code == 200
+    run(scenario())
+    assert session.exec(select(VideoRoom).where(VideoRoom.work_order_id == second.id)).all() == []
