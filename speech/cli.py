@@ -119,8 +119,12 @@ class _Output:
         return self
 
     def line(self, text: str, *, err: bool = False) -> None:
-        if self._progress is not None and self._progress.console.file is (sys.stderr if err else sys.stdout):
-            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        progress = self._progress
+        if progress is not None and (progress.console.file is (sys.stderr if err else sys.stdout)
+                                     or (err and sys.stderr.isatty() and progress.console.is_terminal)):
+            # Through the bar's console, which prints above the bar: an error line written to a terminal's
+            # stderr beside a live bar on its stdout was glued to the bar ("━━━ 0% -:--:--error: ...").
+            progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             typer.echo(text, err=err)
 

@@ -41,6 +41,8 @@ from typing import Annotated, Any
 
 import typer
 
+from api.bench_options import writable_directory
+
 FPS = 24
 FPS_FLOOR = 20.0
 LOOP_SECONDS = 10
@@ -460,7 +462,10 @@ def bench_video(
     out: Annotated[Path, typer.Option(help="Where the results JSON goes.")] = Path("bench/results"),
 ) -> None:
     """Video relay, forward vs transcode: N rooms x (1 publisher 640x480@24 + K subscribers) on loopback."""
-    stages = sorted({int(n) for n in rooms.split(",") if n.strip()})
+    try:
+        stages = sorted({int(n) for n in rooms.split(",") if n.strip()})
+    except ValueError:  # `--rooms a` was a traceback
+        stages = []
     if not stages or stages[0] < 1:
         raise typer.BadParameter("give room counts >= 1, e.g. 1,2,4")
     try:
@@ -472,6 +477,7 @@ def bench_video(
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     if not chosen or set(chosen) - set(ALL_MODES):
         raise typer.BadParameter(f"modes are {', '.join(ALL_MODES)}")
+    writable_directory(out)
     summary = run_bench(stages, modes=chosen, subscribers=ks, warmup=warmup, seconds=seconds,
                         clients=clients)
     out.mkdir(parents=True, exist_ok=True)

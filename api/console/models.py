@@ -27,6 +27,7 @@ class ConsoleMe(SQLModel):
     can_review: bool  # supervisors and admins: edit, approve, conflicts, dashboard
     view_pii: bool  # phone and ID numbers unmasked (speech/redact.py)
     refresh_s: float
+    timezone: str  # STEWARD_TIMEZONE: the zone the pages show times in, as the date filters count days
     people: list[PersonPublic]
 
 

@@ -70,7 +70,8 @@ def me(*, session: Session, settings: Settings, user: User) -> ConsoleMe:
         stmt = stmt.where((col(User.id) == user.id) | col(User.role).in_((Role.admin, Role.supervisor)))
     people = list(session.exec(stmt).all())
     return ConsoleMe(user=_person(user), can_review=can_review(user), view_pii=can_view_pii(user),
-                     refresh_s=settings.console_refresh_s, people=[_person(p) for p in people])
+                     refresh_s=settings.console_refresh_s, timezone=settings.timezone,
+                     people=[_person(p) for p in people])
 
 
 def queue(*, session: Session, settings: Settings, user: User, page: Page, status: TranscriptState | None = None,

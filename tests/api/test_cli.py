@@ -338,3 +338,21 @@ def test_a_benchmark_checks_where_its_results_go_before_it_runs(tmp_path: Path) 
                  ["bench", "load", "--postgres-url", "postgresql://steward:secret@127.0.0.1:1/postgres"]):
         result = runner.invoke(app, [*args, "--out-dir", str(taken)])
         assert result.exit_code == 2 and "is a file" in result.output, result.output
+
+
+@pytest.mark.parametrize("rooms", ["a", "1.5", "1,two"])
+def test_bench_video_takes_room_counts_only(rooms: str) -> None:
+    """Regression: `--rooms a` was a ValueError traceback (exit 1)."""
+    result = runner.invoke(app, ["bench", "video", "--rooms", rooms])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+
+
+def test_bench_video_checks_where_its_results_go_before_it_runs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import video.bench
+
+    monkeypatch.setattr(video.bench, "run_bench", lambda *a, **k: pytest.fail("ran before checking --out"))
+    taken = tmp_path / "results.json"
+    taken.write_text("{}")
+    result = runner.invoke(app, ["bench", "video", "--rooms", "1", "--out", str(taken)])
+    assert result.exit_code == 2 and "is a file" in result.output, result.output

@@ -222,3 +222,36 @@ def test_a_recording_longer_than_the_limit_fails_alone(runner: CliRunner, tmp_pa
     refused, done = [json.loads(line) for line in result.stdout.splitlines()]
     assert "longer than the 5 s accepted (STEWARD_SPEECH_MAX_DURATION_S)" in refused["error"]
     assert done["duration"] == 3.0
+
+
+def test_an_error_line_on_a_terminal_is_not_glued_to_the_progress_bar(speech_data_dir: Path, tmp_path: Path) -> None:
+    """Regression: on a terminal, a bad file's error line went to stderr beside the live bar on stdout and
+    came out as `━━━ 0% -:--:--error: ...` on one line."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"not audio at all" * 100)
+    quiet = tmp_path / "quiet.wav"
+    write_wav(quiet, silence(1.0))
+    master, slave = pty.openpty()
+    env = os.environ | {"STEWARD_DATA_DIR": str(speech_data_dir), "STEWARD_WHISPER_THREADS": "1"}
+    done = subprocess.Popen([Path(sys.executable).with_name("steward"), "transcribe", str(quiet), str(garbage),
+                             str(quiet)], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert done.wait(timeout=120) == 1
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    errors = [line for line in screen.replace("\r", "\n").split("\n") if "garbage.wav" in line]
+    assert errors and all(line.lstrip().startswith("error:") for line in errors), errors

@@ -114,8 +114,15 @@
     return { parts: path.split("/").filter(Boolean), params: params };
   }
 
-  var fmt = new Intl.DateTimeFormat("zh-CN", { timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit",
-                                                 day: "2-digit", hour: "2-digit", minute: "2-digit", hour12: false });
+  // Times in the service's zone (STEWARD_TIMEZONE, from /console/me), the zone its date filters count days
+  // in: a fixed Asia/Shanghai disagreed with the filters under any other setting.
+  function formatter(zone) {
+    return new Intl.DateTimeFormat("zh-CN", { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+                                              hour: "2-digit", minute: "2-digit", hour12: false });
+  }
+  var fmt = formatter("Asia/Shanghai");
+  var clockFmt = new Intl.DateTimeFormat("zh-CN", { timeZone: "Asia/Shanghai", hour: "2-digit", minute: "2-digit",
+                                                    second: "2-digit", hour12: false });
   function when(iso) { return iso ? fmt.format(new Date(iso)) : ""; }
   function clock(seconds) {
     var m = Math.floor(seconds / 60), s = seconds - m * 60;
@@ -159,6 +166,11 @@
   async function loadMe() {
     var me = await api("GET", "/console/me");
     state.me = me;
+    try {
+      fmt = formatter(me.timezone);
+      clockFmt = new Intl.DateTimeFormat("zh-CN", { timeZone: me.timezone, hour: "2-digit", minute: "2-digit",
+                                                    second: "2-digit", hour12: false });
+    } catch (e) { /* a zone this browser does not know: keep Asia/Shanghai */ }
     state.people = {};
     me.people.forEach(function (p) { state.people[p.id] = p; });
     $("who").textContent = (me.user.full_name || me.user.username) + "（" + label("role", me.user.role) + "）";
@@ -616,7 +628,7 @@
     });
     if (!d.active_rooms.length) rooms.appendChild(el("li", { className: "empty" }, "当前没有视频通话。"));
     proactivePanel(d.proactive);
-    $("dash-updated").textContent = "更新于 " + new Date(d.at).toLocaleTimeString("zh-CN", { hour12: false });
+    $("dash-updated").textContent = "更新于 " + clockFmt.format(new Date(d.at));
     state.dashboard = d;
     // a failed poll's message goes once a poll succeeds again (unless something else was said since)
     if (state.dashboardError !== null && $("message").textContent === state.dashboardError) say("");

@@ -62,6 +62,7 @@ def test_me_says_who_may_review_and_see_numbers(client: TestClient, world: World
     office = client.get(f"{API}/me", headers=world.headers(world.supervisor)).json()
     assert office["user"]["id"] == str(world.supervisor.id)
     assert (office["can_review"], office["view_pii"], office["refresh_s"]) == (True, True, settings.console_refresh_s)
+    assert office["timezone"] == settings.timezone  # the zone the pages show times in, as the date filters
     people = {p["id"]: p["role"] for p in office["people"]}
     assert people[str(world.steward_a.id)] == "steward" and people[str(world.admin.id)] == "admin"
     steward = client.get(f"{API}/me", headers=world.headers(world.steward_a)).json()
