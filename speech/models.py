@@ -159,6 +159,11 @@ class TranscriptUpdate(RequestBody):
     base_revision: int | None = Field(default=None, description="The revision edited; 409 if it moved on.")
 
 
+class TranscriptApprove(RequestBody):
+    base_revision: int | None = Field(default=None, description="The revision reviewed; 409 if it moved on "
+                                                                "(another supervisor corrected it meanwhile).")
+
+
 class RevisionPublic(SQLModel):
     revision: int
     user_id: uuid.UUID | None

@@ -372,10 +372,14 @@ def _apply_edits(current: list[dict[str, Any]], data: TranscriptUpdate, language
     return segments, changes
 
 
-def approve(*, session: Session, user: User, transcript: Transcript) -> Transcript:
-    """Mark the transcript reviewed; it can no longer be edited."""
+def approve(*, session: Session, user: User, transcript: Transcript, base_revision: int | None = None) -> Transcript:
+    """Mark the transcript reviewed; it can no longer be edited. With `base_revision` (the console sends the one
+    it shows), only if no one corrected it since: approving locked in text the approver had never seen."""
     if transcript.status != TranscriptState.transcribed:
         raise InvalidTransition(f"Only a transcribed transcript can be approved (it is {transcript.status.value}).")
+    if base_revision is not None and base_revision != transcript.revision:
+        raise Conflict(f"The transcript is at revision {transcript.revision}, not {base_revision}: someone corrected "
+                       "it meanwhile; review the new text and approve it again.", code="stale_revision")
     now = utcnow()
     _write_if_unmoved(session, transcript, "review the new text and approve it again",
                       status=TranscriptState.approved, approved_by_id=user.id, approved_at=now, updated_at=now)

@@ -28,6 +28,7 @@ from speech.models import (
     CallMetadata,
     CallQueued,
     RevisionPublic,
+    TranscriptApprove,
     TranscriptDetail,
     TranscriptsPublic,
     TranscriptState,
@@ -124,8 +125,10 @@ def list_revisions(id: uuid.UUID, session: SessionDep, user: CurrentUser):
 
 
 @router.post("/{id}/approve", response_model=TranscriptDetail)
-def approve_transcript(id: uuid.UUID, session: SessionDep, user: OfficeUser):
-    transcript = service.approve(session=session, user=user, transcript=service.get(session=session, user=user, id=id))
+def approve_transcript(id: uuid.UUID, session: SessionDep, user: OfficeUser, body: TranscriptApprove | None = None):
+    """Mark it reviewed; with `base_revision`, only if that is still the text (409 `stale_revision`)."""
+    transcript = service.approve(session=session, user=user, transcript=service.get(session=session, user=user, id=id),
+                                 base_revision=body.base_revision if body is not None else None)
     return service.present(session, user, transcript, detail=True)
 
 

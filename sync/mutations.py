@@ -273,8 +273,8 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     if op == "update" and base_version is None:
         raise Rejected("base_version_required", "An update needs the base_version it was edited from.")
     if op == "upsert":
-        fields = _differences(ctx, spec, row, fields)
         base_version = base_version or 1
+        fields = _differences(ctx, spec, row, fields, base_version)
     assert base_version is not None
     if base_version > row.version:
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
@@ -282,8 +282,10 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     return _update(ctx, spec, row, base_version, fields)
 
 
-def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]) -> dict[str, Any]:
-    """For a full write of an existing row: the fields whose values differ from the server's."""
+def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any], base: int) -> dict[str, Any]:
+    """For a full write of an existing row: the fields whose values differ from the server's, less the device's
+    stale copy of fields it may not write that someone else changed since `base` (the office raised an order's
+    priority after the steward's copy: refused `read_only_field`, the steward's status change was lost)."""
     rules = rules_for(spec)
     if rules.create is None:
         raise Rejected("read_only_table", f"{spec.name} rows are not written in full from devices.")
@@ -298,6 +300,10 @@ def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]
         parsed = _parse_one(spec, name, value)
         if not same(parsed, getattr(row, name)):
             out[name] = value
+    if out and rules.writable is not None and base <= row.version:
+        allowed = rules.writable(ctx, row)
+        if stale := {name for name in out if name not in allowed} & changed_since(spec, row, base, ctx.client_id):
+            out = {name: value for name, value in out.items() if name not in stale}
     if out and spec.append_only:
         raise Rejected("append_only", f"{spec.name} are append-only: record a new one instead of changing it.")
     return out

@@ -116,7 +116,7 @@ def list_buildings(*, session: Session, user: User, page: Page, station_id: uuid
     stmt = select(Building).where(access.building_clause(user, Building.id))
     if station_id:
         stmt = stmt.where(Building.station_id == station_id)
-    if community:
+    if community := str(clean_label(community or "")):  # as names are stored (full-width, spaces: one name)
         stmt = stmt.where(Building.community == community)
     return access.paged(session, stmt, page, Building.community, Building.number)
 

@@ -296,6 +296,8 @@ def test_addresses_typed_full_width_or_with_invisible_characters_are_the_same(cl
     assert building.status_code == 201 and building.json()["number"] == "12"
     again = client.patch(f"/api/v1/buildings/{building.json()['id']}", json={"number": " 12"}, headers=h)
     assert again.status_code == 200 and again.json()["number"] == "12"
+    for typed in ("阳光小区", "阳光小区 ", "阳光小区\u200b"):  # the list's filter takes the name as typed too
+        assert client.get("/api/v1/buildings", params={"community": typed}, headers=h).json()["count"] == 1, typed
 
 
 def test_household_search_ignores_case_and_width_on_both_databases(client: TestClient, session: Session,

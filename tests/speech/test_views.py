@@ -142,7 +142,13 @@ def test_correction_keeps_history_search_finds_the_corrected_word_then_approval_
     assert [(h["revision"], h["user_id"], h["changes"]) for h in history] == [
         (1, str(world.supervisor.id),
          [{"index": 0, "before": "楼道里的立管有意想，", "after": "楼道里的立管有异响，"}])]
-    approved = api.post(f"/api/v1/transcripts/{t.id}/approve", headers=supervisor).json()
+    # Regression: approving took no revision, so a supervisor approved text corrected by another since they
+    # loaded it; with the revision they reviewed, a moved-on transcript is 409 and stays unapproved.
+    stale = api.post(f"/api/v1/transcripts/{t.id}/approve", headers=supervisor, json={"base_revision": 0})
+    assert stale.status_code == 409 and stale.json()["detail"]["code"] == "stale_revision"
+    bad = api.post(f"/api/v1/transcripts/{t.id}/approve", headers=supervisor, json={"base_revison": 1})
+    assert bad.status_code == 422
+    approved = api.post(f"/api/v1/transcripts/{t.id}/approve", headers=supervisor, json={"base_revision": 1}).json()
     assert approved["status"] == "approved" and approved["approved_by_id"] == str(world.supervisor.id)
     r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor, json={"segments": [{"index": 0, "text": "x"}]})
     assert r.status_code == 409 and r.json()["detail"]["code"] == "invalid_transition"

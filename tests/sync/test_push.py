@@ -520,6 +520,31 @@ def test_a_full_write_of_the_stored_record_applies_its_edit(district: District, 
     assert (note_record["duration_s"], note_record["transcript_status"]) == (4.0, "pending")
 
 
+def test_a_full_write_with_a_stale_copy_of_office_fields_applies_the_stewards_edit(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression: the office raised an order's priority after the steward's copy; the steward's full write
+    (status changed, the old priority and SLA with it) was refused `read_only_field`, and its status lost."""
+    phone = device(district.steward1)
+    phone.pull()
+    order = str(district.wo1.id)
+    record = dict(phone.rows["work_orders"][order])
+    office = client.patch(f"/api/v1/work-orders/{order}", json={"priority": "urgent"},
+                          headers=district.headers(district.supervisor))
+    assert office.status_code == 200, office.text
+    full = {k: v for k, v in record.items() if k not in ("id", "version")} | {"status": "in_progress"}
+    answer = phone.send(phone.push_body([{"mutation_id": 1, "table": "work_orders", "op": "upsert", "id": order,
+                                          "base_version": record["version"], "fields": full}]))
+    result = answer["results"][0]
+    assert result["status"] in ("applied", "merged"), result
+    assert (result["record"]["status"], result["record"]["priority"]) == ("in_progress", "urgent")
+    # a steward changing an office field nobody else touched is still refused
+    record = result["record"]
+    full = {k: v for k, v in record.items() if k not in ("id", "version")} | {"priority": "low"}
+    answer = phone.send(phone.push_body([{"mutation_id": 2, "table": "work_orders", "op": "upsert", "id": order,
+                                          "base_version": record["version"], "fields": full}]))
+    assert _statuses(answer) == [("rejected", "read_only_field")]
+
+
 def test_one_base_version_out_of_range_rejects_that_mutation_only(district: District, session: Session,
                                                                    device: Callable[..., Device]) -> None:
     """Regression: `base_version: 0` (a client's "never synced") refused the whole batch with 422, and the

@@ -367,7 +367,7 @@
       var approve = el("button", { type: "button", id: "approve" }, "审核通过");
       approve.addEventListener("click", async function () {
         approve.disabled = true;
-        try { await api("POST", "/transcripts/" + id + "/approve"); }
+        try { await api("POST", "/transcripts/" + id + "/approve", { base_revision: t.revision }); }
         catch (e) { approve.disabled = false; if (e.status !== 401 && my === state.seq) say("审核失败：" + e.message, "error"); return; }
         if (my !== state.seq) return;
         say("已审核通过。", "ok");
