@@ -33,6 +33,14 @@ def clean_label(value: object) -> object:
     return " ".join(text.split())
 
 
+def strip_text(value: object) -> object:
+    """Text shown to residents as typed, less invisible format characters and spaces at the ends (a title of
+    spaces then fails `min_length`)."""
+    if not isinstance(value, str):
+        return value
+    return "".join(ch for ch in value if unicodedata.category(ch) != "Cf").strip()
+
+
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A blob's name: its SHA-256 in lower-case hex, as the blob store (`sync/blobs`) names it.
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN, min_length=64, max_length=64)]

@@ -89,7 +89,9 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     if not claimed:
         return None
     assert delivery.phone is not None  # due rows always have one (no phone: skipped)
-    result = deliver(sender, delivery.phone, delivery.text, ref=str(delivery.id))
+    # The ref names the message to this number: a gateway that drops repeats of a ref (after a timeout that did
+    # deliver) then still sends the message to a corrected number, which kept the delivery's id.
+    result = deliver(sender, delivery.phone, delivery.text, ref=f"{delivery.id}:{delivery.phone}")
     if result.ok:
         row.sqlmodel_update({"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
                              "next_attempt_at": None})

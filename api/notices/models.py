@@ -6,13 +6,13 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
 from api.proactive.models import DeliveryState
-from api.schemas import RequestBody, UtcDatetime
+from api.schemas import RequestBody, UtcDatetime, strip_text
 
 
 class NoticeTarget(StrEnum):
@@ -75,8 +75,16 @@ class NoticeDeliveriesPublic(SQLModel):
     count: int
 
 
+HOTLINE_PATTERN = r"^\+?[0-9][0-9\- ]{2,19}$"  # 96133, 0531-96133, +86 531 8888 6666
+
+
 class NoticeCreate(NoticeBase, RequestBody):
     id: uuid.UUID | None = None
+    # Into every SMS: a blank title or a hotline of spaces or words ("请拨打供暖服务热线 。") was accepted.
+    service_phone: str | None = Field(default=None, max_length=20, description="Default: settings.",
+                                      schema_extra={"pattern": HOTLINE_PATTERN})
+
+    _strip = field_validator("title", "service_phone", mode="before")(strip_text)
 
     @model_validator(mode="after")
     def _check(self) -> NoticeCreate:

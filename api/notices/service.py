@@ -111,7 +111,13 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
         select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)).all()}
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    for m in messages(session=session, settings=settings, notice=notice):
+    planned = messages(session=session, settings=settings, notice=notice)
+    # A household no longer reached (its building moved to another station) is not retried with the dates of
+    # a station that no longer feeds it.
+    targeted = {m.household_id for m in planned}
+    deliveries.give_up(session, settings, [d for h, d in existing.items() if h not in targeted], utcnow(),
+                       "not_targeted")
+    for m in planned:
         skip = None if m.phone else "no_phone"
         row = existing.get(m.household_id)
         if row is None:
@@ -138,12 +144,16 @@ def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: N
     for row in rows:
         outcome = deliveries.send_one(session, settings, sender, row, clock(), final_too=final_too)
         sent, failed = sent + (outcome is True), failed + (outcome is False)
+    _recount(session, notice)
+    return sent, failed
+
+
+def _recount(session: Session, notice: Notice) -> None:
     session.refresh(notice)
     notice.sent_count = session.exec(select(func.count()).where(NoticeDelivery.notice_id == notice.id,
                                                                 NoticeDelivery.status == DeliveryStatus.sent)).one()
     session.add(notice)
     session.commit()
-    return sent, failed
 
 
 def _mark_sent(session: Session, notice: Notice, now: datetime) -> bool:
@@ -208,8 +218,19 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
                                                              deliveries.due(table, settings, now))).all()
             deliveries.give_up(session, settings, list(rows), now, "event_passed")
             continue
+        # Re-planned first, as a resend and campaigns do: a retry texted the number the office had removed or
+        # corrected, with the resident's name and address, and a home suspended since with the normal wording.
+        _plan(session, settings, notice)
         s, f = _send_due(session, settings, sender, notice, now)
         sent, failed = sent + s, failed + f
+    # A send cut off after its last SMS and before its count (a killed process) left `sent_count` wrong for
+    # good: nothing was due any more, so no run came back to it.
+    actual = (select(func.count()).where(NoticeDelivery.notice_id == Notice.id,
+                                         NoticeDelivery.status == DeliveryStatus.sent).scalar_subquery())
+    for notice in session.exec(select(Notice).where(col(Notice.sent_at).is_not(None),
+                                                    col(Notice.water_fill_end) > now,
+                                                    Notice.sent_count != actual)).all():
+        _recount(session, notice)
     return sent, failed
 
 

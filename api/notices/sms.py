@@ -61,6 +61,10 @@ class HttpSender:
         """Send one message and say why it failed, if it did."""
         try:
             response = self._client.post(self.url, json={"phone": phone, "text": text, "ref": ref})
+        except httpx.TimeoutException as exc:
+            # The gateway may have taken it all the same: the retry carries the same ref, which a gateway that
+            # deduplicates on it drops (docs/proactive.md); one that does not texts the resident twice.
+            return SendResult(False, f"gateway timed out (the message may have gone out): {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return SendResult(False, f"gateway unreachable: {type(exc).__name__}: {exc}"[:500])
         if response.status_code >= 300:

@@ -337,6 +337,11 @@ def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
     existing = {d.household_id: d for d in session.exec(
         select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id)).all()}
     messages, _ = _targets(session, settings, campaign)
+    # A household no longer targeted (its building moved to another station) is not retried with the dates of
+    # a station that no longer feeds it.
+    targeted = {m.household_id for m in messages}
+    deliveries.give_up(session, settings, [d for h, d in existing.items() if h not in targeted], utcnow(),
+                       "not_targeted")
     for m in messages:
         row = existing.get(m.household_id)
         status = DeliveryStatus.skipped if m.skip_reason else DeliveryStatus.queued

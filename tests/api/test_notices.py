@@ -394,3 +394,111 @@ def test_retries_stop_once_the_filling_is_over(client: TestClient, session: Sess
     assert (row.phone, row.reason, row.next_attempt_at) == (b, "event_passed", None)
     assert service.send_due(session=session, settings=settings, sender=flaky, now=after) == (0, 0)
     assert len(flaky.calls) == 2 and reread(session, Notice, notice.id).sent_count == 1
+
+
+class _Texts(_Flaky):
+    """`_Flaky` that also keeps each message's text."""
+
+    def __init__(self, bad: set[str | None]) -> None:
+        super().__init__(bad)
+        self.texts: list[tuple[str, str]] = []
+
+    def send(self, phone: str, text: str) -> bool:
+        self.texts.append((phone, text))
+        return super().send(phone, text)
+
+
+def test_a_retry_follows_the_household_as_it_is_now(client: TestClient, session: Session, world: World,
+                                                     settings: Settings) -> None:
+    """Regression: the evaluation run retried with the phone and text of the first send: it texted the number
+    the office had removed (with the resident's name and address), and a home suspended since with the
+    normal wording."""
+    settings.proactive_sms_retry_backoff_s = 0
+    h = world.headers(world.supervisor)
+    removed, suspended = make_notice(session, world.building_b), make_notice(session, world.building_a)
+    old_b, phone_a = world.household_b.phone, world.household_a.phone
+    flaky = _Texts({old_b, phone_a})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    for notice in (removed, suspended):
+        assert client.post(f"{API}/{notice.id}/send", headers=h).json()["sent_count"] == 0
+    assert client.patch(f"/api/v1/households/{world.household_b.id}", json={"phone": None}, headers=h).is_success
+    assert client.patch(f"/api/v1/households/{world.household_a.id}", json={"heating_status": "suspended"},
+                        headers=h).is_success
+    flaky.bad.clear()
+    assert client.post("/api/v1/proactive/run", headers=h).is_success
+    assert flaky.calls.count(old_b) == 1
+    assert "您家已办理停暖" in [t for p, t in flaky.texts if p == phone_a][-1]
+    skipped = client.get(f"{API}/{removed.id}/deliveries", params={"status": "skipped"}, headers=h).json()
+    assert [d["reason"] for d in skipped["data"]] == ["no_phone"]
+
+
+def test_a_send_cut_off_before_its_count_is_counted_by_the_next_run(client: TestClient, session: Session,
+                                                                     world: World, settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a process killed after the last SMS of a send and before its recount left `sent_count` 0
+    for good: nothing was due any more, so no run came back to the notice."""
+    from api.notices import deliveries
+
+    class Killed(BaseException):
+        pass
+
+    notice = make_notice(session, station=world.station)
+    sms, real, done = LoggingSender(), deliveries.send_one, []
+
+    def send_one(*args: object, **kw: object) -> object:
+        done.append(real(*args, **kw))  # type: ignore[arg-type]
+        if len(done) == 2:
+            raise Killed()
+        return done[-1]
+
+    monkeypatch.setattr(deliveries, "send_one", send_one)
+    with pytest.raises(Killed):
+        service.send(session=session, settings=settings, sender=sms, notice=reread(session, Notice, notice.id))
+    monkeypatch.undo()
+    h = world.headers(world.supervisor)
+    assert client.post("/api/v1/proactive/run", headers=h).is_success
+    assert client.get(f"{API}/{notice.id}", headers=h).json()["sent_count"] == 2 == len(sms.sent)
+
+
+def test_a_gateway_that_drops_repeated_refs_still_texts_a_corrected_number(session: Session, world: World,
+                                                                            settings: Settings) -> None:
+    """Regression: `ref` was the delivery's id, kept when the office corrected the number: a gateway that
+    drops repeats of a ref (what the docs advise after a timeout) dropped the message to the right number."""
+    import json
+
+    import httpx
+
+    from api.notices.sms import HttpSender
+
+    seen: set[str] = set()
+    delivered: list[str] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.read())
+        if body["ref"] in seen:
+            return httpx.Response(200, json={"ok": True, "duplicate": True})
+        seen.add(body["ref"])
+        delivered.append(body["phone"])
+        raise httpx.ReadTimeout("slow answer", request=request)  # taken, but the answer came too late
+
+    sender = HttpSender("http://gw/sms", "k", transport=httpx.MockTransport(gateway))
+    notice = make_notice(session, world.building_a)
+    service.send(session=session, settings=settings, sender=sender, notice=reread(session, Notice, notice.id))
+    failed = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)).one()
+    assert failed.status == DeliveryStatus.failed and "timed out" in (failed.reason or "")
+    world.household_a.phone = "13900009999"
+    session.add(world.household_a)
+    session.commit()
+    service.send(session=session, settings=settings, sender=sender, notice=reread(session, Notice, notice.id),
+                 resend=True)
+    assert "13900009999" in delivered
+
+
+@pytest.mark.parametrize("extra", [{"service_phone": " "}, {"service_phone": "call us"}, {"title": "   "},
+                                   {"title": "\u200b"}])
+def test_a_blank_title_or_hotline_is_refused(client: TestClient, session: Session, world: World,
+                                             extra: dict[str, str]) -> None:
+    """Regression: accepted, they went into every SMS ("请拨打供暖服务热线 。")."""
+    body = {"target": "building", "building_id": str(world.building_a.id)} | FILL | extra
+    assert_error(client.post(API, json=body, headers=world.headers(world.supervisor)), 422, "validation_error")
+    assert count_rows(session, Notice) == 0

@@ -141,7 +141,8 @@ def test_a_failed_sms_is_retried_after_the_backoff_then_given_up(client: TestCli
     failed = session.exec(select(CampaignDelivery).where(CampaignDelivery.status == DeliveryStatus.failed)).one()
     assert failed.household_id == world.household_b.id and failed.attempts == 1 and "503" in (failed.reason or "")
     assert failed.next_attempt_at is not None
-    assert (failed.phone, str(failed.id)) in flaky.calls  # the delivery id is the gateway's idempotency ref
+    # the delivery id and the number: the gateway's idempotency ref (a corrected number is another message)
+    assert (failed.phone, f"{failed.id}:{failed.phone}") in flaky.calls
     second = _send(client, world, str(campaign["id"]))
     assert second["status"] == "completed" and second["sent_count"] == 2 and second["failed_count"] == 0
     assert sorted(p for p, _ in flaky.calls) == ["13800000001", "13800000002", "13800000002"]
@@ -370,3 +371,33 @@ def test_a_pressure_test_reaches_suspended_homes_with_their_wording(client: Test
     assert "您家已办理停暖" in texts[str(suspended.phone)] and "打压试验" in texts[str(suspended.phone)]
     assert "阀门保持关闭" in texts[str(suspended.phone)] and "放风阀" not in texts[str(suspended.phone)]
     assert "停暖" not in texts[str(world.household_a.phone)]
+
+
+def test_a_household_no_longer_on_the_station_is_not_retried(client: TestClient, session: Session, world: World,
+                                                             settings: Settings) -> None:
+    """Regression: a building moved to another station kept getting the old station's campaign retries (and
+    its rows escaped any later phone or 报停 change): they are skipped as `not_targeted`."""
+    from tests.utils.factories import make_station
+
+    settings.proactive_sms_retry_backoff_s = 0
+    campaign = create_campaign(client, world)
+    h = world.headers(world.supervisor)
+    calls: list[str] = []
+    bad = {world.household_b.phone}
+
+    class Flaky:
+        def send(self, phone: str, text: str) -> bool:
+            calls.append(phone)
+            return phone not in bad
+
+    client.app.state.sms_sender = Flaky()  # type: ignore[attr-defined]
+    assert client.post(f"{API}/campaigns/{campaign['id']}/send", headers=h).status_code == 200
+    other = make_station(session, name="东郊换热站")
+    moved = client.patch(f"/api/v1/buildings/{world.building_b.id}", json={"station_id": str(other.id)}, headers=h)
+    assert moved.status_code == 200, moved.text
+    bad.clear()
+    assert client.post("/api/v1/proactive/run", headers=h).is_success
+    assert calls.count(world.household_b.phone) == 1
+    row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == world.household_b.id)).one()
+    session.refresh(row)
+    assert (row.status, row.reason) == (DeliveryStatus.skipped, "not_targeted")

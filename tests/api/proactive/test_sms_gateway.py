@@ -83,7 +83,7 @@ def test_a_campaign_goes_out_through_the_http_gateway_and_retries_its_failures(
     second = client.post(f"{API}/campaigns/{campaign['id']}/send", headers=h).json()
     assert second["sent_count"] == 2 and second["status"] == "completed"
     assert [m["phone"] for m in gateway.received] == ["13800000001", "13800000002"]
-    assert gateway.received[1]["ref"] == str(failed.id) and "注水" in gateway.received[1]["text"]
+    assert gateway.received[1]["ref"] == f"{failed.id}:{failed.phone}" and "注水" in gateway.received[1]["text"]
     sender.close()
     sender.close()  # idempotent
 
