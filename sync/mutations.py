@@ -330,10 +330,13 @@ def _update(ctx: Context, spec: SyncTable, row: Any, base: int, fields: dict[str
     values = validate(rules.update_model, fields).model_dump(exclude_unset=True)
     foreign = changed_since(spec, row, base, ctx.client_id)
     effective: dict[str, Any] = {}
+    pinned: dict[str, Any] = {}
     conflicts = []
     for name, value in values.items():
         current = getattr(row, name)
         if same(value, current):
+            if name in rules.pinned:  # named with the server's value: still said (REST reads it the same way)
+                pinned[name] = value
             continue
         if name in foreign:
             winner = "server" if name in spec.office_fields else "device"
@@ -344,7 +347,7 @@ def _update(ctx: Context, spec: SyncTable, row: Any, base: int, fields: dict[str
             effective[name] = value
     try:
         if effective:
-            rules.apply(ctx, row, effective)
+            rules.apply(ctx, row, pinned | effective)
             ctx.session.add(row)
             _mark_own(ctx, row)
     except Rejected as exc:

@@ -133,6 +133,10 @@ class Rules:
     # `transcript_status`, the recorder), which a full write of an existing row carries as the device last
     # saw them: ignored there (see `sync.mutations._differences`).
     device_fields: frozenset[str] = frozenset()
+    # Fields whose mention matters even with the server's value: an order's edit that names its current
+    # `sla_due_at` keeps that deadline (REST: "unless the edit sets sla_due_at itself"); dropped as unchanged,
+    # the category change moved it.
+    pinned: frozenset[str] = frozenset()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -380,9 +384,12 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
         _transition(ctx, order, target)
     if values:
         # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them.
+        fields = (*values, "priority", "sla_due_at")
+        before = [getattr(order, name) for name in fields]
         apply_edits(order, values, settings=ctx.settings,
                     household=ctx.get(BY_NAME["households"], order.household_id))
-        _event(ctx, order, "updated")
+        if [getattr(order, name) for name in fields] != before:  # as REST: no event for an edit that changed
+            _event(ctx, order, "updated")                       # nothing (a cold sensitive home stays high)
 
 
 def _check_transition(ctx: Context, current: Status, target: Status) -> None:
@@ -429,7 +436,8 @@ RULES: dict[str, Rules] = {
     "households": Rules(writable=_household_writable, update_model=HouseholdUpdate, apply=_set_all),
     "work_orders": Rules(create=create_work_order, writable=_order_writable, update_model=WorkOrderSyncUpdate,
                          apply=_order_apply, not_deletable="Work orders are not deleted; cancel them.",
-                         device_fields=_fields_of(WorkOrderCreate) | _fields_of(WorkOrderSyncUpdate)),
+                         device_fields=_fields_of(WorkOrderCreate) | _fields_of(WorkOrderSyncUpdate),
+                         pinned=frozenset({"sla_due_at"})),
     "visits": Rules(create=create_visit, writable=_visit_writable, update_model=VisitUpdate, apply=_visit_apply,
                     may_delete=_may_delete_visit, before_delete=_visit_before_delete,
                     device_fields=_fields_of(VisitCreate) | VISIT_FIELDS),

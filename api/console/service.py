@@ -154,7 +154,9 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
             "actions": mask(visit.actions), "result": _value(visit.result)}))
     items.extend(_recordings(session, user, order.id))
     items.extend(_video_calls(session, order.id))
-    items.sort(key=lambda i: (i.at, i.kind))
+    # By time alone (a stable sort): events of one instant keep the order they were written in. By (time, kind),
+    # a proactive order's `assigned`, written with its `created`, came first.
+    items.sort(key=lambda i: i.at)
 
     until = (order.closed_at or now) + READINGS_AFTER
     readings = session.exec(select(Reading).where(

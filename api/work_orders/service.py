@@ -129,7 +129,14 @@ def get(*, session: Session, user: User, id: uuid.UUID) -> WorkOrder:
 def _lock(session: Session, order: WorkOrder) -> None:
     """Re-read the order under a row lock: checks must see what a concurrent request just committed (on
     SQLite too, where `FOR UPDATE` alone did nothing and two requests could both move an order from the
-    status they had read: a cancelled order ended resolved)."""
+    status they had read: a cancelled order ended resolved).
+
+    The change-sequence lock is taken first, as a sync push takes it: a REST write that locked the row and then
+    (at flush) waited for the sequence, while a push holding the sequence waited to write the row, deadlocked
+    on PostgreSQL (503 for the office)."""
+    from sync.tracking import allocate_seq
+
+    allocate_seq(session)
     lock_row(session, order)
 
 
@@ -145,6 +152,8 @@ def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.
     if order.status not in OPEN_STATUSES:
         raise InvalidTransition(assign_refusal(order.status))
     _steward(session, assignee_id)
+    if order.assignee_id == assignee_id and order.status != Status.new:
+        return order  # already theirs: no change, no `assigned` line in the timeline (sync skips it too)
     before = order.status
     order.assignee_id = assignee_id
     if order.status == Status.new:

@@ -531,3 +531,13 @@ def test_an_empty_edit_changes_nothing_and_logs_nothing(client: TestClient, sess
     assert r.json()["version"] == order.version
     events = client.get(f"{API}/{order.id}/events", headers=h).json()
     assert all(e["kind"] != "updated" for e in events)
+
+
+def test_assigning_the_current_assignee_again_changes_nothing(client: TestClient, session: Session,
+                                                              world: World) -> None:
+    """Regression: it logged an `assigned` event (in_progress -> in_progress) for no change; sync skips it."""
+    order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a)
+    h = world.headers(world.supervisor)
+    r = client.post(f"/api/v1/work-orders/{order.id}/assign", json={"assignee_id": str(world.steward_a.id)}, headers=h)
+    assert r.status_code == 200 and r.json()["version"] == 1
+    assert client.get(f"/api/v1/work-orders/{order.id}/events", headers=h).json() == []

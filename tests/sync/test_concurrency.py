@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
@@ -97,3 +98,57 @@ def test_two_devices_pushing_at_once_both_land_in_order(district: District, devi
         assert "error" not in out, out
     reader.pull(limit=7)
     assert len(reader.rows["readings"]) == 61
+
+
+@pytest.mark.parametrize("rest_first", [True, False], ids=["rest-holds-the-row", "push-holds-the-sequence"])
+def test_a_rest_move_and_a_push_of_the_same_order_at_once_both_answer(
+        district: District, device: Callable[..., Device], client: Any, backend: str,
+        monkeypatch: pytest.MonkeyPatch, rest_first: bool) -> None:
+    """Regression: REST locked the order's row and then (at flush) the change sequence; a push takes the
+    sequence first and then writes the row. At the same moment on PostgreSQL they deadlocked, and the REST
+    request was killed (503 database_unavailable). REST now takes the sequence first too."""
+    import time
+
+    from api.work_orders import service
+    from sync import rules
+
+    if backend != "postgresql":
+        pytest.skip("needs two writers at once, which SQLite does not allow")
+    order = district.wo2  # in progress, assigned to steward2
+    first = threading.Event()
+    if rest_first:
+        real_check = service._check_version
+
+        def slow_check(o: Any, base: Any) -> None:  # REST holds its locks between its checks and its commit
+            first.set()
+            time.sleep(0.5)
+            real_check(o, base)
+
+        monkeypatch.setattr(service, "_check_version", slow_check)
+    else:
+        real_apply = rules.RULES["work_orders"].apply
+        assert real_apply is not None
+
+        def slow_apply(ctx: Any, row: Any, values: Any) -> None:  # the push holds the sequence while applying
+            first.set()
+            time.sleep(0.5)
+            real_apply(ctx, row, values)
+
+        monkeypatch.setitem(rules.RULES, "work_orders", dataclasses.replace(rules.RULES["work_orders"],
+                                                                            apply=slow_apply))
+    phone = device(district.steward2, "phone")
+    body = phone.push_body([{"mutation_id": 1, "table": "work_orders", "op": "update", "id": str(order.id),
+                             "base_version": order.version, "fields": {"status": "resolved"}}])
+
+    def rest() -> Any:
+        return client.post(f"/api/v1/work-orders/{order.id}/transitions", json={"status": "waiting_resident"},
+                           headers=district.headers(district.supervisor))
+
+    first_thread, first_out = _in_thread(rest if rest_first else (lambda: phone.send(body)))
+    assert first.wait(10)
+    second = phone.send(body) if rest_first else rest()
+    first_thread.join(30)
+    answer, push = (first_out["value"], second) if rest_first else (second, first_out["value"])
+    assert answer.status_code in (200, 409), answer.text
+    assert push["results"][0]["status"] in ("applied", "merged", "conflict", "rejected")
+    assert push["results"][0].get("reason") not in ("constraint", "server_error"), push

@@ -72,3 +72,36 @@ def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callab
     result = phone.push()["results"][0]
     assert (result["status"], result["reason"]) == ("rejected", "invalid_value"), result
     assert "future" in result["message"]
+
+
+def test_an_order_edit_through_sync_follows_the_rest_rules(client: TestClient, district: District,
+                                                            device: Callable[..., Device]) -> None:
+    """Regressions: (1) an office edit naming the order's current `sla_due_at` with a new category kept the
+    deadline in REST and moved it through sync (the unchanged field was dropped before the rule saw it);
+    (2) an edit that changed nothing (lowering a cold sensitive home's priority, raised back) logged an
+    `updated` event through sync, none in REST."""
+    from datetime import timedelta
+
+    from sqlmodel import Session, select
+
+    from api.db import utcnow
+    from api.work_orders.models import Category, Priority, Status, WorkOrderEvent
+    from tests.utils.factories import make_work_order
+
+    with Session(client.app.state.engine, expire_on_commit=False) as session:  # type: ignore[attr-defined]
+        due = (utcnow() + timedelta(hours=30)).replace(microsecond=0)
+        pinned = make_work_order(session, district.h1a, status=Status.in_progress, assignee=district.steward1,
+                                 category=Category.noise, sla_due_at=due)
+        cold = make_work_order(session, district.h1b, status=Status.in_progress, assignee=district.steward1,
+                               category=Category.not_warm, priority=Priority.high)  # h1b is sensitive
+    office = device(district.supervisor, "office")
+    edits = [(pinned, {"category": "leak", "sla_due_at": due.isoformat()}), (cold, {"priority": "low"})]
+    answer = office.send(office.push_body([
+        {"mutation_id": n + 1, "table": "work_orders", "op": "update", "id": str(order.id), "base_version": 1,
+         "fields": fields} for n, (order, fields) in enumerate(edits)]))
+    kept, unchanged = (r["record"] for r in answer["results"])
+    assert (kept["category"], datetime.fromisoformat(kept["sla_due_at"])) == ("leak", due.replace(tzinfo=UTC))
+    assert (unchanged["priority"], unchanged["version"]) == ("high", 1)
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        events = session.exec(select(WorkOrderEvent.kind).where(WorkOrderEvent.work_order_id == cold.id)).all()
+    assert events == []

@@ -427,3 +427,17 @@ def test_the_dashboard_shows_the_proactive_service(client: TestClient, session: 
     assert [c["id"] for c in panel["clusters"]] == [str(building.id)]
     assert [v["id"] for v in panel["revisits"]] == [str(revisit.id)]
     assert panel["summary"]["clusters_open"] == {"riser": 0, "building": 1, "station": 0}
+
+
+def test_the_timeline_of_a_proactive_order_starts_with_its_creation(client: TestClient, session: Session,
+                                                                     world: World) -> None:
+    """Regression: `created` and `assigned` of a proactive order share an instant, and the timeline sorted
+    them by (time, kind): assigned came first."""
+    for i in range(1, 4):
+        make_work_order(session, make_household(session, world.building_a, unit="2", room=f"20{i}"),
+                        category=Category.not_warm)
+    assert client.post("/api/v1/proactive/run", headers=world.headers(world.supervisor)).json()["clusters_opened"] == 1
+    session.expire_all()
+    order = session.exec(select(WorkOrder).where(WorkOrder.source == Source.proactive)).one()
+    timeline = client.get(f"{API}/work-orders/{order.id}/timeline", headers=world.headers(world.supervisor)).json()
+    assert [i["kind"] for i in timeline["items"]][:2] == ["created", "assigned"]
