@@ -385,10 +385,10 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
     if values:
         # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them.
         fields = (*values, "priority", "sla_due_at")
-        before = [getattr(order, name) for name in fields]
+        was = [getattr(order, name) for name in fields]
         apply_edits(order, values, settings=ctx.settings,
                     household=ctx.get(BY_NAME["households"], order.household_id))
-        if [getattr(order, name) for name in fields] != before:  # as REST: no event for an edit that changed
+        if [getattr(order, name) for name in fields] != was:  # as REST: no event for an edit that changed
             _event(ctx, order, "updated")                       # nothing (a cold sensitive home stays high)
 
 
