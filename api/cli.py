@@ -290,7 +290,12 @@ def _one_server(settings: Settings) -> Iterator[None]:
         yield
         return
     path = Path(url.database).resolve()
-    with open(path.with_name(path.name + ".serve.lock"), "a") as lock:
+    try:
+        lock = open(path.with_name(path.name + ".serve.lock"), "a")  # noqa: SIM115 - held while serving
+    except OSError as exc:  # a read-only directory: one line, as for the database itself
+        raise _fail(f"Cannot use the SQLite database {path}: cannot create its lock file: {exc.strerror or exc}",
+                    2) from exc
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -518,12 +518,19 @@ class RoomManager:
 
     async def _audit_loop(self) -> None:
         # A loop of its own: a slow or unreachable database must not hold up the reaper.
+        # While it fails (the database is down) it waits longer each time, up to a minute, and says so once a
+        # minute at most: every 2 s, an outage wrote 1,800 warnings an hour.
+        wait = self.audit_interval_s
         while True:
-            await asyncio.sleep(self.audit_interval_s)
+            await asyncio.sleep(wait)
             try:
                 await self.audit_once()
             except Exception as exc:
-                log.warning("video access check failed (next try in %.0f s): %s", self.audit_interval_s, exc)
+                if wait == self.audit_interval_s or wait >= 60:
+                    log.warning("video access check failed (next try in %.0f s): %s", min(wait * 2, 60), exc)
+                wait = min(wait * 2, 60.0)
+            else:
+                wait = self.audit_interval_s
 
     async def aclose(self) -> None:
         """Stop the reaper and the access check, and close every room (shutdown). The closes run side by

@@ -6,6 +6,7 @@ S3-compatible bucket (STEWARD_BLOB_STORE=s3; docs/sync-protocol.md, "Blobs").
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from api.errors import NotFound
 
+log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 # A blob a device asks for again (HEAD, or an upload of bytes already stored) has its stored time renewed
 # when older than this: the sweep's grace period then counts from the device's new claim on it.
@@ -91,10 +93,13 @@ class LocalBlobStore(BlobStore):
         path = self.path(sha256)
         try:
             stat = path.stat()
-            if stat.st_mtime < time.time() - CLAIM_RENEW_S:
-                os.utime(path)
         except FileNotFoundError:
             return None
+        if stat.st_mtime < time.time() - CLAIM_RENEW_S:
+            try:
+                os.utime(path)
+            except OSError as exc:  # a store mounted read-only: the blob is there all the same
+                log.warning("cannot renew the stored time of blob %s: %s", sha256, exc)
         return stat.st_size
 
     def store(self, sha256: str, path: Path) -> None:
@@ -173,8 +178,11 @@ class S3BlobStore(BlobStore):
                 return None
             raise
         if head["LastModified"].timestamp() < time.time() - CLAIM_RENEW_S:  # a copy onto itself renews it
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-                                    MetadataDirective="REPLACE", ContentType="application/octet-stream")
+            try:
+                self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                                        MetadataDirective="REPLACE", ContentType="application/octet-stream")
+            except ClientError as exc:  # credentials that may read but not write: the blob is there all the same
+                log.warning("cannot renew the stored time of blob %s: %s", sha256, exc)
         return int(head["ContentLength"])
 
     def store(self, sha256: str, path: Path) -> None:

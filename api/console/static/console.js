@@ -61,6 +61,24 @@
   }
 
   function HttpError(status, code, message) { this.status = status; this.code = code; this.message = message; }
+  // The API's messages are English (for integrators); the console says the common ones in Chinese and keeps
+  // the API's text for the rest, after the code.
+  var MESSAGES = {
+    stale_revision: "别人刚修改过这条记录，请重新加载后再操作。",
+    invalid_transition: "当前状态不允许此操作。",
+    validation_error: "输入有误，请检查后重试。",
+    not_found: "找不到该记录（可能已删除，或您无权查看）。",
+    role_required: "您的账号没有此项权限（需要督办或管理员）。",
+    forbidden: "您的账号没有此项权限。",
+    database_unavailable: "服务暂时不可用，请稍后重试。",
+    storage_unavailable: "存储服务暂时不可用，请稍后重试。",
+    invalid_query: "搜索词太长或含有不支持的字符。",
+    invalid_category: "未知的分类。",
+    duplicate_segment: "同一段不能同时修改两次。",
+    no_such_segment: "该段已不存在，请重新加载。",
+    blob_missing: "录音文件暂不可用。",
+    too_many_requests: "操作太频繁，请稍后再试。"
+  };
 
   function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
@@ -80,7 +98,8 @@
     try { data = await r.json(); } catch (e) { data = null; }
     if (!r.ok) {
       var d = (data && data.detail) || {};
-      throw new HttpError(r.status, d.code || "http_" + r.status, d.message || r.statusText);
+      var code = d.code || "http_" + r.status;
+      throw new HttpError(r.status, code, MESSAGES[code] || ((d.message || r.statusText) + "（" + code + "）"));
     }
     return data;
   }
@@ -368,7 +387,15 @@
       approve.addEventListener("click", async function () {
         approve.disabled = true;
         try { await api("POST", "/transcripts/" + id + "/approve", { base_revision: t.revision }); }
-        catch (e) { approve.disabled = false; if (e.status !== 401 && my === state.seq) say("审核失败：" + e.message, "error"); return; }
+        catch (e) {
+          if (e.status === 401 || my !== state.seq) return;
+          if (e.code === "stale_revision") {  // corrected by someone since it was shown: show that text first
+            say("别人刚修改过这条转写，已为您重新加载，请核对后再审核。", "error");
+            await reloadTranscript(id);
+            return;
+          }
+          approve.disabled = false; say("审核失败：" + e.message, "error"); return;
+        }
         if (my !== state.seq) return;
         say("已审核通过。", "ok");
         await reloadTranscript(id);

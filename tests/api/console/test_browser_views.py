@@ -178,3 +178,23 @@ def test_the_dashboard_error_goes_once_polling_recovers(page: Page) -> None:
     updates = page.evaluate("window.__console.dashboardUpdates")
     wait_js(page, f"window.__console.dashboardUpdates > {updates}")
     assert page.locator("#message").is_hidden(), page.text_content("#message")
+
+
+def test_an_approval_of_text_corrected_meanwhile_shows_that_text_first(page: Page, server: str, session: Session,
+                                                                       world: World) -> None:
+    """Regression: approving sent no revision, so text another supervisor had corrected since it was shown
+    was approved unseen; now the page reloads it with a Chinese message, and the next click approves."""
+    t = make_transcript(session, world.steward_a, "第一段", "第二段")
+    page.evaluate(f"location.hash = '#/t/{t.id}'")
+    page.locator("#approve").wait_for()
+    other = httpx.patch(f"{server}/api/v1/transcripts/{t.id}", headers=world.headers(world.admin),
+                        json={"segments": [{"index": 0, "text": "别人改的"}], "base_revision": 0})
+    assert other.status_code == 200
+    page.locator("#approve").click()
+    wait_js(page, "window.__console.transcript.revision === 1")
+    assert segment_texts(page) == ["别人改的", "第二段"]
+    assert "别人刚修改过" in page.locator("#message").inner_text()
+    unapproved = httpx.get(f"{server}/api/v1/transcripts/{t.id}", headers=world.headers(world.admin)).json()
+    assert unapproved["status"] == "transcribed"
+    page.locator("#approve").click()
+    wait_js(page, "window.__console.transcript.status === 'approved'")
