@@ -269,7 +269,8 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     if not ctx.visible(spec, row):
         if op == "upsert":
             raise Rejected("already_exists", f"The id {id} is taken by a row outside your scope.")
-        raise Rejected("out_of_scope", f"No {spec.name} row with id {id} in your scope.")
+        # As for an id that does not exist: `out_of_scope` here told a steward which ids of other grids exist.
+        raise Rejected("not_found", f"No {spec.name} row with id {id}.")
     if op == "update" and base_version is None:
         raise Rejected("base_version_required", "An update needs the base_version it was edited from.")
     if op == "upsert":
@@ -380,10 +381,10 @@ def _mark_own(ctx: Context, row: Any) -> None:
 def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | None) -> Outcome:
     rules = rules_for(spec)
     row = ctx.get(spec, id)
-    if row is None:
-        return Outcome("applied", None)  # already gone: the device wanted exactly this
-    if not ctx.visible(spec, row):
-        raise Rejected("out_of_scope", f"No {spec.name} row with id {id} in your scope.")
+    if row is None or not ctx.visible(spec, row):
+        # Already gone (the device wanted exactly this), or never the caller's to see: answered alike, so that
+        # a delete does not tell a steward which ids of other grids exist; nothing is deleted.
+        return Outcome("applied", None)
     if rules.may_delete is None:
         raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
                        rules.not_deletable)

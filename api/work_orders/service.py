@@ -84,8 +84,6 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
     households in their grid, assigned to themselves, with the SLA the rules give (not one of their own)."""
     household = get_household(session=session, user=user, id=data.household_id)
-    if data.id is not None and session.get(WorkOrder, data.id) is not None:  # after the scope check (visits)
-        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
     assignee_id = data.assignee_id
     if user.role == Role.steward:
         if data.source not in STEWARD_SOURCES:
@@ -95,6 +93,10 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
         if data.sla_due_at is not None:  # the SLA is evidence for the office: it follows the priority rules
             raise Forbidden("The SLA deadline is set by the office; leave sla_due_at out.", code="role_required")
         assignee_id = user.id
+    # After the scope and role checks (as for visits): before them, a create refused anyway answered 409 or 403
+    # by whether the id existed in another grid.
+    if data.id is not None and session.get(WorkOrder, data.id) is not None:
+        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
     if assignee_id is not None:
         _steward(session, assignee_id)
     priority = effective_priority(household, data.category, data.priority)

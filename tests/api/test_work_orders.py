@@ -541,3 +541,14 @@ def test_assigning_the_current_assignee_again_changes_nothing(client: TestClient
     r = client.post(f"/api/v1/work-orders/{order.id}/assign", json={"assignee_id": str(world.steward_a.id)}, headers=h)
     assert r.status_code == 200 and r.json()["version"] == 1
     assert client.get(f"/api/v1/work-orders/{order.id}/events", headers=h).json() == []
+
+
+def test_a_refused_create_does_not_tell_whether_its_id_exists(client: TestClient, session: Session,
+                                                              world: World) -> None:
+    """Regression: the id check ran before the steward's checks: a create refused anyway answered 409 for an
+    id of another grid's order and 403 for an unknown one."""
+    other = make_work_order(session, world.household_b)
+    body = {"household_id": str(world.household_a.id), "category": "not_warm", "source": "hotline"}
+    answers = [client.post("/api/v1/work-orders", json=body | {"id": row_id}, headers=world.headers(world.steward_a))
+               for row_id in (str(other.id), str(random_id()))]
+    assert [a.status_code for a in answers] == [403, 403], [a.json() for a in answers]

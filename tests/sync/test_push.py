@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -956,3 +957,20 @@ def test_an_answer_orjson_refuses_is_still_sent() -> None:
 
     response = views._json({"message": "x\ud800"})
     assert json.loads(response.body) == {"message": "x\ud800"}
+
+
+def test_another_grids_ids_answer_like_ids_that_do_not_exist(client: TestClient, district: District) -> None:
+    """Regression: an update or delete of another grid's row answered `out_of_scope` where an unknown id
+    answered `not_found` / `applied`: a steward could probe which ids exist, with no write at all."""
+    d = district
+
+    def push(op: str, table: str, row_id: str, **kw: Any) -> tuple[str, str | None]:
+        body = {"client_id": str(uuid.uuid4()), "schema_version": 1,
+                "mutations": [{"mutation_id": 1, "table": table, "op": op, "id": row_id, **kw}]}
+        result = client.post("/api/v1/sync/push", json=body, headers=d.headers(d.steward2)).json()["results"][0]
+        return result["status"], result.get("reason")
+
+    for op, table, existing, kw in (("update", "visits", d.visit1.id, {"base_version": 1, "fields": {"actions": "x"}}),
+                                    ("delete", "households", d.h1a.id, {})):
+        assert push(op, table, str(existing), **kw) == push(op, table, str(uuid.uuid4()), **kw)
+    assert client.get(f"/api/v1/households/{d.h1a.id}", headers=d.headers(d.supervisor)).status_code == 200
