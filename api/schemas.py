@@ -41,6 +41,8 @@ def strip_text(value: object) -> object:
     return "".join(ch for ch in value if unicodedata.category(ch) != "Cf").strip()
 
 
+HOTLINE_PATTERN = r"^\+?[0-9][0-9\- ]{2,19}$"  # a service number in residents' SMS: 96133, 0531-96133
+
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A blob's name: its SHA-256 in lower-case hex, as the blob store (`sync/blobs`) names it.
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN, min_length=64, max_length=64)]

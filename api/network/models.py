@@ -147,3 +147,14 @@ class HouseholdPublic(HouseholdBase):
     id: uuid.UUID
     version: int
     updated_at: datetime
+
+
+def _ending(value: str, suffixes: tuple[str, ...], add: str) -> str:
+    return value if value.endswith(suffixes) else value + add
+
+
+def address_text(building: Building, household: Household) -> str:
+    """A household's address as residents write it (燕子山小区3号楼2单元501室), for SMS texts. A number typed
+    with its word already ("3号楼", "2单元", "501室") does not get it twice ("3号楼号楼2单元单元501室室")."""
+    return (f"{building.community}{_ending(building.number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
+            f"{_ending(household.unit, ('单元', '门'), '单元')}{_ending(household.room, ('室', '号', '户'), '室')}")

@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
 from api.proactive.models import DeliveryState
-from api.schemas import RequestBody, UtcDatetime, strip_text
+from api.schemas import HOTLINE_PATTERN, RequestBody, UtcDatetime, strip_text
 
 
 class NoticeTarget(StrEnum):
@@ -73,9 +73,6 @@ class NoticeDeliveryPublic(DeliveryState):
 class NoticeDeliveriesPublic(SQLModel):
     data: list[NoticeDeliveryPublic]
     count: int
-
-
-HOTLINE_PATTERN = r"^\+?[0-9][0-9\- ]{2,19}$"  # 96133, 0531-96133, +86 531 8888 6666
 
 
 class NoticeCreate(NoticeBase, RequestBody):

@@ -14,7 +14,7 @@ from api import access
 from api.db import new_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
-from api.network.models import Building, HeatingStatus, Household, Station
+from api.network.models import Building, HeatingStatus, Household, Station, address_text
 from api.notices import deliveries
 from api.notices.models import Notice, NoticeCreate, NoticeDelivery, NoticeMessage, NoticeTarget
 from api.notices.sms import SmsSender
@@ -86,7 +86,7 @@ def _local(ts: datetime, tz: ZoneInfo) -> str:
 def render_text(notice: Notice, household: Household, building: Building, tz: ZoneInfo) -> str:
     """The SMS a resident receives, in the utility's usual wording."""
     who = f"{household.resident_name}住户" if household.resident_name else "住户"
-    where = f"{building.community}{building.number}号楼{household.unit}单元{household.room}室"
+    where = address_text(building, household)
     when = f"{_local(notice.water_fill_start, tz)}至{_local(notice.water_fill_end, tz)}"
     if household.heating_status == HeatingStatus.suspended:
         body = (f"您家已办理停暖，本楼将于{when}注水试压，请确认户内供暖阀门保持关闭并家中留人，"

@@ -14,7 +14,7 @@ from api import access
 from api.db import new_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
-from api.network.models import Building, HeatingStatus, Household, Station
+from api.network.models import Building, HeatingStatus, Household, Station, address_text
 from api.network.service import get_station
 from api.notices import deliveries
 from api.notices.models import NoticeBase
@@ -220,7 +220,7 @@ def render(campaign: Campaign, station: Station, household: Household, building:
     """The SMS a resident receives: date, what to do, their steward's name and the service number. A suspended
     (报停) home gets the notices' wording for filling and pressure tests: keep its valves closed, stay home."""
     who = f"{household.resident_name}住户" if household.resident_name else "住户"
-    where = f"{building.community}{building.number}号楼{household.unit}单元{household.room}室"
+    where = address_text(building, household)
     start = _when(campaign.event_start, tz)
     suspended = household.heating_status == HeatingStatus.suspended
     if campaign.kind == CampaignKind.water_fill:
@@ -235,20 +235,25 @@ def render(campaign: Campaign, station: Station, household: Household, building:
                 f"{campaign.bleed_instructions}")
     else:
         body = f"{station.name}将于{start}正式供暖。如暖气片上热下凉，{campaign.bleed_instructions}"
-    sign = f"您的供暖管家{steward}，服务热线{campaign.service_phone}。"
+    # Without a steward's name (none for the building, or a steward with no full name), no placeholder and no
+    # login name: "（待分配）" and "steward6" went to residents.
+    sign = (f"您的供暖管家{steward}，服务热线{campaign.service_phone}。" if steward
+            else f"如有问题请拨打服务热线{campaign.service_phone}。")
     return f"【{campaign.title}】尊敬的{who}（{where}）：{body}{sign}"
 
 
 def _stewards_by_building(session: Session, station_id: uuid.UUID) -> dict[uuid.UUID, str]:
-    """Each building's steward name (the first active steward of its grid by username)."""
-    stmt = (select(GridBuilding.building_id, User.full_name, User.username)
+    """Each building's steward name: the full name of the first active steward of its grid (by username) who has
+    one."""
+    stmt = (select(GridBuilding.building_id, User.full_name)
             .join(User, col(User.id) == col(GridBuilding.user_id))
             .join(Building, col(Building.id) == col(GridBuilding.building_id))
             .where(Building.station_id == station_id, User.role == Role.steward, col(User.active).is_(True))
             .order_by(col(User.username)))
     out: dict[uuid.UUID, str] = {}
-    for building_id, full_name, username in session.exec(stmt).all():
-        out.setdefault(building_id, full_name or username)
+    for building_id, full_name in session.exec(stmt).all():
+        if full_name.strip():  # a login name is no name for residents
+            out.setdefault(building_id, full_name.strip())
     return out
 
 
@@ -277,7 +282,7 @@ def _targets(session: Session, settings: Settings, campaign: Campaign, page: Pag
         stmt = stmt.offset(page.offset).limit(page.limit)
     out = []
     for household, building in session.exec(stmt).all():
-        text = render(campaign, station, household, building, stewards.get(building.id, "（待分配）"), tz)
+        text = render(campaign, station, household, building, stewards.get(building.id, ""), tz)
         out.append(PreviewMessage(household_id=household.id, phone=household.phone, text=text,
                                   skip_reason=_skip_reason(campaign, household)))
     return out, len(out) if total is None else total

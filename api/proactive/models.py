@@ -14,12 +14,12 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, new_id, ts_field
-from api.schemas import RequestBody, UtcDatetime
+from api.schemas import HOTLINE_PATTERN, RequestBody, UtcDatetime, strip_text
 
 SEASON_PATTERN = r"^(20[0-9]{2})-(20[0-9]{2})$"
 
@@ -143,6 +143,11 @@ class Campaign(Versioned, table=True):
 
 class CampaignCreate(CampaignBase, RequestBody):
     id: uuid.UUID | None = None
+    # As for notices: a title, instructions or hotline of spaces or words went into every resident's SMS.
+    service_phone: str | None = Field(default=None, min_length=3, max_length=20, description="Default: settings.",
+                                      schema_extra={"pattern": HOTLINE_PATTERN})
+
+    _strip = field_validator("title", "bleed_instructions", "service_phone", mode="before")(strip_text)
 
 
 class CampaignPublic(SQLModel):

@@ -60,7 +60,8 @@ def test_preview_renders_date_bleeding_steward_and_service_number(client: TestCl
     assert "停暖" not in a
     assert "您的供暖管家张建国" in a and "服务热线96133" in a and "王秀英住户" in a
     b = texts[str(world.household_b.id)]["text"]
-    assert f"您的供暖管家{world.steward_b.username}" in b  # no full name: the username
+    # Regression: a steward without a full name was named by the login name (English, half a credential)
+    assert world.steward_b.username not in b and b.endswith("如有问题请拨打服务热线96133。")
     kept_off = texts[str(suspended.id)]
     assert kept_off["skip_reason"] is None and f"{day_text(FILL_START)}至{day_text(FILL_END)}注水" in kept_off["text"]
     assert all(part in kept_off["text"] for part in ("您家已办理停暖", "阀门保持关闭", "家中留人", "服务热线96133"))
@@ -401,3 +402,23 @@ def test_a_household_no_longer_on_the_station_is_not_retried(client: TestClient,
     row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == world.household_b.id)).one()
     session.refresh(row)
     assert (row.status, row.reason) == (DeliveryStatus.skipped, "not_targeted")
+
+
+def test_resident_texts_read_right_whatever_was_typed(client: TestClient, session: Session, world: World) -> None:
+    """Regressions: a building entered as "3号楼" read "3号楼号楼2单元单元501室室"; a building no steward covers
+    said "您的供暖管家（待分配）"; a title of spaces and a hotline of words were accepted into every SMS."""
+    from tests.utils.factories import make_building
+
+    building = make_building(session, world.station, community="燕子山小区", number="3号楼")
+    home = make_household(session, building, unit="2单元", room="501室", resident_name="赵", phone="13800000011")
+    h = world.headers(world.supervisor)
+    assert client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}", json=calendar_body(),
+                      headers=h).status_code == 200
+    for bad in ({"title": "   "}, {"service_phone": "请拨打"}, {"bleed_instructions": "\u200b "}):
+        answer = client.post(f"{API}/campaigns", json={"station_id": str(world.station.id), "season": SEASON,
+                                                       "kind": "water_fill"} | bad, headers=h)
+        assert answer.status_code == 422, (bad, answer.text)
+    campaign = create_campaign(client, world)
+    r = client.get(f"{API}/campaigns/{campaign['id']}/preview", headers=world.headers(world.supervisor))
+    text = {m["household_id"]: m["text"] for m in r.json()["data"]}[str(home.id)]
+    assert "燕子山小区3号楼2单元501室" in text and "待分配" not in text, text
