@@ -6,11 +6,21 @@
   var $ = function (id) { return document.getElementById(id); };
   var state = { pc: null, participantId: null, stream: null, room: null, status: "checking", error: null };
   window.__heat = state;  // read by the browser test
+  var WATCH_MS = 3000;  // how often a call in progress asks whether it still goes on
 
   function say(text, kind) {
     var m = $("message"); m.textContent = text; m.className = "message" + (kind ? " " + kind : ""); m.hidden = false;
   }
   function show(id, on) { $(id).hidden = !on; }
+  function buttons() {  // show these buttons, hide the others
+    var on = Array.prototype.slice.call(arguments);
+    ["start", "rejoin", "retry", "hangup"].forEach(function (id) { show(id, on.indexOf(id) >= 0); });
+  }
+  // The details stay in the console: the server's and the browser's messages are English, and may name settings.
+  function log(where, e) {
+    if (e instanceof V.HttpError) console.warn("join:", where, e.status, e.code, e.message);
+    else console.warn("join:", where, e && e.name, e && e.message);
+  }
 
   var LINK_ERRORS = {
     join_link_expired: "链接已过期。请联系管家重新发送视频链接。",
@@ -23,27 +33,57 @@
     room_full: "通话人数已满，请稍后再试。",
     too_many_rooms: "当前视频通话较多，请稍后再试。"
   };
+  var UNKNOWN_ERROR = "无法加入视频通话，请联系管家重新发送链接。";
+  var NETWORK_ERROR = "网络连接失败，请检查网络后点击「重试」。";
+  var SERVER_BUSY = "服务暂时繁忙，请稍后点击「重试」。";
   var SUPPORT = {
     wechat: "微信内无法打开摄像头。请点击右上角「···」，选择「在浏览器打开」，用手机自带浏览器打开此链接。",
     insecure: "此页面不是安全连接（https），手机浏览器不允许使用摄像头。请联系管家获取正确的链接。",
     no_webrtc: "当前浏览器不支持视频通话。请复制链接，用手机自带浏览器（如 Safari、Chrome、华为/小米浏览器）打开。"
   };
 
+  // Worth trying again: no answer at all (or not an HTTP error), our server's trouble (5xx) or its rate limit.
+  function passing(e) {
+    return !(e instanceof V.HttpError) || !e.status || e.status >= 500 || (e.status === 429 && !LINK_ERRORS[e.code]);
+  }
+
+  function stop() {  // the call is over on this page: no connection, no camera, no polling
+    unwatch(); clearTimeout(dropTimer);
+    if (state.pc) { state.pc.close(); state.pc = null; }
+    if (state.stream) { state.stream.getTracks().forEach(function (t) { t.stop(); }); state.stream = null; }
+    show("stage", false);
+  }
+
   function linkError(e) {
+    log("link", e);
+    stop();
     state.status = "error"; state.error = e.code;
-    say(LINK_ERRORS[e.code] || ("无法加入视频通话：" + (e.message || e.code)), "error");
-    show("start", false); show("rejoin", false); show("hangup", false);
+    say(LINK_ERRORS[e.code] || UNKNOWN_ERROR, "error");
+    buttons();
+  }
+
+  function retryLater(e, where) {
+    log(where, e);
+    var network = !(e instanceof V.HttpError) || !e.status;
+    state.status = "retry"; state.error = network ? "network" : "server_busy";
+    say(network ? NETWORK_ERROR : SERVER_BUSY, "error");
+    buttons("retry");
+  }
+
+  function failed(e, where) { return passing(e) ? retryLater(e, where) : linkError(e); }
+
+  async function fetchRoom() {
+    state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token));
   }
 
   async function check() {
     var missing = V.missingSupport();
     if (missing) { state.status = "unsupported"; state.error = missing; say(SUPPORT[missing], "error"); return; }
-    try {
-      state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token));
-    } catch (e) { return linkError(e); }
+    state.status = "checking"; say("正在检查链接…"); buttons();
+    try { await fetchRoom(); } catch (e) { return failed(e, "check"); }
     state.status = "ready";
     say("管家邀请您视频查看暖气。点击「开始视频」，并在弹出的提示中允许使用摄像头和麦克风。");
-    show("start", true);
+    buttons("start");
   }
 
   async function camera() {
@@ -61,15 +101,16 @@
         say("摄像头正被其他应用使用。请关闭其他使用摄像头的应用后重试。", "error");
       } else {
         state.status = "error"; state.error = "camera_error";
-        say("无法打开摄像头：" + (e && e.message ? e.message : e), "error");
+        say("无法打开摄像头，请关闭其他正在使用摄像头的应用后，点击「开始视频」重试。", "error");
       }
-      show("start", true);
+      log("camera", e);
+      buttons("start");
       return null;
     }
   }
 
   async function start() {
-    show("start", false); show("rejoin", false);
+    buttons();
     if (!state.stream) {
       say("正在打开摄像头…");
       state.stream = await camera();
@@ -91,10 +132,10 @@
       });
       state.pc = joined.pc; state.participantId = joined.participantId;
     } catch (e) {
-      if (e instanceof V.HttpError && e.status && e.status < 500 && e.code !== "network") return linkError(e);
-      return dropped("连接失败：" + (e.message || e) + "。请检查网络后点击「重新连接」。");
+      return failed(e, "connect");
     }
-    show("hangup", true);
+    buttons("hangup");
+    watch();
   }
 
   var dropTimer = null;
@@ -112,32 +153,59 @@
     }
   }
 
-  function dropped(text) {
-    state.status = "dropped";
+  /* The steward's close or the work order's does not reach the browser as such: the connection just goes
+     quiet, and Chrome notices it ~14 s later. Asking the link every few seconds tells an ended call within
+     seconds and tells it apart from a network drop. */
+  var watchTimer = null, asking = false;
+  function watch() { unwatch(); watchTimer = setInterval(poll, WATCH_MS); }
+  function unwatch() { clearInterval(watchTimer); watchTimer = null; }
+  async function poll() {
+    if (asking) return;
+    asking = true;
+    try { await fetchRoom(); }
+    catch (e) { if (watchTimer && !passing(e)) linkError(e); }  // a network blip is the connection's business
+    finally { asking = false; }
+  }
+
+  async function dropped() {
+    unwatch(); clearTimeout(dropTimer);
     if (state.pc) { state.pc.close(); state.pc = null; }
-    say(text || "连接已断开。请检查网络，然后点击「重新连接」。", "error");
-    show("hangup", false); show("rejoin", true);
+    state.status = "dropped";
+    say("连接已断开，正在检查…", "error");
+    buttons();
+    try { await fetchRoom(); } catch (e) {
+      if (state.status !== "dropped") return;  // hung up meanwhile
+      if (!passing(e)) return linkError(e);  // the call ended: nothing the network can fix
+      if (e.status) return retryLater(e, "drop");
+      log("drop", e);
+    }
+    if (state.status !== "dropped") return;
+    say("连接已断开。请检查网络，然后点击「重新连接」。", "error");
+    buttons("rejoin");
   }
 
   async function rejoin() {
-    try { state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token)); }
-    catch (e) { if (e.code !== "network") return linkError(e); }
+    buttons();
+    try { await fetchRoom(); } catch (e) { return failed(e, "rejoin"); }
     start();
   }
 
+  function retry() { return state.room ? rejoin() : check(); }
+
   function hangup() {
     V.leave(state.room.room_id, token, state.participantId, state.room.relay_url);
-    if (state.pc) { state.pc.close(); state.pc = null; }
-    if (state.stream) { state.stream.getTracks().forEach(function (t) { t.stop(); }); state.stream = null; }
+    stop();
     state.status = "ended";
-    show("stage", false); show("hangup", false); show("rejoin", true);
+    buttons("rejoin");
     say("您已挂断。如需继续，请点击「重新连接」。");
   }
 
   $("start").addEventListener("click", start);
   $("rejoin").addEventListener("click", rejoin);
+  $("retry").addEventListener("click", retry);
   $("hangup").addEventListener("click", hangup);
   window.addEventListener("pagehide", function () {
+    unwatch();
     if (state.room) V.leave(state.room.room_id, token, state.participantId, state.room.relay_url);
   });
   check();
