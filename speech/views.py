@@ -7,7 +7,7 @@ import uuid
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile, status
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -66,7 +66,8 @@ async def post_call(request: Request, session: SessionDep, settings: SettingsDep
 def list_transcripts(session: SessionDep, settings: SettingsDep, user: CurrentUser, page: PageDep,
                      status: TranscriptState | None = None, category: str | None = None,
                      date_from: date | None = None, date_to: date | None = None, steward_id: uuid.UUID | None = None,
-                     work_order_id: uuid.UUID | None = None, q: str | None = None):
+                     work_order_id: uuid.UUID | None = None,
+                     q: Annotated[str | None, Query(json_schema_extra={"maxLength": 200})] = None):
     rows, count = service.list_transcripts(session=session, settings=settings, user=user, page=page, status=status,
                                            category=category, date_from=date_from, date_to=date_to,
                                            steward_id=steward_id, work_order_id=work_order_id, q=q)

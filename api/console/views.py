@@ -59,10 +59,11 @@ def me(session: SessionDep, settings: SettingsDep, user: CurrentUser) -> Console
 
 @router.get("/transcripts", response_model=QueuePage)
 def review_queue(session: SessionDep, settings: SettingsDep, user: CurrentUser, page: PageDep,
-                 status: TranscriptState | None = None, category: Annotated[str | None, Query(max_length=30)] = None,
+                 status: TranscriptState | None = None, category: str | None = None,
                  date_from: date | None = None, date_to: date | None = None, steward_id: uuid.UUID | None = None,
-                 q: Annotated[str | None, Query(max_length=200)] = None) -> QueuePage:
-    """The review queue: the transcripts API's filters and search, those waiting for review first."""
+                 q: Annotated[str | None, Query(json_schema_extra={"maxLength": 200})] = None) -> QueuePage:
+    """The review queue: the transcripts API's filters and search, those waiting for review first. The filters
+    are checked by the transcripts API's own rules (422 `invalid_category`, `invalid_query`), as there."""
     rows, count, pending = service.queue(session=session, settings=settings, user=user, page=page, status=status,
                                          category=category, date_from=date_from, date_to=date_to,
                                          steward_id=steward_id, q=q)

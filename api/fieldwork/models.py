@@ -5,8 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Annotated
 
+from annotated_types import MaxLen
 from pydantic import field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, Index
 from sqlalchemy.dialects.postgresql import JSONB
@@ -26,6 +29,7 @@ MAX_PHOTOS = 20
 # On PostgreSQL the photo list is jsonb with a GIN index, so that `steward blobs sweep` finds the visits
 # naming a batch of hashes with `?|` instead of reading every visit (sync/blobs/sweep.py).
 PhotoList = JSON().with_variant(JSONB(), "postgresql")
+PhotoHashes = Annotated[list[Sha256], MaxLen(MAX_PHOTOS)]  # `maxItems` in OpenAPI (Field's max_length said maxLength)
 
 
 def not_in_future(value: datetime | None) -> datetime | None:
@@ -70,7 +74,7 @@ class VisitBase(SQLModel):
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
     actions: str = Field(default="", max_length=4000, description="What was done: bled radiators, ...")
     result: VisitResult | None = None
-    photos: list[Sha256] = Field(default_factory=list, max_length=MAX_PHOTOS,
+    photos: PhotoHashes = Field(default_factory=list,
                                  description="Photos taken on the visit: blob hashes (PUT /api/v1/blobs/{sha256}).")
     signature_sha256: Sha256 | None = Field(default=None, description="The resident's signature image, a blob hash.")
 
@@ -108,9 +112,11 @@ class VisitCreate(VisitBase, RequestBody):
 class VisitUpdate(RequestBody):
     left_at: UtcDatetime | None = None
     indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
-    actions: str | None = Field(default=None, max_length=4000)
+    # `SkipJsonSchema[None]`: may be left out, never null (`not_null`), and OpenAPI says so: a generated client
+    # sent `photos: null` to clear the list, which the schema allowed and the server refused.
+    actions: Annotated[str, MaxLen(4000)] | SkipJsonSchema[None] = None
     result: VisitResult | None = None
-    photos: list[Sha256] | None = Field(default=None, max_length=MAX_PHOTOS,
+    photos: PhotoHashes | SkipJsonSchema[None] = Field(default=None,
                                         description="The whole list: photos added or removed since.")
     signature_sha256: Sha256 | None = None
 

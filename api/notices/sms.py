@@ -47,7 +47,7 @@ class HttpSender:
     """Posts `{"phone", "text", "ref"}` as JSON to a gateway URL with `Authorization: Bearer <key>`.
 
     Any 2xx answer is an acceptance unless its JSON body says `{"ok": false, "error": ...}`. `ref` is the
-    caller's id of the message (a campaign delivery's id): a gateway that deduplicates on it makes a
+    caller's id of the message (`<delivery id>:<phone>`): a gateway that deduplicates on it makes a
     retry after a crash harmless. `close()` releases the connection pool (idempotent).
     """
 
@@ -61,6 +61,8 @@ class HttpSender:
         """Send one message and say why it failed, if it did."""
         try:
             response = self._client.post(self.url, json={"phone": phone, "text": text, "ref": ref})
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # never reached the gateway
+            return SendResult(False, f"gateway unreachable: {type(exc).__name__}: {exc}"[:500])
         except httpx.TimeoutException as exc:
             # The gateway may have taken it all the same: the retry carries the same ref, which a gateway that
             # deduplicates on it drops (docs/proactive.md); one that does not texts the resident twice.
