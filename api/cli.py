@@ -129,7 +129,10 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
     settings = _settings()
     with _database(settings) as engine:
         before = migrate.current_revision(engine)
-        migrate.upgrade(engine, revision)
+        try:
+            migrate.upgrade(engine, revision)
+        except RuntimeError as exc:  # a migration that refuses (names that clash, a table it could not lock)
+            raise _fail(f"Cannot upgrade the database {_database_name(settings)}: {exc}", 2) from exc
         after = migrate.current_revision(engine)
     typer.echo(f"database {_database_name(settings)}: {before or 'empty'} -> {after}")
 

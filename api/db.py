@@ -252,6 +252,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def lock_for_update(session: Session, obj: SQLModel) -> None:
+    """Before a REST write of a synced row: take the change sequence, then the row (`lock_row`), the order a
+    sync push takes them in. Locked in the other order, the two deadlocked on PostgreSQL; not locked at all,
+    an edit made from the copy read before a push committed gave two states of the row one version number and
+    lost the push's field record, so the device's next edit overwrote the office's without a conflict."""
+    from sync.tracking import allocate_seq  # sync's models import this module
+
+    allocate_seq(session)
+    lock_row(session, obj)
+
+
 def lock_row(session: Session, obj: SQLModel) -> None:
     """Re-read `obj` so that no one else can change its row until this session ends: checks made next see
     what a concurrent request committed, and nothing commits in between. PostgreSQL: `SELECT ... FOR

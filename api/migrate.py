@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+LOCK_TIMEOUT_S = 5  # PostgreSQL: the longest a migration waits for one table lock, ...
+LOCK_TRIES = 3  # ... and how many times it tries
 MIGRATION_LOCK = 0x5354_4557_4442  # the PostgreSQL advisory lock key of migrations ("STEWDB")
 
 
@@ -34,6 +37,25 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
+    """`_migrate_once`, again after a short wait when PostgreSQL could not lock a table in time (see there)."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            _migrate_once(engine, run)
+            return
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "55P03" or attempt == LOCK_TRIES:  # lock_not_available
+                if getattr(exc.orig, "sqlstate", None) == "55P03":
+                    raise RuntimeError(
+                        f"Could not lock a table within {LOCK_TIMEOUT_S} s, {LOCK_TRIES} times: a long "
+                        "transaction holds it (a report, a stuck session: see pg_stat_activity). End it, or "
+                        "stop the service, and upgrade again; nothing was changed.") from exc
+                raise
+            time.sleep(2)
+
+
+def _migrate_once(engine: Engine, run: Callable[[Config], None]) -> None:
     """Run Alembic on one connection, in one transaction. On SQLite, which alters a table by copying it and
     dropping the original, with foreign keys off around the transaction (they cannot change inside one) and
     checked before the commit: SQLite's own procedure for schema changes. With them on, dropping a table
@@ -53,6 +75,9 @@ def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
                 # rather than at the first write (after both had read "no version").
                 if not sqlite:
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                    # A table lock waited for without limit (behind a long transaction) queued every reader
+                    # of that table behind it: sync pulls stalled for as long as the transaction lasted.
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
                 elif (driver := conn.connection.driver_connection) is not None and not driver.in_transaction:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 config.attributes["connection"] = conn

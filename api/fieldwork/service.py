@@ -7,6 +7,7 @@ import uuid
 from sqlmodel import Session, col, select
 
 from api import access
+from api.db import lock_for_update
 from api.deps import Page
 from api.errors import Conflict, Forbidden, Unprocessable
 from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
@@ -56,6 +57,7 @@ def update_visit(*, session: Session, user: User, visit: Visit, data: VisitUpdat
     """Complete a visit (left_at, temperature, actions, result); only its steward or the office may."""
     if user.role == Role.steward and visit.steward_id != user.id:
         raise Forbidden("Only the steward who made this visit can change it.", code="not_owner")
+    lock_for_update(session, visit)  # re-read: the edit applies to the row as a push may just have left it
     changes = data.model_dump(exclude_unset=True)
     if problem := check_visit_length(visit.arrived_at, changes.get("left_at", visit.left_at)):
         raise Unprocessable(problem, code="invalid_interval")

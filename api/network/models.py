@@ -156,5 +156,7 @@ def _ending(value: str, suffixes: tuple[str, ...], add: str) -> str:
 def address_text(building: Building, household: Household) -> str:
     """A household's address as residents write it (燕子山小区3号楼2单元501室), for SMS texts. A number typed
     with its word already ("3号楼", "2单元", "501室") does not get it twice ("3号楼号楼2单元单元501室室")."""
-    return (f"{building.community}{_ending(building.number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
-            f"{_ending(household.unit, ('单元', '门'), '单元')}{_ending(household.room, ('室', '号', '户'), '室')}")
+    community, number, unit, room = (str(clean_label(v)) for v in (building.community, building.number,
+                                                                    household.unit, household.room))
+    return (f"{community}{_ending(number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
+            f"{_ending(unit, ('单元', '门'), '单元')}{_ending(room, ('室', '号', '户'), '室')}")

@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import Session, SQLModel, col, select
 
 from api import access
+from api.db import lock_for_update
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import (
@@ -142,7 +143,9 @@ def get_household(*, session: Session, user: User, id: uuid.UUID) -> Household:
 
 
 def update_household(*, session: Session, household: Household, data: HouseholdUpdate) -> Household:
-    """Change a household's resident data, heating status or sensitivity."""
+    """Change a household's resident data, heating status or sensitivity (on the row as it is now: a push may
+    just have changed it, `lock_for_update`)."""
+    lock_for_update(session, household)
     household.sqlmodel_update(data.model_dump(exclude_unset=True))
     session.add(household)
     session.commit()

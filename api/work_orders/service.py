@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import lock_row, utcnow
+from api.db import lock_for_update, utcnow
 from api.deps import Page
 from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
 from api.network.models import HeatingStatus, Household
@@ -131,15 +131,9 @@ def get(*, session: Session, user: User, id: uuid.UUID) -> WorkOrder:
 def _lock(session: Session, order: WorkOrder) -> None:
     """Re-read the order under a row lock: checks must see what a concurrent request just committed (on
     SQLite too, where `FOR UPDATE` alone did nothing and two requests could both move an order from the
-    status they had read: a cancelled order ended resolved).
-
-    The change-sequence lock is taken first, as a sync push takes it: a REST write that locked the row and then
-    (at flush) waited for the sequence, while a push holding the sequence waited to write the row, deadlocked
-    on PostgreSQL (503 for the office)."""
-    from sync.tracking import allocate_seq
-
-    allocate_seq(session)
-    lock_row(session, order)
+    status they had read: a cancelled order ended resolved). The change sequence first (`lock_for_update`): a
+    REST write that locked the row and then waited for the sequence deadlocked with a push on PostgreSQL."""
+    lock_for_update(session, order)
 
 
 def _check_version(order: WorkOrder, base_version: int | None) -> None:

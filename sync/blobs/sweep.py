@@ -15,16 +15,20 @@ narrow as the age of the blob allows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 from sqlmodel import Session, col, select
 
 from api.db import utcnow
 from sync.blobs.storage import BlobStore
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 BATCH = 500  # shas looked up in one query
 
@@ -65,6 +69,29 @@ def _photos(session: Session, shas: list[str]) -> set[str]:
     return set(session.connection().execute(_PHOTOS_PG if postgres else _PHOTOS_SQLITE, {"shas": shas}).scalars())
 
 
+def _hashes_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        if SHA256.fullmatch(value):
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _hashes_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _hashes_in(item)
+
+
+def held_by_conflicts(session: Session) -> set[str]:
+    """Photos and signatures named by a visit conflict nobody has reviewed yet: the side that lost (a photo
+    the other device's list did not have, a visit a delete won over) stays recoverable until a supervisor
+    looked at it. Before, the conflict log named a photo the sweep had already deleted."""
+    from sync.models import SyncConflict
+
+    stmt = select(SyncConflict.server_value, SyncConflict.device_value).where(
+        SyncConflict.table_name == "visits", col(SyncConflict.reviewed_at).is_(None))
+    return {sha for server, device in session.exec(stmt).all() for sha in (*_hashes_in(server), *_hashes_in(device))}
+
+
 def _batches(items: Iterable[tuple[str, int, datetime]]) -> Iterator[list[tuple[str, int, datetime]]]:
     it = iter(items)
     while batch := list(islice(it, BATCH)):
@@ -76,9 +103,11 @@ def sweep(engine: Engine, store: BlobStore, *, grace: timedelta, dry_run: bool =
     """Delete the blobs no row names that were stored more than `grace` ago (`dry_run`: only count them)."""
     cutoff = (now or utcnow()) - grace
     report = SweepReport(dry_run=dry_run)
+    with Session(engine) as session:
+        held = held_by_conflicts(session)
     for batch in _batches(store.listing()):
         with Session(engine) as session:
-            named = referenced(session, [sha for sha, _, _ in batch])
+            named = referenced(session, [sha for sha, _, _ in batch]) | held
         for sha, size, stored_at in batch:
             report.stored += 1
             if sha in named:

@@ -179,3 +179,66 @@ def test_two_upgrades_at_once_both_succeed(empty_engine: Engine) -> None:
     else:
         assert errors == []
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
+
+
+def test_0014_cleans_the_names_stored_before_input_was_cleaned(empty_engine: Engine) -> None:
+    """Regression: rows stored before the cleaning kept `５０１ `: not found by `q=501`, a second `501` was
+    accepted beside them, and an SMS read `３号楼 号楼`. 0014 cleans them and stamps them for the devices;
+    two rows that would become one (made before the cleaning) are left as they are, for the office."""
+    migrate.upgrade(empty_engine, "0013")
+    with Session(empty_engine, expire_on_commit=False) as session:
+        station = Station(code="HS-OLD-01 ", name="旧站", district="历下区")
+        session.add(station)
+        session.flush()
+        building = Building(station_id=station.id, community="旧改小区 ", number="３号楼 ")
+        session.add(building)
+        session.flush()
+        legacy = Household(building_id=building.id, unit="１", room="５０１ ", resident_name="张\u200b三", area_m2=80)
+        twin_a = Household(building_id=building.id, unit="2", room="６０２", area_m2=80)
+        twin_b = Household(building_id=building.id, unit="2", room="602", area_m2=80)
+        session.add_all([legacy, twin_a, twin_b])
+        session.commit()
+        seq_before = session.exec(select(SyncState.value).where(SyncState.name == "seq")).one()
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        s, b, h, a, twin = (session.get(model, row.id) for model, row in (
+            (Station, station), (Building, building), (Household, legacy), (Household, twin_a), (Household, twin_b)))
+        assert s is not None and b is not None and h is not None and a is not None and twin is not None
+        assert (s.code, b.community, b.number) == ("HS-OLD-01", "旧改小区", "3号楼")
+        assert (h.unit, h.room, h.resident_name) == ("1", "501", "张三")
+        assert h.version == 2 and h.seq == seq_before + 1
+        assert (a.room, a.version, twin.room) == ("６０２", 1, "602")  # two rows for one flat: left for the office
+
+
+def test_0013_is_not_undone_while_visits_name_photos(empty_engine: Engine) -> None:
+    """Regression: going below 0013 dropped every photo's and signature's link without a word to devices."""
+    migrate.upgrade(empty_engine)
+    demo.generate(empty_engine, households=10, stewards=1, password="demo-password", seed=3, history=1)
+    with Session(empty_engine) as session:
+        visit = session.exec(select(Visit)).first()
+        assert visit is not None
+        visit.photos = ["a" * 64]
+        session.add(visit)
+        session.commit()
+    with pytest.raises(RuntimeError, match="name photos or signatures"):
+        migrate.downgrade(empty_engine, "0012")
+    assert migrate.current_revision(empty_engine) == migrate.head_revision()
+
+
+def test_an_upgrade_that_cannot_lock_a_table_gives_up_instead_of_stalling_readers(
+        empty_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: on PostgreSQL 0013's ALTER TABLE waited without limit behind an open transaction, and every
+    new read of visits (sync pulls) queued behind it for as long."""
+    if empty_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no table locks to wait for")
+    migrate.upgrade(empty_engine, "0012")
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 1)
+    monkeypatch.setattr(migrate, "LOCK_TRIES", 2)
+    with empty_engine.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM visits"))  # a long transaction holding visits
+        with pytest.raises(RuntimeError, match="Could not lock a table"):
+            migrate.upgrade(empty_engine)
+        reader.rollback()
+    assert migrate.current_revision(empty_engine) == "0012"
+    migrate.upgrade(empty_engine)
+    assert migrate.current_revision(empty_engine) == migrate.head_revision()

@@ -307,3 +307,15 @@ def test_household_search_ignores_case_and_width_on_both_databases(client: TestC
     for q in ("smith", "SMITH", "ｓｍｉｔｈ", "９０９"):
         answer = client.get("/api/v1/households", params={"q": q}, headers=world.headers(world.admin))
         assert answer.json()["count"] == 1, q
+
+
+def test_an_address_reads_right_however_its_parts_were_stored() -> None:
+    """Regression: the SMS address appended 号楼/单元/室 to what was stored: `3号楼` read `3号楼号楼`, and a
+    legacy `３号楼 ` (stored before input was cleaned) `３号楼 号楼`."""
+    from api.network.models import address_text
+
+    building = Building(community="燕子山小区 ", number="３号楼 ")
+    for unit, room in (("2", "501"), ("2单元", "501室"), ("２", "５０１ ")):
+        assert address_text(building, Household(unit=unit, room=room)) == "燕子山小区3号楼2单元501室"
+    assert address_text(Building(community="阳光花园", number="12"), Household(unit="1", room="1202")) == \
+        "阳光花园12号楼1单元1202室"

@@ -71,3 +71,33 @@ def test_bad_photo_lists_are_refused_and_nothing_is_written(client: TestClient, 
     listed = client.get("/api/v1/visits", headers=d.headers(d.supervisor)).json()
     assert listed["count"] == 1 and listed["data"][0]["photos"] == []
 
+
+
+def test_an_office_edit_overlapping_a_push_keeps_both_and_the_next_stale_edit_conflicts(
+        client: TestClient, district: District) -> None:
+    """Regression: PATCH /visits wrote from the copy it read before a push committed: two states of the row
+    were both version 2, the push's field record was lost, and the device's next photo edit replaced the
+    office's photos without a conflict."""
+    from sqlmodel import Session
+
+    from api.fieldwork import service
+    from api.fieldwork.models import Visit, VisitUpdate
+
+    d = district
+    visit_id = str(d.visit1.id)
+    phone = Device(http=client, headers=d.headers(d.steward1), name="phone")
+    phone.pull()
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine, expire_on_commit=False) as rest:  # the office's request has read the row ...
+        office = rest.merge(d.supervisor)
+        visit = service.get_visit(session=rest, user=office, id=d.visit1.id)
+        phone.update("visits", visit_id, actions="bled radiators; replaced valve")  # ... a push commits ...
+        assert phone.push()["results"][0]["record"]["version"] == 2
+        service.update_visit(session=rest, user=office, visit=visit, data=VisitUpdate(photos=[_sha(1)]))
+    with Session(engine) as session:
+        row = session.get(Visit, d.visit1.id)
+        assert row is not None
+        assert (row.version, set(row.field_versions or {})) == (3, {"actions", "photos"})
+        assert row.actions == "bled radiators; replaced valve"
+    phone.update("visits", visit_id, photos=[_sha(2)])
+    assert phone.push()["results"][0]["status"] == "conflict"

@@ -30,7 +30,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    bind = op.get_bind()
+    # Dropping them would lose every photo's and signature's link without a word to the devices (their rows
+    # would keep hashes the sweep then deletes): refused while any visit names one.
+    if bind.execute(sa.text("SELECT 1 FROM visits WHERE photos <> '[]' OR signature_sha256 IS NOT NULL "
+                            "LIMIT 1")).first():
+        raise RuntimeError("Visits name photos or signatures: going below 0013 would drop those links. Keep "
+                           "0013, or restore the backup taken before the upgrade (docs/reliability.md).")
+    if bind.dialect.name == "postgresql":
         op.drop_index("ix_visits_photos", table_name="visits", postgresql_using="gin")
     with op.batch_alter_table("visits", schema=None) as batch_op:
         batch_op.drop_index("ix_visits_signature_sha256")

@@ -164,3 +164,33 @@ def test_a_blob_uploaded_again_is_not_swept_within_its_grace_period(tmp_path: Pa
     report = sweep(engine, blobs.store, grace=timedelta(days=7))
     engine.dispose()
     assert report.deleted == 0 and blobs.store.exists(sha) == 3000
+
+
+def test_a_photo_that_lost_a_conflict_stays_until_the_conflict_is_reviewed(client: TestClient, district: District,
+                                                                          engine: Engine, settings: Settings) -> None:
+    """Regression: two handhelds each added a photo to one visit; the loser's photo was named only by the
+    conflict log a supervisor reviews, and the next sweep deleted it."""
+    d = district
+    headers = d.headers(d.steward1)
+    first, valve, meter = (_upload(client, headers) for _ in range(3))
+    visit = str(d.visit1.id)
+    phone, tablet = Device(http=client, headers=headers, name="phone"), Device(http=client, headers=headers,
+                                                                               name="tablet")
+    phone.pull()
+    phone.update("visits", visit, photos=[first])
+    phone.push()
+    tablet.pull()
+    phone.update("visits", visit, photos=[first, valve])
+    tablet.update("visits", visit, photos=[first, meter])
+    assert phone.push()["results"][0]["status"] == "applied"
+    assert tablet.push()["results"][0]["status"] == "conflict"
+    later = datetime.now(UTC) + timedelta(days=8)
+    swept = sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert swept.deleted == 0 and client.head(URL.format(valve), headers=headers).status_code == 200
+    office = d.headers(d.supervisor)
+    conflicts = client.get("/api/v1/sync/conflicts", headers=office).json()["data"]
+    for conflict in conflicts:
+        assert client.post(f"/api/v1/sync/conflicts/{conflict['id']}/review", json={"reviewed": True},
+                           headers=office).is_success
+    swept = sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert swept.deleted == 1 and client.head(URL.format(valve), headers=headers).status_code == 404
