@@ -95,6 +95,9 @@ class Settings(BaseSettings):
                                                                         "`failed`.")
     proactive_sms_retry_backoff_s: float = Field(300, ge=0, description="Wait before retrying a failed campaign SMS; "
                                                                         "doubles each time.")
+    sms_quiet_hours: str = Field("", pattern=r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
+                                 description="Local hours (STEWARD_TIMEZONE) in which the periodic run retries no "
+                                             "SMS, e.g. `21:00-08:00`; empty: none. The office's own sends go at once.")
     forwarded_allow_ips: str = Field("127.0.0.1", description="Addresses (comma-separated, or `*`) of the reverse "
                                      "proxies whose X-Forwarded-For `steward serve` trusts for the client's "
                                      "address (sign-in limits count per address).")

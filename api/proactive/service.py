@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, or_
 from sqlmodel import Session, col, func, select
@@ -40,6 +41,16 @@ from api.work_orders.models import OPEN_STATUSES, WorkOrder
 _sqlite_turn = threading.Lock()
 
 
+def quiet_hours(settings: Settings, now: datetime) -> bool:
+    """Whether `now` falls in STEWARD_SMS_QUIET_HOURS (local time; a span across midnight such as 21:00-08:00
+    too): the periodic run then retries no resident SMS. Retries had texted residents at 03:00."""
+    if not settings.sms_quiet_hours:
+        return False
+    start, end = (time.fromisoformat(part) for part in settings.sms_quiet_hours.split("-"))
+    local = now.astimezone(ZoneInfo(settings.timezone)).time()
+    return start <= local < end if start <= end else (local >= start or local < end)
+
+
 def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None) -> RunReport:
     """One evaluation: release finished groups, open cluster and revisit orders, retry campaign and notice SMS."""
     now = now or utcnow()
@@ -53,9 +64,11 @@ def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetim
     finally:
         if sqlite:
             _sqlite_turn.release()
-    sent, failed = campaigns.send_due(session=session, settings=settings, sender=sender, now=now)
-    notice_sent, notice_failed = notices.send_due(session=session, settings=settings, sender=sender, now=now)
-    sent, failed = sent + notice_sent, failed + notice_failed
+    sent = failed = 0
+    if not quiet_hours(settings, now):  # retries wait for the morning; nothing is lost, they are still due then
+        sent, failed = campaigns.send_due(session=session, settings=settings, sender=sender, now=now)
+        notice_sent, notice_failed = notices.send_due(session=session, settings=settings, sender=sender, now=now)
+        sent, failed = sent + notice_sent, failed + notice_failed
     return RunReport(closed=closed, clusters_opened=opened, members_linked=linked, revisits_opened=revisits,
                      deliveries_sent=sent, deliveries_failed=failed)
 

@@ -502,3 +502,23 @@ def test_a_blank_title_or_hotline_is_refused(client: TestClient, session: Sessio
     body = {"target": "building", "building_id": str(world.building_a.id)} | FILL | extra
     assert_error(client.post(API, json=body, headers=world.headers(world.supervisor)), 422, "validation_error")
     assert count_rows(session, Notice) == 0
+
+
+def test_no_retry_texts_residents_in_the_quiet_hours(session: Session, world: World, settings: Settings) -> None:
+    """Regression: the periodic run retried failed SMS at any hour (a resident texted at 03:00). With
+    STEWARD_SMS_QUIET_HOURS the retry waits for the morning; the office's own send goes at once."""
+    from api.proactive import service as proactive
+
+    quiet = settings.model_copy(update={"sms_quiet_hours": "21:00-08:00", "proactive_sms_retry_backoff_s": 0})
+    notice = make_notice(session, world.building_a, water_fill_start=local(10, 8), water_fill_end=local(10, 17))
+    flaky = _Flaky(bad={world.household_a.phone})
+    service.send(session=session, settings=quiet, sender=flaky, notice=reread(session, Notice, notice.id),
+                 now=local(1, 23, 50))  # the office sends at night: it goes (and fails)
+    assert flaky.calls == [world.household_a.phone]
+    flaky.bad.clear()
+    proactive.run(session=session, settings=quiet, sender=flaky, now=local(2, 3, 0))
+    assert len(flaky.calls) == 1  # 03:00: held
+    proactive.run(session=session, settings=quiet, sender=flaky, now=local(2, 8, 30))
+    assert len(flaky.calls) == 2 and reread(session, Notice, notice.id).sent_count == 1
+    assert not proactive.quiet_hours(quiet, local(2, 12, 0)) and proactive.quiet_hours(quiet, local(2, 21, 0))
+    assert not proactive.quiet_hours(settings, local(2, 3, 0))  # none by default
