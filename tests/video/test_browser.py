@@ -8,7 +8,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -363,53 +364,67 @@ async def start_resident(page: Any, join_url: str) -> None:
     await wait_status(page, "connected")
 
 
+@asynccontextmanager
+async def phone(server: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """An HTTP client for the steward's side and a phone-sized zh-CN browser context for the resident (the
+    browser is closed on the way out)."""
+    from playwright.async_api import async_playwright
+
+    async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield http, await browser.new_context(**PHONE)
+        finally:
+            await browser.close()
+
+
+async def open_room(http: httpx.AsyncClient, world: World, order: Any) -> dict[str, Any]:
+    """The steward opens the order's call: its room id and the resident's join link."""
+    room: dict[str, Any] = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
+                                            headers=world.headers(world.steward_a))).json()
+    return room
+
+
 def test_resident_page_maps_server_errors_to_chinese(server: str, world: World, order: Any, engine: Engine) -> None:
     """Regression: an error code the page does not know showed the server's English message ("无法加入视频通话：
     The database is unavailable…", or one naming STEWARD_VIDEO_WORKER_URL): a 5xx says the service is busy
     and offers 「重试」, which works once the server is back; any other unknown code says to ask the steward."""
-    from playwright.async_api import async_playwright
-
     busy = json.dumps({"detail": {"code": "database_unavailable",
                                   "message": "The database is unavailable for a moment; retry shortly."}})
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
-            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
-                                    headers=world.headers(world.steward_a))).json()
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = await (await browser.new_context(**PHONE)).new_page()
-                join = "**/api/v1/video/join/**"
-                await page.route(join, lambda r: r.fulfill(status=503, content_type="application/json", body=busy))
-                await page.goto(room["join_url"])
-                state = await resident_state(page, "retry")
-                assert "服务暂时繁忙" in state["msg"] and not LATIN_WORD.search(state["msg"]), state
-                assert state["buttons"] == ["重试"], state
-                await page.unroute(join)
-                await page.get_by_role("button", name="重试").click()
-                await wait_status(page, "ready")
+        async with phone(server) as (http, context):
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            join = "**/api/v1/video/join/**"
+            await page.route(join, lambda r: r.fulfill(status=503, content_type="application/json", body=busy))
+            await page.goto(room["join_url"])
+            state = await resident_state(page, "retry")
+            assert "服务暂时繁忙" in state["msg"] and not LATIN_WORD.search(state["msg"]), state
+            assert state["buttons"] == ["重试"], state
+            await page.unroute(join)
+            await page.get_by_role("button", name="重试").click()
+            await wait_status(page, "ready")
 
-                connect = "**/rooms/*/connect"
-                await page.route(connect, lambda r: r.fulfill(status=503, content_type="application/json", body=busy))
-                await page.get_by_role("button", name="开始视频").click()
-                state = await resident_state(page, "retry")
-                assert "服务暂时繁忙" in state["msg"] and not LATIN_WORD.search(state["msg"]), state
-                assert state["buttons"] == ["重试"], state
-                await page.unroute(connect)
+            connect = "**/rooms/*/connect"
+            await page.route(connect, lambda r: r.fulfill(status=503, content_type="application/json", body=busy))
+            await page.get_by_role("button", name="开始视频").click()
+            state = await resident_state(page, "retry")
+            assert "服务暂时繁忙" in state["msg"] and not LATIN_WORD.search(state["msg"]), state
+            assert state["buttons"] == ["重试"], state
+            await page.unroute(connect)
 
-                with Session(engine) as session:  # hosted by a worker without STEWARD_VIDEO_WORKER_URL
-                    row = session.get(VideoRoom, uuid.UUID(room["room_id"]))
-                    assert row is not None
-                    row.worker, row.worker_url = "w2", ""
-                    session.add(row)
-                    session.commit()
-                await page.get_by_role("button", name="重试").click()
-                state = await resident_state(page, "error")
-                assert state["error"] == "room_elsewhere", state
-                assert state["msg"] == "无法加入视频通话，请联系管家重新发送链接。", state
-                assert state["buttons"] == [], state
-            finally:
-                await browser.close()
+            with Session(engine) as session:  # hosted by a worker without STEWARD_VIDEO_WORKER_URL
+                row = session.get(VideoRoom, uuid.UUID(room["room_id"]))
+                assert row is not None
+                row.worker, row.worker_url = "w2", ""
+                session.add(row)
+                session.commit()
+            await page.get_by_role("button", name="重试").click()
+            state = await resident_state(page, "error")
+            assert state["error"] == "room_elsewhere", state
+            assert state["msg"] == "无法加入视频通话，请联系管家重新发送链接。", state
+            assert state["buttons"] == [], state
 
     run(scenario(), timeout=60)
 
@@ -417,29 +432,23 @@ def test_resident_page_maps_server_errors_to_chinese(server: str, world: World, 
 def test_resident_page_explains_a_camera_failure_in_chinese(server: str, world: World, order: Any) -> None:
     """Regression: a camera failure other than the known ones showed Chrome's English ("无法打开摄像头：Timeout
     starting video source"): a fixed Chinese text, and 「开始视频」 to try again."""
-    from playwright.async_api import async_playwright
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
-            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
-                                    headers=world.headers(world.steward_a))).json()
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = await (await browser.new_context(**PHONE)).new_page()
-                console: list[str] = []
-                page.on("console", lambda m: console.append(m.text))
-                # Chrome's own rejection when the camera does not start in time (Android: a busy or slow camera)
-                await page.add_init_script("navigator.mediaDevices.getUserMedia = () => Promise.reject("
-                                           "new DOMException('Timeout starting video source', 'AbortError'));")
-                await page.goto(room["join_url"])
-                await page.get_by_role("button", name="开始视频").click()
-                state = await resident_state(page, "error")
-                assert state["error"] == "camera_error" and "无法打开摄像头" in state["msg"], state
-                assert not LATIN_WORD.search(state["msg"]), state
-                assert state["buttons"] == ["开始视频"], state
-                assert any("AbortError" in m for m in console), console  # the details go to the console
-            finally:
-                await browser.close()
+        async with phone(server) as (http, context):
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            # Chrome's own rejection when the camera does not start in time (Android: a busy or slow camera)
+            await page.add_init_script("navigator.mediaDevices.getUserMedia = () => Promise.reject("
+                                       "new DOMException('Timeout starting video source', 'AbortError'));")
+            await page.goto(room["join_url"])
+            await page.get_by_role("button", name="开始视频").click()
+            state = await resident_state(page, "error")
+            assert state["error"] == "camera_error" and "无法打开摄像头" in state["msg"], state
+            assert not LATIN_WORD.search(state["msg"]), state
+            assert state["buttons"] == ["开始视频"], state
+            assert any("AbortError" in m for m in console), console  # the details go to the console
 
     run(scenario(), timeout=60)
 
@@ -447,27 +456,21 @@ def test_resident_page_explains_a_camera_failure_in_chinese(server: str, world: 
 def test_resident_page_offers_a_retry_when_the_network_is_lost(server: str, world: World, order: Any) -> None:
     """Regression: the network lost while the link opened left a dead end (an error and no button): the page
     says to check the network, and 「重试」 checks the link again."""
-    from playwright.async_api import async_playwright
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
-            room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
-                                    headers=world.headers(world.steward_a))).json()
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = await (await browser.new_context(**PHONE)).new_page()
-                join = "**/api/v1/video/join/**"
-                await page.route(join, lambda r: r.abort("internetdisconnected"))
-                await page.goto(room["join_url"])
-                state = await resident_state(page, "retry")
-                assert state["msg"] == "网络连接失败，请检查网络后点击「重试」。", state
-                assert state["buttons"] == ["重试"], state
-                await page.unroute(join)
-                await page.get_by_role("button", name="重试").click()
-                state = await resident_state(page, "ready")
-                assert state["buttons"] == ["开始视频"], state
-            finally:
-                await browser.close()
+        async with phone(server) as (http, context):
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            join = "**/api/v1/video/join/**"
+            await page.route(join, lambda r: r.abort("internetdisconnected"))
+            await page.goto(room["join_url"])
+            state = await resident_state(page, "retry")
+            assert state["msg"] == "网络连接失败，请检查网络后点击「重试」。", state
+            assert state["buttons"] == ["重试"], state
+            await page.unroute(join)
+            await page.get_by_role("button", name="重试").click()
+            state = await resident_state(page, "ready")
+            assert state["buttons"] == ["开始视频"], state
 
     run(scenario(), timeout=60)
 
@@ -476,37 +479,29 @@ def test_resident_page_says_the_call_ended(server: str, world: World, order: Any
     """Regression: when the steward ended the call (or the work order closed) the page kept saying 已接通 for
     ~14 s, then told the resident to check their network: it polls its link during the call and says the call
     ended within a few seconds."""
-    from playwright.async_api import async_playwright
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+        async with phone(server) as (http, context):
             h = world.headers(world.steward_a)
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                context = await browser.new_context(**PHONE)
-                room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
-                                        headers=h)).json()
-                page = await context.new_page()
-                await start_resident(page, room["join_url"])
-                assert (await http.post(f"/api/v1/video/rooms/{room['room_id']}/close", headers=h)).status_code == 200
-                state = await resident_state(page, "error", timeout=8)
-                assert state["error"] == "room_closed" and "已经结束" in state["msg"], state
-                assert "检查网络" not in state["msg"] and state["buttons"] == [], state
-                assert await page.evaluate("window.__heat.pc === null && window.__heat.stream === null")
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            await start_resident(page, room["join_url"])
+            assert (await http.post(f"/api/v1/video/rooms/{room['room_id']}/close", headers=h)).status_code == 200
+            state = await resident_state(page, "error", timeout=8)
+            assert state["error"] == "room_closed" and "已经结束" in state["msg"], state
+            assert "检查网络" not in state["msg"] and state["buttons"] == [], state
+            assert await page.evaluate("window.__heat.pc === null && window.__heat.stream === null")
 
-                room = (await http.post("/api/v1/video/rooms", json={"work_order_id": str(order.id)},
-                                        headers=h)).json()
-                page = await context.new_page()
-                await start_resident(page, room["join_url"])
-                with Session(engine) as session:
-                    row = session.get(WorkOrder, order.id)
-                    assert row is not None
-                    row.status = Status.closed
-                    session.add(row)
-                    session.commit()
-                state = await resident_state(page, "error", timeout=8)
-                assert state["error"] == "work_order_closed" and "工单已经结束" in state["msg"], state
-            finally:
-                await browser.close()
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            await start_resident(page, room["join_url"])
+            with Session(engine) as session:
+                row = session.get(WorkOrder, order.id)
+                assert row is not None
+                row.status = Status.closed
+                session.add(row)
+                session.commit()
+            state = await resident_state(page, "error", timeout=8)
+            assert state["error"] == "work_order_closed" and "工单已经结束" in state["msg"], state
 
     run(scenario(), timeout=60)
