@@ -32,25 +32,25 @@ def _page(name: str) -> FileResponse:
     return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
-@router.get("/join/{token}")
+@router.api_route("/join/{token}", methods=["GET", "HEAD"])
 def join_page(token: str) -> FileResponse:
     """The resident's page; the script reads the token from the URL and checks it with the API."""
     return _page("join.html")
 
 
-@router.get("/video")
+@router.api_route("/video", methods=["GET", "HEAD"])
 def lobby_page() -> FileResponse:
     """Sign in and open a call for a work order."""
     return _page("lobby.html")
 
 
-@router.get("/video/room/{id}")
+@router.api_route("/video/room/{id}", methods=["GET", "HEAD"])
 def room_page(id: uuid.UUID) -> FileResponse:
     """The steward's page of a room; `?watch=1` is the supervisor's watch-only view."""
     return _page("room.html")
 
 
-@router.get("/video/static/{name}")
+@router.api_route("/video/static/{name}", methods=["GET", "HEAD"])
 def asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFound(f"No asset {name}.")

@@ -33,14 +33,14 @@ ASSETS = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/c
 pages_router = APIRouter(include_in_schema=False)
 
 
-@pages_router.get("/console")
-@pages_router.get("/console/")
+@pages_router.api_route("/console", methods=["GET", "HEAD"])
+@pages_router.api_route("/console/", methods=["GET", "HEAD"])
 def console_page() -> FileResponse:
     """The console (one page; the views are `#/queue`, `#/t/<id>`, `#/wo/<id>`, `#/conflicts`, `#/dashboard`)."""
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
-@pages_router.get("/console/static/{name}")
+@pages_router.api_route("/console/static/{name}", methods=["GET", "HEAD"])
 def console_asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFound(f"No console asset {name}.")

@@ -41,3 +41,13 @@ def test_every_script_of_the_pages_is_a_served_file(client: TestClient) -> None:
 def test_an_unknown_asset_is_a_404(client: TestClient) -> None:
     assert client.get("/video/static/nope.js").status_code == 404
     assert client.get("/video/static/room.html").status_code == 404
+
+
+def test_head_of_a_page_answers_like_get_without_a_body(client: TestClient) -> None:
+    """Uptime checkers and proxies probe pages with HEAD; it used to answer 405."""
+    for path in (*PAGES, "/video/static/join.js"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(got.content)), path

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from api.console.views import CSP
 from api.db import utcnow
 from api.notes.models import NoteKind
 from api.notices.sms import LoggingSender
@@ -56,6 +57,17 @@ def test_the_page_and_its_assets_are_served_with_strict_headers(client: TestClie
     assert client.get("/console/static/console.css").headers["content-type"].startswith("text/css")
     assert_error(client.get("/console/static/index.html"), 404, "not_found")
     assert_error(client.get("/console/static/..%2Fviews.py"), 404, "not_found")
+
+
+def test_head_of_the_page_answers_like_get_without_a_body(client: TestClient) -> None:
+    """Uptime checkers and proxies probe pages with HEAD; it used to answer 405."""
+    for path in ("/console", "/console/", "/console/static/console.js"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(got.content)), path
+    assert client.head("/console").headers["content-security-policy"] == CSP
+    assert client.head("/console/static/nothing.js").status_code == 404
 
 
 def test_me_says_who_may_review_and_see_numbers(client: TestClient, world: World, settings: Settings) -> None:
