@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 SAMPLE_RATE = 16_000
+
+log = logging.getLogger(__name__)
 
 
 class AudioDecodeError(ValueError):
@@ -37,12 +41,47 @@ def _declared_seconds(container: Any, stream: Any) -> float | None:
     return None
 
 
+class _Damage:
+    """Packets of a recording that did not decode: how many, and the first error (the reason given when
+    nothing at all decodes)."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.first: Exception | None = None
+        self.cut = False  # the container itself could not be read further
+
+
+def _frames(container: Any, stream: Any, damage: _Damage) -> Iterator[Any]:
+    """The stream's decoded frames. A packet that does not decode (a dropout in a recorder's file, an AMR file
+    cut mid-frame) is skipped, as players skip it, instead of failing the whole call; a container that cannot
+    be read past some point ends the stream there. `damage` counts both."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            damage.cut, damage.first = True, damage.first or exc
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:  # InvalidDataError, PatchWelcomeError (AMR)...
+            damage.packets += 1
+            damage.first = damage.first or exc
+            continue
+        yield from frames
+
+
 def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SAMPLE_RATE,
                  max_duration_s: float | None = None) -> np.ndarray:
     """The first audio stream of `source` as mono float32 samples in [-1, 1] at `sample_rate`.
 
     Audio longer than `max_duration_s` (default: STEWARD_SPEECH_MAX_DURATION_S) is refused with an
-    AudioDecodeError: a few MB of a low-bitrate codec can hold hours, which decode to GBs.
+    AudioDecodeError: a few MB of a low-bitrate codec can hold hours, which decode to GBs. Packets that do
+    not decode are skipped (logged); the recording is refused only when nothing of it decodes.
     """
     import av  # deferred: keeps `steward --help` fast
 
@@ -56,6 +95,7 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
     max_samples = int(max_duration_s * sample_rate)
     buffer = np.empty(0, dtype=np.float32)
     filled = 0
+    damage = _Damage()
     try:
         with av.open(source if not isinstance(source, Path) else str(source), mode="r", metadata_errors="ignore") \
                 as container:
@@ -70,7 +110,7 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
             buffer = np.empty(min(int((declared or 60) * sample_rate) + sample_rate, max_samples + 1),
                               dtype=np.float32)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush the resampler
+            for frame in itertools.chain(_frames(container, stream, damage), [None]):  # None: flush the resampler
                 for out in resampler.resample(frame):
                     # s16, as faster-whisper decodes, so that the samples are the same as its own
                     chunk = out.to_ndarray().reshape(-1)
@@ -90,8 +130,16 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
         reason = getattr(exc, "strerror", None) or str(exc)
         raise AudioDecodeError(f"{name}: cannot decode audio ({reason}); the file is corrupt or not a "
                                "supported format") from exc
+    if filled == 0 and damage.first is not None:
+        reason = getattr(damage.first, "strerror", None) or str(damage.first)
+        raise AudioDecodeError(f"{name}: cannot decode audio ({reason}); the file is corrupt or not a "
+                               "supported format")
     if filled == 0:
         raise AudioDecodeError(f"{name}: the audio stream holds no samples")
+    if damage.first is not None:
+        log.warning("%s: %d damaged audio packet(s) skipped%s; %.1f s decoded (%s)", name, damage.packets,
+                    ", and the file could not be read to its end" if damage.cut else "", filled / sample_rate,
+                    damage.first)
     buffer.resize(filled, refcheck=False)  # in place: no view of it exists
     buffer /= 32768.0
     return buffer

@@ -75,3 +75,42 @@ def test_a_file_without_audio_is_refused(tmp_path: Path) -> None:
     path.write_text("not audio")
     with pytest.raises(AudioDecodeError, match="cannot decode audio"):
         decode_audio(path, max_duration_s=60)
+
+
+def _encode(fmt: str, codec: str, seconds: float, rate: int = 8000) -> bytes:
+    """A tone of `seconds` as a telephone-rate recording in `fmt`."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        t = np.arange(int(rate * seconds)) / rate
+        pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def test_a_damaged_stretch_is_skipped_not_the_whole_call(caplog: pytest.LogCaptureFixture) -> None:
+    """A recorder's dropout (500 zeroed bytes mid-file) failed the whole call as undecodable."""
+    data = _encode("mp3", "libmp3lame", 20.0)
+    middle = len(data) // 2
+    with caplog.at_level("WARNING", logger="speech.audio"):
+        audio = decode_audio(data[:middle] + bytes(500) + data[middle + 500:], max_duration_s=3600)
+    assert 10 * SAMPLE_RATE < audio.size <= 20.5 * SAMPLE_RATE
+    assert "damaged audio packet" in caplog.text
+
+
+def test_an_amr_recording_cut_mid_frame_keeps_what_it_holds() -> None:
+    data = _encode("amr", "libopencore_amrnb", 20.0)
+    audio = decode_audio(data[:len(data) // 2 + 3], max_duration_s=3600)
+    assert 9 * SAMPLE_RATE < audio.size < 11 * SAMPLE_RATE
+
+
+def test_a_file_of_which_nothing_decodes_is_still_refused_with_the_reason() -> None:
+    with pytest.raises(AudioDecodeError, match="cannot decode audio"):
+        decode_audio(b"RIFF" + bytes(100), max_duration_s=100)
