@@ -3,7 +3,9 @@
 Only two shapes are rewritten, because elsewhere Chinese numerals are words (一下, 一点, 两个人):
 - three or more digit names in a row (五零一, 一三八...): room, phone and work-order numbers, years; not
   when a 十/百/千 follows (一五一十, 三七二十一, 九九八十一 are idioms and sums), nor a range of floors or
-  days (二三四楼, 三四五天: consecutive digit names before a measure word);
+  days (二三四楼, 三四五天: consecutive digit names before a measure word). A last 一 that starts a word
+  with the next character (五零一一直不热: 一直) is left to the word, and a mobile number said straight into
+  more digit names (…七八一直, …七八三号楼) ends after its eleven digits;
 - a cardinal number (十六, 二十三, 三) right before an address or date unit (号 楼 栋 幢 单元 层 室 月 日 度);
   not 两 before 楼/栋/幢/室/月/日 (两楼之间, 这两月: a count), nor 一 after 同/每/这/那/另/哪 (同一层),
   nor 一层 as a layer (一层灰).
@@ -27,6 +29,13 @@ _DIGIT_RUN = re.compile("[零〇幺一二三四五六七八九]{3,}+(?![十百�
 # What a range of counts (二三四楼, 三四五天, 五六七个人) is followed by; not 号 or 室, where 三四五 is a number.
 _COUNTED = set("楼层栋幢天个年月日次遍户家岁位人周")
 _UNITS = "号|楼|栋|幢|单元|层|室|月|日|度"
+# A mobile number's first two digits, and what follows an ID number's seventeen (its check character).
+_MOBILE_START = re.compile("1[3-9]")
+_ID_CHECK = set("Xx叉")
+# Words that start with 一 and often follow a number said aloud (五零一一直不热, 我家五零一一点都不热); their
+# 一 is not the number's. Not 一号, 一楼, 一室...: there 一 is a digit of an address.
+_ONE_WORDS = frozenset(
+    "一" + c for c in "直点下定起般样共会些次遍阵旦切早趟向概边块道天晚宿周个再连动旁并同律共齐")
 # A room number: digits right after "<digits>单元" (or 号楼, 楼, 栋, 幢), then the character heard for 室.
 _ROOM = re.compile(r"(\d+(?:单元|号楼|楼|栋|幢))(\d{2,4})([\u4e00-\u9fff])")
 # Not right after a digit: 13800138000三号楼 must not become one 12-digit run.
@@ -56,7 +65,21 @@ def _replace_run(match: re.Match[str]) -> str:
     values = [int(_DIGITS[c]) for c in run]
     if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
         return run  # 二三四楼: floors two to four
-    return "".join(str(v) for v in values)
+    digits = "".join(str(v) for v in values)
+    if _MOBILE_START.match(digits) and 11 < len(digits) < 18 and following not in _ID_CHECK:
+        # A mobile number said straight into the next words (…七八一直没人接, …七八三号楼): eleven digits,
+        # the rest as spoken, so the number stays a number of its own (and is masked as one). Eighteen or
+        # seventeen and an X: an ID number.
+        return digits[:11] + run[11:]
+    if run[-1] == "一" and run[-1] + following in _ONE_WORDS:
+        # 五零一一直不热: the last 一 starts a word (一直, 一点, 一下), it is not the number's last digit.
+        return _replace_run_text(run[:-1]) + run[-1]
+    return digits
+
+
+def _replace_run_text(run: str) -> str:
+    """A run shortened by a word's first character: digits when three digit names are still left."""
+    return "".join(_DIGITS[c] for c in run) if len(run) >= 3 else run
 
 
 def _replace_cardinal(match: re.Match[str]) -> str:

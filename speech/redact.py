@@ -21,11 +21,20 @@ _ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
                         r"((?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
                         rf"{_SEP}([0-9]{{3}})[0-9Xx](?![0-9A-Za-z])")
 _MOBILE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]{_SEP}([0-9]{{4}}){_SEP}[0-9]{{4}}(?![0-9])")
-_LANDLINE = re.compile(r"(?<![0-9])\(?0[1-9][0-9]{1,2}\)?[ \-]?([0-9]{3,4})[ \-]?[0-9]{4}(?![0-9])")
+# Area codes: 010 and 020-029 have three digits, every other (03xx-09xx) four, so 01062345678 is 010 and
+# 6234 5678. With the country code (+86 10 6234 5678, 0086-531-88886666) the trunk 0 is dropped.
+_AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"
+_LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86[ \-]?\(?0?{_AREA}\)?|\(?0{_AREA}\)?)[ \-]?([0-9]{{3,4}})"
+                       r"[ \-]?[0-9]{4}(?![0-9])")
 _RULES = (_ID_NUMBER, _MOBILE, _LANDLINE)  # in this order: an ID number holds what looks like a phone number
 # Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,
 # so that matches found on the folded copy are positions in the original.
 _FOLD = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
+# Digit names read as digits, for a second look: a number Whisper left partly spoken (138123456 then 七八 in
+# the next segment, or before 十点) or a supervisor's correction typed in Chinese numerals. Only a second
+# look: on the first, the 一 of 一直 after 13812345678 must not read as a twelfth digit.
+_SPOKEN = re.compile("[零〇幺一二三四五六七八九]")
+_FOLD_SPOKEN = _FOLD | {ord(c): ord(d) for c, d in zip("零〇幺一二三四五六七八九", "001123456789", strict=True)}
 
 
 def can_view_pii(user: User) -> bool:
@@ -35,8 +44,16 @@ def can_view_pii(user: User) -> bool:
 
 def masked_positions(text: str) -> set[int]:
     """Where `text` holds digits to hide: ID numbers' birth date and sequence, mobiles' middle four digits,
-    landlines' digits between the area code and the last four."""
-    work = list(text.translate(_FOLD))
+    landlines' digits between the area code and the last four; digits written as digits, or spoken
+    (一三八…)."""
+    hidden = _masked(text.translate(_FOLD))
+    if _SPOKEN.search(text):
+        hidden |= _masked(text.translate(_FOLD_SPOKEN))
+    return hidden
+
+
+def _masked(folded: str) -> set[int]:
+    work = list(folded)
     hidden: set[int] = set()
     for rule in _RULES:
         for match in rule.finditer("".join(work)):  # what earlier rules hid is no longer a digit

@@ -76,3 +76,18 @@ def test_numerals_that_count_stay_words(text: str) -> None:
 ])
 def test_numbers_next_to_the_new_exceptions_still_become_digits(spoken: str, written: str) -> None:
     assert normalize_numbers(spoken) == written
+
+
+# Regression: a run of digit names took in the 一 that starts the next word (5011直不热: room 5011), and a
+# mobile said straight into more digit names became a 12-digit number no rule masked.
+@pytest.mark.parametrize(("spoken", "written"), [
+    ("三号楼二单元五零一一直不热", "3号楼2单元501一直不热"),
+    ("我家五零一一点都不热", "我家501一点都不热"),
+    ("工单号二零二五一一零八零三一直没人来", "工单号2025110803一直没人来"),
+    ("电话是一三八一二三四五六七八一直没人接", "电话是13812345678一直没人接"),
+    ("我电话一三八一二三四五六七八三号楼漏水", "我电话13812345678三号楼漏水"),
+    ("身份证一三零一零二一九九零零一零一一二三四", "身份证130102199001011234"),  # an ID number stays whole
+    ("五零一一室", "5011室"),  # 一室 here is the number's: 室 is an address unit
+])
+def test_a_number_ends_where_the_next_word_begins(spoken: str, written: str) -> None:
+    assert normalize_numbers(spoken) == written

@@ -78,3 +78,32 @@ def test_a_caller_number_is_masked_by_its_shape(number: str, masked: str) -> Non
     """Regression: a call's caller number went through the text rules, which need a mobile's or an area
     code's form: a local caller ID or `+86 531 ...` reached stewards whole."""
     assert redact_phone(number) == masked
+
+
+# Regression: a three-digit area code without a separator read as four (0106***5678 showed a digit more),
+# and a landline with the country code was not masked at all.
+@pytest.mark.parametrize(("text", "masked"), [
+    ("座机01062345678", "座机010****5678"),
+    ("座机02161234567", "座机021****4567"),
+    ("座机05126789123", "座机0512***9123"),
+    ("回电+86 10 6234 5678", "回电+86 10 **** 5678"),
+    ("回电0086-531-88886666", "回电0086-531-****6666"),
+    ("回电+86 531 8888 6666", "回电+86 531 **** 6666"),
+])
+def test_landlines_by_their_real_area_codes(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+
+
+# Regression: a number Whisper left partly spoken, or a correction typed in Chinese numerals, was readable.
+@pytest.mark.parametrize(("text", "masked"), [
+    ("我电话一三八一二三四五六七八十点以后打", "我电话一三八****五六七八十点以后打"),
+    ("电话13812345678一直没人接", "电话138****5678一直没人接"),  # the 一 of 一直 is no twelfth digit
+    ("我今天一直在家，三号楼二单元", "我今天一直在家，三号楼二单元"),
+])
+def test_numbers_in_digit_names_are_masked_too(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+
+
+def test_a_mobile_split_between_segments_one_side_still_spoken() -> None:
+    parts = redact_parts(["我的电话是138123456", "七八。"], "")
+    assert parts == ["我的电话是138****56", "七八。"]
