@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_PASSWORD = "steward-demo"  # printed in README.md: refused outside dev mode
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-before-production"
 PRIORITIES = ("urgent", "high", "normal", "low")
 # Heating-season SLA hours by work-order category; categories not listed use `sla_hours_<priority>`.
@@ -61,7 +62,8 @@ class Settings(BaseSettings):
     audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest hotline call recording upload "
                                                                           "(413 beyond).")
     demo: bool = Field(False, description="Create demo data at start when the database is empty.")
-    demo_password: str = Field("steward-demo", description="Password of the demo users.")
+    demo_password: str = Field(DEMO_PASSWORD, description="Password of the demo users (outside dev mode it must be "
+                               "changed from the published default).")
     timezone: str = Field("Asia/Shanghai", description="Local time zone for resident-facing text.")
     service_phone: str = Field("96133", description="Hotline number printed in resident notices.")
     sms_sender: Literal["log", "http"] = Field("log", description="Which SMS sender notices and campaigns use: "
@@ -231,6 +233,11 @@ class Settings(BaseSettings):
             )
         if self.env != "dev" and len(self.secret_key) < 32:
             raise ValueError("STEWARD_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.env != "dev" and self.demo and self.demo_password == DEMO_PASSWORD:
+            # The demo's accounts (admin, supervisor, steward01...) would share the password the README prints.
+            raise ValueError("STEWARD_DEMO=1 with the published demo password creates an admin anyone can sign "
+                             "in as; outside dev mode set STEWARD_DEMO_PASSWORD to a secret of your own, or "
+                             "unset STEWARD_DEMO")
         if self.sms_sender == "http" and not self.sms_http_url.startswith(("http://", "https://")):
             raise ValueError("STEWARD_SMS_SENDER=http needs STEWARD_SMS_HTTP_URL (http:// or https://)")
         if self.blob_store == "s3" and not self.s3_bucket:

@@ -29,10 +29,11 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
     if user is None:
         verify_password(_DUMMY_HASH, password)
         raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
-    if not verify_password(user.password_hash, password):
+    # A disabled account answers as a wrong password does, whatever the password: a different answer for the
+    # right one would confirm a guess at a departed colleague's password (the hash is still checked, so both
+    # take the same time).
+    if not verify_password(user.password_hash, password) or not user.active:
         raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
-    if not user.active:
-        raise Unauthorized("This account is disabled; ask an administrator.", code="inactive_user")
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
         session.add(user)

@@ -42,7 +42,11 @@ def test_disabled_user_cannot_sign_in_or_use_an_old_token(client: TestClient, se
     user.active = False
     session.add(user)
     session.commit()
-    assert client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD}).status_code == 401
+    # The right password and a wrong one get the same answer: no confirmation of a guess (it said inactive_user).
+    right = client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD})
+    wrong = client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD + "x"})
+    assert right.status_code == wrong.status_code == 401 and right.json() == wrong.json()
+    assert right.json()["detail"]["code"] == "invalid_credentials"
     r = client.get("/api/v1/auth/me", headers=headers)
     assert r.status_code == 401 and r.json()["detail"]["code"] == "inactive_user"
 

@@ -31,6 +31,14 @@ def test_production_refuses_the_development_secret() -> None:
     assert Settings(env="production", secret_key="x" * 40).env == "production"
 
 
+def test_production_refuses_the_demo_accounts() -> None:
+    """The demo's accounts share the password the README prints: production started with them."""
+    with pytest.raises(ValidationError, match="STEWARD_DEMO_PASSWORD"):
+        Settings(env="production", secret_key="x" * 40, demo=True)
+    assert Settings(env="production", secret_key="x" * 40, demo=True, demo_password="a-pilot-secret").demo
+    assert Settings(env="dev", demo=True).demo
+
+
 @pytest.mark.parametrize(("name", "value"), [("log_level", "loud"), ("jwt_algorithm", "RS256"),
                                              ("jwt_algorithm", "none"), ("timezone", "Mars/Base"),
                                              # every call failed at connect as the client's invalid_sdp:
