@@ -69,6 +69,7 @@ def claim(engine: Engine, transcript_id: uuid.UUID, *, takeover: bool = False) -
                     updated_at=now)
             .returning(col(Transcript.attempts)))
     with Session(engine) as session:
+        sequence_first(session)
         attempt = session.connection().execute(stmt).scalar()
         if attempt is None:
             return None
@@ -166,6 +167,7 @@ def _promote(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
             .values(status=TranscriptState.queued, next_attempt_at=now, updated_at=now)
             .returning(col(Transcript.id)))
     with Session(engine) as session:
+        sequence_first(session)
         queued = set(session.connection().execute(stmt).scalars())
         for transcript_id in queued:
             _note_status(session, transcript_id, TranscriptStatus.pending)
@@ -185,6 +187,7 @@ def requeue(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> bool:
     """Queue a running transcript again, if it is still at this attempt (its job is gone: nobody else will)."""
     now = utcnow()
     with Session(engine) as session:
+        sequence_first(session)
         if not _record(session, transcript_id, attempt, "requeued", status=TranscriptState.queued,
                        next_attempt_at=now, lease_until=None, updated_at=now):
             return False
@@ -267,6 +270,16 @@ def _record(session: Session, transcript_id: uuid.UUID, attempt: int, what: str,
     return False
 
 
+def sequence_first(session: Session) -> None:
+    """Take the change sequence before writing a transcript's row, when the note (a synced row) is written
+    after it. A sync push takes the sequence first and its delete of the note cascades to the transcript's
+    row: written in the other order, the two deadlocked on PostgreSQL (a supervisor got 503, or the device's
+    delete was rejected for good)."""
+    from sync.tracking import allocate_seq  # sync's models import api.db, which this package's models use
+
+    allocate_seq(session)
+
+
 def _note_status(session: Session, transcript_id: uuid.UUID, status: TranscriptStatus) -> Note | None:
     """Set the note's transcript status (through the session: sync must see the change)."""
     note = session.get(Note, transcript_id)
@@ -283,6 +296,7 @@ def _state(engine: Engine, transcript_id: uuid.UUID) -> TranscriptState:
 
 def _fail(engine: Engine, transcript_id: uuid.UUID, attempt: int, reason: str) -> TranscriptState:
     with Session(engine) as session:
+        sequence_first(session)
         if not _record(session, transcript_id, attempt, "failed", status=TranscriptState.failed,
                        failure_reason=reason[:2000], lease_until=None, updated_at=utcnow()):
             return _state(engine, transcript_id)
@@ -295,6 +309,7 @@ def _fail(engine: Engine, transcript_id: uuid.UUID, attempt: int, reason: str) -
 def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int, reason: str) -> bool:
     now = utcnow()
     with Session(engine) as session:
+        sequence_first(session)
         if not _record(session, transcript_id, attempt, "retry", status=TranscriptState.queued,
                        failure_reason=reason[:2000], next_attempt_at=now + backoff(settings, attempt),
                        lease_until=None, updated_at=now):
@@ -313,6 +328,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
     masked = redact_joined([s.text for s in result.segments], segment_separator(result.language))
     now = utcnow()
     with Session(engine) as session:
+        sequence_first(session)
         transcript = session.get(Transcript, transcript_id)
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:

@@ -291,6 +291,7 @@ class _Segments:
 def update(*, session: Session, settings: Settings, user: User, transcript: Transcript,
            data: TranscriptUpdate) -> Transcript:
     """Correct segment texts; the edit is kept as a revision (who, when, before and after)."""
+    from speech.jobs import sequence_first
     if transcript.status != TranscriptState.transcribed:
         raise InvalidTransition(f"Only a transcribed, not yet approved transcript can be corrected (it is "
                                 f"{transcript.status.value}).")
@@ -304,6 +305,7 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     now = utcnow()
     text = join_segments([s["text"] for s in segments], language)
     tags = categorize(text, load_glossary(settings.speech_glossary))
+    sequence_first(session)  # the note's synced text is written after the transcript's row
     _write_if_unmoved(session, transcript, "apply your corrections again", revision=transcript.revision + 1,
                       segments=segments, text=text, categories="," + ",".join(tags) + ",", updated_at=now)
     session.add(TranscriptRevision(transcript_id=transcript.id, revision=transcript.revision, user_id=user.id,
@@ -390,11 +392,12 @@ def approve(*, session: Session, user: User, transcript: Transcript, base_revisi
 def retry(*, session: Session, user: User, transcript: Transcript) -> Transcript:
     """Queue a failed transcript again, with a fresh count of attempts (its audio was replaced, the model or a
     setting was fixed); the failure reason is cleared. Only from `failed`, in one conditional UPDATE."""
-    from speech.jobs import _note_status
+    from speech.jobs import _note_status, sequence_first
 
     if transcript.status != TranscriptState.failed:
         raise InvalidTransition(f"Only a failed transcript can be retried (it is {transcript.status.value}).")
     now = utcnow()
+    sequence_first(session)  # the note's status is written after the transcript's row
     stmt = (update_rows(Transcript)
             .where(col(Transcript.id) == transcript.id, col(Transcript.status) == TranscriptState.failed)
             .values(status=TranscriptState.queued, attempts=0, failure_reason=None, next_attempt_at=now,

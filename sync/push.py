@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import inspect
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import Session, select
 
 from api import access
@@ -128,7 +128,10 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
         _log(session, ctx, m, spec, row_id, server_version, exc.conflicts)
         return _Pending(_result(m, "rejected", reason=exc.code, message=exc.message), spec, ctx.get(spec, row_id))
     except (IntegrityError, StatementError, DBAPIError) as exc:
-        if nested is None:
+        if nested is None or isinstance(exc, OperationalError):
+            # A deadlock, a serialization failure or a lost connection is no fault of this mutation: refused
+            # for good, it left the device's change undone (a note delete racing a transcript correction). The
+            # whole push answers 503 instead, nothing of it committed, and the device sends it again.
             raise
         nested.rollback()
         detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]

@@ -58,7 +58,9 @@ def get_station(*, session: Session, id: uuid.UUID) -> Station:
 
 
 def update_station(*, session: Session, station: Station, data: StationUpdate) -> Station:
-    """Change a station's master data."""
+    """Change a station's master data (the row locked the way a sync push locks, `lock_for_update`: two edits at
+    once each wrote the version after the one both had read)."""
+    lock_for_update(session, station)
     changes = data.model_dump(exclude_unset=True)
     if "code" in changes:
         _check_unique(session, select(Station).where(Station.code == changes["code"]),
@@ -97,7 +99,8 @@ def get_building(*, session: Session, user: User, id: uuid.UUID) -> Building:
 
 
 def update_building(*, session: Session, building: Building, data: BuildingUpdate) -> Building:
-    """Change a building's master data (station, address...)."""
+    """Change a building's master data (station, address...), the row locked as `update_station` locks it."""
+    lock_for_update(session, building)
     changes = data.model_dump(exclude_unset=True)
     if changes.get("station_id") is not None:
         get_station(session=session, id=changes["station_id"])

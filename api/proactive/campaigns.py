@@ -67,9 +67,12 @@ def put_calendar(*, session: Session, settings: Settings, user: User, station_id
     row.updated_by_id = user.id
     session.add(row)
     # A campaign not sent yet announces the calendar as it is now (the office drafts, checks the preview,
-    # corrects the calendar, sends); one already sent keeps the dates its residents were told.
+    # corrects the calendar, sends); one already sent keeps the dates its residents were told. The drafts are
+    # locked as they are read: a send claiming one in between texted the old dates, and this commit then wrote
+    # the new ones over the campaign it was sending (a claim now waits, and its send reads the new dates).
     for campaign in session.exec(select(Campaign).where(Campaign.station_id == station_id, Campaign.season == season,
-                                                        Campaign.status == CampaignStatus.draft)):
+                                                        Campaign.status == CampaignStatus.draft)
+                                 .with_for_update()):
         campaign.event_start, campaign.event_end = _event_dates(row, campaign.kind)
         session.add(campaign)
     session.commit()

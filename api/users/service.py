@@ -10,7 +10,7 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import lock_row
+from api.db import lock_for_update
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from api.network.models import Building
@@ -158,11 +158,13 @@ def get_grid(*, session: Session, user: User) -> list[uuid.UUID]:
 def set_grid(*, session: Session, user: User, building_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """Replace a steward's grid with exactly these buildings. The user's row is locked before the grid is
     read: two replacements at once left the union of both (a building neither admin gave), and identical
-    ones answered 409 on the second's inserts."""
+    ones answered 409 on the second's inserts. The change sequence is taken first, as a sync push takes it
+    (`lock_for_update`): the grid's rows are scope events, and a push holding the sequence while its new rows'
+    foreign key waited on this user's row deadlocked with a change that locked the row first."""
     ids = _check_grid(session, user.role, building_ids)
     if user.role != Role.steward:
         raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
-    lock_row(session, user)
+    lock_for_update(session, user)
     current = set(get_grid(session=session, user=user))
     wanted = set(ids)
     if current - wanted:

@@ -152,3 +152,107 @@ def test_a_rest_move_and_a_push_of_the_same_order_at_once_both_answer(
     assert answer.status_code in (200, 409), answer.text
     assert push["results"][0]["status"] in ("applied", "merged", "conflict", "rejected")
     assert push["results"][0].get("reason") not in ("constraint", "server_error"), push
+
+
+def _someone_waits_for_a_lock(engine: Engine, timeout: float = 10.0) -> bool:
+    """Poll PostgreSQL until a backend of this database waits on a lock."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        while time.monotonic() < deadline:
+            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND wait_event_type = 'Lock'")).scalar_one():
+                return True
+            time.sleep(0.01)
+    return False
+
+
+def test_a_grid_change_while_the_steward_pushes_is_not_a_deadlock(
+        district: District, device: Callable[..., Device], client: Any, engine: Engine, backend: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: set_grid locked the steward's row and then, at flush, the change sequence (grid rows are
+    scope events); a push holding the sequence inserts readings whose foreign key to the steward waits on
+    that row. On PostgreSQL they deadlocked and the admin got 503. The grid change takes the sequence first."""
+    from sync import rules
+
+    if backend != "postgresql":
+        pytest.skip("needs two writers at once")
+    push_has_seq = threading.Event()
+    real_values = rules.RULES["readings"].create_values
+    assert real_values is not None
+
+    def values_while_the_admin_waits(ctx: Any, id: Any, fields: Any) -> Any:  # the push holds the sequence
+        push_has_seq.set()
+        assert _someone_waits_for_a_lock(engine)  # the admin's request is blocked now
+        return real_values(ctx, id, fields)
+
+    phone = device(district.steward1, "phone")
+    phone.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=17.0)
+    phone.push()  # a handheld in use: its sync client row exists already
+    phone.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=17.5)
+    monkeypatch.setitem(rules.RULES, "readings",
+                        dataclasses.replace(rules.RULES["readings"], create_values=values_while_the_admin_waits))
+    thread, out = _in_thread(lambda: client.post("/api/v1/sync/push", json=phone.push_body(),
+                                                 headers=district.headers(district.steward1)))
+    assert push_has_seq.wait(10)
+    grid = client.put(f"/api/v1/users/{district.steward1.id}/grid",
+                      json={"building_ids": [str(district.b1.id), str(district.b2.id)]},
+                      headers=district.headers(district.admin))
+    thread.join(30)
+    assert "error" not in out, out
+    assert out["value"].status_code == 200, out["value"].text
+    assert {r["status"] for r in out["value"].json()["results"]} == {"applied"}, out["value"].json()
+    assert grid.status_code == 200, grid.text
+
+
+def test_a_correction_while_the_owner_deletes_the_note_is_not_a_deadlock(
+        district: District, device: Callable[..., Device], client: Any, engine: Engine, backend: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a transcript correction wrote the transcript's row and then, at flush, the change sequence
+    (the note's masked text is synced); a push deleting the note holds the sequence and its delete cascades to
+    the transcript's row. On PostgreSQL they deadlocked: the supervisor got 503, or the device's delete was
+    rejected for good ("constraint"). The correction takes the sequence first; a push that still meets a
+    deadlock answers 503 as a whole, so the device sends it again."""
+    from speech import service as speech_service
+    from speech.models import Transcript, TranscriptState
+
+    if backend != "postgresql":
+        pytest.skip("needs two writers at once")
+    note_id = district.note1.id  # steward1's voice note
+    with Session(engine) as s:
+        transcript = s.get(Transcript, note_id)
+        assert transcript is not None
+        transcript.status, transcript.language, transcript.text = TranscriptState.transcribed, "zh", "暖气不热"
+        transcript.segments = [{"start": 0.0, "end": 2.0, "text": "暖气不热", "avg_logprob": -0.2,
+                                "no_speech_prob": 0.01}]
+        s.add(transcript)
+        s.commit()
+    phone = device(district.steward1, "phone")
+    phone.pull()
+    phone.delete("notes", str(note_id))
+    row_written = threading.Event()
+    real_sync_note_text = speech_service._sync_note_text
+
+    def after_the_row(session: Any, transcript: Any) -> Any:  # the transcript's row is written (locked) here
+        row_written.set()
+        assert _someone_waits_for_a_lock(engine)  # the push waits now
+        return real_sync_note_text(session, transcript)
+
+    monkeypatch.setattr(speech_service, "_sync_note_text", after_the_row)
+    thread, out = _in_thread(lambda: client.patch(f"/api/v1/transcripts/{note_id}",
+                                                  json={"segments": [{"index": 0, "text": "暖气漏水"}]},
+                                                  headers=district.headers(district.supervisor)))
+    assert row_written.wait(10)
+    answer = client.post("/api/v1/sync/push", json=phone.push_body(), headers=district.headers(district.steward1))
+    thread.join(30)
+    assert "error" not in out, out
+    assert out["value"].status_code == 200, out["value"].text
+    assert answer.status_code == 200, answer.text
+    # The correction committed first and changed the note's text: the delete wins over it (logged as such).
+    assert [(r["status"], r["reason"]) for r in answer.json()["results"]] == [("conflict", "delete_wins")]
+    with Session(engine) as s:
+        assert s.get(Transcript, note_id) is None  # the delete cascaded after the correction committed

@@ -809,6 +809,41 @@ def test_a_mutation_that_fails_unexpectedly_is_rejected_and_the_rest_of_the_batc
     assert len(failures) == 2 and all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
 
 
+def test_a_deadlock_fails_the_whole_push_for_a_resend_instead_of_rejecting_the_mutation(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a deadlock (or a serialization failure, a lost connection) while one mutation applied was
+    answered `rejected` / `constraint`, so the device dropped a change that would apply when sent again. It
+    is the database's moment, not the mutation's fault: 503 for the whole push, nothing of it kept."""
+    from sqlalchemy.exc import OperationalError
+
+    create, create_values = rules.RULES["readings"].create, rules.RULES["readings"].create_values
+    assert create is not None and create_values is not None
+    failing = [True]
+
+    def deadlocked(make):  # type: ignore[no-untyped-def]  (both paths of new readings: bulk and one by one)
+        def create_or_fail(ctx, id, fields):  # type: ignore[no-untyped-def]
+            if failing[0] and fields["temp_c"] == 13.0:
+                raise OperationalError("INSERT INTO readings ...", {}, Exception("deadlock detected"))
+            return make(ctx, id, fields)
+        return create_or_fail
+
+    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(
+        rules.RULES["readings"], create=deadlocked(create), create_values=deadlocked(create_values)))
+    d = device(district.steward1)
+    d.pull()
+    before = _count(engine, Reading)
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
+    d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=13.0)
+    body = d.push_body()
+    answer = d.http.post("/api/v1/sync/push", json=body, headers=d.headers)
+    assert answer.status_code == 503 and answer.json()["detail"]["code"] == "database_unavailable", answer.text
+    assert _count(engine, Reading) == before  # nothing of the push was kept, the first reading included
+    failing[0] = False
+    again = d.send(body)  # the device sends the same push again
+    assert _statuses(again) == [("applied", None), ("applied", None)]
+    assert _count(engine, Reading) == before + 2
+
+
 _FIELD_NAMES = ("household_id", "visit_id", "work_order_id", "taken_at", "temp_c", "actions", "arrived_at",
                 "left_at", "status", "room", "priority", "phone", "audio_sha256", "id", "version", "seq")
 

@@ -162,3 +162,64 @@ def test_a_corrected_phone_number_is_tried_again(client: TestClient, session: Se
     row = session.exec(select(CampaignDelivery).where(CampaignDelivery.household_id == world.household_b.id)).one()
     session.refresh(row)
     assert (row.status, row.phone, row.attempts) == (DeliveryStatus.sent, "13900009999", 1)
+
+
+def test_a_calendar_fix_racing_the_first_send_leaves_the_campaign_as_it_was_texted(
+        client: TestClient, engine: Engine, session: Session, world: World, settings: Settings,
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the calendar's PUT read the draft campaigns without a lock and wrote their dates at commit;
+    a send that claimed the campaign in between texted the old dates, and the PUT then wrote the new dates
+    over the campaign already sending. The drafts are locked now: the claim waits, the send texts the new
+    dates, and the campaign says what the residents were told."""
+    import time
+
+    from sqlalchemy import text
+
+    from tests.api.proactive.helpers import SEASON, TZ, calendar_body, day_text, local
+
+    if backend != "postgresql":
+        pytest.skip("needs two writers at once")
+    campaign_id = uuid.UUID(str(create_campaign(client, world)["id"]))
+    read_drafts, claimed = threading.Event(), threading.Event()
+
+    def claimed_or_blocked() -> None:  # the send claimed the campaign, or waits on a lock to
+        deadline = time.monotonic() + 10
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not claimed.is_set() and time.monotonic() < deadline:
+                if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND wait_event_type = 'Lock'")).scalar_one():
+                    return
+                time.sleep(0.01)
+
+    real_dates, real_plan = campaigns._event_dates, campaigns._plan
+
+    def dates_after_the_send_moved(calendar: object, kind: object) -> object:  # the drafts were read
+        read_drafts.set()
+        claimed_or_blocked()
+        return real_dates(calendar, kind)  # type: ignore[arg-type]
+
+    def plan_after_claim(s: Session, st: Settings, campaign: Campaign) -> None:
+        claimed.set()
+        real_plan(s, st, campaign)
+
+    monkeypatch.setattr(campaigns, "_event_dates", dates_after_the_send_moved)
+    monkeypatch.setattr(campaigns, "_plan", plan_after_claim)
+    out: dict[str, object] = {}
+
+    def send() -> None:
+        assert read_drafts.wait(10)
+        out["send"] = _send_in_new_session(engine, settings, Recorder(), campaign_id)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    put = client.put(f"{API}/stations/{world.station.id}/calendars/{SEASON}", json=calendar_body(local(31, 8)),
+                     headers=world.headers(world.supervisor))
+    thread.join(30)
+    assert put.status_code == 200, put.text
+    assert out["send"] == (2, 0)
+    campaign = reread(session, campaign_id)
+    texts = session.exec(select(CampaignDelivery.text).where(CampaignDelivery.campaign_id == campaign_id)).all()
+    told = day_text(campaign.event_start.astimezone(TZ))
+    assert told == day_text(local(31, 8))  # the new dates: the send waited for the correction
+    assert len(texts) == 2 and all(told in t for t in texts), (told, texts)
