@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError
 from sqlalchemy.types import TypeDecorator
@@ -236,8 +236,12 @@ def make_engine(settings: Settings) -> Engine:
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     try:
+        # Sessions in UTC whatever the server's TimeZone (initdb takes the host's, Asia/Shanghai on a Chinese
+        # host): timestamps are read back as the UTC instants they are, and one near the end of year 9999
+        # cannot come back as year 10000, which Python cannot hold.
+        options = " ".join(filter(None, [str(make_url(url).query.get("options") or ""), "-c timezone=UTC"]))
         return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                             pool_pre_ping=True, hide_parameters=True)
+                             pool_pre_ping=True, hide_parameters=True, connect_args={"options": options})
     except ValueError as exc:  # a URL SQLAlchemy cannot take apart (a port `54x2`): a traceback in every command
         raise DatabaseConfigError(f"the URL cannot be read: {exc}") from exc
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from sqlmodel import Field, SQLModel
 
@@ -101,10 +101,20 @@ class WorkOrderEvent(SQLModel, table=True):
     note: str = Field(default="", max_length=2000)
 
 
+def _sla_in_reach(value: datetime | None) -> datetime | None:
+    """A deadline before 2100, as notices' dates are: 9999-12-31T23:00Z was stored, and read back on a
+    PostgreSQL server east of UTC as year 10000, which failed every list the order was in."""
+    if value is not None and value.year >= 2100:
+        raise PydanticCustomError("invalid_sla", "sla_due_at must be before the year 2100")
+    return value
+
+
 class WorkOrderCreate(WorkOrderBase, RequestBody):
     id: uuid.UUID | None = None
     assignee_id: uuid.UUID | None = None
     sla_due_at: UtcDatetime | None = None
+
+    _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
 
     @model_validator(mode="after")
     def _check_sla(self) -> WorkOrderCreate:
@@ -149,6 +159,8 @@ class WorkOrderUpdate(RequestBody):
     description: str | None = Field(default=None, max_length=4000)
     priority: Priority | None = None
     sla_due_at: UtcDatetime | None = None
+
+    _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
 
 
 class WorkOrderEventPublic(SQLModel):

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,29 @@ def test_a_commit_on_sqlite_is_synced_to_disk_unless_told_otherwise(tmp_path: Pa
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == expected  # 2 FULL, 1 NORMAL
         finally:
             engine.dispose()
+
+
+def test_postgresql_sessions_are_in_utc_whatever_the_server_s_time_zone(tmp_path: Path) -> None:
+    """Regression: the engine took the server's TimeZone (a Chinese host's initdb sets Asia/Shanghai), and an
+    order due 9999-12-31T23:00Z read back as year 10000, which failed every work-order list it was in."""
+    from tests.conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
+
+    if not POSTGRES_URL:
+        pytest.skip("needs STEWARD_TEST_POSTGRES_URL")
+    url = create_postgres_database()
+    try:
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = conn.execute(text("SELECT current_database()")).scalar_one()
+            conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Shanghai'"))
+        admin.dispose()
+        engine = make_engine(Settings(database_url=url + "?options=-c%20statement_timeout%3D5000",
+                                      data_dir=tmp_path))
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW timezone")).scalar_one() == "UTC"
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "5s"  # the URL's own options
+            far = conn.execute(text("SELECT TIMESTAMPTZ '9999-12-31 23:00:00+00'")).scalar_one()
+            assert (far.year, far.hour, far.utcoffset()) == (9999, 23, timedelta(0))
+        engine.dispose()
+    finally:
+        drop_postgres_database(url)

@@ -60,6 +60,22 @@ def test_an_explicit_sla_due_time_wins(client: TestClient, world: World) -> None
     assert _ts(str(order["sla_due_at"])) == due
 
 
+def test_an_sla_due_in_a_far_year_is_refused(client: TestClient, session: Session, world: World) -> None:
+    """Regression: 9999-12-31T23:00Z was stored; a PostgreSQL session east of UTC read it back as year 10000,
+    and every work-order list holding the order failed. A deadline is before 2100, as notices' dates are."""
+    h = world.headers(world.supervisor)
+    r = client.post(API, json={"household_id": str(world.household_a.id), "category": "leak",
+                               "sla_due_at": "9999-12-31T23:00:00Z"}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert r.json()["detail"]["errors"][0]["type"] == "invalid_sla"
+    assert count_rows(session, WorkOrder) == 0
+    order = _new_order(client, world)
+    r = client.patch(f"{API}/{order['id']}", json={"sla_due_at": "2100-01-01T00:00:00Z"}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert reread(session, WorkOrder, str(order["id"])).version == 1
+    assert client.get(API, headers=h).status_code == 200
+
+
 def test_an_sla_due_before_the_order_exists_is_refused(client: TestClient, session: Session, world: World) -> None:
     """Regression: the office could set sla_due_at before the order's creation (at intake or by PATCH): the
     order was overdue at birth, and counted as a breach on the console."""
