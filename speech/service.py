@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -144,6 +145,17 @@ def present(session: Session, user: User, transcript: Transcript, *, detail: boo
     segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=text)
                 for i, (s, text) in enumerate(zip(transcript.segments, texts, strict=True))]
     return TranscriptDetail(**data, segments=segments)
+
+
+def present_page(session: Session, user: User, transcripts: Sequence[Transcript]) -> list[TranscriptPublic]:
+    """A list page of transcripts as `present` shows each: their notes and calls read in two queries, not two
+    per transcript (a page of 500 cost 1,003 queries)."""
+    ids = [t.id for t in transcripts]
+    if not ids:
+        return []
+    notes = {n.id: n for n in session.exec(select(Note).where(col(Note.id).in_(ids)))}
+    calls = {c.id: c for c in session.exec(select(Call).where(col(Call.id).in_(ids)))}
+    return [TranscriptPublic(**_public(t, notes[t.id], calls.get(t.id), user)) for t in transcripts]
 
 
 def _masked_text(transcript: Transcript) -> str:

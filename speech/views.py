@@ -71,7 +71,7 @@ def list_transcripts(session: SessionDep, settings: SettingsDep, user: CurrentUs
     rows, count = service.list_transcripts(session=session, settings=settings, user=user, page=page, status=status,
                                            category=category, date_from=date_from, date_to=date_to,
                                            steward_id=steward_id, work_order_id=work_order_id, q=q)
-    return {"data": [service.present(session, user, t) for t in rows], "count": count}
+    return {"data": service.present_page(session, user, rows), "count": count}
 
 
 @router.get("/{id}", response_model=TranscriptDetail)

@@ -67,7 +67,7 @@ def review_queue(session: SessionDep, settings: SettingsDep, user: CurrentUser, 
     rows, count, pending = service.queue(session=session, settings=settings, user=user, page=page, status=status,
                                          category=category, date_from=date_from, date_to=date_to,
                                          steward_id=steward_id, q=q)
-    return QueuePage(data=[speech.present(session, user, t) for t in rows], count=count, pending=pending)
+    return QueuePage(data=speech.present_page(session, user, rows), count=count, pending=pending)
 
 
 @router.get("/transcripts/{id}/quality", response_model=TranscriptQuality)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists
@@ -68,14 +69,20 @@ def list_notices(*, session: Session, page: Page, building_id: uuid.UUID | None 
     return access.paged(session, stmt, page, col(Notice.created_at).desc(), Notice.id)
 
 
-def _households(session: Session, notice: Notice) -> list[tuple[Household, Building]]:
+_ADDRESS_ORDER = (col(Building.community), col(Building.number), col(Household.unit), col(Household.room),
+                  col(Household.id))
+
+
+def _reached(notice: Notice) -> Any:
+    """A select of (household, building) of every household the notice reaches."""
     stmt = select(Household, Building).join(Building, col(Household.building_id) == col(Building.id))
     if notice.target == NoticeTarget.building:
-        stmt = stmt.where(Building.id == notice.building_id)
-    else:
-        stmt = stmt.where(Building.station_id == notice.station_id)
-    stmt = stmt.order_by(col(Building.community), col(Building.number), col(Household.unit), col(Household.room))
-    return [(h, b) for h, b in session.exec(stmt).all()]
+        return stmt.where(Building.id == notice.building_id)
+    return stmt.where(Building.station_id == notice.station_id)
+
+
+def _households(session: Session, notice: Notice) -> list[tuple[Household, Building]]:
+    return [(h, b) for h, b in session.exec(_reached(notice).order_by(*_ADDRESS_ORDER)).all()]
 
 
 def _local(ts: datetime, tz: ZoneInfo) -> str:
@@ -102,6 +109,16 @@ def messages(*, session: Session, settings: Settings, notice: Notice) -> list[No
     tz = ZoneInfo(settings.timezone)
     return [NoticeMessage(household_id=h.id, phone=h.phone, text=render_text(notice, h, b, tz))
             for h, b in _households(session, notice)]
+
+
+def messages_page(*, session: Session, settings: Settings, notice: Notice, page: Page
+                  ) -> tuple[list[NoticeMessage], int]:
+    """One page of `messages`, by address, and how many there are in all: a station's notice reaches tens of
+    thousands of homes, which came as one answer of megabytes."""
+    tz = ZoneInfo(settings.timezone)
+    rows, count = access.paged(session, _reached(notice), page, *_ADDRESS_ORDER)
+    return [NoticeMessage(household_id=h.id, phone=h.phone, text=render_text(notice, h, b, tz))
+            for h, b in rows], count
 
 
 def _plan(session: Session, settings: Settings, notice: Notice) -> None:

@@ -32,10 +32,11 @@ def get_notice(id: uuid.UUID, session: SessionDep, user: CurrentUser):
 
 
 @router.get("/{id}/messages", response_model=NoticeMessages)
-def notice_messages(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: OfficeUser):
+def notice_messages(id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: OfficeUser, page: PageDep):
+    """The SMS each household would receive, by address, a page at a time (`count`: all of them)."""
     notice = service.get(session=session, user=user, id=id)
-    data = service.messages(session=session, settings=settings, notice=notice)
-    return {"notice_id": notice.id, "data": data, "count": len(data)}
+    data, count = service.messages_page(session=session, settings=settings, notice=notice, page=page)
+    return {"notice_id": notice.id, "data": data, "count": count}
 
 
 @router.post("/{id}/send", response_model=NoticePublic)

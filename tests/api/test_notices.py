@@ -95,6 +95,24 @@ def test_a_station_notice_reaches_every_building_it_feeds(client: TestClient, se
     assert str(elsewhere.id) not in {m["household_id"] for m in r["data"]}
 
 
+def test_a_notices_messages_come_a_page_at_a_time(client: TestClient, session: Session, settings: Settings,
+                                                 world: World) -> None:
+    """Regression: a station's notice rendered every household's SMS in one answer (tens of thousands of
+    homes), and `limit` was refused. The messages are paged like every list, by address."""
+    client.app.state.settings = settings.model_copy(update={"page_max_limit": 20})  # type: ignore[attr-defined]
+    for n in range(25):
+        make_household(session, world.building_a, unit="9", room=f"{100 + n}")
+    notice = make_notice(session, station=world.station)
+    h = world.headers(world.supervisor)
+    assert_error(client.get(f"{API}/{notice.id}/messages", params={"limit": 21}, headers=h), 422,
+                 "validation_error")
+    pages = [client.get(f"{API}/{notice.id}/messages", params={"offset": o, "limit": 20}, headers=h).json()
+             for o in (0, 20)]
+    assert [p["count"] for p in pages] == [27, 27] and [len(p["data"]) for p in pages] == [20, 7]
+    ids = [m["household_id"] for p in pages for m in p["data"]]
+    assert len(set(ids)) == 27  # every household once, none twice across the pages
+
+
 def test_send_texts_every_household_with_a_phone_once(client: TestClient, session: Session, world: World,
                                                       sms: LoggingSender) -> None:
     make_household(session, world.building_a, phone=None)

@@ -538,3 +538,39 @@ def test_search_ignores_the_case_of_any_letter_on_both_backends(api: TestClient,
         for who in (world.supervisor, world.steward_a):
             hits = api.get("/api/v1/transcripts", params={"q": q}, headers=world.headers(who)).json()
             assert [row["id"] for row in hits["data"]] == [str(t.id)], (q, who.role.value)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/transcripts", "/api/v1/console/transcripts"])
+def test_a_page_of_transcripts_costs_the_same_queries_whatever_its_length(
+        client: TestClient, session: Session, engine: Engine, world: World, path: str) -> None:
+    """Regression: each transcript of a list page read its note and its call on its own (a page of 500 cost
+    1,003 queries). The page's notes and calls are read together; each still shows its own."""
+    from sqlalchemy import event
+
+    from speech.models import Call
+
+    def queries_for(limit: int) -> tuple[int, list[dict[str, object]]]:
+        seen: list[str] = []
+
+        def record(*args: object) -> None:
+            seen.append(str(args[2]))
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            r = client.get(path, params={"limit": limit}, headers=world.headers(world.steward_a))
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert r.status_code == 200, r.text
+        return len(seen), r.json()["data"]
+
+    for i in range(12):
+        t = make_transcript(session, world.steward_a, f"{i}号楼暖气不热", household_id=world.household_a.id)
+        if i % 2:
+            session.add(Call(id=t.id, caller_phone=f"1380013{i:04d}", agent=f"话务员{i}", started_at=utcnow()))
+    session.commit()
+    few, _ = queries_for(2)
+    many, data = queries_for(12)
+    assert many == few, (few, many)
+    calls = [t for t in data if t["caller_phone"] is not None]
+    assert len(data) == 12 and len(calls) == 6
+    assert all(t["caller_phone"].startswith("138****") and t["agent"].startswith("话务员") for t in calls)
