@@ -50,8 +50,8 @@ class Transcript(SQLModel, table=True):
     revision: int = 0
     draft_work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", ondelete="SET NULL")
     approved_by_id: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
-    approved_at: datetime | None = ts_field(nullable=True)
-    transcribed_at: datetime | None = ts_field(nullable=True)
+    approved_at: datetime | None = ts_field(nullable=True, index=True)  # the dashboard's counts of the day
+    transcribed_at: datetime | None = ts_field(nullable=True, index=True)
     created_at: datetime = ts_field(default_now=True)
     updated_at: datetime = ts_field(default_now=True)
 

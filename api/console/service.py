@@ -38,7 +38,7 @@ from api.proactive.models import ProactiveKind, ProactiveMember, ProactiveOrder
 from api.settings import Settings
 from api.users.models import Role, User
 from api.work_orders import service as work_orders
-from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder
+from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder, open_clause
 from speech import service as speech
 from speech.models import Call, Transcript, TranscriptState
 from speech.redact import can_view_pii, redact_for, redact_phone
@@ -263,7 +263,7 @@ def dashboard(*, session: Session, user: User, now: datetime | None = None) -> D
     """The district's figures right now: open orders by category, station and source, SLA breaches,
     the transcription queue and its throughput, the video rooms in progress, and the proactive panel."""
     now = now or utcnow()
-    is_open = col(WorkOrder.status).in_(OPEN_STATUSES)
+    is_open = open_clause()
     open_total = session.exec(select(func.count()).select_from(WorkOrder).where(is_open)).one()
     by_station_rows = session.exec(
         select(Station.id, Station.name, func.count())

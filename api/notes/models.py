@@ -47,7 +47,7 @@ class Note(Versioned, NoteBase, table=True):
     household_id: uuid.UUID | None = Field(default=None, foreign_key="households.id", index=True,
                                            ondelete="SET NULL")
     audio_sha256: str = Field(max_length=64, index=True)
-    recorded_at: datetime = ts_field()
+    recorded_at: datetime = ts_field(index=True)  # the transcripts' lists are sorted by it
     # Written by the server (the transcription worker), never by clients.
     transcript_status: TranscriptStatus = TranscriptStatus.none
     transcript_text: str | None = None

@@ -34,7 +34,7 @@ from api.proactive.models import (
 )
 from api.settings import Settings
 from api.users.models import User
-from api.work_orders.models import OPEN_STATUSES, WorkOrder
+from api.work_orders.models import OPEN_STATUSES, WorkOrder, open_clause
 
 # SQLite has one writer: evaluations inside one process take turns. PostgreSQL runs them side by side and
 # relies on the unique `open_key` (see `clusters`).
@@ -125,7 +125,7 @@ def list_orders(*, session: Session, user: User, page: Page, kind: ProactiveKind
 
 
 def _breach_clause(now: datetime, state: str) -> ColumnElement[bool]:
-    open_late = and_(col(WorkOrder.status).in_(OPEN_STATUSES), col(WorkOrder.sla_due_at) < now)
+    open_late = and_(open_clause(), col(WorkOrder.sla_due_at) < now)
     resolved_late = and_(col(WorkOrder.resolved_at).is_not(None),
                          col(WorkOrder.resolved_at) > col(WorkOrder.sla_due_at))
     return {"open": open_late, "resolved": resolved_late, "all": or_(open_late, resolved_late)}[state]
@@ -161,7 +161,7 @@ def summary(*, session: Session, user: User, days: int = 30, now: datetime | Non
     now = now or utcnow()
     orders = select(WorkOrder.id).where(access.work_order_clause(user))
     recent = orders.where(col(WorkOrder.created_at) >= now - timedelta(days=days))
-    due_soon = and_(col(WorkOrder.status).in_(OPEN_STATUSES), col(WorkOrder.sla_due_at) >= now,
+    due_soon = and_(open_clause(), col(WorkOrder.sla_due_at) >= now,
                     col(WorkOrder.sla_due_at) < now + timedelta(hours=2))
     by_kind = {k.value: 0 for k in ProactiveKind}
     for kind, n in session.exec(select(ProactiveOrder.kind, func.count())
