@@ -274,8 +274,12 @@ def serve(
         raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy} (another `steward serve` is running "
                     "there? pick another --port).", 2)
     with _one_server(settings):
+        # timeout_graceful_shutdown: on SIGTERM uvicorn waits for every open connection before the app's own
+        # shutdown (closing video calls, saving their recordings, stopping the transcription threads); one
+        # handheld's slow upload held it back past docker's SIGKILL. Uploads resume (PATCH): cutting one is cheap.
         uvicorn.run("api.main:app", host=bind_host, port=bind_port, workers=workers, log_level=settings.log_level,
-                    proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips)
+                    proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+                    timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 @contextmanager

@@ -100,10 +100,13 @@ class Settings(BaseSettings):
     sms_quiet_hours: str = Field("", pattern=r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
                                  description="Local hours (STEWARD_TIMEZONE) in which the periodic run retries no "
                                              "SMS, e.g. `21:00-08:00`; empty: none. The office's own sends go at once.")
-    forwarded_allow_ips: str = Field("127.0.0.1", description="Addresses (comma-separated, or `*`) of the reverse "
-                                     "proxies whose X-Forwarded-For `steward serve` trusts for the client's "
-                                     "address (sign-in limits count per address).")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="IP addresses or networks (comma-separated), or `*` "
+                                     "alone, of the reverse proxies whose X-Forwarded-For `steward serve` trusts "
+                                     "for the client's address (sign-in limits count per address).")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    shutdown_grace_s: int = Field(20, ge=1, le=3600, description="`steward serve`, when stopped (SIGTERM, "
+                                    "Ctrl-C): how long open requests may still run before they are cut and the "
+                                    "app's own shutdown (closing video calls, saving their recordings) starts.")
     whisper_engine: Literal["faster-whisper", "openai-whisper"] = Field(
         "faster-whisper", description="Speech engine: CTranslate2 (default) or the PyTorch reference.")
     whisper_model: str = Field("", description="Model directory (faster-whisper) or .pt file (openai-whisper); "
@@ -213,6 +216,46 @@ class Settings(BaseSettings):
                                  "stun:turn.example.cn:3478 or turn:turn.example.cn:3478?transport=udp") from exc
         return value
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """`*` alone, or IP addresses and networks as uvicorn parses them (`ipaddress`, strict): anything else
+        it keeps as a literal that only a peer name equal to it matches, and `steward serve` listens on TCP,
+        where every peer is an IP address. A proxy's host name (`nginx`) or a mistyped network was accepted
+        and never trusted: every sign-in counted against the proxy's one address."""
+        import ipaddress
+
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        if entries == ["*"]:
+            return "*"
+        for entry in entries:
+            if entry == "*":
+                raise ValueError("`*` trusts every address: write it alone, not in a list")
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network (e.g. 172.18.0.5 or 172.18.0.0/16; "
+                                 "a host name is never matched: give the proxy's address as the service sees "
+                                 "it)") from exc
+            if "/" in entry and not _is_strict_network(entry):
+                raise ValueError(f"{entry!r} has host bits set, which uvicorn does not read as a network: "
+                                 f"write {network}")
+        return ",".join(entries)
+
+    @field_validator("video_public_url", "video_worker_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """A base URL with its scheme: `steward.example.cn` made every join link texted to residents relative
+        (`steward.example.cn/join/...`), which phones do not open."""
+        from urllib.parse import urlsplit
+
+        if value:
+            parts = urlsplit(value.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError("must start with https:// (or http://) and name the host, e.g. "
+                                 "https://steward.example.cn")
+        return value.strip()
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -247,6 +290,13 @@ class Settings(BaseSettings):
             # boto3 refused it deep inside the app's start-up, as a 213-line traceback
             raise ValueError(f"STEWARD_S3_ENDPOINT_URL must start with https:// (or http://), e.g. "
                              f"https://{self.s3_endpoint_url}")
+        if not self.video_turn_secret and any(
+                url.strip().lower().startswith(("turn:", "turns:")) for url in self.video_ice_servers.split(",")):
+            # Browsers refuse a TURN entry without credentials outright (Chromium: "InvalidAccessError: Both
+            # username and credential are required..."): no steward or resident could join any call.
+            raise ValueError("STEWARD_VIDEO_ICE_SERVERS names a TURN server (turn:/turns:) but "
+                             "STEWARD_VIDEO_TURN_SECRET is empty: set it to coturn's static-auth-secret, or list "
+                             "only stun: URLs")
         self._check_sla_table()
         return self
 
@@ -279,6 +329,17 @@ class Settings(BaseSettings):
         if hours is None:
             hours = getattr(self, f"sla_hours_{priority}")
         return float(hours) * (self.sla_sensitive_factor if sensitive else 1.0)
+
+
+def _is_strict_network(text: str) -> bool:
+    """Whether `text` is a network as uvicorn reads one (`ipaddress.ip_network`, strict: no host bits)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_problem(exc: ValueError) -> str:

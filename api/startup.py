@@ -23,10 +23,48 @@ def schema_problem(engine: Engine) -> str | None:
     return f"The database is at schema {current or 'empty'}, the code needs {head}: run `steward db upgrade` first."
 
 
-def speech_problem(settings: Settings) -> str | None:
-    """Why every transcription job would fail with these settings (language, glossary, model path), or None."""
+# Every compute type CTranslate2 (faster-whisper's runtime) knows; which of them a device runs is asked of it.
+COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+
+
+def compute_type_problem(settings: Settings, *, transcribes_here: bool = True) -> str | None:
+    """Why CTranslate2 would refuse STEWARD_WHISPER_COMPUTE_TYPE on STEWARD_WHISPER_DEVICE, or None. It
+    raises only when a job loads the model ("Requested float16 compute type, but the target device or backend
+    do not support efficient float16 computation", "Invalid compute type: int9"): every job failed one by one.
+    Asks CTranslate2 what the device supports, without loading a model. A process that does not transcribe
+    (`steward serve` with `steward worker` processes, perhaps on a GPU machine with the same settings) only
+    refuses a name no device knows."""
+    import ctranslate2
+
+    value, device = settings.whisper_compute_type, settings.whisper_device
+    if value in ("default", "auto"):  # CTranslate2 picks: the model's own type, or the fastest one
+        return None
+    if not transcribes_here:
+        if value in COMPUTE_TYPES or value in ctranslate2.get_supported_compute_types("cpu"):
+            return None
+        return (f"Configuration error: STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type {value!r} "
+                f"(known: {', '.join(COMPUTE_TYPES)}, default, auto)")
+    try:
+        supported = set(ctranslate2.get_supported_compute_types(device))
+    except (RuntimeError, ValueError) as exc:  # cuda without a usable GPU: every job would fail on it too
+        reason = " ".join(str(exc).split())
+        return f"Configuration error: STEWARD_WHISPER_DEVICE: {device} cannot be used here ({reason}); use cpu or auto"
+    if value in supported:
+        return None
+    choices = ", ".join([*sorted(supported), "default", "auto"])
+    if value in COMPUTE_TYPES:
+        return (f"Configuration error: STEWARD_WHISPER_COMPUTE_TYPE: {value} is not supported on "
+                f"STEWARD_WHISPER_DEVICE={device} here (it supports {choices})")
+    return (f"Configuration error: STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type {value!r} "
+            f"(on STEWARD_WHISPER_DEVICE={device} here: {choices})")
+
+
+def speech_problem(settings: Settings, *, transcribes_here: bool = True) -> str | None:
+    """Why every transcription job would fail with these settings (language, glossary, model path, compute
+    type), or None. `transcribes_here`: whether this process runs the jobs (what its hardware supports is
+    checked then)."""
     from speech.glossary import GlossaryError, load_glossary
-    from speech.model_store import ModelError, check_model
+    from speech.model_store import FASTER_WHISPER, ModelError, check_model
     from speech.pipeline import check_language
 
     if settings.speech_queue == "off":  # nothing transcribes here
@@ -43,6 +81,8 @@ def speech_problem(settings: Settings) -> str | None:
         check_model(engine=settings.whisper_engine, model=settings.whisper_model)
     except ModelError as exc:  # a missing path, or a folder without model.bin: every job would fail on it
         return f"Configuration error: STEWARD_WHISPER_MODEL: {exc} (empty: the bundled model)"
+    if settings.whisper_engine == FASTER_WHISPER:
+        return compute_type_problem(settings, transcribes_here=transcribes_here)
     return None
 
 
@@ -70,7 +110,10 @@ def prepare(settings: Settings) -> None:
     demo data or say how to start."""
     # Checked here, not when the first job loads the model: there, every job would fail one by one. The blob
     # directory too: it is created while the app is built, inside uvicorn, where a failure is a traceback.
-    problem = speech_problem(settings) or storage_problem(settings)
+    # `auto` is the embedded queue on SQLite (speech.worker.queue_mode): then this process transcribes.
+    embedded = settings.speech_queue == "embedded" or (
+        settings.speech_queue == "auto" and settings.resolved_database_url.startswith("sqlite"))
+    problem = speech_problem(settings, transcribes_here=embedded) or storage_problem(settings)
     if problem:
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)

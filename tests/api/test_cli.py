@@ -213,6 +213,13 @@ def test_operator_mistakes_are_one_line_not_a_traceback(data_dir: Path, monkeypa
     ("STEWARD_SPEECH_GLOSSARY", "/nonexistent/glossary.toml", "STEWARD_SPEECH_GLOSSARY"),
     ("STEWARD_WHISPER_MODEL", "/nonexistent/model", "STEWARD_WHISPER_MODEL"),
     ("STEWARD_BLOB_DIR", "{data_dir}/a-file/blobs", "STEWARD_BLOB_DIR"),
+    # Regression: each was accepted; every transcription, or every call, or every proxied sign-in then failed.
+    ("STEWARD_WHISPER_COMPUTE_TYPE", "int9", "STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type 'int9'"),
+    ("STEWARD_VIDEO_ICE_SERVERS", "turn:turn.example.cn:3478", "STEWARD_VIDEO_TURN_SECRET is empty"),
+    ("STEWARD_FORWARDED_ALLOW_IPS", "nginx", "STEWARD_FORWARDED_ALLOW_IPS: "),
+    ("STEWARD_VIDEO_PUBLIC_URL", "steward.example.cn", "STEWARD_VIDEO_PUBLIC_URL: "),
+    ("STEWARD_VIDEO_WORKER_URL", "relay-a:8001", "STEWARD_VIDEO_WORKER_URL: "),
+    ("STEWARD_SHUTDOWN_GRACE_S", "0", "STEWARD_SHUTDOWN_GRACE_S: "),
 ])
 def test_serve_refuses_settings_that_would_fail_later(data_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str,
                                                        value: str, said: str) -> None:
@@ -316,6 +323,70 @@ def test_serve_passes_the_trusted_proxies_to_uvicorn(data_dir: Path, monkeypatch
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert runner.invoke(app, ["serve", "--port", "18123"]).exit_code == 0
     assert runs[0]["forwarded_allow_ips"] == "10.0.0.5" and runs[0]["proxy_headers"] is True
+
+
+def test_serve_gives_open_requests_a_bounded_grace_on_shutdown(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--port", "18124"]).exit_code == 0
+    monkeypatch.setenv("STEWARD_SHUTDOWN_GRACE_S", "45")
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["serve", "--port", "18124"]).exit_code == 0
+    assert [r["timeout_graceful_shutdown"] for r in runs] == [20, 45]
+
+
+@pytest.mark.slow
+def test_sigterm_reaches_the_shutdown_while_a_client_uploads_slowly(tmp_path: Path) -> None:
+    """Regression: uvicorn runs the app's shutdown (closing video calls and saving their recordings, stopping
+    the transcription threads, SQLite's last checkpoint) only once every connection has closed, and `steward
+    serve` set no limit: one handheld uploading over a weak link held it back until docker's SIGKILL."""
+    import contextlib
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    steward = str(Path(sys.executable).with_name("steward"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")} | {
+        "STEWARD_DATA_DIR": str(tmp_path), "STEWARD_SPEECH_QUEUE": "off", "STEWARD_PROACTIVE_INTERVAL_MINUTES": "0",
+        "STEWARD_SHUTDOWN_GRACE_S": "1"}
+    assert subprocess.run([steward, "db", "upgrade"], env=env, capture_output=True, timeout=120).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w+")
+    server = subprocess.Popen([steward, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port)) as upload:  # a body that arrives ever so slowly
+            upload.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: steward\r\n"
+                           b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+                           b"username=admin&pass")
+            time.sleep(0.5)  # the app is reading the body
+            server.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=10)  # 1 s of grace, then the shutdown
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+    log.seek(0)
+    output = log.read()
+    assert "Application shutdown complete" in output, output
 
 
 @pytest.mark.parametrize("args", [

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +207,65 @@ def test_service_loggers_get_a_handler_at_the_configured_level(tmp_path: Path) -
             "logging.getLogger('steward.sms').info('sms to 138****0001'); logging.getLogger('x').debug('hidden')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert "INFO steward.sms: sms to 138****0001" in done.stderr and "hidden" not in done.stderr, done.stderr
+
+
+def test_every_process_that_serves_the_app_configures_its_logging(tmp_path: Path) -> None:
+    """Regression: `steward serve --workers N` configured logging only in the parent, and uvicorn's spawned
+    workers only uvicorn's own loggers, so the service's lines were printed nowhere. `api.main` (what each
+    worker imports) configures it now, and once only where `steward serve` already did (one worker)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")} | {
+        "STEWARD_DATA_DIR": str(tmp_path), "STEWARD_DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+        "STEWARD_LOG_LEVEL": "info"}
+    said = "logging.getLogger('steward.sms').info('sms to 13812345678'); logging.getLogger('x').debug('hidden')"
+    worker = f"import logging, api.main; {said}"  # a spawned worker: nothing configured before the import
+    parent = ("import logging, uvicorn; from api.security import configure_logging; configure_logging('info'); "
+              f"uvicorn.Config('api.main:app', log_level='info'); import api.main; {said}")  # --workers 1
+    for code in (worker, parent):
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count("INFO steward.sms: sms to 138****5678") == 1, done.stderr
+        assert "hidden" not in done.stderr and "13812345678" not in done.stderr
+
+
+@pytest.mark.slow
+def test_service_logs_survive_several_workers(database_url: str, world: World, session: Session,
+                                              tmp_path: Path) -> None:
+    """The same under a real `steward serve --workers 2` (PostgreSQL: SQLite takes one process): the log SMS
+    sender's line of a notice sent through a worker reaches stderr."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("--workers needs PostgreSQL")
+    notice = make_notice(session, building=world.building_a)
+    env = _serve_env(tmp_path, STEWARD_DATABASE_URL=database_url, STEWARD_SECRET_KEY=world.settings.secret_key,
+                     STEWARD_SPEECH_QUEUE="off", STEWARD_PROACTIVE_INTERVAL_MINUTES="0", STEWARD_LOG_LEVEL="info")
+    base = f"http://127.0.0.1:{env['STEWARD_PORT']}"
+    log = (tmp_path / "serve.log").open("w+")
+    server = subprocess.Popen([STEWARD, "serve", "--workers", "2"], env=env, cwd=tmp_path, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            time.sleep(0.2)
+        answer = httpx.post(f"{base}{API}/notices/{notice.id}/send", headers=world.headers(world.admin), timeout=30)
+        assert answer.status_code == 200, answer.text
+        time.sleep(0.5)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+    log.seek(0)
+    output = log.read()
+    assert "Application startup complete" in output  # the workers' uvicorn lines are there
+    assert "steward.sms: sms to 138****0001" in output, output
 
 
 def test_a_cron_command_prints_nothing_when_all_is_well(tmp_path: Path) -> None:

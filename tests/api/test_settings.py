@@ -74,4 +74,49 @@ def test_readme_documents_every_setting() -> None:
 
 def test_good_ice_servers_pass() -> None:
     urls = "stun:turn.example.cn:3478, turn:turn.example.cn:3478?transport=udp,turns:turn.example.cn:5349"
-    assert Settings(video_ice_servers=urls).video_ice_servers == urls
+    assert Settings(video_ice_servers=urls, video_turn_secret="coturn-secret").video_ice_servers == urls
+    assert Settings(video_ice_servers="stun:turn.example.cn:3478").video_turn_secret == ""  # STUN needs none
+
+
+@pytest.mark.parametrize("urls", ["stun:turn.example.cn:3478,turn:turn.example.cn:3478?transport=udp",
+                                  "turns:turn.example.cn:5349"])
+def test_a_turn_server_without_the_turn_secret_is_refused(urls: str) -> None:
+    """Regression: accepted, and every browser was then handed a TURN entry without username and credential,
+    which it refuses outright (Chromium: InvalidAccessError): no steward or resident could join any call."""
+    with pytest.raises(ValidationError, match="STEWARD_VIDEO_TURN_SECRET is empty"):
+        Settings(video_ice_servers=urls)
+
+
+@pytest.mark.parametrize("value", ["nginx", "10.0.0.0/33", "proxy.internal:8080", "10.0.0.1/24", "127.0.0.1,*"])
+def test_forwarded_allow_ips_that_can_never_match_are_refused(value: str) -> None:
+    """Regression: uvicorn keeps an entry that is not an IP address or (strict) network as a literal that no
+    TCP peer's address equals, so the proxy was silently not trusted and every sign-in counted against its
+    one address; `*` in a list is such a literal too."""
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        Settings(forwarded_allow_ips=value)
+
+
+@pytest.mark.parametrize(("value", "kept"), [("127.0.0.1", "127.0.0.1"), (" * ", "*"), ("", ""),
+                                             ("10.0.0.5, 172.18.0.0/16,::1,", "10.0.0.5,172.18.0.0/16,::1"),
+                                             ("fd00::/8", "fd00::/8")])
+def test_forwarded_allow_ips_take_addresses_networks_or_a_lone_star(value: str, kept: str) -> None:
+    assert Settings(forwarded_allow_ips=value).forwarded_allow_ips == kept
+
+
+@pytest.mark.parametrize("name", ["video_public_url", "video_worker_url"])
+@pytest.mark.parametrize("value", ["steward.example.cn", "steward.example.cn:8443/relay", "ftp://steward.example.cn",
+                                   "https://"])
+def test_video_urls_without_a_scheme_are_refused(name: str, value: str) -> None:
+    """Regression: `steward.example.cn` was accepted, and every join link texted to residents was relative
+    (`steward.example.cn/join/<token>`), which phones do not open."""
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+    assert getattr(Settings(**{name: "https://steward.example.cn/relay/1"}), name) == "https://steward.example.cn/relay/1"
+
+
+def test_the_shutdown_grace_has_bounds() -> None:
+    """`steward serve` cuts open requests this long after SIGTERM: under compose's stop_grace_period (60 s)."""
+    assert Settings().shutdown_grace_s == 20
+    for bad in (0, 3601):
+        with pytest.raises(ValidationError, match="shutdown_grace_s"):
+            Settings(shutdown_grace_s=bad)

@@ -93,3 +93,47 @@ def test_a_bucket_that_cannot_be_used_is_one_line_at_start(tmp_path: Path) -> No
 def test_an_endpoint_without_its_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="STEWARD_S3_ENDPOINT_URL must start with https://"):
         Settings(s3_endpoint_url="oss-cn-beijing.aliyuncs.com")
+
+
+@pytest.mark.parametrize(("compute_type", "said"), [
+    ("int9", "unknown compute type 'int9'"), ("float16", "float16 is not supported on STEWARD_WHISPER_DEVICE=cpu")])
+def test_an_unusable_whisper_compute_type_is_refused_at_start(compute_type: str, said: str) -> None:
+    """Regression: any string was accepted, and CTranslate2 refused it only when a job loaded the model (a
+    typo, or the README's "float16 on a GPU" with the default STEWARD_WHISPER_DEVICE=cpu): every job failed."""
+    import ctranslate2
+
+    if compute_type in ctranslate2.get_supported_compute_types("cpu"):
+        pytest.skip(f"this CPU runs {compute_type}")
+    problem = speech_problem(Settings(whisper_compute_type=compute_type, whisper_device="cpu",
+                                      speech_queue="embedded"))
+    assert problem is not None and problem.startswith("Configuration error: STEWARD_WHISPER_COMPUTE_TYPE: ")
+    assert said in problem and "int8" in problem and "\n" not in problem, problem
+
+
+def test_compute_types_the_device_runs_pass() -> None:
+    for compute_type in ("int8", "float32", "default", "auto"):  # `default`/`auto`: CTranslate2 picks
+        assert speech_problem(Settings(whisper_compute_type=compute_type, speech_queue="embedded")) is None
+    # The PyTorch engine takes no compute type; where nothing transcribes, nothing is checked.
+    assert speech_problem(Settings(whisper_compute_type="int9", whisper_engine="openai-whisper",
+                                   speech_queue="embedded")) is None
+    assert speech_problem(Settings(whisper_compute_type="int9", speech_queue="off")) is None
+
+
+def test_a_server_that_does_not_transcribe_checks_only_the_name(engine: Engine, database_url: str,
+                                                                tmp_path: Path) -> None:
+    """`steward serve` with `steward worker` processes (the compose file shares one environment between them)
+    must not refuse a GPU worker's float16 because the API's own machine has no GPU; a typo is still a typo."""
+    gpu = {"whisper_device": "cuda", "whisper_compute_type": "float16"}
+    assert speech_problem(Settings(speech_queue="procrastinate", **gpu), transcribes_here=False) is None
+    prepare(make_settings(database_url, tmp_path, speech_queue="procrastinate", **gpu))
+    typo = speech_problem(Settings(speech_queue="procrastinate", whisper_compute_type="int9"), transcribes_here=False)
+    assert typo is not None and "STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type 'int9'" in typo
+
+
+def test_prepare_refuses_an_unusable_compute_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded queue (SQLite's `auto`) transcribes in `steward serve` itself: its hardware is asked."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tmp_path, speech_queue="auto",
+                             whisper_compute_type="int9")
+    with pytest.raises(typer.Exit):
+        prepare(settings)
+    assert "STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type 'int9'" in capsys.readouterr().err
