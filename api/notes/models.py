@@ -43,7 +43,8 @@ class Note(Versioned, NoteBase, table=True):
     owner_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="RESTRICT")
     work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_orders.id", index=True,
                                             ondelete="SET NULL")
-    visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.id", ondelete="SET NULL")
+    visit_id: uuid.UUID | None = Field(default=None, foreign_key="visits.id", index=True,
+                                       ondelete="SET NULL")  # a visit's delete finds its notes
     household_id: uuid.UUID | None = Field(default=None, foreign_key="households.id", index=True,
                                            ondelete="SET NULL")
     audio_sha256: str = Field(max_length=64, index=True)

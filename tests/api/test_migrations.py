@@ -63,6 +63,20 @@ def test_migrations_match_the_models(empty_engine: Engine) -> None:
     assert diff == [], f"models and migrations differ; write a migration: {diff}"
 
 
+def test_the_lookups_of_hot_paths_have_their_indexes(empty_engine: Engine) -> None:
+    """Regression (0015): a visit's delete scanned every reading and note for the visit's links while its push
+    held the change sequence; the late-order lists walked every closed order; the dashboard's counts and the
+    transcripts' lists scanned whole tables."""
+    migrate.upgrade(empty_engine)
+    inspector = inspect(empty_engine)
+    indexed = {(table, tuple(ix["column_names"])) for table in ("readings", "notes", "work_orders", "transcripts")
+               for ix in inspector.get_indexes(table)}
+    for wanted in [("readings", ("visit_id",)), ("notes", ("visit_id",)), ("notes", ("recorded_at",)),
+                   ("work_orders", ("sla_due_at", "id")), ("work_orders", ("created_at",)),
+                   ("transcripts", ("approved_at",)), ("transcripts", ("transcribed_at",))]:
+        assert wanted in indexed, wanted
+
+
 def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     migrate.upgrade(empty_engine)
     migrate.upgrade(empty_engine)
