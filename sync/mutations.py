@@ -20,6 +20,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from api import access
+from api.db import BOOKKEEPING_FIELDS
 from api.settings import Settings
 from api.users.models import User
 from sync import tracking
@@ -393,7 +394,11 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
     if base_version is not None and not spec.append_only:
         foreign = changed_since(spec, row, base_version, ctx.client_id)
         if foreign:
-            server = {name: getattr(row, name) for name in sorted(foreign)}
+            # The whole row as the server had it, not only the fields changed since the device's version: the
+            # line is what is left of the row (a supervisor can put it back), and the blob sweep keeps the photos
+            # and signature it names until the line is reviewed (they were deleted at the first sweep).
+            kept = {c.key for c in sa_inspect(row).mapper.column_attrs} - BOOKKEEPING_FIELDS
+            server = {name: getattr(row, name) for name in sorted(kept | foreign)}
             conflicts.append(ConflictEntry(None, "delete_wins", server, "deleted", "device"))
     if sa_inspect(row).pending:  # created earlier in this batch: write it first, then delete it as any row
         ctx.session.flush()

@@ -194,3 +194,37 @@ def test_a_photo_that_lost_a_conflict_stays_until_the_conflict_is_reviewed(clien
                            headers=office).is_success
     swept = sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
     assert swept.deleted == 1 and client.head(URL.format(valve), headers=headers).status_code == 404
+
+
+def test_photos_of_a_visit_a_delete_won_over_stay_until_the_conflict_is_reviewed(
+        client: TestClient, district: District, engine: Engine, settings: Settings) -> None:
+    """Regression: the delete_wins line kept only the fields the office had changed, so the deleted visit's
+    photos were swept while its conflict was unreviewed, and the visit could not be put back. The line holds
+    the whole row now."""
+    d = district
+    headers = d.headers(d.steward1)
+    photo = _upload(client, headers)
+    visit = str(d.visit1.id)
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    phone.update("visits", visit, photos=[photo])
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.pull()
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.update("visits", visit, actions="bled radiators; replaced the valve")
+    assert office.push()["results"][0]["status"] == "applied"
+    phone.delete("visits", visit)  # from the version the phone holds: the office's edit loses to the delete
+    answer = phone.push()["results"][0]
+    assert (answer["status"], answer["reason"]) == ("conflict", "delete_wins")
+    sup = d.headers(d.supervisor)
+    [line] = client.get("/api/v1/sync/conflicts", params={"reviewed": "false"}, headers=sup).json()["data"]
+    assert line["server_value"]["photos"] == [photo] and line["server_value"]["actions"].startswith("bled")
+    assert line["server_value"]["household_id"] == str(d.visit1.household_id)  # enough to put the visit back
+    later = datetime.now(UTC) + timedelta(days=8)
+    sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert client.head(URL.format(photo), headers=headers).status_code == 200
+    assert client.post(f"/api/v1/sync/conflicts/{line['id']}/review", json={"reviewed": True},
+                       headers=sup).is_success
+    sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert client.head(URL.format(photo), headers=headers).status_code == 404
