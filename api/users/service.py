@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,9 @@ from api.security import hash_password, needs_rehash, verify_password
 from api.settings import Settings
 from api.users import throttle
 from api.users.models import GridBuilding, Role, User, UserCreate, UserUpdate
+from api.work_orders import service as work_orders
+
+log = logging.getLogger(__name__)
 
 # Verified against when the user name is unknown, so both failures take the same time.
 _DUMMY_HASH = hash_password("not-a-real-password")
@@ -119,14 +123,23 @@ def _count_active_admins(session: Session) -> int:
     return session.exec(stmt).one()
 
 
-def update_user(*, session: Session, user: User, data: UserUpdate) -> User:
-    """Change a user's profile, role, password or active flag; the last active admin stays one."""
+def update_user(*, session: Session, user: User, data: UserUpdate, actor: User | None = None) -> User:
+    """Change a user's profile, role, password or active flag; the last active admin stays one. A steward
+    disabled or given another role hands their open work orders back (`work_orders.release_all`)."""
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     guard = _removes_an_admin(user, changes)
     if guard:
         _lock_active_admins(session)
     if "password" in changes:
         changes["password_hash"] = hash_password(changes.pop("password"))
+    leaving = user.role == Role.steward and user.active and (
+        changes.get("role", user.role) != Role.steward or not changes.get("active", True))
+    if leaving:
+        # Their open orders go back to the office's queue, in this transaction (before anything else is
+        # written: the release takes the change sequence first, as pushes do).
+        released = work_orders.release_all(session=session, actor=actor, steward=user,
+                                           note="管家账号已停用" if not changes.get("active", True) else "不再是管家")
+        log.info("user %s left the stewards: %d open work orders back to new", user.id, released)
     if changes.get("role", user.role) != Role.steward:
         session.exec(delete(GridBuilding).where(col(GridBuilding.user_id) == user.id))
     user.sqlmodel_update(changes)

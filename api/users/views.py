@@ -63,9 +63,9 @@ def get_user(id: uuid.UUID, session: SessionDep, _: AdminUser):
 
 
 @router.patch("/users/{id}", response_model=UserPublic)
-def update_user(id: uuid.UUID, data: UserUpdate, session: SessionDep, _: AdminUser):
+def update_user(id: uuid.UUID, data: UserUpdate, session: SessionDep, admin: AdminUser):
     user = service.get_user(session=session, id=id)
-    return service.update_user(session=session, user=user, data=data)
+    return service.update_user(session=session, user=user, data=data, actor=admin)
 
 
 @router.get("/users/{id}/grid", response_model=GridPublic)

@@ -161,6 +161,27 @@ def assign(*, session: Session, user: User, order: WorkOrder, assignee_id: uuid.
     return order
 
 
+def release_all(*, session: Session, actor: User | None, steward: User, note: str) -> int:
+    """Give back every open order of `steward`, who is leaving (disabled, or no longer a steward): each goes back
+    to `new` with no assignee, and a `released` line in its timeline names whom it was taken from. Left with
+    them, the orders sat with someone who could not work them while their SLA ran, and the office could not
+    take them back (an order is never unassigned otherwise). Not committed: the caller's change commits with
+    it. The change sequence is taken first, as a push takes it."""
+    from sync.tracking import allocate_seq  # sync's models import this package's
+
+    allocate_seq(session)
+    orders = session.exec(select(WorkOrder).where(col(WorkOrder.assignee_id) == steward.id,
+                                                  col(WorkOrder.status).in_(OPEN_STATUSES))
+                          .order_by(col(WorkOrder.id)).with_for_update()).all()
+    for order in orders:
+        before = order.status
+        order.assignee_id, order.status = None, Status.new
+        session.add(order)
+        _event(session, order, actor, "released", from_status=before, to_status=Status.new,
+               assignee_id=steward.id, note=note)
+    return len(orders)
+
+
 def assign_refusal(status: Status) -> str:
     """Why an order in this (not open) status cannot be assigned, and what to do instead."""
     if TRANSITIONS[status]:

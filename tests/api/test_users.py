@@ -258,3 +258,33 @@ def test_two_grid_replacements_at_once_leave_one_of_them(engine: Engine, session
     final = set(session.exec(select(GridBuilding.building_id).where(GridBuilding.user_id == steward.id)).all())
     assert final in ({world.building_a.id}, {world.building_b.id}), (final, answers)
     assert len(answers) == 2 and set(answers[-1]) == final, answers  # the last to finish wins  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("change", [{"active": False}, {"role": "supervisor"}], ids=["disabled", "demoted"])
+def test_a_steward_who_leaves_hands_their_open_orders_back(client: TestClient, session: Session, world: World,
+                                                           change: dict[str, object]) -> None:
+    """Regression: a disabled or demoted steward kept their open orders: nobody could work them (orders go to
+    active stewards) and the office could not take them back. They go back to `new`, unassigned, each with a
+    `released` line; finished orders keep their steward."""
+    from api.work_orders.models import Status, WorkOrder
+    from tests.utils.factories import make_work_order
+
+    steward = world.steward_a
+    open_orders = [make_work_order(session, world.household_a, status=s, assignee=steward)
+                   for s in (Status.assigned, Status.in_progress, Status.waiting_resident)]
+    done = make_work_order(session, world.household_a, status=Status.resolved, assignee=steward)
+    others = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_b)
+    r = client.patch(f"{API}/users/{steward.id}", json=change, headers=world.headers(world.admin))
+    assert r.status_code == 200, r.text
+    for order in open_orders:
+        row = reread(session, WorkOrder, order.id)
+        assert (row.status, row.assignee_id, row.version) == (Status.new, None, 2)
+        [*_, last] = client.get(f"{API}/work-orders/{order.id}/events", headers=world.headers(world.admin)).json()
+        assert (last["kind"], last["assignee_id"], last["to_status"]) == ("released", str(steward.id), "new")
+        assert last["actor_id"] == str(world.admin.id)
+    assert reread(session, WorkOrder, done.id).assignee_id == steward.id
+    assert reread(session, WorkOrder, others.id).assignee_id == world.steward_b.id
+    # the office gives them to someone else as any new order
+    r = client.post(f"{API}/work-orders/{open_orders[0].id}/assign", json={"assignee_id": str(world.steward_b.id)},
+                    headers=world.headers(world.supervisor))
+    assert r.status_code == 200 and r.json()["status"] == "assigned", r.text

@@ -499,6 +499,7 @@
     switch (item.kind) {
       case "created": title = "工单创建"; break;
       case "assigned": title = "派单给 " + person(d.assignee_id); break;
+      case "released": title = "退回待派单（原管家 " + person(d.assignee_id) + "）"; break;
       case "status": title = "状态：" + label("order_status", d.from_status) + " → " + label("order_status", d.to_status); break;
       case "visit":
         title = "上门走访 · " + person(item.actor_id) + (d.indoor_temp_c != null ? " · 室温 " + d.indoor_temp_c + "℃" : "");
