@@ -105,7 +105,12 @@ def convert_variables(v: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[st
 
 def ct2_to_openai_checkpoint(model_dir: Path, target: Path) -> None:
     """Write the openai-whisper checkpoint of the CTranslate2 model in `model_dir` to `target`."""
-    import torch  # the openai extra; imported here so the default install never needs it
+    try:
+        import torch  # the openai extra; imported here so the default install never needs it
+    except ImportError as exc:
+        from speech.model_store import OPENAI_EXTRA, ModelError
+
+        raise ModelError(f"{OPENAI_EXTRA} (to convert {model_dir}; {exc})") from exc
 
     dims, arrays = convert_variables(read_model_bin(model_dir / "model.bin"))
     state: dict[str, Any] = {name: torch.from_numpy(np.array(a, copy=True)) for name, a in arrays.items()}

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,10 @@ BUNDLED_SHA256 = {
     "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
 }
 OPENAI_CHECKPOINT = "whisper-base-openai.pt"
+# What a faster-whisper model directory must hold besides model.bin. Without tokenizer.json faster-whisper fetches
+# openai/whisper-tiny's from the Hugging Face hub; the engine is kept offline, so that would be an error at load.
+FASTER_WHISPER_FILES = ("config.json", "tokenizer.json")
+OPENAI_EXTRA = "the openai-whisper engine needs the `openai` extra: pip install 'heat-steward[openai]'"
 
 # Files already hashed by this process (path, size, mtime): a model is verified once per process.
 _verified: set[tuple[str, int, int]] = set()
@@ -146,25 +151,62 @@ def _assemble(models: Path, target: Path) -> None:
 def ensure_openai_checkpoint(model_dir: Path, target: Path) -> Path:
     """The openai-whisper checkpoint converted from the CTranslate2 `model_dir`, written once to `target`.
 
-    The checkpoint's sha256 is recorded beside it when it is written, and checked before every use.
+    The checkpoint's sha256 is recorded beside it when it is written, and checked before every use. An OSError
+    (a data directory that is a file, read-only, full) is a ModelError, as when the bundled model is assembled.
     """
     sidecar = target.with_name(target.name + ".sha256")
-    if not (target.is_file() and sidecar.is_file()):
-        with _lock(target.parent):
-            if not (target.is_file() and sidecar.is_file()):
-                from speech.convert import ct2_to_openai_checkpoint
-
-                log.info("converting %s into the openai-whisper checkpoint %s", model_dir, target)
-                staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                try:
-                    ct2_to_openai_checkpoint(model_dir, staging)
-                    digest = sha256_file(staging)
-                    staging.replace(target)
-                    sidecar.write_text(digest + "\n")
-                finally:
-                    staging.unlink(missing_ok=True)
-    _verify(target, sidecar.read_text().strip())
+    try:
+        if not (target.is_file() and sidecar.is_file()):
+            with _lock(target.parent):
+                if not (target.is_file() and sidecar.is_file()):
+                    _convert(model_dir, target, sidecar)
+                    _remove_stale_conversions(target)
+        _verify(target, sidecar.read_text().strip())
+    except OSError as exc:
+        raise ModelError(f"cannot convert {model_dir} into the openai-whisper checkpoint {target}: "
+                         f"{exc.strerror or exc}") from exc
     return target
+
+
+def _convert(model_dir: Path, target: Path, sidecar: Path) -> None:
+    from speech.convert import ct2_to_openai_checkpoint
+
+    log.info("converting %s into the openai-whisper checkpoint %s", model_dir, target)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        ct2_to_openai_checkpoint(model_dir, staging)
+        digest = sha256_file(staging)
+        staging.replace(target)
+        sidecar.write_text(digest + "\n")
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def converted_checkpoint_path(model_dir: Path, data_dir: Path) -> Path:
+    """Where the openai-whisper conversion of the operator's CTranslate2 `model_dir` is kept:
+    `<data_dir>/models/<folder name>-<source>-<weights>-openai.pt`, where `source` is a hash of the folder's
+    resolved path and `weights` one of its model.bin's size and modification time. Two folders with the same
+    name, or a folder named like the bundled model, never share a checkpoint, and a model.bin replaced in
+    place (another size or mtime) is converted again. Cheap on purpose: hashing a model.bin of 1.5 GB at
+    every start would cost seconds; the checkpoint's own sha256 is still checked before use."""
+    folder = model_dir.resolve()
+    weights = (folder / "model.bin").stat()
+    source = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    version = hashlib.sha256(f"{weights.st_size}:{weights.st_mtime_ns}".encode()).hexdigest()[:12]
+    return data_dir / "models" / f"{folder.name}-{source}-{version}-openai.pt"
+
+
+def _remove_stale_conversions(current: Path) -> None:
+    """Delete the earlier conversions of the folder `current` was converted from (each as big as the model):
+    same folder name and path hash, another model.bin. Runs under the models directory's lock."""
+    named = re.fullmatch(r"(.+-[0-9a-f]{12}-)[0-9a-f]{12}-openai\.pt", current.name)
+    if named is None:  # the bundled model's checkpoint: one name, nothing earlier
+        return
+    earlier = re.compile(re.escape(named.group(1)) + r"[0-9a-f]{12}-openai\.pt(\.sha256)?")
+    for stale in current.parent.iterdir():
+        if earlier.fullmatch(stale.name) and not stale.name.startswith(current.name):
+            log.info("removing %s, converted from an earlier model.bin", stale)
+            stale.unlink(missing_ok=True)
 
 
 def check_model(*, engine: str, model: str) -> None:
@@ -178,6 +220,13 @@ def check_model(*, engine: str, model: str) -> None:
     if engine == FASTER_WHISPER:
         if not (path / "model.bin").is_file():
             raise ModelError(f"{path} is not a faster-whisper model directory (no model.bin in it)")
+        missing = [name for name in FASTER_WHISPER_FILES if not (path / name).is_file()]
+        if missing:
+            raise ModelError(f"{path} is not a complete faster-whisper model directory: no {' or '.join(missing)} "
+                             "in it (faster-whisper would fetch a tokenizer from the Internet); convert the model "
+                             "with `ct2-transformers-converter --model openai/whisper-<size> --output_dir DIR "
+                             "--copy_files tokenizer.json preprocessor_config.json`, or copy these files from the "
+                             "Hugging Face model it was converted from")
     elif path.is_file():
         if path.stat().st_size == 0:
             raise ModelError(f"{path} is not an openai-whisper checkpoint (the file is empty)")
@@ -191,7 +240,10 @@ def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:
     if model:
         path = Path(model).expanduser()
         if engine == OPENAI_WHISPER and not path.is_file():
-            converted = data_dir / "models" / f"{path.resolve().name}-openai.pt"
+            try:
+                converted = converted_checkpoint_path(path, data_dir)
+            except OSError as exc:
+                raise ModelError(f"cannot read {path / 'model.bin'}: {exc.strerror or exc}") from exc
             return ModelRef(engine, ensure_openai_checkpoint(path, converted), str(path))
         return ModelRef(engine, path, str(path))
     bundled = ensure_bundled_model(data_dir)

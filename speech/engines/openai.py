@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 from speech.audio import SAMPLE_RATE
 from speech.engines.base import DecodeOptions, Segment, TranscriptionInfo, Word
 from speech.engines.decoding import decode_groups
-from speech.model_store import ModelError
+from speech.model_store import OPENAI_EXTRA, ModelError
 from speech.vad import speech_groups
 
 # openai-whisper decodes 30 s windows; feeding it at most that much speech at a time makes the
@@ -26,9 +27,12 @@ class OpenAIWhisperTranscriber:
     engine = "openai-whisper"
 
     def __init__(self, checkpoint: Path, *, model_name: str, device: str = "cpu", threads: int = 1) -> None:
-        import torch
+        try:  # the `openai` extra (torch, tiktoken, numba, tqdm): without it, one line rather than a traceback
+            import torch
 
-        from speech._vendor import whisper
+            from speech._vendor import whisper
+        except ImportError as exc:
+            raise ModelError(f"{OPENAI_EXTRA} ({exc})") from exc
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,6 +40,7 @@ class OpenAIWhisperTranscriber:
             torch.set_num_threads(threads)
         self.model_name = model_name
         self._device = device
+        self._torch: Any = torch
         self._whisper: Any = whisper
         try:
             self._model: Any = whisper.load_model(str(checkpoint), device=device)
@@ -53,9 +58,23 @@ class OpenAIWhisperTranscriber:
         if self._model is None:
             raise RuntimeError("this transcriber is closed")
         groups = list(speech_groups(audio, max_group_s=GROUP_SECONDS))
+        if options.language is None and groups:  # detected now, so that info (and the clean-up) knows it
+            options = replace(options, language=self._detect_language(groups[0].audio))
         info = TranscriptionInfo(language=options.language or "", duration=len(audio) / SAMPLE_RATE,
                                  duration_after_vad=sum(len(g.audio) for g in groups) / SAMPLE_RATE)
         return decode_groups(groups, lambda speech: self._decode(speech, options)), info
+
+    def _detect_language(self, speech: np.ndarray) -> str:
+        """The language of the first 30 s of speech, detected as whisper.transcribe detects it; every group is
+        then decoded in it (whisper.transcribe detects once per call, and here a call is one group)."""
+        if not self._model.is_multilingual:
+            return "en"
+        whisper, torch = self._whisper, self._torch
+        samples = whisper.audio.N_SAMPLES
+        mel = whisper.log_mel_spectrogram(speech[:samples], self._model.dims.n_mels, padding=samples)
+        window = whisper.pad_or_trim(mel, whisper.audio.N_FRAMES).to(self._model.device)
+        _, probs = self._model.detect_language(window.to(torch.float32 if self._device == "cpu" else torch.float16))
+        return str(max(probs, key=probs.get))
 
     def _decode(self, audio: np.ndarray, options: DecodeOptions) -> list[Segment]:
         """Segments of speech `audio`, times in it."""

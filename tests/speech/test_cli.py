@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from speech.cli import transcript_json
 from speech.engines import Segment
 from speech.pipeline import Transcript
 from tests.speech.conftest import FIXTURES, silence, write_wav
+from tests.speech.ct2_writer import tiny_whisper, write_model_bin
 
 CONTRACT = {"file", "engine", "model", "language", "duration", "text", "segments"}
 
@@ -255,3 +257,46 @@ def test_an_error_line_on_a_terminal_is_not_glued_to_the_progress_bar(speech_dat
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
     errors = [line for line in screen.replace("\r", "\n").split("\n") if "garbage.wav" in line]
     assert errors and all(line.lstrip().startswith("error:") for line in errors), errors
+
+
+def _ct2_dir(path: Path, *files: str) -> Path:
+    path.mkdir()
+    write_model_bin(path / "model.bin", tiny_whisper())
+    for name in files:
+        (path / name).write_text("{}")
+    return path
+
+
+def test_a_model_dir_without_tokenizer_is_refused_before_loading(runner: CliRunner, tmp_path: Path) -> None:
+    """Regression: ~25 s of retries towards huggingface.co for a tokenizer, then a traceback (exit 1)."""
+    model = _ct2_dir(tmp_path / "ct2", "config.json")
+    result = runner.invoke(app, ["transcribe", "--model", str(model), str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 2, (result.exit_code, repr(result.exception))
+    assert result.stderr.startswith(f"Cannot transcribe: {model} is not a complete faster-whisper model directory: "
+                                    "no tokenizer.json in it")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_openai_whisper_without_torch_is_one_line(runner: CliRunner, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: without the `openai` extra, a ModuleNotFoundError traceback (exit 1)."""
+    model = _ct2_dir(tmp_path / "ct2")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = runner.invoke(app, ["transcribe", "--engine", "openai-whisper", "--model", str(model),
+                                 str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 2, (result.exit_code, repr(result.exception))
+    assert result.stderr.startswith("Cannot transcribe: the openai-whisper engine needs the `openai` extra")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_data_directory_that_cannot_hold_the_conversion_is_one_line(runner: CliRunner, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the openai-whisper conversion into a data directory that is a file: a traceback (exit 1)."""
+    model = _ct2_dir(tmp_path / "ct2")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(tmp_path / "afile"))
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["transcribe", "--engine", "openai-whisper", "--model", str(model),
+                                 str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 2, (result.exit_code, repr(result.exception))
+    assert result.stderr.startswith(f"Cannot transcribe: cannot convert {model} into the openai-whisper checkpoint")

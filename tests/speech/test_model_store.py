@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from speech import model_store
 from speech.model_store import (
     BUNDLED_DIR,
     BUNDLED_SHA256,
+    OPENAI_CHECKPOINT,
     ModelError,
     check_model,
     ensure_bundled_model,
+    ensure_openai_checkpoint,
     resolve_model,
     sha256_file,
 )
+from tests.speech.ct2_writer import tiny_whisper, write_model_bin
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +105,91 @@ def test_a_data_directory_that_cannot_hold_the_model_is_one_line(tmp_path: Path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(ModelError, match="cannot assemble the bundled model"):
         ensure_bundled_model(tmp_path / "afile")
+
+
+def _ct2_dir(path: Path, *, seed: int, files: tuple[str, ...] = ()) -> Path:
+    """A tiny CTranslate2 Whisper folder (random weights `seed`), with empty `files` beside model.bin."""
+    path.mkdir(parents=True)
+    write_model_bin(path / "model.bin", tiny_whisper(seed=seed))
+    for name in files:
+        (path / name).write_text("{}")
+    return path
+
+
+@pytest.mark.parametrize("missing", ["tokenizer.json", "config.json"])
+def test_a_faster_whisper_dir_without_tokenizer_or_config_is_refused(tmp_path: Path, missing: str) -> None:
+    """Regression: a folder with model.bin but no tokenizer.json passed, and faster-whisper then went to the
+    Hugging Face hub for openai/whisper-tiny's tokenizer (offline: ~25 s of retries, then a traceback)."""
+    present = tuple(name for name in ("config.json", "tokenizer.json") if name != missing)
+    model = _ct2_dir(tmp_path / "ct2", seed=0, files=present)
+    with pytest.raises(ModelError, match=rf"not a complete faster-whisper model directory: no {missing} in it.*"
+                                         r"ct2-transformers-converter .*--copy_files tokenizer\.json"):
+        check_model(engine="faster-whisper", model=str(model))
+    check_model(engine="openai-whisper", model=str(model))  # converted from model.bin alone: no tokenizer needed
+
+
+def test_a_faster_whisper_transcriber_is_never_built_on_an_incomplete_dir(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine checks too (it may be given a folder that was never checked) and keeps the hub offline."""
+    from huggingface_hub import constants
+
+    from speech.engines.faster import FasterWhisperTranscriber
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json",))
+    with pytest.raises(ModelError, match=r"no tokenizer\.json"):
+        FasterWhisperTranscriber(model, model_name="incomplete")
+    assert constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_each_model_dir_gets_its_own_conversion(tmp_path: Path) -> None:
+    """Regression: the conversion was cached as <data>/models/<folder name>-openai.pt and reused on the name
+    alone: a second folder of the same name, one named whisper-base (the bundled model's checkpoint) or a
+    model.bin replaced in place all got the first folder's weights, silently."""
+    torch = pytest.importorskip("torch")
+    data = tmp_path / "data"
+
+    def converted_weights(folder: Path) -> np.ndarray:
+        ref = resolve_model(engine="openai-whisper", model=str(folder), data_dir=data)
+        assert ref.name == str(folder)
+        state = torch.load(ref.path, weights_only=True)["model_state_dict"]
+        return state["decoder.token_embedding.weight"].numpy()
+
+    def weights(seed: int) -> np.ndarray:
+        return tiny_whisper(seed=seed)["decoder/embeddings/weight"]
+
+    first = _ct2_dir(tmp_path / "site-a" / "whisper-small", seed=1)
+    second = _ct2_dir(tmp_path / "site-b" / "whisper-small", seed=2)
+    like_bundled = _ct2_dir(tmp_path / "site-c" / "whisper-base", seed=3)
+    np.testing.assert_array_equal(converted_weights(first), weights(1))
+    np.testing.assert_array_equal(converted_weights(second), weights(2))
+    np.testing.assert_array_equal(converted_weights(like_bundled), weights(3))
+    assert not (data / "models" / OPENAI_CHECKPOINT).exists()
+    np.testing.assert_array_equal(converted_weights(first), weights(1))  # still its own, not converted again
+
+    write_model_bin(first / "model.bin", tiny_whisper(seed=4))  # the operator replaces the model in place
+    os.utime(first / "model.bin", ns=(1, 1))  # (another mtime even on a coarse clock)
+    np.testing.assert_array_equal(converted_weights(first), weights(4))
+    checkpoints = sorted(p.name for p in (data / "models").glob("*-openai.pt"))
+    assert len(checkpoints) == 3, checkpoints  # the first folder's earlier conversion was removed
+    assert len(list((data / "models").glob("*-openai.pt.sha256"))) == 3
+
+
+def test_a_data_directory_that_cannot_hold_the_conversion_is_one_line(tmp_path: Path) -> None:
+    """Regression: an OSError while converting for openai-whisper (data directory a file, read-only, full)
+    escaped as a traceback (`steward transcribe`: exit code 1) instead of a ModelError."""
+    model = _ct2_dir(tmp_path / "ct2", seed=0)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ModelError, match=r"cannot convert .*ct2 into the openai-whisper checkpoint"):
+        ensure_openai_checkpoint(model, tmp_path / "afile" / "models" / "ct2-openai.pt")
+    with pytest.raises(ModelError, match="cannot convert"):
+        resolve_model(engine="openai-whisper", model=str(model), data_dir=tmp_path / "afile")
+
+
+def test_conversion_without_torch_says_to_install_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: without the `openai` extra the conversion ended in a bare ModuleNotFoundError."""
+    model = _ct2_dir(tmp_path / "ct2", seed=0)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ModelError, match=r"needs the `openai` extra: pip install 'heat-steward\[openai\]'"):
+        resolve_model(engine="openai-whisper", model=str(model), data_dir=tmp_path / "data")

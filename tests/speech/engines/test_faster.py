@@ -39,3 +39,15 @@ def test_times_are_those_of_the_original_recording(faster_pipeline: Pipeline, va
     assert 5.0 <= found[0].start <= 6.5  # speech starts after six seconds of silence
     assert found[-1].end <= 6 + len(valve_audio) / 16000 + 0.6
     assert all(s.start < s.end for s in found)
+
+
+def test_a_detected_language_is_reported_and_cleaned_up(faster_pipeline: Pipeline, leak_audio: np.ndarray) -> None:
+    """Regression: with STEWARD_SPEECH_LANGUAGE="" (Whisper detects it) the engine reported language "", so the
+    pipeline skipped the Chinese clean-up (numbers, punctuation, glossary) and stored the transcript with ""."""
+    segments, info = faster_pipeline.transcriber.transcribe(leak_audio, DecodeOptions(language=None))
+    assert info.language == "zh"  # known before the first segment is decoded
+    assert inspect.isgenerator(segments)
+    detecting = Pipeline(faster_pipeline.transcriber, language="", beam_size=5, glossary=faster_pipeline.glossary)
+    transcript = detecting.run(leak_audio)
+    assert transcript.language == "zh"
+    assert "3号楼2单元501室" in transcript.text, transcript.text
