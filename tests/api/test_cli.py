@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from api.settings import get_settings
+from tests.utils.server import wait_healthy
 
 runner = CliRunner()
 
@@ -350,7 +351,6 @@ def test_sigterm_reaches_the_shutdown_while_a_client_uploads_slowly(tmp_path: Pa
     import sys
     import time
 
-    import httpx
 
     steward = str(Path(sys.executable).with_name("steward"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")} | {
@@ -363,15 +363,7 @@ def test_sigterm_reaches_the_shutdown_while_a_client_uploads_slowly(tmp_path: Pa
     log = (tmp_path / "serve.log").open("w+")
     server = subprocess.Popen([steward, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-            time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", server)
         with socket.create_connection(("127.0.0.1", port)) as upload:  # a body that arrives ever so slowly
             upload.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: steward\r\n"
                            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"

@@ -29,6 +29,7 @@ from api.security import redact_log_text
 from api.settings import DEV_SECRET_KEY, Settings
 from api.work_orders.models import Status
 from tests.utils.factories import PASSWORD, World, make_notice, make_work_order
+from tests.utils.server import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 STEWARD = str(Path(sys.executable).with_name("steward"))
@@ -243,15 +244,7 @@ def test_service_logs_survive_several_workers(database_url: str, world: World, s
     server = subprocess.Popen([STEWARD, "serve", "--workers", "2"], env=env, cwd=tmp_path, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-            time.sleep(0.2)
+        wait_healthy(base, server, timeout=120, step=0.2)
         answer = httpx.post(f"{base}{API}/notices/{notice.id}/send", headers=world.headers(world.admin), timeout=30)
         assert answer.status_code == 200, answer.text
         time.sleep(0.5)
