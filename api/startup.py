@@ -63,6 +63,7 @@ def speech_problem(settings: Settings, *, transcribes_here: bool = True) -> str 
     """Why every transcription job would fail with these settings (language, glossary, model path, compute
     type), or None. `transcribes_here`: whether this process runs the jobs (what its hardware supports is
     checked then)."""
+    from speech.engines import engine_available
     from speech.glossary import GlossaryError, load_glossary
     from speech.model_store import FASTER_WHISPER, ModelError, check_model
     from speech.pipeline import check_language
@@ -81,6 +82,8 @@ def speech_problem(settings: Settings, *, transcribes_here: bool = True) -> str 
         check_model(engine=settings.whisper_engine, model=settings.whisper_model)
     except ModelError as exc:  # a missing path, or a folder without model.bin: every job would fail on it
         return f"Configuration error: STEWARD_WHISPER_MODEL: {exc} (empty: the bundled model)"
+    if transcribes_here and (missing := engine_available(settings.whisper_engine)):
+        return f"Configuration error: STEWARD_WHISPER_ENGINE: {missing}"
     if settings.whisper_engine == FASTER_WHISPER:
         return compute_type_problem(settings, transcribes_here=transcribes_here)
     return None

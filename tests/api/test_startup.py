@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,18 @@ def test_compute_types_the_device_runs_pass() -> None:
     assert speech_problem(Settings(whisper_compute_type="int9", whisper_engine="openai-whisper",
                                    speech_queue="embedded")) is None
     assert speech_problem(Settings(whisper_compute_type="int9", speech_queue="off")) is None
+
+
+def test_an_engine_whose_packages_are_missing_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `STEWARD_WHISPER_ENGINE=openai-whisper` without the `openai` extra started, and every job
+    then failed on the missing torch; a server whose workers transcribe elsewhere is not asked."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    settings = Settings(whisper_engine="openai-whisper", speech_queue="embedded")
+    problem = speech_problem(settings)
+    assert problem is not None and problem.startswith("Configuration error: STEWARD_WHISPER_ENGINE: ")
+    assert "heat-steward[openai]" in problem and "torch not installed" in problem and "\n" not in problem
+    assert speech_problem(settings, transcribes_here=False) is None
+    assert speech_problem(Settings(speech_queue="embedded")) is None  # faster-whisper is always installed
 
 
 def test_a_server_that_does_not_transcribe_checks_only_the_name(engine: Engine, database_url: str,
