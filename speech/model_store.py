@@ -39,6 +39,7 @@ OPENAI_CHECKPOINT = "whisper-base-openai.pt"
 # What a faster-whisper model directory must hold besides model.bin. Without tokenizer.json faster-whisper fetches
 # openai/whisper-tiny's from the Hugging Face hub; the engine is kept offline, so that would be an error at load.
 FASTER_WHISPER_FILES = ("config.json", "tokenizer.json")
+VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt")  # either: older converters wrote the .txt
 OPENAI_EXTRA = "the openai-whisper engine needs the `openai` extra: pip install 'heat-steward[openai]'"
 
 # Files already hashed by this process (path, size, mtime): a model is verified once per process.
@@ -221,6 +222,8 @@ def check_model(*, engine: str, model: str) -> None:
         if not (path / "model.bin").is_file():
             raise ModelError(f"{path} is not a faster-whisper model directory (no model.bin in it)")
         missing = [name for name in FASTER_WHISPER_FILES if not (path / name).is_file()]
+        if not any((path / name).is_file() for name in VOCABULARY_FILES):  # CTranslate2 cannot load without it
+            missing.append(VOCABULARY_FILES[0])
         if missing:
             raise ModelError(f"{path} is not a complete faster-whisper model directory: no {' or '.join(missing)} "
                              "in it (faster-whisper would fetch a tokenizer from the Internet); convert the model "

@@ -269,7 +269,7 @@ def _ct2_dir(path: Path, *files: str) -> Path:
 
 def test_a_model_dir_without_tokenizer_is_refused_before_loading(runner: CliRunner, tmp_path: Path) -> None:
     """Regression: ~25 s of retries towards huggingface.co for a tokenizer, then a traceback (exit 1)."""
-    model = _ct2_dir(tmp_path / "ct2", "config.json")
+    model = _ct2_dir(tmp_path / "ct2", "config.json", "vocabulary.json")
     result = runner.invoke(app, ["transcribe", "--model", str(model), str(FIXTURES / "leak_report.wav")])
     assert result.exit_code == 2, (result.exit_code, repr(result.exception))
     assert result.stderr.startswith(f"Cannot transcribe: {model} is not a complete faster-whisper model directory: "

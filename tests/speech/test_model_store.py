@@ -116,16 +116,23 @@ def _ct2_dir(path: Path, *, seed: int, files: tuple[str, ...] = ()) -> Path:
     return path
 
 
-@pytest.mark.parametrize("missing", ["tokenizer.json", "config.json"])
+@pytest.mark.parametrize("missing", ["tokenizer.json", "config.json", "vocabulary.json"])
 def test_a_faster_whisper_dir_without_tokenizer_or_config_is_refused(tmp_path: Path, missing: str) -> None:
     """Regression: a folder with model.bin but no tokenizer.json passed, and faster-whisper then went to the
-    Hugging Face hub for openai/whisper-tiny's tokenizer (offline: ~25 s of retries, then a traceback)."""
-    present = tuple(name for name in ("config.json", "tokenizer.json") if name != missing)
+    Hugging Face hub for openai/whisper-tiny's tokenizer (offline: ~25 s of retries, then a traceback); one
+    without its vocabulary passed, and CTranslate2 refused it at the first job."""
+    present = tuple(name for name in ("config.json", "tokenizer.json", "vocabulary.json") if name != missing)
     model = _ct2_dir(tmp_path / "ct2", seed=0, files=present)
     with pytest.raises(ModelError, match=rf"not a complete faster-whisper model directory: no {missing} in it.*"
                                          r"ct2-transformers-converter .*--copy_files tokenizer\.json"):
         check_model(engine="faster-whisper", model=str(model))
     check_model(engine="openai-whisper", model=str(model))  # converted from model.bin alone: no tokenizer needed
+
+
+def test_an_older_conversion_with_vocabulary_txt_passes(tmp_path: Path) -> None:
+    """ct2-transformers-converter before CTranslate2 3.x wrote vocabulary.txt; CTranslate2 still loads it."""
+    model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json", "tokenizer.json", "vocabulary.txt"))
+    check_model(engine="faster-whisper", model=str(model))
 
 
 def test_a_faster_whisper_transcriber_is_never_built_on_an_incomplete_dir(tmp_path: Path,
