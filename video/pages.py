@@ -4,7 +4,6 @@ script), no build step."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -45,8 +44,10 @@ def lobby_page() -> FileResponse:
 
 
 @router.api_route("/video/room/{id}", methods=["GET", "HEAD"])
-def room_page(id: uuid.UUID) -> FileResponse:
-    """The steward's page of a room; `?watch=1` is the supervisor's watch-only view."""
+def room_page(id: str) -> FileResponse:
+    """The steward's page of a room; `?watch=1` is the supervisor's watch-only view. The id is not checked
+    here: the page's script asks the API for the room and shows its answer (no room, not an id) in the page,
+    where a JSON 422 would be all a mistyped link showed."""
     return _page("room.html")
 
 

@@ -51,3 +51,11 @@ def test_head_of_a_page_answers_like_get_without_a_body(client: TestClient) -> N
         assert head.content == b"", path
         assert head.headers["content-type"] == got.headers["content-type"], path
         assert head.headers["content-length"] == str(len(got.content)), path
+
+
+def test_a_room_link_with_a_mangled_id_still_gets_the_page(client: TestClient) -> None:
+    """Regression: a room link cut short in a chat answered a raw JSON 422; the page now loads and shows the
+    API's answer for that id (the API keeps its 422 in the one error shape)."""
+    r = client.get("/video/room/01a22f2a-4e54-7050")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'src="/video/static/room.js"' in r.text
