@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= $(or $(STEWARD_HOST),127.0.0.1)
 PORT   ?= $(or $(STEWARD_PORT),8000)
+# The slowest tests are listed at the end of every run, so a suite that creeps towards CI's time limit shows where.
+PYTEST_ARGS ?= --durations=20
 
 .PHONY: run test lint pytest serve migrate clean
 
