@@ -16,9 +16,10 @@ from api.users.models import Role, User
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 
 _SEP = r"[ \-,、]?"  # a dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000
+# An ID number is printed 6-8-4 and dictated 6-4-4-4 (370102，1985，0715，1234): both are read.
 # Digits that are not part of a longer number on either side. Each rule's groups are the digits it masks.
 _ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
-                        r"((?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
+                        rf"((?:19|20)[0-9]{{2}}{_SEP}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
                         rf"{_SEP}([0-9]{{3}})[0-9Xx](?![0-9A-Za-z])")
 _MOBILE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]{_SEP}([0-9]{{4}}){_SEP}[0-9]{{4}}(?![0-9])")
 # Area codes: 010 and 020-029 have three digits, every other (03xx-09xx) four, so 01062345678 is 010 and
@@ -59,8 +60,9 @@ def _masked(folded: str) -> set[int]:
         for match in rule.finditer("".join(work)):  # what earlier rules hid is no longer a digit
             for group in range(1, rule.groups + 1):
                 for i in range(*match.span(group)):
-                    work[i] = "*"
-                    hidden.add(i)
+                    if work[i].isdigit():  # a separator inside a group (1985，0715) stays
+                        work[i] = "*"
+                        hidden.add(i)
     return hidden
 
 
