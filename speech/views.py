@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile, status
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.deps import (
@@ -23,6 +24,7 @@ from api.deps import (
     in_short_session,
 )
 from api.errors import NotFound, PayloadTooLarge, Unprocessable
+from api.users.models import User
 from speech import service
 from speech.models import (
     CallMetadata,
@@ -88,9 +90,21 @@ AUDIO: dict[str, Any] = {t: {} for t in ("audio/wav", "audio/ogg", "audio/mpeg",
             responses={200: {"content": AUDIO, "description": "The recording."},
                        206: {"content": AUDIO, "description": "The requested byte range."}})
 async def get_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: StreamingUser,
-                    range: Annotated[str | None, Header()] = None):
+                    range: Annotated[str | None, Header()] = None) -> Response:
     """The recording; `Range: bytes=...` is honoured so a player can start from a segment. The database is
     read in a short session of its own: a slow listener holds no connection while the bytes flow."""
+    return await _audio(id, request, engine, user, range, body=True)
+
+
+@router.head("/{id}/audio", response_class=Response, include_in_schema=False)
+async def head_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: StreamingUser,
+                     range: Annotated[str | None, Header()] = None) -> Response:
+    """GET's status and headers without the body: players and download tools ask for the size first."""
+    return await _audio(id, request, engine, user, range, body=False)
+
+
+async def _audio(id: uuid.UUID, request: Request, engine: Engine, user: User, range: str | None, *,
+                 body: bool) -> Response:
     from api.notes.models import Note
 
     def find(session: Session) -> Note | None:
@@ -105,8 +119,10 @@ async def get_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: St
     media_type, suffix = _sniff(b"".join(blobs.store.open_range(note.audio_sha256, 0, min(size, 12) - 1)))
     # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
     # error shape (Starlette's FileResponse answered both in plain text).
-    read = blobs.read(note.audio_sha256, range)
+    read = blobs.read(note.audio_sha256, range, body=body)
     headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"'}
+    if not body:
+        return Response(status_code=read.status_code, headers=headers, media_type=media_type)
     return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers, media_type=media_type)
 
 

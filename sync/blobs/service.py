@@ -233,14 +233,16 @@ class Blobs:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def read(self, sha256: str, range_header: str | None) -> BlobRead:
-        """A complete blob, honouring a single byte range."""
+    def read(self, sha256: str, range_header: str | None, *, body: bool = True) -> BlobRead:
+        """A complete blob, honouring a single byte range; `body=False` (a HEAD) opens nothing and its chunks
+        are empty."""
         size = self.store.exists(sha256)
         if size is None:
             raise NotFound(f"No blob {sha256} (or its upload is not complete).")
         parsed = parse_range(range_header, size)
         start, end = parsed if parsed is not None else (0, size - 1)
-        return BlobRead(size, start, end, parsed is not None, self.store.open_range(sha256, start, end))
+        chunks = self.store.open_range(sha256, start, end) if body else iter(())
+        return BlobRead(size, start, end, parsed is not None, chunks)
 
 
 class BlobRead(NamedTuple):

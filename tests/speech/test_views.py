@@ -249,6 +249,30 @@ def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient
     assert beyond.headers["content-range"] == f"bytes */{len(VALVE)}"
 
 
+def test_head_on_a_recording_answers_like_get_without_a_body(api: TestClient, world: World, session: Session,
+                                                            speech_settings_: Settings) -> None:
+    """Regression: HEAD answered 405, so players and download tools that ask for the size first were refused."""
+    from speech.storage import store_audio
+
+    transcript = make_transcript(session, world.steward_a, "暖气不热", household_id=world.household_a.id)
+    note = session.get(Note, transcript.id)
+    assert note is not None
+    note.audio_sha256 = store_audio(speech_settings_, VALVE)
+    session.commit()
+    url, headers = f"/api/v1/transcripts/{transcript.id}/audio", world.headers(world.steward_a)
+    for extra in ({}, {"Range": "bytes=100-199"}):
+        got, head = api.get(url, headers=headers | extra), api.head(url, headers=headers | extra)
+        assert head.status_code == got.status_code and head.status_code in (200, 206), extra
+        assert head.content == b""
+        for name in ("content-type", "content-length", "accept-ranges", "content-disposition"):
+            assert head.headers[name] == got.headers[name], (name, extra)
+    assert api.head(url, headers=headers | {"Range": "bytes=100-199"}).headers["content-range"] == (
+        f"bytes 100-199/{len(VALVE)}")
+    assert api.head(url, headers=headers | {"Range": f"bytes={len(VALVE)}-"}).status_code == 416
+    other = world.headers(world.steward_b)  # outside their grid: the same 404 as GET
+    assert api.head(url, headers=other).status_code == api.get(url, headers=other).status_code == 404
+
+
 def test_with_the_s3_store_a_call_is_stored_transcribed_and_served_from_the_bucket(
         world: World, engine: Engine, speech_settings_: Settings) -> None:
     """STEWARD_BLOB_STORE=s3: the recording goes to the bucket, the worker decodes a temporary download of it
