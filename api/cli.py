@@ -62,7 +62,10 @@ def _database_name(settings: Settings) -> str:
 
     url = settings.resolved_database_url
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # libpq's `?password=...`
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # not a URL SQLAlchemy can read (`:54x2` as port): still never print
         # what may be a password
         return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(:/+[^:/@]*:)[^@/]*@", r"\1***@", url)))
@@ -222,8 +225,13 @@ def demo_data(
 ) -> None:
     """Seed a realistic district (stations, buildings, households, users, open work orders)."""
     from api.demo import DemoError, generate
+    from api.settings import DEMO_PASSWORD
 
-    with _database(_settings()) as engine:
+    settings = _settings()
+    if settings.env != "dev" and password == DEMO_PASSWORD:  # as STEWARD_DEMO=1 is refused (api/settings.py)
+        raise _fail("Outside dev mode the demo users need a password of your own: --password '<at least 8 "
+                    "chars>' (the default is published in the README, and one of the users is an admin).", 2)
+    with _database(settings) as engine:
         _require_schema(engine)
         try:
             summary = generate(engine, households=households, stewards=stewards, password=password, seed=seed,

@@ -21,10 +21,15 @@ DEFAULT_SLA_TABLE: dict[str, dict[str, float]] = {
 }
 
 
+# The units of duration settings, by the end of their names (`sla_hours_*` are hours too).
+_DURATION_UNITS = (("_s", 1), ("_minutes", 60), ("_hours", 3600), ("_days", 86400))
+
+
 class Settings(BaseSettings):
     """Service configuration; every field maps to `STEWARD_<NAME>` (see README)."""
 
-    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore")
+    # allow_inf_nan: an `inf` SLA or lifetime passed `gt=0` and then overflowed at the first use (a 500).
+    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
     env: Literal["dev", "production"] = Field("dev", description="`production` enforces a real secret key.")
     data_dir: Path = Field(Path("./data"), description="Embedded database, blobs and models live here.")
@@ -62,8 +67,8 @@ class Settings(BaseSettings):
     audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest hotline call recording upload "
                                                                           "(413 beyond).")
     demo: bool = Field(False, description="Create demo data at start when the database is empty.")
-    demo_password: str = Field(DEMO_PASSWORD, description="Password of the demo users (outside dev mode it must be "
-                               "changed from the published default).")
+    demo_password: str = Field(DEMO_PASSWORD, min_length=8, description="Password of the demo users (outside dev "
+                               "mode it must be changed from the published default).")
     timezone: str = Field("Asia/Shanghai", description="Local time zone for resident-facing text.")
     service_phone: str = Field("96133", description="Hotline number printed in resident notices.")
     sms_sender: Literal["log", "http"] = Field("log", description="Which SMS sender notices and campaigns use: "
@@ -201,6 +206,23 @@ class Settings(BaseSettings):
         """An empty path setting means "the default", as documented (pydantic would read it as `.`)."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_data_dir(cls, value: object) -> object:
+        """Empty is the default `./data`, not the working directory (the database landed there)."""
+        return Path("./data") if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _one_at_sign(cls, value: str) -> str:
+        """A password holding `@` must be written `%40`: unencoded, the URL's host began after the first `@`, and
+        the rest of the password was printed as a host name in errors."""
+        netloc = value.partition("://")[2].partition("/")[0]
+        if netloc.count("@") > 1:
+            raise ValueError("the URL has more than one `@` before the host: write an `@` in the user name or "
+                             "password as %40 (the URL itself is not shown: it holds a password)")
+        return value
+
     @field_validator("video_ice_servers")
     @classmethod
     def _ice_urls(cls, value: str) -> str:
@@ -298,7 +320,22 @@ class Settings(BaseSettings):
                              "STEWARD_VIDEO_TURN_SECRET is empty: set it to coturn's static-auth-secret, or list "
                              "only stun: URLs")
         self._check_sla_table()
+        self._check_durations()
         return self
+
+    def _check_durations(self) -> None:
+        """Every duration at most ten years: longer ones overflowed where they became a date (a token's expiry,
+        an SLA's due time: every sign-in or new work order a 500)."""
+        longest_s = 10 * 365 * 86400
+        for name, value in self:
+            unit = next((unit for suffix, unit in _DURATION_UNITS if name.endswith(suffix)), None)
+            if name.startswith("sla_hours_") and isinstance(value, (int, float)):
+                unit = 3600
+            if unit is not None and isinstance(value, (int, float)) and value * unit > longest_s:
+                raise ValueError(f"STEWARD_{name.upper()}={value:g} is more than ten years")
+        for category, row in self.sla_hours_by_category.items():
+            if any(hours * 3600 > longest_s for hours in row.values()):
+                raise ValueError(f"STEWARD_SLA_HOURS_BY_CATEGORY[{category!r}]: more than ten years")
 
     def _check_sla_table(self) -> None:
         from api.work_orders.models import Category  # here, not at the top: that module imports this one

@@ -129,9 +129,13 @@ def prepare(settings: Settings) -> None:
         with Session(engine) as session:
             users = session.exec(select(func.count()).select_from(User)).one()
         if users == 0 and settings.demo:
-            from api.demo import generate
+            from api.demo import DemoError, generate
 
-            summary = generate(engine, households=2000, stewards=4, password=settings.demo_password, seed=1)
+            try:
+                summary = generate(engine, households=2000, stewards=4, password=settings.demo_password, seed=1)
+            except DemoError as exc:  # stations without users, say: one line, as for any configuration error
+                typer.secho(f"Cannot load the demo (STEWARD_DEMO=1): {exc}", fg="red", err=True)
+                raise typer.Exit(2) from exc
             brief = {k: summary[k] for k in ("stations", "buildings", "households", "work_orders")}
             typer.secho(f"Demo data created: {json.dumps(brief)}", fg="green", err=True)
             typer.secho(f"Sign in as admin / supervisor / steward01..04 with password {settings.demo_password!r}",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 from typer.testing import CliRunner
 
 from api.cli import app
@@ -245,6 +246,56 @@ def test_a_database_url_that_cannot_be_parsed_is_shown_without_its_password(data
     get_settings.cache_clear()
     result = runner.invoke(app, ["db", "current"])
     assert result.exit_code == 2 and "Db-Pw-77x" not in result.output and "steward:***@" in result.output
+
+
+@pytest.mark.parametrize("url", ["postgresql://steward:Pw@Secret77@127.0.0.1:1/steward",
+                                 "postgresql://steward@127.0.0.1:1/steward?password=Secret77"])
+def test_a_database_url_is_never_shown_with_its_password(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         url: str) -> None:
+    """Regression: a password with an unencoded `@` was printed from the `@` on (as part of the host, by us and
+    by the driver), and one given as libpq's `?password=` was printed whole."""
+    monkeypatch.setenv("STEWARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2 and "Secret77" not in result.output, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_demo_data_outside_dev_mode_needs_a_password_of_its_own(data_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `steward demo-data` in production created admin / steward-demo, the password the README
+    prints (STEWARD_DEMO=1 was already refused for that)."""
+    monkeypatch.setenv("STEWARD_ENV", "production")
+    monkeypatch.setenv("STEWARD_SECRET_KEY", "p" * 40)
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    refused = runner.invoke(app, ["demo-data", "--households", "10", "--stewards", "1"])
+    assert refused.exit_code == 2 and "--password" in refused.stderr, refused.output
+    own = runner.invoke(app, ["demo-data", "--households", "10", "--stewards", "1", "--password", "pilot-2026!"])
+    assert own.exit_code == 0, own.output
+    assert json.loads(own.stdout)["households"] == 10
+
+
+def test_serve_with_a_demo_that_cannot_load_is_one_line(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: STEWARD_DEMO=1 on a database with stations but no users was a 44-line DemoError traceback."""
+    import uvicorn
+
+    from api.db import make_engine
+    from api.settings import Settings
+    from tests.utils.factories import make_station
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = make_engine(Settings(data_dir=data_dir))
+    with Session(engine) as session:
+        make_station(session)
+        session.commit()
+    engine.dispose()
+    monkeypatch.setenv("STEWARD_DEMO", "1")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "already has stations" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_serve_refuses_a_port_in_use_before_the_app_starts(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

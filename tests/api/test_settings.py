@@ -120,3 +120,33 @@ def test_the_shutdown_grace_has_bounds() -> None:
     for bad in (0, 3601):
         with pytest.raises(ValidationError, match="shutdown_grace_s"):
             Settings(shutdown_grace_s=bad)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("STEWARD_ACCESS_TOKEN_MINUTES", "10000000000"), ("STEWARD_SLA_HOURS_URGENT", "1e8"),
+    ("STEWARD_SLA_HOURS_LOW", "inf"), ("STEWARD_VIDEO_ROOM_MAX_MINUTES", "nan"),
+    ("STEWARD_SYNC_TOMBSTONE_RETENTION_DAYS", "1e9"),
+    ("STEWARD_SLA_HOURS_BY_CATEGORY", '{"leak": {"urgent": 1e9}}'),
+])
+def test_a_duration_that_would_overflow_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Regression: these passed `gt=0`, and every sign-in (token expiry) or new work order (SLA due time) was
+    then a 500 (OverflowError); durations are bounded at ten years, inf and nan refused."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=r"ten years|finite number"):
+        Settings()
+
+
+def test_ten_years_is_still_a_duration() -> None:
+    assert Settings(sync_tombstone_retention_days=3650, access_token_minutes=60).sync_tombstone_retention_days == 3650
+
+
+def test_an_empty_data_dir_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `STEWARD_DATA_DIR=` put the database in the working directory; README says ./data."""
+    monkeypatch.setenv("STEWARD_DATA_DIR", "")
+    monkeypatch.delenv("STEWARD_DATABASE_URL", raising=False)
+    assert Settings().resolved_database_url == "sqlite:///data/steward.db"
+
+
+def test_a_short_demo_password_is_refused_with_the_settings() -> None:
+    with pytest.raises(ValidationError, match="demo_password"):
+        Settings(demo_password="pilot1")
