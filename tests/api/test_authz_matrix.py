@@ -313,6 +313,7 @@ ROWS: list[Row] = [
     R("GET", f"{API}/transcripts", "200 200 200 200 401 401 401"),
     R("GET", f"{API}/transcripts/{{id}}", "200 200 200 404 401 401 401", ids={"id": "transcript"}),
     R("GET", f"{API}/transcripts/{{id}}/audio", "200 200 200 404 401 401 401", ids={"id": "transcript"}),
+    R("HEAD", f"{API}/transcripts/{{id}}/audio", "200 200 200 404 401 401 401", ids={"id": "transcript"}),
     R("PATCH", f"{API}/transcripts/{{id}}", "200 200 403 403 401 401 401", ids={"id": "transcript"},
       json=lambda f: {"segments": [{"index": 0, "text": "排气阀漏水"}]}),
     R("GET", f"{API}/transcripts/{{id}}/revisions", "200 200 200 404 401 401 401", ids={"id": "transcript"}),
