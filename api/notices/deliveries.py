@@ -84,8 +84,10 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     another sender claimed or sent it meanwhile)."""
     row: Any = delivery
     attempts = delivery.attempts
+    # Claimed as `queued` with the hold: a process that dies mid-send leaves a queued row, sent again once the
+    # hold has passed whatever its count (a `failed` row at its last try was picked up by nothing, ever).
     claimed = write_if(session, row, lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts),
-                       attempts=attempts + 1, next_attempt_at=now + CLAIM_HOLD)
+                       attempts=attempts + 1, next_attempt_at=now + CLAIM_HOLD, status=DeliveryStatus.queued)
     if not claimed:
         return None
     assert delivery.phone is not None  # due rows always have one (no phone: skipped)

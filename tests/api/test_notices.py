@@ -343,6 +343,40 @@ def test_a_notice_marked_sent_by_a_process_that_died_is_sent_by_the_periodic_run
     assert service.send_due(session=session, settings=settings, sender=sms) == (0, 0)  # once
 
 
+class _Killed(BaseException):
+    """The process dies while the gateway call is in flight (a deploy's SIGKILL, an OOM kill)."""
+
+
+class _Refusing:
+    def send(self, phone: str, text: str) -> bool:
+        return False
+
+
+class _Dying:
+    def send(self, phone: str, text: str) -> bool:
+        raise _Killed
+
+
+def test_a_last_try_cut_off_by_a_dead_process_is_sent_after_its_hold(session: Session, world: World,
+                                                                     settings: Settings, sms: LoggingSender) -> None:
+    """Regression: the claim of the last try left a `failed` row with every try counted and a hold, which
+    neither the periodic run (tries left?) nor a resend (no retry time?) ever picked up: if the process died
+    during that try, the household was never texted. The claim now marks the row queued."""
+    settings = settings.model_copy(update={"proactive_sms_max_attempts": 2, "proactive_sms_retry_backoff_s": 60})
+    notice = make_notice(session, world.building_a)
+    now = datetime.now(UTC)
+    service.send(session=session, settings=settings, sender=_Refusing(), notice=notice, now=now)  # try 1 fails
+    with pytest.raises(_Killed):  # try 2, the last, is claimed, then the process dies
+        service.send_due(session=session, settings=settings, sender=_Dying(), now=now + timedelta(minutes=5))
+    session.rollback()
+    row = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)).one()
+    assert (row.status, row.attempts) == (DeliveryStatus.queued, 2)  # held for the sender that claimed it
+    assert service.send_due(session=session, settings=settings, sender=sms, now=now + timedelta(minutes=30)) == (0, 0)
+    assert service.send_due(session=session, settings=settings, sender=sms, now=now + timedelta(hours=2)) == (1, 0)
+    assert [phone for phone, _ in sms.sent] == [world.household_a.phone]
+    assert reread(session, NoticeDelivery, row.id).status == DeliveryStatus.sent
+
+
 def test_the_periodic_run_does_not_plan_notices_that_reached_households_or_are_old(
         session: Session, world: World, settings: Settings, sms: LoggingSender) -> None:
     """Regression: notices sent before migration 0009 have no delivery rows; the recovery of a crashed send
@@ -513,10 +547,12 @@ def test_a_gateway_that_drops_repeated_refs_still_texts_a_corrected_number(sessi
 
 
 @pytest.mark.parametrize("extra", [{"service_phone": " "}, {"service_phone": "call us"}, {"title": "   "},
-                                   {"title": "\u200b"}])
+                                   {"title": "\u200b"}, {"bleed_instructions": "   "},
+                                   {"bleed_instructions": "\u200b\u200d"}])
 def test_a_blank_title_or_hotline_is_refused(client: TestClient, session: Session, world: World,
                                              extra: dict[str, str]) -> None:
-    """Regression: accepted, they went into every SMS ("请拨打供暖服务热线 。")."""
+    """Regression: accepted, they went into every SMS ("请拨打供暖服务热线 。"); so did blank bleeding
+    instructions (left out, the default text is used)."""
     body = {"target": "building", "building_id": str(world.building_a.id)} | FILL | extra
     assert_error(client.post(API, json=body, headers=world.headers(world.supervisor)), 422, "validation_error")
     assert count_rows(session, Notice) == 0
