@@ -153,10 +153,20 @@ def _ending(value: str, suffixes: tuple[str, ...], add: str) -> str:
     return value if value.endswith(suffixes) else value + add
 
 
+def building_text(building: Building) -> str:
+    """A building as residents write it (燕子山小区3号楼), its number's word added only when not typed."""
+    community, number = (str(clean_label(v)) for v in (building.community, building.number))
+    return f"{community}{_ending(number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
+
+
+def unit_text(unit: str) -> str:
+    """A unit (entrance) as residents write it: 2 and 2单元 are both 2单元."""
+    return _ending(str(clean_label(unit)), ("单元", "门"), "单元")
+
+
 def address_text(building: Building, household: Household) -> str:
-    """A household's address as residents write it (燕子山小区3号楼2单元501室), for SMS texts. A number typed
-    with its word already ("3号楼", "2单元", "501室") does not get it twice ("3号楼号楼2单元单元501室室")."""
-    community, number, unit, room = (str(clean_label(v)) for v in (building.community, building.number,
-                                                                    household.unit, household.room))
-    return (f"{community}{_ending(number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
-            f"{_ending(unit, ('单元', '门'), '单元')}{_ending(room, ('室', '号', '户'), '室')}")
+    """A household's address as residents write it (燕子山小区3号楼2单元501室), for SMS texts and work orders. A
+    number typed with its word already ("3号楼", "2单元", "501室") does not get it twice
+    ("3号楼号楼2单元单元501室室")."""
+    room = str(clean_label(household.room))
+    return f"{building_text(building)}{unit_text(household.unit)}{_ending(room, ('室', '号', '户'), '室')}"

@@ -23,7 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from api.fieldwork.models import Reading, Visit
-from api.network.models import Building, HeatingStatus, Household, Station
+from api.network.models import (
+    Building,
+    HeatingStatus,
+    Household,
+    Station,
+    address_text,
+    building_text,
+    unit_text,
+)
 from api.notes.models import Note
 from api.proactive.campaigns import in_season_stations
 from api.proactive.models import ProactiveKind, ProactiveMember, ProactiveOrder
@@ -153,9 +161,9 @@ def _system_order(session: Session, settings: Settings, household: Household, ca
 
 def _where(session: Session, kind: ProactiveKind, anchor: Signal) -> str:
     building = session.get(Building, anchor.building_id)
-    name = f"{building.community}{building.number}号楼" if building else "本楼"
+    name = building_text(building) if building else "本楼"
     if kind == ProactiveKind.riser:
-        return f"{name}{anchor.unit}单元立管"
+        return f"{name}{unit_text(anchor.unit)}立管"
     if kind == ProactiveKind.building:
         return name
     station = session.get(Station, anchor.station_id)
@@ -290,7 +298,7 @@ def evaluate_revisits(*, session: Session, settings: Settings, now: datetime) ->
     opened = 0
     for household in session.exec(stmt).all():
         building = session.get(Building, household.building_id)
-        where = f"{building.community}{building.number}号楼{household.unit}单元{household.room}室" if building else ""
+        where = address_text(building, household) if building else ""
         description = (f"【主动回访】敏感户{where}（{household.resident_name or '住户'}）近"
                        f"{settings.proactive_revisit_days:g}天无入户测温记录，请上门回访并测量室温。")
         tracking.allocate_seq(session)

@@ -8,11 +8,11 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, case, literal, not_, or_
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import utcnow
+from api.db import UTCDateTime, utcnow
 from api.deps import Page
 from api.errors import NotFound
 from api.network.models import Household
@@ -138,8 +138,10 @@ def breaches(*, session: Session, user: User, page: Page, state: str = "open", n
     stmt = (select(WorkOrder, Household.sensitive).join(Household, col(Household.id) == col(WorkOrder.household_id))
             .where(access.work_order_clause(user), _breach_clause(now, state)))
     count = int(session.exec(select(func.count()).select_from(stmt.subquery())).one())
-    rows = session.exec(stmt.order_by(col(WorkOrder.sla_due_at), col(WorkOrder.id))
-                        .offset(page.offset).limit(page.limit)).all()
+    # Open orders are all late until now: the earliest due is the most overdue (and the partial index of open
+    # orders serves it). Resolved ones are late until they were resolved.
+    most_overdue = col(WorkOrder.sla_due_at) if state == "open" else _lateness(session, now).desc()
+    rows = session.exec(stmt.order_by(most_overdue, col(WorkOrder.id)).offset(page.offset).limit(page.limit)).all()
     out = []
     for order, sensitive in rows:
         end = order.resolved_at if order.resolved_at and order.status not in OPEN_STATUSES else now
@@ -149,6 +151,16 @@ def breaches(*, session: Session, user: User, page: Page, state: str = "open", n
                           resolved_at=order.resolved_at,
                           overdue_minutes=max(0, int((end - order.sla_due_at).total_seconds() // 60))))
     return out, count
+
+
+def _lateness(session: Session, now: datetime) -> ColumnElement[Any]:
+    """How late a work order is, in SQL: from its due time to its resolution (closed) or `now` (open), in
+    seconds on PostgreSQL and days on SQLite (only its order matters)."""
+    closed = and_(col(WorkOrder.resolved_at).is_not(None), not_(open_clause()))
+    end = case((closed, col(WorkOrder.resolved_at)), else_=literal(now, UTCDateTime))
+    if session.get_bind().dialect.name == "postgresql":
+        return func.extract("epoch", end - col(WorkOrder.sla_due_at))
+    return func.julianday(end) - func.julianday(col(WorkOrder.sla_due_at))
 
 
 def _count(session: Session, stmt: Any) -> int:

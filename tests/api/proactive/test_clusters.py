@@ -63,6 +63,7 @@ def test_a_riser_over_its_threshold_opens_exactly_one_order(client: TestClient, 
     assert order.status == Status.assigned and order.assignee_id == world.steward_a.id
     assert order.priority.value == "urgent"  # a leak among the complaints
     assert order.category == Category.not_warm and "2单元立管" in order.description
+    assert "单元单元" not in order.description and "号楼号楼" not in order.description
     assert _run(client, world)["clusters_opened"] == 0 and len(_proactive(session)) == 1
     late = make_work_order(session, homes[3], category=Category.not_warm)
     assert _run(client, world)["members_linked"] == 1 and len(_proactive(session)) == 1

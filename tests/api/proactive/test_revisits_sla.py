@@ -21,7 +21,14 @@ from api.proactive.worker import Evaluator
 from api.settings import Settings
 from api.work_orders.models import Category, Priority, Source, Status, WorkOrder
 from tests.api.proactive.helpers import API, make_calendar
-from tests.utils.factories import World, make_household, make_reading, make_visit, make_work_order
+from tests.utils.factories import (
+    World,
+    make_building,
+    make_household,
+    make_reading,
+    make_visit,
+    make_work_order,
+)
 
 
 def _revisits(session: Session) -> list[WorkOrder]:
@@ -51,6 +58,19 @@ def test_a_sensitive_household_without_a_measured_visit_gets_one_revisit(client:
     session.add(order)
     session.commit()
     assert _run(client, world) == 0  # one per period, even when the last one was cancelled
+
+
+def test_a_revisit_names_the_address_as_residents_write_it(client: TestClient, session: Session,
+                                                           world: World) -> None:
+    """Regression: a building entered as "3号楼" and a unit as "2单元" read "3号楼号楼2单元单元501室室" in the
+    revisit order (the SMS texts had been fixed; the work orders built the address by hand)."""
+    make_calendar(session, world.station)
+    building = make_building(session, world.station, community="燕子山小区", number="3号楼")
+    make_household(session, building, unit="2单元", room="501室", sensitive=True)
+    session.commit()
+    assert _run(client, world) == 1
+    [order] = _revisits(session)
+    assert "敏感户燕子山小区3号楼2单元501室" in order.description, order.description
 
 
 @pytest.mark.parametrize(("visit", "expected"), [
@@ -123,6 +143,27 @@ def test_breaches_are_listed_and_counted_in_the_summary(client: TestClient, sess
     mine = client.get(f"{API}/summary", headers=world.headers(world.steward_b)).json()
     assert (mine["sla_open_overdue"], mine["sla_resolved_late"]) == (0, 1)
     assert client.get(f"{API}/sla/breaches", headers=world.headers(world.steward_b)).json()["count"] == 0
+
+
+def test_resolved_and_all_breaches_are_listed_most_overdue_first(client: TestClient, session: Session,
+                                                                  world: World) -> None:
+    """Regression: `state=resolved` and `all` were sorted by due time, so an order 10 minutes late came before
+    one 47 hours late; docs/proactive.md says most overdue first."""
+    now = utcnow()
+    slightly = make_work_order(session, world.household_a, status=Status.resolved, sla_due_at=now - timedelta(days=3),
+                               resolved_at=now - timedelta(days=3) + timedelta(minutes=10))
+    badly = make_work_order(session, world.household_a, status=Status.resolved, sla_due_at=now - timedelta(days=2),
+                            resolved_at=now - timedelta(hours=1))
+    open_late = make_work_order(session, world.household_a, sla_due_at=now - timedelta(hours=5))
+    h = world.headers(world.supervisor)
+    resolved = client.get(f"{API}/sla/breaches", params={"state": "resolved"}, headers=h).json()["data"]
+    assert [(b["work_order_id"], b["overdue_minutes"]) for b in resolved] == [(str(badly.id), 47 * 60),
+                                                                              (str(slightly.id), 10)]
+    every = client.get(f"{API}/sla/breaches", params={"state": "all"}, headers=h).json()["data"]
+    assert [b["work_order_id"] for b in every] == [str(badly.id), str(open_late.id), str(slightly.id)]
+    paged = [client.get(f"{API}/sla/breaches", params={"state": "all", "limit": 1, "offset": i}, headers=h)
+             .json()["data"][0]["work_order_id"] for i in range(3)]
+    assert paged == [b["work_order_id"] for b in every]
 
 
 def test_the_summary_counts_open_proactive_orders_and_campaigns(client: TestClient, session: Session,
