@@ -14,6 +14,9 @@ from api.db import Versioned, new_id, ts_field
 from api.proactive.models import DeliveryState
 from api.schemas import HOTLINE_PATTERN, RequestBody, UtcDatetime, strip_text
 
+DEFAULT_BLEED_INSTRUCTIONS = ("注水期间请家中留人，发现暖气片或管道漏水请立即关闭阀门并拨打服务热线；"
+                              "注水后如暖气片上热下凉，请用排气钥匙逆时针拧开排气阀，见水后关闭。")
+
 
 class NoticeTarget(StrEnum):
     building = "building"
@@ -27,11 +30,7 @@ class NoticeBase(SQLModel):
     title: str = Field(default="供暖季前注水通知", min_length=1, max_length=100)
     water_fill_start: UtcDatetime
     water_fill_end: UtcDatetime
-    bleed_instructions: str = Field(
-        default="注水期间请家中留人，发现暖气片或管道漏水请立即关闭阀门并拨打服务热线；"
-        "注水后如暖气片上热下凉，请用排气钥匙逆时针拧开排气阀，见水后关闭。",
-        max_length=500,
-    )
+    bleed_instructions: str = Field(default=DEFAULT_BLEED_INSTRUCTIONS, max_length=500)
     service_phone: str | None = Field(default=None, max_length=20, description="Default: settings.")
 
 
@@ -80,8 +79,11 @@ class NoticeCreate(NoticeBase, RequestBody):
     # Into every SMS: a blank title or a hotline of spaces or words ("请拨打供暖服务热线 。") was accepted.
     service_phone: str | None = Field(default=None, max_length=20, description="Default: settings.",
                                       schema_extra={"pattern": HOTLINE_PATTERN})
+    # Blank instructions (spaces, zero-width characters) went into every resident's SMS; leave the field out
+    # for the default text.
+    bleed_instructions: str = Field(default=DEFAULT_BLEED_INSTRUCTIONS, min_length=1, max_length=500)
 
-    _strip = field_validator("title", "service_phone", mode="before")(strip_text)
+    _strip = field_validator("title", "service_phone", "bleed_instructions", mode="before")(strip_text)
 
     @model_validator(mode="after")
     def _check(self) -> NoticeCreate:
