@@ -178,6 +178,9 @@ def set_grid(*, session: Session, user: User, building_ids: list[uuid.UUID]) -> 
     if user.role != Role.steward:
         raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
     lock_for_update(session, user)
+    if user.role != Role.steward:  # given another role since it was read: a grid would wait for a comeback
+        session.rollback()
+        raise Unprocessable("Only stewards have a grid.", code="grid_for_non_steward")
     current = set(get_grid(session=session, user=user))
     wanted = set(ids)
     if current - wanted:

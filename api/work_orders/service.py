@@ -211,6 +211,14 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
     set_status(order, target)
     session.add(order)
     _event(session, order, user, "status", from_status=before, to_status=target, note=note)
+    if target == Status.in_progress and before not in OPEN_STATUSES and order.assignee_id is not None:
+        # Reopened: a steward who left (disabled, or given another role) had their open orders handed back,
+        # not their resolved ones; this one goes back to the office as theirs did.
+        assignee = session.get(User, order.assignee_id)
+        if assignee is None or not assignee.active or assignee.role != Role.steward:
+            order.assignee_id, order.status = None, Status.new
+            _event(session, order, user, "released", from_status=target, to_status=Status.new,
+                   assignee_id=assignee.id if assignee else None, note="reopened; the steward no longer works orders")
     session.commit()
     return order
 

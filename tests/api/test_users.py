@@ -260,6 +260,22 @@ def test_two_grid_replacements_at_once_leave_one_of_them(engine: Engine, session
     assert len(answers) == 2 and set(answers[-1]) == final, answers  # the last to finish wins  # type: ignore[call-overload]
 
 
+def test_a_grid_is_not_given_to_a_steward_demoted_meanwhile(engine: Engine, world: World) -> None:
+    """Regression: the role was checked on the row read before the lock, so a grid set from that copy after a
+    demotion committed gave a supervisor grid rows (back in force, unseen, if they were made a steward again)."""
+    steward_id = world.steward_a.id
+    with Session(engine, expire_on_commit=False) as put:
+        stale = service.get_user(session=put, id=steward_id)
+        with Session(engine, expire_on_commit=False) as patch:
+            service.update_user(session=patch, user=service.get_user(session=patch, id=steward_id),
+                                data=UserUpdate(role=Role.supervisor))
+        put.commit()
+        with pytest.raises(Exception, match="Only stewards have a grid"):
+            service.set_grid(session=put, user=stale, building_ids=[world.building_b.id])
+    with Session(engine) as check:
+        assert check.exec(select(GridBuilding).where(GridBuilding.user_id == steward_id)).all() == []
+
+
 @pytest.mark.parametrize("change", [{"active": False}, {"role": "supervisor"}], ids=["disabled", "demoted"])
 def test_a_steward_who_leaves_hands_their_open_orders_back(client: TestClient, session: Session, world: World,
                                                            change: dict[str, object]) -> None:
@@ -288,3 +304,12 @@ def test_a_steward_who_leaves_hands_their_open_orders_back(client: TestClient, s
     r = client.post(f"{API}/work-orders/{open_orders[0].id}/assign", json={"assignee_id": str(world.steward_b.id)},
                     headers=world.headers(world.supervisor))
     assert r.status_code == 200 and r.json()["status"] == "assigned", r.text
+    # Regression: reopening the finished one gave it back, in progress, to the steward who had left.
+    r = client.post(f"{API}/work-orders/{done.id}/transitions", json={"status": "in_progress"},
+                    headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["assignee_id"]) == ("new", None)
+    [*_, reopened, released] = client.get(f"{API}/work-orders/{done.id}/events",
+                                          headers=world.headers(world.admin)).json()
+    assert (reopened["kind"], reopened["to_status"]) == ("status", "in_progress")
+    assert (released["kind"], released["assignee_id"], released["to_status"]) == ("released", str(steward.id), "new")
