@@ -74,7 +74,7 @@ def update_station(*, session: Session, station: Station, data: StationUpdate) -
 def list_stations(*, session: Session, page: Page, district: str | None = None) -> tuple[list[Station], int]:
     """Stations, optionally of one district, by code."""
     stmt = select(Station)
-    if district:
+    if district := str(clean_label(district or "")):  # as names are stored, as for buildings' community
         stmt = stmt.where(Station.district == district)
     return access.paged(session, stmt, page, Station.code)
 

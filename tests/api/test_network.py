@@ -298,6 +298,12 @@ def test_addresses_typed_full_width_or_with_invisible_characters_are_the_same(cl
     assert again.status_code == 200 and again.json()["number"] == "12"
     for typed in ("阳光小区", "阳光小区 ", "阳光小区\u200b"):  # the list's filter takes the name as typed too
         assert client.get("/api/v1/buildings", params={"community": typed}, headers=h).json()["count"] == 1, typed
+    # Regression: the stations' district filter compared the value as typed.
+    made = client.post("/api/v1/stations", json={"code": "HS-R1", "name": "x", "district": "历城区"}, headers=h)
+    assert made.status_code == 201, made.text
+    for typed in ("历城区", "历城区 ", "历城区\u200b", "　历城区"):
+        listed = client.get("/api/v1/stations", params={"district": typed}, headers=h).json()["data"]
+        assert [row["code"] for row in listed] == ["HS-R1"], typed
 
 
 def test_household_search_ignores_case_and_width_on_both_databases(client: TestClient, session: Session,
