@@ -173,9 +173,10 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
     return Admission(room=room, role=role, user_id=user.id)
 
 
-def join_room(*, session: Session, settings: Settings, token: str) -> VideoRoom:
-    """The room a join token opens (for the resident page before it asks for the camera)."""
-    claims = tokens.decode_join_token(settings=settings, token=token)
+def join_room(*, session: Session, settings: Settings, token: str, expired_too: bool = False) -> VideoRoom:
+    """The room a join token opens (for the resident page before it asks for the camera, and while it is in
+    the call: then, `expired_too`, the link's expiry does not matter)."""
+    claims = tokens.decode_join_token(settings=settings, token=token, expired_too=expired_too)
     room = session.get(VideoRoom, claims.room_id)
     if room is None:
         raise NotFound("This video call no longer exists.", code="room_not_found")

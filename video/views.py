@@ -10,14 +10,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import access
+from api.db import utcnow
 from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep, known_query_parameters
 from api.errors import Conflict, DomainError, Forbidden, NotFound
 from api.settings import Settings
@@ -279,14 +280,18 @@ def snapshot_image(id: uuid.UUID, session: SessionDep, settings: SettingsDep, us
 
 
 @router.get("/join/{token}", response_model=JoinInfo)
-def join_info(token: str, session: SessionDep, settings: SettingsDep) -> JoinInfo:
+def join_info(token: str, session: SessionDep, settings: SettingsDep,
+              in_call: Annotated[bool, Query(description="The page asks during its call: the link's expiry does not "
+                                                         "end the call (connecting again still needs a valid link)."
+                                             )] = False) -> JoinInfo:
     """What the resident page needs before asking for the camera (401 expired/forged, 409 ended)."""
-    row = service.join_room(session=session, settings=settings, token=token)
-    claims = tokens.decode_join_token(settings=settings, token=token)
+    row = service.join_room(session=session, settings=settings, token=token, expired_too=in_call)
+    claims = tokens.decode_join_token(settings=settings, token=token, expired_too=in_call)
     if row.state != RoomState.open:
         raise Conflict("The video call has ended.", code="room_closed")
-    return JoinInfo(room_id=row.id, state=row.state, expires_at=claims.expires_at, ice_servers=_ice(settings),
-                    relay_url=_relay_url(settings, row))
+    expired = claims.expires_at <= utcnow()  # only with in_call: no ICE servers (TURN credentials) for it
+    return JoinInfo(room_id=row.id, state=row.state, expires_at=claims.expires_at,
+                    ice_servers=[] if expired else _ice(settings), relay_url=_relay_url(settings, row))
 
 
 KEPT_RETRY_S = 60.0  # how often recordings kept after a failed save are tried again

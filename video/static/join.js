@@ -72,8 +72,8 @@
 
   function failed(e, where) { return passing(e) ? retryLater(e, where) : linkError(e); }
 
-  async function fetchRoom() {
-    state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token));
+  async function fetchRoom(inCall) {  // inCall: the link's expiry does not end a call already going
+    state.room = await V.api("GET", "/api/v1/video/join/" + encodeURIComponent(token) + (inCall ? "?in_call=1" : ""));
   }
 
   async function check() {
@@ -162,7 +162,7 @@
   async function poll() {
     if (asking) return;
     asking = true;
-    try { await fetchRoom(); }
+    try { await fetchRoom(true); }
     catch (e) { if (watchTimer && !passing(e)) linkError(e); }  // a network blip is the connection's business
     finally { asking = false; }
   }
