@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Engine, case, update
+from sqlalchemy import ColumnElement, Engine, case, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -220,11 +220,16 @@ def mark_closed(*, session: Session, room_id: uuid.UUID, reason: CloseReason) ->
     return room
 
 
-def close_lost_rooms(engine: Engine, *, worker: str) -> int:
-    """At start: rooms this worker had open died with its previous process."""
+def close_lost_rooms(engine: Engine, *, worker: str, url: str = "") -> int:
+    """At start: rooms this worker had open died with its previous process, under its name or at its URL (a
+    worker renamed at the same address, as the default `<hostname>:<port>` is when a container is recreated:
+    its old rooms redirected every request to this very worker, which did not host them)."""
+    mine = col(VideoRoom.worker) == worker
+    if url := url.rstrip("/"):
+        mine = or_(mine, col(VideoRoom.worker_url) == url)
     with engine.begin() as conn:
         return conn.execute(update(VideoRoom)
-                            .where(col(VideoRoom.state) == RoomState.open, col(VideoRoom.worker) == worker)
+                            .where(col(VideoRoom.state) == RoomState.open, mine)
                             .values(state=RoomState.closed, closed_at=utcnow(), close_reason=CloseReason.lost)
                             ).rowcount
 

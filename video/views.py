@@ -342,7 +342,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = RoomManager(max_rooms=settings.video_max_rooms, idle_close_s=settings.video_room_idle_close_s,
                           on_close=on_close, audit=audit)
     try:
-        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker)
+        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker,
+                                       url=settings.video_worker_url)
         if lost:
             log.warning("%d video room(s) left open by a previous process were closed", lost)
     except Exception as exc:  # the service must start with its database down

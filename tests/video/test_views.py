@@ -249,6 +249,30 @@ def test_rooms_left_open_by_a_dead_process_are_closed_at_start(live, world, orde
     assert reread(session, VideoRoom, theirs.id).state == RoomState.open
 
 
+def test_a_worker_renamed_at_its_address_closes_the_rooms_left_there(live, world, order, session: Session):
+    """Regression: a relay worker restarted at the same STEWARD_VIDEO_WORKER_URL under a new name (the default
+    `<hostname>:<port>` of a recreated container) redirected every request for its old open rooms to itself,
+    and the work order could get no new call until they expired. Rooms at its URL are its own lost rooms."""
+    url = "http://relay-1.test:8000"
+    now = utcnow()
+    other_order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    renamed = VideoRoom(work_order_id=order.id, worker="old-host:8000", worker_url=url,
+                        expires_at=now + timedelta(hours=1))
+    elsewhere = VideoRoom(work_order_id=other_order.id, worker="relay-2:8000", worker_url="http://relay-2.test:8000",
+                          expires_at=now + timedelta(hours=1))
+    session.add_all([renamed, elsewhere])
+    session.commit()
+
+    async def scenario() -> None:
+        async with live(video_worker_id="new-host:8000", video_worker_url=url + "/") as app:
+            h = world.headers(world.steward_a)
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert r.status_code == 201 and r.json()["room_id"] != str(renamed.id), r.text
+    run(scenario())
+    assert reread(session, VideoRoom, renamed.id).close_reason == CloseReason.lost
+    assert reread(session, VideoRoom, elsewhere.id).state == RoomState.open
+
+
 def test_shutdown_closes_open_rooms(live, world, order, session: Session):
     async def scenario() -> str:
         async with live() as app:
