@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Index
 from sqlmodel import Field, SQLModel
@@ -158,7 +158,8 @@ class Mutation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mutation_id: int = PydanticField(ge=1, le=2**62)
+    # Strict: `true` read as 1 and "5" as 5 gave exactly-once bookkeeping to whatever number they became.
+    mutation_id: StrictInt = PydanticField(ge=1, le=2**62)
     table: str
     op: str
     id: str = PydanticField(description="The row's UUID. A new row's id is made by the device, "

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import AwareDatetime, BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError, field_validator
 from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
@@ -28,6 +28,7 @@ from api.fieldwork.models import (
 )
 from api.network.models import Household, HouseholdUpdate
 from api.notes.models import Note, NoteCreate, NoteKind
+from api.schemas import UtcDatetime
 from api.users.models import Role, User
 from api.work_orders.models import (
     OPEN_STATUSES,
@@ -109,7 +110,7 @@ class NoteUpdate(BaseModel):
 
     kind: NoteKind | None = None
     duration_s: float | None = PydanticField(default=None, ge=0, le=6 * 3600)
-    recorded_at: AwareDatetime | None = None
+    recorded_at: UtcDatetime | None = None  # as NoteCreate: refused at validation when it has no UTC equivalent
 
     _not_in_future = field_validator("recorded_at")(not_in_future)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
@@ -23,16 +24,16 @@ def get_blobs(request: Request) -> Blobs:
 BlobsDep = Annotated[Blobs, Depends(get_blobs)]
 
 
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _int_header(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a non-negative integer.", code="invalid_header") from exc
-    if number < 0:
+    # ASCII digits only: `int` also reads 3_0, +30 and other scripts' digits.
+    if not _DIGITS.fullmatch(value.strip()):
         raise BadRequest(f"{name} must be a non-negative integer.", code="invalid_header")
-    return number
+    return int(value)
 
 
 BINARY: dict[str, Any] = {"application/octet-stream": {}}

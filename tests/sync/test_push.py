@@ -225,6 +225,17 @@ def test_mutation_ids_must_increase_within_a_push(client: TestClient, district: 
     assert response.json()["detail"]["code"] == "validation_error"
 
 
+@pytest.mark.parametrize("mutation_id", [True, "5", 5.0])
+def test_a_mutation_id_that_is_not_a_json_integer_is_malformed(client: TestClient, district: District,
+                                                               mutation_id: object) -> None:
+    """Regression: `true` was read as 1 and "5" as 5, and exactly-once bookkeeping went by that number."""
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [
+        {"mutation_id": mutation_id, "table": "readings", "op": "delete", "id": str(uuid.uuid4())}]}
+    response = client.post("/api/v1/sync/push", json=body, headers=district.headers(district.steward1))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["code"] == "validation_error"
+
+
 def test_an_unsupported_version_is_refused_before_anything_else(client: TestClient, district: District) -> None:
     headers = district.headers(district.steward1)
     for version in (2, 0, "abc", None):

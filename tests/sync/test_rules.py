@@ -74,6 +74,18 @@ def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callab
     assert "future" in result["message"]
 
 
+def test_a_note_time_before_year_one_in_utc_is_an_invalid_value(district: District,
+                                                                 device: Callable[..., Device]) -> None:
+    """Regression: a note update took any aware time, so one with no UTC equivalent failed at the database
+    and came back as `constraint` ("date value out of range") after a slow retry; creation refused it."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    phone.update("notes", str(d.note1.id), recorded_at="0001-01-01T00:30:00+05:00")
+    result = phone.push()["results"][0]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_value"), result
+
+
 def test_an_order_edit_through_sync_follows_the_rest_rules(client: TestClient, district: District,
                                                             device: Callable[..., Device]) -> None:
     """Regressions: (1) an office edit naming the order's current `sla_due_at` with a new category kept the

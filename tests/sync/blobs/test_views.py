@@ -129,6 +129,11 @@ def test_resumable_upload_needs_its_headers(client: TestClient, headers: dict[st
                             headers=headers | {"Upload-Offset": "0", "Upload-Length": str(len(photo))})
     assert too_much.status_code == 400 and too_much.json()["detail"]["code"] == "length_exceeded"
     assert client.patch(URL.format(sha), content=b"", headers=headers | {"Upload-Offset": "-3"}).status_code == 400
+    # Regression: `int` read these as numbers (3_0 as 30); they are not the plain digits the header takes.
+    for value in ("3_0", "+30", "1e3", " 3 0"):
+        odd = client.patch(URL.format(sha), content=photo, headers=headers | {"Upload-Offset": "0",
+                                                                              "Upload-Length": value})
+        assert odd.status_code == 400 and odd.json()["detail"]["code"] == "invalid_header", value
 
 
 def test_blobs_over_the_size_limit_are_refused(settings: Settings, engine: Engine, district: District) -> None:
