@@ -41,11 +41,13 @@ from api.work_orders.models import (
     WorkOrderUpdate,
 )
 from api.work_orders.service import (
+    REOPENED_RELEASE_NOTE,
     STEWARD_SOURCES,
     apply_edits,
     assign_refusal,
     check_sla_due,
     effective_priority,
+    release_if_left,
     set_status,
     sla_delta,
 )
@@ -409,6 +411,10 @@ def _transition(ctx: Context, order: WorkOrder, target: Status) -> None:
     before = order.status
     set_status(order, target)
     _event(ctx, order, "status", from_status=before, to_status=target)
+    if (left := release_if_left(ctx.session, order, before)) is not None:  # as in REST
+        ctx.session.add(WorkOrderEvent(work_order_id=order.id, actor_id=ctx.user.id, kind="released",
+                                       from_status=target, to_status=Status.new, assignee_id=left,
+                                       note=f"offline sync; {REOPENED_RELEASE_NOTE}"))
 
 
 def _set_all(_: Context, row: Any, values: dict[str, Any]) -> None:

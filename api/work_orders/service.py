@@ -211,16 +211,30 @@ def transition(*, session: Session, user: User, order: WorkOrder, target: Status
     set_status(order, target)
     session.add(order)
     _event(session, order, user, "status", from_status=before, to_status=target, note=note)
-    if target == Status.in_progress and before not in OPEN_STATUSES and order.assignee_id is not None:
-        # Reopened: a steward who left (disabled, or given another role) had their open orders handed back,
-        # not their resolved ones; this one goes back to the office as theirs did.
-        assignee = session.get(User, order.assignee_id)
-        if assignee is None or not assignee.active or assignee.role != Role.steward:
-            order.assignee_id, order.status = None, Status.new
-            _event(session, order, user, "released", from_status=target, to_status=Status.new,
-                   assignee_id=assignee.id if assignee else None, note="reopened; the steward no longer works orders")
+    if (left := release_if_left(session, order, before)) is not None:
+        _event(session, order, user, "released", from_status=target, to_status=Status.new, assignee_id=left,
+               note=REOPENED_RELEASE_NOTE)
     session.commit()
     return order
+
+
+REOPENED_RELEASE_NOTE = "reopened; the steward no longer works orders"
+
+
+def release_if_left(session: Session, order: WorkOrder, before: Status) -> uuid.UUID | None:
+    """After a status change from `before`: a reopened order (closed before, open now) whose steward has left
+    (disabled, or given another role) goes back to the office, `new` and unassigned, as their open orders did
+    when they left (`release_all`). The steward's id when it did (the caller writes the `released` line), else
+    None. REST and sync share it."""
+    if before in OPEN_STATUSES or order.status not in OPEN_STATUSES or order.assignee_id is None:
+        return None
+    assignee = session.get(User, order.assignee_id)
+    if assignee is not None and assignee.active and assignee.role == Role.steward:
+        return None
+    left = order.assignee_id
+    order.assignee_id, order.status = None, Status.new
+    session.add(order)
+    return left
 
 
 def set_status(order: WorkOrder, target: Status) -> None:

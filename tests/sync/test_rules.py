@@ -86,6 +86,35 @@ def test_a_note_time_before_year_one_in_utc_is_an_invalid_value(district: Distri
     assert (result["status"], result["reason"]) == ("rejected", "invalid_value"), result
 
 
+def test_a_reopen_through_sync_hands_an_order_of_a_steward_who_left_to_the_office(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """As in REST: a resolved order reopened for a steward who was disabled since goes back to `new`,
+    unassigned, with a `released` line, instead of in progress to someone who cannot work it."""
+    from sqlmodel import Session, select
+
+    from api.users.models import User
+    from api.work_orders.models import Status, WorkOrderEvent
+    from tests.utils.factories import make_work_order
+
+    with Session(client.app.state.engine, expire_on_commit=False) as session:
+        done = make_work_order(session, district.h1a, status=Status.resolved, assignee=district.steward1)
+        steward = session.get(User, district.steward1.id)
+        assert steward is not None
+        steward.active = False
+        session.add(steward)
+        session.commit()
+    office = device(district.supervisor, "office")
+    [result] = office.send(office.push_body([{"mutation_id": 1, "table": "work_orders", "op": "update",
+                                              "id": str(done.id), "base_version": done.version,
+                                              "fields": {"status": "in_progress"}}]))["results"]
+    assert result["status"] == "applied", result
+    assert (result["record"]["status"], result["record"]["assignee_id"]) == ("new", None)
+    with Session(client.app.state.engine) as session:
+        released = session.exec(select(WorkOrderEvent).where(WorkOrderEvent.work_order_id == done.id,
+                                                             WorkOrderEvent.kind == "released")).one()
+    assert (released.assignee_id, released.to_status) == (district.steward1.id, Status.new)
+
+
 def test_an_order_edit_through_sync_follows_the_rest_rules(client: TestClient, district: District,
                                                             device: Callable[..., Device]) -> None:
     """Regressions: (1) an office edit naming the order's current `sla_due_at` with a new category kept the
