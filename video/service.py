@@ -140,12 +140,13 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
           role: Role | None, joining: bool = True) -> Admission:
     """Check the credential for joining a room: a join token makes the resident; an access token makes a
     steward (stewards and the office) or a watching supervisor (the office). Joining also needs the work
-    order open (hanging up, `joining=False`, does not)."""
+    order open and the join link unexpired (hanging up, `joining=False`, needs neither)."""
     if not token:
         raise Unauthorized("Send a join token or an access token as `Authorization: Bearer ...`.",
                            code="not_authenticated")
     if tokens.peek_type(settings=settings, token=token) == tokens.JOIN_TYPE:
-        join = tokens.decode_join_token(settings=settings, token=token, room_id=room_id)
+        # Hanging up takes an expired link too: the link limits when a call can be joined, not how long it lasts.
+        join = tokens.decode_join_token(settings=settings, token=token, room_id=room_id, expired_too=not joining)
         if role not in (None, Role.resident):
             raise Forbidden("A join link lets its holder in as the resident only.", code="role_not_allowed")
         room = session.get(VideoRoom, join.room_id)

@@ -160,6 +160,34 @@ def _broken_in_one_line(lines: list[str]) -> dict[str, list[str]]:
             "audio m-line missing": [line for line in lines if not line.startswith("m=audio")]}
 
 
+def test_a_resident_in_a_call_past_the_links_expiry_can_still_hang_up(live, world, order):
+    """Regression: calls may outlast their link (30 against 60 minutes), but hanging up (`leave`) checked the
+    link's expiry: 401, and the steward's room kept showing the resident. Joining again is still refused."""
+    async def scenario() -> None:
+        async with live(video_join_token_minutes=0.03) as app:  # 1.8 s
+            room = (await app.http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                        headers=world.headers(world.steward_a))).json()
+            token = token_of(room["join_url"])
+            resident = Participant(role="resident", video=True, audio=True)
+            try:
+                assert (await resident.join(app.http, room["room_id"], token)).status_code == 200
+                await asyncio.sleep(2.5)
+                relay_room = app.rooms.get(uuid.UUID(room["room_id"]))
+                assert relay_room is not None and len(relay_room.participants) == 1
+                r = await app.http.post(f"{ROOMS}/{room['room_id']}/leave",
+                                        params={"participant_id": str(resident.participant_id)},
+                                        headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 204, r.text
+                assert not relay_room.participants
+                again = await app.http.post(f"{ROOMS}/{room['room_id']}/connect",
+                                            json={"sdp": "v=0\r\n", "type": "offer"},
+                                            headers={"Authorization": f"Bearer {token}"})
+                assert_error(again, 401, "join_link_expired")
+            finally:
+                await resident.close()
+    run(scenario())
+
+
 def test_malformed_sdp_is_a_400_and_leaves_no_participant(live, world, order):
     async def scenario() -> None:
         async with live() as app:
