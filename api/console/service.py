@@ -30,7 +30,7 @@ from api.console.models import (
 from api.db import utcnow
 from api.deps import Page
 from api.fieldwork.models import Reading, Visit
-from api.network.models import Building, Household, Station
+from api.network.models import Building, Household, Station, address_text, building_text, unit_text
 from api.notes.models import Note, NoteKind
 from api.notes.service import note_clause
 from api.proactive import service as proactive
@@ -213,11 +213,11 @@ def _place(kind: ProactiveKind, household: Household, building: Building, statio
     """Where a proactive order's group is, in the words of its work order's description."""
     if kind == ProactiveKind.station:
         return station
-    name = f"{building.community}{building.number}号楼"
+    name = building_text(building)  # 3号楼 typed with its word is not 3号楼号楼
     if kind == ProactiveKind.riser:
-        return f"{name}{household.unit}单元立管"
+        return f"{name}{unit_text(household.unit)}立管"
     if kind == ProactiveKind.revisit:
-        return f"{name}{household.unit}单元{household.room}室"
+        return address_text(building, household)
     return name
 
 

@@ -441,6 +441,21 @@ def test_the_dashboard_shows_the_proactive_service(client: TestClient, session: 
     assert panel["summary"]["clusters_open"] == {"riser": 0, "building": 1, "station": 0}
 
 
+def test_the_dashboard_names_a_revisit_as_its_order_does(client: TestClient, session: Session, world: World,
+                                                        settings: Settings) -> None:
+    """Regression: a building typed "3号楼" and a unit "2单元" read "3号楼号楼2单元单元501室室" on the dashboard's
+    panel (the orders' own texts had been fixed)."""
+    from tests.utils.factories import make_building
+
+    make_calendar(session, world.station)
+    building = make_building(session, world.station, community="燕子山小区", number="3号楼")
+    make_household(session, building, unit="2单元", room="501室", sensitive=True)
+    session.commit()
+    proactive.run(session=session, settings=settings, sender=LoggingSender())
+    panel = client.get(f"{API}/dashboard", headers=world.headers(world.supervisor)).json()["proactive"]
+    assert "燕子山小区3号楼2单元501室" in [line["place"] for line in panel["revisits"]], panel["revisits"]
+
+
 def test_the_timeline_of_a_proactive_order_starts_with_its_creation(client: TestClient, session: Session,
                                                                      world: World) -> None:
     """Regression: `created` and `assigned` of a proactive order share an instant, and the timeline sorted
