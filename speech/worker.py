@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine, update
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from api.db import utcnow
 from api.settings import Settings
@@ -116,6 +117,7 @@ class EmbeddedWorker:
                 jobs.run(self.engine, self.settings, transcript_id, attempt=attempt, pipeline=self.pipeline)
         except Exception:
             log.info("transcript %s will be retried", transcript_id)
+            _hand_back(self.engine, transcript_id, attempt)
 
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -150,11 +152,29 @@ def _lease_kept(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> Itera
         thread.join(timeout=5)
 
 
+def _hand_back(engine: Engine, transcript_id: uuid.UUID, attempt: int, waits: tuple[float, ...] = (1, 2, 4)) -> None:
+    """After a failed attempt: a job still `running` at it (its retry could not be recorded: the database was
+    briefly away) is queued again, or it sat `running`, shown so on the handhelds, until its lease ran out
+    (30 minutes). A job whose retry was recorded is left as it is (`requeue` finds it no longer running)."""
+    for wait in (0, *waits):
+        time.sleep(wait)
+        try:
+            jobs.requeue(engine, transcript_id, attempt)
+            return
+        except Exception:
+            log.warning("could not queue transcript %s again; retrying", transcript_id, exc_info=True)
+
+
 def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int) -> bool:
-    """A job claimed more often than allowed kept killing its worker: fail it rather than loop."""
+    """A job claimed more often than allowed (attempts that failed, and workers that stopped during one): fail
+    it rather than loop, keeping the last error it recorded."""
     if attempt > settings.speech_max_attempts:
-        jobs._fail(engine, transcript_id, attempt, f"the worker stopped {attempt - 1} times while transcribing "
-                                                   "this recording; giving up")
+        with Session(engine) as session:
+            transcript = session.get(Transcript, transcript_id)
+            last = transcript.failure_reason if transcript is not None else None
+        jobs._fail(engine, transcript_id, attempt,
+                   f"gave up after {attempt - 1} attempts, the last one interrupted (its worker stopped); "
+                   f"last error: {last or 'none recorded'}")
         return True
     return False
 

@@ -298,3 +298,70 @@ def test_a_number_that_runs_into_the_next_segments_digits_is_masked_in_every_cop
         assert note.transcript_text == "暖气漏水了，请回电138****80003号楼2单元501室。"
     [draft] = _drafts(engine, world)
     assert draft.description == "[来电转写草稿] 暖气漏水了，请回电138****80003号楼2单元501室。"
+
+
+class _Broken:
+    def run(self, audio: object) -> None:
+        raise RuntimeError("the model fell over")
+
+
+def _expire_lease(engine: Engine, transcript_id: uuid.UUID) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from api.db import utcnow
+
+    with engine.begin() as conn:
+        conn.execute(update(Transcript).where(col(Transcript.id) == transcript_id)
+                     .values(lease_until=utcnow() - timedelta(seconds=1), next_attempt_at=utcnow()))
+
+
+def test_a_database_blip_while_recording_a_retry_does_not_park_the_job(
+        engine: Engine, session: Session, world: World, job_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: with the database away for a moment when the failed attempt was recorded, the job stayed
+    `running` (and the handhelds showed it so) until its 30-minute lease ran out; it is queued again."""
+    from sqlalchemy.exc import OperationalError
+
+    from speech import worker as worker_module
+    from speech.worker import EmbeddedWorker
+
+    transcript_id = _queued_call(session, job_settings, world)
+    real_retry, down = jobs._retry_later, [True]
+
+    def blip(*args: Any, **kwargs: Any) -> bool:
+        if down[0]:
+            down[0] = False
+            raise OperationalError("UPDATE transcripts", {}, Exception("database is locked"))
+        return real_retry(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "_retry_later", blip)
+    monkeypatch.setattr(worker_module.time, "sleep", lambda s: None)
+    worker = EmbeddedWorker(engine, job_settings.model_copy(update={"speech_retry_backoff_s": 0}), threads=1,
+                            pipeline=_Broken())
+    assert worker._work_once()
+    assert _transcript(engine, transcript_id).status == TranscriptState.queued
+    assert jobs.next_due(engine) == transcript_id
+
+
+def test_the_last_error_is_kept_when_a_job_runs_out_of_attempts_on_a_crash(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """Regression: two ordinary errors and then a worker killed mid-attempt ended as "the worker stopped 3
+    times", the model's error overwritten."""
+    from speech.worker import EmbeddedWorker
+
+    transcript_id = _queued_call(session, job_settings, world)
+    for _ in (1, 2):
+        _expire_lease(engine, transcript_id)
+        attempt = jobs.claim(engine, transcript_id)
+        with pytest.raises(RuntimeError):
+            jobs.run(engine, job_settings, transcript_id, attempt=attempt, pipeline=_Broken())
+    _expire_lease(engine, transcript_id)
+    assert jobs.claim(engine, transcript_id) == 3  # and its worker is killed during this attempt
+    _expire_lease(engine, transcript_id)
+    assert EmbeddedWorker(engine, job_settings, threads=1, pipeline=_Broken())._work_once()
+    transcript = _transcript(engine, transcript_id)
+    assert transcript.status == TranscriptState.failed and transcript.failure_reason is not None
+    assert "the last one interrupted" in transcript.failure_reason
+    assert "RuntimeError: the model fell over" in transcript.failure_reason, transcript.failure_reason
