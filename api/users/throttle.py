@@ -36,7 +36,10 @@ def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_a
     table = LoginThrottle.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     now_ = literal(now, UTCDateTime)
-    expired = table.c.window_start <= literal(now - timedelta(seconds=window_s), UTCDateTime)
+    # A new window once the old one has passed, or once a lock it set has ended: a lockout shorter than the
+    # window otherwise locked the name again at the next attempt, the right password too, for the whole window.
+    ended = table.c.locked_until.is_not(None) & (table.c.locked_until <= now_)
+    expired = (table.c.window_start <= literal(now - timedelta(seconds=window_s), UTCDateTime)) | ended
     new_count = case((expired, 1), else_=table.c.count + 1)
     lock = literal(now + timedelta(seconds=lock_s), UTCDateTime)
     expires = now + timedelta(seconds=max(window_s, lock_s))

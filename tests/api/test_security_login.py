@@ -82,6 +82,20 @@ def test_the_lock_ends_after_the_lockout(api: TestClient, world: World, session:
     assert sign_in(api, name, PASSWORD).status_code == 200
 
 
+def test_a_lock_shorter_than_the_window_ends_with_the_lockout(api: TestClient, world: World, session: Session) -> None:
+    """Regression: with STEWARD_LOGIN_LOCKOUT_S (600 here) under STEWARD_LOGIN_FAILURE_WINDOW_S (900), the
+    first attempt after the lock ended was one more failure in the same window and locked the name again, the
+    right password too, until the whole window had passed. A lock that ended starts a new count."""
+    name = world.steward_a.username
+    for _ in range(3):
+        sign_in(api, name, "wrong-password")
+    assert sign_in(api, name, PASSWORD).status_code == 429
+    session.exec(update(LoginThrottle).values(locked_until=utcnow() - timedelta(seconds=1),  # type: ignore[call-overload]
+                                              window_start=utcnow() - timedelta(seconds=601)))
+    session.commit()
+    assert sign_in(api, name, PASSWORD).status_code == 200
+
+
 def test_an_address_is_locked_after_failures_across_many_names(api: TestClient, world: World) -> None:
     for i in range(5):
         assert_error(sign_in(api, f"guess{i}", "x"), 401, "invalid_credentials")
