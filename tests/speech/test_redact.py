@@ -25,6 +25,9 @@ from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts,
     ("身份证370102 19850715 1234。", "身份证370102 ******** ***4。"),
     ("身份证370102-19850715-123X", "身份证370102-********-***X"),
     ("身份证３７０１０２１９８５０７１５１２３Ｘ", "身份证３７０１０２***********Ｘ"),
+    # Regression: a mobile read out 4-3-4 was shown whole.
+    ("回电1380 013 8000", "回电138* *** 8000"),
+    ("手机1380-013-8000。", "手机138*-***-8000。"),
     # Regression: dictated in groups of four after the area code, it was shown whole.
     ("身份证号370102，1985，0715，1234。", "身份证号370102，****，****，***4。"),
     ("身份证370102 1985 0715 123X", "身份证370102 **** **** ***X"),
