@@ -223,7 +223,8 @@ def _long_recording(tmp_path: Path, settings: Settings, engine: Engine, world: W
 
 def _env(settings: Settings) -> dict[str, str]:
     return os.environ | {"STEWARD_DATABASE_URL": settings.database_url, "STEWARD_DATA_DIR": str(settings.data_dir),
-                         "STEWARD_BLOB_DIR": str(settings.blob_dir), "STEWARD_WHISPER_MODEL": settings.whisper_model,
+                         "STEWARD_BLOB_DIR": str(settings.blob_dir or ""),
+                         "STEWARD_WHISPER_MODEL": settings.whisper_model,
                          "STEWARD_SPEECH_STALLED_AFTER_S": "2", "STEWARD_SECRET_KEY": settings.secret_key}
 
 

@@ -83,7 +83,7 @@ def free_port() -> int:
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a child `steward` process on this test's database."""
     return os.environ | {"STEWARD_DATABASE_URL": settings.database_url, "STEWARD_DATA_DIR": str(settings.data_dir),
-                         "STEWARD_BLOB_DIR": str(settings.blob_dir), "STEWARD_SECRET_KEY": TEST_SECRET,
+                         "STEWARD_BLOB_DIR": str(settings.blob_dir or ""), "STEWARD_SECRET_KEY": TEST_SECRET,
                          "STEWARD_ENV": "dev", "STEWARD_LOG_LEVEL": "warning"} | extra
 
 
