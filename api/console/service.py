@@ -137,6 +137,7 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
         "id": household.id if household else None,
         "community": building.community if building else "", "building": building.number if building else "",
         "unit": household.unit if household else "", "room": household.room if household else "",
+        "address": address_text(building, household) if building and household else "",
         "resident_name": household.resident_name if household else "",
         "phone": phone(household.phone) if household else None,
         "heating_status": household.heating_status.value if household else None,

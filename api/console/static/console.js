@@ -31,11 +31,6 @@
     delivery_status: { queued: "待发送", sent: "已发送", failed: "发送失败", skipped: "已跳过" }
   };
   function label(group, key) { return (L[group] && L[group][key]) || (key == null ? "" : String(key)); }
-  // A number typed with its word (3号楼, 2单元) does not get it twice, as the server writes addresses.
-  function ending(value, words, add) {
-    value = String(value);
-    return words.some(function (w) { return value.slice(-w.length) === w; }) ? value : value + add;
-  }
 
   /* seq numbers the views as they start: a view still loading when another starts is superseded, and
      checks `my !== state.seq` after every await so that it stops instead of writing into the new one. */
@@ -550,8 +545,7 @@
       ["工单号", o.id], ["来源", label("source", o.source)], ["优先级", label("priority", o.priority)],
       ["负责管家", o.assignee_id ? person(o.assignee_id) : "未派单"],
       ["时限", el("span", { className: o.sla_breached ? "breach" : "" }, when(o.sla_due_at) + (o.sla_breached ? "（已超时）" : ""))],
-      ["住址", [h.community, h.building && ending(h.building, ["号楼", "栋", "幢", "座", "楼"], "号楼"),
-                h.unit && ending(h.unit, ["单元", "门"], "单元"), h.room].filter(Boolean).join(" ")],
+      ["住址", h.address],
       ["换热站", h.station], ["住户", h.resident_name],
       ["住户电话", h.phone ? el("span", { className: "phone" }, h.phone) : null],
       ["来电号码", o.caller_phone ? el("span", { className: "phone" }, o.caller_phone) : null],

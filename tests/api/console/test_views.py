@@ -242,6 +242,10 @@ def test_the_timeline_gathers_every_domain_in_time_order(client: TestClient, ses
     assert [p["temp_c"] for p in tl["readings"]] == [16.5, 19.0]  # the one 10 days before is out of the window
     assert tl["work_order"]["caller_phone"] == "13912345678" and tl["household"]["phone"] == "13800000001"
     assert tl["household"]["community"] == world.building_a.community
+    from api.network.models import address_text  # written once by the server: 3号楼 is not 3号楼号楼
+
+    assert tl["household"]["address"] == address_text(world.building_a, world.household_a)
+    assert tl["household"]["address"].startswith(world.building_a.community)
 
     masked = client.get(f"{API}/work-orders/{order.id}/timeline", headers=world.headers(world.steward_a)).json()
     masked_call = next(i for i in masked["items"] if i["kind"] == "call")
