@@ -299,9 +299,9 @@ class WorkOrderSyncUpdate(WorkOrderUpdate):
     assignee_id: uuid.UUID | None = None
 
 
-def _event(ctx: Context, order: WorkOrder, kind: str, **kw: Any) -> None:
+def _event(ctx: Context, order: WorkOrder, kind: str, *, note: str = "", **kw: Any) -> None:
     ctx.session.add(WorkOrderEvent(work_order_id=order.id, actor_id=ctx.user.id, kind=kind,
-                                   note="offline sync", **kw))
+                                   note=f"offline sync; {note}" if note else "offline sync", **kw))
 
 
 def _active_steward(ctx: Context, id: uuid.UUID) -> None:
@@ -412,9 +412,8 @@ def _transition(ctx: Context, order: WorkOrder, target: Status) -> None:
     set_status(order, target)
     _event(ctx, order, "status", from_status=before, to_status=target)
     if (left := release_if_left(ctx.session, order, before)) is not None:  # as in REST
-        ctx.session.add(WorkOrderEvent(work_order_id=order.id, actor_id=ctx.user.id, kind="released",
-                                       from_status=target, to_status=Status.new, assignee_id=left,
-                                       note=f"offline sync; {REOPENED_RELEASE_NOTE}"))
+        _event(ctx, order, "released", from_status=target, to_status=Status.new, assignee_id=left,
+               note=REOPENED_RELEASE_NOTE)
 
 
 def _set_all(_: Context, row: Any, values: dict[str, Any]) -> None:
