@@ -227,19 +227,25 @@ def test_a_cold_home_call_opens_a_draft_work_order(world: World, session: Sessio
     assert steward["caller_phone"] == "138****8000"
 
 
-def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient, world: World, session: Session,
-                                                                  speech_settings_: Settings) -> None:
-    """Regression (found by the fuzz tests): a malformed `Range` got Starlette's plain-text 400; now it is
-    ignored (the whole file, as RFC 9110 allows), and an unsatisfiable one is a 416 in the one error shape."""
+def _audio_url(session: Session, world: World, settings: Settings) -> str:
+    """The audio route of a transcript (steward_a's grid) whose recording, VALVE, is stored."""
     from speech.storage import store_audio
-    from tests.utils.asserts import assert_error
 
     transcript = make_transcript(session, world.steward_a, "暖气不热", household_id=world.household_a.id)
     note = session.get(Note, transcript.id)
     assert note is not None
-    note.audio_sha256 = store_audio(speech_settings_, VALVE)
+    note.audio_sha256 = store_audio(settings, VALVE)
     session.commit()
-    url, headers = f"/api/v1/transcripts/{transcript.id}/audio", world.headers(world.supervisor)
+    return f"/api/v1/transcripts/{transcript.id}/audio"
+
+
+def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient, world: World, session: Session,
+                                                                  speech_settings_: Settings) -> None:
+    """Regression (found by the fuzz tests): a malformed `Range` got Starlette's plain-text 400; now it is
+    ignored (the whole file, as RFC 9110 allows), and an unsatisfiable one is a 416 in the one error shape."""
+    from tests.utils.asserts import assert_error
+
+    url, headers = _audio_url(session, world, speech_settings_), world.headers(world.supervisor)
     for malformed in ("", "bytes", "bytes=x-y", "items=0-1", "bytes=0-1,4-5"):
         whole = api.get(url, headers=headers | {"Range": malformed})
         assert whole.status_code == 200 and whole.content == VALVE, malformed
@@ -252,14 +258,7 @@ def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient
 def test_head_on_a_recording_answers_like_get_without_a_body(api: TestClient, world: World, session: Session,
                                                             speech_settings_: Settings) -> None:
     """Regression: HEAD answered 405, so players and download tools that ask for the size first were refused."""
-    from speech.storage import store_audio
-
-    transcript = make_transcript(session, world.steward_a, "暖气不热", household_id=world.household_a.id)
-    note = session.get(Note, transcript.id)
-    assert note is not None
-    note.audio_sha256 = store_audio(speech_settings_, VALVE)
-    session.commit()
-    url, headers = f"/api/v1/transcripts/{transcript.id}/audio", world.headers(world.steward_a)
+    url, headers = _audio_url(session, world, speech_settings_), world.headers(world.steward_a)
     for extra in ({}, {"Range": "bytes=100-199"}):
         got, head = api.get(url, headers=headers | extra), api.head(url, headers=headers | extra)
         assert head.status_code == got.status_code and head.status_code in (200, 206), extra
