@@ -137,6 +137,11 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
         except RuntimeError as exc:  # a migration that refuses (names that clash, a table it could not lock)
             raise _fail(f"Cannot upgrade the database {_database_name(settings)}: {exc}", 2) from exc
         after = migrate.current_revision(engine)
+    if before is not None and after == before and migrate.is_behind(before, revision):
+        # Alembic's upgrade to an older revision changes nothing and says nothing: tell the operator why
+        raise _fail(f"The database {_database_name(settings)} is at {before}, already past {revision}: "
+                    "`db upgrade` never goes back (restore a backup taken before the upgrade, docs/reliability.md)"
+                    "; nothing was changed.", 2)
     typer.echo(f"database {_database_name(settings)}: {before or 'empty'} -> {after}")
 
 

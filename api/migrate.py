@@ -97,6 +97,20 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def is_behind(current: str, target: str) -> bool:
+    """Whether `target` names a revision older than `current` (an upgrade to it would change nothing)."""
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    try:
+        wanted = script.get_revision(target)
+    except CommandError:  # not one revision ("heads", "+1", unknown): Alembic itself answers those
+        return False
+    if wanted is None or wanted.revision == current:
+        return False
+    return any(rev.revision == wanted.revision for rev in script.iterate_revisions(current, "base"))
+
+
 def head_revision() -> str | None:
     """The newest revision the code knows."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

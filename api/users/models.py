@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
@@ -62,8 +62,16 @@ class LoginThrottle(SQLModel, table=True):
     expires_at: datetime = ts_field(index=True)
 
 
+def not_blank_password(value: str | None) -> str | None:
+    """Spaces count toward a password's length, but a password of spaces alone is refused."""
+    if value is not None and not value.strip():
+        raise ValueError("A password cannot be only spaces.")
+    return value
+
+
 class UserCreate(UserBase, RequestBody):
     password: str = Field(min_length=8, max_length=128)
+    _not_blank = field_validator("password")(not_blank_password)
     grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
 
 
@@ -73,6 +81,7 @@ class UserUpdate(RequestBody):
     role: Role | None = None
     active: bool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=128)
+    _not_blank = field_validator("password")(not_blank_password)
 
 
 class UserPublic(UserBase):

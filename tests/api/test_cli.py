@@ -470,3 +470,16 @@ def test_bench_video_checks_where_its_results_go_before_it_runs(tmp_path: Path,
     taken.write_text("{}")
     result = runner.invoke(app, ["bench", "video", "--rooms", "1", "--out", str(taken)])
     assert result.exit_code == 2 and "is a file" in result.output, result.output
+
+
+def test_db_upgrade_to_an_older_revision_says_it_never_goes_back(data_dir: Path) -> None:
+    """Regression: `db upgrade 0005` on a database at the head printed `0015 -> 0015` and exit 0, as if done."""
+    runner.invoke(app, ["db", "upgrade"])
+    head = json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"]
+    result = runner.invoke(app, ["db", "upgrade", "0005"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert f"is at {head}, already past 0005" in line and "nothing was changed" in line
+    assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
+    again = runner.invoke(app, ["db", "upgrade", head])  # naming the revision it is at is fine
+    assert again.exit_code == 0 and f"{head} -> {head}" in again.stdout

@@ -58,6 +58,24 @@ def test_usernames_are_checked(client: TestClient, session: Session, world: Worl
     assert count_rows(session, User) == 4
 
 
+def test_a_password_of_spaces_alone_is_refused(client: TestClient, session: Session, world: World) -> None:
+    """Regression: eight spaces passed the length rule, on create and on change; spaces inside still count."""
+    h = world.headers(world.admin)
+    r = client.post(f"{API}/users", json={"username": "blank.pw", "password": " " * 8, "role": "supervisor"},
+                    headers=h)
+    assert_error(r, 422, "validation_error")
+    assert "only spaces" in r.json()["detail"]["message"]
+    assert count_rows(session, User) == 4
+    before = db_state(session)
+    r = client.patch(f"{API}/users/{world.steward_b.id}", json={"password": "\t \u3000     "}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert db_state(session) == before
+    r = client.patch(f"{API}/users/{world.steward_b.id}", json={"password": " two words "}, headers=h)
+    assert r.status_code == 200, r.text
+    token = client.post(f"{API}/auth/token", data={"username": world.steward_b.username, "password": " two words "})
+    assert token.status_code == 200
+
+
 @pytest.mark.parametrize("role", ["supervisor", "admin"])
 def test_only_stewards_have_a_grid(client: TestClient, session: Session, world: World, role: str) -> None:
     h = world.headers(world.admin)
