@@ -391,6 +391,7 @@ class RoomManager:
         self._reaper: asyncio.Task[None] | None = None
         self._auditor: asyncio.Task[None] | None = None
         self._closes: dict[uuid.UUID, asyncio.Task[Room]] = {}  # closes in progress, hook included
+        self._ending: dict[uuid.UUID, Room] = {}  # their rooms, for the state and reason while they close
         self.opening = asyncio.Lock()  # create_room's check-then-host, one request at a time
 
     def reserve(self) -> None:
@@ -411,6 +412,10 @@ class RoomManager:
         """The close of this room in progress (its recording being saved), if any."""
         return self._closes.get(room_id)
 
+    def ending(self, room_id: uuid.UUID) -> Room | None:
+        """The room whose close is in progress (already `closed`, with its reason), if any."""
+        return self._ending.get(room_id)
+
     async def close(self, room_id: uuid.UUID, reason: CloseReason) -> Room | None:
         """Close a room and run the close hook once (persisting it, the recording); None if not here. A caller
         that comes while a close runs waits for that close, hook included (a second close used to return at
@@ -426,8 +431,13 @@ class RoomManager:
             if room is None:
                 return None
             task = asyncio.ensure_future(self._close(room, reason))
-            self._closes[room_id] = task
-            task.add_done_callback(lambda _: self._closes.pop(room_id, None))
+            self._closes[room_id], self._ending[room_id] = task, room
+
+            def done(_: asyncio.Task[Room]) -> None:
+                self._closes.pop(room_id, None)
+                self._ending.pop(room_id, None)
+
+            task.add_done_callback(done)
         return task
 
     async def _close(self, room: Room, reason: CloseReason) -> Room:

@@ -69,10 +69,14 @@ def _public_base(settings: Settings, request: Request) -> str:
 
 def _room_public(row: VideoRoom, room: Room | None, settings: Settings) -> RoomPublic:
     participants = [p.public() for p in room.participants.values()] if room and not room.closed else []
-    return RoomPublic(id=row.id, work_order_id=row.work_order_id, state=row.state, worker=row.worker,
-                      worker_url=row.worker_url,
+    # A room whose close is under way here (peers hung up, the recording being saved) reads closed at once,
+    # with its reason; closed_at and the recording's note follow once the close is written.
+    ending = row.state == RoomState.open and room is not None and room.closed
+    return RoomPublic(id=row.id, work_order_id=row.work_order_id, state=RoomState.closed if ending else row.state,
+                      worker=row.worker, worker_url=row.worker_url,
                       created_at=row.created_at, expires_at=row.expires_at, closed_at=row.closed_at,
-                      close_reason=row.close_reason, recording_note_id=row.recording_note_id,
+                      close_reason=room.close_reason if ending and room else row.close_reason,
+                      recording_note_id=row.recording_note_id,
                       participants=participants, ice_servers=_ice(settings))
 
 
@@ -190,7 +194,8 @@ async def get_room(request: Request, id: uuid.UUID, session: SessionDep, setting
     """A room's state and who is in it."""
     row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
     _pinned_here(request, settings, row)
-    return _room_public(row, _manager(request).get(row.id), settings)
+    manager = _manager(request)
+    return _room_public(row, manager.get(row.id) or manager.ending(row.id), settings)
 
 
 @router.post("/rooms/{id}/close", response_model=RoomPublic)
@@ -280,15 +285,16 @@ def snapshot_image(id: uuid.UUID, session: SessionDep, settings: SettingsDep, us
 
 
 @router.get("/join/{token}", response_model=JoinInfo)
-def join_info(token: str, session: SessionDep, settings: SettingsDep,
+def join_info(request: Request, token: str, session: SessionDep, settings: SettingsDep,
               in_call: Annotated[bool, Query(description="The page asks during its call: the link's expiry does not "
                                                          "end the call (connecting again still needs a valid link)."
                                              )] = False) -> JoinInfo:
     """What the resident page needs before asking for the camera (401 expired/forged, 409 ended)."""
     row = service.join_room(session=session, settings=settings, token=token, expired_too=in_call)
     claims = tokens.decode_join_token(settings=settings, token=token, expired_too=in_call)
-    if row.state != RoomState.open:
-        raise Conflict("The video call has ended.", code="room_closed")
+    manager: RoomManager | None = getattr(request.app.state, "video_rooms", None)
+    if row.state != RoomState.open or (manager is not None and manager.closing(row.id) is not None):
+        raise Conflict("The video call has ended.", code="room_closed")  # or is ending here, the call saved
     expired = claims.expires_at <= utcnow()  # only with in_call: no ICE servers (TURN credentials) for it
     return JoinInfo(room_id=row.id, state=row.state, expires_at=claims.expires_at,
                     ice_servers=[] if expired else _ice(settings), relay_url=_relay_url(settings, row))

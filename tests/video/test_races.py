@@ -253,6 +253,42 @@ def test_saving_one_calls_recording_holds_up_no_other_orders_call(live, world, o
     run(scenario())
 
 
+def test_a_call_being_saved_reads_closed_to_everyone(live, world, order, monkeypatch) -> None:
+    """Regression: while a closing call's recording was saved, GET /rooms/{id} said `open` (no reason) and the
+    resident page's GET /join said the call was still on."""
+    import time
+
+    from video import recording
+
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, token = await open_room(app, world, order)
+            stop = recording.PacketRecorder.stop
+
+            def slow_stop(self: recording.PacketRecorder) -> object:  # a long call's mix-down
+                time.sleep(1.0)
+                return stop(self)
+
+            monkeypatch.setattr(recording.PacketRecorder, "stop", slow_stop)
+            headers = world.headers(world.steward_a)
+            closing = asyncio.ensure_future(app.http.post(f"{ROOMS}/{room_id}/close", headers=headers))
+            while app.rooms.ending(uuid.UUID(room_id)) is None:
+                await asyncio.sleep(0.005)
+            during = await app.http.get(f"{ROOMS}/{room_id}", headers=headers)
+            join = await app.http.get(f"/api/v1/video/join/{token}", params={"in_call": 1})
+            assert not closing.done()  # both asked while the recording was being saved
+            assert during.status_code == 200, during.text
+            assert (during.json()["state"], during.json()["close_reason"]) == ("closed", "closed")
+            assert during.json()["participants"] == []
+            assert_error(join, 409, "room_closed")
+            closed = await closing
+            after = await app.http.get(f"{ROOMS}/{room_id}", headers=headers)
+            assert (after.json()["state"], after.json()["close_reason"]) == ("closed", "closed")
+            assert after.json()["closed_at"] is not None and after.json() == closed.json()
+            assert app.rooms.ending(uuid.UUID(room_id)) is None
+    run(scenario())
+
+
 def test_shutdown_closes_the_rooms_side_by_side() -> None:
     """Regression: shutdown closed the rooms one after another, so N calls' recordings took N mix-downs,
     past the container's stop timeout (the last calls' audio was killed with the process)."""
