@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, event, make_url
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, event, func, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError
 from sqlalchemy.types import TypeDecorator
@@ -112,6 +112,16 @@ WAL_RESTART_FRAMES = 4096
 WAL_RESTART_TRIES = 40
 
 
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def folded(session: Session, column: Any) -> Any:
+    """`column` for a search that ignores case: on SQLite lowered by Python (Unicode), as PostgreSQL's ILIKE
+    compares; pair it with `.icontains(...)`, which lowers the query text too."""
+    return func.unicode_lower(column) if session.get_bind().dialect.name == "sqlite" else column
+
+
 def _sqlite_pragmas(wal_autocheckpoint: int | None, synchronous: str = "FULL") -> Any:
     def on_connect(dbapi_connection: Any, _: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -119,6 +129,9 @@ def _sqlite_pragmas(wal_autocheckpoint: int | None, synchronous: str = "FULL") -
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
         cursor.execute("PRAGMA busy_timeout=5000")
+        # SQLite's own lower() and LIKE fold ASCII letters only (`Émile` does not match `émile`): searches
+        # that ignore case call this instead (`api.db.folded`)
+        dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
         if wal_autocheckpoint is not None:
             cursor.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         cursor.close()

@@ -286,7 +286,7 @@ def _note_writable(ctx: Context, note: Note) -> frozenset[str]:
 def _household_writable(ctx: Context, _: Household) -> frozenset[str]:
     if not ctx.office:
         raise Rejected("forbidden", "Household master data is changed by the office.")
-    return _fields_of(HouseholdUpdate)
+    return _fields_of(HouseholdUpdate) - {"unit", "room"}  # a flat's place is corrected over REST (checked unique)
 
 
 # --- work orders ----------------------------------------------------------------------------------

@@ -133,14 +133,16 @@ class HouseholdCreate(HouseholdBase, RequestBody):
 
 
 class HouseholdUpdate(RequestBody):
+    unit: str | None = Field(default=None, min_length=1, max_length=10, description="A mistyped unit corrected.")
+    room: str | None = Field(default=None, min_length=1, max_length=10, description="A mistyped room corrected.")
     resident_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
     area_m2: float | None = Field(default=None, gt=0, le=2000)
     heating_status: HeatingStatus | None = None
     sensitive: bool | None = None
 
-    _not_null = field_validator("resident_name", "area_m2", "heating_status", "sensitive")(not_null)
-    _clean = field_validator("resident_name", mode="before")(clean_label)
+    _not_null = field_validator("unit", "room", "resident_name", "area_m2", "heating_status", "sensitive")(not_null)
+    _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
 
 
 class HouseholdPublic(HouseholdBase):

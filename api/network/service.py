@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, SQLModel, col, select
 
 from api import access
-from api.db import lock_for_update
+from api.db import folded, lock_for_update
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import (
@@ -146,10 +146,17 @@ def get_household(*, session: Session, user: User, id: uuid.UUID) -> Household:
 
 
 def update_household(*, session: Session, household: Household, data: HouseholdUpdate) -> Household:
-    """Change a household's resident data, heating status or sensitivity (on the row as it is now: a push may
-    just have changed it, `lock_for_update`)."""
+    """Change a household's resident data, heating status or sensitivity, or correct its unit or room (still
+    one flat per building, unit and room), on the row as it is now: a push may just have changed it,
+    `lock_for_update`."""
     lock_for_update(session, household)
-    household.sqlmodel_update(data.model_dump(exclude_unset=True))
+    changes = data.model_dump(exclude_unset=True)
+    if "unit" in changes or "room" in changes:
+        unit, room = changes.get("unit", household.unit), changes.get("room", household.room)
+        _check_unique(session, select(Household).where(Household.building_id == household.building_id,
+                                                       Household.unit == unit, Household.room == room),
+                      f"Unit {unit} room {room} of this building is another household.", exclude=household.id)
+    household.sqlmodel_update(changes)
     session.add(household)
     session.commit()
     return household
@@ -168,8 +175,8 @@ def list_households(*, session: Session, user: User, page: Page, building_id: uu
         stmt = stmt.where(Household.heating_status == heating_status)
     if q := str(clean_label(q or "")):
         # A literal match (`%` and `_` in the query are not wildcards), case-insensitive on both databases
-        # (LIKE folds ASCII case on SQLite, not on PostgreSQL), typed full-width or not.
-        stmt = stmt.where(col(Household.resident_name).icontains(q, autoescape=True)
+        # (SQLite's LIKE folds ASCII case only, PostgreSQL's none: `folded`), typed full-width or not.
+        stmt = stmt.where(folded(session, col(Household.resident_name)).icontains(q.lower(), autoescape=True)
                           | col(Household.phone).contains(q, autoescape=True)
                           | (Household.room == q))
     return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

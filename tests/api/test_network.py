@@ -310,9 +310,27 @@ def test_household_search_ignores_case_and_width_on_both_databases(client: TestC
                                                                     world: World) -> None:
     """Regression: `q=smith` found "Anna Smith" on SQLite (LIKE folds ASCII case) and nothing on PostgreSQL."""
     make_household(session, world.building_a, resident_name="Anna Smith", room="909")
-    for q in ("smith", "SMITH", "ｓｍｉｔｈ", "９０９"):
+    make_household(session, world.building_a, resident_name="Émile Ÿılmaz", room="910")
+    for q in ("smith", "SMITH", "ｓｍｉｔｈ", "９０９", "émile", "ÉMILE", "ÿıl"):  # SQLite's lower() knew only ASCII
         answer = client.get("/api/v1/households", params={"q": q}, headers=world.headers(world.admin))
         assert answer.json()["count"] == 1, q
+
+
+def test_the_office_corrects_a_mistyped_unit_or_room(client: TestClient, session: Session, world: World) -> None:
+    """Regression: unit and room could not be changed at all, though migration 0014 asks the office to correct
+    the room of a duplicate flat; now they can, still one household per building, unit and room."""
+    h = world.headers(world.admin)
+    other = make_household(session, world.building_a, unit="1", room="502")
+    url = f"/api/v1/households/{world.household_a.id}"
+    r = client.patch(url, json={"unit": "１ ", "room": "602"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["unit"], r.json()["room"], r.json()["version"]) == ("1", "602", 2)
+    before = db_state(session)
+    assert_error(client.patch(url, json={"room": other.room}, headers=h), 409, "already_exists")
+    assert_error(client.patch(url, json={"room": None}, headers=h), 422, "validation_error")
+    assert_error(client.patch(url, json={"unit": " "}, headers=h), 422, "validation_error")
+    assert db_state(session) == before
+    assert_error(client.patch(url, json={"room": "603"}, headers=world.headers(world.steward_a)), 403, "role_required")
 
 
 def test_an_address_reads_right_however_its_parts_were_stored() -> None:

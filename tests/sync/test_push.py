@@ -608,6 +608,15 @@ def test_the_office_assigns_and_edits_work_orders_through_sync(client: TestClien
         assert s.get(WorkOrder, uuid.UUID(sensitive)) is not None
 
 
+def test_an_office_device_cannot_move_a_household_to_another_flat(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Unit and room are corrected over REST, where the flat is checked to be free; a push may not write them."""
+    office = device(district.supervisor)
+    office.pull()
+    office.update("households", str(district.h1a.id), room="9999")
+    assert _statuses(office.push()) == [("rejected", "read_only_field")]
+
+
 def test_a_new_priority_or_category_moves_the_sla_as_the_rest_api_does(
         client: TestClient, district: District, device: Callable[..., Device]) -> None:
     """Regression: a pushed priority or category change kept the old `sla_due_at`; a REST PATCH moves it."""
