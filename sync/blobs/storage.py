@@ -108,7 +108,18 @@ class LocalBlobStore(BlobStore):
         os.replace(path, target)
 
     def open_range(self, sha256: str, start: int, end: int) -> Iterator[bytes]:
-        with self.path(sha256).open("rb") as f:
+        # Opened here, not on first iteration (as the S3 store asks here): a blob deleted since its size was
+        # read (the sweep, a refused call's take-back) is a 404, not an answer broken after its status line.
+        # Once open, the file reads to the end even if it is unlinked meanwhile.
+        try:
+            f = self.path(sha256).open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"No blob {sha256}.") from exc
+        return self._chunks(f, start, end)
+
+    @staticmethod
+    def _chunks(f: Any, start: int, end: int) -> Iterator[bytes]:
+        with f:
             f.seek(start)
             left = end - start + 1
             while left > 0:

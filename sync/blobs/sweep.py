@@ -82,13 +82,14 @@ def _hashes_in(value: Any) -> Iterator[str]:
 
 
 def held_by_conflicts(session: Session) -> set[str]:
-    """Photos and signatures named by a visit conflict nobody has reviewed yet: the side that lost (a photo
-    the other device's list did not have, a visit a delete won over) stays recoverable until a supervisor
-    looked at it. Before, the conflict log named a photo the sweep had already deleted."""
+    """Photos, signatures and voice-note audio named by a visit or note conflict nobody has reviewed yet: the
+    side that lost (a photo the other device's list did not have, a visit or a transcribed note a delete won
+    over) stays recoverable until a supervisor looked at it. Before, the conflict log named a photo, or a
+    note's audio, that the sweep had already deleted."""
     from sync.models import SyncConflict
 
     stmt = select(SyncConflict.server_value, SyncConflict.device_value).where(
-        SyncConflict.table_name == "visits", col(SyncConflict.reviewed_at).is_(None))
+        col(SyncConflict.table_name).in_(("visits", "notes")), col(SyncConflict.reviewed_at).is_(None))
     return {sha for server, device in session.exec(stmt).all() for sha in (*_hashes_in(server), *_hashes_in(device))}
 
 

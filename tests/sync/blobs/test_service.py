@@ -223,3 +223,19 @@ def test_starting_an_upload_sweeps_at_most_once_an_hour(blobs: Blobs) -> None:
     blobs._expired_at -= 3601
     asyncio.run(blobs.append(other_sha, 0, len(other), body(other[:100])))
     assert blobs.partial(SHA) is None and blobs.partial(other_sha) == (100, 500)
+
+
+def test_a_blob_deleted_between_its_size_and_its_read_is_a_404(blobs: Blobs,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the local store opened the file on the first chunk, after the 200 had gone out: a blob the
+    sweep (or a refused call's take-back) deleted in between broke the answer mid-stream. It is opened with
+    the answer now: once open it reads to its end, and a file gone before that is a 404, as on S3."""
+    from api.errors import NotFound
+
+    asyncio.run(blobs.put(SHA, body(DATA), len(DATA)))
+    read = blobs.read(SHA, None)
+    blobs.store.delete(SHA)
+    assert b"".join(read.chunks) == DATA
+    monkeypatch.setattr(blobs.store, "exists", lambda sha256: len(DATA))  # its size read, then it was swept
+    with pytest.raises(NotFound):
+        blobs.read(SHA, None)

@@ -228,3 +228,35 @@ def test_photos_of_a_visit_a_delete_won_over_stay_until_the_conflict_is_reviewed
                        headers=sup).is_success
     sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
     assert client.head(URL.format(photo), headers=headers).status_code == 404
+
+
+def test_audio_of_a_note_a_delete_won_over_stays_until_the_conflict_is_reviewed(
+        client: TestClient, district: District, engine: Engine, settings: Settings) -> None:
+    """Regression: the sweep held only blobs of visit conflicts, so the audio of a voice note deleted after the
+    transcription (or the office) changed it was swept while its delete_wins line still said how to put it
+    back."""
+    d = district
+    headers = d.headers(d.steward1)
+    audio = _upload(client, headers)
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    note = phone.create("notes", **_note(audio, str(d.visit1.id)))
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.pull()
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.update("notes", note, duration_s=3.5)
+    assert office.push()["results"][0]["status"] == "applied"
+    phone.delete("notes", note)
+    answer = phone.push()["results"][0]
+    assert (answer["status"], answer["reason"]) == ("conflict", "delete_wins")
+    sup = d.headers(d.supervisor)
+    [line] = client.get("/api/v1/sync/conflicts", params={"reviewed": "false"}, headers=sup).json()["data"]
+    assert line["server_value"]["audio_sha256"] == audio
+    later = datetime.now(UTC) + timedelta(days=8)
+    sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert client.head(URL.format(audio), headers=headers).status_code == 200
+    assert client.post(f"/api/v1/sync/conflicts/{line['id']}/review", json={"reviewed": True},
+                       headers=sup).is_success
+    sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert client.head(URL.format(audio), headers=headers).status_code == 404
