@@ -53,6 +53,7 @@ PACKET_QUEUE = 12  # encoded frames; beyond, the subscriber skips to the next ke
 KEYFRAME_RETRY_S = 0.5
 FRESH_S = 0.5  # a decoded picture this recent serves a snapshot as is
 RAW_LEASE_S = 5.0  # forward mode: after a snapshot, keep decoding this long (stewards take several)
+STALE_S = 10.0  # a snapshot whose fresh picture does not come takes an older one only this recent
 ARRIVALS = 256  # frames whose arrival time is kept for the relay latency
 
 Frame = av.VideoFrame | av.AudioFrame
@@ -231,9 +232,10 @@ class SourceSlot:
 
     async def fresh_frame(self, timeout: float = 5.0) -> Frame | None:
         """A picture decoded now or very recently (snapshots). In forward mode decoding starts (at a
-        keyframe asked for now) and goes on for a few seconds; the newest older frame, or None, if none
-        comes in time. None without a publisher: a snapshot after the resident hung up stored the last
-        picture from before."""
+        keyframe asked for now) and goes on for a few seconds; if none comes in time, the newest older frame
+        if it is under STALE_S old, else None (a picture from an earlier snapshot, minutes old, would be
+        stored as the resident's latest). None without a publisher: a snapshot after the resident hung up
+        stored the last picture from before."""
         if self.source is None:
             return None
         if self.latest is not None and time.monotonic() - self.latest_at < FRESH_S:
@@ -245,8 +247,8 @@ class SourceSlot:
             self._keyframes.request()
         try:
             return await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            return self.latest  # None if the publisher left meanwhile
+        except TimeoutError:  # None if the publisher left meanwhile, or the newest picture is old
+            return self.latest if time.monotonic() - self.latest_at < STALE_S else None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)

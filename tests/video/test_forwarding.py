@@ -163,3 +163,17 @@ def test_snapshots_decode_on_demand_and_no_recorder_means_no_decoding(live, worl
             for client in (resident, steward):
                 await client.close()
     run(scenario())
+
+
+def test_a_snapshot_whose_picture_does_not_come_never_takes_an_old_one() -> None:
+    """Regression (review): when no keyframe came within the wait, the snapshot stored the picture decoded for
+    an earlier snapshot, however old, as the resident's latest. Only a recent one stands in now."""
+    async def scenario() -> None:
+        slot = tracks.SourceSlot("resident-video", "video", forward=True)
+        slot.source = object()  # type: ignore[assignment]  # a publisher that sends no keyframe
+        old = object()
+        slot.latest, slot.latest_at = old, time.monotonic() - 60  # type: ignore[assignment]
+        assert await slot.fresh_frame(timeout=0.05) is None
+        slot.latest_at = time.monotonic() - 2
+        assert await slot.fresh_frame(timeout=0.05) is old
+    run(scenario())
