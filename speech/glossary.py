@@ -231,8 +231,24 @@ def corrector_for(glossary: Glossary) -> Corrector:
     return Corrector(glossary.terms, glossary.keep)
 
 
+# A signal word right after one of these is denied, not reported: 没有漏水 (no leak), 不太冷 (not too cold),
+# 不是很冷. Words that are themselves a negation (不热, 不达标) are counted wherever they stand.
+_NEGATORS = ("没有", "没", "不是", "不", "并非", "未", "无")
+
+
+def _mentions(text: str, word: str) -> int:
+    """How often `word` occurs in `text`, not counting it where it directly follows a negator."""
+    count, start = 0, 0
+    while (at := text.find(word, start)) >= 0:
+        start = at + len(word)
+        if word.startswith(("不", "没")) or not text[max(0, at - 2):at].endswith(_NEGATORS):
+            count += 1
+    return count
+
+
 def categorize(text: str, glossary: Glossary) -> list[str]:
-    """Work-order categories whose signal words occur in `text`, most mentions first; `other` if none."""
-    hits = {name: sum(text.count(w) for w in words) for name, words in glossary.categories.items()}
+    """Work-order categories whose signal words occur in `text`, most mentions first; `other` if none. A
+    denied mention (没有漏水) does not count: leak and not_warm open a draft work order (speech/jobs.py)."""
+    hits = {name: sum(_mentions(text, w) for w in words) for name, words in glossary.categories.items()}
     found = sorted((name for name, n in hits.items() if n), key=lambda name: -hits[name])
     return found or ["other"]

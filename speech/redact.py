@@ -20,7 +20,7 @@ _SEP = r"[ \-,、]?"  # a dictated number comes in groups: 138 0013 8000, 138-00
 # Digits that are not part of a longer number on either side. Each rule's groups are the digits it masks.
 _ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
                         rf"((?:19|20)[0-9]{{2}}{_SEP}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
-                        rf"{_SEP}([0-9]{{3}})[0-9Xx](?![0-9A-Za-z])")
+                        rf"{_SEP}([0-9]{{3}})[0-9Xx叉](?![0-9A-Za-z])")  # an X is read out 叉 (speech/numbers.py)
 _MOBILE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]{_SEP}([0-9]{{4}}){_SEP}[0-9]{{4}}(?![0-9])")
 # Also read out 4-3-4 (1380 013 8000): the same four digits are hidden, the separator between them stays.
 _MOBILE_434 = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]([0-9]{_SEP}[0-9]{{3}}){_SEP}"
@@ -28,8 +28,8 @@ _MOBILE_434 = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]([0-9]{_
 # Area codes: 010 and 020-029 have three digits, every other (03xx-09xx) four, so 01062345678 is 010 and
 # 6234 5678. With the country code (+86 10 6234 5678, 0086-531-88886666) the trunk 0 is dropped.
 _AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"
-_LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86[ \-]?\(?0?{_AREA}\)?|\(?0{_AREA}\)?)[ \-]?([0-9]{{3,4}})"
-                       r"[ \-]?[0-9]{4}(?![0-9])")
+_LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_SEP}\(?0?{_AREA}\)?|\(?0{_AREA}\)?){_SEP}([0-9]{{3,4}})"
+                       rf"{_SEP}[0-9]{{4}}(?![0-9])")  # dictated in groups as mobiles are: 0531，8888，6666
 # In this order: an ID number holds what looks like a phone number.
 _RULES = (_ID_NUMBER, _MOBILE, _MOBILE_434, _LANDLINE)
 # Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,

@@ -597,3 +597,22 @@ def test_a_page_of_transcripts_costs_the_same_queries_whatever_its_length(
     calls = [t for t in data if t["caller_phone"] is not None]
     assert len(data) == 12 and len(calls) == 6
     assert all(t["caller_phone"].startswith("138****") and t["agent"].startswith("话务员") for t in calls)
+
+
+def test_an_id_number_ending_in_cha_and_a_landline_in_groups_are_masked_for_a_steward(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression: the text pipeline writes a spoken ID number's X as 叉 and a landline read out in groups as
+    0531，8888，6666; neither matched a masking rule, so stewards read both whole (and found them by q)."""
+    from speech.glossary import load_glossary
+    from speech.pipeline import postprocess
+
+    spoken = "身份证三七零一零二一九八五零七一五一二三叉，座机零五三一，八八八八，六六六六"
+    text = postprocess(spoken, language="zh", glossary=load_glossary(None))
+    assert text == "身份证37010219850715123叉，座机0531，8888，6666"
+    t = make_transcript(session, world.steward_a, text + "。", household_id=world.household_a.id)
+    steward, supervisor = world.headers(world.steward_a), world.headers(world.supervisor)
+    shown = api.get(f"/api/v1/transcripts/{t.id}", headers=steward).json()
+    assert shown["text"] == "身份证370102***********叉，座机0531，****，6666。" and shown["redacted"]
+    for q in ("19850715", "8888"):
+        assert api.get("/api/v1/transcripts", headers=steward, params={"q": q}).json()["count"] == 0, q
+        assert api.get("/api/v1/transcripts", headers=supervisor, params={"q": q}).json()["count"] == 1, q
