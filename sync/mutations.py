@@ -234,15 +234,16 @@ def changed_since(spec: SyncTable, row: Any, base: int, client_id: uuid.UUID) ->
     return {name for name, (version, writer) in versions.items() if version > base and writer != me}
 
 
-MAX_VERSION = 2**62
+MAX_VERSION = 2**31 - 1  # row versions are 32-bit columns: a larger base_version is none the row had (and
+# PostgreSQL could not write it in the conflict log: a `deleted` conflict became `rejected` / `constraint`)
 
 
 def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: int | None,
           fields: dict[str, Any]) -> Outcome:
     """Apply one mutation to the session (not flushed); raises `Rejected`."""
     if base_version is not None and not 1 <= base_version <= MAX_VERSION:
-        raise Rejected("invalid_base_version", f"base_version must be a version the row had (1 or more); got "
-                                               f"{base_version}.")
+        raise Rejected("invalid_base_version", f"base_version must be a version the row had (1 to {MAX_VERSION}); "
+                                               f"got {base_version}.")
     if op == "delete":
         return _delete(ctx, spec, id, base_version)
     if op not in ("upsert", "update"):
@@ -345,6 +346,8 @@ def _update(ctx: Context, spec: SyncTable, row: Any, base: int, fields: dict[str
             conflicts.append(ConflictEntry(name, "field", current, value, winner))
             if winner == "device":
                 effective[name] = value
+            elif name in rules.pinned:  # the server's value stays, and is still named: a priority or category
+                pinned[name] = current  # changed in the same mutation must not move the SLA it kept
         else:
             effective[name] = value
     try:

@@ -26,7 +26,7 @@ from api.fieldwork.models import (
     check_visit_length,
     not_in_future,
 )
-from api.network.models import Household, HouseholdUpdate
+from api.network.models import Household, HouseholdUpdate, not_null
 from api.notes.models import Note, NoteCreate, NoteKind
 from api.schemas import UtcDatetime
 from api.users.models import Role, User
@@ -115,6 +115,7 @@ class NoteUpdate(BaseModel):
     recorded_at: UtcDatetime | None = None  # as NoteCreate: refused at validation when it has no UTC equivalent
 
     _not_in_future = field_validator("recorded_at")(not_in_future)
+    _not_null = field_validator("kind", "duration_s", "recorded_at")(not_null)  # columns that hold a value
 
 
 @dataclass

@@ -565,11 +565,45 @@ def test_one_base_version_out_of_range_rejects_that_mutation_only(district: Dist
     reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0)
     bad = [{"mutation_id": 2 + n, "table": "visits", "op": op, "id": str(district.visit1.id), "base_version": v,
             "fields": {"actions": "x"} if op == "update" else {}}
-           for n, (op, v) in enumerate((("update", 0), ("update", -3), ("delete", 2**63), ("update", 2**70)))]
+           for n, (op, v) in enumerate((("update", 0), ("update", -3), ("delete", 2**63), ("update", 2**70),
+                                        ("update", 2**31)))]  # past the 32-bit version column
+    # Regression: on PostgreSQL an upsert of a missing row with base_version 3,000,000,000 failed writing its
+    # `deleted` conflict line (a 32-bit column): `rejected` / `constraint`. No row ever had that version.
+    bad.append({"mutation_id": 7, "table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
+                "base_version": 3_000_000_000, "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}})
     answer = d.send(d.push_body(d.queue + bad))
-    assert _statuses(answer) == [("applied", None)] + [("rejected", "invalid_base_version")] * 4
+    assert _statuses(answer) == [("applied", None)] + [("rejected", "invalid_base_version")] * 6
     assert session.get(Reading, uuid.UUID(reading)) is not None
     assert session.get(Visit, district.visit1.id) is not None
+
+
+def test_an_sla_the_server_kept_in_a_conflict_is_not_moved_by_the_devices_priority(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression: when the office's SLA won a conflict, a priority change in the same mutation computed a new
+    SLA that neither side had set, while the answer said the server kept it."""
+    order = str(district.wo1.id)
+    office = device(district.supervisor)
+    office.pull()
+    kept = "2030-06-01T00:00:00.000000+00:00"
+    assert client.patch(f"/api/v1/work-orders/{order}", json={"sla_due_at": kept},
+                        headers=district.headers(district.supervisor)).status_code == 200
+    office.update("work_orders", order, priority="urgent", sla_due_at="2031-01-01T00:00:00.000000+00:00")
+    result = office.push()["results"][0]
+    assert (result["status"], result["reason"]) == ("conflict", "field_conflict")
+    assert "the server kept sla_due_at" in result["message"]
+    assert result["record"]["priority"] == "urgent" and _ts(result["record"]["sla_due_at"]) == _ts(kept)
+
+
+def test_a_null_note_field_is_an_invalid_value_not_a_database_error(district: District,
+                                                                    device: Callable[..., Device]) -> None:
+    """Regression: null kind, duration or time of a note passed validation and the NOT NULL column refused
+    it: `rejected` / `constraint` with the database's text."""
+    phone = device(district.steward1)
+    phone.pull()
+    for name in ("kind", "duration_s", "recorded_at"):
+        phone.update("notes", str(district.note1.id), **{name: None})
+    answer = phone.push()
+    assert _statuses(answer) == [("rejected", "invalid_value")] * 3
 
 
 def test_an_upsert_with_an_id_taken_outside_the_scope_is_refused(district: District,
