@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import io
-import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +75,30 @@ def _frames(container: Any, stream: Any, damage: _Damage) -> Iterator[Any]:
         yield from frames
 
 
+# Errors of the moment, not of the recording: out of file descriptors or memory, an I/O error of a network
+# store, a permission to fix. Passed on as they are (not AudioDecodeError, which fails a job for good).
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EIO, errno.EACCES, errno.EAGAIN, errno.ENOMEM})
+
+
+def _resampled(frames: Iterator[Any], sample_rate: int) -> Iterator[Any]:
+    """`frames` as s16 mono at `sample_rate`. A recording whose format changes midway (two recordings joined
+    end to end, `cat a.mp3 b.mp3`, at other rates or channel counts) gets a new resampler at each change,
+    after the old one is flushed: one resampler refused the second part ("Frame does not match")."""
+    import av
+
+    resampler, setup = None, None
+    for frame in frames:
+        kind = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if resampler is not None and kind != setup:
+            yield from resampler.resample(None)
+            resampler = None
+        if resampler is None:
+            resampler, setup = av.AudioResampler(format="s16", layout="mono", rate=sample_rate), kind
+        yield from resampler.resample(frame)
+    if resampler is not None:
+        yield from resampler.resample(None)
+
+
 def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SAMPLE_RATE,
                  max_duration_s: float | None = None) -> np.ndarray:
     """The first audio stream of `source` as mono float32 samples in [-1, 1] at `sample_rate`.
@@ -109,24 +133,28 @@ def decode_audio(source: str | Path | bytes | BinaryIO, *, sample_rate: int = SA
             # Sized from the header when it has one (one second spare), else grown as samples come.
             buffer = np.empty(min(int((declared or 60) * sample_rate) + sample_rate, max_samples + 1),
                               dtype=np.float32)
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-            for frame in itertools.chain(_frames(container, stream, damage), [None]):  # None: flush the resampler
-                for out in resampler.resample(frame):
-                    # s16, as faster-whisper decodes, so that the samples are the same as its own
-                    chunk = out.to_ndarray().reshape(-1)
-                    if filled + chunk.size > max_samples:
-                        raise _too_long(name, None, max_duration_s)
-                    if filled + chunk.size > buffer.size:
-                        # realloc: a large block grows in place (mremap), not copied beside the old one
-                        buffer.resize(min(max(filled + chunk.size, buffer.size * 3 // 2), max_samples + 1),
-                                      refcheck=False)
-                    buffer[filled:filled + chunk.size] = chunk
-                    filled += chunk.size
+            for out in _resampled(_frames(container, stream, damage), sample_rate):
+                # s16, as faster-whisper decodes, so that the samples are the same as its own
+                chunk = out.to_ndarray().reshape(-1)
+                if filled + chunk.size > max_samples:
+                    raise _too_long(name, None, max_duration_s)
+                if filled + chunk.size > buffer.size:
+                    # realloc: a large block grows in place (mremap), not copied beside the old one
+                    buffer.resize(min(max(filled + chunk.size, buffer.size * 3 // 2), max_samples + 1),
+                                  refcheck=False)
+                buffer[filled:filled + chunk.size] = chunk
+                filled += chunk.size
     except AudioDecodeError:
         raise
     except FileNotFoundError as exc:
         raise AudioDecodeError(f"{name}: file not found") from exc
-    except (av.error.FFmpegError, ValueError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:  # the machine, not the file: a retry may read it (the worker retries)
+            raise
+        reason = exc.strerror or str(exc)
+        raise AudioDecodeError(f"{name}: cannot decode audio ({reason}); the file is corrupt or not a "
+                               "supported format") from exc
+    except (av.error.FFmpegError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise AudioDecodeError(f"{name}: cannot decode audio ({reason}); the file is corrupt or not a "
                                "supported format") from exc

