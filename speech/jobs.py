@@ -339,6 +339,7 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
         draft_id = transcript.draft_work_order_id
         if settings.speech_draft_work_orders:
             draft_id = _open_draft_work_order(session, settings, note, categories, masked) or draft_id
+            sequence_first(session)  # the draft's commit let go of it: again before the transcript's row lock
         if not _record(session, transcript_id, attempt, "transcribed", status=TranscriptState.transcribed,
                        failure_reason=None, lease_until=None, engine=result.engine, model=result.model,
                        language=result.language, duration_s=result.duration, text=result.text, segments=segments,

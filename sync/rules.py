@@ -264,7 +264,7 @@ def create_note(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Note:
     data: NoteCreate = validate(NoteCreate, fields | {"id": id})
     # As in REST: every link names the same household, the first one fixes it for the others.
     household_id = data.household_id
-    if household_id is not None:
+    if household_id is not None and data.work_order_id is None and data.visit_id is None:  # else: the links'
         _visible_household(ctx, household_id)
     if data.work_order_id is not None:
         household_id = _visible_order(ctx, data.work_order_id, household_id).household_id

@@ -31,7 +31,9 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
     # Every link names the same household: the first one fixes it for the others (also when
     # `household_id` itself is left out, a visit and a work order must agree).
     household_id = data.household_id
-    if household_id is not None:
+    if household_id is not None and data.work_order_id is None and data.visit_id is None:
+        # Named with a visit or an order, the household need only be theirs (checked below): a steward covering
+        # an order outside the grid notes its visit as a reading of it may be recorded.
         get_household(session=session, user=user, id=household_id)
     if data.work_order_id is not None:
         order = work_orders.get(session=session, user=user, id=data.work_order_id)

@@ -163,3 +163,26 @@ def test_a_note_dated_years_ahead_is_refused_like_a_reading(client: TestClient, 
     body = _body(household_id=str(world.household_a.id), recorded_at="2099-01-01T00:00:00Z")
     assert_error(client.post(API, json=body, headers=world.headers(world.steward_a)), 422, "validation_error")
     assert count_rows(session, Note) == 0
+
+
+def test_a_covering_steward_notes_their_visit_naming_its_household_as_a_reading_may(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: a note naming the household outside the grid beside the covered order or its visit was 404
+    (REST) and out_of_scope (sync), though a reading with the same links was recorded."""
+    order = make_work_order(session, world.household_b, status=Status.in_progress, assignee=world.steward_a)
+    visit = make_visit(session, world.household_b, world.steward_a, work_order_id=order.id)
+    h = world.headers(world.steward_a)
+    reading = client.post("/api/v1/readings", json={"household_id": str(world.household_b.id),
+                                                    "visit_id": str(visit.id), "temp_c": 16.5,
+                                                    "taken_at": "2025-12-01T09:00:00Z"}, headers=h)
+    assert reading.status_code == 201, reading.text
+    for links in ({"household_id": str(world.household_b.id), "visit_id": str(visit.id)},
+                  {"household_id": str(world.household_b.id), "work_order_id": str(order.id)}):
+        r = client.post(API, json=_body(**links), headers=h)
+        assert r.status_code == 201, (links, r.text)
+        assert r.json()["household_id"] == str(world.household_b.id)
+    before = db_state(session)  # the household alone is still checked, and must be the links' household
+    assert_error(client.post(API, json=_body(household_id=str(world.household_b.id)), headers=h), 404, "not_found")
+    assert_error(client.post(API, json=_body(household_id=str(world.household_a.id), visit_id=str(visit.id)),
+                             headers=h), 422, "household_mismatch")
+    assert db_state(session) == before

@@ -5,8 +5,10 @@ arrived is queued, and no stale worker or promoter overwrites what came after it
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,8 +26,10 @@ from speech.models import CallMetadata, Transcript, TranscriptState, TranscriptU
 from speech.pipeline import Pipeline
 from speech.pipeline import Transcript as Result
 from speech.storage import store_audio
+from sync.tracking import allocate_seq
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import bundled_model_dir
+from tests.utils.asserts import someone_waits_for_a_lock
 from tests.utils.factories import World, make_note, make_world
 
 LEAK = (FIXTURES / "leak_report.wav").read_bytes()
@@ -365,3 +369,53 @@ def test_the_last_error_is_kept_when_a_job_runs_out_of_attempts_on_a_crash(
     assert transcript.status == TranscriptState.failed and transcript.failure_reason is not None
     assert "the last one interrupted" in transcript.failure_reason
     assert "RuntimeError: the model fell over" in transcript.failure_reason, transcript.failure_reason
+
+
+def test_a_call_that_opens_a_draft_while_its_note_is_deleted_is_not_a_deadlock(
+        engine: Engine, session: Session, settings: Settings, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the draft work order's commit let go of the change sequence, and the transcript's row was
+    then locked before the note's flush took the sequence again: a push deleting the note at that moment (the
+    sequence, then the row) deadlocked on PostgreSQL."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    world: World = make_world(session, settings)
+    meta = CallMetadata.model_validate({"caller_phone": "13800138000", "started_at": "2025-11-29T08:00:00+08:00",
+                                        "agent": "a", "household_id": str(world.household_a.id)})
+    tid = speech_service.create_call(session=session, settings=settings, user=world.supervisor, metadata=meta,
+                                     audio=(FIXTURES / "leak_report.wav").read_bytes()).id
+    attempt = jobs.claim(engine, tid)
+    assert attempt
+    seg = SimpleNamespace(start=0.0, end=2.0, text="暖气漏水了", avg_logprob=-0.2, no_speech_prob=0.01)
+    result = SimpleNamespace(segments=[seg], text="暖气漏水了", engine="e", model="m", language="zh", duration=2.0)
+    row_written = threading.Event()
+    real = jobs._note_status
+
+    def after_the_row(s: Any, transcript_id: Any, status: Any) -> Any:  # transcript row written (locked) here
+        row_written.set()
+        assert someone_waits_for_a_lock(engine)  # the delete waits for it
+        return real(s, transcript_id, status)
+
+    monkeypatch.setattr(jobs, "_note_status", after_the_row)
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["state"] = jobs._complete(engine, settings, tid, attempt, result)
+        except Exception as exc:
+            out["error"] = repr(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert row_written.wait(10)
+    deleted: dict[str, Any] = {}
+    try:
+        with Session(engine) as s:  # what a push deleting the note does: the sequence first, then the delete
+            allocate_seq(s)
+            s.delete(s.get(Note, tid))
+            s.commit()
+    except Exception as exc:
+        deleted["error"] = repr(exc)
+    thread.join(30)
+    assert "error" not in out and "error" not in deleted, (out, deleted)
+    with Session(engine) as s:
+        assert s.get(Transcript, tid) is None

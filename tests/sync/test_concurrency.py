@@ -16,6 +16,7 @@ from api.db import utcnow
 from api.fieldwork.models import Reading, Visit
 from tests.sync.conftest import District
 from tests.sync.device import Device
+from tests.utils.asserts import someone_waits_for_a_lock
 
 T0 = "2026-12-01T08:00:00+00:00"
 
@@ -154,23 +155,6 @@ def test_a_rest_move_and_a_push_of_the_same_order_at_once_both_answer(
     assert push["results"][0].get("reason") not in ("constraint", "server_error"), push
 
 
-def _someone_waits_for_a_lock(engine: Engine, timeout: float = 10.0) -> bool:
-    """Poll PostgreSQL until a backend of this database waits on a lock."""
-    import time
-
-    from sqlalchemy import text
-
-    deadline = time.monotonic() + timeout
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        while time.monotonic() < deadline:
-            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                 "AND wait_event_type = 'Lock'")).scalar_one():
-                return True
-            time.sleep(0.01)
-    return False
-
-
 def test_a_grid_change_while_the_steward_pushes_is_not_a_deadlock(
         district: District, device: Callable[..., Device], client: Any, engine: Engine, backend: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,7 +171,7 @@ def test_a_grid_change_while_the_steward_pushes_is_not_a_deadlock(
 
     def values_while_the_admin_waits(ctx: Any, id: Any, fields: Any) -> Any:  # the push holds the sequence
         push_has_seq.set()
-        assert _someone_waits_for_a_lock(engine)  # the admin's request is blocked now
+        assert someone_waits_for_a_lock(engine)  # the admin's request is blocked now
         return real_values(ctx, id, fields)
 
     phone = device(district.steward1, "phone")
@@ -239,7 +223,7 @@ def test_a_correction_while_the_owner_deletes_the_note_is_not_a_deadlock(
 
     def after_the_row(session: Any, transcript: Any) -> Any:  # the transcript's row is written (locked) here
         row_written.set()
-        assert _someone_waits_for_a_lock(engine)  # the push waits now
+        assert someone_waits_for_a_lock(engine)  # the push waits now
         return real_sync_note_text(session, transcript)
 
     monkeypatch.setattr(speech_service, "_sync_note_text", after_the_row)

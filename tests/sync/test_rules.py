@@ -16,6 +16,22 @@ def _note(**links: str) -> dict[str, Any]:
     return {"audio_sha256": "b" * 64, "duration_s": 2.0, "recorded_at": datetime.now(UTC).isoformat(), **links}
 
 
+def test_a_covering_steward_pushes_a_note_naming_the_household_beside_its_order(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression: a note naming the household outside the grid beside the order its steward covers was
+    rejected out_of_scope (the household was checked alone); REST and readings take the same links."""
+    d = district
+    assert client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward1.id)},
+                       headers=d.headers(d.supervisor)).status_code == 200
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    assert str(d.h3a.id) not in phone.rows["households"]  # outside the grid: only the order is theirs
+    phone.create("notes", **_note(household_id=str(d.h3a.id), work_order_id=str(d.wo3.id)))
+    phone.create("notes", **_note(household_id=str(d.h3a.id)))  # the household alone is still out of scope
+    assert [(r["status"], r["reason"]) for r in phone.push()["results"]] == [("applied", None),
+                                                                              ("rejected", "out_of_scope")]
+
+
 def test_a_pushed_note_stores_the_household_its_links_name_as_rest_does(
         client: TestClient, district: District, device: Callable[..., Device]) -> None:
     """Regression: sync's create checked the visit's (or work order's) household and dropped it; REST stores

@@ -6,7 +6,7 @@ import uuid
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, select
 
 from api.tables import metadata
@@ -50,3 +50,20 @@ def db_state(session: Session) -> dict[str, tuple[int, int]]:
         count, total = session.execute(select(func.count(), versions).select_from(table)).one()
         state[table.name] = (int(count), int(total))
     return state
+
+
+def someone_waits_for_a_lock(engine: Engine, timeout: float = 10.0) -> bool:
+    """Poll PostgreSQL until a backend of this database waits on a lock."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        while time.monotonic() < deadline:
+            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND wait_event_type = 'Lock'")).scalar_one():
+                return True
+            time.sleep(0.01)
+    return False
