@@ -231,9 +231,11 @@ def corrector_for(glossary: Glossary) -> Corrector:
     return Corrector(glossary.terms, glossary.keep)
 
 
-# A signal word right after one of these is denied, not reported: 没有漏水 (no leak), 不太冷 (not too cold),
-# 不是很冷. Words that are themselves a negation (不热, 不达标) are counted wherever they stand.
+# A symptom's signal word right after one of these is denied, not reported: 没有漏水 (no leak), 不太冷 (not too
+# cold), 不是很冷. Words that are themselves a negation (不热, 不达标) are counted wherever they stand. Only
+# the symptoms: billing calls are mostly put negatively (没交费, 为什么不退费, 没报停) and are still billing.
 _NEGATORS = ("没有", "没", "不是", "不", "并非", "未", "无")
+NEGATABLE = frozenset({"leak", "not_warm", "noise"})
 
 
 def _mentions(text: str, word: str) -> int:
@@ -248,7 +250,8 @@ def _mentions(text: str, word: str) -> int:
 
 def categorize(text: str, glossary: Glossary) -> list[str]:
     """Work-order categories whose signal words occur in `text`, most mentions first; `other` if none. A
-    denied mention (没有漏水) does not count: leak and not_warm open a draft work order (speech/jobs.py)."""
-    hits = {name: sum(_mentions(text, w) for w in words) for name, words in glossary.categories.items()}
+    denied symptom (没有漏水) does not count: leak and not_warm open a draft work order (speech/jobs.py)."""
+    hits = {name: sum(_mentions(text, w) if name in NEGATABLE else text.count(w) for w in words)
+            for name, words in glossary.categories.items()}
     found = sorted((name for name, n in hits.items() if n), key=lambda name: -hits[name])
     return found or ["other"]

@@ -28,8 +28,11 @@ _MOBILE_434 = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]([0-9]{_
 # Area codes: 010 and 020-029 have three digits, every other (03xx-09xx) four, so 01062345678 is 010 and
 # 6234 5678. With the country code (+86 10 6234 5678, 0086-531-88886666) the trunk 0 is dropped.
 _AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"
-_LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_SEP}\(?0?{_AREA}\)?|\(?0{_AREA}\)?){_SEP}([0-9]{{3,4}})"
-                       rf"{_SEP}[0-9]{{4}}(?![0-9])")  # dictated in groups as mobiles are: 0531，8888，6666
+# Dictated in groups as mobiles are (0531，8888，6666), but not with 、, which lists items: 0401、0402、0501 are
+# rooms, not a number.
+_LSEP = r"[ \-,]?"
+_LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_LSEP}\(?0?{_AREA}\)?|\(?0{_AREA}\)?){_LSEP}([0-9]{{3,4}})"
+                       rf"{_LSEP}[0-9]{{4}}(?![0-9])")
 # In this order: an ID number holds what looks like a phone number.
 _RULES = (_ID_NUMBER, _MOBILE, _MOBILE_434, _LANDLINE)
 # Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,

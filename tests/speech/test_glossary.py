@@ -108,6 +108,10 @@ def test_the_bundled_glossary_is_general_heating_vocabulary() -> None:
     ("不是很冷，也没漏水", ["other"]),
     ("昨天没漏水，今天漏水了", ["leak"]),  # the later mention still counts
     ("屋里还是不热，不达标", ["not_warm"]),  # words that are themselves a negation count
+    # ... and billing is billing however it is put (a review of the change above)
+    ("我家还没交费，能先供暖吗", ["billing"]),
+    ("为什么不退费", ["billing"]),
+    ("我们没报停，怎么把暖气停了", ["billing"]),
 ])
 def test_categorize(text: str, categories: list[str]) -> None:
     assert categorize(text, load_glossary()) == categories

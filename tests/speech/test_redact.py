@@ -36,7 +36,6 @@ from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts,
     ("身份证37010219850715123叉", "身份证370102***********叉"),
     ("座机0531，8888，6666", "座机0531，****，6666"),
     ("座机0531，88886666", "座机0531，****6666"),
-    ("座机0531、8888、6666。", "座机0531、****、6666。"),
 ])
 def test_personal_numbers_are_masked(text: str, masked: str) -> None:
     assert redact_text(text) == masked
@@ -44,6 +43,7 @@ def test_personal_numbers_are_masked(text: str, masked: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["工单号2025110803", "3号楼2单元501室", "温度16度", "热线96133",
+                                  "3号楼0401、0402、0501都不热",  # a list of rooms read out, not a landline
                                   "12345678901234567890", "１２３４５６７８９０１２３４５６７８９", "工单号００１２３"])
 def test_other_numbers_stay(text: str) -> None:
     assert redact_text(text) == text
