@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-HOST   ?= $(or $(STEWARD_HOST),127.0.0.1)
-PORT   ?= $(or $(STEWARD_PORT),8000)
+# `make run HOST=0.0.0.0 PORT=8080` overrides; otherwise `steward serve` takes STEWARD_HOST/STEWARD_PORT from the
+# environment or .env (default 127.0.0.1:8000), as every other setting.
+HOST   ?=
+PORT   ?=
 # The slowest tests are listed at the end of every run, so a suite that creeps towards CI's time limit shows where.
 PYTEST_ARGS ?= --durations=20
 
@@ -24,7 +26,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/steward db upgrade
-	$(BIN)/steward serve --host $(HOST) --port $(PORT)
+	$(BIN)/steward serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 migrate: $(VENV)/.installed
 	$(BIN)/steward db upgrade

@@ -19,7 +19,7 @@ from api.db import WalCheckpointer, make_engine, sqlite_file
 from api.deps import known_query_parameters
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.fieldwork.views import router as fieldwork_router
-from api.middleware import BodyLimitMiddleware, GZipResponses, MetricsMiddleware
+from api.middleware import BodyLimitMiddleware, CutAtShutdown, GZipResponses, MetricsMiddleware
 from api.network.views import router as network_router
 from api.notes.views import router as notes_router
 from api.notices.sms import SmsSender, make_sender
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         app.add_middleware(GZipResponses, minimum_size=GZIP_MIN_BYTES, compresslevel=settings.gzip_level,
                            exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"))
     app.add_middleware(MetricsMiddleware, registry=registry)
+    app.add_middleware(CutAtShutdown)  # the outermost of ours: whatever the cut request was doing
     install_error_handlers(app)
     app.include_router(api_router())
     app.include_router(video_router)

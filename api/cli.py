@@ -96,11 +96,31 @@ def _database_errors(settings: Settings) -> Iterator[None]:
                     f"({_one_line(exc)})", 2) from exc
 
 
+def _missing_sqlite_file(settings: Settings) -> bool:
+    """Whether the configured database is a SQLite file that does not exist (opening it would create it, and
+    the directories above it, at a mistyped path)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.resolved_database_url)
+    except (ArgumentError, ValueError):  # `_database` says what is wrong with it
+        return False
+    path = Path(url.database or "")
+    return (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+            and not path.exists() and not any(parent.is_file() for parent in path.parents))
+
+
 @contextmanager
-def _database(settings: Settings) -> Iterator[Engine]:
-    """The configured database's engine, disposed on the way out; its errors as in `_database_errors`."""
+def _database(settings: Settings, *, create: bool = False) -> Iterator[Engine]:
+    """The configured database's engine, disposed on the way out; its errors as in `_database_errors`. Only
+    `create` (`db upgrade`) makes a SQLite file that is not there: every other command refuses, in one line,
+    rather than leave an empty database at a mistyped path."""
     from api.db import make_engine
 
+    if not create and _missing_sqlite_file(settings):
+        raise _fail(f"Cannot use the database {_database_name(settings)}: there is no such file: run "
+                    "`steward db upgrade` first, or check STEWARD_DATABASE_URL / STEWARD_DATA_DIR.", 2)
     with _database_errors(settings):
         engine = make_engine(settings)
         try:
@@ -130,7 +150,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
     from api import migrate
 
     settings = _settings()
-    with _database(settings) as engine:
+    with _database(settings, create=True) as engine:
         before = migrate.current_revision(engine)
         try:
             migrate.upgrade(engine, revision)
@@ -148,19 +168,10 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and of the code."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     from api import migrate
 
     settings = _settings()
-    try:
-        url = make_url(settings.resolved_database_url)
-    except (ArgumentError, ValueError):  # `_database` says what is wrong with it
-        url = None
-    path = Path(url.database or "") if url is not None else Path()
-    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not path.exists() and not any(parent.is_file() for parent in path.parents):
+    if _missing_sqlite_file(settings):
         # A question, not a command: it created the directory and an empty file at a mistyped path, after
         # which `serve` called the database empty instead of missing.
         typer.echo(json.dumps({"database": None, "code": migrate.head_revision(), "exists": False}))
@@ -225,7 +236,8 @@ def create_user(
 def demo_data(
     households: Annotated[int, typer.Option(min=1, max=5_000_000, help="How many households.")] = 2000,
     stewards: Annotated[int, typer.Option(min=1, max=10_000, help="How many stewards (one grid each).")] = 4,
-    password: Annotated[str, typer.Option(help="Password of every demo user.")] = "steward-demo",
+    password: Annotated[str | None, typer.Option(help="Password of every demo user (default: "
+                                                      "STEWARD_DEMO_PASSWORD, itself steward-demo).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 1,
 ) -> None:
     """Seed a realistic district (stations, buildings, households, users, open work orders)."""
@@ -233,6 +245,7 @@ def demo_data(
     from api.settings import DEMO_PASSWORD
 
     settings = _settings()
+    password = settings.demo_password if password is None else password
     if settings.env != "dev" and password == DEMO_PASSWORD:  # as STEWARD_DEMO=1 is refused (api/settings.py)
         raise _fail("Outside dev mode the demo users need a password of your own: --password '<at least 8 "
                     "chars>' (the default is published in the README, and one of the users is an admin).", 2)

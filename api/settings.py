@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -383,6 +384,10 @@ def describe_problem(exc: ValueError) -> str:
     """A settings error as one line naming each variable and what is wrong, never the values: pydantic's own
     message quotes the input, which printed the secret key and the SMS gateway's key to the terminal."""
     if not isinstance(exc, ValidationError):
+        # pydantic-settings' own (a complex setting that is not JSON) names the field, not the variable
+        parsed = re.fullmatch(r'error parsing value for field "(\w+)" from source "\w+"', str(exc))
+        if parsed:
+            return f"STEWARD_{parsed.group(1).upper()}: not valid JSON (write it as a JSON object or list)"
         return str(exc)
     problems = []
     for error in exc.errors(include_input=False, include_url=False):

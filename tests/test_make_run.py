@@ -48,3 +48,17 @@ def test_make_run_serves_healthz_on_an_empty_data_dir(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=30)
     # On an empty database the server says how to create the first admin.
     assert "create-user" in output
+
+
+def test_make_run_leaves_host_and_port_to_the_settings_unless_given(tmp_path: Path) -> None:
+    """Regression: `make run` passed --host 127.0.0.1 --port 8000 itself, so STEWARD_HOST/STEWARD_PORT in .env
+    (which the README says is read) were overridden. `make -n` prints the command without running it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_") and k not in ("HOST", "PORT")}
+
+    def serve_line(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "run", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True).stdout
+        return next(line for line in out.splitlines() if "steward serve" in line)
+
+    assert "--host" not in serve_line() and "--port" not in serve_line()  # steward serve reads .env itself
+    assert serve_line("HOST=0.0.0.0", "PORT=18999").split()[-4:] == ["--host", "0.0.0.0", "--port", "18999"]

@@ -276,6 +276,19 @@ def test_demo_data_outside_dev_mode_needs_a_password_of_its_own(data_dir: Path,
     assert json.loads(own.stdout)["households"] == 10
 
 
+def test_demo_data_takes_the_password_of_the_settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: STEWARD_DEMO_PASSWORD, documented as the demo users' password, was ignored by `demo-data`,
+    which gave them steward-demo; outside dev mode it then refused and asked for --password."""
+    monkeypatch.setenv("STEWARD_ENV", "production")
+    monkeypatch.setenv("STEWARD_SECRET_KEY", "p" * 40)
+    monkeypatch.setenv("STEWARD_DEMO_PASSWORD", "my-own-secret")
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["demo-data", "--households", "10", "--stewards", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["password"] == "my-own-secret"
+
+
 def test_serve_with_a_demo_that_cannot_load_is_one_line(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: STEWARD_DEMO=1 on a database with stations but no users was a 44-line DemoError traceback."""
     import uvicorn
@@ -421,6 +434,11 @@ def test_sigterm_reaches_the_shutdown_while_a_client_uploads_slowly(tmp_path: Pa
                            b"username=admin&pass")
             time.sleep(0.5)  # the app is reading the body
             server.send_signal(signal.SIGTERM)
+            upload.settimeout(15)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := upload.recv(4096):
+                    answer += chunk
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=10)  # 1 s of grace, then the shutdown
     finally:
@@ -430,6 +448,11 @@ def test_sigterm_reaches_the_shutdown_while_a_client_uploads_slowly(tmp_path: Pa
     log.seek(0)
     output = log.read()
     assert "Application shutdown complete" in output, output
+    # Regression: the cut request was answered a plain-text 500, and a 70-line traceback was logged for it.
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 5" in head.lower(), answer
+    assert json.loads(body)["detail"]["code"] == "shutting_down"
+    assert "Exception in ASGI application" not in output and "cut by the shutdown: answered 503" in output, output
 
 
 @pytest.mark.parametrize("args", [
@@ -483,3 +506,20 @@ def test_db_upgrade_to_an_older_revision_says_it_never_goes_back(data_dir: Path)
     assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
     again = runner.invoke(app, ["db", "upgrade", head])  # naming the revision it is at is fine
     assert again.exit_code == 0 and f"{head} -> {head}" in again.stdout
+
+
+@pytest.mark.parametrize("args", [["db", "restored"], ["proactive", "run"], ["blobs", "sweep"], ["demo-data"],
+                                  ["create-user", "--username", "admin", "--password", "long-enough", "--role",
+                                   "admin"]])
+def test_commands_do_not_create_a_mistyped_database(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    args: list[str]) -> None:
+    """Regression: as `db current` once did, these commands created the directory and an empty database at a
+    mistyped SQLite path before refusing it; only `db upgrade` creates one."""
+    missing = data_dir / "typo" / "steward.db"
+    monkeypatch.setenv("STEWARD_DATABASE_URL", f"sqlite:///{missing}")
+    get_settings.cache_clear()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert str(missing) in line and "steward db upgrade" in line
+    assert not missing.exists() and not missing.parent.exists()

@@ -150,3 +150,17 @@ def test_an_empty_data_dir_is_the_default(monkeypatch: pytest.MonkeyPatch) -> No
 def test_a_short_demo_password_is_refused_with_the_settings() -> None:
     with pytest.raises(ValidationError, match="demo_password"):
         Settings(demo_password="pilot1")
+
+
+def test_a_setting_that_is_not_json_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: pydantic-settings' error named the field (`sla_hours_by_category`) and its source, not the
+    variable to fix, though the README promises one line naming the setting."""
+    from pydantic_settings import SettingsError
+
+    from api.settings import describe_problem
+
+    monkeypatch.setenv("STEWARD_SLA_HOURS_BY_CATEGORY", "{bad")
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    assert describe_problem(caught.value) == "STEWARD_SLA_HOURS_BY_CATEGORY: not valid JSON (write it as a JSON " \
+                                             "object or list)"
