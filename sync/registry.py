@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Enum, String, Table, Uuid, cast, false, func, or_, true, type_coerce
+from sqlalchemy import ColumnElement, Enum, String, Table, Uuid, and_, cast, false, func, or_, true, type_coerce
 from sqlmodel import Session, col, select
 
 from api import access
@@ -224,9 +224,15 @@ TABLES: tuple[SyncTable, ...] = (
               lambda k: or_(col(Campaign.station_id).in_(
                   select(Building.station_id).where(col(Building.id).in_(k.buildings))),
                   col(Campaign.station_id).in_(k.stations))),
+    # A delivery is seen with its campaign (as REST's `get_campaign` asks): a building moved to another station
+    # takes its households' deliveries of the old station's campaigns off the handheld (the `station` scope
+    # event of the move names both stations).
     SyncTable("campaign_deliveries", CampaignDelivery,
-              lambda u: access.household_clause(u, CampaignDelivery.household_id),
-              lambda k: col(CampaignDelivery.household_id).in_(_households_of(k))),
+              lambda u: and_(access.household_clause(u, CampaignDelivery.household_id),
+                             col(CampaignDelivery.campaign_id).in_(select(Campaign.id).where(campaign_clause(u)))),
+              lambda k: or_(col(CampaignDelivery.household_id).in_(_households_of(k)),
+                            col(CampaignDelivery.campaign_id).in_(
+                                select(Campaign.id).where(col(Campaign.station_id).in_(k.stations))))),
 )
 BY_NAME = {t.name: t for t in TABLES}
 BY_MODEL: dict[type[Any], SyncTable] = {t.model: t for t in TABLES}

@@ -115,7 +115,10 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
     snapshots; and the household's indoor readings around it for the chart. Numbers are masked for users
     without the view_pii right."""
     order = work_orders.get(session=session, user=user, id=id)
-    household = session.get(Household, order.household_id)
+    # In the user's scope, as everywhere: a steward covering an order outside the grid sees the order, not the
+    # household's record (its fields stay empty, as GET /households/{id} answers 404 and sync sends none).
+    household = session.exec(select(Household).where(
+        Household.id == order.household_id, access.building_clause(user, Household.building_id))).first()
     building = session.get(Building, household.building_id) if household else None
     station = session.get(Station, building.station_id) if building else None
 

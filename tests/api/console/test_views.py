@@ -270,6 +270,22 @@ def test_the_timeline_masks_a_local_household_number_for_a_steward(client: TestC
     assert client.get(url, headers=world.headers(world.supervisor)).json()["household"]["phone"] == "88886666"
 
 
+def test_the_timeline_of_a_covered_order_keeps_the_household_outside_the_grid(client: TestClient, session: Session,
+                                                                             world: World) -> None:
+    """Regression: the timeline read the household without scope, so a steward covering an order outside the
+    grid read its resident's name, address and phone there, while GET /households/{id} answered 404 and sync
+    sent no household."""
+    covering = make_work_order(session, world.household_b, status=Status.assigned, assignee=world.steward_a)
+    h = world.headers(world.steward_a)
+    assert client.get(f"/api/v1/households/{world.household_b.id}", headers=h).status_code == 404
+    r = client.get(f"{API}/work-orders/{covering.id}/timeline", headers=h)
+    assert r.status_code == 200, r.text
+    assert "李桂兰" not in r.text and r.json()["household"]["id"] is None
+    assert r.json()["work_order"]["id"] == str(covering.id)
+    office = client.get(f"{API}/work-orders/{covering.id}/timeline", headers=world.headers(world.supervisor))
+    assert office.json()["household"]["resident_name"] == "李桂兰"
+
+
 # --- dashboard ----------------------------------------------------------------------------------------------
 
 

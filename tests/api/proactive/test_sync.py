@@ -43,3 +43,27 @@ def test_campaigns_and_delivery_status_reach_the_stewards_handheld(client: TestC
     r = client.post("/api/v1/sync/push", json=body, headers=world.headers(world.steward_a))
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["status"] == "rejected"
+
+
+def test_deliveries_go_with_their_campaign_when_a_building_moves_station(client: TestClient, session: Session,
+                                                                         world: World) -> None:
+    """Regression: a delivery was sent to a handheld by its household alone. Once the building moved to another
+    station, REST answered 404 for the campaign and its deliveries, and the campaign left the handheld, but its
+    delivery rows (phone and SMS text) stayed there and reached a new handheld too."""
+    campaign = create_campaign(client, world)
+    office = world.headers(world.supervisor)
+    assert client.post(f"{API}/campaigns/{campaign['id']}/send", headers=office).status_code == 200
+    h = world.headers(world.steward_a)
+    held = Device(http=client, headers=h, name="held")
+    held.pull()
+    assert held.rows["campaign_deliveries"]  # the grid's households' status, before the move
+    r = client.patch(f"/api/v1/buildings/{world.building_a.id}", json={"station_id": str(make_station(session).id)},
+                     headers=office)
+    assert r.status_code == 200, r.text
+    assert client.get(f"{API}/campaigns/{campaign['id']}", headers=h).status_code == 404
+    held.pull(limit=1)  # the move's scope phase, a row at a time
+    fresh = Device(http=client, headers=h, name="fresh")
+    fresh.pull()
+    for device in (held, fresh):
+        assert campaign["id"] not in device.rows["notice_campaigns"], device.name
+        assert device.rows["campaign_deliveries"] == {}, device.name
