@@ -292,6 +292,8 @@ def join_info(request: Request, token: str, session: SessionDep, settings: Setti
     """What the resident page needs before asking for the camera (401 expired/forged, 409 ended)."""
     row = service.join_room(session=session, settings=settings, token=token, expired_too=in_call)
     claims = tokens.decode_join_token(settings=settings, token=token, expired_too=in_call)
+    if in_call:  # during the call only the hosting worker knows it is ending: the page follows the 307 there
+        _pinned_here(request, settings, row)
     manager: RoomManager | None = getattr(request.app.state, "video_rooms", None)
     if row.state != RoomState.open or (manager is not None and manager.closing(row.id) is not None):
         raise Conflict("The video call has ended.", code="room_closed")  # or is ending here, the call saved

@@ -505,3 +505,41 @@ def test_resident_page_says_the_call_ended(server: str, world: World, order: Any
             assert state["error"] == "work_order_closed" and "工单已经结束" in state["msg"], state
 
     run(scenario(), timeout=60)
+
+
+def test_steward_page_ends_when_the_call_is_closed_elsewhere(server: str, world: World, order: Any) -> None:
+    """Regression: closed by a supervisor (or its order, or its time), the call stayed 已接通 on the steward's
+    page and then offered to reconnect, which failed in English; and its own close always said a recording was
+    saved. The page now checks the room while joined, and says a recording was saved only when one was."""
+    from playwright.async_api import async_playwright
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=20) as http, async_playwright() as pw:
+            room = await open_room(http, world, order)
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await signed_in_page(browser, token_of(world, world.steward_a))
+                await page.goto(f"{server}/video/room/{room['room_id']}")
+                await page.get_by_role("button", name="加入通话").click()
+                await wait_status(page, "connected")
+                r = await http.post(f"/api/v1/video/rooms/{room['room_id']}/close",
+                                    headers=world.headers(world.supervisor))
+                assert r.status_code == 200, r.text
+                await page.get_by_text("本次通话已结束").wait_for(timeout=10_000)
+                assert not await page.get_by_role("button", name="加入通话").is_visible()
+                message = await page.locator("#message").inner_text()
+                assert ("录音已保存" in message) == (r.json()["recording_note_id"] is not None), message
+            finally:
+                await browser.close()
+    run(scenario(), timeout=90)
+
+
+def test_resident_page_with_a_mangled_link_says_the_link_is_invalid(server: str, world: World, order: Any) -> None:
+    """Regression: a broken % escape in the link threw in join.js before anything ran: 正在检查链接… for ever."""
+    async def scenario() -> None:
+        async with phone(server) as (http, context):
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            await page.goto(room["join_url"] + "%E0")
+            await page.get_by_text("链接无效").wait_for(timeout=10_000)
+    run(scenario(), timeout=60)

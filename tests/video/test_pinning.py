@@ -26,6 +26,9 @@ def test_requests_for_a_room_on_another_worker_are_redirected_there(live, world,
             token = created["join_url"].rsplit("/join/", 1)[1]
             info = (await b.http.get(f"/api/v1/video/join/{token}")).json()
             assert info["relay_url"] == "http://relay-a.test"
+            # during the call the page's checks go to the hosting worker: only it knows the call is ending
+            r = await b.http.get(f"/api/v1/video/join/{token}", params={"in_call": 1})
+            assert r.status_code == 307 and r.headers["location"] == f"http://relay-a.test/api/v1/video/join/{token}?in_call=1"
 
             resident = Participant(role="resident", video=True, audio=True)
             r = await resident.join(b.http, room_id, token)

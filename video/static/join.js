@@ -2,7 +2,9 @@
 (function () {
   "use strict";
   var V = window.HeatVideo;
-  var token = decodeURIComponent(location.pathname.split("/").pop() || "");
+  var raw = location.pathname.split("/").pop() || "";
+  var token;
+  try { token = decodeURIComponent(raw); } catch (e) { token = raw; }  // a mangled %: the server says the link is invalid
   var $ = function (id) { return document.getElementById(id); };
   var state = { pc: null, participantId: null, stream: null, room: null, status: "checking", error: null };
   window.__heat = state;  // read by the browser test

@@ -11,6 +11,20 @@
   var token = function () { return sessionStorage.getItem("heat_token"); };
   function say(text, kind) { var m = $("message"); m.textContent = text; m.className = "message" + (kind ? " " + kind : ""); }
   function show(id, on) { $(id).hidden = !on; }
+  var REASONS = { closed: "已结束", empty: "长时间无人在线，已自动结束", max_duration: "已达最长通话时长",
+                  shutdown: "服务重启，已结束", lost: "服务中断，已结束" };
+  function ended(room) {  // the call is over: say why, offer nothing more
+    if (state.poll) { clearInterval(state.poll); state.poll = null; }
+    if (state.pc) { var pc = state.pc; state.pc = null; pc.close(); }
+    ["join", "snapshot", "leave", "close", "invite"].forEach(function (id) { show(id, false); });
+    say("本次通话" + (REASONS[room.close_reason] || "已结束") + "。" + (room.recording_note_id ? "录音已保存到工单。" : ""));
+  }
+  async function check() {  // while joined: a call closed elsewhere (a supervisor, the order, its time) ends here too
+    try {
+      var room = await V.api("GET", "/api/v1/video/rooms/" + roomId, token());
+      if (room.state !== "open") { state.room = room; ended(room); }
+    } catch (e) { /* a network blip: the next check tells */ }
+  }
 
   async function load() {
     if (!token()) { say("请先登录。"); show("login", true); return; }
@@ -21,7 +35,7 @@
     }
     $("title").textContent = watch ? "旁听视频通话（只看）" : "视频通话";
     $("info").textContent = "工单 " + state.room.work_order_id + " · 通话 " + roomId;
-    if (state.room.state !== "open") { say("本次通话已结束（" + (state.room.close_reason || "") + "）。"); return; }
+    if (state.room.state !== "open") { ended(state.room); return; }
     var sms = sessionStorage.getItem("heat_sms_" + roomId);
     if (sms && !watch) { $("sms").textContent = sms; show("invite", true); }
     say(watch ? "点击「加入通话」开始旁听。" : "点击「加入通话」，等待住户打开链接。");
@@ -57,13 +71,21 @@
         onState: function (s) {
           state.status = s;
           if (s === "connected") say(watch ? "正在旁听。" : "已接通，等待或正在与住户通话。", "ok");
-          if (s === "failed" || s === "closed") { say("连接已断开，可点击「加入通话」重新连接。", "error"); show("join", true); show("snapshot", false); }
+          if (s === "failed" || s === "closed") {
+            if (!state.pc) return;  // hung up here (leave, close, the call ended)
+            say("连接已断开，可点击「加入通话」重新连接。", "error"); show("join", true); show("snapshot", false);
+            check();  // or did the call end?
+          }
         }
       });
       state.pc = joined.pc; state.participantId = joined.participantId;
       say("正在连接…");
       show("snapshot", !watch); show("leave", true);
-    } catch (e) { say("加入失败：" + e.message, "error"); show("join", true); }
+      if (!state.poll) state.poll = setInterval(check, 3000);
+    } catch (e) {
+      if (e.status === 409) { await check(); if (state.room.state !== "open") return; }
+      say("加入失败：" + e.message, "error"); show("join", true);
+    }
   }
 
   async function snapshot() {
@@ -75,16 +97,16 @@
 
   function leave() {
     V.leave(roomId, token(), state.participantId);
-    if (state.pc) { state.pc.close(); state.pc = null; }
+    if (state.poll) { clearInterval(state.poll); state.poll = null; }
+    if (state.pc) { var pc = state.pc; state.pc = null; pc.close(); }
     show("leave", false); show("snapshot", false); show("join", true); say("您已离开通话，通话仍在进行。");
   }
 
   async function closeRoom() {
     if (!confirm("结束本次视频通话？")) return;
-    try { await V.api("POST", "/api/v1/video/rooms/" + roomId + "/close", token()); } catch (e) { say(e.message, "error"); return; }
-    if (state.pc) { state.pc.close(); state.pc = null; }
-    ["join", "snapshot", "leave", "close", "invite"].forEach(function (id) { show(id, false); });
-    say("通话已结束，录音已保存到工单。");
+    var room;
+    try { room = await V.api("POST", "/api/v1/video/rooms/" + roomId + "/close", token()); } catch (e) { say(e.message, "error"); return; }
+    state.room = room; ended(room);
   }
 
   $("login").addEventListener("submit", async function (ev) {
