@@ -100,6 +100,32 @@ class Backend:
         admin.dispose()
 
 
+def baseline_queries(dialect: str) -> dict[str, str]:
+    """Per synced table, the raw SELECT of a steward's (`:u`) grid: the rows a first sync sends."""
+    from sync.registry import TABLES
+
+    def in_(column: str, subquery: str) -> str:
+        # PostgreSQL plans `x IN (SELECT ...) OR y = :u` as a filter over the whole table (a hashed subplan cannot
+        # feed an index scan); `= ANY(ARRAY(...))` lets it OR two index scans, as an indexed SELECT should. The
+        # ratios published before 2026-12-02 were against that slower whole-table baseline.
+        return f"{column} IN {subquery}" if dialect == "sqlite" else f"{column} = ANY(ARRAY{subquery})"
+
+    grid = "(SELECT building_id FROM grid_buildings WHERE user_id = :u)"
+    households = f"(SELECT id FROM households WHERE {in_('building_id', grid)})"
+    stations = f"(SELECT station_id FROM buildings WHERE {in_('id', grid)})"
+    campaigns = f"(SELECT id FROM notice_campaigns WHERE {in_('station_id', stations)})"
+    where = {"stations": "1 = 1", "buildings": in_("id", grid), "households": in_("building_id", grid),
+             "work_orders": f"{in_('household_id', households)} OR assignee_id = :u",
+             "visits": f"{in_('household_id', households)} OR steward_id = :u",
+             "readings": f"{in_('household_id', households)} OR taken_by_id = :u",
+             "notes": f"{in_('household_id', households)} OR owner_id = :u",
+             "notices": f"{in_('building_id', grid)} OR {in_('station_id', stations)}",
+             "notice_campaigns": in_("station_id", stations),
+             "campaign_deliveries": f"{in_('household_id', households)} AND {in_('campaign_id', campaigns)}"}
+    return {spec.name: f"SELECT {', '.join(spec.column_names)} FROM {spec.name} WHERE {where[spec.name]}"
+            for spec in TABLES}
+
+
 def _baseline(engine: Any, user_id: uuid.UUID) -> tuple[int, int]:
     """The same rows with one raw indexed SELECT per table, serialised with orjson."""
     import orjson
@@ -108,23 +134,12 @@ def _baseline(engine: Any, user_id: uuid.UUID) -> tuple[int, int]:
     from sync.registry import TABLES
 
     uid = user_id.hex if engine.dialect.name == "sqlite" else str(user_id)
-    grid = "(SELECT building_id FROM grid_buildings WHERE user_id = :u)"
-    households = f"(SELECT id FROM households WHERE building_id IN {grid})"
-    where = {"stations": "1 = 1", "buildings": f"id IN {grid}", "households": f"building_id IN {grid}",
-             "work_orders": f"household_id IN {households} OR assignee_id = :u",
-             "visits": f"household_id IN {households} OR steward_id = :u",
-             "readings": f"household_id IN {households} OR taken_by_id = :u",
-             "notes": f"household_id IN {households} OR owner_id = :u",
-             "notices": f"building_id IN {grid} OR station_id IN (SELECT station_id FROM buildings "
-                        f"WHERE id IN {grid})",
-             "notice_campaigns": f"station_id IN (SELECT station_id FROM buildings WHERE id IN {grid})",
-             "campaign_deliveries": f"household_id IN {households}"}
+    queries = baseline_queries(engine.dialect.name)
     records = size = 0
     with engine.connect() as conn:
         for spec in TABLES:
             names = spec.column_names
-            rows = conn.execute(text(f"SELECT {', '.join(names)} FROM {spec.name} WHERE {where[spec.name]}"),
-                                {"u": uid}).all()
+            rows = conn.execute(text(queries[spec.name]), {"u": uid}).all()
             size += len(orjson.dumps([dict(zip(names, row, strict=True)) for row in rows]))
             records += len(rows)
     return records, size

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from api.cli import app
+from api.settings import Settings
 
 
 @pytest.mark.slow
@@ -37,3 +39,30 @@ def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
         assert len(sqlite[key]["batch_ms"]) == 2 and sqlite[key]["median_batch_ms"] in sqlite[key]["batch_ms"]
     assert "UUIDv7 ids" in result.output and "random UUIDv4 ids" in result.output
     assert sqlite["server_memory_end"]["peak_kib"] > 0
+
+
+
+def test_the_baseline_reads_the_grid_the_pull_sends_through_indexes(engine: Engine, settings: Settings) -> None:
+    """The benchmark's baseline is the same rows as a first sync, read the way an indexed SELECT reads them.
+    Regression (review): on PostgreSQL `household_id IN (SELECT ...) OR taken_by_id = :u` was a filter over the
+    whole readings table, so first sync "beat" a baseline that grew with the district."""
+    from sqlalchemy import text
+    from sqlmodel import Session, select
+
+    from api.demo import generate
+    from api.users.models import User
+    from sync.bench import _baseline, _service_first_sync, baseline_queries
+
+    generate(engine, households=300, stewards=2, password="bench-password", seed=1, history=1)
+    with Session(engine) as session:
+        steward = session.exec(select(User).where(User.username == "steward01")).one()
+    records, _ = _baseline(engine, steward.id)
+    assert records > 300 and records == _service_first_sync(engine, settings, steward, 1000)[0]
+    if engine.dialect.name != "postgresql":
+        return
+    queries = baseline_queries("postgresql")
+    with engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))  # as the planner chooses once the tables are large
+        for table in ("work_orders", "visits", "readings", "notes"):
+            plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + queries[table]), {"u": str(steward.id)}))
+            assert f"Seq Scan on {table}" not in plan, plan
