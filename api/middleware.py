@@ -299,11 +299,19 @@ def route_template(scope: Scope) -> str:
     return str(template)
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class CutAtShutdown:
     """Answer a request that the shutdown cuts (still running when STEWARD_SHUTDOWN_GRACE_S ends: uvicorn
-    cancels it) with 503 `shutting_down` in the one error shape and `Retry-After`, and log one line. Before,
-    the cancellation passed every handler: uvicorn answered a plain-text 500 and logged a 70-line traceback
-    for each. A request whose answer had already started is cut as it is (nothing else can be said)."""
+    cancels it) with 503 `shutting_down` in the one error shape, and log one line. Before, the cancellation
+    passed every handler: uvicorn answered a plain-text 500 and logged a 70-line traceback for each. A request
+    whose answer had already started is cut as it is (nothing else can be said).
+
+    Only a request that is safe to send again gets `Retry-After`: a GET/HEAD/OPTIONS, or a write cut while its
+    body was still arriving (the route had not started). A write whose whole body had arrived may have been
+    committed by its route's worker thread, which the cancellation does not stop; its client is told the
+    outcome is unknown, so that it looks before it sends the write again."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -313,6 +321,13 @@ class CutAtShutdown:
             await self.app(scope, receive, send)
             return
         started = False
+        body_read = False
+
+        async def counted() -> Message:
+            nonlocal body_read
+            message = await receive()
+            body_read = body_read or (message["type"] == "http.request" and not message.get("more_body", False))
+            return message
 
         async def watch(message: Message) -> None:
             nonlocal started
@@ -320,13 +335,18 @@ class CutAtShutdown:
             await send(message)
 
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, counted, watch)
         except asyncio.CancelledError:
             if started:
                 raise
-            log.warning("%s %s cut by the shutdown: answered 503", scope.get("method"), scope.get("path"))
-            body = json.dumps(error_body("shutting_down", "The server is restarting; send the request again.")).encode()
+            retry = scope.get("method") in SAFE_METHODS or not body_read
+            log.warning("%s %s cut by the shutdown: answered 503 (%s)", scope.get("method"), scope.get("path"),
+                        "safe to send again" if retry else "outcome unknown")
+            message = ("The server is restarting; send the request again." if retry else
+                       "The server restarted while handling this request; it may or may not have been applied. "
+                       "Check before sending it again.")
+            body = json.dumps(error_body("shutting_down", message)).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"retry-after", b"5"), (b"connection", b"close")]
+                       *([(b"retry-after", b"5")] if retry else []), (b"connection", b"close")]
             await send({"type": "http.response.start", "status": 503, "headers": headers})
             await send({"type": "http.response.body", "body": body})

