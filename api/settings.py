@@ -140,7 +140,10 @@ class Settings(BaseSettings):
                                                              "(status new) for its household.")
     sync_tombstone_retention_days: float = Field(30, gt=0, description="How long deletes are kept for offline "
                                                  "devices; an older cursor gets a full resync.")
-    sync_purge_interval_minutes: float = Field(60, gt=0, description="How often pulls purge expired tombstones.")
+    sync_conflict_retention_days: float = Field(365, gt=0, description="A conflict line reviewed longer ago than "
+                                                "this is deleted; lines nobody has reviewed are kept.")
+    sync_purge_interval_minutes: float = Field(60, gt=0, description="How often pulls purge expired tombstones "
+                                                                     "and reviewed conflict lines.")
     sync_push_max_mutations: int = Field(1000, ge=1, description="Largest push batch (413 beyond).")
     blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest blob (photo, recording) in bytes.")
     blob_partial_ttl_hours: float = Field(168, gt=0, description="An unfinished resumable upload untouched this "

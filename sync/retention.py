@@ -1,4 +1,5 @@
-"""Tombstone retention: purge deletes and scope events older than the window, remember how far.
+"""Tombstone retention: purge deletes and scope events older than the window, remember how far; and delete the
+conflict lines a supervisor reviewed longer ago than theirs.
 
 A cursor whose position is below the highest purged sequence number may have missed a delete, so the
 pull answers it with a reset (docs/sync-protocol.md, "Tombstones").
@@ -14,7 +15,7 @@ from sqlmodel import Session
 
 from api.db import utcnow
 from api.settings import Settings
-from sync.models import ScopeEvent, SyncState, Tombstone
+from sync.models import ScopeEvent, SyncConflict, SyncState, Tombstone
 from sync.tracking import PURGED_SEQ, insert_ignore
 
 
@@ -24,21 +25,26 @@ def _table(model: Any) -> Table:
 
 
 def purge(*, session: Session, settings: Settings, now: datetime | None = None) -> dict[str, int]:
-    """Delete tombstones and scope events older than the retention window; commits."""
+    """Delete tombstones and scope events older than the retention window, and conflict lines reviewed before
+    theirs (a line nobody reviewed is kept: it is a supervisor's to-do, and may keep a lost photo's blob);
+    commits."""
     now = now or utcnow()
     cutoff = now - timedelta(days=settings.sync_tombstone_retention_days)
-    tombs, events, state = _table(Tombstone), _table(ScopeEvent), _table(SyncState)
+    tombs, events, state, conflicts = _table(Tombstone), _table(ScopeEvent), _table(SyncState), _table(SyncConflict)
     conn = session.connection()
     newest = max(conn.execute(select(func.max(tombs.c.seq)).where(tombs.c.deleted_at < cutoff)).scalar() or 0,
                  conn.execute(select(func.max(events.c.seq)).where(events.c.created_at < cutoff)).scalar() or 0)
     removed_tombs = conn.execute(delete(tombs).where(tombs.c.deleted_at < cutoff)).rowcount
     removed_events = conn.execute(delete(events).where(events.c.created_at < cutoff)).rowcount
+    reviewed_before = now - timedelta(days=settings.sync_conflict_retention_days)
+    removed_conflicts = conn.execute(delete(conflicts).where(conflicts.c.reviewed_at < reviewed_before)).rowcount
     insert_ignore(conn, state, {"name": PURGED_SEQ, "value": 0, "updated_at": now})
     conn.execute(update(state).where(state.c.name == PURGED_SEQ)
                  .values(value=func.greatest(state.c.value, newest) if conn.dialect.name == "postgresql"
                          else func.max(state.c.value, newest), updated_at=now))
     session.commit()
-    return {"tombstones": removed_tombs, "scope_events": removed_events, "purged_seq": int(newest)}
+    return {"tombstones": removed_tombs, "scope_events": removed_events, "conflicts": removed_conflicts,
+            "purged_seq": int(newest)}
 
 
 def purge_due(settings: Settings, last: datetime | None, now: datetime | None = None) -> bool:

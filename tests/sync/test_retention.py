@@ -14,7 +14,7 @@ from sqlmodel import Session, func, select
 from api.db import utcnow
 from api.fieldwork.models import Visit
 from api.settings import Settings
-from sync.models import ScopeEvent, Tombstone
+from sync.models import ScopeEvent, SyncConflict, Tombstone
 from sync.retention import maybe_purge, purge
 from tests.sync.conftest import District, autocommit, server_rows
 from tests.sync.device import Device
@@ -194,3 +194,28 @@ def test_a_deleted_row_stays_deleted_after_its_tombstone_is_purged(client: TestC
     result = client.post("/api/v1/sync/push", json=phone.push_body([create]),
                          headers=d.headers(d.steward1)).json()["results"][0]
     assert result["status"] == "applied", result
+
+
+def test_conflict_lines_reviewed_before_their_window_are_purged_and_unreviewed_ones_kept(
+        district: District, engine: Engine) -> None:
+    """Regression: the conflict log was never trimmed; every field two devices wrote stayed a row forever."""
+    d = district
+    now = utcnow()
+    window = timedelta(days=d.settings.sync_conflict_retention_days)
+
+    def line(reviewed_at: Any) -> SyncConflict:
+        return SyncConflict(created_at=now - window * 2, user_id=d.steward1.id, client_id=uuid.uuid4(), mutation_id=1,
+                            table_name="visits", row_id=uuid.uuid4(), field="findings", kind="field",
+                            server_value="a", device_value="b", winner="server", reviewed_at=reviewed_at,
+                            reviewed_by_id=d.supervisor.id if reviewed_at else None)
+
+    lines = {"long ago": line(now - window - timedelta(days=1)), "lately": line(now - window + timedelta(days=1)),
+             "never": line(None)}
+    with Session(engine) as s:
+        s.add_all(lines.values())
+        s.commit()
+        ids = {name: row.id for name, row in lines.items()}
+        assert purge(session=s, settings=d.settings, now=now)["conflicts"] == 1
+    with Session(engine) as s:
+        kept = set(s.exec(select(SyncConflict.id)).all())
+    assert kept == {ids["lately"], ids["never"]}
