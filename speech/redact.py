@@ -35,6 +35,11 @@ _LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_LSEP}\(?0?{_AREA}\)?|\(?0{_A
                        rf"{_LSEP}[0-9]{{4}}(?![0-9])")
 # In this order: an ID number holds what looks like a phone number.
 _RULES = (_ID_NUMBER, _MOBILE, _MOBILE_434, _LANDLINE)
+# The same rules without the check that no digit follows, for the look at digit names: there a number may run
+# straight into a word that starts with one (一三八…七八一直没人接, …三号楼), which is not a further digit.
+_TAIL = re.compile(r"\(\?!\[0-9(?:A-Za-z)?\]\)$")
+_OPEN_ENDED = tuple(re.compile(_TAIL.sub("", rule.pattern)) for rule in _RULES)
+assert all(o.pattern != r.pattern for o, r in zip(_OPEN_ENDED, _RULES, strict=True))
 # Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,
 # so that matches found on the folded copy are positions in the original.
 _FOLD = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
@@ -56,15 +61,21 @@ def masked_positions(text: str) -> set[int]:
     (一三八…)."""
     hidden = _masked(text.translate(_FOLD))
     if _SPOKEN.search(text):
-        hidden |= _masked(text.translate(_FOLD_SPOKEN))
+        hidden |= _masked(text.translate(_FOLD_SPOKEN), {m.start() for m in _SPOKEN.finditer(text)})
     return hidden
 
 
-def _masked(folded: str) -> set[int]:
+def _masked(folded: str, spoken: set[int] | None = None) -> set[int]:
+    """The positions to hide in `folded`; `spoken`: where it holds digit names, after which a number may end
+    (the 一 of 一直 is not a twelfth digit of the mobile before it)."""
     work = list(folded)
     hidden: set[int] = set()
-    for rule in _RULES:
-        for match in rule.finditer("".join(work)):  # what earlier rules hid is no longer a digit
+    for rule, open_ended in zip(_RULES, _OPEN_ENDED, strict=True):
+        current = "".join(work)  # what earlier rules hid is no longer a digit
+        matches = list(rule.finditer(current))
+        if spoken:
+            matches += [m for m in open_ended.finditer(current) if m.end() in spoken]
+        for match in matches:
             for group in range(1, rule.groups + 1):
                 for i in range(*match.span(group)):
                     if work[i].isdigit():  # a separator inside a group (1985，0715) stays

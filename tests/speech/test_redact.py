@@ -111,6 +111,16 @@ def test_landlines_by_their_real_area_codes(text: str, masked: str) -> None:
     ("我电话一三八一二三四五六七八十点以后打", "我电话一三八****五六七八十点以后打"),
     ("电话13812345678一直没人接", "电话138****5678一直没人接"),  # the 一 of 一直 is no twelfth digit
     ("我今天一直在家，三号楼二单元", "我今天一直在家，三号楼二单元"),
+    # Regression: a number in digit names that ran into a word starting with one (一直, 一下, 三号楼) read as a
+    # longer number, and was shown whole.
+    ("请回电一三八一二三四五六七八一直没人接", "请回电一三八****五六七八一直没人接"),
+    ("请回电一三八一二三四五六七八一下", "请回电一三八****五六七八一下"),
+    ("电话零五三一八八八八六六六六一直打不通", "电话零五三一****六六六六一直打不通"),
+    ("电话一三八一二三四五六七八三号楼", "电话一三八****五六七八三号楼"),
+    ("身份证三七零一零二一九八五零七一五一二三四一下", "身份证三七零一零二***********四一下"),
+    ("电话138123456七八一直没人接", "电话138****56七八一直没人接"),
+    # written digits that run on are still one longer number, as before
+    ("编号138123456789", "编号138123456789"),
 ])
 def test_numbers_in_digit_names_are_masked_too(text: str, masked: str) -> None:
     assert redact_text(text) == masked
