@@ -107,11 +107,13 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     return result.ok
 
 
-def give_up(session: Session, settings: Settings, rows: list[Any], now: datetime, reason: str) -> int:
+def give_up(session: Session, settings: Settings, rows: list[Any], now: datetime, reason: str, *,
+            final_too: bool = False) -> int:
     """Mark deliveries that are due `skipped` with `reason` instead of sending them (what they announce is
-    over); each in a conditional UPDATE, so one a sender claimed meanwhile is left to it. How many."""
+    over); each in a conditional UPDATE, so one a sender claimed meanwhile is left to it. How many.
+    `final_too`: failures out of tries as well, which a manual resend would send (as `due` reads it)."""
     def still_due(attempts: int) -> Callable[[Table], ColumnElement[bool]]:
-        return lambda t: due(t, settings, now) & (t.c.attempts == attempts)
+        return lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts)
 
     return sum(write_if(session, row, still_due(row.attempts), status=DeliveryStatus.skipped, reason=reason,
                         next_attempt_at=None) for row in rows)
@@ -125,7 +127,9 @@ def replan(row: Delivery, phone: str | None, text: str, skip_reason: str | None)
     """
     wanted: dict[str, Any] = {"phone": phone, "text": text}
     if skip_reason:
-        wanted = {"status": DeliveryStatus.skipped, "reason": skip_reason}
+        # A number the office removed leaves the row too: stewards read (and sync) the deliveries to call the
+        # households without one, and the old number was often someone else's.
+        wanted = {"status": DeliveryStatus.skipped, "reason": skip_reason} | ({"phone": None} if phone is None else {})
     elif phone != row.phone:
         wanted |= {"status": DeliveryStatus.queued, "attempts": 0, "reason": None, "next_attempt_at": None}
     elif row.status == DeliveryStatus.skipped:

@@ -133,7 +133,7 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
     # a station that no longer feeds it.
     targeted = {m.household_id for m in planned}
     deliveries.give_up(session, settings, [d for h, d in existing.items() if h not in targeted], utcnow(),
-                       "not_targeted")
+                       "not_targeted", final_too=True)  # a resend would text a final failure too
     for m in planned:
         skip = None if m.phone else "no_phone"
         row = existing.get(m.household_id)

@@ -349,7 +349,7 @@ def _plan(session: Session, settings: Settings, campaign: Campaign) -> None:
     # a station that no longer feeds it.
     targeted = {m.household_id for m in messages}
     deliveries.give_up(session, settings, [d for h, d in existing.items() if h not in targeted], utcnow(),
-                       "not_targeted")
+                       "not_targeted", final_too=True)  # a resend would text a final failure too
     for m in messages:
         row = existing.get(m.household_id)
         status = DeliveryStatus.skipped if m.skip_reason else DeliveryStatus.queued

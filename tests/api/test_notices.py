@@ -576,3 +576,29 @@ def test_no_retry_texts_residents_in_the_quiet_hours(session: Session, world: Wo
     assert len(flaky.calls) == 2 and reread(session, Notice, notice.id).sent_count == 1
     assert not proactive.quiet_hours(quiet, local(2, 12, 0)) and proactive.quiet_hours(quiet, local(2, 21, 0))
     assert not proactive.quiet_hours(settings, local(2, 3, 0))  # none by default
+
+
+def test_a_resend_does_not_text_a_final_failure_the_notice_no_longer_reaches(
+        client: TestClient, session: Session, world: World, settings: Settings) -> None:
+    """Regression: a household whose SMS had failed for good and whose building then moved to another station
+    kept its `failed` row (only rows still due were given up), and `resend=true` texted it the old station's
+    dates."""
+    settings.proactive_sms_max_attempts = 1  # one refusal is final
+    notice = make_notice(session, station=world.station)
+    b = world.household_b.phone
+    flaky = _Flaky(bad={b})
+    client.app.state.sms_sender = flaky  # type: ignore[attr-defined]
+    office = world.headers(world.supervisor)
+    assert client.post(f"{API}/{notice.id}/send", headers=office).status_code == 200
+    assert flaky.calls.count(b) == 1
+    other = make_station(session, name="东郊换热站")
+    moved = client.patch(f"/api/v1/buildings/{world.building_b.id}", json={"station_id": str(other.id)},
+                         headers=office)
+    assert moved.status_code == 200, moved.text
+    flaky.bad.clear()
+    assert client.post(f"{API}/{notice.id}/send", params={"resend": "true"}, headers=office).status_code == 200
+    assert flaky.calls.count(b) == 1  # not texted again
+    row = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id,
+                                                    NoticeDelivery.household_id == world.household_b.id)).one()
+    session.refresh(row)
+    assert (row.status, row.reason) == (DeliveryStatus.skipped, "not_targeted")

@@ -422,3 +422,35 @@ def test_resident_texts_read_right_whatever_was_typed(client: TestClient, sessio
     r = client.get(f"{API}/campaigns/{campaign['id']}/preview", headers=world.headers(world.supervisor))
     text = {m["household_id"]: m["text"] for m in r.json()["data"]}[str(home.id)]
     assert "燕子山小区3号楼2单元501室" in text and "待分配" not in text, text
+
+
+def test_a_number_the_office_removed_leaves_the_delivery_stewards_read(client: TestClient, session: Session,
+                                                                       world: World, settings: Settings) -> None:
+    """Regression: a delivery skipped as `no_phone` kept the number the office had removed (often someone
+    else's), and stewards read and synced it as the number to call."""
+    settings.proactive_sms_max_attempts = 1
+    wrong = world.household_a.phone
+    calls: list[str] = []
+
+    class Refusing:
+        def send(self, phone: str, text: str) -> bool:
+            calls.append(phone)
+            return phone != wrong
+
+    client.app.state.sms_sender = Refusing()  # type: ignore[attr-defined]
+    campaign = create_campaign(client, world)
+    office = world.headers(world.supervisor)
+    assert client.post(f"{API}/campaigns/{campaign['id']}/send", headers=office).status_code == 200
+    removed = client.patch(f"/api/v1/households/{world.household_a.id}", json={"phone": None}, headers=office)
+    assert removed.status_code == 200 and removed.json()["phone"] is None, removed.text
+    assert client.post(f"{API}/campaigns/{campaign['id']}/send", headers=office).status_code == 200
+    rows = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", headers=world.headers(world.steward_a)).json()
+    assert [(d["phone"], d["status"], d["reason"]) for d in rows["data"]] == [(None, "skipped", "no_phone")]
+    # a number given again starts over, and is texted
+    again = client.patch(f"/api/v1/households/{world.household_a.id}", json={"phone": "13900000077"},
+                         headers=office)
+    assert again.status_code == 200, again.text
+    assert client.post(f"{API}/campaigns/{campaign['id']}/send", headers=office).status_code == 200
+    assert [c for c in calls if c in (wrong, "13900000077")] == [wrong, "13900000077"]
+    rows = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", headers=world.headers(world.steward_a)).json()
+    assert [(d["phone"], d["status"]) for d in rows["data"]] == [("13900000077", "sent")]
