@@ -25,27 +25,52 @@ from speech.text import to_simplified
 
 log = logging.getLogger(__name__)
 
+# The index's rows are keyed by an integer, `transcript_search_rows.fts_rowid` (an INTEGER PRIMARY KEY, which
+# VACUUM keeps, unlike the transcripts' own rowids), so that a write finds its row through a key. Before, the
+# triggers deleted `WHERE transcript_id = old.id` on an UNINDEXED column: every worker result, correction and
+# note delete scanned the whole index under SQLite's one write lock (164 ms a write at 200,000 transcripts).
+_ROW = "(SELECT fts_rowid FROM transcript_search_rows WHERE transcript_id = {0}.id)"
 _SQLITE = [
-    "CREATE VIRTUAL TABLE IF NOT EXISTS transcripts_fts USING fts5(transcript_id UNINDEXED, text, tokenize='trigram')",
-    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_insert AFTER INSERT ON transcripts BEGIN "
-    "INSERT INTO transcripts_fts(transcript_id, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_update AFTER UPDATE OF text ON transcripts BEGIN "
-    "DELETE FROM transcripts_fts WHERE transcript_id = old.id; "
-    "INSERT INTO transcripts_fts(transcript_id, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS transcripts_fts_delete AFTER DELETE ON transcripts BEGIN "
-    "DELETE FROM transcripts_fts WHERE transcript_id = old.id; END",
+    "CREATE TABLE IF NOT EXISTS transcript_search_rows (fts_rowid INTEGER PRIMARY KEY, "
+    "transcript_id CHAR(32) NOT NULL UNIQUE)",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS transcript_search USING fts5(text, tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS transcript_search_insert AFTER INSERT ON transcripts BEGIN "
+    "INSERT INTO transcript_search_rows(transcript_id) VALUES (new.id); "
+    f"INSERT INTO transcript_search(rowid, text) VALUES ({_ROW.format('new')}, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS transcript_search_update AFTER UPDATE OF text ON transcripts BEGIN "
+    "INSERT OR IGNORE INTO transcript_search_rows(transcript_id) VALUES (new.id); "
+    f"DELETE FROM transcript_search WHERE rowid = {_ROW.format('old')}; "
+    f"INSERT INTO transcript_search(rowid, text) VALUES ({_ROW.format('new')}, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS transcript_search_delete AFTER DELETE ON transcripts BEGIN "
+    f"DELETE FROM transcript_search WHERE rowid = {_ROW.format('old')}; "
+    "DELETE FROM transcript_search_rows WHERE transcript_id = old.id; END",
 ]
+_SQLITE_FILL = [
+    "INSERT INTO transcript_search_rows(transcript_id) SELECT id FROM transcripts",
+    "INSERT INTO transcript_search(rowid, text) SELECT r.fts_rowid, t.text FROM transcripts t "
+    "JOIN transcript_search_rows r ON r.transcript_id = t.id",
+]
+# The index of 0003-era databases, keyed by an UNINDEXED column: replaced at start.
+_SQLITE_OLD = ["DROP TRIGGER IF EXISTS transcripts_fts_insert", "DROP TRIGGER IF EXISTS transcripts_fts_update",
+               "DROP TRIGGER IF EXISTS transcripts_fts_delete", "DROP TABLE IF EXISTS transcripts_fts"]
 
 
 def ensure_search_index(engine: Engine) -> bool:
     """Create the search index if it is missing; False if this database cannot have one (then search scans)."""
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
-            exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcripts_fts'")).first()
+            if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcripts_fts'")).first():
+                log.info("replacing the search index with one keyed by row (one pass over the transcripts)")
+                for statement in _SQLITE_OLD:
+                    conn.execute(text(statement))
+            exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcript_search'")).first()
+            if not exists:
+                conn.execute(text("DROP TABLE IF EXISTS transcript_search_rows"))  # its index went with it
             for statement in _SQLITE:
                 conn.execute(text(statement))
             if not exists:
-                conn.execute(text("INSERT INTO transcripts_fts(transcript_id, text) SELECT id, text FROM transcripts"))
+                for statement in _SQLITE_FILL:
+                    conn.execute(text(statement))
         return True
     if engine.dialect.name == "postgresql":
         try:
@@ -124,7 +149,8 @@ def _matching(q: str, engine: Engine, masked: bool) -> Any:
     clause: Any
     if engine.dialect.name == "sqlite" and len(q) >= 3 and index_ready(engine):
         phrase = '"' + q.replace('"', '""') + '"'
-        matching = (text("SELECT transcript_id FROM transcripts_fts WHERE transcripts_fts MATCH :phrase")
+        matching = (text("SELECT r.transcript_id FROM transcript_search s JOIN transcript_search_rows r "
+                         "ON r.fts_rowid = s.rowid WHERE transcript_search MATCH :phrase")
                     .bindparams(bindparam("phrase", phrase, unique=True)).columns(column("transcript_id")).subquery())
         clause = col(Transcript.id).in_(select(matching.c.transcript_id))
     else:  # PostgreSQL's trigram index serves ILIKE; short SQLite queries scan.
