@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, event, func, make_url
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InvalidRequestError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -291,7 +291,12 @@ def lock_row(session: Session, obj: SQLModel) -> None:
         driver = connection.connection.driver_connection
         if driver is not None and not driver.in_transaction:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-    session.refresh(obj, with_for_update=True)
+    try:
+        session.refresh(obj, with_for_update=True)
+    except InvalidRequestError as gone:  # deleted meanwhile (a push's delete committed while this waited)
+        from api.errors import NotFound
+
+        raise NotFound(f"This {type(obj).__name__.lower()} was deleted meanwhile.") from gone
 
 
 def reads_without_transaction(session: Session) -> None:

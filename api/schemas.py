@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, ConfigDict, StringConstraints
 from sqlmodel import SQLModel
@@ -54,3 +54,13 @@ class RequestBody(SQLModel):
     PATCH answered 200 and changed nothing, and `assignee` on a create left the order unassigned."""
 
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+V = TypeVar("V")
+
+
+def not_null(value: V | None) -> V:
+    """For PATCH fields whose column cannot be empty: leave the field out to keep it, never send null."""
+    if value is None:
+        raise ValueError("may be left out to keep the current value, but cannot be null")
+    return value

@@ -59,6 +59,10 @@ def ensure_search_index(engine: Engine) -> bool:
     """Create the search index if it is missing; False if this database cannot have one (then search scans)."""
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
+            # The write lock first: two processes starting at once must not both see no index and both fill it.
+            driver = conn.connection.driver_connection
+            if driver is not None and not driver.in_transaction:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcripts_fts'")).first():
                 log.info("replacing the search index with one keyed by row (one pass over the transcripts)")
                 for statement in _SQLITE_OLD:

@@ -26,9 +26,9 @@ from api.fieldwork.models import (
     check_visit_length,
     not_in_future,
 )
-from api.network.models import Household, HouseholdUpdate, not_null
+from api.network.models import Household, HouseholdUpdate
 from api.notes.models import Note, NoteCreate, NoteKind
-from api.schemas import UtcDatetime
+from api.schemas import UtcDatetime, not_null
 from api.users.models import Role, User
 from api.work_orders.models import (
     OPEN_STATUSES,

@@ -16,8 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field, utcnow
-from api.network.models import not_null
-from api.schemas import RequestBody, Sha256, UtcDatetime
+from api.schemas import RequestBody, Sha256, UtcDatetime, not_null
 
 # How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
 # hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.

@@ -5,26 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
 
 from pydantic import field_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned
-from api.schemas import RequestBody, clean_label
+from api.schemas import RequestBody, clean_label, not_null
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
-
-V = TypeVar("V")
-
-
-def not_null(value: V | None) -> V:
-    """For PATCH fields whose column cannot be empty: leave the field out to keep it, never send null."""
-    if value is None:
-        raise ValueError("may be left out to keep the current value, but cannot be null")
-    return value
-
 
 class StationBase(SQLModel):
     code: str = Field(min_length=1, max_length=32, description="Utility code, e.g. HS-LX-03.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, func, select
 
 from api import access
 from api.db import folded, lock_for_update
@@ -176,7 +176,10 @@ def list_households(*, session: Session, user: User, page: Page, building_id: uu
     if q := str(clean_label(q or "")):
         # A literal match (`%` and `_` in the query are not wildcards), case-insensitive on both databases
         # (SQLite's LIKE folds ASCII case only, PostgreSQL's none: `folded`), typed full-width or not.
+        # A phone is stored as typed (`0531-8888-6666`, `138 1234 5678`) and looked for as the hotline's caller ID
+        # has it, digits only: both are compared without their separators.
+        phone = func.replace(func.replace(col(Household.phone), "-", ""), " ", "")
         stmt = stmt.where(folded(session, col(Household.resident_name)).icontains(q.lower(), autoescape=True)
-                          | col(Household.phone).contains(q, autoescape=True)
+                          | phone.contains(q.replace("-", "").replace(" ", "") or q, autoescape=True)
                           | (Household.room == q))
     return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

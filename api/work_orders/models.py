@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Index, literal_column, text
 from sqlmodel import Field, SQLModel, col
 
 from api.db import Versioned, new_id, ts_field, utcnow
-from api.schemas import RequestBody, UtcDatetime
+from api.schemas import RequestBody, UtcDatetime, not_null
 
 
 class Source(StrEnum):
@@ -130,6 +130,8 @@ class WorkOrderCreate(WorkOrderBase, RequestBody):
     assignee_id: uuid.UUID | None = None
     sla_due_at: UtcDatetime | None = None
 
+    # Leave a field out to keep it; a null was answered 200 and dropped (sync pushes refuse it too).
+    _not_null = field_validator("category", "description", "priority", "sla_due_at")(not_null)
     _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
 
     @model_validator(mode="after")
@@ -176,6 +178,8 @@ class WorkOrderUpdate(RequestBody):
     priority: Priority | None = None
     sla_due_at: UtcDatetime | None = None
 
+    # Leave a field out to keep it; a null was answered 200 and dropped (sync pushes refuse it too).
+    _not_null = field_validator("category", "description", "priority", "sla_due_at")(not_null)
     _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
 
 

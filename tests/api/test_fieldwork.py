@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.db import utcnow
 from api.fieldwork.models import Reading, Visit
 from api.users.models import Role
 from api.work_orders.models import Status
-from tests.utils.asserts import assert_error, count_rows, db_state, reread
+from tests.utils.asserts import assert_error, count_rows, db_state, reread, someone_waits_for_a_lock
 from tests.utils.factories import (
     World,
     make_household,
@@ -364,3 +367,29 @@ def test_sync_push_rejects_future_times_too(client: TestClient, session: Session
     results = r.json()["results"]
     assert [(x["status"], x["reason"]) for x in results] == [("rejected", "invalid_value")] * 3, results
     assert "future" in results[0]["message"] and count_rows(session, Visit) == count_rows(session, Reading) == 0
+
+
+def test_editing_a_visit_that_a_push_deletes_meanwhile_is_404_not_500(client: TestClient, session: Session,
+                                                                       engine: Engine, world: World) -> None:
+    """Regression: the PATCH read the visit, waited for the push's locks, and re-read a row that was gone:
+    SQLAlchemy's `Could not refresh instance` was answered 500 with a traceback."""
+    visit = make_visit(session, world.household_a, world.steward_a)
+    deleted, done = threading.Event(), threading.Event()
+
+    def push_deletes_the_visit() -> None:  # what a push's delete does: one transaction, the row deleted
+        with Session(engine) as other:
+            other.delete(other.get(Visit, visit.id))
+            other.flush()  # takes the change sequence and the row (sync.tracking)
+            deleted.set()
+            if engine.dialect.name == "postgresql":
+                someone_waits_for_a_lock(engine)
+            else:
+                time.sleep(0.5)
+            other.commit()
+        done.set()
+
+    threading.Thread(target=push_deletes_the_visit, daemon=True).start()
+    assert deleted.wait(10)
+    r = client.patch(f"{API}/visits/{visit.id}", json={"actions": "排气"}, headers=world.headers(world.steward_a))
+    assert done.wait(10)
+    assert_error(r, 404, "not_found")

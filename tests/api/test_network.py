@@ -343,3 +343,17 @@ def test_an_address_reads_right_however_its_parts_were_stored() -> None:
         assert address_text(building, Household(unit=unit, room=room)) == "燕子山小区3号楼2单元501室"
     assert address_text(Building(community="阳光花园", number="12"), Household(unit="1", room="1202")) == \
         "阳光花园12号楼1单元1202室"
+
+
+def test_household_search_finds_a_phone_typed_with_separators_by_its_digits(client: TestClient, session: Session,
+                                                                           world: World) -> None:
+    """Regression: a phone stored as typed (`0531-8888-6666`, `138 1234 5678`) was not found by the caller ID
+    the hotline has, digits only."""
+    make_household(session, world.building_a, resident_name="赵国强", phone="0531-8888-6666")
+    make_household(session, world.building_a, resident_name="钱秀兰", phone="138 1234 5678")
+    office = world.headers(world.supervisor)
+    found = {q: [h["resident_name"] for h in client.get("/api/v1/households", params={"q": q},
+                                                        headers=office).json()["data"]]
+             for q in ("053188886666", "13812345678", "8888-6666", "1234 5678", "88886666")}
+    assert found == {"053188886666": ["赵国强"], "13812345678": ["钱秀兰"], "8888-6666": ["赵国强"],
+                     "1234 5678": ["钱秀兰"], "88886666": ["赵国强"]}, found

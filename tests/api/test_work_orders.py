@@ -568,3 +568,21 @@ def test_a_refused_create_does_not_tell_whether_its_id_exists(client: TestClient
     answers = [client.post("/api/v1/work-orders", json=body | {"id": row_id}, headers=world.headers(world.steward_a))
                for row_id in (str(other.id), str(random_id()))]
     assert [a.status_code for a in answers] == [403, 403], [a.json() for a in answers]
+
+
+def test_a_null_in_a_work_order_patch_is_refused_not_dropped(client: TestClient, session: Session,
+                                                              world: World) -> None:
+    """Regression: `{"description": null, "sla_due_at": null}` answered 200 and changed nothing (a console
+    user clearing a field thought it done); sync pushes and the network's PATCHes refuse null."""
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a,
+                            description="漏水")
+    office = world.headers(world.supervisor)
+    before = db_state(session)
+    for field in ("category", "description", "priority", "sla_due_at"):
+        r = client.patch(f"{API}/{order.id}", json={field: None}, headers=office)
+        assert_error(r, 422, "validation_error")
+        assert "cannot be null" in r.text, r.text
+    assert db_state(session) == before
+    assert reread(session, WorkOrder, order.id).description == "漏水"
+    r = client.patch(f"{API}/{order.id}", json={"description": "漏水，已关阀"}, headers=office)
+    assert r.status_code == 200 and r.json()["description"] == "漏水，已关阀"
