@@ -280,6 +280,21 @@ def lock_for_update(session: Session, obj: SQLModel) -> None:
     lock_row(session, obj)
 
 
+def refuse_taken_id(session: Session, model: Any, id: uuid.UUID | None, what: str) -> None:
+    """A create that names its id (a device's UUID) must not take one already used, nor one deleted: a row
+    deleted through sync stays deleted (a handheld that still had it would otherwise see it come back), as a
+    push's create of a deleted id is refused too. 409 `already_exists` / `deleted`."""
+    if id is None:
+        return
+    from api.errors import Conflict
+    from sync.models import Tombstone  # sync's models import this module
+
+    if session.get(model, id) is not None:
+        raise Conflict(f"A {what} with id {id} already exists.", code="already_exists")
+    if session.get(Tombstone, (model.__tablename__, id)) is not None:
+        raise Conflict(f"The {what} with id {id} was deleted; a new one needs a new id.", code="deleted")
+
+
 def lock_row(session: Session, obj: SQLModel) -> None:
     """Re-read `obj` so that no one else can change its row until this session ends: checks made next see
     what a concurrent request committed, and nothing commits in between. PostgreSQL: `SELECT ... FOR

@@ -7,9 +7,9 @@ import uuid
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import lock_for_update
+from api.db import lock_for_update, refuse_taken_id
 from api.deps import Page
-from api.errors import Conflict, Forbidden, Unprocessable
+from api.errors import Forbidden, Unprocessable
 from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
 from api.network.service import get_household
 from api.users.models import Role, User
@@ -35,8 +35,7 @@ def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
     _check_links(session, user, data.household_id, data.work_order_id)
     # After the scope checks: a 409 for an id taken outside the grid, where an unknown one got 404, told a
     # steward which ids exist there (docs/security.md).
-    if data.id is not None and session.get(Visit, data.id) is not None:
-        raise Conflict(f"A visit with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, Visit, data.id, "visit")
     visit = Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": user.id})
     session.add(visit)
     session.commit()
@@ -89,8 +88,7 @@ def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Read
         visit = visit_to_attach(session=session, user=user, id=data.visit_id)
         if visit.household_id != data.household_id:
             raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
-    if data.id is not None and session.get(Reading, data.id) is not None:  # after the scope checks (visits)
-        raise Conflict(f"A reading with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, Reading, data.id, "reading")  # after the scope checks (visits)
     reading = Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": user.id})
     session.add(reading)
     session.commit()

@@ -8,8 +8,9 @@ from sqlalchemy import ColumnElement, or_, true
 from sqlmodel import Session, col, select
 
 from api import access
+from api.db import refuse_taken_id
 from api.deps import Page
-from api.errors import Conflict, Unprocessable
+from api.errors import Unprocessable
 from api.fieldwork.service import visit_to_attach
 from api.network.service import get_household
 from api.notes.models import Note, NoteCreate
@@ -46,8 +47,7 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
             what = "household" if data.household_id is not None else "household than the work order"
             raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")
         household_id = visit.household_id
-    if data.id is not None and session.get(Note, data.id) is not None:  # after the scope checks (visits)
-        raise Conflict(f"A note with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, Note, data.id, "note")  # after the scope checks (visits)
     # The household a link names is stored too: lists by household, the grid's scope and sync go by it.
     linked = {"household_id": household_id} if household_id is not None else {}
     note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id} | linked)

@@ -393,3 +393,29 @@ def test_editing_a_visit_that_a_push_deletes_meanwhile_is_404_not_500(client: Te
     r = client.patch(f"{API}/visits/{visit.id}", json={"actions": "排气"}, headers=world.headers(world.steward_a))
     assert done.wait(10)
     assert_error(r, 404, "not_found")
+
+
+def test_rest_does_not_bring_back_a_row_deleted_through_sync(client: TestClient, session: Session,
+                                                             world: World) -> None:
+    """Regression: a push's create of a deleted id is refused (the tombstone), but POST /visits, /readings and
+    /notes with that id made the row again, and handhelds that had dropped it got it back."""
+    from api.notes.models import Note
+    from tests.utils.factories import make_note, make_reading
+
+    visit = make_visit(session, world.household_a, world.steward_a)
+    reading = make_reading(session, world.household_a, world.steward_a)
+    note = make_note(session, world.steward_a, household_id=world.household_a.id)
+    ids = {"visits": visit.id, "readings": reading.id, "notes": note.id}
+    for row in (visit, reading, note):
+        session.delete(row)  # as a push's delete does: sync.tracking writes the tombstone
+    session.commit()
+    h = world.headers(world.steward_a)
+    household = str(world.household_a.id)
+    bodies = {"visits": {"household_id": household, "arrived_at": "2025-12-01T09:00:00Z"},
+              "readings": {"household_id": household, "temp_c": 19.5, "taken_at": "2025-12-01T09:00:00Z"},
+              "notes": {"household_id": household, "audio_sha256": "a" * 64, "duration_s": 42.0,
+                        "recorded_at": "2025-12-01T09:00:00Z"}}
+    for table, body in bodies.items():
+        r = client.post(f"{API}/{table}", json=body | {"id": str(ids[table])}, headers=h)
+        assert_error(r, 409, "deleted")
+    assert (count_rows(session, Visit), count_rows(session, Reading), count_rows(session, Note)) == (0, 0, 0)
