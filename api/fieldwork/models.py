@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field, utcnow
-from api.schemas import RequestBody, Sha256, UtcDatetime, not_null
+from api.schemas import RequestBody, Sha256, UtcDatetime, clean_label, not_null
 
 # How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
 # hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.
@@ -164,6 +164,7 @@ class ReadingCreate(ReadingBase, RequestBody):
     id: uuid.UUID | None = None
 
     _not_in_future = field_validator("taken_at")(not_in_future)
+    _clean = field_validator("room", mode="before")(clean_label)  # a room of spaces then fails min_length
 
 
 class ReadingPublic(ReadingBase):

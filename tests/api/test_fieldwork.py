@@ -419,3 +419,14 @@ def test_rest_does_not_bring_back_a_row_deleted_through_sync(client: TestClient,
         r = client.post(f"{API}/{table}", json=body | {"id": str(ids[table])}, headers=h)
         assert_error(r, 409, "deleted")
     assert (count_rows(session, Visit), count_rows(session, Reading), count_rows(session, Note)) == (0, 0, 0)
+
+
+def test_a_reading_room_is_cleaned_and_one_of_spaces_refused(client: TestClient, session: Session,
+                                                             world: World) -> None:
+    """Regression: a room of spaces was stored as typed ("   "), unlike every other name."""
+    h = world.headers(world.steward_a)
+    body = {"household_id": str(world.household_a.id), "temp_c": 19.5, "taken_at": "2025-12-01T09:00:00Z"}
+    assert_error(client.post(f"{API}/readings", json=body | {"room": "   "}, headers=h), 422, "validation_error")
+    assert count_rows(session, Reading) == 0
+    r = client.post(f"{API}/readings", json=body | {"room": " 主卧\u200b "}, headers=h)
+    assert r.status_code == 201 and r.json()["room"] == "主卧", r.text
