@@ -308,10 +308,11 @@ class CutAtShutdown:
     passed every handler: uvicorn answered a plain-text 500 and logged a 70-line traceback for each. A request
     whose answer had already started is cut as it is (nothing else can be said).
 
-    Only a request that is safe to send again gets `Retry-After`: a GET/HEAD/OPTIONS, or a write cut while its
-    body was still arriving (the route had not started). A write whose whole body had arrived may have been
-    committed by its route's worker thread, which the cancellation does not stop; its client is told the
-    outcome is unknown, so that it looks before it sends the write again."""
+    Only a request that is safe to send again gets `Retry-After`: a GET/HEAD/OPTIONS, or a write cut while the
+    body it declared was still arriving (the route had not started). Any other write (its whole body arrived,
+    or it has none, as a notice's send) may have been committed by its route's worker thread, which the
+    cancellation does not stop; its client is told the outcome is unknown, so that it looks before it sends
+    the write again."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -339,7 +340,9 @@ class CutAtShutdown:
         except asyncio.CancelledError:
             if started:
                 raise
-            retry = scope.get("method") in SAFE_METHODS or not body_read
+            # A write still receiving the body it declared has not reached its route; a route that takes no body
+            # (a notice's send) never reads it, so a write without one may be well under way.
+            retry = scope.get("method") in SAFE_METHODS or (_has_body(scope) and not body_read)
             log.warning("%s %s cut by the shutdown: answered 503 (%s)", scope.get("method"), scope.get("path"),
                         "safe to send again" if retry else "outcome unknown")
             message = ("The server is restarting; send the request again." if retry else

@@ -128,10 +128,8 @@ def _sla_in_reach(value: datetime | None) -> datetime | None:
 class WorkOrderCreate(WorkOrderBase, RequestBody):
     id: uuid.UUID | None = None
     assignee_id: uuid.UUID | None = None
-    sla_due_at: UtcDatetime | None = None
+    sla_due_at: UtcDatetime | None = None  # null or left out: the SLA the rules give
 
-    # Leave a field out to keep it; a null was answered 200 and dropped (sync pushes refuse it too).
-    _not_null = field_validator("category", "description", "priority", "sla_due_at")(not_null)
     _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
 
     @model_validator(mode="after")

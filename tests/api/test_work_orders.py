@@ -586,3 +586,10 @@ def test_a_null_in_a_work_order_patch_is_refused_not_dropped(client: TestClient,
     assert reread(session, WorkOrder, order.id).description == "漏水"
     r = client.patch(f"{API}/{order.id}", json={"description": "漏水，已关阀"}, headers=office)
     assert r.status_code == 200 and r.json()["description"] == "漏水，已关阀"
+
+
+def test_a_work_order_created_with_a_null_sla_gets_the_rules_sla(client: TestClient, world: World) -> None:
+    """Regression: the null refusal meant for PATCH was added to creates too (422 for "no override")."""
+    body = {"household_id": str(world.household_a.id), "category": "leak", "sla_due_at": None}
+    r = client.post(API, json=body, headers=world.headers(world.supervisor))
+    assert r.status_code == 201 and r.json()["sla_due_at"] is not None, r.text

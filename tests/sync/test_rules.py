@@ -162,3 +162,16 @@ def test_an_order_edit_through_sync_follows_the_rest_rules(client: TestClient, d
     with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
         events = session.exec(select(WorkOrderEvent.kind).where(WorkOrderEvent.work_order_id == cold.id)).all()
     assert events == []
+
+
+def test_a_pushed_work_order_with_a_null_sla_is_created_with_the_rules_sla(client: TestClient,
+                                                                          district: District) -> None:
+    """Regression (review of the change that refused null in a work-order PATCH): the refusal was added to
+    creates too, and a handheld's order sent with `"sla_due_at": null` (no override) was rejected, for good."""
+    d = Device(http=client, headers=district.headers(district.steward1), name="phone")
+    d.pull()
+    d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
+             description="漏水", sla_due_at=None)
+    result, = d.push()["results"]
+    assert result["status"] == "applied", result
+    assert result["record"]["sla_due_at"] is not None  # the rules' SLA
