@@ -32,6 +32,11 @@ _UNITS = "号|楼|栋|幢|单元|层|室|月|日|度"
 # A mobile number's first two digits, and what follows an ID number's seventeen (its check character).
 _MOBILE_START = re.compile("1[3-9]")
 _ID_CHECK = set("Xx叉")
+# How long a number that starts so is, when more digit names follow it straight (…六六六六三号楼): an ID number
+# (region, birth date, then sequence and check digit), a mobile, a landline with a three-digit area code (010,
+# 02x) and eight digits, or with a four-digit one (0531) and eight (seven would be one shorter, and is rarer).
+_ID_START = re.compile(r"[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])")
+_RUN_ENDS = ((_ID_START, 18), (_MOBILE_START, 11), (re.compile("0(?:10|2[0-9])"), 11), (re.compile("0[3-9]"), 12))
 # Words that start with 一 and often follow a number said aloud (五零一一直不热, 我家五零一一点都不热); their
 # 一 is not the number's. Not 一号, 一楼, 一室...: there 一 is a digit of an address.
 _ONE_WORDS = frozenset(
@@ -66,11 +71,13 @@ def _replace_run(match: re.Match[str]) -> str:
     if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
         return run  # 二三四楼: floors two to four
     digits = "".join(str(v) for v in values)
-    if _MOBILE_START.match(digits) and 11 < len(digits) < 18 and following not in _ID_CHECK:
-        # A mobile number said straight into the next words (…七八一直没人接, …七八三号楼): eleven digits,
-        # the rest as spoken, so the number stays a number of its own (and is masked as one). Eighteen or
-        # seventeen and an X: an ID number.
-        return digits[:11] + run[11:]
+    for start, length in _RUN_ENDS:
+        # A number said straight into the next words (…七八一直没人接, …六六六六三号楼): its own digits, the
+        # rest as spoken, so that it stays a number of its own (and is masked as one). A phone's start run to
+        # eighteen digits, or seventeen and an X, is an ID number.
+        if start.match(digits) and length < len(digits) and (
+                length == 18 or (len(digits) < 18 and following not in _ID_CHECK)):
+            return digits[:length] + run[length:]
     if run[-1] == "一" and run[-1] + following in _ONE_WORDS:
         # 五零一一直不热: the last 一 starts a word (一直, 一点, 一下), it is not the number's last digit.
         return _replace_run_text(run[:-1]) + run[-1]

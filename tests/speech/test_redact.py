@@ -129,3 +129,16 @@ def test_numbers_in_digit_names_are_masked_too(text: str, masked: str) -> None:
 def test_a_mobile_split_between_segments_one_side_still_spoken() -> None:
     parts = redact_parts(["我的电话是138123456", "七八。"], "")
     assert parts == ["我的电话是138****56", "七八。"]
+
+
+@pytest.mark.parametrize(("heard", "shown"), [
+    ("我家电话零五三一八八八八六六六六三号楼二单元", "我家电话0531****6666三号楼2单元"),
+    ("身份证三七零一零二一九八五零七一五一二三四三号楼", "身份证370102***********4三号楼"),
+    ("电话一三八一二三四五六七八三号楼", "电话138****5678三号楼"),
+])
+def test_a_number_said_into_an_address_is_masked_as_stewards_read_it(heard: str, shown: str) -> None:
+    """Regression (review): the worker stores Whisper's text after the pipeline's clean-up, which wrote a
+    landline or ID number said straight into an address as one longer number that no rule masked."""
+    from speech.pipeline import postprocess
+
+    assert redact_text(postprocess(heard, language="zh", glossary=None)) == shown
