@@ -150,9 +150,20 @@ def building_text(building: Building) -> str:
     return f"{community}{_ending(number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
 
 
+UNIT_WORDS = ("单元", "门")
+ROOM_WORDS = ("室", "号", "户")
+
+
+def spellings(value: str, words: tuple[str, ...]) -> list[str]:
+    """The ways one unit or room is typed: bare and with each of its words (2, 2单元, 2门), so that a lookup of
+    one flat finds it however it was entered; `address_text` reads them all as one."""
+    bare = next((value[:-len(w)] for w in words if value.endswith(w) and len(value) > len(w)), value)
+    return [bare, *(bare + w for w in words)]
+
+
 def unit_text(unit: str) -> str:
     """A unit (entrance) as residents write it: 2 and 2单元 are both 2单元."""
-    return _ending(str(clean_label(unit)), ("单元", "门"), "单元")
+    return _ending(str(clean_label(unit)), UNIT_WORDS, "单元")
 
 
 def address_text(building: Building, household: Household) -> str:
@@ -160,4 +171,4 @@ def address_text(building: Building, household: Household) -> str:
     number typed with its word already ("3号楼", "2单元", "501室") does not get it twice
     ("3号楼号楼2单元单元501室室")."""
     room = str(clean_label(household.room))
-    return f"{building_text(building)}{unit_text(household.unit)}{_ending(room, ('室', '号', '户'), '室')}"
+    return f"{building_text(building)}{unit_text(household.unit)}{_ending(room, ROOM_WORDS, '室')}"

@@ -12,6 +12,8 @@ from api.db import folded, lock_for_update
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import (
+    ROOM_WORDS,
+    UNIT_WORDS,
     Building,
     BuildingCreate,
     BuildingUpdate,
@@ -22,6 +24,7 @@ from api.network.models import (
     Station,
     StationCreate,
     StationUpdate,
+    spellings,
 )
 from api.schemas import clean_label
 from api.users.models import User
@@ -130,13 +133,20 @@ def create_household(*, session: Session, data: HouseholdCreate) -> Household:
     _check_new_id(session, Household, data.id, "household")
     if session.get(Building, data.building_id) is None:
         raise NotFound(f"No building with id {data.building_id}.")
-    _check_unique(session, select(Household).where(Household.building_id == data.building_id,
-                                                   Household.unit == data.unit, Household.room == data.room),
+    _check_unique(session, _same_flat(data.building_id, data.unit, data.room),
                   f"Unit {data.unit} room {data.room} already exists in this building.")
     household = Household.model_validate(data.model_dump(exclude_none=True))
     session.add(household)
     session.commit()
     return household
+
+
+def _same_flat(building_id: uuid.UUID, unit: str, room: str) -> Any:
+    """The households of the building at this flat however its unit and room were typed: 2/501 and 2单元/501室
+    are one flat (one address in every SMS), and two rows for it were texted twice."""
+    return select(Household).where(Household.building_id == building_id,
+                                   col(Household.unit).in_(spellings(unit, UNIT_WORDS)),
+                                   col(Household.room).in_(spellings(room, ROOM_WORDS)))
 
 
 def get_household(*, session: Session, user: User, id: uuid.UUID) -> Household:
@@ -153,8 +163,7 @@ def update_household(*, session: Session, household: Household, data: HouseholdU
     changes = data.model_dump(exclude_unset=True)
     if "unit" in changes or "room" in changes:
         unit, room = changes.get("unit", household.unit), changes.get("room", household.room)
-        _check_unique(session, select(Household).where(Household.building_id == household.building_id,
-                                                       Household.unit == unit, Household.room == room),
+        _check_unique(session, _same_flat(household.building_id, unit, room).where(Household.id != household.id),
                       f"Unit {unit} room {room} of this building is another household.", exclude=household.id)
     household.sqlmodel_update(changes)
     session.add(household)

@@ -357,3 +357,24 @@ def test_household_search_finds_a_phone_typed_with_separators_by_its_digits(clie
              for q in ("053188886666", "13812345678", "8888-6666", "1234 5678", "88886666")}
     assert found == {"053188886666": ["赵国强"], "13812345678": ["钱秀兰"], "8888-6666": ["赵国强"],
                      "1234 5678": ["钱秀兰"], "88886666": ["赵国强"]}, found
+
+
+def test_one_flat_typed_with_and_without_its_words_is_one_household(client: TestClient, session: Session,
+                                                                    world: World) -> None:
+    """Regression (review): 2/501 and 2单元/501室 read as one address in every SMS, but were accepted as two
+    households, and a notice texted the flat twice."""
+    office = world.headers(world.supervisor)
+    building = make_building(session, world.station, number="9")
+    base = {"building_id": str(building.id), "resident_name": "赵", "phone": "13800000055", "area_m2": 80}
+    assert client.post(f"{API}/households", json=base | {"unit": "2", "room": "501"}, headers=office).status_code == 201
+    before = db_state(session)
+    for unit, room in (("2单元", "501室"), ("2门", "501号"), ("2", "501户"), ("2单元", "501")):
+        r = client.post(f"{API}/households", json=base | {"unit": unit, "room": room}, headers=office)
+        assert_error(r, 409, "already_exists")
+    assert db_state(session) == before
+    other = client.post(f"{API}/households", json=base | {"unit": "2单元", "room": "502室"}, headers=office)
+    assert other.status_code == 201, other.text
+    moved = client.patch(f"{API}/households/{other.json()['id']}", json={"room": "501"}, headers=office)
+    assert_error(moved, 409, "already_exists")
+    same = client.patch(f"{API}/households/{other.json()['id']}", json={"room": "502"}, headers=office)
+    assert same.status_code == 200 and same.json()["room"] == "502"  # its own flat, typed another way
