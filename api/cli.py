@@ -185,9 +185,20 @@ def db_current() -> None:
 def db_restored() -> None:
     """Run after restoring a backup: give the database a new sync identity, so that every handheld's next pull
     starts over from a fresh snapshot (their cursors name positions the restored database may reuse)."""
+    from sqlalchemy.engine import make_url
+
     from sync.tracking import new_database_id
 
     settings = _settings()
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and Path(f"{url.database}-wal").exists():
+        # Opening the file would replay the log of the server that wrote the database before the copy onto
+        # the backup: a corrupt, or silently mixed, "restored" database.
+        raise _fail(f"{url.database}-wal is still there, the write-ahead log of the database the backup "
+                    "replaces: opening the copy would replay it onto the backup. With the server stopped, delete "
+                    f"{url.database}-wal and {url.database}-shm and copy the backup again, or restore with "
+                    f"`sqlite3 {url.database} \".restore backup.db\"` (docs/reliability.md), then run this again.",
+                    2)
     with _database(settings) as engine:
         new_database_id(engine)
     typer.echo(f"database {_database_name(settings)}: new sync identity; every handheld resyncs on its next pull")

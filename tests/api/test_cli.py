@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -523,3 +524,25 @@ def test_commands_do_not_create_a_mistyped_database(data_dir: Path, monkeypatch:
     (line,) = result.stderr.splitlines()
     assert str(missing) in line and "steward db upgrade" in line
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_db_restored_refuses_a_copy_beside_the_old_servers_log(data_dir: Path) -> None:
+    """Regression (upgrade walkthrough): a backup copied over steward.db beside the crashed server's -wal file
+    was opened by `db restored`, which replayed that log onto the backup (a corrupt or silently mixed
+    database) and reported success."""
+    import sqlite3
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    database = data_dir / "steward.db"
+    wal = Path(f"{database}-wal")
+    wal.write_bytes(b"\x37\x7f\x06\x82" + bytes(28))  # a log left by the server the backup replaces
+    result = runner.invoke(app, ["db", "restored"])
+    assert result.exit_code == 2 and "-wal is still there" in result.stderr, result.output
+    assert wal.read_bytes()[:4] == b"\x37\x7f\x06\x82"  # nothing opened the database
+    wal.unlink()
+    with contextlib.closing(sqlite3.connect(database)) as conn:  # and it has no identity yet
+        assert conn.execute("SELECT value FROM sync_state WHERE name = 'database_id'").fetchone() is None
+    result = runner.invoke(app, ["db", "restored"])
+    assert result.exit_code == 0 and "new sync identity" in result.stdout, result.output
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("SELECT value FROM sync_state WHERE name = 'database_id'").fetchone() is not None

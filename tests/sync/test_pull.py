@@ -236,6 +236,7 @@ def test_a_cursor_issued_by_another_database_or_before_a_restore_starts_over(
     from api.settings import get_settings
 
     get_settings.cache_clear()  # the command reads its settings from this environment, not an earlier test's
+    engine.dispose()  # as a stopped server: SQLite's last connection checkpoints and removes the -wal file
     try:
         result = CliRunner().invoke(app, ["db", "restored"], env={
             "STEWARD_DATABASE_URL": engine.url.render_as_string(hide_password=False),
