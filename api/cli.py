@@ -157,12 +157,27 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
         except RuntimeError as exc:  # a migration that refuses (names that clash, a table it could not lock)
             raise _fail(f"Cannot upgrade the database {_database_name(settings)}: {exc}", 2) from exc
         after = migrate.current_revision(engine)
+        remasked = _remask(engine) if after == migrate.head_revision() else 0
     if before is not None and after == before and migrate.is_behind(before, revision):
         # Alembic's upgrade to an older revision changes nothing and says nothing: tell the operator why
         raise _fail(f"The database {_database_name(settings)} is at {before}, already past {revision}: "
                     "`db upgrade` never goes back (restore a backup taken before the upgrade, docs/reliability.md)"
                     "; nothing was changed.", 2)
     typer.echo(f"database {_database_name(settings)}: {before or 'empty'} -> {after}")
+    if remasked:
+        typer.echo(f"masked copies of {remasked} transcripts rewritten with this release's masking rules")
+
+
+def _remask(engine: Engine) -> int:
+    """The masked copies of transcripts brought to this release's rules (`remask_stored_copies`), with a
+    progress bar: one pass over the notes, only when the rules changed since the last."""
+    from rich.progress import Progress
+
+    from speech.service import remask_stored_copies
+
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("masking rules", total=None)
+        return remask_stored_copies(engine, progress=lambda n: bar.advance(task, n))
 
 
 @db_app.command("current")

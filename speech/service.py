@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,7 +40,7 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.pipeline import join_segments, segment_separator
-from speech.redact import can_view_pii, redact_joined, redact_parts, redact_phone, redact_text
+from speech.redact import MASKING_RULES, can_view_pii, redact_joined, redact_parts, redact_phone, redact_text
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
 from speech.text import half_width, to_simplified
@@ -165,6 +165,57 @@ def _masked_text(transcript: Transcript) -> str:
     if separator.join(t for t in texts if t) != transcript.text:  # not made from its segments (never so far)
         return redact_text(transcript.text)
     return redact_joined(texts, separator)
+
+
+MASKING_STATE = "masking_rules"  # sync_state: the masking rules' edition the stored copies were written with
+
+
+def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable[[int], None] | None = None) -> int:
+    """Rewrite the masked copies (`notes.transcript_text`: what handhelds sync and stewards search) written
+    under other masking rules than this release's (`speech.redact.MASKING_RULES`); how many changed. A
+    release that masks more (a landline in comma groups, digit names run into a word) otherwise left every
+    earlier transcript's copy as it was, and stewards read and searched those numbers whole.
+
+    In batches by id, each its own transaction, taken as a REST write takes them (the change sequence, then
+    the rows), so that a worker or a supervisor's correction writing a copy meanwhile is not overwritten with
+    one made from an older text; each changed note gets a new version and change sequence number, so the
+    next pull brings it to the handhelds."""
+    from sync.models import SyncState
+    from sync.tracking import allocate_seq
+
+    with Session(engine) as session:
+        state = session.get(SyncState, MASKING_STATE)
+        if state is not None and state.value == MASKING_RULES:
+            return 0
+    changed, after = 0, None
+    while True:
+        with Session(engine) as session:
+            allocate_seq(session)
+            page = select(Note).where(col(Note.transcript_text).is_not(None))
+            if after is not None:
+                page = page.where(col(Note.id) > after)
+            notes = session.exec(page.order_by(col(Note.id)).limit(batch).with_for_update()).all()
+            if not notes:
+                break
+            transcripts = {t.id: t for t in session.exec(
+                select(Transcript).where(col(Transcript.id).in_([n.id for n in notes]))).all()}
+            for note in notes:
+                transcript = transcripts.get(note.id)
+                masked = _masked_text(transcript) if transcript is not None and transcript.text else None
+                if masked is not None and masked != note.transcript_text:
+                    note.transcript_text = masked
+                    session.add(note)
+                    changed += 1
+            session.commit()
+            after = notes[-1].id
+        if progress is not None:
+            progress(len(notes))
+    with Session(engine) as session:
+        state = session.get(SyncState, MASKING_STATE) or SyncState(name=MASKING_STATE, value=0)
+        state.value, state.updated_at = MASKING_RULES, utcnow()
+        session.add(state)
+        session.commit()
+    return changed
 
 
 def _redact_segments(texts: list[str], transcript: Transcript) -> list[str]:

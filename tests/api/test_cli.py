@@ -546,3 +546,18 @@ def test_db_restored_refuses_a_copy_beside_the_old_servers_log(data_dir: Path) -
     assert result.exit_code == 0 and "new sync identity" in result.stdout, result.output
     with contextlib.closing(sqlite3.connect(database)) as conn:
         assert conn.execute("SELECT value FROM sync_state WHERE name = 'database_id'").fetchone() is not None
+
+
+def test_db_upgrade_records_the_masking_rules_its_copies_follow(data_dir: Path) -> None:
+    """`db upgrade` brings stored masked copies to this release's masking rules (speech.service
+    .remask_stored_copies) and records the rules' edition, so the next upgrade walks the notes only if they
+    changed."""
+    import sqlite3
+
+    from speech.redact import MASKING_RULES
+
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0 and "masked copies" not in result.stdout, result.output  # nothing to rewrite
+    with contextlib.closing(sqlite3.connect(data_dir / "steward.db")) as conn:
+        stored = conn.execute("SELECT value FROM sync_state WHERE name = 'masking_rules'").fetchone()
+    assert stored == (MASKING_RULES,)
