@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -196,6 +197,22 @@ def db_current() -> None:
     typer.echo(json.dumps({"database": current, "code": migrate.head_revision()}))
 
 
+def _sqlite_in_use(database: str) -> bool:
+    """Whether another process has this SQLite database open: every connection of SQLite's unix VFS holds a
+    shared lock on byte 128 of the `-shm` file (its "dead man switch") for as long as it is open."""
+    import fcntl
+    import struct
+
+    try:
+        shm = open(f"{database}-shm", "rb")  # noqa: SIM115 (closed below; the lock test needs a descriptor)
+    except FileNotFoundError:
+        return False
+    with shm:
+        probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+        held = fcntl.fcntl(shm.fileno(), fcntl.F_GETLK, probe)
+        return struct.unpack("hhqqi", held)[0] != fcntl.F_UNLCK
+
+
 @db_app.command("restored")
 def db_restored() -> None:
     """Run after restoring a backup: give the database a new sync identity, so that every handheld's next pull
@@ -206,14 +223,15 @@ def db_restored() -> None:
 
     settings = _settings()
     url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and Path(f"{url.database}-wal").exists():
-        # Opening the file would replay the log of the server that wrote the database before the copy onto
-        # the backup: a corrupt, or silently mixed, "restored" database.
-        raise _fail(f"{url.database}-wal is still there, the write-ahead log of the database the backup "
-                    "replaces: opening the copy would replay it onto the backup. With the server stopped, delete "
-                    f"{url.database}-wal and {url.database}-shm and copy the backup again, or restore with "
-                    f"`sqlite3 {url.database} \".restore backup.db\"` (docs/reliability.md), then run this again.",
-                    2)
+    db = url.database
+    if url.get_backend_name() == "sqlite" and db and Path(f"{db}-wal").exists() and not _sqlite_in_use(db):
+        # Nobody has the database open, yet a write-ahead log is beside it: after a restore, most likely the log
+        # of the server whose database the backup replaced. Opening the copy would replay it onto the backup (a
+        # corrupt, or silently mixed, "restored" database).
+        raise _fail(f"{db}-wal is beside the database and no process has it open: if the server whose database "
+                    "this backup replaces left it, opening the copy would replay that log onto the backup. With "
+                    f"the server stopped, delete {db}-wal and {db}-shm and copy the backup again, or restore with "
+                    f"`sqlite3 {db} \".restore backup.db\"` (docs/reliability.md); then run this again.", 2)
     with _database(settings) as engine:
         new_database_id(engine)
     typer.echo(f"database {_database_name(settings)}: new sync identity; every handheld resyncs on its next pull")

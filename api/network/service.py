@@ -161,8 +161,8 @@ def update_household(*, session: Session, household: Household, data: HouseholdU
     `lock_for_update`."""
     lock_for_update(session, household)
     changes = data.model_dump(exclude_unset=True)
-    if "unit" in changes or "room" in changes:
-        unit, room = changes.get("unit", household.unit), changes.get("room", household.room)
+    unit, room = changes.get("unit", household.unit), changes.get("room", household.room)
+    if (unit, room) != (household.unit, household.room):  # a form sent whole keeps its flat: nothing to check
         _check_unique(session, _same_flat(household.building_id, unit, room).where(Household.id != household.id),
                       f"Unit {unit} room {room} of this building is another household.", exclude=household.id)
     household.sqlmodel_update(changes)

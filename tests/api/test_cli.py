@@ -537,7 +537,8 @@ def test_db_restored_refuses_a_copy_beside_the_old_servers_log(data_dir: Path) -
     wal = Path(f"{database}-wal")
     wal.write_bytes(b"\x37\x7f\x06\x82" + bytes(28))  # a log left by the server the backup replaces
     result = runner.invoke(app, ["db", "restored"])
-    assert result.exit_code == 2 and "-wal is still there" in result.stderr, result.output
+    assert result.exit_code == 2 and "-wal is beside the database and no process has it open" in result.stderr, \
+        result.output
     assert wal.read_bytes()[:4] == b"\x37\x7f\x06\x82"  # nothing opened the database
     wal.unlink()
     with contextlib.closing(sqlite3.connect(database)) as conn:  # and it has no identity yet
@@ -561,3 +562,26 @@ def test_db_upgrade_records_the_masking_rules_its_copies_follow(data_dir: Path) 
     with contextlib.closing(sqlite3.connect(data_dir / "steward.db")) as conn:
         stored = conn.execute("SELECT value FROM sync_state WHERE name = 'masking_rules'").fetchone()
     assert stored == (MASKING_RULES,)
+
+
+def test_db_restored_runs_beside_a_server_that_has_the_database_open(data_dir: Path) -> None:
+    """Regression (review): the refusal above also met a restored database already being served (its log is
+    live, and the docs let the command run then); only a log that no process holds is refused."""
+    import subprocess
+    import sys
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    database = data_dir / "steward.db"
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(database)!r}); c.execute('PRAGMA journal_mode=WAL')\n"
+        "c.execute('SELECT count(*) FROM sync_state').fetchall(); print('open', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "open"
+        assert Path(f"{database}-wal").exists()
+        result = runner.invoke(app, ["db", "restored"])
+        assert result.exit_code == 0 and "new sync identity" in result.stdout, result.output
+    finally:
+        server.kill()
+        server.wait(timeout=30)

@@ -378,3 +378,14 @@ def test_one_flat_typed_with_and_without_its_words_is_one_household(client: Test
     assert_error(moved, 409, "already_exists")
     same = client.patch(f"{API}/households/{other.json()['id']}", json={"room": "502"}, headers=office)
     assert same.status_code == 200 and same.json()["room"] == "502"  # its own flat, typed another way
+
+
+def test_a_household_stored_beside_its_twin_before_the_check_can_still_be_edited(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression (review): with two rows for one flat stored before the spelling check (2/501 and 2单元/501室),
+    a PATCH that sent the whole form, its own unit and room unchanged, was 409."""
+    make_household(session, world.building_a, unit="2", room="501")
+    twin = make_household(session, world.building_a, unit="2单元", room="501室")
+    r = client.patch(f"{API}/households/{twin.id}", json={"unit": "2单元", "room": "501室", "phone": "13900000001"},
+                     headers=world.headers(world.supervisor))
+    assert r.status_code == 200 and r.json()["phone"] == "13900000001", r.text
