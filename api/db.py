@@ -295,17 +295,23 @@ def refuse_taken_id(session: Session, model: Any, id: uuid.UUID | None, what: st
         raise Conflict(f"The {what} with id {id} was deleted; a new one needs a new id.", code="deleted")
 
 
+def sqlite_write_lock(connection: Any) -> None:
+    """On SQLite, take the database's write lock now (`BEGIN IMMEDIATE`, waiting up to the busy timeout) unless
+    a transaction is open: its driver starts one only at the first write, so reads made before it could be
+    stale by then. Nothing on other databases."""
+    if connection.dialect.name == "sqlite":
+        driver = connection.connection.driver_connection
+        if driver is not None and not driver.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def lock_row(session: Session, obj: SQLModel) -> None:
     """Re-read `obj` so that no one else can change its row until this session ends: checks made next see
     what a concurrent request committed, and nothing commits in between. PostgreSQL: `SELECT ... FOR
     UPDATE`. SQLite has no row locks and ignores `FOR UPDATE` (its driver runs reads outside a transaction):
     the database's write lock is taken first (`BEGIN IMMEDIATE`, waiting up to the busy timeout), which
     orders this write after any other in flight."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        driver = connection.connection.driver_connection
-        if driver is not None and not driver.in_transaction:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    sqlite_write_lock(session.connection())
     try:
         session.refresh(obj, with_for_update=True)
     except InvalidRequestError as gone:  # deleted meanwhile (a push's delete committed while this waited)

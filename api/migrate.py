@@ -12,6 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from api.db import sqlite_write_lock
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 LOCK_TIMEOUT_S = 5  # PostgreSQL: the longest a migration waits for one table lock, ...
 LOCK_TRIES = 3  # ... and how many times it tries
@@ -78,8 +80,8 @@ def _migrate_once(engine: Engine, run: Callable[[Config], None]) -> None:
                     # A table lock waited for without limit (behind a long transaction) queued every reader
                     # of that table behind it: sync pulls stalled for as long as the transaction lasted.
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
-                elif (driver := conn.connection.driver_connection) is not None and not driver.in_transaction:
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    sqlite_write_lock(conn)
                 config.attributes["connection"] = conn
                 run(config)
                 if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").first()) is not None:

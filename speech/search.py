@@ -18,6 +18,7 @@ from sqlalchemy import Engine, bindparam, column, or_, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
+from api.db import sqlite_write_lock
 from api.errors import Unprocessable
 from api.notes.models import Note
 from speech.models import Transcript
@@ -59,10 +60,7 @@ def ensure_search_index(engine: Engine) -> bool:
     """Create the search index if it is missing; False if this database cannot have one (then search scans)."""
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
-            # The write lock first: two processes starting at once must not both see no index and both fill it.
-            driver = conn.connection.driver_connection
-            if driver is not None and not driver.in_transaction:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            sqlite_write_lock(conn)  # first: two processes starting at once must not both see no index and fill it
             if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'transcripts_fts'")).first():
                 log.info("replacing the search index with one keyed by row (one pass over the transcripts)")
                 for statement in _SQLITE_OLD:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import folded, lock_for_update
+from api.db import folded, lock_for_update, refuse_taken_id
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import (
@@ -30,11 +30,6 @@ from api.schemas import clean_label
 from api.users.models import User
 
 
-def _check_new_id(session: Session, model: type[SQLModel], id: uuid.UUID | None, what: str) -> None:
-    if id is not None and session.get(model, id) is not None:
-        raise Conflict(f"A {what} with id {id} already exists.", code="already_exists")
-
-
 def _check_unique(session: Session, stmt: Any, message: str, exclude: uuid.UUID | None = None) -> None:
     existing = session.exec(stmt).first()
     if existing is not None and existing.id != exclude:
@@ -43,7 +38,7 @@ def _check_unique(session: Session, stmt: Any, message: str, exclude: uuid.UUID 
 
 def create_station(*, session: Session, data: StationCreate) -> Station:
     """Add a heat-exchange station; codes are unique."""
-    _check_new_id(session, Station, data.id, "station")
+    refuse_taken_id(session, Station, data.id, "station")
     _check_unique(session, select(Station).where(Station.code == data.code),
                   f"Station code {data.code!r} is already used.")
     station = Station.model_validate(data.model_dump(exclude_none=True))
@@ -84,7 +79,7 @@ def list_stations(*, session: Session, page: Page, district: str | None = None) 
 
 def create_building(*, session: Session, data: BuildingCreate) -> Building:
     """Add a building fed by an existing station; community + number is unique."""
-    _check_new_id(session, Building, data.id, "building")
+    refuse_taken_id(session, Building, data.id, "building")
     get_station(session=session, id=data.station_id)
     _check_unique(session, select(Building).where(Building.community == data.community,
                                                   Building.number == data.number),
@@ -130,7 +125,7 @@ def list_buildings(*, session: Session, user: User, page: Page, station_id: uuid
 
 def create_household(*, session: Session, data: HouseholdCreate) -> Household:
     """Add a household to an existing building; building + unit + room is unique."""
-    _check_new_id(session, Household, data.id, "household")
+    refuse_taken_id(session, Household, data.id, "household")
     if session.get(Building, data.building_id) is None:
         raise NotFound(f"No building with id {data.building_id}.")
     _check_unique(session, _same_flat(data.building_id, data.unit, data.room),
@@ -164,7 +159,7 @@ def update_household(*, session: Session, household: Household, data: HouseholdU
     unit, room = changes.get("unit", household.unit), changes.get("room", household.room)
     if (unit, room) != (household.unit, household.room):  # a form sent whole keeps its flat: nothing to check
         _check_unique(session, _same_flat(household.building_id, unit, room).where(Household.id != household.id),
-                      f"Unit {unit} room {room} of this building is another household.", exclude=household.id)
+                      f"Unit {unit} room {room} of this building is another household.")
     household.sqlmodel_update(changes)
     session.add(household)
     session.commit()

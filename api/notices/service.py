@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import new_id, utcnow
+from api.db import new_id, refuse_taken_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station, address_text
@@ -26,8 +26,7 @@ from api.users.models import User
 
 def create(*, session: Session, settings: Settings, user: User, data: NoticeCreate) -> Notice:
     """Draft a notice for one building or all buildings of a station."""
-    if data.id is not None and session.get(Notice, data.id) is not None:
-        raise Conflict(f"A notice with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, Notice, data.id, "notice")
     if data.building_id is not None and session.get(Building, data.building_id) is None:
         raise NotFound(f"No building with id {data.building_id}.")
     if data.station_id is not None and session.get(Station, data.station_id) is None:

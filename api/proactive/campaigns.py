@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, or_
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import new_id, utcnow
+from api.db import new_id, refuse_taken_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station, address_text
@@ -154,8 +154,7 @@ def campaign_clause(user: User) -> ColumnElement[bool]:
 
 def create_campaign(*, session: Session, settings: Settings, user: User, data: CampaignCreate) -> Campaign:
     """Draft a campaign for a station's season; its dates come from the station's calendar."""
-    if data.id is not None and session.get(Campaign, data.id) is not None:
-        raise Conflict(f"A campaign with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, Campaign, data.id, "campaign")
     get_station(session=session, id=data.station_id)
     _check_season(data.season)
     calendar = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == data.station_id,

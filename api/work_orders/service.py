@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import lock_for_update, utcnow
+from api.db import lock_for_update, refuse_taken_id, utcnow
 from api.deps import Page
 from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
 from api.network.models import HeatingStatus, Household
@@ -95,8 +95,7 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
         assignee_id = user.id
     # After the scope and role checks (as for visits): before them, a create refused anyway answered 409 or 403
     # by whether the id existed in another grid.
-    if data.id is not None and session.get(WorkOrder, data.id) is not None:
-        raise Conflict(f"A work order with id {data.id} already exists.", code="already_exists")
+    refuse_taken_id(session, WorkOrder, data.id, "work order")
     if assignee_id is not None:
         _steward(session, assignee_id)
     priority = effective_priority(household, data.category, data.priority)
