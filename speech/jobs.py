@@ -10,6 +10,7 @@ guarantees one worker per job and retries jobs of dead workers). Every later wri
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -409,6 +410,15 @@ def open_draft(session: Session, settings: Settings, note: Note, category: str, 
     order_id = draft_work_order_id(note.id)
     data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
                            category=Category(category), description=f"[来电转写草稿] {masked}"[:4000],
-                           caller_phone=call.caller_phone[:20] if call else None)
+                           caller_phone=draft_phone(call.caller_phone) if call else None)
     work_orders.create(session=session, settings=settings, user=author, data=data)
     return order_id
+
+
+def draft_phone(phone: str) -> str:
+    """The call's number as a work order holds it (20 characters; a call's may have 32): spaces, dashes,
+    dots and brackets dropped when it is longer, so `+86 (531) 8888-6666 转 801` keeps every digit. Only
+    a number still longer is cut; the call keeps it whole."""
+    if len(phone) > 20:
+        phone = re.sub(r"[\s\-.()（）]", "", phone)
+    return phone[:20]

@@ -126,8 +126,12 @@ def list_buildings(*, session: Session, user: User, page: Page, station_id: uuid
 def create_household(*, session: Session, data: HouseholdCreate) -> Household:
     """Add a household to an existing building; building + unit + room is unique."""
     refuse_taken_id(session, Household, data.id, "household")
-    if session.get(Building, data.building_id) is None:
+    building = session.get(Building, data.building_id)
+    if building is None:
         raise NotFound(f"No building with id {data.building_id}.")
+    # Two spellings of one flat are not the same string, so the unique constraint cannot refuse the second of
+    # two creates checked at once: the change sequence (which the insert takes anyway) orders them first.
+    lock_for_update(session, building)
     _check_unique(session, _same_flat(data.building_id, data.unit, data.room),
                   f"Unit {data.unit} room {data.room} already exists in this building.")
     household = Household.model_validate(data.model_dump(exclude_none=True))

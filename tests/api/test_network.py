@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from api.network import service
 from api.network.models import Building, Household, Station
 from tests.utils.asserts import assert_error, count_rows, db_state, reread
 from tests.utils.factories import World, make_building, make_household, make_station, random_id
@@ -378,6 +381,44 @@ def test_one_flat_typed_with_and_without_its_words_is_one_household(client: Test
     assert_error(moved, 409, "already_exists")
     same = client.patch(f"{API}/households/{other.json()['id']}", json={"room": "502"}, headers=office)
     assert same.status_code == 200 and same.json()["room"] == "502"  # its own flat, typed another way
+
+
+def test_two_spellings_of_one_flat_created_at_once_make_one_household(
+        client: TestClient, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the spelling check is not a constraint, so a create checked while another one of
+    the same flat (typed another way) was between its check and its commit passed too: two rows, one flat.
+    Now the second waits for the first and is checked against it."""
+    office = world.headers(world.supervisor)
+    base = {"building_id": str(world.building_a.id), "resident_name": "钱", "phone": "13800000056", "area_m2": 70}
+    checked, go_on = threading.Event(), threading.Event()
+    check_unique = service._check_unique
+
+    def slow_check(*args: Any, **kwargs: Any) -> None:
+        check_unique(*args, **kwargs)
+        if not checked.is_set():  # the first create, checked and not yet written
+            checked.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(service, "_check_unique", slow_check)
+    answers: dict[str, Any] = {}
+
+    def create(unit: str, room: str) -> None:
+        answers[unit] = client.post(f"{API}/households", json=base | {"unit": unit, "room": room}, headers=office)
+
+    first = threading.Thread(target=create, args=("7", "701"))
+    first.start()
+    assert checked.wait(10)
+    second = threading.Thread(target=create, args=("7单元", "701室"))
+    second.start()
+    second.join(1.0)  # it waits for the first (or, unguarded, gets through before the first writes)
+    go_on.set()
+    first.join(10)
+    second.join(10)
+    assert answers["7"].status_code == 201, answers["7"].text
+    assert_error(answers["7单元"], 409, "already_exists")
+    session.rollback()
+    rooms = session.exec(select(Household.room).where(Household.building_id == world.building_a.id)).all()
+    assert sorted(r for r in rooms if r.startswith("701")) == ["701"]
 
 
 def test_a_household_stored_beside_its_twin_before_the_check_can_still_be_edited(

@@ -150,11 +150,12 @@ def test_an_approval_cannot_pass_over_an_edit_made_meanwhile(world: World, engin
     assert (row.status, row.text, row.revision) == (TranscriptState.approved, "改了", 1)
 
 
-def hotline_call(session: Session, world: World, *texts: str, **note_fields: Any) -> Transcript:
+def hotline_call(session: Session, world: World, *texts: str, caller_phone: str = "13800138000",
+                 **note_fields: Any) -> Transcript:
     """A transcribed call of household A (tagged `other`), as the worker leaves it."""
     t = make_transcript(session, world.supervisor, *texts,
                         **({"kind": NoteKind.call_recording, "household_id": world.household_a.id} | note_fields))
-    session.add(Call(id=t.id, caller_phone="13800138000", agent="agent-07", started_at=utcnow(),
+    session.add(Call(id=t.id, caller_phone=caller_phone, agent="agent-07", started_at=utcnow(),
                      created_by_id=world.supervisor.id))
     session.commit()
     return t
@@ -163,6 +164,20 @@ def hotline_call(session: Session, world: World, *texts: str, **note_fields: Any
 def drafts(engine: Engine) -> list[WorkOrder]:
     with Session(engine) as s:
         return list(s.exec(select(WorkOrder).where(col(WorkOrder.source) == Source.hotline)).all())
+
+
+def test_a_draft_keeps_every_digit_of_a_long_written_caller_number(
+        world: World, engine: Engine, session: Session, sp_settings: Settings) -> None:
+    """Regression: a call's number may have 32 characters and a work order's 20; the draft cut it to its
+    first 20, so `+86 (531) 8888-6666 转 801` lost the extension the office calls back on."""
+    t = hotline_call(session, world, "卫生间漏水了。", caller_phone="+86 (531) 8888-6666 转 801")
+    with Session(engine, expire_on_commit=False) as s:
+        service.update(session=s, settings=sp_settings, user=world.admin,
+                       transcript=service.get(session=s, user=world.admin, id=t.id), data=edit(0, "卫生间漏水了！"))
+    [draft] = drafts(engine)
+    assert draft.caller_phone == "+8653188886666转801"
+    assert jobs.draft_phone("0531-8888-6666") == "0531-8888-6666"  # what fits is kept as written
+    assert jobs.draft_phone("1" * 32) == "1" * 20  # only a number of more than 20 digits is still cut
 
 
 def test_a_correction_that_makes_a_call_a_leak_report_opens_its_draft_work_order(
