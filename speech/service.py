@@ -44,6 +44,7 @@ from speech.redact import MASKING_RULES, can_view_pii, redact_joined, redact_par
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
 from speech.text import half_width, to_simplified
+from sync.tracking import allocate_seq
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,15 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
     # refused (at flush or commit), a blob this call added is taken back rather than left unreferenced.
     sha256, added = add_audio(settings, audio)
     try:
-        return _record_call(session, user, metadata, audio, sha256)
+        transcript = _record_call(session, user, metadata, audio, sha256)
     except Exception:
         session.rollback()
         if added:
             _take_back_audio(session, settings, sha256)
         raise
+    if not added:  # found stored: a refused call with the same bytes may have taken them back since
+        add_audio(settings, audio)
+    return transcript
 
 
 def _record_call(session: Session, user: User, metadata: CallMetadata, audio: bytes, sha256: str) -> Transcript:
@@ -101,15 +105,22 @@ def _record_call(session: Session, user: User, metadata: CallMetadata, audio: by
 
 
 def _take_back_audio(session: Session, settings: Settings, sha256: str) -> None:
-    """Delete the blob of a refused call unless a committed note refers to it: the same bytes may have come
-    meanwhile by sync or with another call, which found them stored and did not store them again."""
+    """Delete the blob of a refused call unless a note refers to it: the same bytes may have come meanwhile
+    by sync or with another call, which found them stored and did not store them again.
+
+    The look and the delete hold the change sequence, which every note's insert takes until its commit: a
+    note naming these bytes either committed first (seen: the blob stays) or commits after the blob is gone,
+    and then a call stores it again (`create_call`); a device's push finds it missing on its next HEAD, as
+    after the sweep."""
     try:
+        allocate_seq(session)
         in_use = session.exec(select(Note.id).where(col(Note.audio_sha256) == sha256).limit(1)).first()
+        if in_use is None:
+            remove_audio(settings, sha256)
     except SQLAlchemyError:  # cannot tell: an unreferenced blob is better than a note without its audio
         log.warning("kept blob %s of a refused call: the database did not answer", sha256)
-        return
-    if in_use is None:
-        remove_audio(settings, sha256)
+    finally:
+        session.rollback()
 
 
 # --- reading --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ writes that race (two sessions, as two requests would be)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,53 @@ def test_a_call_refused_at_commit_keeps_audio_that_was_already_stored(world: Wor
         service.create_call(session=session, settings=sp_settings, user=world.supervisor,
                             metadata=unstorable_metadata(), audio=LEAK)
     assert len(stored_blobs(sp_settings)) == 1
+
+
+def test_a_call_stores_its_audio_again_when_a_refused_call_took_the_same_bytes_back(
+        world: World, session: Session, sp_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (race): a call that found its bytes stored (added by a second call with the same recording)
+    committed a note whose audio the second call, refused, had taken back in between."""
+    sha256 = store_audio(sp_settings, LEAK)
+    record_call = service._record_call
+
+    def taken_back_meanwhile(*args: Any) -> Transcript:
+        service.remove_audio(sp_settings, sha256)  # the refused call's take-back, after this call found the blob
+        return record_call(*args)
+
+    monkeypatch.setattr(service, "_record_call", taken_back_meanwhile)
+    transcript = service.create_call(session=session, settings=sp_settings, user=world.supervisor,
+                                     metadata=CallMetadata.model_validate({
+                                         "caller_phone": "13800138000", "started_at": "2026-11-29T08:00:00Z",
+                                         "agent": "agent-07"}), audio=LEAK)
+    assert session.get(Note, transcript.id).audio_sha256 == sha256  # type: ignore[union-attr]
+    assert [p.name for p in stored_blobs(sp_settings)] == [sha256]
+
+
+def test_a_take_back_waits_for_a_note_naming_the_bytes_that_is_being_written(
+        world: World, engine: Engine, sp_settings: Settings) -> None:
+    """Regression (race): the take-back looked for a note naming the bytes and deleted them while a push or
+    another call was committing one: a note without its audio. It now looks under the change sequence that
+    every note's insert holds until its commit, so it waits and sees the note."""
+    sha256 = store_audio(sp_settings, LEAK)
+    writer = Session(engine)
+    writer.add(Note(owner_id=world.steward_a.id, kind=NoteKind.voice_note, audio_sha256=sha256, duration_s=5.0,
+                    recorded_at=utcnow()))
+    writer.flush()  # written, holding the change sequence, not committed
+    done = threading.Event()
+
+    def take_back() -> None:
+        with Session(engine) as s:
+            service._take_back_audio(s, sp_settings, sha256)
+        done.set()
+
+    thread = threading.Thread(target=take_back)
+    thread.start()
+    assert not done.wait(1.0)  # it waits for the writer
+    writer.commit()
+    writer.close()
+    thread.join(30)
+    assert done.is_set()
+    assert [p.name for p in stored_blobs(sp_settings)] == [sha256]
 
 
 def edit(index: int, text: str, base_revision: int | None = None) -> TranscriptUpdate:
