@@ -59,6 +59,15 @@ def compute_type_problem(settings: Settings, *, transcribes_here: bool = True) -
             f"(on STEWARD_WHISPER_DEVICE={device} here: {choices})")
 
 
+def queue_problem(settings: Settings) -> str | None:
+    """Why the chosen transcription queue cannot run on this database, or None. procrastinate lives in
+    PostgreSQL: on SQLite no job would ever run, and every upload waited on a PostgreSQL that is not there."""
+    if settings.speech_queue == "procrastinate" and settings.resolved_database_url.startswith("sqlite"):
+        return ("Configuration error: STEWARD_SPEECH_QUEUE=procrastinate needs PostgreSQL (STEWARD_DATABASE_URL); "
+                "with SQLite, use `embedded` (or `auto`), which transcribes inside `steward serve`.")
+    return None
+
+
 def speech_problem(settings: Settings, *, transcribes_here: bool = True) -> str | None:
     """Why every transcription job would fail with these settings (language, glossary, model path, compute
     type), or None. `transcribes_here`: whether this process runs the jobs (what its hardware supports is
@@ -114,9 +123,10 @@ def prepare(settings: Settings) -> None:
     # Checked here, not when the first job loads the model: there, every job would fail one by one. The blob
     # directory too: it is created while the app is built, inside uvicorn, where a failure is a traceback.
     # `auto` is the embedded queue on SQLite (speech.worker.queue_mode): then this process transcribes.
-    embedded = settings.speech_queue == "embedded" or (
-        settings.speech_queue == "auto" and settings.resolved_database_url.startswith("sqlite"))
-    problem = speech_problem(settings, transcribes_here=embedded) or storage_problem(settings)
+    sqlite = settings.resolved_database_url.startswith("sqlite")
+    embedded = settings.speech_queue == "embedded" or (settings.speech_queue == "auto" and sqlite)
+    problem = queue_problem(settings) or speech_problem(settings, transcribes_here=embedded) or storage_problem(
+        settings)
     if problem:
         typer.secho(problem, fg="red", err=True)
         raise typer.Exit(2)

@@ -12,6 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     CurrentUser,
@@ -59,9 +60,14 @@ async def post_call(request: Request, session: SessionDep, settings: SettingsDep
     data = await audio.read(settings.audio_max_bytes + 1)
     if len(data) > settings.audio_max_bytes:
         raise PayloadTooLarge(f"The recording is larger than {settings.audio_max_bytes} bytes.")
-    transcript = service.create_call(session=session, settings=settings, user=user, metadata=meta, audio=data)
-    notify_queued(request.app.state, transcript.id)
-    return CallQueued(id=transcript.id, status=transcript.status)
+    # Storing (fsync), probing and committing block, and a defer may wait on PostgreSQL: off the event loop,
+    # which otherwise stood still for every other request while SQLite's write lock was held elsewhere.
+    def store() -> CallQueued:
+        transcript = service.create_call(session=session, settings=settings, user=user, metadata=meta, audio=data)
+        notify_queued(request.app.state, transcript.id)
+        return CallQueued(id=transcript.id, status=transcript.status)
+
+    return await run_in_threadpool(store)
 
 
 @router.get("", response_model=TranscriptsPublic)

@@ -57,6 +57,21 @@ def test_an_unknown_speech_language_is_refused_at_startup(engine: Engine, databa
     prepare(make_settings(database_url, tmp_path, speech_language="klingon", speech_queue="off"))
 
 
+def test_the_procrastinate_queue_on_sqlite_is_refused_at_startup(engine: Engine, database_url: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (review): `steward serve` started with STEWARD_SPEECH_QUEUE=procrastinate on SQLite (only
+    `steward worker` refused it); nothing was ever transcribed, and every call upload waited 30 s for a
+    PostgreSQL made from the SQLite URL."""
+    settings = make_settings(database_url, tmp_path, speech_queue="procrastinate")
+    if database_url.startswith("sqlite"):
+        with pytest.raises(typer.Exit):
+            prepare(settings)
+        assert "STEWARD_SPEECH_QUEUE=procrastinate needs PostgreSQL" in capsys.readouterr().err
+    else:
+        prepare(settings)  # its home
+        assert "STEWARD_SPEECH_QUEUE" not in capsys.readouterr().err
+
+
 def test_a_model_folder_without_model_bin_is_refused(tmp_path: Path) -> None:
     """Regression: only existence was checked, so an empty folder passed and then every job failed."""
     problem = speech_problem(Settings(whisper_model=str(tmp_path), speech_queue="embedded"))
@@ -138,7 +153,8 @@ def test_a_server_that_does_not_transcribe_checks_only_the_name(engine: Engine, 
     must not refuse a GPU worker's float16 because the API's own machine has no GPU; a typo is still a typo."""
     gpu = {"whisper_device": "cuda", "whisper_compute_type": "float16"}
     assert speech_problem(Settings(speech_queue="procrastinate", **gpu), transcribes_here=False) is None
-    prepare(make_settings(database_url, tmp_path, speech_queue="procrastinate", **gpu))
+    if not database_url.startswith("sqlite"):  # procrastinate's home (refused on SQLite: the test above)
+        prepare(make_settings(database_url, tmp_path, speech_queue="procrastinate", **gpu))
     typo = speech_problem(Settings(speech_queue="procrastinate", whisper_compute_type="int9"), transcribes_here=False)
     assert typo is not None and "STEWARD_WHISPER_COMPUTE_TYPE: unknown compute type 'int9'" in typo
 

@@ -3,11 +3,14 @@ redaction, audio with Range. Real transcription runs through each backend's queu
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -19,6 +22,7 @@ from api.notes.models import Note, TranscriptStatus
 from api.settings import Settings
 from api.work_orders.models import WorkOrder
 from speech.models import TranscriptState
+from sync.tracking import allocate_seq
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import (
     bundled_model_dir,
@@ -74,6 +78,36 @@ def test_a_call_is_queued_transcribed_tagged_and_searchable(api: TestClient, wor
     with Session(engine) as session:  # the note that syncs to handhelds carries the transcript too
         note = session.get(Note, uuid.UUID(body["id"]))
         assert note is not None and note.transcript_status == TranscriptStatus.done and "排气阀" in note.transcript_text
+
+
+def test_a_call_waiting_for_the_database_leaves_other_requests_answered(
+        world: World, engine: Engine, speech_settings_: Settings) -> None:
+    """Regression (review): the upload route stored, probed and committed on the event loop, so while another
+    writer held the database (SQLite's write lock; here the change sequence, which every insert of a note
+    takes on both backends) every other request, `/metrics` included, waited behind it."""
+    app = create_app(speech_settings_.model_copy(update={"speech_queue": "off"}), engine=engine)
+    holder = Session(engine)
+    allocate_seq(holder)  # another writer, mid-transaction
+
+    async def main() -> tuple[int, int, bool]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            upload = asyncio.create_task(client.post(
+                "/api/v1/calls", headers=world.headers(world.supervisor),
+                files={"audio": ("call.wav", LEAK, "audio/wav")},
+                data={"metadata": json.dumps({"caller_phone": "13800138000", "agent": "agent-07",
+                                              "started_at": "2026-11-29T08:00:00+08:00"})}))
+            await asyncio.sleep(0.5)  # the upload is waiting for the database now
+            try:
+                metrics = await asyncio.wait_for(client.get("/metrics"), 4)
+                waiting = not upload.done()
+            finally:
+                await asyncio.to_thread(holder.rollback)
+            return metrics.status_code, (await upload).status_code, waiting
+
+    try:
+        assert asyncio.run(main()) == (200, 202, True)
+    finally:
+        holder.close()
 
 
 def test_undecodable_audio_fails_fast_with_a_reason(api: TestClient, world: World, engine: Engine,
