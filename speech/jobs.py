@@ -213,6 +213,7 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt
             return TranscriptState.failed
         sha256 = note.audio_sha256
         attempt = transcript.attempts if attempt is None else attempt
+        tries = attempt - transcript.retry_base  # this run's place in its budget (the retry's count)
     where = "recording"
     try:
         # With the S3 store the file is a temporary download, kept only while it is decoded.
@@ -227,12 +228,12 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt
     except AudioDecodeError as exc:
         return _fail(engine, transcript_id, attempt, f"undecodable audio: {exc}".replace(where, "recording"))
     except Exception as exc:
-        log.exception("transcription of %s failed (attempt %d)", transcript_id, attempt)
-        last = attempt >= settings.speech_max_attempts if final_attempt is None else final_attempt
+        log.exception("transcription of %s failed (attempt %d)", transcript_id, tries)
+        last = tries >= settings.speech_max_attempts if final_attempt is None else final_attempt
         reason = failure_reason(exc)
         if last:
-            return _fail(engine, transcript_id, attempt, f"gave up after {attempt} attempts: {reason}")
-        if not _retry_later(engine, settings, transcript_id, attempt, reason):
+            return _fail(engine, transcript_id, attempt, f"gave up after {tries} attempts: {reason}")
+        if not _retry_later(engine, settings, transcript_id, attempt, reason, tries=tries):
             return _state(engine, transcript_id)  # superseded: nothing for this worker to retry
         raise
 
@@ -307,12 +308,13 @@ def _fail(engine: Engine, transcript_id: uuid.UUID, attempt: int, reason: str) -
     return TranscriptState.failed
 
 
-def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int, reason: str) -> bool:
+def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int, reason: str, *,
+                 tries: int) -> bool:
     now = utcnow()
     with Session(engine) as session:
         sequence_first(session)
         if not _record(session, transcript_id, attempt, "retry", status=TranscriptState.queued,
-                       failure_reason=reason[:2000], next_attempt_at=now + backoff(settings, attempt),
+                       failure_reason=reason[:2000], next_attempt_at=now + backoff(settings, tries),
                        lease_until=None, updated_at=now):
             return False
         _note_status(session, transcript_id, TranscriptStatus.pending)
@@ -334,13 +336,18 @@ def _complete(engine: Engine, settings: Settings, transcript_id: uuid.UUID, atte
         note = session.get(Note, transcript_id)
         if transcript is None or note is None:
             return TranscriptState.failed
-        # The draft work order commits first, under an id derived from the recording: a worker that dies
-        # before the transcript below is written leaves the job to be retried, and the retry finds the draft
-        # instead of opening a second one (or losing it, had the transcript been committed first).
+        if (transcript.status, transcript.attempts) != (TranscriptState.running, attempt):
+            # Superseded (taken over, or failed and retried by a supervisor): it opens nothing either. Checked
+            # under the change sequence, which every other writer of the row takes first.
+            log.warning("transcript %s: attempt %d is no longer the running one; its outcome is dropped",
+                        transcript_id, attempt)
+            return transcript.status
+        # The draft work order (under an id derived from the recording, so a retry finds it instead of opening
+        # a second one) commits with the transcript: one worker's outcome, whole or not at all.
         draft_id = transcript.draft_work_order_id
         if settings.speech_draft_work_orders:
             draft_id = _open_draft_work_order(session, settings, note, categories, masked) or draft_id
-            sequence_first(session)  # the draft's commit let go of it: again before the transcript's row lock
+            sequence_first(session)  # a refused draft rolled back: again before the transcript's row lock
         if not _record(session, transcript_id, attempt, "transcribed", status=TranscriptState.transcribed,
                        failure_reason=None, lease_until=None, engine=result.engine, model=result.model,
                        language=result.language, duration_s=result.duration, text=result.text, segments=segments,
@@ -389,7 +396,7 @@ def _open_draft_work_order(session: Session, settings: Settings, note: Note, cat
         log.warning("call %s opened no draft work order: its uploader no longer exists", note.id)
         return None
     try:
-        return open_draft(session, settings, note, category, masked, author=author)
+        return open_draft(session, settings, note, category, masked, author=author, commit=False)
     except DomainError as exc:
         # A draft is a convenience: the transcript must still be saved when it is refused (the uploader lost
         # the role or the grid meanwhile). Checking as the office instead would need a system actor.
@@ -399,9 +406,10 @@ def _open_draft_work_order(session: Session, settings: Settings, note: Note, cat
 
 
 def open_draft(session: Session, settings: Settings, note: Note, category: str, masked: str, *,
-               author: User) -> uuid.UUID:
-    """Open the call's draft work order as `author` and commit (with whatever the session holds); its id. A
-    refusal is a DomainError raised before anything is added to the session."""
+               author: User, commit: bool = True) -> uuid.UUID:
+    """Open the call's draft work order as `author` and commit (with whatever the session holds; flushed
+    only with `commit=False`); its id. A refusal is a DomainError raised before anything is added to the
+    session."""
     from api.work_orders import service as work_orders
     from api.work_orders.models import Category, Source, WorkOrderCreate
 
@@ -411,7 +419,7 @@ def open_draft(session: Session, settings: Settings, note: Note, category: str, 
     data = WorkOrderCreate(id=order_id, household_id=note.household_id, source=Source.hotline,
                            category=Category(category), description=f"[来电转写草稿] {masked}"[:4000],
                            caller_phone=draft_phone(call.caller_phone) if call else None)
-    work_orders.create(session=session, settings=settings, user=author, data=data)
+    work_orders.create(session=session, settings=settings, user=author, data=data, commit=commit)
     return order_id
 
 

@@ -32,9 +32,18 @@ class TranscriptState(StrEnum):
 class Transcript(SQLModel, table=True):
     __tablename__ = "transcripts"
 
+    @property
+    def tries(self) -> int:
+        """Attempts since the last retry (what the budget and the API count)."""
+        return self.attempts - self.retry_base
+
     id: uuid.UUID = Field(primary_key=True, foreign_key="notes.id", ondelete="CASCADE")
     status: TranscriptState = Field(default=TranscriptState.queued, index=True)
+    # Claims ever made: the number an outcome is written against, so it only grows (a supervisor's retry reset
+    # it, and a worker presumed dead then matched the new run's first attempt and wrote over it). The budget
+    # of attempts counts those after the last retry: `attempts - retry_base`.
     attempts: int = 0
+    retry_base: int = 0
     next_attempt_at: datetime = ts_field(default_now=True, index=True)
     lease_until: datetime | None = ts_field(nullable=True)
     failure_reason: str | None = Field(default=None, max_length=2000)

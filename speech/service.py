@@ -129,7 +129,7 @@ def _take_back_audio(session: Session, settings: Settings, sha256: str) -> None:
 def _public(transcript: Transcript, note: Note, call: Call | None, user: User) -> dict[str, Any]:
     pii = can_view_pii(user)
     return {
-        "id": transcript.id, "status": transcript.status, "kind": note.kind.value, "attempts": transcript.attempts,
+        "id": transcript.id, "status": transcript.status, "kind": note.kind.value, "attempts": transcript.tries,
         "failure_reason": transcript.failure_reason if pii or not transcript.failure_reason
         else redact_text(transcript.failure_reason), "engine": transcript.engine, "model": transcript.model,
         "language": transcript.language, "duration_s": transcript.duration_s,
@@ -474,7 +474,8 @@ def retry(*, session: Session, user: User, transcript: Transcript) -> Transcript
     sequence_first(session)  # the note's status is written after the transcript's row
     stmt = (update_rows(Transcript)
             .where(col(Transcript.id) == transcript.id, col(Transcript.status) == TranscriptState.failed)
-            .values(status=TranscriptState.queued, attempts=0, failure_reason=None, next_attempt_at=now,
+            .values(status=TranscriptState.queued, retry_base=Transcript.attempts, failure_reason=None,
+                    next_attempt_at=now,
                     lease_until=None, updated_at=now))
     if session.connection().execute(stmt).rowcount != 1:
         session.rollback()

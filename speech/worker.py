@@ -168,12 +168,13 @@ def _hand_back(engine: Engine, transcript_id: uuid.UUID, attempt: int, waits: tu
 def _over_attempts(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int) -> bool:
     """A job claimed more often than allowed (attempts that failed, and workers that stopped during one): fail
     it rather than loop, keeping the last error it recorded."""
-    if attempt > settings.speech_max_attempts:
-        with Session(engine) as session:
-            transcript = session.get(Transcript, transcript_id)
-            last = transcript.failure_reason if transcript is not None else None
+    with Session(engine) as session:
+        transcript = session.get(Transcript, transcript_id)
+        tries = attempt - transcript.retry_base if transcript is not None else attempt
+        last = transcript.failure_reason if transcript is not None else None
+    if tries > settings.speech_max_attempts:
         jobs._fail(engine, transcript_id, attempt,
-                   f"gave up after {attempt - 1} attempts, the last one interrupted (its worker stopped); "
+                   f"gave up after {tries - 1} attempts, the last one interrupted (its worker stopped); "
                    f"last error: {last or 'none recorded'}")
         return True
     return False

@@ -80,9 +80,11 @@ def check_sla_due(created_at: datetime, sla_due_at: datetime | None) -> str | No
     return None
 
 
-def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate) -> WorkOrder:
+def create(*, session: Session, settings: Settings, user: User, data: WorkOrderCreate,
+           commit: bool = True) -> WorkOrder:
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
-    households in their grid, assigned to themselves, with the SLA the rules give (not one of their own)."""
+    households in their grid, assigned to themselves, with the SLA the rules give (not one of their own).
+    `commit=False` leaves it flushed in the caller's transaction (a transcript's draft commits with it)."""
     household = get_household(session=session, user=user, id=data.household_id)
     assignee_id = data.assignee_id
     if user.role == Role.steward:
@@ -118,7 +120,10 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
     if assignee_id:
         _event(session, order, user, "assigned", from_status=Status.new, to_status=Status.assigned,
                assignee_id=assignee_id)
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return order
 
 

@@ -5,6 +5,7 @@ arrived is queued, and no stale worker or promoter overwrites what came after it
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from pathlib import Path
@@ -246,6 +247,79 @@ def test_a_worker_whose_job_was_taken_over_records_nothing(
     transcript = _transcript(engine, transcript_id)
     assert (transcript.status, transcript.text, transcript.attempts) == (TranscriptState.approved, "主管改正的文本", 2)
     assert _note_status(engine, transcript_id) == TranscriptStatus.done
+
+
+def test_a_worker_presumed_dead_writes_nothing_over_a_job_retried_since(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """Regression (review): a supervisor's retry set the attempts back to 0, and the attempt number is what an
+    outcome is written against: a worker presumed dead at attempt 1 matched the retried job's first attempt
+    and its stale text replaced the new run's."""
+    class Broken:
+        def run(self, audio: object) -> None:
+            raise RuntimeError("the model fell over")
+
+    settings = job_settings.model_copy(update={"speech_max_attempts": 2, "speech_draft_work_orders": False})
+    transcript_id = _queued_call(session, settings, world)
+    zombie = jobs.claim(engine, transcript_id)  # worker A, then it stops answering
+    taker = jobs.claim(engine, transcript_id, takeover=True)  # A presumed dead; attempt 2 fails for good
+    assert jobs.run(engine, settings, transcript_id, attempt=taker, pipeline=Broken()) == TranscriptState.failed
+    with Session(engine) as s:  # POST .../retry
+        retried = speech_service.retry(session=s, user=world.supervisor, transcript=s.get(Transcript, transcript_id))
+        assert speech_service.present(s, world.supervisor, retried).attempts == 0  # a fresh budget, shown
+    fresh = jobs.claim(engine, transcript_id)
+    assert (zombie, taker, fresh) == (1, 2, 3)
+    assert jobs.run(engine, settings, transcript_id, attempt=zombie, pipeline=Scripted("旧模型的错误文本")) \
+        == TranscriptState.running  # dropped: the retried job is running
+    assert jobs.run(engine, settings, transcript_id, attempt=fresh, pipeline=Scripted("修好的模型的文本")) \
+        == TranscriptState.transcribed
+    transcript = _transcript(engine, transcript_id)
+    assert (transcript.text, transcript.attempts, transcript.tries) == ("修好的模型的文本", 3, 1)
+
+
+def test_the_budget_of_a_retried_job_counts_from_the_retry(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """With the attempts no longer set back by a retry, the retried job still gets its whole budget, and its
+    reason counts its own attempts."""
+    class Broken:
+        def run(self, audio: object) -> None:
+            raise RuntimeError("the model fell over")
+
+    settings = job_settings.model_copy(update={"speech_max_attempts": 2, "speech_draft_work_orders": False,
+                                               "speech_retry_backoff_s": 0.0})
+    transcript_id = _queued_call(session, settings, world)
+    for _ in range(2):
+        attempt = jobs.claim(engine, transcript_id)
+        assert attempt is not None
+        with contextlib.suppress(RuntimeError):  # retried later
+            jobs.run(engine, settings, transcript_id, attempt=attempt, pipeline=Broken())
+    assert _transcript(engine, transcript_id).status == TranscriptState.failed
+    with Session(engine) as s:
+        speech_service.retry(session=s, user=world.supervisor, transcript=s.get(Transcript, transcript_id))
+    attempt = jobs.claim(engine, transcript_id)
+    assert attempt == 3
+    with pytest.raises(RuntimeError):  # attempt 1 of 2 after the retry: retried again, not failed
+        jobs.run(engine, settings, transcript_id, attempt=attempt, pipeline=Broken())
+    assert _transcript(engine, transcript_id).status == TranscriptState.queued
+    attempt = jobs.claim(engine, transcript_id)
+    assert jobs.run(engine, settings, transcript_id, attempt=attempt, pipeline=Broken()) == TranscriptState.failed
+    assert _transcript(engine, transcript_id).failure_reason.startswith("gave up after 2 attempts")
+
+
+def test_a_worker_presumed_dead_opens_no_draft_work_order(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """Regression (review): the draft work order committed before the worker checked that it still held the
+    job, so a worker presumed dead, finishing last with a text tagged leak, opened a leak work order for a
+    call a supervisor had approved as a question about a meter reading."""
+    transcript_id = _queued_call(session, job_settings, world)
+    slow = jobs.claim(engine, transcript_id)
+    fast = jobs.claim(engine, transcript_id, takeover=True)
+    assert jobs.run(engine, job_settings, transcript_id, attempt=fast, pipeline=Scripted("请问明天几点来抄表？")) \
+        == TranscriptState.transcribed
+    _correct_and_approve(engine, world, job_settings, transcript_id, "请问明天几点来抄表？")
+    assert jobs.run(engine, job_settings, transcript_id, attempt=slow, pipeline=Scripted()) \
+        == TranscriptState.approved
+    assert _drafts(engine, world) == []
+    assert _transcript(engine, transcript_id).draft_work_order_id is None
 
 
 def test_a_draft_work_order_refused_to_the_uploader_does_not_stop_the_transcript(
