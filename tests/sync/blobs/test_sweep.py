@@ -260,3 +260,51 @@ def test_audio_of_a_note_a_delete_won_over_stays_until_the_conflict_is_reviewed(
                        headers=sup).is_success
     sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
     assert client.head(URL.format(audio), headers=headers).status_code == 404
+
+
+def test_a_conflict_logged_while_the_sweep_runs_holds_its_photos(client: TestClient, district: District,
+                                                                 engine: Engine, settings: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the sweep read the unreviewed conflicts once, before walking the store. A delete
+    that won over an edit, pushed while it ran, took the visit and logged its photos on a line the sweep had
+    not read, and a later batch deleted the photo the line names."""
+    from sync.blobs import sweep as sweep_module
+
+    d = district
+    headers = d.headers(d.steward1)
+    _upload(client, headers)  # a blob the sweep looks at first (the batches before the photo's)
+    photo = _upload(client, headers)
+    visit = str(d.visit1.id)
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    phone.update("visits", visit, photos=[photo])
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.pull()
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.update("visits", visit, actions="bled radiators; replaced the valve")
+    assert office.push()["results"][0]["status"] == "applied"
+    phone.delete("visits", visit)  # queued on the phone: pushed while the nightly sweep runs
+
+    monkeypatch.setattr(sweep_module, "BATCH", 1)
+    store = make_store(settings)
+    listing = store.listing
+    monkeypatch.setattr(store, "listing", lambda: iter(sorted(listing(), key=lambda item: item[0] == photo)))
+    pushed: list[dict[str, Any]] = []
+
+    def progress(_: int) -> None:  # after the first batch the phone's delete lands
+        if not pushed:
+            pushed.append(phone.push()["results"][0])
+
+    later = datetime.now(UTC) + timedelta(days=8)
+    report = sweep(engine, store, grace=timedelta(days=7), now=later, progress=progress)
+    assert (pushed[0]["status"], pushed[0]["reason"]) == ("conflict", "delete_wins")
+    assert (report.stored, report.referenced, report.deleted) == (2, 1, 1)
+    assert client.head(URL.format(photo), headers=headers).status_code == 200
+    sup = d.headers(d.supervisor)
+    [line] = client.get("/api/v1/sync/conflicts", params={"reviewed": "false"}, headers=sup).json()["data"]
+    assert line["server_value"]["photos"] == [photo]
+    assert client.post(f"/api/v1/sync/conflicts/{line['id']}/review", json={"reviewed": True},
+                       headers=sup).is_success
+    sweep(engine, make_store(settings), grace=timedelta(days=7), now=later)
+    assert client.head(URL.format(photo), headers=headers).status_code == 404
