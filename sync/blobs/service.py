@@ -3,8 +3,9 @@
 A request's bytes go to a temporary file first, with no lock held while the network delivers them; the
 upload's lock is taken only to append that file at its offset. So a chunk stalled on a dead link blocks
 nobody (the device's retry at the same offset goes ahead, and the stalled one is dropped when it ends, its
-offset gone), a chunk refused for overrunning the declared length leaves the upload as it was, and the
-bytes of a chunk whose sender vanished mid-way are kept (HEAD shows them; the device resumes after them).
+offset gone; a stalled first chunk too, the upload having moved on), a chunk refused for overrunning the
+declared length leaves the upload as it was, and the bytes of a chunk whose sender vanished mid-way are
+kept (HEAD shows them; the device resumes after them).
 
 Partial uploads stay on local disk (`<blob root>/partial/`) whatever the store: chunks from a weak link
 are small and uneven, and a blob reaches the store only once complete and verified. With the S3 store this
@@ -211,7 +212,11 @@ class Blobs:
                 # A sender that vanished while other requests moved the upload on: its bytes are dropped.
                 if gone and state != (before if offset == 0 else (offset, total)):
                     raise ClientGone()
-                if offset == 0:  # (re)start: whatever was there before is replaced
+                if offset == 0:  # (re)start: whatever was there before is replaced, unless it moved on since
+                    if state != before:  # a late first chunk (its retry went ahead): it would rewind the upload
+                        current = _resume_at(state, total)
+                        raise OffsetMismatch(f"The upload moved on to byte {current} while this first chunk "
+                                             "arrived; continue from there.", headers={"Upload-Offset": str(current)})
                     os.replace(tmp, data)
                     length_file.write_text(str(total))
                 else:
@@ -298,10 +303,15 @@ def _at(state: tuple[int, int] | None, offset: int, total: int | None = None) ->
     """The upload's (received, total) if it stands at `offset` (and was declared `total` long); 409 with
     where it stands otherwise."""
     if state is None or state[0] != offset or (total is not None and state[1] != total):
-        current = state[0] if state and (total is None or state[1] == total) else 0
+        current = _resume_at(state, total)
         raise OffsetMismatch(f"The upload is at byte {current}, not {offset}; continue from there.",
                              headers={"Upload-Offset": str(current)})
     return state
+
+
+def _resume_at(state: tuple[int, int] | None, total: int | None) -> int:
+    """Where a device continues: the upload's offset, or 0 when there is none (or it has another length)."""
+    return state[0] if state and (total is None or state[1] == total) else 0
 
 
 async def _receive(body: AsyncIterator[bytes], path: Path, limit: int, too_much: Callable[[], DomainError],

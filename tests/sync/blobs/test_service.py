@@ -27,10 +27,14 @@ def blobs(tmp_path: Path) -> Blobs:
     return Blobs(store=LocalBlobStore(tmp_path / "store"), staging=tmp_path / "staging", max_bytes=10_000)
 
 
-async def body(*parts: bytes, hold: asyncio.Event | None = None, vanish: bool = False) -> AsyncIterator[bytes]:
-    """The parts, then (with `hold`) silence until it is set, then the end or (with `vanish`) a dropped link."""
+async def body(*parts: bytes, hold: asyncio.Event | None = None, vanish: bool = False,
+               delivered: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """The parts, then (with `hold`) silence until it is set, then the end or (with `vanish`) a dropped link.
+    `delivered` is set once the parts are read (the request is past its checks, waiting on the network)."""
     for part in parts:
         yield part
+    if delivered is not None:
+        delivered.set()
     if hold is not None:
         await hold.wait()
     if vanish:
@@ -72,6 +76,37 @@ def test_a_late_chunk_at_an_offset_the_upload_has_left_is_dropped(blobs: Blobs) 
 
     asyncio.run(scenario())
     assert leftovers(blobs) == []
+
+
+def test_a_late_first_chunk_does_not_rewind_the_upload(blobs: Blobs) -> None:
+    """Regression (review): a first chunk that arrived whole after the device's retry had moved the upload on
+    replaced the upload with its own bytes (only one whose sender vanished was dropped), and the device's next
+    chunk was refused: it had to send everything again."""
+    async def scenario() -> None:
+        hold, delivered = asyncio.Event(), asyncio.Event()
+        late = asyncio.create_task(blobs.append(SHA, 0, len(DATA), body(DATA[:300], hold=hold, delivered=delivered)))
+        await asyncio.wait_for(delivered.wait(), 30)
+        assert await blobs.append(SHA, 0, len(DATA), body(DATA[:300])) == (300, "partial")  # the device's retry
+        assert await blobs.append(SHA, 300, None, body(DATA[300:800])) == (800, "partial")
+        hold.set()
+        with pytest.raises(OffsetMismatch) as refused:
+            await late
+        assert refused.value.headers == {"Upload-Offset": "800"}
+        assert blobs.partial(SHA) == (800, 1000)
+        assert await blobs.append(SHA, 800, None, body(DATA[800:])) == (1000, "completed")
+
+    asyncio.run(scenario())
+    assert leftovers(blobs) == []
+
+
+def test_a_first_chunk_again_restarts_an_upload_nobody_moved_on(blobs: Blobs) -> None:
+    async def scenario() -> None:
+        assert await blobs.append(SHA, 0, len(DATA), body(DATA[:500])) == (500, "partial")
+        assert await blobs.append(SHA, 0, len(DATA), body(DATA[:200])) == (200, "partial")
+        assert blobs.partial(SHA) == (200, 1000)
+        assert await blobs.append(SHA, 200, None, body(DATA[200:])) == (1000, "completed")
+
+    asyncio.run(scenario())
 
 
 def test_the_bytes_of_a_sender_that_vanished_are_kept_for_the_resume(blobs: Blobs) -> None:
