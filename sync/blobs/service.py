@@ -142,6 +142,7 @@ class Blobs:
     async def put(self, sha256: str, body: AsyncIterator[bytes], declared: int | None) -> bool:
         """Store a whole blob; True if it is new. Verifies the hash before keeping anything."""
         if await anyio.to_thread.run_sync(self.store.claim, sha256) is not None:
+            self._discard_partial(sha256)  # one a chunk being appended kept when the blob was stored
             return False
         if declared is not None and declared > self.max_bytes:
             raise self._too_large()
@@ -169,7 +170,7 @@ class Blobs:
         try:
             with _locked(data):
                 _remove_partial(data)
-        except Conflict:  # a chunk is being appended right now: it will find the blob stored next time
+        except Conflict:  # a chunk is being appended right now: the next PUT or PATCH of this hash removes it
             pass
 
     async def append(self, sha256: str, offset: int, length: int | None, body: AsyncIterator[bytes]
@@ -178,6 +179,7 @@ class Blobs:
         or `stored` (the blob was already complete)."""
         complete = await anyio.to_thread.run_sync(self.store.claim, sha256)
         if complete is not None:
+            self._discard_partial(sha256)  # a PUT stored the blob while a chunk of this upload was appended
             return complete, "stored"
         data, length_file = self._partial(sha256)
         if offset == 0:
@@ -204,7 +206,8 @@ class Blobs:
             received, gone = await _receive(body, tmp, total - offset, exceeded)
             with _locked(data):
                 stored = await anyio.to_thread.run_sync(self.store.exists, sha256)
-                if stored is not None:  # completed by another request meanwhile
+                if stored is not None:  # completed by another request meanwhile: the upload is moot
+                    _remove_partial(data)
                     if gone:
                         raise ClientGone()
                     return stored, "stored"

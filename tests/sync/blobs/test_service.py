@@ -158,6 +158,59 @@ def test_a_whole_upload_removes_a_partial_one_of_the_same_bytes(blobs: Blobs) ->
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("then", ["patch", "put"])
+def test_a_whole_upload_while_a_chunk_is_appended_leaves_no_partial_upload(
+        blobs: Blobs, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """Regression (review): a PUT that stored the blob while a chunk of its resumable upload was being
+    appended could not remove the upload (its lock was held), and nothing removed it later: the next chunk or
+    PUT answered "already stored" and the partial file stayed until it expired a week later."""
+    import threading
+
+    from sync.blobs import service
+
+    appending, release = threading.Event(), threading.Event()
+    append_file = service._append_file
+
+    def held_append(data: Path, chunk: Path) -> None:  # a large chunk being written (a busy disk)
+        appending.set()
+        release.wait(30)
+        append_file(data, chunk)
+
+    monkeypatch.setattr(service, "_append_file", held_append)
+
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:300]))
+        chunk = asyncio.create_task(blobs.append(SHA, 300, None, body(DATA[300:600])))
+        assert await asyncio.to_thread(appending.wait, 30)
+        assert await blobs.put(SHA, body(DATA), len(DATA)) is True  # while the chunk holds the upload's lock
+        release.set()
+        assert await chunk == (600, "partial")
+        if then == "patch":
+            assert await blobs.append(SHA, 600, None, body(DATA[600:])) == (1000, "stored")
+        else:
+            assert await blobs.put(SHA, body(DATA), len(DATA)) is False
+
+    asyncio.run(scenario())
+    assert blobs.partial(SHA) is None and list((blobs.staging / "partial").iterdir()) == []
+
+
+def test_a_chunk_that_finds_its_blob_stored_leaves_no_files(blobs: Blobs) -> None:
+    """Regression (review): a chunk whose blob another request completed while its body arrived answered
+    "already stored" and left the upload's lock file behind."""
+    async def scenario() -> None:
+        await blobs.append(SHA, 0, len(DATA), body(DATA[:300]))
+        hold, delivered = asyncio.Event(), asyncio.Event()
+        late = asyncio.create_task(blobs.append(SHA, 300, None, body(DATA[300:600], hold=hold,
+                                                                     delivered=delivered)))
+        await asyncio.wait_for(delivered.wait(), 30)
+        assert await blobs.put(SHA, body(DATA), len(DATA)) is True
+        hold.set()
+        assert await late == (1000, "stored")
+
+    asyncio.run(scenario())
+    assert list((blobs.staging / "partial").iterdir()) == [] and leftovers(blobs) == []
+
+
 def test_a_whole_upload_cut_off_stores_nothing(blobs: Blobs) -> None:
     async def scenario() -> None:
         with pytest.raises(ClientGone):
