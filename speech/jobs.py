@@ -42,10 +42,6 @@ DRAFT_CATEGORIES = ("leak", "not_warm")
 DRAFT_NAMESPACE = uuid.UUID("6c1b0f52-8d3e-4f0a-9a57-3f7e2c1d9b44")  # draft work-order ids
 
 
-class RetryableError(RuntimeError):
-    """The job failed for a reason that may pass (audio not uploaded yet, a database hiccup)."""
-
-
 def backoff(settings: Settings, attempts: int) -> timedelta:
     """Wait before the next try: STEWARD_SPEECH_RETRY_BACKOFF_S, doubled after each failure."""
     return timedelta(seconds=settings.speech_retry_backoff_s * 2 ** max(attempts - 1, 0))
@@ -219,7 +215,7 @@ def run(engine: Engine, settings: Settings, transcript_id: uuid.UUID, *, attempt
         # With the S3 store the file is a temporary download, kept only while it is decoded.
         with audio_file(settings, sha256) as path:
             if path is None:
-                raise RetryableError(f"the audio blob {sha256} has not been uploaded")
+                return _wait_for_audio(engine, transcript_id, attempt)
             where = str(path)
             audio = decode_audio(path, max_duration_s=settings.speech_max_duration_s)
         result = _pipeline(settings, pipeline).run(audio)
@@ -306,6 +302,22 @@ def _fail(engine: Engine, transcript_id: uuid.UUID, attempt: int, reason: str) -
         session.commit()
     log.warning("transcript %s failed: %s", transcript_id, reason)
     return TranscriptState.failed
+
+
+def _wait_for_audio(engine: Engine, transcript_id: uuid.UUID, attempt: int) -> TranscriptState:
+    """The audio is not in the store (the sweep deleted it just as the note came to name it, or it was never
+    uploaded): wait for it as a note that came before its audio does, without spending an attempt, so that
+    its next upload queues the job (`promote_audio`, or the sweep of waiting notes). Retried like an error,
+    it ran out of attempts in a minute and stayed failed after the device uploaded the audio again."""
+    with Session(engine) as session:
+        sequence_first(session)
+        if not _record(session, transcript_id, attempt, "waiting for audio", status=TranscriptState.waiting_audio,
+                       lease_until=None, retry_base=Transcript.retry_base + 1, updated_at=utcnow()):
+            return _state(engine, transcript_id)
+        _note_status(session, transcript_id, TranscriptStatus.none)
+        session.commit()
+    log.warning("transcript %s: its audio is not in the store; waiting for it to be uploaded", transcript_id)
+    return TranscriptState.waiting_audio
 
 
 def _retry_later(engine: Engine, settings: Settings, transcript_id: uuid.UUID, attempt: int, reason: str, *,

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, bindparam, text, update
 from sqlmodel import Session, col
 
 from api.db import utcnow
@@ -293,13 +293,43 @@ async def recover_async(app: Any, engine: Engine, settings: Settings) -> None:
 
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.speech_stalled_after_s):
         log.warning("retrying job %s of a worker that stopped", job.id)
-        await app.job_manager.retry_job(job)
+        try:
+            await app.job_manager.retry_job(job)
+        except exceptions.UniqueViolation:
+            # A second job of the transcript waits already (deferred before the guard below existed), and it
+            # could never run: the stalled one holds the transcript's lock. It goes, and the stalled one runs.
+            await _cancel_waiting(app, job.queueing_lock)
+            await app.job_manager.retry_job(job)
     await _requeue_orphans(app, engine)
     jobs.promote_waiting(engine, settings)
-    for transcript_id in _queued_ids(engine):
+    for transcript_id in _without_live_job(engine, _queued_ids(engine)):
         with contextlib.suppress(exceptions.AlreadyEnqueued):  # it already has a job waiting
             await app.configure_task("speech.transcribe", queueing_lock=f"transcribe-{transcript_id}",
                                      lock=f"transcribe-{transcript_id}").defer_async(transcript_id=str(transcript_id))
+
+
+def _without_live_job(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of these queued transcripts that have no job waiting or running. A failed attempt writes its
+    transcript `queued` (with its backoff) before procrastinate moves its job from `doing` back to `todo`:
+    deferred in between, a second job took the queueing lock, procrastinate's retry of the first one then
+    broke on it, and the first stayed `doing` for good, holding the transcript's lock."""
+    if not ids:
+        return []
+    stmt = text(f"SELECT lock FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs WHERE task_name = 'speech.transcribe' "
+                "AND status IN ('todo', 'doing', 'aborting') AND lock IN :locks").bindparams(
+        bindparam("locks", expanding=True))
+    with engine.connect() as conn:
+        live = set(conn.execute(stmt, {"locks": [f"transcribe-{i}" for i in ids]}).scalars())
+    return [i for i in ids if f"transcribe-{i}" not in live]
+
+
+async def _cancel_waiting(app: Any, queueing_lock: str | None) -> None:
+    """Cancel the `todo` jobs under this queueing lock."""
+    if queueing_lock is None:
+        return
+    for job in await app.job_manager.list_jobs_async(queueing_lock=queueing_lock, status="todo"):
+        log.warning("cancelling job %s: a second job of a transcript whose first one is retried", job.id)
+        await app.job_manager.cancel_job_by_id_async(job.id)
 
 
 async def _requeue_orphans(app: Any, engine: Engine) -> None:

@@ -8,9 +8,9 @@ and a video call's recording), no visit (`visits.photos`, `visits.signature_sha2
 still in a handheld's queue is not taken from under it.
 
 A row that starts to name a swept blob in the same instant (a device that found the blob with HEAD a moment
-before, and pushes the row just as the sweep deletes it) points at missing audio; its transcription fails
-with `audio_missing` and the device uploads again on its next HEAD. The grace period makes that window as
-narrow as the age of the blob allows.
+before, and pushes the row just as the sweep deletes it) points at missing audio; its transcription waits for
+the audio again (as a note pushed before its upload does) and the device uploads again on its next HEAD,
+which queues it. The grace period makes that window as narrow as the age of the blob allows.
 """
 
 from __future__ import annotations

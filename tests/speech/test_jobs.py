@@ -322,6 +322,32 @@ def test_a_worker_presumed_dead_opens_no_draft_work_order(
     assert _transcript(engine, transcript_id).draft_work_order_id is None
 
 
+def test_a_job_whose_audio_is_gone_waits_for_it_and_runs_when_it_is_uploaded_again(
+        engine: Engine, session: Session, world: World, job_settings: Settings) -> None:
+    """Regression (review): audio missing from the store (swept just as a pushed note came to name it) was an
+    error retried like any other: the job ran out of attempts within a minute and stayed failed after the
+    device uploaded the audio again. It now waits for the audio, as a note pushed before its upload does."""
+    import hashlib
+
+    from speech.storage import remove_audio
+
+    settings = job_settings.model_copy(update={"speech_max_attempts": 1})
+    transcript_id = _queued_call(session, settings, world)
+    remove_audio(settings, hashlib.sha256(LEAK).hexdigest())
+    attempt = jobs.claim(engine, transcript_id)
+    assert jobs.run(engine, settings, transcript_id, attempt=attempt, pipeline=Scripted("请问明天几点来抄表？")) \
+        == TranscriptState.waiting_audio
+    transcript = _transcript(engine, transcript_id)
+    assert (transcript.status, transcript.tries) == (TranscriptState.waiting_audio, 0)  # no attempt spent
+    assert _note_status(engine, transcript_id) == TranscriptStatus.none
+    assert jobs.promote_waiting(engine, settings) == []  # still not there
+    store_audio(settings, LEAK)  # the device's upload
+    assert jobs.promote_waiting(engine, settings) == [transcript_id]
+    attempt = jobs.claim(engine, transcript_id)
+    assert jobs.run(engine, settings, transcript_id, attempt=attempt, pipeline=Scripted("请问明天几点来抄表？")) \
+        == TranscriptState.transcribed
+
+
 def test_a_draft_work_order_refused_to_the_uploader_does_not_stop_the_transcript(
         engine: Engine, session: Session, world: World, job_settings: Settings,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -208,6 +208,64 @@ def test_the_dispatch_queues_again_a_running_transcript_whose_job_ended(
         assert waiting.scalar() == 1  # deferred again
 
 
+def test_the_dispatch_defers_no_second_job_for_a_transcript_whose_job_is_being_retried(
+        engine: Engine, session: Session, world: World, speech_settings_: Settings) -> None:
+    """Regression (review): a failed attempt writes its transcript `queued` before procrastinate moves the job
+    from `doing` back to `todo`. The minute's dispatch, run by another worker in between, deferred a second
+    job; procrastinate's retry of the first then broke on the queueing lock and left it `doing` for good, and
+    from then on every dispatch failed on retrying it as a stalled job (and `steward worker` could not start).
+    Now the dispatch defers only transcripts without a live job, and a stalled job whose retry meets such a
+    second job cancels that one."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL")
+    clear_procrastinate(engine)
+    sha = store_audio(speech_settings_, LEAK)
+    transcript_id = make_note(session, world.steward_a, audio_sha256=sha).id
+    jobs.promote_waiting(engine, speech_settings_)
+    defer(speech_settings_, transcript_id)
+    attempt = jobs.claim(engine, transcript_id, takeover=True)
+    assert attempt is not None
+    lock = f"transcribe-{transcript_id}"
+
+    def job_states() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT status FROM procrastinate.procrastinate_jobs WHERE lock = :lock "
+                                          "ORDER BY id"), {"lock": lock}).scalars())
+
+    def worker_running_it(heartbeat: str) -> None:  # the job is `doing` in a worker beating at `heartbeat`
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL search_path TO procrastinate"))
+            worker = conn.execute(text(f"INSERT INTO procrastinate_workers (last_heartbeat) VALUES ({heartbeat}) "
+                                       "RETURNING id")).scalar_one()
+            conn.execute(text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :worker "
+                              "WHERE lock = :lock AND status = 'todo'"), {"worker": worker, "lock": lock})
+
+    async def dispatch() -> None:
+        app = build_app(speech_settings_, engine)
+        async with app.open_async():
+            await recover_async(app, engine, speech_settings_)
+
+    # The attempt failed and wrote the transcript queued; its live worker has not handed the job back yet.
+    worker_running_it("now()")
+    assert jobs._retry_later(engine, speech_settings_, transcript_id, attempt, "RuntimeError: x", tries=1)
+    asyncio.run(dispatch())
+    assert job_states() == ["doing"]  # no second job
+    # A second job deferred so before this release, and the first one's worker stopped: the dispatch cancels
+    # the second and retries the first, instead of failing on it every minute.
+    defer(speech_settings_, transcript_id)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE procrastinate.procrastinate_workers SET last_heartbeat = now() - interval '1 hour'"))
+    assert job_states() == ["doing", "todo"]
+    asyncio.run(dispatch())
+    assert job_states() == ["todo", "cancelled"]
+    asyncio.run(dispatch())  # and the next minute's too
+    assert job_states() == ["todo", "cancelled"]
+
+
 def _long_recording(tmp_path: Path, settings: Settings, engine: Engine, world: World, session: Session) -> uuid.UUID:
     """A queued 33-second recording (the two clips, twice, a second apart): long enough to be killed
     mid-transcription. (The same clip repeated makes Whisper loop.)"""
