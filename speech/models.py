@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
 from api.fieldwork.models import not_in_future
-from api.schemas import RequestBody, UtcDatetime
+from api.schemas import RequestBody, UtcDatetime, strip_text
 
 
 class TranscriptState(StrEnum):
@@ -109,6 +109,8 @@ class CallMetadata(RequestBody):
     work_order_id: uuid.UUID | None = None
 
     _not_in_future = field_validator("started_at")(not_in_future)
+    # A number or an agent of spaces passed `min_length` and was stored blank.
+    _strip = field_validator("caller_phone", "agent", mode="before")(strip_text)
 
 
 class CallQueued(SQLModel):

@@ -131,6 +131,8 @@ def test_call_upload_checks_role_metadata_and_links(api: TestClient, world: Worl
     assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_metadata"
     r = post_call(api, world.headers(world.admin), LEAK, started_at="2026-11-29T08:00:00")  # no time zone
     assert r.status_code == 422
+    for blank in ({"caller_phone": "    "}, {"agent": " \u200b "}):  # regression (review): stored blank
+        assert_error(post_call(api, world.headers(world.admin), LEAK, **blank), 422, "invalid_metadata")
     order = make_work_order(session, world.household_b)
     r = post_call(api, world.headers(world.admin), LEAK, household_id=str(world.household_a.id),
                   work_order_id=str(order.id))
