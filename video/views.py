@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -19,7 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import access
 from api.db import utcnow
-from api.deps import CurrentUser, PageDep, SessionDep, SettingsDep, TokenDep, known_query_parameters
+from api.deps import (
+    CurrentUser,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    StreamingUser,
+    TokenDep,
+    in_short_session,
+    known_query_parameters,
+)
 from api.errors import Conflict, DomainError, Forbidden, NotFound
 from api.settings import Settings
 from video import service, tokens
@@ -44,6 +53,8 @@ from video.relay import Room, RoomManager, Seat, Verdict
 from video.snapshot import encode_jpeg
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 API_PREFIX = "/api/v1/video"
 
@@ -134,14 +145,22 @@ def _relay_url(settings: Settings, row: VideoRoom) -> str:
     return "" if row.worker == service.worker_name(settings) else row.worker_url
 
 
+async def _short(request: Request, work: Callable[..., T], **kwargs: Any) -> T:
+    """`work(session=..., **kwargs)` in a short session of its own (`in_short_session`), for the routes that
+    await a call's close. That close saves the call on a connection of its own; requests that waited for it
+    holding their session (idle in transaction) held the pool's connections, and the close failed after the
+    pool's timeout: the call answered `open`, and was later closed as `lost`."""
+    return await in_short_session(request, request.app.state.engine, lambda session: work(session=session, **kwargs))
+
+
 router = APIRouter(prefix=API_PREFIX, tags=["video"], dependencies=[Depends(known_query_parameters)])
 
 
 @router.post("/rooms", response_model=RoomCreated, status_code=status.HTTP_201_CREATED,
              responses={200: {"model": RoomCreated,
                               "description": "The work order's open room, with a fresh join link."}})
-async def create_room(request: Request, response: Response, body: RoomCreate, session: SessionDep,
-                      settings: SettingsDep, user: CurrentUser) -> RoomCreated:
+async def create_room(request: Request, response: Response, body: RoomCreate, settings: SettingsDep,
+                      user: StreamingUser) -> RoomCreated:
     """Open a video call about a work order (or return its open one) with a join link for the resident."""
     manager = _manager(request)
     worker = service.worker_name(settings)
@@ -150,8 +169,8 @@ async def create_room(request: Request, response: Response, body: RoomCreate, se
         # request for the same order would find it open and not relayed, and close it as lost. The relay's
         # capacity is reserved before the row is written (a refused room left a closed row behind).
         async with manager.opening:
-            row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
-                                                   user=user, data=body, worker=worker, reserve=manager.reserve)
+            row, created = await _short(request, service.create_room, settings=settings, user=user, data=body,
+                                        worker=worker, reserve=manager.reserve)
             here = not created and row.worker == worker
             # Being closed right now (hanging up, its recording saved): a new call follows it. Checked first:
             # a closing room stays among the manager's rooms until its peers hung up, and was answered
@@ -160,17 +179,14 @@ async def create_room(request: Request, response: Response, body: RoomCreate, se
             if closing is None:
                 if here and manager.get(row.id) is None:
                     # open in the database but not relayed here: the process that had it died
-                    await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
-                                            reason=CloseReason.lost)
-                    row, created = await run_in_threadpool(service.create_room, session=session, settings=settings,
-                                                           user=user, data=body, worker=worker,
-                                                           reserve=manager.reserve)
+                    await _short(request, service.mark_closed, room_id=row.id, reason=CloseReason.lost)
+                    row, created = await _short(request, service.create_room, settings=settings, user=user,
+                                                data=body, worker=worker, reserve=manager.reserve)
                 if created:
                     try:
                         _host(manager, settings, row)
                     except DomainError:
-                        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
-                                                reason=CloseReason.closed)
+                        await _short(request, service.mark_closed, room_id=row.id, reason=CloseReason.closed)
                         raise
                 else:
                     response.status_code = status.HTTP_200_OK
@@ -179,7 +195,7 @@ async def create_room(request: Request, response: Response, body: RoomCreate, se
                         room.link_issued()
                 break
         # Awaited outside the lock, then looked at again: a long call's mix-down held up opening calls for every
-        # other work order.
+        # other work order. Awaited holding no session either (`_short`).
         await asyncio.shield(closing)
     token, expires_at = tokens.create_join_token(settings=settings, room_id=row.id, room_expires_at=row.expires_at)
     join_url = f"{_public_base(settings, request)}/join/{token}"
@@ -199,16 +215,13 @@ async def get_room(request: Request, id: uuid.UUID, session: SessionDep, setting
 
 
 @router.post("/rooms/{id}/close", response_model=RoomPublic)
-async def close_room(request: Request, id: uuid.UUID, session: SessionDep, settings: SettingsDep,
-                     user: CurrentUser) -> RoomPublic:
+async def close_room(request: Request, id: uuid.UUID, settings: SettingsDep, user: StreamingUser) -> RoomPublic:
     """End the call for everyone (idempotent); its recording becomes a note on the work order."""
-    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+    row = await _short(request, service.get_room, user=user, id=id)
     _pinned_here(request, settings, row)
     if await _manager(request).close(row.id, CloseReason.closed) is None:
-        await run_in_threadpool(service.mark_closed, session=session, room_id=row.id,
-                                reason=CloseReason.closed)
-    session.expire_all()
-    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+        await _short(request, service.mark_closed, room_id=row.id, reason=CloseReason.closed)
+    row = await _short(request, service.get_room, user=user, id=id)
     return _room_public(row, None, settings)
 
 

@@ -314,3 +314,70 @@ def test_shutdown_closes_the_rooms_side_by_side() -> None:
         assert sorted(saved) == sorted(r.id for r in rooms) and manager.rooms == {}
         assert all(r.close_reason == CloseReason.shutdown for r in rooms)
     run(scenario())
+
+
+def test_requests_waiting_for_a_close_leave_it_a_connection(video_settings, engine, world, order,
+                                                            monkeypatch) -> None:
+    """Regression (review): POST /rooms and POST /close waited for a call's close holding their session, each
+    with a pooled connection idle in transaction and a session slot. With as many of them as the pool has
+    connections, the close (which saves on a connection of its own) found none and failed after the pool's
+    30 s timeout: the close answered `open`, the call was later closed as `lost`, and every other request
+    waited for a slot meanwhile. Now they wait holding neither."""
+    import threading
+
+    import httpx
+    import pytest
+
+    from api.app import create_app
+    from api.db import make_engine
+    from api.notices.sms import LoggingSender
+    from video import recording, service
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's pool never makes a request wait for a connection")
+    settings = video_settings.model_copy(update={"db_pool_size": 1})  # 1 + 1 overflow: two connections, two slots
+    small = make_engine(settings)
+    saving, asked = threading.Event(), threading.Event()
+    stop, create_room = recording.PacketRecorder.stop, service.create_room
+
+    def held_stop(self: recording.PacketRecorder) -> object:  # a long call's mix-down, until the test lets go
+        saving.wait(60)
+        return stop(self)
+
+    def noted_create_room(**kwargs: object) -> object:
+        try:
+            return create_room(**kwargs)  # type: ignore[arg-type]
+        finally:
+            asked.set()
+
+    async def scenario() -> None:
+        app = create_app(settings, engine=small, sms_sender=LoggingSender())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        async with app.router.lifespan_context(app), client as http:
+            headers = world.headers(world.steward_a)
+            room_id = (await http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=headers)
+                       ).json()["room_id"]
+            monkeypatch.setattr(recording.PacketRecorder, "stop", held_stop)
+            monkeypatch.setattr(service, "create_room", noted_create_room)
+            try:
+                closing = asyncio.ensure_future(http.post(f"{ROOMS}/{room_id}/close", headers=headers))
+                while app.state.video_rooms.closing(uuid.UUID(room_id)) is None:
+                    await asyncio.sleep(0.01)
+                reopening = asyncio.ensure_future(http.post(ROOMS, json={"work_order_id": str(order.id)},
+                                                            headers=headers))
+                while not asked.is_set():  # it found the call closing, and waits for that close
+                    await asyncio.sleep(0.01)
+                # Both wait for the close: an unrelated request still gets a slot (it waited for ever before).
+                other = await asyncio.wait_for(http.get("/api/v1/work-orders", headers=headers), 20)
+                assert other.status_code == 200, other.text
+            finally:
+                saving.set()
+            closed, reopened = await closing, await reopening
+            assert closed.status_code == 200, closed.text
+            assert (closed.json()["state"], closed.json()["close_reason"]) == ("closed", "closed")
+            assert reopened.status_code == 201 and reopened.json()["room_id"] != room_id, reopened.text
+
+    try:
+        run(scenario(), timeout=120)
+    finally:
+        small.dispose()
