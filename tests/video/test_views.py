@@ -449,3 +449,15 @@ def test_a_room_refused_for_capacity_leaves_no_row(live, world, order, session: 
             assert (await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).status_code == 200
     run(scenario())
     assert session.exec(select(VideoRoom).where(VideoRoom.work_order_id == second.id)).all() == []
+
+
+def test_the_relay_statistics_are_for_the_office(live, world) -> None:
+    """Regression (review): a steward asking for the relay's statistics got 403 `forbidden`, where every other
+    office-only route (and docs/security.md) answers a wrong role 403 `role_required`."""
+    async def scenario() -> None:
+        async with live() as app:
+            assert_error(await app.http.get("/api/v1/video/relay", headers=world.headers(world.steward_a)),
+                         403, "role_required")
+            r = await app.http.get("/api/v1/video/relay", headers=world.headers(world.supervisor))
+            assert r.status_code == 200 and r.json()["rooms"] == 0, r.text
+    run(scenario())
