@@ -324,10 +324,13 @@ def _keep(recording: Recording, room_id: uuid.UUID, reason: CloseReason) -> None
               room_id, recording.path)
 
 
-def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str) -> list[uuid.UUID]:
+def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str, url: str = "") -> list[uuid.UUID]:
     """Try again to save the recordings kept after a failed save (`persist_close`), of the rooms this worker
-    relayed (at start and every minute, from the lifespan); the ids of the notes made."""
+    relayed, under its name or at its URL as `close_lost_rooms` takes them (at start and every minute, from
+    the lifespan); the ids of the notes made. Matched by name only, a worker renamed at its address (a
+    recreated container's new host name) skipped its own kept recordings for ever."""
     notes: list[uuid.UUID] = []
+    url = url.rstrip("/")
     for marker in sorted(recordings_dir(settings).glob("*.json")):
         path = marker.with_suffix(".ogg")
         try:
@@ -339,7 +342,7 @@ def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str) -> 
             continue
         with Session(engine) as session:
             room = session.get(VideoRoom, room_id)
-            if room is not None and room.worker != worker:
+            if room is not None and room.worker != worker and not (url and room.worker_url == url):
                 continue  # another worker's room: that worker tries it
             saved = room is not None and room.recording_note_id is not None  # saved, then the files stayed
         if room is None or saved or not path.exists():

@@ -352,7 +352,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         while True:
             try:
                 for note_id in await asyncio.to_thread(service.save_kept_recordings, engine, app.state.settings,
-                                                       worker=worker):
+                                                       worker=worker, url=settings.video_worker_url):
                     announce(note_id)
             except Exception as exc:  # the database down: next time
                 log.warning("could not look at kept video recordings: %s", exc)

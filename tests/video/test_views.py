@@ -18,7 +18,7 @@ from api.work_orders.models import Status
 from tests.conftest import TEST_SECRET
 from tests.utils.asserts import assert_error, count_rows, reread
 from tests.utils.factories import World, make_work_order
-from tests.video.conftest import run
+from tests.video.conftest import eventually, run
 from video.clients import Participant
 from video.models import CloseReason, RoomState, VideoRoom
 from video.tokens import JOIN_TYPE
@@ -299,6 +299,40 @@ def test_a_worker_renamed_at_its_address_closes_the_rooms_left_there(live, world
     run(scenario())
     assert reread(session, VideoRoom, renamed.id).close_reason == CloseReason.lost
     assert reread(session, VideoRoom, elsewhere.id).state == RoomState.open
+
+
+def test_a_worker_renamed_at_its_address_saves_the_recordings_it_kept(live, world, order, session: Session):
+    """Regression (review): a recording kept after a failed save was retried only by a worker of the room's
+    exact name; restarted at the same STEWARD_VIDEO_WORKER_URL under a new name (a recreated container), the
+    worker skipped its own kept recordings every minute, silently, and the call never became a note. Those at
+    its URL are its own now; another worker's are still left to that worker."""
+    from video import service
+    from video.recording import Recording
+
+    url = "http://relay-1.test:8000"
+    kept = world.settings.data_dir / "video-recordings"
+    kept.mkdir(parents=True)
+    other_order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    rooms = {name: VideoRoom(work_order_id=o.id, created_by_id=world.steward_a.id, worker=name, worker_url=u,
+                             state=RoomState.closed, close_reason=CloseReason.closed, closed_at=utcnow(),
+                             expires_at=utcnow() + timedelta(hours=1))
+             for name, u, o in (("old-host:8000", url, order), ("relay-2:8000", "http://relay-2.test:8000",
+                                                                 other_order))}
+    session.add_all(rooms.values())
+    session.commit()
+    for room in rooms.values():
+        path = kept / f"{room.id}.ogg"
+        path.write_bytes(b"OggS kept audio")
+        service._keep(Recording(path, utcnow(), 2.0), room.id, CloseReason.closed)
+    renamed, elsewhere = rooms["old-host:8000"], rooms["relay-2:8000"]
+
+    async def scenario() -> None:
+        async with live(video_worker_id="new-host:8000", video_worker_url=url + "/"):
+            await eventually(lambda: not (kept / f"{renamed.id}.json").exists(), timeout=20)
+    run(scenario())
+    assert reread(session, VideoRoom, renamed.id).recording_note_id is not None
+    assert sorted(p.name for p in kept.iterdir()) == sorted([f"{elsewhere.id}.json", f"{elsewhere.id}.ogg"])
+    assert reread(session, VideoRoom, elsewhere.id).recording_note_id is None
 
 
 def test_shutdown_closes_open_rooms(live, world, order, session: Session):
