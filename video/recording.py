@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import av
@@ -310,6 +310,25 @@ def mix_down(packets_path: Path, path: Path) -> int:
                 mixer.flush(end)
         mixer.flush(None)
         return mixer.written
+
+
+def recover(source: Path, path: Path) -> Recording | None:
+    """The audio of a recording cut off mid-call by a dead process (a packet file, or a note being written),
+    mixed down into the note's file `path` as at a close; None when none of it decodes (the muxer had not
+    flushed it to disk yet). Its start is reckoned back from the file's last write."""
+    mixing = path.with_suffix(".mixing")  # `source` may be `path` itself
+    try:
+        written = mix_down(source, mixing)
+        ended = datetime.fromtimestamp(source.stat().st_mtime, UTC)
+    except Exception as exc:  # a cut-off file fails in many ways (no header, a torn page): it holds nothing usable
+        log.info("the left-over recording %s does not decode: %s", source, exc)
+        written = 0
+    if not written:
+        mixing.unlink(missing_ok=True)
+        return None
+    mixing.replace(path)
+    duration_s = written / RATE
+    return Recording(path, ended - timedelta(seconds=duration_s), duration_s)
 
 
 def _finished(path: Path, started_at: datetime, written: int, error: BaseException | None) -> Recording | None:

@@ -33,7 +33,7 @@ from api.work_orders.models import OPEN_STATUSES, WorkOrder
 from video import tokens
 from video.blobs import put_blob
 from video.models import CloseReason, Role, RoomCreate, RoomState, VideoRoom, VideoSnapshot
-from video.recording import Recording
+from video.recording import Recording, recover
 from video.relay import Seat, Verdict
 
 log = logging.getLogger(__name__)
@@ -324,6 +324,11 @@ def _keep(recording: Recording, room_id: uuid.UUID, reason: CloseReason) -> None
               room_id, recording.path)
 
 
+def _relayed_by(room: VideoRoom, worker: str, url: str) -> bool:
+    """Whether this worker relayed the room: under its name, or at its URL (`close_lost_rooms`)."""
+    return room.worker == worker or (bool(url) and room.worker_url == url)
+
+
 def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str, url: str = "") -> list[uuid.UUID]:
     """Try again to save the recordings kept after a failed save (`persist_close`), of the rooms this worker
     relayed, under its name or at its URL as `close_lost_rooms` takes them (at start and every minute, from
@@ -342,7 +347,7 @@ def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str, url
             continue
         with Session(engine) as session:
             room = session.get(VideoRoom, room_id)
-            if room is not None and room.worker != worker and not (url and room.worker_url == url):
+            if room is not None and not _relayed_by(room, worker, url):
                 continue  # another worker's room: that worker tries it
             saved = room is not None and room.recording_note_id is not None  # saved, then the files stayed
         if room is None or saved or not path.exists():
@@ -358,6 +363,62 @@ def save_kept_recordings(engine: Engine, settings: Settings, *, worker: str, url
             continue
         marker.unlink(missing_ok=True)
         log.info("kept recording %s saved as note %s", path, note_id)
+        if note_id is not None:
+            notes.append(note_id)
+    return notes
+
+
+def left_by_a_crash(settings: Settings) -> list[uuid.UUID]:
+    """The rooms whose recording a process that died mid-call (killed, out of memory, power lost) left behind:
+    a forward-mode packet file (`<room>.webm`) or a transcode-mode note being written (`<room>.ogg`), without
+    the `.json` of a recording kept after a failed save. Listed at start, before this process hosts a call:
+    none of them is one of its own calls. Other workers' calls may be among them (a shared data directory)."""
+    directory = recordings_dir(settings)
+    rooms: set[uuid.UUID] = set()
+    for path in [*directory.glob("*.webm"), *directory.glob("*.ogg")]:
+        try:
+            room_id = uuid.UUID(path.stem)
+        except ValueError:  # not a call's file
+            continue
+        if not path.with_suffix(".json").exists():
+            rooms.add(room_id)
+    return sorted(rooms)
+
+
+def save_crashed_recordings(engine: Engine, settings: Settings, room_ids: list[uuid.UUID], *, worker: str,
+                            url: str = "") -> list[uuid.UUID]:
+    """The recordings `left_by_a_crash` found, of rooms this worker relayed that are no longer open (closed as
+    `lost` at start): the audio they hold is mixed down into the room's note, as at a close, and the files
+    deleted (a failed save keeps the note's file for `save_kept_recordings`). A file with no audio that decodes,
+    or whose room is gone or has its note, is removed; each is logged. The ids of the notes made. They stayed
+    for ever before, neither saved nor removed."""
+    notes: list[uuid.UUID] = []
+    url = url.rstrip("/")
+    directory = recordings_dir(settings)
+    for room_id in room_ids:
+        packets, path = directory / f"{room_id}.webm", directory / f"{room_id}.ogg"
+        with Session(engine) as session:
+            room = session.get(VideoRoom, room_id)
+        if room is not None and (room.state == RoomState.open or not _relayed_by(room, worker, url)):
+            continue  # another worker's call, perhaps under way (or not closed yet: the next start's)
+        recording = (recover(packets if packets.exists() else path, path)
+                     if room is not None and room.recording_note_id is None else None)
+        packets.unlink(missing_ok=True)
+        if room is None or recording is None:
+            path.unlink(missing_ok=True)
+            why = "its room is gone" if room is None else "saved already" if room.recording_note_id else "no audio"
+            log.warning("removed the recording of video room %s, left by a process that died mid-call: %s",
+                        room_id, why)
+            continue
+        try:
+            note_id = persist_close(engine, settings, room_id=room_id, reason=room.close_reason or CloseReason.lost,
+                                    recording=recording)
+        except Exception as exc:  # kept, with its .json, for save_kept_recordings
+            log.warning("saving the recording of video room %s, left by a process that died mid-call, failed: %s",
+                        room_id, exc)
+            continue
+        log.warning("the recording of video room %s, left by a process that died mid-call, was saved as note %s "
+                    "(%.0f s)", room_id, note_id, recording.duration_s)
         if note_id is not None:
             notes.append(note_id)
     return notes

@@ -323,8 +323,9 @@ def _audit(engine: Any, work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Ver
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run this process's relay: rooms left open by a dead predecessor are closed, recordings kept after a
-    failed save are saved, a reaper and the access check run, and every room is closed at shutdown."""
+    """Run this process's relay: rooms left open by a dead predecessor are closed and the recordings it left
+    saved (or removed), recordings kept after a failed save are saved, a reaper and the access check run, and
+    every room is closed at shutdown."""
     settings: Settings = app.state.settings
     engine = app.state.engine
     worker = service.worker_name(settings)
@@ -348,7 +349,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def audit(work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Verdict:
         return await asyncio.to_thread(_audit, engine, work_order_ids, seats)
 
-    async def save_kept() -> None:
+    async def save_kept(crashed: list[uuid.UUID]) -> None:
+        try:  # in the background: mixing down an hour-long call takes ~36 s
+            for note_id in await asyncio.to_thread(service.save_crashed_recordings, engine, settings, crashed,
+                                                   worker=worker, url=settings.video_worker_url):
+                announce(note_id)
+        except Exception as exc:  # the database down: they stay for the next start
+            log.warning("could not save the video recordings left by the previous process: %s", exc)
         while True:
             try:
                 for note_id in await asyncio.to_thread(service.save_kept_recordings, engine, app.state.settings,
@@ -367,9 +374,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("%d video room(s) left open by a previous process were closed", lost)
     except Exception as exc:  # the service must start with its database down
         log.warning("could not close lost video rooms at start: %s", exc)
+    crashed = await asyncio.to_thread(service.left_by_a_crash, settings)  # before this process hosts a call
     manager.start()
     app.state.video_rooms = manager
-    kept = asyncio.create_task(save_kept(), name="video-kept-recordings")
+    kept = asyncio.create_task(save_kept(crashed), name="video-kept-recordings")
     try:
         yield
     finally:

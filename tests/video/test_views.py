@@ -335,6 +335,62 @@ def test_a_worker_renamed_at_its_address_saves_the_recordings_it_kept(live, worl
     assert reread(session, VideoRoom, elsewhere.id).recording_note_id is None
 
 
+def test_the_recordings_of_calls_cut_off_by_a_dead_process_are_saved_or_removed_at_start(
+        live, world, order, session: Session):
+    """Regression (review): a relay killed mid-call (SIGKILL, out of memory) left its calls' recordings in
+    video-recordings/ for ever: the next start closed the rooms as `lost`, but the forward mode's packet file
+    and the transcode mode's note being written have no `.json`, so nothing saved or removed them. Now what
+    decodes becomes the call's note, and a file with nothing to save (a kill before the muxer flushed: empty)
+    is removed; another worker's call is left alone."""
+    import time
+
+    from api.notes.models import Note, NoteKind
+    from tests.video.test_recording import opus_packets, tone_frame
+    from video.aiortc_hooks import EncodedFrame
+    from video.recording import CallRecorder, PacketRecorder
+
+    kept = world.settings.data_dir / "video-recordings"
+    kept.mkdir(parents=True)
+    rooms = {}
+    for name in ("forward", "transcode", "empty", "elsewhere"):
+        o = order if name == "forward" else make_work_order(session, world.household_a, status=Status.assigned,
+                                                            assignee=world.steward_a)
+        rooms[name] = VideoRoom(work_order_id=o.id, created_by_id=world.steward_a.id, expires_at=utcnow() + timedelta(
+            hours=1), worker="relay-2:8000" if name == "elsewhere" else "test-worker")
+    session.add_all(rooms.values())
+    session.commit()
+    # Two calls' recorders, cut off after 1.5 s of a tone (their files as a killed process leaves them).
+    packets = PacketRecorder(kept / f"{rooms['forward'].id}.ogg", keep_packets=True)
+    (_, side), mixed = packets.taps(), CallRecorder(kept / f"{rooms['transcode'].id}.ogg")
+    tap = mixed.tap()
+    assert side is not None
+    start = time.monotonic()
+    for n, packet in enumerate(opus_packets(440, 1.5)):
+        time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+        side(EncodedFrame("audio/opus", packet, n * 960))
+        tap(tone_frame(440, n * 960))
+    assert packets.stop() is not None and mixed.stop() is not None
+    (kept / f"{rooms['forward'].id}.ogg").unlink()  # killed before the mix-down: the packet file only
+    for path in (kept / f"{rooms['forward'].id}.webm", kept / f"{rooms['transcode'].id}.ogg"):
+        path.write_bytes(path.read_bytes()[:-300])  # torn off mid-write
+    for name in ("empty", "elsewhere"):
+        (kept / f"{rooms[name].id}.webm").touch()
+
+    async def scenario() -> None:
+        async with live():
+            await eventually(lambda: sorted(p.name for p in kept.iterdir()) == [f"{rooms['elsewhere'].id}.webm"],
+                             timeout=20, describe=lambda: sorted(p.name for p in kept.iterdir()))
+    run(scenario())
+    for name in ("forward", "transcode"):
+        room = reread(session, VideoRoom, rooms[name].id)
+        assert room.close_reason == CloseReason.lost and room.recording_note_id is not None, name
+        note = reread(session, Note, room.recording_note_id)
+        assert note.kind == NoteKind.call_recording and 0.5 < note.duration_s < 2.0, (name, note.duration_s)
+    empty = reread(session, VideoRoom, rooms["empty"].id)
+    assert empty.close_reason == CloseReason.lost and empty.recording_note_id is None
+    assert reread(session, VideoRoom, rooms["elsewhere"].id).state == RoomState.open
+
+
 def test_shutdown_closes_open_rooms(live, world, order, session: Session):
     async def scenario() -> str:
         async with live() as app:
