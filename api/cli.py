@@ -150,6 +150,8 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
     """Create or migrate the database schema to the newest version."""
     from api import migrate
 
+    if not revision.strip():  # `db upgrade "$REV"` with REV unset: Alembic fails on it with a bare assertion
+        raise _fail("No revision given: name one (`db upgrade head`, the default, or a revision like 0016).", 2)
     settings = _settings()
     with _database(settings, create=True) as engine:
         before = migrate.current_revision(engine)
@@ -219,10 +221,15 @@ def db_restored() -> None:
     starts over from a fresh snapshot (their cursors name positions the restored database may reuse)."""
     from sqlalchemy.engine import make_url
 
+    from api.db import DatabaseConfigError
     from sync.tracking import new_database_id
 
     settings = _settings()
-    url = make_url(settings.resolved_database_url)
+    with _database_errors(settings):  # a URL that does not parse is one line, as for every other command
+        try:
+            url = make_url(settings.resolved_database_url)
+        except ValueError as exc:  # a port `54x2`
+            raise DatabaseConfigError(f"the URL cannot be read: {exc}") from exc
     db = url.database
     if url.get_backend_name() == "sqlite" and db and Path(f"{db}-wal").exists() and not _sqlite_in_use(db):
         # Nobody has the database open, yet a write-ahead log is beside it: after a restore, most likely the log

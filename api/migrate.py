@@ -108,7 +108,9 @@ def is_behind(current: str, target: str) -> bool:
         wanted = script.get_revision(target)
     except CommandError:  # not one revision ("heads", "+1", unknown): Alembic itself answers those
         return False
-    if wanted is None or wanted.revision == current:
+    if wanted is None:  # "base": before every revision, so behind any database that has one
+        return target == "base"
+    if wanted.revision == current:
         return False
     return any(rev.revision == wanted.revision for rev in script.iterate_revisions(current, "base"))
 

@@ -75,7 +75,9 @@ def _check_grid(session: Session, role: Role, building_ids: Iterable[uuid.UUID])
 def _same_name(username: str) -> Any:
     """User names are one name whatever their case (`Admin` is `admin`): kept as typed, compared lower-cased
     (the unique index `uq_users_username_lower` says the same, and serves the sign-in lookup)."""
-    return func.lower(User.username) == username.lower()
+    # Both sides lowered by the database: SQLite's lower() folds ASCII only, and against Python's lower() a
+    # name with a non-ASCII capital (stored before the name pattern held) never matched itself.
+    return func.lower(User.username) == func.lower(username)
 
 
 def create_user(*, session: Session, data: UserCreate) -> User:
@@ -125,7 +127,13 @@ def _count_active_admins(session: Session) -> int:
 
 def update_user(*, session: Session, user: User, data: UserUpdate, actor: User | None = None) -> User:
     """Change a user's profile, role, password or active flag; the last active admin stays one. A steward
-    disabled or given another role hands their open work orders back (`work_orders.release_all`)."""
+    disabled or given another role hands their open work orders back (`work_orders.release_all`).
+
+    Decided on the row as it is now, locked (`lock_for_update`, as `set_grid`): from the copy read earlier, a
+    change made in between (a supervisor made admin, then the other admin stepping down; a supervisor made a
+    steward with a grid and orders) let this one disable the last admin, delete the new steward's grid on a
+    phone edit, or disable them holding their orders."""
+    lock_for_update(session, user)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     guard = _removes_an_admin(user, changes)
     if guard:

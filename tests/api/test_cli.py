@@ -329,7 +329,7 @@ def test_serve_refuses_a_port_in_use_before_the_app_starts(data_dir: Path, monke
     assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output, result.output
 
 
-@pytest.mark.parametrize("args", [["db", "current"], ["db", "upgrade"], ["proactive", "run"],
+@pytest.mark.parametrize("args", [["db", "current"], ["db", "upgrade"], ["db", "restored"], ["proactive", "run"],
                                   ["create-user", "--username", "admin", "--password", "first-admin-pw",
                                    "--role", "admin"]])
 def test_a_database_url_with_a_port_that_is_no_number_is_one_line(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
@@ -507,6 +507,12 @@ def test_db_upgrade_to_an_older_revision_says_it_never_goes_back(data_dir: Path)
     assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
     again = runner.invoke(app, ["db", "upgrade", head])  # naming the revision it is at is fine
     assert again.exit_code == 0 and f"{head} -> {head}" in again.stdout
+    # Regression (review): `base`, before every revision, printed `head -> head` with exit 0, and an empty
+    # revision (`db upgrade "$REV"`, REV unset) was a bare AssertionError from inside Alembic.
+    base = runner.invoke(app, ["db", "upgrade", "base"])
+    assert base.exit_code == 2 and "already past base" in base.output, base.output
+    empty = runner.invoke(app, ["db", "upgrade", " "])
+    assert empty.exit_code == 2 and "No revision given" in empty.output, empty.output
 
 
 @pytest.mark.parametrize("args", [["db", "restored"], ["proactive", "run"], ["blobs", "sweep"], ["demo-data"],

@@ -331,3 +331,67 @@ def test_a_steward_who_leaves_hands_their_open_orders_back(client: TestClient, s
                                           headers=world.headers(world.admin)).json()
     assert (reopened["kind"], reopened["to_status"]) == ("status", "in_progress")
     assert (released["kind"], released["assignee_id"], released["to_status"]) == ("released", str(steward.id), "new")
+
+
+def test_a_user_change_decides_on_the_row_as_it_is_now(engine: Engine, world: World) -> None:
+    """Regression (review): `update_user` decided from the copy of the user its request had read, unlocked.
+    With changes committed in between, disabling a supervisor who had been made the only admin meanwhile
+    passed the last-admin check; a phone edit deleted the grid of a user made a steward meanwhile; and
+    disabling them left them their open orders."""
+    from api.work_orders.models import Status, WorkOrder
+    from tests.utils.factories import make_work_order
+
+    sup_id, admin_id = world.supervisor.id, world.admin.id
+
+    def meanwhile(change: UserUpdate, then: object = None) -> None:
+        with Session(engine, expire_on_commit=False) as other:
+            user = service.update_user(session=other, user=service.get_user(session=other, id=sup_id), data=change)
+            if callable(then):
+                then(other, user)
+
+    with Session(engine, expire_on_commit=False) as request:  # PATCH {active: false} read a supervisor
+        stale = service.get_user(session=request, id=sup_id)
+        request.commit()
+        meanwhile(UserUpdate(role=Role.admin))
+        with Session(engine, expire_on_commit=False) as other:  # the first admin steps down: S is the only one
+            service.update_user(session=other, user=service.get_user(session=other, id=admin_id),
+                                data=UserUpdate(role=Role.supervisor))
+        with pytest.raises(Conflict):
+            service.update_user(session=request, user=stale, data=UserUpdate(active=False))
+
+    with Session(engine, expire_on_commit=False) as request:  # PATCH {phone} read an admin
+        stale = service.get_user(session=request, id=sup_id)
+        request.commit()
+        with Session(engine, expire_on_commit=False) as other:  # another admin again, then S a steward with a grid
+            service.update_user(session=other, user=service.get_user(session=other, id=admin_id),
+                                data=UserUpdate(role=Role.admin))
+        meanwhile(UserUpdate(role=Role.steward),
+                  lambda other, user: service.set_grid(session=other, user=user, building_ids=[world.building_a.id]))
+        service.update_user(session=request, user=stale, data=UserUpdate(phone="13900000000"))
+    with Session(engine) as check:
+        assert check.exec(select(GridBuilding.building_id).where(GridBuilding.user_id == sup_id)).all() == [
+            world.building_a.id]
+
+    with Session(engine, expire_on_commit=False) as request:  # PATCH {active: false}, read a steward...
+        stale = service.get_user(session=request, id=sup_id)
+        request.commit()
+        order = make_work_order(request, world.household_a, status=Status.assigned,  # ...given an order meanwhile
+                                assignee=request.get(User, sup_id))
+        request.expire_all()
+        stale.role = Role.supervisor  # the copy as read before they became a steward
+        service.update_user(session=request, user=stale, data=UserUpdate(active=False))
+    with Session(engine) as check:
+        released = check.get(WorkOrder, order.id)
+        assert released is not None and (released.status, released.assignee_id) == (Status.new, None)
+
+
+def test_a_name_with_a_non_ascii_capital_stored_before_the_name_rule_signs_in(client: TestClient,
+                                                                               session: Session) -> None:
+    """Regression (review): on SQLite, whose lower() folds ASCII only, the stored name lowered there never
+    matched the typed one lowered by Python: such an account (stored before the name pattern held) could not
+    sign in with its exact name."""
+    user = make_user(session, Role.steward, username="Łukasz.Lü")
+    r = client.post("/api/v1/auth/token", data={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    r = client.post("/api/v1/auth/token", data={"username": "ŁUKASZ.LÜ".replace("Ü", "ü"), "password": PASSWORD})
+    assert r.status_code == 200, r.text  # ASCII letters in any case, as for every name
