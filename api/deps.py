@@ -157,7 +157,7 @@ async def in_short_session(request: Request, engine: Engine, work: Callable[[Ses
 
 async def get_streaming_user(request: Request, engine: EngineDep, settings: SettingsDep, token: TokenDep) -> User:
     """`get_current_user` for routes that stream a request or an answer (blobs, recordings), or await
-    something long (a video call's close). A `SessionDep` holds its slot until the response is sent: 20 slow
+    something long (the video relay). A `SessionDep` holds its slot until the response is sent: 20 slow
     uploads or downloads on a weak link held every slot, and every other request of the process waited
     behind them."""
     return await in_short_session(request, engine, lambda session: authenticate(session, settings, token,

@@ -147,9 +147,10 @@ def _relay_url(settings: Settings, row: VideoRoom) -> str:
 
 async def _short(request: Request, work: Callable[..., T], **kwargs: Any) -> T:
     """`work(session=..., **kwargs)` in a short session of its own (`in_short_session`), for the routes that
-    await a call's close. That close saves the call on a connection of its own; requests that waited for it
-    holding their session (idle in transaction) held the pool's connections, and the close failed after the
-    pool's timeout: the call answered `open`, and was later closed as `lost`."""
+    await the relay: a call's close, a peer connection's set-up, a picture. Requests that awaited it holding
+    their session (a slot, and a connection idle in transaction) held the pool: every other request waited
+    for a slot, and a close, which saves the call on a connection of its own, failed after the pool's
+    timeout (the call answered `open`, and was later closed as `lost`)."""
     return await in_short_session(request, request.app.state.engine, lambda session: work(session=session, **kwargs))
 
 
@@ -226,12 +227,12 @@ async def close_room(request: Request, id: uuid.UUID, settings: SettingsDep, use
 
 
 @router.post("/rooms/{id}/connect", response_model=ConnectAnswer)
-async def connect(request: Request, id: uuid.UUID, body: ConnectRequest, session: SessionDep,
-                  settings: SettingsDep, token: TokenDep) -> ConnectAnswer:
+async def connect(request: Request, id: uuid.UUID, body: ConnectRequest, settings: SettingsDep,
+                  token: TokenDep) -> ConnectAnswer:
     """Join with an SDP offer (ICE candidates gathered, no trickle); the answer carries all of ours.
-    The resident authenticates with the join token, stewards and supervisors with their access token."""
-    admission = await run_in_threadpool(service.admit, session=session, settings=settings, room_id=id,
-                                        token=token, role=body.role)
+    The resident authenticates with the join token, stewards and supervisors with their access token.
+    The peer connection is set up holding no database session (`_short`)."""
+    admission = await _short(request, service.admit, settings=settings, room_id=id, token=token, role=body.role)
     _pinned_here(request, settings, admission.room)
     room = _live(_manager(request), admission.room)
     participant, answer = await room.connect(role=admission.role, user_id=admission.user_id, offer=body.sdp)
@@ -253,10 +254,10 @@ async def leave(request: Request, id: uuid.UUID, participant_id: uuid.UUID, sess
 
 
 @router.post("/rooms/{id}/snapshot", response_model=SnapshotPublic, status_code=status.HTTP_201_CREATED)
-async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, settings: SettingsDep,
-                   user: CurrentUser) -> Any:
-    """Grab the resident's latest camera frame as a JPEG and keep it on the work order."""
-    row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
+async def snapshot(request: Request, id: uuid.UUID, settings: SettingsDep, user: StreamingUser) -> Any:
+    """Grab the resident's latest camera frame as a JPEG and keep it on the work order. The picture (up to
+    5 s) is awaited holding no database session (`_short`)."""
+    row = await _short(request, service.get_room, user=user, id=id)
     _pinned_here(request, settings, row)
     room = _live(_manager(request), row)
     frame = await room.slot(Role.resident, "video").fresh_frame()  # forward mode decodes only on demand
@@ -265,8 +266,8 @@ async def snapshot(request: Request, id: uuid.UUID, session: SessionDep, setting
     if frame is None:
         raise Conflict("No picture from the resident: wait until their camera shows in the call.", code="no_video")
     jpeg = await asyncio.to_thread(encode_jpeg, frame)  # type: ignore[arg-type]
-    return await run_in_threadpool(service.save_snapshot, session=session, settings=settings, room=row, user=user,
-                                   jpeg=jpeg, width=frame.width, height=frame.height)  # type: ignore[union-attr]
+    return await _short(request, service.save_snapshot, settings=settings, room=row, user=user, jpeg=jpeg,
+                        width=frame.width, height=frame.height)  # type: ignore[union-attr]
 
 
 @router.get("/relay", response_model=dict[str, Any])

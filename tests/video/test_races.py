@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
+
+import pytest
 
 from tests.utils.asserts import assert_error
 from tests.video.conftest import run
@@ -326,7 +329,6 @@ def test_requests_waiting_for_a_close_leave_it_a_connection(video_settings, engi
     import threading
 
     import httpx
-    import pytest
 
     from api.app import create_app
     from api.db import make_engine
@@ -376,6 +378,73 @@ def test_requests_waiting_for_a_close_leave_it_a_connection(video_settings, engi
             assert closed.status_code == 200, closed.text
             assert (closed.json()["state"], closed.json()["close_reason"]) == ("closed", "closed")
             assert reopened.status_code == 201 and reopened.json()["room_id"] != room_id, reopened.text
+
+    try:
+        run(scenario(), timeout=120)
+    finally:
+        small.dispose()
+
+
+@pytest.mark.parametrize("route", ["connect", "snapshot"])
+def test_requests_awaiting_the_relay_leave_the_pool_to_others(video_settings, engine, world, order, monkeypatch,
+                                                              route) -> None:
+    """Regression (review): POST /connect (its peer connection set up, ICE candidates gathered) and POST
+    /snapshot (a picture awaited up to 5 s) held their request session while they awaited the relay, each with
+    a session slot and a pooled connection idle in transaction. With as many of them as the pool has
+    connections, every other request of the process waited for a slot, and a call's close (which saves on a
+    connection of its own) failed after the pool's timeout. Now they await the relay holding neither."""
+    import httpx
+
+    from api.app import create_app
+    from api.db import make_engine
+    from api.notices.sms import LoggingSender
+    from video.relay import Room
+    from video.tracks import SourceSlot
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's pool never makes a request wait for a connection")
+    settings = video_settings.model_copy(update={"db_pool_size": 1})  # 1 + 1 overflow: two connections, two slots
+    small = make_engine(settings)
+    arrived: list[None] = []
+    both, release = asyncio.Event(), asyncio.Event()  # the routes run on the test's loop (ASGI transport)
+    connect, fresh_frame = Room.connect, SourceSlot.fresh_frame
+
+    async def held(original: Any, *args: Any, **kwargs: Any) -> Any:  # the relay's work, until the test lets go
+        arrived.append(None)
+        if len(arrived) == 2:
+            both.set()
+        await release.wait()
+        return await original(*args, **kwargs)
+
+    async def scenario() -> None:
+        app = create_app(settings, engine=small, sms_sender=LoggingSender())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        async with app.router.lifespan_context(app), client as http:
+            headers = world.headers(world.steward_a)
+            room_id = (await http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=headers)
+                       ).json()["room_id"]
+            monkeypatch.setattr(Room, "connect", lambda *a, **k: held(connect, *a, **k))
+            monkeypatch.setattr(SourceSlot, "fresh_frame", lambda *a, **k: held(fresh_frame, *a, **k))
+
+            def ask(who: Any) -> asyncio.Future[httpx.Response]:
+                if route == "connect":  # an offer the relay refuses once it looks at it
+                    return asyncio.ensure_future(http.post(f"{ROOMS}/{room_id}/connect", headers=world.headers(who),
+                                                           json={"sdp": "v=0", "type": "offer"}))
+                return asyncio.ensure_future(http.post(f"{ROOMS}/{room_id}/snapshot", headers=world.headers(who)))
+
+            waiting = [ask(world.steward_a), ask(world.supervisor)]
+            try:
+                await asyncio.wait_for(both.wait(), 20)
+                # Both await the relay: an unrelated request still gets a slot (it waited for ever before).
+                other = await asyncio.wait_for(http.get("/api/v1/work-orders", headers=headers), 20)
+                assert other.status_code == 200, other.text
+            finally:
+                release.set()
+            for answer in await asyncio.gather(*waiting):  # answered as before
+                if route == "connect":
+                    assert_error(answer, 400, "invalid_sdp")
+                else:  # no resident in the call
+                    assert_error(answer, 409, "no_video")
 
     try:
         run(scenario(), timeout=120)
