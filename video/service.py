@@ -67,7 +67,7 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
         raise Conflict(f"The work order is {order.status.value}; video calls are for open work orders.",
                        code="work_order_closed")
     existing = _open_room(session, order.id)
-    if existing is not None and not _close_if_abandoned(session, existing):
+    if existing is not None and not close_if_abandoned(session, existing):
         return existing, False
     if reserve is not None:
         reserve()
@@ -95,9 +95,15 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
 ABANDONED_AFTER = timedelta(minutes=5)
 
 
-def _close_if_abandoned(session: Session, room: VideoRoom) -> bool:
+def live_clause(now: datetime) -> ColumnElement[bool]:
+    """A room still open and not abandoned (SQL): its call may be in progress. The database keeps an abandoned
+    room `open` until a request about it closes it (`close_if_abandoned`)."""
+    return (col(VideoRoom.state) == RoomState.open) & (col(VideoRoom.expires_at) > now - ABANDONED_AFTER)
+
+
+def close_if_abandoned(session: Session, room: VideoRoom) -> bool:
     """Close an open room past its end by `ABANDONED_AFTER` as `lost`; whether it was."""
-    if room.state != RoomState.open or room.expires_at + ABANDONED_AFTER > utcnow():
+    if room.state != RoomState.open or room.expires_at > utcnow() - ABANDONED_AFTER:
         return False
     room.state, room.closed_at, room.close_reason = RoomState.closed, utcnow(), CloseReason.lost
     session.add(room)
@@ -115,7 +121,7 @@ def get_room(*, session: Session, user: User, id: uuid.UUID) -> VideoRoom:
     room = session.exec(select(VideoRoom).where(VideoRoom.id == id, _visible_rooms(user))).first()
     if room is None:
         raise NotFound(f"No video room with id {id} (or its work order is outside your grid).")
-    _close_if_abandoned(session, room)
+    close_if_abandoned(session, room)
     return room
 
 

@@ -42,7 +42,8 @@ from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder, open_clause
 from speech import service as speech
 from speech.models import Call, Transcript, TranscriptState
 from speech.redact import can_view_pii, redact_for, redact_phone
-from video.models import RoomState, VideoRoom, VideoSnapshot
+from video import service as video
+from video.models import VideoRoom, VideoSnapshot
 
 # Readings drawn around a work order: from shortly before it was opened until shortly after it closed.
 READINGS_BEFORE = timedelta(days=3)
@@ -190,12 +191,15 @@ def _recordings(session: Session, user: User, order_id: uuid.UUID) -> list[Timel
 
 
 def _video_calls(session: Session, order_id: uuid.UUID) -> list[TimelineItem]:
-    """Video calls of the order (the order's visibility was checked), each with its snapshots."""
+    """Video calls of the order (the order's visibility was checked), each with its snapshots. A room its relay
+    abandoned is closed as `lost` first, as any request about it does (`video.close_if_abandoned`): the
+    database keeps it `open`, and the timeline said so days after the call ended."""
     rooms = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order_id)).all()
     shots = session.exec(select(VideoSnapshot).where(VideoSnapshot.work_order_id == order_id)
                          .order_by(col(VideoSnapshot.taken_at))).all()
     items = []
     for room in rooms:
+        video.close_if_abandoned(session, room)
         items.append(TimelineItem(at=room.created_at, kind="video", actor_id=room.created_by_id, data={
             "room_id": room.id, "state": room.state.value, "closed_at": room.closed_at,
             "close_reason": _value(room.close_reason), "recording_note_id": room.recording_note_id,
@@ -289,8 +293,10 @@ def dashboard(*, session: Session, user: User, now: datetime | None = None) -> D
         return int(session.exec(select(func.count()).select_from(Transcript)
                                 .where(col(column) >= now - delta)).one())
 
-    rooms = session.exec(select(VideoRoom).where(VideoRoom.state == RoomState.open)
-                         .order_by(col(VideoRoom.created_at)).limit(20)).all()
+    # Live rooms only, newest first: rooms whose relay died stay `open` in the database until a request about
+    # them closes them, and twenty of them, oldest first, filled the list and hid the call in progress.
+    rooms = session.exec(select(VideoRoom).where(video.live_clause(now))
+                         .order_by(col(VideoRoom.created_at).desc(), col(VideoRoom.id)).limit(20)).all()
     return Dashboard(
         at=now, open_total=int(open_total), open_by_category=_counts(session, WorkOrder.category, is_open),
         open_by_station=[Count(key=str(sid), label=name, count=int(n)) for sid, name, n in by_station_rows],

@@ -329,6 +329,44 @@ def test_the_dashboard_counts_open_work_breaches_queue_and_rooms(client: TestCli
     assert_error(client.get(f"{API}/dashboard", headers=world.headers(world.steward_a)), 403, "role_required")
 
 
+def test_the_dashboard_lists_live_calls_newest_first_and_no_abandoned_room(client: TestClient, session: Session,
+                                                                          world: World) -> None:
+    """Regression (review): the dashboard listed every room `open` in the database, oldest first, 20 at most.
+    A room whose relay died stays `open` until a request about it closes it, so twenty of them, days old,
+    filled the list and the call in progress was not shown."""
+    now = utcnow()
+    for i in range(20):  # their relay died three days ago; nobody asked about them since
+        order = make_work_order(session, world.household_a)
+        session.add(VideoRoom(work_order_id=order.id, worker="gone:8000", created_at=now - timedelta(days=3, minutes=i),
+                              expires_at=now - timedelta(days=3) + timedelta(minutes=30)))
+    rooms = []
+    for minutes in (30, 2):  # the older one ended a minute ago: within the grace its relay has to close it
+        order = make_work_order(session, world.household_b)
+        rooms.append(VideoRoom(work_order_id=order.id, worker="here:8000", created_at=now - timedelta(minutes=minutes),
+                               expires_at=now - timedelta(minutes=minutes - 29)))
+    session.add_all(rooms)
+    session.commit()
+    d = client.get(f"{API}/dashboard", headers=world.headers(world.supervisor)).json()
+    assert [r["id"] for r in d["active_rooms"]] == [str(rooms[1].id), str(rooms[0].id)]
+
+
+def test_the_timeline_closes_a_call_its_relay_abandoned(client: TestClient, session: Session, world: World) -> None:
+    """Regression (review): a video call whose relay died days ago showed on the timeline as `open` (in
+    progress), as the database still had it; it is closed as `lost`, as any request about the room does."""
+    now = utcnow()
+    order = make_work_order(session, world.household_a)
+    room = VideoRoom(work_order_id=order.id, worker="gone:8000", created_at=now - timedelta(days=3),
+                     expires_at=now - timedelta(days=3) + timedelta(minutes=30))
+    session.add(room)
+    session.commit()
+    tl = client.get(f"{API}/work-orders/{order.id}/timeline", headers=world.headers(world.supervisor)).json()
+    [item] = [i for i in tl["items"] if i["kind"] == "video"]
+    assert (item["data"]["state"], item["data"]["close_reason"]) == ("closed", "lost")
+    assert item["data"]["closed_at"] is not None
+    session.refresh(room)
+    assert room.state == RoomState.closed
+
+
 # --- conflicts ----------------------------------------------------------------------------------------------
 
 
