@@ -1,13 +1,14 @@
 """Complaint clusters and sensitive-household revisits: the work orders the service opens by itself.
 
-A complaint is a work order (any source but `proactive`, not cancelled) or a transcribed call whose tags
-include one of the cluster categories, at a known household, inside the sliding window. A suspended (报停)
-household's "not warm" or air-lock complaint is not one: its heating is off on purpose. Complaints are
-grouped by unit riser (building + unit), building and station; a group whose distinct complaining
-households reach the threshold gets ONE proactive work order. `ProactiveOrder.open_key` is unique and set
-while that order is open, so a second order for the group fails on the constraint even when two
-evaluations race (PostgreSQL); the loser links nothing and moves on. Complaints made before the group's
-previous order was closed, or that a finished proactive order grouped, never count again.
+A complaint is a work order (any source but `proactive`, not cancelled) or a transcribed hotline call (not a
+steward's voice note) whose tags include one of the cluster categories, at a known household, inside the
+sliding window. A suspended (报停) household's "not warm" or air-lock complaint is not one: its heating is
+off on purpose. Complaints are grouped by unit riser (building + unit), building and station; a group
+whose distinct complaining households reach the threshold gets ONE proactive work order.
+`ProactiveOrder.open_key` is unique and set while that order is open, so a second order for the group
+fails on the constraint even when two evaluations race (PostgreSQL); the loser links nothing and moves
+on. Complaints made before the group's previous order was closed, or that a finished proactive order
+grouped, never count again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from api.network.models import (
     building_text,
     unit_text,
 )
-from api.notes.models import Note
+from api.notes.models import Note, NoteKind
 from api.proactive.campaigns import in_season_stations
 from api.proactive.models import ProactiveKind, ProactiveMember, ProactiveOrder
 from api.settings import Settings
@@ -119,7 +120,9 @@ def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]
         .join(Note, col(Note.id) == col(Transcript.id))
         .join(Household, col(Household.id) == col(Note.household_id))
         .join(Building, col(Building.id) == col(Household.building_id))
-        .where(col(Note.recorded_at) >= since, col(Note.recorded_at) <= now, tags,
+        # Calls only: a steward's voice notes at the homes they visit ("排气后不热的问题解决了") are no complaint.
+        .where(col(Note.kind) == NoteKind.call_recording, col(Note.recorded_at) >= since,
+               col(Note.recorded_at) <= now, tags,
                col(Transcript.status).in_((TranscriptState.transcribed, TranscriptState.approved)))).all()
     for t_id, categories, draft_id, linked_id, at, heating, h, b, unit, st in calls:
         if draft_id is not None or linked_id is not None:

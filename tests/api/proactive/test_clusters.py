@@ -32,9 +32,12 @@ def _riser(session: Session, world: World, n: int, unit: str = "2") -> list[Hous
     return [make_household(session, world.building_a, unit=unit, room=f"{unit}0{i}") for i in range(1, n + 1)]
 
 
-def _transcribed(session: Session, world: World, household: Household, categories: str) -> Note:
-    """A hotline call at the household, transcribed and tagged (a note's transcript row follows the note)."""
-    note = make_note(session, world.supervisor, kind=NoteKind.call_recording, household_id=household.id)
+def _transcribed(session: Session, world: World, household: Household, categories: str,
+                 kind: NoteKind = NoteKind.call_recording) -> Note:
+    """A hotline call at the household (or a steward's voice note there), transcribed and tagged (a note's
+    transcript row follows the note)."""
+    owner = world.supervisor if kind == NoteKind.call_recording else world.steward_a
+    note = make_note(session, owner, kind=kind, household_id=household.id)
     transcript = session.get(Transcript, note.id) or Transcript(id=note.id)
     transcript.sqlmodel_update({"status": TranscriptState.transcribed, "text": "暖气不热", "categories": categories})
     session.add(transcript)
@@ -283,3 +286,16 @@ def test_suspended_homes_not_warm_calls_do_not_count_their_leaks_do(client: Test
     members = session.exec(select(ProactiveMember).where(ProactiveMember.proactive_order_id == row.id)).all()
     assert {m.work_order_id or m.transcript_id for m in members} >= {leak.id, call.id}
     assert {m.household_id for m in members} == {homes[0].id, homes[1].id, homes[3].id}
+
+
+def test_a_stewards_voice_notes_are_no_complaint(client: TestClient, session: Session, world: World,
+                                                 settings: Settings) -> None:
+    """Regression (review): every tagged transcript at a household counted, whatever its note's kind, so a
+    steward dictating visit notes at three homes of a riser ("已排气，暖气不热的问题解决了", tagged not_warm)
+    opened a riser order as if three residents had called."""
+    homes = _riser(session, world, 4)
+    for home in homes[:3]:
+        _transcribed(session, world, home, ",not_warm,air_lock,", kind=NoteKind.voice_note)
+    call = _transcribed(session, world, homes[3], ",not_warm,")
+    assert [s.transcript_id for s in clusters.signals(session, settings, utcnow())] == [call.id]
+    assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []
