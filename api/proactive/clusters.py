@@ -54,7 +54,9 @@ _LABELS = {Category.leak: "漏水", Category.not_warm: "不热", Category.air_lo
 
 @dataclass(frozen=True)
 class Signal:
-    """One complaint: a work order or a transcript, at a household, at a time."""
+    """One complaint, at a household, at a time: a work order, a call's transcript, or both when the work order
+    is the call's draft. A call and its draft are one complaint, made when the call was: the call may have
+    counted (and been grouped) on its own before a correction gave it its draft."""
 
     work_order_id: uuid.UUID | None
     transcript_id: uuid.UUID | None
@@ -69,6 +71,10 @@ class Signal:
         if kind == ProactiveKind.riser:
             return f"{self.building_id}:{self.unit}"
         return str(self.building_id if kind == ProactiveKind.building else self.station_id)
+
+    def refs(self) -> set[uuid.UUID]:
+        """The ids the complaint is known by (a member or an answered complaint holding any of them is this one)."""
+        return {ref for ref in (self.work_order_id, self.transcript_id) if ref is not None}
 
 
 def close_finished(session: Session, now: datetime) -> int:
@@ -101,18 +107,22 @@ def close_finished(session: Session, now: datetime) -> int:
 
 
 def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]:
-    """The complaints inside the window: work orders, then tagged transcripts of calls that have none."""
+    """The complaints inside the window: work orders (a call's draft with its call), then tagged transcripts of
+    calls that have none."""
     since = now - timedelta(hours=settings.proactive_cluster_window_hours)
+    made_at = func.coalesce(col(Note.recorded_at), col(WorkOrder.created_at))  # a draft: when its call was made
     orders = session.execute(
-        sa_select(col(WorkOrder.id), col(WorkOrder.category), col(WorkOrder.created_at), *_PLACE)
+        sa_select(col(WorkOrder.id), col(Transcript.id), col(WorkOrder.category), made_at, *_PLACE)
         .join(Household, col(Household.id) == col(WorkOrder.household_id))
         .join(Building, col(Building.id) == col(Household.building_id))
-        .where(col(WorkOrder.created_at) >= since, col(WorkOrder.created_at) <= now,
+        .outerjoin(Transcript, col(Transcript.draft_work_order_id) == col(WorkOrder.id))
+        .outerjoin(Note, col(Note.id) == col(Transcript.id))
+        .where(col(WorkOrder.created_at) >= since, made_at >= since, col(WorkOrder.created_at) <= now,
                col(WorkOrder.category).in_(CLUSTER_CATEGORIES), col(WorkOrder.source) != Source.proactive,
                col(WorkOrder.status) != Status.cancelled,
                or_(col(Household.heating_status) != HeatingStatus.suspended,
                    col(WorkOrder.category).not_in(SUSPENDED_EXPECTED)))).all()
-    out = [Signal(o_id, None, h, b, unit, st, Category(cat), at) for o_id, cat, at, h, b, unit, st in orders]
+    out = [Signal(o_id, t_id, h, b, unit, st, Category(cat), at) for o_id, t_id, cat, at, h, b, unit, st in orders]
     tags = or_(*(col(Transcript.categories).contains(f",{c.value},") for c in CLUSTER_CATEGORIES))
     calls = session.execute(
         sa_select(col(Transcript.id), col(Transcript.categories), col(Transcript.draft_work_order_id),
@@ -127,7 +137,8 @@ def signals(session: Session, settings: Settings, now: datetime) -> list[Signal]
     for t_id, categories, draft_id, linked_id, at, heating, h, b, unit, st in calls:
         if draft_id is not None or linked_id is not None:
             # The call became a work order: that order is the complaint, judged by the filter above (a
-            # cancelled or re-categorised draft must not come back through the call's own tags).
+            # cancelled or re-categorised draft must not come back through the call's own tags); a draft
+            # carries its call's id.
             continue
         ignored = SUSPENDED_EXPECTED if heating == HeatingStatus.suspended else frozenset()
         category = next((c for c in CLUSTER_CATEGORIES if f",{c.value}," in categories and c not in ignored), None)
@@ -218,7 +229,7 @@ def _link_new(session: Session, row: ProactiveOrder, group: list[Signal]) -> int
     members = session.exec(select(ProactiveMember.work_order_id, ProactiveMember.transcript_id)
                            .where(ProactiveMember.proactive_order_id == row.id)).all()
     known = {m for pair in members for m in pair if m is not None}
-    new = [s for s in group if (s.work_order_id or s.transcript_id) not in known]
+    new = [s for s in group if not s.refs() & known]
     if not new:
         return 0
     tracking.allocate_seq(session)
@@ -240,7 +251,7 @@ def evaluate_clusters(*, session: Session, settings: Settings, now: datetime) ->
         .join(ProactiveOrder, col(ProactiveOrder.id) == col(ProactiveMember.proactive_order_id))
         .where(col(ProactiveOrder.open_key).is_(None), ProactiveOrder.kind != ProactiveKind.revisit)).all()
         for ref in pair if ref is not None}
-    found = [s for s in signals(session, settings, now) if (s.work_order_id or s.transcript_id) not in answered]
+    found = [s for s in signals(session, settings, now) if not s.refs() & answered]
     thresholds = {ProactiveKind.riser: settings.proactive_cluster_riser_threshold,
                   ProactiveKind.building: settings.proactive_cluster_building_threshold,
                   ProactiveKind.station: settings.proactive_cluster_station_threshold}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -20,6 +21,7 @@ from api.settings import Settings
 from api.work_orders.models import Category, Source, Status, WorkOrder
 from speech.models import Transcript, TranscriptState
 from tests.api.proactive.helpers import API
+from tests.speech.service_helpers import make_transcript
 from tests.utils.factories import World, make_household, make_note, make_work_order
 
 
@@ -299,3 +301,55 @@ def test_a_stewards_voice_notes_are_no_complaint(client: TestClient, session: Se
     call = _transcribed(session, world, homes[3], ",not_warm,")
     assert [s.transcript_id for s in clusters.signals(session, settings, utcnow())] == [call.id]
     assert _run(client, world)["clusters_opened"] == 0 and _proactive(session) == []
+
+
+
+def _noise_calls(session: Session, world: World, homes: list[Household]) -> list[Transcript]:
+    """A hotline call about banging pipes at each home (noise: no draft work order)."""
+    return [make_transcript(session, world.supervisor, "暖气管子一直响", categories=("noise",),
+                            kind=NoteKind.call_recording, household_id=home.id) for home in homes]
+
+
+def _correct_to_a_leak(client: TestClient, world: World, call: Transcript) -> uuid.UUID:
+    """The supervisor reviews the call: the pipes leak. The correction opens the call's draft work order."""
+    r = client.patch(f"/api/v1/transcripts/{call.id}", json={"segments": [{"index": 0, "text": "暖气管子漏水了"}]},
+                     headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    assert r.json()["draft_work_order_id"] is not None
+    return uuid.UUID(r.json()["draft_work_order_id"])
+
+
+def test_a_grouped_call_its_correction_gave_a_draft_is_not_linked_again(client: TestClient, session: Session,
+                                                                         world: World, settings: Settings) -> None:
+    """Regression (review): a call grouped into an open order, which a correction then gave a draft work
+    order, counted only through that draft from then on, which the order had not grouped: the same complaint
+    was linked a second time."""
+    calls = _noise_calls(session, world, _riser(session, world, 3))
+    assert _run(client, world)["clusters_opened"] == 1
+    row = session.exec(select(ProactiveOrder)).one()
+    draft = _correct_to_a_leak(client, world, calls[0])
+    # one complaint: the draft with its call, made when the call was
+    [signal] = [s for s in clusters.signals(session, settings, utcnow()) if s.work_order_id == draft]
+    note = session.get(Note, calls[0].id)
+    assert note is not None and (signal.transcript_id, signal.at) == (calls[0].id, note.recorded_at)
+    assert _run(client, world)["members_linked"] == 0
+    assert session.exec(select(func.count()).select_from(ProactiveMember)
+                        .where(ProactiveMember.proactive_order_id == row.id)).one() == 3
+
+
+def test_calls_a_finished_order_answered_do_not_open_another_once_corrected(client: TestClient, session: Session,
+                                                                            world: World) -> None:
+    """Regression (review): the calls a finished riser order had grouped, corrected later so that each got a
+    draft work order dated now, counted again through those drafts (not grouped by any order, and newer than
+    the group's closing): a second riser order opened for the same three complaints."""
+    calls = _noise_calls(session, world, _riser(session, world, 3))
+    assert _run(client, world)["clusters_opened"] == 1
+    [order] = _proactive(session)
+    order.status, order.resolved_at = Status.resolved, utcnow()  # the riser is repaired
+    session.add(order)
+    session.commit()
+    assert _run(client, world)["closed"] == 1
+    for call in calls:
+        _correct_to_a_leak(client, world, call)
+    assert _run(client, world)["clusters_opened"] == 0
+    assert len(_proactive(session)) == 1
