@@ -38,7 +38,7 @@ from api.proactive.models import ProactiveKind, ProactiveMember, ProactiveOrder
 from api.settings import Settings
 from api.users.models import Role, User
 from api.work_orders import service as work_orders
-from api.work_orders.models import OPEN_STATUSES, Source, WorkOrder, open_clause
+from api.work_orders.models import OPEN_STATUSES, Source, Status, WorkOrder, WorkOrderEvent, open_clause
 from speech import service as speech
 from speech.models import Call, Transcript, TranscriptState
 from speech.redact import can_view_pii, redact_for, redact_phone
@@ -148,7 +148,8 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
         "station": station.name if station else "",
     }
     items: list[TimelineItem] = []
-    for event in work_orders.events(session=session, order=order):
+    events = work_orders.events(session=session, order=order)
+    for event in events:
         items.append(TimelineItem(at=event.at, kind=event.kind, actor_id=event.actor_id, data={
             "from_status": _value(event.from_status), "to_status": _value(event.to_status),
             "assignee_id": event.assignee_id, "note": mask(event.note)}))
@@ -163,13 +164,25 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
     # a proactive order's `assigned`, written with its `created`, came first.
     items.sort(key=lambda i: i.at)
 
-    until = (order.closed_at or now) + READINGS_AFTER
+    until = (_ended_at(order, events) or now) + READINGS_AFTER
     readings = session.exec(select(Reading).where(
         Reading.household_id == order.household_id, access.reading_clause(user),
         col(Reading.taken_at) >= order.created_at - READINGS_BEFORE, col(Reading.taken_at) <= until)
         .order_by(col(Reading.taken_at)).limit(READINGS_MAX)).all()
     points = [ReadingPoint(taken_at=r.taken_at, temp_c=r.temp_c, room=r.room) for r in readings]
     return Timeline(work_order=work_order, household=place, items=items, readings=points)
+
+
+def _ended_at(order: WorkOrder, events: list[WorkOrderEvent]) -> datetime | None:
+    """When a finished order ended, for the chart: closed, resolved (the office may never close it), or
+    cancelled (its status line; its last change if it has none). None while it is open. Only a close sets
+    `closed_at`: a resolved or cancelled order's chart ran until today, and its cap of points, oldest first,
+    could leave out the readings of the days after the order."""
+    if order.status in OPEN_STATUSES:
+        return None
+    if order.status == Status.cancelled:
+        return next((e.at for e in reversed(events) if e.to_status == Status.cancelled), order.updated_at)
+    return order.closed_at or order.resolved_at or order.updated_at
 
 
 def _recordings(session: Session, user: User, order_id: uuid.UUID) -> list[TimelineItem]:

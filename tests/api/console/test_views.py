@@ -21,7 +21,7 @@ from api.proactive import service as proactive
 from api.proactive.models import ProactiveKind, ProactiveOrder
 from api.settings import Settings
 from api.users.models import User
-from api.work_orders.models import OPEN_STATUSES, Category, Source, Status, WorkOrder
+from api.work_orders.models import OPEN_STATUSES, Category, Source, Status, WorkOrder, WorkOrderEvent
 from speech.models import Call, Transcript, TranscriptState
 from sync.models import SyncConflict
 from tests.api.proactive.helpers import create_campaign, make_calendar
@@ -284,6 +284,31 @@ def test_the_timeline_of_a_covered_order_keeps_the_household_outside_the_grid(cl
     assert r.json()["work_order"]["id"] == str(covering.id)
     office = client.get(f"{API}/work-orders/{covering.id}/timeline", headers=world.headers(world.supervisor))
     assert office.json()["household"]["resident_name"] == "李桂兰"
+
+
+def test_the_chart_of_a_finished_order_ends_a_day_after_it_ended(client: TestClient, session: Session,
+                                                                 world: World) -> None:
+    """Regression (review): the chart ran until a day after `closed_at`, which only a close sets: a resolved
+    order (the office may never close it) or a cancelled one charted every reading until today, and the cap
+    of points, oldest first, could leave out the days after the order."""
+    now = utcnow()
+    make_reading(session, world.household_a, taken_at=now - timedelta(days=60, hours=1))  # around the orders
+    make_reading(session, world.household_a, taken_at=now - timedelta(days=1))  # two months later
+    resolved = make_work_order(session, world.household_a, status=Status.resolved, created_at=now - timedelta(days=61),
+                               resolved_at=now - timedelta(days=60, hours=12), sla_due_at=now - timedelta(days=60))
+    cancelled = make_work_order(session, world.household_a, status=Status.cancelled,
+                                created_at=now - timedelta(days=60), sla_due_at=now - timedelta(days=59))
+    session.add(WorkOrderEvent(work_order_id=cancelled.id, kind="status", from_status=Status.new,
+                               to_status=Status.cancelled, at=now - timedelta(days=59, hours=20)))
+    # an older row with no status line: when it last changed
+    unlogged = make_work_order(session, world.household_a, status=Status.cancelled,
+                               created_at=now - timedelta(days=60), updated_at=now - timedelta(days=59),
+                               sla_due_at=now - timedelta(days=59))
+    session.commit()
+    h = world.headers(world.supervisor)
+    for order in (resolved, cancelled, unlogged):
+        tl = client.get(f"{API}/work-orders/{order.id}/timeline", headers=h).json()
+        assert len(tl["readings"]) == 1, order.status  # the one two months later is out of the chart
 
 
 # --- dashboard ----------------------------------------------------------------------------------------------
