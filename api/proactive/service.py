@@ -133,15 +133,28 @@ def _breach_clause(now: datetime, state: str) -> ColumnElement[bool]:
 
 def breaches(*, session: Session, user: User, page: Page, state: str = "open", now: datetime | None = None
              ) -> tuple[list[Breach], int]:
-    """Work orders past their SLA: still open after the due time, or resolved after it; most overdue first."""
+    """Work orders past their SLA: still open after the due time, or resolved after it; most overdue first
+    (`all`: the open ones first)."""
     now = now or utcnow()
     stmt = (select(WorkOrder, Household.sensitive).join(Household, col(Household.id) == col(WorkOrder.household_id))
             .where(access.work_order_clause(user), _breach_clause(now, state)))
     count = int(session.exec(select(func.count()).select_from(stmt.subquery())).one())
-    # Open orders are all late until now: the earliest due is the most overdue (and the partial index of open
-    # orders serves it). Resolved ones are late until they were resolved.
-    most_overdue = col(WorkOrder.sla_due_at) if state == "open" else _lateness(session, now).desc()
-    rows = session.exec(stmt.order_by(most_overdue, col(WorkOrder.id)).offset(page.offset).limit(page.limit)).all()
+    most_overdue: tuple[Any, ...]
+    if state == "open":
+        # Open orders are all late until now: the earliest due is the most overdue (and the partial index of
+        # open orders serves it).
+        most_overdue = (col(WorkOrder.sla_due_at),)
+    elif state == "resolved":  # late until they were resolved
+        most_overdue = (_lateness(session, now).desc(),)
+    else:
+        # Open ones first, then resolved ones, each most overdue first: keys that do not move while pages are
+        # read. Ranked together by lateness, an open order (later every minute) overtook resolved ones between
+        # two pages, and the next page repeated one row and skipped another. (Open orders of one due time are
+        # equally late: the id decides.)
+        is_open = open_clause()
+        most_overdue = (case((is_open, 0), else_=1), case((is_open, col(WorkOrder.sla_due_at))),
+                        _lateness(session, now).desc())
+    rows = session.exec(stmt.order_by(*most_overdue, col(WorkOrder.id)).offset(page.offset).limit(page.limit)).all()
     out = []
     for order, sensitive in rows:
         end = order.resolved_at if order.resolved_at and order.status not in OPEN_STATUSES else now

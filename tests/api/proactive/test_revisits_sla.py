@@ -14,8 +14,10 @@ from sqlmodel import Session, select
 
 from api.app import create_app
 from api.db import utcnow
+from api.deps import Page
 from api.network.models import HeatingStatus
 from api.notices.sms import LoggingSender
+from api.proactive import service
 from api.proactive.models import ProactiveKind, ProactiveOrder
 from api.proactive.worker import Evaluator
 from api.settings import Settings
@@ -134,8 +136,8 @@ def test_breaches_are_listed_and_counted_in_the_summary(client: TestClient, sess
     [row] = r.json()["data"]
     assert row["work_order_id"] == str(late.id) and 179 <= row["overdue_minutes"] <= 181
     every = client.get(f"{API}/sla/breaches", params={"state": "all"}, headers=h).json()
-    assert [b["work_order_id"] for b in every["data"]] == [str(resolved_late.id), str(late.id)]
-    assert every["data"][0]["overdue_minutes"] == 240
+    assert [b["work_order_id"] for b in every["data"]] == [str(late.id), str(resolved_late.id)]  # open first
+    assert every["data"][1]["overdue_minutes"] == 240
     summary = client.get(f"{API}/summary", headers=h).json()
     assert (summary["sla_open_overdue"], summary["sla_due_within_2h"], summary["sla_resolved_late"]) == (1, 1, 1)
     assert summary["clusters_open"] == {"riser": 0, "building": 0, "station": 0} and summary["revisits_open"] == 0
@@ -148,7 +150,7 @@ def test_breaches_are_listed_and_counted_in_the_summary(client: TestClient, sess
 def test_resolved_and_all_breaches_are_listed_most_overdue_first(client: TestClient, session: Session,
                                                                   world: World) -> None:
     """Regression: `state=resolved` and `all` were sorted by due time, so an order 10 minutes late came before
-    one 47 hours late; docs/proactive.md says most overdue first."""
+    one 47 hours late; docs/proactive.md says most overdue first (`all`: the open ones, then the resolved)."""
     now = utcnow()
     slightly = make_work_order(session, world.household_a, status=Status.resolved, sla_due_at=now - timedelta(days=3),
                                resolved_at=now - timedelta(days=3) + timedelta(minutes=10))
@@ -160,10 +162,34 @@ def test_resolved_and_all_breaches_are_listed_most_overdue_first(client: TestCli
     assert [(b["work_order_id"], b["overdue_minutes"]) for b in resolved] == [(str(badly.id), 47 * 60),
                                                                               (str(slightly.id), 10)]
     every = client.get(f"{API}/sla/breaches", params={"state": "all"}, headers=h).json()["data"]
-    assert [b["work_order_id"] for b in every] == [str(badly.id), str(open_late.id), str(slightly.id)]
+    assert [b["work_order_id"] for b in every] == [str(open_late.id), str(badly.id), str(slightly.id)]
     paged = [client.get(f"{API}/sla/breaches", params={"state": "all", "limit": 1, "offset": i}, headers=h)
              .json()["data"][0]["work_order_id"] for i in range(3)]
     assert paged == [b["work_order_id"] for b in every]
+
+
+
+def test_the_pages_of_all_breaches_keep_their_order_as_time_passes(session: Session, world: World) -> None:
+    """Regression (review): `state=all` ranked open and resolved orders together by lateness until the
+    request's time; an open order's grows every minute and a resolved one's does not, so the page asked two
+    minutes later was cut from another order: it repeated the resolved order and the open one was never
+    listed."""
+    t0 = utcnow()
+    resolved = make_work_order(session, world.household_a, status=Status.resolved, sla_due_at=t0 - timedelta(hours=3),
+                               resolved_at=t0 - timedelta(hours=2))  # 60 minutes late
+    still_open = make_work_order(session, world.household_b, sla_due_at=t0 - timedelta(minutes=59))
+
+    def page(offset: int, minutes: int) -> list[uuid.UUID]:
+        one = Page.__new__(Page)  # without a request: offset and limit are all a query reads
+        one.offset, one.limit = offset, 1
+        rows, count = service.breaches(session=session, user=world.supervisor, page=one, state="all",
+                                       now=t0 + timedelta(minutes=minutes))
+        assert count == 2
+        return [b.work_order_id for b in rows]
+
+    seen = page(0, 0) + page(1, 2)  # the next page, two minutes later
+    assert len(set(seen)) == 2, "one row came twice, the other never"
+    assert seen == [still_open.id, resolved.id]  # the open one first
 
 
 def test_the_summary_counts_open_proactive_orders_and_campaigns(client: TestClient, session: Session,
