@@ -83,8 +83,9 @@ def create_call(*, session: Session, settings: Settings, user: User, metadata: C
         if added:
             _take_back_audio(session, settings, sha256)
         raise
-    if not added:  # found stored: a refused call with the same bytes may have taken them back since
-        add_audio(settings, audio)
+    # A refused call with the same bytes may have taken them back since this one looked, whether this one then
+    # found them stored or stored them too (both looked before either stored): stored again if so.
+    add_audio(settings, audio)
     return transcript
 
 

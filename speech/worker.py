@@ -110,9 +110,10 @@ class EmbeddedWorker:
         transcript, never raised)."""
         if attempt is None:
             attempt = jobs.current_attempt(self.engine, transcript_id)
-        if _over_attempts(self.engine, self.settings, transcript_id, attempt):
-            return
         try:
+            # Inside: it reads the row, and a database blip there left the claimed job `running` for its lease.
+            if _over_attempts(self.engine, self.settings, transcript_id, attempt):
+                return
             with _lease_kept(self.engine, transcript_id, attempt):
                 jobs.run(self.engine, self.settings, transcript_id, attempt=attempt, pipeline=self.pipeline)
         except Exception:

@@ -31,6 +31,9 @@ from sync.blobs.storage import BlobStore
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 BATCH = 500  # shas looked up in one query
+# How much earlier than its commit a conflict line's time may be (it is stamped in the push's transaction):
+# the lines the sweep reads again while it walks.
+LATE_COMMITS = timedelta(hours=1)
 
 
 @dataclass
@@ -81,18 +84,18 @@ def _hashes_in(value: Any) -> Iterator[str]:
             yield from _hashes_in(item)
 
 
-def held_by_conflicts(session: Session, shas: list[str]) -> set[str]:
-    """Which of these blobs (photos, signatures, voice-note audio) a visit or note conflict nobody has reviewed
-    yet names: the side that lost (a photo the other device's list did not have, a visit or a transcribed note
-    a delete won over) stays recoverable until a supervisor looked at it. Before, the conflict log named a
-    photo, or a note's audio, that the sweep had already deleted."""
+def held_by_conflicts(session: Session, *, since: datetime | None = None) -> set[str]:
+    """The blobs (photos, signatures, voice-note audio) a visit or note conflict nobody has reviewed yet names
+    (logged `since`, when given): the side that lost (a photo the other device's list did not have, a visit or
+    a transcribed note a delete won over) stays recoverable until a supervisor looked at it. Before, the
+    conflict log named a photo, or a note's audio, that the sweep had already deleted."""
     from sync.models import SyncConflict
 
     stmt = select(SyncConflict.server_value, SyncConflict.device_value).where(
         col(SyncConflict.table_name).in_(("visits", "notes")), col(SyncConflict.reviewed_at).is_(None))
-    wanted = set(shas)
-    return {sha for server, device in session.exec(stmt).all()
-            for sha in (*_hashes_in(server), *_hashes_in(device)) if sha in wanted}
+    if since is not None:
+        stmt = stmt.where(col(SyncConflict.created_at) >= since)
+    return {sha for server, device in session.exec(stmt).all() for sha in (*_hashes_in(server), *_hashes_in(device))}
 
 
 def _batches(items: Iterable[tuple[str, int, datetime]]) -> Iterator[list[tuple[str, int, datetime]]]:
@@ -106,15 +109,21 @@ def sweep(engine: Engine, store: BlobStore, *, grace: timedelta, dry_run: bool =
     """Delete the blobs no row names that were stored more than `grace` ago (`dry_run`: only count them)."""
     cutoff = (now or utcnow()) - grace
     report = SweepReport(dry_run=dry_run)
+    started = utcnow()
+    with Session(engine) as session:
+        held = held_by_conflicts(session)
     for batch in _batches(store.listing()):
         shas = [sha for sha, _, _ in batch]
         with Session(engine) as session:
-            # The conflicts are read for each batch, after its rows: a delete that wins over an edit (pushed
-            # while the sweep runs) takes the visit or note and logs the line naming its blobs in one commit,
-            # so a blob missing from the rows read is in the lines read after them. Read once before the walk,
-            # such a line did not hold its photos, and a later batch deleted them.
             named = referenced(session, shas)
-            named |= held_by_conflicts(session, shas)
+            if any(sha not in named and sha not in held and stored_at <= cutoff for sha, _, stored_at in batch):
+                # About to delete: the lines logged since shortly before the walk began, read after the batch's
+                # rows. A delete that wins over an edit (pushed while the sweep runs) takes the visit or note
+                # and logs the line naming its blobs in one commit, so a blob missing from the rows read is in
+                # the lines read after them; read only before the walk, such a line did not hold its photos.
+                # (Only the recent lines: all of them for each batch made a sweep cost blobs x conflicts.)
+                held |= held_by_conflicts(session, since=started - LATE_COMMITS)
+        named |= held
         for sha, size, stored_at in batch:
             report.stored += 1
             if sha in named:

@@ -3,6 +3,7 @@ writes that race (two sessions, as two requests would be)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -82,11 +83,14 @@ def test_a_call_refused_at_commit_keeps_audio_that_was_already_stored(world: Wor
     assert len(stored_blobs(sp_settings)) == 1
 
 
+@pytest.mark.parametrize("found_stored", [True, False])
 def test_a_call_stores_its_audio_again_when_a_refused_call_took_the_same_bytes_back(
-        world: World, session: Session, sp_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: World, session: Session, sp_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        found_stored: bool) -> None:
     """Regression (race): a call that found its bytes stored (added by a second call with the same recording)
-    committed a note whose audio the second call, refused, had taken back in between."""
-    sha256 = store_audio(sp_settings, LEAK)
+    committed a note whose audio the second call, refused, had taken back in between. Regression (review):
+    the same when both looked before either stored, so that each stored them (`added` for both)."""
+    sha256 = store_audio(sp_settings, LEAK) if found_stored else hashlib.sha256(LEAK).hexdigest()
     record_call = service._record_call
 
     def taken_back_meanwhile(*args: Any) -> Transcript:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,6 +112,33 @@ def test_transient_errors_are_retried_with_backoff_then_the_job_fails(engine: En
     t = _state(engine, note.id)
     assert t.status == TranscriptState.failed and t.attempts == 3
     assert t.failure_reason == "gave up after 3 attempts: RuntimeError: the model fell over"
+
+
+def test_a_database_blip_right_after_a_claim_queues_the_job_again(engine: Engine, session: Session, world: World,
+                                                                   speech_settings_: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the check of a job's attempts, which reads its row, ran outside the code that
+    hands a failed attempt back, so a database blip there left the claimed job `running` (and shown so on the
+    handhelds) until its 30-minute lease ran out."""
+    from sqlalchemy.exc import OperationalError
+
+    from speech import worker as worker_module
+
+    note = make_note(session, world.steward_a, audio_sha256=store_audio(speech_settings_, LEAK))
+    jobs.promote_waiting(engine, speech_settings_)
+    real, down = worker_module.Session, [True]
+
+    def blip(*args: Any, **kwargs: Any) -> Session:
+        if down[0]:
+            down[0] = False
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "Session", blip)
+    monkeypatch.setattr(worker_module.time, "sleep", lambda s: None)
+    assert EmbeddedWorker(engine, speech_settings_, threads=1, pipeline=object())._work_once()
+    transcript = _state(engine, note.id)
+    assert (transcript.status, transcript.lease_until) == (TranscriptState.queued, None)
 
 
 def test_a_job_that_outlives_its_lease_keeps_it_and_runs_once(engine: Engine, session: Session, world: World,
