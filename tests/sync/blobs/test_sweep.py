@@ -36,6 +36,23 @@ def _note(sha: str, visit_id: str) -> dict[str, object]:
     return {"audio_sha256": sha, "duration_s": 2.0, "recorded_at": "2026-12-01T08:00:00+00:00", "visit_id": visit_id}
 
 
+def _delete_queued_over_an_office_edit(client: TestClient, d: District, headers: dict[str, str], visit: str,
+                                       photo: str) -> Device:
+    """A phone that put `photo` on the visit, then queued the visit's delete from the version it holds, after
+    the office edited the visit: pushed, the delete wins over the edit and logs the whole row."""
+    phone = Device(http=client, headers=headers, name="phone")
+    phone.pull()
+    phone.update("visits", visit, photos=[photo])
+    assert phone.push()["results"][0]["status"] == "applied"
+    phone.pull()
+    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
+    office.pull()
+    office.update("visits", visit, actions="bled radiators; replaced the valve")
+    assert office.push()["results"][0]["status"] == "applied"
+    phone.delete("visits", visit)
+    return phone
+
+
 def test_unreferenced_blobs_go_after_the_grace_period(client: TestClient, district: District, engine: Engine,
                                                       settings: Settings) -> None:
     """Regression: nothing ever deleted a blob; a deleted voice note's recording stayed downloadable by any
@@ -205,16 +222,7 @@ def test_photos_of_a_visit_a_delete_won_over_stay_until_the_conflict_is_reviewed
     headers = d.headers(d.steward1)
     photo = _upload(client, headers)
     visit = str(d.visit1.id)
-    phone = Device(http=client, headers=headers, name="phone")
-    phone.pull()
-    phone.update("visits", visit, photos=[photo])
-    assert phone.push()["results"][0]["status"] == "applied"
-    phone.pull()
-    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
-    office.pull()
-    office.update("visits", visit, actions="bled radiators; replaced the valve")
-    assert office.push()["results"][0]["status"] == "applied"
-    phone.delete("visits", visit)  # from the version the phone holds: the office's edit loses to the delete
+    phone = _delete_queued_over_an_office_edit(client, d, headers, visit, photo)
     answer = phone.push()["results"][0]
     assert (answer["status"], answer["reason"]) == ("conflict", "delete_wins")
     sup = d.headers(d.supervisor)
@@ -275,16 +283,7 @@ def test_a_conflict_logged_while_the_sweep_runs_holds_its_photos(client: TestCli
     _upload(client, headers)  # a blob the sweep looks at first (the batches before the photo's)
     photo = _upload(client, headers)
     visit = str(d.visit1.id)
-    phone = Device(http=client, headers=headers, name="phone")
-    phone.pull()
-    phone.update("visits", visit, photos=[photo])
-    assert phone.push()["results"][0]["status"] == "applied"
-    phone.pull()
-    office = Device(http=client, headers=d.headers(d.supervisor), name="office")
-    office.pull()
-    office.update("visits", visit, actions="bled radiators; replaced the valve")
-    assert office.push()["results"][0]["status"] == "applied"
-    phone.delete("visits", visit)  # queued on the phone: pushed while the nightly sweep runs
+    phone = _delete_queued_over_an_office_edit(client, d, headers, visit, photo)  # pushed while the sweep runs
 
     monkeypatch.setattr(sweep_module, "BATCH", 1)
     store = make_store(settings)
