@@ -240,11 +240,12 @@ async def connect(request: Request, id: uuid.UUID, body: ConnectRequest, setting
 
 
 @router.post("/rooms/{id}/leave", status_code=status.HTTP_204_NO_CONTENT)
-async def leave(request: Request, id: uuid.UUID, participant_id: uuid.UUID, session: SessionDep,
-                settings: SettingsDep, token: TokenDep) -> Response:
-    """Hang up one participant (the page calls it when closed); the room stays open for the others."""
-    admission = await run_in_threadpool(service.admit, session=session, settings=settings, room_id=id,
-                                        token=token, role=None, joining=False)
+async def leave(request: Request, id: uuid.UUID, participant_id: uuid.UUID, settings: SettingsDep,
+                token: TokenDep) -> Response:
+    """Hang up one participant (the page calls it when closed); the room stays open for the others. Their peer
+    connection is closed holding no database session (`_short`)."""
+    admission = await _short(request, service.admit, settings=settings, room_id=id, token=token, role=None,
+                             joining=False)
     _pinned_here(request, settings, admission.room)
     room = _manager(request).get(admission.room.id)
     participant = room.participants.get(participant_id) if room else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -385,20 +386,21 @@ def test_requests_waiting_for_a_close_leave_it_a_connection(video_settings, engi
         small.dispose()
 
 
-@pytest.mark.parametrize("route", ["connect", "snapshot"])
+@pytest.mark.parametrize("route", ["connect", "snapshot", "leave"])
 def test_requests_awaiting_the_relay_leave_the_pool_to_others(video_settings, engine, world, order, monkeypatch,
                                                               route) -> None:
     """Regression (review): POST /connect (its peer connection set up, ICE candidates gathered) and POST
     /snapshot (a picture awaited up to 5 s) held their request session while they awaited the relay, each with
     a session slot and a pooled connection idle in transaction. With as many of them as the pool has
     connections, every other request of the process waited for a slot, and a call's close (which saves on a
-    connection of its own) failed after the pool's timeout. Now they await the relay holding neither."""
+    connection of its own) failed after the pool's timeout. Now they await the relay holding neither. The same
+    for POST /leave, which held its session while the participant's peer connection closed."""
     import httpx
 
     from api.app import create_app
     from api.db import make_engine
     from api.notices.sms import LoggingSender
-    from video.relay import Room
+    from video.relay import Room, RoomManager
     from video.tracks import SourceSlot
 
     if engine.dialect.name != "postgresql":
@@ -425,8 +427,23 @@ def test_requests_awaiting_the_relay_leave_the_pool_to_others(video_settings, en
                        ).json()["room_id"]
             monkeypatch.setattr(Room, "connect", lambda *a, **k: held(connect, *a, **k))
             monkeypatch.setattr(SourceSlot, "fresh_frame", lambda *a, **k: held(fresh_frame, *a, **k))
+            left: list[uuid.UUID] = []
+            if route == "leave":  # each caller has a seat in the live room; hanging up awaits their peer connection
+                seats = {uuid.uuid4(): who for who in (world.steward_a, world.supervisor)}
+
+                async def remove(participant: Any) -> None:
+                    await held(lambda: asyncio.sleep(0))
+                    left.append(participant.id)
+
+                live = SimpleNamespace(participants={pid: SimpleNamespace(id=pid, user_id=who.id)
+                                                     for pid, who in seats.items()}, remove=remove)
+                monkeypatch.setattr(RoomManager, "get", lambda self, id: live if str(id) == room_id else None)
 
             def ask(who: Any) -> asyncio.Future[httpx.Response]:
+                if route == "leave":
+                    pid = next(p for p, w in seats.items() if w is who)
+                    return asyncio.ensure_future(http.post(f"{ROOMS}/{room_id}/leave", headers=world.headers(who),
+                                                           params={"participant_id": str(pid)}))
                 if route == "connect":  # an offer the relay refuses once it looks at it
                     return asyncio.ensure_future(http.post(f"{ROOMS}/{room_id}/connect", headers=world.headers(who),
                                                            json={"sdp": "v=0", "type": "offer"}))
@@ -441,10 +458,14 @@ def test_requests_awaiting_the_relay_leave_the_pool_to_others(video_settings, en
             finally:
                 release.set()
             for answer in await asyncio.gather(*waiting):  # answered as before
-                if route == "connect":
+                if route == "leave":
+                    assert answer.status_code == 204, answer.text
+                elif route == "connect":
                     assert_error(answer, 400, "invalid_sdp")
                 else:  # no resident in the call
                     assert_error(answer, 409, "no_video")
+            if route == "leave":
+                assert sorted(left) == sorted(seats)
 
     try:
         run(scenario(), timeout=120)
