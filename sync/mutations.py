@@ -234,6 +234,27 @@ def changed_since(spec: SyncTable, row: Any, base: int, client_id: uuid.UUID) ->
     return {name for name, (version, writer) in versions.items() if version > base and writer != me}
 
 
+def server_set(row: Any) -> set[str]:
+    """Fields the server set otherwise than the device sent them when a push created the row (`_server_set`)."""
+    versions: dict[str, list[Any]] = row.field_versions or {}
+    return {name for name, (version, writer) in versions.items() if version == 1 and writer is None}
+
+
+def _server_set(spec: SyncTable, row: Any, fields: dict[str, Any]) -> None:
+    """Record, as the server's writes at the row's first version, the fields of a row a push creates that the
+    server set otherwise than the device sent them, or than the model's default when it sent none (a cold
+    sensitive home's order raised to `high`, its SLA, its assignee). Until the device has the server's record,
+    its copy holds its own values: a full write from that copy must not read them as edits (`_differences`)."""
+    versions = dict(row.field_versions or {})
+    defaults = _defaults(spec.model, fields)
+    for name in rules_for(spec).device_fields & set(spec.column_names):
+        expected = _parse_one(spec, name, fields[name]) if name in fields else defaults.get(name)
+        if not same(expected, getattr(row, name)):
+            versions[name] = [row.version, None]
+    if versions:
+        row.field_versions = versions
+
+
 MAX_VERSION = 2**31 - 1  # row versions are 32-bit columns: a larger base_version is none the row had (and
 # PostgreSQL could not write it in the conflict log: a `deleted` conflict became `rejected` / `constraint`)
 
@@ -266,6 +287,7 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         if (spec.name, id) in ctx.bulk and rules.create_values is not None:
             return Outcome("applied", ctx.stage(spec, rules.create_values(ctx, id, fields)))
         created = rules.create(ctx, id, fields)
+        _server_set(spec, created, fields)
         ctx.session.add(created)
         return Outcome("applied", created)
     if not ctx.visible(spec, row):
@@ -276,8 +298,9 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     if op == "update" and base_version is None:
         raise Rejected("base_version_required", "An update needs the base_version it was edited from.")
     if op == "upsert":
+        never_had = base_version is None  # the device holds its own copy, never the server's
         base_version = base_version or 1
-        fields = _differences(ctx, spec, row, fields, base_version)
+        fields = _differences(ctx, spec, row, fields, base_version, never_had=never_had)
     assert base_version is not None
     if base_version > row.version:
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
@@ -285,10 +308,12 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
     return _update(ctx, spec, row, base_version, fields)
 
 
-def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any], base: int) -> dict[str, Any]:
+def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any], base: int, *,
+                 never_had: bool = False) -> dict[str, Any]:
     """For a full write of an existing row: the fields whose values differ from the server's, less the device's
     stale copy of fields it may not write that someone else changed since `base` (the office raised an order's
-    priority after the steward's copy: refused `read_only_field`, the steward's status change was lost)."""
+    priority after the steward's copy: refused `read_only_field`, the steward's status change was lost), or,
+    when the device `never_had` the server's copy (no base_version), that the server set at creation."""
     rules = rules_for(spec)
     if rules.create is None:
         raise Rejected("read_only_table", f"{spec.name} rows are not written in full from devices.")
@@ -305,7 +330,10 @@ def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]
             out[name] = value
     if out and rules.writable is not None and base <= row.version:
         allowed = rules.writable(ctx, row)
-        if stale := {name for name in out if name not in allowed} & changed_since(spec, row, base, ctx.client_id):
+        others = changed_since(spec, row, base, ctx.client_id)
+        if never_had:
+            others |= server_set(row)
+        if stale := {name for name in out if name not in allowed} & others:
             out = {name: value for name, value in out.items() if name not in stale}
     if out and spec.append_only:
         raise Rejected("append_only", f"{spec.name} are append-only: record a new one instead of changing it.")

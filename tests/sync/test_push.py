@@ -557,6 +557,53 @@ def test_a_full_write_with_a_stale_copy_of_office_fields_applies_the_stewards_ed
     assert _statuses(answer) == [("rejected", "read_only_field")]
 
 
+def test_a_full_write_without_the_servers_creation_values_applies_the_stewards_edit(
+        district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Regression: the server sets fields of a row it creates (a cold sensitive home's order is raised to `high`);
+    a device that wrote its row in full before it had the server's copy (queued in the same push, or after
+    the create's answer was lost) still held its own value of that office field. Nothing recorded that the
+    server set it, so the full write looked like a steward changing the priority: `read_only_field`, and the
+    status change was lost."""
+    d = device(district.steward1)
+    household = str(district.h1b.id)  # sensitive
+    order = d.create("work_orders", household_id=household, category="not_warm", priority="normal", source="visit")
+    d.update("work_orders", order, status="in_progress")  # not pushed yet: a full write of the local copy
+    answer = d.push()
+    assert _statuses(answer) == [("applied", None), ("applied", None)]
+    record = answer["results"][1]["record"]
+    assert (record["status"], record["priority"]) == ("in_progress", "high")
+    # The same after a lost answer: the create is pushed again with the full write queued behind it.
+    lost = d.create("work_orders", household_id=household, category="not_warm", priority="normal", source="visit")
+    d.send(d.push_body())
+    d.update("work_orders", lost, status="in_progress")
+    answer = d.push()
+    assert _statuses(answer) == [("duplicate", None), ("applied", None)]
+    assert (answer["results"][1]["record"]["status"], answer["results"][1]["record"]["priority"]) == (
+        "in_progress", "high")
+    # Moved on since by the office, the same: the full write applies and does not conflict.
+    office = d.create("work_orders", household_id=household, category="not_warm", priority="normal", source="visit")
+    d.send(d.push_body())
+    with Session(engine) as s:
+        row = s.get(WorkOrder, uuid.UUID(office))
+        assert row is not None
+        row.description = "the office's words"
+        s.add(row)
+        s.commit()
+    d.update("work_orders", office, status="in_progress")
+    answer = d.push()
+    assert _statuses(answer)[1] in (("applied", None), ("merged", None))
+    record = answer["results"][1]["record"]
+    assert (record["status"], record["priority"], record["description"]) == ("in_progress", "high",
+                                                                             "the office's words")
+    # From the server's copy (a base_version), an office field the device changes is still refused.
+    held = d.rows["work_orders"][lost]
+    full = {k: v for k, v in held.items() if k not in ("id", "version")} | {"priority": "low"}
+    answer = d.send(d.push_body([{"mutation_id": 99, "table": "work_orders", "op": "upsert", "id": lost,
+                                  "base_version": held["version"], "fields": full}]))
+    assert _statuses(answer) == [("rejected", "read_only_field")]
+    assert _count(engine, SyncConflict) == 0
+
+
 def test_one_base_version_out_of_range_rejects_that_mutation_only(district: District, session: Session,
                                                                    device: Callable[..., Device]) -> None:
     """Regression: `base_version: 0` (a client's "never synced") refused the whole batch with 422, and the
