@@ -24,7 +24,7 @@ from sync.models import Mutation, PushRequest, SyncClient, SyncConflict
 from sync.pull import new_snapshot
 from sync.registry import BY_NAME, SyncTable, record, wire_value
 from sync.rules import ConflictEntry, Rejected, shown
-from sync.tracking import TARGETS, UNTARGETED, WRITER, allocate_seq, database_id, insert_ignore
+from sync.tracking import SIDE_EFFECTS, TARGETS, UNTARGETED, WRITER, allocate_seq, database_id, insert_ignore
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,8 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
             batch.commit()
         except Exception:  # a refused flush, or a mutation that failed: find it with a savepoint per mutation
             batch.rollback()
-            session.info.pop(TARGETS, None)
-            session.info.pop(UNTARGETED, None)
+            for key in (TARGETS, UNTARGETED, SIDE_EFFECTS):
+                session.info.pop(key, None)
             ctx = _context(session, settings, user, body, last, bulk=False)
             pending = _apply(session, ctx, body, last, savepoints=True)
         results = []
@@ -242,7 +242,7 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
         session.add(client)
         session.commit()
     finally:
-        for key in (WRITER, TARGETS, UNTARGETED):
+        for key in (WRITER, TARGETS, UNTARGETED, SIDE_EFFECTS):
             session.info.pop(key, None)
     # A cursor of another user or role (a shared handheld, a steward made supervisor) goes back as it came:
     # the next pull sees the mismatch and answers `reset: true`, so the device drops what it may no longer

@@ -52,7 +52,7 @@ from api.work_orders.service import (
     sla_delta,
 )
 from sync.registry import BY_NAME, SyncTable
-from sync.tracking import UNTARGETED
+from sync.tracking import side_effect
 
 if TYPE_CHECKING:
     from sync.mutations import Context
@@ -230,7 +230,7 @@ def _visit_before_delete(ctx: Context, visit: Visit) -> None:
         for row in ctx.session.exec(select(model).where(col(model.visit_id) == visit.id)):
             row.visit_id = None
             ctx.session.add(row)
-            ctx.session.info.setdefault(UNTARGETED, set()).add((table, row.id))
+            side_effect(ctx.session, table, row.id, "visit_id")
     # New rows of this batch staged for the bulk insert (`Context.insert_staged`, after every mutation
     # ran) are not in the database yet: cleared here, they are written without the link, and the push
     # answers their device the row as it is stored.

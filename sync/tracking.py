@@ -41,6 +41,7 @@ DATABASE_ID = "database_id"
 WRITER = "sync.writer"
 TARGETS = "sync.targets"
 UNTARGETED = "sync.untargeted"  # rows a push changed as a side effect: never marked as the device's own
+SIDE_EFFECTS = "sync.side_effects"  # (table, id) -> the fields of such a row the side effect wrote
 _ALLOCATION = "sync.allocation"
 
 
@@ -168,6 +169,13 @@ def changed_fields(obj: Any) -> list[str]:
     return out
 
 
+def side_effect(session: Session, table: str, row_id: uuid.UUID, *names: str) -> None:
+    """Note that a push changed these fields of a row as a side effect of another row's mutation: the server's
+    writes, not the device's (`field_versions`), and the row is not marked as the device's own (`origin`)."""
+    session.info.setdefault(UNTARGETED, set()).add((table, row_id))
+    session.info.setdefault(SIDE_EFFECTS, {}).setdefault((table, row_id), set()).update(names)
+
+
 def _old_value(obj: Any, key: str) -> Any:
     from sqlalchemy import inspect
 
@@ -191,10 +199,18 @@ def before_flush(session: Session) -> None:
     writer: uuid.UUID | None = session.info.get(WRITER)
     targets: set[tuple[str, uuid.UUID]] = session.info.get(TARGETS, set())
     untargeted: set[tuple[str, uuid.UUID]] = session.info.get(UNTARGETED, set())
+    side_effects: dict[tuple[str, uuid.UUID], set[str]] = session.info.get(SIDE_EFFECTS, {})
 
     def origin(spec: registry.SyncTable, obj: Any) -> uuid.UUID | None:
         key = (spec.name, obj.id)
         return writer if writer is not None and key in targets and key not in untargeted else None
+
+    def written_by(spec: registry.SyncTable, obj: Any, name: str) -> str | None:
+        # As `origin`, field by field: a field written as a side effect, or any field of a row the push did not
+        # target, is the server's write (the device is not sent it: its copy still holds the old value).
+        key = (spec.name, obj.id)
+        mine = writer is not None and key in targets and name not in side_effects.get(key, ())
+        return str(writer) if mine else None
 
     for obj in new:
         spec = registry.spec_of(obj)
@@ -208,7 +224,7 @@ def before_flush(session: Session) -> None:
         if changed:
             versions = dict(obj.field_versions or {})
             for name in changed:
-                versions[name] = [obj.version, str(writer) if writer else None]
+                versions[name] = [obj.version, written_by(spec, obj, name)]
             obj.field_versions = versions  # a new dict: JSON columns do not see in-place changes
         obj.seq = seq
         obj.origin_client_id = origin(spec, obj)

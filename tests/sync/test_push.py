@@ -444,6 +444,50 @@ def test_deleting_a_visit_clears_its_links_and_devices_learn_it(
     assert d.rows == server_rows(client, district.headers(district.steward1))
 
 
+def test_a_link_a_visit_delete_cleared_is_the_servers_write_not_the_devices(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """Regression: the note whose visit a push deleted lost its link as a side effect, and field_versions named
+    the pushing device as the link's writer. The device is not sent that note (it is pulled like any server
+    write), so its stored record still holds the link; its next full write from that record carried the old
+    link as if the device changed it: `read_only_field`, and the note's edit was lost."""
+    d = device(district.steward1)
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    note = d.create("notes", audio_sha256="c" * 64, duration_s=3.0, recorded_at=T0, visit_id=visit)
+    d.push()
+    d.delete("visits", visit)
+    assert _statuses(d.push()) == [("applied", None)]
+    with Session(engine) as s:
+        stored = s.get(Note, uuid.UUID(note))
+        assert stored is not None and stored.visit_id is None
+        assert stored.field_versions is not None and stored.field_versions["visit_id"] == [2, None]
+        assert stored.origin_client_id is None
+    record = d.rows["notes"][note]
+    assert record["visit_id"] == visit  # the device has not pulled since
+    full = {k: v for k, v in record.items() if k not in ("id", "version")} | {"duration_s": 4.0}
+    answer = d.send(d.push_body([{"mutation_id": 10, "table": "notes", "op": "upsert", "id": note,
+                                  "base_version": record["version"], "fields": full}]))
+    assert _statuses(answer) == [("merged", None)]
+    assert (answer["results"][0]["record"]["duration_s"], answer["results"][0]["record"]["visit_id"]) == (4.0, None)
+    assert _count(engine, SyncConflict) == 0
+
+
+def test_what_the_server_derives_from_a_devices_own_edit_stays_the_devices(
+        district: District, device: Callable[..., Device], engine: Engine) -> None:
+    """The SLA a pushed priority moves is sent to the device in its record, as `origin` counts the row the
+    device's: a deadline the device queued from the same base (the answer of the priority was lost) is its own
+    later edit, not a conflict with the server that its SLA loses."""
+    office = device(district.supervisor)
+    office.pull()
+    order = str(district.wo1.id)
+    office.update("work_orders", order, priority="urgent")
+    office.send(office.push_body())  # the answer is lost
+    office.update("work_orders", order, sla_due_at="2030-06-01T00:00:00.000000+00:00")
+    answer = office.push()
+    assert _statuses(answer) == [("duplicate", None), ("applied", None)]
+    assert _ts(answer["results"][1]["record"]["sla_due_at"]) == _ts("2030-06-01T00:00:00+00:00")
+    assert _count(engine, SyncConflict) == 0
+
+
 @pytest.mark.parametrize("visit_pushed_before", [True, False])
 def test_a_reading_taken_in_a_visit_deleted_by_the_same_push_loses_the_link_everywhere(
         client: TestClient, district: District, device: Callable[..., Device], visit_pushed_before: bool) -> None:

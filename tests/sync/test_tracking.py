@@ -66,8 +66,15 @@ def test_field_versions_record_when_and_by_whom_each_field_changed(district: Dis
         visit.actions = "first"  # the same value: not a change
         s.add(visit)
         s.commit()
-        assert visit.field_versions == {"actions": [2, None], "indoor_temp_c": [3, str(client)]}
+        # Not a target of the push: a side effect, the server's write (as for origin_client_id).
+        assert visit.field_versions == {"actions": [2, None], "indoor_temp_c": [3, None]}
         assert visit.origin_client_id is None  # only a push's own targets are marked
+        s.info[tracking.TARGETS] = {("visits", visit.id)}
+        visit.indoor_temp_c = 18.0
+        s.add(visit)
+        s.commit()
+        assert visit.field_versions == {"actions": [2, None], "indoor_temp_c": [4, str(client)]}
+        assert visit.origin_client_id == client
 
 
 def test_a_number_taken_inside_a_rolled_back_savepoint_is_taken_again(district: District, engine: Engine) -> None:
