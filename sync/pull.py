@@ -25,7 +25,7 @@ from sync.cursor import DELTA, END_OF_SEQ, SCOPE, SNAPSHOT, Cursor
 from sync.models import SCHEMA_VERSION, ScopeEvent, SyncState, Tombstone
 from sync.registry import TABLES, ScopeKeys, SyncTable, Wire, wire
 from sync.retention import maybe_purge, purge_due
-from sync.tracking import DATABASE_ID, PURGED_SEQ, SEQ, database_id
+from sync.tracking import DATABASE_ID, PURGED_SEQ, SEQ, database_id, read_counter
 
 _DELETE = object()
 
@@ -65,6 +65,8 @@ class Feed:
     near: tuple[int | None, ...]
     dialect: str = "sqlite"
     newest: tuple[int | None, ...] = ()  # newest seq per table, then of the tombstones
+    # Whether the page read tombstones or scope events, which a purge committing meanwhile may have taken.
+    read_purgeable: bool = False
 
 
 def new_snapshot(user: User, office: bool, head: int, database: int, client_id: uuid.UUID | None = None) -> Cursor:
@@ -293,6 +295,7 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
             items.append((row[0], t, rec["id"], rec))
     tomb = _columns(Tombstone)
     if feed.newest[-1] is not None and feed.newest[-1] >= state.seq:
+        feed.read_purgeable = True
         route = _tombstone_route(feed, state.seq)
         row_id, finish = wire(tomb.row_id, feed.dialect)
         for t, spec in enumerate(TABLES):
@@ -414,13 +417,29 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
     # change waited for the next pull.
     pending = head.newest_scope_event if not reset and not office else None
     page = Page(room=limit)
-    done = False
+    start = state
+    state, done = _fill(feed, page, state, pending)
+    # The cursor was checked against the purge position read first; the tombstones and scope events were read
+    # after it, each statement on its own snapshot. A purge that committed in between (another pull's) may
+    # have taken some the cursor had not read: then this page lacks them, and only a reset is safe.
+    if feed.read_purgeable and _purged_past(start, read_counter(session.connection(), PURGED_SEQ)):
+        state, reset = new_snapshot(user, office, head.seq, database), True
+        page = Page(room=limit)
+        state, done = _fill(feed, page, state, None)
+    return {"cursor": cursors.encode(state, settings.secret_key), "has_more": not done, "reset": reset,
+            "schema_version": SCHEMA_VERSION, "changes": page.changes()}
+
+
+def _fill(feed: Feed, page: Page, state: Cursor, pending: int | None) -> tuple[Cursor, bool]:
+    """Fill the page from `state`: the snapshot or scope phase it is in, the scope events up to `pending`, then
+    the delta. Returns the new state and whether the delta reached the head."""
     while page.room > 0:
         if state.phase == SNAPSHOT:
             state, finished = _snapshot_step(feed, page, state, scope=None)
             if finished:
                 state = state.with_(phase=DELTA, phase_table=0, phase_part=0, phase_row=None, phase_key=None)
         elif state.phase == SCOPE:
+            feed.read_purgeable = True
             state, finished = _snapshot_step(feed, page, state, scope=_scope_keys(feed, state))
             if finished:
                 state = state.with_(phase=DELTA, scope_seq=state.phase_seq, phase_seq=0, phase_table=0,
@@ -432,6 +451,5 @@ def pull(*, session: Session, settings: Settings, user: User, cursor: str | None
                 continue
             state, done = _delta_step(feed, page, state)
             if done:
-                break
-    return {"cursor": cursors.encode(state, settings.secret_key), "has_more": not done, "reset": reset,
-            "schema_version": SCHEMA_VERSION, "changes": page.changes()}
+                return state, True
+    return state, False

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlmodel import Session, func, select
@@ -14,6 +15,7 @@ from sqlmodel import Session, func, select
 from api.db import utcnow
 from api.fieldwork.models import Visit
 from api.settings import Settings
+from sync import pull as pull_module
 from sync.models import ScopeEvent, SyncConflict, Tombstone
 from sync.retention import maybe_purge, purge
 from tests.sync.conftest import District, autocommit, server_rows
@@ -159,6 +161,38 @@ def test_a_purge_of_the_seq_a_cursor_stopped_inside_gets_a_reset(client: TestCli
               now=utcnow() + timedelta(days=d.settings.sync_tombstone_retention_days + 1))
     one.pull()
     assert one.resets == 1 and one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_a_purge_that_commits_while_a_pull_reads_gets_a_reset(client: TestClient, district: District,
+                                                              device: Callable[..., Device], engine: Engine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a pull checked its cursor against the purge position, then read the tombstones, each
+    statement on its own snapshot. A purge (another pull's) that committed in between took tombstones the
+    cursor had not read, and the page was an ordinary delta without them: the deleted rows stayed on the
+    device for good."""
+    d = district
+    old = device(d.steward1, "old")
+    old.pull()
+    author = device(d.supervisor, "author")
+    author.delete("readings", str(d.reading1.id))
+    author.delete("notes", str(d.note1.id))
+    author.push()
+    delta_step = pull_module._delta_step
+    purged: list[dict[str, int]] = []
+
+    def purge_first(*args: Any) -> Any:
+        if not purged:  # after the pull's checks, before its reads: the device stayed away past the window
+            purged.append(_purge_later(engine, d.settings, d.settings.sync_tombstone_retention_days + 1))
+        return delta_step(*args)
+
+    monkeypatch.setattr(pull_module, "_delta_step", purge_first)
+    page = old.pull_page()
+    assert purged and purged[0]["tombstones"] == 2
+    assert page["reset"]
+    old.pull()
+    assert old.resets == 1
+    assert str(d.reading1.id) not in old.rows["readings"] and str(d.note1.id) not in old.rows["notes"]
+    assert old.rows == server_rows(client, d.headers(d.steward1))
 
 
 def test_a_deleted_row_stays_deleted_after_its_tombstone_is_purged(client: TestClient, district: District,
