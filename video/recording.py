@@ -4,7 +4,8 @@ Two recorders, one per relay mode, each with a thread of its own:
 
 - `PacketRecorder` (forward mode) decodes nothing during the call. The event loop appends each side's Opus
   packets, as they arrived, to a list that the thread muxes every half second into a WebM file (one Opus
-  stream per side, packets copied as they are: no decoding, no encoding). A packet's time is its RTP
+  stream per side, packets copied as they are: no decoding, no encoding), written out as it goes: a process
+  killed mid-call leaves all of it but the last second or so, for `recover()`. A packet's time is its RTP
   timestamp (the sender's sample clock, which runs on through pauses) anchored to its arrival, and anchored
   afresh when the two drift apart by more than `GAP` (a new publisher, a stall). `stop()` mixes that file
   down into the note: the same decoding, mixing and encoding the live recorder does, done once after the
@@ -46,6 +47,16 @@ BITRATE = 24_000
 OPUS_RATE = 48_000  # RTP clock and sample rate of Opus
 OPUS_FRAME = 960  # 20 ms, what browsers and aiortc send
 MUX_INTERVAL_S = 0.5  # how often the packet recorder's thread wakes to mux what arrived
+# What a killed process leaves of the packet file is what libavformat wrote out. By default that is little: the
+# WebM muxer holds a cluster (5 s) until the next packet is past it, the interleaver holds one side's packets
+# while the other sends none (up to 10 s), and the file protocol writes in blocks of 256 KiB (half a minute of
+# a call). With these, the file trails what was muxed by a second at most; see docs/video.md. PyAV does not say
+# when the muxer ignores one of them (container_options): the test that kills a recording process does.
+PACKET_MUXER_OPTIONS = {
+    "cluster_time_limit": "500",  # ms: a cluster is closed, and can be written, every half second of audio
+    "max_interleave_delta": "500000",  # µs: a side that sends nothing holds the other back no longer than that
+    "flush_packets": "1",  # write out what the muxer has closed at once, not in 256 KiB blocks
+}
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
@@ -260,7 +271,7 @@ class PacketRecorder:
     def _open(self) -> av.container.OutputContainer:
         """The WebM file, with an Opus stream for every side known now (the libopus context is opened, never
         fed: it only writes the stream's OpusHead)."""
-        container = av.open(str(self.packets_path), "w", format="webm")
+        container = av.open(str(self.packets_path), "w", format="webm", container_options=PACKET_MUXER_OPTIONS)
         for side in self._sides:
             side.stream = container.add_stream("libopus", rate=OPUS_RATE, layout="stereo")
             side.stream.time_base = OPUS_TIME_BASE

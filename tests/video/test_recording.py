@@ -4,6 +4,10 @@ mode the Opus packets are muxed as they came (no decoding during the call) and m
 from __future__ import annotations
 
 import hashlib
+import pickle
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,35 @@ from tests.conftest import make_settings
 from tests.utils.s3 import PREFIX, S3_SETTINGS, bucket_keys, mock_bucket
 from video.aiortc_hooks import EncodedFrame
 from video.blobs import put_blob, read_blob
-from video.recording import CallRecorder, PacketRecorder
+from video.recording import CallRecorder, PacketRecorder, recover
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A forward-mode call in a process of its own: each side's 20 ms packets, read from stdin, are fed as fast as
+# the recorder takes them (their arrival times made up to match); once all are muxed it says so and waits to be
+# killed.
+CALL_TO_KILL = """
+import pickle, sys, time
+from pathlib import Path
+from video.aiortc_hooks import EncodedFrame
+from video.recording import PacketRecorder
+
+sides = pickle.load(sys.stdin.buffer)
+recorder = PacketRecorder(Path(sys.argv[1]))
+now = 0.0
+recorder._clock.since = lambda: now
+taps = [recorder.taps()[1] for _ in sides]
+for n in range(max(map(len, sides))):
+    now = (n + 1) * 0.02
+    for tap, packets in zip(taps, sides):
+        if n < len(packets):
+            tap(EncodedFrame("audio/opus", packets[n], n * 960))
+deadline = time.monotonic() + 30
+while recorder.muxed < sum(map(len, sides)) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("muxed", recorder.muxed, flush=True)
+time.sleep(60)
+"""
 
 
 def tone_frame(hz: float, start: int) -> av.AudioFrame:
@@ -118,6 +150,30 @@ def test_forward_mode_muxes_opus_packets_as_they_came_and_mixes_down_at_the_end(
     assert 1.9 <= recording.duration_s <= 2.2
     assert_pause_between_tones(decode(recording.path))
     assert recorder.stop() == recording  # stopping twice is harmless
+
+
+def test_a_process_killed_mid_call_leaves_all_but_the_last_two_seconds_of_its_packets(tmp_path: Path):
+    """Regression: what a relay killed mid-call (SIGKILL, out of memory) leaves of a forward-mode call is what
+    libavformat had written out, and it held the open WebM cluster (5 s), a side's packets while the other side
+    sent none (up to 10 s) and the file's writes in 256 KiB blocks (half a minute of a call): a call killed
+    within its first half minute left an empty file, and a longer one lost up to its last half minute. Now the
+    file trails what was muxed by a second at most, and `recover` finds all of the call but its last seconds."""
+    resident, steward = opus_packets(440, 10), opus_packets(660, 6)  # the steward went quiet 4 s before the end
+    child = subprocess.Popen([sys.executable, "-c", CALL_TO_KILL, str(tmp_path / "call.ogg")], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        child.stdin.write(pickle.dumps([resident, steward]))
+        child.stdin.close()
+        assert child.stdout.readline().split() == [b"muxed", b"800"]
+    finally:
+        child.send_signal(signal.SIGKILL)  # nothing is closed or flushed
+        child.wait()
+        child.stdout.close()
+    recording = recover(tmp_path / "call.webm", tmp_path / "call.ogg")
+    assert recording is not None and recording.duration_s >= 8.0, recording
+    audio = decode(recording.path)
+    assert float(np.sqrt(np.mean(audio[-16_000:] ** 2))) > 3000  # the resident's tone, to the end
 
 
 def test_forward_mode_keeps_a_call_shorter_than_one_muxing_round(tmp_path: Path):
