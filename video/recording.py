@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import os
 import queue
 import threading
 import time
@@ -217,6 +218,7 @@ class PacketRecorder:
         self._sides: list[_Side] = []
         self._container: av.container.OutputContainer | None = None  # the WebM file, once packets came
         self._wake = threading.Event()
+        self._syncing = True  # until an fsync fails
         self._written = 0
         self._error: BaseException | None = None
         self._stopped = False
@@ -282,6 +284,7 @@ class PacketRecorder:
         if self._pending and self._container is None:
             self._container = self._open()
         container = self._container
+        muxed = self.muxed
         while self._pending and container is not None:
             index, t, timestamp, data = self._pending.popleft()
             side = self._sides[index]
@@ -300,6 +303,19 @@ class PacketRecorder:
             packet.time_base, packet.stream = OPUS_TIME_BASE, side.stream
             container.mux(packet)
             self.muxed += 1
+        if self.muxed > muxed and self._syncing:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Have the kernel put what the muxer wrote out on the disk, so that a power cut loses no more of the call
+        than a killed process does. A failure is logged and ends the syncing, not the recording."""
+        try:
+            with self.packets_path.open("rb") as file:
+                os.fsync(file.fileno())
+        except OSError as exc:
+            log.warning("recording %s: fsync failed (%s); a power cut may lose more than the last seconds",
+                        self.packets_path, exc)
+            self._syncing = False
 
 
 def mix_down(packets_path: Path, path: Path) -> int:

@@ -3,7 +3,9 @@ mode the Opus packets are muxed as they came (no decoding during the call) and m
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import pickle
 import signal
 import subprocess
@@ -174,6 +176,32 @@ def test_a_process_killed_mid_call_leaves_all_but_the_last_two_seconds_of_its_pa
     assert recording is not None and recording.duration_s >= 8.0, recording
     audio = decode(recording.path)
     assert float(np.sqrt(np.mean(audio[-16_000:] ** 2))) > 3000  # the resident's tone, to the end
+
+
+def test_a_file_system_that_refuses_fsync_costs_the_syncing_not_the_recording(tmp_path: Path, monkeypatch,
+                                                                              caplog: pytest.LogCaptureFixture):
+    """The packet file is fsynced after each muxing round (a power cut then loses no more than a kill); where the
+    file system refuses, that is logged once and the call is recorded all the same."""
+    synced: list[int] = []
+
+    def refuse(fd: int) -> None:
+        synced.append(fd)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr("video.recording.os.fsync", refuse)
+    caplog.set_level(logging.WARNING, logger="video.recording")
+    recorder = PacketRecorder(tmp_path / "call.ogg")
+    _, side = recorder.taps()
+    assert side is not None
+    for n, data in enumerate(opus_packets(440, 1.0)):
+        side(EncodedFrame("audio/opus", data, n * 960))
+        if n in (24, 49):  # half a second, twice: let a muxing round take each half
+            deadline = time.monotonic() + 5
+            while recorder.muxed <= n and time.monotonic() < deadline:
+                time.sleep(0.02)
+    recording = recorder.stop()
+    assert recording is not None and recording.path.is_file() and recorder.muxed == 50
+    assert len(synced) == 1 and [r.levelname for r in caplog.records] == ["WARNING"]  # then it stopped trying
 
 
 def test_forward_mode_keeps_a_call_shorter_than_one_muxing_round(tmp_path: Path):
