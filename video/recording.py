@@ -48,6 +48,7 @@ BITRATE = 24_000
 OPUS_RATE = 48_000  # RTP clock and sample rate of Opus
 OPUS_FRAME = 960  # 20 ms, what browsers and aiortc send
 MUX_INTERVAL_S = 0.5  # how often the packet recorder's thread wakes to mux what arrived
+SYNC_INTERVAL_S = 2.0  # the least time between two fsyncs of a packet file (each may cost milliseconds of disk)
 # What a killed process leaves of the packet file is what libavformat wrote out. By default that is little: the
 # WebM muxer holds a cluster (5 s) until the next packet is past it, the interleaver holds one side's packets
 # while the other sends none (up to 10 s), and the file protocol writes in blocks of 256 KiB (half a minute of
@@ -219,6 +220,7 @@ class PacketRecorder:
         self._container: av.container.OutputContainer | None = None  # the WebM file, once packets came
         self._wake = threading.Event()
         self._syncing = True  # until an fsync fails
+        self._synced_at = -SYNC_INTERVAL_S  # time.monotonic() of the last fsync
         self._written = 0
         self._error: BaseException | None = None
         self._stopped = False
@@ -303,12 +305,13 @@ class PacketRecorder:
             packet.time_base, packet.stream = OPUS_TIME_BASE, side.stream
             container.mux(packet)
             self.muxed += 1
-        if self.muxed > muxed and self._syncing:
+        if self.muxed > muxed and self._syncing and time.monotonic() - self._synced_at >= SYNC_INTERVAL_S:
             self._sync()
 
     def _sync(self) -> None:
         """Have the kernel put what the muxer wrote out on the disk, so that a power cut loses no more of the call
         than a killed process does. A failure is logged and ends the syncing, not the recording."""
+        self._synced_at = time.monotonic()
         try:
             with self.packets_path.open("rb") as file:
                 os.fsync(file.fileno())
