@@ -223,14 +223,13 @@ def same(a: Any, b: Any) -> bool:
 
 
 def changed_since(spec: SyncTable, row: Any, base: int, client_id: uuid.UUID) -> set[str]:
-    """Fields another writer changed after version `base`."""
-    if row.version <= base:
-        return set()
+    """Fields another writer changed after version `base`, also those an earlier mutation of this push changed
+    and the flush has not versioned yet (recorded at the row's next version: `_mark_own`, `tracking.side_effect`)."""
     versions: dict[str, list[Any]] = row.field_versions or {}
-    me = str(client_id)
-    if not any(v[0] > base for v in versions.values()):
+    if row.version > base and not any(v[0] > base for v in versions.values()):
         # The row moved on without a recorded field (written before sync existed): assume all changed.
         return set(spec.column_names) - {"id", "version", "created_at", "updated_at"}
+    me = str(client_id)
     return {name for name, (version, writer) in versions.items() if version > base and writer != me}
 
 

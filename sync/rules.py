@@ -230,7 +230,7 @@ def _visit_before_delete(ctx: Context, visit: Visit) -> None:
         for row in ctx.session.exec(select(model).where(col(model.visit_id) == visit.id)):
             row.visit_id = None
             ctx.session.add(row)
-            side_effect(ctx.session, table, row.id, "visit_id")
+            side_effect(ctx.session, table, row, "visit_id")
     # New rows of this batch staged for the bulk insert (`Context.insert_staged`, after every mutation
     # ran) are not in the database yet: cleared here, they are written without the link, and the push
     # answers their device the row as it is stored.

@@ -169,11 +169,17 @@ def changed_fields(obj: Any) -> list[str]:
     return out
 
 
-def side_effect(session: Session, table: str, row_id: uuid.UUID, *names: str) -> None:
+def side_effect(session: Session, table: str, row: Any, *names: str) -> None:
     """Note that a push changed these fields of a row as a side effect of another row's mutation: the server's
     writes, not the device's (`field_versions`), and the row is not marked as the device's own (`origin`)."""
-    session.info.setdefault(UNTARGETED, set()).add((table, row_id))
-    session.info.setdefault(SIDE_EFFECTS, {}).setdefault((table, row_id), set()).update(names)
+    session.info.setdefault(UNTARGETED, set()).add((table, row.id))
+    session.info.setdefault(SIDE_EFFECTS, {}).setdefault((table, row.id), set()).update(names)
+    # Recorded now, as the flush will (at the version it gives the row): the fast path of a push flushes the
+    # batch once, and a later mutation of the same row must see these fields as changed by someone else.
+    versions = dict(row.field_versions or {})
+    for name in names:
+        versions[name] = [row.version + 1, None]
+    row.field_versions = versions
 
 
 def _old_value(obj: Any, key: str) -> Any:

@@ -471,6 +471,57 @@ def test_a_link_a_visit_delete_cleared_is_the_servers_write_not_the_devices(
     assert _count(engine, SyncConflict) == 0
 
 
+@pytest.mark.parametrize("path", ["fast", "savepoints"])
+@pytest.mark.parametrize("delete_first", [True, False])
+def test_a_link_a_visit_delete_cleared_in_the_same_push_is_the_servers_write_too(
+        client: TestClient, district: District, device: Callable[..., Device], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch, delete_first: bool, path: str) -> None:
+    """Regression: as above, with the visit's delete and the full write of its note from the device's old copy in
+    one batch. The fast path flushes the batch once, so the note's field_versions did not show the server's
+    clear yet: the stale link read as the device's change, `read_only_field`, and the note's edit was lost. The
+    other order (the note's write first) clears the link after the edit; both answer the note as stored."""
+    if path == "savepoints":  # a failing mutation sends the whole batch down the savepoint path
+        create_values = rules.RULES["readings"].create_values
+        assert create_values is not None
+
+        def broken(ctx, id, fields):  # type: ignore[no-untyped-def]
+            if fields["temp_c"] == 13.0:
+                raise RuntimeError("a bug in a rule")
+            return create_values(ctx, id, fields)
+
+        monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"],
+                                                                         create_values=broken))
+    d = device(district.steward1)
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    note = d.create("notes", audio_sha256="c" * 64, duration_s=3.0, recorded_at=T0, visit_id=visit)
+    d.push()
+    record = d.rows["notes"][note]
+    full = {k: v for k, v in record.items() if k not in ("id", "version")} | {"duration_s": 4.0}
+    delete = {"table": "visits", "op": "delete", "id": visit, "base_version": 1, "fields": {}}
+    write = {"table": "notes", "op": "upsert", "id": note, "base_version": record["version"], "fields": full}
+    batch = [delete, write] if delete_first else [write, delete]
+    if path == "savepoints":
+        batch.append({"table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+                      "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 13.0}})
+    answer = d.send(d.push_body([m | {"mutation_id": 10 + n} for n, m in enumerate(batch)]))
+    # Deleted first, the note's write is merged with the server's clear, as when the two come in separate pushes.
+    expected = [("applied", None), ("merged", None)] if delete_first else [("applied", None), ("applied", None)]
+    assert _statuses(answer)[:2] == expected
+    written = next(r["record"] for r in answer["results"] if r["record"] is not None)
+    assert (written["id"], written["duration_s"], written["visit_id"]) == (note, 4.0, None)
+    assert _count(engine, SyncConflict) == 0
+    with Session(engine) as s:
+        stored = s.get(Note, uuid.UUID(note))
+        assert stored is not None and (stored.duration_s, stored.visit_id) == (4.0, None)
+        assert stored.field_versions is not None and stored.field_versions["visit_id"][1] is None
+        assert stored.field_versions["duration_s"][1] == d.client_id
+        assert written["version"] == stored.version
+    d.rows["notes"][note] = written
+    d.rows["visits"].pop(visit)
+    d.pull()
+    assert d.rows == server_rows(client, district.headers(district.steward1))
+
+
 def test_what_the_server_derives_from_a_devices_own_edit_stays_the_devices(
         district: District, device: Callable[..., Device], engine: Engine) -> None:
     """The SLA a pushed priority moves is sent to the device in its record, as `origin` counts the row the
