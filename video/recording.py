@@ -48,7 +48,7 @@ BITRATE = 24_000
 OPUS_RATE = 48_000  # RTP clock and sample rate of Opus
 OPUS_FRAME = 960  # 20 ms, what browsers and aiortc send
 MUX_INTERVAL_S = 0.5  # how often the packet recorder's thread wakes to mux what arrived
-SYNC_INTERVAL_S = 2.0  # the least time between two fsyncs of a packet file (each may cost milliseconds of disk)
+SYNC_INTERVAL_S = 2.0  # the least time between two fsyncs of a recording's file (each may cost milliseconds of disk)
 # What a killed process leaves of the packet file is what libavformat wrote out. By default that is little: the
 # WebM muxer holds a cluster (5 s) until the next packet is past it, the interleaver holds one side's packets
 # while the other sends none (up to 10 s), and the file protocol writes in blocks of 256 KiB (half a minute of
@@ -139,6 +139,30 @@ class _Clock:
         return now - self._t0
 
 
+class _Syncer:
+    """Has the kernel put on the disk what a recorder's muxer wrote out to its file, at most every `SYNC_INTERVAL_S`,
+    so that a power cut loses little more of the call than a killed process does (what is only in the page cache
+    could wait ~30 s for the kernel's writeback). A failure is logged and ends the syncing, not the recording."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._syncing = True  # until an fsync fails
+        self._synced_at = -SYNC_INTERVAL_S  # time.monotonic() of the last fsync
+
+    def sync(self) -> None:
+        """fsync the file, unless the last fsync was less than `SYNC_INTERVAL_S` ago (or one failed)."""
+        if not self._syncing or time.monotonic() - self._synced_at < SYNC_INTERVAL_S:
+            return
+        self._synced_at = time.monotonic()
+        try:
+            with self.path.open("rb") as file:
+                os.fsync(file.fileno())
+        except OSError as exc:
+            log.warning("recording %s: fsync failed (%s); a power cut may lose more than the last seconds",
+                        self.path, exc)
+            self._syncing = False
+
+
 class CallRecorder:
     """Records decoded frames (transcode mode). `stop()` (blocking: call it from a thread) finishes the file."""
 
@@ -219,8 +243,7 @@ class PacketRecorder:
         self._sides: list[_Side] = []
         self._container: av.container.OutputContainer | None = None  # the WebM file, once packets came
         self._wake = threading.Event()
-        self._syncing = True  # until an fsync fails
-        self._synced_at = -SYNC_INTERVAL_S  # time.monotonic() of the last fsync
+        self._syncer = _Syncer(self.packets_path)
         self._written = 0
         self._error: BaseException | None = None
         self._stopped = False
@@ -305,20 +328,8 @@ class PacketRecorder:
             packet.time_base, packet.stream = OPUS_TIME_BASE, side.stream
             container.mux(packet)
             self.muxed += 1
-        if self.muxed > muxed and self._syncing and time.monotonic() - self._synced_at >= SYNC_INTERVAL_S:
-            self._sync()
-
-    def _sync(self) -> None:
-        """Have the kernel put what the muxer wrote out on the disk, so that a power cut loses no more of the call
-        than a killed process does. A failure is logged and ends the syncing, not the recording."""
-        self._synced_at = time.monotonic()
-        try:
-            with self.packets_path.open("rb") as file:
-                os.fsync(file.fileno())
-        except OSError as exc:
-            log.warning("recording %s: fsync failed (%s); a power cut may lose more than the last seconds",
-                        self.packets_path, exc)
-            self._syncing = False
+        if self.muxed > muxed:
+            self._syncer.sync()
 
 
 def mix_down(packets_path: Path, path: Path) -> int:
