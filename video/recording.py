@@ -11,7 +11,8 @@ Two recorders, one per relay mode, each with a thread of its own:
   down into the note: the same decoding, mixing and encoding the live recorder does, done once after the
   call instead of 50 times a second per side while it runs.
 - `CallRecorder` (transcode mode, where the relay decodes anyway) gets a copy of each decoded 20 ms frame and
-  mixes and encodes as the call goes.
+  mixes and encodes as the call goes, straight into the note, which is written out page by page: a process
+  killed mid-call leaves all of it but the last two and a half seconds or so, for `recover()`.
 
 Either way each side is laid on a common timeline, contiguous while it flows, with silence where a side
 was absent or silent; mixed audio two seconds old is final and is encoded at once, so memory stays bounded
@@ -58,6 +59,14 @@ PACKET_MUXER_OPTIONS = {
     "cluster_time_limit": "500",  # ms: a cluster is closed, and can be written, every half second of audio
     "max_interleave_delta": "500000",  # µs: a side that sends nothing holds the other back no longer than that
     "flush_packets": "1",  # write out what the muxer has closed at once, not in 256 KiB blocks
+}
+# The same for the note the transcode mode writes as the call goes: the Ogg muxer holds the open page (1 s by
+# default) and the last page it closed, and the file protocol writes in blocks of 256 KiB (about a minute of the
+# note). With these, the file trails what was encoded by a second at most; the mixer holds 1-2 s more before
+# encoding (SETTLE_BLOCKS). The test that kills a transcode-mode recording process checks that FFmpeg takes them.
+NOTE_MUXER_OPTIONS = {
+    "page_duration": "500000",  # µs: a page is closed, and can be written, every half second of the note
+    "flush_packets": "1",
 }
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
@@ -171,7 +180,7 @@ class CallRecorder:
         self._clock = _Clock()
         self._queue: queue.SimpleQueue[tuple[int, float, np.ndarray, int, str] | None] = queue.SimpleQueue()
         self._sides = 0
-        self._written = 0
+        self.encoded = 0  # samples of the note encoded so far (on disk, but for the muxer's last page or two)
         self._error: BaseException | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}", daemon=True)
@@ -199,11 +208,12 @@ class CallRecorder:
             self._stopped = True
             self._queue.put(None)
         self._thread.join()
-        return _finished(self.path, self._clock.started_at, self._written, self._error)
+        return _finished(self.path, self._clock.started_at, self.encoded, self._error)
 
     def _run(self) -> None:
+        syncer = _Syncer(self.path)
         try:
-            with av.open(str(self.path), "w", format="ogg") as container:
+            with av.open(str(self.path), "w", format="ogg", container_options=NOTE_MUXER_OPTIONS) as container:
                 mixer = _Mixer(container)
                 while (item := self._queue.get()) is not None:
                     side, t, data, rate, layout = item
@@ -211,8 +221,11 @@ class CallRecorder:
                     frame.sample_rate = rate
                     mixer.place(side, t, frame)
                     mixer.flush(self._clock.since())
+                    if mixer.written > self.encoded:
+                        self.encoded = mixer.written
+                        syncer.sync()
                 mixer.flush(None)
-                self._written = mixer.written
+                self.encoded = mixer.written
         except Exception as exc:
             log.exception("recording %s failed", self.path)
             self._error = exc

@@ -54,6 +54,42 @@ print("muxed", recorder.muxed, flush=True)
 time.sleep(60)
 """
 
+# The same for a transcode-mode call: each side's decoded 20 ms frames (a tone each; the steward's stops after
+# argv[2] seconds) are given to the recorder, their arrival times made up; once the mixer has encoded all it
+# will before the call goes on (the last block 2 s old, SETTLE_BLOCKS), the process says so and waits to be killed.
+TRANSCODED_CALL_TO_KILL = """
+import sys, time
+from pathlib import Path
+import av, numpy as np
+from video.recording import CallRecorder
+
+def tone_frame(hz, start):  # as the module's (importing the test module would cost the child seconds)
+    t = (start + np.arange(960)) / 48_000
+    mono = (np.sin(2 * np.pi * hz * t) * 0.3 * 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2)[None, :], format="s16", layout="stereo")
+    frame.sample_rate = 48_000
+    return frame
+
+recorder = CallRecorder(Path(sys.argv[1]))
+seconds, steward_stops = 10.0, float(sys.argv[2])
+now = 0.0
+recorder._clock.since = lambda: now  # the recorder's thread flushes the mixer by it too
+resident, steward = recorder.tap(), recorder.tap()
+for n in range(round(seconds * 50)):
+    now = (n + 1) * 0.02
+    resident(tone_frame(440, n * 960))
+    if now <= steward_stops:
+        steward(tone_frame(660, n * 960))
+    if n % 25 == 24:  # the thread must not fall behind the made-up clock: it would encode blocks still arriving
+        while not recorder._queue.empty():
+            time.sleep(0.002)
+deadline = time.monotonic() + 30
+while recorder.encoded < 9 * 16_000 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("encoded", recorder.encoded, flush=True)
+time.sleep(60)
+"""
+
 
 def tone_frame(hz: float, start: int) -> av.AudioFrame:
     t = (start + np.arange(960)) / 48_000
@@ -178,6 +214,30 @@ def test_a_process_killed_mid_call_leaves_all_but_the_last_two_seconds_of_its_pa
     assert float(np.sqrt(np.mean(audio[-16_000:] ** 2))) > 3000  # the resident's tone, to the end
 
 
+def test_a_process_killed_mid_call_leaves_all_but_the_last_seconds_of_its_transcoded_note(tmp_path: Path):
+    """Regression: the transcode mode writes the note as the call goes, and what a relay killed mid-call left of it
+    was what libavformat had written out: the Ogg muxer held the open page (1 s) and the last one it closed, and
+    the file's writes went out in blocks of 256 KiB (about a minute of the note). A call killed within its first
+    minute left an empty file, a longer one lost up to its last minute. Now the file trails what was encoded by
+    ~0.5 s, and the mixer holds 1-2 s before encoding: `recover` finds all but ~2.5 s at most. Killed as the mixer
+    has encoded its 9th second, 8.49 s of 10 come back; 8.0 s with the muxer's default 1 s pages and nothing
+    without flush_packets (so this checks that FFmpeg takes both options), nothing before."""
+    path = tmp_path / "call.ogg"
+    child = subprocess.Popen([sys.executable, "-c", TRANSCODED_CALL_TO_KILL, str(path), "6"], cwd=ROOT,
+                             stdout=subprocess.PIPE)  # the steward went quiet 4 s before the end
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline().split() == [b"encoded", b"144000"]
+    finally:
+        child.send_signal(signal.SIGKILL)  # nothing is closed or flushed
+        child.wait()
+        child.stdout.close()
+    recording = recover(path, path)
+    assert recording is not None and recording.duration_s >= 8.25, recording
+    audio = decode(recording.path)
+    assert float(np.sqrt(np.mean(audio[-16_000:] ** 2))) > 3000  # the resident's tone, to the end
+
+
 def test_a_file_system_that_refuses_fsync_costs_the_syncing_not_the_recording(tmp_path: Path, monkeypatch,
                                                                               caplog: pytest.LogCaptureFixture):
     """The packet file is fsynced after muxing rounds (a power cut then loses little more than a kill); where the
@@ -233,6 +293,42 @@ def test_the_packet_file_is_fsynced_at_most_every_sync_interval(tmp_path: Path, 
     recording_ = recorder.stop()
     assert recording_ is not None and recording_.duration_s > 1.0
     assert len(synced) == 1  # the first round synced; the next ones were within the interval
+
+
+def test_the_transcoded_note_is_fsynced_at_most_every_sync_interval(tmp_path: Path, monkeypatch):
+    """The note the transcode mode writes as the call goes is fsynced like the packet file (a power cut then loses
+    little more than a kill), by the same rule: at most every `SYNC_INTERVAL_S`, not after each encoded second."""
+    import os
+
+    from video import recording
+
+    synced: list[int] = []  # the inode of each file fsynced
+    real = os.fsync
+
+    def count(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr("video.recording.os.fsync", count)
+    monkeypatch.setattr(recording, "SYNC_INTERVAL_S", 60.0)
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    now = 0.0
+    monkeypatch.setattr(recorder._clock, "since", lambda: now)
+    side = recorder.tap()
+    for n in range(5 * 50):
+        now = (n + 1) * 0.02
+        side(tone_frame(440, n * 960))
+        if n % 25 == 24:
+            deadline = time.monotonic() + 5
+            while not recorder._queue.empty() and time.monotonic() < deadline:
+                time.sleep(0.002)
+    deadline = time.monotonic() + 5
+    while recorder.encoded < 4 * 16_000 and time.monotonic() < deadline:  # 4 s encoded, in three flushes
+        time.sleep(0.01)
+    assert recorder.encoded == 4 * 16_000
+    assert synced == [(tmp_path / "call.ogg").stat().st_ino]  # the first encoded second synced; the next ones not
+    recording_ = recorder.stop()
+    assert recording_ is not None and recording_.duration_s == 5.0
 
 
 def test_forward_mode_keeps_a_call_shorter_than_one_muxing_round(tmp_path: Path):
