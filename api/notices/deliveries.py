@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, or_, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel
 
 from api.db import Versioned, utcnow
@@ -117,6 +118,25 @@ def give_up(session: Session, settings: Settings, rows: list[Any], now: datetime
 
     return sum(write_if(session, row, still_due(row.attempts), status=DeliveryStatus.skipped, reason=reason,
                         next_attempt_at=None) for row in rows)
+
+
+def write_if_unchanged(session: Session, row: NoticeDelivery, changes: dict[str, Any]) -> bool:
+    """Write `changes` (from `replan`) to a notice delivery in one UPDATE that matches only while the row is as it
+    was read: not claimed, sent, failed, given up or replanned by another sender since. False if it moved on
+    (whoever moved it read the household after this one did). Not committed; the object takes the values.
+
+    Notices have no send lease: two resends, or the evaluation runs of several server processes, plan at the
+    same time. Written blindly, a plan made from a stale read put a delivery that the other had just sent
+    back to `queued` with no attempts, and the household was texted again."""
+    table = _table(row)
+    as_read = and_(table.c.id == row.id, table.c.status == row.status, table.c.attempts == row.attempts,
+                   table.c.phone.is_not_distinct_from(row.phone),
+                   table.c.next_attempt_at.is_not_distinct_from(row.next_attempt_at))
+    if session.connection().execute(update(table).where(as_read).values(**changes)).rowcount != 1:
+        return False
+    for name, value in changes.items():  # as stored: no second UPDATE at the next flush
+        set_committed_value(row, name, value)
+    return True
 
 
 def replan(row: Delivery, phone: str | None, text: str, skip_reason: str | None) -> dict[str, Any]:

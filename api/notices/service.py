@@ -124,7 +124,8 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
     """A delivery for every household that has none; the ones not sent follow their household (a new phone
     starts over, one without a phone is skipped)."""
     existing = {d.household_id: d for d in session.exec(
-        select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)).all()}
+        select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id)
+        .execution_options(populate_existing=True)).all()}
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     planned = messages(session=session, settings=settings, notice=notice)
@@ -143,8 +144,8 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
                 status=DeliveryStatus.skipped if skip else DeliveryStatus.queued, attempts=0, reason=skip,
                 created_at=utcnow()).on_conflict_do_nothing(index_elements=[table.c.notice_id, table.c.household_id]))
         elif row.status != DeliveryStatus.sent and (changes := deliveries.replan(row, m.phone, m.text, skip)):
-            row.sqlmodel_update(changes)
-            session.add(row)
+            # Only while the row is as read: another plan or send may have moved it since (no lease here).
+            deliveries.write_if_unchanged(session, row, changes)
     session.commit()
 
 
@@ -153,9 +154,11 @@ def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: N
     """Send the notice's deliveries that are due, each claimed first; recount `sent_count`. (sent, failed)."""
     clock = deliveries.clock(now)
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
+    # Read again (`populate_existing`): a row that another sender planned since this session read it would
+    # otherwise be claimed with the phone and text read before.
     rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id,
                                                      deliveries.due(table, settings, now, final_too=final_too))
-                        .order_by(col(NoticeDelivery.id))).all()
+                        .order_by(col(NoticeDelivery.id)).execution_options(populate_existing=True)).all()
     sent = failed = 0
     for row in rows:
         outcome = deliveries.send_one(session, settings, sender, row, clock(), final_too=final_too)

@@ -602,3 +602,39 @@ def test_a_resend_does_not_text_a_final_failure_the_notice_no_longer_reaches(
                                                     NoticeDelivery.household_id == world.household_b.id)).one()
     session.refresh(row)
     assert (row.status, row.reason) == (DeliveryStatus.skipped, "not_targeted")
+
+
+def test_two_resends_after_a_corrected_number_text_it_once(session: Session, world: World, engine: Engine,
+                                                             settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Regression: a plan wrote the changes it had worked out from its own read of the deliveries, whatever had
+    happened to them since. Notices have no send lease, so two resends (or the evaluation runs of several
+    server processes) plan at once: the one that read first re-queued, with no attempts, the delivery the other
+    had just sent to the corrected number, and sent it again."""
+    settings.proactive_sms_max_attempts = 1
+    notice = make_notice(session, world.building_b)
+    flaky = _Flaky(bad={world.household_b.phone})
+    service.send(session=session, settings=settings, sender=flaky, notice=reread(session, Notice, notice.id))
+    world.household_b.phone = "13900009999"
+    session.add(world.household_b)
+    session.commit()
+    flaky.bad.clear()
+    render, other_ran = service.messages, []
+
+    def render_while_another_resends(**kw: object) -> object:
+        out = render(**kw)  # type: ignore[arg-type]
+        if not other_ran:  # the second resend runs whole while the first renders its messages
+            other_ran.append(True)
+            with Session(engine, expire_on_commit=False) as other:
+                service.send(session=other, settings=settings, sender=flaky, notice=reread(other, Notice, notice.id),
+                             resend=True)
+        return out
+
+    monkeypatch.setattr(service, "messages", render_while_another_resends)
+    with Session(engine, expire_on_commit=False) as first:
+        service.send(session=first, settings=settings, sender=flaky, notice=reread(first, Notice, notice.id),
+                     resend=True)
+    assert other_ran and flaky.calls == ["13800000002", "13900009999"]
+    assert [(d.phone, d.status, d.attempts) for d in _deliveries(session, notice)] == [
+        ("13900009999", DeliveryStatus.sent, 1)]
+    assert reread(session, Notice, notice.id).sent_count == 1
