@@ -101,11 +101,18 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     else:
         retry = delivery.attempts < settings.proactive_sms_max_attempts
         backoff = settings.proactive_sms_retry_backoff_s * 2 ** (delivery.attempts - 1)
-        row.sqlmodel_update({"status": DeliveryStatus.failed, "reason": result.reason[:500],
+        row.sqlmodel_update({"status": DeliveryStatus.failed, "reason": storable_reason(result.reason),
                              "next_attempt_at": now + timedelta(seconds=backoff) if retry else None})
     session.add(row)
     session.commit()
     return result.ok
+
+
+def storable_reason(reason: str) -> str:
+    """A failure's reason as a text column holds it: at most 500 characters, no NUL. The gateway's answer is
+    quoted in it, and one in UTF-16 or binary carries NULs, which PostgreSQL refuses (and SQLite is made to
+    refuse): the result's commit failed, the send stopped there with a 422 and the delivery stayed held."""
+    return reason.replace("\x00", "")[:500]
 
 
 def give_up(session: Session, settings: Settings, rows: list[Any], now: datetime, reason: str, *,

@@ -638,3 +638,32 @@ def test_two_resends_after_a_corrected_number_text_it_once(session: Session, wor
     assert [(d.phone, d.status, d.attempts) for d in _deliveries(session, notice)] == [
         ("13900009999", DeliveryStatus.sent, 1)]
     assert reread(session, Notice, notice.id).sent_count == 1
+
+
+def test_a_gateway_error_page_with_nul_characters_fails_one_message_not_the_send(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: the reason of a failure quotes the gateway's answer, and one in UTF-16 (or binary) carries NUL
+    characters, which a text column refuses. The result's commit failed: the send answered 422
+    `validation_error` after the first refusal, the rest of the notice was not sent, and the refused delivery
+    stayed held (`queued`, no reason) to be retried and fail the same way."""
+    import httpx
+
+    from api.notices.sms import HttpSender
+
+    b = world.household_b.phone
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        if f'"{b}"' in request.read().decode():
+            return httpx.Response(503, content="Service Unavailable".encode("utf-16-le"))
+        return httpx.Response(200, json={"ok": True})
+
+    client.app.state.sms_sender = HttpSender("http://gw/sms", "k",  # type: ignore[attr-defined]
+                                             transport=httpx.MockTransport(gateway))
+    notice = make_notice(session, station=world.station)
+    r = client.post(f"{API}/{notice.id}/send", headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    assert r.json()["sent_count"] == 1
+    failed = _deliveries(session, notice, DeliveryStatus.failed)
+    assert [(d.phone, d.attempts, d.reason) for d in failed] == [
+        (b, 1, "gateway answered HTTP 503: Service Unavailable")]
+    assert failed[0].next_attempt_at is not None  # retried by the evaluation run
