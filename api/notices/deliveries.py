@@ -84,27 +84,33 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     """Claim one delivery, send it, record the result: True (sent), False (failed), None (not due any more:
     another sender claimed or sent it meanwhile)."""
     row: Any = delivery
-    attempts = delivery.attempts
+    attempts, hold = delivery.attempts, now + CLAIM_HOLD
     # Claimed as `queued` with the hold: a process that dies mid-send leaves a queued row, sent again once the
     # hold has passed whatever its count (a `failed` row at its last try was picked up by nothing, ever).
     claimed = write_if(session, row, lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts),
-                       attempts=attempts + 1, next_attempt_at=now + CLAIM_HOLD, status=DeliveryStatus.queued)
+                       attempts=attempts + 1, next_attempt_at=hold, status=DeliveryStatus.queued)
     if not claimed:
         return None
-    assert delivery.phone is not None  # due rows always have one (no phone: skipped)
+    phone = delivery.phone
+    assert phone is not None  # due rows always have one (no phone: skipped)
     # The ref names the message to this number: a gateway that drops repeats of a ref (after a timeout that did
     # deliver) then still sends the message to a corrected number, which kept the delivery's id.
-    result = deliver(sender, delivery.phone, delivery.text, ref=f"{delivery.id}:{delivery.phone}")
+    result = deliver(sender, phone, delivery.text, ref=f"{delivery.id}:{phone}")
     if result.ok:
-        row.sqlmodel_update({"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
-                             "next_attempt_at": None})
+        values: dict[str, Any] = {"status": DeliveryStatus.sent, "sent_at": utcnow(), "reason": None,
+                                  "next_attempt_at": None}
     else:
-        retry = delivery.attempts < settings.proactive_sms_max_attempts
-        backoff = settings.proactive_sms_retry_backoff_s * 2 ** (delivery.attempts - 1)
-        row.sqlmodel_update({"status": DeliveryStatus.failed, "reason": storable_reason(result.reason),
-                             "next_attempt_at": now + timedelta(seconds=backoff) if retry else None})
-    session.add(row)
-    session.commit()
+        retry = attempts + 1 < settings.proactive_sms_max_attempts
+        backoff = settings.proactive_sms_retry_backoff_s * 2 ** attempts
+        values = {"status": DeliveryStatus.failed, "reason": storable_reason(result.reason),
+                  "next_attempt_at": now + timedelta(seconds=backoff) if retry else None}
+    # Recorded only on the delivery as this claim left it. A plan that ran during the gateway call may have
+    # started it over for a corrected number (notices have no send lease), and a sender may have taken it over
+    # once the hold passed: `sent` written over that told the office the new number was texted, and it never was.
+    if not write_if(session, row, lambda t: (t.c.status == DeliveryStatus.queued) & (t.c.attempts == attempts + 1)
+                    & (t.c.next_attempt_at == hold) & (t.c.phone == phone), **values):
+        log.warning("delivery %s changed while its message was in flight; left as it is now (%s)", delivery.id,
+                    "sent" if result.ok else "failed")
     return result.ok
 
 

@@ -667,3 +667,55 @@ def test_a_gateway_error_page_with_nul_characters_fails_one_message_not_the_send
     assert [(d.phone, d.attempts, d.reason) for d in failed] == [
         (b, 1, "gateway answered HTTP 503: Service Unavailable")]
     assert failed[0].next_attempt_at is not None  # retried by the evaluation run
+
+
+def test_a_number_corrected_while_its_sms_is_in_flight_gets_the_notice(session: Session, world: World,
+                                                                        engine: Engine, settings: Settings) -> None:
+    """Regression: a send recorded its result on the delivery whatever had happened to it during the gateway
+    call. A resend (or an evaluation run) planning meanwhile starts a delivery whose number the office
+    corrected over (the message in flight went to the old number); the first send then wrote `sent` on it, so
+    the corrected number was never texted and the deliveries list said it had been."""
+    settings.proactive_sms_retry_backoff_s = 0
+    building = make_building(session, world.station)
+    # Sent in address order: room 101 (refused the first time), then room 102 (in flight).
+    refused = make_household(session, building, unit="1", room="101", phone="13800000101")
+    corrected = make_household(session, building, unit="1", room="102", phone="13800000102")
+    notice = make_notice(session, building)
+    first_in_flight, other_planned, first_done = threading.Event(), threading.Event(), threading.Event()
+    old, new, b = corrected.phone, "13900009999", refused.phone
+    calls: list[tuple[str, str]] = []
+
+    class Gateway:
+        def send(self, phone: str, text: str) -> bool:
+            who = threading.current_thread().name
+            calls.append((who, phone))
+            if who == "first" and phone == b:
+                return False  # due again at once (no backoff): the second send texts it first
+            if who == "first" and phone == old:
+                first_in_flight.set()
+                assert other_planned.wait(10)  # the second send planned while this message was in flight
+            if who == "second" and phone == b:
+                other_planned.set()
+                assert first_done.wait(10)  # ... and reaches room 102 after the first send recorded its result
+            return True
+
+    def send(resend: bool) -> None:
+        with Session(engine, expire_on_commit=False) as own:
+            service.send(session=own, settings=settings, sender=Gateway(), notice=reread(own, Notice, notice.id),
+                         resend=resend)
+
+    first = threading.Thread(target=send, args=(False,), name="first")
+    first.start()
+    assert first_in_flight.wait(10)
+    corrected.phone = new  # the office corrects the number the first send is texting right now
+    session.add(corrected)
+    session.commit()
+    second = threading.Thread(target=send, args=(True,), name="second")
+    second.start()
+    first.join(10)
+    first_done.set()
+    second.join(10)
+    assert Counter(phone for _, phone in calls) == {b: 2, old: 1, new: 1}  # the corrected number texted, once
+    rows = {d.household_id: d for d in _deliveries(session, notice)}
+    assert (rows[corrected.id].phone, rows[corrected.id].status) == (new, DeliveryStatus.sent)
+    assert reread(session, Notice, notice.id).sent_count == 2
