@@ -29,7 +29,11 @@ class SendResult:
 
 
 class LoggingSender:
-    """Writes each message to the log instead of sending it (development and demos)."""
+    """Writes each message to the log instead of sending it (development and demos). `sent` keeps the last
+    `KEPT` messages (phone, text) for a test or a developer to look at: a list of every one grew for the life of
+    the process, and `log` is the default sender (a season's notices to a district are millions of messages)."""
+
+    KEPT = 1000
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
@@ -40,6 +44,8 @@ class LoggingSender:
         log.info("sms to %s (%d characters)", redact_phone(phone), len(text))
         log.debug("sms text to %s: %s", redact_phone(phone), text)
         self.sent.append((phone, text))
+        if len(self.sent) > self.KEPT:
+            del self.sent[0]
         return True
 
 

@@ -119,3 +119,14 @@ def test_the_http_sender_needs_a_url() -> None:
         Settings(sla_hours_by_category={"flood": {"urgent": 1}})
     with pytest.raises(ValueError, match="positive hours"):
         Settings(sla_hours_by_category={"leak": {"asap": 1}})
+
+
+def test_the_logging_sender_keeps_only_its_last_messages() -> None:
+    """Regression: `log`, the default sender, kept every message it wrote in a list for the life of the process
+    (a season's notices to a district are millions). It keeps the last `KEPT`, the newest last."""
+    sender = LoggingSender()
+    for n in range(LoggingSender.KEPT + 5):
+        assert sender.send(f"138{n:08d}", f"message {n}")
+    assert len(sender.sent) == LoggingSender.KEPT
+    assert sender.sent[0] == ("13800000005", "message 5")
+    assert sender.sent[-1] == (f"138{LoggingSender.KEPT + 4:08d}", f"message {LoggingSender.KEPT + 4}")
