@@ -85,6 +85,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.engine = engine
     app.state.sms_sender = sms_sender or make_sender(settings)
+    if owns_sender and settings.env == "production" and settings.sms_sender == "log":
+        # The default sender marks every notice and campaign message `sent` and only writes it to the log.
+        log.warning("STEWARD_SMS_SENDER=log in production: notices and campaign messages are written to the log "
+                    "and marked sent, and no resident receives them; set STEWARD_SMS_SENDER=http and "
+                    "STEWARD_SMS_HTTP_URL to send them through the SMS gateway")
     app.state.proactive_background = background  # api/proactive/worker.py
     app.state.blobs = make_blobs(settings)
     registry = CollectorRegistry()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
 
@@ -67,3 +69,18 @@ def test_an_app_built_by_the_factory_leaves_the_collector_alone(engine: Engine, 
     before = gc.get_freeze_count()
     create_app(settings, engine=engine, sms_sender=LoggingSender())
     assert gc.get_freeze_count() == before  # tests and tools build many apps: their garbage stays collectable
+
+
+def test_production_with_the_logging_sms_sender_warns_that_no_resident_is_texted(
+        engine: Engine, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The default sender (`log`) marks every notice and campaign message sent and only logs it: a production
+    server left on it told the office its notices went out. It says so at start; dev and the gateway do not."""
+    caplog.set_level(logging.WARNING, logger="steward")
+    create_app(settings.model_copy(update={"env": "production"}), engine=engine)
+    assert [r.getMessage() for r in caplog.records if "STEWARD_SMS_SENDER=log" in r.getMessage()]
+    caplog.clear()
+    create_app(settings, engine=engine)  # dev
+    create_app(settings.model_copy(update={"env": "production", "sms_sender": "http",
+                                           "sms_http_url": "https://sms.example/send"}), engine=engine)
+    create_app(settings.model_copy(update={"env": "production"}), engine=engine, sms_sender=LoggingSender())
+    assert not [r for r in caplog.records if "STEWARD_SMS_SENDER" in r.getMessage()]
