@@ -10,9 +10,10 @@ Two recorders, one per relay mode, each with a thread of its own:
   afresh when the two drift apart by more than `GAP` (a new publisher, a stall). `stop()` mixes that file
   down into the note: the same decoding, mixing and encoding the live recorder does, done once after the
   call instead of 50 times a second per side while it runs.
-- `CallRecorder` (transcode mode, where the relay decodes anyway) gets a copy of each decoded 20 ms frame and
-  mixes and encodes as the call goes, straight into the note, which is written out page by page: a process
-  killed mid-call leaves all of it but the last two and a half seconds or so, for `recover()`.
+- `CallRecorder` (transcode mode, where the relay decodes anyway) gets a copy of each decoded 20 ms frame,
+  stamped with its arrival on the event loop, and mixes and encodes as the call goes (by those stamps, so a
+  thread that falls behind places every frame all the same), straight into the note, which is written out page
+  by page: a process killed mid-call leaves all of it but the last two and a half seconds or so, for `recover()`.
 
 Either way each side is laid on a common timeline, contiguous while it flows, with silence where a side
 was absent or silent; mixed audio two seconds old is final and is encoded at once, so memory stays bounded
@@ -220,7 +221,8 @@ class CallRecorder:
                     frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
                     frame.sample_rate = rate
                     mixer.place(side, t, frame)
-                    mixer.flush(self._clock.since())
+                    # by when the frame came, not by the clock now: a thread behind would encode seconds still queued
+                    mixer.flush(t)
                     if mixer.written > self.encoded:
                         self.encoded = mixer.written
                         syncer.sync()

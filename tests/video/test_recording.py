@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,16 +74,13 @@ def tone_frame(hz, start):  # as the module's (importing the test module would c
 recorder = CallRecorder(Path(sys.argv[1]))
 seconds, steward_stops = 10.0, float(sys.argv[2])
 now = 0.0
-recorder._clock.since = lambda: now  # the recorder's thread flushes the mixer by it too
+recorder._clock.since = lambda: now
 resident, steward = recorder.tap(), recorder.tap()
 for n in range(round(seconds * 50)):
     now = (n + 1) * 0.02
     resident(tone_frame(440, n * 960))
     if now <= steward_stops:
         steward(tone_frame(660, n * 960))
-    if n % 25 == 24:  # the thread must not fall behind the made-up clock: it would encode blocks still arriving
-        while not recorder._queue.empty():
-            time.sleep(0.002)
 deadline = time.monotonic() + 30
 while recorder.encoded < 9 * 16_000 and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -399,3 +397,48 @@ def test_a_recording_and_a_snapshot_go_to_the_s3_store(tmp_path: Path):
         assert read_blob(settings, shas[0]) == data and read_blob(settings, shas[1]) == jpeg
         assert read_blob(settings, "0" * 64) is None
     assert [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("backlog_at", ["mid-call", "stop"])
+def test_a_recorder_thread_that_falls_behind_still_places_every_frame_when_it_arrived(tmp_path: Path, monkeypatch,
+                                                                                      backlog_at: str):
+    """Regression: the transcode-mode recorder's thread flushed the mixer by the clock when it took a frame from its
+    queue, not by the frame's arrival: a thread more than ~1 s behind (a loaded, CPU-starved relay) encoded seconds
+    whose frames were still queued, leaving holes, then piled those frames on top of one another after them. Here
+    the thread stalls 3 s (from 1 s into a 6 s call, in which the resident speaks throughout and the steward from
+    2 s to 3 s) while frames keep arriving; then it catches up mid-call, or only once `stop()` waits for it."""
+    from video import recording
+
+    gate = threading.Event()
+    place = recording._Mixer.place
+
+    def stall(self: Any, side: int, t: float, frame: av.AudioFrame) -> None:
+        if t > 1.0:
+            gate.wait(10)
+        place(self, side, t, frame)
+
+    monkeypatch.setattr(recording._Mixer, "place", stall)
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    now = 0.0
+    monkeypatch.setattr(recorder._clock, "since", lambda: now)
+    resident, steward = recorder.tap(), recorder.tap()
+    for n in range(6 * 50):
+        now = (n + 1) * 0.02
+        resident(tone_frame(440, n * 960))
+        if 2.0 < now <= 3.0 + 1e-9:
+            steward(tone_frame(660, n * 960))
+        if n == 49:  # 1 s: the thread has taken all that came so far (and stalls on the next frame)
+            deadline = time.monotonic() + 5
+            while not recorder._queue.empty() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        if n == 199 and backlog_at == "mid-call":  # 4 s: the thread is 3 s behind
+            gate.set()
+    if backlog_at == "stop":
+        threading.Timer(0.3, gate.set).start()  # after `stop()` has queued its end behind 5 s of frames
+    recording_ = recorder.stop()
+    assert recording_ is not None and recording_.duration_s == pytest.approx(6.0, abs=0.02)
+    audio = decode(recording_.path)
+    rms = [float(np.sqrt(np.mean(audio[i:i + 1600] ** 2))) for i in range(0, len(audio) - 1600, 1600)]
+    assert len(rms) >= 59 and min(rms[1:59]) > 5000  # the resident's tone, no hole
+    assert min(rms[20:30]) > 8500  # both tones, 2 s to 3 s
+    assert max(rms[1:20] + rms[30:59]) < 8000  # the resident's alone: nothing piled up, nothing shifted
