@@ -9,7 +9,7 @@ PORT   ?=
 # The slowest tests are listed at the end of every run, so a suite that creeps towards CI's time limit shows where.
 PYTEST_ARGS ?= --durations=20
 
-.PHONY: run test lint pytest serve migrate clean
+.PHONY: run test lint pytest migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
