@@ -327,8 +327,10 @@ def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any]
         parsed = _parse_one(spec, name, value)
         if not same(parsed, getattr(row, name)):
             out[name] = value
-    if out and rules.writable is not None and base <= row.version:
-        allowed = rules.writable(ctx, row)
+    if out and base <= row.version:
+        # An append-only row's fields are none of them writable: its stale copy of a field the server wrote
+        # (the link a visit's delete cleared) is dropped likewise, so an unchanged re-send is harmless.
+        allowed = rules.writable(ctx, row) if rules.writable is not None else frozenset()
         others = changed_since(spec, row, base, ctx.client_id)
         if never_had:
             others |= server_set(row)

@@ -233,10 +233,12 @@ def _visit_before_delete(ctx: Context, visit: Visit) -> None:
             side_effect(ctx.session, table, row, "visit_id")
     # New rows of this batch staged for the bulk insert (`Context.insert_staged`, after every mutation
     # ran) are not in the database yet: cleared here, they are written without the link, and the push
-    # answers their device the row as it is stored.
+    # answers their device the row as it is stored. The link is recorded as set by the server at creation
+    # (`mutations._server_set`), so a re-send from the device's copy that never had the answer drops it.
     for spec, staged in ctx.staged:
         if any(spec.name == table for _, table in _VISIT_LINKS) and staged.visit_id == visit.id:
             staged.visit_id = None
+            staged.field_versions = (staged.field_versions or {}) | {"visit_id": [1, None]}
 
 
 # --- readings -------------------------------------------------------------------------------------

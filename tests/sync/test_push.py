@@ -543,7 +543,9 @@ def test_what_the_server_derives_from_a_devices_own_edit_stays_the_devices(
 def test_a_reading_taken_in_a_visit_deleted_by_the_same_push_loses_the_link_everywhere(
         client: TestClient, district: District, device: Callable[..., Device], visit_pushed_before: bool) -> None:
     """Regression: new readings are written after every mutation ran, so the visit's delete did not clear
-    them; the push answered the link the database then dropped, without a version or a change for pulls."""
+    them; the push answered the link the database then dropped, without a version or a change for pulls.
+    Also: the reading as the device created it, re-sent without the answer (no base_version), was refused
+    `append_only` for the link the server dropped; it is answered as stored."""
     d, other = device(district.steward1), device(district.steward1, "tablet")
     d.pull()
     other.pull()
@@ -551,6 +553,7 @@ def test_a_reading_taken_in_a_visit_deleted_by_the_same_push_loses_the_link_ever
     if visit_pushed_before:
         d.push()
     reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=17.0, visit_id=visit)
+    as_created = {k: v for k, v in d.rows["readings"][reading].items() if k not in ("id", "version")}
     d.delete("visits", visit)
     answer = d.push()
     assert {r["status"] for r in answer["results"]} == {"applied"}
@@ -558,9 +561,62 @@ def test_a_reading_taken_in_a_visit_deleted_by_the_same_push_loses_the_link_ever
     assert pushed["visit_id"] is None
     truth = server_rows(client, district.headers(district.steward1))
     assert truth["readings"][reading]["visit_id"] is None and visit not in truth["visits"]
+    resent = {"mutation_id": 50, "table": "readings", "op": "upsert", "id": reading, "base_version": None,
+              "fields": as_created}
+    again = d.send(d.push_body([resent]))["results"][0]
+    assert (again["status"], again["reason"], again["record"]) == ("applied", None, truth["readings"][reading])
     d.pull()
     other.pull()
     assert d.rows == other.rows == truth
+
+
+@pytest.mark.parametrize("base_version", [1, None])
+@pytest.mark.parametrize("how", ["separate", "fast", "savepoints"])
+def test_a_readings_full_write_from_before_a_visit_delete_cleared_its_link_is_harmless(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        how: str, base_version: int | None) -> None:
+    """Regression: a visit's delete clears its readings' link as the server's write. A full write of such a
+    reading from the device's old copy (re-sent after a lost answer), equal to what the device created but for
+    that link, read the stale link as a change to an append-only row: `rejected` / `append_only`, in separate
+    pushes and in one batch. The stale link is dropped as for notes and nothing is written; a change to the
+    reading's own data is still `append_only`."""
+    if how == "savepoints":  # a failing mutation sends the whole batch down the savepoint path
+        create_values = rules.RULES["readings"].create_values
+        assert create_values is not None
+
+        def broken(ctx, id, fields):  # type: ignore[no-untyped-def]
+            if fields["temp_c"] == 13.0:
+                raise RuntimeError("a bug in a rule")
+            return create_values(ctx, id, fields)
+
+        monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"],
+                                                                         create_values=broken))
+    d = device(district.steward1)
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
+    reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0, visit_id=visit)
+    d.push()
+    record = d.rows["readings"][reading]
+    full = {k: v for k, v in record.items() if k not in ("id", "version")}
+    delete = {"table": "visits", "op": "delete", "id": visit, "base_version": 1, "fields": {}}
+    write = {"table": "readings", "op": "upsert", "id": reading, "base_version": base_version, "fields": full}
+    changed = write | {"fields": full | {"temp_c": 25.0}}
+    pushes = [[delete], [write, changed]] if how == "separate" else [[delete, write, changed]]
+    if how == "savepoints":
+        pushes[0].append({"table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+                          "fields": {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 13.0}})
+    results: list[dict[str, Any]] = []
+    for n, batch in enumerate(pushes):
+        answer = d.send(d.push_body([m | {"mutation_id": 10 * (n + 1) + i} for i, m in enumerate(batch)]))
+        results += answer["results"]
+    assert [(r["status"], r["reason"]) for r in results[:3]] == [
+        ("applied", None), ("applied", None), ("rejected", "append_only")]
+    for result in results[1:3]:  # both answer the reading as stored: the link cleared, the data as taken
+        assert (result["record"]["visit_id"], result["record"]["temp_c"], result["version"]) == (None, 18.0, 2)
+    assert _count(engine, SyncConflict) == 0
+    with Session(engine) as s:
+        stored = s.get(Reading, uuid.UUID(reading))
+        assert stored is not None and (stored.visit_id, stored.temp_c, stored.version) == (None, 18.0, 2)
+        assert stored.field_versions == {"visit_id": [2, None]}
 
 
 def test_readings_are_append_only_and_never_conflict(client: TestClient, district: District,
