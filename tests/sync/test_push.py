@@ -471,6 +471,20 @@ def test_a_link_a_visit_delete_cleared_is_the_servers_write_not_the_devices(
     assert _count(engine, SyncConflict) == 0
 
 
+def _fail_readings_at_13_degrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the readings' bulk rule for a reading of 13.0 degrees: a batch holding one goes down the savepoint
+    path (a failing mutation makes the push retry the batch with a savepoint per mutation)."""
+    create_values = rules.RULES["readings"].create_values
+    assert create_values is not None
+
+    def broken(ctx, id, fields):  # type: ignore[no-untyped-def]
+        if fields["temp_c"] == 13.0:
+            raise RuntimeError("a bug in a rule")
+        return create_values(ctx, id, fields)
+
+    monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"], create_values=broken))
+
+
 @pytest.mark.parametrize("path", ["fast", "savepoints"])
 @pytest.mark.parametrize("delete_first", [True, False])
 def test_a_link_a_visit_delete_cleared_in_the_same_push_is_the_servers_write_too(
@@ -480,17 +494,8 @@ def test_a_link_a_visit_delete_cleared_in_the_same_push_is_the_servers_write_too
     one batch. The fast path flushes the batch once, so the note's field_versions did not show the server's
     clear yet: the stale link read as the device's change, `read_only_field`, and the note's edit was lost. The
     other order (the note's write first) clears the link after the edit; both answer the note as stored."""
-    if path == "savepoints":  # a failing mutation sends the whole batch down the savepoint path
-        create_values = rules.RULES["readings"].create_values
-        assert create_values is not None
-
-        def broken(ctx, id, fields):  # type: ignore[no-untyped-def]
-            if fields["temp_c"] == 13.0:
-                raise RuntimeError("a bug in a rule")
-            return create_values(ctx, id, fields)
-
-        monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"],
-                                                                         create_values=broken))
+    if path == "savepoints":
+        _fail_readings_at_13_degrees(monkeypatch)
     d = device(district.steward1)
     visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
     note = d.create("notes", audio_sha256="c" * 64, duration_s=3.0, recorded_at=T0, visit_id=visit)
@@ -580,17 +585,8 @@ def test_a_readings_full_write_from_before_a_visit_delete_cleared_its_link_is_ha
     that link, read the stale link as a change to an append-only row: `rejected` / `append_only`, in separate
     pushes and in one batch. The stale link is dropped as for notes and nothing is written; a change to the
     reading's own data is still `append_only`."""
-    if how == "savepoints":  # a failing mutation sends the whole batch down the savepoint path
-        create_values = rules.RULES["readings"].create_values
-        assert create_values is not None
-
-        def broken(ctx, id, fields):  # type: ignore[no-untyped-def]
-            if fields["temp_c"] == 13.0:
-                raise RuntimeError("a bug in a rule")
-            return create_values(ctx, id, fields)
-
-        monkeypatch.setitem(rules.RULES, "readings", dataclasses.replace(rules.RULES["readings"],
-                                                                         create_values=broken))
+    if how == "savepoints":
+        _fail_readings_at_13_degrees(monkeypatch)
     d = device(district.steward1)
     visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0)
     reading = d.create("readings", household_id=str(district.h1a.id), taken_at=T0, temp_c=18.0, visit_id=visit)
