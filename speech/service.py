@@ -193,7 +193,7 @@ def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable
     one made from an older text; each changed note gets a new version and change sequence number, so the
     next pull brings it to the handhelds."""
     from sync.models import SyncState
-    from sync.tracking import allocate_seq
+    from sync.tracking import allocate_seq, insert_ignore
 
     with Session(engine) as session:
         state = session.get(SyncState, MASKING_STATE)
@@ -222,11 +222,14 @@ def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable
             after = notes[-1].id
         if progress is not None:
             progress(len(notes))
-    with Session(engine) as session:
-        state = session.get(SyncState, MASKING_STATE) or SyncState(name=MASKING_STATE, value=0)
-        state.value, state.updated_at = MASKING_RULES, utcnow()
-        session.add(state)
-        session.commit()
+    # Written whether or not another process recorded it meanwhile: API containers that start together each
+    # run `db upgrade`, and both found no edition recorded; the second's plain INSERT then failed on the
+    # first one's row and its container stopped before serving.
+    now, table = utcnow(), SyncState.__table__  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        insert_ignore(conn, table, {"name": MASKING_STATE, "value": MASKING_RULES, "updated_at": now})
+        conn.execute(update_rows(table).where(table.c.name == MASKING_STATE)
+                     .values(value=MASKING_RULES, updated_at=now))
     return changed
 
 

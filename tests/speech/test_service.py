@@ -29,6 +29,7 @@ from speech.models import (
     TranscriptState,
     TranscriptUpdate,
 )
+from speech.redact import MASKING_RULES
 from speech.storage import store_audio
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import make_transcript
@@ -345,3 +346,36 @@ def test_an_upgrade_rewrites_the_masked_copies_written_under_older_rules(session
     session.add(note)
     session.commit()
     assert service.remask_stored_copies(engine) == 0
+
+
+def test_two_upgrades_at_once_both_record_the_masking_rules(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (multi-process review): two API containers that start together each run `steward db upgrade`;
+    the migrations take turns, but both then found no masking edition recorded (a new database, or a release
+    that changed the rules) and both inserted it: the second failed on the first one's row (PostgreSQL: unique
+    violation; SQLite: its stale read could not become a write), and its container stopped before serving."""
+    from sync.models import SyncState
+
+    both_read = threading.Barrier(2)
+
+    def at_once() -> datetime:  # the state's timestamp, taken by both after their read of the state
+        both_read.wait(timeout=20)
+        return utcnow()
+
+    monkeypatch.setattr(service, "utcnow", at_once)
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            service.remask_stored_copies(engine)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with Session(engine) as s:
+        state = s.get(SyncState, service.MASKING_STATE)
+        assert state is not None and state.value == MASKING_RULES
