@@ -314,8 +314,8 @@ def demo_data(
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes: PostgreSQL only beyond 1, and video calls "
-                                                      "need one process per port instead (docs/video.md).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes: PostgreSQL only beyond 1, and then no "
+                                                      "video calls (one process per port: docs/video.md).")] = 1,
 ) -> None:
     """Serve the API with uvicorn."""
     import os
@@ -332,6 +332,8 @@ def serve(
         os.environ["STEWARD_HOST"] = host
     if port is not None:
         os.environ["STEWARD_PORT"] = str(port)
+    # Every worker process reads it: they share one port and one relay name, so none may host a video call.
+    os.environ["STEWARD_SERVE_WORKERS"] = str(workers)
     get_settings.cache_clear()
     settings = _settings()
     with _database_errors(settings):

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(12 * 60, ge=1, description="Token lifetime: one steward shift.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    serve_workers: int = Field(1, ge=1, description="Processes serving this port, as `steward serve --workers` "
+                                                    "tells them (set it yourself for `uvicorn --workers`): beyond "
+                                                    "1 none of them relays video calls (docs/video.md).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body, after gzip decoding "
                                                               "(413 beyond).")
     gzip_level: int = Field(1, ge=0, le=9, description="gzip level of responses to clients that accept gzip "

@@ -66,7 +66,8 @@ class RelayUnavailable(DomainError):
 def _manager(request: Request) -> RoomManager:
     manager: RoomManager | None = getattr(request.app.state, "video_rooms", None)
     if manager is None:
-        raise RelayUnavailable("The video relay is not running in this process (app started without lifespan).")
+        raise RelayUnavailable(getattr(request.app.state, "video_relay_off", None)
+                               or "The video relay is not running in this process (app started without lifespan).")
     return manager
 
 
@@ -323,6 +324,11 @@ def _audit(engine: Any, work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Ver
         return service.audit_rooms(session=session, work_order_ids=work_order_ids, seats=seats)
 
 
+MULTI_WORKER = ("Video calls need one `steward serve` process per port, each with its own STEWARD_VIDEO_WORKER_ID "
+                "and STEWARD_VIDEO_WORKER_URL; this server runs several (--workers), which cannot be told apart "
+                "(docs/video.md, Scale-out).")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run this process's relay: rooms left open by a dead predecessor are closed and the recordings it left
@@ -331,6 +337,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = app.state.engine
     worker = service.worker_name(settings)
+    if settings.serve_workers > 1:
+        # `steward serve --workers N`: N processes on one port under one relay name, none reachable on its own. Each
+        # took the others' calls for its own: a `POST /rooms` that landed on a sibling closed the live call as
+        # lost, and a worker that uvicorn started again closed every sibling's calls (and saved the recordings
+        # they were still writing). Such a process relays nothing; rooms of its name are a stopped server's.
+        app.state.video_rooms = None
+        app.state.video_relay_off = MULTI_WORKER
+        log.warning("video calls are off: this server runs %d worker processes on one port (docs/video.md)",
+                    settings.serve_workers)
+        try:
+            await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker, url=settings.video_worker_url)
+        except Exception as exc:  # the service must start with its database down
+            log.warning("could not close lost video rooms at start: %s", exc)
+        yield
+        return
 
     def announce(note_id: uuid.UUID) -> None:
         try:

@@ -186,6 +186,25 @@ def test_serve_refuses_several_workers_on_sqlite(data_dir: Path, monkeypatch: py
     assert result.exit_code == 2 and "PostgreSQL" in result.output
 
 
+def test_serve_tells_its_worker_processes_how_many_they_are(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--workers N` reaches every worker process (spawned by uvicorn, reading the environment): with N > 1 none of
+    them relays video calls (tests/video/test_pinning.py, the multi-worker server)."""
+    import uvicorn
+
+    from api import startup
+    from api.settings import Settings
+
+    seen: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(Settings().serve_workers))
+    monkeypatch.setattr(startup, "prepare", lambda settings: None)
+    monkeypatch.setenv("STEWARD_DATABASE_URL", "postgresql://steward@127.0.0.1:1/steward")
+    monkeypatch.delenv("STEWARD_SERVE_WORKERS", raising=False)  # restored afterwards: `serve` sets it
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["serve", "--port", "18997", "--workers", "3"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--port", "18997"]).exit_code == 0
+    assert seen == [3, 1]
+
+
 def test_operator_mistakes_are_one_line_not_a_traceback(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner.invoke(app, ["db", "upgrade"])
     # Regression: the rejected password was printed back (pydantic echoes the input).

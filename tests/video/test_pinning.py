@@ -63,3 +63,35 @@ def test_a_worker_without_url_refuses_instead_of_redirecting(live, world, order)
             r = await b.http.get(f"{ROOMS}/{room_id}", headers=h)
             assert r.status_code == 200 and r.json()["state"] == "closed"
     run(scenario())
+
+
+def test_the_processes_of_a_multi_worker_server_never_close_each_others_calls(live, world, order, engine):
+    """Regression (multi-process review): `steward serve --workers 2` runs two processes on one port, under one
+    relay name (`<hostname>:<port>`) that neither can be reached by. A call opened on one was taken by the
+    other for its own: a second `POST /rooms` for the order that landed there closed the live call as lost and
+    opened another, and a worker that uvicorn started again (after one died) closed every sibling's call at
+    its start. Now such processes host no calls, and say why."""
+    from sqlmodel import Session, select
+
+    from video.models import VideoRoom
+
+    same = {"video_worker_id": "", "serve_workers": 2}  # what every worker process of the server reads
+
+    def hosted(app) -> set[uuid.UUID]:
+        manager = app.app.state.video_rooms
+        return set(manager.rooms) if manager is not None else set()
+
+    async def scenario() -> None:
+        h = world.headers(world.steward_a)
+        async with live(**same) as a, live(**same) as b:
+            first = await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            second = await b.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            async with live(**same):  # a worker started again by uvicorn after one died
+                pass
+            with Session(engine) as s:
+                closed = {r.id for r in s.exec(select(VideoRoom).where(VideoRoom.state != "open")).all()}
+            assert not (hosted(a) | hosted(b)) & closed, "a live call was closed by another process"
+            for answer in (first, second):
+                detail = assert_error(answer, 503, "relay_unavailable")
+                assert "--workers" in detail["message"]
+    run(scenario())
