@@ -77,6 +77,11 @@ def ensure_search_index(engine: Engine) -> bool:
     if engine.dialect.name == "postgresql":
         try:
             with engine.begin() as conn:
+                # Looked up first: `CREATE INDEX IF NOT EXISTS` takes its SHARE lock on the table before it finds
+                # the index, so every start (API processes, workers) waited for any open write to the transcripts,
+                # and every transcript write after it queued behind the waiting start.
+                if conn.execute(text("SELECT to_regclass('ix_transcripts_text_trgm')")).scalar() is not None:
+                    return True
                 conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))  # one creator at a time
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
                 conn.execute(text("CREATE INDEX IF NOT EXISTS ix_transcripts_text_trgm ON transcripts "

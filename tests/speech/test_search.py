@@ -107,3 +107,27 @@ def test_an_index_of_the_old_shape_is_replaced_and_keeps_finding(sqlite_engine: 
         later = make_transcript(session, world.steward_a, "暖气片漏水了。", household_id=world.household_a.id)
         found = api.get("/api/v1/transcripts", params={"q": "漏水了"}, headers=office).json()
         assert {t["id"] for t in found["data"]} == {str(kept.id), str(later.id)}
+
+
+def test_a_process_starting_does_not_wait_behind_a_write_to_the_transcripts(engine: Engine) -> None:
+    """Regression (multi-process review): every API process and `steward worker` ensures the search index at
+    start (and each process again at its first search). On PostgreSQL `CREATE INDEX IF NOT EXISTS` takes its
+    SHARE lock on `transcripts` before it finds the index there: a start during any open write to the
+    transcripts waited for it without limit, and every transcript write after (a call upload, a worker's
+    result) queued behind the waiting start."""
+    import threading
+    import time
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's index is ensured under its one write lock, which a start takes anyway")
+    ensure_search_index(engine)  # the first start made it
+    done: list[float] = []
+    with engine.connect() as writer:
+        writer.execute(text("UPDATE transcripts SET text = text WHERE false"))  # a write in flight
+        starting = threading.Thread(target=lambda: done.append(ensure_search_index(engine) and time.monotonic()))
+        starting.start()
+        starting.join(timeout=5)
+        finished_before_commit = bool(done)
+        writer.commit()
+    starting.join(timeout=30)
+    assert finished_before_commit, "the start waited for the open write to the transcripts"
