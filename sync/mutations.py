@@ -284,7 +284,9 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         if rules.create is None:
             raise Rejected("read_only_table", f"{spec.name} rows are not created from devices.")
         if (spec.name, id) in ctx.bulk and rules.create_values is not None:
-            return Outcome("applied", ctx.stage(spec, rules.create_values(ctx, id, fields)))
+            staged = ctx.stage(spec, rules.create_values(ctx, id, fields))
+            _server_set(spec, staged, fields)  # as the ORM path below: a re-send from the device's copy drops them
+            return Outcome("applied", staged)
         created = rules.create(ctx, id, fields)
         _server_set(spec, created, fields)
         ctx.session.add(created)

@@ -1257,3 +1257,27 @@ def test_another_grids_ids_answer_like_ids_that_do_not_exist(client: TestClient,
                                     ("delete", "households", d.h1a.id, {})):
         assert push(op, table, str(existing), **kw) == push(op, table, str(uuid.uuid4()), **kw)
     assert client.get(f"/api/v1/households/{d.h1a.id}", headers=d.headers(d.supervisor)).status_code == 200
+
+
+@pytest.mark.parametrize("how", ["fast", "savepoints"])
+def test_a_readings_resent_create_with_a_room_the_server_cleaned_is_harmless_on_both_paths(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        how: str) -> None:
+    """A reading's room is stored cleaned (`clean_label`: "  Kitchen " is "Kitchen"). A full write without a
+    base_version from the device's own copy (its create re-sent after a lost answer) carries the room as typed:
+    the server's value set at creation (`server_set`), dropped, as on the savepoint path."""
+    if how == "savepoints":
+        _fail_readings_at_13_degrees(monkeypatch)
+    d = device(district.steward1)
+    reading = str(uuid.uuid4())
+    fields = {"household_id": str(district.h1a.id), "taken_at": T0, "temp_c": 18.0, "room": "  Kitchen "}
+    batch = [{"table": "readings", "op": "upsert", "id": reading, "base_version": None, "fields": fields}]
+    if how == "savepoints":
+        batch.append({"table": "readings", "op": "upsert", "id": str(uuid.uuid4()), "base_version": None,
+                      "fields": fields | {"temp_c": 13.0}})
+    first = d.send(d.push_body([m | {"mutation_id": 1 + i} for i, m in enumerate(batch)]))
+    assert first["results"][0]["status"] == "applied"
+    assert first["results"][0]["record"]["room"] == "Kitchen"
+    again = {"mutation_id": 10, "table": "readings", "op": "upsert", "id": reading, "base_version": None,
+             "fields": fields}
+    assert _statuses(d.send(d.push_body([again]))) == [("applied", None)]
