@@ -245,13 +245,24 @@ def _server_set(spec: SyncTable, row: Any, fields: dict[str, Any]) -> None:
     sensitive home's order raised to `high`, its SLA, its assignee). Until the device has the server's record,
     its copy holds its own values: a full write from that copy must not read them as edits (`_differences`)."""
     versions = dict(row.field_versions or {})
-    defaults = _defaults(spec.model, fields)
-    for name in rules_for(spec).device_fields & set(spec.column_names):
-        expected = _parse_one(spec, name, fields[name]) if name in fields else defaults.get(name)
+    names, plain, factories = _device_columns(spec)
+    for name in names:  # a push creates hundreds of rows: no default is made that is not compared
+        if name in fields:
+            expected = _parse_one(spec, name, fields[name])
+        else:
+            expected = factories[name]() if name in factories else plain.get(name)
         if not same(expected, getattr(row, name)):
             versions[name] = [row.version, None]
     if versions:
         row.field_versions = versions
+
+
+@cache
+def _device_columns(spec: SyncTable) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Callable[[], Any]]]:
+    """The columns a device may send when it creates a row of `spec`, with the model's plain defaults and its
+    default factories."""
+    plain, factories = _default_plan(spec.model)
+    return tuple(sorted(rules_for(spec).device_fields & set(spec.column_names))), plain, dict(factories)
 
 
 MAX_VERSION = 2**31 - 1  # row versions are 32-bit columns: a larger base_version is none the row had (and
