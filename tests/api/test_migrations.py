@@ -173,21 +173,9 @@ def test_0012_gives_notes_the_household_of_their_visit_or_work_order(empty_engin
 def test_two_upgrades_at_once_both_succeed(empty_engine: Engine) -> None:
     """Regression: API containers starting together each ran `steward db upgrade`; on PostgreSQL the second
     failed on the first one's tables (duplicate type alembic_version). It now waits for the first."""
-    import threading
+    from tests.utils.threads import errors_running_together
 
-    errors: list[BaseException] = []
-
-    def upgrade() -> None:
-        try:
-            migrate.upgrade(empty_engine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=upgrade) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = errors_running_together(lambda: migrate.upgrade(empty_engine))
     if empty_engine.dialect.name == "sqlite" and errors:  # SQLite: the second may find the file locked
         assert all("locked" in str(e) for e in errors), errors
     else:

@@ -34,6 +34,7 @@ from speech.storage import store_audio
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import make_transcript
 from tests.utils.factories import World, make_work_order, make_world
+from tests.utils.threads import errors_running_together
 
 LEAK = (FIXTURES / "leak_report.wav").read_bytes()
 
@@ -362,20 +363,7 @@ def test_two_upgrades_at_once_both_record_the_masking_rules(engine: Engine, monk
         return utcnow()
 
     monkeypatch.setattr(service, "utcnow", at_once)
-    errors: list[BaseException] = []
-
-    def upgrade() -> None:
-        try:
-            service.remask_stored_copies(engine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=upgrade) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    assert errors_running_together(lambda: service.remask_stored_copies(engine), timeout=60) == []
     with Session(engine) as s:
         state = s.get(SyncState, service.MASKING_STATE)
         assert state is not None and state.value == MASKING_RULES
