@@ -329,6 +329,17 @@ MULTI_WORKER = ("Video calls need one `steward serve` process per port, each wit
                 "(docs/video.md, Scale-out).")
 
 
+async def _close_lost_rooms(engine: Any, settings: Settings, worker: str) -> None:
+    """Close, as lost, the rooms a previous process of this relay's name (or URL) left open."""
+    try:
+        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker,
+                                       url=settings.video_worker_url)
+        if lost:
+            log.warning("%d video room(s) left open by a previous process were closed", lost)
+    except Exception as exc:  # the service must start with its database down
+        log.warning("could not close lost video rooms at start: %s", exc)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run this process's relay: rooms left open by a dead predecessor are closed and the recordings it left
@@ -346,10 +357,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.video_relay_off = MULTI_WORKER
         log.warning("video calls are off: this server runs %d worker processes on one port (docs/video.md)",
                     settings.serve_workers)
-        try:
-            await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker, url=settings.video_worker_url)
-        except Exception as exc:  # the service must start with its database down
-            log.warning("could not close lost video rooms at start: %s", exc)
+        await _close_lost_rooms(engine, settings, worker)
         yield
         return
 
@@ -390,13 +398,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     manager = RoomManager(max_rooms=settings.video_max_rooms, idle_close_s=settings.video_room_idle_close_s,
                           on_close=on_close, audit=audit)
-    try:
-        lost = await asyncio.to_thread(service.close_lost_rooms, engine, worker=worker,
-                                       url=settings.video_worker_url)
-        if lost:
-            log.warning("%d video room(s) left open by a previous process were closed", lost)
-    except Exception as exc:  # the service must start with its database down
-        log.warning("could not close lost video rooms at start: %s", exc)
+    await _close_lost_rooms(engine, settings, worker)
     crashed = await asyncio.to_thread(service.left_by_a_crash, settings)  # before this process hosts a call
     manager.start()
     app.state.video_rooms = manager
