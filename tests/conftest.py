@@ -19,7 +19,7 @@ from api.app import create_app
 from api.db import make_engine
 from api.notices.sms import LoggingSender
 from api.settings import Settings
-from api.tables import metadata
+from tests.utils.db import wipe
 
 POSTGRES_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
@@ -74,22 +74,12 @@ def migrated_engine(database_url: str, tmp_path_factory: pytest.TempPathFactory)
     engine.dispose()
 
 
-def _wipe(engine: Engine) -> None:
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(table.delete())
-
-
 @pytest.fixture
 def engine(migrated_engine: Engine) -> Iterator[Engine]:
     """A migrated database that starts empty for every test."""
-    _wipe(migrated_engine)
+    wipe(migrated_engine)
     yield migrated_engine
-    _wipe(migrated_engine)
+    wipe(migrated_engine)
 
 
 @pytest.fixture

@@ -44,8 +44,9 @@ from api.settings import Settings
 from api.work_orders.models import Status, WorkOrder
 from speech.storage import store_audio
 from tests.api.proactive.helpers import SEASON, calendar_body, later_season
-from tests.conftest import _wipe, make_settings
+from tests.conftest import make_settings
 from tests.speech.service_helpers import make_transcript
+from tests.utils.db import wipe
 from tests.utils.factories import (
     PASSWORD,
     World,
@@ -428,12 +429,12 @@ def matrix_app(migrated_engine: Engine, database_url: str, tmp_path_factory: pyt
     settings = make_settings(database_url, tmp_path_factory.mktemp("matrix"), speech_queue="off",
                              video_ice_servers="", video_worker_id="matrix", video_max_rooms=64)
     yield create_app(settings, engine=migrated_engine, sms_sender=LoggingSender())
-    _wipe(migrated_engine)  # the worlds pile up without a wipe per test; leave the database empty
+    wipe(migrated_engine)  # the worlds pile up without a wipe per test; leave the database empty
 
 
 def build_fx(engine: Engine, client: TestClient, settings: Settings, offer_sdp: str) -> Fx:
     """A new two-grid world with one of every kind of row in steward A's grid (names and ids are unique, so
-    worlds built earlier in the database change nothing: no wipe, which costs ~0.8 s on PostgreSQL)."""
+    worlds built earlier in the database change nothing, and no test waits for a wipe)."""
     with Session(engine, expire_on_commit=False) as session:
         world = make_world(session, settings)
         order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)

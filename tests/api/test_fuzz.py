@@ -37,7 +37,8 @@ from api.app import create_app
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.api.test_authz_matrix import Fx, build_fx, caller_headers
-from tests.conftest import _wipe, make_settings
+from tests.conftest import make_settings
+from tests.utils.db import wipe
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ROLES = ("admin", "supervisor", "steward", "resident")
@@ -81,7 +82,7 @@ def fuzz_env(migrated_engine: Engine, database_url: str, tmp_path_factory: pytes
     with asgi.get_client(app) as client:  # runs the app's lifespan (video relay) on schemathesis's loop
         yield FuzzEnv(app=app, schema=schema, engine=migrated_engine, client=client)
     asgi.shutdown_lifespans()
-    _wipe(migrated_engine)  # leave the database empty for the next module
+    wipe(migrated_engine)  # leave the database empty for the next module
     if REPORT:
         path = Path(REPORT)
         previous = json.loads(path.read_text()) if path.exists() else {}

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from api.db import utcnow
@@ -18,7 +17,6 @@ from api.network.models import Building, Household, Station
 from api.notes.models import Note
 from api.notices.models import Notice, NoticeTarget
 from api.settings import Settings
-from api.tables import metadata
 from api.users.models import Role, User
 from api.work_orders.models import Status, WorkOrder
 from tests.sync.device import Device
@@ -101,17 +99,6 @@ def device(client: TestClient, district: District) -> Callable[..., Device]:
         return Device(http=client, headers=district.headers(user), name=name, **kw)
 
     return make
-
-
-def wipe(engine: Engine) -> None:
-    """Empty every table (for tests that start over inside one test, like hypothesis examples)."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(table.delete())
 
 
 def server_rows(client: TestClient, headers: dict[str, str]) -> dict[str, dict[str, dict[str, Any]]]:

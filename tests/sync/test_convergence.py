@@ -25,8 +25,9 @@ from sqlmodel import Session, select
 from api.settings import Settings
 from sync.models import SyncConflict
 from sync.registry import BY_NAME
-from tests.sync.conftest import District, build_district, server_rows, wipe
+from tests.sync.conftest import District, build_district, server_rows
 from tests.sync.device import Device
+from tests.utils.db import wipe
 
 STEWARD_STATUSES = ["in_progress", "waiting_resident", "resolved"]
 OFFICE_STATUSES = ["in_progress", "waiting_resident", "resolved", "closed", "cancelled"]

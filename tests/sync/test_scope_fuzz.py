@@ -17,8 +17,9 @@ from sqlmodel import Session
 
 from api.db import utcnow
 from api.settings import Settings
-from tests.sync.conftest import build_district, server_rows, wipe
+from tests.sync.conftest import build_district, server_rows
 from tests.sync.device import Device
+from tests.utils.db import wipe
 
 SEEDS = int(os.environ.get("STEWARD_SCOPE_FUZZ_SEEDS", "3"))
 
