@@ -19,8 +19,8 @@ from tests.utils.factories import World, make_world
 
 @pytest.fixture(scope="session")
 def shared_app(migrated_engine: Engine, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    """One app per database for the whole session: building an app and serving its first request costs
-    ~90 ms, more than most tests. Tests that need a pristine app (metrics, other settings) build their own."""
+    """One app per database for the whole session (an app's first requests cost more than later
+    ones). Tests that need a pristine app (metrics, other settings) build their own."""
     return create_app(make_settings(database_url, tmp_path_factory.mktemp("app")), engine=migrated_engine,
                       sms_sender=LoggingSender())
 
