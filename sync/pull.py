@@ -6,12 +6,13 @@ so the cost per record stays close to a plain indexed SELECT.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, not_, or_, select, true, tuple_
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, not_, or_, select, true, tuple_
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
@@ -264,6 +265,9 @@ def _row_by_row(spec: SyncTable) -> bool:
     return spec.page_key == "household_id" and spec.in_grid is not None and spec.own is not None
 
 
+_COUNTED = tuple(t for t, spec in enumerate(TABLES) if _row_by_row(spec))  # the tables a steward's delta counts
+
+
 def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
     """Upserts and deletes after the position, up to the head, in (seq, table, id) order. Tables whose
     newest change is older than the position are not queried (a quiet grid costs no query)."""
@@ -333,25 +337,43 @@ class Head:
     near: tuple[int | None, ...]
 
 
-def _head(session: Session, user: User, scope_after: int, near_after: int | None = None) -> Head:
+_HEAD_PARAMS = ("head_user", "head_scope_after", "head_near_after")
+
+
+@functools.cache
+def _head_statement(counting: bool) -> Any:
+    """The statement `_head` runs, built once per shape with bind parameters. Built anew for each pull, its ~20
+    scalar subqueries cost SQLAlchemy about 0.5 ms to construct and to key for its compiled cache, against
+    15 us for SQLite to answer them: a third of the server's work for a steward's 10-row delta pull."""
     st, ev, tomb = _columns(SyncState), _columns(ScopeEvent), _columns(Tombstone)
+    user_id = bindparam(_HEAD_PARAMS[0], type_=ev.user_id.type)
+    scope_after = bindparam(_HEAD_PARAMS[1], type_=ev.seq.type)
 
     def value(name: str) -> Any:
         return select(st.value).where(st.name == name).scalar_subquery()
 
     newest_event = (select(func.max(ev.seq))
-                    .where(ev.user_id == user.id, ev.seq > scope_after, ev.seq <= func.coalesce(value(SEQ), 0))
+                    .where(ev.user_id == user_id, ev.seq > scope_after, ev.seq <= func.coalesce(value(SEQ), 0))
                     .scalar_subquery())
     purged_at = select(st.updated_at).where(st.name == PURGED_SEQ).scalar_subquery()
     newest = [select(func.max(spec.table.c.seq)).scalar_subquery() for spec in TABLES]
     newest.append(select(func.max(tomb.seq)).scalar_subquery())
-    counted = [t for t, spec in enumerate(TABLES) if near_after is not None and _row_by_row(spec)]
-    near = [select(func.count()).select_from(
-                select(TABLES[t].table.c.id).where(TABLES[t].table.c.seq >= near_after)
-                .limit(ROW_BY_ROW_BELOW).subquery()).scalar_subquery() for t in counted]
-    row = session.connection().execute(select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest,
-                                              *near, value(DATABASE_ID))).one()
-    counts = dict(zip(counted, row[5 + len(TABLES):-1], strict=True))
+    near = []
+    if counting:
+        near_after = bindparam(_HEAD_PARAMS[2], type_=tomb.seq.type)
+        near = [select(func.count()).select_from(
+                    select(TABLES[t].table.c.id).where(TABLES[t].table.c.seq >= near_after)
+                    .limit(ROW_BY_ROW_BELOW).subquery()).scalar_subquery() for t in _COUNTED]
+    return select(value(SEQ), value(PURGED_SEQ), purged_at, newest_event, *newest, *near, value(DATABASE_ID))
+
+
+def _head(session: Session, user: User, scope_after: int, near_after: int | None = None) -> Head:
+    counting = near_after is not None
+    params: dict[str, Any] = {_HEAD_PARAMS[0]: user.id, _HEAD_PARAMS[1]: scope_after}
+    if counting:
+        params[_HEAD_PARAMS[2]] = near_after
+    row = session.connection().execute(_head_statement(counting), params).one()
+    counts = dict(zip(_COUNTED, row[5 + len(TABLES):-1], strict=True)) if counting else {}
     stamp = row[2]
     if isinstance(stamp, str):  # a scalar subquery loses the column type on SQLite: the stored text
         stamp = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
