@@ -12,14 +12,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, not_, or_, select, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
 from api import access
 from api.network.models import Building
 from api.settings import Settings
-from api.users.models import User
+from api.users.models import Role, User
 from api.work_orders.models import WorkOrder
 from sync import cursor as cursors
 from sync.cursor import DELTA, END_OF_SEQ, SCOPE, SNAPSHOT, Cursor
@@ -212,11 +226,10 @@ def _scope_keys_after(user_id: uuid.UUID, kind: str, after: int, upto: int | Non
     return stmt.where(ev.seq <= upto) if upto is not None else stmt
 
 
-def _tombstone_route(feed: Feed, after: int) -> ColumnElement[bool]:
+def _tombstone_route(user: Any, office: bool, after: Any) -> ColumnElement[bool]:
     """Tombstones a user must receive: rows they could see when deleted (or around a scope change)."""
-    if feed.office:
+    if office:
         return true()
-    user = feed.user
     grid = access.grid_buildings(user)
     tomb = _columns(Tombstone)
     return or_(
@@ -230,21 +243,6 @@ def _tombstone_route(feed: Feed, after: int) -> ColumnElement[bool]:
         tomb.work_order_id.in_(orm_select(WorkOrder.id).where(WorkOrder.assignee_id == user.id)),
         tomb.work_order_id.in_(_scope_keys_after(user.id, "work_order", after)),
     )
-
-
-def _not_mine(column: Any, client_id: uuid.UUID | None) -> ColumnElement[bool]:
-    if client_id is None:
-        return true()
-    return or_(column.is_(None), column != client_id)
-
-
-def _position(state: Cursor, t: int, seq_col: Any, id_col: Any) -> ColumnElement[bool]:
-    """Items of table t after the delta position (seq, table, row)."""
-    if t < state.table:
-        return seq_col > state.seq
-    if t == state.table and state.row is not None:
-        return or_(seq_col > state.seq, and_(seq_col == state.seq, id_col > state.row))
-    return seq_col >= state.seq
 
 
 def _may_have_items(newest: int | None, state: Cursor, t: int) -> bool:
@@ -268,47 +266,108 @@ def _row_by_row(spec: SyncTable) -> bool:
 _COUNTED = tuple(t for t, spec in enumerate(TABLES) if _row_by_row(spec))  # the tables a steward's delta counts
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """Who pulls, as the visibility clauses read them (`id`, `role`), with the id a bind parameter: the delta's
+    statements are then built once per shape and reused for every caller of that role."""
+
+    id: Any
+    role: Role
+
+
+_DELTA_USER = bindparam("delta_user", type_=Uuid())
+
+
+@functools.cache
+def _caller(role: Role) -> Any:
+    return _Caller(id=_DELTA_USER, role=role)
+
+
+def _position_kind(state: Cursor, t: int) -> int:
+    """Which `_position` clause table t needs: 0 after the seq, 1 after (seq, row), 2 from the seq on."""
+    if t < state.table:
+        return 0
+    return 1 if t == state.table and state.row is not None else 2
+
+
+def _position_clause(kind: int, seq_col: Any, id_col: Any) -> ColumnElement[bool]:
+    seq, row = bindparam("delta_seq", type_=seq_col.type), bindparam("delta_row", type_=id_col.type)
+    if kind == 0:
+        return seq_col > seq
+    if kind == 1:
+        return or_(seq_col > seq, and_(seq_col == seq, id_col > row))
+    return seq_col >= seq
+
+
+def _not_mine_clause(column: Any, mine: bool) -> ColumnElement[bool]:
+    return or_(column.is_(None), column != bindparam("delta_client", type_=column.type)) if mine else true()
+
+
+@functools.cache
+def _delta_statement(t: int, dialect: str, role: Role, row_by_row: bool, position: int, mine: bool) -> Any:
+    """The select of table t's changes after a delta position, for callers of `role`, built once per shape with
+    bind parameters (`_delta_params`). Built anew for every table of every pull, the statements cost
+    SQLAlchemy more to construct and to key for its compiled cache than the database took to answer them."""
+    spec = TABLES[t]
+    c = spec.table.c
+    user = _caller(role)
+    if row_by_row:
+        assert spec.own is not None
+        visible = or_(access.household_row_clause(user, c.household_id), spec.own(user))
+    else:
+        visible = spec.visible(user)
+    if dialect == "sqlite":
+        # Without statistics SQLite would start from the grid's (large) index range; the few changes
+        # after the position are the cheap side. Behind a CASE, the visibility test is only a filter.
+        visible = case((visible, literal(True)), else_=literal(False)) == literal(True)
+    return (select(c.seq, *spec.wire(dialect).columns)
+            .where(c.seq <= bindparam("delta_head", type_=c.seq.type), _position_clause(position, c.seq, c.id),
+                   visible, _not_mine_clause(c.origin_client_id, mine))
+            .order_by(c.seq, c.id).limit(bindparam("delta_want", type_=Integer)))
+
+
+@functools.cache
+def _tombstone_statement(t: int, dialect: str, role: Role, position: int, mine: bool) -> Any:
+    """The select of table t's tombstones after a delta position (as `_delta_statement`)."""
+    tomb = _columns(Tombstone)
+    row_id, _ = wire(tomb.row_id, dialect)
+    route = _tombstone_route(_caller(role), access.is_office(_caller(role)), bindparam("delta_seq",
+                                                                                          type_=tomb.seq.type))
+    return (select(tomb.seq, row_id)
+            .where(tomb.table_name == TABLES[t].name, tomb.seq <= bindparam("delta_head", type_=tomb.seq.type),
+                   _position_clause(position, tomb.seq, tomb.row_id), route,
+                   _not_mine_clause(tomb.origin_client_id, mine))
+            .order_by(tomb.seq, tomb.row_id).limit(bindparam("delta_want", type_=Integer)))
+
+
 def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
     """Upserts and deletes after the position, up to the head, in (seq, table, id) order. Tables whose
     newest change is older than the position are not queried (a quiet grid costs no query)."""
     if state.seq >= feed.head and (state.seq > feed.head or state.table >= END_OF_SEQ):
         return state, True
     want = page.room + 1
+    mine = state.client_id is not None
+    params = {"delta_user": feed.user.id, "delta_head": feed.head, "delta_seq": state.seq, "delta_row": state.row,
+              "delta_client": state.client_id, "delta_want": want}
+    role = feed.user.role
     items: list[tuple[int, int, str, Any]] = []
+    connection = feed.session.connection()
     for t, spec in enumerate(TABLES):
         if not _may_have_items(feed.newest[t], state, t):
             continue
-        c = spec.table.c
-        shape = spec.wire(feed.dialect)
         near = feed.near[t]
-        if near is not None and near < ROW_BY_ROW_BELOW:
-            assert spec.own is not None
-            visible = or_(access.household_row_clause(feed.user, c.household_id), spec.own(feed.user))
-        else:
-            visible = spec.visible(feed.user)
-        if feed.dialect == "sqlite":
-            # Without statistics SQLite would start from the grid's (large) index range; the few changes
-            # after the position are the cheap side. Behind a CASE, the visibility test is only a filter.
-            visible = case((visible, literal(True)), else_=literal(False)) == literal(True)
-        stmt = (select(c.seq, *shape.columns)
-                .where(c.seq <= feed.head, _position(state, t, c.seq, c.id), visible,
-                       _not_mine(c.origin_client_id, state.client_id))
-                .order_by(c.seq, c.id).limit(want))
-        for row in feed.session.connection().execute(stmt):
+        row_by_row = near is not None and near < ROW_BY_ROW_BELOW
+        stmt = _delta_statement(t, feed.dialect, role, row_by_row, _position_kind(state, t), mine)
+        shape = spec.wire(feed.dialect)
+        for row in connection.execute(stmt, params):
             rec = shape.record(row, 1)
             items.append((row[0], t, rec["id"], rec))
-    tomb = _columns(Tombstone)
     if feed.newest[-1] is not None and feed.newest[-1] >= state.seq:
         feed.read_purgeable = True
-        route = _tombstone_route(feed, state.seq)
-        row_id, finish = wire(tomb.row_id, feed.dialect)
-        for t, spec in enumerate(TABLES):
-            stmt = (select(tomb.seq, row_id)
-                    .where(tomb.table_name == spec.name, tomb.seq <= feed.head,
-                           _position(state, t, tomb.seq, tomb.row_id), route,
-                           _not_mine(tomb.origin_client_id, state.client_id))
-                    .order_by(tomb.seq, tomb.row_id).limit(want))
-            for seq, deleted in feed.session.connection().execute(stmt):
+        _, finish = wire(_columns(Tombstone).row_id, feed.dialect)
+        for t in range(len(TABLES)):
+            stmt = _tombstone_statement(t, feed.dialect, role, _position_kind(state, t), mine)
+            for seq, deleted in connection.execute(stmt, params):
                 items.append((seq, t, finish(deleted) if finish else deleted, _DELETE))
     items.sort(key=lambda item: (item[0], item[1], item[2]))
     taken = items[:page.room]
