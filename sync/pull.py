@@ -284,7 +284,7 @@ def _caller(role: Role) -> Any:
 
 
 def _position_kind(state: Cursor, t: int) -> int:
-    """Which `_position` clause table t needs: 0 after the seq, 1 after (seq, row), 2 from the seq on."""
+    """Which `_position_clause` table t needs: 0 after the seq, 1 after (seq, row), 2 from the seq on."""
     if t < state.table:
         return 0
     return 1 if t == state.table and state.row is not None else 2
