@@ -220,15 +220,15 @@ def _columns(model: Any) -> Any:
     return model.__table__.c
 
 
-def _scope_keys_after(user_id: uuid.UUID, kind: str, after: int, upto: int | None = None) -> Any:
+def _scope_keys_after(user_id: Any, kind: str, after: Any, upto: int | None = None) -> Any:
     ev = _columns(ScopeEvent)
     stmt = select(ev.key_id).where(ev.user_id == user_id, ev.kind == kind, ev.seq > after)
     return stmt.where(ev.seq <= upto) if upto is not None else stmt
 
 
-def _tombstone_route(user: Any, office: bool, after: Any) -> ColumnElement[bool]:
+def _tombstone_route(user: Any, after: Any) -> ColumnElement[bool]:
     """Tombstones a user must receive: rows they could see when deleted (or around a scope change)."""
-    if office:
+    if access.is_office(user):
         return true()
     grid = access.grid_buildings(user)
     tomb = _columns(Tombstone)
@@ -306,7 +306,7 @@ def _not_mine_clause(column: Any, mine: bool) -> ColumnElement[bool]:
 @functools.cache
 def _delta_statement(t: int, dialect: str, role: Role, row_by_row: bool, position: int, mine: bool) -> Any:
     """The select of table t's changes after a delta position, for callers of `role`, built once per shape with
-    bind parameters (`_delta_params`). Built anew for every table of every pull, the statements cost
+    bind parameters (the values `_delta_step` passes). Built anew for every table of every pull, the statements cost
     SQLAlchemy more to construct and to key for its compiled cache than the database took to answer them."""
     spec = TABLES[t]
     c = spec.table.c
@@ -331,8 +331,7 @@ def _tombstone_statement(t: int, dialect: str, role: Role, position: int, mine: 
     """The select of table t's tombstones after a delta position (as `_delta_statement`)."""
     tomb = _columns(Tombstone)
     row_id, _ = wire(tomb.row_id, dialect)
-    route = _tombstone_route(_caller(role), access.is_office(_caller(role)), bindparam("delta_seq",
-                                                                                          type_=tomb.seq.type))
+    route = _tombstone_route(_caller(role), bindparam("delta_seq", type_=tomb.seq.type))
     return (select(tomb.seq, row_id)
             .where(tomb.table_name == TABLES[t].name, tomb.seq <= bindparam("delta_head", type_=tomb.seq.type),
                    _position_clause(position, tomb.seq, tomb.row_id), route,
@@ -396,17 +395,14 @@ class Head:
     near: tuple[int | None, ...]
 
 
-_HEAD_PARAMS = ("head_user", "head_scope_after", "head_near_after")
-
-
 @functools.cache
 def _head_statement(counting: bool) -> Any:
     """The statement `_head` runs, built once per shape with bind parameters. Built anew for each pull, its ~20
-    scalar subqueries cost SQLAlchemy about 0.5 ms to construct and to key for its compiled cache, against
-    15 us for SQLite to answer them: a third of the server's work for a steward's 10-row delta pull."""
+    scalar subqueries cost SQLAlchemy 1.0-1.5 ms to construct and to key for its compiled cache, against
+    15 us for SQLite to answer them (docs/sync-benchmarks.md, 2026-12-03)."""
     st, ev, tomb = _columns(SyncState), _columns(ScopeEvent), _columns(Tombstone)
-    user_id = bindparam(_HEAD_PARAMS[0], type_=ev.user_id.type)
-    scope_after = bindparam(_HEAD_PARAMS[1], type_=ev.seq.type)
+    user_id = bindparam("head_user", type_=ev.user_id.type)
+    scope_after = bindparam("head_scope_after", type_=ev.seq.type)
 
     def value(name: str) -> Any:
         return select(st.value).where(st.name == name).scalar_subquery()
@@ -419,7 +415,7 @@ def _head_statement(counting: bool) -> Any:
     newest.append(select(func.max(tomb.seq)).scalar_subquery())
     near = []
     if counting:
-        near_after = bindparam(_HEAD_PARAMS[2], type_=tomb.seq.type)
+        near_after = bindparam("head_near_after", type_=tomb.seq.type)
         near = [select(func.count()).select_from(
                     select(TABLES[t].table.c.id).where(TABLES[t].table.c.seq >= near_after)
                     .limit(ROW_BY_ROW_BELOW).subquery()).scalar_subquery() for t in _COUNTED]
@@ -428,9 +424,9 @@ def _head_statement(counting: bool) -> Any:
 
 def _head(session: Session, user: User, scope_after: int, near_after: int | None = None) -> Head:
     counting = near_after is not None
-    params: dict[str, Any] = {_HEAD_PARAMS[0]: user.id, _HEAD_PARAMS[1]: scope_after}
+    params: dict[str, Any] = {"head_user": user.id, "head_scope_after": scope_after}
     if counting:
-        params[_HEAD_PARAMS[2]] = near_after
+        params["head_near_after"] = near_after
     row = session.connection().execute(_head_statement(counting), params).one()
     counts = dict(zip(_COUNTED, row[5 + len(TABLES):-1], strict=True)) if counting else {}
     stamp = row[2]
