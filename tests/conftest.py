@@ -20,10 +20,13 @@ from api.db import make_engine
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.utils.db import wipe
+from tests.utils.routes import share_route_analysis
 
 POSTGRES_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+share_route_analysis()  # each test's app would analyse the same routes again (tests/utils/routes.py)
 
 
 def postgres_admin_url() -> str:
