@@ -57,6 +57,11 @@ class Settings(BaseSettings):
                                                               "(413 beyond).")
     gzip_level: int = Field(1, ge=0, le=9, description="gzip level of responses to clients that accept gzip "
                                                        "(0: never compress); 1, nginx's default, is the cheapest.")
+    thread_switch_ms: float = Field(1.0, gt=0, le=100, description="The served process's thread switch interval "
+                                    "(Python's `sys.setswitchinterval`, 5 ms by default): how long a thread "
+                                    "holding the interpreter runs before one waiting for it gets a turn. A request's "
+                                    "work runs in a pool thread while the event loop reads and answers the others; "
+                                    "at 5 ms each hand-over could wait that long (docs/reliability.md).")
     # Abuse limits (docs/security.md); login throttling state lives in the database, shared by all processes.
     login_rate_per_minute: int = Field(60, ge=1, description="Sign-in attempts per client address per minute "
                                                              "(429 beyond, with Retry-After).")

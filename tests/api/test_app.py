@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine
 
 from api import __version__
@@ -55,14 +56,27 @@ def test_each_app_counts_only_its_own_requests(engine: Engine, settings: Setting
     assert 'route="/healthz"' not in text
 
 
-def test_the_served_app_freezes_its_startup_heap(tmp_path: Path) -> None:
+def test_the_served_app_freezes_its_startup_heap_and_hands_the_interpreter_over_sooner(tmp_path: Path) -> None:
     # uvicorn's `api.main:app` moves the objects built at startup out of the collector's sight, so a full
-    # collection during a push does not walk them all again (it cost 73-85 ms per collection).
-    code = "import gc, api.main; print(gc.get_freeze_count())"
+    # collection during a push does not walk them all again (it cost 73-85 ms per collection). It also sets the
+    # thread switch interval from STEWARD_THREAD_SWITCH_MS (Python's own default is 5 ms).
+    code = "import gc, sys, api.main; print(gc.get_freeze_count(), sys.getswitchinterval())"
     env = os.environ | {"STEWARD_DATA_DIR": str(tmp_path), "STEWARD_DATABASE_URL": f"sqlite:///{tmp_path}/s.db"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         check=True)
-    assert int(out.stdout.strip()) > 10_000  # every module, route and mapper of the app
+    answers = []
+    for interval in (None, "2.5"):
+        run_env = env | ({"STEWARD_THREAD_SWITCH_MS": interval} if interval else {})
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True,
+                             timeout=120, check=True)
+        frozen, switch = out.stdout.split()
+        assert int(frozen) > 10_000  # every module, route and mapper of the app
+        answers.append(float(switch))
+    assert answers == [0.001, 0.0025]
+
+
+def test_a_thread_switch_interval_out_of_range_is_refused() -> None:
+    for value in (0, -1, 101):
+        with pytest.raises(ValidationError, match="thread_switch_ms"):
+            Settings(thread_switch_ms=value)
 
 
 def test_an_app_built_by_the_factory_leaves_the_collector_alone(engine: Engine, settings: Settings) -> None:
