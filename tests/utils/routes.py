@@ -26,6 +26,17 @@ def _shared(call: Callable[..., Any]) -> bool:
     return "<locals>" not in getattr(call, "__qualname__", "<locals>")
 
 
+def _remembered(store: dict[tuple[Any, ...], Any], key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """`store[key]`, made on first use; made every time for a key that cannot be hashed (as FastAPI does)."""
+    try:
+        return store[key]
+    except KeyError:
+        result = store[key] = make()
+        return result
+    except TypeError:
+        return make()
+
+
 def share_route_analysis() -> bool:
     """Install the shared analysis once; False if this FastAPI has none of the functions it wraps (the suite then
     runs as before, only slower, and `tests/test_harness.py` says so)."""
@@ -40,29 +51,19 @@ def share_route_analysis() -> bool:
 
     @functools.wraps(analyse)
     def shared_analyse(*, path: str, call: Callable[..., Any], dependencies: Sequence[params.Depends]) -> Any:
-        key = (path, call, tuple(dependencies))
+        def make() -> Any:
+            return analyse(path=path, call=call, dependencies=dependencies)
         if not _shared(call):
-            return analyse(path=path, call=call, dependencies=dependencies)
-        try:
-            return analysed[key]
-        except KeyError:
-            result = analysed[key] = analyse(path=path, call=call, dependencies=dependencies)
-            return result
-        except TypeError:  # an unhashable dependency: analysed every time, as FastAPI does
-            return analyse(path=path, call=call, dependencies=dependencies)
+            return make()
+        return _remembered(analysed, (path, call, tuple(dependencies)), make)
 
     @functools.wraps(field)
     def shared_field(name: str, type_: Any, *args: Any, **kwargs: Any) -> Any:
-        if args or set(kwargs) - {"mode"}:  # a field with its own default, alias or FieldInfo: not kept
+        def make() -> Any:
             return field(name, type_, *args, **kwargs)
-        key = (name, type_, kwargs.get("mode", "validation"))
-        try:
-            return fields[key]
-        except KeyError:
-            result = fields[key] = field(name, type_, **kwargs)
-            return result
-        except TypeError:
-            return field(name, type_, **kwargs)
+        if args or set(kwargs) - {"mode"}:  # a field with its own default, alias or FieldInfo: not kept
+            return make()
+        return _remembered(fields, (name, type_, kwargs.get("mode", "validation")), make)
 
     shared_analyse.shared_by_tests = True  # type: ignore[attr-defined]
     setattr(routing, _ANALYSE, shared_analyse)
