@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, event, func, make_url
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DataError, InvalidRequestError
+from sqlalchemy.exc import DataError, DBAPIError, InvalidRequestError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -257,6 +257,51 @@ def make_engine(settings: Settings) -> Engine:
                              pool_pre_ping=True, hide_parameters=True, connect_args={"options": options})
     except ValueError as exc:  # a URL SQLAlchemy cannot take apart (a port `54x2`): a traceback in every command
         raise DatabaseConfigError(f"the URL cannot be read: {exc}") from exc
+
+
+def create_database(admin_url: str, prefix: str) -> str:
+    """Create an empty PostgreSQL database with a unique name (tests, `steward bench`); returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, name: str, *, tries: int = 50, wait_s: float = 0.2) -> None:
+    """Drop a database made by `create_database`, ending sessions a test left open.
+
+    `WITH (FORCE)` must signal every other process in the database, and a role that is neither superuser nor in
+    `pg_signal_backend` may not signal an autovacuum worker (it has no role): the drop failed with
+    InsufficientPrivilege whenever autovacuum was visiting the fresh database. A plain DROP asks autovacuum to
+    stop by itself; whichever way is refused is tried again until the process is gone."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            _drop(conn, name, tries, wait_s)
+    finally:
+        admin.dispose()
+
+
+_INSUFFICIENT_PRIVILEGE, _OBJECT_IN_USE = "42501", "55006"
+
+
+def _drop(conn: Any, name: str, tries: int, wait_s: float) -> None:
+    statements = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'DROP DATABASE IF EXISTS "{name}"']
+    for attempt in range(tries):
+        statement = statements[attempt % 2]
+        try:
+            conn.exec_driver_sql(statement)
+            return
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None)
+            if state not in (_INSUFFICIENT_PRIVILEGE, _OBJECT_IN_USE) or attempt == tries - 1:
+                raise
+            log.info("dropping %s waits for another process (%s): %s", name, state, exc.orig)
+            time.sleep(wait_s)
 
 
 def session_scope(engine: Engine) -> Iterator[Session]:

@@ -69,21 +69,14 @@ class Backend:
     """One database for the run: created empty, migrated, seeded, dropped at the end."""
 
     def __init__(self, name: str, url: str, workdir: Path) -> None:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
-
+        from api.db import create_database
         from api.settings import Settings
 
         self.name = name
         self.admin_url = ""
         if name == "postgresql":
             self.admin_url = Settings(database_url=url).resolved_database_url
-            database = f"steward_bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{database}"'))
-            admin.dispose()
-            self.url = make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+            self.url = create_database(self.admin_url, "steward_bench")
         else:
             self.url = f"sqlite:///{workdir / 'steward.db'}"
         self.settings = Settings(database_url=self.url, data_dir=workdir, secret_key=SECRET)
@@ -91,13 +84,11 @@ class Backend:
     def drop(self) -> None:
         if self.name != "postgresql":
             return
-        from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
 
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(self.url).database}" WITH (FORCE)'))
-        admin.dispose()
+        from api.db import drop_database
+
+        drop_database(self.admin_url, str(make_url(self.url).database))
 
 
 def baseline_queries(dialect: str) -> dict[str, str]:

@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from api import migrate
 from api.app import create_app
-from api.db import make_engine
+from api.db import create_database, drop_database, make_engine
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.utils.db import wipe
@@ -36,20 +35,11 @@ def postgres_admin_url() -> str:
 
 def create_postgres_database() -> str:
     """Create an empty, uniquely named database; returns its URL."""
-    name = f"steward_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(postgres_admin_url()).set(database=name).render_as_string(hide_password=False)
+    return create_database(postgres_admin_url(), "steward_test")
 
 
 def drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
-    admin = create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(postgres_admin_url(), str(make_url(url).database))
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

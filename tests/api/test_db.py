@@ -11,11 +11,21 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from api.app import create_app
-from api.db import WAL_AUTOCHECKPOINT_BACKSTOP, WalCheckpointer, make_engine, new_id, sqlite_file
+from api.db import (
+    WAL_AUTOCHECKPOINT_BACKSTOP,
+    WalCheckpointer,
+    _drop,
+    create_database,
+    drop_database,
+    make_engine,
+    new_id,
+    sqlite_file,
+)
 from api.network.models import Station
 from api.notices.sms import LoggingSender
 from api.settings import Settings
@@ -259,3 +269,61 @@ def test_postgresql_sessions_are_in_utc_whatever_the_server_s_time_zone(tmp_path
         engine.dispose()
     finally:
         drop_postgres_database(url)
+
+
+class _Refused(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"refused ({sqlstate})")
+        self.sqlstate = sqlstate
+
+
+class _Admin:
+    """A connection whose first statements are refused the way PostgreSQL refuses them."""
+
+    def __init__(self, *refusals: str) -> None:
+        self.refusals, self.statements = list(refusals), []  # type: list[str], list[str]
+
+    def exec_driver_sql(self, statement: str) -> None:
+        self.statements.append(statement)
+        if self.refusals:
+            raise DBAPIError(statement, None, _Refused(self.refusals.pop(0)))
+
+
+def test_dropping_a_test_database_waits_out_an_autovacuum_worker() -> None:
+    """Regression (CI): `DROP DATABASE ... WITH (FORCE)` by a role outside pg_signal_backend failed with
+    InsufficientPrivilege whenever autovacuum was visiting the database; a plain DROP stops autovacuum itself."""
+    admin = _Admin("42501")
+    _drop(admin, "steward_test_x", tries=5, wait_s=0)
+    assert admin.statements == ['DROP DATABASE IF EXISTS "steward_test_x" WITH (FORCE)',
+                                'DROP DATABASE IF EXISTS "steward_test_x"']
+    busy = _Admin("42501", "55006", "42501")  # autovacuum, then a session of another role, both gone in time
+    _drop(busy, "d", tries=5, wait_s=0)
+    assert busy.statements[2:] == ['DROP DATABASE IF EXISTS "d" WITH (FORCE)', 'DROP DATABASE IF EXISTS "d"']
+
+
+def test_dropping_a_database_gives_up_on_other_errors_and_after_its_tries() -> None:
+    with pytest.raises(DBAPIError, match="42P01"):
+        _drop(_Admin("42P01"), "d", tries=5, wait_s=0)
+    stuck = _Admin(*["55006"] * 3)
+    with pytest.raises(DBAPIError, match="55006"):
+        _drop(stuck, "d", tries=3, wait_s=0)
+    assert len(stuck.statements) == 3
+
+
+def test_a_created_database_is_dropped_with_a_session_still_open_in_it() -> None:
+    from tests.conftest import POSTGRES_URL, postgres_admin_url
+
+    if not POSTGRES_URL:
+        pytest.skip("needs STEWARD_TEST_POSTGRES_URL")
+    url = create_database(postgres_admin_url(), "steward_test")
+    name = make_url(url).database
+    left_open = create_engine(url)
+    conn = left_open.connect()
+    conn.execute(text("SELECT 1"))  # a test that forgot to close its connection
+    drop_database(postgres_admin_url(), str(name))
+    conn.invalidate()  # the server ended it
+    left_open.dispose()
+    check = create_engine(postgres_admin_url())
+    with check.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}).scalar_one() == 0
+    check.dispose()
