@@ -6,8 +6,11 @@ BIN    := $(VENV)/bin
 # environment or .env (default 127.0.0.1:8000), as every other setting.
 HOST   ?=
 PORT   ?=
-# The slowest tests are listed at the end of every run, so a suite that creeps towards CI's time limit shows where.
-PYTEST_ARGS ?= --durations=20
+# The suite runs on PYTEST_WORKERS processes (pytest-xdist; 0 = one process), a test file on one process at a
+# time so its module fixtures are made once. The slowest tests are listed at the end of every run, so a suite
+# that creeps towards CI's time limit shows where.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= --durations=20 -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: run test lint pytest migrate clean
 
