@@ -19,6 +19,7 @@ from api.db import create_database, drop_database, make_engine
 from api.notices.sms import LoggingSender
 from api.settings import Settings
 from tests.utils.db import wipe
+from tests.utils.imports import import_lazy_modules
 from tests.utils.routes import share_route_analysis
 
 POSTGRES_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "")
@@ -26,6 +27,7 @@ BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
 share_route_analysis()  # each test's app would analyse the same routes again (tests/utils/routes.py)
+import_lazy_modules()  # no assertion rewriting of anyio's modules in a request's thread (tests/utils/imports.py)
 
 
 def postgres_admin_url() -> str:

@@ -54,3 +54,17 @@ def test_two_apps_sharing_the_analysis_each_answer_from_their_own_settings(tmp_p
             answers.append(client.get("/api/v1/stations", params={"limit": "8"}, headers=headers).status_code)
         engine.dispose()
     assert answers == [422, 200]
+
+
+def test_anyio_s_lazily_imported_modules_are_loaded_before_any_test() -> None:
+    """Regression (CI): `anyio._core._fileio` was first imported, and rewritten by pytest, in an app's thread
+    during a test's file response, and CPython 3.11 failed to build its AST while another thread built one."""
+    import sys
+
+    from tests.utils.imports import LAZY_PACKAGES
+
+    assert "anyio._core._fileio" in sys.modules
+    for name in LAZY_PACKAGES:
+        package = sys.modules[name]
+        assert dir(package), f"{name} no longer lists lazy names: check tests/utils/imports.py against anyio"
+        assert all(attr in vars(package) for attr in dir(package)), f"{name} still has names to import lazily"
