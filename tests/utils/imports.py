@@ -9,15 +9,12 @@ file response did that once in CI, in the app's thread while another thread pars
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 LAZY_PACKAGES = ("anyio", "anyio.abc")
 
 
-def import_lazy_modules(packages: tuple[str, ...] = LAZY_PACKAGES) -> list[ModuleType]:
-    """Touch every name a lazy package lists, so all its submodules are imported now; returns the packages."""
-    loaded = [importlib.import_module(name) for name in packages]
-    for package in loaded:
+def import_lazy_modules(packages: tuple[str, ...] = LAZY_PACKAGES) -> None:
+    """Touch every name a lazy package lists, so all its submodules are imported now."""
+    for package in map(importlib.import_module, packages):
         for name in dir(package):
             getattr(package, name)
-    return loaded
