@@ -74,6 +74,11 @@ async def get_session(request: Request, engine: Annotated[Engine, Depends(get_en
             yield session
 
 
+# Checks that come before the unknown-parameter check, by route endpoint: the sync protocol's version (an old
+# server must tell a newer app that sends a parameter it does not know to update, not that the parameter is
+# unknown: docs/sync-protocol.md puts the version check first).
+FIRST_CHECKS: dict[Callable[..., object], Callable[[Request], Awaitable[None]]] = {}
+
 _QUERY_NAMES = "_steward_query_names"  # kept on the route: keyed by id(), a collected app's route could lend its id
 
 
@@ -97,6 +102,9 @@ async def known_query_parameters(request: Request) -> None:
         setattr(route, _QUERY_NAMES, names)
     unknown = sorted(set(request.query_params) - names)
     if unknown:
+        first = FIRST_CHECKS.get(route.endpoint)
+        if first is not None:
+            await first(request)
         takes = ", ".join(sorted(names)) or "none"
         raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": None,
                                        "msg": f"Unknown query parameter; this route takes: {takes}"}

@@ -37,6 +37,9 @@ _ID_CHECK = set("Xx叉")
 # 02x) and eight digits, or with a four-digit one (0531) and eight (seven would be one shorter, and is rarer).
 _ID_START = re.compile(r"[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])")
 _RUN_ENDS = ((_ID_START, 18), (_MOBILE_START, 11), (re.compile("0(?:10|2[0-9])"), 11), (re.compile("0[3-9]"), 12))
+# Groups of a number said with pauses, right before a run: digit names or digits, each followed by a comma or
+# an enumeration comma (Whisper's pauses), back to the start of the number.
+_GROUPS_BEFORE = re.compile("(?<![零〇幺一二三四五六七八九0-9])(?:[零〇幺一二三四五六七八九0-9]{2,}[，,、])+$")
 # Words that start with 一 and often follow a number said aloud (五零一一直不热, 我家五零一一点都不热); their
 # 一 is not the number's. Not 一号, 一楼, 一室...: there 一 is a digit of an address.
 _ONE_WORDS = frozenset(
@@ -64,6 +67,14 @@ def _cardinal(numeral: str) -> str | None:
     return str(value)
 
 
+def _groups_before(text: str, end: int) -> str:
+    """The digits of the groups said just before `end` (一三八，零零一三，|八零零零…), as digits; '' if none."""
+    found = _GROUPS_BEFORE.search(text[max(0, end - 40):end])
+    if found is None:
+        return ""
+    return "".join(_DIGITS.get(c, c) for c in found.group(0) if c in _DIGITS or c in "0123456789")
+
+
 def _replace_run(match: re.Match[str]) -> str:
     run = match.group(0)
     following = match.string[match.end():match.end() + 1]
@@ -71,13 +82,20 @@ def _replace_run(match: re.Match[str]) -> str:
     if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
         return run  # 二三四楼: floors two to four
     digits = "".join(str(v) for v in values)
+    # A number said in groups (一三八，零零一三，八零零零三号楼) is the groups before this run and the run: its
+    # end is found from the whole number's start, or the next word's digit stayed on its last group (80003号楼)
+    # and the masking saw no phone number there.
+    before = _groups_before(match.string, match.start())
+    whole = before + digits
     for start, length in _RUN_ENDS:
         # A number said straight into the next words (…七八一直没人接, …六六六六三号楼): its own digits, the
         # rest as spoken, so that it stays a number of its own (and is masked as one). A phone's start run to
         # eighteen digits, or seventeen and an X, is an ID number.
-        if start.match(digits) and length < len(digits) and (
-                length == 18 or (len(digits) < 18 and following not in _ID_CHECK)):
-            return digits[:length] + run[length:]
+        # A last group of fewer than three digits is rather a list (一三五，一三六，一三七，一三八号: buildings).
+        if start.match(whole) and len(before) + 3 <= length < len(whole) and (
+                length == 18 or (len(whole) < 18 and following not in _ID_CHECK)):
+            cut = length - len(before)
+            return digits[:cut] + run[cut:]
     if run[-1] == "一" and run[-1] + following in _ONE_WORDS:
         # 五零一一直不热: the last 一 starts a word (一直, 一点, 一下), it is not the number's last digit.
         return _replace_run_text(run[:-1]) + run[-1]

@@ -25,6 +25,7 @@ from api.settings import Settings
 from api.users.models import User
 from sync import tracking
 from sync.models import Tombstone
+from sync.pull import tombstone_route
 from sync.registry import BY_NAME, SyncTable
 from sync.rules import ConflictEntry, Rejected, only, rules_for, shown, validate
 
@@ -81,7 +82,10 @@ class Context:
         # Strong references: the session's identity map is weak, and a prefetched row that was
         # garbage-collected would be loaded again, one query per mutation.
         self._rows: dict[tuple[str, uuid.UUID], Any] = {}
+        # Deleted rows the batch names: those whose delete the caller's devices receive (rows they could see),
+        # and those of other grids (answered as rows that never existed: an id of another grid stays unknown).
         self._tombstones: set[tuple[str, uuid.UUID]] | None = None
+        self._foreign: set[tuple[str, uuid.UUID]] = set()
         # New rows of append-only tables that no other mutation of the batch names: checked like any
         # create, then held as plain values (`StagedRow`) and written with one INSERT per table by
         # `insert_staged`, not as ORM objects one by one (readings are most of a field day's pushes).
@@ -125,11 +129,10 @@ class Context:
             found = {row.id for row in rows}
             self._rows |= {(name, row.id): row for row in rows}
             self._missing |= {(name, i) for i in chunk if i not in found}
-            if orm:  # only a row the batch writes can meet its own tombstone (`tombstoned`)
-                gone = select(Tombstone.row_id).where(Tombstone.table_name == name,
-                                                      self._among(Tombstone.row_id, chunk))
+            if orm:  # only a row the batch writes can meet its own tombstone (`tombstone`)
                 assert self._tombstones is not None
-                self._tombstones |= {(name, i) for i in self.session.exec(gone).all()}
+                for i, routed in self._gone(name, chunk).items():
+                    (self._tombstones if routed else self._foreign).add((name, i))
             for i in found:
                 self._visible[(name, i)] = i in visible
 
@@ -192,10 +195,22 @@ class Context:
         if self._tombstones is not None:
             self._tombstones.add(key)
 
-    def tombstoned(self, spec: SyncTable, id: uuid.UUID) -> bool:
-        if self._tombstones is not None and ((spec.name, id) in self._tombstones or (spec.name, id) in self._missing):
-            return (spec.name, id) in self._tombstones
-        return self.session.get(Tombstone, (spec.name, id)) is not None
+    def _gone(self, name: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
+        """The tombstones of these ids: each with whether its delete is routed to the caller's devices."""
+        tomb = Tombstone.__table__.c  # type: ignore[attr-defined]
+        routed = literal(True) if self.office else case((tombstone_route(self.user, 0), literal(True)),
+                                                        else_=literal(False))
+        stmt = core_select(tomb.row_id, routed.label("routed")).where(tomb.table_name == name,
+                                                                      self._among(tomb.row_id, ids))
+        return {row.row_id: bool(row.routed) for row in self.session.connection().execute(stmt)}
+
+    def tombstone(self, spec: SyncTable, id: uuid.UUID) -> bool | None:
+        """Whether the row was deleted: True when the caller could see it (its delete reaches their devices),
+        False when it was another grid's row, None when it was not deleted."""
+        key = (spec.name, id)
+        if self._tombstones is not None and (key in self._tombstones or key in self._foreign or key in self._missing):
+            return True if key in self._tombstones else False if key in self._foreign else None
+        return self._gone(spec.name, [id]).get(id)
 
 
 def wanted_rows(mutations: Iterable[tuple[str, uuid.UUID, dict[str, Any]]]
@@ -288,7 +303,14 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         # Deleted on the server: its tombstone says so, or after the retention window purged the tombstone, a
         # full write from a version the device had (a row it never had comes with no base_version). Without
         # the second test, a device back after 30 days offline re-created a row the office had deleted.
-        if ctx.tombstoned(spec, id) or (op == "upsert" and base_version is not None and base_version >= 1):
+        gone = ctx.tombstone(spec, id)
+        if gone is False:
+            # Another grid's deleted row: answered as for its live rows (below), so that no answer or conflict
+            # line tells a steward which ids of other grids existed.
+            if op == "upsert":
+                raise Rejected("already_exists", f"The id {id} is taken by a row outside your scope.")
+            raise Rejected("not_found", f"No {spec.name} row with id {id}.")
+        if gone or (op == "upsert" and base_version is not None and base_version >= 1):
             return Outcome("conflict", None, "deleted", f"This {spec.name} row was deleted on the server; deletes "
                            "win over updates.", [ConflictEntry(None, "deleted", None, fields, "server")])
         if op == "update":
@@ -442,6 +464,11 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
         raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
                        rules.not_deletable)
     rules.may_delete(ctx, row)
+    if base_version is not None and base_version > row.version:
+        # As for an update: a version the row never had (a device whose copy is ahead of a restored database).
+        # Applied, the delete lost the server's row with no line in the conflict log to put it back from.
+        raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
+                                               f"version {row.version}.")
     conflicts = []
     if base_version is not None and not spec.append_only:
         foreign = changed_since(spec, row, base_version, ctx.client_id)

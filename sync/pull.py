@@ -226,7 +226,7 @@ def _scope_keys_after(user_id: Any, kind: str, after: Any, upto: int | None = No
     return stmt.where(ev.seq <= upto) if upto is not None else stmt
 
 
-def _tombstone_route(user: Any, after: Any) -> ColumnElement[bool]:
+def tombstone_route(user: Any, after: Any) -> ColumnElement[bool]:
     """Tombstones a user must receive: rows they could see when deleted (or around a scope change)."""
     if access.is_office(user):
         return true()
@@ -331,7 +331,7 @@ def _tombstone_statement(t: int, dialect: str, role: Role, position: int, mine: 
     """The select of table t's tombstones after a delta position (as `_delta_statement`)."""
     tomb = _columns(Tombstone)
     row_id, _ = wire(tomb.row_id, dialect)
-    route = _tombstone_route(_caller(role), bindparam("delta_seq", type_=tomb.seq.type))
+    route = tombstone_route(_caller(role), bindparam("delta_seq", type_=tomb.seq.type))
     return (select(tomb.seq, row_id)
             .where(tomb.table_name == TABLES[t].name, tomb.seq <= bindparam("delta_head", type_=tomb.seq.type),
                    _position_clause(position, tomb.seq, tomb.row_id), route,

@@ -220,8 +220,11 @@ def push(*, session: Session, settings: Settings, user: User, body: PushRequest)
         try:
             ctx = _context(session, settings, user, body, last, bulk=True)
             pending = _apply(session, ctx, body, last, savepoints=False)
-            ctx.insert_staged(seq)
+            # The session's rows first: a new reading may name a visit created in the same batch (a steward's
+            # visit and the readings taken during it), and its foreign key needs the visit written. The other
+            # way round, that batch, the commonest of a field day, went down the savepoint path every time.
             session.flush()
+            ctx.insert_staged(seq)
             batch.commit()
         except Exception:  # a refused flush, or a mutation that failed: find it with a savepoint per mutation
             batch.rollback()

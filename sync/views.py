@@ -8,14 +8,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.db import reads_without_transaction
-from api.deps import OfficeUser, PageDep, SessionDep, SettingsDep, TokenDep, authenticate
+from api.deps import FIRST_CHECKS, OfficeUser, PageDep, SessionDep, SettingsDep, TokenDep, authenticate
 from api.errors import Conflict, Unprocessable
 from sync import service
 from sync.cursor import InvalidCursor
@@ -116,6 +116,23 @@ async def push(body: Annotated[dict[str, Any], Body()], session: SessionDep, set
         return _json(push_batch(session=session, settings=settings, user=user, body=request))
 
     return await run_in_threadpool(work)
+
+
+async def _version_before_unknown_parameters(request: Request) -> None:
+    """The version check of a pull or push that also names a query parameter this server does not know (a
+    newer app's): refused as `unsupported_version`, not as the unknown parameter (api.deps.known_query_parameters)."""
+    if request.method == "GET":
+        check_version(request.query_params.get("schema_version"))
+        return
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return  # a malformed body gets its own 422
+    if isinstance(body, dict):
+        check_version(body.get("schema_version"))
+
+
+FIRST_CHECKS[pull] = FIRST_CHECKS[push] = _version_before_unknown_parameters
 
 
 @router.get("/conflicts", response_model=ConflictsPublic)

@@ -135,6 +135,10 @@ def test_a_mobile_split_between_segments_one_side_still_spoken() -> None:
     ("我家电话零五三一八八八八六六六六三号楼二单元", "我家电话0531****6666三号楼2单元"),
     ("身份证三七零一零二一九八五零七一五一二三四三号楼", "身份证370102***********4三号楼"),
     ("电话一三八一二三四五六七八三号楼", "电话138****5678三号楼"),
+    # Regression (review): said in groups, the last group took the address's digit (80003号楼) and was shown.
+    ("请回电一三八，零零一三，八零零零三号楼二单元", "请回电138，****，8000三号楼2单元"),
+    ("我电话是零五三一，八八八八，六六六六三号楼", "我电话是0531，****，6666三号楼"),
+    ("身份证三七零一零二，一九八五，零七一五，一二三四五号楼", "身份证370102，****，****，***4五号楼"),
 ])
 def test_a_number_said_into_an_address_is_masked_as_stewards_read_it(heard: str, shown: str) -> None:
     """Regression (review): the worker stores Whisper's text after the pipeline's clean-up, which wrote a

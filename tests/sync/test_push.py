@@ -21,6 +21,7 @@ from sqlmodel import Session, func, select
 from api.fieldwork.models import Reading, Visit
 from api.notes.models import Note, TranscriptStatus
 from api.work_orders.models import Status, WorkOrder, WorkOrderEvent
+from sync import push as push_module
 from sync import rules
 from sync.models import SyncConflict
 from tests.sync.conftest import District, server_rows
@@ -260,6 +261,19 @@ def test_an_unsupported_version_is_refused_before_anything_else(client: TestClie
         response = client.get("/api/v1/sync/pull", params=params, headers=headers)
         assert response.status_code == 409, params
         assert response.json()["detail"]["code"] == "unsupported_version"
+    # Regression: a query parameter this server does not know (a newer app's) was refused first, 422
+    # `validation_error`, so the app never learnt that it speaks a newer version.
+    newer = {"schema_version": "2", "tables": "visits"}
+    assert_error(client.get("/api/v1/sync/pull", params=newer, headers=headers), 409, "unsupported_version")
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 2, "mutations": []}
+    assert_error(client.post("/api/v1/sync/push", params={"compact": "1"}, json=body, headers=headers), 409,
+                 "unsupported_version")
+    # With the version it speaks, the unknown parameter is still named.
+    known = {"schema_version": "1", "tables": "visits"}
+    assert_error(client.get("/api/v1/sync/pull", params=known, headers=headers), 422, "validation_error")
+    body["schema_version"] = 1
+    assert_error(client.post("/api/v1/sync/push", params={"compact": "1"}, json=body, headers=headers), 422,
+                 "validation_error")
 
 
 @pytest.mark.parametrize(("params", "status", "code"), [
@@ -442,6 +456,33 @@ def test_deleting_a_visit_clears_its_links_and_devices_learn_it(
     assert other.rows["readings"][reading]["visit_id"] is None
     assert d.rows["readings"][reading]["visit_id"] is None  # a server side effect reaches the author too
     assert d.rows == server_rows(client, district.headers(district.steward1))
+
+
+def test_a_deleted_row_of_another_grid_is_answered_as_one_that_never_existed(
+        client: TestClient, district: District, engine: Engine) -> None:
+    """Regression (review): an update of another grid's deleted row was answered `conflict` / `deleted`, and a
+    conflict line written under the steward's name, where an unknown id is `not_found`: the answer told which
+    ids of other grids had existed."""
+    def push(user: Any, mutations: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        body = {"schema_version": 1, "client_id": str(uuid.uuid4()), "mutations": mutations}
+        return _statuses(client.post("/api/v1/sync/push", json=body, headers=district.headers(user)).json())
+
+    gone = str(uuid.uuid4())
+    assert push(district.steward2, [
+        {"mutation_id": 1, "table": "visits", "op": "upsert", "id": gone,
+         "fields": {"household_id": str(district.h2a.id), "arrived_at": T0}},
+        {"mutation_id": 2, "table": "visits", "op": "delete", "id": gone}]) == [("applied", None)] * 2
+    update = {"table": "visits", "op": "update", "base_version": 1, "fields": {"actions": "x"}}
+    never = str(uuid.uuid4())
+    assert push(district.steward1, [{"mutation_id": 1, "id": gone, **update},
+                                    {"mutation_id": 2, "id": never, **update}]) == [("rejected", "not_found")] * 2
+    # As for a live row of another grid: the id is taken.
+    create = {"table": "visits", "op": "upsert", "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}}
+    assert push(district.steward1, [{"mutation_id": 1, "id": gone, **create}]) == [("rejected", "already_exists")]
+    assert _count(engine, SyncConflict) == 0
+    # Whoever could see the row is still told it was deleted: its grid's steward, and the office.
+    for user in (district.steward2, district.supervisor):
+        assert push(user, [{"mutation_id": 1, "id": gone, **update}]) == [("conflict", "deleted")]
 
 
 def test_a_link_a_visit_delete_cleared_is_the_servers_write_not_the_devices(
@@ -765,8 +806,12 @@ def test_one_base_version_out_of_range_rejects_that_mutation_only(district: Dist
     # `deleted` conflict line (a 32-bit column): `rejected` / `constraint`. No row ever had that version.
     bad.append({"mutation_id": 7, "table": "visits", "op": "upsert", "id": str(uuid.uuid4()),
                 "base_version": 3_000_000_000, "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}})
+    # Regression: a delete from a version newer than the server's (a device ahead of a restored database) was
+    # applied, with no line in the conflict log to put the row back from; an update from it was refused.
+    assert district.visit1.version == 1
+    bad.append({"mutation_id": 8, "table": "visits", "op": "delete", "id": str(district.visit1.id), "base_version": 5})
     answer = d.send(d.push_body(d.queue + bad))
-    assert _statuses(answer) == [("applied", None)] + [("rejected", "invalid_base_version")] * 6
+    assert _statuses(answer) == [("applied", None)] + [("rejected", "invalid_base_version")] * 7
     assert session.get(Reading, uuid.UUID(reading)) is not None
     assert session.get(Visit, district.visit1.id) is not None
 
@@ -965,6 +1010,32 @@ def test_new_readings_written_in_bulk_carry_the_sequence_and_their_device(
     assert set(made) <= set(neighbour.rows["readings"]) and gone not in neighbour.rows["readings"]
     assert visit not in neighbour.rows["visits"]
     assert neighbour.rows["readings"] == server_rows(client, district.headers(district.steward1))["readings"]
+
+
+def test_a_new_visit_and_the_readings_taken_during_it_apply_in_one_pass(
+        district: District, device: Callable[..., Device], engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the bulk insert of new readings ran before the session's rows were flushed, so a reading
+    # naming a visit of the same batch failed its foreign key and the whole batch was redone with a savepoint
+    # per mutation (the answers were right, the change-sequence lock was held about three times as long).
+    passes: list[bool] = []
+    apply = push_module._apply
+
+    def counted(*args: Any, savepoints: bool, **kwargs: Any) -> Any:
+        passes.append(savepoints)
+        return apply(*args, savepoints=savepoints, **kwargs)
+
+    monkeypatch.setattr(push_module, "_apply", counted)
+    d = device(district.steward1)
+    d.pull()
+    visit = d.create("visits", household_id=str(district.h1a.id), arrived_at=T0, actions="bled the radiator")
+    made = [d.create("readings", household_id=str(district.h1a.id), visit_id=visit, taken_at=T0, temp_c=17 + n)
+            for n in range(3)]
+    answer = d.push()
+    assert [r["status"] for r in answer["results"]] == ["applied"] * 4
+    assert passes == [False]  # the fast path alone, no savepoint pass
+    with Session(engine) as s:
+        rows = s.exec(select(Reading).where(Reading.id.in_([uuid.UUID(i) for i in made]))).all()  # type: ignore[attr-defined]
+        assert {str(r.visit_id) for r in rows} == {visit} and len(rows) == 3
 
 
 def test_a_rule_that_refuses_after_changing_the_row_rejects_only_that_mutation(
