@@ -145,6 +145,30 @@ def redact_joined(parts: list[str], separator: str) -> str:
     return _apply(text, hidden)
 
 
+def hidden_digits(original: str, masked: str) -> set[str]:
+    """The digit strings `masked` hides of `original` (the same text masked in place): each run of asterisks,
+    as digits (spoken digit names too), e.g. {"0013"} for 138 0013 8000 -> 138 **** 8000; three digits or more."""
+    folded = original.translate(_FOLD_SPOKEN)
+    runs = {"".join(c for c in folded[m.start():m.end()] if c.isdigit())
+            for m in re.finditer(r"\*+", masked) if "*" not in original[m.start():m.end()]}
+    return {digits for digits in runs if len(digits) >= 3}  # shorter pieces would hide every 1 or 13 of a text
+
+
+def hide_digits(text: str, hidden: set[str]) -> str:
+    """`text` with every occurrence of one of the `hidden` digit strings (written or spoken) masked too: an edit
+    history must hide what any version of the text hid, although the version at hand may not read as a number
+    (a mobile moved between two segments one save at a time)."""
+    if not hidden:
+        return text
+    folded = text.translate(_FOLD_SPOKEN)
+    out = list(text)
+    for digits in hidden:
+        for match in re.finditer(re.escape(digits), folded):
+            for i in range(*match.span()):
+                out[i] = "*"
+    return "".join(out)
+
+
 def redact_for(user: User, text: str) -> str:
     """`text` as this user may read it."""
     return text if can_view_pii(user) else redact_text(text)

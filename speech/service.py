@@ -40,7 +40,16 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.pipeline import join_segments, segment_separator
-from speech.redact import MASKING_RULES, can_view_pii, redact_joined, redact_parts, redact_phone, redact_text
+from speech.redact import (
+    MASKING_RULES,
+    can_view_pii,
+    hidden_digits,
+    hide_digits,
+    redact_joined,
+    redact_parts,
+    redact_phone,
+    redact_text,
+)
 from speech.search import search_clause
 from speech.storage import add_audio, probe_duration, remove_audio
 from speech.text import half_width, to_simplified
@@ -333,15 +342,20 @@ def present_revisions(*, session: Session, user: User, transcript: Transcript) -
         return [RevisionPublic.model_validate(r, from_attributes=True) for r in rows]
     # Walk back from the current texts, undoing one revision at a time, to the texts each one edited.
     texts = [s["text"] for s in transcript.segments]
-    out = []
+    steps = []
     for row in reversed(rows):
         after = _Segments(transcript, list(texts))
         for change in reversed(row.changes):
             if 0 <= change["index"] < len(texts):
                 texts[change["index"]] = change["before"]
-        before = _Segments(transcript, list(texts))
-        changes = [c | {"before": before.shown(c["index"], c["before"]), "after": after.shown(c["index"], c["after"])}
-                   for c in row.changes]
+        steps.append((row, _Segments(transcript, list(texts)), after))
+    # What any version hid stays hidden in every other: a mobile moved between two segments one save at a time
+    # did not read as a number in between, and the history gave its middle digits back.
+    hidden: set[str] = set().union(*(seg.hidden for _, before, after in steps for seg in (before, after)))
+    out = []
+    for row, before, after in steps:
+        changes = [c | {"before": hide_digits(before.shown(c["index"], c["before"]), hidden),
+                        "after": hide_digits(after.shown(c["index"], c["after"]), hidden)} for c in row.changes]
         out.append(RevisionPublic(revision=row.revision, user_id=row.user_id, at=row.at, changes=changes))
     return out[::-1]
 
@@ -352,6 +366,7 @@ class _Segments:
     def __init__(self, transcript: Transcript, texts: list[str]) -> None:
         self.transcript, self.texts = transcript, texts
         self.masked = _redact_segments(texts, transcript)
+        self.hidden: set[str] = set().union(*(hidden_digits(t, m) for t, m in zip(texts, self.masked, strict=True)))
 
     def shown(self, index: int, text: str) -> str:
         """`text` masked as segment `index` among the others (a history that does not match, such as two

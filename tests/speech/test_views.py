@@ -406,6 +406,27 @@ def test_a_number_split_between_segments_is_masked_in_segments_and_history(api: 
         "请回电139", "0013 8001。"]
 
 
+def test_a_number_moved_between_segments_one_save_at_a_time_stays_masked_in_the_history(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): each history entry was masked as the transcript read at that revision. A mobile split
+    between two segments, moved into one segment one save at a time, read as no number in between, and the
+    steward's history gave both halves back (138 in one entry, 0013 8000 in the next)."""
+    t = make_transcript(session, world.steward_a, "请回电138", "0013 8000。", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    for index, text in ((0, "请回电"), (1, "138 0013 8000。")):
+        r = api.patch(f"/api/v1/transcripts/{t.id}", headers=supervisor,
+                      json={"segments": [{"index": index, "text": text}]})
+        assert r.status_code == 200, r.text
+    assert api.get(f"/api/v1/transcripts/{t.id}", headers=steward).json()["text"] == "请回电138 **** 8000。"
+    history = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=steward).json()
+    assert [h["changes"] for h in history] == [
+        [{"index": 0, "before": "请回电138", "after": "请回电"}],
+        [{"index": 1, "before": "**** 8000。", "after": "138 **** 8000。"}]]
+    assert "0013" not in str(history)
+    unmasked = api.get(f"/api/v1/transcripts/{t.id}/revisions", headers=supervisor).json()
+    assert unmasked[1]["changes"][0]["before"] == "0013 8000。"
+
+
 def test_a_number_running_into_the_next_segments_digits_is_masked_for_a_steward(api: TestClient, world: World,
                                                                                 session: Session) -> None:
     """Regression: the text was masked as one string, where 13800138000 then 3号楼 read as a 12-digit run that
