@@ -111,21 +111,20 @@ class Context:
         name = spec.name
         # Else SQLite may answer the visibility from its own indexes (the whole grid) rather than test the
         # rows' values: behind a CASE it is only a value.
-        shown_ = literal(True) if self.office else case((spec.visible(self.user), literal(True)), else_=literal(False))
+        may_see = literal(True) if self.office else case((spec.visible(self.user), literal(True)), else_=literal(False))
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             if orm:
                 pairs: Sequence[Any] = self.session.exec(
-                    select(spec.model, shown_.label("sync_visible")).where(self._among(spec.model.id, chunk))).all()
+                    select(spec.model, may_see.label("sync_visible")).where(self._among(spec.model.id, chunk))).all()
                 rows: list[Any] = [row for row, _ in pairs]
                 visible = {row.id for row, ok in pairs if ok}
             else:
                 # The row's columns and the visibility flag; rules read the columns by name.
-                found_rows = self.session.connection().execute(
-                    core_select(spec.table, shown_.label("sync_visible")).where(
-                        self._among(spec.table.c.id, chunk))).all()
-                rows = list(found_rows)
-                visible = {row.id for row in found_rows if row.sync_visible}
+                rows = list(self.session.connection().execute(
+                    core_select(spec.table, may_see.label("sync_visible")).where(
+                        self._among(spec.table.c.id, chunk))))
+                visible = {row.id for row in rows if row.sync_visible}
             found = {row.id for row in rows}
             self._rows |= {(name, row.id): row for row in rows}
             self._missing |= {(name, i) for i in chunk if i not in found}
