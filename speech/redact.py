@@ -16,7 +16,7 @@ from api.users.models import Role, User
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 # The rules' edition: change it with any rule, and `steward db upgrade` rewrites the masked copies stored under
 # the old ones (`speech.service.remask_stored_copies`).
-MASKING_RULES = 2
+MASKING_RULES = 3
 
 _SEP = r"[ \-,、]?"  # a dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000
 # An ID number is printed 6-8-4 and dictated 6-4-4-4 (370102，1985，0715，1234): both are read.
@@ -38,6 +38,10 @@ _LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_LSEP}\(?0?{_AREA}\)?|\(?0{_A
                        rf"{_LSEP}[0-9]{{4}}(?![0-9])")
 # In this order: an ID number holds what looks like a phone number.
 _RULES = (_ID_NUMBER, _MOBILE, _MOBILE_434, _LANDLINE)
+# Two or more mobiles said straight one after the other with no pause (a caller giving theirs and a
+# relative's) come out as one run of 22, 33... digits, which no rule above takes; each 11 is masked as a mobile.
+_MOBILE_RUN = re.compile(r"(?<![0-9])(?:1[3-9][0-9]{9}){2,}(?![0-9])")
+_MOBILE_MIDDLE = range(3, 7)  # a mobile's hidden digits, counted from its first
 # The same rules without the check that no digit follows, for the look at digit names: there a number may run
 # straight into a word that starts with one (一三八…七八一直没人接, …三号楼), which is not a further digit.
 _TAIL = re.compile(r"\(\?!\[0-9(?:A-Za-z)?\]\)$")
@@ -73,6 +77,11 @@ def _masked(folded: str, spoken: set[int] | None = None) -> set[int]:
     (the 一 of 一直 is not a twelfth digit of the mobile before it)."""
     work = list(folded)
     hidden: set[int] = set()
+    for match in _MOBILE_RUN.finditer(folded):  # first: a mobile rule would take the run's first 11 (spoken)
+        for first in range(match.start(), match.end(), 11):
+            for i in _MOBILE_MIDDLE:
+                work[first + i] = "*"
+                hidden.add(first + i)
     for rule, open_ended in zip(_RULES, _OPEN_ENDED, strict=True):
         current = "".join(work)  # what earlier rules hid is no longer a digit
         matches = list(rule.finditer(current))

@@ -36,6 +36,10 @@ from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts,
     ("身份证37010219850715123叉", "身份证370102***********叉"),
     ("座机0531，8888，6666", "座机0531，****，6666"),
     ("座机0531，88886666", "座机0531，****6666"),
+    # Regression: two mobiles said with no pause between them (a 22-digit run) were shown whole.
+    ("两个号码1380013800013912345678找谁都行", "两个号码138****8000139****5678找谁都行"),
+    ("号码138001380001391234567815012345678。", "号码138****8000139****5678150****5678。"),
+    ("一三八零零一三八零零零一三九一二三四五六七八", "一三八****八零零零一三九****五六七八"),
 ])
 def test_personal_numbers_are_masked(text: str, masked: str) -> None:
     assert redact_text(text) == masked
@@ -44,7 +48,9 @@ def test_personal_numbers_are_masked(text: str, masked: str) -> None:
 
 @pytest.mark.parametrize("text", ["工单号2025110803", "3号楼2单元501室", "温度16度", "热线96133",
                                   "3号楼0401、0402、0501都不热",  # a list of rooms read out, not a landline
-                                  "12345678901234567890", "１２３４５６７８９０１２３４５６７８９", "工单号００１２３"])
+                                  "12345678901234567890", "１２３４５６７８９０１２３４５６７８９",
+                                  "13800138000139123456781",  # 23 digits: not two mobiles
+                                  "工单号００１２３"])
 def test_other_numbers_stay(text: str) -> None:
     assert redact_text(text) == text
 
