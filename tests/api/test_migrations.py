@@ -16,7 +16,7 @@ from sqlmodel import Session, col, func, select
 from api import demo, migrate
 from api.db import make_engine
 from api.fieldwork.models import Visit
-from api.network.models import Building, Household, Station
+from api.network.models import Building, BuildingPublic, Household, HouseholdPublic, Station, StationPublic
 from api.notes.models import Note
 from api.notices import service as notices
 from api.notices.models import Notice, NoticeTarget
@@ -210,6 +210,34 @@ def test_0014_cleans_the_names_stored_before_input_was_cleaned(empty_engine: Eng
         assert (h.unit, h.room, h.resident_name) == ("1", "501", "张三")
         assert h.version == 2 and h.seq == seq_before + 1
         assert (a.room, a.version, twin.room) == ("６０２", 1, "602")  # two rows for one flat: left for the office
+
+
+def test_0014_leaves_a_required_name_that_would_clean_to_nothing(empty_engine: Engine) -> None:
+    """Regression: a unit typed as a lone full-width space (or a station named by a zero-width space) became
+    `""`, which the API's own models refuse: every list holding the row answered 500. Such rows stay as
+    stored, for the office to correct."""
+    migrate.upgrade(empty_engine, "0013")
+    with Session(empty_engine, expire_on_commit=False) as session:
+        station = Station(code="HS-OLD-02", name="\u200b", district="历下区 ")
+        session.add(station)
+        session.flush()
+        building = Building(station_id=station.id, community="旧改小区", number="\u3000")
+        session.add(building)
+        session.flush()
+        household = Household(building_id=building.id, unit="\u3000", room="１０１", area_m2=80)
+        session.add(household)
+        session.commit()
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        s, b, h = (session.get(model, row.id) for model, row in
+                   ((Station, station), (Building, building), (Household, household)))
+        assert s is not None and b is not None and h is not None
+        assert (s.name, s.district, s.version) == ("\u200b", "历下区 ", 1)
+        assert (b.number, b.version) == ("\u3000", 1)
+        assert (h.unit, h.room, h.version) == ("\u3000", "１０１", 1)
+        StationPublic.model_validate(s)  # what the API answers with: it would refuse an empty name or unit
+        BuildingPublic.model_validate(b)
+        HouseholdPublic.model_validate(h)
 
 
 def test_0013_is_not_undone_while_visits_name_photos(empty_engine: Engine) -> None:

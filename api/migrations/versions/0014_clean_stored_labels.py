@@ -14,7 +14,10 @@ that the next pull brings them to every device.
 
 A row whose cleaned key would equal another row's (`１`/`501 ` beside `1`/`501` in one building: two rows for
 one flat, made before the cleaning) is left as it is, and the upgrade logs how many and their ids: the office
-merges them by hand (move the work orders and visits to one, then correct the other's room).
+merges them by hand (move the work orders and visits to one, then correct the other's room). So is a row
+whose required name or number would clean to nothing (a unit typed as a lone full-width space, `\u3000`):
+the API refuses an empty one, and every list holding the row would fail; the office corrects it. (Until
+2026-12-04 this migration wrote the empty value; no release carried that version.)
 """
 import logging
 import unicodedata
@@ -32,10 +35,10 @@ depends_on: str | Sequence[str] | None = None
 
 log = logging.getLogger("alembic.runtime.migration")
 
-# table, the columns cleaned, the columns of its unique key (None: no key)
-TABLES = (("stations", ("code", "name", "district"), ("code",)),
-          ("buildings", ("community", "number"), ("community", "number")),
-          ("households", ("unit", "room", "resident_name"), ("building_id", "unit", "room")))
+# table, the columns cleaned, the columns of its unique key (None: no key), the columns that may not be empty
+TABLES = (("stations", ("code", "name", "district"), ("code",), ("code", "name")),
+          ("buildings", ("community", "number"), ("community", "number"), ("community", "number")),
+          ("households", ("unit", "room", "resident_name"), ("building_id", "unit", "room"), ("unit", "room")))
 
 
 def _clean(value: str | None) -> str | None:
@@ -50,22 +53,27 @@ def upgrade() -> None:
     bind = op.get_bind()
     now = datetime.now(UTC)
     seq = None
-    for table, columns, key in TABLES:
+    for table, columns, key, required in TABLES:
         names = sorted({"id", *columns, *key})
         rows = [dict(r._mapping) for r in bind.execute(sa.text(f"SELECT {', '.join(names)} FROM {table}"))]
         cleaned = [{**row, **{c: _clean(row[c]) for c in columns}} for row in rows]
         keys = Counter(tuple(c[k] for k in key) for c in cleaned)
-        changed, kept = [], []
+        changed, kept, blank = [], [], []
         for row, new in zip(rows, cleaned, strict=True):
             if all(new[c] == row[c] for c in columns):
                 continue
-            if keys[tuple(new[k] for k in key)] > 1:
+            if any(not new[c] for c in required):
+                blank.append(row["id"])
+            elif keys[tuple(new[k] for k in key)] > 1:
                 kept.append(row["id"])
             else:
                 changed.append(new)
         if kept:
             log.warning("%s: %d rows left as stored: cleaned, each would equal another row's %s (merge them by "
                         "hand): %s", table, len(kept), "/".join(key), ", ".join(str(i) for i in kept[:50]))
+        if blank:
+            log.warning("%s: %d rows left as stored: cleaned, their %s would be empty (correct them by hand): %s",
+                        table, len(blank), "/".join(required), ", ".join(str(i) for i in blank[:50]))
         if not changed:
             continue
         if seq is None:  # one change sequence number for every row this migration writes, as 0012
