@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.schemas import HOTLINE_PATTERN
+
 DEMO_PASSWORD = "steward-demo"  # printed in README.md: refused outside dev mode
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-before-production"
 PRIORITIES = ("urgent", "high", "normal", "low")
@@ -79,7 +81,8 @@ class Settings(BaseSettings):
     demo_password: str = Field(DEMO_PASSWORD, min_length=8, description="Password of the demo users (outside dev "
                                "mode it must be changed from the published default).")
     timezone: str = Field("Asia/Shanghai", description="Local time zone for resident-facing text.")
-    service_phone: str = Field("96133", description="Hotline number printed in resident notices.")
+    service_phone: str = Field("96133", max_length=20, pattern=HOTLINE_PATTERN,
+                               description="Hotline number printed in resident notices.")
     sms_sender: Literal["log", "http"] = Field("log", description="Which SMS sender notices and campaigns use: "
                                                                   "`log` (writes to the log) or `http` (a gateway).")
     sms_http_url: str = Field("", description="`http` sender: the gateway URL that takes a JSON POST per message.")

@@ -43,10 +43,14 @@ def test_production_refuses_the_demo_accounts() -> None:
                                              ("jwt_algorithm", "none"), ("timezone", "Mars/Base"),
                                              # every call failed at connect as the client's invalid_sdp:
                                              ("video_ice_servers", "stun:stun.example.cn:3478?transport=udp"),
-                                             ("video_ice_servers", "turn.example.cn:3478")])
+                                             ("video_ice_servers", "turn.example.cn:3478"),
+                                             # every notice made without its own number answered 500:
+                                             ("service_phone", "0531-96133 转 8001 (24h)"),
+                                             ("service_phone", "")])
 def test_values_that_would_fail_at_first_use_are_refused_at_start(name: str, value: str) -> None:
     """Regression: each was accepted, then failed later: uvicorn's traceback (log level), a 500 on every
-    sign-in (an asymmetric or `none` algorithm with a shared secret), a 500 on the first notice (zone)."""
+    sign-in (an asymmetric or `none` algorithm with a shared secret), a 500 on the first notice (zone, or a
+    hotline number a notice may not print)."""
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
 
