@@ -147,16 +147,17 @@ def _ending(value: str, suffixes: tuple[str, ...], add: str) -> str:
 def building_text(building: Building) -> str:
     """A building as residents write it (燕子山小区3号楼), its number's word added only when not typed."""
     community, number = (str(clean_label(v)) for v in (building.community, building.number))
-    return f"{community}{_ending(number, ('号楼', '栋', '幢', '座', '楼'), '号楼')}"
+    return f"{community}{_ending(number, BUILDING_WORDS, '号楼')}"
 
 
+BUILDING_WORDS = ("号楼", "栋", "幢", "座", "楼")  # 号楼 before 楼: 7号楼 is 7 bare
 UNIT_WORDS = ("单元", "门")
 ROOM_WORDS = ("室", "号", "户")
 
 
 def spellings(value: str, words: tuple[str, ...]) -> list[str]:
-    """The ways one unit or room is typed: bare and with each of its words (2, 2单元, 2门), so that a lookup of
-    one flat finds it however it was entered; `address_text` reads them all as one."""
+    """The ways one building number, unit or room is typed: bare and with each of its words (2, 2单元, 2门), so
+    that a lookup finds it however it was entered; `building_text` and `address_text` read them all as one."""
     bare = next((value[:-len(w)] for w in words if value.endswith(w) and len(value) > len(w)), value)
     return [bare, *(bare + w for w in words)]
 

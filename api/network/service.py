@@ -12,6 +12,7 @@ from api.db import folded, lock_for_update, refuse_taken_id
 from api.deps import Page
 from api.errors import Conflict, NotFound
 from api.network.models import (
+    BUILDING_WORDS,
     ROOM_WORDS,
     UNIT_WORDS,
     Building,
@@ -81,13 +82,19 @@ def create_building(*, session: Session, data: BuildingCreate) -> Building:
     """Add a building fed by an existing station; community + number is unique."""
     refuse_taken_id(session, Building, data.id, "building")
     get_station(session=session, id=data.station_id)
-    _check_unique(session, select(Building).where(Building.community == data.community,
-                                                  Building.number == data.number),
+    _check_unique(session, _same_building(data.community, data.number),
                   f"Building {data.community} {data.number} already exists.")
     building = Building.model_validate(data.model_dump(exclude_none=True))
     session.add(building)
     session.commit()
     return building
+
+
+def _same_building(community: str, number: str) -> Any:
+    """The buildings of the community with this number however it was typed: 7, 7号楼 and 7栋 are one building
+    (燕子山小区7号楼 in every SMS and work order)."""
+    return select(Building).where(Building.community == community,
+                                  col(Building.number).in_(spellings(number, BUILDING_WORDS)))
 
 
 def get_building(*, session: Session, user: User, id: uuid.UUID) -> Building:
@@ -104,8 +111,8 @@ def update_building(*, session: Session, building: Building, data: BuildingUpdat
         get_station(session=session, id=changes["station_id"])
     community = changes.get("community", building.community)
     number = changes.get("number", building.number)
-    _check_unique(session, select(Building).where(Building.community == community, Building.number == number),
-                  f"Building {community} {number} already exists.", exclude=building.id)
+    _check_unique(session, _same_building(community, number), f"Building {community} {number} already exists.",
+                  exclude=building.id)
     building.sqlmodel_update(changes)
     session.add(building)
     session.commit()
@@ -189,5 +196,5 @@ def list_households(*, session: Session, user: User, page: Page, building_id: uu
         phone = func.replace(func.replace(col(Household.phone), "-", ""), " ", "")
         stmt = stmt.where(folded(session, col(Household.resident_name)).icontains(q.lower(), autoescape=True)
                           | phone.contains(q.replace("-", "").replace(" ", "") or q, autoescape=True)
-                          | (Household.room == q))
+                          | col(Household.room).in_(spellings(q, ROOM_WORDS)))
     return access.paged(session, stmt, page, Household.building_id, Household.unit, Household.room)

@@ -383,6 +383,45 @@ def test_one_flat_typed_with_and_without_its_words_is_one_household(client: Test
     assert same.status_code == 200 and same.json()["room"] == "502"  # its own flat, typed another way
 
 
+def test_one_building_typed_with_and_without_its_word_is_one_building(client: TestClient, session: Session,
+                                                                     world: World) -> None:
+    """Regression (review): 7, 7号楼 and ７栋 in one community were accepted as three buildings, each printed
+    燕子山小区7号楼 (or 7栋) in every SMS and work order."""
+    office = world.headers(world.supervisor)
+    body = {"station_id": str(world.station.id), "community": "燕子山小区", "number": "7"}
+    first = client.post(f"{API}/buildings", json=body, headers=office)
+    assert first.status_code == 201, first.text
+    before = db_state(session)
+    for number in ("7号楼", "７栋", "7幢", "7座", "7楼"):
+        assert_error(client.post(f"{API}/buildings", json=body | {"number": number}, headers=office),
+                     409, "already_exists")
+    assert db_state(session) == before
+    other = client.post(f"{API}/buildings", json=body | {"number": "8号楼"}, headers=office)
+    assert other.status_code == 201, other.text
+    assert_error(client.patch(f"{API}/buildings/{other.json()['id']}", json={"number": "7栋"}, headers=office),
+                 409, "already_exists")
+    same = client.patch(f"{API}/buildings/{other.json()['id']}", json={"number": "8"}, headers=office)
+    assert same.status_code == 200 and same.json()["number"] == "8"  # its own number, typed another way
+    elsewhere = client.post(f"{API}/buildings", json=body | {"community": "山大南路小区", "number": "7号楼"},
+                            headers=office)
+    assert elsewhere.status_code == 201, elsewhere.text  # another community's 7号楼
+
+
+def test_a_room_is_found_however_its_word_was_typed(client: TestClient, session: Session, world: World) -> None:
+    """Regression (review): a household stored as 601室 was found by `q=601室` only, not by `q=601` or `q=601号`,
+    though the uniqueness check already read them as one flat."""
+    office = world.headers(world.supervisor)
+    building = make_building(session, world.station, community="千佛山小区")
+    body = {"building_id": str(building.id), "unit": "2单元", "room": "601室", "resident_name": "钱", "area_m2": 80}
+    created = client.post(f"{API}/households", json=body, headers=office)
+    assert created.status_code == 201, created.text
+    for q in ("601", "601室", "601号", "６０１"):
+        r = client.get(f"{API}/households", params={"q": q, "building_id": str(building.id)}, headers=office)
+        assert r.status_code == 200 and [h["id"] for h in r.json()["data"]] == [created.json()["id"]], (q, r.text)
+    r = client.get(f"{API}/households", params={"q": "60", "building_id": str(building.id)}, headers=office)
+    assert r.json()["data"] == []
+
+
 def test_two_spellings_of_one_flat_created_at_once_make_one_household(
         client: TestClient, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (review): the spelling check is not a constraint, so a create checked while another one of
