@@ -131,9 +131,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict) and "code" in exc.detail:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI reports a body that is not UTF-8 as a generic parse error; it is malformed JSON.
-            return JSONResponse(error_body("malformed_json", "The request body is not valid UTF-8 JSON."), 400)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
+            # FastAPI reports a body that is not UTF-8, or nested deeper than the JSON parser goes, as a generic
+            # parse error; it is malformed JSON.
+            return JSONResponse(error_body("malformed_json", "The request body is not valid JSON: not UTF-8, or "
+                                           "nested too deeply."), 400)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 

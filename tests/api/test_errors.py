@@ -63,6 +63,17 @@ def test_a_body_that_is_not_utf8_is_malformed_json(client: TestClient, session: 
     assert count_rows(session, Station) == 1
 
 
+@pytest.mark.parametrize(("method", "path", "who"), [*BODY_ROUTES, ("POST", "/sync/push", "steward_a")])
+def test_a_body_nested_too_deeply_is_malformed_json(client: TestClient, session: Session, world: World,
+                                                    method: str, path: str, who: str) -> None:
+    """Regression (review): the JSON parser's RecursionError came out as 400 `bad_request`."""
+    before = db_state(session)
+    headers = world.headers(getattr(world, who)) | {"content-type": "application/json"}
+    for raw in (b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+        assert_error(client.request(method, f"{API}{path}", content=raw, headers=headers), 400, "malformed_json")
+    assert db_state(session) == before
+
+
 def test_a_body_that_is_json_but_not_an_object_is_422(client: TestClient, world: World) -> None:
     for raw in (b"[]", b'"station"', b"42", b"null"):
         r = client.post(f"{API}/stations", content=raw, headers=world.headers(world.supervisor)
