@@ -142,6 +142,9 @@ def authenticate(session: Session, settings: Settings, token: str | None, *, rel
         session.commit()
     if user is None or not user.active:
         raise Unauthorized("This account no longer exists or is disabled.", code="inactive_user")
+    if claims.get("ep", 0) != user.token_epoch:  # tokens signed before 0017 carry none: epoch 0
+        raise Unauthorized("This sign-in has ended: the password was changed or the account was disabled since. "
+                           "Sign in again.", code="token_revoked")
     return user
 
 

@@ -38,11 +38,12 @@ def needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
 
 
-def create_access_token(*, settings: Settings, user_id: uuid.UUID, role: str) -> tuple[str, int]:
-    """A signed token carrying the user id and role; returns it with its lifetime in seconds."""
+def create_access_token(*, settings: Settings, user_id: uuid.UUID, role: str, epoch: int = 0) -> tuple[str, int]:
+    """A signed token carrying the user id, role and token epoch (`User.token_epoch`); returns it with its
+    lifetime in seconds."""
     lifetime = timedelta(minutes=settings.access_token_minutes)
     now = utcnow()
-    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + lifetime, "typ": "access"}
+    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + lifetime, "typ": "access", "ep": epoch}
     token = jwt.encode(claims, settings.secret_key, algorithm=settings.jwt_algorithm)
     return token, int(lifetime.total_seconds())
 

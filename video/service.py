@@ -21,10 +21,9 @@ from sqlmodel import Session, col, select
 
 from api import access
 from api.db import utcnow
-from api.deps import Page
+from api.deps import Page, authenticate
 from api.errors import Conflict, Forbidden, NotFound, Unauthorized
 from api.notes.models import Note, NoteKind, TranscriptStatus
-from api.security import decode_access_token
 from api.settings import Settings
 from api.users.models import Role as UserRole
 from api.users.models import User
@@ -161,10 +160,7 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
         if joining:
             _order_open(session, room)
         return Admission(room=room, role=Role.resident, user_id=None)
-    claims = decode_access_token(settings=settings, token=token)
-    user = session.get(User, uuid.UUID(claims["sub"]))
-    if user is None or not user.active:
-        raise Unauthorized("This account no longer exists or is disabled.", code="inactive_user")
+    user = authenticate(session, settings, token, release=False)  # as every other route signs a user in
     room = get_room(session=session, user=user, id=room_id)
     office = access.is_office(user)
     role = role or (Role.supervisor if office else Role.steward)

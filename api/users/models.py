@@ -36,6 +36,9 @@ class User(Versioned, UserBase, table=True):
     username: str = Field(max_length=64, unique=True, index=True)
     password_hash: str = Field(max_length=255)
     active: bool = True
+    # Access tokens carry the epoch they were signed in; a new password or a disabled account moves it on, and
+    # every token from before is refused (a lost handheld's token does not come back with a re-enabled account).
+    token_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class GridBuilding(SQLModel, table=True):

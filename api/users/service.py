@@ -140,6 +140,10 @@ def update_user(*, session: Session, user: User, data: UserUpdate, actor: User |
         _lock_active_admins(session)
     if "password" in changes:
         changes["password_hash"] = hash_password(changes.pop("password"))
+    if "password_hash" in changes or (user.active and changes.get("active") is False):
+        # Every token signed in before is refused from now on (`api.deps.authenticate`): a lost handheld's
+        # token ends with a new password, and does not come back when the account is enabled again.
+        changes["token_epoch"] = user.token_epoch + 1
     leaving = user.role == Role.steward and user.active and (
         changes.get("role", user.role) != Role.steward or not changes.get("active", True))
     if leaving:

@@ -32,7 +32,8 @@ def sign_in(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends
     address = request.client.host if request.client else "unknown"
     user = service.sign_in(session=session, settings=settings, username=form.username, password=form.password,
                            address=address)
-    token, lifetime = create_access_token(settings=settings, user_id=user.id, role=user.role.value)
+    token, lifetime = create_access_token(settings=settings, user_id=user.id, role=user.role.value,
+                                          epoch=user.token_epoch)
     return Token(access_token=token, expires_in=lifetime, role=user.role)
 
 

@@ -51,6 +51,62 @@ def test_disabled_user_cannot_sign_in_or_use_an_old_token(client: TestClient, se
     assert r.status_code == 401 and r.json()["detail"]["code"] == "inactive_user"
 
 
+def sign_in(client: TestClient, username: str, password: str = PASSWORD) -> dict[str, str]:
+    r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def test_a_new_password_ends_the_sessions_signed_in_before(client: TestClient, session: Session,
+                                                           settings: Settings) -> None:
+    """Regression (review): after a handheld was lost, the admin's password reset left its token working for the
+    rest of its 12 hours."""
+    admin, steward = make_user(session, Role.admin), make_user(session, Role.steward)
+    lost, kept = sign_in(client, steward.username), sign_in(client, steward.username)
+    office = auth(settings, admin)
+    r = client.patch(f"/api/v1/users/{steward.id}", json={"phone": "13800000001"}, headers=office)
+    assert r.status_code == 200, r.text
+    assert client.get("/api/v1/auth/me", headers=kept).status_code == 200  # a profile edit signs nobody out
+    r = client.patch(f"/api/v1/users/{steward.id}", json={"password": "a-new-password"}, headers=office)
+    assert r.status_code == 200, r.text
+    for headers in (lost, kept):
+        r = client.get("/api/v1/auth/me", headers=headers)
+        assert r.status_code == 401 and r.json()["detail"]["code"] == "token_revoked", r.text
+    fresh = sign_in(client, steward.username, "a-new-password")
+    assert client.get("/api/v1/auth/me", headers=fresh).status_code == 200
+    assert client.get("/api/v1/auth/me", headers=office).status_code == 200  # the admin's own session goes on
+
+
+def test_a_disabled_account_enabled_again_does_not_bring_old_tokens_back(client: TestClient, session: Session,
+                                                                        settings: Settings) -> None:
+    """Regression (review): disabling a lost handheld's account refused its token, and enabling the account
+    again made the token work again."""
+    admin, steward = make_user(session, Role.admin), make_user(session, Role.steward)
+    lost = sign_in(client, steward.username)
+    office = auth(settings, admin)
+    for active in (False, True):
+        r = client.patch(f"/api/v1/users/{steward.id}", json={"active": active}, headers=office)
+        assert r.status_code == 200, r.text
+    r = client.get("/api/v1/auth/me", headers=lost)
+    assert r.status_code == 401 and r.json()["detail"]["code"] == "token_revoked"
+    assert client.get("/api/v1/auth/me", headers=sign_in(client, steward.username)).status_code == 200
+
+
+def test_a_token_signed_before_the_epoch_existed_still_works(client: TestClient, session: Session,
+                                                             settings: Settings) -> None:
+    """Tokens signed before migration 0017 carry no epoch: they count as epoch 0, so the upgrade signs nobody
+    out, and they end with the first new password like any other."""
+    user = make_user(session)
+    old = jwt.encode({"sub": str(user.id), "role": "steward", "exp": utcnow() + timedelta(hours=1),
+                      "typ": "access"}, settings.secret_key, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {old}"}
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    user.token_epoch += 1
+    session.add(user)
+    session.commit()
+    assert client.get("/api/v1/auth/me", headers=headers).json()["detail"]["code"] == "token_revoked"
+
+
 def test_missing_forged_and_expired_tokens_are_refused(client: TestClient, session: Session,
                                                         settings: Settings) -> None:
     user = make_user(session)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert, inspect, text
+from sqlalchemy import Boolean, DateTime, Engine, Integer, String, Uuid, column, insert, inspect, table, text
 from sqlmodel import Session, col, func, select
 
 from api import demo, migrate
@@ -83,11 +83,19 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
 
 
+# The users table as it was at 0010 (the model has columns added since).
+USERS_0010 = table("users", *(column(name, type_) for name, type_ in (
+    ("id", Uuid()), ("version", Integer()), ("created_at", DateTime(timezone=True)),
+    ("updated_at", DateTime(timezone=True)), ("seq", Integer()), ("username", String()), ("full_name", String()),
+    ("phone", String()), ("role", User.__table__.c.role.type), ("password_hash", String()),  # type: ignore[attr-defined]
+    ("active", Boolean()))))
+
+
 def test_names_that_differ_only_in_case_stop_the_upgrade_that_makes_them_one(empty_engine: Engine) -> None:
     migrate.upgrade(empty_engine, "0010")
     with empty_engine.begin() as conn:
         for name in ("bob", "BOB", "alice"):
-            conn.execute(insert(User.__table__).values(  # type: ignore[attr-defined]
+            conn.execute(insert(USERS_0010).values(
                 id=uuid.uuid4(), version=1, created_at=datetime.now(UTC), updated_at=datetime.now(UTC), seq=0,
                 username=name, full_name="", phone="", role=Role.steward, password_hash="x", active=True))
     with pytest.raises(RuntimeError, match=r"differ only in case: bob \(2 users\)"):

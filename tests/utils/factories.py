@@ -76,7 +76,7 @@ def make_work_order(session: Session, household: Household, *, status: Status = 
 
 def auth(settings: Settings, user: User) -> dict[str, str]:
     """Headers that act as this user."""
-    token, _ = create_access_token(settings=settings, user_id=user.id, role=user.role.value)
+    token, _ = create_access_token(settings=settings, user_id=user.id, role=user.role.value, epoch=user.token_epoch)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import jwt
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from api.db import utcnow
+from api.errors import Unauthorized
 from api.settings import Settings
 from api.work_orders.models import WorkOrder
-from tests.utils.factories import World
+from tests.utils.factories import World, auth
 from video import service
 from video.models import CloseReason, RoomCreate, RoomState, VideoRoom
 
@@ -87,3 +89,23 @@ def test_the_access_check_ends_closed_orders_calls_and_revokes_accounts_that_los
     assert verdict.revoked == leaves
     assert order.id not in verdict.closed_orders and elsewhere.id not in verdict.closed_orders
     assert verdict.closed_orders == {cancelled.id, gone}
+
+
+def test_joining_takes_an_access_token_as_every_route_does(session: Session, settings: Settings, world: World,
+                                                           order: WorkOrder) -> None:
+    """Regression (review): the relay read access tokens on its own: a signed token whose `sub` is not an id
+    answered 500, and a steward's token from before a password reset still joined calls."""
+    room = _room(order)
+    session.add(room)
+    session.commit()
+    bad = jwt.encode({"sub": "not-an-id", "role": "steward", "exp": utcnow() + timedelta(hours=1), "typ": "access"},
+                     settings.secret_key, algorithm="HS256")
+    token = auth(settings, world.steward_a)["Authorization"].removeprefix("Bearer ")
+    assert service.admit(session=session, settings=settings, room_id=room.id, token=token, role=None).user_id
+    world.steward_a.token_epoch += 1  # a new password (`api.users.service.update_user`)
+    session.add(world.steward_a)
+    session.commit()
+    for credential, code in ((bad, "invalid_token"), (token, "token_revoked")):
+        with pytest.raises(Unauthorized) as refused:
+            service.admit(session=session, settings=settings, room_id=room.id, token=credential, role=None)
+        assert refused.value.code == code
