@@ -204,11 +204,18 @@ class CallRecorder:
         return self.tap(), None
 
     def stop(self) -> Recording | None:
-        """Finish the file; None when nothing was heard (or recording failed: logged)."""
+        """Finish the file; None when nothing was heard (or recording failed: logged). After a failure mid-call
+        the note holds what was encoded before it: that part is kept (`recover`), not thrown away."""
         if not self._stopped:
             self._stopped = True
             self._queue.put(None)
         self._thread.join()
+        if self._error is not None and self.encoded and self.path.exists():
+            recovered = recover(self.path, self.path)
+            if recovered is not None:
+                log.warning("recording %s failed mid-call; the %.1f s before it are kept", self.path,
+                            recovered.duration_s)
+                return Recording(self.path, self._clock.started_at, recovered.duration_s)
         return _finished(self.path, self._clock.started_at, self.encoded, self._error)
 
     def _run(self) -> None:
@@ -262,6 +269,7 @@ class PacketRecorder:
         self._written = 0
         self._error: BaseException | None = None
         self._stopped = False
+        self._result: Recording | None = None
         self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}", daemon=True)
         self._thread.start()
 
@@ -278,24 +286,46 @@ class PacketRecorder:
         return None, put
 
     def stop(self) -> Recording | None:
-        """Finish the WebM file and mix it down into the note; None when nothing was heard (or recording
-        failed: logged)."""
+        """Finish the WebM file and mix it down into the note; None when nothing was heard, or when recording
+        failed (logged). A failure keeps what was recorded: after a mux error mid-call, the packets muxed before
+        it are mixed down now; when the mix-down itself fails (a full disk), the WebM file stays, and the next
+        start saves it into the room's note as it saves a crashed process's (`video.service.left_by_a_crash`)."""
         if not self._stopped:
             self._stopped = True
             self._wake.set()
             self._thread.join()
-            if self._error is None and self.muxed:
-                started = time.thread_time()
-                try:
-                    self._written = mix_down(self.packets_path, self.path)
-                except Exception as exc:
-                    log.exception("mixing down %s failed", self.packets_path)
-                    self._error = exc
-                self.mixdown_cpu_s = time.thread_time() - started
-            if not self.keep_packets:
-                self.packets_path.unlink(missing_ok=True)
+            self._result = self._save()
         self._thread.join()
+        return self._result
+
+    def _save(self) -> Recording | None:
+        if not self.muxed:  # nothing heard (or a failure before the first packet: nothing to keep)
+            self._drop_packets()
+            return _finished(self.path, self._clock.started_at, 0, self._error)
+        started = time.thread_time()
+        try:
+            if self._error is None:
+                self._written = mix_down(self.packets_path, self.path)
+            else:  # the muxer failed mid-call: what it wrote before
+                recovered = recover(self.packets_path, self.path)
+                self._written = int(recovered.duration_s * RATE) if recovered is not None else 0
+                self._error = None if recovered is not None else self._error
+                if recovered is not None:
+                    log.warning("recording %s failed mid-call; the %.1f s before it are kept", self.packets_path,
+                                recovered.duration_s)
+        except Exception as exc:
+            log.exception("mixing down %s failed; its packets stay for the next start", self.packets_path)
+            self._error = exc
+            self.path.unlink(missing_ok=True)
+            return None
+        finally:
+            self.mixdown_cpu_s = time.thread_time() - started
+        self._drop_packets()
         return _finished(self.path, self._clock.started_at, self._written, self._error)
+
+    def _drop_packets(self) -> None:
+        if not self.keep_packets:
+            self.packets_path.unlink(missing_ok=True)
 
     def _run(self) -> None:
         try:

@@ -442,3 +442,86 @@ def test_a_recorder_thread_that_falls_behind_still_places_every_frame_when_it_ar
     assert len(rms) >= 59 and min(rms[1:59]) > 5000  # the resident's tone, no hole
     assert min(rms[20:30]) > 8500  # both tones, 2 s to 3 s
     assert max(rms[1:20] + rms[30:59]) < 8000  # the resident's alone: nothing piled up, nothing shifted
+
+
+def _speak(sides: tuple[Any, ...], seconds: float, start: int = 0) -> int:
+    """Both sides' Opus packets for `seconds`, in real time; the next tick."""
+    tones = opus_packets(440, seconds)
+    began = time.monotonic()
+    for n in range(len(tones)):
+        delay = began + n * 0.02 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        for side in sides:
+            side(EncodedFrame("audio/opus", tones[n], (start + n) * 960))
+    return start + len(tones)
+
+
+def test_a_muxer_failure_mid_call_keeps_what_was_recorded_before_it(tmp_path: Path):
+    """Regression (review): one failed write mid-call (a full disk for a moment) stopped the recorder, and
+    `stop()` deleted the packet file with everything recorded before the failure."""
+    recorder = PacketRecorder(tmp_path / "call.ogg")
+    sides = tuple(put for _, put in (recorder.taps(), recorder.taps()))
+    tick = _speak(sides, 1.0)
+    deadline = time.monotonic() + 5
+    while recorder.muxed < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder.muxed == 100
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recorder._mux_pending = full_disk  # type: ignore[method-assign]
+    _speak(sides, 0.6, tick)
+    time.sleep(0.6)  # a muxing round fails
+    recording = recorder.stop()
+    assert recording is not None and 0.9 <= recording.duration_s <= 1.1, recording
+    assert decode(recording.path).size > 0
+    assert not (tmp_path / "call.webm").exists()
+
+
+def test_a_failed_mix_down_keeps_the_packets_for_the_next_start(tmp_path: Path, monkeypatch):
+    """Regression (review): when writing the note failed at the close (a full disk), the packet file was deleted
+    too; now it stays, without the `.json` of a kept recording, where the next start finds and saves it
+    (`video.service.left_by_a_crash`)."""
+    from video import recording as module
+    from video.service import left_by_a_crash, recordings_dir
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'steward.db'}", tmp_path)
+    room = "0b4a3f1e-8a43-4c55-9d3c-3f6c2b1d0e11"
+    note = recordings_dir(settings) / f"{room}.ogg"
+    note.parent.mkdir(parents=True)
+    real = module.mix_down
+
+    def full_disk(source: Path, path: Path) -> int:
+        path.write_bytes(b"half a page")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "mix_down", full_disk)
+    recorder = PacketRecorder(note)
+    _speak(tuple(put for _, put in (recorder.taps(), recorder.taps())), 0.6)
+    assert recorder.stop() is None
+    assert note.with_suffix(".webm").is_file() and not note.exists()  # no half-written note
+    assert [str(r) for r in left_by_a_crash(settings)] == [room]
+    monkeypatch.setattr(module, "mix_down", real)
+    recovered = recover(note.with_suffix(".webm"), note)
+    assert recovered is not None and 0.5 <= recovered.duration_s <= 0.7
+
+
+def test_a_transcoding_recorder_failure_mid_call_keeps_the_note_up_to_it(tmp_path: Path):
+    """Regression (review): a failure in the live recorder's thread deleted the note it had been writing."""
+    recorder = CallRecorder(tmp_path / "call.ogg")
+    now = 0.0
+    recorder._clock.since = lambda: now  # type: ignore[method-assign]
+    resident = recorder.tap()
+    for n in range(250):  # 5 s, their arrival times made up (the mixer holds 1-2 s before encoding)
+        now = (n + 1) * 0.02
+        resident(tone_frame(440, n * 960))
+    deadline = time.monotonic() + 10
+    while recorder.encoded < 3 * 16_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert recorder.encoded >= 3 * 16_000
+    recorder._queue.put((0, now, np.zeros((1, 1920), np.int16), 48_000, "no such layout"))
+    recording = recorder.stop()
+    assert recording is not None and 2.9 <= recording.duration_s <= 5.1, recording
+    assert float(np.sqrt(np.mean(decode(recording.path)[16_000:32_000] ** 2))) > 3000
