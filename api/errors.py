@@ -67,6 +67,12 @@ class Unprocessable(DomainError):
     status_code, code = 422, "validation_error"
 
 
+class Unavailable(DomainError):
+    """Something this server needs is not there (storage it cannot write): nothing was done; retry once fixed."""
+
+    status_code, code = 503, "unavailable"
+
+
 class ErrorDetail(BaseModel):
     """What went wrong: a stable `code` and a `message` that says what to do (some errors add fields)."""
 

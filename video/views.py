@@ -29,7 +29,7 @@ from api.deps import (
     in_short_session,
     known_query_parameters,
 )
-from api.errors import Conflict, DomainError, NotFound
+from api.errors import Conflict, DomainError, NotFound, Unavailable
 from api.settings import Settings
 from video import service, tokens
 from video.blobs import read_blob
@@ -101,16 +101,23 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
                 max_participants=settings.video_max_participants,
                 connect_timeout_s=settings.video_connect_timeout_s, ice_servers=_ice(settings),
                 shared_encoding=settings.video_shared_encoding, relay_mode=RelayMode(settings.video_relay_mode))
-    manager.add(room)
     if settings.video_record_audio:
+        # Before the room is hosted: a recorder that cannot start left a hosted room whose calls ran unrecorded.
         directory = service.recordings_dir(settings)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{row.id}.ogg"
-        recorder = PacketRecorder(path) if room.forward else CallRecorder(path)  # forward: Opus packets, no decoding
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{row.id}.ogg"
+            recorder = PacketRecorder(path) if room.forward else CallRecorder(path)  # forward: Opus packets
+        except OSError as exc:
+            log.error("video room %s cannot be recorded: %s", row.id, exc)
+            raise Unavailable(f"The call cannot be recorded: {directory} is not a writable directory ({exc.strerror})."
+                              " Nothing was started; ask IT to check STEWARD_DATA_DIR.",
+                              code="recording_unavailable") from exc
         room.recorder = recorder
         for role in (Role.resident, Role.steward):
             decoded, encoded = recorder.taps()
             room.slot(role, "audio").add_tap(decoded, encoded)
+    manager.add(room)
     return room
 
 
@@ -371,7 +378,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     async def on_close(room: Room) -> None:
         recorder = room.recorder
-        recording = await asyncio.to_thread(recorder.stop) if recorder is not None else None
+        try:
+            recording = await asyncio.to_thread(recorder.stop) if recorder is not None else None
+        except Exception:  # the row is closed all the same (it stayed open, a call that had ended)
+            log.exception("stopping the recorder of video room %s failed", room.id)
+            recording = None
         note_id = await asyncio.to_thread(service.persist_close, engine, app.state.settings, room_id=room.id,
                                           reason=room.close_reason or CloseReason.closed, recording=recording)
         if note_id is not None:

@@ -21,6 +21,7 @@ from tests.utils.factories import World, make_work_order
 from tests.video.conftest import eventually, run
 from video.clients import Participant
 from video.models import CloseReason, RoomState, VideoRoom
+from video.service import recordings_dir
 from video.tokens import JOIN_TYPE
 
 ROOMS = "/api/v1/video/rooms"
@@ -551,3 +552,28 @@ def test_the_relay_statistics_are_for_the_office(live, world) -> None:
             r = await app.http.get("/api/v1/video/relay", headers=world.headers(world.supervisor))
             assert r.status_code == 200 and r.json()["rooms"] == 0, r.text
     run(scenario())
+
+
+def test_a_call_that_cannot_be_recorded_is_refused_and_leaves_nothing_hosted(live, world, order, session: Session,
+                                                                             video_settings: Settings):
+    """Regression (review): when the recordings directory could not be made, `POST /rooms` answered 500 and the
+    room stayed hosted and open: the next `POST /rooms` answered 200 with it, and the call ran unrecorded."""
+    blocked = recordings_dir(video_settings.model_copy(update={"video_record_audio": True}))
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"not a directory")
+
+    async def scenario() -> None:
+        async with live(video_record_audio=True) as app:
+            h = world.headers(world.steward_a)
+            for _ in range(2):
+                r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+                assert_error(r, 503, "recording_unavailable")
+                assert app.rooms.rooms == {}
+            blocked.unlink()
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert r.status_code == 201, r.text
+            assert list(app.rooms.rooms) == [uuid.UUID(r.json()["room_id"])]
+            assert app.rooms.rooms[uuid.UUID(r.json()["room_id"])].recorder is not None
+    run(scenario())
+    rows = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
+    assert len(rows) == 3 and {row.state for row in rows} == {RoomState.closed}  # the refused two, then shutdown
