@@ -31,7 +31,7 @@ from aiortc.sdp import SessionDescription
 from api.db import utcnow
 from api.errors import BadRequest, Conflict, DomainError
 from video import aiortc_hooks
-from video.aiortc_hooks import EncodedTap
+from video.aiortc_hooks import EncodedFrame, EncodedTap
 from video.forwarding import FORWARDABLE
 from video.models import CloseReason, IceServer, ParticipantPublic, RelayMode, Role
 from video.proxy import ProxyTrack
@@ -143,6 +143,7 @@ class Participant:
         self.proxies: list[ProxyTrack] = []
         self.published: list[tuple[SourceSlot, MediaStreamTrack]] = []
         self._drains: list[asyncio.Task[None]] = []
+        self.ignored_frames = 0  # encoded frames of tracks nobody subscribes to, dropped undecoded
         self._closed = False
 
     @property
@@ -153,8 +154,17 @@ class Participant:
         slot.attach(track, tap)
         self.published.append((slot, track))
 
-    def drain(self, track: MediaStreamTrack) -> None:
+    def drain(self, track: MediaStreamTrack, tap: EncodedTap | None = None) -> None:
+        """Drop what a track nobody subscribes to brings (a supervisor's microphone, a resident's extra cameras):
+        undecoded when it is tapped (each such stream was decoded to be thrown away: a join link's holder could
+        make the relay decode five of them), else read and dropped."""
+        if tap is not None:
+            tap.set_handler(self._ignore)
         self._drains.append(asyncio.create_task(drain(track), name=f"drain-{self.id}"))
+
+    def _ignore(self, frame: EncodedFrame) -> bool:
+        self.ignored_frames += 1
+        return False
 
     def public(self) -> ParticipantPublic:
         return ParticipantPublic(id=self.id, role=self.role, user_id=self.user_id, state=self.pc.connectionState,
@@ -290,7 +300,7 @@ class Room:
                 taken.add(track.kind)
                 participant.publish(self.slot(participant.role, track.kind), track, taps.get(track))
             else:
-                participant.drain(track)  # its tap, if any, decodes every frame: the drain reads them
+                participant.drain(track, taps.get(track))
 
     def stats(self) -> list[dict[str, object]]:
         """Per publishing slot: codec, frames in, forwarded and decoded, keyframe requests."""

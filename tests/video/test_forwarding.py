@@ -180,3 +180,21 @@ def test_a_snapshot_whose_picture_does_not_come_never_takes_an_old_one() -> None
         slot.latest_at = time.monotonic() - 2
         assert await slot.fresh_frame(timeout=0.05) is old
     run(scenario())
+
+
+def test_tracks_nobody_subscribes_to_are_dropped_undecoded(live, world, order):
+    """Regression (review): a track that feeds no slot (a supervisor's camera and microphone, a resident's extra
+    cameras) was decoded frame by frame to be thrown away, undoing forward mode's saving for whoever sends one."""
+    async def scenario() -> None:
+        async with live() as app:
+            room_id, _token, resident, steward = await in_call(app, world, order)
+            watcher = await joined(Participant(role="supervisor", video=True, audio=True), app, room_id,
+                                   bearer(world, world.supervisor))
+            room = relay(app, room_id)
+            server_side, = (p for p in room.participants.values() if p.role == Role.supervisor)
+            await eventually(lambda: server_side.ignored_frames >= 48, timeout=15,
+                             describe=lambda: server_side.ignored_frames)
+            assert all(p.ignored_frames == 0 for p in room.participants.values() if p is not server_side)
+            for client in (resident, steward, watcher):
+                await client.close()
+    run(scenario())
