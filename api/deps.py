@@ -132,7 +132,7 @@ def authenticate(session: Session, settings: Settings, token: str | None, *, rel
                            code="not_authenticated")
     claims = decode_access_token(settings=settings, token=token)
     try:
-        user_id = uuid.UUID(claims["sub"])
+        user_id = uuid.UUID(str(claims["sub"]))
     except ValueError as exc:
         raise Unauthorized("The access token is invalid; sign in again.", code="invalid_token") from exc
     user = session.get(User, user_id)

@@ -63,13 +63,14 @@ def decode_join_token(*, settings: Settings, token: str, room_id: uuid.UUID | No
                            code="invalid_token") from exc
     if claims.get("typ") != JOIN_TYPE:
         raise Unauthorized("This is not a video join link.", code="invalid_token")
-    try:
-        token_room = uuid.UUID(claims["sub"])
-    except ValueError as exc:
+    try:  # signed, so made with the key: still, claims of the wrong type are an invalid link, not a 500
+        token_room = uuid.UUID(str(claims["sub"]))
+        expires_at = datetime.fromtimestamp(float(claims["exp"]), tz=utcnow().tzinfo)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
         raise Unauthorized("The video link is invalid.", code="invalid_token") from exc
     if room_id is not None and token_room != room_id:
         raise Forbidden("This video link is for another call.", code="wrong_room")
-    return JoinClaims(room_id=token_room, expires_at=datetime.fromtimestamp(claims["exp"], tz=utcnow().tzinfo))
+    return JoinClaims(room_id=token_room, expires_at=expires_at)
 
 
 def ice_servers(settings: Settings, *, ttl_s: float) -> list[IceServer]:
