@@ -349,10 +349,9 @@ class SourceSlot:
                         self._taps.remove(tap)
                         break
         finally:
-            if self.source is track:
-                self.source, self.latest = None, None
-                self._task = None
-                self._signal()
+            if self.source is track:  # the publisher's track ended by itself (an RTCP BYE): let its receiver go
+                self._task = None  # this task ends here: nothing to cancel
+                self.detach(track)
 
 
 def _drop(frame: EncodedFrame) -> bool:

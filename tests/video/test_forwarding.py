@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from aiortc.mediastreams import MediaStreamError
 
 from tests.video.conftest import eventually, run
 from tests.video.test_relay import ROOMS, bearer, in_call, joined, open_room, real_frames
@@ -197,4 +198,35 @@ def test_tracks_nobody_subscribes_to_are_dropped_undecoded(live, world, order):
             assert all(p.ignored_frames == 0 for p in room.participants.values() if p is not server_side)
             for client in (resident, steward, watcher):
                 await client.close()
+    run(scenario())
+
+
+def test_a_publisher_track_that_ends_by_itself_lets_its_receiver_go() -> None:
+    """Regression (review): when the publisher's track ended on its own (an RTCP BYE), the pump cleared the
+    source, and the later `detach(track)` returned early: the slot kept its tap and keyframe requests to the
+    dead receiver until the next publisher or the room's close."""
+    class Ended:
+        kind = "video"
+
+        async def recv(self) -> None:
+            raise MediaStreamError
+
+    class Tap:
+        handler: object = None
+
+        def set_handler(self, handler: object) -> None:
+            self.handler = handler
+
+        async def request_keyframe(self) -> int:
+            return 1
+
+    async def scenario() -> None:
+        slot = tracks.SourceSlot("resident-video", "video", forward=True)
+        tap, track = Tap(), Ended()
+        slot.attach(track, tap)  # type: ignore[arg-type]
+        assert tap.handler is not None and slot._tap is tap
+        await eventually(lambda: slot.source is None)
+        assert slot._tap is None and slot._keyframes is None
+        assert tap.handler is tracks._drop  # nothing piles up for the ended track
+        slot.detach(track)  # type: ignore[arg-type]  # the participant's own detach later: harmless
     run(scenario())
