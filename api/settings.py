@@ -46,7 +46,8 @@ class Settings(BaseSettings):
         "FULL", description="SQLite: FULL syncs the write-ahead log to disk at every commit (about 0.4 ms), so "
                             "a push the server acknowledged survives a power cut; NORMAL does not (only a "
                             "crash of the process), and the handheld has already dropped what it pushed.")
-    secret_key: str = Field(DEV_SECRET_KEY, description="Signs access tokens; required outside dev.")
+    # Not empty even in dev (a blank `.env` line): every sign-in failed with a 500 (an empty HMAC key).
+    secret_key: str = Field(DEV_SECRET_KEY, min_length=1, description="Signs access tokens; required outside dev.")
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
         "HS256", description="HMAC algorithm of access tokens (the key is a shared secret: HS* only).")
     access_token_minutes: int = Field(12 * 60, ge=1, description="Token lifetime: one steward shift.")
@@ -65,12 +66,14 @@ class Settings(BaseSettings):
                                     "work runs in a pool thread while the event loop reads and answers the others; "
                                     "at 5 ms each hand-over could wait that long (docs/reliability.md).")
     # Abuse limits (docs/security.md); login throttling state lives in the database, shared by all processes.
-    login_rate_per_minute: int = Field(60, ge=1, description="Sign-in attempts per client address per minute "
-                                                             "(429 beyond, with Retry-After).")
-    login_max_failures: int = Field(5, ge=1, description="Failed sign-ins for one user name within "
+    # At most a million: larger counts overflowed the database's integer where they are bound (every sign-in a 500).
+    login_rate_per_minute: int = Field(60, ge=1, le=1_000_000, description="Sign-in attempts per client address "
+                                                                          "per minute (429 beyond, with Retry-After).")
+    login_max_failures: int = Field(5, ge=1, le=1_000_000, description="Failed sign-ins for one user name within "
                                                          "STEWARD_LOGIN_FAILURE_WINDOW_S before it is locked.")
-    login_max_failures_per_ip: int = Field(50, ge=1, description="Failed sign-ins from one client address within "
-                                                                 "the window before that address is locked.")
+    login_max_failures_per_ip: int = Field(50, ge=1, le=1_000_000, description="Failed sign-ins from one client "
+                                                                              "address within the window before "
+                                                                              "that address is locked.")
     login_failure_window_s: float = Field(900, gt=0, description="Window in which failed sign-ins are counted.")
     login_lockout_s: float = Field(900, gt=0, description="How long a locked user name or address is refused "
                                                           "(429 with Retry-After), even with the right password.")
@@ -221,6 +224,12 @@ class Settings(BaseSettings):
         """An empty path setting means "the default", as documented (pydantic would read it as `.`)."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("host", mode="before")
+    @classmethod
+    def _empty_host(cls, value: object) -> object:
+        """Empty is the default 127.0.0.1: uvicorn reads an empty host as every interface."""
+        return "127.0.0.1" if isinstance(value, str) and not value.strip() else value
+
     @field_validator("data_dir", mode="before")
     @classmethod
     def _empty_data_dir(cls, value: object) -> object:
@@ -336,6 +345,12 @@ class Settings(BaseSettings):
                              "only stun: URLs")
         self._check_sla_table()
         self._check_durations()
+        for backoff, attempts in (("proactive_sms_retry_backoff_s", "proactive_sms_max_attempts"),
+                                  ("speech_retry_backoff_s", "speech_max_attempts")):
+            # doubled at each try: the last wait overflowed the date it became (a 500, a worker's crash)
+            if getattr(self, backoff) * 2 ** (getattr(self, attempts) - 1) > 10 * 365 * 86400:
+                raise ValueError(f"STEWARD_{backoff.upper()} doubles at each of STEWARD_{attempts.upper()} tries, "
+                                 f"and the last wait would pass ten years: lower one of them")
         return self
 
     def _check_durations(self) -> None:

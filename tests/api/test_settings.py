@@ -168,3 +168,27 @@ def test_a_setting_that_is_not_json_is_named_by_its_variable(monkeypatch: pytest
         Settings()
     assert describe_problem(caught.value) == "STEWARD_SLA_HOURS_BY_CATEGORY: not valid JSON (write it as a JSON " \
                                              "object or list)"
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    # Regression (review): each was accepted, then every sign-in answered 500 (an integer the database could
+    # not hold; an empty HMAC key).
+    ({"login_rate_per_minute": 10**20}, "login_rate_per_minute"),
+    ({"login_max_failures": 10**20}, "login_max_failures"),
+    ({"login_max_failures_per_ip": 10**19}, "login_max_failures_per_ip"),
+    ({"secret_key": ""}, "secret_key"),
+    # a retry wait that doubles past ten years overflowed the date it became at the last tries
+    ({"proactive_sms_retry_backoff_s": 30 * 86400, "proactive_sms_max_attempts": 20}, "PROACTIVE_SMS_RETRY_BACKOFF_S"),
+    ({"speech_retry_backoff_s": 40_000, "speech_max_attempts": 20}, "SPEECH_RETRY_BACKOFF_S"),
+])
+def test_settings_that_failed_at_use_are_refused_at_start(overrides: dict[str, object], named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_an_empty_host_is_the_default_not_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): `STEWARD_HOST=` made uvicorn listen on 0.0.0.0 and [::]: a dev server, signing with
+    the published key, open to the network."""
+    monkeypatch.setenv("STEWARD_HOST", " ")
+    assert Settings().host == "127.0.0.1"
+    assert Settings(env="dev", speech_retry_backoff_s=30, speech_max_attempts=20).speech_max_attempts == 20
