@@ -307,6 +307,8 @@ def demo_data(
                                progress=sys.stderr.isatty())
         except DemoError as exc:
             raise _fail(str(exc)) from exc
+    if password != DEMO_PASSWORD:  # a secret of the operator's own stays out of terminals and logs
+        summary["password"] = "as given (--password or STEWARD_DEMO_PASSWORD)"
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
@@ -336,22 +338,23 @@ def serve(
     os.environ["STEWARD_SERVE_WORKERS"] = str(workers)
     get_settings.cache_clear()
     settings = _settings()
-    with _database_errors(settings):
-        prepare(settings)
+    # Both checks before `prepare`: it migrates the database and may load the demo data, which a refused start
+    # then left behind.
     if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
         raise _fail("--workers beyond 1 needs PostgreSQL: an embedded SQLite database takes one process (its "
                     "transcription and proactive workers run inside it).", 2)
-    from api.security import configure_logging, install_log_redaction
-
-    install_log_redaction()
-    configure_logging(settings.log_level)
     # Not `port or settings.port`: that read --port 0 as "the default" (the option's bounds now refuse it).
     bind_host, bind_port = host or settings.host, port if port is not None else settings.port
     if (busy := _port_taken(bind_host, bind_port)) is not None:
         # Before the app starts: its start-up closes the video rooms of this relay name as lost, which were
         # the live calls of the server already on this port.
-        raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy} (another `steward serve` is running "
-                    "there? pick another --port).", 2)
+        raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy}.", 2)
+    with _database_errors(settings):
+        prepare(settings)
+    from api.security import configure_logging, install_log_redaction
+
+    install_log_redaction()
+    configure_logging(settings.log_level)
     with _one_server(settings):
         # timeout_graceful_shutdown: on SIGTERM uvicorn waits for every open connection before the app's own
         # shutdown (closing video calls, saving their recordings, stopping the transcription threads); one
@@ -392,6 +395,7 @@ def _one_server(settings: Settings) -> Iterator[None]:
 
 def _port_taken(host: str, port: int) -> str | None:
     """Why nothing can listen on host:port now (None if it can): tried the way uvicorn binds."""
+    import errno
     import socket
 
     try:
@@ -399,8 +403,16 @@ def _port_taken(host: str, port: int) -> str | None:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
+    except socket.gaierror as exc:  # not "another server is running": the host name itself is wrong
+        return f"{host!r} is not an address or a known host name of this machine ({exc.strerror}); check --host " \
+               "or STEWARD_HOST"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            return f"{why} (another `steward serve` is running there? pick another --port)"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"{why} (not an address of this machine; check --host or STEWARD_HOST)"
+        return why
     return None
 
 

@@ -115,6 +115,16 @@ def is_behind(current: str, target: str) -> bool:
     return any(rev.revision == wanted.revision for rev in script.iterate_revisions(current, "base"))
 
 
+def known_revision(revision: str) -> bool:
+    """Whether this code has the migration `revision` (a database upgraded by a newer release has one it lacks)."""
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def head_revision() -> str | None:
     """The newest revision the code knows."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

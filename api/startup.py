@@ -11,7 +11,7 @@ from sqlmodel import Session, func, select
 
 from api import migrate
 from api.db import make_engine
-from api.settings import DEV_SECRET_KEY, Settings
+from api.settings import DEMO_PASSWORD, DEV_SECRET_KEY, Settings
 from api.users.models import User
 
 
@@ -20,6 +20,9 @@ def schema_problem(engine: Engine) -> str | None:
     current, head = migrate.current_revision(engine), migrate.head_revision()
     if current == head:
         return None
+    if current is not None and not migrate.known_revision(current):
+        return (f"The database is at schema {current}, newer than this release of the code (which knows up to "
+                f"{head}): run the release that upgraded it, or restore a backup made before.")
     return f"The database is at schema {current or 'empty'}, the code needs {head}: run `steward db upgrade` first."
 
 
@@ -148,8 +151,9 @@ def prepare(settings: Settings) -> None:
                 raise typer.Exit(2) from exc
             brief = {k: summary[k] for k in ("stations", "buildings", "households", "work_orders")}
             typer.secho(f"Demo data created: {json.dumps(brief)}", fg="green", err=True)
-            typer.secho(f"Sign in as admin / supervisor / steward01..04 with password {settings.demo_password!r}",
-                        fg="green", err=True)
+            # Only the published password is printed: one of the operator's own went into container logs.
+            shown = repr(DEMO_PASSWORD) if settings.demo_password == DEMO_PASSWORD else "STEWARD_DEMO_PASSWORD"
+            typer.secho(f"Sign in as admin / supervisor / steward01..04 with password {shown}", fg="green", err=True)
         elif users == 0:
             typer.secho("The database has no users yet. Create the first admin with:\n"
                         "  .venv/bin/steward create-user --username admin --password '<at least 8 chars>' "

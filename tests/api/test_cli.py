@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from api.cli import app
@@ -80,7 +80,7 @@ def test_demo_data_prints_a_summary_with_users_and_grids(data_dir: Path) -> None
 
 
 def test_serve_refuses_an_unmigrated_database(data_dir: Path) -> None:
-    result = runner.invoke(app, ["serve", "--port", "1"])
+    result = runner.invoke(app, ["serve", "--port", str(_free_port())])
     assert result.exit_code == 2
     assert "steward db upgrade" in result.output
 
@@ -306,7 +306,18 @@ def test_demo_data_takes_the_password_of_the_settings(data_dir: Path, monkeypatc
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     result = runner.invoke(app, ["demo-data", "--households", "10", "--stewards", "1"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["password"] == "my-own-secret"
+    from api.db import make_engine
+    from api.security import verify_password
+    from api.settings import Settings
+    from api.users.models import User
+
+    engine = make_engine(Settings(data_dir=data_dir))
+    with Session(engine) as session:
+        admin = session.exec(select(User).where(User.username == "admin")).one()
+        assert verify_password(admin.password_hash, "my-own-secret")
+    engine.dispose()
+    # Regression (review): the operator's own password was printed in the summary (and by `serve`, to its log).
+    assert "my-own-secret" not in result.output
 
 
 def test_serve_with_a_demo_that_cannot_load_is_one_line(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -610,3 +621,64 @@ def test_db_restored_runs_beside_a_server_that_has_the_database_open(data_dir: P
     finally:
         server.kill()
         server.wait(timeout=30)
+
+
+def test_serve_refused_for_several_workers_loads_nothing_first(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): `serve --workers 2` on SQLite with STEWARD_DEMO=1 migrated the database and loaded the
+    demo district, then refused to start."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    monkeypatch.setenv("STEWARD_DEMO", "1")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2 and "PostgreSQL" in result.output
+    assert not (data_dir / "steward.db").exists()
+
+
+def test_serve_does_not_print_a_demo_password_of_the_operators_own(data_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): `serve` printed STEWARD_DEMO_PASSWORD to its output (a container's log), in
+    production too; the published dev password is still shown, it is in the README."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setenv("STEWARD_DEMO", "1")
+    monkeypatch.setenv("STEWARD_DEMO_PASSWORD", "S3cret-Admin-Pw!")
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--port", str(_free_port())])
+    assert result.exit_code == 0, result.output
+    assert "Demo data created" in result.output and "S3cret-Admin-Pw!" not in result.output
+
+
+def test_a_database_newer_than_the_code_says_so(data_dir: Path) -> None:
+    """Regression (review): a database upgraded by a newer release was told to run `steward db upgrade`, which
+    then failed ("Can't locate revision")."""
+    from sqlalchemy import text
+
+    from api.db import make_engine
+    from api.settings import Settings
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = make_engine(Settings(data_dir=data_dir))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    engine.dispose()
+    result = runner.invoke(app, ["serve", "--port", str(_free_port())])
+    assert result.exit_code == 2 and "newer than this release" in result.output, result.output
+    assert "steward db upgrade" not in result.output
+
+
+def test_serve_on_a_host_that_is_no_address_says_so(data_dir: Path) -> None:
+    """Regression (review): a mistyped host was answered "another `steward serve` is running there?"."""
+    result = runner.invoke(app, ["serve", "--host", "not..valid host", "--port", str(_free_port())])
+    assert result.exit_code == 2 and "STEWARD_HOST" in result.output and "another" not in result.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
