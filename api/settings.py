@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -407,6 +409,25 @@ def _is_strict_network(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# STEWARD_* variables of the test suite, benchmarks and CI, not of the service.
+_TOOL_PREFIXES = ("STEWARD_TEST_", "STEWARD_BENCH_", "STEWARD_FUZZ_", "STEWARD_SCOPE_FUZZ_", "STEWARD_STRESS_",
+                  "STEWARD_CI_")
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """A line for each `STEWARD_*` name that is no setting, with the setting it may have meant: pydantic ignores
+    them, so a typo (`STEWARD_FORWARDED_ALLOW_IP`) left the default in force without a word."""
+    known = [f"STEWARD_{name.upper()}" for name in Settings.model_fields]
+    lines = []
+    for name in sorted({n.upper() for n in names}):
+        if not name.startswith("STEWARD_") or name in known or name.startswith(_TOOL_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        lines.append(f"{name} is not a setting and is ignored" + (f": did you mean {close[0]}?" if close else
+                                                                   " (README lists the settings)."))
+    return lines
 
 
 def describe_problem(exc: ValueError) -> str:

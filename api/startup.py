@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import typer
 from sqlalchemy import Engine
@@ -11,7 +12,7 @@ from sqlmodel import Session, func, select
 
 from api import migrate
 from api.db import make_engine
-from api.settings import DEMO_PASSWORD, DEV_SECRET_KEY, Settings
+from api.settings import DEMO_PASSWORD, DEV_SECRET_KEY, Settings, unknown_variables
 from api.users.models import User
 
 
@@ -120,6 +121,13 @@ def storage_problem(settings: Settings) -> str | None:
     return None
 
 
+def _dotenv_names() -> list[str]:
+    """The names the `.env` file sets (python-dotenv: what pydantic-settings reads it with)."""
+    from dotenv import dotenv_values
+
+    return list(dotenv_values(".env")) if Path(".env").is_file() else []
+
+
 def prepare(settings: Settings) -> None:
     """Refuse bad speech settings, an unusable blob directory or an unmigrated database; on an empty one, seed
     demo data or say how to start."""
@@ -128,6 +136,8 @@ def prepare(settings: Settings) -> None:
     # `auto` is the embedded queue on SQLite (speech.worker.queue_mode): then this process transcribes.
     sqlite = settings.resolved_database_url.startswith("sqlite")
     embedded = settings.speech_queue == "embedded" or (settings.speech_queue == "auto" and sqlite)
+    for line in unknown_variables([*os.environ, *_dotenv_names()]):
+        typer.secho(line, fg="yellow", err=True)
     problem = queue_problem(settings) or speech_problem(settings, transcribes_here=embedded) or storage_problem(
         settings)
     if problem:

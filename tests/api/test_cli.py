@@ -682,3 +682,16 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_serve_names_a_misspelt_variable(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setenv("STEWARD_FORWARDED_ALLOW_IP", "10.0.0.1")
+    get_settings.cache_clear()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--port", str(_free_port())])
+    assert result.exit_code == 0, result.output
+    assert "STEWARD_FORWARDED_ALLOW_IP is not a setting and is ignored: did you mean STEWARD_FORWARDED_ALLOW_IPS?" \
+        in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from api.settings import DEV_SECRET_KEY, Settings
+from api.settings import DEV_SECRET_KEY, Settings, unknown_variables
 
 
 def test_defaults_give_an_embedded_sqlite_database_under_data_dir(tmp_path: Path) -> None:
@@ -192,3 +192,15 @@ def test_an_empty_host_is_the_default_not_every_interface(monkeypatch: pytest.Mo
     monkeypatch.setenv("STEWARD_HOST", " ")
     assert Settings().host == "127.0.0.1"
     assert Settings(env="dev", speech_retry_backoff_s=30, speech_max_attempts=20).speech_max_attempts == 20
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_may_mean() -> None:
+    """Regression (review): pydantic ignores unknown `STEWARD_*` names, so `STEWARD_FORWARDED_ALLOW_IP` left the
+    proxy untrusted (and the per-address sign-in lockout on the proxy's own address) without a word."""
+    lines = unknown_variables(["STEWARD_FORWARDED_ALLOW_IP", "STEWARD_LOGIN_MAX_FAILURE", "STEWARD_NONSENSE",
+                               "STEWARD_PORT", "STEWARD_TEST_POSTGRES_URL", "STEWARD_BENCH_POSTGRES_URL", "PATH"])
+    assert lines == ["STEWARD_FORWARDED_ALLOW_IP is not a setting and is ignored: did you mean "
+                     "STEWARD_FORWARDED_ALLOW_IPS?",
+                     "STEWARD_LOGIN_MAX_FAILURE is not a setting and is ignored: did you mean "
+                     "STEWARD_LOGIN_MAX_FAILURES?",
+                     "STEWARD_NONSENSE is not a setting and is ignored (README lists the settings)."]
