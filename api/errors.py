@@ -130,6 +130,10 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(error_body("malformed_json", "The request body is not valid JSON."), 400)
+        if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
+            # FastAPI reads a JSON route's body as JSON only when it says so: any other type stays bytes
+            return JSONResponse(error_body("unsupported_media_type", "Send the body as JSON, with "
+                                           "`Content-Type: application/json`."), 415)
         safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return JSONResponse(error_body("validation_error", _validation_message(errors), errors=safe), 422)
 

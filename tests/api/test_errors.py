@@ -74,6 +74,20 @@ def test_a_body_nested_too_deeply_is_malformed_json(client: TestClient, session:
     assert db_state(session) == before
 
 
+@pytest.mark.parametrize(("method", "path", "who"), BODY_ROUTES)
+def test_a_json_body_sent_as_another_type_is_415(client: TestClient, session: Session, world: World, method: str,
+                                                 path: str, who: str) -> None:
+    """Regression (review): README lists 415 `unsupported_media_type`, but a JSON body sent as text/plain, as a
+    form or with no type answered 422 "Input should be a valid dictionary"."""
+    before = db_state(session)
+    headers = world.headers(getattr(world, who))
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        sent = headers | ({"content-type": content_type} if content_type else {})
+        r = client.request(method, f"{API}{path}", content=b'{"code": "HS-9", "name": "x"}', headers=sent)
+        assert_error(r, 415, "unsupported_media_type")
+    assert db_state(session) == before
+
+
 def test_a_body_that_is_json_but_not_an_object_is_422(client: TestClient, world: World) -> None:
     for raw in (b"[]", b'"station"', b"42", b"null"):
         r = client.post(f"{API}/stations", content=raw, headers=world.headers(world.supervisor)
