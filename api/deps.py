@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -82,9 +83,13 @@ FIRST_CHECKS: dict[Callable[..., object], Callable[[Request], Awaitable[None]]] 
 _QUERY_NAMES = "_steward_query_names"  # kept on the route: keyed by id(), a collected app's route could lend its id
 
 
-def _query_names(dependant: Dependant) -> Iterator[str]:
-    """The query parameters a route reads, its dependencies' included."""
-    yield from (field.alias for field in dependant.query_params)
+def _query_names(dependant: Dependant) -> Iterator[tuple[str, bool]]:
+    """The query parameters a route reads, its dependencies' included, each with whether it takes several values
+    (`?tag=a&tag=b` for a list)."""
+    for field in dependant.query_params:
+        annotation = field.field_info.annotation
+        origins = {typing.get_origin(annotation), *(typing.get_origin(a) for a in typing.get_args(annotation))}
+        yield field.alias, bool(origins & {list, set, tuple, frozenset})
     for sub in dependant.dependencies:
         yield from _query_names(sub)
 
@@ -96,19 +101,25 @@ async def known_query_parameters(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
-    names: frozenset[str] | None = getattr(route, _QUERY_NAMES, None)
-    if names is None:
-        names = frozenset(_query_names(route.dependant))
-        setattr(route, _QUERY_NAMES, names)
+    known: tuple[frozenset[str], frozenset[str]] | None = getattr(route, _QUERY_NAMES, None)
+    if known is None:
+        pairs = list(_query_names(route.dependant))
+        known = frozenset(name for name, _ in pairs), frozenset(name for name, many in pairs if many)
+        setattr(route, _QUERY_NAMES, known)
+    names, many = known
     unknown = sorted(set(request.query_params) - names)
-    if unknown:
+    # Given twice, a filter took its last value without a word (`?role=admin&role=steward`: stewards only).
+    repeated = sorted(name for name in names - many if len(request.query_params.getlist(name)) > 1)
+    if unknown or repeated:
         first = FIRST_CHECKS.get(route.endpoint)
         if first is not None:
             await first(request)
         takes = ", ".join(sorted(names)) or "none"
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": None,
-                                       "msg": f"Unknown query parameter; this route takes: {takes}"}
-                                      for name in unknown])
+        raise RequestValidationError(
+            [{"type": "extra_forbidden", "loc": ("query", name), "input": None,
+              "msg": f"Unknown query parameter; this route takes: {takes}"} for name in unknown]
+            + [{"type": "repeated", "loc": ("query", name), "input": None,
+                "msg": "Given more than once; this parameter takes one value"} for name in repeated])
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -11,7 +11,7 @@ from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
-from api.schemas import RequestBody
+from api.schemas import RequestBody, not_null
 
 
 class Role(StrEnum):
@@ -85,6 +85,8 @@ class UserUpdate(RequestBody):
     active: bool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=128)
     _not_blank = field_validator("password")(not_blank_password)
+    # null was taken as "no change" (`{"active": null}` a 200 that changed nothing); as for work orders: 422
+    _not_null = field_validator("full_name", "phone", "role", "active", "password")(not_null)
 
 
 class UserPublic(UserBase):

@@ -395,3 +395,14 @@ def test_a_name_with_a_non_ascii_capital_stored_before_the_name_rule_signs_in(cl
     assert r.status_code == 200, r.text
     r = client.post("/api/v1/auth/token", data={"username": "ŁUKASZ.LÜ".replace("Ü", "ü"), "password": PASSWORD})
     assert r.status_code == 200, r.text  # ASCII letters in any case, as for every name
+
+
+@pytest.mark.parametrize("field", ["full_name", "phone", "role", "active", "password"])
+def test_null_for_a_user_field_is_refused_not_a_silent_no_change(client: TestClient, session: Session, world: World,
+                                                                 field: str) -> None:
+    """Regression (review): `{"role": null, "active": null}` answered 200 and changed nothing; work orders refuse
+    null (leave a field out to keep it)."""
+    before = db_state(session)
+    r = client.patch(f"/api/v1/users/{world.steward_a.id}", json={field: None}, headers=world.headers(world.admin))
+    assert_error(r, 422, "validation_error")
+    assert db_state(session) == before
