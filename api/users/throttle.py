@@ -29,6 +29,14 @@ def _key(kind: str, value: str) -> str:
     return f"{kind}:{value.strip().lower().replace(chr(0), '?')[:_KEY_LENGTH]}"
 
 
+def _name_key(session: Session, username: str) -> str:
+    """The user name's key, lower-cased by the database as the sign-in's lookup lowers it
+    (`api.users.service._same_name`): lowered by Python, `admİn` (a dotted capital İ), which PostgreSQL's
+    lower() reads as `admin`, counted apart from it, and each such spelling got its own failures."""
+    cleaned = username.strip().replace(chr(0), "?")[:_KEY_LENGTH]
+    return f"user:{session.execute(select(func.lower(literal(cleaned)))).scalar_one()}"
+
+
 def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_at: int,
            lock_s: float) -> tuple[int, datetime | None]:
     """Count one event on `key` in its window (a new window once the old one has passed); the key is locked
@@ -74,7 +82,7 @@ def check(*, session: Session, settings: Settings, username: str, address: str) 
     session.commit()
     if until is not None and until > now:
         raise _refuse(until, now, "Too many sign-in attempts from this address.")
-    keys = [_key("user", username), _key("ip", address)]
+    keys = [_name_key(session, username), _key("ip", address)]
     locked = session.execute(select(func.max(LoginThrottle.locked_until)).where(
         col(LoginThrottle.key).in_(keys), col(LoginThrottle.locked_until) > now)).scalar()
     if locked is not None:  # refused without counting, so that refused attempts do not stretch the lock
@@ -90,7 +98,7 @@ def count_attempt(*, session: Session, settings: Settings, username: str, addres
     the end of the lock it set off when it is one more than the limits allow, else None."""
     now = now or utcnow()
     window, lock = settings.login_failure_window_s, settings.login_lockout_s
-    ends = [_count(session, _key("user", username), now=now, window_s=window,
+    ends = [_count(session, _name_key(session, username), now=now, window_s=window,
                    lock_at=settings.login_max_failures + 1, lock_s=lock)[1],
             _count(session, _key("ip", address), now=now, window_s=window,
                    lock_at=settings.login_max_failures_per_ip + 1, lock_s=lock)[1]]
@@ -113,7 +121,7 @@ def record_success(*, session: Session, username: str, address: str) -> None:
     """A correct password clears the user name's failures and takes its own attempt back off the address's
     count (the address's earlier failures stand: one address may serve many)."""
     table = LoginThrottle.__table__  # type: ignore[attr-defined]
-    session.exec(delete(LoginThrottle).where(col(LoginThrottle.key) == _key("user", username)))
+    session.exec(delete(LoginThrottle).where(col(LoginThrottle.key) == _name_key(session, username)))
     session.execute(update(table).where(table.c.key == _key("ip", address), table.c.count > 0)
                     .values(count=table.c.count - 1))
     session.commit()

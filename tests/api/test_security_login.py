@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, func, literal, update
 from sqlmodel import Session, select
 
 from api.app import create_app
@@ -165,3 +165,19 @@ def test_right_passwords_do_not_lock_a_shared_address(api: TestClient, world: Wo
     for i in range(11):
         assert sign_in(api, users[i % 4].username, PASSWORD).status_code == 200, i
     assert_error(sign_in(api, "guess", "x"), 401, "invalid_credentials")
+
+
+def test_a_spelling_the_database_reads_as_the_same_name_shares_its_lockout(api: TestClient, world: World,
+                                                                           engine: Engine) -> None:
+    """Regression (review): the lockout keyed names by Python's lower(), the lookup by the database's. On
+    PostgreSQL `İ` (dotted capital I) lowers to `i`, so each such spelling of a name signed in as it, and had
+    failures of its own to spend. Now the key is what the database's lower() makes of the name."""
+    name = world.supervisor.username  # supervisor<n>: an i to spell as İ
+    with Session(engine) as session:
+        variant = name.replace("i", "İ", 1)
+        same = session.execute(select(func.lower(literal(variant)))).scalar_one() == name.lower()
+    for _ in range(3):
+        assert_error(sign_in(api, name, "wrong-password"), 401, "invalid_credentials")
+    if same:  # PostgreSQL under a glibc collation: one name, one lock
+        assert_error(sign_in(api, variant, PASSWORD), 429, "too_many_attempts")
+    assert_error(sign_in(api, name.upper(), PASSWORD), 429, "too_many_attempts")  # ASCII case, on both
