@@ -275,8 +275,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, capture)
         finally:
             template = route_template(scope)
-            self.requests.labels(scope["method"], template, str(status)).inc()
-            self.latency.labels(scope["method"], template).observe(time.perf_counter() - start)
+            # A made-up method is one label, not one each: every distinct label value is a series kept for ever
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.requests.labels(method, template, str(status)).inc()
+            self.latency.labels(method, template).observe(time.perf_counter() - start)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_template(scope: Scope) -> str:
