@@ -670,8 +670,9 @@ def test_a_database_newer_than_the_code_says_so(data_dir: Path) -> None:
     assert "steward db upgrade" not in result.output
 
 
-def test_serve_on_a_host_that_is_no_address_says_so(data_dir: Path) -> None:
+def test_serve_on_a_host_that_is_no_address_says_so(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (review): a mistyped host was answered "another `steward serve` is running there?"."""
+    monkeypatch.setenv("STEWARD_HOST", "127.0.0.1")  # `serve --host` sets it in os.environ: restored after the test
     result = runner.invoke(app, ["serve", "--host", "not..valid host", "--port", str(_free_port())])
     assert result.exit_code == 2 and "STEWARD_HOST" in result.output and "another" not in result.output
 

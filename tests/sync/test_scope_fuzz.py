@@ -126,6 +126,9 @@ def test_handhelds_hold_their_scope_after_random_changes(client: TestClient, eng
             client.patch(f"/api/v1/users/{s.id}", json={"active": False}, headers=admin)
             r = client.patch(f"/api/v1/users/{s.id}", json={"active": True}, headers=admin)
             assert r.status_code == 200, r.text
+            # disabling ended the steward's sessions (`users.token_epoch`): the handheld signs in again
+            s.token_epoch += 1
+            devs[stewards.index(s)].headers = d.headers(s)
         elif op == "gridvisit":
             i = rng.randrange(2)
             dev = devs[i]
