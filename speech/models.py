@@ -16,7 +16,7 @@ from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from api.db import new_id, ts_field
-from api.fieldwork.models import not_in_future
+from api.fieldwork.models import plausible_field_time
 from api.schemas import RequestBody, UtcDatetime, strip_text
 
 
@@ -108,7 +108,7 @@ class CallMetadata(RequestBody):
     household_id: uuid.UUID | None = None
     work_order_id: uuid.UUID | None = None
 
-    _not_in_future = field_validator("started_at")(not_in_future)
+    _plausible_time = field_validator("started_at")(plausible_field_time)
     # A number or an agent of spaces passed `min_length` and was stored blank.
     _strip = field_validator("caller_phone", "agent", mode="before")(strip_text)
 

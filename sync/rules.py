@@ -24,7 +24,7 @@ from api.fieldwork.models import (
     VisitCreate,
     VisitUpdate,
     check_visit_length,
-    not_in_future,
+    plausible_field_time,
 )
 from api.network.models import Household, HouseholdUpdate
 from api.notes.models import Note, NoteCreate, NoteKind
@@ -114,7 +114,7 @@ class NoteUpdate(BaseModel):
     duration_s: float | None = PydanticField(default=None, ge=0, le=6 * 3600)
     recorded_at: UtcDatetime | None = None  # as NoteCreate: refused at validation when it has no UTC equivalent
 
-    _not_in_future = field_validator("recorded_at")(not_in_future)
+    _plausible_time = field_validator("recorded_at")(plausible_field_time)
     _not_null = field_validator("kind", "duration_s", "recorded_at")(not_null)  # columns that hold a value
 
 

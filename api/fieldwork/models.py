@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
@@ -21,6 +21,10 @@ from api.schemas import RequestBody, Sha256, UtcDatetime, clean_label, not_null
 # How far ahead of the server's clock a field time may be: a handheld's clock or time zone set wrong by a few
 # hours is tolerated; a reading dated next year (it would head every newest-first list for a year) is not.
 FUTURE_TOLERANCE = timedelta(days=1)
+# The earliest field time taken: a handheld whose clock battery ran flat restarts in 1970 (or 2000 on some),
+# and a reading dated then would sink to the bottom of every list and history chart. Nothing this service
+# records in the field (visits, readings, notes, calls) happened before it.
+EARLIEST_FIELD_TIME = datetime(2001, 1, 1, tzinfo=UTC)
 # The longest a visit can last (left_at - arrived_at): longer is a wrong date, not a visit.
 MAX_VISIT = timedelta(hours=24)
 # Photos one visit may name (blobs by sha256): a radiator, its valves, the meter, the damage, before and after.
@@ -31,11 +35,16 @@ PhotoList = JSON().with_variant(JSONB(), "postgresql")
 PhotoHashes = Annotated[list[Sha256], MaxLen(MAX_PHOTOS)]  # `maxItems` in OpenAPI (Field's max_length said maxLength)
 
 
-def not_in_future(value: datetime | None) -> datetime | None:
-    """Refuse a field time more than `FUTURE_TOLERANCE` after now (shared by REST and sync push)."""
+def plausible_field_time(value: datetime | None) -> datetime | None:
+    """Refuse a field time more than `FUTURE_TOLERANCE` after now, or before `EARLIEST_FIELD_TIME` (a reset
+    clock); shared by REST and sync push."""
     if value is not None and value > utcnow() + FUTURE_TOLERANCE:
         raise PydanticCustomError("invalid_time", "{value} is in the future; record the time it happened "
                                   "(check the device's clock and time zone)", {"value": value.isoformat()})
+    if value is not None and value < EARLIEST_FIELD_TIME:
+        raise PydanticCustomError("invalid_time", "{value} is before {earliest}: the device's clock was probably "
+                                  "reset; set it and record the time it happened",
+                                  {"value": value.isoformat(), "earliest": EARLIEST_FIELD_TIME.date().isoformat()})
     return value
 
 
@@ -98,7 +107,7 @@ class Visit(Versioned, VisitBase, table=True):
 class VisitCreate(VisitBase, RequestBody):
     id: uuid.UUID | None = None
 
-    _not_in_future = field_validator("arrived_at", "left_at")(not_in_future)
+    _plausible_time = field_validator("arrived_at", "left_at")(plausible_field_time)
 
     @model_validator(mode="after")
     def _check_length(self) -> VisitCreate:
@@ -121,7 +130,7 @@ class VisitUpdate(RequestBody):
 
     _not_null = field_validator("actions", "photos")(not_null)
     _distinct_photos = field_validator("photos")(distinct_photos)
-    _not_in_future = field_validator("left_at")(not_in_future)
+    _plausible_time = field_validator("left_at")(plausible_field_time)
 
 
 class VisitPublic(VisitBase):
@@ -163,7 +172,7 @@ class Reading(Versioned, ReadingBase, table=True):
 class ReadingCreate(ReadingBase, RequestBody):
     id: uuid.UUID | None = None
 
-    _not_in_future = field_validator("taken_at")(not_in_future)
+    _plausible_time = field_validator("taken_at")(plausible_field_time)
     _clean = field_validator("room", mode="before")(clean_label)  # a room of spaces then fails min_length
 
 

@@ -10,7 +10,7 @@ from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
-from api.fieldwork.models import not_in_future
+from api.fieldwork.models import plausible_field_time
 from api.schemas import SHA256_PATTERN, RequestBody, UtcDatetime
 
 
@@ -60,7 +60,7 @@ class NoteCreate(NoteBase, RequestBody):
 
     # As for visits and readings: a handheld's clock set years ahead put its note at the top of every
     # newest-first list (notes, transcripts) until that year came.
-    _not_in_future = field_validator("recorded_at")(not_in_future)
+    _plausible_time = field_validator("recorded_at")(plausible_field_time)
 
 
 class NotePublic(NoteBase):

@@ -303,6 +303,24 @@ def test_ids_outside_the_grid_cannot_be_probed(client: TestClient, session: Sess
         assert existing.json()["detail"]["code"] == unknown.json()["detail"]["code"]
 
 
+def test_times_from_a_reset_clock_are_refused(client: TestClient, session: Session, world: World) -> None:
+    """Regression: a reading or visit dated 1970-01-01 (a handheld whose clock battery ran flat) was stored;
+    the earliest accepted field time is 2001-01-01."""
+    h = world.headers(world.steward_a)
+    hh = str(world.household_a.id)
+    for when in ("1970-01-01T00:00:07+00:00", "2000-12-31T23:59:59+00:00", "2001-01-01T07:59:00+08:00"):
+        for path, body in (("readings", {"household_id": hh, "taken_at": when, "temp_c": 18}),
+                           ("visits", {"household_id": hh, "arrived_at": when, "indoor_temp_c": 18})):
+            r = client.post(f"{API}/{path}", json=body, headers=h)
+            assert_error(r, 422, "validation_error")
+            assert r.json()["detail"]["errors"][0]["type"] == "invalid_time", r.json()
+            assert "clock" in r.json()["detail"]["errors"][0]["msg"], r.json()
+    assert count_rows(session, Visit) == 0 and count_rows(session, Reading) == 0
+    r = client.post(f"{API}/readings", json={"household_id": hh, "taken_at": "2001-01-01T00:00:00+00:00",
+                                             "temp_c": 18}, headers=h)
+    assert r.status_code == 201, r.json()
+
+
 def test_times_far_in_the_future_are_refused(client: TestClient, session: Session, world: World) -> None:
     """Regression: a reading or visit dated a year ahead was stored, and headed the newest-first lists (the
     console's chart) for a year. A day ahead is tolerated: handheld clocks and time zones go wrong."""

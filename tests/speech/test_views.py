@@ -598,11 +598,12 @@ def test_a_correction_is_written_tagged_and_found_like_the_models_text(api: Test
 
 
 @pytest.mark.parametrize("meta", [{"houshold_id": "household"}, {"started_at": "2099-01-01T00:00:00+08:00"},
-                                  {"started_at": "future"}])
+                                  {"started_at": "future"}, {"started_at": "1970-01-01T08:00:00+08:00"}])
 def test_call_metadata_with_an_unknown_field_or_a_future_start_is_refused(
         api: TestClient, world: World, session: Session, meta: dict[str, str]) -> None:
     """Regression: a misspelt `houshold_id` was ignored (202, the call stored without its household), and a
-    call could start decades ahead (it would head every newest-first list); as for visits and readings."""
+    call could start decades ahead (it would head every newest-first list); as for visits and readings. A start
+    in 1970 (a recorder whose clock was reset) is refused as well."""
     if meta.get("houshold_id"):
         meta = {"houshold_id": str(world.household_a.id)}
     if meta.get("started_at") == "future":  # past the tolerance for a wrong clock or zone

@@ -90,6 +90,20 @@ def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callab
     assert "future" in result["message"]
 
 
+def test_field_times_from_a_reset_clock_are_rejected(district: District, device: Callable[..., Device]) -> None:
+    """Regression: a handheld whose clock battery ran flat restarts in 1970; its readings and visits were
+    applied with that date (sinking to the end of every history). Each is `rejected` as an invalid value."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    phone.create("readings", household_id=str(d.h1a.id), taken_at="1970-01-01T00:03:00+00:00", temp_c=19.5)
+    phone.create("visits", household_id=str(d.h1a.id), arrived_at="2000-01-01T08:00:00+08:00")
+    phone.update("notes", str(d.note1.id), recorded_at="1970-01-01T00:05:00+00:00")
+    results = phone.push()["results"]
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value")] * 3, results
+    assert all("clock" in r["message"] for r in results), results
+
+
 def test_a_note_time_before_year_one_in_utc_is_an_invalid_value(district: District,
                                                                  device: Callable[..., Device]) -> None:
     """Regression: a note update took any aware time, so one with no UTC equivalent failed at the database
