@@ -38,7 +38,7 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.worker import lifespan, notify_queued
-from sync.blobs.service import Blobs
+from sync.blobs.service import Blobs, etag
 
 calls_router = APIRouter(prefix="/calls", tags=["speech"])
 router = APIRouter(prefix="/transcripts", tags=["speech"])
@@ -96,21 +96,24 @@ AUDIO: dict[str, Any] = {t: {} for t in ("audio/wav", "audio/ogg", "audio/mpeg",
             responses={200: {"content": AUDIO, "description": "The recording."},
                        206: {"content": AUDIO, "description": "The requested byte range."}})
 async def get_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: StreamingUser,
-                    range: Annotated[str | None, Header()] = None) -> Response:
-    """The recording; `Range: bytes=...` is honoured so a player can start from a segment. The database is
-    read in a short session of its own: a slow listener holds no connection while the bytes flow."""
-    return await _audio(id, request, engine, user, range, body=True)
+                    range: Annotated[str | None, Header()] = None,
+                    if_range: Annotated[str | None, Header()] = None) -> Response:
+    """The recording; `Range: bytes=...` is honoured so a player can start from a segment (unless `If-Range`
+    names another entity tag). The database is read in a short session of its own: a slow listener holds no
+    connection while the bytes flow."""
+    return await _audio(id, request, engine, user, range, if_range, body=True)
 
 
 @router.head("/{id}/audio", response_class=Response, include_in_schema=False)
 async def head_audio(id: uuid.UUID, request: Request, engine: EngineDep, user: StreamingUser,
-                     range: Annotated[str | None, Header()] = None) -> Response:
+                     range: Annotated[str | None, Header()] = None,
+                     if_range: Annotated[str | None, Header()] = None) -> Response:
     """GET's status and headers without the body: players and download tools ask for the size first."""
-    return await _audio(id, request, engine, user, range, body=False)
+    return await _audio(id, request, engine, user, range, if_range, body=False)
 
 
-async def _audio(id: uuid.UUID, request: Request, engine: Engine, user: User, range: str | None, *,
-                 body: bool) -> Response:
+async def _audio(id: uuid.UUID, request: Request, engine: Engine, user: User, range: str | None,
+                 if_range: str | None, *, body: bool) -> Response:
     from api.notes.models import Note
 
     def find(session: Session) -> Note | None:
@@ -125,8 +128,9 @@ async def _audio(id: uuid.UUID, request: Request, engine: Engine, user: User, ra
     media_type, suffix = _sniff(b"".join(blobs.store.open_range(note.audio_sha256, 0, min(size, 12) - 1)))
     # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
     # error shape (Starlette's FileResponse answered both in plain text).
-    read = blobs.read(note.audio_sha256, range, body=body)
-    headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"'}
+    read = blobs.read(note.audio_sha256, range, if_range=if_range, body=body)
+    headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"',
+                                "ETag": etag(note.audio_sha256)}
     if not body:
         return Response(status_code=read.status_code, headers=headers, media_type=media_type)
     return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers, media_type=media_type)

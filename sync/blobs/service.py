@@ -241,16 +241,26 @@ class Blobs:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def read(self, sha256: str, range_header: str | None, *, body: bool = True) -> BlobRead:
-        """A complete blob, honouring a single byte range; `body=False` (a HEAD) opens nothing and its chunks
-        are empty."""
+    def read(self, sha256: str, range_header: str | None, *, if_range: str | None = None,
+             body: bool = True) -> BlobRead:
+        """A complete blob, honouring a single byte range unless an `If-Range` validator does not match the
+        blob's entity tag (`etag`); `body=False` (a HEAD) opens nothing and its chunks are empty."""
         size = self.store.exists(sha256)
         if size is None:
             raise NotFound(f"No blob {sha256} (or its upload is not complete).")
+        if if_range is not None and if_range.strip() != etag(sha256):
+            # RFC 9110 13.1.5: another tag, a weak one (If-Range compares strongly) or a date (blobs have no
+            # Last-Modified) means the client's partial copy is not of these bytes: the whole blob, 200.
+            range_header = None
         parsed = parse_range(range_header, size)
         start, end = parsed if parsed is not None else (0, size - 1)
         chunks = self.store.open_range(sha256, start, end) if body else iter(())
         return BlobRead(size, start, end, parsed is not None, chunks)
+
+
+def etag(sha256: str) -> str:
+    """A blob's entity tag: its hash, quoted (strong: the bytes of a hash never change)."""
+    return f'"{sha256}"'
 
 
 class BlobRead(NamedTuple):

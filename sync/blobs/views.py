@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.deps import StreamingUser
 from api.errors import BadRequest
-from sync.blobs.service import Blobs
+from sync.blobs.service import Blobs, etag
 
 router = APIRouter(prefix="/blobs", tags=["blobs"])
 Sha = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256 of the content.")]
@@ -47,7 +47,7 @@ async def put_blob(sha256: Sha, request: Request, blobs: BlobsDep, _: StreamingU
     created = await blobs.put(sha256, request.stream(), declared)
     if created:
         await blobs.completed(sha256)
-    return Response(status_code=201 if created else 200, headers={"ETag": f'"{sha256}"'})
+    return Response(status_code=201 if created else 200, headers={"ETag": etag(sha256)})
 
 
 @router.patch("/{sha256}", status_code=204, response_class=Response,
@@ -75,7 +75,7 @@ def head_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser) -> Response:
     size = blobs.store.claim(sha256)
     if size is not None:
         return Response(status_code=200, headers={"Content-Length": str(size), "Upload-Offset": str(size),
-                                                  "ETag": f'"{sha256}"', "Accept-Ranges": "bytes"})
+                                                  "ETag": etag(sha256), "Accept-Ranges": "bytes"})
     partial = blobs.partial(sha256)
     if partial is not None:
         return Response(status_code=404, media_type="application/json",
@@ -87,10 +87,11 @@ def head_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser) -> Response:
 @router.get("/{sha256}", response_class=Response,
             responses={200: {"content": BINARY, "description": "The bytes."},
                        206: {"content": BINARY, "description": "The requested byte range."}})
-def get_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser,
-             range: Annotated[str | None, Header()] = None) -> StreamingResponse:
-    """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206."""
-    read = blobs.read(sha256, range)
-    headers = read.headers() | {"ETag": f'"{sha256}"', "Cache-Control": "private, max-age=31536000, immutable"}
+def get_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser, range: Annotated[str | None, Header()] = None,
+             if_range: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206, unless `If-Range` names
+    another entity tag (then 200 with every byte)."""
+    read = blobs.read(sha256, range, if_range=if_range)
+    headers = read.headers() | {"ETag": etag(sha256), "Cache-Control": "private, max-age=31536000, immutable"}
     return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers,
                              media_type="application/octet-stream")

@@ -4,6 +4,7 @@ redaction, audio with Range. Real transcription runs through each backend's queu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -289,6 +290,20 @@ def test_a_bad_range_on_the_audio_never_gets_a_plain_text_answer(api: TestClient
     beyond = api.get(url, headers=headers | {"Range": f"bytes={len(VALVE)}-"})
     assert_error(beyond, 416, "range_not_satisfiable")
     assert beyond.headers["content-range"] == f"bytes */{len(VALVE)}"
+
+
+def test_the_audio_has_an_entity_tag_and_honours_if_range(api: TestClient, world: World, session: Session,
+                                                          speech_settings_: Settings) -> None:
+    """Regression: the recording had no ETag and `If-Range` was ignored: a player resuming a download made
+    before the audio changed hands got a 206 of other bytes. A matching tag resumes; any other gets all."""
+    url, headers = _audio_url(session, world, speech_settings_), world.headers(world.supervisor)
+    tag = api.get(url, headers=headers).headers["etag"]
+    assert tag == f'"{hashlib.sha256(VALVE).hexdigest()}"'
+    resumed = api.get(url, headers=headers | {"Range": "bytes=100-199", "If-Range": tag})
+    assert resumed.status_code == 206 and resumed.content == VALVE[100:200]
+    for validator in ('"other"', f"W/{tag}", "Sat, 05 Dec 2026 05:00:00 GMT"):
+        whole = api.get(url, headers=headers | {"Range": "bytes=100-199", "If-Range": validator})
+        assert whole.status_code == 200 and whole.content == VALVE, validator
 
 
 def test_head_on_a_recording_answers_like_get_without_a_body(api: TestClient, world: World, session: Session,

@@ -101,6 +101,8 @@ def test_a_large_blob_goes_up_in_parts_and_ranges_come_back_from_the_bucket(
         assert got.status_code == 206 and got.content == data[start:end + 1], header
         assert got.headers["content-range"] == f"bytes {start}-{end}/{len(data)}"
     assert client.get(URL.format(sha), headers=headers).content == data
+    stale = client.get(URL.format(sha), headers=headers | {"Range": "bytes=0-0", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == data  # If-Range of other bytes: all of them
 
 
 def test_an_object_deleted_behind_the_service_is_a_404(client: TestClient, headers: dict[str, str], s3: Any) -> None:

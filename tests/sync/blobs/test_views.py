@@ -74,6 +74,20 @@ def test_ranges_are_served(client: TestClient, headers: dict[str, str], photo: b
     assert client.get(URL.format(sha), headers=headers | {"Range": "lines=1-2"}).status_code == 200
 
 
+def test_a_range_with_an_if_range_of_other_bytes_gets_the_whole_blob(client: TestClient, headers: dict[str, str],
+                                                                    photo: bytes) -> None:
+    """Regression: `If-Range` was ignored, so a client resuming a download of other bytes (another tag, a weak
+    one, a date) got a 206 to splice onto them; RFC 9110 says the whole representation, 200."""
+    sha = _sha(photo)
+    client.put(URL.format(sha), content=photo, headers=headers)
+    for validator in ('"not-the-etag"', f'W/"{sha}"', "Sat, 05 Dec 2026 05:00:00 GMT", f'"{_sha(b"other")}"'):
+        got = client.get(URL.format(sha), headers=headers | {"Range": "bytes=0-9", "If-Range": validator})
+        assert got.status_code == 200 and got.content == photo, validator
+        assert "content-range" not in got.headers, validator
+    same = client.get(URL.format(sha), headers=headers | {"Range": "bytes=0-9", "If-Range": f'"{sha}"'})
+    assert same.status_code == 206 and same.content == photo[:10]
+
+
 def _chunks(data: bytes, size: int) -> Iterator[tuple[int, bytes]]:
     for start in range(0, len(data), size):
         yield start, data[start:start + size]
