@@ -40,9 +40,21 @@ def transcript_json(file: str, transcript: Any, *, redact: bool) -> dict[str, An
                          for s, shown in zip(transcript.segments, texts, strict=True)]}
 
 
+def printable(text: str) -> str:
+    """Text as it can be printed and put in JSON: a file name's bytes that are not UTF-8 (a recording named
+    in GBK on Windows) come back from the OS as lone surrogates, which no strict UTF-8 stream takes; they
+    are shown as `\\xNN` instead."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def transcribe(
+    # readable=False: an unreadable file is one file's error line, not a usage error that costs the others
     files: Annotated[list[Path], typer.Argument(help="Audio files (wav, mp3, m4a, ogg/opus, amr, webm).",
-                                                show_default=False)],
+                                                show_default=False, readable=False)],
     engine: Annotated[EngineOption | None, typer.Option(help="Speech engine (default: STEWARD_WHISPER_ENGINE).")]
     = None,
     model: Annotated[str | None, typer.Option(help="Model directory or .pt file (default: the bundled base).")]
@@ -65,23 +77,30 @@ def transcribe(
     try:
         pipeline = build_pipeline(settings, engine=engine.value if engine else None, model=model, language=language)
     except (ModelError, RuntimeError, ValueError) as exc:  # a missing model, an unknown language
-        typer.secho(f"Cannot transcribe: {exc}", fg="red", err=True)
+        typer.secho(f"Cannot transcribe: {printable(str(exc))}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # a model directory whose files do not parse (a git-lfs pointer for tokenizer.json)
+        which = printable(model or settings.whisper_model or "(the bundled base model)")
+        typer.secho(f"Cannot transcribe: cannot load the model {which}: {type(exc).__name__}: "
+                    f"{printable(str(exc))}", fg="red", err=True)
         raise typer.Exit(2) from exc
 
     failed = 0
     with _Output(total=len(files), quiet=as_json) as out:
         for file in files:
+            name = printable(str(file))
             try:
                 transcript = pipeline.run(decode_audio(file, max_duration_s=settings.speech_max_duration_s))
             except Exception as exc:  # one file's failure, whatever it is, must not cost the others their lines
                 failed += 1
-                error = str(exc) if isinstance(exc, AudioDecodeError) else f"{file}: {type(exc).__name__}: {exc}"
+                error = printable(str(exc) if isinstance(exc, AudioDecodeError)
+                                  else f"{file}: {type(exc).__name__}: {exc}")
                 if as_json:
-                    out.line(json.dumps({"file": str(file), "error": error}, ensure_ascii=False))
+                    out.line(json.dumps({"file": name, "error": error}, ensure_ascii=False))
                 else:
                     out.line(f"error: {error}", err=True)
             else:
-                data = transcript_json(str(file), transcript, redact=redact)
+                data = transcript_json(name, transcript, redact=redact)
                 out.line(json.dumps(data, ensure_ascii=False) if as_json else _readable(data))
             out.advance()
     pipeline.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -300,3 +301,64 @@ def test_a_data_directory_that_cannot_hold_the_conversion_is_one_line(runner: Cl
                                  str(FIXTURES / "leak_report.wav")])
     assert result.exit_code == 2, (result.exit_code, repr(result.exception))
     assert result.stderr.startswith(f"Cannot transcribe: cannot convert {model} into the openai-whisper checkpoint")
+
+
+def test_a_model_whose_tokenizer_does_not_parse_is_one_line(runner: CliRunner, speech_data_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """Regression: a model directory cloned without git-lfs (tokenizer.json a pointer file) made the tokenizer
+    library raise a bare Exception: a 68-line traceback, exit 1, and no line for any file."""
+    from speech.model_store import ensure_bundled_model
+
+    bundled = ensure_bundled_model(speech_data_dir)
+    model = tmp_path / "lfs-clone"
+    model.mkdir()
+    for item in bundled.iterdir():
+        (model / item.name).symlink_to(item)
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer.json").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64
+                                          + "\nsize 2480466\n")
+    result = runner.invoke(app, ["transcribe", "--json", "--model", str(model), str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 2, (result.exit_code, repr(result.exception))
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Cannot transcribe: cannot load the model {model}: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_the_others_still_run(runner: CliRunner,
+                                                                                tmp_path: Path) -> None:
+    """Regression: a recording named in GBK (from a Windows share) came back from the OS with lone surrogates;
+    printing its line raised UnicodeEncodeError on a strict UTF-8 stdout, and every later file lost its line."""
+    gbk = tmp_path / os.fsdecode("录音".encode("gbk") + b".wav")  # c2 bc is UTF-8 for ¼; d2 f4 is not UTF-8
+    write_wav(gbk, silence(1))
+    missing = tmp_path / os.fsdecode(b"\xb6\xaa.wav")
+    result = runner.invoke(app, ["transcribe", "--json", str(gbk), str(missing), str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 1, (result.exit_code, repr(result.exception))
+    lines = [json.loads(line) for line in result.stdout.encode("utf-8").decode("utf-8", "strict").splitlines()]
+    assert [line["file"] for line in lines] == [f"{tmp_path}/\u00bc\\xd2\\xf4.wav", f"{tmp_path}/\\xb6\\xaa.wav",
+                                                str(FIXTURES / "leak_report.wav")]
+    assert lines[0]["text"] == "" and "\\xb6\\xaa.wav" in lines[1]["error"] and lines[2]["text"]
+
+
+def test_an_unreadable_file_is_its_own_error_line(runner: CliRunner, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: Typer refused the whole run (exit 2, no lines) when one path was unreadable; now it is that
+    file's error line and the others are transcribed. (The suite runs as root, who reads anything: the
+    permission check and the read are made to fail as they do for a service account.)"""
+    locked = write_wav(tmp_path / "locked.wav", silence(1))
+    access, decode = os.access, speech.audio.decode_audio
+
+    def no_access(path: object, mode: int, **kwargs: object) -> bool:
+        return False if Path(str(path)) == locked else access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    def denied(source: Path, **options: float) -> object:
+        if Path(source) == locked:
+            raise PermissionError(13, "Permission denied", str(source))
+        return decode(source, **options)
+
+    monkeypatch.setattr(os, "access", no_access)
+    monkeypatch.setattr(speech.audio, "decode_audio", denied)
+    result = runner.invoke(app, ["transcribe", "--json", str(locked), str(FIXTURES / "leak_report.wav")])
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    unreadable, done = [json.loads(line) for line in result.stdout.splitlines()]
+    assert unreadable["file"] == str(locked) and "Permission denied" in unreadable["error"]
+    assert done["file"] == str(FIXTURES / "leak_report.wav") and done["text"]
