@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, or_
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import new_id, refuse_taken_id, utcnow
+from api.db import new_id, refuse_taken_id, sqlite_write_lock, utcnow
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station, address_text
@@ -157,8 +157,13 @@ def create_campaign(*, session: Session, settings: Settings, user: User, data: C
     refuse_taken_id(session, Campaign, data.id, "campaign")
     get_station(session=session, id=data.station_id)
     _check_season(data.season)
+    # The calendar is locked as it is read: a correction committing between this read and the insert below
+    # moved the drafts it saw, not this one, which then announced dates the calendar no longer had. Now the
+    # correction waits for this commit and moves this draft too (or this waits, and reads its dates).
+    sqlite_write_lock(session.connection())
     calendar = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == data.station_id,
-                                                         SeasonCalendar.season == data.season)).first()
+                                                         SeasonCalendar.season == data.season)
+                            .with_for_update()).first()
     if calendar is None:
         raise Unprocessable(f"Station {data.station_id} has no calendar for {data.season}; PUT "
                             f"/proactive/stations/{data.station_id}/calendars/{data.season} first.",

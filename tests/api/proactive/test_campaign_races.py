@@ -223,3 +223,47 @@ def test_a_calendar_fix_racing_the_first_send_leaves_the_campaign_as_it_was_text
     told = day_text(campaign.event_start.astimezone(TZ))
     assert told == day_text(local(31, 8))  # the new dates: the send waited for the correction
     assert len(texts) == 2 and all(told in t for t in texts), (told, texts)
+
+
+def test_a_calendar_correction_racing_a_new_campaign_moves_its_dates_too(
+        client: TestClient, engine: Engine, session: Session, world: World, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a calendar correction committing between a campaign creation's read of the calendar and its
+    insert moved the drafts it saw, not the new one, which then announced the superseded dates. The correction
+    now waits for the creation (the calendar is locked as it is read) and moves the new draft too."""
+    from api.proactive.models import SeasonCalendar, SeasonCalendarPut
+    from tests.api.proactive.helpers import SEASON, calendar_body, local
+
+    h = world.headers(world.supervisor)
+    url = f"{API}/stations/{world.station.id}/calendars/{SEASON}"
+    assert client.put(url, json=calendar_body(), headers=h).status_code == 200
+    fixed = SeasonCalendarPut.model_validate(calendar_body(local(31, 8)))
+    real, outcome = campaigns._refuse_past, []
+
+    def correct() -> None:
+        with Session(engine, expire_on_commit=False) as other:
+            try:
+                campaigns.put_calendar(session=other, settings=settings, user=world.supervisor,
+                                       station_id=world.station.id, season=SEASON, data=fixed)
+                outcome.append("corrected")
+            except Exception as exc:  # the test reports it
+                outcome.append(repr(exc))
+
+    corrector = threading.Thread(target=correct)
+
+    def correction_during_the_creation(*args: object, **kwargs: object) -> None:
+        corrector.start()  # another supervisor's PUT, between the creation's read and its insert
+        corrector.join(1.0)  # before the fix it committed at once; now it waits for the creation's commit
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(campaigns, "_refuse_past", correction_during_the_creation)
+    r = client.post(f"{API}/campaigns", json={"station_id": str(world.station.id), "season": SEASON,
+                                              "kind": "water_fill"}, headers=h)
+    corrector.join(30)
+    assert r.status_code == 201, r.json()
+    assert outcome == ["corrected"]
+    session.expire_all()
+    calendar = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == world.station.id)).one()
+    draft = session.get(Campaign, uuid.UUID(r.json()["id"]))
+    assert draft is not None and calendar.water_fill_start == fixed.water_fill_start
+    assert draft.event_start == calendar.water_fill_start, (draft.event_start, calendar.water_fill_start)
