@@ -162,6 +162,10 @@ def test_a_save_that_lost_to_another_edit_reloads_the_transcript(page: Page, ser
     page.get_by_role("textbox", name="第 2 段的文字").fill("我的修改")
     page.get_by_role("button", name="保存").click()
     wait_js(page, "window.__console.transcript.revision === 2")
+    # The page re-renders the segments after it takes the new revision: a CI run on busy cores read them in
+    # between (the old text); wait for the rendering, then check it.
+    wait_js(page, "[...document.querySelectorAll('#t-segments .text')].map(e => e.textContent).join('|')"
+                  " === '别人改的|我的修改'")
     assert message.inner_text() == "已保存修改。"
     assert segment_texts(page) == ["别人改的", "我的修改"]
     saved = httpx.get(f"{server}/api/v1/transcripts/{t.id}", headers=world.headers(world.admin)).json()
