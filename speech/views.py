@@ -38,7 +38,7 @@ from speech.models import (
     TranscriptUpdate,
 )
 from speech.worker import lifespan, notify_queued
-from sync.blobs.service import Blobs, etag
+from sync.blobs.service import Blobs
 
 calls_router = APIRouter(prefix="/calls", tags=["speech"])
 router = APIRouter(prefix="/transcripts", tags=["speech"])
@@ -129,8 +129,7 @@ async def _audio(id: uuid.UUID, request: Request, engine: Engine, user: User, ra
     # The blob store answers the range: a malformed one is ignored, an unsatisfiable one is a 416 in the one
     # error shape (Starlette's FileResponse answered both in plain text).
     read = blobs.read(note.audio_sha256, range, if_range=if_range, body=body)
-    headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"',
-                                "ETag": etag(note.audio_sha256)}
+    headers = read.headers() | {"Content-Disposition": f'attachment; filename="{id}{suffix}"'}
     if not body:
         return Response(status_code=read.status_code, headers=headers, media_type=media_type)
     return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers, media_type=media_type)

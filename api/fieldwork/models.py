@@ -38,10 +38,12 @@ PhotoHashes = Annotated[list[Sha256], MaxLen(MAX_PHOTOS)]  # `maxItems` in OpenA
 def plausible_field_time(value: datetime | None) -> datetime | None:
     """Refuse a field time more than `FUTURE_TOLERANCE` after now, or before `EARLIEST_FIELD_TIME` (a reset
     clock); shared by REST and sync push."""
-    if value is not None and value > utcnow() + FUTURE_TOLERANCE:
+    if value is None:
+        return value
+    if value > utcnow() + FUTURE_TOLERANCE:
         raise PydanticCustomError("invalid_time", "{value} is in the future; record the time it happened "
                                   "(check the device's clock and time zone)", {"value": value.isoformat()})
-    if value is not None and value < EARLIEST_FIELD_TIME:
+    if value < EARLIEST_FIELD_TIME:
         raise PydanticCustomError("invalid_time", "{value} is before {earliest}: the device's clock was probably "
                                   "reset; set it and record the time it happened",
                                   {"value": value.isoformat(), "earliest": EARLIEST_FIELD_TIME.date().isoformat()})

@@ -255,7 +255,7 @@ class Blobs:
         parsed = parse_range(range_header, size)
         start, end = parsed if parsed is not None else (0, size - 1)
         chunks = self.store.open_range(sha256, start, end) if body else iter(())
-        return BlobRead(size, start, end, parsed is not None, chunks)
+        return BlobRead(sha256, size, start, end, parsed is not None, chunks)
 
 
 def etag(sha256: str) -> str:
@@ -264,6 +264,7 @@ def etag(sha256: str) -> str:
 
 
 class BlobRead(NamedTuple):
+    sha256: str
     size: int
     start: int
     end: int
@@ -276,7 +277,8 @@ class BlobRead(NamedTuple):
         return 206 if self.ranged else 200
 
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Length": str(self.end - self.start + 1), "Accept-Ranges": "bytes"}
+        headers = {"Content-Length": str(self.end - self.start + 1), "Accept-Ranges": "bytes",
+                   "ETag": etag(self.sha256)}
         if self.ranged:
             headers["Content-Range"] = f"bytes {self.start}-{self.end}/{self.size}"
         return headers

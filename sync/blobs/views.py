@@ -92,6 +92,6 @@ def get_blob(sha256: Sha, blobs: BlobsDep, _: StreamingUser, range: Annotated[st
     """The blob's bytes; one byte range (`Range: bytes=a-b`) is answered 206, unless `If-Range` names
     another entity tag (then 200 with every byte)."""
     read = blobs.read(sha256, range, if_range=if_range)
-    headers = read.headers() | {"ETag": etag(sha256), "Cache-Control": "private, max-age=31536000, immutable"}
+    headers = read.headers() | {"Cache-Control": "private, max-age=31536000, immutable"}
     return StreamingResponse(read.chunks, status_code=read.status_code, headers=headers,
                              media_type="application/octet-stream")
