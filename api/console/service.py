@@ -168,16 +168,17 @@ def timeline(*, session: Session, user: User, id: uuid.UUID) -> Timeline:
     readings = session.exec(select(Reading).where(
         Reading.household_id == order.household_id, access.reading_clause(user),
         col(Reading.taken_at) >= order.created_at - READINGS_BEFORE, col(Reading.taken_at) <= until)
-        .order_by(col(Reading.taken_at)).limit(READINGS_MAX)).all()
-    points = [ReadingPoint(taken_at=r.taken_at, temp_c=r.temp_c, room=r.room) for r in readings]
+        .order_by(col(Reading.taken_at).desc()).limit(READINGS_MAX)).all()
+    # Past the cap the newest points stay (an open order's chart must show today), charted oldest first.
+    points = [ReadingPoint(taken_at=r.taken_at, temp_c=r.temp_c, room=r.room) for r in reversed(readings)]
     return Timeline(work_order=work_order, household=place, items=items, readings=points)
 
 
 def _ended_at(order: WorkOrder, events: list[WorkOrderEvent]) -> datetime | None:
     """When a finished order ended, for the chart: closed, resolved (the office may never close it), or
     cancelled (its status line; its last change if it has none). None while it is open. Only a close sets
-    `closed_at`: a resolved or cancelled order's chart ran until today, and its cap of points, oldest first,
-    could leave out the readings of the days after the order."""
+    `closed_at`: a resolved or cancelled order's chart ran until today, and its cap of points could leave out
+    the readings of the days around the order."""
     if order.status in OPEN_STATUSES:
         return None
     if order.status == Status.cancelled:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from api.console import service as console_service
 from api.console.views import CSP
 from api.db import utcnow
 from api.notes.models import NoteKind
@@ -309,6 +310,20 @@ def test_the_chart_of_a_finished_order_ends_a_day_after_it_ended(client: TestCli
     for order in (resolved, cancelled, unlogged):
         tl = client.get(f"{API}/work-orders/{order.id}/timeline", headers=h).json()
         assert len(tl["readings"]) == 1, order.status  # the one two months later is out of the chart
+
+
+def test_an_open_orders_chart_past_its_cap_keeps_the_newest_readings(client: TestClient, session: Session,
+                                                                     world: World, monkeypatch: Any) -> None:
+    """Regression (review): past the cap of points the chart kept the oldest readings of the window, so an open
+    order's chart stopped at the day it filled up and never showed today's temperature."""
+    monkeypatch.setattr(console_service, "READINGS_MAX", 3)
+    now = utcnow()
+    order = make_work_order(session, world.household_a, status=Status.in_progress, assignee=world.steward_a,
+                            created_at=now - timedelta(days=2))
+    for hours in (60, 40, 30, 20, 2):
+        make_reading(session, world.household_a, taken_at=now - timedelta(hours=hours), temp_c=float(hours))
+    tl = client.get(f"{API}/work-orders/{order.id}/timeline", headers=world.headers(world.supervisor)).json()
+    assert [p["temp_c"] for p in tl["readings"]] == [30.0, 20.0, 2.0]  # the newest three, charted oldest first
 
 
 # --- dashboard ----------------------------------------------------------------------------------------------
