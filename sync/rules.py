@@ -394,8 +394,10 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
         was = [getattr(order, name) for name in fields]
         apply_edits(order, values, settings=ctx.settings,
                     household=ctx.get(BY_NAME["households"], order.household_id))
-        if [getattr(order, name) for name in fields] != was:  # as REST: no event for an edit that changed
-            _event(ctx, order, "updated")                       # nothing (a cold sensitive home stays high)
+        # As REST: no event for an edit that changed nothing (a cold sensitive home stays high); its note
+        # lists the fields that changed, for the console's timeline.
+        if changed := sorted(name for name, old in zip(fields, was, strict=True) if getattr(order, name) != old):
+            _event(ctx, order, "updated", note=", ".join(dict.fromkeys(changed)))
 
 
 def _check_transition(ctx: Context, current: Status, target: Status) -> None:

@@ -175,7 +175,11 @@ def test_an_order_edit_through_sync_follows_the_rest_rules(client: TestClient, d
     assert (unchanged["priority"], unchanged["version"]) == ("high", 1)
     with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
         events = session.exec(select(WorkOrderEvent.kind).where(WorkOrderEvent.work_order_id == cold.id)).all()
+        edit = session.exec(select(WorkOrderEvent).where(WorkOrderEvent.work_order_id == pinned.id)).one()
     assert events == []
+    # (3) as REST's, the edit's line names what changed (the console shows it): the kept deadline is not in it
+    assert (edit.kind, edit.note.split("; ")[0]) == ("updated", "offline sync")
+    assert "category" in edit.note.split("; ")[1].split(", ") and "sla_due_at" not in edit.note
 
 
 def test_a_pushed_work_order_with_a_null_sla_is_created_with_the_rules_sla(client: TestClient,

@@ -28,7 +28,10 @@
     heating: { normal: "正常供暖", suspended: "报停" },
     proactive_kind: { station: "换热站", building: "楼栋", riser: "单元立管", revisit: "敏感户回访" },
     campaign_status: { draft: "未发送", sending: "发送中", completed: "已完成" },
-    delivery_status: { queued: "待发送", sent: "已发送", failed: "发送失败", skipped: "已跳过" }
+    delivery_status: { queued: "待发送", sent: "已发送", failed: "发送失败", skipped: "已跳过" },
+    field: { category: "类别", description: "描述", priority: "优先级", sla_due_at: "时限", status: "状态",
+             assignee_id: "管家", indoor_temp_c: "室温", actions: "处理措施", result: "结果", left_at: "离开时间",
+             resident_name: "住户姓名", phone: "电话", heating_status: "供暖状态", temp_c: "温度", room: "房间" }
   };
   function label(group, key) { return (L[group] && L[group][key]) || (key == null ? "" : String(key)); }
 
@@ -494,6 +497,16 @@
     box.appendChild(s);
   }
 
+  // An event's note as the server wrote it: what the user typed, after "offline sync" for a change pushed
+  // from a handheld; an edit's note lists the fields it changed ("priority, sla_due_at").
+  function eventNote(item) {
+    var note = item.data.note || "", sync = /^offline sync(; )?/.exec(note);
+    if (sync) note = note.slice(sync[0].length);
+    if (item.kind === "updated" && note)
+      note = "修改了" + note.split(", ").map(function (f) { return label("field", f); }).join("、");
+    return (sync ? "离线同步" + (note ? "：" : "") : "") + note;
+  }
+
   function timelineEntry(item, my) {
     var d = item.data, title, body = [];
     switch (item.kind) {
@@ -501,6 +514,7 @@
       case "assigned": title = "派单给 " + person(d.assignee_id); break;
       case "released": title = "退回待派单（原管家 " + person(d.assignee_id) + "）"; break;
       case "status": title = "状态：" + label("order_status", d.from_status) + " → " + label("order_status", d.to_status); break;
+      case "updated": title = "工单信息修改 · " + person(item.actor_id); break;
       case "visit":
         title = "上门走访 · " + person(item.actor_id) + (d.indoor_temp_c != null ? " · 室温 " + d.indoor_temp_c + "℃" : "");
         if (d.result) body.push(el("p", null, "结果：" + label("visit_result", d.result)));
@@ -530,7 +544,8 @@
         break;
       default: title = item.kind;
     }
-    if (d.note) body.push(el("p", null, d.note));
+    var note = eventNote(item);
+    if (note) body.push(el("p", null, note));
     var li = el("li", { className: "item " + item.kind }, el("time", null, when(item.at)), el("div", { className: "title" }, title));
     body.forEach(function (b) { li.appendChild(b); });
     return li;
@@ -590,7 +605,7 @@
       rows.appendChild(el("tr", { dataset: { id: c.id } },
         el("td", null, when(c.created_at)),
         el("td", null, person(c.user_id), el("div", { className: "hint" }, "设备 " + shortId(c.client_id) + " · 第 " + c.mutation_id + " 次修改")),
-        el("td", null, record, c.field ? el("div", { className: "hint" }, "字段 " + c.field) : null),
+        el("td", null, record, c.field ? el("div", { className: "hint" }, "字段 " + label("field", c.field)) : null),
         el("td", null, label("conflict_kind", c.kind)),
         el("td", { className: c.winner === "server" ? "winner" : "" }, value(c.server_value)),
         el("td", { className: c.winner === "device" ? "winner" : "" }, value(c.device_value)),

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from api.app import create_app
 from api.notices.sms import LoggingSender
 from api.settings import Settings
-from api.work_orders.models import Category, Status
+from api.work_orders.models import Category, Status, WorkOrderEvent
 from speech.models import TranscriptState
 from tests.speech.service_helpers import make_transcript
 from tests.utils.browser import CHROMIUM, CHROMIUM_ARGS, free_port, require_chromium, serve_in_thread
@@ -202,3 +202,25 @@ def test_an_approval_of_text_corrected_meanwhile_shows_that_text_first(page: Pag
     assert unapproved["status"] == "transcribed"
     page.locator("#approve").click()
     wait_js(page, "window.__console.transcript.status === 'approved'")
+
+
+def test_an_orders_edits_read_in_chinese_on_its_timeline(page: Page, server: str, session: Session,
+                                                         world: World) -> None:
+    """Regression (review): an edit's line had no title (the raw kind `updated`) and its note listed the
+    English field names; a change pushed from a handheld read "offline sync"."""
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    r = httpx.patch(f"{server}/api/v1/work-orders/{order.id}", json={"priority": "urgent", "description": "楼上漏水"},
+                    headers=world.headers(world.supervisor))
+    assert r.status_code == 200, r.text
+    session.add(WorkOrderEvent(work_order_id=order.id, actor_id=world.steward_a.id, kind="updated",
+                               note="offline sync; category"))  # what a handheld's edit writes
+    session.add(WorkOrderEvent(work_order_id=order.id, actor_id=world.steward_a.id, kind="status",
+                               from_status=Status.assigned, to_status=Status.in_progress, note="offline sync"))
+    session.commit()
+    page.evaluate(f"location.hash = '#/wo/{order.id}'")
+    wait_js(page, "document.querySelectorAll('#wo-items li.status').length === 1")
+    edits = page.locator("#wo-items li.updated")
+    assert edits.locator(".title").all_text_contents() == [f"工单信息修改 · {world.supervisor.username}",
+                                                         f"工单信息修改 · {world.steward_a.username}"]
+    assert edits.locator("p").all_text_contents() == ["修改了描述、优先级", "离线同步：修改了类别"]
+    assert page.locator("#wo-items li.status p").all_text_contents() == ["离线同步"]
