@@ -426,10 +426,11 @@ def blobs_sweep(
     job; docs/sync-protocol.md)."""
     from datetime import timedelta
 
+    from botocore.exceptions import BotoCoreError, ClientError
     from rich.progress import Progress
 
     from sync.blobs.service import make_store
-    from sync.blobs.sweep import sweep
+    from sync.blobs.sweep import SweepReport, sweep
 
     settings = _settings()
     if settings.blob_store == "s3":
@@ -441,8 +442,16 @@ def blobs_sweep(
         _require_schema(engine)
         with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("blobs", total=None)
-            report = sweep(engine, make_store(settings), grace=timedelta(days=grace_days), dry_run=dry_run,
-                           progress=lambda n: bar.advance(task, n))
+            report = SweepReport()
+            try:
+                sweep(engine, make_store(settings), grace=timedelta(days=grace_days), dry_run=dry_run,
+                      progress=lambda n: bar.advance(task, n), report=report)
+            except (OSError, BotoCoreError, ClientError) as exc:
+                # The store failed midway (a delete refused without s3:DeleteObject, the endpoint gone): what
+                # was done, then one line, not a traceback. A rerun finds the rest again.
+                typer.echo(json.dumps(dataclasses.asdict(report)))
+                raise _fail(f"The blob store failed during the sweep, after {report.deleted} deletions: {exc}. "
+                            "Run the sweep again once it works: the blobs left are found again.", 1) from None
     typer.echo(json.dumps(dataclasses.asdict(report)))
 
 

@@ -105,10 +105,13 @@ def _batches(items: Iterable[tuple[str, int, datetime]]) -> Iterator[list[tuple[
 
 
 def sweep(engine: Engine, store: BlobStore, *, grace: timedelta, dry_run: bool = False,
-          now: datetime | None = None, progress: Callable[[int], None] | None = None) -> SweepReport:
-    """Delete the blobs no row names that were stored more than `grace` ago (`dry_run`: only count them)."""
+          now: datetime | None = None, progress: Callable[[int], None] | None = None,
+          report: SweepReport | None = None) -> SweepReport:
+    """Delete the blobs no row names that were stored more than `grace` ago (`dry_run`: only count them).
+    Counts go into `report` as the walk goes: when the store fails midway, the caller still has what was done."""
     cutoff = (now or utcnow()) - grace
-    report = SweepReport(dry_run=dry_run)
+    report = report or SweepReport()
+    report.dry_run = dry_run
     started = utcnow()
     with Session(engine) as session:
         held = held_by_conflicts(session)
@@ -131,10 +134,10 @@ def sweep(engine: Engine, store: BlobStore, *, grace: timedelta, dry_run: bool =
             elif stored_at > cutoff:
                 report.recent += 1
             else:
-                report.deleted += 1
-                report.deleted_bytes += size
                 if not dry_run:
                     store.delete(sha)
+                report.deleted += 1
+                report.deleted_bytes += size
         if progress is not None:
             progress(len(batch))
     return report

@@ -109,6 +109,46 @@ def test_the_sweep_command_reports_what_it_did(client: TestClient, district: Dis
         get_settings.cache_clear()
 
 
+def test_a_store_failing_midway_ends_the_sweep_command_with_what_it_did(
+        client: TestClient, district: District, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): a delete the store refused (S3 credentials without s3:DeleteObject, the endpoint
+    gone) ended `steward blobs sweep` in a traceback, and nothing told how many blobs it had deleted."""
+    from botocore.exceptions import ClientError
+
+    from sync.blobs import service
+
+    shas = [_upload(client, district.headers(district.steward1)) for _ in range(3)]
+    for name, value in {"STEWARD_DATABASE_URL": settings.resolved_database_url,
+                        "STEWARD_DATA_DIR": str(settings.data_dir), "STEWARD_SECRET_KEY": settings.secret_key,
+                        "STEWARD_BLOB_STORE": settings.blob_store}.items():
+        monkeypatch.setenv(name, str(value))
+    for name in ("s3_bucket", "s3_prefix", "s3_region"):
+        if getattr(settings, name, None):
+            monkeypatch.setenv(f"STEWARD_{name.upper()}", str(getattr(settings, name)))
+    store = make_store(settings)
+    deleted: list[str] = []
+
+    def delete(sha: str) -> None:
+        if deleted:  # the first delete goes through, then the store refuses
+            raise (ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "DeleteObject")
+                   if settings.blob_store == "s3" else PermissionError(13, "Permission denied", sha))
+        type(store).delete(store, sha)
+        deleted.append(sha)
+
+    monkeypatch.setattr(store, "delete", delete)
+    monkeypatch.setattr(service, "make_store", lambda _: store)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["blobs", "sweep", "--grace-days", "0"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert json.loads(result.stdout)["deleted"] == 1
+    assert "failed during the sweep, after 1 deletions" in result.stderr
+    assert [sha for sha in shas if make_store(settings).exists(sha) is None] == deleted
+
+
 def test_photos_and_signatures_of_visits_are_kept(client: TestClient, district: District, engine: Engine,
                                                   settings: Settings) -> None:
     """Regression: no row could name a photo or a signature, so the sweep deleted every photo a handheld
