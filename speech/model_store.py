@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ OPENAI_CHECKPOINT = "whisper-base-openai.pt"
 # openai/whisper-tiny's from the Hugging Face hub; the engine is kept offline, so that would be an error at load.
 FASTER_WHISPER_FILES = ("config.json", "tokenizer.json")
 VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt")  # either: older converters wrote the .txt
+JSON_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json", "vocabulary.json")  # parsed at start
 OPENAI_EXTRA = "the openai-whisper engine needs the `openai` extra: pip install 'heat-steward[openai]'"
 
 # Files already hashed by this process (path, size, mtime): a model is verified once per process.
@@ -236,11 +238,29 @@ def check_model(*, engine: str, model: str) -> None:
                              "with `ct2-transformers-converter --model openai/whisper-<size> --output_dir DIR "
                              "--copy_files tokenizer.json preprocessor_config.json`, or copy these files from the "
                              "Hugging Face model it was converted from")
+        for name in JSON_FILES:
+            _check_json(path / name)
     elif path.is_file():
         if path.stat().st_size == 0:
             raise ModelError(f"{path} is not an openai-whisper checkpoint (the file is empty)")
     elif not (path / "model.bin").is_file():
         raise ModelError(f"{path} is neither an openai-whisper .pt checkpoint nor a CTranslate2 model directory")
+
+
+def _check_json(file: Path) -> None:
+    """A model's JSON file, if present, parses: a Git LFS pointer checked out in its place (a clone without
+    `git lfs pull`) or a copy cut short failed only at the first job, in the worker."""
+    if not file.is_file():
+        return
+    try:
+        data = file.read_bytes()
+        json.loads(data)
+    except OSError as exc:
+        raise ModelError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        why = ("a Git LFS pointer, not the file: run `git lfs pull` in the model's repository"
+               if data.startswith(b"version https://git-lfs") else f"not valid JSON ({exc}); copy it again")
+        raise ModelError(f"{file} is {why}") from exc
 
 
 def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:

@@ -129,6 +129,19 @@ def test_a_faster_whisper_dir_without_tokenizer_or_config_is_refused(tmp_path: P
     check_model(engine="openai-whisper", model=str(model))  # converted from model.bin alone: no tokenizer needed
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "preprocessor_config.json"])
+def test_a_model_json_file_that_does_not_parse_is_refused_at_start(tmp_path: Path, name: str) -> None:
+    """Regression (review): a Git LFS pointer checked out in place of tokenizer.json (a clone without `git lfs
+    pull`) passed the start check; `steward serve` started and every job then failed in the worker."""
+    model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json", "tokenizer.json", "vocabulary.json"))
+    (model / name).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 2203239\n")
+    with pytest.raises(ModelError, match=rf"{name} is a Git LFS pointer, not the file: run `git lfs pull`"):
+        check_model(engine="faster-whisper", model=str(model))
+    (model / name).write_text('{"vocab_size": 51865,')  # a copy cut short
+    with pytest.raises(ModelError, match=rf"{name} is not valid JSON \(.*\); copy it again"):
+        check_model(engine="faster-whisper", model=str(model))
+
+
 def test_an_older_conversion_with_vocabulary_txt_passes(tmp_path: Path) -> None:
     """ct2-transformers-converter before CTranslate2 3.x wrote vocabulary.txt; CTranslate2 still loads it."""
     model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json", "tokenizer.json", "vocabulary.txt"))
