@@ -81,7 +81,9 @@ def list_stations(*, session: Session, page: Page, district: str | None = None) 
 def create_building(*, session: Session, data: BuildingCreate) -> Building:
     """Add a building fed by an existing station; community + number is unique."""
     refuse_taken_id(session, Building, data.id, "building")
-    get_station(session=session, id=data.station_id)
+    # Taken before the spelling check, which is no constraint: a create (or an edit) of the same building
+    # typed another way waits here and is checked against this one, as households are.
+    lock_for_update(session, get_station(session=session, id=data.station_id))
     _check_unique(session, _same_building(data.community, data.number),
                   f"Building {data.community} {data.number} already exists.")
     building = Building.model_validate(data.model_dump(exclude_none=True))
@@ -111,8 +113,9 @@ def update_building(*, session: Session, building: Building, data: BuildingUpdat
         get_station(session=session, id=changes["station_id"])
     community = changes.get("community", building.community)
     number = changes.get("number", building.number)
-    _check_unique(session, _same_building(community, number), f"Building {community} {number} already exists.",
-                  exclude=building.id)
+    if (community, number) != (building.community, building.number):  # a twin stored before the check stays
+        _check_unique(session, _same_building(community, number).where(Building.id != building.id),
+                      f"Building {community} {number} already exists.")
     building.sqlmodel_update(changes)
     session.add(building)
     session.commit()

@@ -469,3 +469,56 @@ def test_a_household_stored_beside_its_twin_before_the_check_can_still_be_edited
     r = client.patch(f"{API}/households/{twin.id}", json={"unit": "2单元", "room": "501室", "phone": "13900000001"},
                      headers=world.headers(world.supervisor))
     assert r.status_code == 200 and r.json()["phone"] == "13900000001", r.text
+
+
+def test_two_spellings_of_one_building_created_at_once_make_one_building(
+        client: TestClient, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): as households were, two creates of one building typed two ways (9 and 9号楼), the
+    second checked while the first was between its check and its commit, made two rows for one address."""
+    office = world.headers(world.supervisor)
+    checked, go_on = threading.Event(), threading.Event()
+    check_unique = service._check_unique
+
+    def slow_check(*args: Any, **kwargs: Any) -> None:
+        check_unique(*args, **kwargs)
+        if not checked.is_set():
+            checked.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(service, "_check_unique", slow_check)
+    answers: dict[str, Any] = {}
+
+    def create(number: str) -> None:
+        answers[number] = client.post(f"{API}/buildings", json={"station_id": str(world.station.id),
+                                                                "community": "千佛山小区", "number": number},
+                                      headers=office)
+
+    first = threading.Thread(target=create, args=("9",))
+    first.start()
+    assert checked.wait(10)
+    second = threading.Thread(target=create, args=("9号楼",))
+    second.start()
+    second.join(1.0)
+    go_on.set()
+    first.join(10)
+    second.join(10)
+    assert answers["9"].status_code == 201, answers["9"].text
+    assert_error(answers["9号楼"], 409, "already_exists")
+    session.rollback()
+    assert session.exec(select(Building.number).where(Building.community == "千佛山小区")).all() == ["9"]
+
+
+def test_a_building_stored_beside_its_twin_before_the_check_can_still_be_edited(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression (review): with 7 and 7号楼 of one community stored before the spelling check, any PATCH of
+    the second (its address, its station) was 409, its own number unchanged. A real renumbering is checked."""
+    seven = make_building(session, world.station, community="历山小区", number="7")
+    twin = make_building(session, world.station, community="历山小区", number="7号楼")
+    office = world.headers(world.supervisor)
+    for building in (seven, twin):
+        r = client.patch(f"{API}/buildings/{building.id}", json={"address": "历山路1号", "number": building.number},
+                         headers=office)
+        assert r.status_code == 200 and r.json()["address"] == "历山路1号", r.text
+    other = make_building(session, world.station, community="历山小区", number="8")
+    assert_error(client.patch(f"{API}/buildings/{other.id}", json={"number": "7栋"}, headers=office),
+                 409, "already_exists")
