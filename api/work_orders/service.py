@@ -41,7 +41,11 @@ def _event(session: Session, order: WorkOrder, actor: User | None, kind: str, *,
 
 
 def _steward(session: Session, id: uuid.UUID) -> User:
+    """The active steward an order goes to, read locked as `users.update_user` locks them: a steward disabled
+    while a create checked them was seen active, and the new order stayed with them (`release_all` had run)."""
     user = session.get(User, id)
+    if user is not None:
+        lock_for_update(session, user)
     if user is None or not user.active or user.role != Role.steward:
         raise Unprocessable(f"User {id} is not an active steward; work orders go to stewards.",
                             code="invalid_assignee")
@@ -232,7 +236,8 @@ def release_if_left(session: Session, order: WorkOrder, before: Status) -> uuid.
     None. REST and sync share it."""
     if before in OPEN_STATUSES or order.status not in OPEN_STATUSES or order.assignee_id is None:
         return None
-    assignee = session.get(User, order.assignee_id)
+    with session.no_autoflush:  # a flush of the changed order here, then another at commit: version +2
+        assignee = session.get(User, order.assignee_id)
     if assignee is not None and assignee.active and assignee.role == Role.steward:
         return None
     left = order.assignee_id

@@ -593,3 +593,44 @@ def test_a_work_order_created_with_a_null_sla_gets_the_rules_sla(client: TestCli
     body = {"household_id": str(world.household_a.id), "category": "leak", "sla_due_at": None}
     r = client.post(API, json=body, headers=world.headers(world.supervisor))
     assert r.status_code == 201 and r.json()["sla_due_at"] is not None, r.text
+
+
+def test_an_order_created_for_a_steward_being_disabled_is_not_left_with_them(
+        client: TestClient, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): a create checked its assignee unlocked; a steward disabled in between (their open
+    orders released before the new one existed) was left with the new order, assigned to someone who no
+    longer works. Now the disabling waits for the create, and releases it, or the create sees them disabled."""
+    checked, go_on = threading.Event(), threading.Event()
+    steward_check = service._steward
+
+    def slow(session: Session, id: Any) -> User:
+        user = steward_check(session, id)
+        checked.set()
+        go_on.wait(10)
+        return user
+
+    monkeypatch.setattr(service, "_steward", slow)
+    answers: dict[str, Any] = {}
+
+    def create() -> None:
+        answers["create"] = client.post(API, json={"household_id": str(world.household_a.id), "category": "leak",
+                                                   "assignee_id": str(world.steward_a.id)},
+                                        headers=world.headers(world.supervisor))
+
+    def disable() -> None:
+        answers["disable"] = client.patch(f"/api/v1/users/{world.steward_a.id}", json={"active": False},
+                                          headers=world.headers(world.admin))
+
+    creating = threading.Thread(target=create)
+    creating.start()
+    assert checked.wait(10)
+    disabling = threading.Thread(target=disable)
+    disabling.start()
+    disabling.join(1.0)  # it waits for the create (or, unguarded, commits before the order exists)
+    go_on.set()
+    creating.join(10)
+    disabling.join(10)
+    assert answers["create"].status_code == 201 and answers["disable"].status_code == 200
+    session.rollback()
+    order = reread(session, WorkOrder, answers["create"].json()["id"])
+    assert (order.status, order.assignee_id) == (Status.new, None)  # released by the disabling
