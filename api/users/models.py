@@ -90,6 +90,11 @@ class UserUpdate(RequestBody):
 
 
 class UserPublic(UserBase):
+    # What is stored, as it is: the create rules (pattern, lengths) are not checked on the way out. A name stored
+    # before the pattern was enforced (`zhang wei`) made every users list, and a PATCH already committed, a 500.
+    username: str
+    full_name: str = ""
+    phone: str = ""
     id: uuid.UUID
     version: int
     active: bool

@@ -398,6 +398,22 @@ def test_a_name_with_a_non_ascii_capital_stored_before_the_name_rule_signs_in(cl
     assert r.status_code == 200, r.text  # ASCII letters in any case, as for every name
 
 
+def test_a_name_stored_before_the_name_rule_is_listed_and_edited(client: TestClient, session: Session,
+                                                                  world: World) -> None:
+    """Regression (review): the answer's model checked the create rules on the way out, so one name stored
+    before the pattern held (`zhang wei`) made the whole users list a 500, and a PATCH of that user a 500 after
+    its change was committed."""
+    legacy = make_user(session, Role.steward, username="zhang wei", full_name="张伟")
+    admin = world.headers(world.admin)
+    listed = client.get("/api/v1/users", headers=admin)
+    assert listed.status_code == 200 and "zhang wei" in [u["username"] for u in listed.json()["data"]], listed.text
+    assert client.get(f"/api/v1/users/{legacy.id}", headers=admin).json()["username"] == "zhang wei"
+    r = client.patch(f"/api/v1/users/{legacy.id}", json={"full_name": "张伟（西区）"}, headers=admin)
+    assert r.status_code == 200 and r.json()["full_name"] == "张伟（西区）", r.text
+    me = client.get("/api/v1/auth/me", headers=world.headers(legacy))
+    assert me.status_code == 200 and me.json()["username"] == "zhang wei", me.text
+
+
 @pytest.mark.parametrize("field", ["full_name", "phone", "role", "active", "password"])
 def test_null_for_a_user_field_is_refused_not_a_silent_no_change(client: TestClient, session: Session, world: World,
                                                                  field: str) -> None:
