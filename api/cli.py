@@ -283,6 +283,23 @@ def create_user(
             raise _fail(f"{exc.code}: {exc.message}") from exc
 
 
+def _check_password(password: str) -> None:
+    """A password given on the command line, by the rules of every user's (`UserCreate`): the demo users'
+    `--password` was only counted, and bytes that are not UTF-8 (a GBK terminal) ended in a traceback."""
+    from pydantic import ValidationError
+
+    from api.users.models import Role, UserCreate
+
+    try:
+        password.encode("utf-8")
+        UserCreate(username="check", password=password, role=Role.admin)
+    except UnicodeEncodeError as exc:
+        raise _fail("Invalid password: it is not UTF-8 text (set the terminal to UTF-8).", 2) from exc
+    except ValidationError as exc:  # without its input: never echo the password
+        problems = "; ".join(e["msg"] for e in exc.errors(include_input=False))
+        raise _fail(f"Invalid password: {problems}", 2) from exc
+
+
 @app.command("demo-data")
 def demo_data(
     households: Annotated[int, typer.Option(min=1, max=5_000_000, help="How many households.")] = 2000,
@@ -297,6 +314,7 @@ def demo_data(
 
     settings = _settings()
     password = settings.demo_password if password is None else password
+    _check_password(password)
     if settings.env != "dev" and password == DEMO_PASSWORD:  # as STEWARD_DEMO=1 is refused (api/settings.py)
         raise _fail("Outside dev mode the demo users need a password of your own: --password '<at least 8 "
                     "chars>' (the default is published in the README, and one of the users is an admin).", 2)
@@ -349,13 +367,18 @@ def serve(
         # Before the app starts: its start-up closes the video rooms of this relay name as lost, which were
         # the live calls of the server already on this port.
         raise _fail(f"Cannot serve on {bind_host}:{bind_port}: {busy}.", 2)
-    with _database_errors(settings):
-        prepare(settings)
-    from api.security import configure_logging, install_log_redaction
-
-    install_log_redaction()
-    configure_logging(settings.log_level)
+    if _missing_sqlite_file(settings):  # opening it made an empty file at a mistyped path, "to be migrated"
+        raise _fail(f"Cannot use the database {_database_name(settings)}: there is no such file: run "
+                    "`steward db upgrade` first, or check STEWARD_DATABASE_URL / STEWARD_DATA_DIR.", 2)
+    # The one-server lock before `prepare` too: a refused second server loaded the demo data (and its admin
+    # with the published password) into the database the first one was serving.
     with _one_server(settings):
+        with _database_errors(settings):
+            prepare(settings)
+        from api.security import configure_logging, install_log_redaction
+
+        install_log_redaction()
+        configure_logging(settings.log_level)
         # timeout_graceful_shutdown: on SIGTERM uvicorn waits for every open connection before the app's own
         # shutdown (closing video calls, saving their recordings, stopping the transcription threads); one
         # handheld's slow upload held it back past docker's SIGKILL. Uploads resume (PATCH): cutting one is cheap.

@@ -696,3 +696,55 @@ def test_serve_names_a_misspelt_variable(data_dir: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 0, result.output
     assert "STEWARD_FORWARDED_ALLOW_IP is not a setting and is ignored: did you mean STEWARD_FORWARDED_ALLOW_IPS?" \
         in result.output
+
+
+@pytest.mark.parametrize("password", [" " * 8, "x" * 129, "\udcb9\udca9\udcc5\udcaf\udcb9\udcdc\udcbc\udcd2"])
+def test_demo_data_checks_its_password_as_any_users(data_dir: Path, password: str) -> None:
+    """Regression (review): `--password` was only counted: eight spaces or 129 characters, which the users API
+    refuses, were taken, and bytes that are not UTF-8 (typed in a GBK terminal) ended in a traceback."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["demo-data", "--households", "5", "--stewards", "1", "--password", password])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr.startswith("Invalid password: ") and len(result.stderr.strip().splitlines()) == 1
+    assert password.strip() == "" or password not in result.output
+
+
+def test_serve_does_not_create_a_database_at_a_mistyped_path(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): `serve` opened a SQLite path that did not exist, which created the directories and an
+    empty file there, then advised `steward db upgrade`, which migrated the mistyped file."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served"))
+    missing = data_dir / "typo" / "stewrd.db"
+    monkeypatch.setenv("STEWARD_DATABASE_URL", f"sqlite:///{missing}")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["serve", "--port", str(_free_port())])
+    assert result.exit_code == 2 and "there is no such file" in result.stderr, result.output
+    assert not missing.parent.exists()
+
+
+def test_a_refused_second_server_loads_no_demo_data(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the one-server lock was taken after the start-up's preparation, so a second `serve`
+    with STEWARD_DEMO=1, refused, had first loaded the demo district (and its admin with the published
+    password) into the database the first server was serving."""
+    import uvicorn
+
+    from api.db import make_engine
+    from api.settings import Settings
+    from api.users.models import User
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    inner: list[Any] = []
+
+    def first(_app: str, **kw: Any) -> None:
+        monkeypatch.setenv("STEWARD_DEMO", "1")
+        get_settings.cache_clear()
+        inner.append(runner.invoke(app, ["serve", "--port", str(kw["port"] + 1)]))
+
+    monkeypatch.setattr(uvicorn, "run", first)
+    assert runner.invoke(app, ["serve", "--port", "18611"]).exit_code == 0
+    assert inner[0].exit_code == 2 and "Another `steward serve`" in inner[0].output, inner[0].output
+    engine = make_engine(Settings(data_dir=data_dir))
+    with Session(engine) as session:
+        assert session.exec(select(User)).all() == []
+    engine.dispose()
