@@ -197,6 +197,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("client_disconnected", "The connection closed before the whole body "
                                        "arrived."), 499)
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_text(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # A lone surrogate from a form field that the request's own multipart charset decoded so (utf-7: `+2AA-`)
+        # reached the database driver, which cannot encode it: bad input, not a server error. JSON bodies are
+        # refused earlier (pydantic). Nothing was written: the driver refused the statement.
+        if exc.reason != "surrogates not allowed":
+            return await _unexpected(request, exc)
+        return JSONResponse(error_body("validation_error", "The request holds text that is not valid Unicode "
+                                       "(a lone surrogate); send UTF-8."), 422)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)

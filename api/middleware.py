@@ -109,8 +109,8 @@ class BodyLimitMiddleware:
         try:
             body = _gunzip(b"".join(parts), limit)
         except zlib.error:
-            await self._refuse(send, 400, "invalid_encoding",
-                               "The request body is not complete gzip, as its Content-Encoding says.")
+            await self._refuse(send, 400, "invalid_encoding", "The request body is not complete gzip (of at most "
+                               f"{MAX_GZIP_MEMBERS} members), as its Content-Encoding says.")
             return
         if body is None:
             await self._refuse(send, 413, "payload_too_large", self._message(limit) + " (after gzip decoding)")
@@ -153,12 +153,17 @@ def _replay(message: Message) -> Receive:
     return receive
 
 
+# Gzip members one body may have. Each member's decoder hands back a copy of the bytes after it: a 1 MiB body of
+# 52,000 empty members took 3 s of the event loop, before any sign-in. Clients send one member.
+MAX_GZIP_MEMBERS = 64
+
+
 def _gunzip(data: bytes, limit: int) -> bytes | None:
-    """Decode gzip `data`, every member of it (RFC 1952 allows several back to back); None when it decodes
-    to more than `limit` bytes. zlib.error when it is not complete gzip."""
+    """Decode gzip `data`, every member of it (RFC 1952 allows several back to back, `MAX_GZIP_MEMBERS` here);
+    None when it decodes to more than `limit` bytes. zlib.error when it is not complete gzip."""
     out: list[bytes] = []
     size = 0
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         chunk = decoder.decompress(data, limit - size + 1)
         size += len(chunk)
@@ -170,6 +175,7 @@ def _gunzip(data: bytes, limit: int) -> bytes | None:
         data = decoder.unused_data
         if not data:
             return b"".join(out)
+    raise zlib.error(f"more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def _content_coding(scope: Scope) -> str | None:

@@ -30,11 +30,19 @@ DEFAULT_SLA_TABLE: dict[str, dict[str, float]] = {
 _DURATION_UNITS = (("_s", 1), ("_minutes", 60), ("_hours", 3600), ("_days", 86400))
 
 
+# The largest byte limit a setting takes (1 TiB): beyond C's ssize_t (2**63) a limit passed validation and every
+# gzip body or call upload then overflowed (a 500).
+MAX_BYTES = 1 << 40
+
+
 class Settings(BaseSettings):
     """Service configuration; every field maps to `STEWARD_<NAME>` (see README)."""
 
     # allow_inf_nan: an `inf` SLA or lifetime passed `gt=0` and then overflowed at the first use (a 500).
-    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore", allow_inf_nan=False)
+    # hide_input_in_errors: a bad value's error quoted the input, and with a model-level error all of them:
+    # `uvicorn api.main:app` (no CLI to word the error) printed the secret key and the database password.
+    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore", allow_inf_nan=False,
+                                      hide_input_in_errors=True)
 
     env: Literal["dev", "production"] = Field("dev", description="`production` enforces a real secret key.")
     data_dir: Path = Field(Path("./data"), description="Embedded database, blobs and models live here.")
@@ -58,8 +66,8 @@ class Settings(BaseSettings):
     serve_workers: int = Field(1, ge=1, description="Processes serving this port, as `steward serve --workers` "
                                                     "tells them (set it yourself for `uvicorn --workers`): beyond "
                                                     "1 none of them relays video calls (docs/video.md).")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body, after gzip decoding "
-                                                              "(413 beyond).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=MAX_BYTES,
+                                description="Largest JSON request body, after gzip decoding (413 beyond).")
     gzip_level: int = Field(1, ge=0, le=9, description="gzip level of responses to clients that accept gzip "
                                                        "(0: never compress); 1, nginx's default, is the cheapest.")
     thread_switch_ms: float = Field(1.0, gt=0, le=100, description="The served process's thread switch interval "
@@ -80,8 +88,8 @@ class Settings(BaseSettings):
     login_lockout_s: float = Field(900, gt=0, description="How long a locked user name or address is refused "
                                                           "(429 with Retry-After), even with the right password.")
     page_max_limit: int = Field(500, ge=1, le=100_000, description="Largest `limit` of a list page (422 beyond).")
-    audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest hotline call recording upload "
-                                                                          "(413 beyond).")
+    audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=MAX_BYTES,
+                                 description="Largest hotline call recording upload (413 beyond).")
     demo: bool = Field(False, description="Create demo data at start when the database is empty.")
     demo_password: str = Field(DEMO_PASSWORD, min_length=8, description="Password of the demo users (outside dev "
                                "mode it must be changed from the published default).")
@@ -161,7 +169,8 @@ class Settings(BaseSettings):
     sync_purge_interval_minutes: float = Field(60, gt=0, description="How often pulls purge expired tombstones "
                                                                      "and reviewed conflict lines.")
     sync_push_max_mutations: int = Field(1000, ge=1, description="Largest push batch (413 beyond).")
-    blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest blob (photo, recording) in bytes.")
+    blob_max_bytes: int = Field(100 * 1024 * 1024, ge=1, le=MAX_BYTES,
+                                description="Largest blob (photo, recording) in bytes.")
     blob_partial_ttl_hours: float = Field(168, gt=0, description="An unfinished resumable upload untouched this "
                                                                 "long is deleted (the device starts it again).")
     blob_dir: Path | None = Field(None, description="Where blobs are stored; empty means <data_dir>/blobs.")

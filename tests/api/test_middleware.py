@@ -376,3 +376,30 @@ def test_made_up_methods_share_one_metrics_label(engine: Engine, settings: Setti
         counts = _requests_total(client)
     assert not any(method.startswith("BREW") for method, _, _ in counts)
     assert sum(v for (method, _, _), v in counts.items() if method == "OTHER") == 20
+
+
+def test_a_gzip_body_of_very_many_members_is_refused_quickly(client: TestClient, session: Session,
+                                                             world: World) -> None:
+    """Regression (review): each member's decoder copied the rest of the body, so 1 MiB of 52,000 empty members
+    held the event loop for seconds, before any sign-in. More than MAX_GZIP_MEMBERS is refused (clients send one)."""
+    from api.middleware import MAX_GZIP_MEMBERS, _gunzip
+
+    body = json.dumps({"code": "HS-MANY", "name": "多段"}).encode()
+    members = [gzip.compress(body[i:i + 1], mtime=0) for i in range(len(body))]
+    assert len(members) < MAX_GZIP_MEMBERS
+    assert _gunzip(b"".join(members), 1 << 20) == body
+    many = gzip.compress(b"", mtime=0) * ((1 << 20) // 20)
+    assert_error(_gzip_post(client, world, many), 400, "invalid_encoding")
+    assert_error(_gzip_post(client, world, gzip.compress(b"", mtime=0) * (MAX_GZIP_MEMBERS + 1)), 400,
+                 "invalid_encoding")
+    assert count_rows(session, Station) == 1
+
+
+def test_a_form_field_decoded_to_a_lone_surrogate_is_422(client: TestClient) -> None:
+    """Regression (review): Starlette decodes multipart fields with the charset the request names; utf-7's
+    `+2AA-` is a lone surrogate, which the database driver cannot encode: sign-in answered 500 to anyone."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="username"\r\n\r\n+2AA-\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\nwhatever1\r\n--b--\r\n')
+    r = client.post(f"{API}/auth/token", content=body,
+                    headers={"content-type": "multipart/form-data; boundary=b; charset=utf-7"})
+    assert_error(r, 422, "validation_error")

@@ -46,7 +46,10 @@ def test_production_refuses_the_demo_accounts() -> None:
                                              ("video_ice_servers", "turn.example.cn:3478"),
                                              # every notice made without its own number answered 500:
                                              ("service_phone", "0531-96133 转 8001 (24h)"),
-                                             ("service_phone", "")])
+                                             ("service_phone", "")]
+                         # past C's ssize_t every gzip body, call upload or blob overflowed (a 500):
+                         + [(name, "99999999999999999999") for name in ("max_body_bytes", "audio_max_bytes",
+                                                                         "blob_max_bytes")])
 def test_values_that_would_fail_at_first_use_are_refused_at_start(name: str, value: str) -> None:
     """Regression: each was accepted, then failed later: uvicorn's traceback (log level), a 500 on every
     sign-in (an asymmetric or `none` algorithm with a shared secret), a 500 on the first notice (zone, or a
@@ -204,3 +207,21 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_may_mean() -> None:
                      "STEWARD_LOGIN_MAX_FAILURE is not a setting and is ignored: did you mean "
                      "STEWARD_LOGIN_MAX_FAILURES?",
                      "STEWARD_NONSENSE is not a setting and is ignored (README lists the settings)."]
+
+
+def test_a_bad_setting_served_by_uvicorn_directly_does_not_print_the_secrets(tmp_path: Path) -> None:
+    """Regression (review): `uvicorn api.main:app` reads the settings without the CLI's wording of errors, and
+    pydantic's error quoted the input: a production secret key too short printed every value set, the key
+    among them, and a database URL with two `@` printed its password."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for bad in ({"STEWARD_ENV": "production", "STEWARD_SECRET_KEY": "hunter2-TopSecretKey"},
+                {"STEWARD_DATABASE_URL": "postgresql://steward:p@ssDbSecret@db/steward"}):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")} | bad | {"PYTHONPATH": str(root)}
+        r = subprocess.run([sys.executable, "-c", "import api.main"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0 and "ValidationError" in r.stderr, r.stderr[-2000:]
+        assert "TopSecretKey" not in r.stderr and "ssDbSecret" not in r.stderr, r.stderr[-2000:]
