@@ -314,30 +314,55 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def write_turn(session: Session) -> None:
+    """Take the change sequence now, as a sync push does before its checks (and, on SQLite, the write lock):
+    a REST create's scope checks then see every push, grid change and reassignment committed before it, and
+    none commits until it is done. Checked first and written after, a steward's reading for an order the
+    office had just moved to another steward was stored, which the same push would have rejected."""
+    from sync.tracking import allocate_seq  # sync's models import this module
+
+    allocate_seq(session)
+
+
 def lock_for_update(session: Session, obj: SQLModel) -> None:
     """Before a REST write of a synced row: take the change sequence, then the row (`lock_row`), the order a
     sync push takes them in. Locked in the other order, the two deadlocked on PostgreSQL; not locked at all,
     an edit made from the copy read before a push committed gave two states of the row one version number and
     lost the push's field record, so the device's next edit overwrote the office's without a conflict."""
-    from sync.tracking import allocate_seq  # sync's models import this module
-
-    allocate_seq(session)
+    write_turn(session)
     lock_row(session, obj)
 
 
-def refuse_taken_id(session: Session, model: Any, id: uuid.UUID | None, what: str) -> None:
+def refuse_taken_id(session: Session, model: Any, id: uuid.UUID | None, what: str, *, user: Any = None) -> None:
     """A create that names its id (a device's UUID) must not take one already used, nor one deleted: a row
     deleted through sync stays deleted (a handheld that still had it would otherwise see it come back), as a
-    push's create of a deleted id is refused too. 409 `already_exists` / `deleted`."""
+    push's create of a deleted id is refused too. 409 `already_exists` / `deleted`. With `user`, a row deleted
+    out of their sight (another grid's) is answered as a live one, as a push answers it: `deleted` told a
+    steward which ids of other grids had existed."""
     if id is None:
         return
     from api.errors import Conflict
     from sync.models import Tombstone  # sync's models import this module
 
+    taken = Conflict(f"A {what} with id {id} already exists.", code="already_exists")
     if session.get(model, id) is not None:
-        raise Conflict(f"A {what} with id {id} already exists.", code="already_exists")
+        raise taken
     if session.get(Tombstone, (model.__tablename__, id)) is not None:
+        if user is not None and not _tombstone_reaches(session, user, model.__tablename__, id):
+            raise taken
         raise Conflict(f"The {what} with id {id} was deleted; a new one needs a new id.", code="deleted")
+
+
+def _tombstone_reaches(session: Session, user: Any, table: str, id: uuid.UUID) -> bool:
+    """Whether the delete of this row is routed to the user's devices (they could see the row)."""
+    from sqlmodel import select
+
+    from sync.models import Tombstone
+    from sync.pull import tombstone_route
+
+    stmt = select(Tombstone.row_id).where(Tombstone.table_name == table, Tombstone.row_id == id,
+                                          tombstone_route(user, 0))
+    return session.exec(stmt).first() is not None
 
 
 def sqlite_write_lock(connection: Any) -> None:

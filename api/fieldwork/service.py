@@ -7,7 +7,7 @@ import uuid
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import lock_for_update, refuse_taken_id
+from api.db import lock_for_update, refuse_taken_id, write_turn
 from api.deps import Page
 from api.errors import Forbidden, Unprocessable
 from api.fieldwork.models import Reading, ReadingCreate, Visit, VisitCreate, VisitUpdate, check_visit_length
@@ -32,10 +32,11 @@ def create_visit(*, session: Session, user: User, data: VisitCreate) -> Visit:
         raise Forbidden("Visits are recorded by the steward who made them.", code="role_required")
     if problem := check_visit_length(data.arrived_at, data.left_at):
         raise Unprocessable(problem, code="invalid_interval")
+    write_turn(session)  # the checks below see every reassignment and grid change committed before the write
     _check_links(session, user, data.household_id, data.work_order_id)
     # After the scope checks: a 409 for an id taken outside the grid, where an unknown one got 404, told a
     # steward which ids exist there (docs/security.md).
-    refuse_taken_id(session, Visit, data.id, "visit")
+    refuse_taken_id(session, Visit, data.id, "visit", user=user)
     visit = Visit.model_validate(data.model_dump(exclude_none=True) | {"steward_id": user.id})
     session.add(visit)
     session.commit()
@@ -82,13 +83,14 @@ def list_visits(*, session: Session, user: User, page: Page, household_id: uuid.
 
 def create_reading(*, session: Session, user: User, data: ReadingCreate) -> Reading:
     """Append an indoor temperature reading for a household the user may see."""
+    write_turn(session)  # as for visits
     if data.visit_id is None:
         get_household(session=session, user=user, id=data.household_id)
     else:  # a reading taken during the user's own visit for an order they cover, possibly outside their grid
         visit = visit_to_attach(session=session, user=user, id=data.visit_id)
         if visit.household_id != data.household_id:
             raise Unprocessable("The visit belongs to another household.", code="household_mismatch")
-    refuse_taken_id(session, Reading, data.id, "reading")  # after the scope checks (visits)
+    refuse_taken_id(session, Reading, data.id, "reading", user=user)  # after the scope checks (visits)
     reading = Reading.model_validate(data.model_dump(exclude_none=True) | {"taken_by_id": user.id})
     session.add(reading)
     session.commit()

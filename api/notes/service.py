@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, or_, true
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import refuse_taken_id
+from api.db import refuse_taken_id, write_turn
 from api.deps import Page
 from api.errors import Unprocessable
 from api.fieldwork.service import visit_to_attach
@@ -32,6 +32,7 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
     # Every link names the same household: the first one fixes it for the others (also when
     # `household_id` itself is left out, a visit and a work order must agree).
     household_id = data.household_id
+    write_turn(session)  # as for visits: the checks see every reassignment committed before the write
     if household_id is not None and data.work_order_id is None and data.visit_id is None:
         # Named with a visit or an order, the household need only be theirs (checked below): a steward covering
         # an order outside the grid notes its visit as a reading of it may be recorded.
@@ -47,7 +48,7 @@ def create(*, session: Session, user: User, data: NoteCreate) -> Note:
             what = "household" if data.household_id is not None else "household than the work order"
             raise Unprocessable(f"The visit belongs to another {what}.", code="household_mismatch")
         household_id = visit.household_id
-    refuse_taken_id(session, Note, data.id, "note")  # after the scope checks (visits)
+    refuse_taken_id(session, Note, data.id, "note", user=user)  # after the scope checks (visits)
     # The household a link names is stored too: lists by household, the grid's scope and sync go by it.
     linked = {"household_id": household_id} if household_id is not None else {}
     note = Note.model_validate(data.model_dump(exclude_none=True) | {"owner_id": user.id} | linked)

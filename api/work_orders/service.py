@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import access
-from api.db import lock_for_update, refuse_taken_id, utcnow
+from api.db import lock_for_update, refuse_taken_id, utcnow, write_turn
 from api.deps import Page
 from api.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unprocessable
 from api.network.models import HeatingStatus, Household
@@ -89,6 +89,7 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
     """Open a work order. The office takes any source; stewards open `visit`/`video` orders for
     households in their grid, assigned to themselves, with the SLA the rules give (not one of their own).
     `commit=False` leaves it flushed in the caller's transaction (a transcript's draft commits with it)."""
+    write_turn(session)  # the scope check sees every grid change committed before the write (api.db)
     household = get_household(session=session, user=user, id=data.household_id)
     assignee_id = data.assignee_id
     if user.role == Role.steward:
@@ -101,7 +102,7 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
         assignee_id = user.id
     # After the scope and role checks (as for visits): before them, a create refused anyway answered 409 or 403
     # by whether the id existed in another grid.
-    refuse_taken_id(session, WorkOrder, data.id, "work order")
+    refuse_taken_id(session, WorkOrder, data.id, "work order", user=user)
     if assignee_id is not None:
         _steward(session, assignee_id)
     priority = effective_priority(household, data.category, data.priority)

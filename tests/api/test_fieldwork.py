@@ -448,3 +448,67 @@ def test_a_reading_room_is_cleaned_and_one_of_spaces_refused(client: TestClient,
     assert count_rows(session, Reading) == 0
     r = client.post(f"{API}/readings", json=body | {"room": " 主卧\u200b "}, headers=h)
     assert r.status_code == 201 and r.json()["room"] == "主卧", r.text
+
+
+@pytest.mark.parametrize("table", ["readings", "visits", "notes"])
+def test_a_record_for_an_order_reassigned_meanwhile_is_checked_after_it(
+        client: TestClient, session: Session, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch,
+        table: str) -> None:
+    """Regression (review): REST creates checked scope first and took the change sequence only when writing; an
+    order moved to another steward in between (the office's assign, committed) still got the first steward's
+    reading, visit or note of a household outside their grid, which the same push would have rejected. Now the
+    assign waits for the create (which then commits first) or the create sees the order gone."""
+    from api.db import refuse_taken_id
+    from api.fieldwork import service as fieldwork
+    from api.notes import service as notes
+    from api.notes.models import Note
+    from api.users.models import User
+    from api.work_orders import service as work_orders
+    from api.work_orders.models import WorkOrder
+
+    order = make_work_order(session, world.household_b, status=Status.in_progress, assignee=world.steward_a)
+    visit = make_visit(session, world.household_b, world.steward_a, work_order_id=order.id)
+
+    def office_reassigns() -> None:
+        with Session(engine, expire_on_commit=False) as other:
+            work_orders.assign(session=other, user=other.get(User, world.supervisor.id),  # type: ignore[arg-type]
+                               order=other.get(WorkOrder, order.id), assignee_id=world.steward_b.id)  # type: ignore[arg-type]
+
+    office = threading.Thread(target=office_reassigns)
+
+    def checked_then_reassigned(*args: object, **kwargs: object) -> None:  # after the scope checks
+        office.start()
+        office.join(1.0)  # at once, unless this request holds the change sequence
+        refuse_taken_id(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(notes if table == "notes" else fieldwork, "refuse_taken_id", checked_then_reassigned)
+    now = utcnow().isoformat()
+    body = {"readings": {"household_id": str(world.household_b.id), "visit_id": str(visit.id), "taken_at": now,
+                         "temp_c": 16.5},
+            "visits": {"household_id": str(world.household_b.id), "work_order_id": str(order.id), "arrived_at": now},
+            "notes": {"work_order_id": str(order.id), "audio_sha256": "ab" * 32, "duration_s": 3.0,
+                      "recorded_at": now}}[table]
+    r = client.post(f"{API}/{table}", json=body, headers=world.headers(world.steward_a))
+    office.join(10)
+    moved = reread(session, WorkOrder, order.id)
+    assert moved.assignee_id == world.steward_b.id
+    assert r.status_code in (201, 404), r.text
+    if r.status_code == 201:  # then it was written before the order left steward A
+        model = {"readings": Reading, "visits": Visit, "notes": Note}[table]
+        assert reread(session, model, uuid.UUID(r.json()["id"])).seq < moved.seq
+
+
+def test_an_id_deleted_in_another_grid_is_answered_as_taken_not_deleted(client: TestClient, session: Session,
+                                                                       world: World) -> None:
+    """Regression (review): REST answered `deleted` for another grid's deleted visit, where a push answers
+    `already_exists` on purpose: a steward could tell which ids of other grids had existed. Their own deleted
+    row is still `deleted`."""
+    theirs, mine = make_visit(session, world.household_b, world.steward_b), make_visit(session, world.household_a,
+                                                                                       world.steward_a)
+    for row in (theirs, mine):
+        session.delete(row)
+    session.commit()
+    body = {"household_id": str(world.household_a.id), "arrived_at": utcnow().isoformat()}
+    h = world.headers(world.steward_a)
+    assert_error(client.post(f"{API}/visits", json=body | {"id": str(theirs.id)}, headers=h), 409, "already_exists")
+    assert_error(client.post(f"{API}/visits", json=body | {"id": str(mine.id)}, headers=h), 409, "deleted")
