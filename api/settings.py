@@ -331,8 +331,12 @@ class Settings(BaseSettings):
                 "STEWARD_SECRET_KEY is the development default; set a long random value "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) outside dev mode"
             )
-        if self.env != "dev" and len(self.secret_key) < 32:
-            raise ValueError("STEWARD_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.env != "dev":
+            # RFC 7518 3.2: an HMAC key at least as long as the hash (PyJWT warns below it at every signature).
+            need = int(self.jwt_algorithm[2:]) // 8
+            if len(self.secret_key.encode("utf-8", "surrogatepass")) < need:
+                raise ValueError(f"STEWARD_SECRET_KEY must be at least {need} bytes for {self.jwt_algorithm} "
+                                 "outside dev mode (32 for HS256, 48 for HS384, 64 for HS512)")
         if self.env != "dev" and self.demo and self.demo_password == DEMO_PASSWORD:
             # The demo's accounts (admin, supervisor, steward01...) would share the password the README prints.
             raise ValueError("STEWARD_DEMO=1 with the published demo password creates an admin anyone can sign "

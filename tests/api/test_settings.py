@@ -26,9 +26,20 @@ def test_environment_variables_use_the_steward_prefix(monkeypatch: pytest.Monkey
 def test_production_refuses_the_development_secret() -> None:
     with pytest.raises(ValidationError, match="STEWARD_SECRET_KEY"):
         Settings(env="production", secret_key=DEV_SECRET_KEY)
-    with pytest.raises(ValidationError, match="32 characters"):
+    with pytest.raises(ValidationError, match="32 bytes for HS256"):
         Settings(env="production", secret_key="short")
     assert Settings(env="production", secret_key="x" * 40).env == "production"
+
+
+def test_production_key_is_as_long_as_the_hash() -> None:
+    """Regression: HS512 took a 40-character key, under RFC 7518's 64 bytes; PyJWT warned at every token."""
+    with pytest.raises(ValidationError, match="64 bytes for HS512"):
+        Settings(env="production", secret_key="x" * 40, jwt_algorithm="HS512")
+    with pytest.raises(ValidationError, match="48 bytes for HS384"):
+        Settings(env="production", secret_key="x" * 47, jwt_algorithm="HS384")
+    assert Settings(env="production", secret_key="x" * 64, jwt_algorithm="HS512").jwt_algorithm == "HS512"
+    # Bytes, not characters: 16 Chinese characters are 48 bytes in UTF-8.
+    assert Settings(env="production", secret_key="暖" * 16, jwt_algorithm="HS384").jwt_algorithm == "HS384"
 
 
 def test_production_refuses_the_demo_accounts() -> None:
