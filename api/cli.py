@@ -396,12 +396,20 @@ def _one_server(settings: Settings) -> Iterator[None]:
     import fcntl
 
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    url = make_url(settings.resolved_database_url)
+    try:
+        url = make_url(settings.resolved_database_url)
+    except (ArgumentError, ValueError):  # `prepare` names what is wrong with it, in one line (`_database_errors`)
+        yield
+        return
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         yield
         return
     path = Path(url.database).resolve()
+    if not path.parent.is_dir():  # a file in the way of its directory: `prepare` says so, in one line
+        yield
+        return
     try:
         lock = open(path.with_name(path.name + ".serve.lock"), "a")  # noqa: SIM115 - held while serving
     except OSError as exc:  # a read-only directory: one line, as for the database itself
