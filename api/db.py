@@ -361,7 +361,7 @@ def _tombstone_reaches(session: Session, user: Any, table: str, id: uuid.UUID) -
     from sync.pull import tombstone_route
 
     stmt = select(Tombstone.row_id).where(Tombstone.table_name == table, Tombstone.row_id == id,
-                                          tombstone_route(user, 0))
+                                          tombstone_route(user))
     return session.exec(stmt).first() is not None
 
 

@@ -197,7 +197,7 @@ class Context:
     def _gone(self, name: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
         """The tombstones of these ids: each with whether its delete is routed to the caller's devices."""
         tomb = Tombstone.__table__.c  # type: ignore[attr-defined]
-        routed = literal(True) if self.office else case((tombstone_route(self.user, 0), literal(True)),
+        routed = literal(True) if self.office else case((tombstone_route(self.user), literal(True)),
                                                         else_=literal(False))
         stmt = core_select(tomb.row_id, routed.label("routed")).where(tomb.table_name == name,
                                                                       self._among(tomb.row_id, ids))

@@ -122,6 +122,58 @@ def test_deletes_just_before_a_grid_change_still_reach_the_steward(client: TestC
     assert one.rows == server_rows(client, d.headers(d.steward1))
 
 
+def test_a_delete_after_a_grid_change_reaches_the_steward_across_pages(client: TestClient, district: District,
+                                                                       device: Callable[..., Device]) -> None:
+    """Regression (review): a building left the grid, a change the steward still sees followed, then the
+    office deleted a reading of that building. Pulled one record a page, the page after the still-visible
+    change routed the tombstone by scope changes after its own position, past the grid change: the device
+    kept the deleted reading for good."""
+    d = district
+    office = device(d.supervisor, "office")
+    office.pull()
+    rid = office.create("readings", household_id=str(d.h1a.id), taken_at="2026-12-01T08:00:00+00:00", temp_c=15.0)
+    office.push()
+    one = device(d.steward1, "one")
+    one.pull()
+    assert rid in one.rows["readings"]
+    assert client.put(f"/api/v1/users/{d.steward1.id}/grid", json={"building_ids": []},
+                      headers=d.headers(d.admin)).status_code == 200
+    assert client.patch(f"/api/v1/work-orders/{d.wo1.id}", json={"description": "radiator cold"},
+                        headers=d.headers(d.supervisor)).status_code == 200  # steward1's own order: still seen
+    office.delete("readings", rid)
+    assert office.push()["results"][0]["status"] == "applied"
+    one.pull(limit=1)
+    assert rid not in one.rows["readings"]
+    assert one.rows == server_rows(client, d.headers(d.steward1))
+
+
+def test_a_note_deleted_after_its_order_was_reassigned_leaves_the_device_across_pages(
+        client: TestClient, district: District, device: Callable[..., Device]) -> None:
+    """Regression (review): the same for a note on an order reassigned away from the steward."""
+    d = district
+    sup = d.headers(d.supervisor)
+    office = device(d.supervisor, "office")
+    office.pull()
+    assert client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward1.id)},
+                       headers=sup).status_code == 200
+    nid = office.create("notes", work_order_id=str(d.wo3.id), audio_sha256="c" * 64, duration_s=4,
+                        recorded_at="2026-12-01T08:00:00+00:00")
+    office.push()
+    one = device(d.steward1, "one")
+    one.pull()
+    assert nid in one.rows["notes"]
+    assert client.post(f"/api/v1/work-orders/{d.wo3.id}/assign", json={"assignee_id": str(d.steward2.id)},
+                       headers=sup).status_code == 200
+    assert client.patch(f"/api/v1/work-orders/{d.wo1.id}", json={"description": "radiator cold"},
+                        headers=sup).status_code == 200
+    office.pull()
+    office.delete("notes", nid)
+    assert office.push()["results"][0]["status"] == "applied"
+    one.pull(limit=1)
+    assert nid not in one.rows["notes"]
+    assert one.rows == server_rows(client, d.headers(d.steward1))
+
+
 def test_a_steward_covering_an_order_outside_the_grid_records_its_visit(
         client: TestClient, district: District, device: Callable[..., Device]) -> None:
     d = district
