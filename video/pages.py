@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
 
 from api.errors import NotFound
+from api.page_files import PageFile
 
 STATIC = Path(__file__).parent / "static"
 # The join URL carries the resident's token: never send it on as a referrer, never cache the page. The
@@ -27,24 +27,24 @@ ASSETS = {"video.js": JS, "join.js": JS, "lobby.js": JS, "room.js": JS, "video.c
 router = APIRouter(include_in_schema=False)
 
 
-def _page(name: str) -> FileResponse:
-    return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers=HEADERS)
+def _page(name: str) -> PageFile:
+    return PageFile(STATIC / name, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
 @router.api_route("/join/{token}", methods=["GET", "HEAD"])
-def join_page(token: str) -> FileResponse:
+def join_page(token: str) -> PageFile:
     """The resident's page; the script reads the token from the URL and checks it with the API."""
     return _page("join.html")
 
 
 @router.api_route("/video", methods=["GET", "HEAD"])
-def lobby_page() -> FileResponse:
+def lobby_page() -> PageFile:
     """Sign in and open a call for a work order."""
     return _page("lobby.html")
 
 
 @router.api_route("/video/room/{id}", methods=["GET", "HEAD"])
-def room_page(id: str) -> FileResponse:
+def room_page(id: str) -> PageFile:
     """The steward's page of a room; `?watch=1` is the supervisor's watch-only view. The id is not checked
     here: the page's script asks the API for the room and shows its answer (no room, not an id) in the page,
     where a JSON 422 would be all a mistyped link showed."""
@@ -52,8 +52,8 @@ def room_page(id: str) -> FileResponse:
 
 
 @router.api_route("/video/static/{name}", methods=["GET", "HEAD"])
-def asset(name: str) -> FileResponse:
+def asset(name: str) -> PageFile:
     if name not in ASSETS:
         raise NotFound(f"No asset {name}.")
-    return FileResponse(STATIC / name, media_type=ASSETS[name],
+    return PageFile(STATIC / name, media_type=ASSETS[name],
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

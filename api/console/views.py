@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
 
 from api.console import service
 from api.console.models import ConsoleMe, Dashboard, QueuePage, Timeline, TranscriptQuality
 from api.deps import CurrentUser, OfficeUser, PageDep, SessionDep, SettingsDep
 from api.errors import NotFound
+from api.page_files import PageFile
 from speech import service as speech
 from speech.models import TranscriptState
 
@@ -35,16 +35,16 @@ pages_router = APIRouter(include_in_schema=False)
 
 @pages_router.api_route("/console", methods=["GET", "HEAD"])
 @pages_router.api_route("/console/", methods=["GET", "HEAD"])
-def console_page() -> FileResponse:
+def console_page() -> PageFile:
     """The console (one page; the views are `#/queue`, `#/t/<id>`, `#/wo/<id>`, `#/conflicts`, `#/dashboard`)."""
-    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+    return PageFile(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
 @pages_router.api_route("/console/static/{name}", methods=["GET", "HEAD"])
-def console_asset(name: str) -> FileResponse:
+def console_asset(name: str) -> PageFile:
     if name not in ASSETS:
         raise NotFound(f"No console asset {name}.")
-    return FileResponse(STATIC / name, media_type=ASSETS[name],
+    return PageFile(STATIC / name, media_type=ASSETS[name],
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
