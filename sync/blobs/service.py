@@ -292,6 +292,7 @@ def _position(digits: str) -> int | None:
     parse numbers of over 4,300 digits, and there is no need to)."""
     if not digits:
         return None
+    digits = digits.lstrip("0") or "0"  # `1*DIGIT` (RFC 9110 14.1.1): zeros in front are still the number
     return int(digits) if len(digits) <= 18 else 10 ** 18
 
 
