@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import StrictInt, field_validator
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
@@ -160,8 +160,8 @@ class TranscriptsPublic(SQLModel):
     count: int
 
 
-class SegmentEdit(SQLModel):
-    index: int = Field(ge=0)
+class SegmentEdit(RequestBody):  # a `start` or `end` beside the text was dropped and the PATCH answered 200
+    index: StrictInt = Field(ge=0)  # not `true` (segment 1) nor "1"
     text: str = Field(max_length=2000)
 
 

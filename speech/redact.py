@@ -106,8 +106,9 @@ def redact_phone(value: str) -> str:
     """A field that holds one phone number (a call's caller number), masked by its shape, not by the text
     rules: those need a mobile's or an area code's form, and a local caller ID (88886666) or `+86 531 ...`
     came through whole. Every digit is hidden except the last four (of eight or more; two of five to seven)
-    and, of eleven or more, the first three: `138****8000`, `****6666`."""
-    digits = [i for i, c in enumerate(value.translate(_FOLD)) if c.isdigit()]
+    and, of eleven or more, the first three: `138****8000`, `****6666`. Digit names count as digits (a number
+    typed in Chinese numerals, 一三八零零一三八零零零, came through whole)."""
+    digits = [i for i, c in enumerate(value.translate(_FOLD_SPOKEN)) if c.isdigit()]
     shown = set(digits[-4:] if len(digits) >= 8 else digits[-2:] if len(digits) >= 5 else [])
     shown |= set(digits[:3]) if len(digits) >= 11 else set()
     hidden = set(digits) - shown

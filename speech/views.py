@@ -50,6 +50,15 @@ async def post_call(request: Request, session: SessionDep, settings: SettingsDep
                     metadata: Annotated[str, Form(description="JSON: caller_phone, started_at, agent, optional "
                                                              "household_id and work_order_id.")]):
     """Upload a hotline recording; it is transcribed in the background."""
+    form = await request.form()  # parsed once already, for the parameters: cached
+    if extra := sorted(set(form.keys()) - {"audio", "metadata"}):
+        # `household_id` sent beside `metadata` instead of inside it: the call was stored without its household.
+        raise Unprocessable(f"Unknown form field(s) {', '.join(map(repr, extra))}: a call takes `audio` and "
+                            "`metadata` (household_id, work_order_id... go inside the metadata JSON).",
+                            code="invalid_metadata")
+    if repeated := [name for name in ("audio", "metadata") if len(form.getlist(name)) > 1]:
+        raise Unprocessable(f"The form carries {repeated[0]!r} more than once: a call is one recording with its "
+                            "metadata.", code="invalid_metadata")
     try:
         meta = CallMetadata.model_validate(json.loads(metadata))
     except RecursionError as exc:  # json gives up on deep nesting this way, not with a ValueError

@@ -91,6 +91,8 @@ def test_a_dictated_number_in_comma_separated_groups_is_masked() -> None:
     ("13800138000", "138****8000"), ("88886666", "****6666"), ("+86 531 8888 6666", "+86 5** **** 6666"),
     ("0531-88886666", "053*-****6666"), ("１３８００１３８０００", "１３８＊＊＊＊８０００".replace("＊", "*")),
     ("96133", "***33"), ("110", "***"), ("", ""), ("未知", "未知"),
+    # Regression (review): typed in Chinese numerals, a number had no digits and came through whole.
+    ("一三八零零一三八零零零", "一三八****八零零零"), ("幺三八 零零幺三 八零零零", "幺三八 **** 八零零零"),
 ])
 def test_a_caller_number_is_masked_by_its_shape(number: str, masked: str) -> None:
     """Regression: a call's caller number went through the text rules, which need a mobile's or an area

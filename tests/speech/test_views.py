@@ -693,3 +693,33 @@ def test_an_id_number_ending_in_cha_and_a_landline_in_groups_are_masked_for_a_st
     for q in ("19850715", "8888"):
         assert api.get("/api/v1/transcripts", headers=steward, params={"q": q}).json()["count"] == 0, q
         assert api.get("/api/v1/transcripts", headers=supervisor, params={"q": q}).json()["count"] == 1, q
+
+
+@pytest.mark.parametrize("segment", [{"index": 0, "text": "暖气很热", "start": 1.0, "end": 9.0},
+                                     {"index": True, "text": "暖气很热"}, {"index": "0", "text": "暖气很热"}])
+def test_a_segment_edit_with_a_field_it_does_not_take_or_a_loose_index_is_refused(
+        api: TestClient, world: World, session: Session, segment: dict[str, object]) -> None:
+    """Regression (review): a segment's `start`/`end` were dropped and the PATCH answered 200 with the text
+    saved; `"index": true` edited segment 1."""
+    t = make_transcript(session, world.steward_a, "暖气不热", "请尽快来", household_id=world.household_a.id)
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.supervisor),
+                  json={"segments": [segment]})
+    assert_error(r, 422, "validation_error")
+    got = api.get(f"/api/v1/transcripts/{t.id}", headers=world.headers(world.supervisor)).json()
+    assert [s["text"] for s in got["segments"]] == ["暖气不热", "请尽快来"] and got["revision"] == 0
+
+
+def test_a_call_with_a_form_field_beside_the_metadata_or_two_recordings_is_refused(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): `household_id` sent as its own form field was ignored (202, the call stored
+    without its household), and of two `audio` parts the last one was kept without a word."""
+    h = world.headers(world.admin)
+    meta = json.dumps({"caller_phone": "13800138000", "started_at": "2026-11-29T08:00:00+08:00", "agent": "a-7"})
+    beside = api.post("/api/v1/calls", headers=h, files={"audio": ("c.wav", LEAK, "audio/wav")},
+                      data={"metadata": meta, "household_id": str(world.household_a.id)})
+    assert "'household_id'" in assert_error(beside, 422, "invalid_metadata")["message"]
+    twice = api.post("/api/v1/calls", headers=h, data={"metadata": meta},
+                     files=[("audio", ("a.wav", VALVE, "audio/wav")), ("audio", ("b.wav", LEAK, "audio/wav"))])
+    assert "'audio' more than once" in assert_error(twice, 422, "invalid_metadata")["message"]
+    assert session.exec(select(func.count()).select_from(Note)).one() == 0
+    assert post_call(api, h, LEAK, household_id=str(world.household_a.id)).status_code == 202
