@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Table, and_, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel
 
-from api.db import Versioned, utcnow
+from api.db import Versioned, utcnow, write_turn
 from api.notices.models import NoticeDelivery
 from api.notices.sms import SmsSender, deliver
 from api.proactive.models import CampaignDelivery, DeliveryStatus
@@ -53,6 +53,9 @@ def write_if(session: Session, obj: SQLModel, condition: Callable[[Table], Colum
     table = _table(obj)
     where = and_(table.c.id == obj.id, condition(table))  # type: ignore[attr-defined]
     if isinstance(obj, Versioned):
+        # The change sequence before the row, the order a sync push and every REST write take them in: the
+        # flush takes it anyway, and after this UPDATE's row lock it could deadlock with a writer holding it.
+        write_turn(session)
         where = and_(where, table.c.version == obj.version)
     if session.connection().execute(update(table).where(where).values(**values)).rowcount != 1:
         session.rollback()

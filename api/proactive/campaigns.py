@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, or_
 from sqlmodel import Session, col, func, select
 
 from api import access
-from api.db import new_id, refuse_taken_id, sqlite_write_lock, utcnow
+from api.db import new_id, refuse_taken_id, utcnow, write_turn
 from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station, address_text
@@ -57,6 +57,9 @@ def put_calendar(*, session: Session, settings: Settings, user: User, station_id
     get_station(session=session, id=station_id)
     _check_season(season)
     _check_heating_in_season(season, data, ZoneInfo(settings.timezone))
+    # The change sequence before any row lock, as every writer of synced rows takes them (the drafts' new dates
+    # take it at the flush): a send claiming a draft, which takes it first, deadlocked with this on PostgreSQL.
+    write_turn(session)
     row = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == station_id,
                                                     SeasonCalendar.season == season).with_for_update()).first()
     if row is None:
@@ -160,7 +163,7 @@ def create_campaign(*, session: Session, settings: Settings, user: User, data: C
     # The calendar is locked as it is read: a correction committing between this read and the insert below
     # moved the drafts it saw, not this one, which then announced dates the calendar no longer had. Now the
     # correction waits for this commit and moves this draft too (or this waits, and reads its dates).
-    sqlite_write_lock(session.connection())
+    write_turn(session)  # before the calendar's lock, as `put_calendar` (the insert takes it at the flush)
     calendar = session.exec(select(SeasonCalendar).where(SeasonCalendar.station_id == data.station_id,
                                                          SeasonCalendar.season == data.season)
                             .with_for_update()).first()

@@ -719,3 +719,28 @@ def test_a_number_corrected_while_its_sms_is_in_flight_gets_the_notice(session: 
     rows = {d.household_id: d for d in _deliveries(session, notice)}
     assert (rows[corrected.id].phone, rows[corrected.id].status) == (new, DeliveryStatus.sent)
     assert reread(session, Notice, notice.id).sent_count == 2
+
+
+def test_a_conditional_write_of_a_synced_row_takes_the_change_sequence_before_the_row(
+        session: Session, world: World) -> None:
+    """Regression (review): `write_if` (a notice's `sent_at`, a campaign's send lease) locked the row with its
+    UPDATE and took the change sequence at the flush after it, the opposite of a sync push's order: on
+    PostgreSQL the two could deadlock."""
+    from sqlalchemy import event
+
+    from api.notices import deliveries
+
+    notice = make_notice(session, world.building_a)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.split()[1].strip('"') if statement.startswith("UPDATE") else "")
+
+    event.listen(session.get_bind(), "before_cursor_execute", seen)
+    try:
+        assert deliveries.write_if(session, notice, lambda t: t.c.sent_at.is_(None), sent_at=datetime.now(UTC))
+    finally:
+        event.remove(session.get_bind(), "before_cursor_execute", seen)
+    updates = [name for name in statements if name]
+    assert updates.index("sync_state") < updates.index("notices"), updates
+    assert reread(session, Notice, notice.id).sent_at is not None
