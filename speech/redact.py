@@ -16,9 +16,11 @@ from api.users.models import Role, User
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 # The rules' edition: change it with any rule, and `steward db upgrade` rewrites the masked copies stored under
 # the old ones (`speech.service.remask_stored_copies`).
-MASKING_RULES = 3
+MASKING_RULES = 4
 
-_SEP = r"[ \-,、]?"  # a dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000
+# A dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000; a typed one also 138.0013.8000,
+# 138·0013·8000, 138/0013/8000, 138_0013_8000 (rules 4: these were shown whole).
+_SEP = r"[ \-,、.·/_]?"
 # An ID number is printed 6-8-4 and dictated 6-4-4-4 (370102，1985，0715，1234): both are read.
 # Digits that are not part of a longer number on either side. Each rule's groups are the digits it masks.
 _ID_NUMBER = re.compile(rf"(?<![0-9])[1-9][0-9]{{5}}{_SEP}"
@@ -33,7 +35,7 @@ _MOBILE_434 = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1[3-9][0-9]([0-9]{_
 _AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"
 # Dictated in groups as mobiles are (0531，8888，6666), but not with 、, which lists items: 0401、0402、0501 are
 # rooms, not a number.
-_LSEP = r"[ \-,]?"
+_LSEP = r"[ \-,.·/_]?"
 _LANDLINE = re.compile(rf"(?<![0-9])(?:(?:\+|00)86{_LSEP}\(?0?{_AREA}\)?|\(?0{_AREA}\)?){_LSEP}([0-9]{{3,4}})"
                        rf"{_LSEP}[0-9]{{4}}(?![0-9])")
 # In this order: an ID number holds what looks like a phone number.
@@ -49,7 +51,9 @@ _OPEN_ENDED = tuple(re.compile(_TAIL.sub("", rule.pattern)) for rule in _RULES)
 assert all(o.pattern != r.pattern for o, r in zip(_OPEN_ENDED, _RULES, strict=True))
 # Full-width forms (１３８, ＋８６, Ｘ) and the ideographic space read as their ASCII twins, one character for one,
 # so that matches found on the folded copy are positions in the original.
-_FOLD = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
+# Zero-width characters (a number pasted from a chat app) read as a space: a separator like any other.
+_FOLD = ({0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
+         | dict.fromkeys((0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF), 0x20))
 # Digit names read as digits, for a second look: a number Whisper left partly spoken (138123456 then 七八 in
 # the next segment, or before 十点) or a supervisor's correction typed in Chinese numerals. Only a second
 # look: on the first, the 一 of 一直 after 13812345678 must not read as a twelfth digit.

@@ -38,6 +38,14 @@ from speech.redact import can_view_pii, redact_for, redact_joined, redact_parts,
     ("座机0531，88886666", "座机0531，****6666"),
     # Regression: two mobiles said with no pause between them (a 22-digit run) were shown whole.
     ("两个号码1380013800013912345678找谁都行", "两个号码138****8000139****5678找谁都行"),
+    # Regression (rules 4): typed with dots, middle dots, slashes or underscores, or with zero-width spaces
+    # pasted in between, a number was shown whole.
+    ("手机138.0013.8000", "手机138.****.8000"), ("手机138·0013·8000", "手机138·****·8000"),
+    ("手机138/0013/8000", "手机138/****/8000"), ("手机138_0013_8000", "手机138_****_8000"),
+    ("手机138\u200b0013\u200b8000", "手机138\u200b****\u200b8000"), ("座机0531.8888.6666", "座机0531.****.6666"),
+    ("身份证370102.19850715.1234", "身份证370102.********.***4"),
+    # ...and what only looks close stays: a date, an amount, a version.
+    ("2026.11.29检修", "2026.11.29检修"), ("欠费1380.50元", "欠费1380.50元"), ("版本13.8.0", "版本13.8.0"),
     ("号码138001380001391234567815012345678。", "号码138****8000139****5678150****5678。"),
     ("一三八零零一三八零零零一三九一二三四五六七八", "一三八****八零零零一三九****五六七八"),
 ])
