@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -188,6 +189,18 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("blob store unavailable during %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body("storage_unavailable", "The file storage is unavailable for a moment; "
                                        "retry shortly."), 503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(OSError)
+    async def _disk(request: Request, exc: OSError) -> JSONResponse:
+        # The data directory is full or read-only (blobs, recordings, partial uploads): nothing was stored (a
+        # blob is renamed into place only once complete), and the device keeps it and retries; an operator
+        # frees space. Any other OSError is a surprise.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return await _unexpected(request, exc)
+        log.error("storage full or read-only during %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("storage_full", "The server cannot store files right now (its disk is "
+                                       "full or read-only); nothing was stored: retry later."), 503,
+                            headers={"Retry-After": "300"})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:

@@ -237,3 +237,25 @@ def test_listeners_hear_of_each_upload_that_completes_a_blob(client: TestClient,
     finally:
         del blobs.listeners[-2:]
     assert heard == [whole, sha]
+
+
+def test_a_full_disk_is_503_storage_full_and_leaves_nothing(client: TestClient, headers: dict[str, str],
+                                                            photo: bytes, settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): an OSError from the disk (full, or remounted read-only) was a 500; the device
+    must keep the photo and retry later, as for any 503."""
+    import errno
+
+    def full(self: object, sha256: str, path: os.PathLike[str]) -> None:  # the local disk, or the staging
+        raise OSError(errno.ENOSPC, "No space left on device")              # area before the bucket
+
+    monkeypatch.setattr(type(client.app.state.blobs.store), "store", full)  # type: ignore[attr-defined]
+    sha = _sha(photo)
+    r = client.put(URL.format(sha), content=photo, headers=headers)
+    assert r.status_code == 503 and r.headers["retry-after"] == "300"
+    assert r.json()["detail"]["code"] == "storage_full"
+    monkeypatch.undo()
+    assert client.head(URL.format(sha), headers=headers).status_code == 404
+    leftovers = [p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []
+    assert client.put(URL.format(sha), content=photo, headers=headers).status_code == 201  # space freed: retried
