@@ -34,6 +34,7 @@ from api.work_orders.models import (
     OPEN_STATUSES,
     STEWARD_TARGETS,
     TRANSITIONS,
+    Priority,
     Status,
     WorkOrder,
     WorkOrderCreate,
@@ -42,6 +43,7 @@ from api.work_orders.models import (
 )
 from api.work_orders.service import (
     REOPENED_RELEASE_NOTE,
+    STEWARD_LOW_PRIORITY,
     STEWARD_SOURCES,
     apply_edits,
     assign_refusal,
@@ -325,6 +327,8 @@ def create_work_order(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Wo
             raise Rejected("forbidden", "Stewards cannot assign work orders to others.")
         if data.sla_due_at is not None:
             raise Rejected("forbidden", "The SLA deadline is set by the office; leave sla_due_at out.")
+        if data.priority == Priority.low:
+            raise Rejected("forbidden", STEWARD_LOW_PRIORITY)
         assignee_id = ctx.user.id
     if assignee_id is not None:
         _active_steward(ctx, assignee_id)

@@ -60,6 +60,10 @@ def _sensitive(household: Household | None, category: Category) -> bool:
     return not (household.heating_status == HeatingStatus.suspended and category == Category.not_warm)
 
 
+STEWARD_LOW_PRIORITY = ("Stewards open orders at normal priority or above (low gives a longer SLA deadline, which "
+                        "the office sets); leave priority out or ask the office to lower it.")
+
+
 def effective_priority(household: Household, category: Category, priority: Priority) -> Priority:
     """A cold home of an elderly or sensitive resident is at least `high`, whatever the caller chose (not a
     suspended (报停) one: it is cold on purpose; the order is taken at the priority given)."""
@@ -99,6 +103,8 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
             raise Forbidden("Stewards cannot assign work orders to others.", code="role_required")
         if data.sla_due_at is not None:  # the SLA is evidence for the office: it follows the priority rules
             raise Forbidden("The SLA deadline is set by the office; leave sla_due_at out.", code="role_required")
+        if data.priority == Priority.low:  # the rules give `low` a longer SLA: a deadline of the steward's own
+            raise Forbidden(STEWARD_LOW_PRIORITY, code="role_required")
         assignee_id = user.id
     # After the scope and role checks (as for visits): before them, a create refused anyway answered 409 or 403
     # by whether the id existed in another grid.

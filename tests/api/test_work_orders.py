@@ -187,7 +187,10 @@ def test_steward_opens_visit_orders_for_themselves(client: TestClient, session: 
     # work), so it would never show as overdue.
     assert_error(client.post(API, json=body | {"sla_due_at": "2099-01-01T00:00:00Z"}, headers=h), 403,
                  "role_required")
+    # Regression (review): `low` gives a longer SLA (48 h against 24 h): a deadline of the steward's own again.
+    assert_error(client.post(API, json=body | {"priority": "low"}, headers=h), 403, "role_required")
     assert count_rows(session, WorkOrder) == before
+    assert client.post(API, json=body | {"priority": "high"}, headers=h).status_code == 201  # raising it is fine
 
 
 def test_duplicate_client_id_is_refused(client: TestClient, session: Session, world: World) -> None:

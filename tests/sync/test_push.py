@@ -954,8 +954,10 @@ def test_a_steward_opens_work_orders_from_the_field_only_for_themselves(
              assignee_id=str(district.steward2.id))
     d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
              sla_due_at="2099-01-01T00:00:00Z")  # the SLA is the office's
+    d.create("work_orders", household_id=str(district.h1a.id), category="leak", source="visit",
+             priority="low")  # Regression (review): `low` lengthened the SLA the rules give
     answer = d.push()
-    assert _statuses(answer) == [("applied", None)] + [("rejected", "forbidden")] * 3
+    assert _statuses(answer) == [("applied", None)] + [("rejected", "forbidden")] * 4
     record = answer["results"][0]["record"]
     assert record["id"] == ok and record["assignee_id"] == str(district.steward1.id)
     assert record["status"] == "assigned"
