@@ -393,15 +393,11 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
     if target is not None:
         _transition(ctx, order, target)
     if values:
-        # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them.
-        fields = (*values, "priority", "sla_due_at")
-        was = [getattr(order, name) for name in fields]
-        apply_edits(order, values, settings=ctx.settings,
-                    household=ctx.get(BY_NAME["households"], order.household_id))
-        # As REST: no event for an edit that changed nothing (a cold sensitive home stays high); its note
-        # lists the fields that changed, for the console's timeline.
-        if changed := sorted(name for name, old in zip(fields, was, strict=True) if getattr(order, name) != old):
-            _event(ctx, order, "updated", note=", ".join(dict.fromkeys(changed)))
+        # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them;
+        # no event for an edit that changed nothing, and the note lists the fields that changed.
+        if changed := apply_edits(order, values, settings=ctx.settings,
+                                  household=ctx.get(BY_NAME["households"], order.household_id)):
+            _event(ctx, order, "updated", note=", ".join(changed))
 
 
 def _check_transition(ctx: Context, current: Status, target: Status) -> None:

@@ -279,26 +279,30 @@ def update(*, session: Session, settings: Settings, user: User, order: WorkOrder
         raise Unprocessable(problem, code="invalid_sla")
     # Read before changing the order: a query after it would autoflush and bump the version twice.
     household = session.get(Household, order.household_id)
-    apply_edits(order, changes, settings=settings, household=household)
-    if not session.is_modified(order):
+    changed = apply_edits(order, changes, settings=settings, household=household)
+    if not changed:
         return order
     session.add(order)
-    _event(session, order, user, "updated", note=", ".join(sorted(changes)))
+    _event(session, order, user, "updated", note=", ".join(changed))
     session.commit()
     return order
 
 
 def apply_edits(order: WorkOrder, changes: dict[str, Any], *, settings: Settings,
-                household: Household | None) -> None:
+                household: Household | None) -> list[str]:
     """Apply checked office edits with the rules REST and sync share: a cold sensitive home stays at least
     `high` (as at intake), and a new priority or category moves the SLA (counted from the order's creation)
-    unless the edit sets `sla_due_at` itself."""
+    unless the edit sets `sla_due_at` itself. The names of the fields that really changed, sorted: the
+    timeline's `updated` note (none: no event, as for an edit that sends the current values)."""
+    fields = dict.fromkeys((*changes, "priority", "sla_due_at"))
+    was = {name: getattr(order, name) for name in fields}
     before, before_category = order.priority, order.category
     order.sqlmodel_update(changes)
     if household is not None:
         order.priority = effective_priority(household, order.category, order.priority)
     if (order.priority != before or order.category != before_category) and "sla_due_at" not in changes:
         order.sla_due_at = order.created_at + sla_delta(settings, household, order.category, order.priority)
+    return sorted(name for name, old in was.items() if getattr(order, name) != old)
 
 
 def list_orders(*, session: Session, user: User, page: Page, status: list[Status] | None = None,

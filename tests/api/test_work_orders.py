@@ -391,7 +391,7 @@ def test_office_edits_bump_the_version_and_are_logged(client: TestClient, world:
     assert r.status_code == 200, r.text
     assert (r.json()["priority"], r.json()["description"], r.json()["version"]) == ("urgent", "楼道漏水", 2)
     events = client.get(f"{API}/{order['id']}/events", headers=world.headers(world.supervisor)).json()
-    assert events[-1]["kind"] == "updated" and events[-1]["note"] == "description, priority"
+    assert events[-1]["kind"] == "updated" and events[-1]["note"] == "description, priority, sla_due_at"
 
 
 def test_closed_orders_cannot_be_edited(client: TestClient, session: Session, world: World) -> None:
@@ -550,6 +550,23 @@ def test_an_empty_edit_changes_nothing_and_logs_nothing(client: TestClient, sess
     assert r.json()["version"] == order.version
     events = client.get(f"{API}/{order.id}/events", headers=h).json()
     assert all(e["kind"] != "updated" for e in events)
+
+
+def test_the_timeline_names_the_fields_an_edit_changed_not_those_it_sent(client: TestClient, session: Session,
+                                                                         world: World) -> None:
+    """Regression: the `updated` note listed every field sent (a description sent unchanged included) and
+    left out the SLA the new priority moved; sync's notes already named only what changed."""
+    order = make_work_order(session, world.household_a, priority=Priority.normal)
+    h = world.headers(world.supervisor)
+    r = client.patch(f"{API}/{order.id}", json={"description": order.description, "priority": "urgent"}, headers=h)
+    assert r.status_code == 200, r.text
+    events = client.get(f"{API}/{order.id}/events", headers=h).json()
+    assert [e["note"] for e in events if e["kind"] == "updated"] == ["priority, sla_due_at"]
+    version = r.json()["version"]
+    r = client.patch(f"{API}/{order.id}", json={"description": order.description, "priority": "urgent"}, headers=h)
+    assert r.status_code == 200 and r.json()["version"] == version
+    events = client.get(f"{API}/{order.id}/events", headers=h).json()
+    assert [e["note"] for e in events if e["kind"] == "updated"] == ["priority, sla_due_at"]
 
 
 def test_assigning_the_current_assignee_again_changes_nothing(client: TestClient, session: Session,
