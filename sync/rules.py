@@ -392,12 +392,11 @@ def _order_apply(ctx: Context, order: WorkOrder, values: dict[str, Any]) -> None
         _event(ctx, order, "assigned", from_status=before, to_status=status, assignee_id=assignee)
     if target is not None:
         _transition(ctx, order, target)
-    if values:
-        # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them;
-        # no event for an edit that changed nothing, and the note lists the fields that changed.
-        if changed := apply_edits(order, values, settings=ctx.settings,
-                                  household=ctx.get(BY_NAME["households"], order.household_id)):
-            _event(ctx, order, "updated", note=", ".join(changed))
+    # The REST rules of an edit: priority escalation for sensitive homes, and the SLA moves with them;
+    # no event for an edit that changed nothing, and the note lists the fields that changed.
+    if values and (changed := apply_edits(order, values, settings=ctx.settings,
+                                          household=ctx.get(BY_NAME["households"], order.household_id))):
+        _event(ctx, order, "updated", note=", ".join(changed))
 
 
 def _check_transition(ctx: Context, current: Status, target: Status) -> None:
