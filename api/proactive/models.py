@@ -314,7 +314,8 @@ class Breach(SQLModel):
     status: str
     source: str
     assignee_id: uuid.UUID | None
-    sensitive: bool
+    sensitive: bool | None = Field(description="The household's flag; null for a household outside the "
+                                               "steward's grid (an order assigned to them there).")
     sla_due_at: datetime
     resolved_at: datetime | None
     overdue_minutes: int

@@ -136,7 +136,10 @@ def breaches(*, session: Session, user: User, page: Page, state: str = "open", n
     """Work orders past their SLA: still open after the due time, or resolved after it; most overdue first
     (`all`: the open ones first)."""
     now = now or utcnow()
-    stmt = (select(WorkOrder, Household.sensitive).join(Household, col(Household.id) == col(WorkOrder.household_id))
+    # A steward also sees the orders assigned to them outside their grid; those households' flags are not
+    # theirs to read (as GET /households/{id} answers 404): null there.
+    sensitive = case((access.building_clause(user, Household.building_id), col(Household.sensitive)), else_=None)
+    stmt = (select(WorkOrder, sensitive).join(Household, col(Household.id) == col(WorkOrder.household_id))
             .where(access.work_order_clause(user), _breach_clause(now, state)))
     count = int(session.exec(select(func.count()).select_from(stmt.subquery())).one())
     most_overdue: tuple[Any, ...]
@@ -160,7 +163,8 @@ def breaches(*, session: Session, user: User, page: Page, state: str = "open", n
         end = order.resolved_at if order.resolved_at and order.status not in OPEN_STATUSES else now
         out.append(Breach(work_order_id=order.id, household_id=order.household_id, category=order.category.value,
                           priority=order.priority.value, status=order.status.value, source=order.source.value,
-                          assignee_id=order.assignee_id, sensitive=bool(sensitive), sla_due_at=order.sla_due_at,
+                          assignee_id=order.assignee_id,
+                          sensitive=None if sensitive is None else bool(sensitive), sla_due_at=order.sla_due_at,
                           resolved_at=order.resolved_at,
                           overdue_minutes=max(0, int((end - order.sla_due_at).total_seconds() // 60))))
     return out, count

@@ -147,6 +147,25 @@ def test_breaches_are_listed_and_counted_in_the_summary(client: TestClient, sess
     assert client.get(f"{API}/sla/breaches", headers=world.headers(world.steward_b)).json()["count"] == 0
 
 
+def test_a_breach_outside_the_stewards_grid_does_not_tell_the_household_sensitive(
+        client: TestClient, session: Session, world: World) -> None:
+    """Regression: an order assigned to a steward for a household outside their grid showed that household's
+    `sensitive` flag, which GET /households/{id} refuses them."""
+    world.household_b.sensitive = True
+    session.add(world.household_b)
+    session.commit()
+    order = make_work_order(session, world.household_b, status=Status.in_progress, assignee=world.steward_a,
+                            sla_due_at=utcnow() - timedelta(hours=1))
+    [row] = client.get(f"{API}/sla/breaches", headers=world.headers(world.steward_a)).json()["data"]
+    assert row["work_order_id"] == str(order.id) and row["sensitive"] is None
+    [row] = client.get(f"{API}/sla/breaches", headers=world.headers(world.steward_b)).json()["data"]
+    assert row["sensitive"] is True
+    [row] = client.get(f"{API}/sla/breaches", headers=world.headers(world.supervisor)).json()["data"]
+    assert row["sensitive"] is True
+    assert client.get(f"/api/v1/households/{world.household_b.id}",
+                      headers=world.headers(world.steward_a)).status_code == 404
+
+
 def test_resolved_and_all_breaches_are_listed_most_overdue_first(client: TestClient, session: Session,
                                                                   world: World) -> None:
     """Regression: `state=resolved` and `all` were sorted by due time, so an order 10 minutes late came before
