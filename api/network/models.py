@@ -14,6 +14,17 @@ from api.db import Versioned
 from api.schemas import RequestBody, clean_label, not_null
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
+PHONE_MIN_DIGITS = 7  # a local landline (7-8 digits) is the shortest number a household has
+
+
+def phone_digits(value: str | None) -> str | None:
+    """A household's number as entered (`PHONE_PATTERN` checks its characters) with at least
+    `PHONE_MIN_DIGITS` digits: "1----" or "1    " matched the pattern and could be texted nothing. Checked on
+    what is written, not on what is read, so that an older row stays readable."""
+    if value is not None and sum(ch.isdigit() for ch in value) < PHONE_MIN_DIGITS:
+        raise ValueError(f"needs at least {PHONE_MIN_DIGITS} digits")
+    return value
+
 
 class StationBase(SQLModel):
     code: str = Field(min_length=1, max_length=32, description="Utility code, e.g. HS-LX-03.")
@@ -119,6 +130,7 @@ class HouseholdCreate(HouseholdBase, RequestBody):
     id: uuid.UUID | None = None
 
     _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
+    _phone = field_validator("phone")(phone_digits)
 
 
 class HouseholdUpdate(RequestBody):
@@ -132,6 +144,7 @@ class HouseholdUpdate(RequestBody):
 
     _not_null = field_validator("unit", "room", "resident_name", "area_m2", "heating_status", "sensitive")(not_null)
     _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
+    _phone = field_validator("phone")(phone_digits)
 
 
 class HouseholdPublic(HouseholdBase):
