@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import field_validator, model_validator
@@ -74,6 +74,10 @@ class NoticeDeliveriesPublic(SQLModel):
     count: int
 
 
+FILL_WINDOW_MAX = timedelta(days=60)  # the longest filling one notice announces
+FILL_LEAD_MAX = timedelta(days=300)  # how far ahead a filling may be announced: its SMS gives no year
+
+
 class NoticeCreate(NoticeBase, RequestBody):
     id: uuid.UUID | None = None
     # Into every SMS: a blank title or a hotline of spaces or words ("请拨打供暖服务热线 。") was accepted.
@@ -95,6 +99,9 @@ class NoticeCreate(NoticeBase, RequestBody):
             raise ValueError("water_fill_end must be after water_fill_start")
         if not (self.water_fill_start.year >= 2000 and self.water_fill_end.year <= 2100):
             raise ValueError("water filling must be scheduled between the years 2000 and 2100")
+        if self.water_fill_end - self.water_fill_start > FILL_WINDOW_MAX:
+            # The SMS gives the window's dates without a year; one that began years ago read as this autumn.
+            raise ValueError(f"a water filling lasts at most {FILL_WINDOW_MAX.days} days")
         return self
 
 

@@ -17,7 +17,14 @@ from api.deps import Page
 from api.errors import Conflict, NotFound, Unprocessable
 from api.network.models import Building, HeatingStatus, Household, Station, address_text
 from api.notices import deliveries
-from api.notices.models import Notice, NoticeCreate, NoticeDelivery, NoticeMessage, NoticeTarget
+from api.notices.models import (
+    FILL_LEAD_MAX,
+    Notice,
+    NoticeCreate,
+    NoticeDelivery,
+    NoticeMessage,
+    NoticeTarget,
+)
 from api.notices.sms import SmsSender
 from api.proactive.models import DeliveryStatus
 from api.settings import Settings
@@ -31,7 +38,12 @@ def create(*, session: Session, settings: Settings, user: User, data: NoticeCrea
         raise NotFound(f"No building with id {data.building_id}.")
     if data.station_id is not None and session.get(Station, data.station_id) is None:
         raise NotFound(f"No station with id {data.station_id}.")
-    _refuse_past(data.water_fill_end, utcnow(), ZoneInfo(settings.timezone))
+    now, tz = utcnow(), ZoneInfo(settings.timezone)
+    _refuse_past(data.water_fill_end, now, tz)
+    if data.water_fill_start - now > FILL_LEAD_MAX:
+        raise Unprocessable(f"The water filling starts {data.water_fill_start.astimezone(tz):%Y-%m-%d} (local time), "
+                            f"more than {FILL_LEAD_MAX.days} days ahead; its SMS gives the dates without a year: "
+                            "draft the notice closer to the season.", code="fill_window_far")
     notice = Notice.model_validate(data.model_dump(exclude_none=True) | {
         "service_phone": data.service_phone or settings.service_phone, "created_by_id": user.id})
     session.add(notice)

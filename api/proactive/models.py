@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import field_validator, model_validator
@@ -51,6 +51,9 @@ class SeasonCalendar(SQLModel, table=True):
     updated_at: datetime = ts_field(default_now=True)
 
 
+CALENDAR_LEAD = timedelta(days=90)  # the longest run from water filling to heating start
+
+
 class SeasonCalendarPut(SeasonCalendarBase, RequestBody):
     @model_validator(mode="after")
     def _check(self) -> SeasonCalendarPut:
@@ -64,6 +67,10 @@ class SeasonCalendarPut(SeasonCalendarBase, RequestBody):
             raise ValueError("heating_start_at must not be before pressure_test_at (the network is tested first)")
         if self.heating_end_at <= self.heating_start_at:
             raise ValueError("heating_end_at must be after heating_start_at")
+        if self.heating_start_at - self.water_fill_start > CALENDAR_LEAD:
+            # The heating dates are held to the season (`season_mismatch`); the filling, unbounded, could be
+            # years earlier and a campaign announced it as this season's.
+            raise ValueError(f"water_fill_start must be at most {CALENDAR_LEAD.days} days before heating_start_at")
         stamps = (self.water_fill_start, self.water_fill_end, self.pressure_test_at, self.heating_start_at,
                   self.heating_end_at)
         if not all(2000 <= ts.year <= 2100 for ts in stamps):

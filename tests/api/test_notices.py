@@ -414,6 +414,23 @@ def test_a_notice_whose_filling_is_over_is_refused(client: TestClient, session: 
     assert client.post(API, json=target | under_way, headers=h).status_code == 201
 
 
+def test_a_notice_window_of_years_or_a_filling_a_year_ahead_is_refused(client: TestClient, session: Session,
+                                                                        world: World) -> None:
+    """Regression: a filling that began decades ago and ends tomorrow, or one more than a season ahead, was
+    drafted; its SMS, which gives the dates without a year, read as this autumn's."""
+    h = world.headers(world.supervisor)
+    target = {"target": "building", "building_id": str(world.building_a.id)}
+    decades = {"water_fill_start": "2001-10-01T08:00:00+08:00", "water_fill_end": local(1, 17).isoformat()}
+    assert_error(client.post(API, json=target | decades, headers=h), 422, "validation_error")
+    far = {"water_fill_start": local(400, 8).isoformat(), "water_fill_end": local(401, 17).isoformat()}
+    r = client.post(API, json=target | far, headers=h)
+    assert_error(r, 422, "fill_window_far")
+    assert f"{local(400, 8):%Y-%m-%d}" in r.json()["detail"]["message"]
+    assert count_rows(session, Notice) == 0
+    weeks = {"water_fill_start": local(30, 8).isoformat(), "water_fill_end": local(80, 17).isoformat()}
+    assert client.post(API, json=target | weeks, headers=h).status_code == 201
+
+
 def test_a_notice_is_not_sent_or_resent_once_its_filling_is_over(client: TestClient, session: Session, world: World,
                                                                  settings: Settings, sms: LoggingSender) -> None:
     """A draft (or an older notice) whose filling ended meanwhile: send and resend are refused, nothing moves."""

@@ -294,7 +294,9 @@ def test_a_calendar_out_of_order_or_outside_its_season_is_refused(client: TestCl
     url = f"{API}/stations/{world.station.id}/calendars"
     for wrong in (calendar_body(pressure_test_at=local(29, 9)),  # tested before it is filled
                   calendar_body(heating_start_at=local(33, 0)),  # heated before it is tested
-                  calendar_body(heating_end_at=local(44, 0))):  # heating ends as it starts
+                  calendar_body(heating_end_at=local(44, 0)),  # heating ends as it starts
+                  # regression: filled years before the season's heating (the filling was not bounded)
+                  calendar_body(fill=local(-20 * 365, 0))):
         assert_error(client.put(f"{url}/{SEASON}", json=wrong, headers=h), 422, "validation_error")
     first = int(SEASON[:4])
     for other in (f"{first + 1}-{first + 2}", f"{first - 1}-{first}"):
