@@ -30,10 +30,23 @@ log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
-    """A Python value as the JSON the conflict log stores (the same text the pull sends)."""
+    """A Python value as the JSON the conflict log stores (the same text the pull sends). A device's values
+    for a row deleted on the server are logged unchecked: a lone surrogate among them (`"\\ud800"` is valid
+    JSON) is kept as the text `\\ud800`, as the push's answer writes it. Stored as it came, it broke every
+    page of GET /sync/conflicts that held the line (500: no UTF-8 for it)."""
     if isinstance(value, dict):
-        return {k: wire_value(v) for k, v in value.items()}
-    return wire_value(value)
+        return {_encodable(k): _encodable(wire_value(v)) for k, v in value.items()}
+    return _encodable(wire_value(value))
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    return value
 
 
 def _client(session: Session, client_id: uuid.UUID, user: User) -> SyncClient:

@@ -1307,6 +1307,30 @@ def test_a_field_name_the_answer_cannot_encode_is_no_500_after_the_commit(client
     assert session.get(Visit, uuid.UUID(good["id"])) is not None  # type: ignore[arg-type]
 
 
+def test_a_lone_surrogate_logged_for_a_deleted_row_leaves_the_conflict_list_readable(
+        client: TestClient, district: District) -> None:
+    """Regression: an update of a row deleted on the server logs the device's values unchecked; a lone
+    surrogate among them was stored as it came, and every page of GET /sync/conflicts holding the line
+    answered 500 from then on (on SQLite and PostgreSQL)."""
+    headers = district.headers(district.steward1) | {"content-type": "application/json"}
+    visit_id = str(uuid.uuid4())
+    visit = {"household_id": str(district.h1a.id), "arrived_at": "2026-11-30T08:00:00Z"}
+    mutations = [{"mutation_id": 1, "table": "visits", "op": "upsert", "id": visit_id, "fields": visit},
+                 {"mutation_id": 2, "table": "visits", "op": "delete", "id": visit_id, "base_version": 1},
+                 {"mutation_id": 3, "table": "visits", "op": "update", "id": visit_id, "base_version": 1,
+                  "fields": {"actions": "x\ud800"}}]
+    raw = json.dumps({"schema_version": 1, "client_id": str(uuid.uuid4()), "mutations": mutations})
+    response = client.post("/api/v1/sync/push", content=raw, headers=headers)
+    assert response.status_code == 200, response.text
+    assert [(r["status"], r["reason"]) for r in response.json()["results"]] == [
+        ("applied", None), ("applied", None), ("conflict", "deleted")]
+    listed = client.get("/api/v1/sync/conflicts", params={"row_id": visit_id},
+                        headers=district.headers(district.supervisor))
+    assert listed.status_code == 200, listed.text
+    [line] = listed.json()["data"]
+    assert line["device_value"] == {"actions": "x\\ud800"}  # the escape as text, as the push's answer quotes it
+
+
 def test_an_answer_orjson_refuses_is_still_sent() -> None:
     """The safety net: whatever string a rejection quotes, the answer to a committed push is sent."""
     from sync import views
