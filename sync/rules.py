@@ -27,7 +27,7 @@ from api.fieldwork.models import (
     plausible_field_time,
 )
 from api.network.models import Household, HouseholdUpdate
-from api.notes.models import Note, NoteCreate, NoteKind
+from api.notes.models import Note, NoteCreate, NoteKind, not_a_call
 from api.schemas import UtcDatetime, not_null
 from api.users.models import Role, User
 from api.work_orders.models import (
@@ -118,6 +118,7 @@ class NoteUpdate(BaseModel):
 
     _plausible_time = field_validator("recorded_at")(plausible_field_time)
     _not_null = field_validator("kind", "duration_s", "recorded_at")(not_null)  # columns that hold a value
+    _kind = field_validator("kind")(not_a_call)
 
 
 @dataclass
@@ -282,7 +283,8 @@ def create_note(ctx: Context, id: uuid.UUID, fields: dict[str, Any]) -> Note:
 
 def _note_writable(ctx: Context, note: Note) -> frozenset[str]:
     _owner_or_office(ctx, note.owner_id, "note")
-    return _fields_of(NoteUpdate)
+    # A call stays a call: turned into a voice note it left the complaint counts of the proactive clusters.
+    return _fields_of(NoteUpdate) - {"kind"} if note.kind == NoteKind.call_recording else _fields_of(NoteUpdate)
 
 
 # --- households -----------------------------------------------------------------------------------

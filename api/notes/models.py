@@ -55,8 +55,19 @@ class Note(Versioned, NoteBase, table=True):
     transcript_language: str | None = Field(default=None, max_length=10)
 
 
+def not_a_call(kind: NoteKind | None) -> NoteKind | None:
+    """Clients write voice notes only. A call recording is made by `POST /calls` (the office, with its `calls`
+    row) or by a video call: one a steward posted or pushed was transcribed as a resident's call, could open a
+    hotline draft order and counted as a complaint towards the proactive clusters."""
+    if kind == NoteKind.call_recording:
+        raise ValueError("call recordings come from POST /calls or a video call; a client writes voice_note")
+    return kind
+
+
 class NoteCreate(NoteBase, RequestBody):
     id: uuid.UUID | None = None
+
+    _kind = field_validator("kind")(not_a_call)
 
     # As for visits and readings: a handheld's clock set years ahead put its note at the top of every
     # newest-first list (notes, transcripts) until that year came.

@@ -39,9 +39,21 @@ def test_a_note_belongs_to_its_recorder_and_starts_untranscribed(client: TestCli
     assert (row.owner_id, row.visit_id, row.transcript_text) == (world.steward_a.id, visit.id, None)
 
 
+def test_a_client_cannot_post_a_call_recording(client: TestClient, session: Session, world: World) -> None:
+    """Regression: a steward's note of kind call_recording was stored and transcribed as a resident's call: it
+    could open a hotline draft order and counted towards the complaint clusters. Calls come from POST /calls
+    (with their `calls` row) and video calls; the office may not post one here either."""
+    for user in (world.steward_a, world.supervisor):
+        r = client.post(API, json=_body(kind="call_recording", household_id=str(world.household_a.id)),
+                        headers=world.headers(user))
+        assert_error(r, 422, "validation_error")
+        assert "POST /calls" in r.json()["detail"]["message"]
+    assert count_rows(session, Note) == 0
+
+
 def test_a_note_without_links_is_visible_to_its_owner_only(client: TestClient, session: Session,
                                                            world: World) -> None:
-    r = client.post(API, json=_body(kind="call_recording"), headers=world.headers(world.steward_a))
+    r = client.post(API, json=_body(), headers=world.headers(world.steward_a))
     assert r.status_code == 201
     note_id = r.json()["id"]
     assert client.get(f"{API}/{note_id}", headers=world.headers(world.steward_a)).status_code == 200

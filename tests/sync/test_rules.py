@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
+from api.notes.models import NoteKind
 from tests.sync.conftest import District
 from tests.sync.device import Device
+from tests.utils.factories import make_note
 
 
 def _note(**links: str) -> dict[str, Any]:
@@ -193,3 +196,26 @@ def test_a_pushed_work_order_with_a_null_sla_is_created_with_the_rules_sla(clien
     result, = d.push()["results"]
     assert result["status"] == "applied", result
     assert result["record"]["sla_due_at"] is not None  # the rules' SLA
+
+
+def test_a_device_writes_voice_notes_and_a_call_stays_a_call(
+        client: TestClient, session: Session, district: District, device: Callable[..., Device]) -> None:
+    """Regression: a steward pushed a note of kind call_recording, or turned a voice note into one; it was
+    transcribed as a resident's call, could open a hotline draft order and counted towards the complaint
+    clusters. Calls come from POST /calls and video calls only; an office device cannot turn one into a voice
+    note either (it left the cluster counts)."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.create("notes", **_note(household_id=str(d.h1a.id), kind="call_recording"))
+    voice = phone.create("notes", **_note(household_id=str(d.h1a.id)))
+    results = phone.push()["results"]
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value"), ("applied", None)]
+    assert "POST /calls" in results[0]["message"]
+    phone.update("notes", voice, kind="call_recording")
+    assert [(r["status"], r["reason"]) for r in phone.push()["results"]] == [("rejected", "invalid_value")]
+    call = make_note(session, d.supervisor, kind=NoteKind.call_recording, household_id=d.h1a.id)
+    office = device(d.supervisor, "console")
+    office.pull()
+    office.update("notes", str(call.id), kind="voice_note")
+    assert [(r["status"], r["reason"]) for r in office.push()["results"]] == [("rejected", "read_only_field")]
+
