@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -11,7 +12,7 @@ from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
-from api.schemas import RequestBody, not_null
+from api.schemas import RequestBody, not_null, strip_text
 
 
 class Role(StrEnum):
@@ -72,9 +73,31 @@ def not_blank_password(value: str | None) -> str | None:
     return value
 
 
+STAFF_PHONE_PATTERN = r"^(\+?[0-9][0-9\- ]{2,31})?$"  # empty, or a number: 13800000000, 0531-8888-6666, 8001
+
+
+def _clean_name(value: object) -> object:
+    """A person's name as typed (full-width brackets kept, unlike `clean_label`), less invisible format
+    characters, spaces at the ends and runs of spaces."""
+    text = strip_text(value)
+    return " ".join(text.split()) if isinstance(text, str) else text
+
+
+def _staff_phone(value: str | None) -> str | None:
+    """A staff member's number: digits, spaces and dashes after an optional `+`, or empty for none."""
+    if value is not None and not re.fullmatch(STAFF_PHONE_PATTERN, value):
+        raise ValueError("must be a phone number (digits, spaces, dashes, an optional leading +) or empty")
+    return value
+
+
 class UserCreate(UserBase, RequestBody):
     password: str = Field(min_length=8, max_length=128)
     _not_blank = field_validator("password")(not_blank_password)
+    # A name of zero-width characters signed residents' SMS with nothing ("您的供暖管家\u200b，"); names and
+    # numbers are stored without invisible characters, runs of spaces or spaces at the ends.
+    _clean = field_validator("full_name", mode="before")(_clean_name)
+    _strip = field_validator("phone", mode="before")(strip_text)
+    _phone = field_validator("phone")(_staff_phone)
     grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
 
 
@@ -87,6 +110,9 @@ class UserUpdate(RequestBody):
     _not_blank = field_validator("password")(not_blank_password)
     # null was taken as "no change" (`{"active": null}` a 200 that changed nothing); as for work orders: 422
     _not_null = field_validator("full_name", "phone", "role", "active", "password")(not_null)
+    _clean = field_validator("full_name", mode="before")(_clean_name)
+    _strip = field_validator("phone", mode="before")(strip_text)
+    _phone = field_validator("phone")(_staff_phone)
 
 
 class UserPublic(UserBase):

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Index, literal_column, text
 from sqlmodel import Field, SQLModel, col
 
 from api.db import Versioned, new_id, ts_field, utcnow
-from api.schemas import RequestBody, UtcDatetime, not_null
+from api.schemas import RequestBody, UtcDatetime, not_null, strip_text
 
 
 class Source(StrEnum):
@@ -131,6 +131,12 @@ class WorkOrderCreate(WorkOrderBase, RequestBody):
     sla_due_at: UtcDatetime | None = None  # null or left out: the SLA the rules give
 
     _sla_reach = field_validator("sla_due_at")(_sla_in_reach)
+    _caller = field_validator("caller_phone", mode="before")(strip_text)
+
+    @field_validator("caller_phone")
+    @classmethod
+    def _no_blank_caller(cls, value: str | None) -> str | None:
+        return value or None  # spaces or invisible characters alone: no number (they were stored as typed)
 
     @model_validator(mode="after")
     def _check_sla(self) -> WorkOrderCreate:

@@ -423,3 +423,21 @@ def test_null_for_a_user_field_is_refused_not_a_silent_no_change(client: TestCli
     r = client.patch(f"/api/v1/users/{world.steward_a.id}", json={field: None}, headers=world.headers(world.admin))
     assert_error(r, 422, "validation_error")
     assert db_state(session) == before
+
+
+def test_names_and_numbers_are_stored_without_invisible_characters(client: TestClient, world: World) -> None:
+    """Regression: a full name of zero-width characters and spaces was stored as typed (and signed residents'
+    campaign SMS with nothing); a phone of words was taken. Full-width brackets in a name stay as typed."""
+    admin = world.headers(world.admin)
+    body = {"username": "zhangsan", "password": "correct horse", "role": "steward",
+            "full_name": "\u200b \u3000\u2060", "phone": " \u200b"}
+    r = client.post("/api/v1/users", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    assert (r.json()["full_name"], r.json()["phone"]) == ("", "")
+    r = client.patch(f"/api/v1/users/{world.steward_a.id}",
+                     json={"full_name": "  张\u200b师傅  （西区）", "phone": " 138-0000-1111\u200b "}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert (r.json()["full_name"], r.json()["phone"]) == ("张师傅 （西区）", "138-0000-1111")
+    for phone in ("call me maybe", "12", "+"):
+        assert_error(client.patch(f"/api/v1/users/{world.steward_a.id}", json={"phone": phone}, headers=admin),
+                     422, "validation_error")

@@ -552,6 +552,13 @@ def test_an_empty_edit_changes_nothing_and_logs_nothing(client: TestClient, sess
     assert all(e["kind"] != "updated" for e in events)
 
 
+def test_a_callers_number_of_spaces_or_invisible_characters_is_no_number(client: TestClient,
+                                                                           world: World) -> None:
+    """Regression: `caller_phone` of spaces or zero-width characters alone was stored as typed."""
+    assert _new_order(client, world, caller_phone=" \u200b\u3000")["caller_phone"] is None
+    assert _new_order(client, world, caller_phone=" 138 0000 1111\u200b")["caller_phone"] == "138 0000 1111"
+
+
 def test_the_timeline_names_the_fields_an_edit_changed_not_those_it_sent(client: TestClient, session: Session,
                                                                          world: World) -> None:
     """Regression: the `updated` note listed every field sent (a description sent unchanged included) and
