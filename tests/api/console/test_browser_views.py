@@ -222,5 +222,5 @@ def test_an_orders_edits_read_in_chinese_on_its_timeline(page: Page, server: str
     edits = page.locator("#wo-items li.updated")
     assert edits.locator(".title").all_text_contents() == [f"工单信息修改 · {world.supervisor.username}",
                                                          f"工单信息修改 · {world.steward_a.username}"]
-    assert edits.locator("p").all_text_contents() == ["修改了描述、优先级", "离线同步：修改了类别"]
+    assert edits.locator("p").all_text_contents() == ["修改了描述、优先级、时限", "离线同步：修改了类别"]
     assert page.locator("#wo-items li.status p").all_text_contents() == ["离线同步"]
