@@ -167,11 +167,11 @@ class SegmentEdit(RequestBody):  # a `start` or `end` beside the text was droppe
 
 class TranscriptUpdate(RequestBody):
     segments: list[SegmentEdit] = Field(min_length=1, max_length=2000)
-    base_revision: int | None = Field(default=None, description="The revision edited; 409 if it moved on.")
+    base_revision: StrictInt | None = Field(default=None, description="The revision edited; 409 if it moved on.")
 
 
 class TranscriptApprove(RequestBody):
-    base_revision: int | None = Field(default=None, description="The revision reviewed; 409 if it moved on "
+    base_revision: StrictInt | None = Field(default=None, description="The revision reviewed; 409 if it moved on "
                                                                 "(another supervisor corrected it meanwhile).")
 
 

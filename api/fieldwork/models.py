@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from annotated_types import MaxLen
-from pydantic import field_validator, model_validator
+from pydantic import StrictFloat, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, Index, text
@@ -81,7 +81,7 @@ class VisitBase(SQLModel):
     work_order_id: uuid.UUID | None = None
     arrived_at: UtcDatetime
     left_at: UtcDatetime | None = None
-    indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
+    indoor_temp_c: StrictFloat | None = Field(default=None, ge=-30, le=50)  # not `true` (1.0)
     actions: str = Field(default="", max_length=4000, description="What was done: bled radiators, ...")
     result: VisitResult | None = None
     photos: PhotoHashes = Field(default_factory=list,
@@ -121,7 +121,7 @@ class VisitCreate(VisitBase, RequestBody):
 
 class VisitUpdate(RequestBody):
     left_at: UtcDatetime | None = None
-    indoor_temp_c: float | None = Field(default=None, ge=-30, le=50)
+    indoor_temp_c: StrictFloat | None = Field(default=None, ge=-30, le=50)  # not `true` (1.0)
     # `SkipJsonSchema[None]`: may be left out, never null (`not_null`), and OpenAPI says so: a generated client
     # sent `photos: null` to clear the list, which the schema allowed and the server refused.
     actions: Annotated[str, MaxLen(4000)] | SkipJsonSchema[None] = None
@@ -152,7 +152,7 @@ class ReadingBase(SQLModel):
     household_id: uuid.UUID
     taken_at: UtcDatetime
     room: str = Field(default="living_room", min_length=1, max_length=30)
-    temp_c: float = Field(ge=-30, le=50)
+    temp_c: StrictFloat = Field(ge=-30, le=50)  # a JSON true was stored as 1.0
     visit_id: uuid.UUID | None = None
 
 

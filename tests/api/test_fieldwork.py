@@ -142,6 +142,27 @@ def test_null_actions_is_a_validation_error(client: TestClient, session: Session
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("loose", [True, False, "21"])
+def test_a_temperature_is_a_number_not_a_flag(client: TestClient, session: Session, world: World,
+                                              loose: object) -> None:
+    """Regression (review): a JSON `true` was stored as 1.0 °C (and `false` as 0.0), a reading that turned
+    the household into a cold-home case."""
+    h = world.headers(world.steward_a)
+    reading = {"household_id": str(world.household_a.id), "taken_at": "2025-12-01T09:00:00Z", "temp_c": loose}
+    assert_error(client.post(f"{API}/readings", json=reading, headers=h), 422, "validation_error")
+    assert count_rows(session, Reading) == 0
+    visit = {"household_id": str(world.household_a.id), "arrived_at": "2025-12-01T09:00:00Z",
+             "indoor_temp_c": loose}
+    assert_error(client.post(f"{API}/visits", json=visit, headers=h), 422, "validation_error")
+    assert count_rows(session, Visit) == 0
+    made = make_visit(session, world.household_a, world.steward_a)
+    r = client.patch(f"{API}/visits/{made.id}", json={"indoor_temp_c": loose}, headers=h)
+    assert_error(r, 422, "validation_error")
+    assert reread(session, Visit, made.id).version == 1
+    r = client.post(f"{API}/readings", json=reading | {"temp_c": 21}, headers=h)  # an integer is a number
+    assert r.status_code == 201 and r.json()["temp_c"] == 21.0, r.text
+
+
 def test_list_visits_filters_newest_first(client: TestClient, session: Session, world: World) -> None:
     now = utcnow()
     order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)

@@ -709,6 +709,24 @@ def test_a_segment_edit_with_a_field_it_does_not_take_or_a_loose_index_is_refuse
     assert [s["text"] for s in got["segments"]] == ["暖气不热", "请尽快来"] and got["revision"] == 0
 
 
+@pytest.mark.parametrize("base", [True, "1", 1.0])
+def test_a_loose_base_revision_is_refused(api: TestClient, world: World, session: Session, base: object) -> None:
+    """Regression (review): `"base_revision": true` read as revision 1, so a console that sent a flag
+    instead of the revision it showed still edited (or approved) the text someone had changed since."""
+    t = make_transcript(session, world.steward_a, "暖气不热", "请尽快来", household_id=world.household_a.id)
+    h = world.headers(world.supervisor)
+    assert api.patch(f"/api/v1/transcripts/{t.id}", headers=h,
+                     json={"segments": [{"index": 0, "text": "暖气不热了"}]}).json()["revision"] == 1
+    r = api.patch(f"/api/v1/transcripts/{t.id}", headers=h,
+                  json={"segments": [{"index": 1, "text": "明天来"}], "base_revision": base})
+    assert_error(r, 422, "validation_error")
+    assert_error(api.post(f"/api/v1/transcripts/{t.id}/approve", headers=h, json={"base_revision": base}),
+                 422, "validation_error")
+    got = api.get(f"/api/v1/transcripts/{t.id}", headers=h).json()
+    assert [s["text"] for s in got["segments"]] == ["暖气不热了", "请尽快来"]
+    assert (got["revision"], got["status"]) == (1, "transcribed")
+
+
 def test_a_call_with_a_form_field_beside_the_metadata_or_two_recordings_is_refused(
         api: TestClient, world: World, session: Session) -> None:
     """Regression (review): `household_id` sent as its own form field was ignored (202, the call stored

@@ -93,6 +93,25 @@ def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callab
     assert "future" in result["message"]
 
 
+def test_a_pushed_temperature_of_true_is_rejected(client: TestClient, district: District,
+                                                 device: Callable[..., Device]) -> None:
+    """Regression (review): a reading pushed with `temp_c: true` was applied as 1.0 °C."""
+    d = district
+    phone = device(d.steward1, "phone")
+    phone.pull()
+    taken = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    phone.create("readings", household_id=str(d.h1a.id), taken_at=taken, temp_c=True)
+    phone.create("visits", household_id=str(d.h1a.id), arrived_at=taken, indoor_temp_c=False)
+    phone.create("readings", household_id=str(d.h1a.id), taken_at=taken, temp_c=18)
+    results = phone.push()["results"]
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value")] * 2 + [
+        ("applied", None)], results
+    listed = client.get("/api/v1/readings", params={"household_id": str(d.h1a.id)},
+                        headers=d.headers(d.steward1)).json()
+    temps = [r["temp_c"] for r in listed["data"]]
+    assert 1.0 not in temps and 18.0 in temps, temps
+
+
 def test_field_times_from_a_reset_clock_are_rejected(district: District, device: Callable[..., Device]) -> None:
     """Regression: a handheld whose clock battery ran flat restarts in 1970; its readings and visits were
     applied with that date (sinking to the end of every history). Each is `rejected` as an invalid value."""
