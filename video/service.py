@@ -67,6 +67,11 @@ def create_room(*, session: Session, settings: Settings, user: User, data: RoomC
                        code="work_order_closed")
     existing = _open_room(session, order.id)
     if existing is not None and not close_if_abandoned(session, existing):
+        if existing.worker != worker and existing.expires_at <= utcnow():
+            # Past its end, its own relay is closing it (saving the recording): a fresh link to it would be
+            # expired on arrival, and a new room cannot open beside it.
+            raise Conflict("The work order's last call reached its time limit and is being closed; open a new "
+                           "call in a moment.", code="room_closing", headers={"Retry-After": "30"})
         return existing, False
     if reserve is not None:
         reserve()

@@ -219,6 +219,8 @@ async def get_room(request: Request, id: uuid.UUID, session: SessionDep, setting
     """A room's state and who is in it."""
     row = await run_in_threadpool(service.get_room, session=session, user=user, id=id)
     _pinned_here(request, settings, row)
+    if row.state != RoomState.open:  # a closed call's record: any process answers, relay or not
+        return _room_public(row, None, settings)
     manager = _manager(request)
     return _room_public(row, manager.get(row.id) or manager.ending(row.id), settings)
 
@@ -228,6 +230,8 @@ async def close_room(request: Request, id: uuid.UUID, settings: SettingsDep, use
     """End the call for everyone (idempotent); its recording becomes a note on the work order."""
     row = await _short(request, service.get_room, user=user, id=id)
     _pinned_here(request, settings, row)
+    if row.state != RoomState.open:  # closing is idempotent, on any process
+        return _room_public(row, None, settings)
     if await _manager(request).close(row.id, CloseReason.closed) is None:
         await _short(request, service.mark_closed, room_id=row.id, reason=CloseReason.closed)
     row = await _short(request, service.get_room, user=user, id=id)

@@ -95,3 +95,49 @@ def test_the_processes_of_a_multi_worker_server_never_close_each_others_calls(li
                 detail = assert_error(answer, 503, "relay_unavailable")
                 assert "--workers" in detail["message"]
     run(scenario())
+
+
+def test_a_closed_calls_record_is_answered_by_a_server_that_relays_no_calls(live, world, order):
+    """Regression (review): a `--workers N` server (relay off) answered 503 `relay_unavailable` for
+    GET /rooms/{id} and POST /rooms/{id}/close of a call closed long ago; any process answers a closed room."""
+    async def scenario() -> None:
+        h = world.headers(world.steward_a)
+        async with live(video_worker_id="relay-a") as a:
+            rid = (await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()["room_id"]
+            assert (await a.http.post(f"{ROOMS}/{rid}/close", headers=h)).json()["state"] == "closed"
+        async with live(video_worker_id="", serve_workers=2) as multi:
+            r = await multi.http.get(f"{ROOMS}/{rid}", headers=h)
+            assert r.status_code == 200 and r.json()["state"] == "closed", r.text
+            r = await multi.http.post(f"{ROOMS}/{rid}/close", headers=h)  # idempotent
+            assert r.status_code == 200 and r.json()["close_reason"] == "closed", r.text
+            assert_error(await multi.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h),
+                         503, "relay_unavailable")  # a new call still needs a relay
+    run(scenario())
+
+
+def test_no_link_is_given_to_another_workers_call_past_its_end(live, world, order, engine):
+    """Regression (review): POST /rooms answered the order's open room with a 'fresh' link while that room
+    (hosted by another worker, still saving its time-limit close) was past its end: the SMS held a link
+    expired on arrival. Now 409 `room_closing` with Retry-After, and nothing is written."""
+    from datetime import timedelta
+
+    from sqlmodel import Session, select
+
+    from api.db import utcnow
+    from video.models import VideoRoom
+
+    now = utcnow()
+    with Session(engine) as s:  # relay-b's 60-minute call hit its end 30 s ago; its mix-down is still running
+        s.add(VideoRoom(work_order_id=order.id, worker="relay-b", worker_url="http://relay-b.test",
+                        created_at=now - timedelta(minutes=60, seconds=30), expires_at=now - timedelta(seconds=30)))
+        s.commit()
+
+    async def scenario() -> None:
+        async with live(video_worker_id="relay-a") as a:
+            r = await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=world.headers(world.steward_a))
+            assert_error(r, 409, "room_closing")
+            assert r.headers["Retry-After"] == "30"
+    run(scenario())
+    with Session(engine) as s:
+        rows = s.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
+        assert [(r.worker, r.state) for r in rows] == [("relay-b", "open")]
