@@ -143,7 +143,7 @@ def _public(transcript: Transcript, note: Note, call: Call | None, user: User) -
         "failure_reason": transcript.failure_reason if pii or not transcript.failure_reason
         else redact_text(transcript.failure_reason), "engine": transcript.engine, "model": transcript.model,
         "language": transcript.language, "duration_s": transcript.duration_s,
-        "text": transcript.text if pii else _masked_text(transcript),
+        "text": transcript.text if pii else hide_digits(_masked_text(transcript), _kept_hidden(transcript, note)),
         "categories": transcript.category_list, "revision": transcript.revision, "owner_id": note.owner_id,
         "household_id": note.household_id, "work_order_id": note.work_order_id,
         "draft_work_order_id": transcript.draft_work_order_id, "recorded_at": note.recorded_at,
@@ -162,7 +162,8 @@ def present(session: Session, user: User, transcript: Transcript, *, detail: boo
         return TranscriptPublic(**data)
     texts = [s["text"] for s in transcript.segments]
     if not can_view_pii(user):
-        texts = _redact_segments(texts, transcript)
+        hidden = _kept_hidden(transcript, note)
+        texts = [hide_digits(t, hidden) for t in _redact_segments(texts, transcript)]
     segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=text)
                 for i, (s, text) in enumerate(zip(transcript.segments, texts, strict=True))]
     return TranscriptDetail(**data, segments=segments)
@@ -177,6 +178,16 @@ def present_page(session: Session, user: User, transcripts: Sequence[Transcript]
     notes = {n.id: n for n in session.exec(select(Note).where(col(Note.id).in_(ids)))}
     calls = {c.id: c for c in session.exec(select(Call).where(col(Call.id).in_(ids)))}
     return [TranscriptPublic(**_public(t, notes[t.id], calls.get(t.id), user)) for t in transcripts]
+
+
+def _kept_hidden(transcript: Transcript, note: Note) -> set[str]:
+    """The digits the note's masked copy hides: what any version of the text hid (`_sync_note_text`). A
+    correction that breaks a number's shape (138 0013 800, a digit dropped) no longer reads as a phone number,
+    and its middle digits, hidden until then, were shown to stewards and found by their searches."""
+    copy = note.transcript_text
+    if not transcript.text or copy is None or len(copy) != len(transcript.text):  # not a copy of this text
+        return set()
+    return hidden_digits(transcript.text, copy)
 
 
 def _masked_text(transcript: Transcript) -> str:
@@ -222,7 +233,8 @@ def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable
                 select(Transcript).where(col(Transcript.id).in_([n.id for n in notes]))).all()}
             for note in notes:
                 transcript = transcripts.get(note.id)
-                masked = _masked_text(transcript) if transcript is not None and transcript.text else None
+                masked = (hide_digits(_masked_text(transcript), _kept_hidden(transcript, note))
+                          if transcript is not None and transcript.text else None)
                 if masked is not None and masked != note.transcript_text:
                     note.transcript_text = masked
                     session.add(note)
@@ -395,6 +407,8 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     segments, changes = _apply_edits(transcript.segments, data, language)
     if not changes:
         return transcript
+    note = session.get(Note, transcript.id)
+    hidden = _kept_hidden(transcript, note) if note is not None else set()  # what the text hid until now
     now = utcnow()
     text = join_segments([s["text"] for s in segments], language)
     tags = categorize(text, load_glossary(settings.speech_glossary))
@@ -403,7 +417,7 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
                       segments=segments, text=text, categories="," + ",".join(tags) + ",", updated_at=now)
     session.add(TranscriptRevision(transcript_id=transcript.id, revision=transcript.revision, user_id=user.id,
                                    at=now, changes=changes))
-    note = _sync_note_text(session, transcript)
+    note = _sync_note_text(session, transcript, hidden)
     if note is not None:
         _open_draft(session, settings, user, transcript, note, tags)
     session.commit()
@@ -532,8 +546,9 @@ def _write_if_unmoved(session: Session, transcript: Transcript, retry: str, **va
                    f"it and {retry}.", code="stale_revision")
 
 
-def _sync_note_text(session: Session, transcript: Transcript) -> Note | None:
+def _sync_note_text(session: Session, transcript: Transcript, hidden: set[str]) -> Note | None:
+    """The note's masked copy of the corrected text, still hiding the `hidden` digits of earlier versions."""
     note = session.get(Note, transcript.id)
     if note is not None:
-        note.transcript_text = _masked_text(transcript)
+        note.transcript_text = hide_digits(_masked_text(transcript), hidden)
     return note

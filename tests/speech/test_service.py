@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import StatementError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, delete, func, select
 
 from api.db import utcnow
 from api.errors import Conflict, InvalidTransition
@@ -31,6 +31,7 @@ from speech.models import (
 )
 from speech.redact import MASKING_RULES
 from speech.storage import store_audio
+from sync.models import SyncState
 from tests.speech.conftest import FIXTURES
 from tests.speech.service_helpers import make_transcript
 from tests.utils.factories import World, make_work_order, make_world
@@ -347,6 +348,24 @@ def test_an_upgrade_rewrites_the_masked_copies_written_under_older_rules(session
     session.add(note)
     session.commit()
     assert service.remask_stored_copies(engine) == 0
+
+
+def test_an_upgrade_keeps_hiding_what_an_earlier_version_of_the_text_hid(session: Session, engine: Engine,
+                                                                          world: World) -> None:
+    """Regression (review): a corrected text that lost a digit (1380013800) no longer reads as a mobile; its copy
+    keeps hiding the digits the first version hid, and rewriting the copies under new rules must too."""
+    t = make_transcript(session, world.steward_a, "请回电1380013800", household_id=world.household_a.id)
+    note = session.get(Note, t.id)
+    assert note is not None
+    note.transcript_text = "请回电138****800"  # written by the correction that dropped the digit
+    session.add(note)
+    session.commit()
+    session.exec(delete(SyncState).where(col(SyncState.name) == service.MASKING_STATE))  # an older release's
+    session.commit()
+    service.remask_stored_copies(engine)
+    session.expire_all()
+    note = session.get(Note, t.id)
+    assert note is not None and note.transcript_text == "请回电138****800"
 
 
 def test_two_upgrades_at_once_both_record_the_masking_rules(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

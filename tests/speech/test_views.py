@@ -442,6 +442,28 @@ def test_a_number_moved_between_segments_one_save_at_a_time_stays_masked_in_the_
     assert unmasked[1]["changes"][0]["before"] == "0013 8000。"
 
 
+def test_a_correction_that_breaks_a_numbers_shape_keeps_its_hidden_digits_hidden(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): the history hid what any version hid, but GET, the list, the note's synced copy and
+    the search did not: a correction dropping one digit of 13800138000 no longer read as a mobile, and the
+    steward read (and found by search) the middle digits every earlier version had hidden."""
+    t = make_transcript(session, world.steward_a, "请回电13800138000", "谢谢", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    url = f"/api/v1/transcripts/{t.id}"
+    r = api.patch(url, headers=supervisor, json={"segments": [{"index": 0, "text": "请回电1380013800"}]})
+    assert r.status_code == 200, r.text
+    r = api.patch(url, headers=supervisor, json={"segments": [{"index": 1, "text": "谢谢您"}]})  # and later on
+    assert r.status_code == 200, r.text
+    body = api.get(url, headers=steward).json()
+    assert body["segments"][0]["text"] == "请回电138****800" and body["text"] == "请回电138****800谢谢您"
+    listed = api.get("/api/v1/transcripts", headers=steward).json()["data"]
+    assert [row["text"] for row in listed if row["id"] == str(t.id)] == [body["text"]]
+    assert api.get(f"/api/v1/notes/{t.id}", headers=steward).json()["transcript_text"] == body["text"]
+    assert api.get("/api/v1/transcripts", headers=steward, params={"q": "0013"}).json()["count"] == 0
+    assert api.get("/api/v1/transcripts", headers=supervisor, params={"q": "0013"}).json()["count"] == 1
+    assert api.get(url, headers=supervisor).json()["text"] == "请回电1380013800谢谢您"  # the original is kept
+
+
 def test_a_number_running_into_the_next_segments_digits_is_masked_for_a_steward(api: TestClient, world: World,
                                                                                 session: Session) -> None:
     """Regression: the text was masked as one string, where 13800138000 then 3号楼 read as a 12-digit run that
