@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, ConfigDict, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, ConfigDict, StringConstraints
 from sqlmodel import SQLModel
 
 
@@ -17,9 +18,21 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("the timestamp is out of range once converted to UTC") from exc
 
 
+_NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\Z")
+
+
+def _not_a_number(value: object) -> object:
+    """Refuse a Unix time (a JSON number or a string of digits): pydantic reads one as UTC, guessing seconds or
+    milliseconds, so a mistyped `"2026010112"` was stored as a day in 2034."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMERIC.match(value)):
+        raise ValueError("a timestamp is an ISO 8601 string with a time zone (2026-11-01T08:00:00+08:00), not a "
+                         "number of seconds")
+    return value
+
+
 # A timestamp that must carry a zone on the way in and is held (and answered) in UTC from then on,
 # so a row reads the same right after it is created as it does from the database later.
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_to_utc)]
 
 def clean_label(value: object) -> object:
     """A name or number that identifies something (a station code, a community, a building number, a unit,

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Index
 from sqlmodel import Field, SQLModel
@@ -140,7 +140,7 @@ class ConflictPublic(SQLModel):
 
 
 class ConflictReview(RequestBody):
-    reviewed: bool = True
+    reviewed: StrictBool = True  # not "no" (which cleared a supervisor's mark) nor 1
 
 
 class ConflictsPublic(SQLModel):

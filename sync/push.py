@@ -185,6 +185,8 @@ def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: in
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:
+    if not value.isascii():  # `uuid.UUID` reads other scripts' digits too: the row would get another id
+        return None
     try:
         return uuid.UUID(value)
     except ValueError:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, StrictFloat, ValidationError, field_validator
 from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
@@ -113,7 +113,7 @@ class NoteUpdate(BaseModel):
     model_config = {"extra": "forbid"}
 
     kind: NoteKind | None = None
-    duration_s: float | None = PydanticField(default=None, ge=0, le=6 * 3600)
+    duration_s: StrictFloat | None = PydanticField(default=None, ge=0, le=6 * 3600)
     recorded_at: UtcDatetime | None = None  # as NoteCreate: refused at validation when it has no UTC equivalent
 
     _plausible_time = field_validator("recorded_at")(plausible_field_time)

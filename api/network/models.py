@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import field_validator
+from pydantic import StrictBool, StrictFloat, StrictInt, field_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned
-from api.schemas import RequestBody, clean_label, not_null
+from api.schemas import RequestBody, clean_label, not_null, strip_text
 
 PHONE_PATTERN = r"^\+?[0-9][0-9\- ]{4,19}$"
 PHONE_MIN_DIGITS = 7  # a local landline (7-8 digits) is the shortest number a household has
@@ -31,7 +31,7 @@ class StationBase(SQLModel):
     name: str = Field(min_length=1, max_length=100)
     district: str = Field(default="", max_length=50)
     address: str = Field(default="", max_length=200)
-    capacity_mw: float | None = Field(default=None, gt=0, le=1000)
+    capacity_mw: StrictFloat | None = Field(default=None, gt=0, le=1000)
 
 
 class Station(Versioned, StationBase, table=True):
@@ -51,7 +51,7 @@ class StationUpdate(RequestBody):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     district: str | None = Field(default=None, max_length=50)
     address: str | None = Field(default=None, max_length=200)
-    capacity_mw: float | None = Field(default=None, gt=0, le=1000)
+    capacity_mw: StrictFloat | None = Field(default=None, gt=0, le=1000)
 
     _not_null = field_validator("code", "name", "district", "address")(not_null)
     _clean = field_validator("code", "name", "district", mode="before")(clean_label)
@@ -68,8 +68,8 @@ class BuildingBase(SQLModel):
     community: str = Field(min_length=1, max_length=100, description="Residential community (小区).")
     number: str = Field(min_length=1, max_length=20, description="Building number (楼号).")
     address: str = Field(default="", max_length=200)
-    floors: int | None = Field(default=None, ge=1, le=200)
-    units: int | None = Field(default=None, ge=1, le=50)
+    floors: StrictInt | None = Field(default=None, ge=1, le=200)
+    units: StrictInt | None = Field(default=None, ge=1, le=50)
 
 
 class Building(Versioned, BuildingBase, table=True):
@@ -90,8 +90,8 @@ class BuildingUpdate(RequestBody):
     community: str | None = Field(default=None, min_length=1, max_length=100)
     number: str | None = Field(default=None, min_length=1, max_length=20)
     address: str | None = Field(default=None, max_length=200)
-    floors: int | None = Field(default=None, ge=1, le=200)
-    units: int | None = Field(default=None, ge=1, le=50)
+    floors: StrictInt | None = Field(default=None, ge=1, le=200)
+    units: StrictInt | None = Field(default=None, ge=1, le=50)
 
     _not_null = field_validator("station_id", "community", "number", "address")(not_null)
     _clean = field_validator("community", "number", mode="before")(clean_label)
@@ -114,9 +114,9 @@ class HouseholdBase(SQLModel):
     room: str = Field(min_length=1, max_length=10)
     resident_name: str = Field(default="", max_length=100)
     phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
-    area_m2: float = Field(gt=0, le=2000, description="Heated area, the basis of the bill.")
+    area_m2: StrictFloat = Field(gt=0, le=2000, description="Heated area, the basis of the bill.")
     heating_status: HeatingStatus = HeatingStatus.normal
-    sensitive: bool = Field(default=False, description="Elderly, infant or temperature-sensitive.")
+    sensitive: StrictBool = Field(default=False, description="Elderly, infant or temperature-sensitive.")
 
 
 class Household(Versioned, HouseholdBase, table=True):
@@ -130,6 +130,7 @@ class HouseholdCreate(HouseholdBase, RequestBody):
     id: uuid.UUID | None = None
 
     _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
+    _strip = field_validator("phone", mode="before")(strip_text)  # "138… " was stored, " 138…" refused
     _phone = field_validator("phone")(phone_digits)
 
 
@@ -138,12 +139,13 @@ class HouseholdUpdate(RequestBody):
     room: str | None = Field(default=None, min_length=1, max_length=10, description="A mistyped room corrected.")
     resident_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=20, schema_extra={"pattern": PHONE_PATTERN})
-    area_m2: float | None = Field(default=None, gt=0, le=2000)
+    area_m2: StrictFloat | None = Field(default=None, gt=0, le=2000)
     heating_status: HeatingStatus | None = None
-    sensitive: bool | None = None
+    sensitive: StrictBool | None = None  # not "yes" (true) nor 1
 
     _not_null = field_validator("unit", "room", "resident_name", "area_m2", "heating_status", "sensitive")(not_null)
     _clean = field_validator("unit", "room", "resident_name", mode="before")(clean_label)
+    _strip = field_validator("phone", mode="before")(strip_text)  # "138… " was stored, " 138…" refused
     _phone = field_validator("phone")(phone_digits)
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import field_validator
+from pydantic import StrictFloat, field_validator
 from sqlmodel import Field, SQLModel
 
 from api.db import Versioned, ts_field
@@ -33,7 +33,7 @@ class NoteBase(SQLModel):
     visit_id: uuid.UUID | None = None
     household_id: uuid.UUID | None = None
     audio_sha256: str = Field(max_length=64, schema_extra={"pattern": SHA256_PATTERN})
-    duration_s: float = Field(ge=0, le=6 * 3600)
+    duration_s: StrictFloat = Field(ge=0, le=6 * 3600)
     recorded_at: UtcDatetime
 
 

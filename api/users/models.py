@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, StrictBool, field_validator
 from sqlalchemy import Index, func, text
 from sqlmodel import Field, SQLModel
 
@@ -105,7 +105,7 @@ class UserUpdate(RequestBody):
     full_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=32)
     role: Role | None = None
-    active: bool | None = None
+    active: StrictBool | None = None  # "false" disabled the account
     password: str | None = Field(default=None, min_length=8, max_length=128)
     _not_blank = field_validator("password")(not_blank_password)
     # null was taken as "no change" (`{"active": null}` a 200 that changed nothing); as for work orders: 422

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import field_validator, model_validator
+from pydantic import StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, Index, literal_column, text
 from sqlmodel import Field, SQLModel, col
@@ -173,7 +173,7 @@ class AssignRequest(RequestBody):
 class TransitionRequest(RequestBody):
     status: Status
     note: str = Field(default="", max_length=2000)
-    base_version: int | None = Field(default=None, ge=1, description="Refuse if the order changed since.")
+    base_version: StrictInt | None = Field(default=None, ge=1, description="Refuse if the order changed since.")
 
 
 class WorkOrderUpdate(RequestBody):

@@ -24,7 +24,8 @@ def get_blobs(request: Request) -> Blobs:
 BlobsDep = Annotated[Blobs, Depends(get_blobs)]
 
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]+")
+_HUGE = 10**18  # past any size limit and any offset: a longer number is answered as too large / mismatched
 
 
 def _int_header(value: str | None, name: str) -> int | None:
@@ -33,7 +34,8 @@ def _int_header(value: str | None, name: str) -> int | None:
     # ASCII digits only: `int` also reads 3_0, +30 and other scripts' digits.
     if not _DIGITS.fullmatch(value.strip()):
         raise BadRequest(f"{name} must be a non-negative integer.", code="invalid_header")
-    return int(value)
+    digits = value.strip().lstrip("0") or "0"
+    return _HUGE if len(digits) > 18 else int(digits)
 
 
 BINARY: dict[str, Any] = {"application/octet-stream": {}}

@@ -117,11 +117,13 @@ BAD_BODIES: dict[str, tuple[str, list[tuple[dict[str, Any], str]]]] = {
     "/visits": ("steward_a", [
         ({"household_id": "H", "arrived_at": "2025-12-01T08:00:00"}, "arrived_at"),
         ({"household_id": "H", "arrived_at": "yesterday"}, "arrived_at"),
+        ({"household_id": "H", "arrived_at": 1764576000}, "arrived_at"),  # a Unix time has no zone
         ({"household_id": "H", "arrived_at": "2025-12-01T08:00:00Z", "indoor_temp_c": 80}, "indoor_temp_c"),
     ]),
     "/readings": ("steward_a", [
         ({"household_id": "H", "taken_at": "2025-12-01T08:00:00", "temp_c": 18}, "taken_at"),
         ({"household_id": "H", "taken_at": "2025-12-01T08:00:00Z", "temp_c": "warm"}, "temp_c"),
+        ({"household_id": "H", "taken_at": "1764576000", "temp_c": 18}, "taken_at"),
     ]),
     "/notes": ("steward_a", [
         ({"audio_sha256": "a" * 64, "duration_s": 3, "recorded_at": "2025-12-01T08:00:00Z", "kind": "video"},
@@ -130,6 +132,9 @@ BAD_BODIES: dict[str, tuple[str, list[tuple[dict[str, Any], str]]]] = {
     "/notices": ("supervisor", [
         ({"target": "building", "building_id": "B", "water_fill_start": "2025-11-01T00:00:00",
           "water_fill_end": "2025-11-01T08:00:00Z"}, "water_fill_start"),
+        # Regression (review): a Unix time (seconds, or milliseconds past 2e10) was taken as UTC.
+        ({"target": "building", "building_id": "B", "water_fill_start": "2030-11-01T00:00:00Z",
+          "water_fill_end": 1.9e9}, "water_fill_end"),
     ]),
     "/users": ("admin", [
         ({"username": "newuser", "password": "short", "role": "steward"}, "password"),

@@ -523,3 +523,43 @@ def test_a_building_stored_beside_its_twin_before_the_check_can_still_be_edited(
     other = make_building(session, world.station, community="历山小区", number="8")
     assert_error(client.patch(f"{API}/buildings/{other.id}", json={"number": "7栋"}, headers=office),
                  409, "already_exists")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("stations", {"code": "HS-X1", "name": "n", "capacity_mw": True}),
+    ("buildings", {"community": "c", "number": "9", "floors": True}),
+    ("buildings", {"community": "c", "number": "9", "units": "2"}),
+    ("households", {"unit": "3", "room": "101", "area_m2": True}),
+    ("households", {"unit": "3", "room": "101", "area_m2": "50"}),
+    ("households", {"unit": "3", "room": "102", "area_m2": 50, "sensitive": "yes"}),
+    ("households", {"unit": "3", "room": "102", "area_m2": 50, "sensitive": 1}),
+])
+def test_network_numbers_and_flags_are_typed(client: TestClient, session: Session, world: World, path: str,
+                                            body: dict[str, Any]) -> None:
+    """Regression (review): a JSON `true` was stored as 1.0 MW, 1 floor or 1.0 m² (the billing basis), and
+    `"yes"` as a sensitive household (its SLA halved)."""
+    links = {"buildings": {"station_id": str(world.station.id)},
+             "households": {"building_id": str(world.building_a.id)}}.get(path, {})
+    before = db_state(session)
+    r = client.post(f"{API}/{path}", json=body | links, headers=world.headers(world.supervisor))
+    assert_error(r, 422, "validation_error")
+    assert db_state(session) == before
+
+
+def test_a_household_edit_and_push_type_the_area_and_strip_the_phone(client: TestClient, session: Session,
+                                                                    world: World) -> None:
+    """Regression (review): `area_m2: true` edited the bill's basis to 1.0 m² over REST and in a push, and a
+    phone with spaces after it was stored and texted as typed (one with a space before it was refused)."""
+    h = world.headers(world.supervisor)
+    area = reread(session, Household, world.household_a.id).area_m2
+    assert_error(client.patch(f"{API}/households/{world.household_a.id}", json={"area_m2": True}, headers=h),
+                 422, "validation_error")
+    push = {"schema_version": 1, "client_id": str(random_id()), "mutations": [
+        {"mutation_id": 1, "table": "households", "op": "update", "id": str(world.household_a.id),
+         "base_version": 1, "fields": {"area_m2": True}}]}
+    result = client.post(f"{API}/sync/push", json=push, headers=h).json()["results"][0]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_value"), result
+    assert reread(session, Household, world.household_a.id).area_m2 == area
+    for typed in ("13800000009  ", " 13800000009\u200b"):
+        r = client.patch(f"{API}/households/{world.household_b.id}", json={"phone": typed}, headers=h)
+        assert r.status_code == 200 and r.json()["phone"] == "13800000009", r.text

@@ -441,3 +441,11 @@ def test_names_and_numbers_are_stored_without_invisible_characters(client: TestC
     for phone in ("call me maybe", "12", "+"):
         assert_error(client.patch(f"/api/v1/users/{world.steward_a.id}", json={"phone": phone}, headers=admin),
                      422, "validation_error")
+
+
+@pytest.mark.parametrize("flag", ["false", 0])
+def test_active_is_a_json_boolean(client: TestClient, session: Session, world: World, flag: object) -> None:
+    """Regression (review): `{"active": "false"}` disabled the steward and released their orders."""
+    r = client.patch(f"{API}/users/{world.steward_b.id}", json={"active": flag}, headers=world.headers(world.admin))
+    assert_error(r, 422, "validation_error")
+    assert reread(session, User, world.steward_b.id).active

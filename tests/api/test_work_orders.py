@@ -661,3 +661,14 @@ def test_an_order_created_for_a_steward_being_disabled_is_not_left_with_them(
     session.rollback()
     order = reread(session, WorkOrder, answers["create"].json()["id"])
     assert (order.status, order.assignee_id) == (Status.new, None)  # released by the disabling
+
+
+@pytest.mark.parametrize("base", [True, "1", 1.0])
+def test_a_transitions_base_version_is_a_json_integer(client: TestClient, session: Session, world: World,
+                                                      base: object) -> None:
+    """Regression (review): `"base_version": true` (or "1") read as version 1 and passed the check."""
+    order = make_work_order(session, world.household_a, status=Status.assigned, assignee=world.steward_a)
+    r = client.post(f"{API}/{order.id}/transitions", json={"status": "in_progress", "base_version": base},
+                    headers=world.headers(world.steward_a))
+    assert_error(r, 422, "validation_error")
+    assert reread(session, WorkOrder, order.id).status == Status.assigned

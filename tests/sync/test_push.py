@@ -1378,3 +1378,39 @@ def test_a_readings_resent_create_with_a_room_the_server_cleaned_is_harmless_on_
     again = {"mutation_id": 10, "table": "readings", "op": "upsert", "id": reading, "base_version": None,
              "fields": fields}
     assert _statuses(d.send(d.push_body([again]))) == [("applied", None)]
+
+
+@pytest.mark.parametrize("bad", [True, "20"])
+def test_a_note_duration_is_a_number_over_rest_and_in_a_push(client: TestClient, district: District,
+                                                             engine: Engine, bad: object) -> None:
+    """Regression (review): a note's `duration_s` of `true` was stored as 1.0 s (and "20" as 20.0), over REST
+    and in a push, as temperatures were."""
+    d = district
+    recorded = (datetime.now() - timedelta(hours=1)).astimezone().isoformat()
+    note = {"household_id": str(d.h1a.id), "audio_sha256": "c" * 64, "duration_s": bad, "recorded_at": recorded}
+    notes = _count(engine, Note)
+    assert_error(client.post("/api/v1/notes", json=note, headers=d.headers(d.steward1)), 422, "validation_error")
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [
+        {"mutation_id": 1, "table": "notes", "op": "upsert", "id": str(uuid.uuid4()), "fields": note},
+        {"mutation_id": 2, "table": "notes", "op": "update", "id": str(d.note1.id), "base_version": 1,
+         "fields": {"duration_s": bad}}]}
+    results = client.post("/api/v1/sync/push", json=body, headers=d.headers(d.steward1)).json()["results"]
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value")] * 2, results
+    assert _count(engine, Note) == notes
+
+
+def test_a_pushed_id_is_an_ascii_uuid_as_over_rest(client: TestClient, district: District, engine: Engine) -> None:
+    """Regression (review): `uuid.UUID` reads other scripts' digits; a reading pushed with an id written in
+    Arabic-Indic digits was applied under the ASCII id, a row the device does not hold (REST refuses it)."""
+    d = district
+    arabic = "".join(chr(0x660 + int(c)) if c.isdigit() else c for c in str(uuid.uuid4()))
+    fields = {"household_id": str(d.h1a.id), "temp_c": 19.0,
+              "taken_at": (datetime.now() - timedelta(hours=1)).astimezone().isoformat()}
+    readings = _count(engine, Reading)
+    assert_error(client.post("/api/v1/readings", json=fields | {"id": arabic}, headers=d.headers(d.steward1)),
+                 422, "validation_error")
+    body = {"client_id": str(uuid.uuid4()), "schema_version": 1, "mutations": [
+        {"mutation_id": 1, "table": "readings", "op": "upsert", "id": arabic, "fields": fields}]}
+    result, = client.post("/api/v1/sync/push", json=body, headers=d.headers(d.steward1)).json()["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_id"), result
+    assert _count(engine, Reading) == readings

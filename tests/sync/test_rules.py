@@ -95,17 +95,19 @@ def test_a_note_moved_years_ahead_is_rejected(district: District, device: Callab
 
 def test_a_pushed_temperature_of_true_is_rejected(client: TestClient, district: District,
                                                  device: Callable[..., Device]) -> None:
-    """Regression (review): a reading pushed with `temp_c: true` was applied as 1.0 °C."""
+    """Regression (review): a reading pushed with `temp_c: true` was applied as 1.0 °C, and one taken at a Unix
+    time (a number) as that instant in UTC."""
     d = district
     phone = device(d.steward1, "phone")
     phone.pull()
     taken = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     phone.create("readings", household_id=str(d.h1a.id), taken_at=taken, temp_c=True)
     phone.create("visits", household_id=str(d.h1a.id), arrived_at=taken, indoor_temp_c=False)
+    phone.create("readings", household_id=str(d.h1a.id), taken_at=int(datetime.now(UTC).timestamp()), temp_c=17.5)
     phone.create("readings", household_id=str(d.h1a.id), taken_at=taken, temp_c=18)
     results = phone.push()["results"]
-    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value")] * 2 + [
-        ("applied", None)], results
+    assert [(r["status"], r["reason"]) for r in results] == [("rejected", "invalid_value")] * 3 + [
+        ("applied", None)], results  # a Unix time is no timestamp either: it names no zone
     listed = client.get("/api/v1/readings", params={"household_id": str(d.h1a.id)},
                         headers=d.headers(d.steward1)).json()
     temps = [r["temp_c"] for r in listed["data"]]

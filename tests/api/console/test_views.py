@@ -455,6 +455,12 @@ def test_conflicts_get_a_reviewed_mark_and_filter_on_it(client: TestClient, worl
                  404, "not_found")
     assert_error(client.post(f"/api/v1/sync/conflicts/{first}/review", json={"reviewed": "maybe"}, headers=h),
                  422, "validation_error")
+    # Regression (review): a lax bool read "no", "off" and 0 as false, clearing a supervisor's mark.
+    client.post(f"/api/v1/sync/conflicts/{first}/review", json={"reviewed": True}, headers=h)
+    for lax in (0, 1, "yes", "no", "false", "off"):
+        assert_error(client.post(f"/api/v1/sync/conflicts/{first}/review", json={"reviewed": lax}, headers=h),
+                     422, "validation_error")
+    assert listed(reviewed="true") == [first]
     assert_error(client.get("/api/v1/sync/conflicts", params={"winner": "nobody"}, headers=h), 422,
                  "validation_error")
 

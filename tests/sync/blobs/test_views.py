@@ -259,3 +259,22 @@ def test_a_full_disk_is_503_storage_full_and_leaves_nothing(client: TestClient, 
     leftovers = [p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert leftovers == []
     assert client.put(URL.format(sha), content=photo, headers=headers).status_code == 201  # space freed: retried
+
+
+def test_an_upload_offset_or_length_too_long_for_any_file_is_answered_as_such(client: TestClient,
+                                                                             headers: dict[str, str]) -> None:
+    """Regression (review): a number of 19 digits or more was `400 invalid_header` ("must be a non-negative
+    integer", which it is). A far offset is a wrong one (409 with the offset to resume from); a declared length
+    past every limit is 413."""
+    data = b"x" * 100
+    url = f"/api/v1/blobs/{_sha(data)}"
+    assert client.patch(url, content=data[:10], headers=headers | {"Upload-Offset": "0",
+                                                                     "Upload-Length": "100"}).status_code == 204
+    far = client.patch(url, content=data[10:], headers=headers | {"Upload-Offset": "9" * 19})
+    assert far.status_code == 409 and far.headers["Upload-Offset"] == "10", far.text
+    padded = client.patch(url, content=data[10:], headers=headers | {"Upload-Offset": "0" * 20 + "10"})
+    assert padded.status_code == 201, padded.text  # leading zeros are still the number; the upload is complete
+    assert client.get(url, headers=headers).content == data
+    huge = client.patch(f"/api/v1/blobs/{'f' * 64}", content=b"x",
+                        headers=headers | {"Upload-Offset": "0", "Upload-Length": "9" * 19})
+    assert huge.status_code == 413 and huge.json()["detail"]["code"] == "payload_too_large", huge.text
