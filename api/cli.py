@@ -49,6 +49,10 @@ def _settings() -> Settings:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except OSError as exc:  # a `.env` this user may not read
+        typer.secho(f"Configuration error: cannot read {exc.filename or 'the settings'}: {exc.strerror or exc}",
+                    fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -108,8 +112,19 @@ def _missing_sqlite_file(settings: Settings) -> bool:
     except (ArgumentError, ValueError):  # `_database` says what is wrong with it
         return False
     path = Path(url.database or "")
-    return (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-            and not path.exists() and not any(parent.is_file() for parent in path.parents))
+    try:
+        return (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+                and not path.exists() and not any(parent.is_file() for parent in path.parents))
+    except OSError:  # a folder this user may not enter (Python 3.11's `exists` raises): opening it says so
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a folder this user may not enter is one line (exit 2), not a traceback."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise _fail(f"Cannot use the database: cannot reach {path}: {exc.strerror or exc}", 2) from exc
 
 
 @contextmanager
@@ -231,7 +246,7 @@ def db_restored() -> None:
         except ValueError as exc:  # a port `54x2`
             raise DatabaseConfigError(f"the URL cannot be read: {exc}") from exc
     db = url.database
-    if url.get_backend_name() == "sqlite" and db and Path(f"{db}-wal").exists() and not _sqlite_in_use(db):
+    if url.get_backend_name() == "sqlite" and db and _exists(Path(f"{db}-wal")) and not _sqlite_in_use(db):
         # Nobody has the database open, yet a write-ahead log is beside it: after a restore, most likely the log
         # of the server whose database the backup replaced. Opening the copy would replay it onto the backup (a
         # corrupt, or silently mixed, "restored" database).
@@ -278,7 +293,7 @@ def create_user(
             with Session(engine) as session:
                 user = create(session=session, data=data)
                 typer.echo(json.dumps({"id": str(user.id), "username": user.username, "role": user.role.value,
-                                       "grid": [str(g) for g in grid_ids]}))
+                                       "grid": [str(g) for g in dict.fromkeys(grid_ids)]}))  # as stored: once each
         except DomainError as exc:
             raise _fail(f"{exc.code}: {exc.message}") from exc
 

@@ -7,6 +7,7 @@ Same seed and `as_of`, same rows (ids included). Password hashes are salted, so 
 from __future__ import annotations
 
 import random
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -108,12 +109,12 @@ def generate(engine: Engine, *, households: int, stewards: int, password: str, s
                 conn.execute(insert(_table(model)), list(chunk))
                 done += len(chunk)
                 if progress:
-                    print(f"\rdemo-data: {done}/{total} rows", end="", flush=True)
+                    print(f"\rdemo-data: {done}/{total} rows", end="", flush=True, file=sys.stderr)
         if history:
             extra = _insert_history(conn, rows, users, seed=seed, as_of=as_of, per_household=history,
                                     progress=progress)
     if progress:
-        print()
+        print(file=sys.stderr)  # stdout holds only the JSON summary
     grid_of: dict[uuid.UUID, list[str]] = {}
     for g in rows["grid_buildings"]:
         grid_of.setdefault(g["user_id"], []).append(str(g["building_id"]))
@@ -152,7 +153,7 @@ def _insert_history(conn: Any, rows: dict[str, list[dict[str, Any]]], users: lis
                 written += len(table_rows)
                 table_rows.clear()
         if progress:
-            print(f"\rdemo-data: {written} history rows", end="", flush=True)
+            print(f"\rdemo-data: {written} history rows", end="", flush=True, file=sys.stderr)
 
     for h in rows["households"]:
         steward = steward_of.get(h["building_id"])

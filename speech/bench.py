@@ -211,7 +211,7 @@ def bench_speech(
     out: Annotated[Path, typer.Option(help="Where the results JSON goes.")] = Path("bench/results"),
 ) -> None:
     """Speech accuracy and speed per engine and configuration; results JSON into bench/results/."""
-    from api.settings import get_settings
+    from api.settings import describe_problem, get_settings
 
     names = config or list(DEFAULT_CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
@@ -221,8 +221,14 @@ def bench_speech(
         load_set(set_dir)
     except ValueError as exc:
         raise usage_error(f"--set: {exc}") from exc
+    try:
+        settings = get_settings()
+    except (ValueError, OSError) as exc:  # as every other command: one line, not a traceback
+        why = describe_problem(exc) if isinstance(exc, ValueError) else f"cannot read {exc.filename}: {exc.strerror}"
+        typer.secho(f"Configuration error: {why}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     writable_directory(out)
-    summary = run_bench(set_dir.resolve(), configs=[CONFIGS[n] for n in names], data_dir=get_settings().data_dir)
+    summary = run_bench(set_dir.resolve(), configs=[CONFIGS[n] for n in names], data_dir=settings.data_dir)
     path = out / f"speech-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", "utf-8")
     typer.echo(format_table(summary))

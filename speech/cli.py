@@ -74,6 +74,10 @@ def transcribe(
     except ValueError as exc:
         typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except OSError as exc:  # a `.env` this user may not read
+        typer.secho(f"Configuration error: cannot read {exc.filename or 'the settings'}: {exc.strerror or exc}",
+                    fg="red", err=True)
+        raise typer.Exit(2) from exc
     try:
         pipeline = build_pipeline(settings, engine=engine.value if engine else None, model=model, language=language)
     except (ModelError, RuntimeError, ValueError) as exc:  # a missing model, an unknown language
@@ -170,6 +174,10 @@ def worker(
         settings = get_settings()
     except ValueError as exc:
         typer.secho(f"Configuration error: {describe_problem(exc)}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # a `.env` this user may not read
+        typer.secho(f"Configuration error: cannot read {exc.filename or 'the settings'}: {exc.strerror or exc}",
+                    fg="red", err=True)
         raise typer.Exit(2) from exc
     problem = speech_problem(settings)
     if problem:  # now, rather than in every job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +50,7 @@ class OpenAIWhisperTranscriber:
         # What torch.load and the state-dict loader raise for an empty file, another pickle, a zip that is not
         # a checkpoint or a checkpoint of another shape; without this an empty file ended as click's "Aborted."
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError,
-                RuntimeError) as exc:
+                RuntimeError, struct.error) as exc:  # struct.error: a file of a few bytes
             # torch's own message is no help here (it suggests weights_only=False, i.e. running the file's code)
             raise ModelError(f"{checkpoint} is not an openai-whisper checkpoint (a .pt file holding `dims` and "
                              f"`model_state_dict`; {type(exc).__name__} when loading it)") from exc

@@ -74,6 +74,14 @@ class BlobStore(ABC):
             Path(name).unlink(missing_ok=True)
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """The two-character folders of the blob tree in `folder` (a PermissionError reaches the caller)."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:  # removed meanwhile
+        return []
+
+
 class LocalBlobStore(BlobStore):
     """Files at <root>/<ab>/<cd>/<sha256>, written by atomic rename."""
 
@@ -133,14 +141,24 @@ class LocalBlobStore(BlobStore):
         self.path(sha256).unlink(missing_ok=True)
 
     def listing(self) -> Iterator[tuple[str, int, datetime]]:
-        for path in self.root.glob("??/??/*"):
-            if len(path.name) != 64 or path.name[:2] != path.parent.parent.name:  # staging, locks, strays
-                continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # deleted meanwhile
-                continue
-            yield path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)
+        """Every stored blob. A folder that cannot be read raises (`glob` skipped it: a sweep of a folder the
+        user may not read reported nothing stored, and succeeded); a store never written to has none."""
+        if not self.root.exists():
+            return
+        for first in _subfolders(self.root):
+            for second in _subfolders(first):
+                try:
+                    entries = list(os.scandir(second))
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                for entry in entries:
+                    if len(entry.name) != 64 or entry.name[:2] != first.name:  # staging, locks, strays
+                        continue
+                    try:
+                        stat = entry.stat()
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    yield entry.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)
 
     @contextmanager
     def local_file(self, sha256: str, scratch: Path) -> Iterator[Path | None]:

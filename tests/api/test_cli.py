@@ -748,3 +748,85 @@ def test_a_refused_second_server_loads_no_demo_data(data_dir: Path, monkeypatch:
     with Session(engine) as session:
         assert session.exec(select(User)).all() == []
     engine.dispose()
+
+
+def test_demo_data_progress_goes_to_stderr_and_stdout_is_the_summary(data_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): with stderr on a terminal, the row counter was printed to stdout, in front of the
+    JSON summary (`steward demo-data > demo.json` wrote a file `json.load` could not read)."""
+    from api import demo
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    generate = demo.generate
+    monkeypatch.setattr(demo, "generate", lambda *a, **kw: generate(*a, **kw | {"progress": True}))  # a terminal
+    result = runner.invoke(app, ["demo-data", "--households", "50", "--stewards", "2", "--password", "demo-pass-1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["households"] == 50
+    assert "demo-data:" in result.stderr and "demo-data:" not in result.stdout
+
+
+def test_a_database_in_a_folder_this_user_may_not_enter_is_one_line(data_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): Python 3.11's `Path.exists` raises PermissionError for a path in a folder the user
+    may not enter (an operator running `steward create-user` without `sudo -u steward`): a traceback."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    real_exists = Path.exists
+
+    def exists(self: Path, **kwargs: Any) -> bool:
+        if str(self).startswith(str(data_dir)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    for args in (["db", "current"], ["create-user", "--username", "ops1", "--password", "long-enough-1",
+                                      "--role", "admin"]):
+        result = runner.invoke(app, args)  # the file itself opens here (root): only the checks are in the way
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+    restored = runner.invoke(app, ["db", "restored"])
+    assert restored.exit_code == 2 and "Permission denied" in restored.output, restored.output
+
+
+def test_the_sweep_fails_on_a_blob_folder_it_cannot_list(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the listing's `glob` skipped what it could not read, so a sweep of a blob folder
+    that is a file (or unreadable) reported `"stored": 0` and exit 0, every night."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    not_a_folder = data_dir / "blobs-file"
+    not_a_folder.write_bytes(b"x")
+    monkeypatch.setenv("STEWARD_BLOB_DIR", str(not_a_folder))
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["blobs", "sweep", "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Not a directory" in result.stderr  # the report of what was done (nothing) is still printed
+
+
+def test_an_unreadable_env_file_is_a_configuration_error(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): a `.env` the user may not read ended every command in a PermissionError traceback."""
+    from api import settings as settings_module
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", ".env")
+
+    monkeypatch.setattr(settings_module, "get_settings", unreadable)
+    monkeypatch.setattr("api.cli.get_settings", unreadable)
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 2 and "cannot read .env: Permission denied" in result.output, result.output
+
+
+def test_create_user_prints_the_grid_it_stored(data_dir: Path) -> None:
+    """Regression (review): `--grid B,B` printed the building twice; one grid row is stored."""
+    from sqlmodel import create_engine
+
+    from api.users.models import GridBuilding
+    from tests.utils.factories import make_building
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = create_engine(f"sqlite:///{data_dir / 'steward.db'}")
+    with Session(engine) as session:
+        building = str(make_building(session).id)
+    result = runner.invoke(app, ["create-user", "--username", "st1", "--password", "long-enough-1", "--role",
+                                 "steward", "--grid", f"{building},{building}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["grid"] == [building]
+    with Session(engine) as session:
+        assert [str(g.building_id) for g in session.exec(select(GridBuilding)).all()] == [building]
+    engine.dispose()

@@ -154,6 +154,18 @@ def test_bench_speech_refuses_a_set_whose_references_are_not_texts(runner: CliRu
     assert not (tmp_path / "out").exists()
 
 
+def test_bench_speech_reports_a_bad_setting_in_one_line(runner: CliRunner, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): `STEWARD_PORT=abc steward bench speech ...` ended in a ValidationError traceback."""
+    monkeypatch.setenv("STEWARD_PORT", "abc")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["bench", "speech", "--set", str(FIXTURES), "--config", "fw-int8-plain",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr.startswith("Configuration error: STEWARD_PORT"), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("out", ["afile", "afile/results"])
 def test_bench_speech_refuses_an_out_that_is_no_directory_before_running(runner: CliRunner, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,
@@ -203,7 +215,7 @@ def test_the_speedup_pairs_the_service_default_with_openai_whisper_at_the_same_b
     assert speedups([*results, run("openai-whisper", "float32", 1, 0.36)])["speedup_faster_over_openai_beam1"] == 3.0
 
 
-@pytest.mark.parametrize("content", [b"", b"ID3 not a checkpoint" * 50])
+@pytest.mark.parametrize("content", [b"", b"ID3 not a checkpoint" * 50, b"junk"])  # junk: struct.error
 def test_a_file_that_is_not_an_openai_checkpoint_is_a_clear_error(runner: CliRunner, tmp_path: Path,
                                                                    content: bytes) -> None:
     """Regression: an empty file ended in click's bare "Aborted.", another file in a torch traceback."""
