@@ -344,6 +344,39 @@ def test_the_lobby_opens_a_call_with_its_scripts_under_the_csp(server: str, worl
     run(scenario(), timeout=60)
 
 
+SAYS = "text => document.getElementById('message').textContent.includes(text)"
+
+
+def test_the_lobby_does_not_call_a_lockout_a_wrong_password(server: str, world: World, video_settings: Settings
+                                                             ) -> None:
+    """Regression (review): every refused sign-in said 用户名或密码错误, also the 429 of a locked account for the
+    right password (the steward kept retrying through a lock they could not see) and a server error."""
+    from playwright.async_api import async_playwright
+
+    from tests.utils.factories import PASSWORD
+
+    async def scenario() -> None:
+        async with async_playwright() as pw, httpx.AsyncClient(base_url=server, timeout=20) as http:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await (await browser.new_context()).new_page()
+                await page.goto(f"{server}/video")
+                await page.locator("#login input[name=username]").fill(world.steward_a.username)
+                await page.locator("#login input[name=password]").fill("wrong-password")
+                await page.locator("#login button").click()
+                await page.wait_for_function(SAYS, arg="用户名或密码错误")
+                for _ in range(video_settings.login_max_failures):
+                    await http.post("/api/v1/auth/token", data={"username": world.steward_a.username,
+                                                                "password": "wrong-password"})
+                await page.locator("#login input[name=password]").fill(PASSWORD)  # right, but locked
+                await page.locator("#login button").click()
+                await page.wait_for_function(SAYS, arg="尝试次数过多")
+            finally:
+                await browser.close()
+
+    run(scenario(), timeout=60)
+
+
 PHONE: dict[str, Any] = {"viewport": {"width": 360, "height": 740}, "locale": "zh-CN"}
 LATIN_WORD = re.compile(r"[A-Za-z]{3,}")  # a server's or the browser's English on the resident's page
 RESIDENT_STATE = """() => ({msg: document.getElementById('message').textContent, status: window.__heat.status,

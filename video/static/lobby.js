@@ -34,9 +34,9 @@
 
   $("login").addEventListener("submit", async function (ev) {
     ev.preventDefault();
-    var r = await fetch("/api/v1/auth/token", { method: "POST", body: new URLSearchParams(new FormData($("login"))) });
-    if (!r.ok) { say("用户名或密码错误。", "error"); return; }
-    sessionStorage.setItem("heat_token", (await r.json()).access_token);
+    var access;
+    try { access = await V.signIn($("login")); } catch (e) { say(e.message, "error"); return; }
+    sessionStorage.setItem("heat_token", access);
     $("login").hidden = true; load();
   });
   $("byid").addEventListener("submit", function (ev) { ev.preventDefault(); open(new FormData($("byid")).get("work_order_id").trim()); });

@@ -111,10 +111,9 @@
 
   $("login").addEventListener("submit", async function (ev) {
     ev.preventDefault();
-    var form = new FormData($("login"));
-    var r = await fetch("/api/v1/auth/token", { method: "POST", body: new URLSearchParams(form) });
-    if (!r.ok) { say("用户名或密码错误。", "error"); return; }
-    sessionStorage.setItem("heat_token", (await r.json()).access_token);
+    var access;
+    try { access = await V.signIn($("login")); } catch (e) { say(e.message, "error"); return; }
+    sessionStorage.setItem("heat_token", access);
     show("login", false); load();
   });
   $("copy").addEventListener("click", function () { navigator.clipboard && navigator.clipboard.writeText($("sms").textContent); });

@@ -34,6 +34,32 @@
     return data;
   }
 
+  /* Sign in with the page's form: the access token, or an HttpError whose message says what to do. A lockout
+     (429, also for the right password) and a server error were both shown as a wrong password. */
+  function signInMessage(status, code) {
+    if (status === 0) return "网络连接失败，请稍后重试。";
+    if (status === 429) return "尝试次数过多，请稍后再试。";
+    if (code === "inactive_user") return "账号已停用，请联系管理员。";
+    if (status >= 500) return "服务暂时不可用，请稍后重试。";
+    return "用户名或密码错误。";
+  }
+
+  async function signIn(form) {
+    var r;
+    try {
+      r = await fetch("/api/v1/auth/token", { method: "POST", body: new URLSearchParams(new FormData(form)) });
+    } catch (e) {
+      throw new HttpError(0, "network", signInMessage(0, "network"));
+    }
+    var data = null;
+    try { data = await r.json(); } catch (e) { data = null; }
+    if (!r.ok) {
+      var code = (data && data.detail && data.detail.code) || "http_" + r.status;
+      throw new HttpError(r.status, code, signInMessage(r.status, code));
+    }
+    return data.access_token;
+  }
+
   /* What this browser lacks for a call, or null. WeChat and other in-app browsers often have no
      getUserMedia; phones only allow the camera on secure pages (HTTPS or localhost). */
   function missingSupport() {
@@ -128,5 +154,5 @@
   }
 
   window.HeatVideo = { api: api, join: join, leave: leave, missingSupport: missingSupport, mediaStats: mediaStats,
-                       CAMERA: CAMERA, HttpError: HttpError };
+                       signIn: signIn, signInMessage: signInMessage, CAMERA: CAMERA, HttpError: HttpError };
 })();

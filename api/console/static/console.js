@@ -213,7 +213,10 @@
     if (!r.ok) {
       var d = {};
       try { d = (await r.json()).detail || {}; } catch (e) { d = {}; }
-      say(r.status === 429 ? "尝试次数过多，请稍后再试。" : "用户名或密码错误。" + (d.code === "invalid_credentials" ? "" : ""), "error");
+      // A lockout (429, also for the right password) and a server error are not a wrong password.
+      say(r.status === 429 ? "尝试次数过多，请稍后再试。"
+        : d.code === "inactive_user" ? "账号已停用，请联系管理员。"
+        : r.status >= 500 ? "服务暂时不可用，请稍后重试。" : "用户名或密码错误。", "error");
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, (await r.json()).access_token);

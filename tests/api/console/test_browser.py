@@ -339,6 +339,28 @@ def test_supervisor_reviews_a_call_and_a_steward_sees_numbers_masked(server: str
     assert errors == []
 
 
+def test_a_server_error_at_sign_in_is_not_called_a_wrong_password(server: str) -> None:
+    """Regression (review): a 503 (the database away) or a disabled account said 用户名或密码错误."""
+    from playwright.sync_api import expect, sync_playwright
+
+    answers = {"status": 503, "json": {"detail": {"code": "database_unavailable", "message": "x"}}}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+            page.route("**/api/v1/auth/token", lambda route: route.fulfill(**answers))
+            page.goto(f"{server}/console")
+            page.locator("#login input[name=username]").fill("supervisor")
+            page.locator("#login input[name=password]").fill("any-password")
+            page.get_by_role("button", name="登录").click()
+            expect(page.locator("#message")).to_contain_text("服务暂时不可用")
+            answers.update(status=401, json={"detail": {"code": "inactive_user", "message": "x"}})
+            page.get_by_role("button", name="登录").click()
+            expect(page.locator("#message")).to_contain_text("账号已停用")
+        finally:
+            browser.close()
+
+
 def test_a_wrong_password_and_an_expired_session_bring_back_the_sign_in_form(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
