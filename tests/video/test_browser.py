@@ -333,7 +333,9 @@ def test_the_lobby_opens_a_call_with_its_scripts_under_the_csp(server: str, worl
                 console: list[str] = []
                 page.on("console", lambda m: console.append(m.text))
                 await page.goto(f"{server}/video")
-                await page.locator("#orders button").first.click()
+                first = page.locator("#orders button").first
+                assert (await first.inner_text()).startswith("不热 · "), await first.inner_text()  # not `not_warm`
+                await first.click()
                 await page.get_by_role("button", name="加入通话").wait_for()
                 assert f"工单 {order.id}" in await page.locator("#info").inner_text()
                 assert "join/" in await page.locator("#sms").inner_text()

@@ -4,6 +4,9 @@
   var V = window.HeatVideo;
   var $ = function (id) { return document.getElementById(id); };
   var token = function () { return sessionStorage.getItem("heat_token"); };
+  // The work-order categories as the console names them (the buttons showed `not_warm`).
+  var CATEGORY = { not_warm: "不热", leak: "漏水", noise: "噪音", air_lock: "气堵", valve: "阀门", billing: "收费",
+                   other: "其他" };
   function say(text, kind) { var m = $("message"); m.textContent = text; m.className = "message" + (kind ? " " + kind : ""); }
 
   async function open(workOrderId) {
@@ -26,7 +29,7 @@
     say(list.count ? "选择一个工单发起视频，或输入工单号。" : "没有进行中的工单；可输入工单号。");
     list.data.forEach(function (o) {
       var b = document.createElement("button"); b.className = "secondary";
-      b.textContent = o.category + " · " + (o.description || o.id).slice(0, 40);
+      b.textContent = (CATEGORY[o.category] || o.category) + " · " + (o.description || o.id).slice(0, 40);
       b.addEventListener("click", function () { open(o.id); });
       $("orders").appendChild(b);
     });
