@@ -188,6 +188,7 @@ def join_room(*, session: Session, settings: Settings, token: str, expired_too: 
     room = session.get(VideoRoom, claims.room_id)
     if room is None:
         raise NotFound("This video call no longer exists.", code="room_not_found")
+    close_if_abandoned(session, room)  # as every request about a room: the page in a call was sent to a dead relay
     _order_open(session, room)
     return room
 

@@ -141,3 +141,33 @@ def test_no_link_is_given_to_another_workers_call_past_its_end(live, world, orde
     with Session(engine) as s:
         rows = s.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
         assert [(r.worker, r.state) for r in rows] == [("relay-b", "open")]
+
+
+def test_a_resident_in_a_call_abandoned_by_its_relay_is_told_it_ended(live, world, order, engine, video_settings):
+    """Regression (review): `GET /join/{token}?in_call=1` did not close an abandoned room (its relay gone, past
+    its end by more than five minutes) as every other request about a room does: the resident page was sent
+    (307) to the dead relay again and again instead of hearing that the call ended."""
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from api.db import utcnow
+    from video.models import VideoRoom
+    from video.tokens import create_join_token
+
+    now = utcnow()
+    with Session(engine) as s:
+        room = VideoRoom(work_order_id=order.id, worker="relay-gone", worker_url="http://relay-gone.test",
+                         created_at=now - timedelta(minutes=70), expires_at=now - timedelta(minutes=10))
+        s.add(room)
+        s.commit()
+        token, _ = create_join_token(settings=video_settings, room_id=room.id,
+                                     room_expires_at=now + timedelta(minutes=1))  # a link from its start
+
+    async def scenario() -> None:
+        async with live(video_worker_id="relay-a") as a:
+            r = await a.http.get(f"/api/v1/video/join/{token}", params={"in_call": 1})
+            assert_error(r, 409, "room_closed")
+            room_state = await a.http.get(f"{ROOMS}/{room.id}", headers=world.headers(world.steward_a))
+            assert room_state.json()["close_reason"] == "lost", room_state.text
+    run(scenario())
