@@ -420,6 +420,28 @@ async def open_room(http: httpx.AsyncClient, world: World, order: Any) -> dict[s
     return room
 
 
+def test_resident_page_offers_a_retry_when_the_call_is_full(server: str, world: World, order: Any) -> None:
+    """Regression (review): 409 `room_full` said 请稍后再试 and offered no button to try with."""
+    full = json.dumps({"detail": {"code": "room_full", "message": "The call is full."}})
+
+    async def scenario() -> None:
+        async with phone(server) as (http, context):
+            room = await open_room(http, world, order)
+            page = await context.new_page()
+            connect = "**/rooms/*/connect"
+            await page.route(connect, lambda r: r.fulfill(status=409, content_type="application/json", body=full))
+            await page.goto(room["join_url"])
+            await page.get_by_role("button", name="开始视频").click()
+            state = await resident_state(page, "error")
+            assert state["error"] == "room_full" and "稍后再试" in state["msg"], state
+            assert state["buttons"] == ["重试"], state
+            await page.unroute(connect)
+            await page.get_by_role("button", name="重试").click()
+            await wait_status(page, "connected")
+
+    run(scenario(), timeout=60)
+
+
 def test_resident_page_maps_server_errors_to_chinese(server: str, world: World, order: Any, engine: Engine) -> None:
     """Regression: an error code the page does not know showed the server's English message ("无法加入视频通话：
     The database is unavailable…", or one naming STEWARD_VIDEO_WORKER_URL): a 5xx says the service is busy

@@ -35,6 +35,7 @@
     room_full: "通话人数已满，请稍后再试。",
     too_many_rooms: "当前视频通话较多，请稍后再试。"
   };
+  var LATER = { room_full: true, too_many_rooms: true };  // the link is fine: the call may take the resident soon
   var UNKNOWN_ERROR = "无法加入视频通话，请联系管家重新发送链接。";
   var NETWORK_ERROR = "网络连接失败，请检查网络后点击「重试」。";
   var SERVER_BUSY = "服务暂时繁忙，请稍后点击「重试」。";
@@ -61,7 +62,7 @@
     stop();
     state.status = "error"; state.error = e.code;
     say(LINK_ERRORS[e.code] || UNKNOWN_ERROR, "error");
-    buttons();
+    if (LATER[e.code]) buttons("retry"); else buttons();  // "try again later" needs a button to try with
   }
 
   function retryLater(e, where) {
