@@ -90,7 +90,10 @@ def send_one(session: Session, settings: Settings, sender: SmsSender, delivery: 
     attempts, hold = delivery.attempts, now + CLAIM_HOLD
     # Claimed as `queued` with the hold: a process that dies mid-send leaves a queued row, sent again once the
     # hold has passed whatever its count (a `failed` row at its last try was picked up by nothing, ever).
-    claimed = write_if(session, row, lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts),
+    # Only the row as this sender read it: a plan that ran since (a corrected number, a new wording) resets the
+    # attempts, so a queued row matched the count and the old number was texted in the old words.
+    claimed = write_if(session, row, lambda t: due(t, settings, now, final_too=final_too) & (t.c.attempts == attempts)
+                       & (t.c.phone == delivery.phone) & (t.c.text == delivery.text),
                        attempts=attempts + 1, next_attempt_at=hold, status=DeliveryStatus.queued)
     if not claimed:
         return None

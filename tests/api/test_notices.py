@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from api.errors import Conflict
-from api.network.models import HeatingStatus
+from api.network.models import HeatingStatus, Household
 from api.notices import service
 from api.notices.models import Notice, NoticeDelivery
 from api.notices.sms import LoggingSender
@@ -761,3 +761,37 @@ def test_a_conditional_write_of_a_synced_row_takes_the_change_sequence_before_th
     updates = [name for name in statements if name]
     assert updates.index("sync_state") < updates.index("notices"), updates
     assert reread(session, Notice, notice.id).sent_at is not None
+
+
+def test_a_sender_does_not_text_a_number_another_plan_corrected_after_it_read_the_rows(
+        session: Session, world: World, engine: Engine, settings: Settings) -> None:
+    """Regression (review): two senders of one notice (a resend, and an evaluation run of another server
+    process). While the first texts room 101, the second plans: room 102's number was corrected, and its
+    delivery (queued, 0 attempts) holds the new one. The first then claimed room 102 with the phone it had
+    read (the claim checked status and attempts only) and texted the removed number."""
+    building = make_building(session, world.station)
+    first = make_household(session, building, unit="1", room="101", phone="13800000101")
+    corrected = make_household(session, building, unit="1", room="102", phone="13800000102")
+    notice = make_notice(session, building)
+    old, new = corrected.phone, "13900009999"
+    calls: list[str] = []
+
+    class Gateway:
+        def send(self, phone: str, text: str) -> bool:
+            calls.append(phone)
+            if phone == first.phone:  # in flight: the office corrects 102, another sender plans
+                with Session(engine, expire_on_commit=False) as other:
+                    h = other.get(Household, corrected.id)
+                    assert h is not None
+                    h.phone = new
+                    other.add(h)
+                    other.commit()
+                    service._plan(other, settings, reread(other, Notice, notice.id))
+            return True
+
+    with Session(engine, expire_on_commit=False) as own:
+        service.send(session=own, settings=settings, sender=Gateway(), notice=reread(own, Notice, notice.id))
+    assert old not in calls, calls  # the removed number was texted (with the resident's name and address)
+    delivery = session.exec(select(NoticeDelivery).where(NoticeDelivery.household_id == corrected.id)).one()
+    session.refresh(delivery)
+    assert (delivery.phone, delivery.status) == (new, DeliveryStatus.queued)  # for the sender that planned it
