@@ -221,10 +221,10 @@ def test_a_correction_while_the_owner_deletes_the_note_is_not_a_deadlock(
     row_written = threading.Event()
     real_sync_note_text = speech_service._sync_note_text
 
-    def after_the_row(session: Any, transcript: Any) -> Any:  # the transcript's row is written (locked) here
+    def after_the_row(session: Any, transcript: Any, *rest: Any) -> Any:  # the transcript's row is written here
         row_written.set()
         assert someone_waits_for_a_lock(engine)  # the push waits now
-        return real_sync_note_text(session, transcript)
+        return real_sync_note_text(session, transcript, *rest)
 
     monkeypatch.setattr(speech_service, "_sync_note_text", after_the_row)
     thread, out = _in_thread(lambda: client.patch(f"/api/v1/transcripts/{note_id}",
