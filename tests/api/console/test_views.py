@@ -4,6 +4,7 @@ timeline, the dashboard's figures (with the proactive panel) and the conflicts' 
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,6 +59,31 @@ def test_the_page_and_its_assets_are_served_with_strict_headers(client: TestClie
     assert client.get("/console/static/console.css").headers["content-type"].startswith("text/css")
     assert_error(client.get("/console/static/index.html"), 404, "not_found")
     assert_error(client.get("/console/static/..%2Fviews.py"), 404, "not_found")
+
+
+def _js_map(js: str, name: str) -> set[str]:
+    """The keys of one of console.js's label maps (`name: { key: "…", … }`)."""
+    body = re.search(rf"\b{name}: {{([^}}]*)}}", js)
+    assert body is not None, name
+    return set(re.findall(r"(\w+):", body.group(1)))
+
+
+def test_the_conflict_log_names_every_table_and_kind_in_chinese(client: TestClient) -> None:
+    """A conflict line of a reading (a re-sent reading the office deleted) showed as `readings`, and a device
+    value refused by a rule (`forbidden`, `invalid_value`...) by its English code: every table a push writes
+    and every kind the push logs has its Chinese name."""
+    from pathlib import Path
+
+    import sync.rules
+    from sync.registry import BY_NAME
+
+    js = client.get("/console/static/console.js").text
+    written = {name for name, spec in BY_NAME.items()
+               if sync.rules.rules_for(spec).create is not None or sync.rules.rules_for(spec).writable is not None}
+    assert {"readings", "work_orders", "visits", "notes"} <= written <= _js_map(js, "table")
+    rules = Path(sync.rules.__file__).read_text()
+    kinds = {"field", "deleted", "delete_wins"} | set(re.findall(r'Rejected\("(\w+)"', rules))
+    assert kinds <= _js_map(js, "conflict_kind")
 
 
 def test_head_of_the_page_answers_like_get_without_a_body(client: TestClient) -> None:
