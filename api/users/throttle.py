@@ -4,6 +4,7 @@ every worker process and machine on the same database shares them (docs/security
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from datetime import datetime, timedelta
 
@@ -29,6 +30,21 @@ def _key(kind: str, value: str) -> str:
     return f"{kind}:{value.strip().lower().replace(chr(0), '?')[:_KEY_LENGTH]}"
 
 
+def _address_key(kind: str, address: str) -> str:
+    """The key of a client address. An IPv6 client counts by its /64, the block one host or subscriber line
+    is given (RFC 6177): keyed by the whole address, one host sent each guess from another of its 2^64
+    addresses and no per-address limit ever applied. An IPv4-mapped IPv6 address counts as its IPv4."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return _key(kind, address)  # "unknown", or a test client's name
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _key(kind, str(ip.ipv4_mapped))
+        return _key(kind, str(ipaddress.IPv6Network((ip, 64), strict=False)))
+    return _key(kind, str(ip))
+
+
 def _name_key(session: Session, username: str) -> str:
     """The user name's key, lower-cased by the database as the sign-in's lookup lowers it
     (`api.users.service._same_name`): lowered by Python, `admİn` (a dotted capital İ), which PostgreSQL's
@@ -40,7 +56,10 @@ def _name_key(session: Session, username: str) -> str:
 def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_at: int,
            lock_s: float) -> tuple[int, datetime | None]:
     """Count one event on `key` in its window (a new window once the old one has passed); the key is locked
-    for `lock_s` when the count reaches `lock_at`. Returns the count and the lock's end, if any."""
+    for `lock_s` when the count reaches `lock_at`. While a lock holds, an event neither counts nor moves the
+    lock's end: the per-address rate's lock was set again by every attempt over it, so a client that retried
+    before the `Retry-After` it was given was still refused after it, and a NAT whose handhelds kept trying
+    was never let in. Returns the count and the lock's end, if any."""
     table = LoginThrottle.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     now_ = literal(now, UTCDateTime)
@@ -48,7 +67,8 @@ def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_a
     # window otherwise locked the name again at the next attempt, the right password too, for the whole window.
     ended = table.c.locked_until.is_not(None) & (table.c.locked_until <= now_)
     expired = (table.c.window_start <= literal(now - timedelta(seconds=window_s), UTCDateTime)) | ended
-    new_count = case((expired, 1), else_=table.c.count + 1)
+    holding = table.c.locked_until.is_not(None) & (table.c.locked_until > now_)
+    new_count = case((expired, 1), (holding, table.c.count), else_=table.c.count + 1)
     lock = literal(now + timedelta(seconds=lock_s), UTCDateTime)
     expires = now + timedelta(seconds=max(window_s, lock_s))
     upsert = insert(table).values(key=key, count=1, window_start=now, expires_at=expires,
@@ -56,7 +76,8 @@ def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_a
     stmt = upsert.on_conflict_do_update(index_elements=[table.c.key], set_={
         "count": new_count,
         "window_start": case((expired, now_), else_=table.c.window_start),
-        "locked_until": case((new_count >= lock_at, lock), else_=table.c.locked_until),
+        "locked_until": case((holding, table.c.locked_until), (new_count >= lock_at, lock),
+                             else_=table.c.locked_until),
         "expires_at": literal(expires, UTCDateTime),
     }).returning(table.c.count, table.c.locked_until)
     count, locked_until = session.execute(stmt).one()
@@ -77,12 +98,12 @@ def check(*, session: Session, settings: Settings, username: str, address: str) 
     password then clears the name's count (`record_success`); a wrong one leaves its count standing.
     Committed at once: a refused or failed attempt still counts."""
     now = utcnow()
-    _, until = _count(session, _key("rate", address), now=now, window_s=60,
+    _, until = _count(session, _address_key("rate", address), now=now, window_s=60,
                       lock_at=settings.login_rate_per_minute + 1, lock_s=60)
     session.commit()
     if until is not None and until > now:
         raise _refuse(until, now, "Too many sign-in attempts from this address.")
-    keys = [_name_key(session, username), _key("ip", address)]
+    keys = [_name_key(session, username), _address_key("ip", address)]
     locked = session.execute(select(func.max(LoginThrottle.locked_until)).where(
         col(LoginThrottle.key).in_(keys), col(LoginThrottle.locked_until) > now)).scalar()
     if locked is not None:  # refused without counting, so that refused attempts do not stretch the lock
@@ -100,7 +121,7 @@ def count_attempt(*, session: Session, settings: Settings, username: str, addres
     window, lock = settings.login_failure_window_s, settings.login_lockout_s
     ends = [_count(session, _name_key(session, username), now=now, window_s=window,
                    lock_at=settings.login_max_failures + 1, lock_s=lock)[1],
-            _count(session, _key("ip", address), now=now, window_s=window,
+            _count(session, _address_key("ip", address), now=now, window_s=window,
                    lock_at=settings.login_max_failures_per_ip + 1, lock_s=lock)[1]]
     session.commit()
     return max((end for end in ends if end is not None and end > now), default=None)
@@ -122,6 +143,6 @@ def record_success(*, session: Session, username: str, address: str) -> None:
     count (the address's earlier failures stand: one address may serve many)."""
     table = LoginThrottle.__table__  # type: ignore[attr-defined]
     session.exec(delete(LoginThrottle).where(col(LoginThrottle.key) == _name_key(session, username)))
-    session.execute(update(table).where(table.c.key == _key("ip", address), table.c.count > 0)
+    session.execute(update(table).where(table.c.key == _address_key("ip", address), table.c.count > 0)
                     .values(count=table.c.count - 1))
     session.commit()

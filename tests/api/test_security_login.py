@@ -101,6 +101,57 @@ def test_attempts_per_address_are_rate_limited(api: TestClient, world: World) ->
     assert 1 <= int(refused.headers["retry-after"]) <= 60
 
 
+def test_an_attempt_refused_by_the_rate_does_not_move_its_lock(api: TestClient, world: World,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regression: every attempt over the rate set its lock again, so a client that tried once more before
+    the Retry-After it was given was still refused after it (and a NAT whose handhelds kept retrying never got
+    in). The lock ends when the first 429 said."""
+    start = utcnow()
+    clock = {"now": start}
+    monkeypatch.setattr(throttle, "utcnow", lambda: clock["now"])
+    for _ in range(12):
+        assert sign_in(api, world.admin.username, PASSWORD).status_code == 200
+    first = sign_in(api, world.admin.username, PASSWORD)
+    assert_error(first, 429, "too_many_attempts")
+    wait = int(first.headers["retry-after"])
+    clock["now"] = start + timedelta(seconds=30)
+    again = sign_in(api, world.admin.username, PASSWORD)
+    assert_error(again, 429, "too_many_attempts")
+    assert int(again.headers["retry-after"]) == wait - 30  # the same end, not another 60 s
+    clock["now"] = start + timedelta(seconds=wait + 1)
+    assert sign_in(api, world.admin.username, PASSWORD).status_code == 200
+
+
+def _from(app: Any) -> Any:
+    """The app as a peer at the address `x-peer` names would reach it (uvicorn sets the ASGI client so)."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        peer = dict(scope.get("headers", [])).get(b"x-peer")
+        if scope["type"] == "http" and peer:
+            scope = {**scope, "client": (peer.decode(), 50000)}
+        await app(scope, receive, send)
+
+    return asgi
+
+
+def test_an_ipv6_host_is_counted_by_its_64(limits: Settings, engine: Engine, world: World) -> None:
+    """A regression: keyed by the whole address, one IPv6 host (it holds a /64, 2^64 addresses) sent each
+    guess from another address and the per-address lockout never applied. Its /64 counts as one address; an
+    IPv4-mapped address counts as its IPv4 one."""
+    with TestClient(_from(create_app(limits, engine=engine)), raise_server_exceptions=False) as client:
+        def guess(peer: str, name: str, password: str = "guess-123") -> Any:
+            return client.post(TOKEN, data={"username": name, "password": password}, headers={"x-peer": peer})
+
+        for i in range(5):
+            assert_error(guess(f"2001:db8:1:2::{i + 1:x}", f"guess{i}"), 401, "invalid_credentials")
+        assert_error(guess("2001:db8:1:2:ffff::9", world.admin.username, PASSWORD), 429, "too_many_attempts")
+        assert guess("2001:db8:1:3::1", world.admin.username, PASSWORD).status_code == 200  # the next /64
+        for i in range(5):
+            assert_error(guess("::ffff:203.0.113.7" if i % 2 else "203.0.113.7", f"guess{i}"), 401,
+                         "invalid_credentials")
+        assert_error(guess("::ffff:203.0.113.7", world.admin.username, PASSWORD), 429, "too_many_attempts")
+
+
 def test_a_malformed_sign_in_is_422_and_a_nul_in_the_name_is_no_500(api: TestClient, world: World) -> None:
     assert_error(api.post(TOKEN, data={"username": "admin"}), 422, "validation_error")
     r = sign_in(api, "ad\x00min", "x")
