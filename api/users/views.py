@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from api.deps import AdminUser, CurrentUser, PageDep, SessionDep, SettingsDep
@@ -26,9 +26,12 @@ router = APIRouter(tags=["users"])
 
 
 @router.post("/auth/token", response_model=Token)
-def sign_in(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep,
-            settings: SettingsDep):
+def sign_in(request: Request, response: Response, form: Annotated[OAuth2PasswordRequestForm, Depends()],
+            session: SessionDep, settings: SettingsDep):
     """Sign in with a user name and password; throttled per address and locked after repeated failures (429)."""
+    # A token is kept by no cache on the way (RFC 6749 5.1): a shared proxy or the browser's cache held it.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     address = request.client.host if request.client else "unknown"
     user = service.sign_in(session=session, settings=settings, username=form.username, password=form.password,
                            address=address)

@@ -20,6 +20,8 @@ def test_sign_in_returns_a_bearer_token_that_opens_the_api(client: TestClient, s
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["token_type"] == "bearer" and body["role"] == "supervisor"
+    # RFC 6749 5.1: no cache on the way keeps the token (the answer had no Cache-Control at all)
+    assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"
     me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200
     assert me.json()["username"] == user.username
