@@ -134,9 +134,10 @@ class Participant:
     """One peer connection in a room."""
 
     def __init__(self, *, room: Room, role: Role, user_id: uuid.UUID | None, pc: RTCPeerConnection,
-                 connect_deadline: float) -> None:
+                 connect_deadline: float, epoch: int = 0) -> None:
         self.id = uuid.uuid4()
         self.room, self.role, self.user_id, self.pc = room, role, user_id, pc
+        self.epoch = epoch  # the account's token epoch at admission (`Seat`)
         self.joined_at = utcnow()
         self.connected_at: datetime | None = None
         self.connect_deadline = connect_deadline
@@ -230,13 +231,14 @@ class Room:
             raise Conflict(f"The call already has {self.max_participants} participants.", code="room_full")
         return replaced
 
-    async def connect(self, *, role: Role, user_id: uuid.UUID | None, offer: str) -> tuple[Participant, str]:
+    async def connect(self, *, role: Role, user_id: uuid.UUID | None, offer: str, epoch: int = 0
+                      ) -> tuple[Participant, str]:
         """Answer an offer: the new participant receives what its role receives and publishes what it
         sends. Nothing is left behind when the offer is refused."""
         description = check_offer(offer)
         self._admit(role, user_id)
         pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
-        participant = Participant(room=self, role=role, user_id=user_id, pc=pc,
+        participant = Participant(room=self, role=role, user_id=user_id, pc=pc, epoch=epoch,
                                   connect_deadline=time.monotonic() + self.connect_timeout_s)
         received: list[MediaStreamTrack] = []
         pc.on("track", received.append)
@@ -371,6 +373,7 @@ class Seat:
     user_id: uuid.UUID
     work_order_id: uuid.UUID
     role: Role
+    epoch: int  # the token epoch of the credential it joined with
 
 
 @dataclass(frozen=True)
@@ -519,8 +522,8 @@ class RoomManager:
         rooms = [room for room in self.rooms.values() if not room.closed]
         if not rooms:
             return
-        seats = {Seat(p.user_id, room.work_order_id, p.role) for room in rooms for p in room.participants.values()
-                 if p.user_id is not None}
+        seats = {Seat(p.user_id, room.work_order_id, p.role, p.epoch) for room in rooms
+                 for p in room.participants.values() if p.user_id is not None}
         verdict = await self._audit({room.work_order_id for room in rooms}, seats)
         for room in rooms:
             if room.closed:
@@ -531,7 +534,7 @@ class RoomManager:
                 continue
             for participant in list(room.participants.values()):
                 if participant.user_id is not None and Seat(participant.user_id, room.work_order_id,
-                                                            participant.role) in verdict.revoked:
+                                                            participant.role, participant.epoch) in verdict.revoked:
                     log.info("dropping participant %s (%s) of room %s: account %s may no longer be in the call",
                              participant.id, participant.role.value, room.id, participant.user_id)
                     await room.remove(participant)

@@ -136,6 +136,7 @@ class Admission:
     room: VideoRoom
     role: Role
     user_id: uuid.UUID | None
+    epoch: int = 0  # the account's token epoch the credential carried (a new password or a disable moves it)
 
 
 def _order_open(session: Session, room: VideoRoom) -> None:
@@ -178,7 +179,7 @@ def admit(*, session: Session, settings: Settings, room_id: uuid.UUID, token: st
         raise Forbidden("This role may not join video calls.", code="role_not_allowed")
     if joining:
         _order_open(session, room)
-    return Admission(room=room, role=role, user_id=user.id)
+    return Admission(room=room, role=role, user_id=user.id, epoch=user.token_epoch)
 
 
 def join_room(*, session: Session, settings: Settings, token: str, expired_too: bool = False) -> VideoRoom:
@@ -196,7 +197,8 @@ def join_room(*, session: Session, settings: Settings, token: str, expired_too: 
 def audit_rooms(*, session: Session, work_order_ids: set[uuid.UUID], seats: set[Seat]) -> Verdict:
     """The relay's periodic access check (admit checks once, at connect): which of these work orders are no
     longer open, and which seats' accounts may no longer be in the call: disabled or gone, no longer of a
-    role that joins (a supervisor's seat needs the office), or no longer seeing the order
+    role that joins (a supervisor's seat needs the office), signed in with a token a new password revoked
+    (`User.token_epoch`), or no longer seeing the order
     (`access.work_order_clause`). Two queries however many calls: the accounts, then the orders with their
     status and whether each steward still sees them."""
     user_ids = {seat.user_id for seat in seats}
@@ -210,7 +212,9 @@ def audit_rooms(*, session: Session, work_order_ids: set[uuid.UUID], seats: set[
 
     def may_stay(seat: Seat) -> bool:
         user = users.get(seat.user_id)
-        return (user is not None and user.active and user.role in JOINING_ROLES
+        # The token it joined with still valid: a password reset (a lost handheld) ends that token everywhere
+        # else at once, and the handheld already in a call stayed in it.
+        return (user is not None and user.active and user.token_epoch == seat.epoch and user.role in JOINING_ROLES
                 and (seat.role != Role.supervisor or access.is_office(user))
                 and (access.is_office(user) or (user.id, seat.work_order_id) in seen))
 

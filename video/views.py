@@ -247,7 +247,8 @@ async def connect(request: Request, id: uuid.UUID, body: ConnectRequest, setting
     admission = await _short(request, service.admit, settings=settings, room_id=id, token=token, role=body.role)
     _pinned_here(request, settings, admission.room)
     room = _live(_manager(request), admission.room)
-    participant, answer = await room.connect(role=admission.role, user_id=admission.user_id, offer=body.sdp)
+    participant, answer = await room.connect(role=admission.role, user_id=admission.user_id, offer=body.sdp,
+                                             epoch=admission.epoch)
     return ConnectAnswer(sdp=answer, participant_id=participant.id)
 
 

@@ -350,16 +350,19 @@ def test_a_recording_the_blob_store_refused_is_kept_and_saved_at_the_next_start(
     assert reread(session, Transcript, note.id).status == TranscriptState.queued
 
 
-def test_a_disabled_steward_is_dropped_from_the_call(live, world, order):
+@pytest.mark.parametrize("change", [{"active": False}, {"password": "a-new-password-2026"}],
+                         ids=["disabled", "new-password"])
+def test_a_disabled_steward_is_dropped_from_the_call(live, world, order, change):
     """Regression: a steward disabled during a call (docs/security.md: disabling applies at once) stayed in it
-    and kept receiving the resident's camera: the account was checked only at connect."""
+    and kept receiving the resident's camera: the account was checked only at connect. Then (review) the same
+    for a password reset, which ends the handheld's token everywhere else at once."""
     async def scenario() -> None:
         async with live() as app:
             room_id, _token, resident, steward = await in_call(app, world, order)
             relay_room = app.rooms.get(uuid.UUID(room_id))
             assert relay_room is not None
             pc = next(p.pc for p in relay_room.participants.values() if p.role == Role.steward)
-            r = await app.http.patch(f"/api/v1/users/{world.steward_a.id}", json={"active": False},
+            r = await app.http.patch(f"/api/v1/users/{world.steward_a.id}", json=change,
                                      headers=world.headers(world.admin))
             assert r.status_code == 200, r.text
             await eventually(lambda: [p.role for p in relay_room.participants.values()] == [Role.resident],

@@ -78,17 +78,35 @@ def test_the_access_check_ends_closed_orders_calls_and_revokes_accounts_that_los
     demoted.role = UserRole.steward
     session.add_all([disabled, demoted])
     session.commit()
-    stays = {Seat(world.steward_a.id, order.id, Role.steward), Seat(world.admin.id, order.id, Role.supervisor),
-             Seat(world.admin.id, elsewhere.id, Role.steward)}
-    leaves = {Seat(world.steward_a.id, elsewhere.id, Role.steward),  # outside their grid, not theirs
-              Seat(disabled.id, elsewhere.id, Role.steward),
-              Seat(demoted.id, order.id, Role.supervisor), Seat(uuid.uuid4(), order.id, Role.steward)}
+    stays = {Seat(world.steward_a.id, order.id, Role.steward, 0), Seat(world.admin.id, order.id, Role.supervisor, 0),
+             Seat(world.admin.id, elsewhere.id, Role.steward, 0)}
+    leaves = {Seat(world.steward_a.id, elsewhere.id, Role.steward, 0),  # outside their grid, not theirs
+              Seat(disabled.id, elsewhere.id, Role.steward, 0),
+              Seat(demoted.id, order.id, Role.supervisor, 0), Seat(uuid.uuid4(), order.id, Role.steward, 0)}
     gone = uuid.uuid4()  # a work order deleted meanwhile
     verdict = service.audit_rooms(session=session, work_order_ids={order.id, cancelled.id, elsewhere.id, gone},
                                   seats=stays | leaves)
     assert verdict.revoked == leaves
     assert order.id not in verdict.closed_orders and elsewhere.id not in verdict.closed_orders
     assert verdict.closed_orders == {cancelled.id, gone}
+
+
+def test_a_new_password_drops_the_seat_its_old_token_joined_with(session: Session, world: World,
+                                                                 order: WorkOrder) -> None:
+    """Regression (review): a password reset (a lost handheld) ends the old token everywhere at once, and the
+    relay's periodic check let the handheld already in a call stay in it (it dropped disabled accounts only).
+    A seat remembers the token epoch it joined with; a rejoin with the new password keeps its place."""
+    from video.models import Role
+    from video.relay import Seat
+
+    before = Seat(world.steward_a.id, order.id, Role.steward, world.steward_a.token_epoch)
+    assert service.audit_rooms(session=session, work_order_ids={order.id}, seats={before}).revoked == set()
+    world.steward_a.token_epoch += 1  # a new password (`api.users.service.update_user`)
+    session.add(world.steward_a)
+    session.commit()
+    after = Seat(world.steward_a.id, order.id, Role.steward, world.steward_a.token_epoch)
+    verdict = service.audit_rooms(session=session, work_order_ids={order.id}, seats={before, after})
+    assert verdict.revoked == {before}
 
 
 def test_joining_takes_an_access_token_as_every_route_does(session: Session, settings: Settings, world: World,
@@ -101,7 +119,8 @@ def test_joining_takes_an_access_token_as_every_route_does(session: Session, set
     bad = jwt.encode({"sub": "not-an-id", "role": "steward", "exp": utcnow() + timedelta(hours=1), "typ": "access"},
                      settings.secret_key, algorithm="HS256")
     token = auth(settings, world.steward_a)["Authorization"].removeprefix("Bearer ")
-    assert service.admit(session=session, settings=settings, room_id=room.id, token=token, role=None).user_id
+    admitted = service.admit(session=session, settings=settings, room_id=room.id, token=token, role=None)
+    assert admitted.user_id == world.steward_a.id and admitted.epoch == world.steward_a.token_epoch
     world.steward_a.token_epoch += 1  # a new password (`api.users.service.update_user`)
     session.add(world.steward_a)
     session.commit()
