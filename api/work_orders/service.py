@@ -113,6 +113,10 @@ def create(*, session: Session, settings: Settings, user: User, data: WorkOrderC
         _steward(session, assignee_id)
     priority = effective_priority(household, data.category, data.priority)
     now = utcnow()
+    # Checked again at the creation instant: the body's check ran before `write_turn`, which waits behind any
+    # write in progress, and a deadline seconds away was stored before the order existed (overdue at birth).
+    if problem := check_sla_due(now, data.sla_due_at):
+        raise Unprocessable(problem, code="invalid_sla")
     order = WorkOrder.model_validate(
         data.model_dump(exclude_none=True, exclude={"assignee_id", "sla_due_at", "priority"})
         | {

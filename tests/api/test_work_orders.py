@@ -93,6 +93,16 @@ def test_an_sla_due_before_the_order_exists_is_refused(client: TestClient, sessi
         assert_error(r, 422, "invalid_sla")
     row = reread(session, WorkOrder, str(order["id"]))
     assert (row.version, row.priority, row.sla_due_at) == (1, Priority.normal, _ts(str(order["sla_due_at"])))
+    # (review) A create that waits for its turn to write (`write_turn`, behind a push or another write) until
+    # past a deadline seconds away: the body's check had passed before the wait, and the order was stored due
+    # before it existed. Checked again at the creation instant.
+    soon = utcnow() + timedelta(seconds=5)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(service, "utcnow", lambda: soon + timedelta(seconds=1))  # the turn came late
+        r = client.post(API, json={"household_id": str(world.household_a.id), "category": "leak",
+                                   "sla_due_at": soon.isoformat()}, headers=h)
+    assert_error(r, 422, "invalid_sla")
+    assert count_rows(session, WorkOrder) == 1
     # After its creation is fine, even if already past now: the office records when it was really due.
     r = client.patch(f"{API}/{order['id']}", json={"sla_due_at": (created + timedelta(seconds=1)).isoformat()},
                      headers=h)
