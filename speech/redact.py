@@ -10,6 +10,7 @@ stored transcript always keeps the original.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from api.users.models import Role, User
 
@@ -142,11 +143,13 @@ def _apply(text: str, hidden: set[int]) -> str:
     return "".join("*" if i in hidden else c for i, c in enumerate(text)) if hidden else text
 
 
-def redact_parts(parts: list[str], separator: str) -> list[str]:
+def redact_parts(parts: list[str], separator: str, keep_hidden: Collection[str] = ()) -> list[str]:
     """Each of `parts` masked as it reads within `separator.join` of the non-empty ones (how a transcript's
-    text is made from its segments), so that a number split between two parts is masked in both."""
+    text is made from its segments), so that a number split between two parts is masked in both; with the
+    digit strings of `keep_hidden` (what earlier versions hid, `hide_digits`) masked in the joined text too: a
+    run split between two parts is in neither alone, and a steward read it in the segments."""
     text, starts, hidden = _masked_join(parts, separator)
-    masked = _apply(text, hidden)
+    masked = _apply(text, hidden | _positions_of(text, keep_hidden))
     return [masked[start:start + len(part)] if start is not None else part
             for part, start in zip(parts, starts, strict=True)]
 
@@ -172,15 +175,16 @@ def hide_digits(text: str, hidden: set[str]) -> str:
     """`text` with every occurrence of one of the `hidden` digit strings (written or spoken) masked too: an edit
     history must hide what any version of the text hid, although the version at hand may not read as a number
     (a mobile moved between two segments one save at a time)."""
-    if not hidden:
-        return text
+    return _apply(text, _positions_of(text, hidden)) if hidden else text
+
+
+def _positions_of(text: str, digit_strings: Collection[str]) -> set[int]:
+    """Where `text` holds one of `digit_strings`, written or spoken."""
+    if not digit_strings:
+        return set()
     folded = text.translate(_FOLD_SPOKEN)
-    out = list(text)
-    for digits in hidden:
-        for match in re.finditer(re.escape(digits), folded):
-            for i in range(*match.span()):
-                out[i] = "*"
-    return "".join(out)
+    return {i for digits in digit_strings for match in re.finditer(re.escape(digits), folded)
+            for i in range(*match.span())}
 
 
 def redact_for(user: User, text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -162,8 +162,7 @@ def present(session: Session, user: User, transcript: Transcript, *, detail: boo
         return TranscriptPublic(**data)
     texts = [s["text"] for s in transcript.segments]
     if not can_view_pii(user):
-        hidden = _kept_hidden(transcript, note)
-        texts = [hide_digits(t, hidden) for t in _redact_segments(texts, transcript)]
+        texts = _redact_segments(texts, transcript, _kept_hidden(transcript, note))
     segments = [SegmentPublic(index=i, start=s["start"], end=s["end"], text=text)
                 for i, (s, text) in enumerate(zip(transcript.segments, texts, strict=True))]
     return TranscriptDetail(**data, segments=segments)
@@ -254,10 +253,11 @@ def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable
     return changed
 
 
-def _redact_segments(texts: list[str], transcript: Transcript) -> list[str]:
+def _redact_segments(texts: list[str], transcript: Transcript, keep_hidden: Collection[str] = ()) -> list[str]:
     """Segment texts masked as they read in the transcript's text: a number may be split between two
-    segments, and masked alone each half would show what the text masks."""
-    return redact_parts(texts, segment_separator(transcript.language or "zh"))
+    segments, and masked alone each half would show what the text masks. The digits of `keep_hidden` (what
+    earlier versions hid) are masked as they read in the text too, across a segment boundary as well."""
+    return redact_parts(texts, segment_separator(transcript.language or "zh"), keep_hidden)
 
 
 def get(*, session: Session, user: User, id: uuid.UUID) -> Transcript:
@@ -366,8 +366,8 @@ def present_revisions(*, session: Session, user: User, transcript: Transcript) -
     hidden: set[str] = set().union(*(seg.hidden for _, before, after in steps for seg in (before, after)))
     out = []
     for row, before, after in steps:
-        changes = [c | {"before": hide_digits(before.shown(c["index"], c["before"]), hidden),
-                        "after": hide_digits(after.shown(c["index"], c["after"]), hidden)} for c in row.changes]
+        changes = [c | {"before": before.shown(c["index"], c["before"], hidden),
+                        "after": after.shown(c["index"], c["after"], hidden)} for c in row.changes]
         out.append(RevisionPublic(revision=row.revision, user_id=row.user_id, at=row.at, changes=changes))
     return out[::-1]
 
@@ -380,14 +380,16 @@ class _Segments:
         self.masked = _redact_segments(texts, transcript)
         self.hidden: set[str] = set().union(*(hidden_digits(t, m) for t, m in zip(texts, self.masked, strict=True)))
 
-    def shown(self, index: int, text: str) -> str:
+    def shown(self, index: int, text: str, keep_hidden: Collection[str] = ()) -> str:
         """`text` masked as segment `index` among the others (a history that does not match, such as two
-        edits of one segment in a revision, is masked with that text put in place)."""
+        edits of one segment in a revision, is masked with that text put in place), with the digits of
+        `keep_hidden` masked as they read across the segments."""
         if not 0 <= index < len(self.texts):
-            return redact_text(text)
-        if self.texts[index] == text:
+            return hide_digits(redact_text(text), set(keep_hidden))
+        texts = [*self.texts[:index], text, *self.texts[index + 1:]]
+        if not keep_hidden and self.texts[index] == text:
             return self.masked[index]
-        return _redact_segments([*self.texts[:index], text, *self.texts[index + 1:]], self.transcript)[index]
+        return _redact_segments(texts, self.transcript, keep_hidden)[index]
 
 
 # --- review ---------------------------------------------------------------------------------------------

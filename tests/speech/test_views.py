@@ -464,6 +464,25 @@ def test_a_correction_that_breaks_a_numbers_shape_keeps_its_hidden_digits_hidden
     assert api.get(url, headers=supervisor).json()["text"] == "请回电1380013800谢谢您"  # the original is kept
 
 
+def test_hidden_digits_split_between_two_segments_stay_hidden_in_the_segments_and_history(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): a mobile Whisper split between two segments, then corrected so that it no longer
+    reads as one (a digit dropped): the text kept its hidden digits hidden, but the segments, masked one by one,
+    held neither half of the run and gave 0013 back to a steward."""
+    t = make_transcript(session, world.steward_a, "请回电1380", "0138000。", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    url = f"/api/v1/transcripts/{t.id}"
+    r = api.patch(url, headers=supervisor, json={"segments": [{"index": 1, "text": "013800。"}]})
+    assert r.status_code == 200, r.text
+    body = api.get(url, headers=steward).json()
+    assert body["text"] == "请回电138****800。"
+    assert [s["text"] for s in body["segments"]] == ["请回电138*", "***800。"]
+    history = api.get(f"{url}/revisions", headers=steward).json()
+    shown = [c[side] for row in history for c in row["changes"] for side in ("before", "after")]
+    assert shown and not any("0013" in text or "013800" in text for text in shown), shown
+    assert [s["text"] for s in api.get(url, headers=supervisor).json()["segments"]] == ["请回电1380", "013800。"]
+
+
 def test_a_number_running_into_the_next_segments_digits_is_masked_for_a_steward(api: TestClient, world: World,
                                                                                 session: Session) -> None:
     """Regression: the text was masked as one string, where 13800138000 then 3号楼 read as a 12-digit run that
