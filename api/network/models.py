@@ -172,9 +172,11 @@ ROOM_WORDS = ("室", "号", "户")
 
 def spellings(value: str, words: tuple[str, ...]) -> list[str]:
     """The ways one building number, unit or room is typed: bare and with each of its words (2, 2单元, 2门), so
-    that a lookup finds it however it was entered; `building_text` and `address_text` read them all as one."""
-    bare = next((value[:-len(w)] for w in words if value.endswith(w) and len(value) > len(w)), value)
-    return [bare, *(bare + w for w in words)]
+    that a lookup finds it however it was entered; `building_text` and `address_text` read them all as one. A
+    space before the word is one more way (`clean_label` keeps inner spaces): "1 单元" and "501 室" were
+    stored as a second household of flat 1/501, and the home got every notice twice."""
+    bare = next((value[:-len(w)] for w in words if value.endswith(w) and len(value) > len(w)), value).rstrip()
+    return [bare, *(bare + w for w in words), *(f"{bare} {w}" for w in words)]
 
 
 def unit_text(unit: str) -> str:
