@@ -284,7 +284,14 @@ def evaluate_clusters(*, session: Session, settings: Settings, now: datetime) ->
             row = _open_group(session, settings, kind, key, group, now)
             if row is not None:
                 opened += 1
-                covered |= households
+            else:  # another evaluation opened it meanwhile (the unique open_key): its order covers them now
+                winner = session.exec(select(ProactiveOrder).where(
+                    ProactiveOrder.open_key == f"{kind.value}:{key}")).first()
+                if winner is not None:
+                    linked += _link_new(session, winner, group)
+            # Either way no wider group of them opens: the loser of the riser's race, its `covered` read before
+            # the winner committed, opened the building's order for the same complaints (two orders, one cluster).
+            covered |= households
     session.commit()
     return opened, linked
 

@@ -167,6 +167,46 @@ def test_two_concurrent_evaluations_open_one_order_on_postgresql(engine: Engine,
     assert session.exec(select(func.count()).select_from(ProactiveMember)).one() == 3
 
 
+def test_the_loser_of_a_race_opens_no_wider_group_of_the_same_households_on_postgresql(
+        engine: Engine, session: Session, world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): five complaints of one riser (riser threshold 3, building 5) open the riser's order
+    only, one evaluation at a time. Two at once: the one that lost the riser's insert had read `covered` before
+    the winner committed, went on to the building, the same five households, and opened a second order."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer; evaluations in one process take turns (service._sqlite_turn)")
+    for home in _riser(session, world, 5):
+        make_work_order(session, home, category=Category.not_warm)
+    start, both_decided = threading.Barrier(2), threading.Barrier(2, timeout=30)
+    real_open, first = clusters._open_group, set()
+
+    def racing_open(*args: object, **kw: object) -> object:
+        if threading.get_ident() not in first:  # the riser: both decide before either writes
+            first.add(threading.get_ident())
+            both_decided.wait()
+        return real_open(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clusters, "_open_group", racing_open)
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                start.wait()
+                clusters.evaluate_clusters(session=s, settings=settings, now=utcnow())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    session.expire_all()
+    assert [r.kind for r in session.exec(select(ProactiveOrder)).all()] == [ProactiveKind.riser]
+    assert session.exec(select(func.count()).select_from(ProactiveMember)).one() == 5
+
+
 def test_the_run_service_reports_what_it_did(session: Session, world: World, settings: Settings) -> None:
     homes = _riser(session, world, 3)
     for home in homes:
