@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Table, and_, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
@@ -64,6 +65,17 @@ def write_if(session: Session, obj: SQLModel, condition: Callable[[Table], Colum
     session.add(obj)
     session.commit()
     return True
+
+
+def quiet_hours(settings: Settings, now: datetime) -> bool:
+    """Whether `now` falls in STEWARD_SMS_QUIET_HOURS (local time; a span across midnight such as 21:00-08:00
+    too): the periodic run then retries no resident SMS. Retries had texted residents at 03:00. Asked before
+    each SMS, not once per run: a run that began at 20:57 with a backlog texted on past 21:00."""
+    if not settings.sms_quiet_hours:
+        return False
+    start, end = (time.fromisoformat(part) for part in settings.sms_quiet_hours.split("-"))
+    local = now.astimezone(ZoneInfo(settings.timezone)).time()
+    return start <= local < end if start <= end else (local >= start or local < end)
 
 
 def clock(now: datetime) -> Callable[[], datetime]:

@@ -162,8 +162,10 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
 
 
 def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: Notice, now: datetime, *,
-              final_too: bool = False) -> tuple[int, int]:
-    """Send the notice's deliveries that are due, each claimed first; recount `sent_count`. (sent, failed)."""
+              final_too: bool = False, periodic: bool = False) -> tuple[int, int]:
+    """Send the notice's deliveries that are due, each claimed first; recount `sent_count`. (sent, failed).
+    Before each SMS: once the filling is over the rest are given up (`event_passed`), and the `periodic` run
+    stops in the quiet hours (the rest stay due); asked once per run, a long one texted on past both."""
     clock = deliveries.clock(now)
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     # Read again (`populate_existing`): a row that another sender planned since this session read it would
@@ -172,7 +174,13 @@ def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: N
                                                      deliveries.due(table, settings, now, final_too=final_too))
                         .order_by(col(NoticeDelivery.id)).execution_options(populate_existing=True)).all()
     sent = failed = 0
-    for row in rows:
+    for index, row in enumerate(rows):
+        at = clock()
+        if notice.water_fill_end <= at:
+            deliveries.give_up(session, settings, list(rows[index:]), at, "event_passed", final_too=final_too)
+            break
+        if periodic and deliveries.quiet_hours(settings, at):
+            break
         outcome = deliveries.send_one(session, settings, sender, row, clock(), final_too=final_too)
         sent, failed = sent + (outcome is True), failed + (outcome is False)
     _recount(session, notice)
@@ -252,7 +260,7 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
         # Re-planned first, as a resend and campaigns do: a retry texted the number the office had removed or
         # corrected, with the resident's name and address, and a home suspended since with the normal wording.
         _plan(session, settings, notice)
-        s, f = _send_due(session, settings, sender, notice, now)
+        s, f = _send_due(session, settings, sender, notice, now, periodic=True)
         sent, failed = sent + s, failed + f
     # A send cut off after its last SMS and before its count (a killed process) left `sent_count` wrong for
     # good: nothing was due any more, so no run came back to it.

@@ -421,8 +421,17 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: C
             deliveries.give_up(session, settings, _due(session, campaign, settings, now), now, "event_passed")
             return 0, 0
         _plan(session, settings, campaign)
-        for delivery in _due(session, campaign, settings, now):
-            lease = _renew(session, campaign, mine, clock())
+        due = _due(session, campaign, settings, now)
+        for index, delivery in enumerate(due):
+            at = clock()
+            # Asked again before each SMS, not only at the start: a long run (a backlog, a slow gateway) texted
+            # on into the quiet hours, and past the end of what it announced.
+            if _event_over(campaign.kind, campaign.event_start, campaign.event_end, at):
+                deliveries.give_up(session, settings, due[index:], at, "event_passed")
+                break
+            if periodic and deliveries.quiet_hours(settings, at):
+                break  # still due: the first run after the quiet hours sends them
+            lease = _renew(session, campaign, mine, at)
             if lease is None:
                 break
             mine = lease

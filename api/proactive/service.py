@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, case, literal, not_, or_
 from sqlmodel import Session, col, func, select
@@ -17,6 +16,7 @@ from api.deps import Page
 from api.errors import NotFound
 from api.network.models import Household
 from api.notices import service as notices
+from api.notices.deliveries import quiet_hours
 from api.notices.sms import SmsSender
 from api.proactive import campaigns, clusters
 from api.proactive.models import (
@@ -39,16 +39,6 @@ from api.work_orders.models import OPEN_STATUSES, WorkOrder, open_clause
 # SQLite has one writer: evaluations inside one process take turns. PostgreSQL runs them side by side and
 # relies on the unique `open_key` (see `clusters`).
 _sqlite_turn = threading.Lock()
-
-
-def quiet_hours(settings: Settings, now: datetime) -> bool:
-    """Whether `now` falls in STEWARD_SMS_QUIET_HOURS (local time; a span across midnight such as 21:00-08:00
-    too): the periodic run then retries no resident SMS. Retries had texted residents at 03:00."""
-    if not settings.sms_quiet_hours:
-        return False
-    start, end = (time.fromisoformat(part) for part in settings.sms_quiet_hours.split("-"))
-    local = now.astimezone(ZoneInfo(settings.timezone)).time()
-    return start <= local < end if start <= end else (local >= start or local < end)
 
 
 def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None) -> RunReport:

@@ -595,6 +595,62 @@ def test_no_retry_texts_residents_in_the_quiet_hours(session: Session, world: Wo
     assert not proactive.quiet_hours(settings, local(2, 3, 0))  # none by default
 
 
+def test_a_long_retry_run_of_a_notice_stops_at_the_quiet_hours_and_at_the_fillings_end(
+        session: Session, world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): the periodic run asked once, at its start, whether it was in the quiet hours and
+    whether the filling was over; a backlog on a slow gateway texted on past 21:00 and past the filling's
+    end. Both are asked before each SMS."""
+    from api.db import utcnow as real_utcnow
+    from api.notices import deliveries
+    from api.proactive import service as proactive
+
+    for i in range(6):
+        make_household(session, world.building_a, unit="8", room=f"80{i}", phone=f"1370000000{i}")
+    quiet = settings.model_copy(update={"sms_quiet_hours": "21:00-08:00", "proactive_sms_retry_backoff_s": 0})
+    offset = {"t": timedelta(0)}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
+
+    def backlog(end: datetime, failed_at: datetime) -> Notice:
+        notice = make_notice(session, world.building_a, water_fill_start=end - timedelta(hours=9), water_fill_end=end)
+        service.send(session=session, settings=quiet, sender=_Flaky(bad=set(_phones(session, world))),
+                     notice=reread(session, Notice, notice.id), now=failed_at)
+        return notice
+
+    sent_at: list[datetime] = []
+
+    class Slow:
+        def __init__(self, start: datetime) -> None:
+            self.start = start
+
+        def send(self, phone: str, text: str) -> bool:
+            sent_at.append(self.start + offset["t"])
+            offset["t"] += timedelta(minutes=1)
+            return True
+
+    first = backlog(local(10, 17), local(3, 15))
+    proactive.run(session=session, settings=quiet, sender=Slow(local(3, 20, 58)), now=local(3, 20, 58))
+    assert len(sent_at) == 2 and not any(proactive.quiet_hours(quiet, at) for at in sent_at)
+    assert reread(session, Notice, first.id).sent_count == 2  # the rest still due, for the morning
+    for row in session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == first.id)).all():
+        session.delete(row)
+    session.delete(reread(session, Notice, first.id))
+    session.commit()
+
+    sent_at.clear()
+    offset["t"] = timedelta(0)
+    second = backlog(local(12, 17), local(12, 10))
+    proactive.run(session=session, settings=quiet, sender=Slow(local(12, 16, 58)), now=local(12, 16, 58))
+    assert len(sent_at) == 2 and all(at < local(12, 17) for at in sent_at)
+    rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == second.id)).all()
+    assert {r.reason for r in rows if r.status == DeliveryStatus.skipped} == {"event_passed"}
+    assert not [r for r in rows if r.status == DeliveryStatus.failed]
+
+
+def _phones(session: Session, world: World) -> list[str]:
+    return [p for p in session.exec(select(Household.phone).where(Household.building_id == world.building_a.id))
+            if p is not None]
+
+
 def test_a_resend_does_not_text_a_final_failure_the_notice_no_longer_reaches(
         client: TestClient, session: Session, world: World, settings: Settings) -> None:
     """Regression: a household whose SMS had failed for good and whose building then moved to another station

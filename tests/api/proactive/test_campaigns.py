@@ -456,3 +456,76 @@ def test_a_number_the_office_removed_leaves_the_delivery_stewards_read(client: T
     assert [c for c in calls if c in (wrong, "13900000077")] == [wrong, "13900000077"]
     rows = client.get(f"{API}/campaigns/{campaign['id']}/deliveries", headers=world.headers(world.steward_a)).json()
     assert [(d["phone"], d["status"]) for d in rows["data"]] == [("13900000077", "sent")]
+
+
+class _SlowGateway:
+    """Takes a minute per SMS (the delivery clock moves on a minute each): what a backlog on a slow gateway does
+    to a run that started at a fixed `now`. Records the local time of each SMS."""
+
+    def __init__(self, start: datetime, offset: dict[str, timedelta]) -> None:
+        self.start, self.offset, self.at = start, offset, []
+
+    def send(self, phone: str, text: str) -> bool:
+        self.at.append(self.start + self.offset["t"])
+        self.offset["t"] += timedelta(minutes=1)
+        return True
+
+
+def _backlog(client: TestClient, session: Session, world: World, settings: Settings, at: datetime) -> Campaign:
+    """A campaign whose first send failed for everyone at `at` (the gateway down): all its retries are due."""
+    for i in range(8):
+        make_household(session, world.building_a, unit="7", room=f"70{i}", phone=f"1390000000{i}")
+    campaign = reread(session, uuid.UUID(create_campaign(client, world)["id"]))
+    campaigns.send(session=session, settings=settings, sender=_Refusing(), campaign=campaign, now=at)
+    return reread(session, campaign.id)
+
+
+class _Refusing:
+    def send(self, phone: str, text: str) -> bool:
+        return False
+
+
+def test_a_long_periodic_run_stops_at_the_quiet_hours_and_at_the_events_end(
+        client: TestClient, session: Session, world: World, settings: Settings, monkeypatch: Any) -> None:
+    """Regression (review): a run asked once, at its start, whether it was in the quiet hours and whether the
+    filling was over. A backlog on a slow gateway from 20:57 texted residents at 21:00, 21:01... and a run
+    begun three minutes before the filling ended texted "will be filled ... to 17:00" after 17:00. Both are
+    asked before each SMS: the quiet hours leave the rest due for the morning, the end gives them up."""
+    from api.db import utcnow as real_utcnow
+    from api.notices import deliveries
+    from api.proactive import service
+
+    quiet = settings.model_copy(update={"sms_quiet_hours": "21:00-08:00", "proactive_sms_retry_backoff_s": 0})
+    campaign = _backlog(client, session, world, quiet, local(1, 15, 0))
+    due = campaign.pending_count
+    offset = {"t": timedelta(0)}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
+    gateway = _SlowGateway(local(1, 20, 57), offset)
+    service.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 3 and not any(service.quiet_hours(quiet, at) for at in gateway.at)
+    assert reread(session, campaign.id).pending_count == due - 3  # the rest wait for the morning
+    offset["t"] = timedelta(0)
+    morning = _SlowGateway(local(2, 8, 0), offset)
+    service.run(session=session, settings=quiet, sender=morning, now=morning.start)
+    assert len(morning.at) == due - 3 and reread(session, campaign.id).status == CampaignStatus.completed
+
+
+def test_a_long_periodic_run_gives_up_once_the_filling_it_announces_is_over(
+        client: TestClient, session: Session, world: World, settings: Settings, monkeypatch: Any) -> None:
+    """The same for the event's end: a run begun three minutes before the filling ended texted "will be filled
+    ... to 17:00" after 17:00; the rest are given up (`event_passed`) as a run begun after the end does."""
+    from api.db import utcnow as real_utcnow
+    from api.notices import deliveries
+    from api.proactive import service
+
+    plain = settings.model_copy(update={"proactive_sms_retry_backoff_s": 0})
+    campaign = _backlog(client, session, world, plain, FILL_END - timedelta(hours=5))
+    offset = {"t": timedelta(0)}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
+    gateway = _SlowGateway(FILL_END - timedelta(minutes=3), offset)
+    service.run(session=session, settings=plain, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 3 and all(at < FILL_END for at in gateway.at)
+    rows = session.exec(select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id)).all()
+    skipped = [r for r in rows if r.status == DeliveryStatus.skipped]
+    assert skipped and all(r.reason == "event_passed" for r in skipped)
+    assert reread(session, campaign.id).pending_count == 0
