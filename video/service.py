@@ -305,6 +305,14 @@ def recordings_dir(settings: Settings) -> Path:
     return settings.data_dir / "video-recordings"
 
 
+def record_close(engine: Engine, *, room_id: uuid.UUID, reason: CloseReason) -> None:
+    """Mark a room closed as its close starts, before its recording is mixed down (~36 s for an hour-long
+    call): while the row still said open, another worker answered `POST /rooms` with a fresh join link to the
+    call being closed, and its join info called it open. `persist_close` then saves the recording."""
+    with Session(engine, expire_on_commit=False) as session:
+        mark_closed(session=session, room_id=room_id, reason=reason)
+
+
 def persist_close(engine: Engine, settings: Settings, *, room_id: uuid.UUID, reason: CloseReason,
                   recording: Recording | None) -> uuid.UUID | None:
     """Record a room's close and turn its recording into a note; the note's id. The file is deleted once the

@@ -383,13 +383,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     async def on_close(room: Room) -> None:
         recorder = room.recorder
+        reason = room.close_reason or CloseReason.closed
+        try:  # the row first: every worker then sees the call ended while its recording is mixed down
+            await asyncio.to_thread(service.record_close, engine, room_id=room.id, reason=reason)
+        except Exception:  # the database down: `persist_close` below tries again
+            log.exception("recording the close of video room %s failed", room.id)
         try:
             recording = await asyncio.to_thread(recorder.stop) if recorder is not None else None
         except Exception:  # the row is closed all the same (it stayed open, a call that had ended)
             log.exception("stopping the recorder of video room %s failed", room.id)
             recording = None
         note_id = await asyncio.to_thread(service.persist_close, engine, app.state.settings, room_id=room.id,
-                                          reason=room.close_reason or CloseReason.closed, recording=recording)
+                                          reason=reason, recording=recording)
         if note_id is not None:
             announce(note_id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from tests.utils.asserts import assert_error
-from tests.video.conftest import run
+from tests.video.conftest import eventually, run
 from video.clients import Participant
 
 ROOMS = "/api/v1/video/rooms"
@@ -141,6 +141,52 @@ def test_no_link_is_given_to_another_workers_call_past_its_end(live, world, orde
     with Session(engine) as s:
         rows = s.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
         assert [(r.worker, r.state) for r in rows] == [("relay-b", "open")]
+
+
+def test_a_call_being_closed_on_another_worker_gets_no_new_link(live, world, order, engine, monkeypatch):
+    """Regression (review): the row of a closed call stayed open while its relay mixed the recording down (~36 s
+    for an hour-long call): POST /rooms on another worker meanwhile answered 200 with that call and a fresh
+    join link, dead on arrival (409 `room_closed`). The close is recorded first; the other worker opens a new
+    call at once."""
+    import asyncio
+    import time
+
+    from video import recording
+
+    async def scenario() -> None:
+        async with live(video_worker_id="relay-a", video_worker_url="http://relay-a.test") as a, \
+                live(video_worker_id="relay-b", video_worker_url="http://relay-b.test") as b:
+            h = world.headers(world.steward_a)
+            room_id = (await a.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)).json()["room_id"]
+            stop = recording.PacketRecorder.stop
+
+            def slow_stop(self):  # a long call's mix-down
+                time.sleep(1.5)
+                return stop(self)
+
+            monkeypatch.setattr(recording.PacketRecorder, "stop", slow_stop)
+            closing = asyncio.ensure_future(a.http.post(f"{ROOMS}/{room_id}/close", headers=h))
+            while a.rooms.ending(uuid.UUID(room_id)) is None:
+                await asyncio.sleep(0.005)
+            await eventually(lambda: _state(engine, room_id) == "closed", timeout=5)  # recorded before the mix-down
+            assert not closing.done()  # still mixing down
+            again = await b.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert (await closing).json()["state"] == "closed"
+            assert again.status_code == 201, again.text
+            assert again.json()["room_id"] != room_id
+            token = again.json()["join_url"].rsplit("/join/", 1)[1]
+            assert (await b.http.get(f"/api/v1/video/join/{token}")).status_code == 200
+    run(scenario())
+
+
+def _state(engine, room_id: str) -> str:
+    from sqlmodel import Session
+
+    from video.models import VideoRoom
+
+    with Session(engine) as s:
+        room = s.get(VideoRoom, uuid.UUID(room_id))
+        return room.state.value if room else ""
 
 
 def test_a_resident_in_a_call_abandoned_by_its_relay_is_told_it_ended(live, world, order, engine, video_settings):
