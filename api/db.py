@@ -390,6 +390,22 @@ def lock_row(session: Session, obj: SQLModel) -> None:
         raise NotFound(f"This {type(obj).__name__.lower()} was deleted meanwhile.") from gone
 
 
+def one_snapshot(session: Session) -> None:
+    """Run the session's next reads in one snapshot of the database, until the session ends: figures computed
+    by several statements then agree with each other (the console's dashboard: an order committed between two
+    of its statements was in the counts by category and not in the total). Ends the session's transaction (call
+    it with nothing to write). PostgreSQL: REPEATABLE READ. SQLite: an explicit BEGIN (its driver starts no
+    transaction for reads, so each statement saw the latest commit)."""
+    session.rollback()
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        return
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if driver is not None and not driver.in_transaction:
+        connection.exec_driver_sql("BEGIN")
+
+
 def reads_without_transaction(session: Session) -> None:
     """Run the session's next statements each on its own, outside a transaction (autocommit).
 

@@ -27,7 +27,7 @@ from api.console.models import (
     TimelineItem,
     TranscriptQuality,
 )
-from api.db import utcnow
+from api.db import one_snapshot, utcnow
 from api.deps import Page
 from api.fieldwork.models import Reading, Visit
 from api.network.models import Building, Household, Station, address_text, building_text, unit_text
@@ -284,6 +284,7 @@ def proactive_panel(*, session: Session, user: User, now: datetime | None = None
 def dashboard(*, session: Session, user: User, now: datetime | None = None) -> Dashboard:
     """The district's figures right now: open orders by category, station and source, SLA breaches,
     the transcription queue and its throughput, the video rooms in progress, and the proactive panel."""
+    one_snapshot(session)  # "one moment for every figure on the screen" (docs/console.md), under writes too
     now = now or utcnow()
     is_open = open_clause()
     open_total = session.exec(select(func.count()).select_from(WorkOrder).where(is_open)).one()

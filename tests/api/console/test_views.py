@@ -395,6 +395,31 @@ def test_the_dashboard_counts_open_work_breaches_queue_and_rooms(client: TestCli
     assert_error(client.get(f"{API}/dashboard", headers=world.headers(world.steward_a)), 403, "role_required")
 
 
+def test_the_dashboards_figures_are_of_one_moment_under_a_concurrent_write(
+        engine: Any, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): each figure was its own statement, each seeing what was committed before it ran: an
+    order created by another request meanwhile was in the counts by category and not in the total. The
+    dashboard reads one snapshot."""
+    make_work_order(session, world.household_a, category=Category.leak)
+    real, done = console_service._counts, []
+
+    def counts_after_a_concurrent_create(s: Session, column: Any, where: Any) -> Any:
+        if not done:  # another request commits an open order between two of the dashboard's statements
+            done.append(1)
+            with Session(engine) as other:
+                make_work_order(other, world.household_b, category=Category.not_warm)
+        return real(s, column, where)
+
+    monkeypatch.setattr(console_service, "_counts", counts_after_a_concurrent_create)
+    with Session(engine) as s:
+        figures = console_service.dashboard(session=s, user=s.get(User, world.supervisor.id))
+    assert done
+    assert figures.open_total == sum(c.count for c in figures.open_by_category) == 1
+    assert sum(c.count for c in figures.open_by_station) == sum(c.count for c in figures.open_by_source) == 1
+    with Session(engine) as s:  # the next poll sees it
+        assert console_service.dashboard(session=s, user=s.get(User, world.supervisor.id)).open_total == 2
+
+
 def test_the_dashboard_lists_live_calls_newest_first_and_no_abandoned_room(client: TestClient, session: Session,
                                                                           world: World) -> None:
     """Regression (review): the dashboard listed every room `open` in the database, oldest first, 20 at most.
