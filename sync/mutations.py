@@ -26,7 +26,7 @@ from api.users.models import User
 from sync import tracking
 from sync.models import Tombstone
 from sync.pull import tombstone_route
-from sync.registry import BY_NAME, SyncTable
+from sync.registry import BY_NAME, SyncTable, spec_of
 from sync.rules import ConflictEntry, Rejected, only, rules_for, shown, validate
 
 REFERENCES = {"household_id": "households", "work_order_id": "work_orders", "visit_id": "visits"}
@@ -336,10 +336,22 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         base_version = base_version or 1
         fields = _differences(ctx, spec, row, fields, base_version, never_had=never_had)
     assert base_version is not None
-    if base_version > row.version:
+    if base_version > (version := _version_after_flush(ctx, row)):
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
-                                               f"version {row.version}.")
+                                               f"version {version}.")
     return _update(ctx, spec, row, base_version, fields)
+
+
+def _version_after_flush(ctx: Context, row: Any) -> int:
+    """The row's version as the batch leaves it: one more when an earlier mutation of the batch changed it. The
+    fast path flushes once, at the end, and the savepoint path after each mutation: the second of two updates
+    of one row with increasing base_versions was refused on the one and applied on the other."""
+    if isinstance(row, StagedRow):
+        return int(row.version)
+    state = sa_inspect(row)
+    if state.persistent and ctx.session.is_modified(row, include_collections=False):
+        return int(row.version) + 1
+    return int(row.version)
 
 
 def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any], base: int, *,
@@ -443,12 +455,21 @@ def _update(ctx: Context, spec: SyncTable, row: Any, base: int, fields: dict[str
 
 def _mark_own(ctx: Context, row: Any) -> None:
     """Record this device as the writer of the fields just changed, before the flush does it for good,
-    so a later mutation of the same batch does not conflict with the device's own edit."""
+    so a later mutation of the same batch does not conflict with the device's own edit; at the version the
+    flush gives the row (a row this batch creates is inserted at its first version, however often the batch
+    writes it: marked at the next, a row made and edited offline claimed a version it never had, and the next
+    edit from its real version by anyone else was a conflict, an office field's lost). Not the fields another
+    mutation changed as a side effect (a deleted visit's link cleared on its notes): the flush records those as
+    the server's, and marked here the device's, a later full write from the device's copy was refused."""
     changed = tracking.changed_fields(row)
+    spec = spec_of(row)
+    side = ctx.session.info.get(tracking.SIDE_EFFECTS, {}).get((spec.name, row.id), set()) if spec else set()
+    changed = [name for name in changed if name not in side]
     if changed:
+        at = row.version if sa_inspect(row).pending else row.version + 1
         versions = dict(row.field_versions or {})
         for name in changed:
-            versions[name] = [row.version + 1, str(ctx.client_id)]
+            versions[name] = [at, str(ctx.client_id)]
         row.field_versions = versions
 
 
@@ -463,11 +484,11 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
         raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
                        rules.not_deletable)
     rules.may_delete(ctx, row)
-    if base_version is not None and base_version > row.version:
+    if base_version is not None and base_version > _version_after_flush(ctx, row):
         # As for an update: a version the row never had (a device whose copy is ahead of a restored database).
         # Applied, the delete lost the server's row with no line in the conflict log to put it back from.
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
-                                               f"version {row.version}.")
+                                               f"version {_version_after_flush(ctx, row)}.")
     conflicts = []
     if base_version is not None and not spec.append_only:
         foreign = changed_since(spec, row, base_version, ctx.client_id)

@@ -176,9 +176,12 @@ def side_effect(session: Session, table: str, row: Any, *names: str) -> None:
     session.info.setdefault(SIDE_EFFECTS, {}).setdefault((table, row.id), set()).update(names)
     # Recorded now, as the flush will (at the version it gives the row): the fast path of a push flushes the
     # batch once, and a later mutation of the same row must see these fields as changed by someone else.
+    from sqlalchemy import inspect
+
+    at = row.version if inspect(row).pending else row.version + 1  # a row this batch creates is inserted at it
     versions = dict(row.field_versions or {})
     for name in names:
-        versions[name] = [row.version + 1, None]
+        versions[name] = [at, None]
     row.field_versions = versions
 
 
