@@ -248,6 +248,31 @@ def test_0014_leaves_a_required_name_that_would_clean_to_nothing(empty_engine: E
         HouseholdPublic.model_validate(h)
 
 
+def test_0014_leaves_a_value_that_would_clean_longer_than_its_column(empty_engine: Engine) -> None:
+    """Regression (review): NFKC writes `⑴` as `(1)`, so a room `1201⑴⑵⑶` the old API took (7 of 10
+    characters) cleaned to 13: PostgreSQL refused the update and the whole upgrade failed; SQLite stored it, and
+    every list holding the household answered 500. Such rows stay as stored, for the office to correct."""
+    migrate.upgrade(empty_engine, "0013")
+    with Session(empty_engine, expire_on_commit=False) as session:
+        station = Station(code="HS-OLD-03", name="旧站", district="历下区")
+        session.add(station)
+        session.flush()
+        building = Building(station_id=station.id, community="旧改小区", number="12")
+        session.add(building)
+        session.flush()
+        long = Household(building_id=building.id, unit="1", room="1201⑴⑵⑶", area_m2=80)
+        fine = Household(building_id=building.id, unit="２", room="３０１ ", area_m2=80)
+        session.add_all([long, fine])
+        session.commit()
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        h, f = session.get(Household, long.id), session.get(Household, fine.id)
+        assert h is not None and f is not None
+        assert (h.room, h.version) == ("1201⑴⑵⑶", 1)
+        assert (f.unit, f.room, f.version) == ("2", "301", 2)  # the others of the table are cleaned
+        HouseholdPublic.model_validate(h)
+
+
 def test_0013_is_not_undone_while_visits_name_photos(empty_engine: Engine) -> None:
     """Regression: going below 0013 dropped every photo's and signature's link without a word to devices."""
     migrate.upgrade(empty_engine)

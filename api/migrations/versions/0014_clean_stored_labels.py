@@ -17,7 +17,10 @@ one flat, made before the cleaning) is left as it is, and the upgrade logs how m
 merges them by hand (move the work orders and visits to one, then correct the other's room). So is a row
 whose required name or number would clean to nothing (a unit typed as a lone full-width space, `\u3000`):
 the API refuses an empty one, and every list holding the row would fail; the office corrects it. (Until
-2026-12-04 this migration wrote the empty value; no release carried that version.)
+2026-12-04 this migration wrote the empty value; no release carried that version.) So is a row whose value
+would clean longer than its column (NFKC writes `⑴` as `(1)`: a room `1201⑴⑵⑶` of 7 characters becomes 13,
+over the 10 of the column): PostgreSQL refused the update and the whole upgrade failed, and SQLite stored it
+and every list holding the household answered 500. (Until 2026-12-06 this migration wrote it.)
 """
 import logging
 import unicodedata
@@ -39,6 +42,9 @@ log = logging.getLogger("alembic.runtime.migration")
 TABLES = (("stations", ("code", "name", "district"), ("code",), ("code", "name")),
           ("buildings", ("community", "number"), ("community", "number"), ("community", "number")),
           ("households", ("unit", "room", "resident_name"), ("building_id", "unit", "room"), ("unit", "room")))
+# the columns' lengths at this revision (0001)
+LENGTHS = {"code": 32, "name": 100, "district": 50, "community": 100, "number": 20, "unit": 10, "room": 10,
+           "resident_name": 100}
 
 
 def _clean(value: str | None) -> str | None:
@@ -58,12 +64,14 @@ def upgrade() -> None:
         rows = [dict(r._mapping) for r in bind.execute(sa.text(f"SELECT {', '.join(names)} FROM {table}"))]
         cleaned = [{**row, **{c: _clean(row[c]) for c in columns}} for row in rows]
         keys = Counter(tuple(c[k] for k in key) for c in cleaned)
-        changed, kept, blank = [], [], []
+        changed, kept, blank, long = [], [], [], []
         for row, new in zip(rows, cleaned, strict=True):
             if all(new[c] == row[c] for c in columns):
                 continue
             if any(not new[c] for c in required):
                 blank.append(row["id"])
+            elif any(new[c] is not None and len(new[c]) > LENGTHS[c] for c in columns):
+                long.append(row["id"])
             elif keys[tuple(new[k] for k in key)] > 1:
                 kept.append(row["id"])
             else:
@@ -74,6 +82,9 @@ def upgrade() -> None:
         if blank:
             log.warning("%s: %d rows left as stored: cleaned, their %s would be empty (correct them by hand): %s",
                         table, len(blank), "/".join(required), ", ".join(str(i) for i in blank[:50]))
+        if long:
+            log.warning("%s: %d rows left as stored: cleaned, a value would be longer than its column (correct them "
+                        "by hand): %s", table, len(long), ", ".join(str(i) for i in long[:50]))
         if not changed:
             continue
         if seq is None:  # one change sequence number for every row this migration writes, as 0012
