@@ -174,9 +174,14 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
             migrate.upgrade(engine, revision)
         except RuntimeError as exc:  # a migration that refuses (names that clash, a table it could not lock)
             raise _fail(f"Cannot upgrade the database {_database_name(settings)}: {exc}", 2) from exc
+        except AssertionError as exc:  # `head+5`, `0012+10`: a relative step past the newest revision
+            raise _fail(f"Cannot upgrade the database {_database_name(settings)} to {revision}: there is no such "
+                        f"revision (the newest is {migrate.head_revision()}); nothing was changed.", 2) from exc
         after = migrate.current_revision(engine)
         remasked = _remask(engine) if after == migrate.head_revision() else 0
-    if before is not None and after == before and migrate.is_behind(before, revision):
+    # `head-1` at the head: a relative step back, which Alembic's upgrade passes over as silently
+    back = re.fullmatch(r".*-[0-9]+", revision.strip()) is not None
+    if before is not None and after == before and (back or migrate.is_behind(before, revision)):
         # Alembic's upgrade to an older revision changes nothing and says nothing: tell the operator why
         raise _fail(f"The database {_database_name(settings)} is at {before}, already past {revision}: "
                     "`db upgrade` never goes back (restore a backup taken before the upgrade, docs/reliability.md)"

@@ -543,6 +543,16 @@ def test_db_upgrade_to_an_older_revision_says_it_never_goes_back(data_dir: Path)
     assert base.exit_code == 2 and "already past base" in base.output, base.output
     empty = runner.invoke(app, ["db", "upgrade", " "])
     assert empty.exit_code == 2 and "No revision given" in empty.output, empty.output
+    # Regression (review): a relative step past the newest revision was a 204-line AssertionError from inside
+    # Alembic, and a relative step back printed `head -> head` with exit 0.
+    for past in ("head+5", "0012+30"):
+        result = runner.invoke(app, ["db", "upgrade", past])
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.splitlines()
+        assert f"to {past}: there is no such revision (the newest is {head})" in line
+    back = runner.invoke(app, ["db", "upgrade", "head-1"])
+    assert back.exit_code == 2 and "already past head-1" in back.output, back.output
+    assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
 
 
 @pytest.mark.parametrize("args", [["db", "restored"], ["proactive", "run"], ["blobs", "sweep"], ["demo-data"],
