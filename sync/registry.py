@@ -129,12 +129,46 @@ class Wire:
     names: list[str]
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_build", _record_builder(tuple(self.names), self.converters))
+
     def record(self, row: Any, offset: int = 0) -> dict[str, Any]:
         """The record of a result row whose record columns start at `offset`."""
-        values = list(row[offset:offset + len(self.names)])
-        for index, convert in self.converters:
-            values[index] = convert(values[index])
-        return dict(zip(self.names, values, strict=True))
+        build: Callable[[Any, int], dict[str, Any]] = self._build  # type: ignore[attr-defined]
+        return build(row, offset)
+
+
+# The finishing steps written out where a record is built: a first sync makes ~50,000 records of ~10 values,
+# and a call per value (and a list, a loop and a zip per record) was a third of a SQLite pull's time.
+_INLINE = {
+    _uuid_text: 'None if (v{i} := row[o + {i}]) is None else '
+                'f"{{v{i}[:8]}}-{{v{i}[8:12]}}-{{v{i}[12:16]}}-{{v{i}[16:20]}}-{{v{i}[20:]}}"',
+    _timestamp_text: 'None if (v{i} := row[o + {i}]) is None else v{i}.replace(" ", "T") + "+00:00"',
+}
+
+
+def _record_builder(names: tuple[str, ...], converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+                    ) -> Callable[[Any, int], dict[str, Any]]:
+    """A function `(row, offset) -> record` with the columns' finishing steps inlined (as `namedtuple` writes
+    its class): the same values as `_uuid_text` and `_timestamp_text` give, one dict display per row."""
+    steps = dict(converters)
+    env: dict[str, Any] = {}
+    parts = []
+    for i, name in enumerate(names):
+        if not name.isidentifier():
+            raise ValueError(f"column name {name!r}")
+        convert = steps.get(i)
+        if convert is None:
+            value = f"row[o + {i}]"
+        elif convert in _INLINE:
+            value = "(" + _INLINE[convert].format(i=i) + ")"
+        else:
+            env[f"c{i}"] = convert
+            value = f"c{i}(row[o + {i}])"
+        parts.append(f"{name!r}: {value}")
+    exec("def build(row, o):\n    return {" + ", ".join(parts) + "}\n", env)  # column names only: checked above
+    build: Callable[[Any, int], dict[str, Any]] = env["build"]
+    return build
 
 
 @cache
