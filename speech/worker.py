@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -292,18 +293,23 @@ async def recover_async(app: Any, engine: Engine, settings: Settings) -> None:
     queue survive crashes."""
     from procrastinate import exceptions
 
-    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.speech_stalled_after_s):
-        log.warning("retrying job %s of a worker that stopped", job.id)
+    seconds = settings.speech_stalled_after_s
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds):
         try:
-            await app.job_manager.retry_job(job)
+            retried = await _retry_if_stalled(app, job.id, seconds)
         except exceptions.UniqueViolation:
             # A second job of the transcript waits already (deferred before the guard below existed), and it
             # could never run: the stalled one holds the transcript's lock. It goes, and the stalled one runs.
             await _cancel_waiting(app, job.queueing_lock)
-            await app.job_manager.retry_job(job)
+            retried = await _retry_if_stalled(app, job.id, seconds)
+        if retried:
+            log.warning("retried job %s of a worker that stopped", job.id)
+    # The database and blob-store work in threads: on the event loop, a long look at waiting notes (a blob-store
+    # request each) held up the worker's heartbeat, and the other workers took its running jobs for stalled.
     await _requeue_orphans(app, engine)
-    jobs.promote_waiting(engine, settings)
-    for transcript_id in _without_live_job(engine, _queued_ids(engine)):
+    await asyncio.to_thread(jobs.promote_waiting, engine, settings)
+    queued = await asyncio.to_thread(_queued_ids, engine)
+    for transcript_id in await asyncio.to_thread(_without_live_job, engine, queued):
         with contextlib.suppress(exceptions.AlreadyEnqueued):  # it already has a job waiting
             await app.configure_task("speech.transcribe", queueing_lock=f"transcribe-{transcript_id}",
                                      lock=f"transcribe-{transcript_id}").defer_async(transcript_id=str(transcript_id))
@@ -324,6 +330,27 @@ def _without_live_job(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
     return [i for i in ids if f"transcribe-{i}" not in live]
 
 
+# A stalled job retried only while it still is: in `doing`, its worker gone or silent. Checked and retried in one
+# statement, the job's row locked: two workers recovering at once (several started together after a crash) both
+# retried it from their own list, the second one's retry failed and stopped that worker at start, or put the job,
+# taken meanwhile by a live worker, back in the queue for a second worker to run beside it.
+_RETRY_IF_STALLED = """
+SELECT procrastinate_retry_job_v2(job.id, NOW(), NULL, NULL, NULL)
+  FROM procrastinate_jobs job
+ WHERE job.id = %(job_id)s AND job.status = 'doing'
+   AND NOT EXISTS (SELECT 1 FROM procrastinate_workers worker
+                    WHERE worker.id = job.worker_id
+                      AND worker.last_heartbeat >= NOW() - make_interval(secs => %(seconds)s))
+   FOR UPDATE OF job
+"""
+
+
+async def _retry_if_stalled(app: Any, job_id: int, seconds: float) -> bool:
+    """Retry the job if it is still stalled; whether it was."""
+    rows = await app.connector.execute_query_all_async(_RETRY_IF_STALLED, job_id=job_id, seconds=float(seconds))
+    return bool(rows)
+
+
 async def _cancel_waiting(app: Any, queueing_lock: str | None) -> None:
     """Cancel the `todo` jobs under this queueing lock."""
     if queueing_lock is None:
@@ -339,11 +366,11 @@ async def _requeue_orphans(app: Any, engine: Engine) -> None:
     from procrastinate.jobs import Status
 
     alive = {Status.TODO.value, Status.DOING.value, Status.ABORTING.value}  # a job's status is the plain string
-    for transcript_id, attempt in jobs.running(engine):
+    for transcript_id, attempt in await asyncio.to_thread(jobs.running, engine):
         found = await app.job_manager.list_jobs_async(task="speech.transcribe", lock=f"transcribe-{transcript_id}")
         if any(job.status in alive for job in found):
             continue
-        if jobs.requeue(engine, transcript_id, attempt):
+        if await asyncio.to_thread(jobs.requeue, engine, transcript_id, attempt):
             log.warning("transcript %s was left running by a job that ended; queued again", transcript_id)
 
 

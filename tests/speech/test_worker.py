@@ -385,3 +385,67 @@ def test_the_queue_survives_a_worker_killed_mid_job(engine: Engine, session: Ses
     assert done.text, done.segments
     with Session(engine) as s:
         assert s.get(Note, transcript_id).transcript_status.value == "done"  # type: ignore[union-attr]
+
+
+def _stalled_job(engine: Engine, session: Session, world: World, settings: Settings) -> uuid.UUID:
+    """A transcript whose job is `doing` in a worker that died an hour ago."""
+    from sqlalchemy import text
+
+    clear_procrastinate(engine)
+    tid = make_note(session, world.steward_a, audio_sha256=store_audio(settings, LEAK)).id
+    jobs.promote_waiting(engine, settings)
+    defer(settings, tid)
+    assert jobs.claim(engine, tid, takeover=True) == 1
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL search_path TO procrastinate"))  # for procrastinate's own triggers
+        dead = conn.execute(text("INSERT INTO procrastinate_workers (last_heartbeat) "
+                                 "VALUES (now() - interval '1 hour') RETURNING id")).scalar_one()
+        conn.execute(text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE lock = :l"),
+                     {"w": dead, "l": f"transcribe-{tid}"})
+    return tid
+
+
+@pytest.mark.parametrize("taken_meanwhile", [False, True], ids=["retried-first", "taken-by-a-live-worker"])
+def test_two_workers_recovering_one_stalled_job_retry_it_once(engine: Engine, session: Session, world: World,
+                                                              speech_settings_: Settings,
+                                                              taken_meanwhile: bool) -> None:
+    """Regression (review): each recovery retried the stalled jobs it had listed without looking again. Two at
+    once (several workers started together after a crash): the second one's retry failed and stopped that
+    worker at its start, or, the job taken meanwhile by a live worker, put it back in the queue, and a second
+    worker ran it beside the first. A job is retried only while it is still stalled."""
+    import asyncio
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL")
+    tid = _stalled_job(engine, session, world, speech_settings_)
+    first, second = build_app(speech_settings_, engine), build_app(speech_settings_, engine)
+    fetched: list[Any] = []
+
+    async def main() -> None:
+        async with first.open_async(), second.open_async():
+            listed = second.job_manager.get_stalled_jobs
+
+            async def listed_then_the_other_recovers(**kw: Any) -> Any:
+                found = await listed(**kw)  # the second worker has its list; the first worker recovers now
+                await recover_async(first, engine, speech_settings_)
+                if taken_meanwhile:
+                    live = await first.job_manager.register_worker()
+                    fetched.append(await first.job_manager.fetch_job(queues=["speech"], worker_id=live))
+                return found
+
+            second.job_manager.get_stalled_jobs = listed_then_the_other_recovers  # type: ignore[method-assign]
+            await recover_async(second, engine, speech_settings_)  # raised on the job the first had retried
+            other = await first.job_manager.register_worker()
+            fetched.append(await first.job_manager.fetch_job(queues=["speech"], worker_id=other))
+
+    asyncio.run(main())
+    if taken_meanwhile:
+        assert fetched[0] is not None and fetched[1] is None  # the live worker's job is nobody else's
+    else:
+        assert fetched[0] is not None  # retried once, waiting for a worker
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        rows = conn.execute(text("SELECT status, attempts FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
+                            {"l": f"transcribe-{tid}"}).all()
+    assert [tuple(r) for r in rows] == [("doing", 1)]  # one retry (attempts 1), running in one worker
