@@ -19,6 +19,7 @@ corrector replaces a stretch of text by a glossary term when they sound alike:
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -147,12 +148,20 @@ def _is_cjk(ch: str) -> bool:
     return "\u4e00" <= ch <= "\u9fff"
 
 
+GAP = "…"  # in a keep entry: a phrase with a gap ("打不到…电话")
+GAP_REACH = 12  # how far the second part may follow the first
+_CLAUSE_END = re.compile("[。！？!?；;，,]")
+
+
 class Corrector:
     """Rewrites near-homophones of glossary terms into the terms."""
 
     def __init__(self, terms: tuple[str, ...], keep: tuple[str, ...] = ()) -> None:
         self._terms = {t for t in terms if len(t) >= 2 and all(_is_cjk(c) for c in t)}
-        self._keep = frozenset(keep)
+        # A keep entry "A…B" is a phrase with a gap: A is kept when B follows within the clause (打不到…电话:
+        # 我打不到你们维修师傅的电话 is no answer on the phone; 温度打不到标准 is still 达不到).
+        self._keep = frozenset(k for k in keep if GAP not in k)
+        self._gapped = tuple(tuple(k.split(GAP, 1)) for k in keep if GAP in k)
         self._by_length: dict[int, list[tuple[str, list[str]]]] = {}
         for term in sorted(self._terms):
             self._by_length.setdefault(len(term), []).append((term, _term_readings(term)))
@@ -179,24 +188,44 @@ class Corrector:
         return best[0][1]
 
     def _exact(self, chars: list[str], min_length: int) -> list[bool]:
-        """Characters inside a term at least `min_length` long, or inside a `keep` word."""
+        """Characters inside a term at least `min_length` long, or inside a `keep` word or gapped phrase."""
         text, marked = "".join(chars), [False] * len(chars)
         for term in [*(t for t in self._terms if len(t) >= min_length), *self._keep]:
             start = text.find(term)
             while start >= 0:
                 marked[start:start + len(term)] = [True] * len(term)
                 start = text.find(term, start + 1)
+        for first, second in self._gapped:
+            start = text.find(first)
+            while start >= 0:
+                after = start + len(first)
+                clause = _CLAUSE_END.split(text[after:after + GAP_REACH], maxsplit=1)[0]
+                if (at := clause.find(second)) >= 0:
+                    marked[start:after] = [True] * len(first)
+                    marked[after + at:after + at + len(second)] = [True] * len(second)
+                start = text.find(first, start + 1)
         return marked
 
     def _breaks_word(self, chars: list[str], start: int, term: str, common: frozenset[str]) -> bool:
         """Whether rewriting would break a word that crosses the window's edge (手术|房间 is not 手|书房间,
-        地暖关|小 is not 地暖管|小), or a number's unit (18|度了 is not 18|堵了)."""
+        地暖关|小 is not 地暖管|小), or a number's unit (18|度了 is not 18|堵了), or a longer common word over
+        a character it replaces (异想天开 is not 异响天开: the pairs at the edge, 异想 and 天开, are no words)."""
         end = start + len(term)
         if start > 0 and chars[start] != term[0] and self._joins(chars[start - 1], chars[start - 1] + chars[start],
                                                                  common):
             return True
-        return end < len(chars) and chars[end - 1] != term[-1] and self._joins(chars[end], chars[end - 1] + chars[end],
-                                                                               common)
+        if end < len(chars) and chars[end - 1] != term[-1] and self._joins(chars[end], chars[end - 1] + chars[end],
+                                                                           common):
+            return True
+        replaced = [i for i in range(start, end) if chars[i] != term[i - start]]
+        for size in (3, 4):
+            for first in range(max(0, min(replaced, default=start) - size + 1), max(replaced, default=start) + 1):
+                last = first + size
+                outside = first < start or last > end
+                if outside and last <= len(chars) and any(first <= i < last for i in replaced) and \
+                        "".join(chars[first:last]) in common:
+                    return True
+        return False
 
     def _joins(self, neighbour: str, pair: str, common: frozenset[str]) -> bool:
         if neighbour.isalnum() and not _is_cjk(neighbour):

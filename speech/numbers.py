@@ -8,7 +8,8 @@ Only two shapes are rewritten, because elsewhere Chinese numerals are words (一
   more digit names (…七八一直, …七八三号楼) ends after its eleven digits;
 - a cardinal number (十六, 二十三, 三) right before an address or date unit (号 楼 栋 幢 单元 层 室 月 日 度);
   not 两 before 楼/栋/幢/室/月/日 (两楼之间, 这两月: a count), nor 一 after 同/每/这/那/另/哪 (同一层),
-  nor 一层 as a layer (一层灰).
+  上/下/前/后 (上一层: the floor above) or as a word's end (万一, 统一, 唯一), nor 一层 as a layer (一层灰) or
+  one by one (一层一层). Nor a run of days (每周一三五) or a doubled pair (七七八八) that no address mark is next to.
 
 Then a room number's 室 that was heard as another "shi" (501式, 1202市) right after a building or
 entrance number (3号楼2单元501式) is written 室, unless that character starts a word with the next one
@@ -50,8 +51,9 @@ _ROOM = re.compile(r"(\d+(?:单元|号楼|楼|栋|幢))(\d{2,4})([\u4e00-\u9fff]
 _CARDINAL = re.compile(rf"(?<![0-9０-９零〇一二三四五六七八九十百两第])([一二三四五六七八九十两]{{1,4}})(?={_UNITS})")
 # 两 counts (两楼之间, 这两月); 2楼 and 2月 are said 二楼, 二月.
 _TWO_COUNTS = set("楼栋幢室月日")
-# After these, 一 is "one" or "the same", not floor or building 1 (同一层, 每一栋, 这一层, 另一栋).
-_ONE_AFTER = set("同每这那另哪")
+# After these, 一 is "one" or "the same", not floor or building 1 (同一层, 每一栋, 这一层, 另一栋), a relative
+# floor (上一层, 下一层: the one above, below) or a word's last character (万一楼上漏水, 统一日期, 唯一楼梯).
+_ONE_AFTER = set("同每这那另哪上下前后万统唯单逐之")
 # 一层 before these is a layer (一层灰, 结了一层霜), not the first floor.
 _LAYERS = set("灰土尘霜冰锈垢膜漆皮")
 
@@ -75,9 +77,21 @@ def _groups_before(text: str, end: int) -> str:
     return "".join(_DIGITS.get(c, c) for c in found.group(0) if c in _DIGITS or c in "0123456789")
 
 
+# Days of the week said as digit names (每周一三五, 星期二四六): a list of days, not a number.
+_WEEK = ("周", "星期", "礼拜")
+# Where a run of four is a number all the same (a room 七七八八号, 3号楼七七八八): before or after these.
+_NUMBER_MARKS = set("号楼室栋幢层单元户")
+
+
 def _replace_run(match: re.Match[str]) -> str:
     run = match.group(0)
     following = match.string[match.end():match.end() + 1]
+    preceding = match.string[max(0, match.start() - 2):match.start()]
+    if preceding.endswith(_WEEK):
+        return run  # 每周一三五: Mondays, Wednesdays and Fridays
+    if (len(run) == 4 and run[0] == run[1] != run[2] == run[3] and following not in _NUMBER_MARKS
+            and preceding[-1:] not in _NUMBER_MARKS):
+        return run  # 七七八八, 三三两两: a doubled pair is a word (mostly done), not a number
     values = [int(_DIGITS[c]) for c in run]
     if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
         return run  # 二三四楼: floors two to four
@@ -118,6 +132,9 @@ def _replace_cardinal(match: re.Match[str]) -> str:
         return numeral
     if numeral == "一" and following == "层" and match.string[match.end() + 1:match.end() + 2] in _LAYERS:
         return numeral
+    if numeral == "一" and following == "层" and (match.string[match.end() + 1:match.end() + 3] == "一层"
+                                                   or match.string[match.start() - 2:match.start()] == "一层"):
+        return numeral  # 一层一层地排查: floor by floor
     value = _cardinal(numeral)
     return value if value is not None else numeral
 

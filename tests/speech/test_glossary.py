@@ -129,12 +129,17 @@ def test_categorize(text: str, categories: list[str]) -> None:
     "我把地暖关了", "我回房休息一下", "家里谁管钱", "他读了通知才知道",
     # 谁 is a pronoun, not 水 (谁压着 -> 水压着).
     "谁压着的", "放谁进来",
+    # Regression (review): everyday words rare in jieba's list, and an idiom whose edge pairs are no words
+    # (排起 -> 排气, 罚单 -> 阀单, 水鸭 -> 水压, 补睡 -> 补水, 异想天开 -> 异响天开).
+    "门口排起了长队", "交警给他开罚单了", "湖里有几只水鸭", "周末我要补睡一觉", "这个想法真是异想天开",
 ])
 def test_everyday_words_that_sound_like_terms_are_left_alone(corrector: Corrector, text: str) -> None:
     assert corrector.correct(text) == text
 
 
-@pytest.mark.parametrize("heard", ["现在屋里温度的变化很大", "电话打不到，我又打了一遍", "楼上往下的管子要换"])
+@pytest.mark.parametrize("heard", ["现在屋里温度的变化很大", "电话打不到，我又打了一遍", "楼上往下的管子要换",
+                                   # Regression (review): 打不到 before 电话 became 达不到, tagged not_warm
+                                   "喂，你好，我打不到你们维修师傅的电话，一直没人接。"])
 def test_a_false_correction_does_not_tag_a_draft_category(heard: str) -> None:
     """not_warm and leak open a draft work order (speech/jobs.py): a rewritten everyday word must not tag them."""
     glossary = load_glossary()
@@ -149,6 +154,15 @@ def test_keep_words_of_a_custom_glossary(tmp_path: Path) -> None:
     assert load_glossary(with_keep).keep == ("官网",)
     assert corrector_for(load_glossary(with_keep)).correct("你们官网上写的") == "你们官网上写的"
     assert corrector_for(load_glossary(with_keep)).correct("管往漏水") == "管网漏水"
+
+
+def test_a_keep_phrase_with_a_gap_keeps_its_first_part_only_in_its_clause() -> None:
+    """`打不到…电话`: no answer on the phone, whatever stands between; a temperature that does not reach stays
+    corrected in another clause (温度打不到，电话也打不通)."""
+    fix = corrector_for(load_glossary()).correct
+    assert fix("我打不到你们维修师傅的电话") == "我打不到你们维修师傅的电话"
+    assert fix("温度打不到，电话也打不通") == "温度达不到，电话也打不通"
+    assert fix("我这边量的是16度，打不到标准") == "我这边量的是16度，达不到标准"
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -63,6 +63,10 @@ def test_a_shi_that_ends_the_room_number_is_still_shi() -> None:
     # Regression: 两 and 一 that count became dates and floors (2楼之间, 这2月, 同1层).
     "两楼之间的管子", "这两月都不热", "这两日都不热", "两栋楼", "两室一厅",
     "同一层都不热", "每一层", "另一栋楼", "一层灰",
+    # Regression (review): a relative floor, a word's 一, days of the week and a doubled pair became numbers
+    # (上1层, 万1楼上, 每周135, 修得7788了, 1层1层).
+    "上一层的邻居漏水了", "下一层也不热", "万一楼上漏水怎么办", "万一号码不对", "统一日期", "唯一楼梯",
+    "每周一三五回访", "星期二四六", "修得七七八八了", "一层一层地排查",
 ])
 def test_numerals_that_count_stay_words(text: str) -> None:
     assert normalize_numbers(text) == text
@@ -73,6 +77,9 @@ def test_numerals_that_count_stay_words(text: str) -> None:
     ("一二三四五六", "123456"),
     ("二楼和三楼", "2楼和3楼"),
     ("住在一层", "住在1层"),
+    ("住在七七八八号", "住在7788号"),  # a doubled pair with an address mark is a number
+    ("三号楼七七八八", "3号楼7788"),
+    ("我在一楼", "我在1楼"),
 ])
 def test_numbers_next_to_the_new_exceptions_still_become_digits(spoken: str, written: str) -> None:
     assert normalize_numbers(spoken) == written
