@@ -240,6 +240,7 @@ def check_model(*, engine: str, model: str) -> None:
                              "Hugging Face model it was converted from")
         for name in JSON_FILES:
             _check_json(path / name)
+        _check_vocabulary_text(path / "vocabulary.txt")
     elif path.is_file():
         if path.stat().st_size == 0:
             raise ModelError(f"{path} is not an openai-whisper checkpoint (the file is empty)")
@@ -261,6 +262,23 @@ def _check_json(file: Path) -> None:
         why = ("a Git LFS pointer, not the file: run `git lfs pull` in the model's repository"
                if data.startswith(b"version https://git-lfs") else f"not valid JSON ({exc}); copy it again")
         raise ModelError(f"{file} is {why}") from exc
+
+
+def _check_vocabulary_text(file: Path) -> None:
+    """An older converter's `vocabulary.txt` (read when there is no `vocabulary.json`) holds the tokens, one a
+    line: an empty one or a Git LFS pointer passed the check, and every file then failed at its job
+    ("<|startoftranscript|> token was not found")."""
+    if not file.is_file() or file.with_suffix(".json").is_file():
+        return
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    if data.startswith(b"version https://git-lfs"):
+        raise ModelError(f"{file} is a Git LFS pointer, not the file: run `git lfs pull` in the model's repository")
+    if b"<|startoftranscript|>" not in data:
+        raise ModelError(f"{file} holds no Whisper vocabulary (no <|startoftranscript|> token in its "
+                         f"{len(data)} bytes); copy it again")
 
 
 def resolve_model(*, engine: str, model: str, data_dir: Path) -> ModelRef:

@@ -144,8 +144,16 @@ def test_a_model_json_file_that_does_not_parse_is_refused_at_start(tmp_path: Pat
 
 def test_an_older_conversion_with_vocabulary_txt_passes(tmp_path: Path) -> None:
     """ct2-transformers-converter before CTranslate2 3.x wrote vocabulary.txt; CTranslate2 still loads it."""
-    model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json", "tokenizer.json", "vocabulary.txt"))
+    model = _ct2_dir(tmp_path / "ct2", seed=0, files=("config.json", "tokenizer.json"))
+    vocabulary = model / "vocabulary.txt"
+    vocabulary.write_text("!\n\"\n<|endoftext|>\n<|startoftranscript|>\n<|zh|>\n", "utf-8")
     check_model(engine="faster-whisper", model=str(model))
+    # Regression (review): an empty one (or a Git LFS pointer) passed, and every file then failed at its job.
+    for content, why in ((b"", "holds no Whisper vocabulary"),
+                         (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "Git LFS pointer")):
+        vocabulary.write_bytes(content)
+        with pytest.raises(ModelError, match=why):
+            check_model(engine="faster-whisper", model=str(model))
 
 
 def test_a_faster_whisper_transcriber_is_never_built_on_an_incomplete_dir(tmp_path: Path,
