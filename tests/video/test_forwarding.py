@@ -55,7 +55,10 @@ def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live
             # 2.0 s among ~95 ms ones in a later CI run). A relay that held frames back would delay most of them.
             late = [ms for ms in video.latencies_ms[3:] if ms >= 1000]
             assert len(late) <= len(video.latencies_ms) // 20, sorted(video.latencies_ms)
-            assert statistics.median(video.latencies_ms) < 200
+            # A relay holding frames back (buffering, a blocked loop) would push the median past a second; the
+            # number itself is the bench's (it measured ~95 ms here, and 240-360 ms on a core shared with other
+            # work, where a bound of 200 ms failed a correct relay: a review).
+            assert statistics.median(video.latencies_ms) < 1000
             audio, = steward.tracks("audio")
             assert audio.peak > 3000  # the resident's tone, forwarded as Opus packets
             audio_slot = room.slot(Role.resident, "audio")
@@ -63,7 +66,7 @@ def test_a_late_subscriber_starts_on_a_keyframe_the_publisher_was_asked_for(live
             assert audio_slot.frames_in == 0  # the recorder muxes the Opus packets as they came
             stats = (await app.http.get("/api/v1/video/relay", headers=world.headers(world.supervisor))).json()
             assert stats["modes"] == ["forward"] and stats["latency_ms"]["count"] > 0
-            assert stats["latency_ms"]["p50"] < 50
+            assert 0 <= stats["latency_ms"]["p50"] < 1000  # the relay's own hop; its speed is the bench's
             forbidden = await app.http.get("/api/v1/video/relay", headers=world.headers(world.steward_a))
             assert forbidden.status_code == 403
             for client in (resident, steward):
