@@ -76,6 +76,14 @@ class ProxyTrack(MediaStreamTrack):
         self._awaiting_keyframe = self.kind == "video"  # every Opus packet stands on its own
         self._own_keyframe = aiortc_hooks.redirect_keyframe_requests(sender, self._keyframe_requested)
 
+    def restart_stream(self) -> None:
+        """The slot's publisher changed: forwarded video starts again at the new stream's keyframe (asked for at
+        once); what is queued of the old stream is dropped."""
+        if self.forwarding and self.kind == "video":
+            self._packets.clear()
+            self._awaiting_keyframe, self._keyframe_asked_at = True, 0.0
+        self._ready.set()
+
     def _keyframe_requested(self) -> None:
         if self._sent_packets and self._slot is not None:
             self._slot.request_keyframe()

@@ -106,6 +106,12 @@ class SourceSlot:
         if tap is not None:
             self._tap, self._keyframes = tap, KeyframeRequests(tap.request_keyframe)
             tap.set_handler(self._on_encoded)
+        if self.forward:
+            # Another publisher's stream (a rejoin replaces the old one at once, no placeholder between): each
+            # subscriber starts it at its keyframe and asks for one. It was sent the new stream's delta frames,
+            # decoded against the old stream's pictures, until a keyframe happened to come.
+            for proxy in self._proxies:
+                proxy.restart_stream()
         self._task = asyncio.create_task(self._pump(track), name=f"pump-{self.name}")
         self._signal()
 

@@ -233,3 +233,77 @@ def test_a_publisher_track_that_ends_by_itself_lets_its_receiver_go() -> None:
         assert tap.handler is tracks._drop  # nothing piles up for the ended track
         slot.detach(track)  # type: ignore[arg-type]  # the participant's own detach later: harmless
     run(scenario())
+
+
+def test_a_rejoining_publishers_stream_starts_at_its_keyframe_for_each_subscriber() -> None:
+    """Regression (review): a rejoin (newest wins) replaced the publisher at once, with no placeholder between,
+    and a subscriber was sent the new stream's delta frames, decoded against the old stream's pictures, with
+    no keyframe asked of the new publisher (whose first one was lost on the way). It waits for the new stream's
+    keyframe, asking for one, as after a leave and a join."""
+    from video.aiortc_hooks import EncodedFrame
+    from video.forwarding import black_vp8_keyframe
+
+    key = black_vp8_keyframe() + b"\x00"  # the publisher's, told apart from a placeholder
+    delta = b"\x01" + key[1:]  # VP8: the first bit clear is a keyframe
+
+    class Idle:
+        kind = "video"
+
+        async def recv(self) -> None:
+            await asyncio.sleep(3600)
+
+    class Tap:
+        def __init__(self) -> None:
+            self.handler: object = None
+            self.asked = 0
+
+        def set_handler(self, handler: object) -> None:
+            self.handler = handler
+
+        async def request_keyframe(self) -> int:
+            self.asked += 1
+            return 1
+
+        def send(self, data: bytes, ts: int) -> None:
+            self.handler(EncodedFrame("video/vp8", data, ts))  # type: ignore[operator]
+
+    class Sender:
+        def _send_keyframe(self) -> None:
+            pass
+
+    async def scenario() -> tuple[list[bool], int]:
+        slot = tracks.SourceSlot("resident-video", "video", forward=True)
+        proxy = slot.subscribe()
+        proxy.forward(Sender(), packets_only=True)
+        proxy.settled = True
+        old = Tap()
+        slot.attach(Idle(), old)  # type: ignore[arg-type]
+        got: list[tuple[bool, bytes]] = []
+
+        async def subscriber() -> None:
+            while True:
+                sent = await proxy.recv()
+                got.append((sent.is_keyframe, bytes(sent)))  # type: ignore[union-attr]
+
+        reader = asyncio.ensure_future(subscriber())
+        ts = 0
+        old.send(key, ts)
+        for _ in range(6):
+            await asyncio.sleep(0.04)
+            ts += 3600
+            old.send(delta, ts)
+        await asyncio.sleep(0.05)
+        before = len(got)
+        new = Tap()
+        slot.attach(Idle(), new)  # type: ignore[arg-type]  # the rejoin: Room.connect publishes the newcomer
+        ts = 0
+        for _ in range(20):  # its first keyframe was lost; it sends one once asked
+            await asyncio.sleep(0.04)
+            ts += 3600
+            new.send(key if new.asked else delta, ts)
+        await asyncio.sleep(0.1)
+        reader.cancel()
+        return [is_key for is_key, data in got[before:] if data in (key, delta)], new.asked
+
+    forwarded, asked = asyncio.run(scenario())
+    assert asked >= 1 and forwarded and forwarded[0] is True, (forwarded, asked)
