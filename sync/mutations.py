@@ -484,11 +484,11 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
         raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
                        rules.not_deletable)
     rules.may_delete(ctx, row)
-    if base_version is not None and base_version > _version_after_flush(ctx, row):
+    if base_version is not None and base_version > (version := _version_after_flush(ctx, row)):
         # As for an update: a version the row never had (a device whose copy is ahead of a restored database).
         # Applied, the delete lost the server's row with no line in the conflict log to put it back from.
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
-                                               f"version {_version_after_flush(ctx, row)}.")
+                                               f"version {version}.")
     conflicts = []
     if base_version is not None and not spec.append_only:
         foreign = changed_since(spec, row, base_version, ctx.client_id)

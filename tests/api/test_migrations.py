@@ -220,6 +220,16 @@ def test_0014_cleans_the_names_stored_before_input_was_cleaned(empty_engine: Eng
         assert (a.room, a.version, twin.room) == ("６０２", 1, "602")  # two rows for one flat: left for the office
 
 
+def _stored(session: Session, station: Station, building: Building) -> Building:
+    """A station and one of its buildings, as an old release stored them (flushed)."""
+    session.add(station)
+    session.flush()
+    building.station_id = station.id
+    session.add(building)
+    session.flush()
+    return building
+
+
 def test_0014_leaves_a_required_name_that_would_clean_to_nothing(empty_engine: Engine) -> None:
     """Regression: a unit typed as a lone full-width space (or a station named by a zero-width space) became
     `""`, which the API's own models refuse: every list holding the row answered 500. Such rows stay as
@@ -227,11 +237,7 @@ def test_0014_leaves_a_required_name_that_would_clean_to_nothing(empty_engine: E
     migrate.upgrade(empty_engine, "0013")
     with Session(empty_engine, expire_on_commit=False) as session:
         station = Station(code="HS-OLD-02", name="\u200b", district="历下区 ")
-        session.add(station)
-        session.flush()
-        building = Building(station_id=station.id, community="旧改小区", number="\u3000")
-        session.add(building)
-        session.flush()
+        building = _stored(session, station, Building(community="旧改小区", number="\u3000"))
         household = Household(building_id=building.id, unit="\u3000", room="１０１", area_m2=80)
         session.add(household)
         session.commit()
@@ -254,12 +260,8 @@ def test_0014_leaves_a_value_that_would_clean_longer_than_its_column(empty_engin
     every list holding the household answered 500. Such rows stay as stored, for the office to correct."""
     migrate.upgrade(empty_engine, "0013")
     with Session(empty_engine, expire_on_commit=False) as session:
-        station = Station(code="HS-OLD-03", name="旧站", district="历下区")
-        session.add(station)
-        session.flush()
-        building = Building(station_id=station.id, community="旧改小区", number="12")
-        session.add(building)
-        session.flush()
+        building = _stored(session, Station(code="HS-OLD-03", name="旧站", district="历下区"),
+                           Building(community="旧改小区", number="12"))
         long = Household(building_id=building.id, unit="1", room="1201⑴⑵⑶", area_m2=80)
         fine = Household(building_id=building.id, unit="２", room="３０１ ", area_m2=80)
         session.add_all([long, fine])

@@ -18,7 +18,7 @@ from api.notices.models import Notice, NoticeDelivery
 from api.notices.sms import LoggingSender
 from api.proactive.models import DeliveryStatus
 from api.settings import Settings
-from tests.api.proactive.helpers import day_text, local
+from tests.api.proactive.helpers import SlowGateway, day_text, local
 from tests.utils.asserts import assert_error, count_rows, db_state, reread
 from tests.utils.factories import World, make_building, make_household, make_notice, make_station, random_id
 
@@ -616,31 +616,21 @@ def test_a_long_retry_run_of_a_notice_stops_at_the_quiet_hours_and_at_the_fillin
                      notice=reread(session, Notice, notice.id), now=failed_at)
         return notice
 
-    sent_at: list[datetime] = []
-
-    class Slow:
-        def __init__(self, start: datetime) -> None:
-            self.start = start
-
-        def send(self, phone: str, text: str) -> bool:
-            sent_at.append(self.start + offset["t"])
-            offset["t"] += timedelta(minutes=1)
-            return True
-
     first = backlog(local(10, 17), local(3, 15))
-    proactive.run(session=session, settings=quiet, sender=Slow(local(3, 20, 58)), now=local(3, 20, 58))
-    assert len(sent_at) == 2 and not any(proactive.quiet_hours(quiet, at) for at in sent_at)
+    gateway = SlowGateway(local(3, 20, 58), offset)
+    proactive.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 2 and not any(proactive.quiet_hours(quiet, at) for at in gateway.at)
     assert reread(session, Notice, first.id).sent_count == 2  # the rest still due, for the morning
     for row in session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == first.id)).all():
         session.delete(row)
     session.delete(reread(session, Notice, first.id))
     session.commit()
 
-    sent_at.clear()
     offset["t"] = timedelta(0)
     second = backlog(local(12, 17), local(12, 10))
-    proactive.run(session=session, settings=quiet, sender=Slow(local(12, 16, 58)), now=local(12, 16, 58))
-    assert len(sent_at) == 2 and all(at < local(12, 17) for at in sent_at)
+    gateway = SlowGateway(local(12, 16, 58), offset)
+    proactive.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 2 and all(at < local(12, 17) for at in gateway.at)
     rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == second.id)).all()
     assert {r.reason for r in rows if r.status == DeliveryStatus.skipped} == {"event_passed"}
     assert not [r for r in rows if r.status == DeliveryStatus.failed]

@@ -104,3 +104,16 @@ def later_season(years: int = 1) -> tuple[str, dict[str, str]]:
     body = {name: shift(datetime.fromisoformat(ts)).isoformat() for name, ts in calendar_body().items()}
     first = int(SEASON[:4]) + years
     return f"{first}-{first + 1}", body
+
+
+class SlowGateway:
+    """Takes a minute per SMS (the delivery clock moves on a minute each): what a backlog on a slow gateway does
+    to a run that started at a fixed `now`. Records the local time of each SMS."""
+
+    def __init__(self, start: datetime, offset: dict[str, timedelta]) -> None:
+        self.start, self.offset, self.at = start, offset, []
+
+    def send(self, phone: str, text: str) -> bool:
+        self.at.append(self.start + self.offset["t"])
+        self.offset["t"] += timedelta(minutes=1)
+        return True

@@ -22,6 +22,7 @@ from tests.api.proactive.helpers import (
     FILL_END,
     FILL_START,
     SEASON,
+    SlowGateway,
     assert_error,
     calendar_body,
     create_campaign,
@@ -458,19 +459,6 @@ def test_a_number_the_office_removed_leaves_the_delivery_stewards_read(client: T
     assert [(d["phone"], d["status"]) for d in rows["data"]] == [("13900000077", "sent")]
 
 
-class _SlowGateway:
-    """Takes a minute per SMS (the delivery clock moves on a minute each): what a backlog on a slow gateway does
-    to a run that started at a fixed `now`. Records the local time of each SMS."""
-
-    def __init__(self, start: datetime, offset: dict[str, timedelta]) -> None:
-        self.start, self.offset, self.at = start, offset, []
-
-    def send(self, phone: str, text: str) -> bool:
-        self.at.append(self.start + self.offset["t"])
-        self.offset["t"] += timedelta(minutes=1)
-        return True
-
-
 def _backlog(client: TestClient, session: Session, world: World, settings: Settings, at: datetime) -> Campaign:
     """A campaign whose first send failed for everyone at `at` (the gateway down): all its retries are due."""
     for i in range(8):
@@ -500,12 +488,12 @@ def test_a_long_periodic_run_stops_at_the_quiet_hours_and_at_the_events_end(
     due = campaign.pending_count
     offset = {"t": timedelta(0)}
     monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
-    gateway = _SlowGateway(local(1, 20, 57), offset)
+    gateway = SlowGateway(local(1, 20, 57), offset)
     service.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
     assert len(gateway.at) == 3 and not any(service.quiet_hours(quiet, at) for at in gateway.at)
     assert reread(session, campaign.id).pending_count == due - 3  # the rest wait for the morning
     offset["t"] = timedelta(0)
-    morning = _SlowGateway(local(2, 8, 0), offset)
+    morning = SlowGateway(local(2, 8, 0), offset)
     service.run(session=session, settings=quiet, sender=morning, now=morning.start)
     assert len(morning.at) == due - 3 and reread(session, campaign.id).status == CampaignStatus.completed
 
@@ -522,7 +510,7 @@ def test_a_long_periodic_run_gives_up_once_the_filling_it_announces_is_over(
     campaign = _backlog(client, session, world, plain, FILL_END - timedelta(hours=5))
     offset = {"t": timedelta(0)}
     monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
-    gateway = _SlowGateway(FILL_END - timedelta(minutes=3), offset)
+    gateway = SlowGateway(FILL_END - timedelta(minutes=3), offset)
     service.run(session=session, settings=plain, sender=gateway, now=gateway.start)
     assert len(gateway.at) == 3 and all(at < FILL_END for at in gateway.at)
     rows = session.exec(select(CampaignDelivery).where(CampaignDelivery.campaign_id == campaign.id)).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -120,6 +121,30 @@ def test_a_building_made_only_of_an_open_riser_adds_nothing_and_old_complaints_l
     assert _run(client, world)["clusters_opened"] == 0  # outside the sliding window
 
 
+def _two_at_once(engine: Engine, evaluate: Callable[[Session], object]) -> list[object]:
+    """Run `evaluate` in two threads at once, each with its own session; what each returned (any exception
+    fails the test)."""
+    start = threading.Barrier(2)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                start.wait()
+                results.append(evaluate(s))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    return results
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_concurrent_evaluations_open_one_order_on_postgresql(engine: Engine, session: Session, world: World,
                                                                   settings: Settings, attempt: int,
@@ -129,7 +154,6 @@ def test_two_concurrent_evaluations_open_one_order_on_postgresql(engine: Engine,
     homes = _riser(session, world, 3)
     for home in homes:
         make_work_order(session, home, category=Category.not_warm)
-    start = threading.Barrier(2)
     # Both evaluations decide to open the group before either writes: the constraint must settle it.
     both_decided = threading.Barrier(2, timeout=30)
     outcomes: list[object] = []
@@ -142,25 +166,12 @@ def test_two_concurrent_evaluations_open_one_order_on_postgresql(engine: Engine,
         return row
 
     monkeypatch.setattr(clusters, "_open_group", racing_open)
-    reports: list[object] = []
-    errors: list[BaseException] = []
 
-    def evaluate() -> None:
-        try:
-            with Session(engine, expire_on_commit=False) as s:
-                start.wait()
-                found = clusters.signals(s, settings, utcnow())
-                assert len(found) == 3  # both read the group before either opens it
-                reports.append(clusters.evaluate_clusters(session=s, settings=settings, now=utcnow()))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+    def evaluate(s: Session) -> object:
+        assert len(clusters.signals(s, settings, utcnow())) == 3  # both read the group before either opens it
+        return clusters.evaluate_clusters(session=s, settings=settings, now=utcnow())
 
-    threads = [threading.Thread(target=evaluate) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    reports = _two_at_once(engine, evaluate)
     assert sorted(r[0] for r in reports) == [0, 1]  # type: ignore[index]
     assert len(outcomes) == 2 and sum(o is None for o in outcomes) == 1  # the loser hit the unique open_key
     assert len(_proactive(session)) == 1
@@ -176,7 +187,7 @@ def test_the_loser_of_a_race_opens_no_wider_group_of_the_same_households_on_post
         pytest.skip("SQLite has one writer; evaluations in one process take turns (service._sqlite_turn)")
     for home in _riser(session, world, 5):
         make_work_order(session, home, category=Category.not_warm)
-    start, both_decided = threading.Barrier(2), threading.Barrier(2, timeout=30)
+    both_decided = threading.Barrier(2, timeout=30)
     real_open, first = clusters._open_group, set()
 
     def racing_open(*args: object, **kw: object) -> object:
@@ -186,22 +197,7 @@ def test_the_loser_of_a_race_opens_no_wider_group_of_the_same_households_on_post
         return real_open(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(clusters, "_open_group", racing_open)
-    errors: list[BaseException] = []
-
-    def evaluate() -> None:
-        try:
-            with Session(engine, expire_on_commit=False) as s:
-                start.wait()
-                clusters.evaluate_clusters(session=s, settings=settings, now=utcnow())
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=evaluate) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    _two_at_once(engine, lambda s: clusters.evaluate_clusters(session=s, settings=settings, now=utcnow()))
     session.expire_all()
     assert [r.kind for r in session.exec(select(ProactiveOrder)).all()] == [ProactiveKind.riser]
     assert session.exec(select(func.count()).select_from(ProactiveMember)).one() == 5
