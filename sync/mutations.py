@@ -22,10 +22,10 @@ from sqlmodel import Session, col, select
 from api import access
 from api.db import BOOKKEEPING_FIELDS
 from api.settings import Settings
-from api.users.models import User
+from api.users.models import Role, User
 from sync import tracking
 from sync.models import Tombstone
-from sync.pull import tombstone_route
+from sync.pull import caller, tombstone_route
 from sync.registry import BY_NAME, SyncTable, spec_of
 from sync.rules import ConflictEntry, Rejected, only, rules_for, shown, validate
 
@@ -109,21 +109,16 @@ class Context:
         """Rows by id, each with whether the caller may see it: one query per chunk, the visibility clause
         answered as a column of the same rows (a second query for it cost 2.5 ms a table per push)."""
         name = spec.name
-        # Else SQLite may answer the visibility from its own indexes (the whole grid) rather than test the
-        # rows' values: behind a CASE it is only a value.
-        may_see = literal(True) if self.office else case((spec.visible(self.user), literal(True)), else_=literal(False))
+        stmt = _load_statement(name, self.user.role, self.office, orm, self.dialect)
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
+            params = {"caller_id": self.user.id, "ids": chunk}
             if orm:
-                pairs: Sequence[Any] = self.session.exec(
-                    select(spec.model, may_see.label("sync_visible")).where(self._among(spec.model.id, chunk))).all()
+                pairs: Sequence[Any] = self.session.exec(stmt, params=params).all()
                 rows: list[Any] = [row for row, _ in pairs]
                 visible = {row.id for row, ok in pairs if ok}
-            else:
-                # The row's columns and the visibility flag; rules read the columns by name.
-                rows = list(self.session.connection().execute(
-                    core_select(spec.table, may_see.label("sync_visible")).where(
-                        self._among(spec.table.c.id, chunk))))
+            else:  # the row's columns and the visibility flag; rules read the columns by name
+                rows = list(self.session.connection().execute(stmt, params))
                 visible = {row.id for row in rows if row.sync_visible}
             found = {row.id for row in rows}
             self._rows |= {(name, row.id): row for row in rows}
@@ -154,13 +149,6 @@ class Context:
     @property
     def dialect(self) -> str:
         return self.session.get_bind().dialect.name
-
-    def _among(self, column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
-        """`column IN ids`; on PostgreSQL as `= ANY(array)`, one parameter (the driver does not parse
-        and cache a statement with hundreds of placeholders on every push)."""
-        if self.dialect == "postgresql":
-            return col(column) == any_(bindparam(None, list(ids), type_=ARRAY(Uuid())))
-        return col(column).in_(list(ids))
 
     def get(self, spec: SyncTable, id: uuid.UUID) -> Any | None:
         key = (spec.name, id)
@@ -196,12 +184,9 @@ class Context:
 
     def _gone(self, name: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
         """The tombstones of these ids: each with whether its delete is routed to the caller's devices."""
-        tomb = Tombstone.__table__.c  # type: ignore[attr-defined]
-        routed = literal(True) if self.office else case((tombstone_route(self.user), literal(True)),
-                                                        else_=literal(False))
-        stmt = core_select(tomb.row_id, routed.label("routed")).where(tomb.table_name == name,
-                                                                      self._among(tomb.row_id, ids))
-        return {row.row_id: bool(row.routed) for row in self.session.connection().execute(stmt)}
+        stmt = _gone_statement(name, self.user.role, self.office, self.dialect)
+        rows = self.session.connection().execute(stmt, {"caller_id": self.user.id, "ids": ids})
+        return {row.row_id: bool(row.routed) for row in rows}
 
     def tombstone(self, spec: SyncTable, id: uuid.UUID) -> bool | None:
         """Whether the row was deleted: True when the caller could see it (its delete reaches their devices),
@@ -210,6 +195,38 @@ class Context:
         if self._tombstones is not None and (key in self._tombstones or key in self._foreign or key in self._missing):
             return True if key in self._tombstones else False if key in self._foreign else None
         return self._gone(spec.name, [id]).get(id)
+
+
+def _among(column: Any, dialect: str) -> ColumnElement[bool]:
+    """`column IN :ids`; on PostgreSQL as `= ANY(:ids)`, one array parameter (the driver does not parse and
+    cache a statement with hundreds of placeholders on every push)."""
+    if dialect == "postgresql":
+        return col(column) == any_(bindparam("ids", type_=ARRAY(Uuid())))
+    return col(column).in_(bindparam("ids", expanding=True))
+
+
+# A push's lookups, built once per shape with the caller's id and the ids as bind parameters (`caller_id`,
+# `ids`). Built for every table of every push, the visibility clauses cost SQLAlchemy more to construct and to
+# key for its compiled cache than the database took to answer them (as the pull's delta, `pull.caller`).
+@cache
+def _load_statement(name: str, role: Role, office: bool, orm: bool, dialect: str) -> Any:
+    """Rows of table `name` by id, with whether the caller may see each (`sync_visible`). Else SQLite may
+    answer the visibility from its own indexes (the whole grid) rather than test the rows' values: behind a
+    CASE it is only a value."""
+    spec = BY_NAME[name]
+    may_see = literal(True) if office else case((spec.visible(caller(role)), literal(True)), else_=literal(False))
+    if orm:
+        return select(spec.model, may_see.label("sync_visible")).where(_among(spec.model.id, dialect))
+    return core_select(spec.table, may_see.label("sync_visible")).where(_among(spec.table.c.id, dialect))
+
+
+@cache
+def _gone_statement(name: str, role: Role, office: bool, dialect: str) -> Any:
+    """The tombstones of table `name` by row id, with whether each delete is routed to the caller (`routed`)."""
+    tomb = Tombstone.__table__.c  # type: ignore[attr-defined]
+    routed = literal(True) if office else case((tombstone_route(caller(role)), literal(True)), else_=literal(False))
+    return core_select(tomb.row_id, routed.label("routed")).where(tomb.table_name == name,
+                                                                  _among(tomb.row_id, dialect))
 
 
 def wanted_rows(mutations: Iterable[tuple[str, uuid.UUID, dict[str, Any]]]

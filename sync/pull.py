@@ -272,19 +272,21 @@ _COUNTED = tuple(t for t, spec in enumerate(TABLES) if _row_by_row(spec))  # the
 
 @dataclass(frozen=True)
 class _Caller:
-    """Who pulls, as the visibility clauses read them (`id`, `role`), with the id a bind parameter: the delta's
-    statements are then built once per shape and reused for every caller of that role."""
+    """Who pulls or pushes, as the visibility clauses read them (`id`, `role`), with the id a bind parameter
+    (`caller_id`): the delta's statements, and a push's lookups, are then built once per shape and reused for
+    every caller of that role."""
 
     id: Any
     role: Role
 
 
-_DELTA_USER = bindparam("delta_user", type_=Uuid())
+_CALLER_ID = bindparam("caller_id", type_=Uuid())
 
 
 @functools.cache
-def _caller(role: Role) -> Any:
-    return _Caller(id=_DELTA_USER, role=role)
+def caller(role: Role) -> Any:
+    """The stand-in user of `role` whose id is the bind parameter `caller_id`."""
+    return _Caller(id=_CALLER_ID, role=role)
 
 
 def _position_kind(state: Cursor, t: int) -> int:
@@ -314,7 +316,7 @@ def _delta_statement(t: int, dialect: str, role: Role, row_by_row: bool, positio
     SQLAlchemy more to construct and to key for its compiled cache than the database took to answer them."""
     spec = TABLES[t]
     c = spec.table.c
-    user = _caller(role)
+    user = caller(role)
     if row_by_row:
         assert spec.own is not None
         visible = or_(access.household_row_clause(user, c.household_id), spec.own(user))
@@ -335,7 +337,7 @@ def _tombstone_statement(t: int, dialect: str, role: Role, position: int, mine: 
     """The select of table t's tombstones after a delta position (as `_delta_statement`)."""
     tomb = _columns(Tombstone)
     row_id, _ = wire(tomb.row_id, dialect)
-    route = tombstone_route(_caller(role))
+    route = tombstone_route(caller(role))
     return (select(tomb.seq, row_id)
             .where(tomb.table_name == TABLES[t].name, tomb.seq <= bindparam("delta_head", type_=tomb.seq.type),
                    _position_clause(position, tomb.seq, tomb.row_id), route,
@@ -350,7 +352,7 @@ def _delta_step(feed: Feed, page: Page, state: Cursor) -> tuple[Cursor, bool]:
         return state, True
     want = page.room + 1
     mine = state.client_id is not None
-    params = {"delta_user": feed.user.id, "delta_head": feed.head, "delta_seq": state.seq, "delta_row": state.row,
+    params = {"caller_id": feed.user.id, "delta_head": feed.head, "delta_seq": state.seq, "delta_row": state.row,
               "delta_client": state.client_id, "delta_want": want}
     role = feed.user.role
     items: list[tuple[int, int, str, Any]] = []
