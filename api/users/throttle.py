@@ -19,6 +19,7 @@ from api.settings import Settings
 from api.users.models import LoginThrottle
 
 _KEY_LENGTH = 250
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix of IPv4 clients behind a translator
 
 
 class TooManyAttempts(DomainError):
@@ -33,7 +34,9 @@ def _key(kind: str, value: str) -> str:
 def _address_key(kind: str, address: str) -> str:
     """The key of a client address. An IPv6 client counts by its /64, the block one host or subscriber line
     is given (RFC 6177): keyed by the whole address, one host sent each guess from another of its 2^64
-    addresses and no per-address limit ever applied. An IPv4-mapped IPv6 address counts as its IPv4."""
+    addresses and no per-address limit ever applied. An IPv4-mapped IPv6 address counts as its IPv4, and so
+    does one under the NAT64 prefix `64:ff9b::/96` (RFC 6052): behind a translator, every IPv4 client shared
+    one /64 and one client's failures locked out all the others."""
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
@@ -41,6 +44,8 @@ def _address_key(kind: str, address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return _key(kind, str(ip.ipv4_mapped))
+        if ip in _NAT64:
+            return _key(kind, str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
         return _key(kind, str(ipaddress.IPv6Network((ip, 64), strict=False)))
     return _key(kind, str(ip))
 
@@ -76,7 +81,9 @@ def _count(session: Session, key: str, *, now: datetime, window_s: float, lock_a
     stmt = upsert.on_conflict_do_update(index_elements=[table.c.key], set_={
         "count": new_count,
         "window_start": case((expired, now_), else_=table.c.window_start),
-        "locked_until": case((holding, table.c.locked_until), (new_count >= lock_at, lock),
+        # A new window clears a lock that has ended: left standing, it kept `ended` true at every later
+        # attempt, each restarted the count at 1, and the name or address never locked again.
+        "locked_until": case((holding, table.c.locked_until), (new_count >= lock_at, lock), (expired, None),
                              else_=table.c.locked_until),
         "expires_at": literal(expires, UTCDateTime),
     }).returning(table.c.count, table.c.locked_until)

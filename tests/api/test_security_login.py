@@ -122,6 +122,38 @@ def test_an_attempt_refused_by_the_rate_does_not_move_its_lock(api: TestClient, 
     assert sign_in(api, world.admin.username, PASSWORD).status_code == 200
 
 
+def test_a_name_locks_again_after_its_first_lock_ended(limits: Settings, engine: Engine, world: World,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regression: the row kept the ended lock's time, so every later attempt counted as the first of a new
+    window: after one lockout had run out, wrong passwords on that name were verified without end."""
+    clock = {"now": utcnow()}
+    monkeypatch.setattr(throttle, "utcnow", lambda: clock["now"])
+    name = world.steward_a.username
+    per_name_only = limits.model_copy(update={"login_max_failures_per_ip": 1000})
+    with TestClient(create_app(per_name_only, engine=engine), raise_server_exceptions=False) as api:
+        def attempt(password: str) -> Any:
+            clock["now"] += timedelta(seconds=10)  # under the per-address rate (12 a minute)
+            return sign_in(api, name, password)
+
+        for _ in range(2):
+            for _ in range(3):
+                assert_error(attempt("wrong-password"), 401, "invalid_credentials")
+            assert_error(attempt(PASSWORD), 429, "too_many_attempts")
+            clock["now"] += timedelta(seconds=601)  # the lock ends
+        assert attempt(PASSWORD).status_code == 200
+
+
+def test_the_rate_limits_again_after_its_first_lock_ended(api: TestClient, world: World,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regression: after the address's first rate lock had ended, every attempt restarted its minute."""
+    clock = {"now": utcnow()}
+    monkeypatch.setattr(throttle, "utcnow", lambda: clock["now"])
+    for _ in range(2):
+        answers = [sign_in(api, world.admin.username, PASSWORD).status_code for _ in range(14)]
+        assert answers == [200] * 12 + [429] * 2
+        clock["now"] += timedelta(seconds=61)
+
+
 def _from(app: Any) -> Any:
     """The app as a peer at the address `x-peer` names would reach it (uvicorn sets the ASGI client so)."""
 
@@ -150,6 +182,11 @@ def test_an_ipv6_host_is_counted_by_its_64(limits: Settings, engine: Engine, wor
             assert_error(guess("::ffff:203.0.113.7" if i % 2 else "203.0.113.7", f"guess{i}"), 401,
                          "invalid_credentials")
         assert_error(guess("::ffff:203.0.113.7", world.admin.username, PASSWORD), 429, "too_many_attempts")
+        # Behind a NAT64 translator each IPv4 client keeps its own count (they share one /64 there).
+        for i in range(5):
+            assert_error(guess("64:ff9b::c633:6407", f"guess{i}"), 401, "invalid_credentials")  # 198.51.100.7
+        assert_error(guess("198.51.100.7", world.admin.username, PASSWORD), 429, "too_many_attempts")
+        assert guess("64:ff9b::c633:6408", world.admin.username, PASSWORD).status_code == 200
 
 
 def test_a_malformed_sign_in_is_422_and_a_nul_in_the_name_is_no_500(api: TestClient, world: World) -> None:
