@@ -119,6 +119,12 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     if row_id is None:
         return _Pending(_rejected(m, "invalid_id", f"{shown(m.id)} is not a UUID."))
     before = ctx.get(spec, row_id)
+    if not savepoint and _written(session, before):
+        # Written by an earlier mutation of the batch: flushed first, as the savepoint path flushes after each
+        # mutation, so the row's version steps once per mutation on both paths. Flushed once at the end, a
+        # third update of one row from base, base+1, base+2 was refused (`invalid_base_version`) on the fast
+        # path and applied on the other, and the device dropped its last edit.
+        session.flush()
     server_version = before.version if before is not None else None
     targets: set[tuple[str, uuid.UUID]] = session.info.setdefault(TARGETS, set())
     if savepoint:
@@ -168,6 +174,14 @@ def _run(session: Session, ctx: mutations.Context, m: Mutation, *, savepoint: bo
     else:
         ctx.created(spec, outcome.row)
     return _Pending(_result(m, outcome.status, reason=outcome.reason, message=outcome.message), spec, outcome.row)
+
+
+def _written(session: Session, row: Any | None) -> bool:
+    """Whether the batch has changed the ORM row and not flushed it yet (created, or changed in memory)."""
+    if row is None or isinstance(row, mutations.StagedRow):
+        return False
+    state = inspect(row)
+    return bool(state.pending or (state.persistent and session.is_modified(row, include_collections=False)))
 
 
 def _apply(session: Session, ctx: mutations.Context, body: PushRequest, last: int, *, savepoints: bool

@@ -102,20 +102,42 @@ def test_two_full_writes_of_a_note_after_its_visits_delete_both_apply(
 
 
 @PATHS
-def test_two_updates_of_a_row_with_increasing_base_versions_both_apply(
+def test_updates_of_a_row_with_increasing_base_versions_all_apply(
         district: District, device: Callable[..., Device], monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """The fast path compared the second update's base_version with the row's version before the batch's flush
-    and refused it (`invalid_base_version`); the savepoint path, flushed after the first, applied it."""
+    and refused it (`invalid_base_version`); the savepoint path, flushed after the first, applied it. Then a third
+    from base+2 was refused on the fast path alone (its one flush stepped the version once), and the device's
+    last edit was lost: the row's version now steps once per mutation on both paths."""
     _path(path, monkeypatch)
     d = device(district.steward1)
     d.pull()
     v = str(district.visit1.id)
     base = d.rows["visits"][v]["version"]
-    batch = [{"table": "visits", "op": "update", "id": v, "base_version": base, "fields": {"actions": "a"}},
-             {"table": "visits", "op": "update", "id": v, "base_version": base + 1, "fields": {"actions": "b"}},
-             {"table": "visits", "op": "update", "id": v, "base_version": base + 3, "fields": {"actions": "c"}}]
+    batch = [{"table": "visits", "op": "update", "id": v, "base_version": base + k, "fields": {"actions": text}}
+             for k, text in ((0, "a"), (1, "b"), (2, "c"), (4, "e"))]
     if path == "savepoints":
         batch.append(_failing_reading(district))
     answer = d.send(d.push_body([m | {"mutation_id": 1 + n} for n, m in enumerate(batch)]))
-    assert _statuses(answer)[:3] == [("applied", None), ("applied", None), ("rejected", "invalid_base_version")]
-    assert answer["results"][1]["record"]["actions"] == "b"
+    assert _statuses(answer)[:4] == [("applied", None)] * 3 + [("rejected", "invalid_base_version")]
+    assert answer["results"][2]["record"]["actions"] == "c"
+    assert answer["results"][2]["record"]["version"] == base + 3
+
+
+@PATHS
+def test_a_row_created_then_updated_from_each_version_it_passes_through(
+        district: District, device: Callable[..., Device], monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """A regression of the fast path, as above: created and updated from versions 1 and 2 in one batch, the
+    second update was refused there and applied on the savepoint path."""
+    _path(path, monkeypatch)
+    d = device(district.steward1)
+    d.pull()
+    visit = str(uuid.uuid4())
+    batch = [{"table": "visits", "op": "upsert", "id": visit, "base_version": None,
+              "fields": {"household_id": str(district.h1a.id), "arrived_at": T0}},
+             {"table": "visits", "op": "update", "id": visit, "base_version": 1, "fields": {"actions": "b"}},
+             {"table": "visits", "op": "update", "id": visit, "base_version": 2, "fields": {"actions": "c"}}]
+    if path == "savepoints":
+        batch.append(_failing_reading(district))
+    answer = d.send(d.push_body([m | {"mutation_id": 1 + n} for n, m in enumerate(batch)]))
+    assert _statuses(answer)[:3] == [("applied", None)] * 3
+    assert (answer["results"][2]["record"]["actions"], answer["results"][2]["record"]["version"]) == ("c", 3)
