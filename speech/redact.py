@@ -17,7 +17,7 @@ from api.users.models import Role, User
 VIEW_PII_ROLES = frozenset({Role.admin, Role.supervisor})
 # The rules' edition: change it with any rule, and `steward db upgrade` rewrites the masked copies stored under
 # the old ones (`speech.service.remask_stored_copies`).
-MASKING_RULES = 4
+MASKING_RULES = 5  # 5: copies also hide what any earlier version of a corrected text hid
 
 # A dictated number comes in groups: 138 0013 8000, 138-0013-8000, 138，0013，8000; a typed one also 138.0013.8000,
 # 138·0013·8000, 138/0013/8000, 138_0013_8000 (rules 4: these were shown whole).

@@ -232,7 +232,8 @@ def remask_stored_copies(engine: Engine, *, batch: int = 500, progress: Callable
                 select(Transcript).where(col(Transcript.id).in_([n.id for n in notes]))).all()}
             for note in notes:
                 transcript = transcripts.get(note.id)
-                masked = (hide_digits(_masked_text(transcript), _kept_hidden(transcript, note))
+                masked = (hide_digits(_masked_text(transcript), _kept_hidden(transcript, note)
+                                      | _hidden_in_history(session, transcript))
                           if transcript is not None and transcript.text else None)
                 if masked is not None and masked != note.transcript_text:
                     note.transcript_text = masked
@@ -352,7 +353,22 @@ def present_revisions(*, session: Session, user: User, transcript: Transcript) -
     rows = revisions(session=session, transcript=transcript)
     if can_view_pii(user):
         return [RevisionPublic.model_validate(r, from_attributes=True) for r in rows]
-    # Walk back from the current texts, undoing one revision at a time, to the texts each one edited.
+    steps = _versions(transcript, rows)
+    # What any version hid stays hidden in every other: a mobile moved between two segments one save at a time
+    # did not read as a number in between, and the history gave its middle digits back.
+    hidden = _ever_hidden(steps)
+    out = []
+    for row, before, after in steps:
+        changes = [c | {"before": before.shown(c["index"], c["before"], hidden),
+                        "after": after.shown(c["index"], c["after"], hidden)} for c in row.changes]
+        out.append(RevisionPublic(revision=row.revision, user_id=row.user_id, at=row.at, changes=changes))
+    return out[::-1]
+
+
+def _versions(transcript: Transcript, rows: list[TranscriptRevision]
+              ) -> list[tuple[TranscriptRevision, _Segments, _Segments]]:
+    """Each revision, newest first, with the segment texts before and after it: a walk back from the current
+    texts, undoing one revision at a time."""
     texts = [s["text"] for s in transcript.segments]
     steps = []
     for row in reversed(rows):
@@ -361,15 +377,19 @@ def present_revisions(*, session: Session, user: User, transcript: Transcript) -
             if 0 <= change["index"] < len(texts):
                 texts[change["index"]] = change["before"]
         steps.append((row, _Segments(transcript, list(texts)), after))
-    # What any version hid stays hidden in every other: a mobile moved between two segments one save at a time
-    # did not read as a number in between, and the history gave its middle digits back.
-    hidden: set[str] = set().union(*(seg.hidden for _, before, after in steps for seg in (before, after)))
-    out = []
-    for row, before, after in steps:
-        changes = [c | {"before": before.shown(c["index"], c["before"], hidden),
-                        "after": after.shown(c["index"], c["after"], hidden)} for c in row.changes]
-        out.append(RevisionPublic(revision=row.revision, user_id=row.user_id, at=row.at, changes=changes))
-    return out[::-1]
+    return steps
+
+
+def _ever_hidden(steps: list[tuple[TranscriptRevision, _Segments, _Segments]]) -> set[str]:
+    """The digit strings any version of the history hid."""
+    return set().union(*(seg.hidden for _, before, after in steps for seg in (before, after)))
+
+
+def _hidden_in_history(session: Session, transcript: Transcript) -> set[str]:
+    """What any version of a corrected transcript hid (none for one never corrected)."""
+    if not transcript.revision:
+        return set()
+    return _ever_hidden(_versions(transcript, revisions(session=session, transcript=transcript)))
 
 
 class _Segments:
@@ -410,7 +430,9 @@ def update(*, session: Session, settings: Settings, user: User, transcript: Tran
     if not changes:
         return transcript
     note = session.get(Note, transcript.id)
-    hidden = _kept_hidden(transcript, note) if note is not None else set()  # what the text hid until now
+    # What the text hid until now: the masked copy's, and every earlier version's. From the copy alone, a
+    # number taken out by one correction was forgotten, and typed back by the next its digits were shown.
+    hidden = _kept_hidden(transcript, note) | _hidden_in_history(session, transcript) if note is not None else set()
     now = utcnow()
     text = join_segments([s["text"] for s in segments], language)
     tags = categorize(text, load_glossary(settings.speech_glossary))

@@ -350,6 +350,28 @@ def test_an_upgrade_rewrites_the_masked_copies_written_under_older_rules(session
     assert service.remask_stored_copies(engine) == 0
 
 
+def test_an_upgrade_hides_again_what_a_version_before_the_last_hid(session: Session, engine: Engine, world: World,
+                                                                    sp_settings: Settings) -> None:
+    """Regression (review): a correction that took the number out made a copy with nothing to remember it by,
+    and the one that typed it back (its shape broken) showed its middle digits. Copies written so by an earlier
+    release are masked again from the whole history at the upgrade (masking rules 5)."""
+    t = make_transcript(session, world.steward_a, "请回电13800138000", "谢谢", household_id=world.household_a.id)
+    for index, text in ((0, "请回电1380013800"), (0, "请回电"), (1, "1380013800谢谢")):
+        service.update(session=session, settings=sp_settings, user=world.supervisor, transcript=t,
+                       data=edit(index, text))
+    note = session.get(Note, t.id)
+    assert note is not None and note.transcript_text == "请回电138****800谢谢"
+    note.transcript_text = "请回电1380013800谢谢"  # what the previous release wrote
+    session.add(note)
+    session.commit()
+    session.exec(delete(SyncState).where(col(SyncState.name) == service.MASKING_STATE))  # an older release's
+    session.commit()
+    assert service.remask_stored_copies(engine) == 1
+    session.expire_all()
+    note = session.get(Note, t.id)
+    assert note is not None and note.transcript_text == "请回电138****800谢谢"
+
+
 def test_an_upgrade_keeps_hiding_what_an_earlier_version_of_the_text_hid(session: Session, engine: Engine,
                                                                           world: World) -> None:
     """Regression (review): a corrected text that lost a digit (1380013800) no longer reads as a mobile; its copy

@@ -464,6 +464,22 @@ def test_a_correction_that_breaks_a_numbers_shape_keeps_its_hidden_digits_hidden
     assert api.get(url, headers=supervisor).json()["text"] == "请回电1380013800谢谢您"  # the original is kept
 
 
+def test_hidden_digits_stay_hidden_when_a_correction_takes_the_number_out_and_a_later_one_puts_it_back(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): what earlier versions hid was read from the note's masked copy alone, so a version
+    without the number forgot it; typed back by the next correction (a broken shape, no longer a mobile), its
+    middle digits were shown to stewards in the text, the segments, the synced copy and found by search."""
+    t = make_transcript(session, world.steward_a, "请回电13800138000", "谢谢", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    url = f"/api/v1/transcripts/{t.id}"
+    for index, text in ((0, "请回电1380013800"), (0, "请回电"), (1, "1380013800谢谢")):
+        assert api.patch(url, headers=supervisor, json={"segments": [{"index": index, "text": text}]}).status_code == 200
+    body = api.get(url, headers=steward).json()
+    assert body["text"] == "请回电138****800谢谢" and body["segments"][1]["text"] == "138****800谢谢"
+    assert api.get(f"/api/v1/notes/{t.id}", headers=steward).json()["transcript_text"] == body["text"]
+    assert api.get("/api/v1/transcripts", headers=steward, params={"q": "0013"}).json()["count"] == 0
+
+
 def test_hidden_digits_split_between_two_segments_stay_hidden_in_the_segments_and_history(
         api: TestClient, world: World, session: Session) -> None:
     """Regression (review): a mobile Whisper split between two segments, then corrected so that it no longer
