@@ -330,18 +330,21 @@ def _without_live_job(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
     return [i for i in ids if f"transcribe-{i}" not in live]
 
 
-# A stalled job retried only while it still is: in `doing`, its worker gone or silent. Checked and retried in one
-# statement, the job's row locked: two workers recovering at once (several started together after a crash) both
-# retried it from their own list, the second one's retry failed and stopped that worker at start, or put the job,
-# taken meanwhile by a live worker, back in the queue for a second worker to run beside it.
+# A stalled job retried only while it still is: in `doing`, its worker gone or silent. The job's row is locked first
+# and checked after (the lock waits for another recovery's retry or a worker's fetch to commit, and the check
+# reads the row they left): two workers recovering at once (several started together after a crash) both retried
+# it from their own list, the second one's retry failed and stopped that worker at start, or put the job, taken
+# meanwhile by a live worker, back in the queue for a second worker to run beside it. With the retry called in a
+# statement that also locked the row (`FOR UPDATE` after it), the call ran before the lock and the check.
 _RETRY_IF_STALLED = """
-SELECT procrastinate_retry_job_v2(job.id, NOW(), NULL, NULL, NULL)
-  FROM procrastinate_jobs job
- WHERE job.id = %(job_id)s AND job.status = 'doing'
+WITH locked AS (SELECT job.id, job.status, job.worker_id FROM procrastinate_jobs job
+                 WHERE job.id = %(job_id)s FOR UPDATE OF job)
+SELECT procrastinate_retry_job_v2(locked.id, NOW(), NULL, NULL, NULL)
+  FROM locked
+ WHERE locked.status = 'doing'
    AND NOT EXISTS (SELECT 1 FROM procrastinate_workers worker
-                    WHERE worker.id = job.worker_id
+                    WHERE worker.id = locked.worker_id
                       AND worker.last_heartbeat >= NOW() - make_interval(secs => %(seconds)s))
-   FOR UPDATE OF job
 """
 
 

@@ -449,3 +449,97 @@ def test_two_workers_recovering_one_stalled_job_retry_it_once(engine: Engine, se
         rows = conn.execute(text("SELECT status, attempts FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
                             {"l": f"transcribe-{tid}"}).all()
     assert [tuple(r) for r in rows] == [("doing", 1)]  # one retry (attempts 1), running in one worker
+
+
+def _retry_held(engine: Engine, job_id: int, started: Any, release: Any, then_taken: bool) -> None:
+    """Another worker's recovery retrying the job, its transaction held open until `release`; with
+    `then_taken`, a live worker has fetched the job again before it commits."""
+    from sqlalchemy import text
+
+    from speech import worker
+
+    sql = worker._RETRY_IF_STALLED.replace("%(job_id)s", ":job_id").replace("%(seconds)s", ":seconds")
+    with engine.begin() as conn:  # a live worker, started before
+        live = conn.execute(text("INSERT INTO procrastinate.procrastinate_workers (last_heartbeat) "
+                                 "VALUES (now() + interval '1 hour') RETURNING id")).scalar_one()
+    with engine.connect() as conn:
+        conn.execute(text("SET search_path TO procrastinate, public"))
+        conn.execute(text(sql), {"job_id": job_id, "seconds": 60.0})
+        if then_taken:
+            conn.execute(text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :j"),
+                         {"w": live, "j": job_id})
+        started.set()
+        release.wait(10)
+        conn.commit()
+
+
+@pytest.mark.parametrize("then_taken", [False, True], ids=["retried", "retried-and-taken-by-a-live-worker"])
+def test_a_recovery_waits_for_another_recovery_of_the_same_job_at_the_same_instant(
+        engine: Engine, session: Session, world: World, speech_settings_: Settings, then_taken: bool) -> None:
+    """Regression (review): the one statement that checked and retried a stalled job called the retry before it
+    locked the row and checked again. Two recoveries at the same instant: the second one's retry failed (the
+    worker stopped at its start), or it put a job a live worker had fetched meanwhile back in the queue. A lone
+    retry also answered that it had retried nothing (its row was changed by the statement's own call)."""
+    import asyncio
+    import threading
+
+    from sqlalchemy import text
+
+    from speech import worker
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL")
+    tid = _stalled_job(engine, session, world, speech_settings_)
+    with engine.connect() as conn:
+        job_id = conn.execute(text("SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
+                              {"l": f"transcribe-{tid}"}).scalar_one()
+    started, release = threading.Event(), threading.Event()
+    other = threading.Thread(target=_retry_held, args=(engine, job_id, started, release, then_taken))
+    other.start()
+    assert started.wait(10)
+    app = build_app(speech_settings_, engine)
+
+    async def main() -> bool:
+        async with app.open_async():
+            retry = asyncio.create_task(worker._retry_if_stalled(app, job_id, 60))
+            await asyncio.sleep(0.5)  # in its statement now, waiting for the other recovery's lock
+            release.set()
+            return await retry
+
+    try:
+        retried = asyncio.run(main())
+    finally:
+        release.set()
+        other.join()
+    assert retried is False
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status::text, attempts FROM procrastinate.procrastinate_jobs WHERE id = :j"),
+                           {"j": job_id}).one()
+    assert tuple(row) == (("doing", 1) if then_taken else ("todo", 1))
+
+
+def test_a_retry_of_a_stalled_job_says_it_retried_it(engine: Engine, session: Session, world: World,
+                                                      speech_settings_: Settings) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    from speech import worker
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL")
+    tid = _stalled_job(engine, session, world, speech_settings_)
+    with engine.connect() as conn:
+        job_id = conn.execute(text("SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
+                              {"l": f"transcribe-{tid}"}).scalar_one()
+    app = build_app(speech_settings_, engine)
+
+    async def main() -> bool:
+        async with app.open_async():
+            return await worker._retry_if_stalled(app, job_id, 60)
+
+    assert asyncio.run(main()) is True
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status::text FROM procrastinate.procrastinate_jobs WHERE id = :j"),
+                              {"j": job_id}).scalar_one()
+    assert status == "todo"
