@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -161,12 +162,13 @@ def _plan(session: Session, settings: Settings, notice: Notice) -> None:
     session.commit()
 
 
-def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: Notice, now: datetime, *,
-              final_too: bool = False, periodic: bool = False) -> tuple[int, int]:
+def _send_due(session: Session, settings: Settings, sender: SmsSender, notice: Notice,
+              clock: Callable[[], datetime], *, final_too: bool = False, periodic: bool = False) -> tuple[int, int]:
     """Send the notice's deliveries that are due, each claimed first; recount `sent_count`. (sent, failed).
-    Before each SMS: once the filling is over the rest are given up (`event_passed`), and the `periodic` run
-    stops in the quiet hours (the rest stay due); asked once per run, a long one texted on past both."""
-    clock = deliveries.clock(now)
+    Before each SMS, at `clock`'s time (`deliveries.clock`, the run's): once the filling is over the rest are
+    given up (`event_passed`), and the `periodic` run stops in the quiet hours (the rest stay due); asked once
+    per run, a long one texted on past both."""
+    now = clock()
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     # Read again (`populate_existing`): a row that another sender planned since this session read it would
     # otherwise be claimed with the phone and text read before.
@@ -224,17 +226,24 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, notice: Not
         raise Conflict("This notice was already sent; pass resend=true to retry the households it has not "
                        "reached.", code="already_sent")
     _plan(session, settings, notice)
-    _send_due(session, settings, sender, notice, now, final_too=resend)
+    _send_due(session, settings, sender, notice, deliveries.clock(now), final_too=resend)
     return notice
 
 
 UNPLANNED_RECOVERY = timedelta(days=1)  # how old a sent notice with no deliveries the periodic run still plans
 
 
-def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None
-             ) -> tuple[int, int]:
-    """Retry the notice SMS that failed and whose time has come, in every sent notice (the periodic run)."""
-    now = now or utcnow()
+def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None,
+             clock: Callable[[], datetime] | None = None) -> tuple[int, int]:
+    """Retry the notice SMS that failed and whose time has come, in every sent notice (the periodic run).
+    `clock`: the run's (`deliveries.clock`), its campaigns' before; else one started at `now`."""
+    # One clock for every notice: each started one at the run's start, so after a backlog the next notice read
+    # 20:57 again at 21:00 and texted residents in the quiet hours (and after its filling's end).
+    if clock is None:
+        now = now or utcnow()
+        clock = deliveries.clock(now)
+    else:
+        now = clock()
     table = NoticeDelivery.__table__  # type: ignore[attr-defined]
     # A notice marked sent by a process that died before planning its deliveries has none: plan them now (a
     # plain send answers 409 already_sent, so nothing else would ever text its households). Only one that
@@ -252,15 +261,16 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
         notice = session.get(Notice, id)
         if notice is None or notice.sent_at is None:
             continue
-        if notice.water_fill_end <= now:  # over: a retry would announce it as still to come
+        at = clock()
+        if notice.water_fill_end <= at:  # over: a retry would announce it as still to come
             rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == notice.id,
-                                                             deliveries.due(table, settings, now))).all()
-            deliveries.give_up(session, settings, list(rows), now, "event_passed")
+                                                             deliveries.due(table, settings, at))).all()
+            deliveries.give_up(session, settings, list(rows), at, "event_passed")
             continue
         # Re-planned first, as a resend and campaigns do: a retry texted the number the office had removed or
         # corrected, with the resident's name and address, and a home suspended since with the normal wording.
         _plan(session, settings, notice)
-        s, f = _send_due(session, settings, sender, notice, now, periodic=True)
+        s, f = _send_due(session, settings, sender, notice, clock, periodic=True)
         sent, failed = sent + s, failed + f
     # A send cut off after its last SMS and before its count (a killed process) left `sent_count` wrong for
     # good: nothing was due any more, so no run came back to it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -399,7 +400,8 @@ def _recount(session: Session, settings: Settings, campaign: Campaign, now: date
 
 
 def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: Campaign,
-         now: datetime | None = None, periodic: bool = False) -> tuple[int, int]:
+         now: datetime | None = None, periodic: bool = False, clock: Callable[[], datetime] | None = None
+         ) -> tuple[int, int]:
     """Send every delivery that is due: new households, and failed ones whose retry time has come.
 
     Idempotent: a household that was sent the campaign never gets it again (one delivery per household,
@@ -409,11 +411,17 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: C
 
     Once what the campaign announces is over, a send is refused (422 `fill_window_past` / `event_past`) and
     the `periodic` run texts nobody: it marks the deliveries still due skipped (`event_passed`).
+
+    `clock`: the periodic run's (`deliveries.clock`), shared by all it sends; `now` is then its time at the start
+    of this campaign. Else one is started at `now`.
     """
-    now = now or utcnow()
+    if clock is None:
+        now = now or utcnow()
+        clock = deliveries.clock(now)
+    else:
+        now = clock()
     if not periodic:
         _refuse_past(campaign.kind, campaign.event_start, campaign.event_end, now, ZoneInfo(settings.timezone))
-    clock = deliveries.clock(now)
     mine = _claim(session, campaign, now)
     sent = failed = 0
     try:
@@ -451,10 +459,13 @@ def send(*, session: Session, settings: Settings, sender: SmsSender, campaign: C
     return sent, failed
 
 
-def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None
-             ) -> tuple[int, int]:
-    """Retry what is due in every campaign that is still sending (the periodic run)."""
-    now = now or utcnow()
+def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None,
+             clock: Callable[[], datetime] | None = None) -> tuple[int, int]:
+    """Retry what is due in every campaign that is still sending (the periodic run). `clock`: the run's
+    (`deliveries.clock`), which its notices go on with; else one started at `now`."""
+    # One clock for every campaign: each campaign started one at the run's start, so after a backlog the next
+    # campaign read 20:57 again at 21:00 and texted residents in the quiet hours (and after its event's end).
+    clock = clock or deliveries.clock(now or utcnow())
     ids = session.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.sending)).all()
     sent = failed = 0
     for id in ids:
@@ -462,8 +473,8 @@ def send_due(*, session: Session, settings: Settings, sender: SmsSender, now: da
         if campaign is None:
             continue
         try:
-            s, f = send(session=session, settings=settings, sender=sender, campaign=campaign, now=now,
-                        periodic=True)
+            s, f = send(session=session, settings=settings, sender=sender, campaign=campaign, periodic=True,
+                        clock=clock)
         except Conflict:
             continue  # another process is sending it
         sent, failed = sent + s, failed + f

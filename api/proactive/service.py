@@ -16,7 +16,7 @@ from api.deps import Page
 from api.errors import NotFound
 from api.network.models import Household
 from api.notices import service as notices
-from api.notices.deliveries import quiet_hours
+from api.notices.deliveries import clock, quiet_hours
 from api.notices.sms import SmsSender
 from api.proactive import campaigns, clusters
 from api.proactive.models import (
@@ -44,6 +44,10 @@ _sqlite_turn = threading.Lock()
 def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetime | None = None) -> RunReport:
     """One evaluation: release finished groups, open cluster and revisit orders, retry campaign and notice SMS."""
     now = now or utcnow()
+    # One clock for everything the run sends, read before each SMS: each notice and campaign started its own at
+    # `now`, so after a backlog the next one read the run's start again and texted residents in the quiet hours
+    # (and after the end of what it announced).
+    run_clock = clock(now)
     sqlite = session.get_bind().dialect.name == "sqlite"
     if sqlite:
         _sqlite_turn.acquire()
@@ -55,9 +59,10 @@ def run(*, session: Session, settings: Settings, sender: SmsSender, now: datetim
         if sqlite:
             _sqlite_turn.release()
     sent = failed = 0
-    if not quiet_hours(settings, now):  # retries wait for the morning; nothing is lost, they are still due then
-        sent, failed = campaigns.send_due(session=session, settings=settings, sender=sender, now=now)
-        notice_sent, notice_failed = notices.send_due(session=session, settings=settings, sender=sender, now=now)
+    if not quiet_hours(settings, run_clock()):  # retries wait for the morning; they are still due then
+        sent, failed = campaigns.send_due(session=session, settings=settings, sender=sender, clock=run_clock)
+        notice_sent, notice_failed = notices.send_due(session=session, settings=settings, sender=sender,
+                                                      clock=run_clock)
         sent, failed = sent + notice_sent, failed + notice_failed
     return RunReport(closed=closed, clusters_opened=opened, members_linked=linked, revisits_opened=revisits,
                      deliveries_sent=sent, deliveries_failed=failed)

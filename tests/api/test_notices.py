@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from api.errors import Conflict
 from api.network.models import HeatingStatus, Household
@@ -632,6 +632,48 @@ def test_a_long_retry_run_of_a_notice_stops_at_the_quiet_hours_and_at_the_fillin
     proactive.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
     assert len(gateway.at) == 2 and all(at < local(12, 17) for at in gateway.at)
     rows = session.exec(select(NoticeDelivery).where(NoticeDelivery.notice_id == second.id)).all()
+    assert {r.reason for r in rows if r.status == DeliveryStatus.skipped} == {"event_passed"}
+    assert not [r for r in rows if r.status == DeliveryStatus.failed]
+
+
+def test_a_retry_run_keeps_one_clock_from_notice_to_notice(
+        session: Session, world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regression (review): each notice of the periodic run started its clock again at the run's start. A
+    backlog on a slow gateway from 20:57 stopped at 21:00 in the first notice, and the second texted residents
+    at 21:00, 21:01, 21:02; from 16:57, the second announced a filling that had ended at 17:00 as to come."""
+    from api.db import utcnow as real_utcnow
+    from api.notices import deliveries
+    from api.proactive import service as proactive
+
+    for i in range(3):
+        make_household(session, world.building_a, unit="8", room=f"80{i}", phone=f"1370000000{i}")
+    quiet = settings.model_copy(update={"sms_quiet_hours": "21:00-08:00", "proactive_sms_retry_backoff_s": 0})
+    offset = {"t": timedelta(0)}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
+
+    def backlogs(end: datetime, failed_at: datetime) -> list[Notice]:
+        """Two notices whose first send failed for every household (more than three each)."""
+        out = []
+        for _ in range(2):
+            notice = make_notice(session, world.building_a, water_fill_start=end - timedelta(hours=9),
+                                 water_fill_end=end)
+            service.send(session=session, settings=quiet, sender=_Flaky(bad=set(_phones(session, world))),
+                         notice=reread(session, Notice, notice.id), now=failed_at)
+            out.append(notice)
+        return out
+
+    evening = backlogs(local(10, 17), local(3, 15))
+    gateway = SlowGateway(local(3, 20, 57), offset)
+    proactive.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 3 and not any(proactive.quiet_hours(quiet, at) for at in gateway.at)
+    assert sorted(reread(session, Notice, n.id).sent_count for n in evening) == [0, 3]  # the rest wait
+
+    offset["t"] = timedelta(0)
+    ending = backlogs(local(12, 17), local(12, 10))
+    gateway = SlowGateway(local(12, 16, 57), offset)
+    proactive.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 3 and all(at < local(12, 17) for at in gateway.at)
+    rows = session.exec(select(NoticeDelivery).where(col(NoticeDelivery.notice_id).in_([n.id for n in ending]))).all()
     assert {r.reason for r in rows if r.status == DeliveryStatus.skipped} == {"event_passed"}
     assert not [r for r in rows if r.status == DeliveryStatus.failed]
 

@@ -498,6 +498,36 @@ def test_a_long_periodic_run_stops_at_the_quiet_hours_and_at_the_events_end(
     assert len(morning.at) == due - 3 and reread(session, campaign.id).status == CampaignStatus.completed
 
 
+def test_a_long_periodic_run_keeps_one_clock_from_campaign_to_campaign_and_to_the_notices(
+        client: TestClient, session: Session, world: World, settings: Settings, monkeypatch: Any) -> None:
+    """A regression (review): each campaign of the periodic run, and then each notice, started its clock again
+    at the run's start. A backlog on a slow gateway from 20:57 stopped at 21:00 in one campaign, and the next
+    campaign, then the notice after them, texted residents at 21:00, 21:01..."""
+    from api.db import utcnow as real_utcnow
+    from api.notices import deliveries
+    from api.notices import service as notices
+    from api.notices.models import Notice
+    from api.proactive import service
+    from tests.utils.factories import make_notice
+
+    quiet = settings.model_copy(update={"sms_quiet_hours": "21:00-08:00", "proactive_sms_retry_backoff_s": 0})
+    failed_at = local(1, 15, 0)
+    first = _backlog(client, session, world, quiet, failed_at)
+    second = reread(session, uuid.UUID(create_campaign(client, world, CampaignKind.pressure_test)["id"]))
+    campaigns.send(session=session, settings=quiet, sender=_Refusing(), campaign=second, now=failed_at)
+    notice = make_notice(session, world.building_a, water_fill_start=local(10, 8), water_fill_end=local(10, 17))
+    notices.send(session=session, settings=quiet, sender=_Refusing(), notice=notice, now=failed_at)
+    due = reread(session, first.id).pending_count + reread(session, second.id).pending_count
+    offset = {"t": timedelta(0)}
+    monkeypatch.setattr(deliveries, "utcnow", lambda: real_utcnow() + offset["t"])
+    gateway = SlowGateway(local(1, 20, 57), offset)
+    service.run(session=session, settings=quiet, sender=gateway, now=gateway.start)
+    assert len(gateway.at) == 3 and not any(service.quiet_hours(quiet, at) for at in gateway.at)
+    assert reread(session, first.id).pending_count + reread(session, second.id).pending_count == due - 3
+    session.expire_all()
+    assert session.get(Notice, notice.id).sent_count == 0  # type: ignore[union-attr]  # due for the morning
+
+
 def test_a_long_periodic_run_gives_up_once_the_filling_it_announces_is_over(
         client: TestClient, session: Session, world: World, settings: Settings, monkeypatch: Any) -> None:
     """The same for the event's end: a run begun three minutes before the filling ended texted "will be filled
