@@ -179,9 +179,9 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
                         f"revision (the newest is {migrate.head_revision()}); nothing was changed.", 2) from exc
         after = migrate.current_revision(engine)
         remasked = _remask(engine) if after == migrate.head_revision() else 0
-    # `head-1` at the head: a relative step back, which Alembic's upgrade passes over as silently
-    back = re.fullmatch(r".*-[0-9]+", revision.strip()) is not None
-    if before is not None and after == before and (back or migrate.is_behind(before, revision)):
+    # `is_behind` counts a relative target (`head-1`, `base+16`) out first: `head-1` on a database at head-1 was
+    # refused as a step back (a deploy script pinning it failed), while `base+16` at the head passed as done.
+    if before is not None and after == before and migrate.is_behind(before, revision):
         # Alembic's upgrade to an older revision changes nothing and says nothing: tell the operator why
         raise _fail(f"The database {_database_name(settings)} is at {before}, already past {revision}: "
                     "`db upgrade` never goes back (restore a backup taken before the upgrade, docs/reliability.md)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 LOCK_TIMEOUT_S = 5  # PostgreSQL: the longest a migration waits for one table lock, ...
 LOCK_TRIES = 3  # ... and how many times it tries
 MIGRATION_LOCK = 0x5354_4557_4442  # the PostgreSQL advisory lock key of migrations ("STEWDB")
+# A relative revision as Alembic reads one (its `_relative_destination`): `[branch@][start]+N` or `-N`
+_RELATIVE = re.compile(r"(?:(?P<branch>.+?)@)?(?P<start>\w+)?(?P<steps>[+-]\d+)")
 
 
 def alembic_config(url: str) -> Config:
@@ -100,19 +103,50 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def is_behind(current: str, target: str) -> bool:
-    """Whether `target` names a revision older than `current` (an upgrade to it would change nothing)."""
+    """Whether `target` names a revision older than `current` (an upgrade to it would change nothing); a
+    relative one (`head-1`, `base+2`, `0012+3`, `+1`) as the revision it counts out to."""
     from alembic.util import CommandError
 
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    resolved = _resolve_relative(script, current, target)
+    if resolved is None:  # past the head, below base, on a branch: Alembic itself answers those
+        return False
     try:
-        wanted = script.get_revision(target)
-    except CommandError:  # not one revision ("heads", "+1", unknown): Alembic itself answers those
+        wanted = script.get_revision(resolved)
+    except CommandError:  # not one revision (unknown, ambiguous): Alembic itself answers those
         return False
     if wanted is None:  # "base": before every revision, so behind any database that has one
-        return target == "base"
+        return resolved == "base"
     if wanted.revision == current:
         return False
     return any(rev.revision == wanted.revision for rev in script.iterate_revisions(current, "base"))
+
+
+def _resolve_relative(script: ScriptDirectory, current: str, target: str) -> str | None:
+    """The revision a relative `target` names, counted along the (linear) history from its start (a revision,
+    `head`, `base`, or `current` when it names none) as Alembic's upgrade counts it; "base" for the one before
+    the first. A target that is not relative comes back as it is; None where the count leaves the history or
+    the history branches."""
+    from alembic.util import CommandError
+
+    match = _RELATIVE.fullmatch(target.strip())
+    if match is None:
+        return target
+    if match["branch"]:  # `branch@+1`: this history has no branch labels
+        return None
+    newest_first = list(script.walk_revisions())
+    if any(rev.down_revision != (older.revision if older else None)
+           for rev, older in zip(newest_first, [*newest_first[1:], None], strict=True)):
+        return None  # branches or merges: no one line to count along
+    history = ["base", *(rev.revision for rev in reversed(newest_first))]
+    start = match["start"] or current
+    try:
+        found = None if start == "base" else script.get_revision(start)
+    except CommandError:
+        return None
+    at = history.index(found.revision) if found is not None else 0
+    at += int(match["steps"])
+    return history[at] if 0 <= at < len(history) else None
 
 
 def known_revision(revision: str) -> bool:

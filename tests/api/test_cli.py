@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from api.settings import get_settings
+from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database
 from tests.utils.server import wait_healthy
 
 runner = CliRunner()
@@ -552,6 +553,43 @@ def test_db_upgrade_to_an_older_revision_says_it_never_goes_back(data_dir: Path)
         assert f"to {past}: there is no such revision (the newest is {head})" in line
     back = runner.invoke(app, ["db", "upgrade", "head-1"])
     assert back.exit_code == 2 and "already past head-1" in back.output, back.output
+    assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
+
+
+@pytest.fixture(params=BACKENDS)
+def cli_database(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The commands' database on each backend: SQLite under `data_dir`, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield
+        return
+    url = create_postgres_database()
+    monkeypatch.setenv("STEWARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield
+    drop_postgres_database(url)
+
+
+def test_db_upgrade_to_a_relative_revision_compares_the_revision_it_names(cli_database: None) -> None:
+    """A regression: `db upgrade head-1` on a database at head-1 (as `db upgrade 0016` at 0016: nothing to do)
+    was refused as a step back with exit 2, failing a deploy script that pins a relative target; and `base+16`
+    on a database at the head, a step back, printed `0017 -> 0017` with exit 0."""
+    head = json.loads(runner.invoke(app, ["db", "current"]).stdout)["code"]
+    one_back = f"{int(head) - 1:04d}"
+    assert runner.invoke(app, ["db", "upgrade", one_back]).exit_code == 0
+    same = runner.invoke(app, ["db", "upgrade", one_back])
+    assert same.exit_code == 0 and f"{one_back} -> {one_back}" in same.stdout, same.output
+    for relative in ("head-1", f"base+{int(one_back)}", f"{head}-1", f"{int(one_back) - 2:04d}+2"):
+        result = runner.invoke(app, ["db", "upgrade", relative])
+        assert result.exit_code == 0 and result.stdout == same.stdout, (relative, result.output)
+    assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == one_back
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    for back in ("head-1", f"base+{int(one_back)}", f"{int(one_back) - 2:04d}+2"):
+        result = runner.invoke(app, ["db", "upgrade", back])
+        assert result.exit_code == 2, (back, result.output)
+        (line,) = result.stderr.splitlines()
+        assert f"is at {head}, already past {back}" in line and "nothing was changed" in line
+    at_head = runner.invoke(app, ["db", "upgrade", "head-0"])  # the head itself, not a step back
+    assert at_head.exit_code == 0 and f"{head} -> {head}" in at_head.stdout, at_head.output
     assert json.loads(runner.invoke(app, ["db", "current"]).stdout)["database"] == head
 
 

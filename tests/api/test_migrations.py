@@ -83,6 +83,19 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
 
 
+def test_a_relative_target_is_behind_as_the_revision_it_counts_out_to() -> None:
+    """A regression: `head-1` was behind a database at head-1 for `db upgrade` (which refused it as a step
+    back), and `base+16` was not behind one at the head (`0017 -> 0017`, exit 0)."""
+    head = migrate.head_revision()
+    assert head is not None
+    one_back = f"{int(head) - 1:04d}"
+    assert not migrate.is_behind(one_back, "head-1") and migrate.is_behind(head, "head-1")
+    assert not migrate.is_behind(one_back, f"base+{int(one_back)}") and migrate.is_behind(head, f"base+{int(one_back)}")
+    assert not migrate.is_behind(head, "head-0") and not migrate.is_behind(one_back, "+1")
+    assert migrate.is_behind("0002", "0001-1")  # base
+    assert not migrate.is_behind(head, "head+1") and not migrate.is_behind(head, "base-1")  # Alembic answers those
+
+
 # The users table as it was at 0010 (the model has columns added since).
 USERS_0010 = table("users", *(column(name, type_) for name, type_ in (
     ("id", Uuid()), ("version", Integer()), ("created_at", DateTime(timezone=True)),
