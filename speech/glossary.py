@@ -14,7 +14,8 @@ corrector replaces a stretch of text by a glossary term when they sound alike:
   term with its neighbour outside it (手术房间 keeps 术, although 术房 sounds like 书房; 地暖关小 keeps 关),
   nor stand next to a digit or a Latin letter (18度了 is a temperature, not 18堵了);
 - no character is part of one of the glossary's `keep` words (未修, 复工, 官网...): everyday words that sound
-  like a term and are too rare for the common-word list.
+  like a term and are too rare for the common-word list; a gapped entry (打不到…电话) keeps its first part where
+  its second follows in the clause and no temperature (温度, 18度) stands right before it or in between.
 """
 
 from __future__ import annotations
@@ -151,6 +152,14 @@ def _is_cjk(ch: str) -> bool:
 GAP = "…"  # in a keep entry: a phrase with a gap ("打不到…电话")
 GAP_REACH = 12  # how far the second part may follow the first
 _CLAUSE_END = re.compile("[。！？!?；;，,]")
+# A temperature said with a gapped phrase makes it the word the phrase keeps out: 暖气温度打不到人接受的程度 and
+# 屋里温度打不到18度打电话也没人管 are a cold home (达不到), although 人接 and 电话 follow in the clause; kept,
+# they were tagged `other` and opened no draft work order. A cue counts right before the first part (adverbs
+# such as 老是 between) or between the two parts; 暖气 only before it (打不到你们暖气公司的电话 is the phone).
+_DEGREES = "温度|室温|水温|气温|[0-9零一二三四五六七八九十两]度"
+_TEMPERATURE_BEFORE = re.compile(
+    f"(?:{_DEGREES}|暖气片?|地暖)(?:老是|总是|还是|一直|始终|根本|完全|从来|怎么也|怎么都|都|也|还|就|总|老|又|才)*$")
+_TEMPERATURE_BETWEEN = re.compile(_DEGREES)
 
 
 class Corrector:
@@ -159,7 +168,8 @@ class Corrector:
     def __init__(self, terms: tuple[str, ...], keep: tuple[str, ...] = ()) -> None:
         self._terms = {t for t in terms if len(t) >= 2 and all(_is_cjk(c) for c in t)}
         # A keep entry "A…B" is a phrase with a gap: A is kept when B follows within the clause (打不到…电话:
-        # 我打不到你们维修师傅的电话 is no answer on the phone; 温度打不到标准 is still 达不到).
+        # 我打不到你们维修师傅的电话 is no answer on the phone; 温度打不到标准 is still 达不到), unless a temperature
+        # stands right before A or between A and B (温度打不到18度打电话也没人管 is still 达不到).
         self._keep = frozenset(k for k in keep if GAP not in k)
         self._gapped = tuple(tuple(k.split(GAP, 1)) for k in keep if GAP in k)
         self._by_length: dict[int, list[tuple[str, list[str]]]] = {}
@@ -200,7 +210,9 @@ class Corrector:
             while start >= 0:
                 after = start + len(first)
                 clause = _CLAUSE_END.split(text[after:after + GAP_REACH], maxsplit=1)[0]
-                if (at := clause.find(second)) >= 0:
+                before = _CLAUSE_END.split(text[max(0, start - GAP_REACH):start])[-1]
+                if (at := clause.find(second)) >= 0 and not _TEMPERATURE_BEFORE.search(before) and \
+                        not _TEMPERATURE_BETWEEN.search(clause[:at]):
                     marked[start:after] = [True] * len(first)
                     marked[after + at:after + at + len(second)] = [True] * len(second)
                 start = text.find(first, start + 1)

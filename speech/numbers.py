@@ -8,8 +8,10 @@ Only two shapes are rewritten, because elsewhere Chinese numerals are words (一
   more digit names (…七八一直, …七八三号楼) ends after its eleven digits;
 - a cardinal number (十六, 二十三, 三) right before an address or date unit (号 楼 栋 幢 单元 层 室 月 日 度);
   not 两 before 楼/栋/幢/室/月/日 (两楼之间, 这两月: a count), nor 一 after 同/每/这/那/另/哪 (同一层),
-  上/下/前/后 (上一层: the floor above) or as a word's end (万一, 统一, 唯一), nor 一层 as a layer (一层灰) or
-  one by one (一层一层). Nor a run of days (每周一三五) or a doubled pair (七七八八) that no address mark is next to.
+  上/下/前/后 (上一层: the floor above; not where they end a word of time, 然后一号楼, 早上一楼, nor before 号楼
+  or 室) or as a word's end (万一, 统一, 唯一), nor 一层 as a layer (一层灰) or one by one (一层一层). Nor a run
+  of days (一..六 rising after 星期, 礼拜 or a 周 that is no name: 每周一三五, not 老周一三八…) or a doubled pair
+  (七七八八) that no address mark and no group of a number said with pauses (一三九，八八八八，六六八八) is next to.
 
 Then a room number's 室 that was heard as another "shi" (501式, 1202市) right after a building or
 entrance number (3号楼2单元501式) is written 室, unless that character starts a word with the next one
@@ -54,6 +56,13 @@ _TWO_COUNTS = set("楼栋幢室月日")
 # After these, 一 is "one" or "the same", not floor or building 1 (同一层, 每一栋, 这一层, 另一栋), a relative
 # floor (上一层, 下一层: the one above, below) or a word's last character (万一楼上漏水, 统一日期, 唯一楼梯).
 _ONE_AFTER = set("同每这那另哪上下前后万统唯单逐之")
+# 上/下/前/后 are a relative floor only as words of their own: as the end of a word of time (然后一号楼, 早上一楼,
+# 之前一单元) they were read as 上一层 and building 1 stayed 一号楼; nor before 号楼 or 室, which no relative
+# floor is followed by.
+_RELATIVE = set("上下前后")
+_TIME_WORDS = frozenset({"然后", "以后", "之后", "最后", "随后", "过后", "稍后", "午后", "饭后", "早上", "晚上",
+                         "马上", "之前", "以前", "目前", "当前", "先前", "早前", "提前", "天前", "年前"})
+_NOT_RELATIVE_UNITS = ("号楼", "室")
 # 一层 before these is a layer (一层灰, 结了一层霜), not the first floor.
 _LAYERS = set("灰土尘霜冰锈垢膜漆皮")
 
@@ -77,20 +86,38 @@ def _groups_before(text: str, end: int) -> str:
     return "".join(_DIGITS.get(c, c) for c in found.group(0) if c in _DIGITS or c in "0123456789")
 
 
-# Days of the week said as digit names (每周一三五, 星期二四六): a list of days, not a number.
+# Days of the week said as digit names (每周一三五, 星期二四六): a list of days, not a number. Only a short rising
+# run of 一..六 is a list of days, and 周 only as the word for week: 老周一三八零零一三八零零零 is Mr Zhou's mobile
+# (any 周 before a run was read as a week, and his number stayed spoken and unmasked).
 _WEEK = ("周", "星期", "礼拜")
+_WEEKDAYS = "一二三四五六"
+# Before 周, these make it a name (老周, 小周, 姓周), not a week.
+_NAME_PREFIXES = set("老小阿姓叫")
 # Where a run of four is a number all the same (a room 七七八八号, 3号楼七七八八): before or after these.
 _NUMBER_MARKS = set("号楼室栋幢层单元户")
+
+
+def _is_days(run: str, preceding: str) -> bool:
+    """Whether `run` after `preceding` (its two characters before) is a list of days: 一..六 rising, after 星期,
+    礼拜 or a 周 that is no name (每周一三五, 周二四六; not 老周一三八…, a phone number)."""
+    if len(run) > len(_WEEKDAYS) or any(c not in _WEEKDAYS for c in run) or \
+            any(_WEEKDAYS.index(a) >= _WEEKDAYS.index(b) for a, b in itertools.pairwise(run)):
+        return False
+    if preceding.endswith(_WEEK[1:]):
+        return True
+    return preceding.endswith("周") and preceding[-2:-1] not in _NAME_PREFIXES
 
 
 def _replace_run(match: re.Match[str]) -> str:
     run = match.group(0)
     following = match.string[match.end():match.end() + 1]
     preceding = match.string[max(0, match.start() - 2):match.start()]
-    if preceding.endswith(_WEEK):
+    if _is_days(run, preceding):
         return run  # 每周一三五: Mondays, Wednesdays and Fridays
+    # Not after groups of a number said with pauses: 一三九，八八八八，六六八八 is a mobile whose last group is
+    # doubled (it stayed spoken, and the masking saw no phone number).
     if (len(run) == 4 and run[0] == run[1] != run[2] == run[3] and following not in _NUMBER_MARKS
-            and preceding[-1:] not in _NUMBER_MARKS):
+            and preceding[-1:] not in _NUMBER_MARKS and not _groups_before(match.string, match.start())):
         return run  # 七七八八, 三三两两: a doubled pair is a word (mostly done), not a number
     values = [int(_DIGITS[c]) for c in run]
     if following in _COUNTED and "零" not in run and all(b == a + 1 for a, b in itertools.pairwise(values)):
@@ -121,6 +148,15 @@ def _replace_run_text(run: str) -> str:
     return "".join(_DIGITS[c] for c in run) if len(run) >= 3 else run
 
 
+def _no_relative_floor(match: re.Match[str]) -> bool:
+    """Whether the 上/下/前/后 before this 一 is no relative floor: the end of a word of time (然后, 早上, 之前),
+    or 一 is followed by 号楼 or 室 (早上一号楼, but 上一层, 下一单元, 前一栋 stay)."""
+    text, start = match.string, match.start()
+    if text[start - 1:start] not in _RELATIVE:
+        return False
+    return text[start - 2:start] in _TIME_WORDS or text.startswith(_NOT_RELATIVE_UNITS, match.end())
+
+
 def _replace_cardinal(match: re.Match[str]) -> str:
     numeral = match.group(1)
     following = match.string[match.end():match.end() + 1]
@@ -128,7 +164,8 @@ def _replace_cardinal(match: re.Match[str]) -> str:
     # 一度 (once) and 两度 (twice) are words; a temperature is said with a number like 十六度.
     if following == "度" and numeral in ("一", "两"):
         return numeral
-    if (numeral == "两" and following in _TWO_COUNTS) or (numeral == "一" and preceding in _ONE_AFTER):
+    if (numeral == "两" and following in _TWO_COUNTS) or (numeral == "一" and preceding in _ONE_AFTER
+                                                       and not _no_relative_floor(match)):
         return numeral
     if numeral == "一" and following == "层" and match.string[match.end() + 1:match.end() + 2] in _LAYERS:
         return numeral

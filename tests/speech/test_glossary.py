@@ -165,6 +165,28 @@ def test_a_keep_phrase_with_a_gap_keeps_its_first_part_only_in_its_clause() -> N
     assert fix("我这边量的是16度，打不到标准") == "我这边量的是16度，达不到标准"
 
 
+@pytest.mark.parametrize(("heard", "written"), [
+    ("暖气温度打不到人接受的程度", "暖气温度达不到人接受的程度"),
+    ("屋里温度打不到十八度打电话也没人管", "屋里温度达不到18度打电话也没人管"),
+    ("暖气片温度打不到二十度电话里说过了", "暖气片温度达不到20度电话里说过了"),
+    ("温度老是打不到18度人接了电话也不管", "温度老是达不到18度人接了电话也不管"),
+])
+def test_a_gapped_keep_phrase_after_a_temperature_is_still_corrected(heard: str, written: str) -> None:
+    """A regression (review): 打不到…人接 matched 人接受 and 打不到…电话 a later 打电话, so a cold home kept
+    打不到 and was tagged `other` (no draft work order); a temperature right before or in between wins."""
+    glossary = load_glossary()
+    text = postprocess(heard, language="zh", glossary=glossary)
+    assert text == written
+    assert categorize(text, glossary) == ["not_warm"]
+
+
+@pytest.mark.parametrize("heard", ["打不到他电话", "我打不到你们暖气公司的电话", "打不到师傅没人接",
+                                   "打不到人接听", "暖气漏水了我打不到你们维修师傅的电话"])
+def test_a_gapped_keep_phrase_still_keeps_the_phone(heard: str) -> None:
+    glossary = load_glossary()
+    assert postprocess(heard, language="zh", glossary=glossary) == heard
+
+
 @pytest.mark.parametrize(("content", "message"), [
     # Regression: a glossary saved as GBK raised UnicodeDecodeError, a list of categories AttributeError.
     ('hotwords = ["暖气", "排气阀"]\n'.encode("gbk"), "is not UTF-8"),

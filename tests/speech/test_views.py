@@ -473,7 +473,8 @@ def test_hidden_digits_stay_hidden_when_a_correction_takes_the_number_out_and_a_
     supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
     url = f"/api/v1/transcripts/{t.id}"
     for index, text in ((0, "请回电1380013800"), (0, "请回电"), (1, "1380013800谢谢")):
-        assert api.patch(url, headers=supervisor, json={"segments": [{"index": index, "text": text}]}).status_code == 200
+        r = api.patch(url, headers=supervisor, json={"segments": [{"index": index, "text": text}]})
+        assert r.status_code == 200, r.text
     body = api.get(url, headers=steward).json()
     assert body["text"] == "请回电138****800谢谢" and body["segments"][1]["text"] == "138****800谢谢"
     assert api.get(f"/api/v1/notes/{t.id}", headers=steward).json()["transcript_text"] == body["text"]
