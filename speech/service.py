@@ -398,7 +398,10 @@ class _Segments:
     def __init__(self, transcript: Transcript, texts: list[str]) -> None:
         self.transcript, self.texts = transcript, texts
         self.masked = _redact_segments(texts, transcript)
-        self.hidden: set[str] = set().union(*(hidden_digits(t, m) for t, m in zip(texts, self.masked, strict=True)))
+        # Read in the segments joined: a number split between two segments (13800 + 138000) hides pieces of
+        # under three digits in each, which alone name nothing, and the history forgot the number.
+        separator = segment_separator(transcript.language or "zh")
+        self.hidden = hidden_digits(separator.join(texts), separator.join(self.masked))
 
     def shown(self, index: int, text: str, keep_hidden: Collection[str] = ()) -> str:
         """`text` masked as segment `index` among the others (a history that does not match, such as two

@@ -481,6 +481,24 @@ def test_hidden_digits_stay_hidden_when_a_correction_takes_the_number_out_and_a_
     assert api.get("/api/v1/transcripts", headers=steward, params={"q": "0013"}).json()["count"] == 0
 
 
+def test_a_number_split_between_segments_stays_hidden_when_taken_out_and_typed_back(
+        api: TestClient, world: World, session: Session) -> None:
+    """Regression (review): a version's hidden digits were read segment by segment, and a mobile Whisper split
+    (13800 + 138000) hides pieces of under three digits in each, which named nothing: taken out by one correction
+    and typed back by the next (a digit dropped), its middle digits were shown to stewards."""
+    t = make_transcript(session, world.steward_a, "请回电13800", "138000谢谢", household_id=world.household_a.id)
+    supervisor, steward = world.headers(world.supervisor), world.headers(world.steward_a)
+    url = f"/api/v1/transcripts/{t.id}"
+    for segments in ([{"index": 0, "text": "请回电"}, {"index": 1, "text": "谢谢"}],
+                     [{"index": 1, "text": "1380013800谢谢"}]):
+        r = api.patch(url, headers=supervisor, json={"segments": segments})
+        assert r.status_code == 200, r.text
+    body = api.get(url, headers=steward).json()
+    assert body["text"] == "请回电138****800谢谢"
+    assert api.get(f"/api/v1/notes/{t.id}", headers=steward).json()["transcript_text"] == body["text"]
+    assert api.get("/api/v1/transcripts", headers=steward, params={"q": "0013"}).json()["count"] == 0
+
+
 def test_hidden_digits_split_between_two_segments_stay_hidden_in_the_segments_and_history(
         api: TestClient, world: World, session: Session) -> None:
     """Regression (review): a mobile Whisper split between two segments, then corrected so that it no longer
