@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from api.db import utcnow
@@ -296,12 +297,12 @@ async def recover_async(app: Any, engine: Engine, settings: Settings) -> None:
     seconds = settings.speech_stalled_after_s
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds):
         try:
-            retried = await _retry_if_stalled(app, job.id, seconds)
-        except exceptions.UniqueViolation:
+            retried = await asyncio.to_thread(_retry_if_stalled, engine, job.id, seconds)
+        except IntegrityError:
             # A second job of the transcript waits already (deferred before the guard below existed), and it
             # could never run: the stalled one holds the transcript's lock. It goes, and the stalled one runs.
             await _cancel_waiting(app, job.queueing_lock)
-            retried = await _retry_if_stalled(app, job.id, seconds)
+            retried = await asyncio.to_thread(_retry_if_stalled, engine, job.id, seconds)
         if retried:
             log.warning("retried job %s of a worker that stopped", job.id)
     # The database and blob-store work in threads: on the event loop, a long look at waiting notes (a blob-store
@@ -330,28 +331,34 @@ def _without_live_job(engine: Engine, ids: list[uuid.UUID]) -> list[uuid.UUID]:
     return [i for i in ids if f"transcribe-{i}" not in live]
 
 
-# A stalled job retried only while it still is: in `doing`, its worker gone or silent. The job's row is locked first
-# and checked after (the lock waits for another recovery's retry or a worker's fetch to commit, and the check
-# reads the row they left): two workers recovering at once (several started together after a crash) both retried
-# it from their own list, the second one's retry failed and stopped that worker at start, or put the job, taken
-# meanwhile by a live worker, back in the queue for a second worker to run beside it. With the retry called in a
-# statement that also locked the row (`FOR UPDATE` after it), the call ran before the lock and the check.
-_RETRY_IF_STALLED = """
-WITH locked AS (SELECT job.id, job.status, job.worker_id FROM procrastinate_jobs job
-                 WHERE job.id = %(job_id)s FOR UPDATE OF job)
-SELECT procrastinate_retry_job_v2(locked.id, NOW(), NULL, NULL, NULL)
-  FROM locked
- WHERE locked.status = 'doing'
-   AND NOT EXISTS (SELECT 1 FROM procrastinate_workers worker
-                    WHERE worker.id = locked.worker_id
-                      AND worker.last_heartbeat >= NOW() - make_interval(secs => %(seconds)s))
+# A stalled job retried only while it still is: in `doing`, its worker gone or silent. Its row is locked by a first
+# statement and checked and retried by a second, in one transaction: the second statement reads the workers as
+# they are once the lock is held. Two workers recovering at once (several started together after a crash) both
+# retried it from their own list, and the second one's retry failed and stopped that worker at its start, or put
+# the job, taken meanwhile by a live worker, back in the queue for a second worker to run beside it. In one
+# statement the call ran before the lock (`FOR UPDATE` after it), and with the lock in the statement's own CTE
+# the check still read the workers from the statement's start: a worker that had registered and taken the job
+# while the statement waited for the lock counted as dead.
+_LOCK_JOB = f"SELECT id FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs WHERE id = :job_id FOR UPDATE"
+_RETRY_IF_STALLED = f"""
+SELECT procrastinate_retry_job_v2(job.id, NOW(), NULL, NULL, NULL)
+  FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs job
+ WHERE job.id = :job_id AND job.status = 'doing'
+   AND NOT EXISTS (SELECT 1 FROM {PROCRASTINATE_SCHEMA}.procrastinate_workers worker
+                    WHERE worker.id = job.worker_id
+                      AND worker.last_heartbeat >= NOW() - make_interval(secs => :seconds))
 """
 
 
-async def _retry_if_stalled(app: Any, job_id: int, seconds: float) -> bool:
-    """Retry the job if it is still stalled; whether it was."""
-    rows = await app.connector.execute_query_all_async(_RETRY_IF_STALLED, job_id=job_id, seconds=float(seconds))
-    return bool(rows)
+def _retry_if_stalled(engine: Engine, job_id: int, seconds: float) -> bool:
+    """Retry the job if it is still stalled; whether it was. Raises IntegrityError where another job of the
+    transcript waits (the queueing lock)."""
+    params = {"job_id": job_id, "seconds": float(seconds)}
+    with engine.begin() as conn:
+        # procrastinate's functions name its tables unqualified
+        conn.execute(text(f"SET LOCAL search_path TO {PROCRASTINATE_SCHEMA}, public"))
+        conn.execute(text(_LOCK_JOB), params)
+        return bool(conn.execute(text(_RETRY_IF_STALLED), params).all())
 
 
 async def _cancel_waiting(app: Any, queueing_lock: str | None) -> None:

@@ -458,14 +458,13 @@ def _retry_held(engine: Engine, job_id: int, started: Any, release: Any, then_ta
 
     from speech import worker
 
-    sql = worker._RETRY_IF_STALLED.replace("%(job_id)s", ":job_id").replace("%(seconds)s", ":seconds")
-    with engine.begin() as conn:  # a live worker, started before
-        live = conn.execute(text("INSERT INTO procrastinate.procrastinate_workers (last_heartbeat) "
-                                 "VALUES (now() + interval '1 hour') RETURNING id")).scalar_one()
     with engine.connect() as conn:
         conn.execute(text("SET search_path TO procrastinate, public"))
-        conn.execute(text(sql), {"job_id": job_id, "seconds": 60.0})
-        if then_taken:
+        conn.execute(text(worker._LOCK_JOB), {"job_id": job_id})
+        conn.execute(text(worker._RETRY_IF_STALLED), {"job_id": job_id, "seconds": 60.0})
+        if then_taken:  # a worker that registers and takes the job while the other recovery waits for its lock
+            live = conn.execute(text("INSERT INTO procrastinate_workers (last_heartbeat) "
+                                     "VALUES (now() + interval '1 hour') RETURNING id")).scalar_one()
             conn.execute(text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :j"),
                          {"w": live, "j": job_id})
         started.set()
@@ -479,7 +478,9 @@ def test_a_recovery_waits_for_another_recovery_of_the_same_job_at_the_same_insta
     """Regression (review): the one statement that checked and retried a stalled job called the retry before it
     locked the row and checked again. Two recoveries at the same instant: the second one's retry failed (the
     worker stopped at its start), or it put a job a live worker had fetched meanwhile back in the queue. A lone
-    retry also answered that it had retried nothing (its row was changed by the statement's own call)."""
+    retry also answered that it had retried nothing (its row was changed by the statement's own call). Then, with
+    the lock in the statement's CTE, the check read the workers as at the statement's start: a worker that
+    registered and took the job while the statement waited for the lock counted as dead."""
     import asyncio
     import threading
 
@@ -501,7 +502,7 @@ def test_a_recovery_waits_for_another_recovery_of_the_same_job_at_the_same_insta
 
     async def main() -> bool:
         async with app.open_async():
-            retry = asyncio.create_task(worker._retry_if_stalled(app, job_id, 60))
+            retry = asyncio.create_task(asyncio.to_thread(worker._retry_if_stalled, engine, job_id, 60))
             await asyncio.sleep(0.5)  # in its statement now, waiting for the other recovery's lock
             release.set()
             return await retry
@@ -536,7 +537,7 @@ def test_a_retry_of_a_stalled_job_says_it_retried_it(engine: Engine, session: Se
 
     async def main() -> bool:
         async with app.open_async():
-            return await worker._retry_if_stalled(app, job_id, 60)
+            return await asyncio.to_thread(worker._retry_if_stalled, engine, job_id, 60)
 
     assert asyncio.run(main()) is True
     with engine.connect() as conn:
