@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, func, select
 
 from api import access
@@ -39,8 +40,12 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
     if not verify_password(user.password_hash, password) or not user.active:
         raise Unauthorized("Wrong user name or password.", code="invalid_credentials")
     if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
-        session.add(user)
+        # Only over the hash just verified: written as a plain update of the row read before, a password reset
+        # that committed meanwhile was overwritten with a fresh hash of the old password (a lost handheld's
+        # credentials worked again, the new ones did not).
+        stmt = (sa_update(User).where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
+                .values(password_hash=hash_password(password)))
+        session.execute(stmt)
         session.commit()
     return user
 

@@ -449,3 +449,55 @@ def test_active_is_a_json_boolean(client: TestClient, session: Session, world: W
     r = client.patch(f"{API}/users/{world.steward_b.id}", json={"active": flag}, headers=world.headers(world.admin))
     assert_error(r, 422, "validation_error")
     assert reread(session, User, world.steward_b.id).active
+
+
+def test_a_password_reset_holds_against_a_sign_in_upgrading_the_old_hash_at_that_moment(
+        client: TestClient, session: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): a sign-in that upgrades a hash made with older argon2 settings wrote a fresh hash of
+    the password it verified over the row it had read; a reset committed between the two was undone (the old
+    password, a lost handheld's, signed in again and the new one was refused)."""
+    from argon2 import PasswordHasher
+
+    old, new = "old-password-1", "new-password-2"
+    legacy = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(old)
+    steward = make_user(session, Role.steward, password_hash=legacy)
+    assert service.needs_rehash(legacy)
+    verified, reset_done = threading.Event(), threading.Event()
+    real_verify = service.verify_password
+
+    def verify_then_wait(hashed: str, password: str) -> bool:  # the sign-in between its check and its rehash
+        ok = real_verify(hashed, password)
+        if password == old and not verified.is_set():
+            verified.set()
+            reset_done.wait(5)
+        return ok
+
+    def sign_in(password: str) -> int:
+        return client.post("/api/v1/auth/token", data={"username": steward.username, "password": password}
+                           ).status_code
+
+    monkeypatch.setattr(service, "verify_password", verify_then_wait)
+    signing_in = threading.Thread(target=sign_in, args=(old,))
+    signing_in.start()
+    try:
+        assert verified.wait(5)
+        reset = client.patch(f"/api/v1/users/{steward.id}", json={"password": new},
+                             headers=world.headers(world.admin))
+        assert reset.status_code == 200, reset.text
+    finally:
+        reset_done.set()
+        signing_in.join()
+    monkeypatch.setattr(service, "verify_password", real_verify)
+    assert (sign_in(old), sign_in(new)) == (401, 200)
+
+
+def test_a_hash_made_with_older_settings_is_upgraded_at_the_next_sign_in(client: TestClient, session: Session
+                                                                         ) -> None:
+    from argon2 import PasswordHasher
+
+    legacy = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("old-password-1")
+    steward = make_user(session, Role.steward, password_hash=legacy)
+    r = client.post("/api/v1/auth/token", data={"username": steward.username, "password": "old-password-1"})
+    assert r.status_code == 200, r.text
+    stored = reread(session, User, steward.id).password_hash
+    assert stored != legacy and not service.needs_rehash(stored)
