@@ -29,6 +29,8 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +79,22 @@ class Recording:
     path: Path
     started_at: datetime
     duration_s: float
+
+
+class NoteNotWritten(OSError):
+    """Writing a mixed-down note failed (a full disk): the recording it was mixed from is not to blame, and is
+    kept for another try (`recover`). Told apart from a recording that does not decode, which holds nothing."""
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError in the block is one writing the note `path`: raised as `NoteNotWritten`."""
+    try:
+        yield
+    except NoteNotWritten:
+        raise
+    except OSError as exc:
+        raise NoteNotWritten(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 class _Mixer:
@@ -211,7 +229,14 @@ class CallRecorder:
             self._queue.put(None)
         self._thread.join()
         if self._error is not None and self.encoded and self.path.exists():
-            recovered = recover(self.path, self.path)
+            try:
+                recovered = recover(self.path, self.path)
+            except NoteNotWritten as exc:
+                # The note stays, without a `.json`, for the next start (`video.service.left_by_a_crash`): a disk
+                # still full at the close deleted it, with everything recorded before the failure.
+                log.error("recording %s failed mid-call and cannot be mixed down (%s); it stays for the next start",
+                          self.path, exc)
+                return None
             if recovered is not None:
                 log.warning("recording %s failed mid-call; the %.1f s before it are kept", self.path,
                             recovered.duration_s)
@@ -378,41 +403,58 @@ class PacketRecorder:
 
 
 def mix_down(packets_path: Path, path: Path) -> int:
-    """Mix the Opus streams of a packet recording into one 16 kHz mono Ogg/Opus file; the samples written."""
-    with av.open(str(packets_path)) as source, av.open(str(path), "w", format="ogg") as out:
-        mixer = _Mixer(out)
-        streams = list(source.streams.audio)
-        sides = {stream.index: side for side, stream in enumerate(streams)}
-        for packet in source.demux(*streams):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:  # a damaged packet: leave its 20 ms silent
-                continue
-            for frame in frames:
-                if not isinstance(frame, av.AudioFrame) or frame.pts is None or frame.time_base is None:
+    """Mix the Opus streams of a packet recording into one 16 kHz mono Ogg/Opus file; the samples written.
+    Failing to write `path` raises `NoteNotWritten`; anything else raised is the packet file's (it does not open or
+    decode)."""
+    with av.open(str(packets_path)) as source:
+        with _writing(path):
+            out = av.open(str(path), "w", format="ogg")
+        try:
+            mixer = _Mixer(out)
+            streams = list(source.streams.audio)
+            sides = {stream.index: side for side, stream in enumerate(streams)}
+            for packet in source.demux(*streams):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:  # a damaged packet: leave its 20 ms silent
                     continue
-                end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
-                mixer.place(sides[packet.stream_index], end, frame)
-                mixer.flush(end)
-        mixer.flush(None)
+                for frame in frames:
+                    if not isinstance(frame, av.AudioFrame) or frame.pts is None or frame.time_base is None:
+                        continue
+                    end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
+                    mixer.place(sides[packet.stream_index], end, frame)
+                    with _writing(path):
+                        mixer.flush(end)
+            with _writing(path):
+                mixer.flush(None)
+        finally:
+            with _writing(path):
+                out.close()  # writes the trailer: on a disk still full, that fails too
         return mixer.written
 
 
 def recover(source: Path, path: Path) -> Recording | None:
     """The audio of a recording cut off mid-call by a dead process (a packet file, or a note being written),
     mixed down into the note's file `path` as at a close; None when none of it decodes (the muxer had not
-    flushed it to disk yet). Its start is reckoned back from the file's last write."""
+    flushed it to disk yet). Its start is reckoned back from the file's last write. When the note cannot be
+    written (a full disk) it raises `NoteNotWritten`, leaving no part-written file: `source` may hold all of the
+    call and is to be kept for another try. That failure answered None, and every caller deleted `source`."""
     mixing = path.with_suffix(".mixing")  # `source` may be `path` itself
     try:
         written = mix_down(source, mixing)
         ended = datetime.fromtimestamp(source.stat().st_mtime, UTC)
+        if written:
+            with _writing(path):
+                mixing.replace(path)
+    except NoteNotWritten:
+        mixing.unlink(missing_ok=True)
+        raise
     except Exception as exc:  # a cut-off file fails in many ways (no header, a torn page): it holds nothing usable
         log.info("the left-over recording %s does not decode: %s", source, exc)
         written = 0
     if not written:
         mixing.unlink(missing_ok=True)
         return None
-    mixing.replace(path)
     duration_s = written / RATE
     return Recording(path, ended - timedelta(seconds=duration_s), duration_s)
 

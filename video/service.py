@@ -32,7 +32,7 @@ from api.work_orders.models import OPEN_STATUSES, WorkOrder
 from video import tokens
 from video.blobs import put_blob
 from video.models import CloseReason, Role, RoomCreate, RoomState, VideoRoom, VideoSnapshot
-from video.recording import Recording, recover
+from video.recording import NoteNotWritten, Recording, recover
 from video.relay import Seat, Verdict
 
 log = logging.getLogger(__name__)
@@ -410,8 +410,9 @@ def save_crashed_recordings(engine: Engine, settings: Settings, room_ids: list[u
     """The recordings `left_by_a_crash` found, of rooms this worker relayed that are no longer open (closed as
     `lost` at start): the audio they hold is mixed down into the room's note, as at a close, and the files
     deleted (a failed save keeps the note's file for `save_kept_recordings`). A file with no audio that decodes,
-    or whose room is gone or has its note, is removed; each is logged. The ids of the notes made. They stayed
-    for ever before, neither saved nor removed."""
+    or whose room is gone or has its note, is removed; each is logged. A file whose note cannot be written (a full
+    disk) stays as it is, for the next start. The ids of the notes made. They stayed for ever before, neither
+    saved nor removed."""
     notes: list[uuid.UUID] = []
     url = url.rstrip("/")
     directory = recordings_dir(settings)
@@ -421,8 +422,13 @@ def save_crashed_recordings(engine: Engine, settings: Settings, room_ids: list[u
             room = session.get(VideoRoom, room_id)
         if room is not None and (room.state == RoomState.open or not _relayed_by(room, worker, url)):
             continue  # another worker's call, perhaps under way (or not closed yet: the next start's)
-        recording = (recover(packets if packets.exists() else path, path)
-                     if room is not None and room.recording_note_id is None else None)
+        try:
+            recording = (recover(packets if packets.exists() else path, path)
+                         if room is not None and room.recording_note_id is None else None)
+        except NoteNotWritten as exc:  # not the file's fault: it was deleted as if none of it decoded
+            log.error("the recording of video room %s, left by a process that died mid-call, cannot be mixed down "
+                      "(%s); it stays for the next start", room_id, exc)
+            continue
         packets.unlink(missing_ok=True)
         if room is None or recording is None:
             path.unlink(missing_ok=True)

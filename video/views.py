@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -106,6 +107,10 @@ def _host(manager: RoomManager, settings: Settings, row: VideoRoom) -> Room:
         directory = service.recordings_dir(settings)
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            # A file made and removed: a directory that is there but cannot be written (read-only) passed the
+            # mkdir, and the call was hosted and ran unrecorded (the recorder opens its file at the first sound).
+            with tempfile.TemporaryFile(dir=directory):
+                pass
             path = directory / f"{row.id}.ogg"
             recorder = PacketRecorder(path) if room.forward else CallRecorder(path)  # forward: Opus packets
         except OSError as exc:

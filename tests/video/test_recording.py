@@ -525,3 +525,84 @@ def test_a_transcoding_recorder_failure_mid_call_keeps_the_note_up_to_it(tmp_pat
     recording = recorder.stop()
     assert recording is not None and 2.9 <= recording.duration_s <= 5.1, recording
     assert float(np.sqrt(np.mean(decode(recording.path)[16_000:32_000] ** 2))) > 3000
+
+
+def notes_cannot_be_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, as on a full disk: each time a mixer writes out a note's final blocks, a write fails after
+    them (ENOSPC), a note being mixed down included (`recover`)."""
+    from video import recording as module
+
+    real = module._Mixer.flush
+
+    def full_disk(mixer: Any, now_s: float | None) -> None:
+        real(mixer, now_s)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module._Mixer, "flush", full_disk)
+
+
+def test_a_disk_still_full_at_the_close_keeps_the_packets_for_the_next_start(tmp_path: Path, monkeypatch):
+    """Regression (review): a disk that filled mid-call and was still full at the close deleted the packet file
+    with everything recorded before: `recover` answered a note it could not write as one with nothing that
+    decodes. Now the packet file stays, without a `.json`, for the next start; no part-written note is left."""
+    from video.service import left_by_a_crash, recordings_dir
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'steward.db'}", tmp_path)
+    room = "0b4a3f1e-8a43-4c55-9d3c-3f6c2b1d0e11"
+    note = recordings_dir(settings) / f"{room}.ogg"
+    note.parent.mkdir(parents=True)
+    recorder = PacketRecorder(note)
+    sides = tuple(put for _, put in (recorder.taps(), recorder.taps()))
+    tick = _speak(sides, 1.0)
+    deadline = time.monotonic() + 5
+    while recorder.muxed < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder.muxed == 100
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recorder._mux_pending = full_disk  # type: ignore[method-assign]
+    _speak(sides, 0.6, tick)
+    time.sleep(0.6)  # a muxing round fails
+    notes_cannot_be_written(monkeypatch)  # still full at the close
+    assert recorder.stop() is None
+    assert sorted(p.name for p in note.parent.iterdir()) == [f"{room}.webm"]
+    assert [str(r) for r in left_by_a_crash(settings)] == [room]
+    monkeypatch.undo()  # space again: the next start
+    recovered = recover(note.with_suffix(".webm"), note)
+    assert recovered is not None and 0.9 <= recovered.duration_s <= 1.1, recovered
+
+
+def test_a_disk_still_full_at_the_close_keeps_the_transcoded_note_for_the_next_start(tmp_path: Path, monkeypatch):
+    """Regression (review): the same in transcode mode: `stop()` deleted the note, and every second encoded into
+    it before the disk filled. Now it stays, without a `.json`, for the next start (`left_by_a_crash`)."""
+    from video.service import left_by_a_crash, recordings_dir
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'steward.db'}", tmp_path)
+    room = "0b4a3f1e-8a43-4c55-9d3c-3f6c2b1d0e12"
+    note = recordings_dir(settings) / f"{room}.ogg"
+    note.parent.mkdir(parents=True)
+    recorder = CallRecorder(note)
+    now = 0.0
+    recorder._clock.since = lambda: now  # type: ignore[method-assign]
+    resident = recorder.tap()
+    for n in range(250):  # 5 s, their arrival times made up (the mixer holds 1-2 s before encoding)
+        now = (n + 1) * 0.02
+        resident(tone_frame(440, n * 960))
+    deadline = time.monotonic() + 10
+    while recorder.encoded < 3 * 16_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert recorder.encoded >= 3 * 16_000
+    notes_cannot_be_written(monkeypatch)  # the disk fills up mid-call, and stays full
+    for n in range(250, 300):
+        now = (n + 1) * 0.02
+        resident(tone_frame(440, n * 960))
+    assert recorder.stop() is None
+    assert recorder._error is not None
+    assert sorted(p.name for p in note.parent.iterdir()) == [f"{room}.ogg"]
+    assert [str(r) for r in left_by_a_crash(settings)] == [room]
+    monkeypatch.undo()  # space again: the next start
+    recovered = recover(note, note)
+    assert recovered is not None and 2.9 <= recovered.duration_s <= 5.1, recovered
+    assert float(np.sqrt(np.mean(decode(note)[16_000:32_000] ** 2))) > 3000

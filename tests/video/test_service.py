@@ -128,3 +128,35 @@ def test_joining_takes_an_access_token_as_every_route_does(session: Session, set
         with pytest.raises(Unauthorized) as refused:
             service.admit(session=session, settings=settings, room_id=room.id, token=credential, role=None)
         assert refused.value.code == code
+
+
+def test_a_crashed_calls_packets_stay_when_their_note_cannot_be_written(
+        session: Session, engine: Engine, world: World, order: WorkOrder, video_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): at start, a disk still full deleted a crashed call's packet file: `recover` answered
+    a note it could not write as one with nothing that decodes. Now the file stays for the next start, which
+    saves it."""
+    from tests.video.test_recording import _speak, notes_cannot_be_written
+    from video.recording import PacketRecorder
+
+    room = _room(order, RoomState.closed)
+    room.worker, room.created_by_id, room.close_reason = "w1", world.steward_a.id, CloseReason.lost
+    session.add(room)
+    session.commit()
+    directory = service.recordings_dir(video_settings)
+    directory.mkdir(parents=True)
+    recorder = PacketRecorder(directory / f"{room.id}.ogg", keep_packets=True)
+    _speak(tuple(put for _, put in (recorder.taps(), recorder.taps())), 1.0)
+    assert recorder.stop() is not None
+    (directory / f"{room.id}.ogg").unlink()  # killed before the mix-down: the packet file only
+    notes_cannot_be_written(monkeypatch)
+    crashed = service.left_by_a_crash(video_settings)
+    assert crashed == [room.id]
+    assert service.save_crashed_recordings(engine, video_settings, crashed, worker="w1") == []
+    assert sorted(p.name for p in directory.iterdir()) == [f"{room.id}.webm"]
+    monkeypatch.undo()  # space again: the next start
+    crashed = service.left_by_a_crash(video_settings)
+    notes = service.save_crashed_recordings(engine, video_settings, crashed, worker="w1")
+    assert len(notes) == 1 and list(directory.iterdir()) == []
+    session.refresh(room)
+    assert room.recording_note_id == notes[0]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import jwt
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -577,3 +582,32 @@ def test_a_call_that_cannot_be_recorded_is_refused_and_leaves_nothing_hosted(liv
     run(scenario())
     rows = session.exec(select(VideoRoom).where(VideoRoom.work_order_id == order.id)).all()
     assert len(rows) == 3 and {row.state for row in rows} == {RoomState.closed}  # the refused two, then shutdown
+
+
+def test_a_recordings_directory_that_cannot_be_written_is_refused_too(live, world, order, video_settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """Regression (review): a recordings directory that is there but cannot be written (a read-only mount)
+    passed the check, which only made it: `POST /rooms` answered 201 and the call ran unrecorded (the recorder
+    opens its file at the first sound, and its failure was only logged)."""
+    directory = recordings_dir(video_settings.model_copy(update={"video_record_audio": True}))
+    directory.mkdir(parents=True)
+    real = os.open
+
+    def read_only(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        # root (these tests) writes into a chmod 0o500 directory all the same: refuse it here, as a read-only mount
+        if directory in (Path(os.fspath(path)), Path(os.fspath(path)).parent) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real(path, flags, *args, **kwargs)
+
+    async def scenario() -> None:
+        async with live(video_record_audio=True) as app:
+            h = world.headers(world.steward_a)
+            monkeypatch.setattr(os, "open", read_only)
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert_error(r, 503, "recording_unavailable")
+            assert "Read-only file system" in r.json()["detail"]["message"] and app.rooms.rooms == {}
+            monkeypatch.undo()
+            r = await app.http.post(ROOMS, json={"work_order_id": str(order.id)}, headers=h)
+            assert r.status_code == 201, r.text
+            assert list(directory.iterdir()) == []  # the check leaves no file behind
+    run(scenario())
