@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # `make run HOST=0.0.0.0 PORT=8080` overrides; otherwise `steward serve` takes STEWARD_HOST/STEWARD_PORT from the
-# environment or .env (default 127.0.0.1:8000), as every other setting.
-HOST   ?=
-PORT   ?=
+# environment or .env (default 127.0.0.1:8000), as every other setting. Only HOST=/PORT= on make's command line
+# count: make takes every environment variable as a variable too, and hosting platforms export PORT (tcsh sets
+# HOST) for other purposes, which silently overrode STEWARD_PORT/STEWARD_HOST.
+given = $(if $(filter command line,$(origin $(1))),$($(1)))
+serve_args = $(if $(call given,HOST),--host $(HOST)) $(if $(call given,PORT),--port $(PORT))
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist; 0 = one process), a test file on one process at a
 # time so its module fixtures are made once. The slowest tests are listed at the end of every run, so a suite
 # that creeps towards CI's time limit shows where.
@@ -29,7 +31,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/steward db upgrade
-	$(BIN)/steward serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+	$(BIN)/steward serve $(serve_args)
 
 migrate: $(VENV)/.installed
 	$(BIN)/steward db upgrade

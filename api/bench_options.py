@@ -29,17 +29,23 @@ def writable_directory(out: Path, option: str = "--out") -> None:
 
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
-    """A benchmark database that cannot be reached or created, or a URL that is none: one line (exit 2)
-    naming it without its password, instead of a 450-line traceback."""
-    from sqlalchemy.engine import make_url
+    """A benchmark database that cannot be reached or created, a URL that is none, or one of a database without
+    a driver here (`mysql://`): one line (exit 2) naming it without its password, instead of a 450-line (or,
+    for the driver, 64-line) traceback."""
     from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from api.urls import shown_url
+
+    def shown() -> str:
+        try:
+            return shown_url(url)
+        except (ArgumentError, ValueError):
+            return "the given URL"
 
     try:
         yield
     except (ArgumentError, DBAPIError, ValueError) as exc:
-        try:
-            shown = make_url(url).render_as_string(hide_password=True)
-        except (ArgumentError, ValueError):
-            shown = "the given URL"
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-        raise usage_error(f"Cannot use the benchmark database {shown}: {reason}") from exc
+        raise usage_error(f"Cannot use the benchmark database {shown()}: {reason}") from exc
+    except ImportError as exc:  # as `steward db` commands (api/cli.py `_database_errors`)
+        raise usage_error(f"Cannot use the benchmark database {shown()}: use PostgreSQL ({exc})") from exc

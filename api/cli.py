@@ -61,19 +61,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _database_name(settings: Settings) -> str:
-    """The configured database as a user may see it: the URL without its password."""
-    from sqlalchemy.engine import make_url
+    """The configured database as a user may see it: the URL without its password (libpq's `?password=` and
+    `?sslpassword=` included)."""
     from sqlalchemy.exc import ArgumentError
+
+    from api.urls import hide_passwords, shown_url
 
     url = settings.resolved_database_url
     try:
-        parsed = make_url(url)
-        if "password" in parsed.query:  # libpq's `?password=...`
-            parsed = parsed.update_query_dict({"password": "***"})
-        return parsed.render_as_string(hide_password=True)
+        return shown_url(url)
     except (ArgumentError, ValueError):  # not a URL SQLAlchemy can read (`:54x2` as port): still never print
         # what may be a password
-        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(:/+[^:/@]*:)[^@/]*@", r"\1***@", url)))
+        return repr(hide_passwords(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@",
+                                          re.sub(r"(:/+[^:/@]*:)[^@/]*@", r"\1***@", url))))
 
 
 def _one_line(exc: BaseException) -> str:

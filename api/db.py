@@ -232,7 +232,9 @@ def make_engine(settings: Settings) -> Engine:
     """Create the engine for the configured database, creating the SQLite directory if needed."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        # The path as SQLAlchemy reads it from the URL (`%3F` is a `?` in a folder's name, `api.urls.sqlite_url`):
+        # from the URL's text, a data directory named so was made as a stray `q%3Fx` folder.
+        path = make_url(url).database or ""
         if path and path != ":memory:":
             from pathlib import Path
 

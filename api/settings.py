@@ -397,7 +397,9 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         """The database URL, with the SQLite default and the psycopg 3 driver filled in."""
-        url = self.database_url or f"sqlite:///{self.data_dir / 'steward.db'}"
+        from api.urls import sqlite_url
+
+        url = self.database_url or sqlite_url(self.data_dir / "steward.db")
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://"):]
         if url.startswith("postgresql://"):

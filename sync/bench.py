@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from api.bench_options import database_errors, writable_directory
+from api.urls import hide_passwords, sqlite_url
 
 SECRET = "bench-secret-key-bench-secret-key-bench-secret"
 HOUSEHOLDS_PER_GRID = 5000
@@ -78,7 +79,7 @@ class Backend:
             self.admin_url = Settings(database_url=url).resolved_database_url
             self.url = create_database(self.admin_url, "steward_bench")
         else:
-            self.url = f"sqlite:///{workdir / 'steward.db'}"
+            self.url = sqlite_url(workdir / "steward.db")
         self.settings = Settings(database_url=self.url, data_dir=workdir, secret_key=SECRET)
 
     def drop(self) -> None:
@@ -576,8 +577,9 @@ def bench_sync(
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"sync-{households}-{stamp}.json"
-    path.write_text(json.dumps({"command": " ".join(sys.argv), "at": stamp, "households": households,
-                                "history": history, "workers": workers, "machine": {
+    # The command line as given, `--postgres-url` included: its password masked (the results are committed).
+    path.write_text(json.dumps({"command": hide_passwords(" ".join(sys.argv)), "at": stamp,
+                                "households": households, "history": history, "workers": workers, "machine": {
                                     "cpus": os.cpu_count(), "python": platform.python_version(),
                                     "platform": platform.platform()}, "results": results, "table": table},
                                indent=2, ensure_ascii=False))

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import random
-import re
 import sys
 import tempfile
 import time
@@ -26,15 +25,11 @@ from typing import Annotated, Any
 import typer
 
 from api.bench_options import database_errors, writable_directory
+from api.urls import hide_passwords
 from sync.bench import Backend, Server, _percentile
 from sync.simulator import FIRST_SYNC, PULL, PUSH, Handheld, ProtocolError, Stats
 
 FIRST_SYNC_TOTAL = "first_sync"  # all pages of one first sync, as the steward waits for it
-
-
-def hide_passwords(command: str) -> str:
-    """The command line as recorded in the results: passwords of database URLs masked."""
-    return re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", command)
 
 
 def _now() -> str:

@@ -62,3 +62,17 @@ def test_make_run_leaves_host_and_port_to_the_settings_unless_given(tmp_path: Pa
 
     assert "--host" not in serve_line() and "--port" not in serve_line()  # steward serve reads .env itself
     assert serve_line("HOST=0.0.0.0", "PORT=18999").split()[-4:] == ["--host", "0.0.0.0", "--port", "18999"]
+
+
+def test_make_run_ignores_host_and_port_from_the_environment() -> None:
+    """Regression: make takes environment variables as its own, so a `PORT` a hosting platform exports (or the
+    `HOST` tcsh sets) became --port/--host and silently overrode STEWARD_PORT/STEWARD_HOST."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")} | {"HOST": "buildbox", "PORT": "3000"}
+
+    def serve_line(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "run", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True).stdout
+        return next(line for line in out.splitlines() if "steward serve" in line)
+
+    assert "--host" not in serve_line() and "--port" not in serve_line()
+    assert serve_line("PORT=18999").split()[-2:] == ["--port", "18999"] and "--host" not in serve_line("PORT=18999")

@@ -42,6 +42,7 @@ from typing import Annotated, Any
 import typer
 
 from api.bench_options import writable_directory
+from api.urls import sqlite_url
 
 FPS = 24
 FPS_FLOOR = 20.0
@@ -280,7 +281,7 @@ def _run_mode(mode: str, stages: list[int], *, subscribers: list[int], warmup: f
     relay_mode, shared_encoding = mode.removesuffix("-per-subscriber"), not mode.endswith("-per-subscriber")
     with tempfile.TemporaryDirectory(prefix="steward-bench-video-") as tmp:
         port = _free_port()
-        env = {**os.environ, "STEWARD_DATA_DIR": tmp, "STEWARD_DATABASE_URL": f"sqlite:///{tmp}/steward.db",
+        env = {**os.environ, "STEWARD_DATA_DIR": tmp, "STEWARD_DATABASE_URL": sqlite_url(Path(tmp) / "steward.db"),
                "STEWARD_SPEECH_QUEUE": "off", "STEWARD_VIDEO_ICE_SERVERS": "", "STEWARD_VIDEO_WORKER_ID": "bench",
                "STEWARD_VIDEO_MAX_ROOMS": str(max(stages) + 1), "STEWARD_VIDEO_ROOM_IDLE_CLOSE_S": "600",
                "STEWARD_VIDEO_MAX_PARTICIPANTS": str(max(subscribers) + 1), "STEWARD_VIDEO_CONNECT_TIMEOUT_S": "120",

@@ -282,6 +282,36 @@ def test_a_database_url_is_never_shown_with_its_password(data_dir: Path, monkeyp
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize("url", ["postgresql://steward@127.0.0.1:1/steward?sslmode=disable&sslpassword=Secret77",
+                                 "postgresql://steward@127.0.0.1:54x2/steward?sslpassword=Secret77"])
+def test_a_password_of_any_name_in_the_query_is_never_shown(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            url: str) -> None:
+    """Regression: only libpq's `?password=` was masked: its `?sslpassword=` (the client key's) was printed whole,
+    from a URL that parses and from one that does not."""
+    monkeypatch.setenv("STEWARD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 2 and "Secret77" not in result.output and "sslpassword=***" in result.output
+
+
+def test_db_upgrade_creates_the_database_in_a_data_dir_of_any_name(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: STEWARD_DATA_DIR was pasted into the SQLite URL unquoted: a `?` began a query (a database file
+    `q` beside the data directory) and `%41` was read as `A`; the directory, made from the URL's text, was a
+    stray `q%3Fx` folder."""
+    data_dir = tmp_path / "q?x pct%41" / "data"
+    monkeypatch.setenv("STEWARD_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("STEWARD_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+        current = runner.invoke(app, ["db", "current"])
+    finally:
+        get_settings.cache_clear()
+    assert current.exit_code == 0 and json.loads(current.stdout)["database"] is not None, current.output
+    assert (data_dir / "steward.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["q?x pct%41"]
+
+
 def test_demo_data_outside_dev_mode_needs_a_password_of_its_own(data_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: `steward demo-data` in production created admin / steward-demo, the password the README
@@ -496,6 +526,17 @@ def test_a_benchmark_database_that_cannot_be_used_is_one_line(tmp_path: Path, ar
     result = runner.invoke(app, [*args, "--out-dir", str(tmp_path)])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "Cannot use the benchmark database" in result.output and "secret" not in result.output
+
+
+@pytest.mark.parametrize("command", [["bench", "load"], ["bench", "sync", "--no-sqlite"]])
+def test_a_benchmark_database_without_a_driver_here_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    """Regression: `--postgres-url mysql://...` was a 64-line traceback (ModuleNotFoundError, exit 1), where
+    `steward db` commands say it in one line."""
+    result = runner.invoke(app, [*command, "--postgres-url", "mysql://steward:secret@127.0.0.1:1/steward",
+                                 "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "use PostgreSQL" in result.output and "secret" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_benchmark_checks_where_its_results_go_before_it_runs(tmp_path: Path) -> None:

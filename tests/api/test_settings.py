@@ -165,6 +165,17 @@ def test_an_empty_data_dir_is_the_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings().resolved_database_url == "sqlite:///data/steward.db"
 
 
+def test_the_sqlite_url_holds_the_data_dir_whatever_its_name(tmp_path: Path) -> None:
+    """Regression: the data directory was pasted into the URL unquoted: a `?` in it began a query and `%41` was
+    read as `A`; the URL of a plain path stays as it was."""
+    from sqlalchemy.engine import make_url
+
+    for name in ("q?x", "pct%41", "sp ace", "供热 #1"):
+        url = Settings(data_dir=tmp_path / name).resolved_database_url
+        assert make_url(url).database == str(tmp_path / name / "steward.db") and not make_url(url).query
+    assert Settings(data_dir=tmp_path / "供热 #1").resolved_database_url == f"sqlite:///{tmp_path}/供热 #1/steward.db"
+
+
 def test_a_short_demo_password_is_refused_with_the_settings() -> None:
     with pytest.raises(ValidationError, match="demo_password"):
         Settings(demo_password="pilot1")

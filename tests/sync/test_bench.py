@@ -42,6 +42,33 @@ def test_the_sync_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
 
 
 
+def test_the_results_never_hold_a_database_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `bench sync` recorded its command line whole, the --postgres-url password included, in the
+    results JSON (committed under bench/results/); `bench load` masked it. The run itself is stubbed here."""
+    import sync.bench
+
+    class Backend:
+        def __init__(self, name: str, url: str, workdir: Path) -> None:
+            pass
+
+        def drop(self) -> None:
+            pass
+
+    monkeypatch.setattr(sync.bench, "Backend", Backend)
+    monkeypatch.setattr(sync.bench, "run_backend", lambda backend, **kwargs: {"backend": "postgresql"})
+    monkeypatch.setattr(sync.bench, "_table", lambda results: "table")
+    url = "postgresql://steward:Pw-77x@127.0.0.1:5432/postgres?sslpassword=Key-99y"
+    args = ["bench", "sync", "--no-sqlite", "--postgres-url", url, "--out-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["steward", *args])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [written] = tmp_path.glob("sync-*.json")
+    assert "Pw-77x" not in written.read_text() and "Key-99y" not in written.read_text()
+    assert json.loads(written.read_text())["command"] == (
+        "steward bench sync --no-sqlite --postgres-url postgresql://steward:***@127.0.0.1:5432/postgres"
+        f"?sslpassword=*** --out-dir {tmp_path}")
+
+
 def test_the_baseline_reads_the_grid_the_pull_sends_through_indexes(engine: Engine, settings: Settings) -> None:
     """The benchmark's baseline is the same rows as a first sync, read the way an indexed SELECT reads them.
     Regression (review): on PostgreSQL `household_id IN (SELECT ...) OR taken_by_id = :u` was a filter over the

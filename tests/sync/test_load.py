@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
-from sync.load import hide_passwords
+from api.urls import hide_passwords
 from tests.conftest import POSTGRES_URL
 from tests.stress.conftest import require_postgres
 
@@ -46,6 +46,14 @@ def test_the_results_never_hold_a_database_password() -> None:
     assert hide_passwords(command) == ("steward bench load --postgres-url postgresql://steward:***@db:5432/postgres "
                                        "--devices 5")
     assert hide_passwords("steward bench load --devices 5") == "steward bench load --devices 5"
+
+
+def test_the_results_never_hold_a_password_given_in_the_query() -> None:
+    """Regression: libpq's `?password=` and `?sslpassword=` (the client key's) were recorded whole."""
+    command = ("steward bench load --postgres-url postgresql://steward@db/postgres?sslmode=require&sslpassword=K3y"
+               "&password=s3cr --devices 5")
+    assert hide_passwords(command) == ("steward bench load --postgres-url postgresql://steward@db/postgres"
+                                       "?sslmode=require&sslpassword=***&password=*** --devices 5")
 
 
 def test_the_load_benchmark_needs_postgresql(tmp_path: Path) -> None:
