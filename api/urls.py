@@ -7,7 +7,7 @@ from pathlib import Path
 
 # A password in a URL's user info (`scheme://user:secret@host`), and in its query: libpq takes `password` and
 # `sslpassword` (the client key's) there too; any key naming a password is masked, not only `password`.
-_USERINFO_PASSWORD = re.compile(r"://([^:/@\s]+):[^@\s]+@")
+_USERINFO_PASSWORD = re.compile(r"://([^:/@\s]*):[^@\s]+@")
 _QUERY_PASSWORD = re.compile(r"([?&][^=&\s]*password[^=&\s]*=)[^&\s]*", re.IGNORECASE)
 
 

@@ -56,6 +56,12 @@ def test_the_results_never_hold_a_password_given_in_the_query() -> None:
                                        "?sslmode=require&sslpassword=***&password=*** --devices 5")
 
 
+def test_the_results_never_hold_a_password_of_a_url_without_a_user_name() -> None:
+    """Regression: `postgresql://:secret@host/db` (libpq takes the user from PGUSER) was recorded whole."""
+    assert hide_passwords("--postgres-url postgresql+psycopg://:s3cr@db:5432/postgres") == (
+        "--postgres-url postgresql+psycopg://:***@db:5432/postgres")
+
+
 def test_the_load_benchmark_needs_postgresql(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "load", "--out-dir", str(tmp_path)],
                                 env={"STEWARD_BENCH_POSTGRES_URL": ""})
