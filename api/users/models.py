@@ -14,6 +14,8 @@ from sqlmodel import Field, SQLModel
 from api.db import Versioned, ts_field
 from api.schemas import RequestBody, not_null, strip_text
 
+GRID_MAX_BUILDINGS = 5000  # a grid's buildings in one request: creating a steward and setting a grid alike
+
 
 class Role(StrEnum):
     admin = "admin"
@@ -98,7 +100,8 @@ class UserCreate(UserBase, RequestBody):
     _clean = field_validator("full_name", mode="before")(_clean_name)
     _strip = field_validator("phone", mode="before")(strip_text)
     _phone = field_validator("phone")(_staff_phone)
-    grid: list[uuid.UUID] = Field(default_factory=list, description="Building ids (stewards only).")
+    grid: list[uuid.UUID] = Field(default_factory=list, max_length=GRID_MAX_BUILDINGS,
+                                  description="Building ids (stewards only).")
 
 
 class UserUpdate(RequestBody):
@@ -133,7 +136,7 @@ class UsersPublic(SQLModel):
 
 
 class GridUpdate(RequestBody):
-    building_ids: list[uuid.UUID] = Field(max_length=5000)
+    building_ids: list[uuid.UUID] = Field(max_length=GRID_MAX_BUILDINGS)
 
 
 class GridPublic(SQLModel):

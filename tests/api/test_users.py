@@ -178,6 +178,10 @@ def test_grid_size_is_bounded(client: TestClient, session: Session, world: World
     r = client.put(f"{API}/users/{world.steward_a.id}/grid", json={"building_ids": [random_id()] * 5001},
                    headers=world.headers(world.admin))
     assert_error(r, 422, "validation_error")
+    # Creating a steward too (a review: a grid of any length was taken there, 26,000 ids read before a 404)
+    r = client.post(f"{API}/users", json={"username": "big_grid", "password": PASSWORD, "role": "steward",
+                                          "grid": [str(random_id())] * 5001}, headers=world.headers(world.admin))
+    assert_error(r, 422, "validation_error")
     assert db_state(session) == before
 
 
