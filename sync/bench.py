@@ -10,6 +10,7 @@ Prints a table and writes the numbers as JSON under bench/results/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -562,16 +563,20 @@ def bench_sync(
         typer.echo(message, err=True)
 
     results = []
-    for name in backends:
-        with tempfile.TemporaryDirectory(prefix="steward-bench-") as workdir:
+    with contextlib.ExitStack() as stack:
+        # Every database made before any is measured: a PostgreSQL URL that cannot be used was reported only after
+        # the whole SQLite run (minutes).
+        made = []
+        for name in backends:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="steward-bench-"))
             with database_errors(postgres_url):
                 backend = Backend(name, postgres_url, Path(workdir))
-            try:
-                results.append(run_backend(backend, households=households, history=history, devices=devices,
-                                           rounds=rounds, batches=batches, batch_size=batch_size, workers=workers,
-                                           period=period, duration=duration, log=log))
-            finally:
-                backend.drop()
+            stack.callback(backend.drop)
+            made.append(backend)
+        for backend in made:
+            results.append(run_backend(backend, households=households, history=history, devices=devices,
+                                       rounds=rounds, batches=batches, batch_size=batch_size, workers=workers,
+                                       period=period, duration=duration, log=log))
     table = _table(results)
     typer.echo(table)
     out_dir.mkdir(parents=True, exist_ok=True)

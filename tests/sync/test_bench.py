@@ -93,3 +93,17 @@ def test_the_baseline_reads_the_grid_the_pull_sends_through_indexes(engine: Engi
         for table in ("work_orders", "visits", "readings", "notes"):
             plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + queries[table]), {"u": str(steward.id)}))
             assert f"Seq Scan on {table}" not in plan, plan
+
+
+def test_a_postgresql_url_that_cannot_be_used_is_told_before_the_sqlite_run(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: with SQLite on, a bad --postgres-url was reported after the whole SQLite run (minutes)."""
+    import sync.bench
+
+    runs: list[str] = []
+    monkeypatch.setattr(sync.bench, "run_backend", lambda backend, **kwargs: runs.append(backend.name) or {})
+    args = ["bench", "sync", "--postgres-url", "postgresql://nobody:x@127.0.0.1:1/postgres", "--out-dir",
+            str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Cannot use the benchmark database" in result.output, result.output
+    assert runs == [] and not list(tmp_path.iterdir())
