@@ -353,22 +353,10 @@ def apply(ctx: Context, spec: SyncTable, op: str, id: uuid.UUID, base_version: i
         base_version = base_version or 1
         fields = _differences(ctx, spec, row, fields, base_version, never_had=never_had)
     assert base_version is not None
-    if base_version > (version := _version_after_flush(ctx, row)):
+    if base_version > (version := int(row.version)):
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "
                                                f"version {version}.")
     return _update(ctx, spec, row, base_version, fields)
-
-
-def _version_after_flush(ctx: Context, row: Any) -> int:
-    """The row's version as the batch leaves it: one more when an earlier mutation of the batch changed it. The
-    fast path flushes once, at the end, and the savepoint path after each mutation: the second of two updates
-    of one row with increasing base_versions was refused on the one and applied on the other."""
-    if isinstance(row, StagedRow):
-        return int(row.version)
-    state = sa_inspect(row)
-    if state.persistent and ctx.session.is_modified(row, include_collections=False):
-        return int(row.version) + 1
-    return int(row.version)
 
 
 def _differences(ctx: Context, spec: SyncTable, row: Any, fields: dict[str, Any], base: int, *,
@@ -501,7 +489,7 @@ def _delete(ctx: Context, spec: SyncTable, id: uuid.UUID, base_version: int | No
         raise Rejected("read_only_table" if rules.writable is None and rules.create is None else "forbidden",
                        rules.not_deletable)
     rules.may_delete(ctx, row)
-    if base_version is not None and base_version > (version := _version_after_flush(ctx, row)):
+    if base_version is not None and base_version > (version := int(row.version)):
         # As for an update: a version the row never had (a device whose copy is ahead of a restored database).
         # Applied, the delete lost the server's row with no line in the conflict log to put it back from.
         raise Rejected("invalid_base_version", f"base_version {base_version} is newer than the server's "

@@ -472,6 +472,18 @@ def _retry_held(engine: Engine, job_id: int, started: Any, release: Any, then_ta
         conn.commit()
 
 
+def _stalled_job_id(engine: Engine, session: Session, world: World, settings: Settings) -> int:
+    """The procrastinate job of a stalled transcription (`_stalled_job`); PostgreSQL only."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("procrastinate needs PostgreSQL")
+    tid = _stalled_job(engine, session, world, settings)
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
+                                {"l": f"transcribe-{tid}"}).scalar_one())
+
+
 @pytest.mark.parametrize("then_taken", [False, True], ids=["retried", "retried-and-taken-by-a-live-worker"])
 def test_a_recovery_waits_for_another_recovery_of_the_same_job_at_the_same_instant(
         engine: Engine, session: Session, world: World, speech_settings_: Settings, then_taken: bool) -> None:
@@ -488,12 +500,7 @@ def test_a_recovery_waits_for_another_recovery_of_the_same_job_at_the_same_insta
 
     from speech import worker
 
-    if engine.dialect.name != "postgresql":
-        pytest.skip("procrastinate needs PostgreSQL")
-    tid = _stalled_job(engine, session, world, speech_settings_)
-    with engine.connect() as conn:
-        job_id = conn.execute(text("SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
-                              {"l": f"transcribe-{tid}"}).scalar_one()
+    job_id = _stalled_job_id(engine, session, world, speech_settings_)
     started, release = threading.Event(), threading.Event()
     other = threading.Thread(target=_retry_held, args=(engine, job_id, started, release, then_taken))
     other.start()
@@ -527,12 +534,7 @@ def test_a_retry_of_a_stalled_job_says_it_retried_it(engine: Engine, session: Se
 
     from speech import worker
 
-    if engine.dialect.name != "postgresql":
-        pytest.skip("procrastinate needs PostgreSQL")
-    tid = _stalled_job(engine, session, world, speech_settings_)
-    with engine.connect() as conn:
-        job_id = conn.execute(text("SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = :l"),
-                              {"l": f"transcribe-{tid}"}).scalar_one()
+    job_id = _stalled_job_id(engine, session, world, speech_settings_)
     app = build_app(speech_settings_, engine)
 
     async def main() -> bool:

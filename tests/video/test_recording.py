@@ -457,10 +457,8 @@ def _speak(sides: tuple[Any, ...], seconds: float, start: int = 0) -> int:
     return start + len(tones)
 
 
-def test_a_muxer_failure_mid_call_keeps_what_was_recorded_before_it(tmp_path: Path):
-    """Regression (review): one failed write mid-call (a full disk for a moment) stopped the recorder, and
-    `stop()` deleted the packet file with everything recorded before the failure."""
-    recorder = PacketRecorder(tmp_path / "call.ogg")
+def _record_then_fill_the_disk(recorder: PacketRecorder) -> None:
+    """One second of both sides muxed, then a muxing round that fails on a full disk while 0.6 s more arrive."""
     sides = tuple(put for _, put in (recorder.taps(), recorder.taps()))
     tick = _speak(sides, 1.0)
     deadline = time.monotonic() + 5
@@ -474,6 +472,13 @@ def test_a_muxer_failure_mid_call_keeps_what_was_recorded_before_it(tmp_path: Pa
     recorder._mux_pending = full_disk  # type: ignore[method-assign]
     _speak(sides, 0.6, tick)
     time.sleep(0.6)  # a muxing round fails
+
+
+def test_a_muxer_failure_mid_call_keeps_what_was_recorded_before_it(tmp_path: Path):
+    """Regression (review): one failed write mid-call (a full disk for a moment) stopped the recorder, and
+    `stop()` deleted the packet file with everything recorded before the failure."""
+    recorder = PacketRecorder(tmp_path / "call.ogg")
+    _record_then_fill_the_disk(recorder)
     recording = recorder.stop()
     assert recording is not None and 0.9 <= recording.duration_s <= 1.1, recording
     assert decode(recording.path).size > 0
@@ -552,19 +557,7 @@ def test_a_disk_still_full_at_the_close_keeps_the_packets_for_the_next_start(tmp
     note = recordings_dir(settings) / f"{room}.ogg"
     note.parent.mkdir(parents=True)
     recorder = PacketRecorder(note)
-    sides = tuple(put for _, put in (recorder.taps(), recorder.taps()))
-    tick = _speak(sides, 1.0)
-    deadline = time.monotonic() + 5
-    while recorder.muxed < 100 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert recorder.muxed == 100
-
-    def full_disk() -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    recorder._mux_pending = full_disk  # type: ignore[method-assign]
-    _speak(sides, 0.6, tick)
-    time.sleep(0.6)  # a muxing round fails
+    _record_then_fill_the_disk(recorder)
     notes_cannot_be_written(monkeypatch)  # still full at the close
     assert recorder.stop() is None
     assert sorted(p.name for p in note.parent.iterdir()) == [f"{room}.webm"]
